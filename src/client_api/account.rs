@@ -1,0 +1,247 @@
+//! Registration, login, logout, whoami, password, capabilities, filters.
+
+use std::sync::Arc;
+
+use ruma::api::client::{
+    account::{change_password, get_username_availability, register, whoami},
+    discovery::get_capabilities,
+    filter::{create_filter, get_filter},
+    session::{get_login_types, login, logout, logout_all},
+    uiaa::{AuthData, UserIdentifier},
+};
+use serde_json::json;
+
+use super::extract::Ruma;
+use crate::{
+    accounts::{self, AccountError},
+    error::{ErrCode, MatrixError},
+    services::Services,
+};
+
+impl From<AccountError> for MatrixError {
+    fn from(e: AccountError) -> Self {
+        match e {
+            AccountError::InvalidUsername(m) => MatrixError::new(ErrCode::InvalidUsername, m),
+            AccountError::UserInUse => MatrixError::new(ErrCode::UserInUse, "User ID already taken"),
+            AccountError::BadCredentials => MatrixError::forbidden("Invalid username or password"),
+            AccountError::Deactivated => {
+                MatrixError::new(ErrCode::UserDeactivated, "This account has been deactivated")
+            }
+            AccountError::Hash(m) => MatrixError::internal("password hashing", m),
+            AccountError::Storage(e) => e.into(),
+        }
+    }
+}
+
+pub async fn get_login_types(
+    _: Arc<Services>,
+    _: Ruma<get_login_types::v3::Request>,
+) -> Result<get_login_types::v3::Response, MatrixError> {
+    Ok(get_login_types::v3::Response::new(vec![
+        get_login_types::v3::LoginType::Password(Default::default()),
+    ]))
+}
+
+pub async fn login(svc: Arc<Services>, req: Ruma<login::v3::Request>) -> Result<login::v3::Response, MatrixError> {
+    let body = req.body;
+    let login::v3::LoginInfo::Password(password) = &body.login_info else {
+        return Err(
+            MatrixError::new(ErrCode::Unknown, "Unsupported login type").with_status(http::StatusCode::BAD_REQUEST)
+        );
+    };
+    #[allow(deprecated)]
+    let name = match &password.identifier {
+        Some(UserIdentifier::Matrix(id)) => id.user.clone(),
+        Some(_) => return Err(MatrixError::forbidden("Only user ID logins are supported")),
+        None => password
+            .user
+            .clone()
+            .ok_or_else(|| MatrixError::bad_json("Missing identifier"))?,
+    };
+    let user_id = match ruma::UserId::parse_with_server_name(name.to_lowercase().as_str(), svc.server_name()) {
+        Ok(id) if id.server_name() == svc.server_name() => id,
+        _ => return Err(MatrixError::forbidden("Invalid username or password")),
+    };
+    accounts::check_password(&*svc.storage, &user_id, &password.password).await?;
+    let (device_id, token) = accounts::new_session(
+        &*svc.storage,
+        &user_id,
+        body.device_id.clone(),
+        body.initial_device_display_name.as_deref(),
+    )
+    .await?;
+    let mut response = login::v3::Response::new(user_id, token, device_id);
+    #[allow(deprecated)]
+    {
+        response.home_server = Some(svc.server_name().to_owned());
+    }
+    Ok(response)
+}
+
+pub async fn logout(svc: Arc<Services>, req: Ruma<logout::v3::Request>) -> Result<logout::v3::Response, MatrixError> {
+    if let Some(token) = &req.access_token {
+        svc.storage.delete_token(token).await?;
+    }
+    Ok(logout::v3::Response::new())
+}
+
+pub async fn logout_all(
+    svc: Arc<Services>,
+    req: Ruma<logout_all::v3::Request>,
+) -> Result<logout_all::v3::Response, MatrixError> {
+    svc.storage.delete_all_tokens(&req.user().user_id).await?;
+    Ok(logout_all::v3::Response::new())
+}
+
+pub async fn whoami(_: Arc<Services>, req: Ruma<whoami::v3::Request>) -> Result<whoami::v3::Response, MatrixError> {
+    let owner = req.user();
+    let mut response = whoami::v3::Response::new(owner.user_id.clone(), false);
+    response.device_id = Some(owner.device_id.clone());
+    Ok(response)
+}
+
+/// The user-interactive-auth challenge for registration: one dummy stage.
+fn uia_challenge(session: &str) -> MatrixError {
+    let mut error =
+        MatrixError::new(ErrCode::Unauthorized, "Authentication required").with_status(http::StatusCode::UNAUTHORIZED);
+    error.extra = Some(Box::new(
+        json!({ "flows": [{ "stages": ["m.login.dummy"] }], "params": {}, "session": session })
+            .as_object()
+            .cloned()
+            .unwrap_or_default(),
+    ));
+    error
+}
+
+pub async fn register(
+    svc: Arc<Services>,
+    req: Ruma<register::v3::Request>,
+) -> Result<register::v3::Response, MatrixError> {
+    let body = req.body;
+    if body.kind == register::RegistrationKind::Guest {
+        return Err(MatrixError::forbidden("Guest access is disabled"));
+    }
+    if !svc.config.allow_registration {
+        return Err(MatrixError::forbidden("Registration has been disabled"));
+    }
+    let localpart = match &body.username {
+        Some(name) => name.to_lowercase(),
+        None => accounts::random_string(12).to_lowercase(),
+    };
+    let user_id = accounts::user_id_for(&localpart, svc.server_name())?;
+    if svc.storage.user(&user_id).await?.is_some() {
+        return Err(AccountError::UserInUse.into());
+    }
+    match &body.auth {
+        Some(AuthData::Dummy(_)) => {}
+        Some(_) => return Err(MatrixError::forbidden("Unsupported authentication stage")),
+        None => return Err(uia_challenge(&accounts::random_string(16))),
+    }
+    let password = body
+        .password
+        .as_deref()
+        .ok_or_else(|| MatrixError::bad_json("Missing password"))?;
+    accounts::create_user(&*svc.storage, &user_id, Some(password), false).await?;
+    tracing::info!(%user_id, "registered");
+    let mut response = register::v3::Response::new(user_id.clone());
+    if !body.inhibit_login {
+        let (device_id, token) = accounts::new_session(
+            &*svc.storage,
+            &user_id,
+            body.device_id.clone(),
+            body.initial_device_display_name.as_deref(),
+        )
+        .await?;
+        response.access_token = Some(token);
+        response.device_id = Some(device_id);
+    }
+    Ok(response)
+}
+
+pub async fn username_available(
+    svc: Arc<Services>,
+    req: Ruma<get_username_availability::v3::Request>,
+) -> Result<get_username_availability::v3::Response, MatrixError> {
+    let user_id = accounts::user_id_for(&req.body.username.to_lowercase(), svc.server_name())?;
+    if svc.storage.user(&user_id).await?.is_some() {
+        return Err(AccountError::UserInUse.into());
+    }
+    Ok(get_username_availability::v3::Response::new(true))
+}
+
+pub async fn change_password(
+    svc: Arc<Services>,
+    req: Ruma<change_password::v3::Request>,
+) -> Result<change_password::v3::Response, MatrixError> {
+    let owner = req.user().clone();
+    match &req.body.auth {
+        Some(AuthData::Password(p)) => {
+            accounts::check_password(&*svc.storage, &owner.user_id, &p.password).await?;
+        }
+        _ => {
+            let mut challenge = uia_challenge(&accounts::random_string(16));
+            if let Some(extra) = challenge.extra.as_mut() {
+                extra.insert("flows".to_owned(), json!([{ "stages": ["m.login.password"] }]));
+            }
+            return Err(challenge);
+        }
+    }
+    let hash = {
+        let password = req.body.new_password.clone();
+        tokio::task::spawn_blocking(move || accounts::hash_password(&password))
+            .await
+            .map_err(|e| MatrixError::internal("password hashing", e))??
+    };
+    svc.storage.set_password_hash(&owner.user_id, &hash).await?;
+    if req.body.logout_devices {
+        svc.storage.delete_all_tokens(&owner.user_id).await?;
+        if let Some(token) = &req.access_token {
+            svc.storage
+                .create_session(&owner.user_id, &owner.device_id, None, token)
+                .await?;
+        }
+    }
+    Ok(change_password::v3::Response::new())
+}
+
+pub async fn capabilities(
+    svc: Arc<Services>,
+    _: Ruma<get_capabilities::v3::Request>,
+) -> Result<get_capabilities::v3::Response, MatrixError> {
+    use get_capabilities::v3::{Capabilities, RoomVersionStability, RoomVersionsCapability};
+    let available = crate::config::SUPPORTED_ROOM_VERSIONS
+        .iter()
+        .map(|v| (v.clone(), RoomVersionStability::Stable))
+        .collect();
+    let mut capabilities = Capabilities::new();
+    capabilities.room_versions = RoomVersionsCapability::new(svc.config.default_room_version.clone(), available);
+    Ok(get_capabilities::v3::Response::new(capabilities))
+}
+
+pub async fn create_filter(
+    svc: Arc<Services>,
+    req: Ruma<create_filter::v3::Request>,
+) -> Result<create_filter::v3::Response, MatrixError> {
+    if req.body.user_id != req.user().user_id {
+        return Err(MatrixError::forbidden("Cannot create filters for other users"));
+    }
+    let json = serde_json::to_string(&req.body.filter).map_err(|e| MatrixError::bad_json(e.to_string()))?;
+    let id = svc.storage.save_filter(&req.user().user_id, &json).await?;
+    Ok(create_filter::v3::Response::new(id))
+}
+
+pub async fn get_filter(
+    svc: Arc<Services>,
+    req: Ruma<get_filter::v3::Request>,
+) -> Result<get_filter::v3::Response, MatrixError> {
+    if req.body.user_id != req.user().user_id {
+        return Err(MatrixError::forbidden("Cannot read filters of other users"));
+    }
+    let json = svc
+        .storage
+        .filter(&req.user().user_id, &req.body.filter_id)
+        .await?
+        .ok_or_else(|| MatrixError::not_found("No such filter"))?;
+    let filter = serde_json::from_str(&json).map_err(|e| MatrixError::internal("stored filter", e))?;
+    Ok(get_filter::v3::Response::new(filter))
+}

@@ -1,0 +1,226 @@
+//! Turning HTTP into ruma's typed requests and back, with access-token
+//! authentication, so that handlers see exactly the spec's types.
+
+use std::{future::Future, sync::Arc};
+
+use axum::{
+    Router,
+    body::Body,
+    extract::{FromRequest, RawPathParams, Request, State},
+    response::{IntoResponse, Response},
+    routing::{MethodFilter, on},
+};
+use bytes::BytesMut;
+use ruma::api::{
+    IncomingRequest, IncomingRequestExt, OutgoingResponse, OutgoingResponseExt,
+    auth_scheme::{
+        AccessToken, AccessTokenOptional, AppserviceToken, AppserviceTokenOptional, NoAccessToken, NoAuthentication,
+    },
+    error::{DeserializationError, FromHttpRequestError},
+    path_builder::PathBuilder,
+};
+
+use crate::{
+    error::{ErrCode, MatrixError},
+    services::Services,
+    storage::TokenOwner,
+};
+
+/// Largest request body accepted (events themselves are limited to
+/// 65536 bytes by the PDU format).
+pub const MAX_BODY_BYTES: usize = 1024 * 1024;
+
+/// Whether an endpoint wants an access token.
+pub trait AuthRequirement {
+    /// `Some(true)`: required; `Some(false)`: optional; `None`: unused.
+    const TOKEN: Option<bool>;
+}
+impl AuthRequirement for AccessToken {
+    const TOKEN: Option<bool> = Some(true);
+}
+impl AuthRequirement for AppserviceToken {
+    const TOKEN: Option<bool> = Some(true);
+}
+impl AuthRequirement for AccessTokenOptional {
+    const TOKEN: Option<bool> = Some(false);
+}
+impl AuthRequirement for AppserviceTokenOptional {
+    const TOKEN: Option<bool> = Some(false);
+}
+impl AuthRequirement for NoAuthentication {
+    const TOKEN: Option<bool> = None;
+}
+impl AuthRequirement for NoAccessToken {
+    const TOKEN: Option<bool> = None;
+}
+
+/// A parsed request and who made it.
+pub struct Ruma<T> {
+    pub body: T,
+    /// The authenticated user and device (when a token was given).
+    pub owner: Option<TokenOwner>,
+    pub access_token: Option<String>,
+}
+
+impl<T> Ruma<T> {
+    /// The authenticated user: set for endpoints that require a token.
+    pub fn user(&self) -> &TokenOwner {
+        self.owner.as_ref().expect("endpoint requires authentication")
+    }
+}
+
+fn access_token(parts: &http::request::Parts) -> Option<String> {
+    if let Some(value) = parts.headers.get(http::header::AUTHORIZATION) {
+        return value
+            .to_str()
+            .ok()
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(|t| t.trim().to_owned());
+    }
+    parts.uri.query().and_then(|query| {
+        form_urlencoded::parse(query.as_bytes())
+            .find(|(k, _)| k == "access_token")
+            .map(|(_, v)| v.into_owned())
+    })
+}
+
+/// Maps ruma's parse failures to the spec's error codes.
+pub fn request_error(error: FromHttpRequestError) -> MatrixError {
+    match error {
+        FromHttpRequestError::Deserialization(DeserializationError::Json(e)) => {
+            if e.is_syntax() || e.is_eof() {
+                MatrixError::not_json(format!("Content not JSON: {e}"))
+            } else if e.to_string().starts_with("missing field") {
+                MatrixError::new(ErrCode::BadJson, format!("Missing field: {e}"))
+            } else {
+                MatrixError::bad_json(e.to_string())
+            }
+        }
+        FromHttpRequestError::Deserialization(DeserializationError::Query(e)) => {
+            let message = e.to_string();
+            if message.starts_with("missing field") {
+                MatrixError::missing_param(message)
+            } else {
+                MatrixError::invalid_param(message)
+            }
+        }
+        FromHttpRequestError::Deserialization(DeserializationError::Ident(e)) => {
+            MatrixError::invalid_param(format!("Invalid identifier: {e}"))
+        }
+        FromHttpRequestError::Deserialization(e) => MatrixError::bad_json(e.to_string()),
+        FromHttpRequestError::MethodMismatch { .. } => {
+            MatrixError::unrecognized("Method not allowed").with_status(http::StatusCode::METHOD_NOT_ALLOWED)
+        }
+        _ => MatrixError::bad_json("Bad request"),
+    }
+}
+
+impl<T> FromRequest<Arc<Services>> for Ruma<T>
+where
+    T: IncomingRequest + Send,
+    T::Authentication: AuthRequirement,
+{
+    type Rejection = MatrixError;
+
+    async fn from_request(req: Request, svc: &Arc<Services>) -> Result<Self, MatrixError> {
+        let (mut parts, body) = req.into_parts();
+        let params = <RawPathParams as axum::extract::FromRequestParts<_>>::from_request_parts(&mut parts, svc)
+            .await
+            .map_err(|e| MatrixError::invalid_param(format!("bad path: {e}")))?;
+        let mut path_args: Vec<String> = params.iter().map(|(_, v)| v.to_owned()).collect();
+        // Routes without a trailing `{state_key}` stand for the empty one.
+        let wanted = T::PATH_BUILDER.all_paths().next().map_or(0, |p| p.matches('{').count());
+        while path_args.len() < wanted {
+            path_args.push(String::new());
+        }
+        let body = axum::body::to_bytes(body, MAX_BODY_BYTES)
+            .await
+            .map_err(|_| MatrixError::new(ErrCode::TooLarge, "Request body too large"))?;
+
+        let token = access_token(&parts);
+        let owner = match (T::Authentication::TOKEN, &token) {
+            (None, _) | (Some(false), None) => None,
+            (Some(_), Some(token)) => match svc.storage.token_owner(token).await? {
+                Some(owner) => Some(owner),
+                None => {
+                    return Err(MatrixError::new(ErrCode::UnknownToken, "Unknown access token")
+                        .with_field("soft_logout", serde_json::json!(false)));
+                }
+            },
+            (Some(true), None) => {
+                return Err(MatrixError::new(ErrCode::MissingToken, "Missing access token"));
+            }
+        };
+
+        let body_slice: &[u8] = if body.is_empty() { b"{}" } else { &body };
+        let http_req = http::Request::from_parts(parts, body_slice);
+        let args: Vec<&str> = path_args.iter().map(String::as_str).collect();
+        let body = T::try_from_http_request(http_req, &args).map_err(request_error)?;
+        Ok(Ruma {
+            body,
+            owner,
+            access_token: token,
+        })
+    }
+}
+
+/// A ruma response, serialised as the spec says.
+pub struct RumaResponse<T>(pub T);
+
+impl<T: OutgoingResponse> IntoResponse for RumaResponse<T> {
+    fn into_response(self) -> Response {
+        match self.0.try_into_http_response::<BytesMut>() {
+            Ok(res) => {
+                let (mut parts, body) = res.into_parts();
+                parts.headers.insert(
+                    http::header::CONTENT_TYPE,
+                    http::HeaderValue::from_static("application/json"),
+                );
+                Response::from_parts(parts, Body::from(body.freeze()))
+            }
+            Err(e) => MatrixError::internal("serialising response", e).into_response(),
+        }
+    }
+}
+
+/// Registers ruma endpoints on a router, on every path the spec has
+/// given them (`r0`, `v3`, …).
+pub trait RumaRouter {
+    fn ruma<R, H, Fut>(self, handler: H) -> Self
+    where
+        R: IncomingRequest + Send + 'static,
+        R::Authentication: AuthRequirement,
+        R::OutgoingResponse: Send,
+        H: Fn(Arc<Services>, Ruma<R>) -> Fut + Clone + Send + Sync + 'static,
+        Fut: Future<Output = Result<R::OutgoingResponse, MatrixError>> + Send + 'static;
+}
+
+impl RumaRouter for Router<Arc<Services>> {
+    fn ruma<R, H, Fut>(self, handler: H) -> Self
+    where
+        R: IncomingRequest + Send + 'static,
+        R::Authentication: AuthRequirement,
+        R::OutgoingResponse: Send,
+        H: Fn(Arc<Services>, Ruma<R>) -> Fut + Clone + Send + Sync + 'static,
+        Fut: Future<Output = Result<R::OutgoingResponse, MatrixError>> + Send + 'static,
+    {
+        let filter = MethodFilter::try_from(R::METHOD).expect("ruma endpoints use standard methods");
+        let mut paths: Vec<&'static str> = R::PATH_BUILDER.all_paths().collect();
+        paths.sort_unstable();
+        paths.dedup();
+        let mut router = self;
+        for path in paths {
+            let handler = handler.clone();
+            let route = on(filter, move |State(svc): State<Arc<Services>>, req: Ruma<R>| {
+                let handler = handler.clone();
+                async move { handler(svc, req).await.map(RumaResponse) }
+            });
+            router = router.route(path, route.clone());
+            // `…/{state_key}` also answers without the key (empty key).
+            if let Some(short) = path.strip_suffix("/{state_key}") {
+                router = router.route(short, route.clone()).route(&format!("{short}/"), route);
+            }
+        }
+        router
+    }
+}

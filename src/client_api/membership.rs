@@ -1,0 +1,203 @@
+//! Joining, leaving, inviting, kicking, banning; the member lists.
+
+use std::{collections::BTreeMap, sync::Arc};
+
+use ruma::{
+    OwnedRoomId, RoomOrAliasId,
+    api::client::membership::{
+        ban_user, forget_room, get_member_events, invite_user, join_room_by_id, join_room_by_id_or_alias,
+        joined_members, kick_user, leave_room, unban_user,
+    },
+    events::StateEventType,
+};
+
+use super::{extract::Ruma, format, state::state_for_user};
+use crate::{error::MatrixError, rooms::membership, services::Services, visibility};
+
+async fn resolve_room(svc: &Services, target: &RoomOrAliasId) -> Result<OwnedRoomId, MatrixError> {
+    match <&ruma::RoomId>::try_from(target) {
+        Ok(room_id) => Ok(room_id.to_owned()),
+        Err(alias) => svc
+            .storage
+            .resolve_alias(alias)
+            .await?
+            .map(|(room_id, _)| room_id)
+            .ok_or_else(|| MatrixError::not_found(format!("Room alias {alias} not found"))),
+    }
+}
+
+async fn known_room(svc: &Services, room_id: &ruma::RoomId) -> Result<(), MatrixError> {
+    match svc.storage.room(room_id).await? {
+        Some(_) => Ok(()),
+        None => Err(MatrixError::not_found(
+            "No known servers for this room (joining remote rooms is not available yet)",
+        )),
+    }
+}
+
+pub async fn join_by_id(
+    svc: Arc<Services>,
+    req: Ruma<join_room_by_id::v3::Request>,
+) -> Result<join_room_by_id::v3::Response, MatrixError> {
+    let room_id = req.body.room_id.clone();
+    known_room(&svc, &room_id).await?;
+    membership::join(&svc, &room_id, &req.user().user_id, req.body.reason.as_deref()).await?;
+    Ok(join_room_by_id::v3::Response::new(room_id))
+}
+
+pub async fn join_by_id_or_alias(
+    svc: Arc<Services>,
+    req: Ruma<join_room_by_id_or_alias::v3::Request>,
+) -> Result<join_room_by_id_or_alias::v3::Response, MatrixError> {
+    let room_id = resolve_room(&svc, &req.body.room_id_or_alias).await?;
+    known_room(&svc, &room_id).await?;
+    membership::join(&svc, &room_id, &req.user().user_id, req.body.reason.as_deref()).await?;
+    Ok(join_room_by_id_or_alias::v3::Response::new(room_id))
+}
+
+pub async fn leave(
+    svc: Arc<Services>,
+    req: Ruma<leave_room::v3::Request>,
+) -> Result<leave_room::v3::Response, MatrixError> {
+    known_room(&svc, &req.body.room_id).await?;
+    membership::leave(&svc, &req.body.room_id, &req.user().user_id, req.body.reason.as_deref()).await?;
+    Ok(leave_room::v3::Response::new())
+}
+
+pub async fn forget(
+    svc: Arc<Services>,
+    req: Ruma<forget_room::v3::Request>,
+) -> Result<forget_room::v3::Response, MatrixError> {
+    let membership = visibility::current_membership(&svc, &req.body.room_id, &req.user().user_id).await?;
+    match membership.as_deref() {
+        None => Err(MatrixError::not_found("Unknown room")),
+        Some("join") | Some("invite") | Some("knock") => Err(MatrixError::bad_json("You must leave the room first")),
+        Some(_) => Ok(forget_room::v3::Response::new()),
+    }
+}
+
+pub async fn invite(
+    svc: Arc<Services>,
+    req: Ruma<invite_user::v3::Request>,
+) -> Result<invite_user::v3::Response, MatrixError> {
+    known_room(&svc, &req.body.room_id).await?;
+    let invite_user::v3::InvitationRecipient::UserId(recipient) = &req.body.recipient else {
+        return Err(MatrixError::forbidden("Third-party invites are not supported"));
+    };
+    membership::invite(
+        &svc,
+        &req.body.room_id,
+        &req.user().user_id,
+        &recipient.user_id,
+        recipient.reason.as_deref(),
+        false,
+    )
+    .await?;
+    Ok(invite_user::v3::Response::new())
+}
+
+pub async fn kick(
+    svc: Arc<Services>,
+    req: Ruma<kick_user::v3::Request>,
+) -> Result<kick_user::v3::Response, MatrixError> {
+    known_room(&svc, &req.body.room_id).await?;
+    let b = &req.body;
+    membership::set_other_membership(
+        &svc,
+        &b.room_id,
+        &req.user().user_id,
+        &b.user_id,
+        "leave",
+        b.reason.as_deref(),
+    )
+    .await?;
+    Ok(kick_user::v3::Response::new())
+}
+
+pub async fn ban(svc: Arc<Services>, req: Ruma<ban_user::v3::Request>) -> Result<ban_user::v3::Response, MatrixError> {
+    known_room(&svc, &req.body.room_id).await?;
+    let b = &req.body;
+    membership::set_other_membership(
+        &svc,
+        &b.room_id,
+        &req.user().user_id,
+        &b.user_id,
+        "ban",
+        b.reason.as_deref(),
+    )
+    .await?;
+    Ok(ban_user::v3::Response::new())
+}
+
+pub async fn unban(
+    svc: Arc<Services>,
+    req: Ruma<unban_user::v3::Request>,
+) -> Result<unban_user::v3::Response, MatrixError> {
+    known_room(&svc, &req.body.room_id).await?;
+    let b = &req.body;
+    let current = visibility::current_membership(&svc, &b.room_id, &b.user_id).await?;
+    if current.as_deref() != Some("ban") {
+        return Err(MatrixError::forbidden(format!("{} is not banned", b.user_id)));
+    }
+    membership::set_other_membership(
+        &svc,
+        &b.room_id,
+        &req.user().user_id,
+        &b.user_id,
+        "leave",
+        b.reason.as_deref(),
+    )
+    .await?;
+    Ok(unban_user::v3::Response::new())
+}
+
+pub async fn members(
+    svc: Arc<Services>,
+    req: Ruma<get_member_events::v3::Request>,
+) -> Result<get_member_events::v3::Response, MatrixError> {
+    let owner = req.user();
+    let state = state_for_user(&svc, &req.body.room_id, &owner.user_id).await?;
+    let ids: Vec<_> = state
+        .iter()
+        .filter(|((kind, _), _)| *kind == StateEventType::RoomMember)
+        .map(|(_, id)| id.clone())
+        .collect();
+    let mut events = svc.storage.events(&ids).await?;
+    events.sort_by(|a, b| a.pdu.state_key.cmp(&b.pdu.state_key));
+    events.retain(|e| {
+        let m = e.pdu.membership().unwrap_or_default();
+        req.body.membership.as_ref().is_none_or(|want| want.as_str() == m)
+            && req.body.not_membership.as_ref().is_none_or(|not| not.as_str() != m)
+    });
+    let chunk = format::client_events(&svc, &events, Some(owner))
+        .await?
+        .iter()
+        .map(format::raw)
+        .collect();
+    Ok(get_member_events::v3::Response::new(chunk))
+}
+
+pub async fn joined_members(
+    svc: Arc<Services>,
+    req: Ruma<joined_members::v3::Request>,
+) -> Result<joined_members::v3::Response, MatrixError> {
+    let room_id = &req.body.room_id;
+    let membership = visibility::current_membership(&svc, room_id, &req.user().user_id).await?;
+    if membership.as_deref() != Some("join") {
+        return Err(MatrixError::forbidden("You are not in this room"));
+    }
+    let members = svc.storage.room_members(room_id, Some("join")).await?;
+    let ids: Vec<_> = members.iter().map(|m| m.event_id.clone()).collect();
+    let mut joined = BTreeMap::new();
+    for event in svc.storage.events(&ids).await? {
+        let content = event.pdu.content_value();
+        let Some(user_id) = event.pdu.state_key.as_deref().and_then(|k| ruma::UserId::parse(k).ok()) else {
+            continue;
+        };
+        let mut member = joined_members::v3::RoomMember::new();
+        member.display_name = content.get("displayname").and_then(|v| v.as_str()).map(str::to_owned);
+        member.avatar_url = content.get("avatar_url").and_then(|v| v.as_str()).map(Into::into);
+        joined.insert(user_id, member);
+    }
+    Ok(joined_members::v3::Response::new(joined))
+}

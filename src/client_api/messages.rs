@@ -1,0 +1,245 @@
+//! Sending and reading the timeline: send, redact, event, messages,
+//! context.
+
+use std::sync::Arc;
+
+use ruma::{
+    EventId, RoomId, UInt,
+    api::{
+        Direction as ApiDirection,
+        client::{
+            context::get_context,
+            message::{get_message_events, send_message_event},
+            redact::redact_event,
+            room::get_room_event,
+        },
+    },
+    events::TimelineEventType,
+};
+use serde_json::{Value, json};
+
+use super::{extract::Ruma, format};
+use crate::{
+    error::MatrixError,
+    events::EventTemplate,
+    rooms::send::send_event,
+    services::Services,
+    storage::{Direction, StoredEvent, TokenOwner, TxnKey},
+    timeline::{self, PageRequest, Reader, Token},
+    visibility,
+};
+
+/// Most events one `/messages` or `/context` call returns.
+const MAX_PAGE: u64 = 1000;
+
+pub async fn send_message(
+    svc: Arc<Services>,
+    req: Ruma<send_message_event::v3::Request>,
+) -> Result<send_message_event::v3::Response, MatrixError> {
+    let owner = req.user();
+    let b = &req.body;
+    let content: Value =
+        serde_json::from_str(b.body.json().get()).map_err(|e| MatrixError::bad_json(format!("content: {e}")))?;
+    if !content.is_object() {
+        return Err(MatrixError::bad_json("content must be an object"));
+    }
+    let template = EventTemplate::message(b.event_type.to_string(), content);
+    let txn = TxnKey {
+        user_id: owner.user_id.clone(),
+        device_id: owner.device_id.clone(),
+        txn_id: b.txn_id.to_string(),
+    };
+    let sent = send_event(&svc, &b.room_id, &owner.user_id, template, Some(txn)).await?;
+    Ok(send_message_event::v3::Response::new(sent.pdu.event_id.clone()))
+}
+
+pub async fn redact(
+    svc: Arc<Services>,
+    req: Ruma<redact_event::v3::Request>,
+) -> Result<redact_event::v3::Response, MatrixError> {
+    let owner = req.user();
+    let b = &req.body;
+    let mut content = json!({});
+    if let Some(reason) = &b.reason {
+        content["reason"] = json!(reason);
+    }
+    let template = EventTemplate {
+        kind: TimelineEventType::RoomRedaction,
+        content,
+        state_key: None,
+        redacts: Some(b.event_id.clone()),
+    };
+    let txn = TxnKey {
+        user_id: owner.user_id.clone(),
+        device_id: owner.device_id.clone(),
+        txn_id: format!("redact:{}", b.txn_id),
+    };
+    let sent = send_event(&svc, &b.room_id, &owner.user_id, template, Some(txn)).await?;
+    Ok(redact_event::v3::Response::new(sent.pdu.event_id.clone()))
+}
+
+/// Whether the user may read the room's history at all; and whether they
+/// are joined now.
+async fn reader(svc: &Services, room_id: &RoomId, owner: &TokenOwner) -> Result<bool, MatrixError> {
+    let membership = visibility::current_membership(svc, room_id, &owner.user_id).await?;
+    match membership.as_deref() {
+        Some("join") => Ok(true),
+        Some("leave") | Some("ban") | Some("invite") => Ok(false),
+        _ if visibility::world_readable(svc, room_id).await? => Ok(false),
+        _ => Err(MatrixError::forbidden(format!(
+            "User {} is not in room {room_id}",
+            owner.user_id
+        ))),
+    }
+}
+
+/// A timeline event of the room that the user may see, or 404.
+async fn visible_event(
+    svc: &Services,
+    room_id: &RoomId,
+    event_id: &EventId,
+    owner: &TokenOwner,
+    joined_now: bool,
+) -> Result<StoredEvent, MatrixError> {
+    let not_found = || MatrixError::not_found("Event not found");
+    let event = svc.storage.event(event_id).await?.ok_or_else(not_found)?;
+    if event.pdu.room_id != room_id || event.meta.outlier || event.meta.rejected.is_some() {
+        return Err(not_found());
+    }
+    visibility::filter_for_user(svc, &owner.user_id, joined_now, vec![event])
+        .await?
+        .pop()
+        .ok_or_else(not_found)
+}
+
+pub async fn get_event(
+    svc: Arc<Services>,
+    req: Ruma<get_room_event::v3::Request>,
+) -> Result<get_room_event::v3::Response, MatrixError> {
+    let owner = req.user();
+    let joined_now = reader(&svc, &req.body.room_id, owner).await?;
+    let event = visible_event(&svc, &req.body.room_id, &req.body.event_id, owner, joined_now).await?;
+    let json = format::client_events(&svc, &[event], Some(owner)).await?;
+    Ok(get_room_event::v3::Response::new(format::raw(&json[0])))
+}
+
+fn parse_token(token: &str) -> Result<Token, MatrixError> {
+    Token::parse(token).ok_or_else(|| MatrixError::invalid_param(format!("Invalid pagination token {token:?}")))
+}
+
+fn page_limit(limit: UInt) -> usize {
+    u64::from(limit).clamp(0, MAX_PAGE) as usize
+}
+
+pub async fn messages(
+    svc: Arc<Services>,
+    req: Ruma<get_message_events::v3::Request>,
+) -> Result<get_message_events::v3::Response, MatrixError> {
+    let owner = req.user();
+    let b = &req.body;
+    let joined_now = reader(&svc, &b.room_id, owner).await?;
+    let dir = match b.dir {
+        ApiDirection::Backward => Direction::Backward,
+        ApiDirection::Forward => Direction::Forward,
+    };
+    let from_token = b.from.as_deref().map(parse_token).transpose()?;
+    let to_token = b.to.as_deref().map(parse_token).transpose()?;
+    let from = match from_token {
+        Some(token) => timeline::gap(&svc, &b.room_id, token).await?,
+        None if dir == Direction::Backward => timeline::END,
+        None => timeline::START,
+    };
+    let to = match to_token {
+        Some(token) => Some(timeline::gap(&svc, &b.room_id, token).await?),
+        None => None,
+    };
+    let limit = page_limit(b.limit);
+    let reader = Reader {
+        user: &owner.user_id,
+        joined_now,
+    };
+    let page = timeline::paginate(&svc, &b.room_id, reader, PageRequest { from, to, dir, limit }).await?;
+    let start = match (&b.from, from_token) {
+        (Some(given), _) => given.clone(),
+        (None, _) if dir == Direction::Backward => Token::Stream(svc.notifier.head()).to_string(),
+        (None, _) => Token::Topo(timeline::START).to_string(),
+    };
+    let chunk = format::client_events(&svc, &page.events, Some(owner)).await?;
+    let mut response = get_message_events::v3::Response::new();
+    response.start = start;
+    response.end = page.next.map(|gap| Token::Topo(gap).to_string());
+    response.chunk = chunk.iter().map(format::raw).collect();
+    Ok(response)
+}
+
+pub async fn context(
+    svc: Arc<Services>,
+    req: Ruma<get_context::v3::Request>,
+) -> Result<get_context::v3::Response, MatrixError> {
+    let owner = req.user();
+    let b = &req.body;
+    let joined_now = reader(&svc, &b.room_id, owner).await?;
+    let event = visible_event(&svc, &b.room_id, &b.event_id, owner, joined_now).await?;
+    let limit = page_limit(b.limit);
+    let before_limit = limit / 2;
+    let after_limit = limit - before_limit;
+    let reader = Reader {
+        user: &owner.user_id,
+        joined_now,
+    };
+    let from = timeline::before(&event);
+    let request = PageRequest {
+        from,
+        to: None,
+        dir: Direction::Backward,
+        limit: before_limit,
+    };
+    let before = timeline::paginate(&svc, &b.room_id, reader, request).await?;
+    let from = timeline::after(&event);
+    let request = PageRequest {
+        from,
+        to: None,
+        dir: Direction::Forward,
+        limit: after_limit,
+    };
+    let after = timeline::paginate(&svc, &b.room_id, reader, request).await?;
+    let start = before
+        .events
+        .last()
+        .map_or_else(|| timeline::before(&event), timeline::before);
+    let end = after
+        .events
+        .last()
+        .map_or_else(|| timeline::after(&event), timeline::after);
+    let state_events = match event.meta.state_group_before {
+        Some(group) => {
+            let map = svc.state.group(group).await?;
+            let ids: Vec<_> = map.values().cloned().collect();
+            svc.storage.events(&ids).await?
+        }
+        None => Vec::new(),
+    };
+
+    let mut response = get_context::v3::Response::new();
+    response.start = Some(Token::Topo(start).to_string());
+    response.end = Some(Token::Topo(end).to_string());
+    response.event = Some(format::raw(
+        &format::client_events(&svc, std::slice::from_ref(&event), Some(owner)).await?[0],
+    ));
+    response.events_before = format::client_events(&svc, &before.events, Some(owner))
+        .await?
+        .iter()
+        .map(format::raw)
+        .collect();
+    response.events_after = format::client_events(&svc, &after.events, Some(owner))
+        .await?
+        .iter()
+        .map(format::raw)
+        .collect();
+    response.state = format::client_events(&svc, &state_events, Some(owner))
+        .await?
+        .iter()
+        .map(format::raw)
+        .collect();
+    Ok(response)
+}

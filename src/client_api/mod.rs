@@ -1,0 +1,86 @@
+//! The client-server API (`/_matrix/client/…`): ruma's typed requests in,
+//! ruma's typed responses out. Each file holds one area of the spec.
+
+mod account;
+mod directory;
+pub mod extract;
+pub mod format;
+mod membership;
+mod messages;
+mod profile;
+mod rooms;
+mod state;
+mod sync;
+
+use std::sync::Arc;
+
+use axum::{Router, response::IntoResponse, routing::get};
+use serde_json::json;
+
+use crate::{error::MatrixError, services::Services};
+use extract::RumaRouter;
+
+pub fn router() -> Router<Arc<Services>> {
+    Router::new()
+        .route("/_matrix/client/versions", get(versions))
+        .ruma(account::get_login_types)
+        .ruma(account::login)
+        .ruma(account::logout)
+        .ruma(account::logout_all)
+        .ruma(account::whoami)
+        .ruma(account::register)
+        .ruma(account::username_available)
+        .ruma(account::change_password)
+        .ruma(account::capabilities)
+        .ruma(account::create_filter)
+        .ruma(account::get_filter)
+        .ruma(profile::get_profile)
+        .ruma(profile::get_display_name)
+        .ruma(profile::set_display_name)
+        .ruma(profile::get_avatar_url)
+        .ruma(profile::set_avatar_url)
+        .ruma(rooms::create_room)
+        .ruma(rooms::joined_rooms)
+        .ruma(directory::get_alias)
+        .ruma(directory::create_alias)
+        .ruma(directory::delete_alias)
+        .ruma(directory::room_aliases)
+        .ruma(directory::get_visibility)
+        .ruma(directory::set_visibility)
+        .ruma(directory::public_rooms)
+        .ruma(directory::public_rooms_filtered)
+        .ruma(membership::join_by_id)
+        .ruma(membership::join_by_id_or_alias)
+        .ruma(membership::leave)
+        .ruma(membership::forget)
+        .ruma(membership::invite)
+        .ruma(membership::kick)
+        .ruma(membership::ban)
+        .ruma(membership::unban)
+        .ruma(membership::members)
+        .ruma(membership::joined_members)
+        .ruma(state::get_state_event)
+        .ruma(state::send_state_event)
+        .ruma(state::get_state)
+        .ruma(messages::send_message)
+        .ruma(messages::redact)
+        .ruma(messages::get_event)
+        .ruma(messages::messages)
+        .ruma(messages::context)
+        .ruma(sync::sync)
+}
+
+async fn versions() -> impl IntoResponse {
+    axum::Json(json!({
+        "versions": [
+            "r0.5.0", "r0.6.0", "r0.6.1", "v1.1", "v1.2", "v1.3", "v1.4", "v1.5", "v1.6",
+            "v1.7", "v1.8", "v1.9", "v1.10", "v1.11", "v1.12"
+        ],
+        "unstable_features": {}
+    }))
+}
+
+/// Answer for paths no endpoint matches.
+pub async fn unrecognized() -> MatrixError {
+    MatrixError::unrecognized("Unrecognized request")
+}

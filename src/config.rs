@@ -1,0 +1,289 @@
+//! Configuration: a flat TOML file whose every key can be overridden by an
+//! environment variable `WEFT_<KEY>` (upper case).
+//!
+//! The file is optional: with none, weft runs on the defaults below, which
+//! need no database server and no certificate (a self-signed one is made).
+
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+};
+
+use ruma::{OwnedServerName, RoomVersionId};
+use serde::Deserialize;
+
+/// Everything weft can be told at start.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// The server name: the part after `:` in user IDs. Never change it
+    /// once users and rooms exist.
+    pub server_name: OwnedServerName,
+    /// Where the database, signing key and generated certificate live.
+    pub data_dir: PathBuf,
+    /// Client-server API listener (plain HTTP; put a TLS proxy in front).
+    pub client_listen: SocketAddr,
+    /// Federation (server-server) API listener (HTTPS).
+    pub federation_listen: SocketAddr,
+    /// Serve the federation listener over plain HTTP (for a TLS-terminating
+    /// proxy in front of weft). Off by default.
+    pub federation_plain_http: bool,
+    /// PEM certificate chain for the federation listener. Empty: a
+    /// self-signed certificate is generated in `data_dir` on first start.
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key matching `tls_cert`.
+    pub tls_key: Option<PathBuf>,
+    /// Whether anyone may register an account through the client API.
+    pub allow_registration: bool,
+    /// Shared secret for `/_synapse/admin/v1/register` (empty: disabled).
+    pub registration_shared_secret: Option<String>,
+    /// Room version of rooms created without one.
+    pub default_room_version: RoomVersionId,
+    /// Verify the TLS certificates of other homeservers. Only loopback
+    /// test rigs turn this off.
+    pub federation_verify_tls: bool,
+    /// Log filter, in `tracing_subscriber::EnvFilter` syntax.
+    pub log: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            server_name: "localhost".try_into().expect("valid server name"),
+            data_dir: PathBuf::from("./weft-data"),
+            client_listen: "127.0.0.1:8008".parse().expect("valid address"),
+            federation_listen: "0.0.0.0:8448".parse().expect("valid address"),
+            federation_plain_http: false,
+            tls_cert: None,
+            tls_key: None,
+            allow_registration: false,
+            registration_shared_secret: None,
+            default_room_version: RoomVersionId::V11,
+            federation_verify_tls: true,
+            log: "info".to_owned(),
+        }
+    }
+}
+
+/// Why a configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("environment variable {var}: {message}")]
+    Env { var: String, message: String },
+    #[error("config key {key}: {message}")]
+    Invalid { key: &'static str, message: String },
+}
+
+/// The room versions weft can create and join.
+pub const SUPPORTED_ROOM_VERSIONS: [RoomVersionId; 3] = [RoomVersionId::V10, RoomVersionId::V11, RoomVersionId::V12];
+
+impl Config {
+    /// Loads `path` (if given), then applies `WEFT_*` overrides from the
+    /// process environment.
+    pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+        Self::load_with_env(path, |k| std::env::var(k).ok())
+    }
+
+    /// As [`Config::load`], with the environment supplied by `env`.
+    pub fn load_with_env(path: Option<&Path>, env: impl Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
+        let mut config = match path {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.to_owned(),
+                    source,
+                })?;
+                Self::parse(&text).map_err(|message| ConfigError::Parse {
+                    path: path.to_owned(),
+                    message,
+                })?
+            }
+            None => Config::default(),
+        };
+        config.apply_env(env)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Parses the text of a config file. The error names the key and line.
+    pub fn parse(text: &str) -> Result<Config, String> {
+        toml::from_str(text).map_err(|e| e.to_string().trim_end().to_owned())
+    }
+
+    fn apply_env(&mut self, env: impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
+        fn set<T: std::str::FromStr>(
+            env: &impl Fn(&str) -> Option<String>,
+            key: &str,
+            slot: &mut T,
+        ) -> Result<(), ConfigError>
+        where
+            T::Err: std::fmt::Display,
+        {
+            let var = format!("WEFT_{}", key.to_ascii_uppercase());
+            if let Some(value) = env(&var) {
+                *slot = value.parse().map_err(|e: T::Err| ConfigError::Env {
+                    var,
+                    message: e.to_string(),
+                })?;
+            }
+            Ok(())
+        }
+        fn set_opt<T: std::str::FromStr>(
+            env: &impl Fn(&str) -> Option<String>,
+            key: &str,
+            slot: &mut Option<T>,
+        ) -> Result<(), ConfigError>
+        where
+            T::Err: std::fmt::Display,
+        {
+            let var = format!("WEFT_{}", key.to_ascii_uppercase());
+            if let Some(value) = env(&var) {
+                *slot = if value.is_empty() {
+                    None
+                } else {
+                    Some(value.parse().map_err(|e: T::Err| ConfigError::Env {
+                        var,
+                        message: e.to_string(),
+                    })?)
+                };
+            }
+            Ok(())
+        }
+        set(&env, "server_name", &mut self.server_name)?;
+        set(&env, "data_dir", &mut self.data_dir)?;
+        set(&env, "client_listen", &mut self.client_listen)?;
+        set(&env, "federation_listen", &mut self.federation_listen)?;
+        set(&env, "federation_plain_http", &mut self.federation_plain_http)?;
+        set_opt(&env, "tls_cert", &mut self.tls_cert)?;
+        set_opt(&env, "tls_key", &mut self.tls_key)?;
+        set(&env, "allow_registration", &mut self.allow_registration)?;
+        set_opt(&env, "registration_shared_secret", &mut self.registration_shared_secret)?;
+        set(&env, "default_room_version", &mut self.default_room_version)?;
+        set(&env, "federation_verify_tls", &mut self.federation_verify_tls)?;
+        set(&env, "log", &mut self.log)?;
+        Ok(())
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        if !SUPPORTED_ROOM_VERSIONS.contains(&self.default_room_version) {
+            return Err(ConfigError::Invalid {
+                key: "default_room_version",
+                message: format!(
+                    "room version {} is not supported (supported: 10, 11, 12)",
+                    self.default_room_version
+                ),
+            });
+        }
+        if self.tls_cert.is_some() != self.tls_key.is_some() {
+            return Err(ConfigError::Invalid {
+                key: "tls_cert",
+                message: "tls_cert and tls_key must be given together".to_owned(),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// The commented default configuration file that `weft generate-config`
+/// prints. Every key is shown with its default value.
+pub const DEFAULT_CONFIG_TOML: &str = r#"# weft configuration.
+# Every key may be overridden by an environment variable WEFT_<KEY>,
+# e.g. WEFT_SERVER_NAME=example.org or WEFT_CLIENT_LISTEN=0.0.0.0:8008.
+
+# The server name: the part after ':' in user IDs (@alice:localhost).
+# Never change it once users and rooms exist.
+server_name = "localhost"
+
+# Where the SQLite database, the signing key and a generated TLS
+# certificate are kept.
+data_dir = "./weft-data"
+
+# Client-server API: plain HTTP. Put a TLS reverse proxy in front of it
+# for anything but local use.
+client_listen = "127.0.0.1:8008"
+
+# Federation (server-server) API: HTTPS.
+federation_listen = "0.0.0.0:8448"
+
+# Serve the federation listener over plain HTTP, for a TLS-terminating
+# proxy in front of weft.
+federation_plain_http = false
+
+# PEM certificate chain and private key for the federation listener.
+# Leave both out to have a self-signed certificate generated in data_dir.
+# tls_cert = "/etc/weft/fullchain.pem"
+# tls_key = "/etc/weft/privkey.pem"
+
+# Whether anyone may create an account through the client API.
+# Admins create accounts with `weft register-user NAME --password P`.
+allow_registration = false
+
+# Shared secret for Synapse-compatible admin registration
+# (/_synapse/admin/v1/register). Leave out to disable it.
+# registration_shared_secret = "long random string"
+
+# Room version of rooms created without one: "10", "11" or "12".
+default_room_version = "11"
+
+# Verify other homeservers' TLS certificates. Turn off only for loopback
+# test rigs with self-signed certificates.
+federation_verify_tls = true
+
+# Log filter (tracing EnvFilter syntax), e.g. "info" or "weft=debug,info".
+log = "info"
+"#;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_config_is_the_default() {
+        assert_eq!(Config::parse(DEFAULT_CONFIG_TOML).unwrap(), Config::default());
+    }
+
+    #[test]
+    fn env_overrides_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("weft.toml");
+        std::fs::write(&path, "server_name = \"file.example\"\nlog = \"debug\"\n").unwrap();
+        let config = Config::load_with_env(Some(&path), |k| match k {
+            "WEFT_SERVER_NAME" => Some("env.example:8448".to_owned()),
+            "WEFT_CLIENT_LISTEN" => Some("127.0.0.1:1234".to_owned()),
+            "WEFT_ALLOW_REGISTRATION" => Some("true".to_owned()),
+            _ => None,
+        })
+        .unwrap();
+        assert_eq!(config.server_name.as_str(), "env.example:8448");
+        assert_eq!(config.client_listen.port(), 1234);
+        assert!(config.allow_registration);
+        assert_eq!(config.log, "debug");
+    }
+
+    #[test]
+    fn bad_file_names_key_and_line() {
+        let err = Config::parse("server_name = \"ok\"\nclient_listen = 12\n").unwrap_err();
+        assert!(err.contains("client_listen"), "{err}");
+        assert!(err.contains("line 2"), "{err}");
+        let err = Config::parse("\n\nsevrer_name = \"typo\"\n").unwrap_err();
+        assert!(err.contains("sevrer_name"), "{err}");
+        assert!(err.contains("line 3"), "{err}");
+    }
+
+    #[test]
+    fn bad_env_names_variable() {
+        let err = Config::load_with_env(None, |k| (k == "WEFT_FEDERATION_LISTEN").then(|| "nonsense".to_owned()))
+            .unwrap_err();
+        assert!(err.to_string().contains("WEFT_FEDERATION_LISTEN"), "{err}");
+    }
+
+    #[test]
+    fn unsupported_room_version_is_refused() {
+        let err =
+            Config::load_with_env(None, |k| (k == "WEFT_DEFAULT_ROOM_VERSION").then(|| "1".to_owned())).unwrap_err();
+        assert!(err.to_string().contains("default_room_version"), "{err}");
+    }
+}

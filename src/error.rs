@@ -1,0 +1,180 @@
+//! The error every API answers with: `{"errcode": "M_…", "error": "…"}`
+//! and the HTTP status the spec gives that errcode.
+
+use axum::response::{IntoResponse, Response};
+use http::StatusCode;
+use serde_json::{Map, Value, json};
+
+/// The spec's error codes that weft uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrCode {
+    Forbidden,
+    UnknownToken,
+    MissingToken,
+    Unauthorized,
+    BadJson,
+    NotJson,
+    NotFound,
+    LimitExceeded,
+    Unrecognized,
+    Unknown,
+    UserInUse,
+    InvalidUsername,
+    RoomInUse,
+    InvalidRoomState,
+    UnsupportedRoomVersion,
+    IncompatibleRoomVersion,
+    BadState,
+    GuestAccessForbidden,
+    MissingParam,
+    InvalidParam,
+    TooLarge,
+    Exclusive,
+    UserDeactivated,
+    BadAlias,
+}
+
+impl ErrCode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrCode::Forbidden => "M_FORBIDDEN",
+            ErrCode::UnknownToken => "M_UNKNOWN_TOKEN",
+            ErrCode::MissingToken => "M_MISSING_TOKEN",
+            ErrCode::Unauthorized => "M_UNAUTHORIZED",
+            ErrCode::BadJson => "M_BAD_JSON",
+            ErrCode::NotJson => "M_NOT_JSON",
+            ErrCode::NotFound => "M_NOT_FOUND",
+            ErrCode::LimitExceeded => "M_LIMIT_EXCEEDED",
+            ErrCode::Unrecognized => "M_UNRECOGNIZED",
+            ErrCode::Unknown => "M_UNKNOWN",
+            ErrCode::UserInUse => "M_USER_IN_USE",
+            ErrCode::InvalidUsername => "M_INVALID_USERNAME",
+            ErrCode::RoomInUse => "M_ROOM_IN_USE",
+            ErrCode::InvalidRoomState => "M_INVALID_ROOM_STATE",
+            ErrCode::UnsupportedRoomVersion => "M_UNSUPPORTED_ROOM_VERSION",
+            ErrCode::IncompatibleRoomVersion => "M_INCOMPATIBLE_ROOM_VERSION",
+            ErrCode::BadState => "M_BAD_STATE",
+            ErrCode::GuestAccessForbidden => "M_GUEST_ACCESS_FORBIDDEN",
+            ErrCode::MissingParam => "M_MISSING_PARAM",
+            ErrCode::InvalidParam => "M_INVALID_PARAM",
+            ErrCode::TooLarge => "M_TOO_LARGE",
+            ErrCode::Exclusive => "M_EXCLUSIVE",
+            ErrCode::UserDeactivated => "M_USER_DEACTIVATED",
+            ErrCode::BadAlias => "M_BAD_ALIAS",
+        }
+    }
+
+    /// The status the spec pairs with this code when nothing more
+    /// specific applies.
+    pub fn default_status(self) -> StatusCode {
+        match self {
+            ErrCode::Forbidden | ErrCode::GuestAccessForbidden | ErrCode::UserDeactivated | ErrCode::BadState => {
+                StatusCode::FORBIDDEN
+            }
+            ErrCode::UnknownToken | ErrCode::MissingToken | ErrCode::Unauthorized => StatusCode::UNAUTHORIZED,
+            ErrCode::NotFound => StatusCode::NOT_FOUND,
+            ErrCode::LimitExceeded => StatusCode::TOO_MANY_REQUESTS,
+            ErrCode::Unrecognized => StatusCode::NOT_FOUND,
+            ErrCode::Unknown => StatusCode::INTERNAL_SERVER_ERROR,
+            ErrCode::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            _ => StatusCode::BAD_REQUEST,
+        }
+    }
+}
+
+/// An error response. Build with the named constructors.
+#[derive(Debug, Clone)]
+pub struct MatrixError {
+    pub status: StatusCode,
+    pub code: ErrCode,
+    pub message: String,
+    /// More fields for the body (e.g. `soft_logout`, UIA flows).
+    pub extra: Option<Box<Map<String, Value>>>,
+}
+
+impl std::fmt::Display for MatrixError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}: {}", self.status.as_u16(), self.code.as_str(), self.message)
+    }
+}
+
+impl std::error::Error for MatrixError {}
+
+impl MatrixError {
+    pub fn new(code: ErrCode, message: impl Into<String>) -> Self {
+        MatrixError {
+            status: code.default_status(),
+            code,
+            message: message.into(),
+            extra: None,
+        }
+    }
+
+    pub fn with_status(mut self, status: StatusCode) -> Self {
+        self.status = status;
+        self
+    }
+
+    pub fn with_field(mut self, key: &str, value: Value) -> Self {
+        self.extra
+            .get_or_insert_with(Default::default)
+            .insert(key.to_owned(), value);
+        self
+    }
+
+    pub fn forbidden(message: impl Into<String>) -> Self {
+        Self::new(ErrCode::Forbidden, message)
+    }
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self::new(ErrCode::NotFound, message)
+    }
+    pub fn bad_json(message: impl Into<String>) -> Self {
+        Self::new(ErrCode::BadJson, message)
+    }
+    pub fn not_json(message: impl Into<String>) -> Self {
+        Self::new(ErrCode::NotJson, message)
+    }
+    pub fn invalid_param(message: impl Into<String>) -> Self {
+        Self::new(ErrCode::InvalidParam, message)
+    }
+    pub fn missing_param(message: impl Into<String>) -> Self {
+        Self::new(ErrCode::MissingParam, message)
+    }
+    pub fn unknown(message: impl Into<String>) -> Self {
+        Self::new(ErrCode::Unknown, message)
+    }
+    pub fn unrecognized(message: impl Into<String>) -> Self {
+        Self::new(ErrCode::Unrecognized, message)
+    }
+    /// An internal failure: logged in full, answered without details.
+    pub fn internal(context: &str, error: impl std::fmt::Display) -> Self {
+        tracing::error!(%error, "{context}");
+        Self::new(ErrCode::Unknown, format!("internal error: {context}"))
+    }
+
+    pub fn body(&self) -> Value {
+        let mut body = Map::new();
+        // A user-interactive-auth challenge (with `flows`) is not an error
+        // in itself and carries no errcode.
+        if !self.extra.as_ref().is_some_and(|e| e.contains_key("flows")) {
+            body.insert("errcode".to_owned(), json!(self.code.as_str()));
+            body.insert("error".to_owned(), json!(self.message));
+        }
+        if let Some(extra) = &self.extra {
+            body.extend(extra.iter().map(|(k, v)| (k.clone(), v.clone())));
+        }
+        Value::Object(body)
+    }
+}
+
+impl IntoResponse for MatrixError {
+    fn into_response(self) -> Response {
+        (self.status, axum::Json(self.body())).into_response()
+    }
+}
+
+impl From<crate::storage::StorageError> for MatrixError {
+    fn from(e: crate::storage::StorageError) -> Self {
+        MatrixError::internal("storage", e)
+    }
+}

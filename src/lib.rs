@@ -1,0 +1,17 @@
+//! weft, a Matrix homeserver. See ARCHITECTURE.md for the map.
+
+pub mod accounts;
+pub mod client_api;
+pub mod config;
+pub mod error;
+pub mod events;
+pub mod federation_api;
+pub mod keys;
+pub mod rooms;
+pub mod server;
+pub mod services;
+pub mod state;
+pub mod storage;
+pub mod timeline;
+pub mod tls;
+pub mod visibility;

@@ -1,0 +1,109 @@
+//! The `weft` command: serve, generate-config, register-user.
+
+use std::{path::PathBuf, process::ExitCode, sync::Arc};
+
+use clap::{Parser, Subcommand};
+use weft::{
+    accounts,
+    config::{Config, DEFAULT_CONFIG_TOML},
+    server,
+    storage::{Storage, sqlite::SqliteStorage},
+};
+
+#[derive(Parser)]
+#[command(name = "weft", version, about = "weft, a Matrix homeserver")]
+struct Cli {
+    /// Configuration file (TOML). Every key can also be set with WEFT_<KEY>.
+    #[arg(long, short, global = true, env = "WEFT_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the homeserver.
+    Serve,
+    /// Print a commented default configuration file.
+    GenerateConfig,
+    /// Create a local account.
+    RegisterUser {
+        /// Localpart (`alice`) or full user ID (`@alice:example.org`).
+        name: String,
+        #[arg(long, short)]
+        password: String,
+        /// Make the account a server admin.
+        #[arg(long)]
+        admin: bool,
+    },
+}
+
+fn init_logging(filter: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("RUST_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(filter));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Command::GenerateConfig = cli.command {
+        print!("{DEFAULT_CONFIG_TOML}");
+        return ExitCode::SUCCESS;
+    }
+    let config = match Config::load(cli.config.as_deref()) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("weft: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    init_logging(&config.log);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("weft: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Command::Serve => {
+                let running = server::start(config).await.map_err(|e| e.to_string())?;
+                running.run_until_signal().await;
+                Ok(())
+            }
+            Command::RegisterUser { name, password, admin } => register_user(&config, &name, &password, admin).await,
+            Command::GenerateConfig => unreachable!("handled above"),
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("weft: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn register_user(config: &Config, name: &str, password: &str, admin: bool) -> Result<(), String> {
+    let localpart = match name.strip_prefix('@') {
+        Some(full) => {
+            let (localpart, server) = full.split_once(':').ok_or("a full user ID needs a server name")?;
+            if server != config.server_name.as_str() {
+                return Err(format!("{name} is not a user of this server ({})", config.server_name));
+            }
+            localpart
+        }
+        None => name,
+    };
+    let user_id = accounts::user_id_for(localpart, &config.server_name).map_err(|e| e.to_string())?;
+    let storage: Arc<dyn Storage> = Arc::new(SqliteStorage::open(&config.data_dir).map_err(|e| e.to_string())?);
+    accounts::create_user(&*storage, &user_id, Some(password), admin)
+        .await
+        .map_err(|e| e.to_string())?;
+    println!("created {user_id}{}", if admin { " (admin)" } else { "" });
+    Ok(())
+}

@@ -1,0 +1,77 @@
+//! Rooms as this server's users act in them: creating rooms, sending
+//! events, membership changes, redactions. Every local event goes through
+//! [`send::send_event`], which places it in the DAG, checks it against
+//! the auth rules and stores it atomically.
+
+pub mod create;
+pub mod membership;
+pub mod power;
+pub mod send;
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+};
+
+use ruma::{OwnedRoomId, RoomId};
+
+use crate::{error::MatrixError, events::build::BuildError, storage::StorageError};
+
+/// One lock per room: local events of a room are placed one at a time, so
+/// each sees the extremities and state the previous one left.
+#[derive(Default)]
+pub struct RoomLocks {
+    locks: Mutex<HashMap<OwnedRoomId, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+impl RoomLocks {
+    pub async fn lock(&self, room_id: &RoomId) -> tokio::sync::OwnedMutexGuard<()> {
+        let lock = {
+            let mut locks = self.locks.lock().expect("room locks");
+            // Drop locks nobody holds, so the map does not grow forever.
+            if locks.len() > 1024 {
+                locks.retain(|_, l| Arc::strong_count(l) > 1);
+            }
+            locks.entry(room_id.to_owned()).or_default().clone()
+        };
+        lock.lock_owned().await
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RoomError {
+    #[error("unknown room")]
+    UnknownRoom,
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("{0}")]
+    BadEvent(#[from] BuildError),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("room version {0} is not supported")]
+    UnsupportedVersion(String),
+    #[error("room alias already taken")]
+    AliasInUse,
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+}
+
+impl From<RoomError> for MatrixError {
+    fn from(e: RoomError) -> Self {
+        use crate::error::ErrCode;
+        match e {
+            RoomError::UnknownRoom => MatrixError::not_found("Unknown room"),
+            RoomError::Forbidden(m) => MatrixError::forbidden(m),
+            RoomError::BadEvent(BuildError::TooLarge(m)) => MatrixError::new(ErrCode::TooLarge, m),
+            RoomError::BadEvent(BuildError::NotCanonical(m)) => MatrixError::bad_json(m),
+            RoomError::BadEvent(e) => MatrixError::bad_json(e.to_string()),
+            RoomError::Invalid(m) => MatrixError::invalid_param(m),
+            RoomError::UnsupportedVersion(v) => MatrixError::new(
+                ErrCode::UnsupportedRoomVersion,
+                format!("room version {v} is not supported"),
+            ),
+            RoomError::AliasInUse => MatrixError::new(ErrCode::RoomInUse, "Room alias already taken"),
+            RoomError::Storage(e) => e.into(),
+        }
+    }
+}

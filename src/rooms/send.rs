@@ -1,0 +1,211 @@
+//! The path of every event this server creates: under the room's lock,
+//! take the forward extremities as `prev_events`, select `auth_events`
+//! from the current state, build and sign, check the auth rules against
+//! the current state, then store event, edges, state and extremities in
+//! one transaction and wake `/sync`.
+
+use std::sync::Arc;
+
+use ruma::{
+    MilliSecondsSinceUnixEpoch, RoomId, UserId,
+    events::{StateEventType, TimelineEventType},
+    room_version_rules::RoomVersionRules,
+};
+
+use super::{RoomError, power::power_levels};
+use crate::{
+    events::{EventTemplate, Pdu, Placement, auth, build::raw_content, build_event},
+    services::Services,
+    state::{StateMap, key},
+    storage::{CurrentStateChange, NewTimelineEvent, StateGroupId, StateWrite, StreamOrdering, TxnKey},
+};
+
+/// At most this many forward extremities become one event's parents.
+const MAX_PREV_EVENTS: usize = 10;
+
+/// An event this server stored.
+#[derive(Debug, Clone)]
+pub struct Sent {
+    pub pdu: Arc<Pdu>,
+    pub stream_ordering: StreamOrdering,
+}
+
+/// Creates, checks and stores a local event in an existing room. A client
+/// transaction ID seen before returns the event it produced then.
+pub async fn send_event(
+    svc: &Services,
+    room_id: &RoomId,
+    sender: &UserId,
+    template: EventTemplate,
+    txn: Option<TxnKey>,
+) -> Result<Sent, RoomError> {
+    let _guard = svc.rooms.lock(room_id).await;
+    if let Some(txn) = &txn
+        && let Some(event_id) = svc.storage.txn_event(txn).await?
+    {
+        let event = svc.storage.event(&event_id).await?.ok_or(RoomError::UnknownRoom)?;
+        return Ok(Sent {
+            pdu: event.pdu,
+            stream_ordering: event.meta.stream_ordering,
+        });
+    }
+    let room = svc.storage.room(room_id).await?.ok_or(RoomError::UnknownRoom)?;
+    let rules = room
+        .version
+        .rules()
+        .ok_or_else(|| RoomError::UnsupportedVersion(room.version.to_string()))?;
+    let group = room.current_state_group.ok_or(RoomError::UnknownRoom)?;
+    let state = svc.state.group(group).await?;
+
+    if template.kind == TimelineEventType::RoomRedaction {
+        check_redaction(svc, room_id, sender, &template, &state, &rules).await?;
+    }
+
+    let mut extremities = svc.storage.forward_extremities(room_id).await?;
+    extremities.truncate(MAX_PREV_EVENTS);
+    let depth = extremities.iter().map(|(_, d)| *d).max().unwrap_or(0).max(0) as u64 + 1;
+    let prev_events = extremities.into_iter().map(|(id, _)| id).collect();
+
+    let auth_types = ruma::state_res::auth_types_for_event(
+        &template.kind,
+        sender,
+        template.state_key.as_deref(),
+        &raw_content(&template.content),
+        &rules.authorization,
+    )
+    .map_err(|e| RoomError::Invalid(format!("bad event content: {e}")))?;
+    let mut wanted = auth_types.clone();
+    wanted.push(key(StateEventType::RoomCreate, ""));
+    let auth_state = svc.state.events_for(&state, &wanted).await?;
+    let auth_events = auth_types.iter().filter_map(|k| state.get(k).cloned()).collect();
+
+    let pdu = build_event(
+        &svc.keys,
+        &room.version,
+        sender,
+        &template,
+        Placement {
+            room_id: Some(room_id),
+            prev_events,
+            auth_events,
+            depth,
+        },
+        MilliSecondsSinceUnixEpoch::now(),
+    )?;
+    let ctx = auth::AuthContext::from_state(auth_state.iter().map(|e| &*e.pdu));
+    auth::check(&rules.authorization, &pdu, &ctx).map_err(RoomError::Forbidden)?;
+
+    persist_local(svc, pdu, Some((group, state)), txn, &rules).await
+}
+
+/// Stores a local event that passed its checks, with `before` the state
+/// before it (`None` for a room's create event). The room's current
+/// state becomes the state after it.
+pub(super) async fn persist_local(
+    svc: &Services,
+    pdu: Pdu,
+    before: Option<(StateGroupId, Arc<StateMap>)>,
+    txn: Option<TxnKey>,
+    rules: &RoomVersionRules,
+) -> Result<Sent, RoomError> {
+    let pdu = Arc::new(pdu);
+    let state_key = pdu
+        .state_key
+        .as_ref()
+        .map(|k| key(StateEventType::from(pdu.kind.to_string()), k));
+    let replaces_state = state_key
+        .as_ref()
+        .and_then(|k| before.as_ref().and_then(|(_, map)| map.get(k).cloned()));
+    let state_before = match &before {
+        Some((group, _)) => StateWrite::Existing(*group),
+        None => StateWrite::Delta {
+            base: None,
+            changes: Vec::new(),
+        },
+    };
+    let changes = state_key
+        .iter()
+        .map(|k| CurrentStateChange {
+            key: k.clone(),
+            event_id: Some(pdu.event_id.clone()),
+        })
+        .collect();
+    let persisted = svc
+        .storage
+        .persist_timeline_event(NewTimelineEvent {
+            pdu: pdu.clone(),
+            state_before,
+            replaces_state,
+            current_state: Some(changes),
+            txn,
+        })
+        .await?;
+
+    let before_map = before.map(|(_, map)| map).unwrap_or_default();
+    svc.state.remember(persisted.state_group_before, before_map.clone());
+    if let Some(k) = state_key {
+        let mut after = (*before_map).clone();
+        after.insert(k, pdu.event_id.clone());
+        svc.state.remember(persisted.state_group_after, Arc::new(after));
+    }
+    if let Some(target) = &pdu.redacts {
+        apply_redaction(svc, &pdu, target, rules).await?;
+    }
+    svc.notifier.notify(persisted.stream_ordering);
+    Ok(Sent {
+        pdu,
+        stream_ordering: persisted.stream_ordering,
+    })
+}
+
+/// Whether `sender` may redact the event named by the template: their
+/// own events always; others' with the room's redact power level.
+async fn check_redaction(
+    svc: &Services,
+    room_id: &RoomId,
+    sender: &UserId,
+    template: &EventTemplate,
+    state: &StateMap,
+    rules: &RoomVersionRules,
+) -> Result<(), RoomError> {
+    let target = match &template.redacts {
+        Some(id) => svc.storage.event(id).await?,
+        None => return Err(RoomError::Invalid("redaction without an event to redact".to_owned())),
+    };
+    if let Some(target) = &target {
+        if target.pdu.room_id != room_id {
+            return Err(RoomError::Invalid("the event to redact is in another room".to_owned()));
+        }
+        if target.pdu.sender == sender {
+            return Ok(());
+        }
+    }
+    let power = power_levels(svc, state, &rules.authorization).await?;
+    if power.user_can_redact_event_of_other(sender) {
+        Ok(())
+    } else {
+        Err(RoomError::Forbidden(
+            "You don't have permission to redact other users' events".to_owned(),
+        ))
+    }
+}
+
+/// Replaces the stored target by its redacted form.
+async fn apply_redaction(
+    svc: &Services,
+    redaction: &Pdu,
+    target: &ruma::EventId,
+    rules: &RoomVersionRules,
+) -> Result<(), RoomError> {
+    let Some(event) = svc.storage.event(target).await? else {
+        return Ok(());
+    };
+    if event.pdu.room_id != redaction.room_id || event.meta.redacted_by.is_some() {
+        return Ok(());
+    }
+    let redacted = ruma::canonical_json::redact(event.pdu.canonical_object(), &rules.redaction, None)
+        .map_err(|e| RoomError::Invalid(format!("cannot redact {target}: {e}")))?;
+    let json = serde_json::to_string(&redacted).map_err(|e| RoomError::Invalid(e.to_string()))?;
+    svc.storage.apply_redaction(target, &json, &redaction.event_id).await?;
+    Ok(())
+}

@@ -1,0 +1,189 @@
+//! Start-up: open storage, load keys and certificate, build the
+//! [`Services`], and serve the client API (HTTP) and the federation API
+//! (HTTPS) until shut down.
+
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+use axum::{Router, response::IntoResponse};
+use http::{Method, header};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tower_http::{catch_panic::CatchPanicLayer, cors::CorsLayer};
+
+use crate::{
+    client_api,
+    config::Config,
+    error::MatrixError,
+    federation_api,
+    keys::{KeyError, ServerKeys},
+    services::Services,
+    storage::{StorageError, sqlite::SqliteStorage},
+    tls::{self, TlsError},
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("data directory {path}: {source}")]
+    DataDir { path: String, source: std::io::Error },
+    #[error("storage: {0}")]
+    Storage(#[from] StorageError),
+    #[error(transparent)]
+    Keys(#[from] KeyError),
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    #[error("cannot listen on {addr}: {source}")]
+    Listen { addr: SocketAddr, source: std::io::Error },
+}
+
+/// A started server. Drop it or call [`RunningServer::shutdown`] to stop.
+pub struct RunningServer {
+    pub client_addr: SocketAddr,
+    pub federation_addr: SocketAddr,
+    pub services: Arc<Services>,
+    cancel: CancellationToken,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl RunningServer {
+    /// Stops accepting, lets requests in flight finish (briefly), returns
+    /// when the listeners are closed.
+    pub async fn shutdown(self) {
+        self.cancel.cancel();
+        for task in self.tasks {
+            let _ = task.await;
+        }
+    }
+
+    /// Runs until ctrl-c or SIGTERM, then shuts down.
+    pub async fn run_until_signal(self) {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
+        }
+        tracing::info!("shutting down");
+        self.shutdown().await;
+    }
+}
+
+fn cors() -> CorsLayer {
+    CorsLayer::new()
+        .allow_origin(tower_http::cors::Any)
+        .allow_methods([Method::GET, Method::POST, Method::PUT, Method::DELETE, Method::OPTIONS])
+        .allow_headers([
+            header::AUTHORIZATION,
+            header::CONTENT_TYPE,
+            header::HeaderName::from_static("x-requested-with"),
+        ])
+}
+
+fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> axum::response::Response {
+    MatrixError::unknown("internal error").into_response()
+}
+
+fn app(router: Router<Arc<Services>>, svc: Arc<Services>) -> Router {
+    router
+        .fallback(client_api::unrecognized)
+        .method_not_allowed_fallback(|| async {
+            MatrixError::unrecognized("Method not allowed").with_status(http::StatusCode::METHOD_NOT_ALLOWED)
+        })
+        .layer(CatchPanicLayer::custom(panic_response))
+        .layer(cors())
+        .with_state(svc)
+}
+
+/// Starts weft with `config`. Listening addresses may use port 0; the
+/// bound addresses are in the result.
+pub async fn start(config: Config) -> Result<RunningServer, StartError> {
+    std::fs::create_dir_all(&config.data_dir).map_err(|source| StartError::DataDir {
+        path: config.data_dir.display().to_string(),
+        source,
+    })?;
+    let storage = Arc::new(SqliteStorage::open(&config.data_dir)?);
+    let keys = ServerKeys::load_or_generate(&config.data_dir, config.server_name.clone())?;
+    let tls_config = if config.federation_plain_http {
+        None
+    } else {
+        let configured = config.tls_cert.as_deref().zip(config.tls_key.as_deref());
+        let (cert, key) = tls::certificate_files(&config.data_dir, config.server_name.as_str(), configured)?;
+        Some(tls::server_config(&cert, &key)?)
+    };
+    let svc = Arc::new(Services::new(config.clone(), keys, storage).await?);
+    let cancel = CancellationToken::new();
+
+    let client_listener = tokio::net::TcpListener::bind(config.client_listen)
+        .await
+        .map_err(|source| StartError::Listen {
+            addr: config.client_listen,
+            source,
+        })?;
+    let client_addr = client_listener.local_addr().map_err(|source| StartError::Listen {
+        addr: config.client_listen,
+        source,
+    })?;
+    let client_app = app(client_api::router(), svc.clone());
+    let client_cancel = cancel.clone();
+    let client_task = tokio::spawn(async move {
+        let serve = axum::serve(client_listener, client_app)
+            .with_graceful_shutdown(async move { client_cancel.cancelled().await });
+        if let Err(e) = serve.await {
+            tracing::error!(error = %e, "client API listener failed");
+        }
+    });
+
+    let fed_listener = std::net::TcpListener::bind(config.federation_listen).map_err(|source| StartError::Listen {
+        addr: config.federation_listen,
+        source,
+    })?;
+    fed_listener
+        .set_nonblocking(true)
+        .map_err(|source| StartError::Listen {
+            addr: config.federation_listen,
+            source,
+        })?;
+    let federation_addr = fed_listener.local_addr().map_err(|source| StartError::Listen {
+        addr: config.federation_listen,
+        source,
+    })?;
+    let fed_app = app(federation_api::router(), svc.clone());
+    let handle = axum_server::Handle::new();
+    let fed_handle = handle.clone();
+    let fed_cancel = cancel.clone();
+    tokio::spawn(async move {
+        fed_cancel.cancelled().await;
+        fed_handle.graceful_shutdown(Some(Duration::from_secs(5)));
+    });
+    let fed_task = tokio::spawn(async move {
+        let result = match tls_config {
+            Some(tls) => {
+                let rustls = axum_server::tls_rustls::RustlsConfig::from_config(tls);
+                match axum_server::from_tcp_rustls(fed_listener, rustls) {
+                    Ok(server) => server.handle(handle).serve(fed_app.into_make_service()).await,
+                    Err(e) => Err(e),
+                }
+            }
+            None => match axum_server::from_tcp(fed_listener) {
+                Ok(server) => server.handle(handle).serve(fed_app.into_make_service()).await,
+                Err(e) => Err(e),
+            },
+        };
+        if let Err(e) = result {
+            tracing::error!(error = %e, "federation listener failed");
+        }
+    });
+
+    tracing::info!(
+        server_name = %config.server_name,
+        client_api = %format!("http://{client_addr}"),
+        federation_api = %format!("{}://{federation_addr}", if config.federation_plain_http { "http" } else { "https" }),
+        data_dir = %config.data_dir.display(),
+        "weft is listening"
+    );
+    Ok(RunningServer {
+        client_addr,
+        federation_addr,
+        services: svc,
+        cancel,
+        tasks: vec![client_task, fed_task],
+    })
+}

@@ -1,0 +1,73 @@
+//! The server's context: what every request handler is given (axum state).
+//! Built once in [`crate::server`], passed explicitly, never global.
+
+use std::sync::Arc;
+
+use tokio::sync::watch;
+
+use crate::{
+    config::Config,
+    keys::ServerKeys,
+    rooms::RoomLocks,
+    state::StateCache,
+    storage::{Storage, StreamOrdering},
+};
+
+pub struct Services {
+    pub config: Config,
+    pub keys: ServerKeys,
+    pub storage: Arc<dyn Storage>,
+    pub state: StateCache,
+    pub rooms: RoomLocks,
+    pub notifier: Notifier,
+}
+
+impl Services {
+    pub async fn new(config: Config, keys: ServerKeys, storage: Arc<dyn Storage>) -> crate::storage::Result<Services> {
+        let head = storage.max_stream_ordering().await?;
+        Ok(Services {
+            config,
+            keys,
+            state: StateCache::new(storage.clone()),
+            storage,
+            rooms: RoomLocks::default(),
+            notifier: Notifier::new(head),
+        })
+    }
+
+    pub fn server_name(&self) -> &ruma::ServerName {
+        self.keys.server_name()
+    }
+}
+
+/// Wakes long-polling `/sync` requests when new events are stored: holds
+/// the newest stream ordering.
+pub struct Notifier {
+    head: watch::Sender<StreamOrdering>,
+}
+
+impl Notifier {
+    pub fn new(head: StreamOrdering) -> Self {
+        Notifier {
+            head: watch::Sender::new(head),
+        }
+    }
+
+    pub fn notify(&self, stream: StreamOrdering) {
+        self.head.send_if_modified(|head| {
+            let newer = stream > *head;
+            if newer {
+                *head = stream;
+            }
+            newer
+        });
+    }
+
+    pub fn head(&self) -> StreamOrdering {
+        *self.head.borrow()
+    }
+
+    pub fn subscribe(&self) -> watch::Receiver<StreamOrdering> {
+        self.head.subscribe()
+    }
+}

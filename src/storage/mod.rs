@@ -1,0 +1,278 @@
+//! Storage: the one interface the rest of weft uses to keep things.
+//!
+//! [`Storage`] speaks the protocol's concepts (events, their edges, the
+//! two orders, extremities, state groups, accounts) rather than tables, so
+//! that a PostgreSQL implementation can stand beside the embedded SQLite
+//! one ([`sqlite::SqliteStorage`]). Writes that belong together — an event,
+//! its edges, its state group, the new extremities and current state, the
+//! client's transaction ID — are one call and one database transaction.
+
+pub mod sqlite;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use ruma::{
+    OwnedDeviceId, OwnedEventId, OwnedRoomAliasId, OwnedRoomId, OwnedUserId, RoomAliasId, RoomId, RoomVersionId,
+    UserId, events::StateEventType,
+};
+
+use crate::events::Pdu;
+
+/// Arrival order. Live events count up from 1; backfilled history will
+/// count down from -1, so it sorts before everything that was live.
+pub type StreamOrdering = i64;
+/// The ID of a stored room state (a snapshot, or a delta on another).
+pub type StateGroupId = i64;
+/// `(event type, state key)`.
+pub type StateKey = (StateEventType, String);
+
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    #[error("database: {0}")]
+    Database(String),
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+    #[error("already exists")]
+    AlreadyExists,
+    #[error("not found")]
+    NotFound,
+}
+
+pub type Result<T, E = StorageError> = std::result::Result<T, E>;
+
+/// What the server knows about a held event beyond its JSON.
+#[derive(Debug, Clone)]
+pub struct EventMeta {
+    pub stream_ordering: StreamOrdering,
+    /// Held without the state before it (no place in the timeline).
+    pub outlier: bool,
+    pub rejected: Option<String>,
+    pub soft_failed: bool,
+    /// The redaction event that was applied to this event.
+    pub redacted_by: Option<OwnedEventId>,
+    pub state_group_before: Option<StateGroupId>,
+    pub state_group_after: Option<StateGroupId>,
+    /// For a state event: the event it replaced in the room state.
+    pub replaces_state: Option<OwnedEventId>,
+    /// The sender's device and transaction ID, for a local event sent
+    /// with one.
+    pub txn: Option<(OwnedDeviceId, String)>,
+}
+
+/// A held event.
+#[derive(Debug, Clone)]
+pub struct StoredEvent {
+    pub pdu: Arc<Pdu>,
+    pub meta: EventMeta,
+}
+
+/// The topological position of an event: `(depth, stream_ordering)`.
+/// Pagination follows this order; it keeps its meaning when older history
+/// is inserted later (that history has lower depths).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct TopoKey {
+    pub depth: i64,
+    pub stream: StreamOrdering,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    Backward,
+    Forward,
+}
+
+/// A state to store: an existing group, or a delta on top of one.
+#[derive(Debug, Clone)]
+pub enum StateWrite {
+    Existing(StateGroupId),
+    Delta {
+        base: Option<StateGroupId>,
+        changes: Vec<(StateKey, OwnedEventId)>,
+    },
+}
+
+/// A change to the current state of a room (for its current-state table).
+#[derive(Debug, Clone)]
+pub struct CurrentStateChange {
+    pub key: StateKey,
+    /// `None`: the key left the state (possible after state resolution).
+    pub event_id: Option<OwnedEventId>,
+}
+
+/// The client transaction an event was sent under.
+#[derive(Debug, Clone)]
+pub struct TxnKey {
+    pub user_id: OwnedUserId,
+    pub device_id: OwnedDeviceId,
+    pub txn_id: String,
+}
+
+/// An event to add to a room's timeline (not an outlier).
+#[derive(Debug, Clone)]
+pub struct NewTimelineEvent {
+    pub pdu: Arc<Pdu>,
+    pub state_before: StateWrite,
+    pub replaces_state: Option<OwnedEventId>,
+    /// When set, the room's current state becomes the state after this
+    /// event; these are the differences from the previous current state.
+    pub current_state: Option<Vec<CurrentStateChange>>,
+    pub txn: Option<TxnKey>,
+}
+
+/// What persisting a timeline event produced.
+#[derive(Debug, Clone, Copy)]
+pub struct Persisted {
+    pub stream_ordering: StreamOrdering,
+    pub state_group_before: StateGroupId,
+    pub state_group_after: StateGroupId,
+}
+
+#[derive(Debug, Clone)]
+pub struct RoomInfo {
+    pub room_id: OwnedRoomId,
+    pub version: RoomVersionId,
+    pub current_state_group: Option<StateGroupId>,
+    pub published: bool,
+}
+
+/// A user's membership in a room, from the current state.
+#[derive(Debug, Clone)]
+pub struct Membership {
+    pub room_id: OwnedRoomId,
+    pub user_id: OwnedUserId,
+    pub membership: String,
+    pub event_id: OwnedEventId,
+    pub stream_ordering: StreamOrdering,
+}
+
+#[derive(Debug, Clone)]
+pub struct UserRecord {
+    pub user_id: OwnedUserId,
+    pub password_hash: Option<String>,
+    pub admin: bool,
+    pub deactivated: bool,
+    pub displayname: Option<String>,
+    pub avatar_url: Option<String>,
+}
+
+/// The user and device an access token stands for.
+#[derive(Debug, Clone)]
+pub struct TokenOwner {
+    pub user_id: OwnedUserId,
+    pub device_id: OwnedDeviceId,
+}
+
+#[derive(Debug, Clone)]
+pub struct Device {
+    pub device_id: OwnedDeviceId,
+    pub display_name: Option<String>,
+    pub last_seen_ts: Option<u64>,
+}
+
+/// Everything weft keeps, behind one interface.
+#[async_trait]
+pub trait Storage: Send + Sync + 'static {
+    // ----- accounts -----
+    async fn create_user(&self, user: UserRecord) -> Result<()>;
+    async fn user(&self, user_id: &UserId) -> Result<Option<UserRecord>>;
+    async fn set_password_hash(&self, user_id: &UserId, hash: &str) -> Result<()>;
+    async fn set_profile(
+        &self,
+        user_id: &UserId,
+        displayname: Option<Option<&str>>,
+        avatar_url: Option<Option<&str>>,
+    ) -> Result<()>;
+    /// Creates (or reuses) a device and gives it a new access token.
+    async fn create_session(
+        &self,
+        user_id: &UserId,
+        device_id: &ruma::DeviceId,
+        display_name: Option<&str>,
+        token: &str,
+    ) -> Result<()>;
+    async fn token_owner(&self, token: &str) -> Result<Option<TokenOwner>>;
+    async fn delete_token(&self, token: &str) -> Result<()>;
+    /// Logs out every device of the user.
+    async fn delete_all_tokens(&self, user_id: &UserId) -> Result<()>;
+    async fn devices(&self, user_id: &UserId) -> Result<Vec<Device>>;
+    async fn save_filter(&self, user_id: &UserId, filter: &str) -> Result<String>;
+    async fn filter(&self, user_id: &UserId, filter_id: &str) -> Result<Option<String>>;
+
+    // ----- aliases and the directory -----
+    async fn create_alias(&self, alias: &RoomAliasId, room_id: &RoomId, creator: &UserId) -> Result<()>;
+    async fn resolve_alias(&self, alias: &RoomAliasId) -> Result<Option<(OwnedRoomId, OwnedUserId)>>;
+    async fn delete_alias(&self, alias: &RoomAliasId) -> Result<bool>;
+    async fn room_aliases(&self, room_id: &RoomId) -> Result<Vec<OwnedRoomAliasId>>;
+    async fn set_room_published(&self, room_id: &RoomId, published: bool) -> Result<()>;
+    async fn published_rooms(&self) -> Result<Vec<OwnedRoomId>>;
+
+    // ----- rooms and events -----
+    async fn room(&self, room_id: &RoomId) -> Result<Option<RoomInfo>>;
+    async fn event(&self, event_id: &ruma::EventId) -> Result<Option<StoredEvent>>;
+    /// The held events among `ids`, in the order asked (missing skipped).
+    async fn events(&self, ids: &[OwnedEventId]) -> Result<Vec<StoredEvent>>;
+    /// Events with no held children: the next local event's parents.
+    async fn forward_extremities(&self, room_id: &RoomId) -> Result<Vec<(OwnedEventId, i64)>>;
+    /// Events referenced as parents but not held, with their approximate
+    /// depth: where the room's history continues elsewhere.
+    async fn backward_extremities(&self, room_id: &RoomId) -> Result<Vec<(OwnedEventId, i64)>>;
+    /// Appends an event to a room's timeline, atomically with its edges,
+    /// state, extremities, current state and transaction ID. Creates the
+    /// room when the event is its `m.room.create`.
+    async fn persist_timeline_event(&self, event: NewTimelineEvent) -> Result<Persisted>;
+    /// The event sent under this client transaction, if any.
+    async fn txn_event(&self, txn: &TxnKey) -> Result<Option<OwnedEventId>>;
+    /// Replaces the stored JSON of `event_id` by its redacted form.
+    async fn apply_redaction(
+        &self,
+        event_id: &ruma::EventId,
+        redacted_json: &str,
+        redacted_by: &ruma::EventId,
+    ) -> Result<()>;
+    /// Timeline events in topological order from the gap `from` (the place
+    /// just after the event whose key it is): going backward, the events
+    /// at or before it, newest first; going forward, those after it.
+    async fn timeline_page(
+        &self,
+        room_id: &RoomId,
+        from: TopoKey,
+        dir: Direction,
+        limit: usize,
+    ) -> Result<Vec<StoredEvent>>;
+    /// Timeline events with `after < stream_ordering <= upto`, newest
+    /// first, at most `limit`.
+    async fn stream_page(
+        &self,
+        room_id: &RoomId,
+        after: StreamOrdering,
+        upto: StreamOrdering,
+        limit: usize,
+    ) -> Result<Vec<StoredEvent>>;
+    /// The topological key of the newest timeline event of the room that
+    /// had arrived by `stream`.
+    async fn topo_key_at_stream(&self, room_id: &RoomId, stream: StreamOrdering) -> Result<Option<TopoKey>>;
+    /// The newest live arrival order.
+    async fn max_stream_ordering(&self) -> Result<StreamOrdering>;
+
+    // ----- state -----
+    /// The full state of a group, as `(key, event ID)` pairs.
+    async fn state_group(&self, group: StateGroupId) -> Result<Vec<(StateKey, OwnedEventId)>>;
+    /// Current state entries of a room for `event_type` (all if `None`).
+    async fn current_state(
+        &self,
+        room_id: &RoomId,
+        event_type: Option<&StateEventType>,
+    ) -> Result<Vec<(StateKey, OwnedEventId)>>;
+    /// Current memberships of a room's members (all if `membership` is None).
+    async fn room_members(&self, room_id: &RoomId, membership: Option<&str>) -> Result<Vec<Membership>>;
+    /// The user's current membership in every room they have one in.
+    async fn user_memberships(&self, user_id: &UserId) -> Result<Vec<Membership>>;
+    /// Rooms whose membership of `user_id` changed in `(after, upto]`.
+    async fn membership_changes(
+        &self,
+        user_id: &UserId,
+        after: StreamOrdering,
+        upto: StreamOrdering,
+    ) -> Result<Vec<OwnedRoomId>>;
+}

@@ -1,0 +1,352 @@
+//! Rooms, events, their edges and the two orders.
+
+use std::sync::Arc;
+
+use ruma::{EventId, OwnedDeviceId, OwnedEventId, OwnedRoomId, RoomId, RoomVersionId};
+use rusqlite::{Connection, OptionalExtension, Row, Transaction, params};
+
+use super::{accounts::parse, now_ms, state};
+use crate::{
+    events::Pdu,
+    storage::{
+        Direction, EventMeta, NewTimelineEvent, Persisted, Result, RoomInfo, StorageError, StoredEvent, StreamOrdering,
+        TopoKey, TxnKey,
+    },
+};
+
+/// Columns read by [`event_from_row`], from `events e` joined with the
+/// client transaction IDs.
+const EVENT_SELECT: &str = "SELECT e.event_id, e.room_id, e.json, e.stream_ordering, e.outlier,
+        e.rejected, e.soft_failed, e.redacted_by, e.state_group_before, e.state_group_after,
+        e.replaces_state, t.device_id, t.txn_id
+    FROM events e LEFT JOIN txn_ids t ON t.event_id = e.event_id";
+
+/// Timeline events: in the DAG with known state, neither rejected nor
+/// soft-failed.
+const IN_TIMELINE: &str = "e.outlier = 0 AND e.rejected IS NULL AND e.soft_failed = 0";
+
+fn event_from_row(row: &Row<'_>) -> rusqlite::Result<Result<StoredEvent>> {
+    let event_id: String = row.get(0)?;
+    let room_id: String = row.get(1)?;
+    let json: String = row.get(2)?;
+    let rejected: Option<String> = row.get(5)?;
+    let redacted_by: Option<String> = row.get(7)?;
+    let replaces_state: Option<String> = row.get(10)?;
+    let device: Option<String> = row.get(11)?;
+    let txn_id: Option<String> = row.get(12)?;
+    let meta = (
+        row.get::<_, i64>(3)?,
+        row.get::<_, bool>(4)?,
+        row.get::<_, bool>(6)?,
+        row.get::<_, Option<i64>>(8)?,
+        row.get::<_, Option<i64>>(9)?,
+    );
+    Ok((|| {
+        let event_id: OwnedEventId = parse(event_id)?;
+        let room_id: OwnedRoomId = parse(room_id)?;
+        let mut pdu = Pdu::from_json(event_id, Some(&room_id), Arc::from(json))
+            .map_err(|e| StorageError::Corrupt(e.to_string()))?;
+        pdu.rejected = rejected.is_some();
+        Ok(StoredEvent {
+            pdu: Arc::new(pdu),
+            meta: EventMeta {
+                stream_ordering: meta.0,
+                outlier: meta.1,
+                rejected,
+                soft_failed: meta.2,
+                redacted_by: redacted_by.map(parse).transpose()?,
+                state_group_before: meta.3,
+                state_group_after: meta.4,
+                replaces_state: replaces_state.map(parse).transpose()?,
+                txn: device.zip(txn_id).map(|(d, t)| (OwnedDeviceId::from(d), t)),
+            },
+        })
+    })())
+}
+
+fn collect_events(stmt: &mut rusqlite::Statement<'_>, params: impl rusqlite::Params) -> Result<Vec<StoredEvent>> {
+    let rows = stmt.query_map(params, event_from_row)?;
+    let mut out = Vec::new();
+    for row in rows {
+        out.push(row??);
+    }
+    Ok(out)
+}
+
+pub fn event(c: &Connection, event_id: &EventId) -> Result<Option<StoredEvent>> {
+    let mut stmt = c.prepare_cached(&format!("{EVENT_SELECT} WHERE e.event_id = ?1"))?;
+    Ok(collect_events(&mut stmt, [event_id.as_str()])?.pop())
+}
+
+pub fn room(c: &Connection, room_id: &RoomId) -> Result<Option<RoomInfo>> {
+    let row: Option<(String, Option<i64>, bool)> = c
+        .prepare_cached("SELECT room_version, current_state_group, published FROM rooms WHERE room_id = ?1")?
+        .query_row([room_id.as_str()], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .optional()?;
+    row.map(|(version, current_state_group, published)| {
+        Ok(RoomInfo {
+            room_id: room_id.to_owned(),
+            version: RoomVersionId::try_from(version.as_str())
+                .map_err(|_| StorageError::Corrupt(format!("room version {version:?}")))?,
+            current_state_group,
+            published,
+        })
+    })
+    .transpose()
+}
+
+pub fn set_room_published(tx: &Transaction<'_>, room_id: &RoomId, published: bool) -> Result<()> {
+    tx.execute(
+        "UPDATE rooms SET published = ?2 WHERE room_id = ?1",
+        params![room_id.as_str(), published],
+    )?;
+    Ok(())
+}
+
+pub fn published_rooms(c: &Connection) -> Result<Vec<OwnedRoomId>> {
+    let mut stmt = c.prepare("SELECT room_id FROM rooms WHERE published = 1 ORDER BY room_id")?;
+    let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
+    rows.map(|r| parse(r?)).collect()
+}
+
+fn id_depth_pairs(c: &Connection, sql: &str, room_id: &RoomId) -> Result<Vec<(OwnedEventId, i64)>> {
+    let mut stmt = c.prepare_cached(sql)?;
+    let rows = stmt.query_map([room_id.as_str()], |r| {
+        Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))
+    })?;
+    rows.map(|r| {
+        let (id, depth) = r?;
+        Ok((parse(id)?, depth))
+    })
+    .collect()
+}
+
+pub fn forward_extremities(c: &Connection, room_id: &RoomId) -> Result<Vec<(OwnedEventId, i64)>> {
+    id_depth_pairs(
+        c,
+        "SELECT f.event_id, e.depth FROM forward_extremities f
+         JOIN events e ON e.event_id = f.event_id
+         WHERE f.room_id = ?1 ORDER BY e.depth DESC, e.stream_ordering DESC",
+        room_id,
+    )
+}
+
+pub fn backward_extremities(c: &Connection, room_id: &RoomId) -> Result<Vec<(OwnedEventId, i64)>> {
+    id_depth_pairs(
+        c,
+        "SELECT event_id, depth FROM backward_extremities WHERE room_id = ?1
+         ORDER BY depth DESC, event_id",
+        room_id,
+    )
+}
+
+pub fn max_stream_ordering(c: &Connection) -> Result<StreamOrdering> {
+    Ok(c.query_row("SELECT COALESCE(MAX(stream_ordering), 0) FROM events", [], |r| r.get(0))?)
+}
+
+pub fn persist_timeline_event(tx: &Transaction<'_>, new: &NewTimelineEvent) -> Result<Persisted> {
+    let pdu = &new.pdu;
+    let room_id = pdu.room_id.as_str();
+    let stream = max_stream_ordering(tx)? + 1;
+
+    let before = state::write_state(tx, &pdu.room_id, &new.state_before)?;
+    let after = match &pdu.state_key {
+        Some(key) if !pdu.rejected => state::insert_group(
+            tx,
+            &pdu.room_id,
+            Some(before),
+            &[((pdu.kind.to_string().into(), key.clone()), pdu.event_id.clone())],
+        )?,
+        _ => before,
+    };
+
+    if pdu.kind == ruma::events::TimelineEventType::RoomCreate {
+        #[derive(serde::Deserialize)]
+        struct Create {
+            room_version: Option<String>,
+        }
+        let version = serde_json::from_str::<Create>(pdu.content.get())
+            .ok()
+            .and_then(|c| c.room_version)
+            .unwrap_or_else(|| "1".to_owned());
+        tx.execute(
+            "INSERT INTO rooms (room_id, room_version, created_ts) VALUES (?1, ?2, ?3)",
+            params![room_id, version, now_ms()],
+        )?;
+    }
+
+    tx.execute(
+        "INSERT INTO events (stream_ordering, event_id, room_id, type, state_key, sender, depth,
+             origin_server_ts, received_ts, json, outlier, rejected, soft_failed,
+             state_group_before, state_group_after, replaces_state)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, 0, NULL, 0, ?11, ?12, ?13)",
+        params![
+            stream,
+            pdu.event_id.as_str(),
+            room_id,
+            pdu.kind.to_string(),
+            pdu.state_key,
+            pdu.sender.as_str(),
+            i64::try_from(pdu.depth).unwrap_or(i64::MAX),
+            u64::from(pdu.origin_server_ts.get()) as i64,
+            now_ms(),
+            &*pdu.json,
+            before,
+            after,
+            new.replaces_state.as_ref().map(|e| e.as_str()),
+        ],
+    )?;
+    insert_edges(tx, pdu)?;
+
+    if let Some(changes) = &new.current_state {
+        tx.execute(
+            "UPDATE rooms SET current_state_group = ?2 WHERE room_id = ?1",
+            params![room_id, after],
+        )?;
+        state::apply_current_state_changes(tx, &pdu.room_id, changes)?;
+    }
+    if let Some(txn) = &new.txn {
+        tx.execute(
+            "INSERT INTO txn_ids (user_id, device_id, txn_id, event_id) VALUES (?1, ?2, ?3, ?4)",
+            params![
+                txn.user_id.as_str(),
+                txn.device_id.as_str(),
+                txn.txn_id,
+                pdu.event_id.as_str()
+            ],
+        )?;
+    }
+    Ok(Persisted {
+        stream_ordering: stream,
+        state_group_before: before,
+        state_group_after: after,
+    })
+}
+
+/// Records the event's edges and moves the room's extremities: its
+/// parents stop being forward extremities, it becomes one unless a held
+/// event already names it as a parent, and parents not held become
+/// backward extremities.
+fn insert_edges(tx: &Transaction<'_>, pdu: &Pdu) -> Result<()> {
+    let room_id = pdu.room_id.as_str();
+    let event_id = pdu.event_id.as_str();
+    {
+        let mut edge = tx.prepare_cached(
+            "INSERT OR IGNORE INTO event_edges (event_id, prev_event_id, room_id)
+             VALUES (?1, ?2, ?3)",
+        )?;
+        let mut unfwd = tx.prepare_cached("DELETE FROM forward_extremities WHERE room_id = ?1 AND event_id = ?2")?;
+        let mut held = tx.prepare_cached("SELECT 1 FROM events WHERE event_id = ?1")?;
+        let mut backward = tx.prepare_cached(
+            "INSERT OR IGNORE INTO backward_extremities (room_id, event_id, depth)
+             VALUES (?1, ?2, ?3)",
+        )?;
+        let parent_depth = i64::try_from(pdu.depth).unwrap_or(i64::MAX) - 1;
+        for prev in &pdu.prev_events {
+            edge.execute(params![event_id, prev.as_str(), room_id])?;
+            unfwd.execute(params![room_id, prev.as_str()])?;
+            if !held.exists([prev.as_str()])? {
+                backward.execute(params![room_id, prev.as_str(), parent_depth])?;
+            }
+        }
+        let mut auth =
+            tx.prepare_cached("INSERT OR IGNORE INTO event_auth (event_id, auth_event_id) VALUES (?1, ?2)")?;
+        for auth_event in &pdu.auth_events {
+            auth.execute(params![event_id, auth_event.as_str()])?;
+        }
+    }
+    tx.execute(
+        "DELETE FROM backward_extremities WHERE room_id = ?1 AND event_id = ?2",
+        params![room_id, event_id],
+    )?;
+    let has_child = tx
+        .prepare_cached("SELECT 1 FROM event_edges WHERE prev_event_id = ?1")?
+        .exists([event_id])?;
+    if !has_child {
+        tx.execute(
+            "INSERT OR IGNORE INTO forward_extremities (room_id, event_id) VALUES (?1, ?2)",
+            params![room_id, event_id],
+        )?;
+    }
+    Ok(())
+}
+
+pub fn txn_event(c: &Connection, txn: &TxnKey) -> Result<Option<OwnedEventId>> {
+    let id: Option<String> = c
+        .query_row(
+            "SELECT event_id FROM txn_ids WHERE user_id = ?1 AND device_id = ?2 AND txn_id = ?3",
+            params![txn.user_id.as_str(), txn.device_id.as_str(), txn.txn_id],
+            |r| r.get(0),
+        )
+        .optional()?;
+    id.map(parse).transpose()
+}
+
+pub fn apply_redaction(
+    tx: &Transaction<'_>,
+    event_id: &EventId,
+    redacted_json: &str,
+    redacted_by: &EventId,
+) -> Result<()> {
+    tx.execute(
+        "UPDATE events SET json = ?2, redacted_by = ?3 WHERE event_id = ?1",
+        params![event_id.as_str(), redacted_json, redacted_by.as_str()],
+    )?;
+    Ok(())
+}
+
+pub fn timeline_page(
+    c: &Connection,
+    room_id: &RoomId,
+    from: TopoKey,
+    dir: Direction,
+    limit: usize,
+) -> Result<Vec<StoredEvent>> {
+    let sql = match dir {
+        Direction::Backward => format!(
+            "{EVENT_SELECT} WHERE e.room_id = ?1 AND {IN_TIMELINE}
+                AND (e.depth, e.stream_ordering) <= (?2, ?3)
+             ORDER BY e.depth DESC, e.stream_ordering DESC LIMIT ?4"
+        ),
+        Direction::Forward => format!(
+            "{EVENT_SELECT} WHERE e.room_id = ?1 AND {IN_TIMELINE}
+                AND (e.depth, e.stream_ordering) > (?2, ?3)
+             ORDER BY e.depth ASC, e.stream_ordering ASC LIMIT ?4"
+        ),
+    };
+    let mut stmt = c.prepare_cached(&sql)?;
+    collect_events(
+        &mut stmt,
+        params![room_id.as_str(), from.depth, from.stream, limit as i64],
+    )
+}
+
+pub fn stream_page(
+    c: &Connection,
+    room_id: &RoomId,
+    after: StreamOrdering,
+    upto: StreamOrdering,
+    limit: usize,
+) -> Result<Vec<StoredEvent>> {
+    let mut stmt = c.prepare_cached(&format!(
+        "{EVENT_SELECT} WHERE e.room_id = ?1 AND {IN_TIMELINE}
+            AND e.stream_ordering > ?2 AND e.stream_ordering <= ?3
+         ORDER BY e.stream_ordering DESC LIMIT ?4"
+    ))?;
+    collect_events(&mut stmt, params![room_id.as_str(), after, upto, limit as i64])
+}
+
+pub fn topo_key_at_stream(c: &Connection, room_id: &RoomId, stream: StreamOrdering) -> Result<Option<TopoKey>> {
+    Ok(c.prepare_cached(&format!(
+        "SELECT e.depth, e.stream_ordering FROM events e
+         WHERE e.room_id = ?1 AND {IN_TIMELINE} AND e.stream_ordering <= ?2
+         ORDER BY e.stream_ordering DESC LIMIT 1"
+    ))?
+    .query_row(params![room_id.as_str(), stream], |r| {
+        Ok(TopoKey {
+            depth: r.get(0)?,
+            stream: r.get(1)?,
+        })
+    })
+    .optional()?)
+}

@@ -1,0 +1,421 @@
+//! The embedded default: SQLite in WAL mode under the data directory.
+//!
+//! One writer connection (SQLite serialises writers anyway) and a small
+//! pool of readers, which WAL lets run beside the writer. Every call runs
+//! on tokio's blocking pool. Recently used events are cached.
+
+mod accounts;
+mod events;
+mod state;
+
+use std::{
+    num::NonZeroUsize,
+    path::Path,
+    sync::{Arc, Mutex},
+};
+
+use async_trait::async_trait;
+use lru::LruCache;
+use ruma::{
+    DeviceId, EventId, OwnedEventId, OwnedRoomAliasId, OwnedRoomId, OwnedUserId, RoomAliasId, RoomId, UserId,
+    events::StateEventType,
+};
+use rusqlite::{Connection, OpenFlags, Transaction};
+
+use super::{
+    Device, Direction, Membership, NewTimelineEvent, Persisted, Result, RoomInfo, StateGroupId, StateKey, Storage,
+    StorageError, StoredEvent, StreamOrdering, TokenOwner, TopoKey, TxnKey, UserRecord,
+};
+
+/// Migrations, in order; `PRAGMA user_version` records how many ran.
+const MIGRATIONS: &[&str] = &[include_str!("schema_v1.sql")];
+
+const MAX_IDLE_READERS: usize = 4;
+const EVENT_CACHE_SIZE: usize = 2048;
+
+impl From<rusqlite::Error> for StorageError {
+    fn from(e: rusqlite::Error) -> Self {
+        match e {
+            rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::ConstraintViolation => {
+                StorageError::AlreadyExists
+            }
+            e => StorageError::Database(e.to_string()),
+        }
+    }
+}
+
+pub struct SqliteStorage {
+    path: std::path::PathBuf,
+    writer: Arc<Mutex<Connection>>,
+    readers: Arc<Mutex<Vec<Connection>>>,
+    events: Arc<Mutex<LruCache<OwnedEventId, StoredEvent>>>,
+}
+
+impl SqliteStorage {
+    /// Opens (creating if needed) `data_dir/weft.db` and runs migrations.
+    pub fn open(data_dir: &Path) -> Result<SqliteStorage> {
+        std::fs::create_dir_all(data_dir)
+            .map_err(|e| StorageError::Database(format!("{}: {e}", data_dir.display())))?;
+        let path = data_dir.join("weft.db");
+        let mut writer = Self::connect(&path, 4000)?;
+        migrate(&mut writer)?;
+        Ok(SqliteStorage {
+            path,
+            writer: Arc::new(Mutex::new(writer)),
+            readers: Arc::new(Mutex::new(Vec::new())),
+            events: Arc::new(Mutex::new(LruCache::new(
+                NonZeroUsize::new(EVENT_CACHE_SIZE).expect("non-zero"),
+            ))),
+        })
+    }
+
+    fn connect(path: &Path, cache_kib: u32) -> Result<Connection> {
+        let conn = Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        conn.busy_timeout(std::time::Duration::from_secs(10))?;
+        conn.execute_batch(&format!(
+            "PRAGMA journal_mode = WAL;
+             PRAGMA synchronous = NORMAL;
+             PRAGMA foreign_keys = OFF;
+             PRAGMA cache_size = -{cache_kib};
+             PRAGMA temp_store = MEMORY;"
+        ))?;
+        Ok(conn)
+    }
+
+    /// Runs `f` on a reader connection, on the blocking pool.
+    async fn read<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T> + Send + 'static,
+    {
+        let readers = self.readers.clone();
+        let path = self.path.clone();
+        tokio::task::spawn_blocking(move || {
+            let pooled = readers.lock().expect("reader pool lock").pop();
+            let conn = match pooled {
+                Some(conn) => conn,
+                None => Self::connect(&path, 2000)?,
+            };
+            let result = f(&conn);
+            let mut pool = readers.lock().expect("reader pool lock");
+            if pool.len() < MAX_IDLE_READERS {
+                pool.push(conn);
+            }
+            result
+        })
+        .await
+        .map_err(|e| StorageError::Database(format!("storage task failed: {e}")))?
+    }
+
+    /// Runs `f` in a write transaction, committed if `f` succeeds.
+    async fn write<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Transaction<'_>) -> Result<T> + Send + 'static,
+    {
+        let writer = self.writer.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut conn = writer.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            let value = f(&tx)?;
+            tx.commit()?;
+            Ok(value)
+        })
+        .await
+        .map_err(|e| StorageError::Database(format!("storage task failed: {e}")))?
+    }
+
+    fn cached(&self, ids: &[OwnedEventId]) -> (Vec<Option<StoredEvent>>, Vec<OwnedEventId>) {
+        let mut cache = self.events.lock().expect("event cache lock");
+        let mut missing = Vec::new();
+        let found = ids
+            .iter()
+            .map(|id| {
+                let hit = cache.get(id).cloned();
+                if hit.is_none() {
+                    missing.push(id.clone());
+                }
+                hit
+            })
+            .collect();
+        (found, missing)
+    }
+
+    fn remember(&self, events: &[StoredEvent]) {
+        let mut cache = self.events.lock().expect("event cache lock");
+        for event in events {
+            cache.put(event.pdu.event_id.clone(), event.clone());
+        }
+    }
+
+    fn forget(&self, event_id: &EventId) {
+        self.events.lock().expect("event cache lock").pop(event_id);
+    }
+}
+
+fn migrate(conn: &mut Connection) -> Result<()> {
+    let version = conn.query_row("PRAGMA user_version", [], |r| r.get::<_, i64>(0))? as usize;
+    if version > MIGRATIONS.len() {
+        return Err(StorageError::Database(format!(
+            "the database has schema version {version}, newer than this weft ({}); \
+             refusing to touch it",
+            MIGRATIONS.len()
+        )));
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(version) {
+        let tx = conn.transaction()?;
+        tx.execute_batch(sql)?;
+        tx.pragma_update(None, "user_version", (i + 1) as i64)?;
+        tx.commit()?;
+        tracing::info!(version = i + 1, "database migrated");
+    }
+    Ok(())
+}
+
+pub(crate) fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or_default()
+}
+
+#[async_trait]
+impl Storage for SqliteStorage {
+    async fn create_user(&self, user: UserRecord) -> Result<()> {
+        self.write(move |tx| accounts::create_user(tx, &user)).await
+    }
+
+    async fn user(&self, user_id: &UserId) -> Result<Option<UserRecord>> {
+        let user_id = user_id.to_owned();
+        self.read(move |c| accounts::user(c, &user_id)).await
+    }
+
+    async fn set_password_hash(&self, user_id: &UserId, hash: &str) -> Result<()> {
+        let (user_id, hash) = (user_id.to_owned(), hash.to_owned());
+        self.write(move |tx| accounts::set_password_hash(tx, &user_id, &hash))
+            .await
+    }
+
+    async fn set_profile(
+        &self,
+        user_id: &UserId,
+        displayname: Option<Option<&str>>,
+        avatar_url: Option<Option<&str>>,
+    ) -> Result<()> {
+        let user_id = user_id.to_owned();
+        let displayname = displayname.map(|d| d.map(str::to_owned));
+        let avatar_url = avatar_url.map(|a| a.map(str::to_owned));
+        self.write(move |tx| accounts::set_profile(tx, &user_id, displayname, avatar_url))
+            .await
+    }
+
+    async fn create_session(
+        &self,
+        user_id: &UserId,
+        device_id: &DeviceId,
+        display_name: Option<&str>,
+        token: &str,
+    ) -> Result<()> {
+        let (user_id, device_id) = (user_id.to_owned(), device_id.to_owned());
+        let (display_name, token) = (display_name.map(str::to_owned), token.to_owned());
+        self.write(move |tx| accounts::create_session(tx, &user_id, &device_id, display_name.as_deref(), &token))
+            .await
+    }
+
+    async fn token_owner(&self, token: &str) -> Result<Option<TokenOwner>> {
+        let token = token.to_owned();
+        self.read(move |c| accounts::token_owner(c, &token)).await
+    }
+
+    async fn delete_token(&self, token: &str) -> Result<()> {
+        let token = token.to_owned();
+        self.write(move |tx| accounts::delete_token(tx, &token)).await
+    }
+
+    async fn delete_all_tokens(&self, user_id: &UserId) -> Result<()> {
+        let user_id = user_id.to_owned();
+        self.write(move |tx| accounts::delete_all_tokens(tx, &user_id)).await
+    }
+
+    async fn devices(&self, user_id: &UserId) -> Result<Vec<Device>> {
+        let user_id = user_id.to_owned();
+        self.read(move |c| accounts::devices(c, &user_id)).await
+    }
+
+    async fn save_filter(&self, user_id: &UserId, filter: &str) -> Result<String> {
+        let (user_id, filter) = (user_id.to_owned(), filter.to_owned());
+        self.write(move |tx| accounts::save_filter(tx, &user_id, &filter)).await
+    }
+
+    async fn filter(&self, user_id: &UserId, filter_id: &str) -> Result<Option<String>> {
+        let (user_id, filter_id) = (user_id.to_owned(), filter_id.to_owned());
+        self.read(move |c| accounts::filter(c, &user_id, &filter_id)).await
+    }
+
+    async fn create_alias(&self, alias: &RoomAliasId, room_id: &RoomId, creator: &UserId) -> Result<()> {
+        let (alias, room_id, creator) = (alias.to_owned(), room_id.to_owned(), creator.to_owned());
+        self.write(move |tx| accounts::create_alias(tx, &alias, &room_id, &creator))
+            .await
+    }
+
+    async fn resolve_alias(&self, alias: &RoomAliasId) -> Result<Option<(OwnedRoomId, OwnedUserId)>> {
+        let alias = alias.to_owned();
+        self.read(move |c| accounts::resolve_alias(c, &alias)).await
+    }
+
+    async fn delete_alias(&self, alias: &RoomAliasId) -> Result<bool> {
+        let alias = alias.to_owned();
+        self.write(move |tx| accounts::delete_alias(tx, &alias)).await
+    }
+
+    async fn room_aliases(&self, room_id: &RoomId) -> Result<Vec<OwnedRoomAliasId>> {
+        let room_id = room_id.to_owned();
+        self.read(move |c| accounts::room_aliases(c, &room_id)).await
+    }
+
+    async fn set_room_published(&self, room_id: &RoomId, published: bool) -> Result<()> {
+        let room_id = room_id.to_owned();
+        self.write(move |tx| events::set_room_published(tx, &room_id, published))
+            .await
+    }
+
+    async fn published_rooms(&self) -> Result<Vec<OwnedRoomId>> {
+        self.read(events::published_rooms).await
+    }
+
+    async fn room(&self, room_id: &RoomId) -> Result<Option<RoomInfo>> {
+        let room_id = room_id.to_owned();
+        self.read(move |c| events::room(c, &room_id)).await
+    }
+
+    async fn event(&self, event_id: &EventId) -> Result<Option<StoredEvent>> {
+        Ok(self.events(&[event_id.to_owned()]).await?.pop())
+    }
+
+    async fn events(&self, ids: &[OwnedEventId]) -> Result<Vec<StoredEvent>> {
+        let (mut found, missing) = self.cached(ids);
+        if !missing.is_empty() {
+            let loaded = self
+                .read(move |c| {
+                    missing
+                        .iter()
+                        .filter_map(|id| events::event(c, id).transpose())
+                        .collect::<Result<Vec<_>>>()
+                })
+                .await?;
+            self.remember(&loaded);
+            for slot in found.iter_mut().zip(ids).filter(|(f, _)| f.is_none()) {
+                *slot.0 = loaded.iter().find(|e| e.pdu.event_id == *slot.1).cloned();
+            }
+        }
+        Ok(found.into_iter().flatten().collect())
+    }
+
+    async fn forward_extremities(&self, room_id: &RoomId) -> Result<Vec<(OwnedEventId, i64)>> {
+        let room_id = room_id.to_owned();
+        self.read(move |c| events::forward_extremities(c, &room_id)).await
+    }
+
+    async fn backward_extremities(&self, room_id: &RoomId) -> Result<Vec<(OwnedEventId, i64)>> {
+        let room_id = room_id.to_owned();
+        self.read(move |c| events::backward_extremities(c, &room_id)).await
+    }
+
+    async fn persist_timeline_event(&self, event: NewTimelineEvent) -> Result<Persisted> {
+        self.write(move |tx| events::persist_timeline_event(tx, &event)).await
+    }
+
+    async fn txn_event(&self, txn: &TxnKey) -> Result<Option<OwnedEventId>> {
+        let txn = txn.clone();
+        self.read(move |c| events::txn_event(c, &txn)).await
+    }
+
+    async fn apply_redaction(&self, event_id: &EventId, redacted_json: &str, redacted_by: &EventId) -> Result<()> {
+        let (id, json, by) = (event_id.to_owned(), redacted_json.to_owned(), redacted_by.to_owned());
+        self.write(move |tx| events::apply_redaction(tx, &id, &json, &by))
+            .await?;
+        self.forget(event_id);
+        Ok(())
+    }
+
+    async fn timeline_page(
+        &self,
+        room_id: &RoomId,
+        from: TopoKey,
+        dir: Direction,
+        limit: usize,
+    ) -> Result<Vec<StoredEvent>> {
+        let room_id = room_id.to_owned();
+        let page = self
+            .read(move |c| events::timeline_page(c, &room_id, from, dir, limit))
+            .await?;
+        self.remember(&page);
+        Ok(page)
+    }
+
+    async fn stream_page(
+        &self,
+        room_id: &RoomId,
+        after: StreamOrdering,
+        upto: StreamOrdering,
+        limit: usize,
+    ) -> Result<Vec<StoredEvent>> {
+        let room_id = room_id.to_owned();
+        let page = self
+            .read(move |c| events::stream_page(c, &room_id, after, upto, limit))
+            .await?;
+        self.remember(&page);
+        Ok(page)
+    }
+
+    async fn topo_key_at_stream(&self, room_id: &RoomId, stream: StreamOrdering) -> Result<Option<TopoKey>> {
+        let room_id = room_id.to_owned();
+        self.read(move |c| events::topo_key_at_stream(c, &room_id, stream))
+            .await
+    }
+
+    async fn max_stream_ordering(&self) -> Result<StreamOrdering> {
+        self.read(events::max_stream_ordering).await
+    }
+
+    async fn state_group(&self, group: StateGroupId) -> Result<Vec<(StateKey, OwnedEventId)>> {
+        self.read(move |c| state::load_group(c, group)).await
+    }
+
+    async fn current_state(
+        &self,
+        room_id: &RoomId,
+        event_type: Option<&StateEventType>,
+    ) -> Result<Vec<(StateKey, OwnedEventId)>> {
+        let room_id = room_id.to_owned();
+        let event_type = event_type.cloned();
+        self.read(move |c| state::current_state(c, &room_id, event_type.as_ref()))
+            .await
+    }
+
+    async fn room_members(&self, room_id: &RoomId, membership: Option<&str>) -> Result<Vec<Membership>> {
+        let room_id = room_id.to_owned();
+        let membership = membership.map(str::to_owned);
+        self.read(move |c| state::room_members(c, &room_id, membership.as_deref()))
+            .await
+    }
+
+    async fn user_memberships(&self, user_id: &UserId) -> Result<Vec<Membership>> {
+        let user_id = user_id.to_owned();
+        self.read(move |c| state::user_memberships(c, &user_id)).await
+    }
+
+    async fn membership_changes(
+        &self,
+        user_id: &UserId,
+        after: StreamOrdering,
+        upto: StreamOrdering,
+    ) -> Result<Vec<OwnedRoomId>> {
+        let user_id = user_id.to_owned();
+        self.read(move |c| state::membership_changes(c, &user_id, after, upto))
+            .await
+    }
+}

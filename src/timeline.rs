@@ -1,0 +1,151 @@
+//! The room timeline as clients page through it, and the tokens that
+//! mark places in it.
+//!
+//! Two kinds of token:
+//! - `t<depth>_<stream>`: a topological place, the gap just after the
+//!   event with that key. `/messages` and `/context` use these; they keep
+//!   their meaning when older history is inserted later, because inserted
+//!   history has lower depths (and negative stream orderings).
+//! - `s<stream>`: a place in arrival order, as `/sync` hands out
+//!   (`next_batch`). Accepted as a `/messages` `from` too: it stands for
+//!   the place just after the newest event that had arrived by then.
+
+use std::fmt;
+
+use ruma::{RoomId, UserId};
+
+use crate::{
+    services::Services,
+    storage::{Direction, Result, StoredEvent, StreamOrdering, TopoKey},
+    visibility,
+};
+
+/// How many storage pages one request may scan to fill a page of
+/// visible events.
+const MAX_SCAN_ROUNDS: usize = 8;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Token {
+    Topo(TopoKey),
+    Stream(StreamOrdering),
+}
+
+impl Token {
+    pub fn parse(s: &str) -> Option<Token> {
+        if let Some(rest) = s.strip_prefix('t') {
+            let (depth, stream) = rest.split_once('_')?;
+            return Some(Token::Topo(TopoKey {
+                depth: depth.parse().ok()?,
+                stream: stream.parse().ok()?,
+            }));
+        }
+        s.strip_prefix('s')?.parse().ok().map(Token::Stream)
+    }
+}
+
+impl fmt::Display for Token {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Token::Topo(k) => write!(f, "t{}_{}", k.depth, k.stream),
+            Token::Stream(s) => write!(f, "s{s}"),
+        }
+    }
+}
+
+/// The gap just after `event`.
+pub fn after(event: &StoredEvent) -> TopoKey {
+    TopoKey {
+        depth: event.pdu.depth as i64,
+        stream: event.meta.stream_ordering,
+    }
+}
+
+/// The gap just before `event`.
+pub fn before(event: &StoredEvent) -> TopoKey {
+    TopoKey {
+        depth: event.pdu.depth as i64,
+        stream: event.meta.stream_ordering - 1,
+    }
+}
+
+pub const START: TopoKey = TopoKey {
+    depth: i64::MIN,
+    stream: i64::MIN,
+};
+pub const END: TopoKey = TopoKey {
+    depth: i64::MAX,
+    stream: i64::MAX,
+};
+
+/// Resolves a token to a topological gap in `room_id`.
+pub async fn gap(svc: &Services, room_id: &RoomId, token: Token) -> Result<TopoKey> {
+    match token {
+        Token::Topo(key) => Ok(key),
+        Token::Stream(stream) => Ok(svc.storage.topo_key_at_stream(room_id, stream).await?.unwrap_or(START)),
+    }
+}
+
+/// A page of visible events and where to continue (None: the end).
+pub struct Page {
+    pub events: Vec<StoredEvent>,
+    pub next: Option<TopoKey>,
+}
+
+/// Who is reading: visibility depends on it.
+#[derive(Debug, Clone, Copy)]
+pub struct Reader<'a> {
+    pub user: &'a UserId,
+    /// Whether the user is a member of the room at present.
+    pub joined_now: bool,
+}
+
+/// Where a page starts, which way it goes, where it must stop.
+#[derive(Debug, Clone, Copy)]
+pub struct PageRequest {
+    pub from: TopoKey,
+    pub to: Option<TopoKey>,
+    pub dir: Direction,
+    pub limit: usize,
+}
+
+/// Pages through a room's timeline, keeping what the reader may see.
+pub async fn paginate(svc: &Services, room_id: &RoomId, reader: Reader<'_>, req: PageRequest) -> Result<Page> {
+    let PageRequest { from, to, dir, limit } = req;
+    let mut events = Vec::new();
+    let mut gap = from;
+    let mut exhausted = false;
+    for _ in 0..MAX_SCAN_ROUNDS {
+        let want = limit - events.len();
+        let batch = svc.storage.timeline_page(room_id, gap, dir, want).await?;
+        let full = batch.len() == want;
+        let mut candidates = Vec::with_capacity(batch.len());
+        for event in batch {
+            let key = after(&event);
+            let beyond = match (dir, to) {
+                (Direction::Backward, Some(to)) => key <= to,
+                (Direction::Forward, Some(to)) => key > to,
+                (_, None) => false,
+            };
+            if beyond {
+                exhausted = true;
+                break;
+            }
+            gap = match dir {
+                Direction::Backward => before(&event),
+                Direction::Forward => key,
+            };
+            candidates.push(event);
+        }
+        events.extend(visibility::filter_for_user(svc, reader.user, reader.joined_now, candidates).await?);
+        if !full {
+            exhausted = true;
+        }
+        if exhausted || events.len() >= limit {
+            break;
+        }
+    }
+    Ok(Page {
+        events,
+        next: (!exhausted).then_some(gap),
+    })
+}
