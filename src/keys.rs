@@ -82,9 +82,15 @@ impl ServerKeys {
         if alg != "ed25519" {
             return Err(format!("unsupported algorithm {alg}"));
         }
-        let seed = STANDARD_NO_PAD
-            .decode(seed.trim_end_matches('='))
-            .map_err(|e| format!("bad base64 seed: {e}"))?;
+        // Lenient like Synapse's decoder: other servers' key files may
+        // have non-zero trailing bits.
+        let lenient = base64::engine::GeneralPurpose::new(
+            &base64::alphabet::STANDARD,
+            base64::engine::GeneralPurposeConfig::new()
+                .with_decode_allow_trailing_bits(true)
+                .with_decode_padding_mode(base64::engine::DecodePaddingMode::Indifferent),
+        );
+        let seed = lenient.decode(seed).map_err(|e| format!("bad base64 seed: {e}"))?;
         if seed.len() != 32 {
             return Err(format!("seed is {} bytes, expected 32", seed.len()));
         }

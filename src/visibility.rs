@@ -10,7 +10,8 @@
 //! 5. otherwise hidden.
 //!
 //! A user's own membership event is judged with the membership it sets
-//! (you see your own join), and an `m.room.history_visibility` event with
+//! or the one it ends, whichever shows more (you see your own join, and
+//! your own leave or kick), and an `m.room.history_visibility` event with
 //! the more permissive of the old and new setting.
 
 use std::collections::HashMap;
@@ -55,10 +56,11 @@ impl Visibility {
     }
 }
 
-/// The user's membership in the room's current state.
+/// The user's membership in the room's current state (`None`: unknown
+/// room, or never a member).
 pub async fn current_membership(svc: &Services, room_id: &RoomId, user: &UserId) -> Result<Option<String>> {
     Ok(match svc.state.current(room_id).await? {
-        Some((_, map)) => Some(svc.state.membership(&map, user).await?),
+        Some((_, map)) => svc.state.membership(&map, user).await?,
         None => None,
     })
 }
@@ -98,13 +100,20 @@ pub async fn filter_for_user(
                     .event_for(&map, StateEventType::RoomHistoryVisibility, "")
                     .await?
                     .map_or(Visibility::Shared, |e| Visibility::parse(e.pdu.content.get()));
-                let membership = svc.state.membership(&map, user).await?;
+                let membership = svc
+                    .state
+                    .membership(&map, user)
+                    .await?
+                    .unwrap_or_else(|| "leave".to_owned());
                 at_group.insert(group, (visibility, membership.clone()));
                 (visibility, membership)
             }
         };
         let pdu = &event.pdu;
-        if pdu.kind == TimelineEventType::RoomMember && pdu.state_key.as_deref() == Some(user.as_str()) {
+        if pdu.kind == TimelineEventType::RoomMember
+            && pdu.state_key.as_deref() == Some(user.as_str())
+            && membership != "join"
+        {
             membership = pdu.membership().unwrap_or(membership);
         }
         if pdu.kind == TimelineEventType::RoomHistoryVisibility && pdu.state_key.as_deref() == Some("") {

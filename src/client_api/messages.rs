@@ -47,6 +47,7 @@ pub async fn send_message(
     let txn = TxnKey {
         user_id: owner.user_id.clone(),
         device_id: owner.device_id.clone(),
+        scope: format!("send/{}/{}", b.room_id, b.event_type),
         txn_id: b.txn_id.to_string(),
     };
     let sent = send_event(&svc, &b.room_id, &owner.user_id, template, Some(txn)).await?;
@@ -72,7 +73,8 @@ pub async fn redact(
     let txn = TxnKey {
         user_id: owner.user_id.clone(),
         device_id: owner.device_id.clone(),
-        txn_id: format!("redact:{}", b.txn_id),
+        scope: format!("redact/{}/{}", b.room_id, b.event_id),
+        txn_id: b.txn_id.to_string(),
     };
     let sent = send_event(&svc, &b.room_id, &owner.user_id, template, Some(txn)).await?;
     Ok(redact_event::v3::Response::new(sent.pdu.event_id.clone()))

@@ -91,13 +91,12 @@ impl StateCache {
         }
     }
 
-    /// The membership of `user_id` in a state map ("leave" if none).
-    pub async fn membership(&self, map: &StateMap, user_id: &UserId) -> Result<String> {
+    /// The membership of `user_id` in a state map (`None`: never a member).
+    pub async fn membership(&self, map: &StateMap, user_id: &UserId) -> Result<Option<String>> {
         Ok(self
             .event_for(map, StateEventType::RoomMember, user_id.as_str())
             .await?
-            .and_then(|e| e.pdu.membership())
-            .unwrap_or_else(|| "leave".to_owned()))
+            .and_then(|e| e.pdu.membership()))
     }
 }
 

@@ -105,6 +105,9 @@ pub struct CurrentStateChange {
 pub struct TxnKey {
     pub user_id: OwnedUserId,
     pub device_id: OwnedDeviceId,
+    /// The endpoint, e.g. `send/{room}/{type}`: the same ID on another
+    /// path is another transaction.
+    pub scope: String,
     pub txn_id: String,
 }
 

@@ -207,10 +207,11 @@ pub fn persist_timeline_event(tx: &Transaction<'_>, new: &NewTimelineEvent) -> R
     }
     if let Some(txn) = &new.txn {
         tx.execute(
-            "INSERT INTO txn_ids (user_id, device_id, txn_id, event_id) VALUES (?1, ?2, ?3, ?4)",
+            "INSERT INTO txn_ids (user_id, device_id, scope, txn_id, event_id) VALUES (?1, ?2, ?3, ?4, ?5)",
             params![
                 txn.user_id.as_str(),
                 txn.device_id.as_str(),
+                txn.scope,
                 txn.txn_id,
                 pdu.event_id.as_str()
             ],
@@ -274,8 +275,9 @@ fn insert_edges(tx: &Transaction<'_>, pdu: &Pdu) -> Result<()> {
 pub fn txn_event(c: &Connection, txn: &TxnKey) -> Result<Option<OwnedEventId>> {
     let id: Option<String> = c
         .query_row(
-            "SELECT event_id FROM txn_ids WHERE user_id = ?1 AND device_id = ?2 AND txn_id = ?3",
-            params![txn.user_id.as_str(), txn.device_id.as_str(), txn.txn_id],
+            "SELECT event_id FROM txn_ids
+             WHERE user_id = ?1 AND device_id = ?2 AND scope = ?3 AND txn_id = ?4",
+            params![txn.user_id.as_str(), txn.device_id.as_str(), txn.scope, txn.txn_id],
             |r| r.get(0),
         )
         .optional()?;

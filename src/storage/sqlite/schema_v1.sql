@@ -138,13 +138,15 @@ CREATE TABLE access_tokens (
 );
 CREATE INDEX access_tokens_user ON access_tokens (user_id, device_id);
 
--- Client transaction IDs: a retried send returns the same event.
+-- Client transaction IDs: a retried request returns the same event. A
+-- transaction ID is scoped to a device and an endpoint path (scope).
 CREATE TABLE txn_ids (
     user_id   TEXT NOT NULL,
     device_id TEXT NOT NULL,
+    scope     TEXT NOT NULL,
     txn_id    TEXT NOT NULL,
     event_id  TEXT NOT NULL,
-    PRIMARY KEY (user_id, device_id, txn_id)
+    PRIMARY KEY (user_id, device_id, scope, txn_id)
 ) WITHOUT ROWID;
 CREATE INDEX txn_ids_event ON txn_ids (event_id);
 

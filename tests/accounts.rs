@@ -1,0 +1,176 @@
+//! Registration, login, logout, whoami, password change.
+
+mod common;
+
+use common::TestServer;
+use reqwest::{Method, StatusCode};
+use serde_json::json;
+
+fn login_body(user: &str, password: &str) -> serde_json::Value {
+    json!({ "type": "m.login.password", "identifier": { "type": "m.id.user", "user": user }, "password": password })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registration_is_off_by_default() {
+    let server = TestServer::start_with(|c| c.allow_registration = false).await;
+    let (status, body) = server
+        .request(
+            Method::POST,
+            "/_matrix/client/v3/register",
+            None,
+            Some(&json!({ "username": "eve", "password": "pw", "auth": { "type": "m.login.dummy" } })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    assert_eq!(body["errcode"], "M_FORBIDDEN");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn register_with_dummy_auth_then_login_whoami_logout() {
+    let server = TestServer::start().await;
+    // Without auth: the user-interactive challenge.
+    let (status, body) = server
+        .request(
+            Method::POST,
+            "/_matrix/client/v3/register",
+            None,
+            Some(&json!({ "username": "bob", "password": "pw1" })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!(body["flows"][0]["stages"][0], "m.login.dummy");
+    assert!(body["session"].is_string());
+
+    let bob = server.register("bob").await;
+    assert_eq!(bob.user_id, "@bob:localhost");
+    let (status, body) = server
+        .request(
+            Method::POST,
+            "/_matrix/client/v3/register",
+            None,
+            Some(&json!({ "username": "bob", "password": "x", "auth": { "type": "m.login.dummy" } })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(body["errcode"], "M_USER_IN_USE");
+    let (status, body) = server
+        .request(
+            Method::POST,
+            "/_matrix/client/v3/register",
+            None,
+            Some(&json!({ "username": "Not Valid!", "password": "x", "auth": { "type": "m.login.dummy" } })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(body["errcode"], "M_INVALID_USERNAME");
+
+    let (status, body) = server
+        .request(
+            Method::POST,
+            "/_matrix/client/v3/login",
+            None,
+            Some(&login_body("bob", "wrong")),
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert_eq!(body["errcode"], "M_FORBIDDEN");
+    let (status, body) = server
+        .request(
+            Method::POST,
+            "/_matrix/client/v3/login",
+            None,
+            Some(&login_body("@bob:localhost", "secret")),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let token = body["access_token"].as_str().unwrap().to_owned();
+    let device = body["device_id"].as_str().unwrap().to_owned();
+
+    let (status, who) = server
+        .request(Method::GET, "/_matrix/client/v3/account/whoami", Some(&token), None)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(who["user_id"], "@bob:localhost");
+    assert_eq!(who["device_id"], device.as_str());
+
+    let (status, _) = server
+        .request(
+            Method::POST,
+            "/_matrix/client/v3/logout",
+            Some(&token),
+            Some(&json!({})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, body) = server
+        .request(Method::GET, "/_matrix/client/v3/account/whoami", Some(&token), None)
+        .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!(body["errcode"], "M_UNKNOWN_TOKEN");
+    // The other session is untouched.
+    let (status, _) = server
+        .request(Method::GET, "/_matrix/client/v3/account/whoami", Some(&bob.token), None)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn password_change_needs_the_old_password() {
+    let server = TestServer::start().await;
+    let carol = server.register("carol").await;
+    let (status, body) = carol
+        .call(
+            Method::POST,
+            "/_matrix/client/v3/account/password",
+            Some(&json!({ "new_password": "new" })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+    carol
+        .ok(
+            Method::POST,
+            "/_matrix/client/v3/account/password",
+            Some(&json!({
+                "new_password": "new",
+                "auth": { "type": "m.login.password", "identifier": { "type": "m.id.user", "user": "carol" }, "password": "secret" }
+            })),
+        )
+        .await;
+    let (status, _) = server
+        .request(
+            Method::POST,
+            "/_matrix/client/v3/login",
+            None,
+            Some(&login_body("carol", "secret")),
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let (status, _) = server
+        .request(
+            Method::POST,
+            "/_matrix/client/v3/login",
+            None,
+            Some(&login_body("carol", "new")),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn discovery_endpoints() {
+    let server = TestServer::start().await;
+    let (status, versions) = server
+        .request(Method::GET, "/_matrix/client/versions", None, None)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(versions["versions"].as_array().unwrap().iter().any(|v| v == "v1.12"));
+    let (status, flows) = server
+        .request(Method::GET, "/_matrix/client/v3/login", None, None)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(flows["flows"][0]["type"], "m.login.password");
+    let alice = server.register("alice").await;
+    let caps = alice.ok(Method::GET, "/_matrix/client/v3/capabilities", None).await;
+    assert_eq!(caps["capabilities"]["m.room_versions"]["default"], "11");
+    assert_eq!(caps["capabilities"]["m.room_versions"]["available"]["12"], "stable");
+}

@@ -1,0 +1,208 @@
+//! Bad input gets the spec's error, never a panic, and leaves nothing
+//! half-stored.
+
+mod common;
+
+use common::{TestServer, enc};
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+
+fn assert_error(status: StatusCode, body: &Value, want_status: u16, errcode: &str) {
+    assert_eq!(status.as_u16(), want_status, "{body}");
+    assert_eq!(body["errcode"], errcode, "{body}");
+    assert!(
+        body["error"].as_str().is_some_and(|e| !e.is_empty()),
+        "an error message is given: {body}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn authentication_errors() {
+    let server = TestServer::start().await;
+    let (status, body) = server
+        .request(Method::GET, "/_matrix/client/v3/account/whoami", None, None)
+        .await;
+    assert_error(status, &body, 401, "M_MISSING_TOKEN");
+    let (status, body) = server
+        .request(Method::GET, "/_matrix/client/v3/account/whoami", Some("nonsense"), None)
+        .await;
+    assert_error(status, &body, 401, "M_UNKNOWN_TOKEN");
+    let (status, body) = server
+        .request(Method::GET, "/_matrix/client/v3/sync", Some("nonsense"), None)
+        .await;
+    assert_error(status, &body, 401, "M_UNKNOWN_TOKEN");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_and_mistyped_bodies() {
+    let server = TestServer::start().await;
+    let alice = server.register("alice").await;
+    let token = Some(alice.token.as_str());
+
+    let (status, body) = server
+        .request_raw(Method::POST, "/_matrix/client/v3/createRoom", token, "{not json")
+        .await;
+    assert_error(status, &body, 400, "M_NOT_JSON");
+    let (status, body) = server
+        .request_raw(Method::POST, "/_matrix/client/v3/createRoom", token, r#"{"name": 42}"#)
+        .await;
+    assert_error(status, &body, 400, "M_BAD_JSON");
+    let (status, body) = server
+        .request_raw(
+            Method::POST,
+            "/_matrix/client/v3/createRoom",
+            token,
+            r#"{"invite": "not a list"}"#,
+        )
+        .await;
+    assert_error(status, &body, 400, "M_BAD_JSON");
+
+    let room = alice.create_room(json!({})).await;
+    let path = format!("/_matrix/client/v3/rooms/{}/send/m.room.message/t1", enc(&room));
+    let (status, body) = server.request_raw(Method::PUT, &path, token, "[1, 2]").await;
+    assert_error(status, &body, 400, "M_BAD_JSON");
+    let (status, body) = server.request_raw(Method::PUT, &path, token, r#"{"body": 1.5}"#).await;
+    assert_error(status, &body, 400, "M_BAD_JSON");
+    let (status, body) = server.request_raw(Method::PUT, &path, token, "{\"body\": ").await;
+    assert_error(status, &body, 400, "M_NOT_JSON");
+
+    // Bad query parameters.
+    let (status, body) = alice
+        .call(
+            Method::GET,
+            &format!("/_matrix/client/v3/rooms/{}/messages?dir=sideways", enc(&room)),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    let (status, body) = alice
+        .call(
+            Method::GET,
+            &format!("/_matrix/client/v3/rooms/{}/messages?dir=b&from=garbage", enc(&room)),
+            None,
+        )
+        .await;
+    assert_error(status, &body, 400, "M_INVALID_PARAM");
+    let (status, body) = alice
+        .call(Method::GET, "/_matrix/client/v3/sync?since=garbage", None)
+        .await;
+    assert_error(status, &body, 400, "M_INVALID_PARAM");
+
+    // Unknown endpoints and methods.
+    let (status, body) = alice.call(Method::GET, "/_matrix/client/v3/no/such/thing", None).await;
+    assert_error(status, &body, 404, "M_UNRECOGNIZED");
+    let (status, body) = alice.call(Method::DELETE, "/_matrix/client/v3/createRoom", None).await;
+    assert_error(status, &body, 405, "M_UNRECOGNIZED");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_rooms_and_events() {
+    let server = TestServer::start().await;
+    let alice = server.register("alice").await;
+    let room = alice.create_room(json!({})).await;
+
+    let (status, body) = alice.send_text("!nowhere:localhost", "t", "hi").await;
+    assert_error(status, &body, 404, "M_NOT_FOUND");
+    let (status, body) = alice.join("!nowhere:localhost").await;
+    assert_error(status, &body, 404, "M_NOT_FOUND");
+    let (status, body) = alice
+        .call(
+            Method::GET,
+            &format!("/_matrix/client/v3/rooms/{}/event/{}", enc(&room), enc("$nothing")),
+            None,
+        )
+        .await;
+    assert_error(status, &body, 404, "M_NOT_FOUND");
+    let (status, body) = alice
+        .call(
+            Method::GET,
+            &format!("/_matrix/client/v3/rooms/{}/state/m.room.topic", enc(&room)),
+            None,
+        )
+        .await;
+    assert_error(status, &body, 404, "M_NOT_FOUND");
+    let (status, body) = alice
+        .call(Method::GET, "/_matrix/client/v3/rooms/not-a-room-id/state", None)
+        .await;
+    assert_error(status, &body, 400, "M_INVALID_PARAM");
+    let (status, body) = alice
+        .call(
+            Method::GET,
+            "/_matrix/client/v3/rooms/!nowhere:localhost/messages?dir=b",
+            None,
+        )
+        .await;
+    assert_error(status, &body, 403, "M_FORBIDDEN");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_event_is_refused_and_nothing_is_stored() {
+    let server = TestServer::start().await;
+    let alice = server.register("alice").await;
+    let room = alice.create_room(json!({})).await;
+    let before = alice.messages(&room, "dir=b&limit=100").await;
+
+    let (status, body) = alice.send_text(&room, "big", &"x".repeat(70_000)).await;
+    assert_error(status, &body, 413, "M_TOO_LARGE");
+    let (status, body) = alice
+        .call(
+            Method::PUT,
+            &format!("/_matrix/client/v3/rooms/{}/state/m.room.topic", enc(&room)),
+            Some(&json!({ "topic": "y".repeat(66_000) })),
+        )
+        .await;
+    assert_error(status, &body, 413, "M_TOO_LARGE");
+
+    let after = alice.messages(&room, "dir=b&limit=100").await;
+    let ids = |page: &Value| -> Vec<Value> {
+        page["chunk"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["event_id"].clone())
+            .collect()
+    };
+    assert_eq!(ids(&before), ids(&after), "a refused event leaves no trace");
+    // The room goes on: the next event's parent is the last stored one.
+    let (status, _) = alice.send_text(&room, "ok", "small").await;
+    assert_eq!(status, 200);
+    let room_id: ruma::OwnedRoomId = room.parse().unwrap();
+    let svc = &server.running().services;
+    let extremities = svc.storage.forward_extremities(&room_id).await.unwrap();
+    assert_eq!(extremities.len(), 1);
+    let newest = svc.storage.event(&extremities[0].0).await.unwrap().unwrap();
+    let last_before = before["chunk"][0]["event_id"].as_str().unwrap();
+    assert_eq!(
+        newest.pdu.prev_events.iter().map(|e| e.as_str()).collect::<Vec<_>>(),
+        [last_before]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auth_rule_violations_are_forbidden() {
+    let server = TestServer::start().await;
+    let alice = server.register("alice").await;
+    let room = alice.create_room(json!({})).await;
+    // A membership event with a bad membership value.
+    let (status, body) = alice
+        .call(
+            Method::PUT,
+            &format!(
+                "/_matrix/client/v3/rooms/{}/state/m.room.member/{}",
+                enc(&room),
+                enc("@ghost:localhost")
+            ),
+            Some(&json!({ "membership": "join" })),
+        )
+        .await;
+    assert_error(status, &body, 403, "M_FORBIDDEN");
+    // A second create event.
+    let (status, body) = alice
+        .call(
+            Method::PUT,
+            &format!("/_matrix/client/v3/rooms/{}/state/m.room.create", enc(&room)),
+            Some(&json!({})),
+        )
+        .await;
+    assert_error(status, &body, 403, "M_FORBIDDEN");
+}

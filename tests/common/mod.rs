@@ -1,0 +1,210 @@
+//! Test harness: real weft servers on loopback ports, spoken to over HTTP.
+#![allow(dead_code)]
+
+use std::{path::PathBuf, sync::Once};
+
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+use tempfile::TempDir;
+use weft::{config::Config, server::RunningServer};
+
+static LOGGING: Once = Once::new();
+
+fn init_logging() {
+    LOGGING.call_once(|| {
+        let filter = std::env::var("WEFT_TEST_LOG").unwrap_or_else(|_| "warn".to_owned());
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_test_writer()
+            .try_init();
+    });
+}
+
+/// A server under test with its own data directory.
+pub struct TestServer {
+    pub server: Option<RunningServer>,
+    pub dir: TempDir,
+    pub config: Config,
+    pub http: reqwest::Client,
+}
+
+impl TestServer {
+    pub async fn start() -> TestServer {
+        Self::start_with(|_| {}).await
+    }
+
+    pub async fn start_with(tweak: impl FnOnce(&mut Config)) -> TestServer {
+        init_logging();
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut config = Config {
+            data_dir: dir.path().join("data"),
+            client_listen: "127.0.0.1:0".parse().unwrap(),
+            federation_listen: "127.0.0.1:0".parse().unwrap(),
+            allow_registration: true,
+            ..Config::default()
+        };
+        tweak(&mut config);
+        let server = weft::server::start(config.clone()).await.expect("server starts");
+        TestServer {
+            server: Some(server),
+            dir,
+            config,
+            http: reqwest::Client::new(),
+        }
+    }
+
+    /// Stops the server and starts it again on the same data directory.
+    pub async fn restart(&mut self) {
+        if let Some(server) = self.server.take() {
+            server.shutdown().await;
+        }
+        self.server = Some(weft::server::start(self.config.clone()).await.expect("server restarts"));
+    }
+
+    pub fn running(&self) -> &RunningServer {
+        self.server.as_ref().expect("server is running")
+    }
+
+    pub fn base(&self) -> String {
+        format!("http://{}", self.running().client_addr)
+    }
+
+    pub fn federation_base(&self) -> String {
+        format!("https://{}", self.running().federation_addr)
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.config.data_dir.clone()
+    }
+
+    /// A raw request: method, path (with query), optional token and body.
+    pub async fn request(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<&Value>,
+    ) -> (StatusCode, Value) {
+        let mut req = self.http.request(method, format!("{}{}", self.base(), path));
+        if let Some(token) = token {
+            req = req.bearer_auth(token);
+        }
+        if let Some(body) = body {
+            req = req.json(body);
+        }
+        let res = req.send().await.expect("request sent");
+        let status = res.status();
+        let text = res.text().await.expect("response body");
+        let value = if text.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap_or(Value::String(text))
+        };
+        (status, value)
+    }
+
+    /// A request with a raw (possibly malformed) body.
+    pub async fn request_raw(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        body: &str,
+    ) -> (StatusCode, Value) {
+        let mut req = self
+            .http
+            .request(method, format!("{}{}", self.base(), path))
+            .body(body.to_owned());
+        if let Some(token) = token {
+            req = req.bearer_auth(token);
+        }
+        let res = req.send().await.expect("request sent");
+        let status = res.status();
+        (status, res.json().await.unwrap_or(Value::Null))
+    }
+
+    /// Registers a user through the client API and returns a client.
+    pub async fn register(&self, name: &str) -> User<'_> {
+        let (status, body) = self
+            .request(
+                Method::POST,
+                "/_matrix/client/v3/register",
+                None,
+                Some(&json!({ "username": name, "password": "secret", "auth": { "type": "m.login.dummy" } })),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "register {name}: {body}");
+        User {
+            server: self,
+            user_id: body["user_id"].as_str().unwrap().to_owned(),
+            token: body["access_token"].as_str().unwrap().to_owned(),
+        }
+    }
+}
+
+/// A logged-in user of a test server.
+pub struct User<'a> {
+    pub server: &'a TestServer,
+    pub user_id: String,
+    pub token: String,
+}
+
+pub fn enc(s: &str) -> String {
+    form_urlencoded::byte_serialize(s.as_bytes()).collect()
+}
+
+impl User<'_> {
+    pub async fn call(&self, method: Method, path: &str, body: Option<&Value>) -> (StatusCode, Value) {
+        self.server.request(method, path, Some(&self.token), body).await
+    }
+
+    /// A call that must succeed; returns the body.
+    pub async fn ok(&self, method: Method, path: &str, body: Option<&Value>) -> Value {
+        let (status, value) = self.call(method.clone(), path, body).await;
+        assert_eq!(status, StatusCode::OK, "{method} {path}: {value}");
+        value
+    }
+
+    pub async fn create_room(&self, body: Value) -> String {
+        let value = self
+            .ok(Method::POST, "/_matrix/client/v3/createRoom", Some(&body))
+            .await;
+        value["room_id"].as_str().unwrap().to_owned()
+    }
+
+    pub async fn send_text(&self, room_id: &str, txn: &str, text: &str) -> (StatusCode, Value) {
+        self.call(
+            Method::PUT,
+            &format!(
+                "/_matrix/client/v3/rooms/{}/send/m.room.message/{}",
+                enc(room_id),
+                enc(txn)
+            ),
+            Some(&json!({ "msgtype": "m.text", "body": text })),
+        )
+        .await
+    }
+
+    pub async fn join(&self, room_id: &str) -> (StatusCode, Value) {
+        self.call(
+            Method::POST,
+            &format!("/_matrix/client/v3/join/{}", enc(room_id)),
+            Some(&json!({})),
+        )
+        .await
+    }
+
+    pub async fn messages(&self, room_id: &str, query: &str) -> Value {
+        self.ok(
+            Method::GET,
+            &format!("/_matrix/client/v3/rooms/{}/messages?{query}", enc(room_id)),
+            None,
+        )
+        .await
+    }
+
+    pub async fn sync(&self, query: &str) -> Value {
+        self.ok(Method::GET, &format!("/_matrix/client/v3/sync?{query}"), None)
+            .await
+    }
+}
