@@ -5,7 +5,7 @@ use std::sync::Arc;
 use ruma::{EventId, OwnedDeviceId, OwnedEventId, OwnedRoomId, RoomId, RoomVersionId};
 use rusqlite::{Connection, OptionalExtension, Row, Transaction, params};
 
-use super::{accounts::parse, now_ms, state};
+use super::{accounts::parse, exec, now_ms, query_one, state};
 use crate::{
     events::Pdu,
     storage::{
@@ -96,7 +96,8 @@ pub fn room(c: &Connection, room_id: &RoomId) -> Result<Option<RoomInfo>> {
 }
 
 pub fn set_room_published(tx: &Transaction<'_>, room_id: &RoomId, published: bool) -> Result<()> {
-    tx.execute(
+    exec(
+        tx,
         "UPDATE rooms SET published = ?2 WHERE room_id = ?1",
         params![room_id.as_str(), published],
     )?;
@@ -141,7 +142,12 @@ pub fn backward_extremities(c: &Connection, room_id: &RoomId) -> Result<Vec<(Own
 }
 
 pub fn max_stream_ordering(c: &Connection) -> Result<StreamOrdering> {
-    Ok(c.query_row("SELECT COALESCE(MAX(stream_ordering), 0) FROM events", [], |r| r.get(0))?)
+    Ok(query_one(
+        c,
+        "SELECT COALESCE(MAX(stream_ordering), 0) FROM events",
+        [],
+        |r| r.get(0),
+    )?)
 }
 
 pub fn persist_timeline_event(tx: &Transaction<'_>, new: &NewTimelineEvent) -> Result<Persisted> {
@@ -169,13 +175,15 @@ pub fn persist_timeline_event(tx: &Transaction<'_>, new: &NewTimelineEvent) -> R
             .ok()
             .and_then(|c| c.room_version)
             .unwrap_or_else(|| "1".to_owned());
-        tx.execute(
+        exec(
+            tx,
             "INSERT INTO rooms (room_id, room_version, created_ts) VALUES (?1, ?2, ?3)",
             params![room_id, version, now_ms()],
         )?;
     }
 
-    tx.execute(
+    exec(
+        tx,
         "INSERT INTO events (stream_ordering, event_id, room_id, type, state_key, sender, depth,
              origin_server_ts, received_ts, json, outlier, rejected, soft_failed,
              state_group_before, state_group_after, replaces_state)
@@ -199,14 +207,16 @@ pub fn persist_timeline_event(tx: &Transaction<'_>, new: &NewTimelineEvent) -> R
     insert_edges(tx, pdu)?;
 
     if let Some(changes) = &new.current_state {
-        tx.execute(
+        exec(
+            tx,
             "UPDATE rooms SET current_state_group = ?2 WHERE room_id = ?1",
             params![room_id, after],
         )?;
         state::apply_current_state_changes(tx, &pdu.room_id, changes)?;
     }
     if let Some(txn) = &new.txn {
-        tx.execute(
+        exec(
+            tx,
             "INSERT INTO txn_ids (user_id, device_id, scope, txn_id, event_id) VALUES (?1, ?2, ?3, ?4, ?5)",
             params![
                 txn.user_id.as_str(),
@@ -256,7 +266,8 @@ fn insert_edges(tx: &Transaction<'_>, pdu: &Pdu) -> Result<()> {
             auth.execute(params![event_id, auth_event.as_str()])?;
         }
     }
-    tx.execute(
+    exec(
+        tx,
         "DELETE FROM backward_extremities WHERE room_id = ?1 AND event_id = ?2",
         params![room_id, event_id],
     )?;
@@ -264,7 +275,8 @@ fn insert_edges(tx: &Transaction<'_>, pdu: &Pdu) -> Result<()> {
         .prepare_cached("SELECT 1 FROM event_edges WHERE prev_event_id = ?1")?
         .exists([event_id])?;
     if !has_child {
-        tx.execute(
+        exec(
+            tx,
             "INSERT OR IGNORE INTO forward_extremities (room_id, event_id) VALUES (?1, ?2)",
             params![room_id, event_id],
         )?;
@@ -290,7 +302,8 @@ pub fn apply_redaction(
     redacted_json: &str,
     redacted_by: &EventId,
 ) -> Result<()> {
-    tx.execute(
+    exec(
+        tx,
         "UPDATE events SET json = ?2, redacted_by = ?3 WHERE event_id = ?1",
         params![event_id.as_str(), redacted_json, redacted_by.as_str()],
     )?;

@@ -31,7 +31,9 @@ use super::{
 const MIGRATIONS: &[&str] = &[include_str!("schema_v1.sql")];
 
 const MAX_IDLE_READERS: usize = 4;
-const EVENT_CACHE_SIZE: usize = 2048;
+/// Events looked up by ID (state and auth events, mostly). Pages of
+/// timeline are read in bulk and not cached: each is read once.
+const EVENT_CACHE_SIZE: usize = 1024;
 
 impl From<rusqlite::Error> for StorageError {
     fn from(e: rusqlite::Error) -> Self {
@@ -57,7 +59,7 @@ impl SqliteStorage {
         std::fs::create_dir_all(data_dir)
             .map_err(|e| StorageError::Database(format!("{}: {e}", data_dir.display())))?;
         let path = data_dir.join("weft.db");
-        let mut writer = Self::connect(&path, 4000)?;
+        let mut writer = Self::connect(&path, 2048)?;
         migrate(&mut writer)?;
         Ok(SqliteStorage {
             path,
@@ -75,6 +77,7 @@ impl SqliteStorage {
             OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )?;
         conn.busy_timeout(std::time::Duration::from_secs(10))?;
+        conn.set_prepared_statement_cache_capacity(64);
         conn.execute_batch(&format!(
             "PRAGMA journal_mode = WAL;
              PRAGMA synchronous = NORMAL;
@@ -97,7 +100,7 @@ impl SqliteStorage {
             let pooled = readers.lock().expect("reader pool lock").pop();
             let conn = match pooled {
                 Some(conn) => conn,
-                None => Self::connect(&path, 2000)?,
+                None => Self::connect(&path, 1024)?,
             };
             let result = f(&conn);
             let mut pool = readers.lock().expect("reader pool lock");
@@ -173,6 +176,22 @@ fn migrate(conn: &mut Connection) -> Result<()> {
         tracing::info!(version = i + 1, "database migrated");
     }
     Ok(())
+}
+
+/// `execute` through the connection's statement cache: hot paths run the
+/// same statements over and over, and parsing SQL is not free.
+pub(crate) fn exec(c: &Connection, sql: &str, params: impl rusqlite::Params) -> rusqlite::Result<usize> {
+    c.prepare_cached(sql)?.execute(params)
+}
+
+/// `query_row` through the statement cache.
+pub(crate) fn query_one<T>(
+    c: &Connection,
+    sql: &str,
+    params: impl rusqlite::Params,
+    f: impl FnOnce(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+) -> rusqlite::Result<T> {
+    c.prepare_cached(sql)?.query_row(params, f)
 }
 
 pub(crate) fn now_ms() -> i64 {
@@ -349,11 +368,8 @@ impl Storage for SqliteStorage {
         limit: usize,
     ) -> Result<Vec<StoredEvent>> {
         let room_id = room_id.to_owned();
-        let page = self
-            .read(move |c| events::timeline_page(c, &room_id, from, dir, limit))
-            .await?;
-        self.remember(&page);
-        Ok(page)
+        self.read(move |c| events::timeline_page(c, &room_id, from, dir, limit))
+            .await
     }
 
     async fn stream_page(
@@ -364,11 +380,8 @@ impl Storage for SqliteStorage {
         limit: usize,
     ) -> Result<Vec<StoredEvent>> {
         let room_id = room_id.to_owned();
-        let page = self
-            .read(move |c| events::stream_page(c, &room_id, after, upto, limit))
-            .await?;
-        self.remember(&page);
-        Ok(page)
+        self.read(move |c| events::stream_page(c, &room_id, after, upto, limit))
+            .await
     }
 
     async fn topo_key_at_stream(&self, room_id: &RoomId, stream: StreamOrdering) -> Result<Option<TopoKey>> {

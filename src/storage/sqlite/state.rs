@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use ruma::{OwnedEventId, OwnedRoomId, RoomId, UserId, events::StateEventType};
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
 
-use super::accounts::parse;
+use super::{accounts::parse, exec, query_one};
 use crate::storage::{
     CurrentStateChange, Membership, Result, StateGroupId, StateKey, StateWrite, StorageError, StreamOrdering,
 };
@@ -39,7 +39,9 @@ pub fn insert_group(
         ),
         None => None,
     };
-    let next_id: i64 = tx.query_row("SELECT COALESCE(MAX(id), 0) + 1 FROM state_groups", [], |r| r.get(0))?;
+    let next_id: i64 = query_one(tx, "SELECT COALESCE(MAX(id), 0) + 1 FROM state_groups", [], |r| {
+        r.get(0)
+    })?;
     let mut entries: Vec<(StateKey, OwnedEventId)>;
     let (prev, chain_len, rows) = match (base, base_len) {
         (Some(base), Some(len)) if len + 1 < MAX_CHAIN_LEN => (Some(base), len + 1, changes),
@@ -52,7 +54,8 @@ pub fn insert_group(
         }
         (None, _) => (None, 0, changes),
     };
-    tx.execute(
+    exec(
+        tx,
         "INSERT INTO state_groups (id, room_id, prev_group, chain_len) VALUES (?1, ?2, ?3, ?4)",
         params![next_id, room_id.as_str(), prev, chain_len],
     )?;
