@@ -134,3 +134,113 @@ pub async fn new_session(
         .await?;
     Ok((device_id, token))
 }
+
+/// Single-use nonces for shared-secret registration
+/// (`/_synapse/admin/v1/register`), each valid for [`NONCE_LIFETIME`].
+#[derive(Default)]
+pub struct RegistrationNonces {
+    issued: std::sync::Mutex<std::collections::HashMap<String, std::time::Instant>>,
+}
+
+/// How long a shared-secret registration nonce stays usable (Synapse: 60 s).
+pub const NONCE_LIFETIME: std::time::Duration = std::time::Duration::from_secs(60);
+
+impl RegistrationNonces {
+    /// A new nonce; forgets the expired ones.
+    pub fn issue(&self) -> String {
+        let nonce = random_string(32);
+        let now = std::time::Instant::now();
+        let mut issued = self.issued.lock().unwrap_or_else(|e| e.into_inner());
+        issued.retain(|_, at| now.duration_since(*at) < NONCE_LIFETIME);
+        issued.insert(nonce.clone(), now);
+        nonce
+    }
+
+    /// Uses up `nonce`: true if it was issued and has not expired. A nonce
+    /// is consumed even when the request that presents it then fails.
+    pub fn take(&self, nonce: &str) -> bool {
+        let mut issued = self.issued.lock().unwrap_or_else(|e| e.into_inner());
+        issued.remove(nonce).is_some_and(|at| at.elapsed() < NONCE_LIFETIME)
+    }
+}
+
+/// What a registration request asked for; remembered with its
+/// user-interactive-auth session so that later requests of the session
+/// may leave it out.
+#[derive(Debug, Clone, Default)]
+pub struct RegistrationParams {
+    pub username: Option<String>,
+    pub password: Option<String>,
+    pub device_id: Option<OwnedDeviceId>,
+    pub initial_device_display_name: Option<String>,
+    pub inhibit_login: bool,
+}
+
+impl RegistrationParams {
+    /// These parameters, with the gaps filled from `earlier`.
+    pub fn or(self, earlier: &RegistrationParams) -> RegistrationParams {
+        RegistrationParams {
+            username: self.username.or_else(|| earlier.username.clone()),
+            password: self.password.or_else(|| earlier.password.clone()),
+            device_id: self.device_id.or_else(|| earlier.device_id.clone()),
+            initial_device_display_name: self
+                .initial_device_display_name
+                .or_else(|| earlier.initial_device_display_name.clone()),
+            inhibit_login: self.inhibit_login || earlier.inhibit_login,
+        }
+    }
+}
+
+/// A registration's user-interactive-auth session.
+#[derive(Debug, Clone)]
+pub struct RegistrationSession {
+    pub params: RegistrationParams,
+    /// Set once the session's registration succeeded: a retry of the
+    /// completed session gets the result again (spec: UIA).
+    pub registered: Option<OwnedUserId>,
+    started: std::time::Instant,
+}
+
+/// How long a registration session is remembered.
+pub const REGISTRATION_SESSION_LIFETIME: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// Registration sessions, in memory (a restart forgets them; clients then
+/// start again).
+#[derive(Default)]
+pub struct RegistrationSessions {
+    sessions: std::sync::Mutex<std::collections::HashMap<String, RegistrationSession>>,
+}
+
+impl RegistrationSessions {
+    /// Starts a session remembering `params`; forgets expired ones.
+    pub fn start(&self, params: RegistrationParams) -> String {
+        let id = random_string(24);
+        let mut sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
+        sessions.retain(|_, s| s.started.elapsed() < REGISTRATION_SESSION_LIFETIME);
+        sessions.insert(
+            id.clone(),
+            RegistrationSession {
+                params,
+                registered: None,
+                started: std::time::Instant::now(),
+            },
+        );
+        id
+    }
+
+    pub fn get(&self, id: &str) -> Option<RegistrationSession> {
+        let sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
+        sessions
+            .get(id)
+            .filter(|s| s.started.elapsed() < REGISTRATION_SESSION_LIFETIME)
+            .cloned()
+    }
+
+    /// Records that the session's registration created `user_id`.
+    pub fn complete(&self, id: &str, user_id: &UserId) {
+        let mut sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(session) = sessions.get_mut(id) {
+            session.registered = Some(user_id.to_owned());
+        }
+    }
+}

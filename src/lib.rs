@@ -6,6 +6,7 @@ pub mod config;
 pub mod error;
 pub mod events;
 pub mod federation_api;
+pub mod filter;
 pub mod keys;
 pub mod rooms;
 pub mod server;

@@ -6,7 +6,9 @@ use std::sync::Arc;
 use tokio::sync::watch;
 
 use crate::{
+    accounts::{RegistrationNonces, RegistrationSessions},
     config::Config,
+    filter::LazyLoadCache,
     keys::ServerKeys,
     rooms::RoomLocks,
     state::StateCache,
@@ -20,6 +22,12 @@ pub struct Services {
     pub state: StateCache,
     pub rooms: RoomLocks,
     pub notifier: Notifier,
+    /// Nonces handed out by `GET /_synapse/admin/v1/register`.
+    pub registration_nonces: RegistrationNonces,
+    /// User-interactive-auth sessions of `/register`.
+    pub registration_sessions: RegistrationSessions,
+    /// Membership events sent to each device, for lazy-loading syncs.
+    pub lazy_members: LazyLoadCache,
 }
 
 impl Services {
@@ -32,6 +40,9 @@ impl Services {
             storage,
             rooms: RoomLocks::default(),
             notifier: Notifier::new(head),
+            registration_nonces: RegistrationNonces::default(),
+            registration_sessions: RegistrationSessions::default(),
+            lazy_members: LazyLoadCache::default(),
         })
     }
 

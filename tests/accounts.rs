@@ -174,3 +174,70 @@ async fn discovery_endpoints() {
     assert_eq!(caps["capabilities"]["m.room_versions"]["default"], "11");
     assert_eq!(caps["capabilities"]["m.room_versions"]["available"]["12"], "stable");
 }
+
+/// Starts a registration session (the 401 challenge) with `body`.
+async fn start_session(server: &TestServer, body: serde_json::Value) -> String {
+    let (status, challenge) = server
+        .request(Method::POST, "/_matrix/client/v3/register", None, Some(&body))
+        .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{challenge}");
+    challenge["session"].as_str().expect("session").to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registration_session_remembers_parameters_and_is_idempotent() {
+    let server = TestServer::start().await;
+    let session = start_session(
+        &server,
+        json!({ "username": "Dora", "password": "pw", "device_id": "DEV1", "initial_device_display_name": "phone" }),
+    )
+    .await;
+    // The second request of the session names only the auth stage.
+    let done = json!({ "auth": { "type": "m.login.dummy", "session": session } });
+    let (status, first) = server
+        .request(Method::POST, "/_matrix/client/v3/register", None, Some(&done))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{first}");
+    assert_eq!(first["user_id"], "@dora:localhost");
+    assert_eq!(first["device_id"], "DEV1");
+    // Retrying the completed session gives the result again (spec, UIA),
+    // not M_USER_IN_USE.
+    let (status, again) = server
+        .request(Method::POST, "/_matrix/client/v3/register", None, Some(&done))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{again}");
+    assert_eq!(again["user_id"], "@dora:localhost");
+    assert!(again["access_token"].is_string());
+    // The remembered password is the account's.
+    let (status, body) = server
+        .request(
+            Method::POST,
+            "/_matrix/client/v3/login",
+            None,
+            Some(&login_body("dora", "pw")),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registration_session_keeps_inhibit_login() {
+    let server = TestServer::start().await;
+    let session = start_session(
+        &server,
+        json!({ "username": "eli", "password": "pw", "inhibit_login": true }),
+    )
+    .await;
+    let (status, body) = server
+        .request(
+            Method::POST,
+            "/_matrix/client/v3/register",
+            None,
+            Some(&json!({ "auth": { "type": "m.login.dummy", "session": session } })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["user_id"], "@eli:localhost");
+    assert!(body.get("access_token").is_none(), "{body}");
+    assert!(body.get("device_id").is_none(), "{body}");
+}

@@ -463,3 +463,131 @@ async fn profile_changes_reach_joined_rooms() {
         .await;
     assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_users_in_the_room_can_be_kicked() {
+    let server = TestServer::start().await;
+    let alice = server.register("alice").await;
+    let bob = server.register("bob").await;
+    let carol = server.register("carol").await;
+    let room = alice.create_room(json!({ "preset": "public_chat" })).await;
+    let kick = |target: &str| json!({ "user_id": target, "reason": "testing" });
+    let kick_path = format!("/_matrix/client/v3/rooms/{}/kick", enc(&room));
+    // Never in the room (nor even a known user).
+    let (status, body) = alice
+        .call(Method::POST, &kick_path, Some(&kick("@nobody:example.com")))
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    // Joined: kicked; kicked again: 403, they are no longer in the room.
+    assert_eq!(bob.join(&room).await.0, 200);
+    alice.ok(Method::POST, &kick_path, Some(&kick(&bob.user_id))).await;
+    let (status, body) = alice.call(Method::POST, &kick_path, Some(&kick(&bob.user_id))).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    // Banned: not in the room either; unban first.
+    alice
+        .ok(
+            Method::POST,
+            &format!("/_matrix/client/v3/rooms/{}/ban", enc(&room)),
+            Some(&kick(&bob.user_id)),
+        )
+        .await;
+    let (status, _) = alice.call(Method::POST, &kick_path, Some(&kick(&bob.user_id))).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    // Invited: kicking revokes the invite.
+    alice
+        .ok(
+            Method::POST,
+            &format!("/_matrix/client/v3/rooms/{}/invite", enc(&room)),
+            Some(&json!({ "user_id": carol.user_id })),
+        )
+        .await;
+    alice.ok(Method::POST, &kick_path, Some(&kick(&carol.user_id))).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unchanged_state_and_second_join_send_no_new_event() {
+    let server = TestServer::start().await;
+    let alice = server.register("alice").await;
+    let bob = server.register("bob").await;
+    let room = alice.create_room(json!({ "preset": "public_chat" })).await;
+    let path = format!("/_matrix/client/v3/rooms/{}/state/a.test.state", enc(&room));
+    let first = alice.ok(Method::PUT, &path, Some(&json!({ "a_key": "a_value" }))).await;
+    let second = alice.ok(Method::PUT, &path, Some(&json!({ "a_key": "a_value" }))).await;
+    assert_eq!(first["event_id"], second["event_id"]);
+    // Other content, or another sender with the same content: new events.
+    let third = alice.ok(Method::PUT, &path, Some(&json!({ "a_key": "other" }))).await;
+    assert_ne!(third["event_id"], first["event_id"]);
+
+    assert_eq!(bob.join(&room).await.0, 200);
+    let member_path = format!(
+        "/_matrix/client/v3/rooms/{}/state/m.room.member/{}",
+        enc(&room),
+        enc(&bob.user_id)
+    );
+    let before = bob.ok(Method::GET, &format!("{member_path}?format=event"), None).await;
+    assert_eq!(bob.join(&room).await.0, 200);
+    let after = bob.ok(Method::GET, &format!("{member_path}?format=event"), None).await;
+    assert_eq!(before["event_id"], after["event_id"]);
+    // The timeline has one join of bob's.
+    let messages = alice.messages(&room, "dir=b&limit=50").await;
+    let joins = messages["chunk"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["type"] == "m.room.member" && e["state_key"] == bob.user_id.as_str())
+        .count();
+    assert_eq!(joins, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn canonical_alias_errors_distinguish_syntax_from_target() {
+    let server = TestServer::start().await;
+    let alice = server.register("alice").await;
+    let room = alice
+        .create_room(json!({ "preset": "public_chat", "room_alias_name": "here" }))
+        .await;
+    let path = format!("/_matrix/client/v3/rooms/{}/state/m.room.canonical_alias", enc(&room));
+    alice
+        .ok(
+            Method::PUT,
+            &path,
+            Some(&json!({ "alias": "#here:localhost", "alt_aliases": ["#here:localhost"] })),
+        )
+        .await;
+    let (status, body) = alice
+        .call(
+            Method::PUT,
+            &path,
+            Some(&json!({ "alias": "#here:localhost", "alt_aliases": ["%here:localhost"] })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(body["errcode"], "M_INVALID_PARAM");
+    let (status, body) = alice
+        .call(
+            Method::PUT,
+            &path,
+            Some(&json!({ "alias": "#here:localhost", "alt_aliases": ["#elsewhere:localhost"] })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(body["errcode"], "M_BAD_ALIAS");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn event_of_a_room_one_cannot_read_is_not_found() {
+    let server = TestServer::start().await;
+    let alice = server.register("alice").await;
+    let bob = server.register("bob").await;
+    let room = alice.create_room(json!({ "preset": "private_chat" })).await;
+    let (_, sent) = alice.send_text(&room, "t1", "secret").await;
+    let path = format!(
+        "/_matrix/client/v3/rooms/{}/event/{}",
+        enc(&room),
+        enc(sent["event_id"].as_str().unwrap())
+    );
+    alice.ok(Method::GET, &path, None).await;
+    let (status, body) = bob.call(Method::GET, &path, None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    assert_eq!(body["errcode"], "M_NOT_FOUND");
+}

@@ -13,7 +13,7 @@ use serde_json::json;
 
 use super::extract::Ruma;
 use crate::{
-    accounts::{self, AccountError},
+    accounts::{self, AccountError, RegistrationParams},
     error::{ErrCode, MatrixError},
     services::Services,
 };
@@ -124,7 +124,27 @@ pub async fn register(
     if !svc.config.allow_registration {
         return Err(MatrixError::forbidden("Registration has been disabled"));
     }
-    let localpart = match &body.username {
+    let session_id = match &body.auth {
+        Some(AuthData::Dummy(dummy)) => dummy.session.clone(),
+        _ => None,
+    };
+    let session = session_id.as_deref().and_then(|id| svc.registration_sessions.get(id));
+    let mut params = RegistrationParams {
+        username: body.username.clone(),
+        password: body.password.clone(),
+        device_id: body.device_id.clone(),
+        initial_device_display_name: body.initial_device_display_name.clone(),
+        inhibit_login: body.inhibit_login,
+    };
+    if let Some(session) = &session {
+        params = params.or(&session.params);
+        // The session's stages were all completed and the account made:
+        // a retry gets the result again, as the spec's UIA section asks.
+        if let Some(user_id) = &session.registered {
+            return registered(&svc, user_id.clone(), &params).await;
+        }
+    }
+    let localpart = match &params.username {
         Some(name) => name.to_lowercase(),
         None => accounts::random_string(12).to_lowercase(),
     };
@@ -135,21 +155,34 @@ pub async fn register(
     match &body.auth {
         Some(AuthData::Dummy(_)) => {}
         Some(_) => return Err(MatrixError::forbidden("Unsupported authentication stage")),
-        None => return Err(uia_challenge(&accounts::random_string(16))),
+        None => return Err(uia_challenge(&svc.registration_sessions.start(params))),
     }
-    let password = body
+    let password = params
         .password
         .as_deref()
         .ok_or_else(|| MatrixError::bad_json("Missing password"))?;
     accounts::create_user(&*svc.storage, &user_id, Some(password), false).await?;
     tracing::info!(%user_id, "registered");
+    if let Some(id) = &session_id {
+        svc.registration_sessions.complete(id, &user_id);
+    }
+    registered(&svc, user_id, &params).await
+}
+
+/// The answer to a successful registration: a new session unless
+/// `inhibit_login`.
+async fn registered(
+    svc: &Services,
+    user_id: ruma::OwnedUserId,
+    params: &RegistrationParams,
+) -> Result<register::v3::Response, MatrixError> {
     let mut response = register::v3::Response::new(user_id.clone());
-    if !body.inhibit_login {
+    if !params.inhibit_login {
         let (device_id, token) = accounts::new_session(
             &*svc.storage,
             &user_id,
-            body.device_id.clone(),
-            body.initial_device_display_name.as_deref(),
+            params.device_id.clone(),
+            params.initial_device_display_name.as_deref(),
         )
         .await?;
         response.access_token = Some(token);

@@ -224,3 +224,24 @@ impl RumaRouter for Router<Arc<Services>> {
         router
     }
 }
+
+/// Response middleware: drops the top-level `null` fields of a successful
+/// JSON answer, for ruma responses that write `null` where the spec says
+/// a field is omitted (registration's `device_id` with `inhibit_login`).
+pub async fn without_null_fields(response: Response) -> Response {
+    if response.status() != http::StatusCode::OK {
+        return response;
+    }
+    let (parts, body) = response.into_parts();
+    let Ok(bytes) = axum::body::to_bytes(body, usize::MAX).await else {
+        return MatrixError::unknown("response unreadable").into_response();
+    };
+    let bytes = match serde_json::from_slice::<serde_json::Value>(&bytes) {
+        Ok(serde_json::Value::Object(mut map)) => {
+            map.retain(|_, v| !v.is_null());
+            serde_json::to_vec(&map).map_or(bytes, Into::into)
+        }
+        _ => bytes,
+    };
+    Response::from_parts(parts, Body::from(bytes))
+}

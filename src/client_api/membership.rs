@@ -102,15 +102,7 @@ pub async fn kick(
 ) -> Result<kick_user::v3::Response, MatrixError> {
     known_room(&svc, &req.body.room_id).await?;
     let b = &req.body;
-    membership::set_other_membership(
-        &svc,
-        &b.room_id,
-        &req.user().user_id,
-        &b.user_id,
-        "leave",
-        b.reason.as_deref(),
-    )
-    .await?;
+    membership::kick(&svc, &b.room_id, &req.user().user_id, &b.user_id, b.reason.as_deref()).await?;
     Ok(kick_user::v3::Response::new())
 }
 

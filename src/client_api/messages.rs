@@ -119,7 +119,11 @@ pub async fn get_event(
     req: Ruma<get_room_event::v3::Request>,
 ) -> Result<get_room_event::v3::Response, MatrixError> {
     let owner = req.user();
-    let joined_now = reader(&svc, &req.body.room_id, owner).await?;
+    // The spec answers 404 both for a missing event and for one the user
+    // may not see (here: a room they may not read).
+    let joined_now = reader(&svc, &req.body.room_id, owner)
+        .await
+        .map_err(|_| MatrixError::not_found("Event not found"))?;
     let event = visible_event(&svc, &req.body.room_id, &req.body.event_id, owner, joined_now).await?;
     let json = format::client_events(&svc, &[event], Some(owner)).await?;
     Ok(get_room_event::v3::Response::new(format::raw(&json[0])))

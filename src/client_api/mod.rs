@@ -2,6 +2,7 @@
 //! ruma's typed responses out. Each file holds one area of the spec.
 
 mod account;
+mod admin;
 mod directory;
 pub mod extract;
 pub mod format;
@@ -23,12 +24,20 @@ use extract::RumaRouter;
 pub fn router() -> Router<Arc<Services>> {
     Router::new()
         .route("/_matrix/client/versions", get(versions))
+        .route(
+            "/_synapse/admin/v1/register",
+            get(admin::register_nonce).post(admin::register),
+        )
         .ruma(account::get_login_types)
         .ruma(account::login)
         .ruma(account::logout)
         .ruma(account::logout_all)
         .ruma(account::whoami)
-        .ruma(account::register)
+        .merge(
+            Router::new()
+                .ruma(account::register)
+                .layer(axum::middleware::map_response(extract::without_null_fields)),
+        )
         .ruma(account::username_available)
         .ruma(account::change_password)
         .ruma(account::capabilities)
@@ -67,7 +76,11 @@ pub fn router() -> Router<Arc<Services>> {
         .ruma(messages::get_event)
         .ruma(messages::messages)
         .ruma(messages::context)
-        .ruma(sync::sync)
+        .merge(
+            Router::new()
+                .ruma(sync::sync)
+                .layer(axum::middleware::map_response(sync::complete_response)),
+        )
 }
 
 async fn versions() -> impl IntoResponse {

@@ -102,9 +102,11 @@ pub async fn send_state_event(
     Ok(send_state_event::v3::Response::new(sent.pdu.event_id.clone()))
 }
 
-/// Aliases named by `m.room.canonical_alias` must exist and point here.
+/// Aliases named by `m.room.canonical_alias` must be valid
+/// (`M_INVALID_PARAM`), and local ones must exist and point here
+/// (`M_BAD_ALIAS`).
 async fn check_canonical_alias(svc: &Services, room_id: &RoomId, content: &Value) -> Result<(), MatrixError> {
-    let mut aliases: Vec<&Value> = content.get("alias").into_iter().collect();
+    let mut aliases: Vec<&Value> = content.get("alias").filter(|v| !v.is_null()).into_iter().collect();
     if let Some(alt) = content.get("alt_aliases") {
         aliases.extend(
             alt.as_array()
@@ -116,7 +118,7 @@ async fn check_canonical_alias(svc: &Services, room_id: &RoomId, content: &Value
         let alias = value
             .as_str()
             .and_then(|s| <&RoomAliasId>::try_from(s).ok())
-            .ok_or_else(|| bad("not a room alias"))?;
+            .ok_or_else(|| MatrixError::invalid_param(format!("{value}: not a valid room alias")))?;
         if alias.server_name() != svc.server_name() {
             continue;
         }

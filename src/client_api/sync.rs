@@ -1,25 +1,34 @@
-//! `/sync`: initial and incremental, with long-polling.
+//! `/sync`: initial and incremental, with long-polling and filters.
 //!
 //! `next_batch` is `s<stream>`, the newest arrival order the response
 //! covers. An incremental sync returns what arrived in `(since, head]`;
 //! with nothing new it waits (up to `timeout`) for the notifier.
+//!
+//! The filter (uploaded, or inline JSON) chooses the rooms (`rooms`,
+//! `not_rooms`, `include_leave`), the timeline events (types, senders,
+//! `limit`) and the state events, and turns on lazy loading of members.
+//! `state` is the room state at the start of the timeline: all of it in a
+//! full sync, what changed since `since` in an incremental one.
 
 use std::{collections::HashSet, sync::Arc, time::Duration};
 
+use axum::response::IntoResponse;
 use ruma::{
-    OwnedRoomId, RoomId, UInt,
+    OwnedEventId, OwnedRoomId, OwnedUserId, RoomId, UInt, UserId,
     api::client::{
-        filter::FilterDefinition,
+        filter::{FilterDefinition, RoomEventFilter, RoomFilter},
         sync::sync_events::v3::{
             Filter, InviteState, InvitedRoom, JoinedRoom, LeftRoom, Response, Rooms, State, StateEvents, Timeline,
         },
     },
-    events::StateEventType,
+    events::{StateEventType, TimelineEventType},
 };
+use serde_json::Value;
 
 use super::{extract::Ruma, format};
 use crate::{
     error::MatrixError,
+    filter,
     services::Services,
     state::StateMap,
     storage::{Membership, StoredEvent, StreamOrdering, TokenOwner},
@@ -30,6 +39,12 @@ use crate::{
 const DEFAULT_TIMELINE_LIMIT: usize = 10;
 const MAX_TIMELINE_LIMIT: usize = 1000;
 const MAX_TIMEOUT: Duration = Duration::from_secs(120);
+/// Storage pages scanned for one timeline: with a filter that matches
+/// little, older matches beyond this are reported as `limited`.
+const MAX_SCAN_ROUNDS: usize = 8;
+const MIN_SCAN_BATCH: usize = 50;
+/// Members named in a room summary (`m.heroes`).
+const MAX_HEROES: usize = 5;
 
 /// State shown with an invite.
 const INVITE_STATE_TYPES: [StateEventType; 7] = [
@@ -41,6 +56,15 @@ const INVITE_STATE_TYPES: [StateEventType; 7] = [
     StateEventType::RoomEncryption,
     StateEventType::RoomTopic,
 ];
+
+/// What the request's filter and flags ask for.
+struct Options {
+    room: RoomFilter,
+    limit: usize,
+    full_state: bool,
+    /// Lazy loading of members: `Some(include_redundant_members)`.
+    lazy: Option<bool>,
+}
 
 pub async fn sync(
     svc: Arc<Services>,
@@ -54,15 +78,22 @@ pub async fn sync(
         },
         None => None,
     };
-    let limit = timeline_limit(&svc, &owner, req.body.filter.as_ref()).await?;
-    let full_state = req.body.full_state;
+    let definition = load_filter(&svc, &owner, req.body.filter.as_ref()).await?;
+    let opts = Options {
+        limit: definition.room.timeline.limit.map_or(DEFAULT_TIMELINE_LIMIT, |l| {
+            (u64::from(l) as usize).min(MAX_TIMELINE_LIMIT)
+        }),
+        lazy: filter::lazy_load_members(&definition.room.state),
+        room: definition.room,
+        full_state: req.body.full_state,
+    };
     let deadline = tokio::time::Instant::now() + req.body.timeout.unwrap_or_default().min(MAX_TIMEOUT);
     let mut head_rx = svc.notifier.subscribe();
     loop {
         let head = *head_rx.borrow_and_update();
-        let rooms = build_rooms(&svc, &owner, since, head, full_state, limit).await?;
+        let rooms = build_rooms(&svc, &owner, since, head, &opts).await?;
         let empty = rooms.join.is_empty() && rooms.invite.is_empty() && rooms.leave.is_empty();
-        if since.is_none() || full_state || !empty || tokio::time::Instant::now() >= deadline {
+        if since.is_none() || opts.full_state || !empty || tokio::time::Instant::now() >= deadline {
             let mut response = Response::new(Token::Stream(head).to_string());
             response.rooms = rooms;
             return Ok(response);
@@ -77,20 +108,19 @@ pub async fn sync(
     }
 }
 
-async fn timeline_limit(svc: &Services, owner: &TokenOwner, filter: Option<&Filter>) -> Result<usize, MatrixError> {
-    let definition = match filter {
-        Some(Filter::FilterDefinition(def)) => Some(def.clone()),
+async fn load_filter(
+    svc: &Services,
+    owner: &TokenOwner,
+    filter: Option<&Filter>,
+) -> Result<FilterDefinition, MatrixError> {
+    Ok(match filter {
+        Some(Filter::FilterDefinition(def)) => def.clone(),
         Some(Filter::FilterId(id)) => match svc.storage.filter(&owner.user_id, id).await? {
-            Some(json) => serde_json::from_str::<FilterDefinition>(&json).ok(),
+            Some(json) => serde_json::from_str(&json).map_err(|e| MatrixError::internal("stored filter", e))?,
             None => return Err(MatrixError::not_found(format!("Unknown filter {id}"))),
         },
-        _ => None,
-    };
-    Ok(definition
-        .and_then(|d| d.room.timeline.limit)
-        .map_or(DEFAULT_TIMELINE_LIMIT, |l| {
-            (u64::from(l) as usize).min(MAX_TIMELINE_LIMIT)
-        }))
+        _ => FilterDefinition::default(),
+    })
 }
 
 async fn build_rooms(
@@ -98,8 +128,7 @@ async fn build_rooms(
     owner: &TokenOwner,
     since: Option<StreamOrdering>,
     head: StreamOrdering,
-    full_state: bool,
-    limit: usize,
+    opts: &Options,
 ) -> Result<Rooms, MatrixError> {
     let changed: HashSet<OwnedRoomId> = match since {
         Some(since) => svc
@@ -112,23 +141,38 @@ async fn build_rooms(
     };
     let mut rooms = Rooms::new();
     for m in svc.storage.user_memberships(&owner.user_id).await? {
-        if m.stream_ordering > head {
+        if m.stream_ordering > head || !filter::room_allowed(&opts.room, &m.room_id) {
             continue;
         }
-        let newly = since.is_none() || full_state || changed.contains(&m.room_id);
+        let full = since.is_none() || opts.full_state;
+        let changed = changed.contains(&m.room_id);
+        // Joined (or re-joined) since the last sync: the room in full. A
+        // change of one's own member event while joined (a new display
+        // name) is no new join.
+        let joined_at_since = match since {
+            Some(since) if changed => {
+                membership_at(svc, &m.room_id, &owner.user_id, since).await?.as_deref() == Some("join")
+            }
+            Some(_) => true,
+            None => false,
+        };
         match m.membership.as_str() {
             "join" => {
-                if let Some(room) = joined_room(svc, owner, &m.room_id, since.filter(|_| !newly), head, limit).await? {
+                let since = since.filter(|_| !full && joined_at_since);
+                if let Some(room) = joined_room(svc, owner, &m.room_id, since, head, opts).await? {
                     rooms.join.insert(m.room_id.clone(), room);
                 }
             }
-            "invite" if newly => {
+            "invite" if full || changed => {
                 rooms.invite.insert(m.room_id.clone(), invited_room(svc, &m).await?);
             }
-            "leave" | "ban" if since.is_some() && changed.contains(&m.room_id) => {
+            // Rooms left since the last sync; with `include_leave`, in a
+            // full sync, all rooms left.
+            "leave" | "ban" if changed || (full && opts.room.include_leave) => {
+                let since = since.filter(|_| !full);
                 rooms
                     .leave
-                    .insert(m.room_id.clone(), left_room(svc, owner, &m, since, limit).await?);
+                    .insert(m.room_id.clone(), left_room(svc, owner, &m, since, opts).await?);
             }
             _ => {}
         }
@@ -136,20 +180,189 @@ async fn build_rooms(
     Ok(rooms)
 }
 
-/// The newest timeline events in `(after, upto]`, oldest first, and
-/// whether more were left out.
-async fn timeline_events(
+/// The user's membership in the room as it was at `stream`.
+async fn membership_at(
     svc: &Services,
     room_id: &RoomId,
-    after: StreamOrdering,
-    upto: StreamOrdering,
+    user: &UserId,
+    stream: StreamOrdering,
+) -> Result<Option<String>, MatrixError> {
+    let state = state_at_stream(svc, room_id, stream).await?;
+    Ok(svc.state.membership(&state, user).await?)
+}
+
+/// The newest timeline events in `(after, upto]` that pass the filter
+/// and that the user may see, oldest first; and whether older ones were
+/// left out.
+async fn timeline_events(
+    svc: &Services,
+    user: &UserId,
+    room_id: &RoomId,
+    (after, upto): (StreamOrdering, StreamOrdering),
+    joined_now: bool,
+    filter: &RoomEventFilter,
     limit: usize,
 ) -> Result<(Vec<StoredEvent>, bool), MatrixError> {
-    let mut events = svc.storage.stream_page(room_id, after, upto, limit + 1).await?;
-    let limited = events.len() > limit;
+    let batch = (limit + 1).max(MIN_SCAN_BATCH);
+    let mut events = Vec::new();
+    let mut cursor = upto;
+    // Until the range is scanned to its start, older matches may exist.
+    let mut limited = true;
+    for _ in 0..MAX_SCAN_ROUNDS {
+        let page = svc.storage.stream_page(room_id, after, cursor, batch).await?;
+        let exhausted = page.len() < batch;
+        if let Some(oldest) = page.last() {
+            cursor = oldest.meta.stream_ordering - 1;
+        }
+        let matching = page
+            .into_iter()
+            .filter(|e| filter::event_matches(filter, &e.pdu))
+            .collect();
+        events.extend(visibility::filter_for_user(svc, user, joined_now, matching).await?);
+        if events.len() > limit {
+            break;
+        }
+        if exhausted {
+            limited = false;
+            break;
+        }
+    }
     events.truncate(limit);
     events.reverse();
     Ok((events, limited))
+}
+
+/// The room state after the newest event that had arrived by `stream`.
+async fn state_at_stream(
+    svc: &Services,
+    room_id: &RoomId,
+    stream: StreamOrdering,
+) -> Result<Arc<StateMap>, MatrixError> {
+    let newest = svc.storage.stream_page(room_id, StreamOrdering::MIN, stream, 1).await?;
+    Ok(match newest.first().and_then(|e| e.meta.state_group_after) {
+        Some(group) => svc.state.group(group).await?,
+        None => Arc::default(),
+    })
+}
+
+/// A room's timeline and state for one sync response.
+struct Section {
+    events: Vec<StoredEvent>,
+    limited: bool,
+    prev_batch: String,
+    state: Vec<StoredEvent>,
+    /// State at the start of the timeline.
+    start: Arc<StateMap>,
+}
+
+/// The timeline in `(since, upto]` and the state before it; `since` is
+/// `None` for a full sync of the room.
+async fn room_section(
+    svc: &Services,
+    owner: &TokenOwner,
+    room_id: &RoomId,
+    (since, upto): (Option<StreamOrdering>, StreamOrdering),
+    joined_now: bool,
+    opts: &Options,
+) -> Result<Section, MatrixError> {
+    let user = &owner.user_id;
+    let range = (since.unwrap_or(StreamOrdering::MIN), upto);
+    let (events, limited) =
+        timeline_events(svc, user, room_id, range, joined_now, &opts.room.timeline, opts.limit).await?;
+    let start = match events.first().and_then(|e| e.meta.state_group_before) {
+        Some(group) => svc.state.group(group).await?,
+        None => state_at_stream(svc, room_id, upto).await?,
+    };
+    let senders: HashSet<&UserId> = events.iter().map(|e| &*e.pdu.sender).collect();
+    let is_member = |kind: &StateEventType| *kind == StateEventType::RoomMember;
+    let mut ids: Vec<OwnedEventId> = match since {
+        // Full: the state at the start; with lazy loading, of the members
+        // only the senders of the timeline and the user.
+        None => start
+            .iter()
+            .filter(|((kind, key), _)| {
+                opts.lazy.is_none()
+                    || !is_member(kind)
+                    || key == user.as_str()
+                    || senders.iter().any(|s| s.as_str() == key)
+            })
+            .map(|(_, id)| id.clone())
+            .collect(),
+        // Incremental: what changed between `since` and the start.
+        Some(since) => {
+            let old = state_at_stream(svc, room_id, since).await?;
+            start
+                .iter()
+                .filter(|(k, id)| old.get(*k) != Some(*id))
+                .map(|(_, id)| id.clone())
+                .collect()
+        }
+    };
+    if let (Some(redundant), Some(_)) = (opts.lazy, since) {
+        // The timeline's senders, unless this device has them already.
+        for sender in &senders {
+            let Some(id) = start.get(&visibility::member_key(sender)) else {
+                continue;
+            };
+            if !ids.contains(id)
+                && (redundant || !svc.lazy_members.was_sent(user, &owner.device_id, room_id, sender, id))
+            {
+                ids.push(id.clone());
+            }
+        }
+    }
+    let mut state = svc.storage.events(&ids).await?;
+    state.retain(|e| filter::event_matches(&opts.room.state, &e.pdu));
+    state.sort_by_key(|e| e.meta.stream_ordering);
+
+    if opts.lazy.is_some() {
+        if since.is_none() {
+            svc.lazy_members.reset(user, &owner.device_id, room_id);
+        }
+        let members = state.iter().chain(&events).filter_map(|e| {
+            let member = e
+                .pdu
+                .state_key
+                .as_deref()
+                .filter(|_| e.pdu.kind == TimelineEventType::RoomMember)?;
+            Some((<&UserId>::try_from(member).ok()?, &*e.pdu.event_id))
+        });
+        svc.lazy_members.record(user, &owner.device_id, room_id, members);
+    }
+
+    let prev_batch = events
+        .first()
+        .map_or(Token::Stream(upto), |first| Token::Topo(timeline::before(first)))
+        .to_string();
+    Ok(Section {
+        events,
+        limited,
+        prev_batch,
+        state,
+        start,
+    })
+}
+
+async fn timeline_json(svc: &Services, owner: &TokenOwner, section: &Section) -> Result<Timeline, MatrixError> {
+    let mut timeline = Timeline::new();
+    timeline.limited = section.limited;
+    timeline.prev_batch = Some(section.prev_batch.clone());
+    timeline.events = format::client_events(svc, &section.events, Some(owner))
+        .await?
+        .iter()
+        .map(format::raw)
+        .collect();
+    Ok(timeline)
+}
+
+async fn state_json(svc: &Services, owner: &TokenOwner, section: &Section) -> Result<State, MatrixError> {
+    let mut state = StateEvents::new();
+    state.events = format::client_events(svc, &section.state, Some(owner))
+        .await?
+        .iter()
+        .map(format::raw)
+        .collect();
+    Ok(State::Before(state))
 }
 
 /// A joined room's section; `since` is `None` for a full sync of it.
@@ -159,64 +372,80 @@ async fn joined_room(
     room_id: &RoomId,
     since: Option<StreamOrdering>,
     head: StreamOrdering,
-    limit: usize,
+    opts: &Options,
 ) -> Result<Option<JoinedRoom>, MatrixError> {
-    let (events, limited) = timeline_events(svc, room_id, since.unwrap_or(StreamOrdering::MIN), head, limit).await?;
-    if since.is_some() && events.is_empty() {
+    let mut section = room_section(svc, owner, room_id, (since, head), true, opts).await?;
+    if since.is_some() && section.events.is_empty() && section.state.is_empty() {
         return Ok(None);
     }
-    let state_at_start: Option<Arc<StateMap>> = match events.first().and_then(|e| e.meta.state_group_before) {
-        Some(group) => Some(svc.state.group(group).await?),
-        None => svc.state.current(room_id).await?.map(|(_, map)| map),
-    };
-    let state_events = match (since, state_at_start) {
-        // Full: the whole state at the start of the timeline.
-        (None, Some(start)) => svc.storage.events(&start.values().cloned().collect::<Vec<_>>()).await?,
-        // Incremental with a gap: what changed between `since` and the start.
-        (Some(since), Some(start)) if limited => {
-            let before = svc.storage.stream_page(room_id, StreamOrdering::MIN, since, 1).await?;
-            let old = match before.first().and_then(|e| e.meta.state_group_after) {
-                Some(group) => svc.state.group(group).await?,
-                None => Arc::default(),
-            };
-            let changed: Vec<_> = start
-                .iter()
-                .filter(|(k, id)| old.get(*k) != Some(*id))
-                .map(|(_, id)| id.clone())
-                .collect();
-            svc.storage.events(&changed).await?
-        }
-        _ => Vec::new(),
-    };
-
-    let prev_batch = events
-        .first()
-        .map_or(Token::Stream(head), |first| Token::Topo(timeline::before(first)))
-        .to_string();
-    let visible = visibility::filter_for_user(svc, &owner.user_id, true, events).await?;
-
     let mut room = JoinedRoom::new();
-    room.timeline = Timeline::new();
-    room.timeline.limited = limited;
-    room.timeline.prev_batch = Some(prev_batch);
-    room.timeline.events = format::client_events(svc, &visible, Some(owner))
-        .await?
+    let members_changed = section
+        .events
         .iter()
-        .map(format::raw)
-        .collect();
-    let mut state = StateEvents::new();
-    state.events = format::client_events(svc, &state_events, Some(owner))
-        .await?
-        .iter()
-        .map(format::raw)
-        .collect();
-    room.state = State::Before(state);
-    if since.is_none() {
-        let count = |n: usize| UInt::try_from(n as u64).ok();
-        room.summary.joined_member_count = count(svc.storage.room_members(room_id, Some("join")).await?.len());
-        room.summary.invited_member_count = count(svc.storage.room_members(room_id, Some("invite")).await?.len());
+        .chain(&section.state)
+        .any(|e| e.pdu.kind == TimelineEventType::RoomMember);
+    if since.is_none() || members_changed {
+        summarise(svc, owner, room_id, &mut section, opts, &mut room).await?;
     }
+    room.timeline = timeline_json(svc, owner, &section).await?;
+    room.state = state_json(svc, owner, &section).await?;
     Ok(Some(room))
+}
+
+/// The room summary: member counts, and `m.heroes` for a room without a
+/// name or canonical alias (the first five other members to join or be
+/// invited; failing those, the ones who left). With lazy loading, the
+/// heroes' membership events join the state.
+async fn summarise(
+    svc: &Services,
+    owner: &TokenOwner,
+    room_id: &RoomId,
+    section: &mut Section,
+    opts: &Options,
+    room: &mut JoinedRoom,
+) -> Result<(), MatrixError> {
+    let mut members = svc.storage.room_members(room_id, None).await?;
+    members.sort_by_key(|m| m.stream_ordering);
+    let count = |kind: &str| UInt::try_from(members.iter().filter(|m| m.membership == kind).count() as u64).ok();
+    room.summary.joined_member_count = count("join");
+    room.summary.invited_member_count = count("invite");
+
+    let current = svc
+        .state
+        .current(room_id)
+        .await?
+        .map(|(_, map)| map)
+        .unwrap_or_default();
+    let named = [StateEventType::RoomName, StateEventType::RoomCanonicalAlias]
+        .into_iter()
+        .any(|kind| current.contains_key(&(kind, String::new())));
+    if named {
+        return Ok(());
+    }
+    let others = |kinds: &[&str]| -> Vec<&Membership> {
+        members
+            .iter()
+            .filter(|m| m.user_id != owner.user_id && kinds.contains(&m.membership.as_str()))
+            .take(MAX_HEROES)
+            .collect()
+    };
+    let mut heroes = others(&["join", "invite"]);
+    if heroes.is_empty() {
+        heroes = others(&["leave", "ban"]);
+    }
+    room.summary.heroes = heroes.iter().map(|m| m.user_id.clone()).collect::<Vec<OwnedUserId>>();
+    if opts.lazy.is_some() {
+        let have: HashSet<OwnedEventId> = section.state.iter().map(|e| e.pdu.event_id.clone()).collect();
+        let missing: Vec<OwnedEventId> = heroes
+            .iter()
+            .filter_map(|m| section.start.get(&visibility::member_key(&m.user_id)).cloned())
+            .filter(|id| !have.contains(id) && section.events.iter().all(|e| e.pdu.event_id != *id))
+            .collect();
+        if !missing.is_empty() {
+            section.state.extend(svc.storage.events(&missing).await?);
+        }
+    }
+    Ok(())
 }
 
 async fn invited_room(svc: &Services, m: &Membership) -> Result<InvitedRoom, MatrixError> {
@@ -233,29 +462,86 @@ async fn invited_room(svc: &Services, m: &Membership) -> Result<InvitedRoom, Mat
     Ok(room)
 }
 
-/// A room the user left or was removed from since the last sync: the
-/// timeline up to their leaving.
+/// A room the user left or was removed from: the timeline up to their
+/// leaving (since the last sync, or all of it in a full sync).
 async fn left_room(
     svc: &Services,
     owner: &TokenOwner,
     m: &Membership,
     since: Option<StreamOrdering>,
-    limit: usize,
+    opts: &Options,
 ) -> Result<LeftRoom, MatrixError> {
-    let after = since.unwrap_or(StreamOrdering::MIN);
-    let (events, limited) = timeline_events(svc, &m.room_id, after, m.stream_ordering, limit).await?;
-    let prev_batch = events
-        .first()
-        .map(|first| Token::Topo(timeline::before(first)).to_string());
-    let visible = visibility::filter_for_user(svc, &owner.user_id, false, events).await?;
+    let mut section = room_section(svc, owner, &m.room_id, (since, m.stream_ordering), false, opts).await?;
+    // Room state only as far as the user saw it as a member: none for a
+    // rejected invite, say.
+    if svc.state.membership(&section.start, &owner.user_id).await?.as_deref() != Some("join") {
+        section.state.clear();
+    }
     let mut room = LeftRoom::new();
-    room.timeline = Timeline::new();
-    room.timeline.limited = limited;
-    room.timeline.prev_batch = prev_batch;
-    room.timeline.events = format::client_events(svc, &visible, Some(owner))
-        .await?
-        .iter()
-        .map(format::raw)
-        .collect();
+    room.timeline = timeline_json(svc, owner, &section).await?;
+    room.state = state_json(svc, owner, &section).await?;
     Ok(room)
+}
+
+/// Response middleware for `/sync`: see [`complete_body`].
+pub async fn complete_response(response: axum::response::Response) -> axum::response::Response {
+    if response.status() != http::StatusCode::OK {
+        return response;
+    }
+    let (parts, body) = response.into_parts();
+    let Ok(bytes) = axum::body::to_bytes(body, usize::MAX).await else {
+        return MatrixError::unknown("sync response unreadable").into_response();
+    };
+    let bytes = match serde_json::from_slice::<Value>(&bytes) {
+        Ok(mut value) => {
+            complete_body(&mut value);
+            serde_json::to_vec(&value).map_or(bytes, Into::into)
+        }
+        Err(_) => bytes,
+    };
+    axum::response::Response::from_parts(parts, axum::body::Body::from(bytes))
+}
+
+/// Fills in the sections of a sync response that ruma leaves out when
+/// empty (`timeline.limited`, `state.events`, …), as clients (and
+/// SyTest) expect every joined or left room to carry them.
+fn complete_body(body: &mut Value) {
+    fn ensure(object: &mut serde_json::Map<String, Value>, key: &str, default: Value) {
+        let entry = object.entry(key.to_owned()).or_insert(default.clone());
+        if let (Some(entry), Some(default)) = (entry.as_object_mut(), default.as_object()) {
+            for (k, v) in default {
+                entry.entry(k.clone()).or_insert(v.clone());
+            }
+        }
+    }
+    let Some(body) = body.as_object_mut() else {
+        return;
+    };
+    let events = || serde_json::json!({ "events": [] });
+    ensure(
+        body,
+        "rooms",
+        serde_json::json!({ "join": {}, "invite": {}, "leave": {} }),
+    );
+    ensure(body, "account_data", events());
+    ensure(body, "presence", events());
+    let Some(rooms) = body.get_mut("rooms").and_then(Value::as_object_mut) else {
+        return;
+    };
+    for (section, keys) in [
+        ("join", &["timeline", "state", "ephemeral", "account_data"][..]),
+        ("leave", &["timeline", "state", "account_data"][..]),
+    ] {
+        let Some(map) = rooms.get_mut(section).and_then(Value::as_object_mut) else {
+            continue;
+        };
+        for room in map.values_mut().filter_map(Value::as_object_mut) {
+            for key in keys {
+                ensure(room, key, events());
+            }
+            if let Some(timeline) = room.get_mut("timeline").and_then(Value::as_object_mut) {
+                timeline.entry("limited").or_insert(Value::Bool(false));
+            }
+        }
+    }
 }

@@ -81,6 +81,22 @@ pub async fn invite(
     send_event(svc, room_id, sender, member_event(target, "invite", fields), None).await
 }
 
+/// Kicks `target`: only a user who is in the room (joined, invited or
+/// knocking) can be kicked; the auth rules check the power levels.
+pub async fn kick(
+    svc: &Services,
+    room_id: &RoomId,
+    sender: &UserId,
+    target: &UserId,
+    reason: Option<&str>,
+) -> Result<Sent, RoomError> {
+    let current = crate::visibility::current_membership(svc, room_id, target).await?;
+    if !matches!(current.as_deref(), Some("join" | "invite" | "knock")) {
+        return Err(RoomError::Forbidden(format!("{target} is not in the room")));
+    }
+    set_other_membership(svc, room_id, sender, target, "leave", reason).await
+}
+
 /// Kick (`leave`), ban (`ban`) or unban (`leave` of a banned user).
 pub async fn set_other_membership(
     svc: &Services,

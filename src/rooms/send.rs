@@ -57,6 +57,9 @@ pub async fn send_event(
     let group = room.current_state_group.ok_or(RoomError::UnknownRoom)?;
     let state = svc.state.group(group).await?;
 
+    if let Some(existing) = unchanged_state(svc, sender, &template, &state).await? {
+        return Ok(existing);
+    }
     if template.kind == TimelineEventType::RoomRedaction {
         check_redaction(svc, room_id, sender, &template, &state, &rules).await?;
     }
@@ -96,6 +99,34 @@ pub async fn send_event(
     auth::check(&rules.authorization, &pdu, &ctx).map_err(RoomError::Forbidden)?;
 
     persist_local(svc, pdu, Some((group, state)), txn, &rules).await
+}
+
+/// A state event identical to the current one (same sender, same
+/// content) is not sent again: the current one stands for it. Setting
+/// state, or joining, twice is then idempotent, as clients expect.
+async fn unchanged_state(
+    svc: &Services,
+    sender: &UserId,
+    template: &EventTemplate,
+    state: &StateMap,
+) -> Result<Option<Sent>, RoomError> {
+    let Some(state_key) = &template.state_key else {
+        return Ok(None);
+    };
+    let kind = StateEventType::from(template.kind.to_string());
+    let Some(current) = svc.state.event_for(state, kind, state_key).await? else {
+        return Ok(None);
+    };
+    if current.pdu.sender != sender
+        || current.meta.redacted_by.is_some()
+        || current.pdu.content_value() != template.content
+    {
+        return Ok(None);
+    }
+    Ok(Some(Sent {
+        pdu: current.pdu,
+        stream_ordering: current.meta.stream_ordering,
+    }))
 }
 
 /// Stores a local event that passed its checks, with `before` the state

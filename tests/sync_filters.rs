@@ -1,0 +1,270 @@
+//! `/sync` with filters: timeline and state filters, `include_leave`,
+//! lazy loading of members, room summaries, and the response's shape.
+
+mod common;
+
+use common::{TestServer, User, enc};
+use reqwest::Method;
+use serde_json::{Value, json};
+
+async fn filter(user: &User<'_>, definition: Value) -> String {
+    let body = user
+        .ok(
+            Method::POST,
+            &format!("/_matrix/client/v3/user/{}/filter", enc(&user.user_id)),
+            Some(&definition),
+        )
+        .await;
+    body["filter_id"].as_str().unwrap().to_owned()
+}
+
+async fn put_state(user: &User<'_>, room: &str, kind: &str, key: &str, content: Value) -> String {
+    let body = user
+        .ok(
+            Method::PUT,
+            &format!("/_matrix/client/v3/rooms/{}/state/{kind}/{}", enc(room), enc(key)),
+            Some(&content),
+        )
+        .await;
+    body["event_id"].as_str().unwrap().to_owned()
+}
+
+async fn send(user: &User<'_>, room: &str, kind: &str, txn: &str) -> String {
+    let body = user
+        .ok(
+            Method::PUT,
+            &format!("/_matrix/client/v3/rooms/{}/send/{kind}/{txn}", enc(room)),
+            Some(&json!({ "body": txn })),
+        )
+        .await;
+    body["event_id"].as_str().unwrap().to_owned()
+}
+
+fn events<'a>(room: &'a Value, section: &str) -> &'a Vec<Value> {
+    room[section]["events"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no {section}.events in {room}"))
+}
+
+fn members(room: &Value) -> Vec<String> {
+    let mut members: Vec<String> = events(room, "state")
+        .iter()
+        .filter(|e| e["type"] == "m.room.member")
+        .map(|e| e["state_key"].as_str().unwrap().to_owned())
+        .collect();
+    members.sort();
+    members
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn timeline_filter_limit_and_response_shape() {
+    let server = TestServer::start().await;
+    let alice = server.register("alice").await;
+    let room = alice.create_room(json!({ "preset": "public_chat" })).await;
+    let mine = send(&alice, &room, "m.room.message", "mine").await;
+    for i in 0..12 {
+        send(&alice, &room, "a.made.up.filler.type", &format!("f{i}")).await;
+    }
+    let id = filter(
+        &alice,
+        json!({ "room": { "timeline": { "limit": 1, "types": ["m.room.message"] }, "state": { "types": [] } } }),
+    )
+    .await;
+    let body = alice.sync(&format!("filter={id}")).await;
+    let joined = &body["rooms"]["join"][&room];
+    let timeline = events(joined, "timeline");
+    assert_eq!(timeline.len(), 1, "{joined}");
+    assert_eq!(timeline[0]["event_id"], mine.as_str());
+    // All the matching events fitted: not limited, and the key is there.
+    assert_eq!(joined["timeline"]["limited"], false);
+    assert!(events(joined, "state").is_empty());
+    assert!(body["rooms"]["leave"].is_object() && body["rooms"]["invite"].is_object());
+
+    // Inline JSON filters work as well, and `*` matches.
+    let inline = enc(&json!({ "room": { "timeline": { "limit": 2, "types": ["a.made.*"] } } }).to_string());
+    let body = alice.sync(&format!("filter={inline}")).await;
+    let joined = &body["rooms"]["join"][&room];
+    assert_eq!(events(joined, "timeline").len(), 2);
+    assert_eq!(joined["timeline"]["limited"], true);
+
+    // An incremental sync with news has the same keys.
+    let since = body["next_batch"].as_str().unwrap().to_owned();
+    send(&alice, &room, "m.room.message", "later").await;
+    let body = alice.sync(&format!("since={since}")).await;
+    let joined = &body["rooms"]["join"][&room];
+    assert_eq!(joined["timeline"]["limited"], false);
+    assert!(events(joined, "state").is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn state_filter_and_state_changes_outside_the_timeline() {
+    let server = TestServer::start().await;
+    let alice = server.register("alice").await;
+    let room = alice.create_room(json!({ "preset": "public_chat" })).await;
+    put_state(&alice, &room, "a.madeup.test.state", "changes", json!({ "v": 1 })).await;
+    put_state(&alice, &room, "a.madeup.test.state", "stays", json!({ "v": 1 })).await;
+    let id = filter(
+        &alice,
+        json!({ "room": {
+            "timeline": { "types": ["a.made.up.filler.type"], "limit": 1 },
+            "state": { "types": ["a.madeup.test.state"] },
+        } }),
+    )
+    .await;
+    let body = alice.sync(&format!("filter={id}")).await;
+    assert_eq!(events(&body["rooms"]["join"][&room], "state").len(), 2);
+    let since = body["next_batch"].as_str().unwrap().to_owned();
+
+    let changed = put_state(&alice, &room, "a.madeup.test.state", "changes", json!({ "v": 2 })).await;
+    for i in 0..5 {
+        send(&alice, &room, "a.made.up.filler.type", &format!("f{i}")).await;
+    }
+    let body = alice.sync(&format!("filter={id}&since={since}")).await;
+    let joined = &body["rooms"]["join"][&room];
+    // The change was filtered out of the timeline: it is in `state`.
+    let state = events(joined, "state");
+    assert_eq!(state.len(), 1, "{joined}");
+    assert_eq!(state[0]["event_id"], changed.as_str());
+    assert_eq!(events(joined, "timeline").len(), 1);
+    assert_eq!(joined["timeline"]["limited"], true);
+
+    // A state event in the timeline is not in `state` as well.
+    let id = filter(
+        &alice,
+        json!({ "room": {
+            "timeline": { "types": ["a.madeup.test.state"] },
+            "state": { "types": ["a.madeup.test.state"] },
+        } }),
+    )
+    .await;
+    let body = alice.sync(&format!("filter={id}")).await;
+    let joined = &body["rooms"]["join"][&room];
+    let in_timeline: Vec<&Value> = events(joined, "timeline").iter().map(|e| &e["event_id"]).collect();
+    assert!(in_timeline.contains(&&json!(changed)));
+    assert!(
+        events(joined, "state")
+            .iter()
+            .all(|e| !in_timeline.contains(&&e["event_id"]))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn include_leave_and_display_name_changes() {
+    let server = TestServer::start().await;
+    let alice = server.register("alice").await;
+    let left = alice.create_room(json!({ "preset": "public_chat" })).await;
+    alice
+        .ok(
+            Method::POST,
+            &format!("/_matrix/client/v3/rooms/{}/leave", enc(&left)),
+            Some(&json!({})),
+        )
+        .await;
+    let body = alice.sync("").await;
+    assert!(body["rooms"]["leave"].get(&left).is_none(), "{body}");
+    let id = filter(&alice, json!({ "room": { "include_leave": true } })).await;
+    let body = alice.sync(&format!("filter={id}")).await;
+    let room = &body["rooms"]["leave"][&left];
+    assert!(
+        room["timeline"]["events"].is_array() && room["state"]["events"].is_array(),
+        "{body}"
+    );
+
+    // A new display name in a joined room is no re-join: the incremental
+    // sync carries the change, not the whole room again.
+    let room = alice.create_room(json!({ "preset": "public_chat" })).await;
+    let since = alice.sync("").await["next_batch"].as_str().unwrap().to_owned();
+    let renamed = put_state(
+        &alice,
+        &room,
+        "m.room.member",
+        &alice.user_id,
+        json!({ "membership": "join", "displayname": "boris" }),
+    )
+    .await;
+    let body = alice.sync(&format!("since={since}")).await;
+    let timeline = events(&body["rooms"]["join"][&room], "timeline");
+    assert_eq!(timeline.len(), 1, "{timeline:?}");
+    assert_eq!(timeline[0]["event_id"], renamed.as_str());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lazy_loading_members() {
+    let server = TestServer::start().await;
+    let alice = server.register("alice").await;
+    let bob = server.register("bob").await;
+    let carol = server.register("carol").await;
+    // Named: no heroes, whose memberships would come along.
+    let room = alice
+        .create_room(json!({ "preset": "public_chat", "name": "Named" }))
+        .await;
+    assert_eq!(bob.join(&room).await.0, 200);
+    assert_eq!(carol.join(&room).await.0, 200);
+    for i in 0..10 {
+        send(&bob, &room, "a.made.up.filler.type", &format!("b{i}")).await;
+    }
+    let lazy = filter(
+        &alice,
+        json!({ "room": { "state": { "lazy_load_members": true }, "timeline": { "limit": 10 } } }),
+    )
+    .await;
+    let body = alice.sync(&format!("filter={lazy}")).await;
+    let joined = &body["rooms"]["join"][&room];
+    // Only the timeline's sender and alice herself.
+    let mut expected = vec![alice.user_id.clone(), bob.user_id.clone()];
+    expected.sort();
+    assert_eq!(members(joined), expected);
+    assert!(joined["summary"].get("m.heroes").is_none());
+    let since = body["next_batch"].as_str().unwrap().to_owned();
+
+    // Carol speaks: her membership comes with it, once.
+    send(&carol, &room, "m.room.message", "c1").await;
+    let body = alice.sync(&format!("filter={lazy}&since={since}")).await;
+    assert_eq!(members(&body["rooms"]["join"][&room]), vec![carol.user_id.clone()]);
+    let since = body["next_batch"].as_str().unwrap().to_owned();
+    send(&carol, &room, "m.room.message", "c2").await;
+    let body = alice.sync(&format!("filter={lazy}&since={since}")).await;
+    assert!(members(&body["rooms"]["join"][&room]).is_empty());
+    // Unless redundant members are asked for.
+    let redundant = filter(
+        &alice,
+        json!({ "room": { "state": { "lazy_load_members": true, "include_redundant_members": true } } }),
+    )
+    .await;
+    let body = alice.sync(&format!("filter={redundant}&since={since}")).await;
+    assert_eq!(members(&body["rooms"]["join"][&room]), vec![carol.user_id.clone()]);
+
+    // Without lazy loading: every member.
+    let body = alice.sync("").await;
+    assert_eq!(members(&body["rooms"]["join"][&room]).len(), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unnamed_room_summary_has_heroes() {
+    let server = TestServer::start().await;
+    let alice = server.register("alice").await;
+    let bob = server.register("bob").await;
+    let carol = server.register("carol").await;
+    let room = alice.create_room(json!({ "preset": "public_chat" })).await;
+    assert_eq!(bob.join(&room).await.0, 200);
+    assert_eq!(carol.join(&room).await.0, 200);
+    let lazy = filter(
+        &alice,
+        json!({ "room": { "state": { "lazy_load_members": true }, "timeline": { "limit": 1 } } }),
+    )
+    .await;
+    let body = alice.sync(&format!("filter={lazy}")).await;
+    let joined = &body["rooms"]["join"][&room];
+    assert_eq!(joined["summary"]["m.joined_member_count"], 3);
+    assert_eq!(joined["summary"]["m.invited_member_count"], 0);
+    assert_eq!(joined["summary"]["m.heroes"], json!([bob.user_id, carol.user_id]));
+    // With lazy loading, the heroes' memberships come along (carol's join
+    // is the timeline's one event).
+    let mut expected = vec![alice.user_id.clone(), bob.user_id.clone()];
+    expected.sort();
+    assert_eq!(members(joined), expected);
+
+    put_state(&alice, &room, "m.room.name", "", json!({ "name": "Named" })).await;
+    let body = alice.sync("").await;
+    assert!(body["rooms"]["join"][&room]["summary"].get("m.heroes").is_none());
+}
