@@ -42,6 +42,9 @@ pub struct Config {
     /// Verify the TLS certificates of other homeservers. Only loopback
     /// test rigs turn this off.
     pub federation_verify_tls: bool,
+    /// Notary servers asked for another server's keys when that server
+    /// cannot be reached directly (comma-separated in the environment).
+    pub trusted_key_servers: Vec<OwnedServerName>,
     /// Log filter, in `tracing_subscriber::EnvFilter` syntax.
     pub log: String,
 }
@@ -60,6 +63,7 @@ impl Default for Config {
             registration_shared_secret: None,
             default_room_version: RoomVersionId::V11,
             federation_verify_tls: true,
+            trusted_key_servers: Vec::new(),
             log: "info".to_owned(),
         }
     }
@@ -163,6 +167,19 @@ impl Config {
         set_opt(&env, "registration_shared_secret", &mut self.registration_shared_secret)?;
         set(&env, "default_room_version", &mut self.default_room_version)?;
         set(&env, "federation_verify_tls", &mut self.federation_verify_tls)?;
+        if let Some(list) = env("WEFT_TRUSTED_KEY_SERVERS") {
+            self.trusted_key_servers = list
+                .split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(|s| {
+                    OwnedServerName::try_from(s).map_err(|e| ConfigError::Env {
+                        var: "WEFT_TRUSTED_KEY_SERVERS".to_owned(),
+                        message: format!("{s}: {e}"),
+                    })
+                })
+                .collect::<Result<_, _>>()?;
+        }
         set(&env, "log", &mut self.log)?;
         Ok(())
     }
@@ -231,6 +248,10 @@ default_room_version = "11"
 # Verify other homeservers' TLS certificates. Turn off only for loopback
 # test rigs with self-signed certificates.
 federation_verify_tls = true
+
+# Notary servers to ask for another server's signing keys when that server
+# cannot be reached itself, e.g. ["matrix.org"].
+trusted_key_servers = []
 
 # Log filter (tracing EnvFilter syntax), e.g. "info" or "weft=debug,info".
 log = "info"

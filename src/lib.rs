@@ -1,12 +1,16 @@
 //! weft, a Matrix homeserver. See ARCHITECTURE.md for the map.
 
 pub mod accounts;
+pub mod acl;
 pub mod client_api;
 pub mod config;
 pub mod error;
+pub mod event_checks;
 pub mod events;
 pub mod federation_api;
+pub mod federation_client;
 pub mod filter;
+pub mod keyring;
 pub mod keys;
 pub mod rooms;
 pub mod server;

@@ -26,6 +26,10 @@ enum Command {
     Serve,
     /// Print a commented default configuration file.
     GenerateConfig,
+    /// Make a signed federation request as this server and print the answer
+    /// (the tool for looking at what another server says).
+    #[command(subcommand)]
+    Federation(FederationCommand),
     /// Create a local account.
     RegisterUser {
         /// Localpart (`alice`) or full user ID (`@alice:example.org`).
@@ -35,6 +39,24 @@ enum Command {
         /// Make the account a server admin.
         #[arg(long)]
         admin: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum FederationCommand {
+    /// `weft federation get example.org /_matrix/federation/v1/version`
+    Get { server: String, path: String },
+    /// POST with a JSON body (default `{}`).
+    Post {
+        server: String,
+        path: String,
+        body: Option<String>,
+    },
+    /// PUT with a JSON body (default `{}`).
+    Put {
+        server: String,
+        path: String,
+        body: Option<String>,
     },
 }
 
@@ -76,6 +98,7 @@ fn main() -> ExitCode {
                 Ok(())
             }
             Command::RegisterUser { name, password, admin } => register_user(&config, &name, &password, admin).await,
+            Command::Federation(request) => federation_request(&config, request).await,
             Command::GenerateConfig => unreachable!("handled above"),
         }
     });
@@ -106,4 +129,43 @@ async fn register_user(config: &Config, name: &str, password: &str, admin: bool)
         .map_err(|e| e.to_string())?;
     println!("created {user_id}{}", if admin { " (admin)" } else { "" });
     Ok(())
+}
+
+async fn federation_request(config: &Config, request: FederationCommand) -> Result<(), String> {
+    let (method, server, path, body) = match request {
+        FederationCommand::Get { server, path } => (http::Method::GET, server, path, None),
+        FederationCommand::Post { server, path, body } => (http::Method::POST, server, path, Some(body)),
+        FederationCommand::Put { server, path, body } => (http::Method::PUT, server, path, Some(body)),
+    };
+    let server = ruma::OwnedServerName::try_from(server).map_err(|e| format!("invalid server name: {e}"))?;
+    if !path.starts_with('/') {
+        return Err(format!("the path must start with '/': {path}"));
+    }
+    let body: Option<serde_json::Value> = match body {
+        Some(text) => Some(
+            serde_json::from_str(text.as_deref().unwrap_or("{}")).map_err(|e| format!("the body is not JSON: {e}"))?,
+        ),
+        None => None,
+    };
+    let keys = weft::keys::ServerKeys::load_or_generate(&config.data_dir, config.server_name.clone())
+        .map_err(|e| e.to_string())?;
+    let client = weft::federation_client::FederationClient::new(Arc::new(keys), config.federation_verify_tls)
+        .map_err(|e| e.to_string())?;
+    let (status, bytes) = client
+        .raw(&server, method, &path, body.as_ref())
+        .await
+        .map_err(|e| e.to_string())?;
+    eprintln!("{} {}", status.as_u16(), status.canonical_reason().unwrap_or(""));
+    match serde_json::from_slice::<serde_json::Value>(&bytes) {
+        Ok(json) => println!(
+            "{}",
+            serde_json::to_string_pretty(&json).expect("JSON values serialise")
+        ),
+        Err(_) => println!("{}", String::from_utf8_lossy(&bytes)),
+    }
+    if status.is_success() {
+        Ok(())
+    } else {
+        Err(format!("{server} answered {status}"))
+    }
 }

@@ -15,6 +15,7 @@ use crate::{
     config::Config,
     error::MatrixError,
     federation_api,
+    federation_client::{FederationClient, FederationError},
     keys::{KeyError, ServerKeys},
     services::Services,
     storage::{StorageError, sqlite::SqliteStorage},
@@ -31,6 +32,8 @@ pub enum StartError {
     Keys(#[from] KeyError),
     #[error(transparent)]
     Tls(#[from] TlsError),
+    #[error("federation client: {0}")]
+    Federation(#[from] FederationError),
     #[error("cannot listen on {addr}: {source}")]
     Listen { addr: SocketAddr, source: std::io::Error },
 }
@@ -108,7 +111,9 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
         let (cert, key) = tls::certificate_files(&config.data_dir, config.server_name.as_str(), configured)?;
         Some(tls::server_config(&cert, &key)?)
     };
-    let svc = Arc::new(Services::new(config.clone(), keys, storage).await?);
+    let keys = Arc::new(keys);
+    let federation = Arc::new(FederationClient::new(keys.clone(), config.federation_verify_tls)?);
+    let svc = Arc::new(Services::new(config.clone(), keys, storage, federation).await?);
     let cancel = CancellationToken::new();
 
     let client_listener = tokio::net::TcpListener::bind(config.client_listen)

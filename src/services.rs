@@ -8,7 +8,9 @@ use tokio::sync::watch;
 use crate::{
     accounts::{RegistrationNonces, RegistrationSessions},
     config::Config,
+    federation_client::FederationClient,
     filter::LazyLoadCache,
+    keyring::KeyRing,
     keys::ServerKeys,
     rooms::RoomLocks,
     state::StateCache,
@@ -17,8 +19,12 @@ use crate::{
 
 pub struct Services {
     pub config: Config,
-    pub keys: ServerKeys,
+    pub keys: Arc<ServerKeys>,
     pub storage: Arc<dyn Storage>,
+    /// Requests to other servers.
+    pub federation: Arc<FederationClient>,
+    /// Other servers' signing keys.
+    pub keyring: KeyRing,
     pub state: StateCache,
     pub rooms: RoomLocks,
     pub notifier: Notifier,
@@ -31,11 +37,24 @@ pub struct Services {
 }
 
 impl Services {
-    pub async fn new(config: Config, keys: ServerKeys, storage: Arc<dyn Storage>) -> crate::storage::Result<Services> {
+    pub async fn new(
+        config: Config,
+        keys: Arc<ServerKeys>,
+        storage: Arc<dyn Storage>,
+        federation: Arc<FederationClient>,
+    ) -> crate::storage::Result<Services> {
         let head = storage.max_stream_ordering().await?;
+        let keyring = KeyRing::new(
+            keys.clone(),
+            storage.clone(),
+            federation.clone(),
+            config.trusted_key_servers.clone(),
+        );
         Ok(Services {
             config,
             keys,
+            federation,
+            keyring,
             state: StateCache::new(storage.clone()),
             storage,
             rooms: RoomLocks::default(),

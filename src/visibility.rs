@@ -24,7 +24,6 @@ use serde::Deserialize;
 
 use crate::{
     services::Services,
-    state::key,
     storage::{Result, StateGroupId, StoredEvent},
 };
 
@@ -130,7 +129,106 @@ pub async fn filter_for_user(
     Ok(out)
 }
 
+/// What a server may see of a room's history: the rules above, where the
+/// server's membership at an event is the best of its users' (`join`
+/// over `invite`). Servers only get history of rooms they are in now, or
+/// of world-readable rooms (the federation API refuses others); rule 3
+/// (`shared`) is applied as "the server is in the room now". An event a
+/// server may not see is given to it redacted rather than withheld: its
+/// signatures still verify, and the requester's copy of the DAG has no
+/// holes.
+pub async fn filter_for_server(
+    svc: &Services,
+    server: &ruma::ServerName,
+    rules: &ruma::room_version_rules::RedactionRules,
+    events: Vec<StoredEvent>,
+) -> Result<Vec<StoredEvent>> {
+    let in_room_now = match events.first() {
+        Some(first) => crate::acl::server_in_room(svc, &first.pdu.room_id, server).await?,
+        None => return Ok(events),
+    };
+    let mut at_group: HashMap<StateGroupId, (Visibility, String)> = HashMap::new();
+    let mut out = Vec::with_capacity(events.len());
+    for event in events {
+        let visible = match event.meta.state_group_before {
+            None => false,
+            Some(group) => {
+                let (mut visibility, mut membership) = match at_group.get(&group) {
+                    Some(v) => v.clone(),
+                    None => {
+                        let v = server_view(svc, server, group).await?;
+                        at_group.insert(group, v.clone());
+                        v
+                    }
+                };
+                let pdu = &event.pdu;
+                let own_member = pdu.kind == TimelineEventType::RoomMember
+                    && pdu
+                        .state_key
+                        .as_deref()
+                        .and_then(|k| ruma::UserId::parse(k).ok())
+                        .is_some_and(|u| u.server_name() == server);
+                if own_member && membership != "join" {
+                    membership = pdu.membership().unwrap_or(membership);
+                }
+                if pdu.kind == TimelineEventType::RoomHistoryVisibility && pdu.state_key.as_deref() == Some("") {
+                    visibility = visibility.max(Visibility::parse(pdu.content.get()));
+                }
+                visibility == Visibility::WorldReadable
+                    || (visibility == Visibility::Shared && in_room_now)
+                    || membership == "join"
+                    || (visibility == Visibility::Invited && membership == "invite")
+            }
+        };
+        if visible || event.meta.redacted_by.is_some() {
+            out.push(event);
+        } else {
+            out.push(redacted_copy(&event, rules)?);
+        }
+    }
+    Ok(out)
+}
+
+/// The history visibility and the server's best membership in a state.
+async fn server_view(svc: &Services, server: &ruma::ServerName, group: StateGroupId) -> Result<(Visibility, String)> {
+    let map = svc.state.group(group).await?;
+    let visibility = svc
+        .state
+        .event_for(&map, StateEventType::RoomHistoryVisibility, "")
+        .await?
+        .map_or(Visibility::Shared, |e| Visibility::parse(e.pdu.content.get()));
+    let suffix = format!(":{server}");
+    let members: Vec<_> = map
+        .iter()
+        .filter(|((kind, key), _)| *kind == StateEventType::RoomMember && key.ends_with(&suffix))
+        .map(|(_, id)| id.clone())
+        .collect();
+    let mut best = "leave".to_owned();
+    for event in svc.storage.events(&members).await? {
+        match event.pdu.membership().as_deref() {
+            Some("join") => {
+                best = "join".to_owned();
+                break;
+            }
+            Some("invite") => best = "invite".to_owned(),
+            _ => {}
+        }
+    }
+    Ok((visibility, best))
+}
+
+fn redacted_copy(event: &StoredEvent, rules: &ruma::room_version_rules::RedactionRules) -> Result<StoredEvent> {
+    let corrupt = |e: &dyn std::fmt::Display| crate::storage::StorageError::Corrupt(e.to_string());
+    let redacted = ruma::canonical_json::redact(event.pdu.canonical_object(), rules, None).map_err(|e| corrupt(&e))?;
+    let pdu = crate::events::Pdu::from_canonical(event.pdu.event_id.clone(), Some(&event.pdu.room_id), &redacted)
+        .map_err(|e| corrupt(&e))?;
+    Ok(StoredEvent {
+        pdu: std::sync::Arc::new(pdu),
+        meta: event.meta.clone(),
+    })
+}
+
 /// The state key of a membership event, for callers building keys.
 pub fn member_key(user: &UserId) -> crate::storage::StateKey {
-    key(StateEventType::RoomMember, user.as_str())
+    crate::state::key(StateEventType::RoomMember, user.as_str())
 }

@@ -124,3 +124,85 @@ fn event_signing_vectors() {
         } })
     );
 }
+
+/// Request authentication as server-server-api.md's example shows it:
+/// step 1 signs `{method, uri, origin, destination, content}` with the JSON
+/// signing algorithm; step 2 puts that signature in an `X-Matrix` header.
+/// The key is the spec's test signing key, as `ed25519:key1`.
+#[test]
+fn request_signing_follows_the_spec_example() {
+    use ruma::api::federation::authentication::{XMatrix, XMatrixSigningInput};
+
+    let keys = ServerKeys::from_synapse_format(
+        "ed25519 key1 YJDBA9Xnr2sVqXD9Vj7XVUnmFZcZrlw8Md7kMW+3XA1",
+        "origin.hs.example.com".try_into().unwrap(),
+    )
+    .unwrap();
+    let content = json!({ "hello": "world", "n": 1 });
+    for (method, uri, body) in [
+        ("POST", "/target", Some(&content)),
+        ("GET", "/_matrix/federation/v1/version?a=b", None),
+    ] {
+        // Step 1, by the book.
+        let mut step1 = json!({
+            "method": method,
+            "uri": uri,
+            "origin": "origin.hs.example.com",
+            "destination": "destination.hs.example.com",
+        });
+        if let Some(body) = body {
+            step1["content"] = body.clone();
+        }
+        let mut object: CanonicalJsonObject = serde_json::from_value(step1).unwrap();
+        keys.sign_json(&mut object);
+        let expected_sig = object["signatures"].as_object().unwrap()["origin.hs.example.com"]
+            .as_object()
+            .unwrap()["ed25519:key1"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+
+        // Step 2, as weft's federation client does it.
+        let request = http::Request::builder()
+            .method(method)
+            .uri(uri)
+            .body(body.map(|b| serde_json::to_vec(b).unwrap()).unwrap_or_default())
+            .unwrap();
+        let input = XMatrixSigningInput::new(
+            "origin.hs.example.com".try_into().unwrap(),
+            "destination.hs.example.com".try_into().unwrap(),
+            keys.key_pair(),
+        );
+        let header = XMatrix::sign_http_request(&request, input).unwrap();
+        assert_eq!(header.sig.encode(), expected_sig);
+        let text = header.to_string();
+        assert!(text.starts_with("X-Matrix "), "{text}");
+        let parsed = XMatrix::parse(&text).unwrap();
+        assert_eq!(parsed.origin.as_str(), "origin.hs.example.com");
+        assert_eq!(
+            parsed.destination.as_deref().map(|d| d.as_str()),
+            Some("destination.hs.example.com")
+        );
+        assert_eq!(parsed.key.as_str(), "ed25519:key1");
+
+        // And it verifies as weft's federation API checks it.
+        let mut set = ruma::signatures::PublicKeySet::new();
+        set.insert(
+            "ed25519:key1".to_owned(),
+            ruma::serde::Base64::parse(keys.public_key_base64()).unwrap(),
+        );
+        let map = ruma::signatures::PublicKeyMap::from([("origin.hs.example.com".to_owned(), set)]);
+        parsed
+            .verify_http_request(&request, "destination.hs.example.com".try_into().unwrap(), &map)
+            .unwrap();
+        assert!(
+            parsed
+                .verify_http_request(&request, "elsewhere.example.com".try_into().unwrap(), &map)
+                .is_err()
+        );
+    }
+    // The spec's header, parsed: quoted values, any order.
+    let spec_header = r#"X-Matrix origin="origin.hs.example.com",destination="destination.hs.example.com",key="ed25519:key1",sig="ABCDEF""#;
+    let parsed = XMatrix::parse(spec_header).unwrap();
+    assert_eq!(parsed.key.as_str(), "ed25519:key1");
+}

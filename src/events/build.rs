@@ -68,20 +68,15 @@ pub fn rules(version: &RoomVersionId) -> Option<RoomVersionRules> {
     version.rules()
 }
 
-/// Builds, hashes and signs an event. The result passes the room
-/// version's format checks (including the 65536-byte size limit).
-pub fn build_event(
-    keys: &ServerKeys,
-    version: &RoomVersionId,
+/// The event as JSON before hashes and signatures: what `build_event`
+/// signs, and what `make_join` hands another server to sign.
+pub fn unsigned_object(
+    rules: &RoomVersionRules,
     sender: &UserId,
     template: &EventTemplate,
-    placement: Placement<'_>,
+    placement: &Placement<'_>,
     now: MilliSecondsSinceUnixEpoch,
-) -> Result<Pdu, BuildError> {
-    let rules = rules(version).ok_or_else(|| BuildError::Other(format!("unknown room version {version}")))?;
-    let to_value = |v: &serde_json::Value| {
-        ruma::canonical_json::to_canonical_value(v).map_err(|e| BuildError::NotCanonical(e.to_string()))
-    };
+) -> Result<CanonicalJsonObject, BuildError> {
     let id_list = |ids: &[OwnedEventId]| {
         CanonicalJsonValue::Array(
             ids.iter()
@@ -89,8 +84,8 @@ pub fn build_event(
                 .collect(),
         )
     };
-
-    let mut content = to_value(&template.content)?;
+    let mut content = ruma::canonical_json::to_canonical_value(&template.content)
+        .map_err(|e| BuildError::NotCanonical(e.to_string()))?;
     let mut object = CanonicalJsonObject::new();
     if let Some(redacts) = &template.redacts {
         if rules.redaction.content_field_redacts {
@@ -125,7 +120,21 @@ pub fn build_event(
         object.insert("state_key".to_owned(), CanonicalJsonValue::String(state_key.clone()));
     }
     object.insert("type".to_owned(), CanonicalJsonValue::String(template.kind.to_string()));
+    Ok(object)
+}
 
+/// Builds, hashes and signs an event. The result passes the room
+/// version's format checks (including the 65536-byte size limit).
+pub fn build_event(
+    keys: &ServerKeys,
+    version: &RoomVersionId,
+    sender: &UserId,
+    template: &EventTemplate,
+    placement: Placement<'_>,
+    now: MilliSecondsSinceUnixEpoch,
+) -> Result<Pdu, BuildError> {
+    let rules = rules(version).ok_or_else(|| BuildError::Other(format!("unknown room version {version}")))?;
+    let mut object = unsigned_object(&rules, sender, template, &placement, now)?;
     ruma::signatures::hash_and_sign_event(
         keys.server_name().as_str(),
         keys.key_pair(),

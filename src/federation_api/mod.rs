@@ -1,26 +1,37 @@
-//! The federation (server-server) API listener: today the unauthenticated
-//! key and version endpoints; the authenticated federation endpoints join
-//! here.
+//! The federation API (server-server) listener: keys and version without
+//! authentication; everything else only for requests whose `X-Matrix`
+//! signature checks out ([`extract::Fed`]).
+
+pub mod extract;
+mod history;
+mod keys;
+mod membership;
 
 use std::sync::Arc;
 
-use axum::{Json, Router, extract::State, routing::get};
-use ruma::MilliSecondsSinceUnixEpoch;
+use axum::{Json, Router, routing::get};
 use serde_json::{Value, json};
 
-use crate::services::Services;
+use crate::{client_api::extract::RumaRouter, services::Services};
+use extract::FedRouter;
+
+pub use history::MAX_HISTORY_PAGE;
 
 pub fn router() -> Router<Arc<Services>> {
     Router::new()
-        .route("/_matrix/key/v2/server", get(server_keys))
-        .route("/_matrix/key/v2/server/{key_id}", get(server_keys))
+        .route("/_matrix/key/v2/server", get(keys::server_keys))
+        .route("/_matrix/key/v2/server/{key_id}", get(keys::server_keys))
         .route("/_matrix/federation/v1/version", get(version))
-}
-
-/// `GET /_matrix/key/v2/server`: this server's keys, self-signed.
-async fn server_keys(State(svc): State<Arc<Services>>) -> Json<Value> {
-    let doc = svc.keys.server_key_document(MilliSecondsSinceUnixEpoch::now());
-    Json(serde_json::to_value(doc).unwrap_or_default())
+        .ruma(keys::query_one)
+        .ruma(keys::query_batch)
+        .federation(history::event)
+        .federation(history::state)
+        .federation(history::state_ids)
+        .federation(history::event_auth)
+        .federation(history::backfill)
+        .federation(history::missing_events)
+        .federation(membership::make_join)
+        .federation(membership::send_join)
 }
 
 async fn version() -> Json<Value> {

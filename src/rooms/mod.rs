@@ -4,7 +4,9 @@
 //! the auth rules and stores it atomically.
 
 pub mod create;
+pub mod federated;
 pub mod membership;
+pub mod persist;
 pub mod power;
 pub mod send;
 

@@ -7,7 +7,7 @@
 use std::sync::Arc;
 
 use ruma::{
-    MilliSecondsSinceUnixEpoch, RoomId, UserId,
+    MilliSecondsSinceUnixEpoch, OwnedEventId, RoomId, UserId,
     events::{StateEventType, TimelineEventType},
     room_version_rules::RoomVersionRules,
 };
@@ -17,7 +17,7 @@ use crate::{
     events::{EventTemplate, Pdu, Placement, auth, build::raw_content, build_event},
     services::Services,
     state::{StateMap, key},
-    storage::{CurrentStateChange, NewTimelineEvent, StateGroupId, StateWrite, StreamOrdering, TxnKey},
+    storage::{StateGroupId, StoredEvent, StreamOrdering, TxnKey},
 };
 
 /// At most this many forward extremities become one event's parents.
@@ -64,11 +64,50 @@ pub async fn send_event(
         check_redaction(svc, room_id, sender, &template, &state, &rules).await?;
     }
 
+    let placed = place(svc, room_id, sender, &template, &state, &rules).await?;
+    let pdu = build_event(
+        &svc.keys,
+        &room.version,
+        sender,
+        &template,
+        Placement {
+            room_id: Some(room_id),
+            prev_events: placed.prev_events,
+            auth_events: placed.auth_events,
+            depth: placed.depth,
+        },
+        MilliSecondsSinceUnixEpoch::now(),
+    )?;
+    let auth_state = placed.auth_state;
+    let ctx = auth::AuthContext::from_state(auth_state.iter().map(|e| &*e.pdu));
+    auth::check(&rules.authorization, &pdu, &ctx).map_err(RoomError::Forbidden)?;
+
+    persist_local(svc, pdu, Some((group, state)), txn, &rules).await
+}
+
+/// Where a new event goes in the DAG: its parents (the forward
+/// extremities), depth, and auth events (from `state`, which the caller
+/// loaded as the current state).
+pub(crate) struct Placed {
+    pub prev_events: Vec<OwnedEventId>,
+    pub auth_events: Vec<OwnedEventId>,
+    pub depth: u64,
+    /// The state events the auth rules consult, the create event included.
+    pub auth_state: Vec<StoredEvent>,
+}
+
+pub(crate) async fn place(
+    svc: &Services,
+    room_id: &RoomId,
+    sender: &UserId,
+    template: &EventTemplate,
+    state: &StateMap,
+    rules: &RoomVersionRules,
+) -> Result<Placed, RoomError> {
     let mut extremities = svc.storage.forward_extremities(room_id).await?;
     extremities.truncate(MAX_PREV_EVENTS);
     let depth = extremities.iter().map(|(_, d)| *d).max().unwrap_or(0).max(0) as u64 + 1;
     let prev_events = extremities.into_iter().map(|(id, _)| id).collect();
-
     let auth_types = ruma::state_res::auth_types_for_event(
         &template.kind,
         sender,
@@ -79,26 +118,14 @@ pub async fn send_event(
     .map_err(|e| RoomError::Invalid(format!("bad event content: {e}")))?;
     let mut wanted = auth_types.clone();
     wanted.push(key(StateEventType::RoomCreate, ""));
-    let auth_state = svc.state.events_for(&state, &wanted).await?;
+    let auth_state = svc.state.events_for(state, &wanted).await?;
     let auth_events = auth_types.iter().filter_map(|k| state.get(k).cloned()).collect();
-
-    let pdu = build_event(
-        &svc.keys,
-        &room.version,
-        sender,
-        &template,
-        Placement {
-            room_id: Some(room_id),
-            prev_events,
-            auth_events,
-            depth,
-        },
-        MilliSecondsSinceUnixEpoch::now(),
-    )?;
-    let ctx = auth::AuthContext::from_state(auth_state.iter().map(|e| &*e.pdu));
-    auth::check(&rules.authorization, &pdu, &ctx).map_err(RoomError::Forbidden)?;
-
-    persist_local(svc, pdu, Some((group, state)), txn, &rules).await
+    Ok(Placed {
+        prev_events,
+        auth_events,
+        depth,
+        auth_state,
+    })
 }
 
 /// A state event identical to the current one (same sender, same
@@ -139,54 +166,7 @@ pub(super) async fn persist_local(
     txn: Option<TxnKey>,
     rules: &RoomVersionRules,
 ) -> Result<Sent, RoomError> {
-    let pdu = Arc::new(pdu);
-    let state_key = pdu
-        .state_key
-        .as_ref()
-        .map(|k| key(StateEventType::from(pdu.kind.to_string()), k));
-    let replaces_state = state_key
-        .as_ref()
-        .and_then(|k| before.as_ref().and_then(|(_, map)| map.get(k).cloned()));
-    let state_before = match &before {
-        Some((group, _)) => StateWrite::Existing(*group),
-        None => StateWrite::Delta {
-            base: None,
-            changes: Vec::new(),
-        },
-    };
-    let changes = state_key
-        .iter()
-        .map(|k| CurrentStateChange {
-            key: k.clone(),
-            event_id: Some(pdu.event_id.clone()),
-        })
-        .collect();
-    let persisted = svc
-        .storage
-        .persist_timeline_event(NewTimelineEvent {
-            pdu: pdu.clone(),
-            state_before,
-            replaces_state,
-            current_state: Some(changes),
-            txn,
-        })
-        .await?;
-
-    let before_map = before.map(|(_, map)| map).unwrap_or_default();
-    svc.state.remember(persisted.state_group_before, before_map.clone());
-    if let Some(k) = state_key {
-        let mut after = (*before_map).clone();
-        after.insert(k, pdu.event_id.clone());
-        svc.state.remember(persisted.state_group_after, Arc::new(after));
-    }
-    if let Some(target) = &pdu.redacts {
-        apply_redaction(svc, &pdu, target, rules).await?;
-    }
-    svc.notifier.notify(persisted.stream_ordering);
-    Ok(Sent {
-        pdu,
-        stream_ordering: persisted.stream_ordering,
-    })
+    super::persist::persist_pdu(svc, pdu, before, super::persist::NewCurrent::AfterEvent, txn, rules).await
 }
 
 /// Whether `sender` may redact the event named by the template: their
@@ -222,7 +202,7 @@ async fn check_redaction(
 }
 
 /// Replaces the stored target by its redacted form.
-async fn apply_redaction(
+pub(super) async fn apply_redaction(
     svc: &Services,
     redaction: &Pdu,
     target: &ruma::EventId,

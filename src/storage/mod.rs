@@ -14,7 +14,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use ruma::{
     OwnedDeviceId, OwnedEventId, OwnedRoomAliasId, OwnedRoomId, OwnedUserId, RoomAliasId, RoomId, RoomVersionId,
-    UserId, events::StateEventType,
+    ServerName, UserId, events::StateEventType,
 };
 
 use crate::events::Pdu;
@@ -117,10 +117,27 @@ pub struct NewTimelineEvent {
     pub pdu: Arc<Pdu>,
     pub state_before: StateWrite,
     pub replaces_state: Option<OwnedEventId>,
-    /// When set, the room's current state becomes the state after this
-    /// event; these are the differences from the previous current state.
-    pub current_state: Option<Vec<CurrentStateChange>>,
+    /// When set, the room's current state changes with this event.
+    pub current_state: Option<CurrentStateUpdate>,
     pub txn: Option<TxnKey>,
+}
+
+/// A new current state for a room.
+#[derive(Debug, Clone)]
+pub struct CurrentStateUpdate {
+    pub state: NewCurrentState,
+    /// The differences from the previous current state.
+    pub changes: Vec<CurrentStateChange>,
+}
+
+#[derive(Debug, Clone)]
+pub enum NewCurrentState {
+    /// The state after the event being persisted (it is the room's only
+    /// forward extremity, or its state resolves the others away).
+    AfterEvent,
+    /// Another state (e.g. the previous current state plus an event that
+    /// joined the DAG on a fork).
+    Write(StateWrite),
 }
 
 /// What persisting a timeline event produced.
@@ -129,6 +146,8 @@ pub struct Persisted {
     pub stream_ordering: StreamOrdering,
     pub state_group_before: StateGroupId,
     pub state_group_after: StateGroupId,
+    /// The room's new current state, when it changed.
+    pub current_state_group: Option<StateGroupId>,
 }
 
 #[derive(Debug, Clone)]
@@ -171,6 +190,20 @@ pub struct Device {
     pub device_id: OwnedDeviceId,
     pub display_name: Option<String>,
     pub last_seen_ts: Option<u64>,
+}
+
+/// A signing key of another server, from a key document whose signatures
+/// checked out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerKey {
+    /// `ed25519:<version>`.
+    pub key_id: String,
+    /// Unpadded base64.
+    pub public_key: String,
+    /// Until when (ms) the key may be used.
+    pub valid_until_ts: u64,
+    /// For an old verify key: when it expired.
+    pub expired_ts: Option<u64>,
 }
 
 /// Everything weft keeps, behind one interface.
@@ -278,4 +311,40 @@ pub trait Storage: Send + Sync + 'static {
         after: StreamOrdering,
         upto: StreamOrdering,
     ) -> Result<Vec<OwnedRoomId>>;
+
+    // ----- history for other servers -----
+    /// The auth chain of `event_ids`: their auth events, recursively (the
+    /// given events themselves only where one authorises another).
+    async fn auth_chain(&self, event_ids: &[OwnedEventId]) -> Result<Vec<OwnedEventId>>;
+    /// History before (and including) `from`, walked back over
+    /// `prev_events` always taking the held event of greatest depth not yet
+    /// returned, ties broken by the greater event ID; at most `limit`,
+    /// most recent first. Rejected events are not returned. See
+    /// docs/history.md.
+    async fn backfill(&self, room_id: &RoomId, from: &[OwnedEventId], limit: usize) -> Result<Vec<StoredEvent>>;
+    /// The events before `latest` (not including them) that a server
+    /// holding `earliest` is missing: a breadth-first walk back over
+    /// `prev_events` that does not enter `earliest` nor go below
+    /// `min_depth`, at most `limit`, in topological order.
+    async fn missing_events(
+        &self,
+        room_id: &RoomId,
+        earliest: &[OwnedEventId],
+        latest: &[OwnedEventId],
+        limit: usize,
+        min_depth: u64,
+    ) -> Result<Vec<StoredEvent>>;
+
+    // ----- other servers' keys -----
+    /// Records keys of `server` (their validity only ever grows), and the
+    /// self-signed document they came in, when given.
+    async fn store_server_keys(
+        &self,
+        server: &ServerName,
+        keys: &[ServerKey],
+        document: Option<(&str, u64)>,
+    ) -> Result<()>;
+    async fn server_keys(&self, server: &ServerName) -> Result<Vec<ServerKey>>;
+    /// The newest key document of `server` and its `valid_until_ts`.
+    async fn server_key_document(&self, server: &ServerName) -> Result<Option<(String, u64)>>;
 }

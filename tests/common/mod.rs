@@ -1,6 +1,8 @@
 //! Test harness: real weft servers on loopback ports, spoken to over HTTP.
 #![allow(dead_code)]
 
+pub mod federation;
+
 use std::{path::PathBuf, sync::Once};
 
 use reqwest::{Method, StatusCode};
@@ -206,5 +208,41 @@ impl User<'_> {
     pub async fn sync(&self, query: &str) -> Value {
         self.ok(Method::GET, &format!("/_matrix/client/v3/sync?{query}"), None)
             .await
+    }
+}
+
+/// A free loopback port (bound and released: fine for tests).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl TestServer {
+    /// A server that federates: its name is `127.0.0.1:<federation port>`
+    /// and it accepts the self-signed certificates of other test servers.
+    pub async fn start_federating() -> TestServer {
+        Self::start_federating_with(|_| {}).await
+    }
+
+    pub async fn start_federating_with(tweak: impl FnOnce(&mut Config)) -> TestServer {
+        let port = free_port();
+        Self::start_with(move |c| {
+            c.server_name = format!("127.0.0.1:{port}").try_into().unwrap();
+            c.federation_listen = format!("127.0.0.1:{port}").parse().unwrap();
+            c.federation_verify_tls = false;
+            tweak(c);
+        })
+        .await
+    }
+
+    pub fn server_name(&self) -> ruma::OwnedServerName {
+        self.config.server_name.clone()
+    }
+
+    pub fn services(&self) -> &std::sync::Arc<weft::services::Services> {
+        &self.running().services
     }
 }

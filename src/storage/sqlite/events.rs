@@ -9,8 +9,8 @@ use super::{accounts::parse, exec, now_ms, query_one, state};
 use crate::{
     events::Pdu,
     storage::{
-        Direction, EventMeta, NewTimelineEvent, Persisted, Result, RoomInfo, StorageError, StoredEvent, StreamOrdering,
-        TopoKey, TxnKey,
+        Direction, EventMeta, NewCurrentState, NewTimelineEvent, Persisted, Result, RoomInfo, StorageError,
+        StoredEvent, StreamOrdering, TopoKey, TxnKey,
     },
 };
 
@@ -206,13 +206,19 @@ pub fn persist_timeline_event(tx: &Transaction<'_>, new: &NewTimelineEvent) -> R
     )?;
     insert_edges(tx, pdu)?;
 
-    if let Some(changes) = &new.current_state {
+    let mut current_state_group = None;
+    if let Some(update) = &new.current_state {
+        let current = match &update.state {
+            NewCurrentState::AfterEvent => after,
+            NewCurrentState::Write(write) => state::write_state(tx, &pdu.room_id, write)?,
+        };
         exec(
             tx,
             "UPDATE rooms SET current_state_group = ?2 WHERE room_id = ?1",
-            params![room_id, after],
+            params![room_id, current],
         )?;
-        state::apply_current_state_changes(tx, &pdu.room_id, changes)?;
+        state::apply_current_state_changes(tx, &pdu.room_id, &update.changes)?;
+        current_state_group = Some(current);
     }
     if let Some(txn) = &new.txn {
         exec(
@@ -231,6 +237,7 @@ pub fn persist_timeline_event(tx: &Transaction<'_>, new: &NewTimelineEvent) -> R
         stream_ordering: stream,
         state_group_before: before,
         state_group_after: after,
+        current_state_group,
     })
 }
 

@@ -6,6 +6,8 @@
 
 mod accounts;
 mod events;
+mod history;
+mod keys;
 mod state;
 
 use std::{
@@ -17,18 +19,18 @@ use std::{
 use async_trait::async_trait;
 use lru::LruCache;
 use ruma::{
-    DeviceId, EventId, OwnedEventId, OwnedRoomAliasId, OwnedRoomId, OwnedUserId, RoomAliasId, RoomId, UserId,
-    events::StateEventType,
+    DeviceId, EventId, OwnedEventId, OwnedRoomAliasId, OwnedRoomId, OwnedUserId, RoomAliasId, RoomId, ServerName,
+    UserId, events::StateEventType,
 };
 use rusqlite::{Connection, OpenFlags, Transaction};
 
 use super::{
-    Device, Direction, Membership, NewTimelineEvent, Persisted, Result, RoomInfo, StateGroupId, StateKey, Storage,
-    StorageError, StoredEvent, StreamOrdering, TokenOwner, TopoKey, TxnKey, UserRecord,
+    Device, Direction, Membership, NewTimelineEvent, Persisted, Result, RoomInfo, ServerKey, StateGroupId, StateKey,
+    Storage, StorageError, StoredEvent, StreamOrdering, TokenOwner, TopoKey, TxnKey, UserRecord,
 };
 
 /// Migrations, in order; `PRAGMA user_version` records how many ran.
-const MIGRATIONS: &[&str] = &[include_str!("schema_v1.sql")];
+const MIGRATIONS: &[&str] = &[include_str!("schema_v1.sql"), include_str!("schema_v2.sql")];
 
 const MAX_IDLE_READERS: usize = 4;
 /// Events looked up by ID (state and auth events, mostly). Pages of
@@ -430,5 +432,52 @@ impl Storage for SqliteStorage {
         let user_id = user_id.to_owned();
         self.read(move |c| state::membership_changes(c, &user_id, after, upto))
             .await
+    }
+
+    async fn auth_chain(&self, event_ids: &[OwnedEventId]) -> Result<Vec<OwnedEventId>> {
+        let ids = event_ids.to_vec();
+        self.read(move |c| history::auth_chain(c, &ids)).await
+    }
+
+    async fn backfill(&self, room_id: &RoomId, from: &[OwnedEventId], limit: usize) -> Result<Vec<StoredEvent>> {
+        let (room_id, from) = (room_id.to_owned(), from.to_vec());
+        self.read(move |c| history::backfill(c, &room_id, &from, limit)).await
+    }
+
+    async fn missing_events(
+        &self,
+        room_id: &RoomId,
+        earliest: &[OwnedEventId],
+        latest: &[OwnedEventId],
+        limit: usize,
+        min_depth: u64,
+    ) -> Result<Vec<StoredEvent>> {
+        let (room_id, earliest, latest) = (room_id.to_owned(), earliest.to_vec(), latest.to_vec());
+        self.read(move |c| history::missing_events(c, &room_id, &earliest, &latest, limit, min_depth))
+            .await
+    }
+
+    async fn store_server_keys(
+        &self,
+        server: &ServerName,
+        keys: &[ServerKey],
+        document: Option<(&str, u64)>,
+    ) -> Result<()> {
+        let (server, keys) = (server.to_owned(), keys.to_vec());
+        let document = document.map(|(json, until)| (json.to_owned(), until));
+        self.write(move |tx| {
+            keys::store_server_keys(tx, &server, &keys, document.as_ref().map(|(j, u)| (j.as_str(), *u)))
+        })
+        .await
+    }
+
+    async fn server_keys(&self, server: &ServerName) -> Result<Vec<ServerKey>> {
+        let server = server.to_owned();
+        self.read(move |c| keys::server_keys(c, &server)).await
+    }
+
+    async fn server_key_document(&self, server: &ServerName) -> Result<Option<(String, u64)>> {
+        let server = server.to_owned();
+        self.read(move |c| keys::server_key_document(c, &server)).await
     }
 }

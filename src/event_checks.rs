@@ -1,0 +1,175 @@
+//! The checks on a PDU received from another server, in the spec's order
+//! ("Checks performed on receipt of a PDU"):
+//!
+//! 1. valid format for the room version (canonical JSON, sizes) — else drop;
+//! 2. signatures of the servers that must sign it — else drop;
+//! 3. content hash — else keep it, redacted;
+//! 4. auth against its own `auth_events` — else reject;
+//! 5. auth against the state before it — else reject;
+//! 6. auth against the current state — else soft-fail.
+//!
+//! [`check_signed`] does 1–3 and gives the PDU as this server will hold
+//! it; [`check_auth`] does 4–6 given the states.
+
+use std::collections::HashMap;
+
+use ruma::{
+    CanonicalJsonObject, CanonicalJsonValue, MilliSecondsSinceUnixEpoch, OwnedEventId, OwnedRoomId, RoomVersionId,
+    events::StateEventType,
+    room_version_rules::RoomVersionRules,
+    signatures::{PublicKeyMap, Verified},
+};
+use serde_json::value::RawValue;
+
+use crate::{
+    events::{Pdu, auth::AuthContext},
+    services::Services,
+    state::StateMap,
+    storage::{StorageError, StoredEvent},
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum CheckError {
+    /// Steps 1–2: the PDU is dropped.
+    #[error("invalid event: {0}")]
+    Invalid(String),
+    /// Steps 4–5: the PDU is rejected.
+    #[error("event not allowed: {0}")]
+    Rejected(String),
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+}
+
+/// Steps 1–3. The result is redacted if its content hash did not match.
+pub async fn check_signed(svc: &Services, version: &RoomVersionId, raw: &RawValue) -> Result<Pdu, CheckError> {
+    let rules = version
+        .rules()
+        .ok_or_else(|| CheckError::Invalid(format!("unsupported room version {version}")))?;
+    let mut object: CanonicalJsonObject = serde_json::from_str(raw.get())
+        .map_err(|e| CheckError::Invalid(format!("not canonical JSON for the room version: {e}")))?;
+    // What the sender says outside the signed part is not kept.
+    object.remove("unsigned");
+    if !rules.event_format.require_event_id {
+        object.remove("event_id");
+    }
+    ruma::state_res::check_pdu_format(&object, &rules.event_format).map_err(CheckError::Invalid)?;
+    let hash =
+        ruma::signatures::reference_hash(&object, &rules).map_err(|e| CheckError::Invalid(format!("event ID: {e}")))?;
+    let event_id = OwnedEventId::try_from(format!("${hash}")).map_err(|e| CheckError::Invalid(e.to_string()))?;
+    let room_id = match object.get("room_id") {
+        Some(CanonicalJsonValue::String(id)) => {
+            OwnedRoomId::try_from(id.as_str()).map_err(|e| CheckError::Invalid(format!("room_id: {e}")))?
+        }
+        _ => OwnedRoomId::try_from(format!("!{hash}")).map_err(|e| CheckError::Invalid(e.to_string()))?,
+    };
+
+    let keys = signing_keys(svc, &object, &rules).await?;
+    let verified = ruma::signatures::verify_event(&keys, &object, &rules)
+        .map_err(|e| CheckError::Invalid(format!("signature check of {event_id} failed: {e}")))?;
+    if verified == Verified::Signatures {
+        tracing::info!(%event_id, "content hash mismatch: keeping the event redacted");
+        object = ruma::canonical_json::redact(object, &rules.redaction, None)
+            .map_err(|e| CheckError::Invalid(format!("cannot redact {event_id}: {e}")))?;
+    }
+    Pdu::from_canonical(event_id, Some(&room_id), &object).map_err(|e| CheckError::Invalid(e.to_string()))
+}
+
+/// The keys of every server whose signature the event needs, valid when
+/// the event was made (for room versions that enforce key validity).
+async fn signing_keys(
+    svc: &Services,
+    object: &CanonicalJsonObject,
+    rules: &RoomVersionRules,
+) -> Result<PublicKeyMap, CheckError> {
+    let servers = ruma::signatures::required_server_signatures_to_verify_event(object, &rules.signatures)
+        .map_err(|e| CheckError::Invalid(e.to_string()))?;
+    let at: u64 = if rules.enforce_key_validity {
+        match object.get("origin_server_ts") {
+            Some(CanonicalJsonValue::Integer(ts)) => u64::try_from(i64::from(*ts)).unwrap_or_default(),
+            _ => return Err(CheckError::Invalid("missing origin_server_ts".to_owned())),
+        }
+    } else {
+        MilliSecondsSinceUnixEpoch::now().get().into()
+    };
+    let signatures = match object.get("signatures") {
+        Some(CanonicalJsonValue::Object(s)) => s,
+        _ => return Err(CheckError::Invalid("missing signatures".to_owned())),
+    };
+    let mut map = PublicKeyMap::new();
+    for server in servers {
+        let key_ids: Vec<&str> = match signatures.get(server.as_str()) {
+            Some(CanonicalJsonValue::Object(by_server)) => by_server.keys().map(String::as_str).collect(),
+            _ => return Err(CheckError::Invalid(format!("not signed by {server}"))),
+        };
+        let keys = svc
+            .keyring
+            .key_map(&server, &key_ids, at)
+            .await
+            .map_err(|e| CheckError::Invalid(e.to_string()))?;
+        map.extend(keys);
+    }
+    Ok(map)
+}
+
+/// Steps 4 and 5: `pdu` against its own auth events (which must be held
+/// and not rejected) and against `state_before`.
+pub async fn check_auth(
+    svc: &Services,
+    rules: &RoomVersionRules,
+    pdu: &Pdu,
+    state_before: &StateMap,
+) -> Result<(), CheckError> {
+    let mut by_id: HashMap<OwnedEventId, StoredEvent> = HashMap::new();
+    for event in svc.storage.events(&pdu.auth_events).await? {
+        if event.meta.rejected.is_some() {
+            return Err(CheckError::Rejected(format!(
+                "auth event {} was rejected",
+                event.pdu.event_id
+            )));
+        }
+        by_id.insert(event.pdu.event_id.clone(), event);
+    }
+    if let Some(missing) = pdu.auth_events.iter().find(|id| !by_id.contains_key(*id)) {
+        return Err(CheckError::Rejected(format!("auth event {missing} is not known here")));
+    }
+    // The room's create event (v12 names it by the room ID).
+    let create_key = (StateEventType::RoomCreate, String::new());
+    if let Some(create) = state_before
+        .get(&create_key)
+        .filter(|id| !by_id.contains_key(*id))
+        .cloned()
+        && let Some(event) = svc.storage.event(&create).await?
+    {
+        by_id.insert(create, event);
+    }
+    let own = AuthContext::from_state(by_id.values().map(|e| &*e.pdu));
+    ruma::state_res::check_state_independent_auth_rules(&rules.authorization, pdu, |id| own.by_id.get(id).copied())
+        .map_err(CheckError::Rejected)?;
+
+    check_against(svc, rules, pdu, state_before).await
+}
+
+/// Step 5 (or 6, with the current state): `pdu` against a state.
+pub async fn check_against(
+    svc: &Services,
+    rules: &RoomVersionRules,
+    pdu: &Pdu,
+    state: &StateMap,
+) -> Result<(), CheckError> {
+    let auth_types = ruma::state_res::auth_types_for_event(
+        &pdu.kind,
+        &pdu.sender,
+        pdu.state_key.as_deref(),
+        &pdu.content,
+        &rules.authorization,
+    )
+    .map_err(CheckError::Rejected)?;
+    let mut keys = auth_types;
+    keys.push((StateEventType::RoomCreate, String::new()));
+    let events = svc.state.events_for(state, &keys).await?;
+    let ctx = AuthContext::from_state(events.iter().map(|e| &*e.pdu));
+    ruma::state_res::check_state_dependent_auth_rules(&rules.authorization, pdu, |kind, key| {
+        ctx.by_key.get(&(kind.clone(), key.to_owned())).copied()
+    })
+    .map_err(CheckError::Rejected)
+}

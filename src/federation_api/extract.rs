@@ -1,0 +1,140 @@
+//! Authenticated federation requests: the `X-Matrix` signature checked
+//! against the origin's keys before ruma parses the request.
+
+use std::{future::Future, sync::Arc};
+
+use axum::{
+    Router,
+    extract::{FromRequest, RawPathParams, Request, State},
+    routing::{MethodFilter, on},
+};
+use ruma::{
+    MilliSecondsSinceUnixEpoch, OwnedServerName,
+    api::{
+        IncomingRequest, IncomingRequestExt, Metadata,
+        federation::authentication::{ServerSignatures, XMatrix},
+        path_builder::PathBuilder,
+    },
+};
+
+use crate::{
+    client_api::extract::{MAX_BODY_BYTES, RumaResponse, request_error},
+    error::{ErrCode, MatrixError},
+    services::Services,
+};
+
+/// A federation request whose signature checked out, and its origin.
+pub struct Fed<T> {
+    pub body: T,
+    pub origin: OwnedServerName,
+}
+
+fn unauthorized(message: impl Into<String>) -> MatrixError {
+    MatrixError::new(ErrCode::Unauthorized, message)
+}
+
+impl<T> FromRequest<Arc<Services>> for Fed<T>
+where
+    T: IncomingRequest<Authentication = ServerSignatures> + Send,
+{
+    type Rejection = MatrixError;
+
+    async fn from_request(req: Request, svc: &Arc<Services>) -> Result<Self, MatrixError> {
+        let (mut parts, body) = req.into_parts();
+        let params = <RawPathParams as axum::extract::FromRequestParts<_>>::from_request_parts(&mut parts, svc)
+            .await
+            .map_err(|e| MatrixError::invalid_param(format!("bad path: {e}")))?;
+        let path_args: Vec<String> = params.iter().map(|(_, v)| v.to_owned()).collect();
+        let body = axum::body::to_bytes(body, MAX_BODY_BYTES)
+            .await
+            .map_err(|_| MatrixError::new(ErrCode::TooLarge, "Request body too large"))?;
+
+        let headers: Vec<XMatrix> = parts
+            .headers
+            .get_all(http::header::AUTHORIZATION)
+            .iter()
+            .filter_map(|value| XMatrix::try_from(value).ok())
+            .collect();
+        if headers.is_empty() {
+            return Err(unauthorized("Missing or malformed X-Matrix Authorization header"));
+        }
+        let own_name = svc.server_name();
+        let http_req = http::Request::from_parts(parts, &body[..]);
+        let now: u64 = MilliSecondsSinceUnixEpoch::now().get().into();
+        let mut failure = String::new();
+        let mut origin = None;
+        for xmatrix in headers {
+            if xmatrix.destination.as_deref().is_some_and(|d| d != own_name) {
+                failure = format!(
+                    "request is for {}, not for this server",
+                    xmatrix.destination.as_deref().unwrap()
+                );
+                continue;
+            }
+            let keys = match svc.keyring.key_map(&xmatrix.origin, &[xmatrix.key.as_str()], now).await {
+                Ok(keys) => keys,
+                Err(e) => {
+                    failure = format!("cannot get the keys of {}: {e}", xmatrix.origin);
+                    continue;
+                }
+            };
+            match xmatrix.verify_http_request(&http_req, own_name, &keys) {
+                Ok(()) => {
+                    origin = Some(xmatrix.origin);
+                    break;
+                }
+                Err(e) => failure = format!("bad signature from {}: {e}", xmatrix.origin),
+            }
+        }
+        let Some(origin) = origin else {
+            tracing::debug!(uri = %http_req.uri(), %failure, "federation request refused");
+            return Err(unauthorized(failure));
+        };
+        let args: Vec<&str> = path_args.iter().map(String::as_str).collect();
+        let body = T::try_from_http_request(http_req, &args).map_err(request_error)?;
+        Ok(Fed { body, origin })
+    }
+}
+
+/// Registers signed federation endpoints on a router.
+pub trait FedRouter {
+    fn federation<R, H, Fut>(self, handler: H) -> Self
+    where
+        R: IncomingRequest<Authentication = ServerSignatures> + Send + 'static,
+        R::OutgoingResponse: Send,
+        H: Fn(Arc<Services>, Fed<R>) -> Fut + Clone + Send + Sync + 'static,
+        Fut: Future<Output = Result<R::OutgoingResponse, MatrixError>> + Send + 'static;
+}
+
+impl FedRouter for Router<Arc<Services>> {
+    fn federation<R, H, Fut>(self, handler: H) -> Self
+    where
+        R: IncomingRequest<Authentication = ServerSignatures> + Send + 'static,
+        R::OutgoingResponse: Send,
+        H: Fn(Arc<Services>, Fed<R>) -> Fut + Clone + Send + Sync + 'static,
+        Fut: Future<Output = Result<R::OutgoingResponse, MatrixError>> + Send + 'static,
+    {
+        let route = on(
+            method_filter::<R>(),
+            move |State(svc): State<Arc<Services>>, req: Fed<R>| {
+                let handler = handler.clone();
+                async move { handler(svc, req).await.map(RumaResponse) }
+            },
+        );
+        paths::<R>()
+            .into_iter()
+            .fold(self, |router, path| router.route(path, route.clone()))
+    }
+}
+
+/// Every path the spec has given an endpoint, once each.
+pub fn paths<R: Metadata>() -> Vec<&'static str> {
+    let mut paths: Vec<&'static str> = R::PATH_BUILDER.all_paths().collect();
+    paths.sort_unstable();
+    paths.dedup();
+    paths
+}
+
+pub fn method_filter<R: Metadata>() -> MethodFilter {
+    MethodFilter::try_from(R::METHOD).expect("ruma endpoints use standard methods")
+}

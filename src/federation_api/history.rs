@@ -1,0 +1,193 @@
+//! Moving history to other servers: `/event`, `/state`, `/state_ids`,
+//! `/event_auth`, `/backfill`, `/get_missing_events`.
+//!
+//! Every room-scoped request is refused (403) when the room's server ACL
+//! denies the origin, or when the origin has no user joined to the room
+//! and the room is not world-readable (its users could see nothing);
+//! events the origin's users could not see are sent redacted
+//! ([`visibility::filter_for_server`]).
+
+use std::sync::Arc;
+
+use ruma::{
+    MilliSecondsSinceUnixEpoch, OwnedEventId, RoomId, ServerName,
+    api::federation::{
+        authorization::get_event_authorization,
+        backfill::get_backfill,
+        event::{get_event, get_missing_events, get_room_state, get_room_state_ids},
+    },
+    room_version_rules::RoomVersionRules,
+};
+use serde_json::value::RawValue;
+
+use super::extract::Fed;
+use crate::{
+    acl,
+    error::MatrixError,
+    services::Services,
+    storage::{RoomInfo, StoredEvent},
+    visibility,
+};
+
+/// Most events one `/backfill` or `/get_missing_events` answer carries,
+/// whatever `limit` asks.
+pub const MAX_HISTORY_PAGE: usize = 100;
+
+/// The checks of every room-scoped request: the room is known, the ACL
+/// lets the origin in, the origin is in the room (or the room is
+/// world-readable).
+async fn admit(
+    svc: &Services,
+    room_id: &RoomId,
+    origin: &ServerName,
+) -> Result<(RoomInfo, RoomVersionRules), MatrixError> {
+    let room = svc
+        .storage
+        .room(room_id)
+        .await?
+        .ok_or_else(|| MatrixError::not_found("Unknown room"))?;
+    let rules = room
+        .version
+        .rules()
+        .ok_or_else(|| MatrixError::internal("room version", format!("{} has no rules", room.version)))?;
+    if !acl::allows(svc, room_id, origin).await? {
+        return Err(MatrixError::forbidden(
+            "Server is banned from this room by its server ACL",
+        ));
+    }
+    if !acl::server_in_room(svc, room_id, origin).await? && !visibility::world_readable(svc, room_id).await? {
+        return Err(MatrixError::forbidden("Server is not in the room"));
+    }
+    Ok((room, rules))
+}
+
+pub(super) fn raw_pdu(event: &StoredEvent) -> Box<RawValue> {
+    RawValue::from_string(event.pdu.json.to_string()).expect("stored PDU JSON is JSON")
+}
+
+/// A held timeline or outlier event of `room_id` that was not rejected.
+async fn room_event(svc: &Services, room_id: &RoomId, event_id: &ruma::EventId) -> Result<StoredEvent, MatrixError> {
+    match svc.storage.event(event_id).await? {
+        Some(event) if event.pdu.room_id == room_id && event.meta.rejected.is_none() => Ok(event),
+        _ => Err(MatrixError::not_found(format!("Could not find event {event_id}"))),
+    }
+}
+
+pub async fn event(
+    svc: Arc<Services>,
+    req: Fed<get_event::v1::Request>,
+) -> Result<get_event::v1::Response, MatrixError> {
+    let not_found = || MatrixError::not_found(format!("Could not find event {}", req.body.event_id));
+    let event = svc.storage.event(&req.body.event_id).await?.ok_or_else(not_found)?;
+    if event.meta.rejected.is_some() {
+        return Err(not_found());
+    }
+    let room_id = event.pdu.room_id.clone();
+    let (_, rules) = admit(&svc, &room_id, &req.origin).await?;
+    let event = visibility::filter_for_server(&svc, &req.origin, &rules.redaction, vec![event])
+        .await?
+        .pop()
+        .ok_or_else(not_found)?;
+    Ok(get_event::v1::Response::new(
+        svc.server_name().to_owned(),
+        MilliSecondsSinceUnixEpoch::now(),
+        raw_pdu(&event),
+    ))
+}
+
+/// The state before `event_id` and its auth chain, as event IDs.
+async fn state_ids_at(
+    svc: &Services,
+    room_id: &RoomId,
+    event_id: &ruma::EventId,
+) -> Result<(Vec<OwnedEventId>, Vec<OwnedEventId>), MatrixError> {
+    let event = room_event(svc, room_id, event_id).await?;
+    let group = event
+        .meta
+        .state_group_before
+        .ok_or_else(|| MatrixError::not_found(format!("No state known at {event_id}")))?;
+    let mut state: Vec<OwnedEventId> = svc.state.group(group).await?.values().cloned().collect();
+    state.sort();
+    let auth_chain = svc.storage.auth_chain(&state).await?;
+    Ok((state, auth_chain))
+}
+
+pub async fn state_ids(
+    svc: Arc<Services>,
+    req: Fed<get_room_state_ids::v1::Request>,
+) -> Result<get_room_state_ids::v1::Response, MatrixError> {
+    admit(&svc, &req.body.room_id, &req.origin).await?;
+    let (pdu_ids, auth_chain_ids) = state_ids_at(&svc, &req.body.room_id, &req.body.event_id).await?;
+    Ok(get_room_state_ids::v1::Response::new(auth_chain_ids, pdu_ids))
+}
+
+pub async fn state(
+    svc: Arc<Services>,
+    req: Fed<get_room_state::v1::Request>,
+) -> Result<get_room_state::v1::Response, MatrixError> {
+    admit(&svc, &req.body.room_id, &req.origin).await?;
+    let (pdu_ids, auth_chain_ids) = state_ids_at(&svc, &req.body.room_id, &req.body.event_id).await?;
+    let pdus = svc.storage.events(&pdu_ids).await?.iter().map(raw_pdu).collect();
+    let auth_chain = svc.storage.events(&auth_chain_ids).await?.iter().map(raw_pdu).collect();
+    Ok(get_room_state::v1::Response::new(auth_chain, pdus))
+}
+
+pub async fn event_auth(
+    svc: Arc<Services>,
+    req: Fed<get_event_authorization::v1::Request>,
+) -> Result<get_event_authorization::v1::Response, MatrixError> {
+    admit(&svc, &req.body.room_id, &req.origin).await?;
+    let event = room_event(&svc, &req.body.room_id, &req.body.event_id).await?;
+    let chain = svc
+        .storage
+        .auth_chain(std::slice::from_ref(&event.pdu.event_id))
+        .await?;
+    let auth_chain = svc.storage.events(&chain).await?.iter().map(raw_pdu).collect();
+    Ok(get_event_authorization::v1::Response::new(auth_chain))
+}
+
+fn page_limit(limit: ruma::UInt) -> usize {
+    (u64::from(limit) as usize).min(MAX_HISTORY_PAGE)
+}
+
+pub async fn backfill(
+    svc: Arc<Services>,
+    req: Fed<get_backfill::v1::Request>,
+) -> Result<get_backfill::v1::Response, MatrixError> {
+    let b = &req.body;
+    if b.v.is_empty() {
+        return Err(MatrixError::missing_param(
+            "At least one `v` (an event ID to backfill from) is required",
+        ));
+    }
+    let (_, rules) = admit(&svc, &b.room_id, &req.origin).await?;
+    let events = svc.storage.backfill(&b.room_id, &b.v, page_limit(b.limit)).await?;
+    let events = visibility::filter_for_server(&svc, &req.origin, &rules.redaction, events).await?;
+    Ok(get_backfill::v1::Response::new(
+        svc.server_name().to_owned(),
+        MilliSecondsSinceUnixEpoch::now(),
+        events.iter().map(raw_pdu).collect(),
+    ))
+}
+
+pub async fn missing_events(
+    svc: Arc<Services>,
+    req: Fed<get_missing_events::v1::Request>,
+) -> Result<get_missing_events::v1::Response, MatrixError> {
+    let b = &req.body;
+    let (_, rules) = admit(&svc, &b.room_id, &req.origin).await?;
+    let events = svc
+        .storage
+        .missing_events(
+            &b.room_id,
+            &b.earliest_events,
+            &b.latest_events,
+            page_limit(b.limit),
+            u64::from(b.min_depth),
+        )
+        .await?;
+    let events = visibility::filter_for_server(&svc, &req.origin, &rules.redaction, events).await?;
+    Ok(get_missing_events::v1::Response::new(
+        events.iter().map(raw_pdu).collect(),
+    ))
+}

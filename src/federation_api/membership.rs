@@ -1,0 +1,88 @@
+//! Other servers' users joining rooms held here: `make_join`, `send_join`.
+
+use std::sync::Arc;
+
+use ruma::api::federation::membership::{create_join_event, prepare_join_event};
+use serde_json::value::RawValue;
+
+use super::{extract::Fed, history::raw_pdu};
+use crate::{
+    acl,
+    error::{ErrCode, MatrixError},
+    rooms::federated,
+    services::Services,
+};
+
+async fn check_acl(svc: &Services, room_id: &ruma::RoomId, origin: &ruma::ServerName) -> Result<(), MatrixError> {
+    if svc.storage.room(room_id).await?.is_none() {
+        return Err(MatrixError::not_found("Unknown room"));
+    }
+    if !acl::allows(svc, room_id, origin).await? {
+        return Err(MatrixError::forbidden(
+            "Server is banned from this room by its server ACL",
+        ));
+    }
+    Ok(())
+}
+
+pub async fn make_join(
+    svc: Arc<Services>,
+    req: Fed<prepare_join_event::v1::Request>,
+) -> Result<prepare_join_event::v1::Response, MatrixError> {
+    let b = &req.body;
+    check_acl(&svc, &b.room_id, &req.origin).await?;
+    if b.user_id.server_name() != req.origin {
+        return Err(MatrixError::forbidden(format!(
+            "{} cannot make a join for {}",
+            req.origin, b.user_id
+        )));
+    }
+    let room = svc
+        .storage
+        .room(&b.room_id)
+        .await?
+        .ok_or_else(|| MatrixError::not_found("Unknown room"))?;
+    // Without `ver`, the requester supports room version 1 only.
+    if !b.ver.contains(&room.version) {
+        return Err(MatrixError::new(
+            ErrCode::IncompatibleRoomVersion,
+            format!(
+                "The room has version {}, which your server does not support",
+                room.version
+            ),
+        )
+        .with_field("room_version", serde_json::json!(room.version)));
+    }
+    let (version, template) = federated::join_template(&svc, &b.room_id, &b.user_id).await?;
+    let event = serde_json::value::to_raw_value(&template).map_err(|e| MatrixError::internal("join template", e))?;
+    let mut response = prepare_join_event::v1::Response::new(event);
+    response.room_version = Some(version);
+    Ok(response)
+}
+
+pub async fn send_join(
+    svc: Arc<Services>,
+    req: Fed<create_join_event::v2::Request>,
+) -> Result<create_join_event::v2::Response, MatrixError> {
+    let b = &req.body;
+    check_acl(&svc, &b.room_id, &req.origin).await?;
+    let accepted = federated::accept_join(&svc, &b.room_id, &b.event_id, &req.origin, &b.pdu).await?;
+    let mut state = create_join_event::v2::RoomState::new();
+    state.event =
+        Some(RawValue::from_string(accepted.event.pdu.json.to_string()).map_err(|e| MatrixError::internal("join", e))?);
+    // Full state: `omit_members` (partial-state joins) is not taken up.
+    state.members_omitted = false;
+    state.state = accepted.state.iter().map(raw_pdu).collect();
+    state.auth_chain = accepted.auth_chain.iter().map(raw_pdu).collect();
+    let mut servers: Vec<String> = svc
+        .storage
+        .room_members(&b.room_id, Some("join"))
+        .await?
+        .iter()
+        .map(|m| m.user_id.server_name().to_string())
+        .collect();
+    servers.sort();
+    servers.dedup();
+    state.servers_in_room = Some(servers);
+    Ok(create_join_event::v2::Response::new(state))
+}

@@ -1,0 +1,202 @@
+//! Users of other servers joining rooms this server holds: the join
+//! template (`make_join`) and the signed join (`send_join`).
+
+use std::sync::Arc;
+
+use ruma::{
+    CanonicalJsonObject, MilliSecondsSinceUnixEpoch, OwnedEventId, RoomId, RoomVersionId, ServerName, UserId,
+    events::TimelineEventType,
+};
+use serde_json::{json, value::RawValue};
+
+use super::{
+    RoomError,
+    persist::{NewCurrent, persist_pdu},
+    send::{Sent, place},
+};
+use crate::{
+    event_checks::{self, CheckError},
+    events::{EventTemplate, Pdu, Placement, auth, build::unsigned_object},
+    services::Services,
+    state::StateMap,
+    storage::{StateGroupId, StoredEvent},
+};
+
+impl From<CheckError> for RoomError {
+    fn from(e: CheckError) -> Self {
+        match e {
+            CheckError::Invalid(m) => RoomError::Invalid(m),
+            CheckError::Rejected(m) => RoomError::Forbidden(m),
+            CheckError::Storage(e) => RoomError::Storage(e),
+        }
+    }
+}
+
+/// `make_join`: an unsigned join event for `user` that the auth rules
+/// would allow now, for their server to sign.
+pub async fn join_template(
+    svc: &Services,
+    room_id: &RoomId,
+    user: &UserId,
+) -> Result<(RoomVersionId, CanonicalJsonObject), RoomError> {
+    let room = svc.storage.room(room_id).await?.ok_or(RoomError::UnknownRoom)?;
+    let rules = room
+        .version
+        .rules()
+        .ok_or_else(|| RoomError::UnsupportedVersion(room.version.to_string()))?;
+    let (_, state) = svc.state.current(room_id).await?.ok_or(RoomError::UnknownRoom)?;
+    let template = EventTemplate::state("m.room.member", user.as_str(), json!({ "membership": "join" }));
+    let placed = place(svc, room_id, user, &template, &state, &rules).await?;
+    let placement = Placement {
+        room_id: Some(room_id),
+        prev_events: placed.prev_events,
+        auth_events: placed.auth_events,
+        depth: placed.depth,
+    };
+    let object = unsigned_object(&rules, user, &template, &placement, MilliSecondsSinceUnixEpoch::now())?;
+    // Would it be allowed? (A placeholder ID stands for the one the
+    // signed event will have.)
+    let placeholder = OwnedEventId::try_from("$placeholder").expect("valid event ID");
+    let probe =
+        Pdu::from_canonical(placeholder, Some(room_id), &object).map_err(|e| RoomError::Invalid(e.to_string()))?;
+    let ctx = auth::AuthContext::from_state(placed.auth_state.iter().map(|e| &*e.pdu));
+    auth::check(&rules.authorization, &probe, &ctx).map_err(RoomError::Forbidden)?;
+    Ok((room.version, object))
+}
+
+/// What accepting a join gives back: the join as stored, the room state
+/// before it and the auth chain of that state.
+pub struct AcceptedJoin {
+    pub event: Sent,
+    pub state: Vec<StoredEvent>,
+    pub auth_chain: Vec<StoredEvent>,
+}
+
+/// `send_join`: checks a join signed by `origin` and adds it to the room.
+pub async fn accept_join(
+    svc: &Services,
+    room_id: &RoomId,
+    event_id: &ruma::EventId,
+    origin: &ServerName,
+    raw: &RawValue,
+) -> Result<AcceptedJoin, RoomError> {
+    let room = svc.storage.room(room_id).await?.ok_or(RoomError::UnknownRoom)?;
+    let rules = room
+        .version
+        .rules()
+        .ok_or_else(|| RoomError::UnsupportedVersion(room.version.to_string()))?;
+    let pdu = event_checks::check_signed(svc, &room.version, raw).await?;
+    if pdu.event_id != event_id {
+        return Err(RoomError::Invalid(format!(
+            "the event's ID is {}, not {event_id}",
+            pdu.event_id
+        )));
+    }
+    if pdu.room_id != room_id {
+        return Err(RoomError::Invalid("the event is for another room".to_owned()));
+    }
+    let is_join = pdu.kind == TimelineEventType::RoomMember
+        && pdu.membership().as_deref() == Some("join")
+        && pdu.state_key.as_deref() == Some(pdu.sender.as_str());
+    if !is_join {
+        return Err(RoomError::Invalid("not a join event of its sender".to_owned()));
+    }
+    if pdu.sender.server_name() != origin {
+        return Err(RoomError::Forbidden(format!(
+            "{origin} cannot send a join for {}",
+            pdu.sender
+        )));
+    }
+    if let Some(existing) = svc.storage.event(&pdu.event_id).await? {
+        // A retried send_join: answer as the first time.
+        return answer(svc, existing).await;
+    }
+
+    let _guard = svc.rooms.lock(room_id).await;
+    let (current_group, current) = svc.state.current(room_id).await?.ok_or(RoomError::UnknownRoom)?;
+    let before = state_before(svc, room_id, &pdu, (current_group, current.clone())).await?;
+    event_checks::check_auth(svc, &rules, &pdu, &before.1).await?;
+    let extends_current = before.0 == current_group;
+    let new_current = if extends_current {
+        NewCurrent::AfterEvent
+    } else {
+        // On a fork: the join counts now only if the current state allows
+        // it too (else it is soft-failed and refused here).
+        event_checks::check_against(svc, &rules, &pdu, &current).await?;
+        NewCurrent::Apply {
+            base: (current_group, current),
+        }
+    };
+    let sent = persist_pdu(svc, pdu, Some(before), new_current, None, &rules).await?;
+    tracing::info!(%room_id, user = %sent.pdu.sender, %origin, "remote user joined");
+    let event = svc
+        .storage
+        .event(&sent.pdu.event_id)
+        .await?
+        .ok_or(RoomError::UnknownRoom)?;
+    answer(svc, event).await
+}
+
+/// The state before a remote event: the current state when its parents
+/// are the room's forward extremities, else the state after its single
+/// held parent.
+async fn state_before(
+    svc: &Services,
+    room_id: &RoomId,
+    pdu: &Pdu,
+    current: (StateGroupId, Arc<StateMap>),
+) -> Result<(StateGroupId, Arc<StateMap>), RoomError> {
+    let mut extremities: Vec<OwnedEventId> = svc
+        .storage
+        .forward_extremities(room_id)
+        .await?
+        .into_iter()
+        .map(|(id, _)| id)
+        .collect();
+    let mut prevs = pdu.prev_events.clone();
+    extremities.sort();
+    prevs.sort();
+    if prevs == extremities {
+        return Ok(current);
+    }
+    match prevs.as_slice() {
+        [prev] => {
+            let parent = svc
+                .storage
+                .event(prev)
+                .await?
+                .filter(|e| e.pdu.room_id == room_id)
+                .ok_or_else(|| RoomError::Invalid(format!("unknown prev_event {prev}")))?;
+            let group = parent
+                .meta
+                .state_group_after
+                .ok_or_else(|| RoomError::Invalid(format!("no state known after {prev}")))?;
+            Ok((group, svc.state.group(group).await?))
+        }
+        _ => Err(RoomError::Invalid(
+            "a join on several parents that are not the room's forward extremities needs state resolution, \
+             which weft does not do yet; ask make_join again"
+                .to_owned(),
+        )),
+    }
+}
+
+async fn answer(svc: &Services, event: StoredEvent) -> Result<AcceptedJoin, RoomError> {
+    let group = event
+        .meta
+        .state_group_before
+        .ok_or_else(|| RoomError::Invalid("join without state".to_owned()))?;
+    let state_ids: Vec<OwnedEventId> = svc.state.group(group).await?.values().cloned().collect();
+    let chain = svc.storage.auth_chain(&state_ids).await?;
+    let state = svc.storage.events(&state_ids).await?;
+    let auth_chain = svc.storage.events(&chain).await?;
+    let sent = Sent {
+        stream_ordering: event.meta.stream_ordering,
+        pdu: event.pdu,
+    };
+    Ok(AcceptedJoin {
+        event: sent,
+        state,
+        auth_chain,
+    })
+}

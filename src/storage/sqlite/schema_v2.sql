@@ -1,0 +1,26 @@
+-- weft schema, version 2: other servers' signing keys.
+
+-- Every verify key (and old verify key) seen for a server, from key
+-- documents whose signatures checked out. A key's validity only grows:
+-- a later document cannot shorten it (so a spurious response from the
+-- origin does not overwrite a valid key).
+CREATE TABLE server_keys (
+    server_name    TEXT NOT NULL,
+    key_id         TEXT NOT NULL,
+    public_key     TEXT NOT NULL,
+    -- Until when the key may be used (the document's valid_until_ts).
+    valid_until_ts INTEGER NOT NULL,
+    -- For an old verify key: when it expired.
+    expired_ts     INTEGER,
+    fetched_ts     INTEGER NOT NULL,
+    PRIMARY KEY (server_name, key_id)
+) WITHOUT ROWID;
+
+-- The newest self-signed key document of each server, as received, so
+-- that this server can act as a notary and re-serve it.
+CREATE TABLE server_key_documents (
+    server_name    TEXT PRIMARY KEY NOT NULL,
+    valid_until_ts INTEGER NOT NULL,
+    fetched_ts     INTEGER NOT NULL,
+    json           TEXT NOT NULL
+);
