@@ -235,21 +235,32 @@ impl KeyRing {
         Ok(())
     }
 
-    /// The stored key document of `server`, refreshed if it is not valid
-    /// until `minimum_valid_until`; for serving as a notary.
-    pub async fn document_for_notary(
+    /// Key documents of `server` holding `key_ids` (any, if empty) valid
+    /// until `minimum_valid_until`, fetched anew if the stored ones are not;
+    /// for serving as a notary. What is stored is served even if stale
+    /// (an expired key is better than none to a server verifying old events).
+    pub async fn documents_for_notary(
         &self,
         server: &ServerName,
+        key_ids: &[String],
         minimum_valid_until: u64,
-    ) -> Result<Option<CanonicalJsonObject>, KeyRingError> {
+    ) -> Result<Vec<CanonicalJsonObject>, KeyRingError> {
         if server == self.own.server_name() {
-            return Ok(Some(self.own.server_key_document(MilliSecondsSinceUnixEpoch::now())));
+            return Ok(vec![self.own.server_key_document(MilliSecondsSinceUnixEpoch::now())]);
         }
-        let stored = self.storage.server_key_document(server).await?;
-        if stored
-            .as_ref()
-            .is_none_or(|(_, until)| *until < minimum_valid_until.max(now_ms()))
-        {
+        let stored = self.storage.server_key_documents(server, key_ids).await?;
+        let fresh = |docs: &[(String, String, u64)]| {
+            let valid = |id: Option<&String>| {
+                docs.iter()
+                    .any(|(key_id, _, until)| id.is_none_or(|id| id == key_id) && *until >= minimum_valid_until)
+            };
+            if key_ids.is_empty() {
+                valid(None)
+            } else {
+                key_ids.iter().all(|id| valid(Some(id)))
+            }
+        };
+        if !fresh(&stored) {
             let lock = self
                 .fetching
                 .lock()
@@ -262,8 +273,19 @@ impl KeyRing {
                 tracing::debug!(%server, error = %e, "notary fetch failed; serving what is stored");
             }
         }
-        let stored = self.storage.server_key_document(server).await?;
-        Ok(stored.and_then(|(json, _)| serde_json::from_str(&json).ok()))
+        let mut documents: Vec<String> = self
+            .storage
+            .server_key_documents(server, key_ids)
+            .await?
+            .into_iter()
+            .map(|(_, json, _)| json)
+            .collect();
+        documents.sort();
+        documents.dedup();
+        Ok(documents
+            .iter()
+            .filter_map(|json| serde_json::from_str(json).ok())
+            .collect())
     }
 }
 

@@ -3,13 +3,16 @@
 
 use std::sync::Arc;
 
-use axum::{Json, extract::State};
+use axum::{
+    Json,
+    extract::{Path, Query, State},
+};
 use ruma::{
     MilliSecondsSinceUnixEpoch, OwnedServerName,
     api::federation::discovery::{get_remote_server_keys, get_remote_server_keys_batch},
     serde::Raw,
 };
-use serde_json::Value;
+use serde_json::{Value, json};
 
 use crate::{client_api::extract::Ruma, error::MatrixError, services::Services};
 
@@ -19,22 +22,31 @@ pub async fn server_keys(State(svc): State<Arc<Services>>) -> Json<Value> {
     Json(serde_json::to_value(doc).unwrap_or_default())
 }
 
-/// The key documents of `servers`, each countersigned by this server.
-async fn notarised<T>(svc: &Services, servers: Vec<(OwnedServerName, u64)>) -> Result<Vec<Raw<T>>, MatrixError> {
+/// The key documents of the servers asked for (with the key IDs wanted,
+/// none meaning all, and the validity wanted), each countersigned by this
+/// server.
+async fn notarised<T>(
+    svc: &Services,
+    queries: Vec<(OwnedServerName, Vec<String>, u64)>,
+) -> Result<Vec<Raw<T>>, MatrixError> {
     let mut out = Vec::new();
-    for (server, minimum_valid_until) in servers {
-        let doc = match svc.keyring.document_for_notary(&server, minimum_valid_until).await {
-            Ok(Some(doc)) => doc,
-            Ok(None) => continue,
+    for (server, key_ids, minimum_valid_until) in queries {
+        let docs = match svc
+            .keyring
+            .documents_for_notary(&server, &key_ids, minimum_valid_until)
+            .await
+        {
+            Ok(docs) => docs,
             Err(e) => {
                 tracing::debug!(%server, error = %e, "no keys to notarise");
                 continue;
             }
         };
-        let mut doc = doc;
-        svc.keys.sign_json(&mut doc);
-        let json = serde_json::value::to_raw_value(&doc).map_err(|e| MatrixError::internal("key document", e))?;
-        out.push(Raw::from_json(json));
+        for mut doc in docs {
+            svc.keys.sign_json(&mut doc);
+            let json = serde_json::value::to_raw_value(&doc).map_err(|e| MatrixError::internal("key document", e))?;
+            out.push(Raw::from_json(json));
+        }
     }
     Ok(out)
 }
@@ -44,15 +56,36 @@ pub async fn query_one(
     req: Ruma<get_remote_server_keys::v2::Request>,
 ) -> Result<get_remote_server_keys::v2::Response, MatrixError> {
     let minimum = u64::from(req.body.minimum_valid_until_ts.get());
-    let keys = notarised(&svc, vec![(req.body.server_name.clone(), minimum)]).await?;
+    let keys = notarised(&svc, vec![(req.body.server_name.clone(), Vec::new(), minimum)]).await?;
     Ok(get_remote_server_keys::v2::Response::new(keys))
+}
+
+#[derive(serde::Deserialize)]
+pub struct LegacyQuery {
+    minimum_valid_until_ts: Option<u64>,
+}
+
+/// `GET /_matrix/key/v2/query/{serverName}/{keyId}`: the form with a key
+/// ID that older servers (and SyTest) still use.
+pub async fn query_one_key(
+    State(svc): State<Arc<Services>>,
+    Path((server_name, key_id)): Path<(String, String)>,
+    Query(query): Query<LegacyQuery>,
+) -> Result<Json<Value>, MatrixError> {
+    let server = OwnedServerName::try_from(server_name).map_err(|e| MatrixError::invalid_param(e.to_string()))?;
+    let minimum = query
+        .minimum_valid_until_ts
+        .unwrap_or_else(|| MilliSecondsSinceUnixEpoch::now().get().into());
+    let keys: Vec<Raw<Value>> = notarised(&svc, vec![(server, vec![key_id], minimum)]).await?;
+    Ok(Json(json!({ "server_keys": keys })))
 }
 
 pub async fn query_batch(
     svc: Arc<Services>,
     req: Ruma<get_remote_server_keys_batch::v2::Request>,
 ) -> Result<get_remote_server_keys_batch::v2::Response, MatrixError> {
-    let servers = req
+    let now: u64 = MilliSecondsSinceUnixEpoch::now().get().into();
+    let queries = req
         .body
         .server_keys
         .iter()
@@ -62,11 +95,15 @@ pub async fn query_batch(
                 .filter_map(|c| c.minimum_valid_until_ts)
                 .map(|ts| u64::from(ts.get()))
                 .max()
-                .unwrap_or_else(|| MilliSecondsSinceUnixEpoch::now().get().into());
-            (server.clone(), minimum)
+                .unwrap_or(now);
+            (
+                server.clone(),
+                criteria.keys().map(|k| k.to_string()).collect(),
+                minimum,
+            )
         })
         .collect();
     Ok(get_remote_server_keys_batch::v2::Response::new(
-        notarised(&svc, servers).await?,
+        notarised(&svc, queries).await?,
     ))
 }

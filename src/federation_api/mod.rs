@@ -22,6 +22,7 @@ pub fn router() -> Router<Arc<Services>> {
         .route("/_matrix/key/v2/server", get(keys::server_keys))
         .route("/_matrix/key/v2/server/{key_id}", get(keys::server_keys))
         .route("/_matrix/federation/v1/version", get(version))
+        .route("/_matrix/key/v2/query/{server_name}/{key_id}", get(keys::query_one_key))
         .ruma(keys::query_one)
         .ruma(keys::query_batch)
         .federation(history::event)

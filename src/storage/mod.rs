@@ -345,6 +345,8 @@ pub trait Storage: Send + Sync + 'static {
         document: Option<(&str, u64)>,
     ) -> Result<()>;
     async fn server_keys(&self, server: &ServerName) -> Result<Vec<ServerKey>>;
-    /// The newest key document of `server` and its `valid_until_ts`.
-    async fn server_key_document(&self, server: &ServerName) -> Result<Option<(String, u64)>>;
+    /// For each of `key_ids` (all if empty): `(key ID, the newest key
+    /// document of `server` that listed it, its valid_until_ts)`.
+    async fn server_key_documents(&self, server: &ServerName, key_ids: &[String])
+    -> Result<Vec<(String, String, u64)>>;
 }

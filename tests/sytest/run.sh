@@ -10,7 +10,7 @@
 # Skips (exit 0) when SyTest is not installed here.
 set -uo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
-sytest=${SYTEST_DIR:-/work/shared/sytest}
+sytest=${SYTEST_DIR:-$(cd "$here/../.." && pwd)/../shared/sytest}
 if [ ! -d "$sytest/suite" ]; then
   echo "sytest: skipped: SyTest not found at $sytest (set SYTEST_DIR)"
   exit 0

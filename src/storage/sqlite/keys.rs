@@ -1,7 +1,7 @@
 //! Other servers' signing keys and key documents.
 
 use ruma::ServerName;
-use rusqlite::{Connection, OptionalExtension, Transaction, params};
+use rusqlite::{Connection, Transaction, params};
 
 use super::{exec, now_ms};
 use crate::storage::{Result, ServerKey};
@@ -35,16 +35,18 @@ pub fn store_server_keys(
         )?;
     }
     if let Some((json, valid_until)) = document {
-        exec(
-            tx,
-            "INSERT INTO server_key_documents (server_name, valid_until_ts, fetched_ts, json)
-             VALUES (?1, ?2, ?3, ?4)
-             ON CONFLICT (server_name) DO UPDATE SET
-                 valid_until_ts = excluded.valid_until_ts, fetched_ts = excluded.fetched_ts,
-                 json = excluded.json
-             WHERE excluded.valid_until_ts >= server_key_documents.valid_until_ts",
-            params![server.as_str(), valid_until as i64, now_ms(), json],
-        )?;
+        for key in keys.iter().filter(|k| k.expired_ts.is_none()) {
+            exec(
+                tx,
+                "INSERT INTO server_key_documents (server_name, key_id, valid_until_ts, fetched_ts, json)
+                 VALUES (?1, ?2, ?3, ?4, ?5)
+                 ON CONFLICT (server_name, key_id) DO UPDATE SET
+                     valid_until_ts = excluded.valid_until_ts, fetched_ts = excluded.fetched_ts,
+                     json = excluded.json
+                 WHERE excluded.valid_until_ts >= server_key_documents.valid_until_ts",
+                params![server.as_str(), key.key_id, valid_until as i64, now_ms(), json],
+            )?;
+        }
     }
     Ok(())
 }
@@ -65,10 +67,27 @@ pub fn server_keys(c: &Connection, server: &ServerName) -> Result<Vec<ServerKey>
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
-pub fn server_key_document(c: &Connection, server: &ServerName) -> Result<Option<(String, u64)>> {
-    Ok(
-        c.prepare_cached("SELECT json, valid_until_ts FROM server_key_documents WHERE server_name = ?1")?
-            .query_row([server.as_str()], |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64)))
-            .optional()?,
-    )
+pub fn server_key_documents(
+    c: &Connection,
+    server: &ServerName,
+    key_ids: &[String],
+) -> Result<Vec<(String, String, u64)>> {
+    let mut stmt = c.prepare_cached(
+        "SELECT key_id, json, valid_until_ts FROM server_key_documents WHERE server_name = ?1 ORDER BY key_id",
+    )?;
+    let rows = stmt.query_map([server.as_str()], |r| {
+        Ok((
+            r.get::<_, String>(0)?,
+            r.get::<_, String>(1)?,
+            r.get::<_, i64>(2)? as u64,
+        ))
+    })?;
+    let mut out = Vec::new();
+    for row in rows {
+        let row = row?;
+        if key_ids.is_empty() || key_ids.contains(&row.0) {
+            out.push(row);
+        }
+    }
+    Ok(out)
 }

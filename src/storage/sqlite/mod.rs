@@ -476,8 +476,13 @@ impl Storage for SqliteStorage {
         self.read(move |c| keys::server_keys(c, &server)).await
     }
 
-    async fn server_key_document(&self, server: &ServerName) -> Result<Option<(String, u64)>> {
-        let server = server.to_owned();
-        self.read(move |c| keys::server_key_document(c, &server)).await
+    async fn server_key_documents(
+        &self,
+        server: &ServerName,
+        key_ids: &[String],
+    ) -> Result<Vec<(String, String, u64)>> {
+        let (server, key_ids) = (server.to_owned(), key_ids.to_vec());
+        self.read(move |c| keys::server_key_documents(c, &server, &key_ids))
+            .await
     }
 }

@@ -16,11 +16,15 @@ CREATE TABLE server_keys (
     PRIMARY KEY (server_name, key_id)
 ) WITHOUT ROWID;
 
--- The newest self-signed key document of each server, as received, so
--- that this server can act as a notary and re-serve it.
+-- Self-signed key documents as received, so that this server can act as
+-- a notary and re-serve them: for each verify key, the newest document
+-- that listed it (so a later document without the key does not make a
+-- notary forget it).
 CREATE TABLE server_key_documents (
-    server_name    TEXT PRIMARY KEY NOT NULL,
+    server_name    TEXT NOT NULL,
+    key_id         TEXT NOT NULL,
     valid_until_ts INTEGER NOT NULL,
     fetched_ts     INTEGER NOT NULL,
-    json           TEXT NOT NULL
-);
+    json           TEXT NOT NULL,
+    PRIMARY KEY (server_name, key_id)
+) WITHOUT ROWID;
