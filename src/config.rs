@@ -64,7 +64,7 @@ impl Default for Config {
             default_room_version: RoomVersionId::V11,
             federation_verify_tls: true,
             trusted_key_servers: Vec::new(),
-            log: "info".to_owned(),
+            log: "info,ruma_state_res=warn".to_owned(),
         }
     }
 }
@@ -254,7 +254,7 @@ federation_verify_tls = true
 trusted_key_servers = []
 
 # Log filter (tracing EnvFilter syntax), e.g. "info" or "weft=debug,info".
-log = "info"
+log = "info,ruma_state_res=warn"
 "#;
 
 #[cfg(test)]

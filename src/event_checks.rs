@@ -119,6 +119,13 @@ pub async fn check_auth(
     pdu: &Pdu,
     state_before: &StateMap,
 ) -> Result<(), CheckError> {
+    check_auth_events(svc, rules, pdu).await?;
+    check_against(svc, rules, pdu, state_before).await
+}
+
+/// Step 4: `pdu` against its own auth events, which must be held and not
+/// rejected. This is all that can be checked of an outlier.
+pub async fn check_auth_events(svc: &Services, rules: &RoomVersionRules, pdu: &Pdu) -> Result<(), CheckError> {
     let mut by_id: HashMap<OwnedEventId, StoredEvent> = HashMap::new();
     for event in svc.storage.events(&pdu.auth_events).await? {
         if event.meta.rejected.is_some() {
@@ -132,21 +139,17 @@ pub async fn check_auth(
     if let Some(missing) = pdu.auth_events.iter().find(|id| !by_id.contains_key(*id)) {
         return Err(CheckError::Rejected(format!("auth event {missing} is not known here")));
     }
-    // The room's create event (v12 names it by the room ID).
-    let create_key = (StateEventType::RoomCreate, String::new());
-    if let Some(create) = state_before
-        .get(&create_key)
-        .filter(|id| !by_id.contains_key(*id))
-        .cloned()
+    // The room's create event: v12 names it by the room ID.
+    if rules.authorization.room_create_event_id_as_room_id
+        && let Ok(create) = OwnedEventId::try_from(format!("${}", pdu.room_id.strip_sigil()))
+        && !by_id.contains_key(&create)
         && let Some(event) = svc.storage.event(&create).await?
     {
         by_id.insert(create, event);
     }
     let own = AuthContext::from_state(by_id.values().map(|e| &*e.pdu));
     ruma::state_res::check_state_independent_auth_rules(&rules.authorization, pdu, |id| own.by_id.get(id).copied())
-        .map_err(CheckError::Rejected)?;
-
-    check_against(svc, rules, pdu, state_before).await
+        .map_err(CheckError::Rejected)
 }
 
 /// Step 5 (or 6, with the current state): `pdu` against a state.

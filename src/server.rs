@@ -113,8 +113,9 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
     };
     let keys = Arc::new(keys);
     let federation = Arc::new(FederationClient::new(keys.clone(), config.federation_verify_tls)?);
-    let svc = Arc::new(Services::new(config.clone(), keys, storage, federation).await?);
     let cancel = CancellationToken::new();
+    let svc = Arc::new(Services::new(config.clone(), keys, storage, federation, cancel.clone()).await?);
+    svc.sender.resume().await?;
 
     let client_listener = tokio::net::TcpListener::bind(config.client_listen)
         .await

@@ -8,7 +8,7 @@ use tokio::sync::watch;
 use crate::{
     accounts::{RegistrationNonces, RegistrationSessions},
     config::Config,
-    federation_client::FederationClient,
+    federation_client::{FederationClient, sender::Sender},
     filter::LazyLoadCache,
     keyring::KeyRing,
     keys::ServerKeys,
@@ -25,6 +25,8 @@ pub struct Services {
     pub federation: Arc<FederationClient>,
     /// Other servers' signing keys.
     pub keyring: KeyRing,
+    /// This server's events on their way to the other servers of a room.
+    pub sender: Arc<Sender>,
     pub state: StateCache,
     pub rooms: RoomLocks,
     pub notifier: Notifier,
@@ -42,6 +44,7 @@ impl Services {
         keys: Arc<ServerKeys>,
         storage: Arc<dyn Storage>,
         federation: Arc<FederationClient>,
+        cancel: tokio_util::sync::CancellationToken,
     ) -> crate::storage::Result<Services> {
         let head = storage.max_stream_ordering().await?;
         let keyring = KeyRing::new(
@@ -50,11 +53,18 @@ impl Services {
             federation.clone(),
             config.trusted_key_servers.clone(),
         );
+        let sender = Sender::new(
+            storage.clone(),
+            federation.clone(),
+            keys.server_name().to_owned(),
+            cancel,
+        );
         Ok(Services {
             config,
             keys,
             federation,
             keyring,
+            sender,
             state: StateCache::new(storage.clone()),
             storage,
             rooms: RoomLocks::default(),

@@ -15,7 +15,8 @@ use ruma::{
 use serde_json::json;
 use weft::{
     events::{EventTemplate, Placement, build_event},
-    rooms::persist::{NewCurrent, persist_pdu},
+    rooms::persist::{NewCurrent, ToPersist, persist_pdu},
+    storage::TimelineStatus,
 };
 
 /// Adds a message by `sender` to `room` on `server` with the given
@@ -60,9 +61,14 @@ async fn fork_event(
     )
     .unwrap();
     let rules = RoomVersionId::V11.rules().unwrap();
-    let sent = persist_pdu(svc, pdu, Some((group, state)), NewCurrent::Unchanged, None, &rules)
-        .await
-        .unwrap();
+    let event = ToPersist {
+        pdu,
+        before: Some((group, state)),
+        current: NewCurrent::Unchanged,
+        status: TimelineStatus::Accepted,
+        txn: None,
+    };
+    let sent = persist_pdu(svc, event, &rules).await.unwrap();
     sent.pdu.event_id.clone()
 }
 

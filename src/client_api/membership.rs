@@ -3,35 +3,53 @@
 use std::{collections::BTreeMap, sync::Arc};
 
 use ruma::{
-    OwnedRoomId, RoomOrAliasId,
+    OwnedRoomId, OwnedServerName, RoomOrAliasId,
     api::client::membership::{
         ban_user, forget_room, get_member_events, invite_user, join_room_by_id, join_room_by_id_or_alias,
         joined_members, kick_user, leave_room, unban_user,
     },
+    api::federation::query::get_room_information,
     events::StateEventType,
 };
 
 use super::{extract::Ruma, format, state::state_for_user};
-use crate::{error::MatrixError, rooms::membership, services::Services, visibility};
+use crate::{
+    error::MatrixError,
+    rooms::{membership, remote_join},
+    services::Services,
+    visibility,
+};
 
-async fn resolve_room(svc: &Services, target: &RoomOrAliasId) -> Result<OwnedRoomId, MatrixError> {
+/// The room an ID or alias names, and servers to join it through.
+async fn resolve_room(
+    svc: &Services,
+    target: &RoomOrAliasId,
+) -> Result<(OwnedRoomId, Vec<OwnedServerName>), MatrixError> {
     match <&ruma::RoomId>::try_from(target) {
-        Ok(room_id) => Ok(room_id.to_owned()),
-        Err(alias) => svc
+        Ok(room_id) => Ok((room_id.to_owned(), Vec::new())),
+        Err(alias) if alias.server_name() == svc.server_name() => svc
             .storage
             .resolve_alias(alias)
             .await?
-            .map(|(room_id, _)| room_id)
+            .map(|(room_id, _)| (room_id, Vec::new()))
             .ok_or_else(|| MatrixError::not_found(format!("Room alias {alias} not found"))),
+        Err(alias) => {
+            let request = get_room_information::v1::Request::new(alias.to_owned());
+            match svc.federation.send(alias.server_name(), request).await {
+                Ok(answer) => Ok((answer.room_id, answer.servers)),
+                Err(e) => {
+                    tracing::info!(%alias, error = %e, "remote alias not resolved");
+                    Err(MatrixError::not_found(format!("Room alias {alias} not found")))
+                }
+            }
+        }
     }
 }
 
 async fn known_room(svc: &Services, room_id: &ruma::RoomId) -> Result<(), MatrixError> {
     match svc.storage.room(room_id).await? {
         Some(_) => Ok(()),
-        None => Err(MatrixError::not_found(
-            "No known servers for this room (joining remote rooms is not available yet)",
-        )),
+        None => Err(MatrixError::not_found("Unknown room")),
     }
 }
 
@@ -40,8 +58,7 @@ pub async fn join_by_id(
     req: Ruma<join_room_by_id::v3::Request>,
 ) -> Result<join_room_by_id::v3::Response, MatrixError> {
     let room_id = req.body.room_id.clone();
-    known_room(&svc, &room_id).await?;
-    membership::join(&svc, &room_id, &req.user().user_id, req.body.reason.as_deref()).await?;
+    remote_join::join(&svc, &room_id, &req.user().user_id, &[], req.body.reason.as_deref()).await?;
     Ok(join_room_by_id::v3::Response::new(room_id))
 }
 
@@ -49,9 +66,16 @@ pub async fn join_by_id_or_alias(
     svc: Arc<Services>,
     req: Ruma<join_room_by_id_or_alias::v3::Request>,
 ) -> Result<join_room_by_id_or_alias::v3::Response, MatrixError> {
-    let room_id = resolve_room(&svc, &req.body.room_id_or_alias).await?;
-    known_room(&svc, &room_id).await?;
-    membership::join(&svc, &room_id, &req.user().user_id, req.body.reason.as_deref()).await?;
+    let (room_id, mut servers) = resolve_room(&svc, &req.body.room_id_or_alias).await?;
+    servers.extend(req.body.via.iter().cloned());
+    remote_join::join(
+        &svc,
+        &room_id,
+        &req.user().user_id,
+        &servers,
+        req.body.reason.as_deref(),
+    )
+    .await?;
     Ok(join_room_by_id_or_alias::v3::Response::new(room_id))
 }
 

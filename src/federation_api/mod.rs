@@ -6,6 +6,8 @@ pub mod extract;
 mod history;
 mod keys;
 mod membership;
+mod query;
+mod transactions;
 
 use std::sync::Arc;
 
@@ -33,6 +35,9 @@ pub fn router() -> Router<Arc<Services>> {
         .federation(history::missing_events)
         .federation(membership::make_join)
         .federation(membership::send_join)
+        .federation(transactions::send)
+        .federation(query::directory)
+        .federation(query::profile)
 }
 
 async fn version() -> Json<Value> {

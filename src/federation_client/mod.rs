@@ -6,6 +6,7 @@
 pub mod backoff;
 mod dns;
 pub mod resolve;
+pub mod sender;
 
 use std::{
     collections::HashMap,

@@ -11,7 +11,7 @@ use serde_json::{json, value::RawValue};
 
 use super::{
     RoomError,
-    persist::{NewCurrent, persist_pdu},
+    persist::{NewCurrent, ToPersist, persist_pdu},
     send::{Sent, place},
 };
 use crate::{
@@ -19,7 +19,7 @@ use crate::{
     events::{EventTemplate, Pdu, Placement, auth, build::unsigned_object},
     services::Services,
     state::StateMap,
-    storage::{StateGroupId, StoredEvent},
+    storage::{StateGroupId, StoredEvent, TimelineStatus},
 };
 
 impl From<CheckError> for RoomError {
@@ -127,8 +127,17 @@ pub async fn accept_join(
             base: (current_group, current),
         }
     };
-    let sent = persist_pdu(svc, pdu, Some(before), new_current, None, &rules).await?;
+    let event = ToPersist {
+        pdu,
+        before: Some(before),
+        current: new_current,
+        status: TimelineStatus::Accepted,
+        txn: None,
+    };
+    let sent = persist_pdu(svc, event, &rules).await?;
     tracing::info!(%room_id, user = %sent.pdu.sender, %origin, "remote user joined");
+    // The joining server knows its join; the room's other servers learn it from us.
+    svc.sender.send_pdu(room_id, &sent.pdu.event_id, &[origin]).await?;
     let event = svc
         .storage
         .event(&sent.pdu.event_id)

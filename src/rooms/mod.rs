@@ -5,9 +5,11 @@
 
 pub mod create;
 pub mod federated;
+pub mod inbound;
 pub mod membership;
 pub mod persist;
 pub mod power;
+pub mod remote_join;
 pub mod send;
 
 use std::{

@@ -11,7 +11,8 @@ use crate::{
     services::Services,
     state::{StateMap, key},
     storage::{
-        CurrentStateChange, CurrentStateUpdate, NewCurrentState, NewTimelineEvent, StateGroupId, StateWrite, TxnKey,
+        CurrentStateChange, CurrentStateUpdate, NewCurrentState, NewTimelineEvent, StateGroupId, StateWrite,
+        TimelineStatus, TxnKey,
     },
 };
 
@@ -20,28 +21,48 @@ pub enum NewCurrent {
     /// The state after the event: it extends the room's only forward
     /// extremity.
     AfterEvent,
+    /// The state after the event, for a room that had no current state
+    /// here yet (the join of a room held elsewhere).
+    AfterEventFirst,
     /// `base` (the current state) with the event applied: the event
     /// joined the DAG on a fork, and passed the auth rules against the
     /// current state too.
     Apply { base: (StateGroupId, Arc<StateMap>) },
-    /// Unchanged (the event was soft-failed).
+    /// A state computed by the caller (resolved over the room's forward
+    /// extremities), replacing `previous`.
+    Resolved {
+        previous: (StateGroupId, Arc<StateMap>),
+        resolved: Arc<StateMap>,
+    },
+    /// Unchanged (the event was soft-failed or rejected).
     Unchanged,
 }
 
-/// Stores `pdu` (checked: it passed the auth rules against `before`),
-/// with `before` the state before it (`None` for a room's create event).
-pub async fn persist_pdu(
-    svc: &Services,
-    pdu: Pdu,
-    before: Option<(StateGroupId, Arc<StateMap>)>,
-    current: NewCurrent,
-    txn: Option<TxnKey>,
-    rules: &RoomVersionRules,
-) -> Result<Sent, RoomError> {
+/// An event to store, and what it does to the room.
+pub struct ToPersist {
+    pub pdu: Pdu,
+    /// The state before the event (`None` for a room's create event).
+    pub before: Option<(StateGroupId, Arc<StateMap>)>,
+    pub current: NewCurrent,
+    pub status: TimelineStatus,
+    pub txn: Option<TxnKey>,
+}
+
+/// Stores an event that went through its checks.
+pub async fn persist_pdu(svc: &Services, event: ToPersist, rules: &RoomVersionRules) -> Result<Sent, RoomError> {
+    let ToPersist {
+        pdu,
+        before,
+        current,
+        status,
+        txn,
+    } = event;
     let pdu = Arc::new(pdu);
+    let accepted = status == TimelineStatus::Accepted;
     let state_key = pdu
         .state_key
         .as_ref()
+        .filter(|_| accepted)
         .map(|k| key(StateEventType::from(pdu.kind.to_string()), k));
     let replaces_state = state_key
         .as_ref()
@@ -65,6 +86,22 @@ pub async fn persist_pdu(
             state: NewCurrentState::AfterEvent,
             changes: own_change,
         }),
+        NewCurrent::AfterEventFirst => {
+            let mut changes: Vec<CurrentStateChange> = before
+                .iter()
+                .flat_map(|(_, map)| map.iter())
+                .filter(|(k, _)| state_key.as_ref() != Some(*k))
+                .map(|(k, id)| CurrentStateChange {
+                    key: k.clone(),
+                    event_id: Some(id.clone()),
+                })
+                .collect();
+            changes.extend(own_change);
+            Some(CurrentStateUpdate {
+                state: NewCurrentState::AfterEvent,
+                changes,
+            })
+        }
         NewCurrent::Apply { base } => Some(CurrentStateUpdate {
             state: NewCurrentState::Write(StateWrite::Delta {
                 base: Some(base.0),
@@ -75,12 +112,14 @@ pub async fn persist_pdu(
             }),
             changes: own_change,
         }),
+        NewCurrent::Resolved { previous, resolved } => Some(resolved_update(previous, resolved)),
         NewCurrent::Unchanged => None,
     };
     let persisted = svc
         .storage
         .persist_timeline_event(NewTimelineEvent {
             pdu: pdu.clone(),
+            status,
             state_before,
             replaces_state,
             current_state,
@@ -100,10 +139,12 @@ pub async fn persist_pdu(
     if state_key.is_some() {
         svc.state.remember(persisted.state_group_after, with_event(&before_map));
     }
-    if let (Some(group), NewCurrent::Apply { base }) = (persisted.current_state_group, &current) {
-        svc.state.remember(group, with_event(&base.1));
+    match (persisted.current_state_group, &current) {
+        (Some(group), NewCurrent::Apply { base }) => svc.state.remember(group, with_event(&base.1)),
+        (Some(group), NewCurrent::Resolved { resolved, .. }) => svc.state.remember(group, resolved.clone()),
+        _ => {}
     }
-    if let Some(target) = &pdu.redacts {
+    if accepted && let Some(target) = &pdu.redacts {
         super::send::apply_redaction(svc, &pdu, target, rules).await?;
     }
     svc.notifier.notify(persisted.stream_ordering);
@@ -111,4 +152,45 @@ pub async fn persist_pdu(
         pdu,
         stream_ordering: persisted.stream_ordering,
     })
+}
+
+/// A resolved current state as a write: a delta on the previous current
+/// state, or a snapshot when a key left the state.
+fn resolved_update(previous: &(StateGroupId, Arc<StateMap>), resolved: &StateMap) -> CurrentStateUpdate {
+    let mut changes: Vec<CurrentStateChange> = resolved
+        .iter()
+        .filter(|(k, id)| previous.1.get(*k) != Some(*id))
+        .map(|(k, id)| CurrentStateChange {
+            key: k.clone(),
+            event_id: Some(id.clone()),
+        })
+        .collect();
+    let removed: Vec<CurrentStateChange> = previous
+        .1
+        .keys()
+        .filter(|k| !resolved.contains_key(*k))
+        .map(|k| CurrentStateChange {
+            key: k.clone(),
+            event_id: None,
+        })
+        .collect();
+    let write = if removed.is_empty() {
+        StateWrite::Delta {
+            base: Some(previous.0),
+            changes: changes
+                .iter()
+                .filter_map(|c| Some((c.key.clone(), c.event_id.clone()?)))
+                .collect(),
+        }
+    } else {
+        StateWrite::Delta {
+            base: None,
+            changes: resolved.iter().map(|(k, id)| (k.clone(), id.clone())).collect(),
+        }
+    };
+    changes.extend(removed);
+    CurrentStateUpdate {
+        state: NewCurrentState::Write(write),
+        changes,
+    }
 }

@@ -82,7 +82,11 @@ pub async fn send_event(
     let ctx = auth::AuthContext::from_state(auth_state.iter().map(|e| &*e.pdu));
     auth::check(&rules.authorization, &pdu, &ctx).map_err(RoomError::Forbidden)?;
 
-    persist_local(svc, pdu, Some((group, state)), txn, &rules).await
+    let sent = persist_local(svc, pdu, Some((group, state)), txn, &rules).await?;
+    if let Err(e) = svc.sender.send_pdu(room_id, &sent.pdu.event_id, &[]).await {
+        tracing::error!(event_id = %sent.pdu.event_id, error = %e, "the event could not be queued for other servers");
+    }
+    Ok(sent)
 }
 
 /// Where a new event goes in the DAG: its parents (the forward
@@ -166,7 +170,14 @@ pub(super) async fn persist_local(
     txn: Option<TxnKey>,
     rules: &RoomVersionRules,
 ) -> Result<Sent, RoomError> {
-    super::persist::persist_pdu(svc, pdu, before, super::persist::NewCurrent::AfterEvent, txn, rules).await
+    let event = super::persist::ToPersist {
+        pdu,
+        before,
+        current: super::persist::NewCurrent::AfterEvent,
+        status: crate::storage::TimelineStatus::Accepted,
+        txn,
+    };
+    super::persist::persist_pdu(svc, event, rules).await
 }
 
 /// Whether `sender` may redact the event named by the template: their

@@ -4,7 +4,10 @@
 //! Storage keeps each state once, as a snapshot or a delta on another
 //! group ([`crate::storage::StateWrite`]); this module turns a group ID
 //! into a map and answers questions about it (membership, visibility,
-//! power) without replaying history.
+//! power) without replaying history. [`resolve`] decides between states
+//! that disagree.
+
+pub mod resolve;
 
 use std::{
     collections::HashMap,

@@ -13,8 +13,8 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use ruma::{
-    OwnedDeviceId, OwnedEventId, OwnedRoomAliasId, OwnedRoomId, OwnedUserId, RoomAliasId, RoomId, RoomVersionId,
-    ServerName, UserId, events::StateEventType,
+    OwnedDeviceId, OwnedEventId, OwnedRoomAliasId, OwnedRoomId, OwnedServerName, OwnedUserId, RoomAliasId, RoomId,
+    RoomVersionId, ServerName, UserId, events::StateEventType,
 };
 
 use crate::events::Pdu;
@@ -115,11 +115,25 @@ pub struct TxnKey {
 #[derive(Debug, Clone)]
 pub struct NewTimelineEvent {
     pub pdu: Arc<Pdu>,
+    /// Accepted, or kept without taking part (see [`TimelineStatus`]).
+    pub status: TimelineStatus,
     pub state_before: StateWrite,
     pub replaces_state: Option<OwnedEventId>,
     /// When set, the room's current state changes with this event.
     pub current_state: Option<CurrentStateUpdate>,
     pub txn: Option<TxnKey>,
+}
+
+/// How an event from the timeline's point of view fared in the checks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TimelineStatus {
+    Accepted,
+    /// Allowed by the state before it but not by the current state: kept,
+    /// not shown to clients, not a forward extremity.
+    SoftFailed,
+    /// Failed the auth rules: kept (so it is not fetched again), never
+    /// state, never shown, never a parent of local events.
+    Rejected(String),
 }
 
 /// A new current state for a room.
@@ -245,6 +259,9 @@ pub trait Storage: Send + Sync + 'static {
 
     // ----- rooms and events -----
     async fn room(&self, room_id: &RoomId) -> Result<Option<RoomInfo>>;
+    /// Records a room joined over federation (its create event arrives as
+    /// an outlier). Nothing happens if the room is known.
+    async fn add_room(&self, room_id: &RoomId, version: &RoomVersionId) -> Result<()>;
     async fn event(&self, event_id: &ruma::EventId) -> Result<Option<StoredEvent>>;
     /// The held events among `ids`, in the order asked (missing skipped).
     async fn events(&self, ids: &[OwnedEventId]) -> Result<Vec<StoredEvent>>;
@@ -257,6 +274,10 @@ pub trait Storage: Send + Sync + 'static {
     /// state, extremities, current state and transaction ID. Creates the
     /// room when the event is its `m.room.create`.
     async fn persist_timeline_event(&self, event: NewTimelineEvent) -> Result<Persisted>;
+    /// Keeps an event without the state before it (an auth event fetched
+    /// from another server, a state event of a join): no place in the
+    /// timeline, no extremities. Nothing happens if it is held already.
+    async fn persist_outlier(&self, pdu: Arc<Pdu>, rejected: Option<String>) -> Result<()>;
     /// The event sent under this client transaction, if any.
     async fn txn_event(&self, txn: &TxnKey) -> Result<Option<OwnedEventId>>;
     /// Replaces the stored JSON of `event_id` by its redacted form.
@@ -292,6 +313,9 @@ pub trait Storage: Send + Sync + 'static {
     async fn max_stream_ordering(&self) -> Result<StreamOrdering>;
 
     // ----- state -----
+    /// Stores a state that belongs to no event yet (resolved, or as
+    /// another server said it is at a gap).
+    async fn store_state_group(&self, room_id: &RoomId, state: StateWrite) -> Result<StateGroupId>;
     /// The full state of a group, as `(key, event ID)` pairs.
     async fn state_group(&self, group: StateGroupId) -> Result<Vec<(StateKey, OwnedEventId)>>;
     /// Current state entries of a room for `event_type` (all if `None`).
@@ -349,4 +373,17 @@ pub trait Storage: Send + Sync + 'static {
     /// document of `server` that listed it, its valid_until_ts)`.
     async fn server_key_documents(&self, server: &ServerName, key_ids: &[String])
     -> Result<Vec<(String, String, u64)>>;
+
+    // ----- transactions between servers -----
+    /// The answer given to transaction `txn_id` of `origin`, if seen.
+    async fn received_transaction(&self, origin: &ServerName, txn_id: &str) -> Result<Option<String>>;
+    async fn store_received_transaction(&self, origin: &ServerName, txn_id: &str, response: &str) -> Result<()>;
+    /// Queues an event for each destination, after what is queued there.
+    async fn queue_pdu(&self, destinations: &[OwnedServerName], event_id: &ruma::EventId) -> Result<()>;
+    /// The oldest queued events of a destination: `(position, event ID)`.
+    async fn queued_pdus(&self, destination: &ServerName, limit: usize) -> Result<Vec<(i64, OwnedEventId)>>;
+    /// Drops the queued events of a destination up to `position`.
+    async fn dequeue_pdus(&self, destination: &ServerName, up_to: i64) -> Result<()>;
+    /// Destinations with events waiting.
+    async fn queued_destinations(&self) -> Result<Vec<OwnedServerName>>;
 }

@@ -10,7 +10,7 @@ use crate::{
     events::Pdu,
     storage::{
         Direction, EventMeta, NewCurrentState, NewTimelineEvent, Persisted, Result, RoomInfo, StorageError,
-        StoredEvent, StreamOrdering, TopoKey, TxnKey,
+        StoredEvent, StreamOrdering, TimelineStatus, TopoKey, TxnKey,
     },
 };
 
@@ -182,12 +182,23 @@ pub fn persist_timeline_event(tx: &Transaction<'_>, new: &NewTimelineEvent) -> R
         )?;
     }
 
+    // An outlier that now takes its place in the timeline.
+    exec(
+        tx,
+        "DELETE FROM events WHERE event_id = ?1 AND outlier = 1",
+        params![pdu.event_id.as_str()],
+    )?;
+    let (rejected, soft_failed) = match &new.status {
+        TimelineStatus::Accepted => (None, false),
+        TimelineStatus::SoftFailed => (None, true),
+        TimelineStatus::Rejected(reason) => (Some(reason.as_str()), false),
+    };
     exec(
         tx,
         "INSERT INTO events (stream_ordering, event_id, room_id, type, state_key, sender, depth,
              origin_server_ts, received_ts, json, outlier, rejected, soft_failed,
              state_group_before, state_group_after, replaces_state)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, 0, NULL, 0, ?11, ?12, ?13)",
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, 0, ?14, ?15, ?11, ?12, ?13)",
         params![
             stream,
             pdu.event_id.as_str(),
@@ -202,9 +213,11 @@ pub fn persist_timeline_event(tx: &Transaction<'_>, new: &NewTimelineEvent) -> R
             before,
             after,
             new.replaces_state.as_ref().map(|e| e.as_str()),
+            rejected,
+            soft_failed,
         ],
     )?;
-    insert_edges(tx, pdu)?;
+    insert_edges(tx, pdu, new.status == TimelineStatus::Accepted)?;
 
     let mut current_state_group = None;
     if let Some(update) = &new.current_state {
@@ -243,9 +256,10 @@ pub fn persist_timeline_event(tx: &Transaction<'_>, new: &NewTimelineEvent) -> R
 
 /// Records the event's edges and moves the room's extremities: its
 /// parents stop being forward extremities, it becomes one unless a held
-/// event already names it as a parent, and parents not held become
-/// backward extremities.
-fn insert_edges(tx: &Transaction<'_>, pdu: &Pdu) -> Result<()> {
+/// event already names it as a parent, and parents not held (in the
+/// timeline) become backward extremities. A soft-failed or rejected event
+/// (`accepted` false) moves no forward extremity.
+fn insert_edges(tx: &Transaction<'_>, pdu: &Pdu, accepted: bool) -> Result<()> {
     let room_id = pdu.room_id.as_str();
     let event_id = pdu.event_id.as_str();
     {
@@ -254,7 +268,7 @@ fn insert_edges(tx: &Transaction<'_>, pdu: &Pdu) -> Result<()> {
              VALUES (?1, ?2, ?3)",
         )?;
         let mut unfwd = tx.prepare_cached("DELETE FROM forward_extremities WHERE room_id = ?1 AND event_id = ?2")?;
-        let mut held = tx.prepare_cached("SELECT 1 FROM events WHERE event_id = ?1")?;
+        let mut held = tx.prepare_cached("SELECT 1 FROM events WHERE event_id = ?1 AND outlier = 0")?;
         let mut backward = tx.prepare_cached(
             "INSERT OR IGNORE INTO backward_extremities (room_id, event_id, depth)
              VALUES (?1, ?2, ?3)",
@@ -262,7 +276,9 @@ fn insert_edges(tx: &Transaction<'_>, pdu: &Pdu) -> Result<()> {
         let parent_depth = i64::try_from(pdu.depth).unwrap_or(i64::MAX) - 1;
         for prev in &pdu.prev_events {
             edge.execute(params![event_id, prev.as_str(), room_id])?;
-            unfwd.execute(params![room_id, prev.as_str()])?;
+            if accepted {
+                unfwd.execute(params![room_id, prev.as_str()])?;
+            }
             if !held.exists([prev.as_str()])? {
                 backward.execute(params![room_id, prev.as_str(), parent_depth])?;
             }
@@ -279,14 +295,51 @@ fn insert_edges(tx: &Transaction<'_>, pdu: &Pdu) -> Result<()> {
         params![room_id, event_id],
     )?;
     let has_child = tx
-        .prepare_cached("SELECT 1 FROM event_edges WHERE prev_event_id = ?1")?
+        .prepare_cached(
+            "SELECT 1 FROM event_edges g JOIN events e ON e.event_id = g.event_id
+             WHERE g.prev_event_id = ?1 AND e.rejected IS NULL AND e.soft_failed = 0",
+        )?
         .exists([event_id])?;
-    if !has_child {
+    if accepted && !has_child {
         exec(
             tx,
             "INSERT OR IGNORE INTO forward_extremities (room_id, event_id) VALUES (?1, ?2)",
             params![room_id, event_id],
         )?;
+    }
+    Ok(())
+}
+
+pub fn persist_outlier(tx: &Transaction<'_>, pdu: &Pdu, rejected: Option<&str>) -> Result<()> {
+    if tx
+        .prepare_cached("SELECT 1 FROM events WHERE event_id = ?1")?
+        .exists([pdu.event_id.as_str()])?
+    {
+        return Ok(());
+    }
+    let stream = max_stream_ordering(tx)? + 1;
+    exec(
+        tx,
+        "INSERT INTO events (stream_ordering, event_id, room_id, type, state_key, sender, depth,
+             origin_server_ts, received_ts, json, outlier, rejected, soft_failed)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, 1, ?11, 0)",
+        params![
+            stream,
+            pdu.event_id.as_str(),
+            pdu.room_id.as_str(),
+            pdu.kind.to_string(),
+            pdu.state_key,
+            pdu.sender.as_str(),
+            i64::try_from(pdu.depth).unwrap_or(i64::MAX),
+            u64::from(pdu.origin_server_ts.get()) as i64,
+            now_ms(),
+            &*pdu.json,
+            rejected,
+        ],
+    )?;
+    let mut auth = tx.prepare_cached("INSERT OR IGNORE INTO event_auth (event_id, auth_event_id) VALUES (?1, ?2)")?;
+    for auth_event in &pdu.auth_events {
+        auth.execute(params![pdu.event_id.as_str(), auth_event.as_str()])?;
     }
     Ok(())
 }

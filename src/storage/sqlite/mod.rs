@@ -9,6 +9,7 @@ mod events;
 mod history;
 mod keys;
 mod state;
+mod transactions;
 
 use std::{
     num::NonZeroUsize,
@@ -16,21 +17,26 @@ use std::{
     sync::{Arc, Mutex},
 };
 
+use crate::events::Pdu;
 use async_trait::async_trait;
 use lru::LruCache;
 use ruma::{
-    DeviceId, EventId, OwnedEventId, OwnedRoomAliasId, OwnedRoomId, OwnedUserId, RoomAliasId, RoomId, ServerName,
-    UserId, events::StateEventType,
+    DeviceId, EventId, OwnedEventId, OwnedRoomAliasId, OwnedRoomId, OwnedServerName, OwnedUserId, RoomAliasId, RoomId,
+    ServerName, UserId, events::StateEventType,
 };
 use rusqlite::{Connection, OpenFlags, Transaction};
 
 use super::{
     Device, Direction, Membership, NewTimelineEvent, Persisted, Result, RoomInfo, ServerKey, StateGroupId, StateKey,
-    Storage, StorageError, StoredEvent, StreamOrdering, TokenOwner, TopoKey, TxnKey, UserRecord,
+    StateWrite, Storage, StorageError, StoredEvent, StreamOrdering, TokenOwner, TopoKey, TxnKey, UserRecord,
 };
 
 /// Migrations, in order; `PRAGMA user_version` records how many ran.
-const MIGRATIONS: &[&str] = &[include_str!("schema_v1.sql"), include_str!("schema_v2.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("schema_v1.sql"),
+    include_str!("schema_v2.sql"),
+    include_str!("schema_v3.sql"),
+];
 
 const MAX_IDLE_READERS: usize = 4;
 /// Events looked up by ID (state and auth events, mostly). Pages of
@@ -312,6 +318,19 @@ impl Storage for SqliteStorage {
         self.read(move |c| events::room(c, &room_id)).await
     }
 
+    async fn add_room(&self, room_id: &RoomId, version: &ruma::RoomVersionId) -> Result<()> {
+        let (room_id, version) = (room_id.to_owned(), version.to_string());
+        self.write(move |tx| {
+            exec(
+                tx,
+                "INSERT OR IGNORE INTO rooms (room_id, room_version, created_ts) VALUES (?1, ?2, ?3)",
+                rusqlite::params![room_id.as_str(), version, now_ms()],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
     async fn event(&self, event_id: &EventId) -> Result<Option<StoredEvent>> {
         Ok(self.events(&[event_id.to_owned()]).await?.pop())
     }
@@ -346,7 +365,19 @@ impl Storage for SqliteStorage {
     }
 
     async fn persist_timeline_event(&self, event: NewTimelineEvent) -> Result<Persisted> {
-        self.write(move |tx| events::persist_timeline_event(tx, &event)).await
+        let event_id = event.pdu.event_id.clone();
+        let persisted = self.write(move |tx| events::persist_timeline_event(tx, &event)).await?;
+        // It may have been held as an outlier.
+        self.forget(&event_id);
+        Ok(persisted)
+    }
+
+    async fn persist_outlier(&self, pdu: Arc<Pdu>, rejected: Option<String>) -> Result<()> {
+        let event_id = pdu.event_id.clone();
+        self.write(move |tx| events::persist_outlier(tx, &pdu, rejected.as_deref()))
+            .await?;
+        self.forget(&event_id);
+        Ok(())
     }
 
     async fn txn_event(&self, txn: &TxnKey) -> Result<Option<OwnedEventId>> {
@@ -394,6 +425,11 @@ impl Storage for SqliteStorage {
 
     async fn max_stream_ordering(&self) -> Result<StreamOrdering> {
         self.read(events::max_stream_ordering).await
+    }
+
+    async fn store_state_group(&self, room_id: &RoomId, state: StateWrite) -> Result<StateGroupId> {
+        let room_id = room_id.to_owned();
+        self.write(move |tx| state::write_state(tx, &room_id, &state)).await
     }
 
     async fn state_group(&self, group: StateGroupId) -> Result<Vec<(StateKey, OwnedEventId)>> {
@@ -484,5 +520,37 @@ impl Storage for SqliteStorage {
         let (server, key_ids) = (server.to_owned(), key_ids.to_vec());
         self.read(move |c| keys::server_key_documents(c, &server, &key_ids))
             .await
+    }
+
+    async fn received_transaction(&self, origin: &ServerName, txn_id: &str) -> Result<Option<String>> {
+        let (origin, txn_id) = (origin.to_owned(), txn_id.to_owned());
+        self.read(move |c| transactions::received(c, &origin, &txn_id)).await
+    }
+
+    async fn store_received_transaction(&self, origin: &ServerName, txn_id: &str, response: &str) -> Result<()> {
+        let (origin, txn_id, response) = (origin.to_owned(), txn_id.to_owned(), response.to_owned());
+        self.write(move |tx| transactions::store_received(tx, &origin, &txn_id, &response))
+            .await
+    }
+
+    async fn queue_pdu(&self, destinations: &[OwnedServerName], event_id: &EventId) -> Result<()> {
+        let (destinations, event_id) = (destinations.to_vec(), event_id.to_owned());
+        self.write(move |tx| transactions::queue(tx, &destinations, &event_id))
+            .await
+    }
+
+    async fn queued_pdus(&self, destination: &ServerName, limit: usize) -> Result<Vec<(i64, OwnedEventId)>> {
+        let destination = destination.to_owned();
+        self.read(move |c| transactions::queued(c, &destination, limit)).await
+    }
+
+    async fn dequeue_pdus(&self, destination: &ServerName, up_to: i64) -> Result<()> {
+        let destination = destination.to_owned();
+        self.write(move |tx| transactions::dequeue(tx, &destination, up_to))
+            .await
+    }
+
+    async fn queued_destinations(&self) -> Result<Vec<OwnedServerName>> {
+        self.read(transactions::destinations).await
     }
 }

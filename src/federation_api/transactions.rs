@@ -1,0 +1,101 @@
+//! `PUT /_matrix/federation/v1/send/{txnId}`: events and ephemeral data
+//! pushed by another server. Each PDU is handled on its own (one that
+//! cannot be verified never blocks the others) and gets its own result;
+//! a retried transaction gets the answer it got the first time.
+
+use std::{collections::BTreeMap, sync::Arc};
+
+use ruma::{OwnedEventId, RoomVersionId, api::federation::transactions::send_transaction_message};
+use serde_json::value::RawValue;
+
+use super::extract::Fed;
+use crate::{
+    acl,
+    error::MatrixError,
+    rooms::{RoomError, inbound},
+    services::Services,
+};
+
+const MAX_PDUS: usize = 50;
+const MAX_EDUS: usize = 100;
+
+/// The event ID a PDU will have, if it can be computed.
+fn event_id_of(version: &RoomVersionId, raw: &RawValue) -> Option<OwnedEventId> {
+    let rules = version.rules()?;
+    let mut object: ruma::CanonicalJsonObject = serde_json::from_str(raw.get()).ok()?;
+    object.remove("unsigned");
+    let hash = ruma::signatures::reference_hash(&object, &rules).ok()?;
+    OwnedEventId::try_from(format!("${hash}")).ok()
+}
+
+pub async fn send(
+    svc: Arc<Services>,
+    req: Fed<send_transaction_message::v1::Request>,
+) -> Result<send_transaction_message::v1::Response, MatrixError> {
+    let body = &req.body;
+    if body.origin != req.origin {
+        return Err(MatrixError::forbidden(
+            "The transaction's origin is not the server that signed the request",
+        ));
+    }
+    if body.pdus.len() > MAX_PDUS || body.edus.len() > MAX_EDUS {
+        return Err(MatrixError::bad_json(format!(
+            "A transaction carries at most {MAX_PDUS} PDUs and {MAX_EDUS} EDUs"
+        )));
+    }
+    let txn_id = body.transaction_id.as_str();
+    if let Some(answer) = svc.storage.received_transaction(&req.origin, txn_id).await? {
+        let pdus = serde_json::from_str::<BTreeMap<OwnedEventId, Option<String>>>(&answer)
+            .map_err(|e| MatrixError::internal("stored transaction answer", e))?;
+        return Ok(send_transaction_message::v1::Response::new(
+            pdus.into_iter()
+                .map(|(id, error)| (id, error.map_or(Ok(()), Err)))
+                .collect(),
+        ));
+    }
+
+    let mut results: BTreeMap<OwnedEventId, Result<(), String>> = BTreeMap::new();
+    for raw in &body.pdus {
+        let Some(room_id) = inbound::room_of(raw) else {
+            tracing::info!(origin = %req.origin, "dropping a PDU without a room");
+            continue;
+        };
+        let Some(room) = svc.storage.room(&room_id).await? else {
+            tracing::info!(origin = %req.origin, %room_id, "dropping a PDU for a room this server is not in");
+            continue;
+        };
+        let Some(event_id) = event_id_of(&room.version, raw) else {
+            tracing::info!(origin = %req.origin, %room_id, "dropping a PDU whose event ID cannot be computed");
+            continue;
+        };
+        let result = if !acl::allows(&svc, &room_id, &req.origin).await? {
+            Err("the room's server ACL denies the sending server".to_owned())
+        } else {
+            match inbound::receive_pdu(&svc, &req.origin, &room_id, raw).await {
+                Ok(inbound::Outcome::Rejected(reason)) => Err(format!("rejected: {reason}")),
+                Ok(_) => Ok(()),
+                Err(RoomError::Storage(e)) => return Err(e.into()),
+                Err(e) => Err(e.to_string()),
+            }
+        };
+        if let Err(error) = &result {
+            tracing::info!(origin = %req.origin, %event_id, %error, "PDU not accepted");
+        }
+        results.insert(event_id, result);
+    }
+    for edu in &body.edus {
+        // Typing, receipts, presence and device lists are not handled yet:
+        // they are read (so a malformed one does not fail the transaction)
+        // and dropped.
+        let kind = edu.get_field::<String>("edu_type").ok().flatten().unwrap_or_default();
+        tracing::debug!(origin = %req.origin, edu_type = %kind, "EDU ignored");
+    }
+
+    let answer: BTreeMap<&OwnedEventId, Option<&String>> =
+        results.iter().map(|(id, result)| (id, result.as_ref().err())).collect();
+    let answer = serde_json::to_string(&answer).map_err(|e| MatrixError::internal("transaction answer", e))?;
+    svc.storage
+        .store_received_transaction(&req.origin, txn_id, &answer)
+        .await?;
+    Ok(send_transaction_message::v1::Response::new(results))
+}

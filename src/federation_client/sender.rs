@@ -1,0 +1,192 @@
+//! Sending this server's events to the other servers of a room: a queue
+//! per destination kept in storage (it survives kill -9 and restarts; an
+//! event leaves it only when the destination acknowledged the transaction
+//! that carried it), and a worker per destination that sends transactions
+//! of up to 50 events, backing off while the destination is down, and
+//! catching up when it is back.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use ruma::{
+    MilliSecondsSinceUnixEpoch, OwnedServerName, OwnedTransactionId, RoomId, ServerName,
+    api::federation::transactions::send_transaction_message,
+};
+use serde_json::value::RawValue;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use super::{FederationClient, FederationError};
+use crate::storage::{Storage, StorageError};
+
+/// Most PDUs one transaction carries (the spec's limit).
+const MAX_PDUS_PER_TRANSACTION: usize = 50;
+/// Longest wait between two tries of a failing destination.
+const MAX_RETRY_WAIT: Duration = Duration::from_secs(10 * 60);
+
+pub struct Sender {
+    storage: Arc<dyn Storage>,
+    federation: Arc<FederationClient>,
+    own_name: OwnedServerName,
+    cancel: CancellationToken,
+    workers: Mutex<HashMap<OwnedServerName, Arc<Notify>>>,
+}
+
+impl Sender {
+    pub fn new(
+        storage: Arc<dyn Storage>,
+        federation: Arc<FederationClient>,
+        own_name: OwnedServerName,
+        cancel: CancellationToken,
+    ) -> Arc<Self> {
+        Arc::new(Sender {
+            storage,
+            federation,
+            own_name,
+            cancel,
+            workers: Mutex::default(),
+        })
+    }
+
+    /// Starts workers for destinations with events still queued (after a
+    /// restart).
+    pub async fn resume(self: &Arc<Self>) -> Result<(), StorageError> {
+        for destination in self.storage.queued_destinations().await? {
+            self.wake(&destination);
+        }
+        Ok(())
+    }
+
+    /// Queues `event_id` for every server with a user joined to the room,
+    /// but this one and those in `except`.
+    pub async fn send_pdu(
+        self: &Arc<Self>,
+        room_id: &RoomId,
+        event_id: &ruma::EventId,
+        except: &[&ServerName],
+    ) -> Result<(), StorageError> {
+        let mut destinations: Vec<OwnedServerName> = self
+            .storage
+            .room_members(room_id, Some("join"))
+            .await?
+            .into_iter()
+            .map(|m| m.user_id.server_name().to_owned())
+            .filter(|s| *s != self.own_name && !except.contains(&s.as_ref()))
+            .collect();
+        destinations.sort();
+        destinations.dedup();
+        if destinations.is_empty() {
+            return Ok(());
+        }
+        self.storage.queue_pdu(&destinations, event_id).await?;
+        for destination in &destinations {
+            self.wake(destination);
+        }
+        Ok(())
+    }
+
+    fn wake(self: &Arc<Self>, destination: &ServerName) {
+        let mut workers = self.workers.lock().expect("sender workers");
+        if let Some(notify) = workers.get(destination) {
+            notify.notify_one();
+            return;
+        }
+        let notify = Arc::new(Notify::new());
+        workers.insert(destination.to_owned(), notify.clone());
+        let sender = self.clone();
+        let destination = destination.to_owned();
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = sender.cancel.cancelled() => {}
+                _ = sender.run(&destination, &notify) => {}
+            }
+        });
+    }
+
+    /// The worker of one destination: forever, send what is queued.
+    async fn run(&self, destination: &ServerName, notify: &Notify) {
+        let mut failures: u32 = 0;
+        // The ID of the transaction being retried, with its last position.
+        let mut pending: Option<(OwnedTransactionId, i64)> = None;
+        loop {
+            let batch = match self.storage.queued_pdus(destination, MAX_PDUS_PER_TRANSACTION).await {
+                Ok(batch) => batch,
+                Err(e) => {
+                    tracing::error!(%destination, error = %e, "cannot read the outbound queue");
+                    tokio::time::sleep(Duration::from_secs(5)).await;
+                    continue;
+                }
+            };
+            let Some(&(last, _)) = batch.last() else {
+                pending = None;
+                notify.notified().await;
+                continue;
+            };
+            let txn_id = match &pending {
+                Some((id, pending_last)) if *pending_last == last => id.clone(),
+                _ => {
+                    let id = OwnedTransactionId::from(format!(
+                        "{}-{}",
+                        u64::from(MilliSecondsSinceUnixEpoch::now().get()),
+                        batch[0].0
+                    ));
+                    pending = Some((id.clone(), last));
+                    id
+                }
+            };
+            match self.send_batch(destination, txn_id, &batch).await {
+                Ok(()) => {
+                    failures = 0;
+                    pending = None;
+                    if let Err(e) = self.storage.dequeue_pdus(destination, last).await {
+                        tracing::error!(%destination, error = %e, "cannot update the outbound queue");
+                    }
+                }
+                Err(e) => {
+                    failures += 1;
+                    let wait = Duration::from_secs(1 << failures.min(10)).min(MAX_RETRY_WAIT);
+                    tracing::info!(%destination, error = %e, retry_in = ?wait, "transaction not delivered");
+                    // New events wake the worker, but it still waits out
+                    // the back-off before trying again.
+                    tokio::time::sleep(wait).await;
+                }
+            }
+        }
+    }
+
+    async fn send_batch(
+        &self,
+        destination: &ServerName,
+        txn_id: OwnedTransactionId,
+        batch: &[(i64, ruma::OwnedEventId)],
+    ) -> Result<(), FederationError> {
+        let ids: Vec<_> = batch.iter().map(|(_, id)| id.clone()).collect();
+        let events = self
+            .storage
+            .events(&ids)
+            .await
+            .map_err(|e| FederationError::Request(e.to_string()))?;
+        let pdus: Vec<Box<RawValue>> = events
+            .iter()
+            .filter_map(|e| RawValue::from_string(e.pdu.json.to_string()).ok())
+            .collect();
+        let count = pdus.len();
+        let mut request = send_transaction_message::v1::Request::new(
+            txn_id.clone(),
+            self.own_name.clone(),
+            MilliSecondsSinceUnixEpoch::now(),
+        );
+        request.pdus = pdus;
+        let response = self.federation.send(destination, request).await?;
+        for (event_id, result) in &response.pdus {
+            if let Err(error) = result {
+                tracing::info!(%destination, %event_id, %error, "the destination refused an event");
+            }
+        }
+        tracing::debug!(%destination, %txn_id, count, "transaction delivered");
+        Ok(())
+    }
+}

@@ -1,0 +1,421 @@
+//! Events from other servers entering a room held here, whatever route
+//! they came by (`/send`, `/get_missing_events`, ...): the checks on
+//! receipt ([`crate::event_checks`]), the missing pieces fetched from the
+//! sender (auth events, parents, the state at a gap), the state before the
+//! event (resolved over its parents), then storage as accepted,
+//! soft-failed or rejected, and the room's current state resolved over its
+//! forward extremities.
+
+use std::{collections::HashSet, sync::Arc};
+
+use ruma::{
+    OwnedEventId, RoomId, ServerName, UInt,
+    api::federation::{
+        authorization::get_event_authorization,
+        event::{get_event, get_missing_events, get_room_state_ids},
+    },
+    events::StateEventType,
+    room_version_rules::RoomVersionRules,
+};
+use serde_json::value::RawValue;
+
+use super::{
+    RoomError,
+    persist::{NewCurrent, ToPersist, persist_pdu},
+};
+use crate::{
+    event_checks::{self, CheckError},
+    events::Pdu,
+    services::Services,
+    state::{StateMap, key, resolve},
+    storage::{RoomInfo, StateGroupId, StateWrite, TimelineStatus},
+};
+
+fn snapshot(state: &StateMap) -> StateWrite {
+    StateWrite::Delta {
+        base: None,
+        changes: state.iter().map(|(k, id)| (k.clone(), id.clone())).collect(),
+    }
+}
+
+/// Most events one gap is filled with through `/get_missing_events`.
+const MISSING_EVENTS_LIMIT: u32 = 20;
+
+/// What became of a received event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Accepted,
+    SoftFailed,
+    Rejected(String),
+    AlreadyHeld,
+}
+
+impl From<resolve::ResolveError> for RoomError {
+    fn from(e: resolve::ResolveError) -> Self {
+        match e {
+            resolve::ResolveError::Storage(e) => RoomError::Storage(e),
+            e => RoomError::Invalid(e.to_string()),
+        }
+    }
+}
+
+/// The room a raw PDU names (before anything else is parsed).
+pub fn room_of(raw: &RawValue) -> Option<ruma::OwnedRoomId> {
+    #[derive(serde::Deserialize)]
+    struct Room {
+        room_id: ruma::OwnedRoomId,
+    }
+    serde_json::from_str::<Room>(raw.get()).ok().map(|r| r.room_id)
+}
+
+/// Receives one event from `origin` for a room this server is in.
+pub async fn receive_pdu(
+    svc: &Services,
+    origin: &ServerName,
+    room_id: &RoomId,
+    raw: &RawValue,
+) -> Result<Outcome, RoomError> {
+    let room = svc.storage.room(room_id).await?.ok_or(RoomError::UnknownRoom)?;
+    let pdu = event_checks::check_signed(svc, &room.version, raw).await?;
+    if pdu.room_id != room_id {
+        return Err(RoomError::Invalid("the event is for another room".to_owned()));
+    }
+    let _guard = svc.rooms.lock(room_id).await;
+    Receiver {
+        svc,
+        origin,
+        room: &room,
+    }
+    .receive(pdu, true)
+    .await
+}
+
+struct Receiver<'a> {
+    svc: &'a Services,
+    origin: &'a ServerName,
+    room: &'a RoomInfo,
+}
+
+impl Receiver<'_> {
+    fn rules(&self) -> Result<RoomVersionRules, RoomError> {
+        self.room
+            .version
+            .rules()
+            .ok_or_else(|| RoomError::UnsupportedVersion(self.room.version.to_string()))
+    }
+
+    async fn in_timeline(&self, id: &ruma::EventId) -> Result<bool, RoomError> {
+        Ok(self
+            .svc
+            .storage
+            .event(id)
+            .await?
+            .is_some_and(|e| !e.meta.outlier && e.pdu.room_id == self.room.room_id))
+    }
+
+    /// `fill_gaps`: whether missing parents may be fetched (not when
+    /// processing what such a fetch brought).
+    async fn receive(&self, pdu: Pdu, fill_gaps: bool) -> Result<Outcome, RoomError> {
+        if self.in_timeline(&pdu.event_id).await? {
+            return Ok(Outcome::AlreadyHeld);
+        }
+        let rules = self.rules()?;
+        self.fetch_auth_chain(&pdu).await?;
+
+        let mut missing = Vec::new();
+        for prev in &pdu.prev_events {
+            if !self.in_timeline(prev).await? {
+                missing.push(prev.clone());
+            }
+        }
+        if !missing.is_empty() && fill_gaps {
+            self.fetch_missing_parents(&pdu).await?;
+            missing.clear();
+            for prev in &pdu.prev_events {
+                if !self.in_timeline(prev).await? {
+                    missing.push(prev.clone());
+                }
+            }
+        }
+        let before = if missing.is_empty() {
+            self.state_after_parents(&pdu, &rules).await?
+        } else {
+            // The gap stays (its edge is a backward extremity, for later
+            // backfill); the state across it comes from the sender.
+            self.state_from_origin(&pdu).await?
+        };
+
+        let status = match event_checks::check_auth(self.svc, &rules, &pdu, &before.1).await {
+            Ok(()) => {
+                let (_, current) = self
+                    .svc
+                    .state
+                    .current(&self.room.room_id)
+                    .await?
+                    .ok_or(RoomError::UnknownRoom)?;
+                match event_checks::check_against(self.svc, &rules, &pdu, &current).await {
+                    Ok(()) => TimelineStatus::Accepted,
+                    Err(CheckError::Rejected(reason)) => {
+                        tracing::info!(event_id = %pdu.event_id, %reason, "soft-failed");
+                        TimelineStatus::SoftFailed
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            Err(CheckError::Rejected(reason)) => {
+                tracing::info!(event_id = %pdu.event_id, %reason, "rejected");
+                TimelineStatus::Rejected(reason)
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let current = match status {
+            TimelineStatus::Accepted => self.new_current(&pdu, &before.1, &rules).await?,
+            _ => NewCurrent::Unchanged,
+        };
+        let outcome = match &status {
+            TimelineStatus::Accepted => Outcome::Accepted,
+            TimelineStatus::SoftFailed => Outcome::SoftFailed,
+            TimelineStatus::Rejected(r) => Outcome::Rejected(r.clone()),
+        };
+        persist_pdu(
+            self.svc,
+            ToPersist {
+                pdu,
+                before: Some(before),
+                current,
+                status,
+                txn: None,
+            },
+            &rules,
+        )
+        .await?;
+        Ok(outcome)
+    }
+
+    /// Makes sure every event in `pdu`'s auth chain is held: what is
+    /// missing comes from the sender's `/event_auth`, checked, and is kept
+    /// as outliers (rejected where it fails its own auth events).
+    async fn fetch_auth_chain(&self, pdu: &Pdu) -> Result<(), RoomError> {
+        let mut missing = false;
+        for id in &pdu.auth_events {
+            if self.svc.storage.event(id).await?.is_none() {
+                missing = true;
+            }
+        }
+        if !missing {
+            return Ok(());
+        }
+        let request = get_event_authorization::v1::Request::new(self.room.room_id.clone(), pdu.event_id.clone());
+        let chain = match self.svc.federation.send(self.origin, request).await {
+            Ok(response) => response.auth_chain,
+            Err(e) => {
+                tracing::info!(event_id = %pdu.event_id, error = %e, "cannot fetch the auth chain");
+                return Ok(());
+            }
+        };
+        let mut events = Vec::new();
+        for raw in &chain {
+            match event_checks::check_signed(self.svc, &self.room.version, raw).await {
+                Ok(event) if event.room_id == self.room.room_id => events.push(event),
+                Ok(_) => {}
+                Err(e) => tracing::info!(error = %e, "dropping an auth event"),
+            }
+        }
+        events.sort_by_key(|e| e.depth);
+        self.keep_outliers(events).await
+    }
+
+    async fn keep_outliers(&self, events: Vec<Pdu>) -> Result<(), RoomError> {
+        keep_outliers(self.svc, &self.rules()?, events).await
+    }
+
+    /// Fills a gap before `pdu` with `/get_missing_events`, oldest first.
+    async fn fetch_missing_parents(&self, pdu: &Pdu) -> Result<(), RoomError> {
+        let earliest: Vec<OwnedEventId> = self
+            .svc
+            .storage
+            .forward_extremities(&self.room.room_id)
+            .await?
+            .into_iter()
+            .map(|(id, _)| id)
+            .collect();
+        let mut request =
+            get_missing_events::v1::Request::new(self.room.room_id.clone(), earliest, vec![pdu.event_id.clone()]);
+        request.limit = UInt::from(MISSING_EVENTS_LIMIT);
+        let events = match self.svc.federation.send(self.origin, request).await {
+            Ok(response) => response.events,
+            Err(e) => {
+                tracing::info!(event_id = %pdu.event_id, error = %e, "get_missing_events failed");
+                return Ok(());
+            }
+        };
+        let mut checked = Vec::new();
+        for raw in &events {
+            match event_checks::check_signed(self.svc, &self.room.version, raw).await {
+                Ok(event) if event.room_id == self.room.room_id => checked.push(event),
+                Ok(_) => {}
+                Err(e) => tracing::info!(error = %e, "dropping a missing event"),
+            }
+        }
+        checked.sort_by_key(|e| e.depth);
+        for event in checked {
+            let id = event.event_id.clone();
+            if let Err(e) = Box::pin(self.receive(event, false)).await {
+                tracing::info!(event_id = %id, error = %e, "a missing event could not be processed");
+            }
+        }
+        Ok(())
+    }
+
+    /// The state before `pdu` from the states after its parents, resolved.
+    async fn state_after_parents(
+        &self,
+        pdu: &Pdu,
+        rules: &RoomVersionRules,
+    ) -> Result<(StateGroupId, Arc<StateMap>), RoomError> {
+        let mut groups = Vec::new();
+        for prev in &pdu.prev_events {
+            let parent = self.svc.storage.event(prev).await?.ok_or(RoomError::UnknownRoom)?;
+            let group = parent
+                .meta
+                .state_group_after
+                .ok_or_else(|| RoomError::Invalid(format!("no state known after {prev}")))?;
+            groups.push(group);
+        }
+        groups.sort_unstable();
+        groups.dedup();
+        if let [group] = groups.as_slice() {
+            return Ok((*group, self.svc.state.group(*group).await?));
+        }
+        let mut states = Vec::new();
+        for group in &groups {
+            states.push(self.svc.state.group(*group).await?);
+        }
+        let resolved = resolve::resolve(self.svc, rules, &states).await?;
+        let group = self
+            .svc
+            .storage
+            .store_state_group(&self.room.room_id, snapshot(&resolved))
+            .await?;
+        let resolved = Arc::new(resolved);
+        self.svc.state.remember(group, resolved.clone());
+        Ok((group, resolved))
+    }
+
+    /// The state before `pdu` as its sender says (`/state_ids`), the
+    /// events not held fetched with `/event` and kept as outliers.
+    async fn state_from_origin(&self, pdu: &Pdu) -> Result<(StateGroupId, Arc<StateMap>), RoomError> {
+        let request = get_room_state_ids::v1::Request::new(pdu.event_id.clone(), self.room.room_id.clone());
+        let ids = self
+            .svc
+            .federation
+            .send(self.origin, request)
+            .await
+            .map_err(|e| RoomError::Invalid(format!("cannot get the state at {}: {e}", pdu.event_id)))?;
+        let wanted: Vec<OwnedEventId> = ids.pdu_ids.iter().chain(&ids.auth_chain_ids).cloned().collect();
+        let held: HashSet<OwnedEventId> = self
+            .svc
+            .storage
+            .events(&wanted)
+            .await?
+            .into_iter()
+            .map(|e| e.pdu.event_id.clone())
+            .collect();
+        let mut fetched = Vec::new();
+        for id in wanted.iter().filter(|id| !held.contains(*id)) {
+            let response = self
+                .svc
+                .federation
+                .send(self.origin, get_event::v1::Request::new(id.clone()))
+                .await
+                .map_err(|e| RoomError::Invalid(format!("cannot fetch {id}: {e}")))?;
+            let event = event_checks::check_signed(self.svc, &self.room.version, &response.pdu).await?;
+            if event.event_id != *id {
+                return Err(RoomError::Invalid(format!("asked for {id}, got {}", event.event_id)));
+            }
+            fetched.push(event);
+        }
+        fetched.sort_by_key(|e| e.depth);
+        self.keep_outliers(fetched).await?;
+
+        let mut state = StateMap::new();
+        for event in self.svc.storage.events(&ids.pdu_ids).await? {
+            if event.meta.rejected.is_some() {
+                continue;
+            }
+            if let Some(state_key) = &event.pdu.state_key {
+                state.insert(
+                    key(StateEventType::from(event.pdu.kind.to_string()), state_key),
+                    event.pdu.event_id.clone(),
+                );
+            }
+        }
+        let group = self
+            .svc
+            .storage
+            .store_state_group(&self.room.room_id, snapshot(&state))
+            .await?;
+        let state = Arc::new(state);
+        self.svc.state.remember(group, state.clone());
+        Ok((group, state))
+    }
+
+    /// The room's state once `pdu` (accepted, with state `before` before
+    /// it) is a forward extremity: the state after it when it is the only
+    /// one, else the resolution of the states after each.
+    async fn new_current(
+        &self,
+        pdu: &Pdu,
+        before: &StateMap,
+        rules: &RoomVersionRules,
+    ) -> Result<NewCurrent, RoomError> {
+        let extremities = self.svc.storage.forward_extremities(&self.room.room_id).await?;
+        let others: Vec<OwnedEventId> = extremities
+            .into_iter()
+            .map(|(id, _)| id)
+            .filter(|id| !pdu.prev_events.contains(id))
+            .collect();
+        if others.is_empty() {
+            return Ok(NewCurrent::AfterEvent);
+        }
+        let mut after = before.clone();
+        if let Some(state_key) = &pdu.state_key {
+            after.insert(
+                key(StateEventType::from(pdu.kind.to_string()), state_key),
+                pdu.event_id.clone(),
+            );
+        }
+        let mut states = vec![Arc::new(after)];
+        for id in &others {
+            if let Some(group) = self.svc.storage.event(id).await?.and_then(|e| e.meta.state_group_after) {
+                states.push(self.svc.state.group(group).await?);
+            }
+        }
+        let previous = self
+            .svc
+            .state
+            .current(&self.room.room_id)
+            .await?
+            .ok_or(RoomError::UnknownRoom)?;
+        let resolved = Arc::new(resolve::resolve(self.svc, rules, &states).await?);
+        Ok(NewCurrent::Resolved { previous, resolved })
+    }
+}
+
+/// Checks events against their own auth events, oldest first (the caller
+/// sorts them by depth), and keeps them as outliers: rejected where they
+/// fail.
+pub(crate) async fn keep_outliers(svc: &Services, rules: &RoomVersionRules, events: Vec<Pdu>) -> Result<(), RoomError> {
+    for event in events {
+        if svc.storage.event(&event.event_id).await?.is_some() {
+            continue;
+        }
+        let rejected = match event_checks::check_auth_events(svc, rules, &event).await {
+            Ok(()) => None,
+            Err(CheckError::Rejected(reason)) => Some(reason),
+            Err(e) => return Err(e.into()),
+        };
+        svc.storage.persist_outlier(Arc::new(event), rejected).await?;
+    }
+    Ok(())
+}

@@ -1,0 +1,118 @@
+//! State resolution: when the states after an event's parents (or after a
+//! room's forward extremities) disagree, which state holds. ruma's
+//! `state_res` implements v2 (rooms 2–11) and v2.1 (room 12); this
+//! module loads what it needs to look at and runs it.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use ruma::{OwnedEventId, room_version_rules::RoomVersionRules, state_res::utils::event_id_set::EventIdSet};
+
+use super::StateMap;
+use crate::{events::Pdu, services::Services, storage::StorageError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ResolveError {
+    #[error("state resolution failed: {0}")]
+    Failed(String),
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+}
+
+/// Resolves `states` into one. Identical states (and a single one) need
+/// no work.
+pub async fn resolve(
+    svc: &Services,
+    rules: &RoomVersionRules,
+    states: &[Arc<StateMap>],
+) -> Result<StateMap, ResolveError> {
+    match states {
+        [] => return Ok(StateMap::new()),
+        [only] => return Ok((**only).clone()),
+        [first, rest @ ..] if rest.iter().all(|s| s == first) => return Ok((**first).clone()),
+        _ => {}
+    }
+    // Everything the algorithm may look at: the states' events and their
+    // auth chains.
+    let mut auth_chains = Vec::with_capacity(states.len());
+    let mut wanted: HashSet<OwnedEventId> = HashSet::new();
+    for state in states {
+        let ids: Vec<OwnedEventId> = state.values().cloned().collect();
+        let chain = svc.storage.auth_chain(&ids).await?;
+        wanted.extend(ids);
+        wanted.extend(chain.iter().cloned());
+        auth_chains.push(chain.into_iter().collect::<EventIdSet<OwnedEventId>>());
+    }
+    let wanted: Vec<OwnedEventId> = wanted.into_iter().collect();
+    let events: HashMap<OwnedEventId, Arc<Pdu>> = svc
+        .storage
+        .events(&wanted)
+        .await?
+        .into_iter()
+        .map(|e| (e.pdu.event_id.clone(), e.pdu))
+        .collect();
+
+    let state_res = rules
+        .state_res
+        .v2_rules()
+        .ok_or_else(|| ResolveError::Failed("the room version has no v2 state resolution".to_owned()))?;
+    let fetch = |id: &ruma::EventId| events.get(id).map(|pdu| &**pdu);
+    let subgraph = |conflicted: &ruma::state_res::StateMap<Vec<OwnedEventId>>| {
+        Some(conflicted_subgraph(&events, conflicted.values().flatten()))
+    };
+    let resolved = ruma::state_res::resolve(
+        &rules.authorization,
+        state_res,
+        states.iter().map(|s| &**s),
+        auth_chains,
+        fetch,
+        subgraph,
+    )
+    .map_err(|e| ResolveError::Failed(e.to_string()))?;
+    Ok(resolved)
+}
+
+/// The conflicted state subgraph (room v12): events on an auth-event path
+/// from one conflicted event to another, the conflicted events included.
+fn conflicted_subgraph<'a>(
+    events: &HashMap<OwnedEventId, Arc<Pdu>>,
+    conflicted: impl Iterator<Item = &'a OwnedEventId>,
+) -> EventIdSet<OwnedEventId> {
+    let conflicted: HashSet<&OwnedEventId> = conflicted.collect();
+    // Everything reachable from a conflicted event over auth events.
+    let mut reachable: HashSet<&OwnedEventId> = HashSet::new();
+    let mut stack: Vec<&OwnedEventId> = conflicted.iter().copied().collect();
+    while let Some(id) = stack.pop() {
+        if reachable.insert(id)
+            && let Some(pdu) = events.get(id)
+        {
+            stack.extend(pdu.auth_events.iter());
+        }
+    }
+    // Of those, the ones from which a conflicted event is reachable.
+    let mut reaches: HashMap<&OwnedEventId, bool> = HashMap::new();
+    fn reaches_conflicted<'a>(
+        id: &'a OwnedEventId,
+        events: &'a HashMap<OwnedEventId, Arc<Pdu>>,
+        conflicted: &HashSet<&OwnedEventId>,
+        memo: &mut HashMap<&'a OwnedEventId, bool>,
+    ) -> bool {
+        if let Some(known) = memo.get(id) {
+            return *known;
+        }
+        memo.insert(id, false);
+        let result = conflicted.contains(id)
+            || events.get(id).is_some_and(|pdu| {
+                pdu.auth_events
+                    .iter()
+                    .any(|a| conflicted.contains(a) || reaches_conflicted(a, events, conflicted, memo))
+            });
+        memo.insert(id, result);
+        result
+    }
+    reachable
+        .into_iter()
+        .filter(|id| reaches_conflicted(id, events, &conflicted, &mut reaches))
+        .cloned()
+        .collect()
+}

@@ -1,0 +1,226 @@
+//! The federation write path between two weft servers: a user of B joins
+//! a room of A through the client API (remote alias, make_join/send_join),
+//! and messages flow both ways through `/send`, also across a restart.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{TestServer, User, enc};
+use reqwest::Method;
+use serde_json::{Value, json};
+
+fn bodies(events: &Value) -> Vec<String> {
+    events
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter(|e| e["type"] == "m.room.message")
+                .map(|e| e["content"]["body"].as_str().unwrap_or_default().to_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Pages back through a room on one server and returns its messages,
+/// oldest first.
+async fn all_messages(user: &User<'_>, room: &str) -> Vec<String> {
+    let page = user.messages(room, "dir=b&limit=1000").await;
+    let mut texts = bodies(&page["chunk"]);
+    texts.reverse();
+    texts
+}
+
+/// Waits until `user` sees `want` among the room's messages.
+async fn eventually_sees(user: &User<'_>, room: &str, want: &[&str]) -> Vec<String> {
+    let deadline = Instant::now() + Duration::from_secs(40);
+    loop {
+        let seen = all_messages(user, room).await;
+        if want.iter().all(|w| seen.iter().any(|s| s == w)) {
+            return seen;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} never saw {want:?}; saw {seen:?}",
+            user.user_id
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_flow_both_ways_after_a_remote_join() {
+    let a = TestServer::start_federating().await;
+    let b = TestServer::start_federating().await;
+    let alice = a.register("alice").await;
+    let bob = b.register("bob").await;
+    let room = alice
+        .create_room(
+            json!({ "preset": "public_chat", "name": "Across", "topic": "two servers", "room_alias_name": "across" }),
+        )
+        .await;
+    alice.send_text(&room, "a0", "before bob").await;
+
+    // Bob joins by the alias on A's server.
+    let alias = format!("#across:{}", a.server_name());
+    let (status, body) = bob.join(&alias).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["room_id"], room.as_str());
+
+    // B has the room's state; A has Bob as a member.
+    let name = bob
+        .ok(
+            Method::GET,
+            &format!("/_matrix/client/v3/rooms/{}/state/m.room.name", enc(&room)),
+            None,
+        )
+        .await;
+    assert_eq!(name["name"], "Across");
+    let members = alice
+        .ok(
+            Method::GET,
+            &format!("/_matrix/client/v3/rooms/{}/joined_members", enc(&room)),
+            None,
+        )
+        .await;
+    assert!(members["joined"][&bob.user_id].is_object(), "{members}");
+    let sync = bob.sync("").await;
+    assert!(
+        sync["rooms"]["join"][&room].is_object(),
+        "the room shows in Bob's sync: {sync}"
+    );
+    let since = sync["next_batch"].as_str().unwrap().to_owned();
+
+    // A → B: Bob's long-poll wakes with Alice's message.
+    let poll = {
+        let url = format!(
+            "{}/_matrix/client/v3/sync?since={}&timeout=30000",
+            b.base(),
+            enc(&since)
+        );
+        let (http, token) = (b.http.clone(), bob.token.clone());
+        tokio::spawn(async move {
+            http.get(url)
+                .bearer_auth(token)
+                .send()
+                .await
+                .unwrap()
+                .json::<Value>()
+                .await
+                .unwrap()
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (status, _) = alice.send_text(&room, "a1", "hello bob").await;
+    assert_eq!(status, 200);
+    let woke = poll.await.unwrap();
+    assert_eq!(
+        bodies(&woke["rooms"]["join"][&room]["timeline"]["events"]),
+        ["hello bob"]
+    );
+
+    // B → A.
+    let (status, body) = bob.send_text(&room, "b1", "hello alice").await;
+    assert_eq!(status, 200, "{body}");
+    eventually_sees(&alice, &room, &["hello alice"]).await;
+
+    // Both at once: each server sees both, in the same order.
+    let (x, y) = tokio::join!(
+        alice.send_text(&room, "a2", "from A"),
+        bob.send_text(&room, "b2", "from B")
+    );
+    assert_eq!((x.0.as_u16(), y.0.as_u16()), (200, 200));
+    let on_a = eventually_sees(&alice, &room, &["from A", "from B"]).await;
+    let on_b = eventually_sees(&bob, &room, &["from A", "from B"]).await;
+    // Concurrent events have the same depth: each server lists them in the
+    // order they reached it (both are orders of the DAG).
+    let tail = |v: &[String]| {
+        let mut t = v[v.len() - 2..].to_vec();
+        t.sort();
+        t
+    };
+    assert_eq!(
+        tail(&on_a),
+        tail(&on_b),
+        "both servers hold both events, and nothing after them"
+    );
+    // What B holds is what A holds since B joined (history from before
+    // the join comes with backfill).
+    assert_eq!(on_a[0], "before bob");
+    let mut since_join = on_a[1..].to_vec();
+    since_join.sort();
+    let mut on_b_sorted = on_b.clone();
+    on_b_sorted.sort();
+    assert_eq!(since_join, on_b_sorted);
+
+    // The room keeps one current state on both sides.
+    alice
+        .ok(
+            Method::PUT,
+            &format!("/_matrix/client/v3/rooms/{}/state/m.room.topic", enc(&room)),
+            Some(&json!({ "topic": "changed on A" })),
+        )
+        .await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let topic = bob
+            .ok(
+                Method::GET,
+                &format!("/_matrix/client/v3/rooms/{}/state/m.room.topic", enc(&room)),
+                None,
+            )
+            .await;
+        if topic["topic"] == "changed on A" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the topic change never reached B: {topic}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_queued_for_a_server_that_is_down_arrive_when_it_is_back() {
+    let mut a = TestServer::start_federating().await;
+    let b = TestServer::start_federating().await;
+    let (alice_token, room) = {
+        let alice = a.register("alice").await;
+        let room = alice.create_room(json!({ "preset": "public_chat" })).await;
+        (alice.token.clone(), room)
+    };
+    let bob = b.register("bob").await;
+    let (status, body) = bob
+        .call(
+            Method::POST,
+            &format!(
+                "/_matrix/client/v3/join/{}?server_name={}",
+                enc(&room),
+                enc(a.server_name().as_str())
+            ),
+            Some(&json!({})),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+
+    // A goes down; Bob writes; A comes back on the same name and port.
+    if let Some(server) = a.server.take() {
+        server.shutdown().await;
+    }
+    for i in 0..5 {
+        let (status, _) = bob
+            .send_text(&room, &format!("d{i}"), &format!("while A was down {i}"))
+            .await;
+        assert_eq!(status, 200, "sending does not wait for other servers");
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    a.restart().await;
+    let alice = User {
+        server: &a,
+        user_id: format!("@alice:{}", a.server_name()),
+        token: alice_token,
+    };
+    let want: Vec<String> = (0..5).map(|i| format!("while A was down {i}")).collect();
+    let want: Vec<&str> = want.iter().map(String::as_str).collect();
+    let seen = eventually_sees(&alice, &room, &want).await;
+    let got: Vec<&String> = seen.iter().filter(|s| s.starts_with("while A was down")).collect();
+    assert_eq!(got, want, "every queued event once, in order");
+}
