@@ -224,3 +224,142 @@ async fn events_queued_for_a_server_that_is_down_arrive_when_it_is_back() {
     let got: Vec<&String> = seen.iter().filter(|s| s.starts_with("while A was down")).collect();
     assert_eq!(got, want, "every queued event once, in order");
 }
+
+/// Waits until `user`'s view of a member's membership is `want`.
+async fn eventually_membership(user: &User<'_>, room: &str, member: &str, want: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (status, body) = user
+            .call(
+                Method::GET,
+                &format!(
+                    "/_matrix/client/v3/rooms/{}/state/m.room.member/{}",
+                    enc(room),
+                    enc(member)
+                ),
+                None,
+            )
+            .await;
+        if status == 200 && body["membership"] == want {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{member} never became {want} in {}'s view: {status} {body}",
+            user.user_id
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invites_across_servers_joined_rejected_and_left() {
+    let a = TestServer::start_federating().await;
+    let b = TestServer::start_federating().await;
+    let alice = a.register("alice").await;
+    let bob = b.register("bob").await;
+    let carol = b.register("carol").await;
+    let room = alice
+        .create_room(json!({ "preset": "private_chat", "name": "Invite only" }))
+        .await;
+    let since_bob = bob.sync("").await["next_batch"].as_str().unwrap().to_owned();
+
+    // Alice invites Bob: B countersigns, Bob sees the invite with the room's name.
+    alice
+        .ok(
+            Method::POST,
+            &format!("/_matrix/client/v3/rooms/{}/invite", enc(&room)),
+            Some(&json!({ "user_id": bob.user_id })),
+        )
+        .await;
+    let sync = bob.sync(&format!("since={}", enc(&since_bob))).await;
+    let invite = &sync["rooms"]["invite"][&room]["invite_state"]["events"];
+    let names: Vec<&Value> = invite
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["type"] == "m.room.name")
+        .collect();
+    assert_eq!(names[0]["content"]["name"], "Invite only", "{sync}");
+    assert!(
+        invite
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["type"] == "m.room.member" && e["state_key"] == bob.user_id.as_str())
+    );
+    eventually_membership(&alice, &room, &bob.user_id, "invite").await;
+
+    // Bob joins the invite-only room (through the inviting server).
+    let (status, body) = bob.join(&room).await;
+    assert_eq!(status, 200, "{body}");
+    eventually_membership(&alice, &room, &bob.user_id, "join").await;
+    let sync = bob.sync("").await;
+    assert!(sync["rooms"]["join"][&room].is_object());
+    assert!(
+        sync["rooms"]["invite"].get(&room).is_none(),
+        "the invite is gone once joined"
+    );
+
+    // Carol is invited and rejects.
+    alice
+        .ok(
+            Method::POST,
+            &format!("/_matrix/client/v3/rooms/{}/invite", enc(&room)),
+            Some(&json!({ "user_id": carol.user_id })),
+        )
+        .await;
+    eventually_membership(&alice, &room, &carol.user_id, "invite").await;
+    // B is in the room now: the invite reaches Carol through the room.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !carol.sync("").await["rooms"]["invite"][&room].is_object() {
+        assert!(Instant::now() < deadline, "Carol never saw her invite");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (status, body) = carol
+        .call(
+            Method::POST,
+            &format!("/_matrix/client/v3/rooms/{}/leave", enc(&room)),
+            Some(&json!({})),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    eventually_membership(&alice, &room, &carol.user_id, "leave").await;
+    let sync = carol.sync("").await;
+    assert!(
+        sync["rooms"]["invite"].get(&room).is_none(),
+        "a rejected invite is gone"
+    );
+
+    // An invite to a room B is not in is rejected through the inviting server.
+    let other = alice
+        .create_room(json!({ "preset": "private_chat", "name": "Elsewhere" }))
+        .await;
+    alice
+        .ok(
+            Method::POST,
+            &format!("/_matrix/client/v3/rooms/{}/invite", enc(&other)),
+            Some(&json!({ "user_id": carol.user_id })),
+        )
+        .await;
+    assert!(carol.sync("").await["rooms"]["invite"][&other].is_object());
+    let (status, body) = carol
+        .call(
+            Method::POST,
+            &format!("/_matrix/client/v3/rooms/{}/leave", enc(&other)),
+            Some(&json!({ "reason": "no" })),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    eventually_membership(&alice, &other, &carol.user_id, "leave").await;
+    assert!(carol.sync("").await["rooms"]["invite"].get(&other).is_none());
+
+    // Bob leaves.
+    bob.ok(
+        Method::POST,
+        &format!("/_matrix/client/v3/rooms/{}/leave", enc(&room)),
+        Some(&json!({})),
+    )
+    .await;
+    eventually_membership(&alice, &room, &bob.user_id, "leave").await;
+}

@@ -15,7 +15,7 @@ use ruma::{
 use super::{extract::Ruma, format, state::state_for_user};
 use crate::{
     error::MatrixError,
-    rooms::{membership, remote_join},
+    rooms::{invites, membership, remote_join},
     services::Services,
     visibility,
 };
@@ -83,8 +83,23 @@ pub async fn leave(
     svc: Arc<Services>,
     req: Ruma<leave_room::v3::Request>,
 ) -> Result<leave_room::v3::Response, MatrixError> {
-    known_room(&svc, &req.body.room_id).await?;
-    membership::leave(&svc, &req.body.room_id, &req.user().user_id, req.body.reason.as_deref()).await?;
+    let user = &req.user().user_id;
+    let room_id = &req.body.room_id;
+    let reason = req.body.reason.as_deref();
+    // An invite to a room held elsewhere is rejected through the inviter.
+    if !crate::acl::server_in_room(&svc, room_id, svc.server_name()).await?
+        && let Some(invite) = svc
+            .storage
+            .remote_invites(user)
+            .await?
+            .into_iter()
+            .find(|i| i.room_id == *room_id)
+    {
+        invites::reject_remote(&svc, &invite, reason).await?;
+        return Ok(leave_room::v3::Response::new());
+    }
+    known_room(&svc, room_id).await?;
+    membership::leave(&svc, room_id, user, reason).await?;
     Ok(leave_room::v3::Response::new())
 }
 

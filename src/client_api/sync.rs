@@ -177,6 +177,26 @@ async fn build_rooms(
             _ => {}
         }
     }
+    // Invites to rooms held elsewhere (this server is not in them).
+    for invite in svc.storage.remote_invites(&owner.user_id).await? {
+        let new = since.is_none_or(|since| invite.stream_ordering > since) || opts.full_state;
+        if invite.stream_ordering > head
+            || !new
+            || rooms.join.contains_key(&invite.room_id)
+            || !filter::room_allowed(&opts.room, &invite.room_id)
+        {
+            continue;
+        }
+        let mut events: Vec<Value> = serde_json::from_str(&invite.invite_state).unwrap_or_default();
+        if let Some(event) = svc.storage.event(&invite.event_id).await? {
+            events.push(format::stripped(&event));
+        }
+        let mut invite_state = InviteState::new();
+        invite_state.events = events.iter().map(format::raw).collect();
+        let mut room = InvitedRoom::new();
+        room.invite_state = invite_state;
+        rooms.invite.insert(invite.room_id.clone(), room);
+    }
     Ok(rooms)
 }
 

@@ -1,15 +1,19 @@
-//! Other servers' users joining rooms held here: `make_join`, `send_join`.
+//! Membership across servers: other servers' users joining and leaving
+//! rooms held here (`make_join`, `send_join`, `make_leave`, `send_leave`),
+//! and invites of this server's users (`invite`).
 
 use std::sync::Arc;
 
-use ruma::api::federation::membership::{create_join_event, prepare_join_event};
+use ruma::api::federation::membership::{
+    create_invite, create_join_event, create_leave_event, prepare_join_event, prepare_leave_event,
+};
 use serde_json::value::RawValue;
 
 use super::{extract::Fed, history::raw_pdu};
 use crate::{
     acl,
     error::{ErrCode, MatrixError},
-    rooms::federated,
+    rooms::{federated, invites},
     services::Services,
 };
 
@@ -53,7 +57,7 @@ pub async fn make_join(
         )
         .with_field("room_version", serde_json::json!(room.version)));
     }
-    let (version, template) = federated::join_template(&svc, &b.room_id, &b.user_id).await?;
+    let (version, template) = federated::membership_template(&svc, &b.room_id, &b.user_id, "join").await?;
     let event = serde_json::value::to_raw_value(&template).map_err(|e| MatrixError::internal("join template", e))?;
     let mut response = prepare_join_event::v1::Response::new(event);
     response.room_version = Some(version);
@@ -85,4 +89,56 @@ pub async fn send_join(
     servers.dedup();
     state.servers_in_room = Some(servers);
     Ok(create_join_event::v2::Response::new(state))
+}
+
+pub async fn make_leave(
+    svc: Arc<Services>,
+    req: Fed<prepare_leave_event::v1::Request>,
+) -> Result<prepare_leave_event::v1::Response, MatrixError> {
+    let b = &req.body;
+    check_acl(&svc, &b.room_id, &req.origin).await?;
+    if b.user_id.server_name() != req.origin {
+        return Err(MatrixError::forbidden(format!(
+            "{} cannot make a leave for {}",
+            req.origin, b.user_id
+        )));
+    }
+    let (version, template) = federated::membership_template(&svc, &b.room_id, &b.user_id, "leave").await?;
+    let event = serde_json::value::to_raw_value(&template).map_err(|e| MatrixError::internal("leave template", e))?;
+    Ok(prepare_leave_event::v1::Response::new(Some(version), event))
+}
+
+pub async fn send_leave(
+    svc: Arc<Services>,
+    req: Fed<create_leave_event::v2::Request>,
+) -> Result<create_leave_event::v2::Response, MatrixError> {
+    let b = &req.body;
+    check_acl(&svc, &b.room_id, &req.origin).await?;
+    federated::accept_leave(&svc, &b.room_id, &b.event_id, &req.origin, &b.pdu).await?;
+    Ok(create_leave_event::v2::Response::new())
+}
+
+pub async fn invite(
+    svc: Arc<Services>,
+    req: Fed<create_invite::v2::Request>,
+) -> Result<create_invite::v2::Response, MatrixError> {
+    let b = &req.body;
+    if !crate::config::SUPPORTED_ROOM_VERSIONS.contains(&b.room_version) {
+        return Err(MatrixError::new(
+            ErrCode::IncompatibleRoomVersion,
+            format!("Room version {} is not supported here", b.room_version),
+        )
+        .with_field("room_version", serde_json::json!(b.room_version)));
+    }
+    let event = invites::receive_invite(
+        &svc,
+        &req.origin,
+        &b.room_id,
+        &b.event_id,
+        &b.room_version,
+        &b.event,
+        &b.invite_room_state,
+    )
+    .await?;
+    Ok(create_invite::v2::Response::new(event))
 }

@@ -67,14 +67,6 @@ pub async fn create_room(svc: &Services, creator: &UserId, req: CreateRoom) -> R
         }
         None => None,
     };
-    for user in &req.invite {
-        if user.server_name() != svc.server_name() {
-            return Err(RoomError::Invalid(format!(
-                "cannot invite {user}: federation is not available yet"
-            )));
-        }
-    }
-
     // 1. m.room.create
     let mut create_content = req.creation_content.clone();
     create_content.insert("room_version".to_owned(), json!(req.version.as_str()));

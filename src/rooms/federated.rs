@@ -1,5 +1,6 @@
-//! Users of other servers joining rooms this server holds: the join
-//! template (`make_join`) and the signed join (`send_join`).
+//! Users of other servers joining and leaving rooms this server holds:
+//! the templates (`make_join`, `make_leave`) and the signed events
+//! (`send_join`, `send_leave`).
 
 use std::sync::Arc;
 
@@ -32,12 +33,14 @@ impl From<CheckError> for RoomError {
     }
 }
 
-/// `make_join`: an unsigned join event for `user` that the auth rules
-/// would allow now, for their server to sign.
-pub async fn join_template(
+/// `make_join` / `make_leave`: an unsigned membership event of `user`
+/// ("join" or "leave") that the auth rules would allow now, for their
+/// server to sign.
+pub async fn membership_template(
     svc: &Services,
     room_id: &RoomId,
     user: &UserId,
+    membership: &str,
 ) -> Result<(RoomVersionId, CanonicalJsonObject), RoomError> {
     let room = svc.storage.room(room_id).await?.ok_or(RoomError::UnknownRoom)?;
     let rules = room
@@ -45,7 +48,7 @@ pub async fn join_template(
         .rules()
         .ok_or_else(|| RoomError::UnsupportedVersion(room.version.to_string()))?;
     let (_, state) = svc.state.current(room_id).await?.ok_or(RoomError::UnknownRoom)?;
-    let template = EventTemplate::state("m.room.member", user.as_str(), json!({ "membership": "join" }));
+    let template = EventTemplate::state("m.room.member", user.as_str(), json!({ "membership": membership }));
     let placed = place(svc, room_id, user, &template, &state, &rules).await?;
     let placement = Placement {
         room_id: Some(room_id),
@@ -80,6 +83,31 @@ pub async fn accept_join(
     origin: &ServerName,
     raw: &RawValue,
 ) -> Result<AcceptedJoin, RoomError> {
+    let event = accept_membership(svc, room_id, event_id, origin, raw, "join").await?;
+    answer(svc, event).await
+}
+
+/// `send_leave`: checks a leave signed by `origin` and adds it to the room.
+pub async fn accept_leave(
+    svc: &Services,
+    room_id: &RoomId,
+    event_id: &ruma::EventId,
+    origin: &ServerName,
+    raw: &RawValue,
+) -> Result<(), RoomError> {
+    accept_membership(svc, room_id, event_id, origin, raw, "leave")
+        .await
+        .map(|_| ())
+}
+
+async fn accept_membership(
+    svc: &Services,
+    room_id: &RoomId,
+    event_id: &ruma::EventId,
+    origin: &ServerName,
+    raw: &RawValue,
+    membership: &str,
+) -> Result<StoredEvent, RoomError> {
     let room = svc.storage.room(room_id).await?.ok_or(RoomError::UnknownRoom)?;
     let rules = room
         .version
@@ -95,21 +123,23 @@ pub async fn accept_join(
     if pdu.room_id != room_id {
         return Err(RoomError::Invalid("the event is for another room".to_owned()));
     }
-    let is_join = pdu.kind == TimelineEventType::RoomMember
-        && pdu.membership().as_deref() == Some("join")
+    let is_own_membership = pdu.kind == TimelineEventType::RoomMember
+        && pdu.membership().as_deref() == Some(membership)
         && pdu.state_key.as_deref() == Some(pdu.sender.as_str());
-    if !is_join {
-        return Err(RoomError::Invalid("not a join event of its sender".to_owned()));
+    if !is_own_membership {
+        return Err(RoomError::Invalid(format!("not a {membership} event of its sender")));
     }
     if pdu.sender.server_name() != origin {
         return Err(RoomError::Forbidden(format!(
-            "{origin} cannot send a join for {}",
+            "{origin} cannot send a {membership} for {}",
             pdu.sender
         )));
     }
-    if let Some(existing) = svc.storage.event(&pdu.event_id).await? {
-        // A retried send_join: answer as the first time.
-        return answer(svc, existing).await;
+    if let Some(existing) = svc.storage.event(&pdu.event_id).await?
+        && !existing.meta.outlier
+    {
+        // A retried send_join/send_leave: answer as the first time.
+        return Ok(existing);
     }
 
     let _guard = svc.rooms.lock(room_id).await;
@@ -135,15 +165,13 @@ pub async fn accept_join(
         txn: None,
     };
     let sent = persist_pdu(svc, event, &rules).await?;
-    tracing::info!(%room_id, user = %sent.pdu.sender, %origin, "remote user joined");
-    // The joining server knows its join; the room's other servers learn it from us.
+    tracing::info!(%room_id, user = %sent.pdu.sender, %origin, %membership, "remote membership accepted");
+    // Its server knows the event; the room's other servers learn it from us.
     svc.sender.send_pdu(room_id, &sent.pdu.event_id, &[origin]).await?;
-    let event = svc
-        .storage
+    svc.storage
         .event(&sent.pdu.event_id)
         .await?
-        .ok_or(RoomError::UnknownRoom)?;
-    answer(svc, event).await
+        .ok_or(RoomError::UnknownRoom)
 }
 
 /// The state before a remote event: the current state when its parents

@@ -67,9 +67,12 @@ pub async fn invite(
     is_direct: bool,
 ) -> Result<Sent, RoomError> {
     if target.server_name() != svc.server_name() {
-        return Err(RoomError::Forbidden(format!(
-            "cannot invite {target}: federation is not available yet"
-        )));
+        let mut fields = with_reason(Map::new(), reason);
+        fields.insert("membership".to_owned(), json!("invite"));
+        if is_direct {
+            fields.insert("is_direct".to_owned(), json!(true));
+        }
+        return super::invites::invite_remote(svc, room_id, sender, target, Value::Object(fields)).await;
     }
     if svc.storage.user(target).await?.is_none() {
         return Err(RoomError::Invalid(format!("unknown user {target}")));

@@ -6,6 +6,7 @@
 pub mod create;
 pub mod federated;
 pub mod inbound;
+pub mod invites;
 pub mod membership;
 pub mod persist;
 pub mod power;

@@ -225,6 +225,15 @@ pub async fn join(
         return super::membership::join(svc, room_id, user, reason).await;
     }
     let mut servers: Vec<OwnedServerName> = via.to_vec();
+    let invite = svc
+        .storage
+        .remote_invites(user)
+        .await?
+        .into_iter()
+        .find(|i| i.room_id == room_id);
+    if let Some(invite) = &invite {
+        servers.insert(0, invite.via.clone());
+    }
     if let Some(server) = room_id.server_name() {
         servers.push(server.to_owned());
     }
@@ -242,5 +251,9 @@ pub async fn join(
             RoomError::UnknownRoom
         });
     }
-    join_remote(svc, room_id, user, &servers).await
+    let sent = join_remote(svc, room_id, user, &servers).await?;
+    if invite.is_some() {
+        svc.storage.delete_remote_invite(user, room_id).await?;
+    }
+    Ok(sent)
 }

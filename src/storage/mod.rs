@@ -220,6 +220,21 @@ pub struct ServerKey {
     pub expired_ts: Option<u64>,
 }
 
+/// An invite of a local user to a room held elsewhere.
+#[derive(Debug, Clone)]
+pub struct RemoteInvite {
+    pub user_id: OwnedUserId,
+    pub room_id: OwnedRoomId,
+    pub event_id: OwnedEventId,
+    /// Set by storage: the invite event's place in the stream.
+    pub stream_ordering: StreamOrdering,
+    pub room_version: RoomVersionId,
+    /// The stripped state events the inviting server sent, as JSON.
+    pub invite_state: String,
+    /// The inviting server: the one to join or reject through.
+    pub via: OwnedServerName,
+}
+
 /// Everything weft keeps, behind one interface.
 #[async_trait]
 pub trait Storage: Send + Sync + 'static {
@@ -386,4 +401,11 @@ pub trait Storage: Send + Sync + 'static {
     async fn dequeue_pdus(&self, destination: &ServerName, up_to: i64) -> Result<()>;
     /// Destinations with events waiting.
     async fn queued_destinations(&self) -> Result<Vec<OwnedServerName>>;
+
+    // ----- invites from other servers -----
+    /// Records an invite whose event is already held (as an outlier); it
+    /// takes that event's place in the stream.
+    async fn store_remote_invite(&self, invite: &RemoteInvite) -> Result<()>;
+    async fn remote_invites(&self, user_id: &UserId) -> Result<Vec<RemoteInvite>>;
+    async fn delete_remote_invite(&self, user_id: &UserId, room_id: &RoomId) -> Result<()>;
 }

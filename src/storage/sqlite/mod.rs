@@ -17,7 +17,7 @@ use std::{
     sync::{Arc, Mutex},
 };
 
-use crate::events::Pdu;
+use crate::{events::Pdu, storage::RemoteInvite};
 use async_trait::async_trait;
 use lru::LruCache;
 use ruma::{
@@ -36,6 +36,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("schema_v1.sql"),
     include_str!("schema_v2.sql"),
     include_str!("schema_v3.sql"),
+    include_str!("schema_v4.sql"),
 ];
 
 const MAX_IDLE_READERS: usize = 4;
@@ -552,5 +553,29 @@ impl Storage for SqliteStorage {
 
     async fn queued_destinations(&self) -> Result<Vec<OwnedServerName>> {
         self.read(transactions::destinations).await
+    }
+
+    async fn store_remote_invite(&self, invite: &RemoteInvite) -> Result<()> {
+        let invite = invite.clone();
+        self.write(move |tx| transactions::store_remote_invite(tx, &invite))
+            .await
+    }
+
+    async fn remote_invites(&self, user_id: &UserId) -> Result<Vec<RemoteInvite>> {
+        let user_id = user_id.to_owned();
+        self.read(move |c| transactions::remote_invites(c, &user_id)).await
+    }
+
+    async fn delete_remote_invite(&self, user_id: &UserId, room_id: &RoomId) -> Result<()> {
+        let (user_id, room_id) = (user_id.to_owned(), room_id.to_owned());
+        self.write(move |tx| {
+            exec(
+                tx,
+                "DELETE FROM remote_invites WHERE user_id = ?1 AND room_id = ?2",
+                rusqlite::params![user_id.as_str(), room_id.as_str()],
+            )?;
+            Ok(())
+        })
+        .await
     }
 }
