@@ -45,6 +45,9 @@ pub struct Config {
     /// Notary servers asked for another server's keys when that server
     /// cannot be reached directly (comma-separated in the environment).
     pub trusted_key_servers: Vec<OwnedServerName>,
+    /// Where to serve Prometheus metrics at `/metrics` (plain HTTP); off
+    /// when unset.
+    pub metrics_listen: Option<SocketAddr>,
     /// Log filter, in `tracing_subscriber::EnvFilter` syntax.
     pub log: String,
 }
@@ -64,6 +67,7 @@ impl Default for Config {
             default_room_version: RoomVersionId::V11,
             federation_verify_tls: true,
             trusted_key_servers: Vec::new(),
+            metrics_listen: None,
             log: "info,ruma_state_res=warn".to_owned(),
         }
     }
@@ -180,6 +184,7 @@ impl Config {
                 })
                 .collect::<Result<_, _>>()?;
         }
+        set_opt(&env, "metrics_listen", &mut self.metrics_listen)?;
         set(&env, "log", &mut self.log)?;
         Ok(())
     }
@@ -252,6 +257,10 @@ federation_verify_tls = true
 # Notary servers to ask for another server's signing keys when that server
 # cannot be reached itself, e.g. ["matrix.org"].
 trusted_key_servers = []
+
+# Serve Prometheus metrics at http://<address>/metrics (backfill counts,
+# failures and times, ...). Off when left out.
+# metrics_listen = "127.0.0.1:9092"
 
 # Log filter (tracing EnvFilter syntax), e.g. "info" or "weft=debug,info".
 log = "info,ruma_state_res=warn"

@@ -2,6 +2,7 @@
 
 pub mod accounts;
 pub mod acl;
+pub mod backfill;
 pub mod client_api;
 pub mod config;
 pub mod error;
@@ -12,6 +13,7 @@ pub mod federation_client;
 pub mod filter;
 pub mod keyring;
 pub mod keys;
+pub mod metrics;
 pub mod rooms;
 pub mod server;
 pub mod services;

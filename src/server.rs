@@ -178,6 +178,35 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
         }
     });
 
+    let mut tasks = vec![client_task, fed_task];
+    if let Some(addr) = config.metrics_listen {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|source| StartError::Listen { addr, source })?;
+        let metrics_svc = svc.clone();
+        let metrics_app = Router::new().route(
+            "/metrics",
+            axum::routing::get(move || {
+                let svc = metrics_svc.clone();
+                async move {
+                    (
+                        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+                        svc.metrics.encode(),
+                    )
+                }
+            }),
+        );
+        let metrics_cancel = cancel.clone();
+        tasks.push(tokio::spawn(async move {
+            let serve = axum::serve(listener, metrics_app)
+                .with_graceful_shutdown(async move { metrics_cancel.cancelled().await });
+            if let Err(e) = serve.await {
+                tracing::error!(error = %e, "metrics listener failed");
+            }
+        }));
+        tracing::info!(metrics = %format!("http://{addr}/metrics"), "serving metrics");
+    }
+
     tracing::info!(
         server_name = %config.server_name,
         client_api = %format!("http://{client_addr}"),
@@ -190,6 +219,6 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
         federation_addr,
         services: svc,
         cancel,
-        tasks: vec![client_task, fed_task],
+        tasks,
     })
 }

@@ -7,11 +7,13 @@ use tokio::sync::watch;
 
 use crate::{
     accounts::{RegistrationNonces, RegistrationSessions},
+    backfill::Backfiller,
     config::Config,
     federation_client::{FederationClient, sender::Sender},
     filter::LazyLoadCache,
     keyring::KeyRing,
     keys::ServerKeys,
+    metrics::Metrics,
     rooms::RoomLocks,
     state::StateCache,
     storage::{Storage, StreamOrdering},
@@ -27,6 +29,9 @@ pub struct Services {
     pub keyring: KeyRing,
     /// This server's events on their way to the other servers of a room.
     pub sender: Arc<Sender>,
+    /// History fetched from other servers into timelines.
+    pub backfiller: Backfiller,
+    pub metrics: Metrics,
     pub state: StateCache,
     pub rooms: RoomLocks,
     pub notifier: Notifier,
@@ -65,6 +70,8 @@ impl Services {
             federation,
             keyring,
             sender,
+            backfiller: Backfiller::default(),
+            metrics: Metrics::default(),
             state: StateCache::new(storage.clone()),
             storage,
             rooms: RoomLocks::default(),

@@ -149,3 +149,45 @@ pub async fn paginate(svc: &Services, room_id: &RoomId, reader: Reader<'_>, req:
         next: (!exhausted).then_some(gap),
     })
 }
+
+/// How many times one page may fill gaps and read again.
+const MAX_FILL_ROUNDS: usize = 3;
+
+/// As [`paginate`], but a page going back that would cross a gap in the
+/// room's history (a backward extremity within or below it) first fills
+/// the gap from other servers ([`crate::backfill::fill`]) and reads again,
+/// so that the page comes back complete. A page that crosses no gap asks
+/// no other server anything. When history cannot be had, the page is what
+/// this server holds.
+pub async fn paginate_filling(svc: &Services, room_id: &RoomId, reader: Reader<'_>, req: PageRequest) -> Result<Page> {
+    let mut round = 0;
+    loop {
+        let page = paginate(svc, room_id, reader, req).await?;
+        round += 1;
+        if req.dir != Direction::Backward || round > MAX_FILL_ROUNDS {
+            return Ok(page);
+        }
+        // The page reached down to `lowest` (or, short, to the bottom of
+        // what is held): gaps at or above it, below its start, matter.
+        let lowest = page.next.map(|gap| gap.depth);
+        let gaps: Vec<_> = svc
+            .storage
+            .backward_extremities(room_id)
+            .await?
+            .into_iter()
+            .filter(|(_, depth)| *depth <= req.from.depth && lowest.is_none_or(|low| *depth >= low))
+            .map(|(id, _)| id)
+            .collect();
+        if gaps.is_empty() {
+            return Ok(page);
+        }
+        match crate::backfill::fill(svc, room_id, &gaps, req.limit).await {
+            Ok(0) => return Ok(page),
+            Ok(_) => {}
+            Err(e) => {
+                tracing::info!(%room_id, error = %e, "backfill failed; serving what is held");
+                return Ok(page);
+            }
+        }
+    }
+}

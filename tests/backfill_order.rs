@@ -67,6 +67,7 @@ async fn fork_event(
         current: NewCurrent::Unchanged,
         status: TimelineStatus::Accepted,
         txn: None,
+        backfilled: false,
     };
     let sent = persist_pdu(svc, event, &rules).await.unwrap();
     sent.pdu.event_id.clone()

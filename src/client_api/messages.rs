@@ -164,7 +164,7 @@ pub async fn messages(
         user: &owner.user_id,
         joined_now,
     };
-    let page = timeline::paginate(&svc, &b.room_id, reader, PageRequest { from, to, dir, limit }).await?;
+    let page = timeline::paginate_filling(&svc, &b.room_id, reader, PageRequest { from, to, dir, limit }).await?;
     let start = match (&b.from, from_token) {
         (Some(given), _) => given.clone(),
         (None, _) if dir == Direction::Backward => Token::Stream(svc.notifier.head()).to_string(),

@@ -126,6 +126,12 @@ impl FederationClient {
         self.keys.server_name()
     }
 
+    /// Whether `server` failed lately and is not tried until its back-off
+    /// has passed.
+    pub fn backing_off(&self, server: &ServerName) -> bool {
+        self.backoff.retry_at(server).is_some()
+    }
+
     /// Sends a signed request and parses the answer.
     pub async fn send<R>(&self, destination: &ServerName, request: R) -> Result<R::IncomingResponse, FederationError>
     where

@@ -163,6 +163,7 @@ async fn accept_membership(
         current: new_current,
         status: TimelineStatus::Accepted,
         txn: None,
+        backfilled: false,
     };
     let sent = persist_pdu(svc, event, &rules).await?;
     tracing::info!(%room_id, user = %sent.pdu.sender, %origin, %membership, "remote membership accepted");

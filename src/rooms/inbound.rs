@@ -85,15 +85,56 @@ pub async fn receive_pdu(
         svc,
         origin,
         room: &room,
+        mode: Mode::Live,
     }
     .receive(pdu, true)
     .await
+}
+
+/// Stores history fetched from `origin` (by `/backfill`), oldest first:
+/// the same checks as live events, but no soft failure (it is the past),
+/// no effect on the current state, negative stream orderings. The state
+/// before an event whose parents are not held comes from `origin`'s
+/// `/state_ids` (once per such event: usually once per fetched chunk).
+/// Returns how many events were added to the timeline.
+pub async fn receive_backfilled(
+    svc: &Services,
+    origin: &ServerName,
+    room: &RoomInfo,
+    mut events: Vec<Pdu>,
+) -> Result<usize, RoomError> {
+    events.sort_by(|a, b| (a.depth, &a.event_id).cmp(&(b.depth, &b.event_id)));
+    let receiver = Receiver {
+        svc,
+        origin,
+        room,
+        mode: Mode::Backfill,
+    };
+    let mut added = 0;
+    for event in events {
+        let id = event.event_id.clone();
+        match receiver.receive(event, false).await {
+            Ok(Outcome::AlreadyHeld) => {}
+            Ok(_) => added += 1,
+            Err(RoomError::Storage(e)) => return Err(RoomError::Storage(e)),
+            Err(e) => tracing::info!(event_id = %id, error = %e, "a backfilled event could not be stored"),
+        }
+    }
+    Ok(added)
+}
+
+/// Live events move the room on; backfilled ones fill in its past.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Live,
+    Backfill,
 }
 
 struct Receiver<'a> {
     svc: &'a Services,
     origin: &'a ServerName,
     room: &'a RoomInfo,
+    mode: Mode,
 }
 
 impl Receiver<'_> {
@@ -146,6 +187,7 @@ impl Receiver<'_> {
         };
 
         let status = match event_checks::check_auth(self.svc, &rules, &pdu, &before.1).await {
+            Ok(()) if self.mode == Mode::Backfill => TimelineStatus::Accepted,
             Ok(()) => {
                 let (_, current) = self
                     .svc
@@ -169,7 +211,7 @@ impl Receiver<'_> {
             Err(e) => return Err(e.into()),
         };
         let current = match status {
-            TimelineStatus::Accepted => self.new_current(&pdu, &before.1, &rules).await?,
+            TimelineStatus::Accepted if self.mode == Mode::Live => self.new_current(&pdu, &before.1, &rules).await?,
             _ => NewCurrent::Unchanged,
         };
         let outcome = match &status {
@@ -185,6 +227,7 @@ impl Receiver<'_> {
                 current,
                 status,
                 txn: None,
+                backfilled: self.mode == Mode::Backfill,
             },
             &rules,
         )

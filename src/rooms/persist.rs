@@ -46,6 +46,8 @@ pub struct ToPersist {
     pub current: NewCurrent,
     pub status: TimelineStatus,
     pub txn: Option<TxnKey>,
+    /// History fetched from another server (see `NewTimelineEvent`).
+    pub backfilled: bool,
 }
 
 /// Stores an event that went through its checks.
@@ -56,6 +58,7 @@ pub async fn persist_pdu(svc: &Services, event: ToPersist, rules: &RoomVersionRu
         current,
         status,
         txn,
+        backfilled,
     } = event;
     let pdu = Arc::new(pdu);
     let accepted = status == TimelineStatus::Accepted;
@@ -119,6 +122,7 @@ pub async fn persist_pdu(svc: &Services, event: ToPersist, rules: &RoomVersionRu
         .storage
         .persist_timeline_event(NewTimelineEvent {
             pdu: pdu.clone(),
+            backfilled,
             status,
             state_before,
             replaces_state,
@@ -147,7 +151,9 @@ pub async fn persist_pdu(svc: &Services, event: ToPersist, rules: &RoomVersionRu
     if accepted && let Some(target) = &pdu.redacts {
         super::send::apply_redaction(svc, &pdu, target, rules).await?;
     }
-    svc.notifier.notify(persisted.stream_ordering);
+    if !backfilled {
+        svc.notifier.notify(persisted.stream_ordering);
+    }
     Ok(Sent {
         pdu,
         stream_ordering: persisted.stream_ordering,

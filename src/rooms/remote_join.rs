@@ -204,6 +204,7 @@ async fn join_through(
         current: NewCurrent::AfterEventFirst,
         status: TimelineStatus::Accepted,
         txn: None,
+        backfilled: false,
     };
     let sent = persist_pdu(svc, persisted, &rules).await?;
     tracing::info!(%room_id, %user, %server, "joined a room over federation");

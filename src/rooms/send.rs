@@ -176,6 +176,7 @@ pub(super) async fn persist_local(
         current: super::persist::NewCurrent::AfterEvent,
         status: crate::storage::TimelineStatus::Accepted,
         txn,
+        backfilled: false,
     };
     super::persist::persist_pdu(svc, event, rules).await
 }

@@ -115,6 +115,10 @@ pub struct TxnKey {
 #[derive(Debug, Clone)]
 pub struct NewTimelineEvent {
     pub pdu: Arc<Pdu>,
+    /// History fetched from another server, older than what was live: it
+    /// gets a negative stream ordering (so `/sync` never shows it as new)
+    /// and is never a forward extremity.
+    pub backfilled: bool,
     /// Accepted, or kept without taking part (see [`TimelineStatus`]).
     pub status: TimelineStatus,
     pub state_before: StateWrite,
@@ -282,6 +286,8 @@ pub trait Storage: Send + Sync + 'static {
     async fn events(&self, ids: &[OwnedEventId]) -> Result<Vec<StoredEvent>>;
     /// Events with no held children: the next local event's parents.
     async fn forward_extremities(&self, room_id: &RoomId) -> Result<Vec<(OwnedEventId, i64)>>;
+    /// The timeline events that name `event_id` as a parent.
+    async fn children(&self, event_id: &ruma::EventId) -> Result<Vec<OwnedEventId>>;
     /// Events referenced as parents but not held, with their approximate
     /// depth: where the room's history continues elsewhere.
     async fn backward_extremities(&self, room_id: &RoomId) -> Result<Vec<(OwnedEventId, i64)>>;

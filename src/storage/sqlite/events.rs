@@ -150,10 +150,23 @@ pub fn max_stream_ordering(c: &Connection) -> Result<StreamOrdering> {
     )?)
 }
 
+fn min_stream_ordering(c: &Connection) -> Result<StreamOrdering> {
+    Ok(query_one(
+        c,
+        "SELECT COALESCE(MIN(stream_ordering), 0) FROM events",
+        [],
+        |r| r.get(0),
+    )?)
+}
+
 pub fn persist_timeline_event(tx: &Transaction<'_>, new: &NewTimelineEvent) -> Result<Persisted> {
     let pdu = &new.pdu;
     let room_id = pdu.room_id.as_str();
-    let stream = max_stream_ordering(tx)? + 1;
+    let stream = if new.backfilled {
+        min_stream_ordering(tx)?.min(0) - 1
+    } else {
+        max_stream_ordering(tx)? + 1
+    };
 
     let before = state::write_state(tx, &pdu.room_id, &new.state_before)?;
     let after = match &pdu.state_key {
@@ -177,7 +190,7 @@ pub fn persist_timeline_event(tx: &Transaction<'_>, new: &NewTimelineEvent) -> R
             .unwrap_or_else(|| "1".to_owned());
         exec(
             tx,
-            "INSERT INTO rooms (room_id, room_version, created_ts) VALUES (?1, ?2, ?3)",
+            "INSERT OR IGNORE INTO rooms (room_id, room_version, created_ts) VALUES (?1, ?2, ?3)",
             params![room_id, version, now_ms()],
         )?;
     }
@@ -217,7 +230,7 @@ pub fn persist_timeline_event(tx: &Transaction<'_>, new: &NewTimelineEvent) -> R
             soft_failed,
         ],
     )?;
-    insert_edges(tx, pdu, new.status == TimelineStatus::Accepted)?;
+    insert_edges(tx, pdu, new.status == TimelineStatus::Accepted && !new.backfilled)?;
 
     let mut current_state_group = None;
     if let Some(update) = &new.current_state {
@@ -257,9 +270,9 @@ pub fn persist_timeline_event(tx: &Transaction<'_>, new: &NewTimelineEvent) -> R
 /// Records the event's edges and moves the room's extremities: its
 /// parents stop being forward extremities, it becomes one unless a held
 /// event already names it as a parent, and parents not held (in the
-/// timeline) become backward extremities. A soft-failed or rejected event
-/// (`accepted` false) moves no forward extremity.
-fn insert_edges(tx: &Transaction<'_>, pdu: &Pdu, accepted: bool) -> Result<()> {
+/// timeline) become backward extremities. A soft-failed, rejected or
+/// backfilled event (`forward` false) moves no forward extremity.
+fn insert_edges(tx: &Transaction<'_>, pdu: &Pdu, forward: bool) -> Result<()> {
     let room_id = pdu.room_id.as_str();
     let event_id = pdu.event_id.as_str();
     {
@@ -276,7 +289,7 @@ fn insert_edges(tx: &Transaction<'_>, pdu: &Pdu, accepted: bool) -> Result<()> {
         let parent_depth = i64::try_from(pdu.depth).unwrap_or(i64::MAX) - 1;
         for prev in &pdu.prev_events {
             edge.execute(params![event_id, prev.as_str(), room_id])?;
-            if accepted {
+            if forward {
                 unfwd.execute(params![room_id, prev.as_str()])?;
             }
             if !held.exists([prev.as_str()])? {
@@ -300,7 +313,7 @@ fn insert_edges(tx: &Transaction<'_>, pdu: &Pdu, accepted: bool) -> Result<()> {
              WHERE g.prev_event_id = ?1 AND e.rejected IS NULL AND e.soft_failed = 0",
         )?
         .exists([event_id])?;
-    if accepted && !has_child {
+    if forward && !has_child {
         exec(
             tx,
             "INSERT OR IGNORE INTO forward_extremities (room_id, event_id) VALUES (?1, ?2)",

@@ -360,6 +360,23 @@ impl Storage for SqliteStorage {
         self.read(move |c| events::forward_extremities(c, &room_id)).await
     }
 
+    async fn children(&self, event_id: &EventId) -> Result<Vec<OwnedEventId>> {
+        let event_id = event_id.to_owned();
+        self.read(move |c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT g.event_id FROM event_edges g JOIN events e ON e.event_id = g.event_id
+                 WHERE g.prev_event_id = ?1 AND e.outlier = 0",
+            )?;
+            let rows = stmt.query_map([event_id.as_str()], |r| r.get::<_, String>(0))?;
+            rows.map(|r| {
+                let id = r?;
+                OwnedEventId::try_from(id.clone()).map_err(|_| StorageError::Corrupt(format!("event ID {id:?}")))
+            })
+            .collect()
+        })
+        .await
+    }
+
     async fn backward_extremities(&self, room_id: &RoomId) -> Result<Vec<(OwnedEventId, i64)>> {
         let room_id = room_id.to_owned();
         self.read(move |c| events::backward_extremities(c, &room_id)).await

@@ -1,0 +1,196 @@
+//! Backfill: filling the gaps of a room's timeline with history fetched
+//! from other servers, when a local user pages back into one.
+//!
+//! A gap is a backward extremity: an event named as a parent but not held
+//! (the point where this server joined, a leave and re-join, an outage).
+//! [`fill`] asks servers that were in the room at the gap for `/backfill`
+//! from there (several extremities at once), checks and stores what comes
+//! back ([`crate::rooms::inbound::receive_backfilled`]), and tells how many
+//! events it added. One fill per room at a time: a second request for the
+//! same gap waits, then finds it filled. A server that failed for a gap is
+//! not asked about that gap again until its back-off has passed, so history
+//! no server can give does not cost every `/messages` call. See
+//! docs/history.md.
+
+use std::{
+    collections::{HashMap, HashSet},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use ruma::{
+    OwnedEventId, OwnedRoomId, OwnedServerName, RoomId, UInt, api::federation::backfill::get_backfill,
+    events::StateEventType,
+};
+use tracing::Instrument;
+
+use crate::{
+    event_checks,
+    rooms::{RoomError, inbound},
+    services::Services,
+};
+
+/// Most gaps asked about in one `/backfill` request.
+const MAX_EXTREMITIES_PER_REQUEST: usize = 5;
+/// Most servers tried for one fill.
+const MAX_SERVERS_TRIED: usize = 5;
+const BACKOFF_INITIAL: Duration = Duration::from_secs(30);
+const BACKOFF_MAX: Duration = Duration::from_secs(60 * 60);
+
+/// Per-room single flight and per-(gap, server) back-off.
+#[derive(Default)]
+pub struct Backfiller {
+    rooms: Mutex<HashMap<OwnedRoomId, Arc<tokio::sync::Mutex<()>>>>,
+    backoff: Mutex<HashMap<(OwnedEventId, OwnedServerName), (Instant, Duration)>>,
+}
+
+impl Backfiller {
+    fn room_lock(&self, room_id: &RoomId) -> Arc<tokio::sync::Mutex<()>> {
+        self.rooms
+            .lock()
+            .expect("backfill locks")
+            .entry(room_id.to_owned())
+            .or_default()
+            .clone()
+    }
+
+    fn backing_off(&self, gap: &OwnedEventId, server: &OwnedServerName) -> bool {
+        let backoff = self.backoff.lock().expect("backfill back-off");
+        backoff
+            .get(&(gap.clone(), server.clone()))
+            .is_some_and(|(until, _)| *until > Instant::now())
+    }
+
+    fn failed(&self, gaps: &[OwnedEventId], server: &OwnedServerName) {
+        let mut backoff = self.backoff.lock().expect("backfill back-off");
+        for gap in gaps {
+            let key = (gap.clone(), server.clone());
+            let wait = backoff
+                .get(&key)
+                .map_or(BACKOFF_INITIAL, |(_, w)| (*w * 2).min(BACKOFF_MAX));
+            backoff.insert(key, (Instant::now() + wait, wait));
+        }
+    }
+}
+
+/// Fills the gaps at `gaps` (backward extremities, highest first) with up
+/// to about `want` events. Returns how many events were added.
+pub async fn fill(svc: &Services, room_id: &RoomId, gaps: &[OwnedEventId], want: usize) -> Result<usize, RoomError> {
+    let span = tracing::info_span!("backfill", %room_id, gaps = gaps.len());
+    async {
+        let lock = svc.backfiller.room_lock(room_id);
+        let _guard = lock.lock().await;
+        // Another request may have filled some while we waited.
+        let open: HashSet<OwnedEventId> = svc
+            .storage
+            .backward_extremities(room_id)
+            .await?
+            .into_iter()
+            .map(|(id, _)| id)
+            .collect();
+        let gaps: Vec<OwnedEventId> = gaps
+            .iter()
+            .filter(|g| open.contains(*g))
+            .take(MAX_EXTREMITIES_PER_REQUEST)
+            .cloned()
+            .collect();
+        if gaps.is_empty() {
+            return Ok(0);
+        }
+        let room = svc.storage.room(room_id).await?.ok_or(RoomError::UnknownRoom)?;
+        let started = Instant::now();
+        let limit = (want * 2).clamp(20, crate::federation_api::MAX_HISTORY_PAGE);
+        let mut added = 0;
+        for server in candidates(svc, room_id, &gaps)
+            .await?
+            .into_iter()
+            .take(MAX_SERVERS_TRIED)
+        {
+            if gaps.iter().all(|g| svc.backfiller.backing_off(g, &server)) {
+                continue;
+            }
+            let request = get_backfill::v1::Request::new(room_id.to_owned(), gaps.clone(), UInt::from(limit as u32));
+            let pdus = match svc.federation.send(&server, request).await {
+                Ok(answer) => answer.pdus,
+                Err(e) => {
+                    tracing::info!(%server, error = %e, "backfill request failed");
+                    svc.metrics.backfill_request("error");
+                    svc.metrics.backfill_failure(&server);
+                    svc.backfiller.failed(&gaps, &server);
+                    continue;
+                }
+            };
+            let mut events = Vec::new();
+            for raw in &pdus {
+                match event_checks::check_signed(svc, &room.version, raw).await {
+                    Ok(event) if event.room_id == room_id => events.push(event),
+                    Ok(_) => tracing::info!(%server, "dropping a backfilled event of another room"),
+                    Err(e) => tracing::info!(%server, error = %e, "dropping a backfilled event"),
+                }
+            }
+            added = inbound::receive_backfilled(svc, &server, &room, events).await?;
+            if added == 0 {
+                svc.metrics.backfill_request("empty");
+                svc.backfiller.failed(&gaps, &server);
+                continue;
+            }
+            svc.metrics.backfill_request("events");
+            svc.metrics.backfill_events.inc_by(added as u64);
+            tracing::info!(%server, added, "backfilled");
+            break;
+        }
+        svc.metrics.backfill_seconds.observe(started.elapsed().as_secs_f64());
+        Ok(added)
+    }
+    .instrument(span)
+    .await
+}
+
+/// Servers to ask for the history behind `gaps`: those with users joined
+/// to the room just after the gaps (longest in the room first), then the
+/// others in the room now; servers backing off last; never this one.
+async fn candidates(
+    svc: &Services,
+    room_id: &RoomId,
+    gaps: &[OwnedEventId],
+) -> Result<Vec<OwnedServerName>, RoomError> {
+    // server → depth of its earliest join seen (lower: in the room longer).
+    let mut joined_since: HashMap<OwnedServerName, u64> = HashMap::new();
+    let mut groups = Vec::new();
+    for gap in gaps {
+        for child in svc.storage.children(gap).await? {
+            if let Some(group) = svc.storage.event(&child).await?.and_then(|e| e.meta.state_group_before) {
+                groups.push(group);
+            }
+        }
+    }
+    if let Some((group, _)) = svc.state.current(room_id).await? {
+        groups.push(group);
+    }
+    groups.dedup();
+    for group in groups {
+        let state = svc.state.group(group).await?;
+        let members: Vec<OwnedEventId> = state
+            .iter()
+            .filter(|((kind, _), _)| *kind == StateEventType::RoomMember)
+            .map(|(_, id)| id.clone())
+            .collect();
+        for event in svc.storage.events(&members).await? {
+            if event.pdu.membership().as_deref() != Some("join") {
+                continue;
+            }
+            let Some(user) = event.pdu.state_key.as_deref().and_then(|k| ruma::UserId::parse(k).ok()) else {
+                continue;
+            };
+            let depth = joined_since.entry(user.server_name().to_owned()).or_insert(u64::MAX);
+            *depth = (*depth).min(event.pdu.depth);
+        }
+    }
+    joined_since.remove(svc.server_name());
+    let mut servers: Vec<(bool, u64, OwnedServerName)> = joined_since
+        .into_iter()
+        .map(|(server, depth)| (svc.federation.backing_off(&server), depth, server))
+        .collect();
+    servers.sort();
+    Ok(servers.into_iter().map(|(_, _, server)| server).collect())
+}
