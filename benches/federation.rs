@@ -195,6 +195,14 @@ fn memory() -> (f64, f64) {
     (field("VmRSS:"), field("VmHWM:"))
 }
 
+/// The 1-minute load average: other work on the machine skews the figures.
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|l| l.split_whitespace().next().map(str::to_owned))
+        .unwrap_or_else(|| "?".to_owned())
+}
+
 fn dir_size(dir: &Path) -> String {
     let mut parts = Vec::new();
     let mut total = 0u64;
@@ -733,6 +741,7 @@ async fn run(s: Settings) {
             s.big, s.small, s.walk_pages, s.random_pages, s.event_gets, s.concurrency
         ),
     );
+    report.row("load average (1 min) at the start", load_average());
     let a = start_server(&dir.path().join("a")).await;
     let b = start_server(&dir.path().join("b")).await;
     let a_name: OwnedServerName = a.services.server_name().to_owned();
@@ -812,11 +821,12 @@ async fn run(s: Settings) {
         ),
     );
     let (rss, hwm) = memory();
-    report.section("memory");
+    report.section("end");
     report.row(
-        "process RSS at the end (A + B + bench)",
+        "process RSS at the end (A + B + the pages the bench kept to check)",
         format!("{rss:.1} MiB (HWM {hwm:.1} MiB)"),
     );
+    report.row("load average (1 min) at the end", load_average());
     report.print();
     b.shutdown().await;
     a.shutdown().await;
