@@ -161,15 +161,31 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
     });
     let fed_task = tokio::spawn(async move {
         let result = match tls_config {
+            // TCP_NODELAY: without it, a multi-segment answer (a page of
+            // /backfill) waits on Nagle and the peer's delayed ACK, ~40 ms.
             Some(tls) => {
                 let rustls = axum_server::tls_rustls::RustlsConfig::from_config(tls);
-                match axum_server::from_tcp_rustls(fed_listener, rustls) {
-                    Ok(server) => server.handle(handle).serve(fed_app.into_make_service()).await,
+                let acceptor = axum_server::tls_rustls::RustlsAcceptor::new(rustls)
+                    .acceptor(axum_server::accept::NoDelayAcceptor::new());
+                match axum_server::from_tcp(fed_listener) {
+                    Ok(server) => {
+                        server
+                            .acceptor(acceptor)
+                            .handle(handle)
+                            .serve(fed_app.into_make_service())
+                            .await
+                    }
                     Err(e) => Err(e),
                 }
             }
             None => match axum_server::from_tcp(fed_listener) {
-                Ok(server) => server.handle(handle).serve(fed_app.into_make_service()).await,
+                Ok(server) => {
+                    server
+                        .acceptor(axum_server::accept::NoDelayAcceptor::new())
+                        .handle(handle)
+                        .serve(fed_app.into_make_service())
+                        .await
+                }
                 Err(e) => Err(e),
             },
         };

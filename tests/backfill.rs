@@ -235,11 +235,11 @@ async fn paging_back_fills_history_from_before_the_join_and_a_rejoin_gap() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_count_backfill() {
     let a = TestServer::start_federating().await;
-    let metrics_port = common::free_port();
     let b = TestServer::start_federating_with(|c| {
-        c.metrics_listen = Some(format!("127.0.0.1:{metrics_port}").parse().unwrap())
+        c.metrics_listen = Some(format!("127.0.0.1:{}", common::free_port()).parse().unwrap())
     })
     .await;
+    let metrics_port = b.config.metrics_listen.unwrap().port();
     let alice = a.register("alice").await;
     let bob = b.register("bob").await;
     let room = alice.create_room(json!({ "preset": "public_chat" })).await;

@@ -8,8 +8,6 @@
 //! Each test starts its own Synapse (2-4 s). When a test fails, the tail of
 //! Synapse's `homeserver.log` follows the failure; `WEFT_TEST_LOG=debug`
 //! shows weft's side, `WEFT_SYNAPSE_KEEP=1` keeps Synapse's directory.
-//! Tests marked `#[ignore]` show weft bugs (the reason says which); run them
-//! with `cargo nextest run --test synapse_interop --run-ignored all`.
 
 mod common;
 
@@ -594,8 +592,6 @@ async fn synapse_kicks_and_bans_a_weft_user() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "weft bug: a kick or ban is not sent to the server of the user it removes \
-            (FederationSender::send_pdu takes its destinations from the members joined after the event)"]
 async fn weft_kicks_and_bans_a_synapse_user() {
     let synapse = Synapse::start().await;
     let weft = TestServer::start_federating().await;
@@ -800,8 +796,6 @@ async fn weft_invites_a_synapse_user() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "weft bug: a rejected invite to a room held elsewhere never shows in /sync's `leave` \
-            (reject_remote deletes the stored invite and records nothing in the stream)"]
 async fn a_weft_user_rejects_a_synapse_invite() {
     let synapse = Synapse::start().await;
     let weft = TestServer::start_federating().await;

@@ -93,7 +93,7 @@ pub async fn leave(
             .remote_invites(user)
             .await?
             .into_iter()
-            .find(|i| i.room_id == *room_id)
+            .find(|i| i.room_id == *room_id && i.membership == "invite")
     {
         invites::reject_remote(&svc, &invite, reason).await?;
         return Ok(leave_room::v3::Response::new());

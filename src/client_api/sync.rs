@@ -187,6 +187,20 @@ async fn build_rooms(
         {
             continue;
         }
+        if invite.membership != "invite" {
+            // A rejected invite: the room shows once among the rooms left.
+            if since.is_some() && !rooms.leave.contains_key(&invite.room_id) {
+                let mut room = LeftRoom::new();
+                let leave = svc.storage.events(std::slice::from_ref(&invite.event_id)).await?;
+                room.timeline.events = format::client_events(svc, &leave, Some(owner))
+                    .await?
+                    .iter()
+                    .map(format::raw)
+                    .collect();
+                rooms.leave.insert(invite.room_id.clone(), room);
+            }
+            continue;
+        }
         let mut events: Vec<Value> = serde_json::from_str(&invite.invite_state).unwrap_or_default();
         if let Some(event) = svc.storage.event(&invite.event_id).await? {
             events.push(format::stripped(&event));

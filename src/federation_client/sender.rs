@@ -60,12 +60,15 @@ impl Sender {
         Ok(())
     }
 
-    /// Queues `event_id` for every server with a user joined to the room,
-    /// but this one and those in `except`.
+    /// Queues `event` for every server with a user joined to the room now,
+    /// and, for a membership event, for the server of the user whose
+    /// membership it changes (a kicked or banned user's server was in the
+    /// room when the event was made); but not for this server nor those in
+    /// `except`.
     pub async fn send_pdu(
         self: &Arc<Self>,
         room_id: &RoomId,
-        event_id: &ruma::EventId,
+        event: &crate::events::Pdu,
         except: &[&ServerName],
     ) -> Result<(), StorageError> {
         let mut destinations: Vec<OwnedServerName> = self
@@ -74,14 +77,19 @@ impl Sender {
             .await?
             .into_iter()
             .map(|m| m.user_id.server_name().to_owned())
-            .filter(|s| *s != self.own_name && !except.contains(&s.as_ref()))
             .collect();
+        if event.kind == ruma::events::TimelineEventType::RoomMember
+            && let Some(target) = event.state_key.as_deref().and_then(|k| ruma::UserId::parse(k).ok())
+        {
+            destinations.push(target.server_name().to_owned());
+        }
+        destinations.retain(|s| *s != self.own_name && !except.contains(&s.as_ref()));
         destinations.sort();
         destinations.dedup();
         if destinations.is_empty() {
             return Ok(());
         }
-        self.storage.queue_pdu(&destinations, event_id).await?;
+        self.storage.queue_pdu(&destinations, &event.event_id).await?;
         for destination in &destinations {
             self.wake(destination);
         }

@@ -168,7 +168,7 @@ async fn accept_membership(
     let sent = persist_pdu(svc, event, &rules).await?;
     tracing::info!(%room_id, user = %sent.pdu.sender, %origin, %membership, "remote membership accepted");
     // Its server knows the event; the room's other servers learn it from us.
-    svc.sender.send_pdu(room_id, &sent.pdu.event_id, &[origin]).await?;
+    svc.sender.send_pdu(room_id, &sent.pdu, &[origin]).await?;
     svc.storage
         .event(&sent.pdu.event_id)
         .await?

@@ -95,6 +95,7 @@ pub async fn receive_invite(
             invite_state: serde_json::to_string(&stripped_from(invite_state))
                 .map_err(|e| RoomError::Invalid(e.to_string()))?,
             via: origin.to_owned(),
+            membership: "invite".to_owned(),
         };
         svc.storage.store_remote_invite(&invite).await?;
         if let Some(event) = svc.storage.event(&pdu.event_id).await? {
@@ -162,7 +163,7 @@ pub async fn invite_remote(
         return Err(RoomError::Invalid("the invitee's server changed the invite".to_owned()));
     }
     let sent = persist_local(svc, countersigned, Some((group, state)), None, &rules).await?;
-    svc.sender.send_pdu(room_id, &sent.pdu.event_id, &[]).await?;
+    svc.sender.send_pdu(room_id, &sent.pdu, &[]).await?;
     Ok(sent)
 }
 
@@ -265,13 +266,20 @@ pub async fn reject_remote(svc: &Services, invite: &RemoteInvite, reason: Option
     svc.federation
         .send(
             server,
-            create_leave_event::v2::Request::new(invite.room_id.clone(), event_id, raw),
+            create_leave_event::v2::Request::new(invite.room_id.clone(), event_id.clone(), raw),
         )
         .await
         .map_err(|e| RoomError::Invalid(format!("send_leave through {server}: {e}")))?;
-    svc.storage
-        .delete_remote_invite(&invite.user_id, &invite.room_id)
-        .await?;
+    // The leave takes the invite's place, so /sync tells the client.
+    let leave = crate::events::Pdu::from_canonical(event_id.clone(), Some(&invite.room_id), &event)
+        .map_err(|e| RoomError::Invalid(e.to_string()))?;
+    svc.storage.persist_outlier(Arc::new(leave), None).await?;
+    let rejected = RemoteInvite {
+        event_id,
+        membership: "leave".to_owned(),
+        ..invite.clone()
+    };
+    svc.storage.store_remote_invite(&rejected).await?;
     svc.notifier.notify(svc.storage.max_stream_ordering().await?);
     Ok(())
 }

@@ -83,7 +83,7 @@ pub async fn send_event(
     auth::check(&rules.authorization, &pdu, &ctx).map_err(RoomError::Forbidden)?;
 
     let sent = persist_local(svc, pdu, Some((group, state)), txn, &rules).await?;
-    if let Err(e) = svc.sender.send_pdu(room_id, &sent.pdu.event_id, &[]).await {
+    if let Err(e) = svc.sender.send_pdu(room_id, &sent.pdu, &[]).await {
         tracing::error!(event_id = %sent.pdu.event_id, error = %e, "the event could not be queued for other servers");
     }
     Ok(sent)

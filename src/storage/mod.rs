@@ -237,6 +237,8 @@ pub struct RemoteInvite {
     pub invite_state: String,
     /// The inviting server: the one to join or reject through.
     pub via: OwnedServerName,
+    /// "invite", or "leave" once rejected (`event_id` is then the leave).
+    pub membership: String,
 }
 
 /// Everything weft keeps, behind one interface.

@@ -36,18 +36,32 @@ impl TestServer {
         Self::start_with(|_| {}).await
     }
 
-    pub async fn start_with(tweak: impl FnOnce(&mut Config)) -> TestServer {
+    /// Starts a server with `tweak` applied to its configuration. A port
+    /// `tweak` picked that was taken meanwhile (by a test running beside)
+    /// makes it try again, with `tweak` called anew.
+    pub async fn start_with(tweak: impl Fn(&mut Config)) -> TestServer {
         init_logging();
         let dir = tempfile::tempdir().expect("temp dir");
-        let mut config = Config {
-            data_dir: dir.path().join("data"),
-            client_listen: "127.0.0.1:0".parse().unwrap(),
-            federation_listen: "127.0.0.1:0".parse().unwrap(),
-            allow_registration: true,
-            ..Config::default()
+        let mut attempts = 0;
+        let (server, config) = loop {
+            let mut config = Config {
+                data_dir: dir.path().join("data"),
+                client_listen: "127.0.0.1:0".parse().unwrap(),
+                federation_listen: "127.0.0.1:0".parse().unwrap(),
+                allow_registration: true,
+                ..Config::default()
+            };
+            tweak(&mut config);
+            match weft::server::start(config.clone()).await {
+                Ok(server) => break (server, config),
+                Err(weft::server::StartError::Listen { source, .. })
+                    if source.kind() == std::io::ErrorKind::AddrInUse && attempts < 5 =>
+                {
+                    attempts += 1;
+                }
+                Err(e) => panic!("server starts: {e}"),
+            }
         };
-        tweak(&mut config);
-        let server = weft::server::start(config.clone()).await.expect("server starts");
         TestServer {
             server: Some(server),
             dir,
@@ -228,9 +242,9 @@ impl TestServer {
         Self::start_federating_with(|_| {}).await
     }
 
-    pub async fn start_federating_with(tweak: impl FnOnce(&mut Config)) -> TestServer {
-        let port = free_port();
+    pub async fn start_federating_with(tweak: impl Fn(&mut Config)) -> TestServer {
         Self::start_with(move |c| {
+            let port = free_port();
             c.server_name = format!("127.0.0.1:{port}").try_into().unwrap();
             c.federation_listen = format!("127.0.0.1:{port}").parse().unwrap();
             c.federation_verify_tls = false;

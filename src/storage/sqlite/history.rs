@@ -27,6 +27,9 @@ fn prev_events(c: &Connection, event_id: &EventId) -> Result<Vec<OwnedEventId>> 
 }
 
 pub fn auth_chain(c: &Connection, event_ids: &[OwnedEventId]) -> Result<Vec<OwnedEventId>> {
+    // One read transaction: the walk sees one version of the DAG.
+    let tx = c.unchecked_transaction()?;
+    let c: &Connection = &tx;
     let mut stmt = c.prepare_cached("SELECT auth_event_id FROM event_auth WHERE event_id = ?1")?;
     let mut seen: HashSet<String> = HashSet::new();
     let mut queue: Vec<String> = event_ids.iter().map(|e| e.to_string()).collect();
@@ -54,6 +57,8 @@ struct Frontier {
 }
 
 pub fn backfill(c: &Connection, room_id: &RoomId, from: &[OwnedEventId], limit: usize) -> Result<Vec<StoredEvent>> {
+    let tx = c.unchecked_transaction()?;
+    let c: &Connection = &tx;
     let mut heap = BinaryHeap::new();
     let mut seen: HashSet<OwnedEventId> = HashSet::new();
     for id in from {
@@ -94,6 +99,8 @@ pub fn missing_events(
     limit: usize,
     min_depth: u64,
 ) -> Result<Vec<StoredEvent>> {
+    let tx = c.unchecked_transaction()?;
+    let c: &Connection = &tx;
     let mut seen: HashSet<OwnedEventId> = earliest.iter().chain(latest).cloned().collect();
     let mut queue: VecDeque<OwnedEventId> = VecDeque::new();
     for id in latest {

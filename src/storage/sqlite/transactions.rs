@@ -79,8 +79,8 @@ pub fn store_remote_invite(tx: &Transaction<'_>, invite: &RemoteInvite) -> Resul
     exec(
         tx,
         "INSERT OR REPLACE INTO remote_invites
-             (user_id, room_id, event_id, stream_ordering, room_version, invite_state, via)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+             (user_id, room_id, event_id, stream_ordering, room_version, invite_state, via, membership)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
         params![
             invite.user_id.as_str(),
             invite.room_id.as_str(),
@@ -88,7 +88,8 @@ pub fn store_remote_invite(tx: &Transaction<'_>, invite: &RemoteInvite) -> Resul
             stream,
             invite.room_version.as_str(),
             invite.invite_state,
-            invite.via.as_str()
+            invite.via.as_str(),
+            invite.membership
         ],
     )?;
     Ok(())
@@ -96,7 +97,7 @@ pub fn store_remote_invite(tx: &Transaction<'_>, invite: &RemoteInvite) -> Resul
 
 pub fn remote_invites(c: &Connection, user_id: &UserId) -> Result<Vec<RemoteInvite>> {
     let mut stmt = c.prepare_cached(
-        "SELECT room_id, event_id, stream_ordering, room_version, invite_state, via FROM remote_invites
+        "SELECT room_id, event_id, stream_ordering, room_version, invite_state, via, membership FROM remote_invites
          WHERE user_id = ?1 ORDER BY stream_ordering",
     )?;
     let rows = stmt.query_map([user_id.as_str()], |r| {
@@ -107,10 +108,11 @@ pub fn remote_invites(c: &Connection, user_id: &UserId) -> Result<Vec<RemoteInvi
             r.get::<_, String>(3)?,
             r.get::<_, String>(4)?,
             r.get::<_, String>(5)?,
+            r.get::<_, String>(6)?,
         ))
     })?;
     rows.map(|r| {
-        let (room, event, stream, version, state, via) = r?;
+        let (room, event, stream, version, state, via, membership) = r?;
         Ok(RemoteInvite {
             user_id: user_id.to_owned(),
             room_id: parse(room)?,
@@ -120,6 +122,7 @@ pub fn remote_invites(c: &Connection, user_id: &UserId) -> Result<Vec<RemoteInvi
                 .map_err(|_| StorageError::Corrupt(format!("room version {version:?}")))?,
             invite_state: state,
             via: parse(via)?,
+            membership,
         })
     })
     .collect()
