@@ -5,6 +5,7 @@ pub mod acl;
 pub mod backfill;
 pub mod client_api;
 pub mod config;
+pub mod ephemeral;
 pub mod error;
 pub mod event_checks;
 pub mod events;

@@ -9,6 +9,7 @@ use crate::{
     accounts::{RegistrationNonces, RegistrationSessions},
     backfill::Backfiller,
     config::Config,
+    ephemeral::Ephemeral,
     federation_client::{FederationClient, sender::Sender},
     filter::LazyLoadCache,
     keyring::KeyRing,
@@ -31,6 +32,8 @@ pub struct Services {
     pub sender: Arc<Sender>,
     /// History fetched from other servers into timelines.
     pub backfiller: Backfiller,
+    /// Typing notifications and the ephemeral stream.
+    pub ephemeral: Arc<Ephemeral>,
     pub metrics: Metrics,
     pub state: StateCache,
     pub rooms: RoomLocks,
@@ -71,6 +74,7 @@ impl Services {
             keyring,
             sender,
             backfiller: Backfiller::default(),
+            ephemeral: Ephemeral::new(storage.max_receipt_position().await?),
             metrics: Metrics::default(),
             state: StateCache::new(storage.clone()),
             storage,

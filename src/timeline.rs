@@ -39,7 +39,9 @@ impl Token {
                 stream: stream.parse().ok()?,
             }));
         }
-        s.strip_prefix('s')?.parse().ok().map(Token::Stream)
+        // `s<stream>` or, from /sync, `s<stream>_<ephemeral position>`.
+        let rest = s.strip_prefix('s')?;
+        rest.split('_').next()?.parse().ok().map(Token::Stream)
     }
 }
 

@@ -4,6 +4,7 @@
 mod account;
 mod admin;
 mod directory;
+mod ephemeral;
 pub mod extract;
 pub mod format;
 mod membership;
@@ -76,6 +77,9 @@ pub fn router() -> Router<Arc<Services>> {
         .ruma(messages::get_event)
         .ruma(messages::messages)
         .ruma(messages::context)
+        .ruma(ephemeral::typing)
+        .ruma(ephemeral::create_receipt)
+        .ruma(ephemeral::read_markers)
         .merge(
             Router::new()
                 .ruma(sync::sync)

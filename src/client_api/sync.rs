@@ -71,12 +71,12 @@ pub async fn sync(
     req: Ruma<ruma::api::client::sync::sync_events::v3::Request>,
 ) -> Result<Response, MatrixError> {
     let owner = req.user().clone();
-    let since = match req.body.since.as_deref() {
-        Some(token) => match Token::parse(token) {
-            Some(Token::Stream(s)) => Some(s),
-            _ => return Err(MatrixError::invalid_param(format!("Invalid since token {token:?}"))),
+    let (since, since_ephemeral) = match req.body.since.as_deref() {
+        Some(token) => match parse_since(token) {
+            Some((stream, ephemeral)) => (Some(stream), ephemeral),
+            None => return Err(MatrixError::invalid_param(format!("Invalid since token {token:?}"))),
         },
-        None => None,
+        None => (None, None),
     };
     let definition = load_filter(&svc, &owner, req.body.filter.as_ref()).await?;
     let opts = Options {
@@ -89,23 +89,86 @@ pub async fn sync(
     };
     let deadline = tokio::time::Instant::now() + req.body.timeout.unwrap_or_default().min(MAX_TIMEOUT);
     let mut head_rx = svc.notifier.subscribe();
+    let mut ephemeral_rx = svc.ephemeral.subscribe();
     loop {
         let head = *head_rx.borrow_and_update();
-        let rooms = build_rooms(&svc, &owner, since, head, &opts).await?;
+        let ephemeral_head = *ephemeral_rx.borrow_and_update();
+        let since_ephemeral = since_ephemeral.filter(|_| since.is_some() && !opts.full_state);
+        let mut rooms = build_rooms(&svc, &owner, since, head, &opts).await?;
+        add_ephemeral(&svc, &owner, &mut rooms, since_ephemeral, ephemeral_head).await?;
         let empty = rooms.join.is_empty() && rooms.invite.is_empty() && rooms.leave.is_empty();
         if since.is_none() || opts.full_state || !empty || tokio::time::Instant::now() >= deadline {
-            let mut response = Response::new(Token::Stream(head).to_string());
+            let mut response = Response::new(format!("s{head}_{ephemeral_head}"));
             response.rooms = rooms;
             return Ok(response);
         }
-        if tokio::time::timeout_at(deadline, head_rx.changed()).await.is_err() {
-            // Timed out: answer with the (empty) response at the new head.
-            let head = *head_rx.borrow();
-            return Ok(Response::new(
-                Token::Stream(head.max(since.unwrap_or(head))).to_string(),
-            ));
+        let woken = tokio::time::timeout_at(deadline, async {
+            tokio::select! {
+                _ = head_rx.changed() => {}
+                _ = ephemeral_rx.changed() => {}
+            }
+        })
+        .await;
+        if woken.is_err() {
+            // Timed out: answer with the (empty) response at the heads.
+            let head = (*head_rx.borrow()).max(since.unwrap_or_default());
+            let ephemeral_head = (*ephemeral_rx.borrow()).max(since_ephemeral.unwrap_or_default());
+            return Ok(Response::new(format!("s{head}_{ephemeral_head}")));
         }
     }
+}
+
+/// `s<stream>` or `s<stream>_<ephemeral position>`.
+fn parse_since(token: &str) -> Option<(StreamOrdering, Option<i64>)> {
+    let rest = token.strip_prefix('s')?;
+    match rest.split_once('_') {
+        Some((stream, ephemeral)) => Some((stream.parse().ok()?, Some(ephemeral.parse().ok()?))),
+        None => Some((rest.parse().ok()?, None)),
+    }
+}
+
+/// Typing and receipts of joined rooms that changed after
+/// `since` (all, in a full sync); a room with only such changes is added.
+async fn add_ephemeral(
+    svc: &Services,
+    owner: &TokenOwner,
+    rooms: &mut Rooms,
+    since: Option<i64>,
+    head: i64,
+) -> Result<(), MatrixError> {
+    for m in svc.storage.user_memberships(&owner.user_id).await? {
+        if m.membership != "join" {
+            continue;
+        }
+        let mut events: Vec<Value> = Vec::new();
+        let (typing_at, typing) = svc.ephemeral.typing(&m.room_id);
+        let changed = since.is_none_or(|since| typing_at > since) && typing_at <= head;
+        // A full sync mentions typing only when someone is.
+        if changed && (since.is_some() || !typing.is_empty()) {
+            events.push(serde_json::json!({ "type": "m.typing", "content": { "user_ids": typing } }));
+        }
+        let receipts = svc.storage.receipts(&m.room_id, since).await?;
+        let mut content = serde_json::Map::new();
+        for r in receipts.iter().filter(|r| r.position <= head) {
+            // Private receipts are for their owner only.
+            if r.receipt_type == "m.read.private" && r.user_id != owner.user_id {
+                continue;
+            }
+            let by_type = content
+                .entry(r.event_id.to_string())
+                .or_insert_with(|| serde_json::json!({}));
+            by_type[&r.receipt_type][r.user_id.as_str()] = serde_json::json!({ "ts": r.ts });
+        }
+        if !content.is_empty() {
+            events.push(serde_json::json!({ "type": "m.receipt", "content": content }));
+        }
+        if events.is_empty() {
+            continue;
+        }
+        let room = rooms.join.entry(m.room_id.clone()).or_default();
+        room.ephemeral.events = events.iter().map(format::raw).collect();
+    }
+    Ok(())
 }
 
 async fn load_filter(

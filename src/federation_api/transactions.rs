@@ -84,11 +84,10 @@ pub async fn send(
         results.insert(event_id, result);
     }
     for edu in &body.edus {
-        // Typing, receipts, presence and device lists are not handled yet:
-        // they are read (so a malformed one does not fail the transaction)
-        // and dropped.
-        let kind = edu.get_field::<String>("edu_type").ok().flatten().unwrap_or_default();
-        tracing::debug!(origin = %req.origin, edu_type = %kind, "EDU ignored");
+        let value: serde_json::Value = serde_json::from_str(edu.json().get()).unwrap_or_default();
+        if let Err(e) = receive_edu(&svc, &req.origin, &value).await {
+            tracing::info!(origin = %req.origin, error = %e, "EDU not taken");
+        }
     }
 
     let answer: BTreeMap<&OwnedEventId, Option<&String>> =
@@ -98,4 +97,78 @@ pub async fn send(
         .store_received_transaction(&req.origin, txn_id, &answer)
         .await?;
     Ok(send_transaction_message::v1::Response::new(results))
+}
+
+/// Typing notifications and read receipts from `origin`, for its own
+/// users in rooms they are joined to (and the ACL lets `origin` into).
+/// Other EDUs (presence, device lists, ...) are read and dropped.
+async fn receive_edu(svc: &Services, origin: &ruma::ServerName, edu: &serde_json::Value) -> Result<(), MatrixError> {
+    let content = &edu["content"];
+    let in_room = |room_id: &ruma::RoomId, user: &ruma::UserId| {
+        let (room_id, user) = (room_id.to_owned(), user.to_owned());
+        async move {
+            Ok::<_, MatrixError>(
+                user.server_name() == origin
+                    && acl::allows(svc, &room_id, origin).await?
+                    && crate::visibility::current_membership(svc, &room_id, &user)
+                        .await?
+                        .as_deref()
+                        == Some("join"),
+            )
+        }
+    };
+    match edu["edu_type"].as_str().unwrap_or_default() {
+        "m.typing" => {
+            let (Some(room_id), Some(user)) = (
+                content["room_id"].as_str().and_then(|r| ruma::RoomId::parse(r).ok()),
+                content["user_id"].as_str().and_then(|u| ruma::UserId::parse(u).ok()),
+            ) else {
+                return Ok(());
+            };
+            if in_room(&room_id, &user).await? {
+                let typing = content["typing"].as_bool().unwrap_or(false);
+                svc.ephemeral
+                    .set_typing(&room_id, &user, typing.then_some(std::time::Duration::from_secs(30)));
+            }
+        }
+        "m.receipt" => {
+            let Some(rooms) = content.as_object() else {
+                return Ok(());
+            };
+            for (room_id, types) in rooms {
+                let Ok(room_id) = ruma::RoomId::parse(room_id) else {
+                    continue;
+                };
+                let Some(users) = types["m.read"].as_object() else {
+                    continue;
+                };
+                for (user, receipt) in users {
+                    let Ok(user) = ruma::UserId::parse(user) else { continue };
+                    if !in_room(&room_id, &user).await? {
+                        continue;
+                    }
+                    let Some(event_id) = receipt["event_ids"]
+                        .as_array()
+                        .and_then(|ids| ids.last())
+                        .and_then(|id| id.as_str())
+                        .and_then(|id| OwnedEventId::try_from(id).ok())
+                    else {
+                        continue;
+                    };
+                    let ts = receipt["data"]["ts"].as_u64().unwrap_or_default();
+                    let receipt = crate::storage::Receipt {
+                        room_id: room_id.clone(),
+                        user_id: user,
+                        receipt_type: "m.read".to_owned(),
+                        event_id,
+                        ts,
+                        position: svc.ephemeral.advance(),
+                    };
+                    svc.storage.put_receipt(&receipt).await?;
+                }
+            }
+        }
+        other => tracing::debug!(%origin, edu_type = %other, "EDU ignored"),
+    }
+    Ok(())
 }

@@ -24,6 +24,10 @@ use crate::storage::{Storage, StorageError};
 
 /// Most PDUs one transaction carries (the spec's limit).
 const MAX_PDUS_PER_TRANSACTION: usize = 50;
+/// Most EDUs one transaction carries (the spec's limit).
+const MAX_EDUS_PER_TRANSACTION: usize = 100;
+/// Most EDUs kept for a destination that is down; later ones are dropped.
+const MAX_QUEUED_EDUS: usize = 1000;
 /// Longest wait between two tries of a failing destination.
 const MAX_RETRY_WAIT: Duration = Duration::from_secs(10 * 60);
 
@@ -33,6 +37,7 @@ pub struct Sender {
     own_name: OwnedServerName,
     cancel: CancellationToken,
     workers: Mutex<HashMap<OwnedServerName, Arc<Notify>>>,
+    edus: Mutex<HashMap<OwnedServerName, Vec<serde_json::Value>>>,
 }
 
 impl Sender {
@@ -48,6 +53,7 @@ impl Sender {
             own_name,
             cancel,
             workers: Mutex::default(),
+            edus: Mutex::default(),
         })
     }
 
@@ -114,11 +120,40 @@ impl Sender {
         });
     }
 
+    /// Queues an ephemeral message (typing, receipts) for the servers with
+    /// users joined to the room, but this one. EDUs are kept in memory
+    /// only: they are worth nothing later.
+    pub async fn send_edu(self: &Arc<Self>, room_id: &RoomId, edu: serde_json::Value) -> Result<(), StorageError> {
+        let mut destinations: Vec<OwnedServerName> = self
+            .storage
+            .room_members(room_id, Some("join"))
+            .await?
+            .into_iter()
+            .map(|m| m.user_id.server_name().to_owned())
+            .filter(|s| *s != self.own_name)
+            .collect();
+        destinations.sort();
+        destinations.dedup();
+        {
+            let mut edus = self.edus.lock().expect("outbound EDUs");
+            for destination in &destinations {
+                let queue = edus.entry(destination.clone()).or_default();
+                if queue.len() < MAX_QUEUED_EDUS {
+                    queue.push(edu.clone());
+                }
+            }
+        }
+        for destination in &destinations {
+            self.wake(destination);
+        }
+        Ok(())
+    }
+
     /// The worker of one destination: forever, send what is queued.
     async fn run(&self, destination: &ServerName, notify: &Notify) {
         let mut failures: u32 = 0;
-        // The ID of the transaction being retried, with its last position.
-        let mut pending: Option<(OwnedTransactionId, i64)> = None;
+        // The transaction being retried: its ID, last PDU position, EDUs.
+        let mut pending: Option<(OwnedTransactionId, Option<i64>, Vec<serde_json::Value>)> = None;
         loop {
             let batch = match self.storage.queued_pdus(destination, MAX_PDUS_PER_TRANSACTION).await {
                 Ok(batch) => batch,
@@ -128,33 +163,44 @@ impl Sender {
                     continue;
                 }
             };
-            let Some(&(last, _)) = batch.last() else {
-                pending = None;
-                notify.notified().await;
-                continue;
-            };
-            let txn_id = match &pending {
-                Some((id, pending_last)) if *pending_last == last => id.clone(),
-                _ => {
+            let last = batch.last().map(|(position, _)| *position);
+            let (txn_id, edus) = match pending.take() {
+                // A retry carries the same transaction (so the receiver
+                // can tell it is one), unless more PDUs have arrived.
+                Some((id, pending_last, edus)) if pending_last == last => (id, edus),
+                previous => {
+                    let mut edus = previous.map(|(_, _, edus)| edus).unwrap_or_default();
+                    {
+                        let mut queued = self.edus.lock().expect("outbound EDUs");
+                        if let Some(queue) = queued.get_mut(destination) {
+                            let room = MAX_EDUS_PER_TRANSACTION.saturating_sub(edus.len()).min(queue.len());
+                            edus.extend(queue.drain(..room));
+                        }
+                    }
+                    if last.is_none() && edus.is_empty() {
+                        notify.notified().await;
+                        continue;
+                    }
+                    let first = batch.first().map_or(0, |(position, _)| *position);
                     let id = OwnedTransactionId::from(format!(
-                        "{}-{}",
-                        u64::from(MilliSecondsSinceUnixEpoch::now().get()),
-                        batch[0].0
+                        "{}-{first}",
+                        u64::from(MilliSecondsSinceUnixEpoch::now().get())
                     ));
-                    pending = Some((id.clone(), last));
-                    id
+                    (id, edus)
                 }
             };
-            match self.send_batch(destination, txn_id, &batch).await {
+            match self.send_batch(destination, txn_id.clone(), &batch, &edus).await {
                 Ok(()) => {
                     failures = 0;
-                    pending = None;
-                    if let Err(e) = self.storage.dequeue_pdus(destination, last).await {
+                    if let Some(last) = last
+                        && let Err(e) = self.storage.dequeue_pdus(destination, last).await
+                    {
                         tracing::error!(%destination, error = %e, "cannot update the outbound queue");
                     }
                 }
                 Err(e) => {
                     failures += 1;
+                    pending = Some((txn_id, last, edus));
                     let wait = Duration::from_secs(1 << failures.min(10)).min(MAX_RETRY_WAIT);
                     tracing::info!(%destination, error = %e, retry_in = ?wait, "transaction not delivered");
                     // New events wake the worker, but it still waits out
@@ -170,6 +216,7 @@ impl Sender {
         destination: &ServerName,
         txn_id: OwnedTransactionId,
         batch: &[(i64, ruma::OwnedEventId)],
+        edus: &[serde_json::Value],
     ) -> Result<(), FederationError> {
         let ids: Vec<_> = batch.iter().map(|(_, id)| id.clone()).collect();
         let events = self
@@ -188,13 +235,18 @@ impl Sender {
             MilliSecondsSinceUnixEpoch::now(),
         );
         request.pdus = pdus;
+        request.edus = edus
+            .iter()
+            .filter_map(|edu| serde_json::value::to_raw_value(edu).ok())
+            .map(ruma::serde::Raw::from_json)
+            .collect();
         let response = self.federation.send(destination, request).await?;
         for (event_id, result) in &response.pdus {
             if let Err(error) = result {
                 tracing::info!(%destination, %event_id, %error, "the destination refused an event");
             }
         }
-        tracing::debug!(%destination, %txn_id, count, "transaction delivered");
+        tracing::debug!(%destination, %txn_id, count, edus = edus.len(), "transaction delivered");
         Ok(())
     }
 }

@@ -241,6 +241,18 @@ pub struct RemoteInvite {
     pub membership: String,
 }
 
+/// A read receipt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Receipt {
+    pub room_id: OwnedRoomId,
+    pub user_id: OwnedUserId,
+    /// `m.read` or `m.read.private`.
+    pub receipt_type: String,
+    pub event_id: OwnedEventId,
+    pub ts: u64,
+    pub position: i64,
+}
+
 /// Everything weft keeps, behind one interface.
 #[async_trait]
 pub trait Storage: Send + Sync + 'static {
@@ -416,4 +428,12 @@ pub trait Storage: Send + Sync + 'static {
     async fn store_remote_invite(&self, invite: &RemoteInvite) -> Result<()>;
     async fn remote_invites(&self, user_id: &UserId) -> Result<Vec<RemoteInvite>>;
     async fn delete_remote_invite(&self, user_id: &UserId, room_id: &RoomId) -> Result<()>;
+
+    // ----- receipts -----
+    /// Records a receipt (replacing the user's previous one of that type).
+    async fn put_receipt(&self, receipt: &Receipt) -> Result<()>;
+    /// A room's receipts changed after `position` (all if `None`).
+    async fn receipts(&self, room_id: &RoomId, after: Option<i64>) -> Result<Vec<Receipt>>;
+    /// The newest receipt position (to start the ephemeral stream above).
+    async fn max_receipt_position(&self) -> Result<i64>;
 }

@@ -17,7 +17,10 @@ use std::{
     sync::{Arc, Mutex},
 };
 
-use crate::{events::Pdu, storage::RemoteInvite};
+use crate::{
+    events::Pdu,
+    storage::{Receipt, RemoteInvite},
+};
 use async_trait::async_trait;
 use lru::LruCache;
 use ruma::{
@@ -38,6 +41,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("schema_v3.sql"),
     include_str!("schema_v4.sql"),
     include_str!("schema_v5.sql"),
+    include_str!("schema_v6.sql"),
 ];
 
 const MAX_IDLE_READERS: usize = 4;
@@ -593,6 +597,72 @@ impl Storage for SqliteStorage {
                 rusqlite::params![user_id.as_str(), room_id.as_str()],
             )?;
             Ok(())
+        })
+        .await
+    }
+
+    async fn put_receipt(&self, receipt: &Receipt) -> Result<()> {
+        let r = receipt.clone();
+        self.write(move |tx| {
+            exec(
+                tx,
+                "INSERT OR REPLACE INTO receipts (room_id, user_id, receipt_type, event_id, ts, position)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                rusqlite::params![
+                    r.room_id.as_str(),
+                    r.user_id.as_str(),
+                    r.receipt_type,
+                    r.event_id.as_str(),
+                    r.ts as i64,
+                    r.position
+                ],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn receipts(&self, room_id: &RoomId, after: Option<i64>) -> Result<Vec<Receipt>> {
+        let room_id = room_id.to_owned();
+        self.read(move |c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT user_id, receipt_type, event_id, ts, position FROM receipts
+                 WHERE room_id = ?1 AND position > ?2 ORDER BY position",
+            )?;
+            let rows = stmt.query_map(rusqlite::params![room_id.as_str(), after.unwrap_or(i64::MIN)], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, i64>(3)?,
+                    r.get::<_, i64>(4)?,
+                ))
+            })?;
+            rows.map(|r| {
+                let (user, kind, event, ts, position) = r?;
+                let corrupt = |what: &str| StorageError::Corrupt(format!("receipt {what}"));
+                Ok(Receipt {
+                    room_id: room_id.clone(),
+                    user_id: OwnedUserId::try_from(user).map_err(|_| corrupt("user"))?,
+                    receipt_type: kind,
+                    event_id: OwnedEventId::try_from(event).map_err(|_| corrupt("event"))?,
+                    ts: ts as u64,
+                    position,
+                })
+            })
+            .collect()
+        })
+        .await
+    }
+
+    async fn max_receipt_position(&self) -> Result<i64> {
+        self.read(|c| {
+            Ok(query_one(
+                c,
+                "SELECT COALESCE(MAX(position), 0) FROM receipts",
+                [],
+                |r| r.get(0),
+            )?)
         })
         .await
     }

@@ -1,0 +1,124 @@
+//! Typing notifications and read receipts, shared with the room's other
+//! servers as EDUs (`m.typing`, `m.receipt`).
+
+use std::sync::Arc;
+
+use ruma::{
+    MilliSecondsSinceUnixEpoch, OwnedEventId, RoomId, UserId,
+    api::client::{
+        read_marker::set_read_marker,
+        receipt::create_receipt::{self, v3::ReceiptType},
+        typing::create_typing_event::{self, v3::Typing},
+    },
+};
+use serde_json::json;
+
+use super::extract::Ruma;
+use crate::{error::MatrixError, services::Services, storage::Receipt, visibility};
+
+async fn must_be_joined(svc: &Services, room_id: &RoomId, user: &UserId) -> Result<(), MatrixError> {
+    match visibility::current_membership(svc, room_id, user).await?.as_deref() {
+        Some("join") => Ok(()),
+        _ => Err(MatrixError::forbidden(format!("User {user} is not in room {room_id}"))),
+    }
+}
+
+pub async fn typing(
+    svc: Arc<Services>,
+    req: Ruma<create_typing_event::v3::Request>,
+) -> Result<create_typing_event::v3::Response, MatrixError> {
+    let user = &req.user().user_id;
+    let b = &req.body;
+    if b.user_id != *user {
+        return Err(MatrixError::forbidden("Cannot set another user's typing state"));
+    }
+    must_be_joined(&svc, &b.room_id, user).await?;
+    let timeout = match &b.state {
+        Typing::Yes(info) => Some(info.timeout),
+        _ => None,
+    };
+    if svc.ephemeral.set_typing(&b.room_id, user, timeout) {
+        let edu = json!({
+            "edu_type": "m.typing",
+            "content": { "room_id": b.room_id, "user_id": user, "typing": timeout.is_some() }
+        });
+        svc.sender.send_edu(&b.room_id, edu).await?;
+    }
+    Ok(create_typing_event::v3::Response::new())
+}
+
+/// Records a receipt of `user` (and shares a public one).
+async fn receipt(
+    svc: &Services,
+    room_id: &RoomId,
+    user: &UserId,
+    receipt_type: &str,
+    event_id: &OwnedEventId,
+) -> Result<(), MatrixError> {
+    match svc.storage.event(event_id).await? {
+        Some(event) if event.pdu.room_id == room_id => {}
+        _ => {
+            return Err(MatrixError::not_found(format!(
+                "Event {event_id} not found in {room_id}"
+            )));
+        }
+    }
+    let ts: u64 = MilliSecondsSinceUnixEpoch::now().get().into();
+    let receipt = Receipt {
+        room_id: room_id.to_owned(),
+        user_id: user.to_owned(),
+        receipt_type: receipt_type.to_owned(),
+        event_id: event_id.clone(),
+        ts,
+        position: svc.ephemeral.advance(),
+    };
+    svc.storage.put_receipt(&receipt).await?;
+    if receipt_type == "m.read" {
+        let edu = json!({
+            "edu_type": "m.receipt",
+            "content": { room_id.as_str(): { "m.read": { user.as_str(): {
+                "event_ids": [event_id], "data": { "ts": ts }
+            } } } }
+        });
+        svc.sender.send_edu(room_id, edu).await?;
+    }
+    Ok(())
+}
+
+pub async fn create_receipt(
+    svc: Arc<Services>,
+    req: Ruma<create_receipt::v3::Request>,
+) -> Result<create_receipt::v3::Response, MatrixError> {
+    let user = &req.user().user_id;
+    let b = &req.body;
+    must_be_joined(&svc, &b.room_id, user).await?;
+    match &b.receipt_type {
+        ReceiptType::Read => receipt(&svc, &b.room_id, user, "m.read", &b.event_id).await?,
+        ReceiptType::ReadPrivate => receipt(&svc, &b.room_id, user, "m.read.private", &b.event_id).await?,
+        // The fully-read marker is account data, which weft does not keep yet.
+        ReceiptType::FullyRead => {}
+        other => {
+            return Err(MatrixError::invalid_param(format!(
+                "Unknown receipt type {}",
+                other.as_str()
+            )));
+        }
+    }
+    Ok(create_receipt::v3::Response::new())
+}
+
+pub async fn read_markers(
+    svc: Arc<Services>,
+    req: Ruma<set_read_marker::v3::Request>,
+) -> Result<set_read_marker::v3::Response, MatrixError> {
+    let user = &req.user().user_id;
+    let b = &req.body;
+    must_be_joined(&svc, &b.room_id, user).await?;
+    if let Some(event_id) = &b.read_receipt {
+        receipt(&svc, &b.room_id, user, "m.read", event_id).await?;
+    }
+    if let Some(event_id) = &b.private_read_receipt {
+        receipt(&svc, &b.room_id, user, "m.read.private", event_id).await?;
+    }
+    Ok(set_read_marker::v3::Response::new())
+}

@@ -1,0 +1,203 @@
+//! Typing notifications and read receipts: in /sync, and across servers
+//! as EDUs.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{TestServer, User, enc};
+use reqwest::Method;
+use serde_json::{Value, json};
+
+/// Syncs from `since` until `check` finds what it wants in the room's
+/// ephemeral events; returns them.
+async fn wait_ephemeral(user: &User<'_>, room: &str, since: &str, check: impl Fn(&[Value]) -> bool) -> Vec<Value> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut since = since.to_owned();
+    loop {
+        let sync = user.sync(&format!("since={}&timeout=1000", enc(&since))).await;
+        let events = sync["rooms"]["join"][room]["ephemeral"]["events"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        if check(&events) {
+            return events;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} never saw the ephemeral event; last: {events:?}",
+            user.user_id
+        );
+        since = sync["next_batch"].as_str().unwrap().to_owned();
+    }
+}
+
+fn typing_users(events: &[Value]) -> Option<Vec<String>> {
+    events.iter().find(|e| e["type"] == "m.typing").map(|e| {
+        e["content"]["user_ids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|u| u.as_str().unwrap().to_owned())
+            .collect()
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn typing_and_receipts_on_one_server() {
+    let server = TestServer::start().await;
+    let alice = server.register("alice").await;
+    let bob = server.register("bob").await;
+    let room = alice.create_room(json!({ "preset": "public_chat" })).await;
+    assert_eq!(bob.join(&room).await.0, 200);
+    let since = bob.sync("").await["next_batch"].as_str().unwrap().to_owned();
+    assert!(since.contains('_'), "the token carries the ephemeral position: {since}");
+
+    alice
+        .ok(
+            Method::PUT,
+            &format!("/_matrix/client/v3/rooms/{}/typing/{}", enc(&room), enc(&alice.user_id)),
+            Some(&json!({ "typing": true, "timeout": 10000 })),
+        )
+        .await;
+    let events = wait_ephemeral(&bob, &room, &since, |e| typing_users(e).is_some_and(|u| !u.is_empty())).await;
+    assert_eq!(typing_users(&events).unwrap(), std::slice::from_ref(&alice.user_id));
+    // Someone else's typing state cannot be set.
+    let (status, _) = bob
+        .call(
+            Method::PUT,
+            &format!("/_matrix/client/v3/rooms/{}/typing/{}", enc(&room), enc(&alice.user_id)),
+            Some(&json!({ "typing": false })),
+        )
+        .await;
+    assert_eq!(status, 403);
+
+    let since = bob.sync("").await["next_batch"].as_str().unwrap().to_owned();
+    let (_, sent) = alice.send_text(&room, "t", "read me").await;
+    let event_id = sent["event_id"].as_str().unwrap();
+    alice
+        .ok(
+            Method::PUT,
+            &format!("/_matrix/client/v3/rooms/{}/typing/{}", enc(&room), enc(&alice.user_id)),
+            Some(&json!({ "typing": false })),
+        )
+        .await;
+    bob.ok(
+        Method::POST,
+        &format!(
+            "/_matrix/client/v3/rooms/{}/receipt/m.read/{}",
+            enc(&room),
+            enc(event_id)
+        ),
+        Some(&json!({})),
+    )
+    .await;
+    let events = wait_ephemeral(&alice, &room, &since, |e| e.iter().any(|e| e["type"] == "m.receipt")).await;
+    let receipt = events.iter().find(|e| e["type"] == "m.receipt").unwrap();
+    assert!(
+        receipt["content"][event_id]["m.read"][&bob.user_id]["ts"].is_u64(),
+        "{receipt}"
+    );
+
+    // A private receipt is for its owner only.
+    let since_alice = alice.sync("").await["next_batch"].as_str().unwrap().to_owned();
+    let since_bob = bob.sync("").await["next_batch"].as_str().unwrap().to_owned();
+    bob.ok(
+        Method::POST,
+        &format!(
+            "/_matrix/client/v3/rooms/{}/receipt/m.read.private/{}",
+            enc(&room),
+            enc(event_id)
+        ),
+        Some(&json!({})),
+    )
+    .await;
+    wait_ephemeral(&bob, &room, &since_bob, |e| {
+        e.iter()
+            .any(|e| e["type"] == "m.receipt" && e["content"][event_id]["m.read.private"].is_object())
+    })
+    .await;
+    let sync = alice.sync(&format!("since={}&timeout=500", enc(&since_alice))).await;
+    assert!(
+        !sync.to_string().contains("m.read.private"),
+        "another user's private receipt does not show: {sync}"
+    );
+    // A receipt for an unknown event is refused.
+    let (status, _) = bob
+        .call(
+            Method::POST,
+            &format!(
+                "/_matrix/client/v3/rooms/{}/receipt/m.read/{}",
+                enc(&room),
+                enc("$nope")
+            ),
+            Some(&json!({})),
+        )
+        .await;
+    assert_eq!(status, 404);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn typing_and_receipts_cross_servers() {
+    let a = TestServer::start_federating().await;
+    let b = TestServer::start_federating().await;
+    let alice = a.register("alice").await;
+    let bob = b.register("bob").await;
+    let room = alice.create_room(json!({ "preset": "public_chat" })).await;
+    let (status, body) = bob
+        .call(
+            Method::POST,
+            &format!(
+                "/_matrix/client/v3/join/{}?server_name={}",
+                enc(&room),
+                enc(a.server_name().as_str())
+            ),
+            Some(&json!({})),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let since_bob = bob.sync("").await["next_batch"].as_str().unwrap().to_owned();
+    let since_alice = alice.sync("").await["next_batch"].as_str().unwrap().to_owned();
+
+    alice
+        .ok(
+            Method::PUT,
+            &format!("/_matrix/client/v3/rooms/{}/typing/{}", enc(&room), enc(&alice.user_id)),
+            Some(&json!({ "typing": true, "timeout": 10000 })),
+        )
+        .await;
+    let events = wait_ephemeral(&bob, &room, &since_bob, |e| {
+        typing_users(e).is_some_and(|u| !u.is_empty())
+    })
+    .await;
+    assert_eq!(typing_users(&events).unwrap(), std::slice::from_ref(&alice.user_id));
+
+    let (_, sent) = alice.send_text(&room, "t", "read me over there").await;
+    let event_id = sent["event_id"].as_str().unwrap().to_owned();
+    // Bob's server holds the event once it arrives.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (status, _) = bob
+            .call(
+                Method::POST,
+                &format!(
+                    "/_matrix/client/v3/rooms/{}/receipt/m.read/{}",
+                    enc(&room),
+                    enc(&event_id)
+                ),
+                Some(&json!({})),
+            )
+            .await;
+        if status == 200 {
+            break;
+        }
+        assert!(Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let events = wait_ephemeral(&alice, &room, &since_alice, |e| {
+        e.iter()
+            .any(|e| e["type"] == "m.receipt" && e["content"][&event_id]["m.read"][&bob.user_id].is_object())
+    })
+    .await;
+    assert!(!events.is_empty());
+}
