@@ -148,7 +148,10 @@ pub async fn persist_pdu(svc: &Services, event: ToPersist, rules: &RoomVersionRu
         (Some(group), NewCurrent::Resolved { resolved, .. }) => svc.state.remember(group, resolved.clone()),
         _ => {}
     }
-    if accepted && let Some(target) = &pdu.redacts {
+    if accepted
+        && let Some(target) = &pdu.redacts
+        && redaction_allowed(svc, &pdu, target, &before_map, rules).await?
+    {
         super::send::apply_redaction(svc, &pdu, target, rules).await?;
     }
     if !backfilled {
@@ -199,4 +202,25 @@ fn resolved_update(previous: &(StateGroupId, Arc<StateMap>), resolved: &StateMap
         state: NewCurrentState::Write(write),
         changes,
     }
+}
+
+/// Whether a redaction is to be carried out ("Handling redactions" of the
+/// room versions): the auth rules let anyone send one; it takes effect if
+/// its sender's server is the redacted event's sender's server, or if its
+/// sender has the redact power level in the state before it. (This
+/// server's own users were checked before sending.)
+async fn redaction_allowed(
+    svc: &Services,
+    redaction: &Pdu,
+    target: &ruma::EventId,
+    state: &StateMap,
+    rules: &RoomVersionRules,
+) -> Result<bool, RoomError> {
+    if let Some(event) = svc.storage.event(target).await?
+        && event.pdu.sender.server_name() == redaction.sender.server_name()
+    {
+        return Ok(true);
+    }
+    let power = super::power::power_levels(svc, state, &rules.authorization).await?;
+    Ok(power.user_can_redact_event_of_other(&redaction.sender))
 }
