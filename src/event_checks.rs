@@ -124,7 +124,9 @@ pub async fn check_auth(
 }
 
 /// Step 4: `pdu` against its own auth events, which must be held and not
-/// rejected. This is all that can be checked of an outlier.
+/// rejected, with all the auth rules (state-independent and
+/// state-dependent, the auth events standing in for the state). This is
+/// all that can be checked of an outlier.
 pub async fn check_auth_events(svc: &Services, rules: &RoomVersionRules, pdu: &Pdu) -> Result<(), CheckError> {
     let mut by_id: HashMap<OwnedEventId, StoredEvent> = HashMap::new();
     for event in svc.storage.events(&pdu.auth_events).await? {
@@ -147,9 +149,11 @@ pub async fn check_auth_events(svc: &Services, rules: &RoomVersionRules, pdu: &P
     {
         by_id.insert(create, event);
     }
+    // The auth events are the state the event claims to be allowed by:
+    // both halves of the rules run against them (the state-dependent half
+    // is what makes a forged power or membership claim fail here).
     let own = AuthContext::from_state(by_id.values().map(|e| &*e.pdu));
-    ruma::state_res::check_state_independent_auth_rules(&rules.authorization, pdu, |id| own.by_id.get(id).copied())
-        .map_err(CheckError::Rejected)
+    crate::events::auth::check(&rules.authorization, pdu, &own).map_err(CheckError::Rejected)
 }
 
 /// Step 5 (or 6, with the current state): `pdu` against a state.

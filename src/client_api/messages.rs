@@ -105,7 +105,10 @@ async fn visible_event(
 ) -> Result<StoredEvent, MatrixError> {
     let not_found = || MatrixError::not_found("Event not found");
     let event = svc.storage.event(event_id).await?.ok_or_else(not_found)?;
-    if event.pdu.room_id != room_id || event.meta.outlier || event.meta.rejected.is_some() {
+    // Only events in the room's timeline: not outliers, not rejected and
+    // not soft-failed (those are kept for the DAG, never shown to clients).
+    let meta = &event.meta;
+    if event.pdu.room_id != room_id || meta.outlier || meta.rejected.is_some() || meta.soft_failed {
         return Err(not_found());
     }
     visibility::filter_for_user(svc, &owner.user_id, joined_now, vec![event])

@@ -9,7 +9,7 @@
 use std::{collections::HashSet, sync::Arc};
 
 use ruma::{
-    OwnedEventId, RoomId, ServerName, UInt,
+    EventId, OwnedEventId, RoomId, ServerName, UInt,
     api::federation::{
         authorization::get_event_authorization,
         event::{get_event, get_missing_events, get_room_state_ids},
@@ -355,15 +355,18 @@ impl Receiver<'_> {
             .send(self.origin, request)
             .await
             .map_err(|e| RoomError::Invalid(format!("cannot get the state at {}: {e}", pdu.event_id)))?;
+        // An answer naming an event of another room (held here, or fetched)
+        // is a lie about this room's state: the whole answer is refused.
+        let foreign =
+            |id: &EventId| RoomError::Invalid(format!("the state at {} names {id}, of another room", pdu.event_id));
         let wanted: Vec<OwnedEventId> = ids.pdu_ids.iter().chain(&ids.auth_chain_ids).cloned().collect();
-        let held: HashSet<OwnedEventId> = self
-            .svc
-            .storage
-            .events(&wanted)
-            .await?
-            .into_iter()
-            .map(|e| e.pdu.event_id.clone())
-            .collect();
+        let mut held = HashSet::new();
+        for event in self.svc.storage.events(&wanted).await? {
+            if event.pdu.room_id != self.room.room_id {
+                return Err(foreign(&event.pdu.event_id));
+            }
+            held.insert(event.pdu.event_id.clone());
+        }
         let mut fetched = Vec::new();
         for id in wanted.iter().filter(|id| !held.contains(*id)) {
             let response = self
@@ -375,6 +378,9 @@ impl Receiver<'_> {
             let event = event_checks::check_signed(self.svc, &self.room.version, &response.pdu).await?;
             if event.event_id != *id {
                 return Err(RoomError::Invalid(format!("asked for {id}, got {}", event.event_id)));
+            }
+            if event.room_id != self.room.room_id {
+                return Err(foreign(id));
             }
             fetched.push(event);
         }

@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod federation;
+pub mod hostile;
 pub mod synapse;
 
 use std::{path::PathBuf, sync::Once};

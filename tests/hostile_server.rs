@@ -1,0 +1,1100 @@
+//! weft against a hostile remote server (`common::hostile`, written here,
+//! not weft): the checks performed on receipt of a PDU, in the spec's
+//! order, for events that come over `/send` and through gap filling.
+//!
+//! Each test: a weft server, Alice's public room on it, and the hostile
+//! server's Mallory joined to it the normal way (make_join, send_join).
+
+mod common;
+
+use common::{
+    TestServer, User, enc,
+    hostile::{Built, Hostile, auth_events_of, set_auth_events},
+};
+use reqwest::Method;
+use ruma::{
+    OwnedEventId, OwnedRoomId, OwnedUserId,
+    signatures::{PublicKeyMap, PublicKeySet, Verified},
+};
+use serde_json::{Value, json};
+
+struct Rig {
+    weft: TestServer,
+    hostile: Hostile,
+    room: OwnedRoomId,
+    alice_id: String,
+    alice_token: String,
+    mallory: OwnedUserId,
+}
+
+impl Rig {
+    fn alice(&self) -> User<'_> {
+        User {
+            server: &self.weft,
+            user_id: self.alice_id.clone(),
+            token: self.alice_token.clone(),
+        }
+    }
+
+    /// Sends `pdus` in one transaction; returns the per-PDU results.
+    async fn send(&self, txn: &str, pdus: &[&Built]) -> Value {
+        let pdus: Vec<Value> = pdus.iter().map(|b| b.pdu.clone()).collect();
+        let (status, body) = self
+            .hostile
+            .send_transaction(&self.weft.server_name(), txn, &pdus)
+            .await;
+        assert_eq!(status, 200, "transaction {txn}: {body}");
+        body["pdus"].clone()
+    }
+
+    /// The room's timeline as Alice pages it, oldest first: event IDs.
+    async fn timeline(&self) -> Vec<String> {
+        let page = self.alice().messages(self.room.as_str(), "dir=b&limit=1000").await;
+        let mut ids: Vec<String> = page["chunk"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["event_id"].as_str().unwrap().to_owned())
+            .collect();
+        ids.reverse();
+        ids
+    }
+
+    /// The event as Alice gets it, if she may.
+    async fn event_for_alice(&self, id: &OwnedEventId) -> Option<Value> {
+        let (status, body) = self
+            .alice()
+            .call(
+                Method::GET,
+                &format!(
+                    "/_matrix/client/v3/rooms/{}/event/{}",
+                    enc(self.room.as_str()),
+                    enc(id.as_str())
+                ),
+                None,
+            )
+            .await;
+        match status.as_u16() {
+            200 => Some(body),
+            404 => None,
+            other => panic!("GET event {id}: {other} {body}"),
+        }
+    }
+
+    /// Whether Alice's sync (initial, full state) mentions the event.
+    async fn in_sync(&self, id: &OwnedEventId) -> bool {
+        let sync = self.alice().sync("full_state=true").await;
+        sync.to_string().contains(id.as_str())
+    }
+
+    /// The room's current state event of (type, key) as Alice gets it.
+    async fn state(&self, kind: &str, key: &str) -> (u16, Value) {
+        let (status, body) = self
+            .alice()
+            .call(
+                Method::GET,
+                &format!(
+                    "/_matrix/client/v3/rooms/{}/state/{kind}/{}",
+                    enc(self.room.as_str()),
+                    enc(key)
+                ),
+                None,
+            )
+            .await;
+        (status.as_u16(), body)
+    }
+
+    /// The IDs of the room's current state events (Alice's view).
+    async fn state_ids(&self) -> Vec<String> {
+        let body = self
+            .alice()
+            .ok(
+                Method::GET,
+                &format!("/_matrix/client/v3/rooms/{}/state", enc(self.room.as_str())),
+                None,
+            )
+            .await;
+        body.as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["event_id"].as_str().unwrap().to_owned())
+            .collect()
+    }
+
+    async fn stored(&self, id: &OwnedEventId) -> Option<weft::storage::StoredEvent> {
+        self.weft.services().storage.event(id).await.unwrap()
+    }
+
+    /// Asserts that weft's users never see `id` and that it is not state.
+    async fn assert_invisible(&self, id: &OwnedEventId) {
+        let mut leaks = Vec::new();
+        if self.event_for_alice(id).await.is_some() {
+            leaks.push("GET /rooms/{room}/event/{id} returns it");
+        }
+        let (status, _) = self
+            .alice()
+            .call(
+                Method::GET,
+                &format!(
+                    "/_matrix/client/v3/rooms/{}/context/{}?limit=0",
+                    enc(self.room.as_str()),
+                    enc(id.as_str())
+                ),
+                None,
+            )
+            .await;
+        if status.as_u16() != 404 {
+            leaks.push("GET /rooms/{room}/context/{id} returns it");
+        }
+        if self.timeline().await.contains(&id.to_string()) {
+            leaks.push("/messages lists it");
+        }
+        if self.state_ids().await.contains(&id.to_string()) {
+            leaks.push("it is in the room state");
+        }
+        if self.in_sync(id).await {
+            leaks.push("/sync mentions it");
+        }
+        assert!(leaks.is_empty(), "{id} is visible to Alice: {leaks:?}");
+    }
+
+    async fn assert_visible(&self, id: &OwnedEventId) -> Value {
+        let event = self
+            .event_for_alice(id)
+            .await
+            .unwrap_or_else(|| panic!("{id} is not readable"));
+        assert!(
+            self.timeline().await.contains(&id.to_string()),
+            "{id} is not in the timeline"
+        );
+        event
+    }
+}
+
+/// The result a transaction answer gives `id`: `Some(Ok)` for `{}`,
+/// `Some(Err(message))` for `{"error": ...}`, `None` if not mentioned.
+fn result_of(answer: &Value, id: &OwnedEventId) -> Option<Result<(), String>> {
+    let entry = answer.get(id.as_str())?;
+    Some(match entry.get("error") {
+        Some(error) => Err(error.as_str().unwrap_or_default().to_owned()),
+        None => Ok(()),
+    })
+}
+
+fn assert_accepted(answer: &Value, id: &OwnedEventId) {
+    assert_eq!(result_of(answer, id), Some(Ok(())), "{id} accepted: {answer}");
+}
+
+fn assert_refused(answer: &Value, id: &OwnedEventId) -> String {
+    match result_of(answer, id) {
+        Some(Err(error)) => error,
+        other => panic!("{id} should be refused, got {other:?}: {answer}"),
+    }
+}
+
+async fn rig() -> Rig {
+    let weft = TestServer::start_federating().await;
+    let hostile = Hostile::start().await;
+    let alice = weft.register("alice").await;
+    let room: OwnedRoomId = alice
+        .create_room(json!({ "preset": "public_chat", "name": "Original name" }))
+        .await
+        .parse()
+        .unwrap();
+    let (status, _) = alice.send_text(room.as_str(), "t0", "before mallory").await;
+    assert_eq!(status, 200);
+    let (alice_id, alice_token) = (alice.user_id.clone(), alice.token.clone());
+    hostile.join(&weft.server_name(), &room, "mallory").await;
+    let mallory = hostile.user("mallory");
+    Rig {
+        weft,
+        hostile,
+        room,
+        alice_id,
+        alice_token,
+        mallory,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_hostile_server_joins_and_talks() {
+    let rig = rig().await;
+    // Mallory is joined on weft's side.
+    let (status, member) = rig.state("m.room.member", rig.mallory.as_str()).await;
+    assert_eq!((status, member["membership"].as_str()), (200, Some("join")), "{member}");
+    // A well-formed message is accepted and shown.
+    let hello = rig.hostile.message(&rig.room, &rig.mallory, "hello from mallory");
+    rig.hostile.commit(&rig.room, &hello);
+    let answer = rig.send("hello", &[&hello]).await;
+    assert_accepted(&answer, &hello.id);
+    let event = rig.assert_visible(&hello.id).await;
+    assert_eq!(event["content"]["body"], "hello from mallory");
+    // Alice's reply reaches the hostile server.
+    let (status, sent) = rig.alice().send_text(rig.room.as_str(), "r", "hi mallory").await;
+    assert_eq!(status, 200);
+    let reply: OwnedEventId = sent["event_id"].as_str().unwrap().try_into().unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while rig.hostile.event(&reply).is_none() {
+        assert!(std::time::Instant::now() < deadline, "weft never sent Alice's reply");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_content_hash_is_kept_redacted() {
+    let rig = rig().await;
+    let honest = rig.hostile.message(&rig.room, &rig.mallory, "honest words");
+    let forged = rig.hostile.tamper_content(
+        &rig.room,
+        &honest,
+        json!({ "msgtype": "m.text", "body": "forged words" }),
+    );
+    assert_eq!(honest.id, forged.id, "the content is not part of the reference hash");
+    rig.hostile.commit(&rig.room, &forged);
+    let answer = rig.send("hash", &[&forged]).await;
+    assert_accepted(&answer, &forged.id);
+
+    // Alice sees the event, its content gone.
+    let event = rig.assert_visible(&forged.id).await;
+    assert_eq!(event["content"], json!({}), "the content is redacted: {event}");
+    assert!(!rig.timeline().await.is_empty());
+    let page = rig.alice().messages(rig.room.as_str(), "dir=b&limit=100").await;
+    assert!(
+        !page.to_string().contains("forged words") && !page.to_string().contains("honest words"),
+        "{page}"
+    );
+
+    // What weft holds (and serves to other servers) still carries a valid
+    // signature of the hostile server, and the original hash.
+    let stored = rig.stored(&forged.id).await.expect("held");
+    assert!(stored.meta.rejected.is_none() && !stored.meta.outlier);
+    let (status, served) = rig
+        .hostile
+        .request(
+            &rig.weft.server_name(),
+            Method::GET,
+            &format!("/_matrix/federation/v1/event/{}", enc(forged.id.as_str())),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{served}");
+    let pdu = &served["pdus"][0];
+    assert_eq!(pdu["content"], json!({}));
+    assert_eq!(pdu["hashes"], forged.pdu["hashes"]);
+    let object: ruma::CanonicalJsonObject = serde_json::from_value(pdu.clone()).unwrap();
+    let mut keys = PublicKeyMap::new();
+    let mut set = PublicKeySet::new();
+    set.insert(
+        rig.hostile.keys.key_id(),
+        ruma::serde::Base64::parse(rig.hostile.keys.public_key_base64()).unwrap(),
+    );
+    keys.insert(rig.hostile.name.to_string(), set);
+    let rules = rig.hostile.version(&rig.room).rules().unwrap();
+    assert_eq!(
+        ruma::signatures::verify_event(&keys, &object, &rules).expect("the signature still verifies"),
+        Verified::Signatures,
+        "signatures fine, content hash (of the original) not"
+    );
+
+    // The room goes on, on top of the redacted event.
+    let next = rig.hostile.message(&rig.room, &rig.mallory, "after the forgery");
+    rig.hostile.commit(&rig.room, &next);
+    let answer = rig.send("hash-next", &[&next]).await;
+    assert_accepted(&answer, &next.id);
+    rig.assert_visible(&next.id).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_signature_is_dropped() {
+    let rig = rig().await;
+    let message = rig.hostile.message(&rig.room, &rig.mallory, "badly signed");
+    let bad_message = rig.hostile.corrupt_signature(&rig.room, &message);
+    // A state event with a bad signature: Mallory's new display name.
+    let profile = rig.hostile.build(
+        &rig.room,
+        &rig.mallory,
+        "m.room.member",
+        Some(rig.mallory.as_str()),
+        json!({ "membership": "join", "displayname": "Forged name" }),
+    );
+    let bad_profile = rig.hostile.corrupt_signature(&rig.room, &profile);
+    let answer = rig.send("sig", &[&bad_message, &bad_profile]).await;
+    for bad in [&bad_message, &bad_profile] {
+        let error = assert_refused(&answer, &bad.id);
+        assert!(error.to_lowercase().contains("signature"), "{error}");
+        assert!(rig.stored(&bad.id).await.is_none(), "a dropped event is not kept");
+        rig.assert_invisible(&bad.id).await;
+    }
+    let (_, member) = rig.state("m.room.member", rig.mallory.as_str()).await;
+    assert_ne!(member["displayname"], "Forged name", "{member}");
+
+    // Dropped, not rejected: the same event properly signed is accepted.
+    rig.hostile.commit(&rig.room, &message);
+    let answer = rig.send("sig-good", &[&message]).await;
+    assert_accepted(&answer, &message.id);
+    rig.assert_visible(&message.id).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_failing_the_auth_rules_are_rejected() {
+    let rig = rig().await;
+    // Mallory (power 0) renames the room (state_default 50).
+    let rename = rig.hostile.build(
+        &rig.room,
+        &rig.mallory,
+        "m.room.name",
+        Some(""),
+        json!({ "name": "Mallory's room" }),
+    );
+    // Mallory makes herself admin.
+    let (_, power) = rig.state("m.room.power_levels", "").await;
+    let mut grab = power.clone();
+    grab["users"][rig.mallory.as_str()] = json!(100);
+    let promote = rig
+        .hostile
+        .build(&rig.room, &rig.mallory, "m.room.power_levels", Some(""), grab);
+    // Eve, of the same server, never joined.
+    let eve = rig.hostile.user("eve");
+    let intruder = rig.hostile.message(&rig.room, &eve, "I am not here");
+    let answer = rig.send("auth", &[&rename, &promote, &intruder]).await;
+    for bad in [&rename, &promote, &intruder] {
+        let error = assert_refused(&answer, &bad.id);
+        assert!(error.contains("rejected"), "{bad:?}: {error}");
+        let stored = rig.stored(&bad.id).await.expect("a rejected event is kept");
+        assert!(stored.meta.rejected.is_some(), "{} is held as rejected", bad.id);
+        rig.assert_invisible(&bad.id).await;
+    }
+    let (_, name) = rig.state("m.room.name", "").await;
+    assert_eq!(name["name"], "Original name");
+    let (_, after) = rig.state("m.room.power_levels", "").await;
+    assert_eq!(after, power, "the power levels did not move");
+
+    // The room goes on.
+    let next = rig.hostile.message(&rig.room, &rig.mallory, "still here");
+    rig.hostile.commit(&rig.room, &next);
+    let answer = rig.send("auth-next", &[&next]).await;
+    assert_accepted(&answer, &next.id);
+    rig.assert_visible(&next.id).await;
+    let (status, _) = rig.alice().send_text(rig.room.as_str(), "a1", "alice goes on").await;
+    assert_eq!(status, 200);
+}
+
+/// Step 4 is the whole of the auth rules against the event's own auth
+/// events, not only their shape: a message whose auth events do not show
+/// its sender joined is rejected, whatever the state before it says.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auth_events_that_do_not_authorise_the_event_reject_it() {
+    let rig = rig().await;
+    let mut draft = rig.hostile.draft(
+        &rig.room,
+        &rig.mallory,
+        "m.room.message",
+        None,
+        json!({ "msgtype": "m.text", "body": "no membership shown" }),
+    );
+    let view = rig.hostile.room(&rig.room);
+    let mallory_join = view.state[&("m.room.member".to_owned(), rig.mallory.to_string())].clone();
+    let without_join: Vec<OwnedEventId> = auth_events_of(&draft)
+        .into_iter()
+        .filter(|id| *id != mallory_join)
+        .collect();
+    assert_eq!(without_join.len(), 2, "the create event and the power levels");
+    set_auth_events(&mut draft, &without_join);
+    let event = rig.hostile.sign(&rig.room, draft);
+    let answer = rig.send("auth-events", &[&event]).await;
+    let error = assert_refused(&answer, &event.id);
+    assert!(error.contains("rejected"), "{error}");
+    rig.assert_invisible(&event.id).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_citing_a_rejected_auth_event_is_rejected() {
+    let rig = rig().await;
+    let (_, power) = rig.state("m.room.power_levels", "").await;
+    let mut grab = power.clone();
+    grab["users"][rig.mallory.as_str()] = json!(100);
+    let promote = rig
+        .hostile
+        .build(&rig.room, &rig.mallory, "m.room.power_levels", Some(""), grab);
+    let answer = rig.send("rejected-pl", &[&promote]).await;
+    assert_refused(&answer, &promote.id);
+
+    // A message, otherwise fine (Mallory may talk), citing the rejected
+    // power levels instead of the room's.
+    rig.hostile.commit(&rig.room, &promote);
+    let message = rig
+        .hostile
+        .message(&rig.room, &rig.mallory, "on the authority of a rejected event");
+    let auth = message.pdu["auth_events"].as_array().unwrap().clone();
+    assert!(auth.contains(&json!(promote.id)), "{auth:?}");
+    let answer = rig.send("cites-rejected", &[&message]).await;
+    let error = assert_refused(&answer, &message.id);
+    assert!(error.contains("rejected"), "{error}");
+    rig.assert_invisible(&message.id).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_float_in_the_content_is_refused() {
+    let rig = rig().await;
+    const PLACEHOLDER: i64 = 918_273_645_546_372;
+
+    // Over /send: a transaction with a float cannot even be signed as
+    // canonical JSON. Whatever weft answers, it does not take the event.
+    let float = rig
+        .hostile
+        .message_with_float(&rig.room, &rig.mallory, PLACEHOLDER, "1.5");
+    assert!(float.pdu.to_string().contains("1.5"));
+    let (status, body) = rig
+        .hostile
+        .send_transaction_with_float(
+            &rig.weft.server_name(),
+            "float",
+            std::slice::from_ref(&float.pdu),
+            PLACEHOLDER,
+            "1.5",
+        )
+        .await;
+    // weft answers 401: the X-Matrix signature is over canonical JSON,
+    // which has no floats, so the request cannot be verified at all.
+    let refused_in_transaction = status == 200 && result_of(&body["pdus"], &float.id).is_some_and(|r| r.is_err());
+    assert!(
+        status == 401 || refused_in_transaction,
+        "/send with a float: {status} {body}"
+    );
+    assert!(rig.stored(&float.id).await.is_none(), "the float event is not held");
+    rig.assert_invisible(&float.id).await;
+
+    // Through gap filling: the float event is the parent of a good event;
+    // weft fetches it with /get_missing_events and drops it.
+    rig.hostile.commit(&rig.room, &float);
+    let child = rig.hostile.message(&rig.room, &rig.mallory, "child of a float");
+    rig.hostile.commit(&rig.room, &child);
+    let answer = rig.send("float-child", &[&child]).await;
+    assert!(
+        !rig.hostile
+            .seen_at("/_matrix/federation/v1/get_missing_events/")
+            .is_empty(),
+        "weft asked for the missing parent"
+    );
+    assert!(rig.stored(&float.id).await.is_none(), "the float event is not held");
+    rig.assert_invisible(&float.id).await;
+    assert_accepted(&answer, &child.id);
+    rig.assert_visible(&child.id).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_bad_event_does_not_block_the_good_ones() {
+    let rig = rig().await;
+    let first = rig.hostile.message(&rig.room, &rig.mallory, "good one");
+    rig.hostile.commit(&rig.room, &first);
+    let forged_sig = rig
+        .hostile
+        .corrupt_signature(&rig.room, &rig.hostile.message(&rig.room, &rig.mallory, "bad sig"));
+    let eve = rig.hostile.user("eve");
+    let intruder = rig.hostile.message(&rig.room, &eve, "not a member");
+    let second = rig.hostile.message(&rig.room, &rig.mallory, "good two");
+    rig.hostile.commit(&rig.room, &second);
+    let honest = rig.hostile.message(&rig.room, &rig.mallory, "hash ok");
+    let bad_hash = rig
+        .hostile
+        .tamper_content(&rig.room, &honest, json!({ "msgtype": "m.text", "body": "hash bad" }));
+    rig.hostile.commit(&rig.room, &bad_hash);
+    let third = rig.hostile.message(&rig.room, &rig.mallory, "good three");
+    rig.hostile.commit(&rig.room, &third);
+
+    let answer = rig
+        .send("mixed", &[&first, &forged_sig, &intruder, &second, &bad_hash, &third])
+        .await;
+    assert_accepted(&answer, &first.id);
+    assert_accepted(&answer, &second.id);
+    assert_accepted(&answer, &third.id);
+    assert_accepted(&answer, &bad_hash.id);
+    assert_refused(&answer, &forged_sig.id);
+    assert_refused(&answer, &intruder.id);
+    rig.assert_invisible(&forged_sig.id).await;
+    rig.assert_invisible(&intruder.id).await;
+    let timeline = rig.timeline().await;
+    let position = |id: &OwnedEventId| timeline.iter().position(|t| t == id.as_str());
+    let order: Vec<Option<usize>> = [&first.id, &second.id, &bad_hash.id, &third.id]
+        .into_iter()
+        .map(position)
+        .collect();
+    assert!(order.iter().all(Option::is_some), "all good events shown: {order:?}");
+    assert!(order.windows(2).all(|w| w[0] < w[1]), "in order: {order:?}");
+    let redacted = rig.event_for_alice(&bad_hash.id).await.unwrap();
+    assert_eq!(redacted["content"], json!({}));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn missing_parents_are_fetched_with_get_missing_events() {
+    let rig = rig().await;
+    let mut chain = Vec::new();
+    for i in 0..3 {
+        let event = rig.hostile.message(&rig.room, &rig.mallory, &format!("missing {i}"));
+        rig.hostile.commit(&rig.room, &event);
+        chain.push(event);
+    }
+    let last = rig.hostile.message(&rig.room, &rig.mallory, "the one sent");
+    rig.hostile.commit(&rig.room, &last);
+    let answer = rig.send("gap", &[&last]).await;
+    assert_accepted(&answer, &last.id);
+
+    let asked = rig.hostile.seen_at("/_matrix/federation/v1/get_missing_events/");
+    assert_eq!(asked.len(), 1, "{asked:?}");
+    assert_eq!(asked[0].origin.as_deref(), Some(rig.weft.server_name().as_str()));
+    assert_eq!(asked[0].body["latest_events"], json!([last.id]), "{:?}", asked[0]);
+
+    let timeline = rig.timeline().await;
+    let positions: Vec<Option<usize>> = chain
+        .iter()
+        .chain([&last])
+        .map(|e| timeline.iter().position(|t| t == e.id.as_str()))
+        .collect();
+    assert!(positions.iter().all(Option::is_some), "{positions:?} in {timeline:?}");
+    assert!(positions.windows(2).all(|w| w[0] < w[1]), "in order: {positions:?}");
+    for event in &chain {
+        let stored = rig.stored(&event.id).await.unwrap();
+        assert!(!stored.meta.outlier && stored.meta.rejected.is_none());
+    }
+    assert!(
+        rig.weft
+            .services()
+            .storage
+            .backward_extremities(&rig.room)
+            .await
+            .unwrap()
+            .is_empty(),
+        "no gap is left"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gap_that_cannot_be_filled_stays_a_backward_extremity() {
+    let rig = rig().await;
+    rig.hostile.set_behaviour(|b| {
+        b.serve_missing_events = false;
+        b.serve_backfill = false;
+    });
+    // In the gap: Eve (of the hostile server) joins. A state event weft
+    // will only learn from the state at the event after the gap.
+    let eve = rig.hostile.user("eve");
+    let eve_join = rig.hostile.build(
+        &rig.room,
+        &eve,
+        "m.room.member",
+        Some(eve.as_str()),
+        json!({ "membership": "join" }),
+    );
+    rig.hostile.commit(&rig.room, &eve_join);
+    let after_gap = rig.hostile.message(&rig.room, &rig.mallory, "after the gap");
+    rig.hostile.commit(&rig.room, &after_gap);
+    let answer = rig.send("hole", &[&after_gap]).await;
+    assert_accepted(&answer, &after_gap.id);
+
+    assert!(
+        !rig.hostile
+            .seen_at("/_matrix/federation/v1/get_missing_events/")
+            .is_empty()
+    );
+    assert!(
+        !rig.hostile.seen_at("/_matrix/federation/v1/state_ids/").is_empty(),
+        "weft asked for the state at the event: {:?}",
+        rig.hostile.seen()
+    );
+    let fetched = rig
+        .hostile
+        .seen_at(&format!("/_matrix/federation/v1/event/{}", eve_join.id));
+    assert!(!fetched.is_empty(), "weft fetched Eve's join: {:?}", rig.hostile.seen());
+
+    let backward: Vec<OwnedEventId> = rig
+        .weft
+        .services()
+        .storage
+        .backward_extremities(&rig.room)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(id, _)| id)
+        .collect();
+    assert!(backward.contains(&eve_join.id), "{backward:?}");
+    rig.assert_visible(&after_gap.id).await;
+    // Eve's join is not in the timeline (weft never got it as one), but
+    // the state at the event (and so the room's) has her joined.
+    let stored = rig.stored(&eve_join.id).await.expect("held as an outlier");
+    assert!(stored.meta.outlier);
+    let (status, member) = rig.state("m.room.member", eve.as_str()).await;
+    assert_eq!((status, member["membership"].as_str()), (200, Some("join")), "{member}");
+
+    // The room goes on, on both sides.
+    let (status, _) = rig.alice().send_text(rig.room.as_str(), "a1", "alice goes on").await;
+    assert_eq!(status, 200);
+    let next = rig.hostile.message(&rig.room, &rig.mallory, "mallory goes on");
+    rig.hostile.commit(&rig.room, &next);
+    let answer = rig.send("hole-next", &[&next]).await;
+    assert_accepted(&answer, &next.id);
+    rig.assert_visible(&next.id).await;
+    let from_eve = rig.hostile.message(&rig.room, &eve, "eve talks");
+    rig.hostile.commit(&rig.room, &from_eve);
+    let answer = rig.send("hole-eve", &[&from_eve]).await;
+    assert_accepted(&answer, &from_eve.id);
+    rig.assert_visible(&from_eve.id).await;
+    // Paging back across the gap (the hostile server gives nothing) keeps it.
+    rig.timeline().await;
+    let backward: Vec<OwnedEventId> = rig
+        .weft
+        .services()
+        .storage
+        .backward_extremities(&rig.room)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(id, _)| id)
+        .collect();
+    assert!(backward.contains(&eve_join.id), "{backward:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retried_transaction_gets_the_same_answer_and_stores_nothing_twice() {
+    let rig = rig().await;
+    let good = rig.hostile.message(&rig.room, &rig.mallory, "said once");
+    rig.hostile.commit(&rig.room, &good);
+    let bad = rig
+        .hostile
+        .corrupt_signature(&rig.room, &rig.hostile.message(&rig.room, &rig.mallory, "bad"));
+    let eve = rig.hostile.user("eve");
+    let rejected = rig.hostile.message(&rig.room, &eve, "rejected once");
+    let pdus = [&good, &bad, &rejected];
+    let first = rig.send("retry", &pdus).await;
+    assert_accepted(&first, &good.id);
+    assert_refused(&first, &bad.id);
+    assert_refused(&first, &rejected.id);
+    let ordering = rig.stored(&good.id).await.unwrap().meta.stream_ordering;
+    let timeline = rig.timeline().await;
+
+    for _ in 0..2 {
+        let again = rig.send("retry", &pdus).await;
+        assert_eq!(again, first, "the same answer");
+    }
+    // The same transaction ID with other content is the same transaction.
+    let other = rig.hostile.message(&rig.room, &rig.mallory, "smuggled in a retry");
+    let again = rig.send("retry", &[&other]).await;
+    assert_eq!(again, first, "the same answer");
+    assert!(rig.stored(&other.id).await.is_none(), "nothing of the retry is taken");
+
+    assert_eq!(rig.stored(&good.id).await.unwrap().meta.stream_ordering, ordering);
+    assert_eq!(rig.timeline().await, timeline, "nothing new in the timeline");
+    let count = rig.timeline().await.iter().filter(|id| *id == good.id.as_str()).count();
+    assert_eq!(count, 1);
+
+    // The same events in a new transaction: already held, still once.
+    let fresh = rig.send("retry-new-id", &[&good, &rejected]).await;
+    assert_accepted(&fresh, &good.id);
+    assert_eq!(rig.stored(&good.id).await.unwrap().meta.stream_ordering, ordering);
+    assert_eq!(rig.timeline().await, timeline);
+}
+
+/// The auth events fetched from the sender (`/event_auth`) go through the
+/// same step 4: one that its own auth events do not allow is rejected, and
+/// so is the event that cites it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fetched_auth_event_that_fails_its_own_auth_events_is_rejected() {
+    let rig = rig().await;
+    let (_, power) = rig.state("m.room.power_levels", "").await;
+    let mut grab = power.clone();
+    grab["users"][rig.mallory.as_str()] = json!(100);
+    // Mallory's power levels, never sent: weft only learns of it as an auth
+    // event of the message below.
+    let promote = rig
+        .hostile
+        .build(&rig.room, &rig.mallory, "m.room.power_levels", Some(""), grab);
+    rig.hostile.hold(&promote);
+    let view = rig.hostile.room(&rig.room);
+    let real_power = view.state[&("m.room.power_levels".to_owned(), String::new())].clone();
+    let mut draft = rig.hostile.draft(
+        &rig.room,
+        &rig.mallory,
+        "m.room.message",
+        None,
+        json!({ "msgtype": "m.text", "body": "on my own authority" }),
+    );
+    let auth: Vec<OwnedEventId> = auth_events_of(&draft)
+        .into_iter()
+        .map(|id| if id == real_power { promote.id.clone() } else { id })
+        .collect();
+    set_auth_events(&mut draft, &auth);
+    let message = rig.hostile.sign(&rig.room, draft);
+    rig.hostile.hold(&message);
+
+    let answer = rig.send("fetched-auth", &[&message]).await;
+    assert!(
+        !rig.hostile.seen_at("/_matrix/federation/v1/event_auth/").is_empty(),
+        "weft fetched the auth chain: {:?}",
+        rig.hostile.seen()
+    );
+    let promote_meta = rig.stored(&promote.id).await.map(|e| e.meta);
+    let message_result = result_of(&answer, &message.id);
+    assert!(
+        promote_meta.as_ref().is_none_or(|m| m.rejected.is_some())
+            && matches!(&message_result, Some(Err(e)) if e.contains("rejected")),
+        "Mallory's power levels should be rejected (held as {promote_meta:?}), \
+         and the message citing them too (result {message_result:?})"
+    );
+    rig.assert_invisible(&message.id).await;
+    rig.assert_invisible(&promote.id).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_forged_in_the_name_of_a_local_user_is_dropped() {
+    let rig = rig().await;
+    let alice: OwnedUserId = rig.alice_id.as_str().try_into().unwrap();
+    let forged = rig.hostile.message(&rig.room, &alice, "I, Alice, hand the room over");
+    let forged_name = rig
+        .hostile
+        .build(&rig.room, &alice, "m.room.name", Some(""), json!({ "name": "Forged" }));
+    let answer = rig.send("forged-sender", &[&forged, &forged_name]).await;
+    for event in [&forged, &forged_name] {
+        let error = assert_refused(&answer, &event.id);
+        assert!(error.contains("signature") || error.contains("signed"), "{error}");
+        assert!(rig.stored(&event.id).await.is_none());
+        rig.assert_invisible(&event.id).await;
+    }
+    let (_, name) = rig.state("m.room.name", "").await;
+    assert_eq!(name["name"], "Original name");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_events_are_dropped_and_the_rest_goes_on() {
+    let rig = rig().await;
+    // Too large (over 65536 bytes): the body is swollen after signing
+    // (so the signature, over the redacted event, holds; only the size
+    // and the content hash are wrong).
+    let small = rig.hostile.message(&rig.room, &rig.mallory, "small");
+    let huge = rig.hostile.tamper_content(
+        &rig.room,
+        &small,
+        json!({ "msgtype": "m.text", "body": "x".repeat(70_000) }),
+    );
+    assert!(huge.pdu.to_string().len() > 65_536);
+    // No depth.
+    let mut draft = rig.hostile.draft(
+        &rig.room,
+        &rig.mallory,
+        "m.room.message",
+        None,
+        json!({ "msgtype": "m.text", "body": "no depth" }),
+    );
+    draft.remove("depth");
+    let no_depth = rig.hostile.sign(&rig.room, draft);
+    // prev_events not a list.
+    let mut draft = rig.hostile.draft(
+        &rig.room,
+        &rig.mallory,
+        "m.room.message",
+        None,
+        json!({ "msgtype": "m.text", "body": "bad prevs" }),
+    );
+    draft.insert(
+        "prev_events".to_owned(),
+        ruma::CanonicalJsonValue::String("$nope".to_owned()),
+    );
+    let bad_prevs = rig.hostile.sign(&rig.room, draft);
+    // A room weft is not in.
+    let mut elsewhere = rig.hostile.message(&rig.room, &rig.mallory, "elsewhere");
+    elsewhere.pdu["room_id"] = json!("!nowhere:elsewhere.example");
+    let good = rig.hostile.message(&rig.room, &rig.mallory, "well formed");
+    rig.hostile.commit(&rig.room, &good);
+
+    let (status, body) = rig
+        .hostile
+        .send_transaction(
+            &rig.weft.server_name(),
+            "malformed",
+            &[
+                huge.pdu.clone(),
+                no_depth.pdu.clone(),
+                bad_prevs.pdu.clone(),
+                elsewhere.pdu.clone(),
+                good.pdu.clone(),
+            ],
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let answer = &body["pdus"];
+    assert_accepted(answer, &good.id);
+    rig.assert_visible(&good.id).await;
+    let error = assert_refused(answer, &huge.id);
+    assert!(
+        error.contains("large") || error.contains("size") || error.contains("bytes"),
+        "{error}"
+    );
+    for bad in [&huge, &no_depth, &bad_prevs] {
+        if let Some(result) = result_of(answer, &bad.id) {
+            assert!(result.is_err(), "{}: {answer}", bad.id);
+        }
+        assert!(rig.stored(&bad.id).await.is_none(), "{} is not held", bad.id);
+    }
+    let page = rig
+        .alice()
+        .messages(rig.room.as_str(), "dir=b&limit=100")
+        .await
+        .to_string();
+    assert!(!page.contains("xxxxxxxxxx") && !page.contains("no depth") && !page.contains("bad prevs"));
+    assert!(!page.contains("elsewhere"));
+}
+
+/// Soft failure: a banned user's server sends a message built on the room
+/// before the ban. It passes the auth rules against its own auth events
+/// and the state before it, but not against the current state.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_evading_a_ban_is_soft_failed() {
+    let rig = rig().await;
+    let before_ban = rig.hostile.draft(
+        &rig.room,
+        &rig.mallory,
+        "m.room.message",
+        None,
+        json!({ "msgtype": "m.text", "body": "evading the ban" }),
+    );
+    rig.alice()
+        .ok(
+            Method::POST,
+            &format!("/_matrix/client/v3/rooms/{}/ban", enc(rig.room.as_str())),
+            Some(&json!({ "user_id": rig.mallory })),
+        )
+        .await;
+    let evading = rig.hostile.sign(&rig.room, before_ban);
+    let answer = rig.send("evade", &[&evading]).await;
+    // Soft failure is not an error to the sending server.
+    assert_accepted(&answer, &evading.id);
+    let stored = rig.stored(&evading.id).await.expect("held");
+    assert!(
+        stored.meta.soft_failed && stored.meta.rejected.is_none(),
+        "{:?}",
+        stored.meta
+    );
+    rig.assert_invisible(&evading.id).await;
+    let extremities = rig
+        .weft
+        .services()
+        .storage
+        .forward_extremities(&rig.room)
+        .await
+        .unwrap();
+    assert!(!extremities.iter().any(|(id, _)| *id == evading.id), "{extremities:?}");
+    // Alice's next event does not build on it.
+    let (status, sent) = rig.alice().send_text(rig.room.as_str(), "after", "after the ban").await;
+    assert_eq!(status, 200);
+    let next: OwnedEventId = sent["event_id"].as_str().unwrap().try_into().unwrap();
+    let next = rig.stored(&next).await.unwrap();
+    assert!(
+        !next.pdu.prev_events.contains(&evading.id),
+        "{:?}",
+        next.pdu.prev_events
+    );
+    let (_, member) = rig.state("m.room.member", rig.mallory.as_str()).await;
+    assert_eq!(member["membership"], "ban");
+}
+
+/// v11 leaves it to the server to check a redaction's sender: Mallory's
+/// redaction of Alice's message is held but does not take her content;
+/// of her own message, it does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redaction_of_someone_elses_event_without_power_is_not_applied() {
+    let rig = rig().await;
+    let (status, sent) = rig.alice().send_text(rig.room.as_str(), "a", "alice's words").await;
+    assert_eq!(status, 200);
+    let alices: OwnedEventId = sent["event_id"].as_str().unwrap().try_into().unwrap();
+    let own = rig.hostile.message(&rig.room, &rig.mallory, "mallory's words");
+    rig.hostile.commit(&rig.room, &own);
+    let redact_alice = rig.hostile.build(
+        &rig.room,
+        &rig.mallory,
+        "m.room.redaction",
+        None,
+        json!({ "redacts": alices, "reason": "mine now" }),
+    );
+    rig.hostile.commit(&rig.room, &redact_alice);
+    let redact_own = rig.hostile.build(
+        &rig.room,
+        &rig.mallory,
+        "m.room.redaction",
+        None,
+        json!({ "redacts": own.id }),
+    );
+    rig.hostile.commit(&rig.room, &redact_own);
+    let answer = rig.send("redactions", &[&own, &redact_alice, &redact_own]).await;
+    assert_accepted(&answer, &own.id);
+    assert!(result_of(&answer, &redact_alice.id).is_some(), "{answer}");
+    assert_accepted(&answer, &redact_own.id);
+
+    let alice_event = rig.event_for_alice(&alices).await.unwrap();
+    assert_eq!(
+        alice_event["content"]["body"], "alice's words",
+        "Mallory may not redact Alice: {alice_event}"
+    );
+    let stored = rig.stored(&alices).await.unwrap();
+    assert!(stored.meta.redacted_by.is_none(), "{:?}", stored.meta);
+    let own_event = rig.event_for_alice(&own.id).await.unwrap();
+    assert_eq!(
+        own_event["content"],
+        json!({}),
+        "her own message is redacted: {own_event}"
+    );
+}
+
+/// The state at an event after a gap comes from the sender (`/state_ids`);
+/// a sender that names another room's events there (Mallory's power levels
+/// in a room where Alice made her admin) must not get them into this room.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn state_from_the_sender_naming_another_rooms_events_is_not_used() {
+    let rig = rig().await;
+    // Another room, where Alice makes Mallory an admin.
+    let other: OwnedRoomId = rig
+        .alice()
+        .create_room(json!({ "preset": "public_chat" }))
+        .await
+        .parse()
+        .unwrap();
+    rig.hostile.join(&rig.weft.server_name(), &other, "mallory").await;
+    let mut power = rig
+        .alice()
+        .ok(
+            Method::GET,
+            &format!(
+                "/_matrix/client/v3/rooms/{}/state/m.room.power_levels/",
+                enc(other.as_str())
+            ),
+            None,
+        )
+        .await;
+    power["users"][rig.mallory.as_str()] = json!(100);
+    let sent = rig
+        .alice()
+        .ok(
+            Method::PUT,
+            &format!(
+                "/_matrix/client/v3/rooms/{}/state/m.room.power_levels/",
+                enc(other.as_str())
+            ),
+            Some(&power),
+        )
+        .await;
+    let other_power: OwnedEventId = sent["event_id"].as_str().unwrap().try_into().unwrap();
+
+    // In Alice's first room: a gap, then Mallory renames the room, and the
+    // hostile server says the state before the rename has the other room's
+    // power levels.
+    rig.hostile.set_behaviour(|b| {
+        b.serve_missing_events = false;
+        b.serve_backfill = false;
+    });
+    let in_gap = rig.hostile.message(&rig.room, &rig.mallory, "in the gap");
+    rig.hostile.commit(&rig.room, &in_gap);
+    let rename = rig.hostile.build(
+        &rig.room,
+        &rig.mallory,
+        "m.room.name",
+        Some(""),
+        json!({ "name": "Taken over" }),
+    );
+    rig.hostile.commit(&rig.room, &rename);
+    let mut lie = rig.hostile.room(&rig.room).state_before[&rename.id].clone();
+    lie.insert(("m.room.power_levels".to_owned(), String::new()), other_power.clone());
+    rig.hostile.set_state_before(&rig.room, &rename.id, lie);
+    let after = rig.hostile.message(&rig.room, &rig.mallory, "after the takeover");
+    rig.hostile.commit(&rig.room, &after);
+
+    let answer = rig.send("cross-room", &[&rename]).await;
+    let rename_result = result_of(&answer, &rename.id);
+    let rename_meta = rig.stored(&rename.id).await.map(|e| e.meta);
+    let answer = rig.send("cross-room-after", &[&after]).await;
+    let after_result = result_of(&answer, &after.id);
+    let (_, name) = rig.state("m.room.name", "").await;
+    let (_, room_power) = rig.state("m.room.power_levels", "").await;
+    let current = rig.state_ids().await;
+    eprintln!("rename: {rename_result:?} {rename_meta:?}; after: {after_result:?}; name {name}; power {room_power}");
+    assert!(
+        !current.contains(&other_power.to_string()),
+        "the other room's power levels became this room's state: {room_power}"
+    );
+    assert_eq!(name["name"], "Original name", "the room was renamed by Mallory");
+    assert!(
+        rename_result.as_ref().is_some_and(|r| r.is_err()),
+        "the rename should be refused (it was allowed only by another room's event): {rename_result:?} {rename_meta:?}"
+    );
+    rig.assert_invisible(&rename.id).await;
+}
+
+/// What `/get_missing_events` brings goes through the same checks: junk
+/// slipped into the answer (a forgery, an intruder's message, an event of
+/// another room) is dropped or rejected; the real missing event is taken.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn junk_in_a_get_missing_events_answer_is_not_taken() {
+    let rig = rig().await;
+    let forged = rig.hostile.corrupt_signature(
+        &rig.room,
+        &rig.hostile.message(&rig.room, &rig.mallory, "forged, in the answer"),
+    );
+    let eve = rig.hostile.user("eve");
+    let intruder = rig.hostile.message(&rig.room, &eve, "intruder, in the answer");
+    let mut elsewhere = rig
+        .hostile
+        .message(&rig.room, &rig.mallory, "another room, in the answer");
+    elsewhere.pdu["room_id"] = json!("!elsewhere:elsewhere.example");
+    rig.hostile.set_behaviour(|b| {
+        b.extra_missing_events = vec![forged.pdu.clone(), intruder.pdu.clone(), elsewhere.pdu.clone()];
+    });
+    let missing = rig.hostile.message(&rig.room, &rig.mallory, "really missing");
+    rig.hostile.commit(&rig.room, &missing);
+    let sent = rig.hostile.message(&rig.room, &rig.mallory, "sent");
+    rig.hostile.commit(&rig.room, &sent);
+    let answer = rig.send("junk", &[&sent]).await;
+    assert_accepted(&answer, &sent.id);
+    assert_eq!(
+        rig.hostile.seen_at("/_matrix/federation/v1/get_missing_events/").len(),
+        1
+    );
+    rig.assert_visible(&missing.id).await;
+    rig.assert_visible(&sent.id).await;
+    assert!(rig.stored(&forged.id).await.is_none());
+    rig.assert_invisible(&forged.id).await;
+    rig.assert_invisible(&intruder.id).await;
+    if let Some(stored) = rig.stored(&intruder.id).await {
+        assert!(stored.meta.rejected.is_some(), "{:?}", stored.meta);
+    }
+    let page = rig
+        .alice()
+        .messages(rig.room.as_str(), "dir=b&limit=100")
+        .await
+        .to_string();
+    assert!(!page.contains("in the answer"), "{page}");
+}
+
+/// A transaction is the signing server's own: one claiming another origin
+/// is refused whole, and none of its events is taken.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transaction_claiming_another_origin_is_refused() {
+    let rig = rig().await;
+    let message = rig.hostile.message(&rig.room, &rig.mallory, "in someone else's name");
+    let body = json!({
+        "origin": rig.weft.server_name(),
+        "origin_server_ts": 1,
+        "pdus": [message.pdu],
+        "edus": [],
+    });
+    let (status, answer) = rig
+        .hostile
+        .request(
+            &rig.weft.server_name(),
+            Method::PUT,
+            "/_matrix/federation/v1/send/not-mine",
+            Some(&body),
+        )
+        .await;
+    assert_eq!(
+        (status, answer["errcode"].as_str()),
+        (403, Some("M_FORBIDDEN")),
+        "{answer}"
+    );
+    assert!(rig.stored(&message.id).await.is_none());
+}

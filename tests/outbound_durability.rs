@@ -1,0 +1,336 @@
+//! The outbound federation queue survives kill -9: the real `weft` binary
+//! queues events for a peer that is down (the hostile test server of
+//! `common::hostile`, refusing `/send`), is killed, restarted, killed again
+//! while retrying, and restarted once the peer is back: the peer gets every
+//! queued event, exactly once, in order, and nothing it had already.
+
+mod common;
+
+use std::{
+    collections::{BTreeMap, HashSet},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use common::{enc, free_port, hostile::Hostile};
+use ruma::{OwnedEventId, OwnedRoomId, OwnedServerName};
+use serde_json::{Value, json};
+use weft::storage::{Storage, sqlite::SqliteStorage};
+
+const WEFT: &str = env!("CARGO_BIN_EXE_weft");
+
+/// The weft binary, on fixed ports (the same after each restart: its
+/// server name holds the federation port).
+struct Weft {
+    child: Option<Child>,
+    data: PathBuf,
+    log: PathBuf,
+    client_port: u16,
+    federation_port: u16,
+    starts: usize,
+    http: reqwest::Client,
+}
+
+impl Drop for Weft {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Weft {
+    fn new(dir: &Path) -> Weft {
+        Weft {
+            child: None,
+            data: dir.join("data"),
+            log: dir.join("weft.log"),
+            client_port: free_port(),
+            federation_port: free_port(),
+            starts: 0,
+            http: reqwest::Client::new(),
+        }
+    }
+
+    fn server_name(&self) -> OwnedServerName {
+        format!("127.0.0.1:{}", self.federation_port).try_into().unwrap()
+    }
+
+    fn client(&self) -> String {
+        format!("http://127.0.0.1:{}", self.client_port)
+    }
+
+    fn log_text(&self) -> String {
+        let mut text = String::new();
+        for i in 1..=self.starts {
+            let path = self.log.with_extension(format!("{i}.log"));
+            text.push_str(&format!("----- start {i} -----\n"));
+            text.push_str(&std::fs::read_to_string(path).unwrap_or_default());
+        }
+        text
+    }
+
+    async fn start(&mut self) {
+        assert!(self.child.is_none());
+        self.starts += 1;
+        let log = self.log.with_extension(format!("{}.log", self.starts));
+        let child = Command::new(WEFT)
+            .arg("serve")
+            .env("WEFT_DATA_DIR", &self.data)
+            .env("WEFT_SERVER_NAME", self.server_name().as_str())
+            .env("WEFT_CLIENT_LISTEN", format!("127.0.0.1:{}", self.client_port))
+            .env("WEFT_FEDERATION_LISTEN", format!("127.0.0.1:{}", self.federation_port))
+            .env("WEFT_ALLOW_REGISTRATION", "true")
+            .env("WEFT_FEDERATION_VERIFY_TLS", "false")
+            .env("WEFT_LOG", "info,weft=debug,ruma_state_res=warn")
+            .env_remove("RUST_LOG")
+            .stderr(std::fs::File::create(&log).unwrap())
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let up = self
+                .http
+                .get(format!("{}/_matrix/client/versions", self.client()))
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success());
+            if up {
+                return;
+            }
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("weft exited ({status}): {}", self.log_text());
+            }
+            assert!(Instant::now() < deadline, "weft did not start: {}", self.log_text());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// kill -9: no chance to shut down cleanly.
+    fn kill_9(&mut self) {
+        let mut child = self.child.take().expect("running");
+        child.kill().unwrap();
+        let status = child.wait().unwrap();
+        assert!(!status.success(), "killed, not exited: {status}");
+    }
+
+    async fn call(&self, method: reqwest::Method, path: &str, token: Option<&str>, body: &Value) -> (u16, Value) {
+        let mut req = self.http.request(method, format!("{}{path}", self.client())).json(body);
+        if let Some(token) = token {
+            req = req.bearer_auth(token);
+        }
+        let res = req.send().await.unwrap();
+        let status = res.status().as_u16();
+        (status, res.json().await.unwrap_or(Value::Null))
+    }
+
+    async fn send_text(&self, token: &str, room: &OwnedRoomId, txn: &str, text: &str) -> OwnedEventId {
+        let (status, body) = self
+            .call(
+                reqwest::Method::PUT,
+                &format!(
+                    "/_matrix/client/v3/rooms/{}/send/m.room.message/{txn}",
+                    enc(room.as_str())
+                ),
+                Some(token),
+                &json!({ "msgtype": "m.text", "body": text }),
+            )
+            .await;
+        assert_eq!(status, 200, "send {text}: {body}");
+        body["event_id"].as_str().unwrap().try_into().unwrap()
+    }
+
+    /// What is queued for `destination` in the data directory (weft must
+    /// not be running).
+    async fn queued_for(&self, destination: &OwnedServerName) -> Vec<OwnedEventId> {
+        assert!(self.child.is_none(), "read the queue of a stopped server only");
+        let storage = SqliteStorage::open(&self.data).expect("open the killed server's database");
+        storage
+            .queued_pdus(destination, 10_000)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|(_, id)| id)
+            .collect()
+    }
+}
+
+/// Event IDs the peer acknowledged, each with how many distinct
+/// transactions carried it (a transaction retried under the same ID
+/// counts once: that is what transaction IDs are for).
+fn delivered(hostile: &Hostile) -> BTreeMap<OwnedEventId, usize> {
+    let mut txns_seen = HashSet::new();
+    let mut counts = BTreeMap::new();
+    for txn in hostile.transactions().into_iter().filter(|t| t.acknowledged) {
+        if !txns_seen.insert((txn.origin.clone(), txn.txn_id.clone())) {
+            continue;
+        }
+        for id in txn.event_ids {
+            *counts.entry(id).or_insert(0) += 1;
+        }
+    }
+    counts
+}
+
+/// The events of refused transactions, in the order they were offered.
+fn refused(hostile: &Hostile) -> Vec<OwnedEventId> {
+    hostile
+        .transactions()
+        .into_iter()
+        .filter(|t| !t.acknowledged)
+        .flat_map(|t| t.event_ids)
+        .collect()
+}
+
+/// The order in which the peer first acknowledged each event.
+fn delivery_order(hostile: &Hostile) -> Vec<OwnedEventId> {
+    let mut seen = HashSet::new();
+    hostile
+        .transactions()
+        .into_iter()
+        .filter(|t| t.acknowledged)
+        .flat_map(|t| t.event_ids)
+        .filter(|id| seen.insert(id.clone()))
+        .collect()
+}
+
+async fn wait_for(what: &str, weft: &Weft, timeout: Duration, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !done() {
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}; weft's log:\n{}",
+            weft.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queued_events_survive_kill_9_and_arrive_exactly_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let hostile = Hostile::start().await;
+    let mut weft = Weft::new(dir.path());
+    weft.start().await;
+
+    let (status, body) = weft
+        .call(
+            reqwest::Method::POST,
+            "/_matrix/client/v3/register",
+            None,
+            &json!({ "username": "alice", "password": "secret", "auth": { "type": "m.login.dummy" } }),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let token = body["access_token"].as_str().unwrap().to_owned();
+    let (status, body) = weft
+        .call(
+            reqwest::Method::POST,
+            "/_matrix/client/v3/createRoom",
+            Some(&token),
+            &json!({ "preset": "public_chat" }),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let room: OwnedRoomId = body["room_id"].as_str().unwrap().try_into().unwrap();
+    hostile.join(&weft.server_name(), &room, "peer").await;
+
+    // While the peer is up, events reach it.
+    let mut early = Vec::new();
+    for i in 0..3 {
+        early.push(
+            weft.send_text(&token, &room, &format!("u{i}"), &format!("up {i}"))
+                .await,
+        );
+    }
+    wait_for("the early events", &weft, Duration::from_secs(30), || {
+        let got = delivered(&hostile);
+        early.iter().all(|id| got.contains_key(id))
+    })
+    .await;
+
+    // The peer goes down (it refuses /send); Alice goes on talking.
+    hostile.set_behaviour(|b| b.accept_transactions = false);
+    let mut queued = Vec::new();
+    for i in 0..30 {
+        queued.push(
+            weft.send_text(&token, &room, &format!("d{i}"), &format!("while the peer is down {i}"))
+                .await,
+        );
+    }
+    // weft tried (so it knows of them) and failed: they are queued, not
+    // delivered.
+    wait_for("a refused delivery attempt", &weft, Duration::from_secs(30), || {
+        refused(&hostile).iter().any(|id| queued.contains(id))
+    })
+    .await;
+    weft.kill_9();
+    let got = delivered(&hostile);
+    assert!(
+        queued.iter().all(|id| !got.contains_key(id)),
+        "nothing was delivered while the peer was down"
+    );
+    let on_disk = weft.queued_for(&hostile.name).await;
+    assert_eq!(
+        on_disk, queued,
+        "the queue on disk holds exactly the undelivered events, in order"
+    );
+
+    // Restarted with the peer still down: weft picks the queue up from disk
+    // (a new refused attempt), and is killed again while retrying.
+    let refused_before = hostile.transactions().iter().filter(|t| !t.acknowledged).count();
+    weft.start().await;
+    wait_for(
+        "a delivery attempt after the restart",
+        &weft,
+        Duration::from_secs(30),
+        || hostile.transactions().iter().filter(|t| !t.acknowledged).count() > refused_before,
+    )
+    .await;
+    weft.kill_9();
+    assert_eq!(weft.queued_for(&hostile.name).await, queued, "still all queued");
+
+    // The peer comes back, then weft: everything arrives.
+    hostile.set_behaviour(|b| b.accept_transactions = true);
+    weft.start().await;
+    wait_for("every queued event", &weft, Duration::from_secs(60), || {
+        let got = delivered(&hostile);
+        queued.iter().all(|id| got.contains_key(id))
+    })
+    .await;
+    // Give a duplicate time to show up.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+
+    let got = delivered(&hostile);
+    for id in early.iter().chain(&queued) {
+        assert_eq!(got.get(id), Some(&1), "{id} delivered exactly once: {got:?}");
+    }
+    let order: Vec<OwnedEventId> = delivery_order(&hostile)
+        .into_iter()
+        .filter(|id| queued.contains(id))
+        .collect();
+    assert_eq!(order, queued, "delivered in the order they were sent");
+    // The peer holds them all, as sent.
+    for id in &queued {
+        let event = hostile.event(id).expect("held by the peer");
+        assert_eq!(event["room_id"], room.as_str());
+    }
+
+    for txn in hostile.transactions() {
+        eprintln!(
+            "transaction {} from {}: {} PDUs, {}",
+            txn.txn_id,
+            txn.origin,
+            txn.event_ids.len(),
+            if txn.acknowledged { "acknowledged" } else { "refused" }
+        );
+    }
+
+    // Nothing left in the queue.
+    weft.kill_9();
+    assert!(weft.queued_for(&hostile.name).await.is_empty(), "the queue is empty");
+}
