@@ -91,7 +91,8 @@ pub async fn receive_pdu(
     .await
 }
 
-/// Stores history fetched from `origin` (by `/backfill`), oldest first:
+/// Stores history fetched from `origin` (by `/backfill`), oldest first
+/// (depth; among equal depths, descending event ID):
 /// the same checks as live events, but no soft failure (it is the past),
 /// no effect on the current state, negative stream orderings. The state
 /// before an event whose parents are not held comes from `origin`'s
@@ -103,7 +104,11 @@ pub async fn receive_backfilled(
     room: &RoomInfo,
     mut events: Vec<Pdu>,
 ) -> Result<usize, RoomError> {
-    events.sort_by(|a, b| (a.depth, &a.event_id).cmp(&(b.depth, &b.event_id)));
+    // Oldest first (parents before children), and among events of equal
+    // depth the greatest event ID first: each stored event takes the next
+    // lower stream ordering, so /messages, which orders by (depth, stream
+    // ordering), shows them in the /backfill walk's order (docs/history.md).
+    events.sort_by(|a, b| a.depth.cmp(&b.depth).then_with(|| b.event_id.cmp(&a.event_id)));
     let receiver = Receiver {
         svc,
         origin,
@@ -189,12 +194,7 @@ impl Receiver<'_> {
         let status = match event_checks::check_auth(self.svc, &rules, &pdu, &before.1).await {
             Ok(()) if self.mode == Mode::Backfill => TimelineStatus::Accepted,
             Ok(()) => {
-                let (_, current) = self
-                    .svc
-                    .state
-                    .current(&self.room.room_id)
-                    .await?
-                    .ok_or(RoomError::UnknownRoom)?;
+                let current = self.current_with(&pdu, &before.1, &rules).await?;
                 match event_checks::check_against(self.svc, &rules, &pdu, &current).await {
                     Ok(()) => TimelineStatus::Accepted,
                     Err(CheckError::Rejected(reason)) => {
@@ -409,6 +409,49 @@ impl Receiver<'_> {
         Ok((group, state))
     }
 
+    /// The states after the room's forward extremities that `pdu` does not
+    /// name as parents (none when it names them all: the usual case).
+    async fn other_extremity_states(&self, pdu: &Pdu) -> Result<Vec<Arc<StateMap>>, RoomError> {
+        let mut states = Vec::new();
+        for (id, _) in self.svc.storage.forward_extremities(&self.room.room_id).await? {
+            if pdu.prev_events.contains(&id) {
+                continue;
+            }
+            if let Some(group) = self
+                .svc
+                .storage
+                .event(&id)
+                .await?
+                .and_then(|e| e.meta.state_group_after)
+            {
+                states.push(self.svc.state.group(group).await?);
+            }
+        }
+        Ok(states)
+    }
+
+    /// The state a live event is soft-fail checked against: the room's
+    /// current state as it would be with the event's view of the room
+    /// merged in, i.e. the resolution of the state before `pdu` with the
+    /// states after the forward extremities it does not build on (as
+    /// Synapse does). Checking against the bare current state would
+    /// soft-fail everyone who joined across a gap (an outage, a leave):
+    /// their joins are in `before` but not yet in the current state.
+    async fn current_with(
+        &self,
+        pdu: &Pdu,
+        before: &Arc<StateMap>,
+        rules: &RoomVersionRules,
+    ) -> Result<Arc<StateMap>, RoomError> {
+        let others = self.other_extremity_states(pdu).await?;
+        if others.is_empty() {
+            return Ok(before.clone());
+        }
+        let mut states = vec![before.clone()];
+        states.extend(others);
+        Ok(Arc::new(resolve::resolve(self.svc, rules, &states).await?))
+    }
+
     /// The room's state once `pdu` (accepted, with state `before` before
     /// it) is a forward extremity: the state after it when it is the only
     /// one, else the resolution of the states after each.
@@ -418,12 +461,7 @@ impl Receiver<'_> {
         before: &StateMap,
         rules: &RoomVersionRules,
     ) -> Result<NewCurrent, RoomError> {
-        let extremities = self.svc.storage.forward_extremities(&self.room.room_id).await?;
-        let others: Vec<OwnedEventId> = extremities
-            .into_iter()
-            .map(|(id, _)| id)
-            .filter(|id| !pdu.prev_events.contains(id))
-            .collect();
+        let others = self.other_extremity_states(pdu).await?;
         if others.is_empty() {
             return Ok(NewCurrent::AfterEvent);
         }
@@ -435,11 +473,7 @@ impl Receiver<'_> {
             );
         }
         let mut states = vec![Arc::new(after)];
-        for id in &others {
-            if let Some(group) = self.svc.storage.event(id).await?.and_then(|e| e.meta.state_group_after) {
-                states.push(self.svc.state.group(group).await?);
-            }
-        }
+        states.extend(others);
         let previous = self
             .svc
             .state
