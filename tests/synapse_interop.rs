@@ -11,13 +11,10 @@
 
 mod common;
 
-use std::{
-    future::Future,
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 use common::{
-    TestServer, enc,
+    TestServer, enc, eventually,
     synapse::{Client, Synapse},
 };
 use reqwest::StatusCode;
@@ -26,30 +23,11 @@ use serde_json::{Value, json};
 /// How long anything that crosses servers may take.
 const DEADLINE: Duration = Duration::from_secs(30);
 
-/// Polls `probe` until it gives `Ok`; past the deadline, fails with what it
-/// last said.
-async fn eventually<T, F, Fut>(what: &str, mut probe: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Result<T, String>>,
-{
-    let deadline = Instant::now() + DEADLINE;
-    loop {
-        match probe().await {
-            Ok(value) => return value,
-            Err(last) => assert!(
-                Instant::now() < deadline,
-                "{what}: not within {DEADLINE:?}; last seen: {last}"
-            ),
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
 /// Waits until `client` sees the event `event_id` in the room's `/messages`
 /// (newest 100); returns it.
 async fn sees_event(client: &Client, room: &str, event_id: &str) -> Value {
     eventually(
+        DEADLINE,
         &format!(
             "{} ({}) sees {event_id} in /messages of {room}",
             client.user_id, client.base
@@ -114,6 +92,7 @@ async fn syncs_event(client: &Client, room: &str, since: &str, event_id: &str) -
 /// Waits until `client` holds `user` as a joined member of the room.
 async fn sees_member(client: &Client, room: &str, user: &str) {
     eventually(
+        DEADLINE,
         &format!("{} ({}) sees {user} joined in {room}", client.user_id, client.base),
         || async {
             let (status, members) = client
@@ -137,6 +116,7 @@ async fn sees_member(client: &Client, room: &str, user: &str) {
 /// equal to `want`.
 async fn sees_state(client: &Client, room: &str, event_type: &str, field: &str, want: &str) {
     eventually(
+        DEADLINE,
         &format!(
             "{} ({}) sees {event_type}.{field} = {want:?} in {room}",
             client.user_id, client.base
@@ -364,14 +344,18 @@ async fn busy_room(host: &Client, host_server: &str, joiner: &Client, room: &str
     assert_eq!(status, StatusCode::OK, "{levels}");
     levels["users"][&joiner.user_id] = json!(50);
     host.put_state(room, "m.room.power_levels", "", &levels).await;
-    eventually(&format!("{} holds its new power level", joiner.base), || async {
-        let (status, levels) = joiner.state(room, "m.room.power_levels", "").await;
-        if levels["users"][&joiner.user_id] == 50 {
-            Ok(())
-        } else {
-            Err(format!("{status} {levels}"))
-        }
-    })
+    eventually(
+        DEADLINE,
+        &format!("{} holds its new power level", joiner.base),
+        || async {
+            let (status, levels) = joiner.state(room, "m.room.power_levels", "").await;
+            if levels["users"][&joiner.user_id] == 50 {
+                Ok(())
+            } else {
+                Err(format!("{status} {levels}"))
+            }
+        },
+    )
     .await;
     let (status, body) = joiner
         .call(
@@ -404,6 +388,7 @@ async fn busy_room(host: &Client, host_server: &str, joiner: &Client, room: &str
     let all: Vec<&String> = from_host.iter().chain(&from_joiner).collect();
     for client in [host, joiner] {
         eventually(
+            DEADLINE,
             &format!(
                 "{} ({}) holds all {} concurrent messages",
                 client.user_id,
@@ -444,6 +429,7 @@ async fn busy_room(host: &Client, host_server: &str, joiner: &Client, room: &str
     .await;
     for client in [host, joiner] {
         eventually(
+            DEADLINE,
             &format!("{} ({}) shows {target} redacted", client.user_id, client.base),
             || async {
                 let event = client
@@ -471,14 +457,18 @@ async fn busy_room(host: &Client, host_server: &str, joiner: &Client, room: &str
             Some(&json!({})),
         )
         .await;
-    eventually(&format!("{} sees {} leave", host.base, joiner.user_id), || async {
-        let (status, member) = host.state(room, "m.room.member", &joiner.user_id).await;
-        if member["membership"] == "leave" {
-            Ok(())
-        } else {
-            Err(format!("{status} {member}"))
-        }
-    })
+    eventually(
+        DEADLINE,
+        &format!("{} sees {} leave", host.base, joiner.user_id),
+        || async {
+            let (status, member) = host.state(room, "m.room.member", &joiner.user_id).await;
+            if member["membership"] == "leave" {
+                Ok(())
+            } else {
+                Err(format!("{status} {member}"))
+            }
+        },
+    )
     .await;
 
     // It comes back (the joiner's server knows the room but has no member
@@ -757,7 +747,7 @@ async fn invite_rejected(host: &Client, guest: &Client, version: &str) {
             Some(&json!({})),
         )
         .await;
-    eventually(&format!("{} sees the invite rejected", host.base), || async {
+    eventually(DEADLINE, &format!("{} sees the invite rejected", host.base), || async {
         let (status, member) = host.state(&room, "m.room.member", &guest.user_id).await;
         if member["membership"] == "leave" && member["reason"].is_null() {
             Ok(())

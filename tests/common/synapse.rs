@@ -709,3 +709,249 @@ impl Client {
         .await
     }
 }
+
+// Helpers for the backfill tests (tests/synapse_backfill.rs,
+// tests/backfill_forks.rs): paging a whole room back, and comparing two
+// servers' timelines with a readable account of where they differ.
+
+impl Client {
+    /// `POST /rooms/{room}/leave`, which must succeed.
+    pub async fn leave(&self, room_id: &str) {
+        self.ok(
+            Method::POST,
+            &format!("/_matrix/client/v3/rooms/{}/leave", enc(room_id)),
+            Some(&json!({})),
+        )
+        .await;
+    }
+
+    /// Pages `/messages?dir=b` from the newest event, `limit` at a time,
+    /// until `m.room.create` or until the server gives no `end` token;
+    /// returns every event of every page, oldest first (duplicates kept:
+    /// callers check there are none). Pages without events but with an
+    /// `end` token (a server still fetching history) are followed.
+    pub async fn page_back_all(&self, room_id: &str, limit: u32) -> Vec<Value> {
+        let mut events: Vec<Value> = Vec::new();
+        let mut from: Option<String> = None;
+        let mut pages = Vec::new();
+        for _ in 0..500 {
+            let query = match &from {
+                Some(token) => format!("dir=b&limit={limit}&from={}", enc(token)),
+                None => format!("dir=b&limit={limit}"),
+            };
+            let page = self.messages(room_id, &query).await;
+            let chunk = page["chunk"].as_array().cloned().unwrap_or_default();
+            pages.push(format!("from {:?}: {} events, end {}", from, chunk.len(), page["end"]));
+            let done = chunk.iter().any(|e| e["type"] == "m.room.create");
+            events.extend(chunk);
+            match page["end"].as_str() {
+                Some(end) if !done && from.as_deref() != Some(end) => from = Some(end.to_owned()),
+                _ => {
+                    events.reverse();
+                    return events;
+                }
+            }
+        }
+        panic!(
+            "{} ({}) paged {room_id} back 500 times without reaching its start: {pages:#?}",
+            self.user_id, self.base
+        );
+    }
+}
+
+/// One line about an event, for failure messages.
+pub fn describe_event(e: &Value) -> String {
+    let what = match e["type"].as_str() {
+        Some("m.room.message") => format!("{:?}", e["content"]["body"].as_str().unwrap_or("?")),
+        _ => format!("[{}] {}", e["state_key"].as_str().unwrap_or("-"), e["content"]),
+    };
+    format!(
+        "{} {} {} {what}",
+        e["event_id"].as_str().unwrap_or("?"),
+        e["type"].as_str().unwrap_or("?"),
+        e["sender"].as_str().unwrap_or("?"),
+    )
+}
+
+/// The event IDs of a timeline, in order.
+pub fn event_ids(events: &[Value]) -> Vec<String> {
+    events
+        .iter()
+        .map(|e| e["event_id"].as_str().unwrap_or("?").to_owned())
+        .collect()
+}
+
+/// Event IDs that occur more than once.
+pub fn duplicate_ids(events: &[Value]) -> Vec<String> {
+    let mut seen = std::collections::HashSet::new();
+    let mut twice: Vec<String> = event_ids(events)
+        .into_iter()
+        .filter(|id| !seen.insert(id.clone()))
+        .collect();
+    twice.sort();
+    twice.dedup();
+    twice
+}
+
+/// Asserts that `got` (a timeline oldest first, as one server gave it)
+/// holds exactly the events of `want` (another's), each once, in the same
+/// order, with the same event ID, type, sender, state key, content, room
+/// and timestamp. On failure: what is missing, extra or twice, and the
+/// first place the orders part, with the events around it.
+pub fn assert_same_timeline(what: &str, got: &[Value], want: &[Value]) {
+    let got_ids = event_ids(got);
+    let want_ids = event_ids(want);
+    if got_ids != want_ids {
+        let got_set: std::collections::HashSet<&String> = got_ids.iter().collect();
+        let want_set: std::collections::HashSet<&String> = want_ids.iter().collect();
+        let missing: Vec<String> = want
+            .iter()
+            .filter(|e| !got_set.contains(&e["event_id"].as_str().unwrap_or("?").to_owned()))
+            .map(describe_event)
+            .collect();
+        let extra: Vec<String> = got
+            .iter()
+            .filter(|e| !want_set.contains(&e["event_id"].as_str().unwrap_or("?").to_owned()))
+            .map(describe_event)
+            .collect();
+        let first = got_ids
+            .iter()
+            .zip(&want_ids)
+            .position(|(g, w)| g != w)
+            .unwrap_or(got_ids.len().min(want_ids.len()));
+        let window = |events: &[Value]| -> Vec<String> {
+            let lo = first.saturating_sub(3);
+            let hi = (first + 6).min(events.len());
+            (lo..hi)
+                .map(|i| format!("{i:4}: {}", describe_event(&events[i])))
+                .collect()
+        };
+        panic!(
+            "{what}: the timelines differ: {} events against {} wanted\n\
+             missing ({}): {missing:#?}\nextra ({}): {extra:#?}\ntwice: {:#?}\n\
+             first difference at index {first}:\ngot:  {:#?}\nwant: {:#?}",
+            got.len(),
+            want.len(),
+            missing.len(),
+            extra.len(),
+            duplicate_ids(got),
+            window(got),
+            window(want),
+        );
+    }
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        for field in ["type", "sender", "state_key", "content", "room_id", "origin_server_ts"] {
+            assert_eq!(
+                g[field], w[field],
+                "{what}: event {i} ({}) differs in {field}:\ngot:  {g}\nwant: {w}",
+                w["event_id"]
+            );
+        }
+    }
+}
+
+/// The message bodies of a timeline, in order.
+pub fn message_bodies(events: &[Value]) -> Vec<String> {
+    events
+        .iter()
+        .filter(|e| e["type"] == "m.room.message")
+        .map(|e| e["content"]["body"].as_str().unwrap_or("?").to_owned())
+        .collect()
+}
+
+/// How many requests Synapse's access log shows for paths containing
+/// `path_part` (e.g. `/federation/v1/backfill/`).
+pub fn synapse_requests(synapse: &Synapse, path_part: &str) -> usize {
+    synapse
+        .log_lines_with(path_part)
+        .iter()
+        .filter(|l| l.contains("synapse.access"))
+        .count()
+}
+
+impl Synapse {
+    /// Kills Synapse (its whole process group, as a crash would), keeping
+    /// its directory, database and ports. What it held only in memory is
+    /// lost: a peer it was retrying events for is, after [`Synapse::start_again`],
+    /// only "caught up" (sent the newest event of each room).
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let group = format!("-{}", child.id());
+            let killed = Command::new("kill")
+                .args(["-KILL", "--", &group])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success());
+            if !killed {
+                let _ = child.kill();
+            }
+            drop(self.stdin.take());
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts a killed Synapse again on the same directory, name and ports;
+    /// waits until it answers.
+    pub async fn start_again(&mut self) {
+        assert!(self.child.is_none(), "synapse {} is still running", self.server_name);
+        let path = self.path.clone();
+        let spawn = || {
+            let console = |name: &str| {
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path.join(name))
+                    .expect("console log")
+            };
+            Command::new(python())
+                .arg(path.join("launcher.py"))
+                .arg("-c")
+                .arg(path.join("homeserver.yaml"))
+                .current_dir(&path)
+                .env("PYTHONDONTWRITEBYTECODE", "1")
+                .process_group(0)
+                .stdin(Stdio::piped())
+                .stdout(console("console.log"))
+                .stderr(console("console.log"))
+                .spawn()
+                .expect("start synapse again")
+        };
+        // Its ports were its own a moment ago; give the kernel a few tries.
+        let mut attempt = 1;
+        loop {
+            let mut child = spawn();
+            self.stdin = child.stdin.take();
+            self.child = Some(child);
+            match self.wait_until_up().await {
+                Ok(()) => return,
+                Err(logs) => {
+                    assert!(attempt < 5, "synapse could not bind its ports again:\n{logs}");
+                    attempt += 1;
+                    self.kill();
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
+        }
+    }
+}
+
+/// Waits until `client`'s server holds `user`'s membership as `membership`.
+pub async fn membership_is(within: Duration, client: &Client, room: &str, user: &str, membership: &str) {
+    super::eventually(
+        within,
+        &format!(
+            "{} ({}) sees {user} as {membership} in {room}",
+            client.user_id, client.base
+        ),
+        || async {
+            let (status, member) = client.state(room, "m.room.member", user).await;
+            if status == StatusCode::OK && member["membership"] == membership {
+                Ok(())
+            } else {
+                Err(format!("{status} {member}"))
+            }
+        },
+    )
+    .await
+}
