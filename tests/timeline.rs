@@ -1,6 +1,6 @@
 //! The timeline through the client API: 1,000 messages paged back and
 //! forward with no gap and no duplicate, /sync (initial, incremental,
-//! long-poll), /context, and tokens.
+//! long-poll), the deprecated /events stream, /context, and tokens.
 
 mod common;
 
@@ -179,6 +179,133 @@ async fn incremental_sync_long_poll_wakes_on_new_message() {
         .unwrap()
         .clone();
     assert_eq!(mine.last().unwrap()["unsigned"]["transaction_id"], "wake");
+}
+
+/// The deprecated `GET /events`: a position now, then what arrived in the
+/// user's rooms after it, oldest first (long-polling when nothing has);
+/// `room_id` limits it to one room.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_stream_from_a_position() {
+    let server = TestServer::start().await;
+    let alice = server.register("alice").await;
+    let bob = server.register("bob").await;
+    let room = alice.create_room(json!({ "preset": "public_chat" })).await;
+    let other = alice.create_room(json!({ "preset": "public_chat" })).await;
+    assert_eq!(bob.join(&room).await.0, 200);
+    let start = bob.ok(Method::GET, "/_matrix/client/r0/events?timeout=0", None).await;
+    let from = start["end"].as_str().unwrap().to_owned();
+    assert_eq!(start["chunk"].as_array().map_or(0, Vec::len), 0, "{start}");
+
+    for (i, text) in ["one", "two"].iter().enumerate() {
+        assert_eq!(alice.send_text(&room, &format!("e{i}"), text).await.0, 200);
+    }
+    // Bob is not in the other room: nothing of it reaches him.
+    assert_eq!(alice.send_text(&other, "x", "elsewhere").await.0, 200);
+    let page = bob
+        .ok(
+            Method::GET,
+            &format!("/_matrix/client/v3/events?from={}&timeout=0", enc(&from)),
+            None,
+        )
+        .await;
+    assert_eq!(bodies(&page["chunk"]), ["one", "two"], "{page}");
+    assert_eq!(page["start"], from.as_str());
+    assert!(
+        page["chunk"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|e| e["room_id"] == room.as_str())
+    );
+    let end = page["end"].as_str().unwrap().to_owned();
+
+    // Nothing newer: a long-poll woken by the next message.
+    let poll = {
+        let url = format!(
+            "{}/_matrix/client/v3/events?from={}&timeout=20000",
+            server.base(),
+            enc(&end)
+        );
+        let (http, token) = (server.http.clone(), bob.token.clone());
+        tokio::spawn(async move {
+            http.get(url)
+                .bearer_auth(token)
+                .send()
+                .await
+                .unwrap()
+                .json::<Value>()
+                .await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(alice.send_text(&room, "e3", "three").await.0, 200);
+    let woken = poll.await.unwrap().unwrap();
+    assert_eq!(bodies(&woken["chunk"]), ["three"], "{woken}");
+
+    // One room only, and not one Bob cannot see.
+    let only = bob
+        .ok(
+            Method::GET,
+            &format!(
+                "/_matrix/client/v3/events?from={}&timeout=0&room_id={}",
+                enc(&from),
+                enc(&room)
+            ),
+            None,
+        )
+        .await;
+    assert_eq!(bodies(&only["chunk"]), ["one", "two", "three"], "{only}");
+    let private = alice.create_room(json!({ "preset": "private_chat" })).await;
+    let (status, body) = bob
+        .call(
+            Method::GET,
+            &format!("/_matrix/client/v3/events?timeout=0&room_id={}", enc(&private)),
+            None,
+        )
+        .await;
+    assert_eq!(
+        (status.as_u16(), body["errcode"].as_str()),
+        (403, Some("M_FORBIDDEN")),
+        "{body}"
+    );
+    // `limit`: the oldest first, and the next request goes on from there.
+    let one = bob
+        .ok(
+            Method::GET,
+            &format!("/_matrix/client/v3/events?from={}&timeout=0&limit=1", enc(&from)),
+            None,
+        )
+        .await;
+    assert_eq!(bodies(&one["chunk"]), ["one"], "{one}");
+    let rest = bob
+        .ok(
+            Method::GET,
+            &format!(
+                "/_matrix/client/v3/events?from={}&timeout=0",
+                enc(one["end"].as_str().unwrap())
+            ),
+            None,
+        )
+        .await;
+    assert_eq!(bodies(&rest["chunk"]), ["two", "three"], "{rest}");
+    for bad in ["limit=-2", "limit=hello", "timeout=hello"] {
+        let (status, body) = bob
+            .call(Method::GET, &format!("/_matrix/client/v3/events?{bad}"), None)
+            .await;
+        assert_eq!(
+            (status.as_u16(), body["errcode"].as_str()),
+            (400, Some("M_INVALID_PARAM")),
+            "{bad}: {body}"
+        );
+    }
+    let (status, body) = bob
+        .call(Method::GET, "/_matrix/client/v3/events?from=nonsense", None)
+        .await;
+    assert_eq!(
+        (status.as_u16(), body["errcode"].as_str()),
+        (400, Some("M_INVALID_PARAM")),
+        "{body}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -84,6 +84,18 @@ fn access_token(parts: &http::request::Parts) -> Option<String> {
     })
 }
 
+/// The user whose access token (header or `access_token` query
+/// parameter) the request carries, for handlers without a ruma request.
+pub async fn token_owner(svc: &Services, parts: &http::request::Parts) -> Result<TokenOwner, MatrixError> {
+    let Some(token) = access_token(parts) else {
+        return Err(MatrixError::new(ErrCode::MissingToken, "Missing access token"));
+    };
+    svc.storage.token_owner(&token).await?.ok_or_else(|| {
+        MatrixError::new(ErrCode::UnknownToken, "Unknown access token")
+            .with_field("soft_logout", serde_json::json!(false))
+    })
+}
+
 /// Maps ruma's parse failures to the spec's error codes.
 pub fn request_error(error: FromHttpRequestError) -> MatrixError {
     match error {

@@ -3,8 +3,9 @@
 
 mod account;
 mod admin;
-mod directory;
+pub(crate) mod directory;
 mod ephemeral;
+mod events;
 pub mod extract;
 pub mod format;
 mod membership;
@@ -80,6 +81,10 @@ pub fn router() -> Router<Arc<Services>> {
         .ruma(ephemeral::typing)
         .ruma(ephemeral::create_receipt)
         .ruma(ephemeral::read_markers)
+        // Not `.ruma`: ruma's request needs the `room_id` that the
+        // original, all-rooms form of the endpoint goes without.
+        .route("/_matrix/client/r0/events", get(events::events))
+        .route("/_matrix/client/v3/events", get(events::events))
         .merge(
             Router::new()
                 .ruma(sync::sync)
