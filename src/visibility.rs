@@ -13,6 +13,9 @@
 //! or the one it ends, whichever shows more (you see your own join, and
 //! your own leave or kick), and an `m.room.history_visibility` event with
 //! the more permissive of the old and new setting.
+//!
+//! Redactions that can never take effect — of themselves, of an event of
+//! another room — are withheld from users altogether (as Synapse does).
 
 use std::collections::HashMap;
 
@@ -90,6 +93,9 @@ pub async fn filter_for_user(
         let Some(group) = event.meta.state_group_before else {
             continue;
         };
+        if pointless_redaction(svc, &event).await? {
+            continue;
+        }
         let (mut visibility, mut membership) = match at_group.get(&group) {
             Some(v) => v.clone(),
             None => {
@@ -127,6 +133,26 @@ pub async fn filter_for_user(
         }
     }
     Ok(out)
+}
+
+/// A redaction of itself, or of an event (held here) of another room.
+async fn pointless_redaction(svc: &Services, event: &StoredEvent) -> Result<bool> {
+    let Some(target) = event
+        .pdu
+        .redacts
+        .as_ref()
+        .filter(|_| event.pdu.kind == TimelineEventType::RoomRedaction)
+    else {
+        return Ok(false);
+    };
+    if *target == event.pdu.event_id {
+        return Ok(true);
+    }
+    Ok(svc
+        .storage
+        .event(target)
+        .await?
+        .is_some_and(|t| t.pdu.room_id != event.pdu.room_id))
 }
 
 /// What a server may see of a room's history: the rules above, where the

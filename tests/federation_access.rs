@@ -108,6 +108,12 @@ async fn requests_without_a_valid_signature_are_refused() {
     let (status, body) = raw.send(Method::GET, &path, None, None).await;
     assert_eq!((status, errcode(&body)), (401, "M_UNAUTHORIZED"), "{body}");
 
+    // An X-Matrix header naming no server (a port that is not a number):
+    // a bad request.
+    let malformed = r#"X-Matrix origin="localhost:http",key="ed25519:1",sig="c2lnbmF0dXJl""#;
+    let (status, body) = raw.send(Method::GET, &path, None, Some(malformed.to_owned())).await;
+    assert_eq!((status, errcode(&body)), (400, "M_UNAUTHORIZED"), "{body}");
+
     // A signature of another request.
     let other = raw.sign(
         &Method::GET,

@@ -192,6 +192,15 @@ fn assert_refused(answer: &Value, id: &OwnedEventId) -> String {
     }
 }
 
+/// Rejected by the auth rules: handled (no error in the transaction's
+/// answer, as Synapse answers), held as rejected, never shown.
+async fn assert_rejected(rig: &Rig, answer: &Value, id: &OwnedEventId) {
+    assert_eq!(result_of(answer, id), Some(Ok(())), "{id} handled: {answer}");
+    let stored = rig.stored(id).await.expect("a rejected event is kept");
+    assert!(stored.meta.rejected.is_some(), "{id} is held as rejected");
+    rig.assert_invisible(id).await;
+}
+
 async fn rig() -> Rig {
     let weft = TestServer::start_federating().await;
     let hostile = Hostile::start().await;
@@ -237,6 +246,40 @@ async fn the_hostile_server_joins_and_talks() {
     while rig.hostile.event(&reply).is_none() {
         assert!(std::time::Instant::now() < deadline, "weft never sent Alice's reply");
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+/// A transaction answered 200 with a body that is not the spec's (`{}`,
+/// no `pdus`) was taken: it is not sent again, and what follows goes
+/// without a back-off.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transaction_acknowledged_without_results_is_delivered() {
+    let rig = rig().await;
+    rig.hostile.set_behaviour(|b| b.bare_transaction_answer = true);
+    let mut sent = Vec::new();
+    for i in 0..3 {
+        let (status, body) = rig
+            .alice()
+            .send_text(rig.room.as_str(), &format!("bare{i}"), &format!("bare answer {i}"))
+            .await;
+        assert_eq!(status, 200, "{body}");
+        let id: OwnedEventId = body["event_id"].as_str().unwrap().try_into().unwrap();
+        // Each arrives well before the first retry (2 s) would have gone.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_millis(1500);
+        while rig.hostile.event(&id).is_none() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "message {i} was not delivered in time"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        sent.push(id);
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    let txns = rig.hostile.transactions();
+    for id in &sent {
+        let carrying = txns.iter().filter(|t| t.event_ids.contains(id)).count();
+        assert_eq!(carrying, 1, "{id} was sent in {carrying} transactions: {txns:?}");
     }
 }
 
@@ -358,11 +401,7 @@ async fn events_failing_the_auth_rules_are_rejected() {
     let intruder = rig.hostile.message(&rig.room, &eve, "I am not here");
     let answer = rig.send("auth", &[&rename, &promote, &intruder]).await;
     for bad in [&rename, &promote, &intruder] {
-        let error = assert_refused(&answer, &bad.id);
-        assert!(error.contains("rejected"), "{bad:?}: {error}");
-        let stored = rig.stored(&bad.id).await.expect("a rejected event is kept");
-        assert!(stored.meta.rejected.is_some(), "{} is held as rejected", bad.id);
-        rig.assert_invisible(&bad.id).await;
+        assert_rejected(&rig, &answer, &bad.id).await;
     }
     let (_, name) = rig.state("m.room.name", "").await;
     assert_eq!(name["name"], "Original name");
@@ -377,6 +416,51 @@ async fn events_failing_the_auth_rules_are_rejected() {
     rig.assert_visible(&next.id).await;
     let (status, _) = rig.alice().send_text(rig.room.as_str(), "a1", "alice goes on").await;
     assert_eq!(status, 200);
+}
+
+/// A rejected state event is not in the state after it: an event built on
+/// it sees the state before it (`/state_ids` at that event, the room's
+/// current state).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rejected_state_event_is_not_in_the_state_after_it() {
+    let rig = rig().await;
+    let rename = rig.hostile.build(
+        &rig.room,
+        &rig.mallory,
+        "m.room.name",
+        Some(""),
+        json!({ "name": "Mallory's room" }),
+    );
+    let answer = rig.send("rejected-rename", &[&rename]).await;
+    assert_rejected(&rig, &answer, &rename.id).await;
+    // Mallory's next message names the rejected rename as its parent.
+    rig.hostile.commit(&rig.room, &rename);
+    let next = rig
+        .hostile
+        .message(&rig.room, &rig.mallory, "on top of a rejected event");
+    assert_eq!(next.pdu["prev_events"], json!([rename.id]), "{}", next.pdu);
+    rig.hostile.commit(&rig.room, &next);
+    let answer = rig.send("after-rejected-rename", &[&next]).await;
+    assert_accepted(&answer, &next.id);
+    let (status, body) = rig
+        .hostile
+        .request(
+            &rig.weft.server_name(),
+            Method::GET,
+            &format!(
+                "/_matrix/federation/v1/state_ids/{}?event_id={}",
+                enc(rig.room.as_str()),
+                enc(next.id.as_str())
+            ),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let pdu_ids = body["pdu_ids"].as_array().unwrap();
+    assert!(!pdu_ids.contains(&json!(rename.id)), "{body}");
+    assert!(!rig.state_ids().await.contains(&rename.id.to_string()));
+    let (_, name) = rig.state("m.room.name", "").await;
+    assert_eq!(name["name"], "Original name");
 }
 
 /// Step 4 is the whole of the auth rules against the event's own auth
@@ -402,9 +486,7 @@ async fn auth_events_that_do_not_authorise_the_event_reject_it() {
     set_auth_events(&mut draft, &without_join);
     let event = rig.hostile.sign(&rig.room, draft);
     let answer = rig.send("auth-events", &[&event]).await;
-    let error = assert_refused(&answer, &event.id);
-    assert!(error.contains("rejected"), "{error}");
-    rig.assert_invisible(&event.id).await;
+    assert_rejected(&rig, &answer, &event.id).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -417,7 +499,7 @@ async fn an_event_citing_a_rejected_auth_event_is_rejected() {
         .hostile
         .build(&rig.room, &rig.mallory, "m.room.power_levels", Some(""), grab);
     let answer = rig.send("rejected-pl", &[&promote]).await;
-    assert_refused(&answer, &promote.id);
+    assert_rejected(&rig, &answer, &promote.id).await;
 
     // A message, otherwise fine (Mallory may talk), citing the rejected
     // power levels instead of the room's.
@@ -428,9 +510,7 @@ async fn an_event_citing_a_rejected_auth_event_is_rejected() {
     let auth = message.pdu["auth_events"].as_array().unwrap().clone();
     assert!(auth.contains(&json!(promote.id)), "{auth:?}");
     let answer = rig.send("cites-rejected", &[&message]).await;
-    let error = assert_refused(&answer, &message.id);
-    assert!(error.contains("rejected"), "{error}");
-    rig.assert_invisible(&message.id).await;
+    assert_rejected(&rig, &answer, &message.id).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -454,12 +534,12 @@ async fn a_float_in_the_content_is_refused() {
             "1.5",
         )
         .await;
-    // weft answers 401: the X-Matrix signature is over canonical JSON,
-    // which has no floats, so the request cannot be verified at all.
-    let refused_in_transaction = status == 200 && result_of(&body["pdus"], &float.id).is_some_and(|r| r.is_err());
-    assert!(
-        status == 401 || refused_in_transaction,
-        "/send with a float: {status} {body}"
+    // weft answers 400 M_BAD_JSON: the X-Matrix signature is over
+    // canonical JSON, which has no floats, so the body is bad input.
+    assert_eq!(
+        (status, body["errcode"].as_str()),
+        (400, Some("M_BAD_JSON")),
+        "/send with a float: {body}"
     );
     assert!(rig.stored(&float.id).await.is_none(), "the float event is not held");
     rig.assert_invisible(&float.id).await;
@@ -510,7 +590,7 @@ async fn one_bad_event_does_not_block_the_good_ones() {
     assert_accepted(&answer, &third.id);
     assert_accepted(&answer, &bad_hash.id);
     assert_refused(&answer, &forged_sig.id);
-    assert_refused(&answer, &intruder.id);
+    assert_rejected(&rig, &answer, &intruder.id).await;
     rig.assert_invisible(&forged_sig.id).await;
     rig.assert_invisible(&intruder.id).await;
     let timeline = rig.timeline().await;
@@ -667,7 +747,7 @@ async fn a_retried_transaction_gets_the_same_answer_and_stores_nothing_twice() {
     let first = rig.send("retry", &pdus).await;
     assert_accepted(&first, &good.id);
     assert_refused(&first, &bad.id);
-    assert_refused(&first, &rejected.id);
+    assert_rejected(&rig, &first, &rejected.id).await;
     let ordering = rig.stored(&good.id).await.unwrap().meta.stream_ordering;
     let timeline = rig.timeline().await;
 
@@ -735,7 +815,8 @@ async fn a_fetched_auth_event_that_fails_its_own_auth_events_is_rejected() {
     let message_result = result_of(&answer, &message.id);
     assert!(
         promote_meta.as_ref().is_none_or(|m| m.rejected.is_some())
-            && matches!(&message_result, Some(Err(e)) if e.contains("rejected")),
+            && message_result == Some(Ok(()))
+            && rig.stored(&message.id).await.is_some_and(|e| e.meta.rejected.is_some()),
         "Mallory's power levels should be rejected (held as {promote_meta:?}), \
          and the message citing them too (result {message_result:?})"
     );
@@ -940,6 +1021,51 @@ async fn a_redaction_of_someone_elses_event_without_power_is_not_applied() {
         json!({}),
         "her own message is redacted: {own_event}"
     );
+}
+
+/// A redaction naming an event of another room does nothing, and users
+/// never see it (as Synapse withholds it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redaction_of_an_event_of_another_room_is_withheld() {
+    let rig = rig().await;
+    let other: OwnedRoomId = rig
+        .alice()
+        .create_room(json!({ "preset": "public_chat" }))
+        .await
+        .parse()
+        .unwrap();
+    rig.hostile.join(&rig.weft.server_name(), &other, "mallory").await;
+    let own = rig.hostile.message(&rig.room, &rig.mallory, "said in the first room");
+    rig.hostile.commit(&rig.room, &own);
+    assert_accepted(&rig.send("first-room", &[&own]).await, &own.id);
+    // Her own message (the same server may redact it), from the other room.
+    let redaction = rig.hostile.build(
+        &other,
+        &rig.mallory,
+        "m.room.redaction",
+        None,
+        json!({ "redacts": own.id }),
+    );
+    rig.hostile.commit(&other, &redaction);
+    let after = rig.hostile.message(&other, &rig.mallory, "sentinel");
+    rig.hostile.commit(&other, &after);
+    let answer = rig.send("cross-room-redaction", &[&redaction, &after]).await;
+    assert_accepted(&answer, &after.id);
+
+    let event = rig.event_for_alice(&own.id).await.unwrap();
+    assert_eq!(event["content"]["body"], "said in the first room", "{event}");
+    assert!(rig.stored(&own.id).await.unwrap().meta.redacted_by.is_none());
+    let page = rig.alice().messages(other.as_str(), "dir=b&limit=100").await;
+    let ids: Vec<&str> = page["chunk"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["event_id"].as_str())
+        .collect();
+    assert!(ids.contains(&after.id.as_str()), "{page}");
+    assert!(!ids.contains(&redaction.id.as_str()), "the redaction is shown: {page}");
+    let sync = rig.alice().sync("").await;
+    assert!(!sync.to_string().contains(redaction.id.as_str()), "{sync}");
 }
 
 /// The state at an event after a gap comes from the sender (`/state_ids`);

@@ -9,7 +9,7 @@ use axum::{
     routing::{MethodFilter, on},
 };
 use ruma::{
-    MilliSecondsSinceUnixEpoch, OwnedServerName,
+    CanonicalJsonValue, MilliSecondsSinceUnixEpoch, OwnedServerName,
     api::{
         IncomingRequest, IncomingRequestExt, Metadata,
         federation::authentication::{ServerSignatures, XMatrix},
@@ -49,14 +49,39 @@ where
             .await
             .map_err(|_| MatrixError::new(ErrCode::TooLarge, "Request body too large"))?;
 
-        let headers: Vec<XMatrix> = parts
-            .headers
-            .get_all(http::header::AUTHORIZATION)
-            .iter()
-            .filter_map(|value| XMatrix::try_from(value).ok())
-            .collect();
+        let mut headers: Vec<XMatrix> = Vec::new();
+        let mut malformed = None;
+        for value in parts.headers.get_all(http::header::AUTHORIZATION) {
+            match XMatrix::try_from(value) {
+                Ok(xmatrix) => headers.push(xmatrix),
+                // An X-Matrix header that does not parse (e.g. an origin
+                // that is no server name) is a bad request, as Synapse has it.
+                Err(e)
+                    if value
+                        .as_bytes()
+                        .get(..9)
+                        .is_some_and(|s| s.eq_ignore_ascii_case(b"X-Matrix ")) =>
+                {
+                    malformed = Some(e.to_string())
+                }
+                Err(_) => {}
+            }
+        }
         if headers.is_empty() {
-            return Err(unauthorized("Missing or malformed X-Matrix Authorization header"));
+            return Err(match malformed {
+                Some(e) => unauthorized(format!("Malformed X-Matrix Authorization header: {e}"))
+                    .with_status(http::StatusCode::BAD_REQUEST),
+                None => unauthorized("Missing X-Matrix Authorization header"),
+            });
+        }
+        // The signature covers the body as canonical JSON: a body that has
+        // none (a float, an integer out of range) cannot be verified, and
+        // is bad input rather than a bad signature.
+        if !body.is_empty() {
+            let value: serde_json::Value =
+                serde_json::from_slice(&body).map_err(|e| MatrixError::not_json(format!("Content not JSON: {e}")))?;
+            CanonicalJsonValue::try_from(value)
+                .map_err(|e| MatrixError::bad_json(format!("Content is not canonical JSON: {e}")))?;
         }
         let own_name = svc.server_name();
         let http_req = http::Request::from_parts(parts, &body[..]);

@@ -1,7 +1,9 @@
 //! `PUT /_matrix/federation/v1/send/{txnId}`: events and ephemeral data
 //! pushed by another server. Each PDU is handled on its own (one that
-//! cannot be verified never blocks the others) and gets its own result;
-//! a retried transaction gets the answer it got the first time.
+//! cannot be verified never blocks the others) and gets its own result:
+//! an error for one dropped or not processed, none for one accepted,
+//! soft-failed or rejected by the auth rules (all three handled); a
+//! retried transaction gets the answer it got the first time.
 
 use std::{collections::BTreeMap, sync::Arc};
 
@@ -72,7 +74,14 @@ pub async fn send(
             Err("the room's server ACL denies the sending server".to_owned())
         } else {
             match inbound::receive_pdu(&svc, &req.origin, &room_id, raw).await {
-                Ok(inbound::Outcome::Rejected(reason)) => Err(format!("rejected: {reason}")),
+                // Rejected by the auth rules is handled (held as rejected),
+                // not an error of processing: no error for it, as Synapse
+                // answers, so that senders do not take it for a failure to
+                // retry or report.
+                Ok(inbound::Outcome::Rejected(reason)) => {
+                    tracing::info!(origin = %req.origin, %event_id, %reason, "PDU rejected by the auth rules");
+                    Ok(())
+                }
                 Ok(_) => Ok(()),
                 Err(RoomError::Storage(e)) => return Err(e.into()),
                 Err(e) => Err(e.to_string()),

@@ -67,10 +67,10 @@ impl Sender {
     }
 
     /// Queues `event` for every server with a user joined to the room now,
-    /// and, for a membership event, for the server of the user whose
-    /// membership it changes (a kicked or banned user's server was in the
-    /// room when the event was made); but not for this server nor those in
-    /// `except`.
+    /// and, for a membership event other than an invite, for the server of
+    /// the user whose membership it changes (a kicked or banned user's
+    /// server was in the room when the event was made); but not for this
+    /// server nor those in `except`.
     pub async fn send_pdu(
         self: &Arc<Self>,
         room_id: &RoomId,
@@ -84,7 +84,11 @@ impl Sender {
             .into_iter()
             .map(|m| m.user_id.server_name().to_owned())
             .collect();
+        // The target of a membership change hears of it even when none of
+        // its server's users is joined (a kick, a ban); an invite, though,
+        // has reached the invitee's server already, through `/invite`.
         if event.kind == ruma::events::TimelineEventType::RoomMember
+            && event.membership().as_deref() != Some("invite")
             && let Some(target) = event.state_key.as_deref().and_then(|k| ruma::UserId::parse(k).ok())
         {
             destinations.push(target.server_name().to_owned());
@@ -240,7 +244,17 @@ impl Sender {
             .filter_map(|edu| serde_json::value::to_raw_value(edu).ok())
             .map(ruma::serde::Raw::from_json)
             .collect();
-        let response = self.federation.send(destination, request).await?;
+        let response = match self.federation.send(destination, request).await {
+            Ok(response) => response,
+            // A success status with an answer that is not the spec's (e.g.
+            // `{}`, without `pdus`): the transaction was taken; sending it
+            // again would not change the answer.
+            Err(FederationError::InvalidResponse { reason, .. }) => {
+                tracing::info!(%destination, %txn_id, %reason, "transaction delivered; its answer is unreadable");
+                return Ok(());
+            }
+            Err(e) => return Err(e),
+        };
         for (event_id, result) in &response.pdus {
             if let Err(error) = result {
                 tracing::info!(%destination, %event_id, %error, "the destination refused an event");

@@ -60,6 +60,10 @@ pub async fn persist_pdu(svc: &Services, event: ToPersist, rules: &RoomVersionRu
         txn,
         backfilled,
     } = event;
+    let mut pdu = pdu;
+    // Storage reads the flag: a rejected state event is never part of the
+    // state after it (the state after it is the state before it).
+    pdu.rejected = matches!(status, TimelineStatus::Rejected(_));
     let pdu = Arc::new(pdu);
     let accepted = status == TimelineStatus::Accepted;
     let state_key = pdu

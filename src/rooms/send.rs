@@ -223,7 +223,11 @@ pub(super) async fn apply_redaction(
     let Some(event) = svc.storage.event(target).await? else {
         return Ok(());
     };
-    if event.pdu.room_id != redaction.room_id || event.meta.redacted_by.is_some() {
+    // Only an event of the same room, and not the redaction itself.
+    if event.pdu.room_id != redaction.room_id
+        || event.pdu.event_id == redaction.event_id
+        || event.meta.redacted_by.is_some()
+    {
         return Ok(());
     }
     let redacted = ruma::canonical_json::redact(event.pdu.canonical_object(), &rules.redaction, None)
