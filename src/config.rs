@@ -86,8 +86,21 @@ pub enum ConfigError {
     Invalid { key: &'static str, message: String },
 }
 
-/// The room versions weft can create and join.
-pub const SUPPORTED_ROOM_VERSIONS: [RoomVersionId; 3] = [RoomVersionId::V10, RoomVersionId::V11, RoomVersionId::V12];
+/// The room versions weft can create and join: every version whose event
+/// IDs are reference hashes (3 and later; ruma holds each one's rules).
+/// Versions 1 and 2, where the sender chooses the event ID, are not.
+pub const SUPPORTED_ROOM_VERSIONS: [RoomVersionId; 10] = [
+    RoomVersionId::V3,
+    RoomVersionId::V4,
+    RoomVersionId::V5,
+    RoomVersionId::V6,
+    RoomVersionId::V7,
+    RoomVersionId::V8,
+    RoomVersionId::V9,
+    RoomVersionId::V10,
+    RoomVersionId::V11,
+    RoomVersionId::V12,
+];
 
 impl Config {
     /// Loads `path` (if given), then applies `WEFT_*` overrides from the
@@ -194,7 +207,7 @@ impl Config {
             return Err(ConfigError::Invalid {
                 key: "default_room_version",
                 message: format!(
-                    "room version {} is not supported (supported: 10, 11, 12)",
+                    "room version {} is not supported (supported: 3 to 12)",
                     self.default_room_version
                 ),
             });

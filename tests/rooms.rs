@@ -12,7 +12,7 @@ use serde_json::json;
 async fn rooms_of_each_supported_version_work() {
     let server = TestServer::start().await;
     let alice = server.register("alice").await;
-    for version in ["10", "11", "12"] {
+    for version in ["3", "4", "5", "6", "7", "8", "9", "10", "11", "12"] {
         let room = alice
             .create_room(json!({ "room_version": version, "name": format!("v{version}") }))
             .await;
@@ -40,15 +40,18 @@ async fn rooms_of_each_supported_version_work() {
             .await;
         assert_eq!(name["name"], format!("v{version}"));
     }
-    let (status, body) = alice
-        .call(
-            Method::POST,
-            "/_matrix/client/v3/createRoom",
-            Some(&json!({ "room_version": "1" })),
-        )
-        .await;
-    assert_eq!(status, StatusCode::BAD_REQUEST);
-    assert_eq!(body["errcode"], "M_UNSUPPORTED_ROOM_VERSION");
+    // Versions 1 and 2 (event IDs chosen by the sender) are not supported.
+    for version in ["1", "2", "13"] {
+        let (status, body) = alice
+            .call(
+                Method::POST,
+                "/_matrix/client/v3/createRoom",
+                Some(&json!({ "room_version": version })),
+            )
+            .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "v{version}");
+        assert_eq!(body["errcode"], "M_UNSUPPORTED_ROOM_VERSION");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -310,6 +313,36 @@ async fn redaction_by_sender_and_by_moderator_only() {
         )
         .await;
     assert_eq!(b_event["unsigned"]["redacted_because"]["content"]["reason"], "oops");
+    assert_eq!(b_event["unsigned"]["redacted_by"], b_event["unsigned"]["redacted_because"]["event_id"]);
+
+    // The older form without a transaction ID (POST, r0 and v3) still works,
+    // and is checked the same way.
+    let (_, c) = alice.send_text(&room, "c", "alice's other secret").await;
+    let c_id = c["event_id"].as_str().unwrap();
+    let (status, body) = bob
+        .call(
+            Method::POST,
+            &format!("/_matrix/client/r0/rooms/{}/redact/{}", enc(&room), enc(c_id)),
+            Some(&json!({})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    let redaction = alice
+        .ok(
+            Method::POST,
+            &format!("/_matrix/client/v3/rooms/{}/redact/{}", enc(&room), enc(c_id)),
+            Some(&json!({ "reason": "legacy" })),
+        )
+        .await;
+    let c_event = alice
+        .ok(
+            Method::GET,
+            &format!("/_matrix/client/v3/rooms/{}/event/{}", enc(&room), enc(c_id)),
+            None,
+        )
+        .await;
+    assert_eq!(c_event["unsigned"]["redacted_by"], redaction["event_id"], "{c_event}");
+    assert_eq!(c_event["unsigned"]["redacted_because"]["content"]["reason"], "legacy");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -86,6 +86,9 @@ fn client_event(
         let mut because = base_fields(redaction);
         because.insert("unsigned".to_owned(), json!({ "age": age(redaction, now) }));
         unsigned.insert("redacted_because".to_owned(), Value::Object(because));
+        // Not in the spec, but Synapse has always sent it and clients
+        // (and SyTest) read it.
+        unsigned.insert("redacted_by".to_owned(), json!(redaction.pdu.event_id));
     }
     if let Some(prev) = event.meta.replaces_state.as_ref() {
         unsigned.insert("replaces_state".to_owned(), json!(prev));

@@ -80,6 +80,41 @@ pub async fn redact(
     Ok(redact_event::v3::Response::new(sent.pdu.event_id.clone()))
 }
 
+/// `POST /rooms/{roomId}/redact/{eventId}`: the form of the redaction
+/// endpoint from before transaction IDs (r0), still sent by older clients
+/// and SyTest. Without a transaction ID each request is a new redaction.
+pub async fn redact_without_txn(
+    axum::extract::State(svc): axum::extract::State<Arc<Services>>,
+    axum::extract::Path((room_id, event_id)): axum::extract::Path<(String, String)>,
+    req: axum::extract::Request,
+) -> Result<axum::Json<serde_json::Value>, MatrixError> {
+    let (parts, body) = req.into_parts();
+    let owner = super::extract::token_owner(&svc, &parts).await?;
+    let room_id =
+        ruma::OwnedRoomId::try_from(room_id).map_err(|e| MatrixError::invalid_param(format!("room ID: {e}")))?;
+    let event_id =
+        ruma::OwnedEventId::try_from(event_id).map_err(|e| MatrixError::invalid_param(format!("event ID: {e}")))?;
+    let body = axum::body::to_bytes(body, 65536)
+        .await
+        .map_err(|e| MatrixError::not_json(format!("cannot read the body: {e}")))?;
+    let mut content = json!({});
+    if !body.is_empty() {
+        let given: serde_json::Value =
+            serde_json::from_slice(&body).map_err(|e| MatrixError::not_json(format!("Content not JSON: {e}")))?;
+        if let Some(reason) = given.get("reason").and_then(|r| r.as_str()) {
+            content["reason"] = json!(reason);
+        }
+    }
+    let template = EventTemplate {
+        kind: TimelineEventType::RoomRedaction,
+        content,
+        state_key: None,
+        redacts: Some(event_id),
+    };
+    let sent = send_event(&svc, &room_id, &owner.user_id, template, None).await?;
+    Ok(axum::Json(json!({ "event_id": sent.pdu.event_id })))
+}
+
 /// Whether the user may read the room's history at all; and whether they
 /// are joined now.
 async fn reader(svc: &Services, room_id: &RoomId, owner: &TokenOwner) -> Result<bool, MatrixError> {

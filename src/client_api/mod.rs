@@ -17,7 +17,11 @@ mod sync;
 
 use std::sync::Arc;
 
-use axum::{Router, response::IntoResponse, routing::get};
+use axum::{
+    Router,
+    response::IntoResponse,
+    routing::{get, post},
+};
 use serde_json::json;
 
 use crate::{error::MatrixError, services::Services};
@@ -81,6 +85,15 @@ pub fn router() -> Router<Arc<Services>> {
         .ruma(ephemeral::typing)
         .ruma(ephemeral::create_receipt)
         .ruma(ephemeral::read_markers)
+        // The redaction endpoint's older form, without a transaction ID.
+        .route(
+            "/_matrix/client/r0/rooms/{room_id}/redact/{event_id}",
+            post(messages::redact_without_txn),
+        )
+        .route(
+            "/_matrix/client/v3/rooms/{room_id}/redact/{event_id}",
+            post(messages::redact_without_txn),
+        )
         // Not `.ruma`: ruma's request needs the `room_id` that the
         // original, all-rooms form of the endpoint goes without.
         .route("/_matrix/client/r0/events", get(events::events))
