@@ -552,6 +552,37 @@ async fn ignored_users() {
     assert_eq!(kinds, vec!["m.room.topic", "m.room.message"], "{body}");
     assert_eq!(timeline[1]["sender"], carol.user_id.as_str());
 
+    // /messages and /context leave bob's messages out too, not his state.
+    let page = alice.messages(&room, "dir=b&limit=50").await;
+    let chunk = page["chunk"].as_array().unwrap();
+    assert!(chunk.iter().any(|e| e["type"] == "m.room.topic"), "{page}");
+    assert!(
+        !chunk
+            .iter()
+            .any(|e| e["sender"] == bob.user_id.as_str() && e["type"] == "m.room.message"),
+        "{page}"
+    );
+    let carols = timeline[1]["event_id"].as_str().unwrap();
+    let context = alice
+        .ok(
+            Method::GET,
+            &format!(
+                "/_matrix/client/v3/rooms/{}/context/{}?limit=20",
+                enc(&room),
+                enc(carols)
+            ),
+            None,
+        )
+        .await;
+    let before = context["events_before"].as_array().unwrap();
+    assert!(before.iter().any(|e| e["type"] == "m.room.topic"), "{context}");
+    assert!(
+        !before
+            .iter()
+            .any(|e| e["sender"] == bob.user_id.as_str() && e["type"] == "m.room.message"),
+        "{context}"
+    );
+
     // Invites from ignored users are not shown, in full or incremental syncs.
     let body = alice.sync("").await;
     let since = next_batch(&body);
