@@ -123,7 +123,10 @@ fn with_tags(current: Option<Value>, change: impl FnOnce(&mut Map<String, Value>
         Some(Value::Object(content)) => content,
         _ => Map::new(),
     };
-    let mut tags = account_data::tags_of(Some(Value::Object(content.clone())));
+    let mut tags = match content.remove("tags") {
+        Some(Value::Object(tags)) => tags,
+        _ => Map::new(),
+    };
     change(&mut tags);
     content.insert("tags".to_owned(), Value::Object(tags));
     Value::Object(content)
