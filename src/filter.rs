@@ -7,7 +7,7 @@ use std::{collections::HashMap, num::NonZeroUsize};
 use lru::LruCache;
 use ruma::{
     DeviceId, EventId, OwnedDeviceId, OwnedEventId, OwnedRoomId, OwnedUserId, RoomId, UserId,
-    api::client::filter::{LazyLoadOptions, RoomEventFilter, RoomFilter, UrlFilter},
+    api::client::filter::{Filter, LazyLoadOptions, RoomEventFilter, RoomFilter, UrlFilter},
 };
 
 use crate::events::Pdu;
@@ -71,6 +71,25 @@ pub fn event_matches(filter: &RoomEventFilter, event: &Pdu) -> bool {
         Some(UrlFilter::EventsWithoutUrl) => event.content_value().get("url").is_none(),
         _ => true,
     }
+}
+
+/// Whether an event type passes a filter's `types` and `not_types`.
+fn type_allowed(types: Option<&[String]>, not_types: &[String], kind: &str) -> bool {
+    !not_types.iter().any(|t| type_matches(t, kind))
+        && types.is_none_or(|types| types.iter().any(|t| type_matches(t, kind)))
+}
+
+/// Whether global account data of type `kind` passes the filter's
+/// `account_data` section (account data has no sender to filter on).
+pub fn account_data_matches(filter: &Filter, kind: &str) -> bool {
+    type_allowed(filter.types.as_deref(), &filter.not_types, kind)
+}
+
+/// Whether a room's account data of type `kind` passes the room filter's
+/// `account_data` section.
+pub fn room_account_data_matches(filter: &RoomEventFilter, room_id: &RoomId, kind: &str) -> bool {
+    type_allowed(filter.types.as_deref(), &filter.not_types, kind)
+        && room_listed(filter.rooms.as_deref(), &filter.not_rooms, room_id)
 }
 
 /// Lazy loading of members: `None` when off, else whether redundant

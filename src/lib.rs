@@ -1,5 +1,6 @@
 //! weft, a Matrix homeserver. See ARCHITECTURE.md for the map.
 
+pub mod account_data;
 pub mod accounts;
 pub mod acl;
 pub mod backfill;

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use tokio::sync::watch;
 
 use crate::{
+    account_data::AccountDataStream,
     accounts::{RegistrationNonces, RegistrationSessions},
     backfill::Backfiller,
     config::Config,
@@ -34,6 +35,8 @@ pub struct Services {
     pub backfiller: Backfiller,
     /// Typing notifications and the ephemeral stream.
     pub ephemeral: Arc<Ephemeral>,
+    /// The account data stream: wakes `/sync` on changes.
+    pub account_data: AccountDataStream,
     pub metrics: Metrics,
     pub state: StateCache,
     pub rooms: RoomLocks,
@@ -75,6 +78,7 @@ impl Services {
             sender,
             backfiller: Backfiller::default(),
             ephemeral: Ephemeral::new(storage.max_receipt_position().await?),
+            account_data: AccountDataStream::new(storage.max_account_data_position().await?),
             metrics: Metrics::default(),
             state: StateCache::new(storage.clone()),
             storage,

@@ -14,7 +14,7 @@ use ruma::{
 use serde_json::json;
 
 use super::extract::Ruma;
-use crate::{error::MatrixError, services::Services, storage::Receipt, visibility};
+use crate::{account_data, error::MatrixError, services::Services, storage::Receipt, visibility};
 
 async fn must_be_joined(svc: &Services, room_id: &RoomId, user: &UserId) -> Result<(), MatrixError> {
     match visibility::current_membership(svc, room_id, user).await?.as_deref() {
@@ -47,6 +47,30 @@ pub async fn typing(
     Ok(create_typing_event::v3::Response::new())
 }
 
+/// The event must be one of the room's.
+async fn must_be_in_room(svc: &Services, room_id: &RoomId, event_id: &OwnedEventId) -> Result<(), MatrixError> {
+    match svc.storage.event(event_id).await? {
+        Some(event) if event.pdu.room_id == room_id => Ok(()),
+        _ => Err(MatrixError::not_found(format!(
+            "Event {event_id} not found in {room_id}"
+        ))),
+    }
+}
+
+/// Moves the user's fully-read marker (the room's `m.fully_read` account
+/// data, which only this API sets).
+async fn fully_read(
+    svc: &Services,
+    room_id: &RoomId,
+    user: &UserId,
+    event_id: &OwnedEventId,
+) -> Result<(), MatrixError> {
+    must_be_in_room(svc, room_id, event_id).await?;
+    let content = json!({ "event_id": event_id });
+    account_data::put(svc, user, Some(room_id), account_data::FULLY_READ, &content).await?;
+    Ok(())
+}
+
 /// Records a receipt of `user` (and shares a public one).
 async fn receipt(
     svc: &Services,
@@ -55,14 +79,7 @@ async fn receipt(
     receipt_type: &str,
     event_id: &OwnedEventId,
 ) -> Result<(), MatrixError> {
-    match svc.storage.event(event_id).await? {
-        Some(event) if event.pdu.room_id == room_id => {}
-        _ => {
-            return Err(MatrixError::not_found(format!(
-                "Event {event_id} not found in {room_id}"
-            )));
-        }
-    }
+    must_be_in_room(svc, room_id, event_id).await?;
     let ts: u64 = MilliSecondsSinceUnixEpoch::now().get().into();
     let receipt = Receipt {
         room_id: room_id.to_owned(),
@@ -95,8 +112,7 @@ pub async fn create_receipt(
     match &b.receipt_type {
         ReceiptType::Read => receipt(&svc, &b.room_id, user, "m.read", &b.event_id).await?,
         ReceiptType::ReadPrivate => receipt(&svc, &b.room_id, user, "m.read.private", &b.event_id).await?,
-        // The fully-read marker is account data, which weft does not keep yet.
-        ReceiptType::FullyRead => {}
+        ReceiptType::FullyRead => fully_read(&svc, &b.room_id, user, &b.event_id).await?,
         other => {
             return Err(MatrixError::invalid_param(format!(
                 "Unknown receipt type {}",
@@ -114,6 +130,9 @@ pub async fn read_markers(
     let user = &req.user().user_id;
     let b = &req.body;
     must_be_joined(&svc, &b.room_id, user).await?;
+    if let Some(event_id) = &b.fully_read {
+        fully_read(&svc, &b.room_id, user, event_id).await?;
+    }
     if let Some(event_id) = &b.read_receipt {
         receipt(&svc, &b.room_id, user, "m.read", event_id).await?;
     }

@@ -20,6 +20,7 @@ use serde_json::{Value, json};
 
 use super::{extract::Ruma, format};
 use crate::{
+    account_data,
     error::MatrixError,
     events::EventTemplate,
     rooms::send::send_event,
@@ -202,7 +203,12 @@ pub async fn messages(
         user: &owner.user_id,
         joined_now,
     };
-    let page = timeline::paginate_filling(&svc, &b.room_id, reader, PageRequest { from, to, dir, limit }).await?;
+    let mut page = timeline::paginate_filling(&svc, &b.room_id, reader, PageRequest { from, to, dir, limit }).await?;
+    // Events of ignored users are left out (the page may come out short,
+    // which the `end` token allows for).
+    let ignored = account_data::ignored_users(&svc, &owner.user_id).await?;
+    page.events
+        .retain(|e| !account_data::hidden_by_ignore(&ignored, &e.pdu));
     let start = match (&b.from, from_token) {
         (Some(given), _) => given.clone(),
         (None, _) if dir == Direction::Backward => Token::Stream(svc.notifier.head()).to_string(),
@@ -238,7 +244,7 @@ pub async fn context(
         dir: Direction::Backward,
         limit: before_limit,
     };
-    let before = timeline::paginate(&svc, &b.room_id, reader, request).await?;
+    let mut before = timeline::paginate(&svc, &b.room_id, reader, request).await?;
     let from = timeline::after(&event);
     let request = PageRequest {
         from,
@@ -246,7 +252,8 @@ pub async fn context(
         dir: Direction::Forward,
         limit: after_limit,
     };
-    let after = timeline::paginate(&svc, &b.room_id, reader, request).await?;
+    let mut after = timeline::paginate(&svc, &b.room_id, reader, request).await?;
+    let ignored = account_data::ignored_users(&svc, &owner.user_id).await?;
     let start = before
         .events
         .last()
@@ -255,6 +262,13 @@ pub async fn context(
         .events
         .last()
         .map_or_else(|| timeline::after(&event), timeline::after);
+    // Events of ignored users are left out, once the tokens are known.
+    before
+        .events
+        .retain(|e| !account_data::hidden_by_ignore(&ignored, &e.pdu));
+    after
+        .events
+        .retain(|e| !account_data::hidden_by_ignore(&ignored, &e.pdu));
     let state_events = match event.meta.state_group_before {
         Some(group) => {
             let map = svc.state.group(group).await?;

@@ -2,6 +2,7 @@
 //! ruma's typed responses out. Each file holds one area of the spec.
 
 mod account;
+mod account_data;
 mod admin;
 pub(crate) mod directory;
 mod ephemeral;
@@ -85,6 +86,13 @@ pub fn router() -> Router<Arc<Services>> {
         .ruma(ephemeral::typing)
         .ruma(ephemeral::create_receipt)
         .ruma(ephemeral::read_markers)
+        .ruma(account_data::set_global)
+        .ruma(account_data::get_global)
+        .ruma(account_data::set_room)
+        .ruma(account_data::get_room)
+        .ruma(account_data::get_tags)
+        .ruma(account_data::create_tag)
+        .ruma(account_data::delete_tag)
         // The redaction endpoint's older form, without a transaction ID.
         .route(
             "/_matrix/client/r0/rooms/{room_id}/redact/{event_id}",

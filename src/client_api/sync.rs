@@ -1,22 +1,35 @@
 //! `/sync`: initial and incremental, with long-polling and filters.
 //!
-//! `next_batch` is `s<stream>`, the newest arrival order the response
-//! covers. An incremental sync returns what arrived in `(since, head]`;
-//! with nothing new it waits (up to `timeout`) for the notifier.
+//! `next_batch` is `s<stream>_<ephemeral>_<account data>`: the newest
+//! arrival order the response covers, and the positions of the ephemeral
+//! and account data streams (older tokens lack the last parts). An
+//! incremental sync returns what arrived in `(since, head]`; with nothing
+//! new it waits (up to `timeout`) for the notifiers.
 //!
 //! The filter (uploaded, or inline JSON) chooses the rooms (`rooms`,
 //! `not_rooms`, `include_leave`), the timeline events (types, senders,
 //! `limit`) and the state events, and turns on lazy loading of members.
 //! `state` is the room state at the start of the timeline: all of it in a
 //! full sync, what changed since `since` in an incremental one.
+//!
+//! Account data (global, and per joined or left room) is all of it in a
+//! full sync, what changed since the token's position in an incremental
+//! one (all of a room's when the room is sent in full), through the
+//! filter's `account_data` sections. Events of users the user ignores
+//! (`m.ignored_user_list`), state events apart, are left out of the
+//! timelines, and so are invites from them.
 
-use std::{collections::HashSet, sync::Arc, time::Duration};
+use std::{
+    collections::{BTreeMap, HashSet},
+    sync::Arc,
+    time::Duration,
+};
 
 use axum::response::IntoResponse;
 use ruma::{
     OwnedEventId, OwnedRoomId, OwnedUserId, RoomId, UInt, UserId,
     api::client::{
-        filter::{FilterDefinition, RoomEventFilter, RoomFilter},
+        filter::{self as ruma_filter, FilterDefinition, RoomEventFilter, RoomFilter},
         sync::sync_events::v3::{
             Filter, InviteState, InvitedRoom, JoinedRoom, LeftRoom, Response, Rooms, State, StateEvents, Timeline,
         },
@@ -27,11 +40,12 @@ use serde_json::Value;
 
 use super::{extract::Ruma, format};
 use crate::{
+    account_data,
     error::MatrixError,
     filter,
     services::Services,
     state::StateMap,
-    storage::{Membership, StoredEvent, StreamOrdering, TokenOwner},
+    storage::{AccountData, Membership, StoredEvent, StreamOrdering, TokenOwner},
     timeline::{self, Token},
     visibility,
 };
@@ -60,10 +74,22 @@ const INVITE_STATE_TYPES: [StateEventType; 7] = [
 /// What the request's filter and flags ask for.
 struct Options {
     room: RoomFilter,
+    /// The filter's (global) `account_data` section.
+    account_data: ruma_filter::Filter,
     limit: usize,
     full_state: bool,
     /// Lazy loading of members: `Some(include_redundant_members)`.
     lazy: Option<bool>,
+    /// The users the user ignores, as of this response.
+    ignored: HashSet<OwnedUserId>,
+}
+
+/// A `since` token: `s<stream>[_<ephemeral>[_<account data>]]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct SinceToken {
+    stream: StreamOrdering,
+    ephemeral: Option<i64>,
+    account_data: Option<i64>,
 }
 
 pub async fn sync(
@@ -71,15 +97,20 @@ pub async fn sync(
     req: Ruma<ruma::api::client::sync::sync_events::v3::Request>,
 ) -> Result<Response, MatrixError> {
     let owner = req.user().clone();
-    let (since, since_ephemeral) = match req.body.since.as_deref() {
+    let token = match req.body.since.as_deref() {
         Some(token) => match parse_since(token) {
-            Some((stream, ephemeral)) => (Some(stream), ephemeral),
+            Some(parsed) => Some(parsed),
             None => return Err(MatrixError::invalid_param(format!("Invalid since token {token:?}"))),
         },
-        None => (None, None),
+        None => None,
     };
+    let since = token.map(|t| t.stream);
+    let since_ephemeral = token.and_then(|t| t.ephemeral);
+    let since_account_data = token.and_then(|t| t.account_data);
     let definition = load_filter(&svc, &owner, req.body.filter.as_ref()).await?;
-    let opts = Options {
+    let mut opts = Options {
+        account_data: definition.account_data,
+        ignored: HashSet::new(),
         limit: definition.room.timeline.limit.map_or(DEFAULT_TIMELINE_LIMIT, |l| {
             (u64::from(l) as usize).min(MAX_TIMELINE_LIMIT)
         }),
@@ -90,22 +121,37 @@ pub async fn sync(
     let deadline = tokio::time::Instant::now() + req.body.timeout.unwrap_or_default().min(MAX_TIMEOUT);
     let mut head_rx = svc.notifier.subscribe();
     let mut ephemeral_rx = svc.ephemeral.subscribe();
+    let mut account_data_rx = svc.account_data.subscribe();
     loop {
         let head = *head_rx.borrow_and_update();
         let ephemeral_head = *ephemeral_rx.borrow_and_update();
+        let account_data_head = *account_data_rx.borrow_and_update();
         let since_ephemeral = since_ephemeral.filter(|_| since.is_some() && !opts.full_state);
-        let mut rooms = build_rooms(&svc, &owner, since, head, &opts).await?;
+        let since_account_data = since_account_data.filter(|_| since.is_some() && !opts.full_state);
+        opts.ignored = account_data::ignored_users(&svc, &owner.user_id).await?;
+        let (mut rooms, in_full) = build_rooms(&svc, &owner, since, head, &opts).await?;
         add_ephemeral(&svc, &owner, &mut rooms, since_ephemeral, ephemeral_head).await?;
-        let empty = rooms.join.is_empty() && rooms.invite.is_empty() && rooms.leave.is_empty();
+        let global = add_account_data(
+            &svc,
+            &owner,
+            &mut rooms,
+            &in_full,
+            (since_account_data, account_data_head),
+            &opts,
+        )
+        .await?;
+        let empty = rooms.join.is_empty() && rooms.invite.is_empty() && rooms.leave.is_empty() && global.is_empty();
         if since.is_none() || opts.full_state || !empty || tokio::time::Instant::now() >= deadline {
-            let mut response = Response::new(format!("s{head}_{ephemeral_head}"));
+            let mut response = Response::new(format!("s{head}_{ephemeral_head}_{account_data_head}"));
             response.rooms = rooms;
+            response.account_data.events = global.iter().map(format::raw).collect();
             return Ok(response);
         }
         let woken = tokio::time::timeout_at(deadline, async {
             tokio::select! {
                 _ = head_rx.changed() => {}
                 _ = ephemeral_rx.changed() => {}
+                _ = account_data_rx.changed() => {}
             }
         })
         .await;
@@ -113,18 +159,111 @@ pub async fn sync(
             // Timed out: answer with the (empty) response at the heads.
             let head = (*head_rx.borrow()).max(since.unwrap_or_default());
             let ephemeral_head = (*ephemeral_rx.borrow()).max(since_ephemeral.unwrap_or_default());
-            return Ok(Response::new(format!("s{head}_{ephemeral_head}")));
+            let account_data_head = (*account_data_rx.borrow()).max(since_account_data.unwrap_or_default());
+            return Ok(Response::new(format!("s{head}_{ephemeral_head}_{account_data_head}")));
         }
     }
 }
 
-/// `s<stream>` or `s<stream>_<ephemeral position>`.
-fn parse_since(token: &str) -> Option<(StreamOrdering, Option<i64>)> {
-    let rest = token.strip_prefix('s')?;
-    match rest.split_once('_') {
-        Some((stream, ephemeral)) => Some((stream.parse().ok()?, Some(ephemeral.parse().ok()?))),
-        None => Some((rest.parse().ok()?, None)),
+/// `s<stream>`, `s<stream>_<ephemeral>` or
+/// `s<stream>_<ephemeral>_<account data>`.
+fn parse_since(token: &str) -> Option<SinceToken> {
+    let mut parts = token.strip_prefix('s')?.split('_');
+    let stream = parts.next()?.parse().ok()?;
+    let mut next = || parts.next().map(|p| p.parse::<i64>().ok());
+    let ephemeral = next().map_or(Some(None), |p| p.map(Some))?;
+    let account_data = next().map_or(Some(None), |p| p.map(Some))?;
+    if next().is_some() {
+        return None;
     }
+    Some(SinceToken {
+        stream,
+        ephemeral,
+        account_data,
+    })
+}
+
+/// An account data event as `/sync` shows it.
+fn account_data_event(data: &AccountData) -> Result<Value, MatrixError> {
+    let content: Value =
+        serde_json::from_str(&data.content).map_err(|e| MatrixError::internal("stored account data", e))?;
+    Ok(serde_json::json!({ "type": data.data_type, "content": content }))
+}
+
+/// The newest `limit` of `events` (all without a limit).
+fn keep_newest(mut events: Vec<Value>, limit: Option<UInt>) -> Vec<Value> {
+    if let Some(limit) = limit.map(|l| u64::from(l) as usize)
+        && events.len() > limit
+    {
+        events.drain(..events.len() - limit);
+    }
+    events
+}
+
+/// Account data changed in `(since, head]` (all up to `head` without
+/// `since`): the global events are returned; a room's go to its entry in
+/// `rooms` (a joined room with only such changes is added). Rooms sent in
+/// full (`in_full`) get all of theirs.
+async fn add_account_data(
+    svc: &Services,
+    owner: &TokenOwner,
+    rooms: &mut Rooms,
+    in_full: &HashSet<OwnedRoomId>,
+    (since, head): (Option<i64>, i64),
+    opts: &Options,
+) -> Result<Vec<Value>, MatrixError> {
+    let user = &owner.user_id;
+    let mut changes = svc.storage.account_data_changes(user, since, head).await?;
+    if since.is_some() {
+        for room_id in in_full {
+            let all = svc.storage.room_account_data(user, room_id, head).await?;
+            changes.extend(
+                all.into_iter()
+                    .filter(|d| since.is_some_and(|since| d.position <= since)),
+            );
+        }
+        changes.sort_by_key(|d| d.position);
+    }
+    let mut global = Vec::new();
+    let mut by_room: BTreeMap<OwnedRoomId, Vec<Value>> = BTreeMap::new();
+    for data in &changes {
+        match &data.room_id {
+            None if filter::account_data_matches(&opts.account_data, &data.data_type) => {
+                global.push(account_data_event(data)?);
+            }
+            Some(room_id)
+                if filter::room_allowed(&opts.room, room_id)
+                    && filter::room_account_data_matches(&opts.room.account_data, room_id, &data.data_type) =>
+            {
+                by_room
+                    .entry(room_id.clone())
+                    .or_default()
+                    .push(account_data_event(data)?);
+            }
+            _ => {}
+        }
+    }
+    if by_room.is_empty() {
+        return Ok(keep_newest(global, opts.account_data.limit));
+    }
+    let joined: HashSet<OwnedRoomId> = svc
+        .storage
+        .user_memberships(user)
+        .await?
+        .into_iter()
+        .filter(|m| m.membership == "join")
+        .map(|m| m.room_id)
+        .collect();
+    for (room_id, events) in by_room {
+        let events = keep_newest(events, opts.room.account_data.limit);
+        let raw = || events.iter().map(format::raw).collect();
+        if let Some(room) = rooms.leave.get_mut(&room_id) {
+            room.account_data.events = raw();
+        } else if rooms.join.contains_key(&room_id) || joined.contains(&room_id) {
+            rooms.join.entry(room_id).or_default().account_data.events = raw();
+        }
+    }
+    Ok(keep_newest(global, opts.account_data.limit))
 }
 
 /// Typing and receipts of joined rooms that changed after
@@ -186,13 +325,15 @@ async fn load_filter(
     })
 }
 
+/// The rooms of the response, and those of them sent in full in an
+/// incremental sync (joined since).
 async fn build_rooms(
     svc: &Services,
     owner: &TokenOwner,
     since: Option<StreamOrdering>,
     head: StreamOrdering,
     opts: &Options,
-) -> Result<Rooms, MatrixError> {
+) -> Result<(Rooms, HashSet<OwnedRoomId>), MatrixError> {
     let changed: HashSet<OwnedRoomId> = match since {
         Some(since) => svc
             .storage
@@ -203,6 +344,7 @@ async fn build_rooms(
         None => HashSet::new(),
     };
     let mut rooms = Rooms::new();
+    let mut in_full = HashSet::new();
     for m in svc.storage.user_memberships(&owner.user_id).await? {
         if m.stream_ordering > head || !filter::room_allowed(&opts.room, &m.room_id) {
             continue;
@@ -221,13 +363,18 @@ async fn build_rooms(
         };
         match m.membership.as_str() {
             "join" => {
-                let since = since.filter(|_| !full && joined_at_since);
-                if let Some(room) = joined_room(svc, owner, &m.room_id, since, head, opts).await? {
+                let room_since = since.filter(|_| !full && joined_at_since);
+                if let Some(room) = joined_room(svc, owner, &m.room_id, room_since, head, opts).await? {
+                    if since.is_some() && room_since.is_none() {
+                        in_full.insert(m.room_id.clone());
+                    }
                     rooms.join.insert(m.room_id.clone(), room);
                 }
             }
             "invite" if full || changed => {
-                rooms.invite.insert(m.room_id.clone(), invited_room(svc, &m).await?);
+                if let Some(room) = invited_room(svc, &m, &opts.ignored).await? {
+                    rooms.invite.insert(m.room_id.clone(), room);
+                }
             }
             // Rooms left since the last sync; with `include_leave`, in a
             // full sync, all rooms left.
@@ -266,6 +413,10 @@ async fn build_rooms(
         }
         let mut events: Vec<Value> = serde_json::from_str(&invite.invite_state).unwrap_or_default();
         if let Some(event) = svc.storage.event(&invite.event_id).await? {
+            // Invites from ignored users are not shown.
+            if opts.ignored.contains(&event.pdu.sender) {
+                continue;
+            }
             events.push(format::stripped(&event));
         }
         let mut invite_state = InviteState::new();
@@ -274,7 +425,7 @@ async fn build_rooms(
         room.invite_state = invite_state;
         rooms.invite.insert(invite.room_id.clone(), room);
     }
-    Ok(rooms)
+    Ok((rooms, in_full))
 }
 
 /// The user's membership in the room as it was at `stream`.
@@ -297,7 +448,7 @@ async fn timeline_events(
     room_id: &RoomId,
     (after, upto): (StreamOrdering, StreamOrdering),
     joined_now: bool,
-    filter: &RoomEventFilter,
+    (filter, ignored): (&RoomEventFilter, &HashSet<OwnedUserId>),
     limit: usize,
 ) -> Result<(Vec<StoredEvent>, bool), MatrixError> {
     let batch = (limit + 1).max(MIN_SCAN_BATCH);
@@ -313,7 +464,7 @@ async fn timeline_events(
         }
         let matching = page
             .into_iter()
-            .filter(|e| filter::event_matches(filter, &e.pdu))
+            .filter(|e| filter::event_matches(filter, &e.pdu) && !account_data::hidden_by_ignore(ignored, &e.pdu))
             .collect();
         events.extend(visibility::filter_for_user(svc, user, joined_now, matching).await?);
         if events.len() > limit {
@@ -364,8 +515,16 @@ async fn room_section(
 ) -> Result<Section, MatrixError> {
     let user = &owner.user_id;
     let range = (since.unwrap_or(StreamOrdering::MIN), upto);
-    let (events, limited) =
-        timeline_events(svc, user, room_id, range, joined_now, &opts.room.timeline, opts.limit).await?;
+    let (events, limited) = timeline_events(
+        svc,
+        user,
+        room_id,
+        range,
+        joined_now,
+        (&opts.room.timeline, &opts.ignored),
+        opts.limit,
+    )
+    .await?;
     let start = match events.first().and_then(|e| e.meta.state_group_before) {
         Some(group) => svc.state.group(group).await?,
         None => state_at_stream(svc, room_id, upto).await?,
@@ -545,18 +704,27 @@ async fn summarise(
     Ok(())
 }
 
-async fn invited_room(svc: &Services, m: &Membership) -> Result<InvitedRoom, MatrixError> {
+/// An invite's section; `None` for an invite from an ignored user.
+async fn invited_room(
+    svc: &Services,
+    m: &Membership,
+    ignored: &HashSet<OwnedUserId>,
+) -> Result<Option<InvitedRoom>, MatrixError> {
+    let invite = svc.storage.event(&m.event_id).await?;
+    if invite.as_ref().is_some_and(|e| ignored.contains(&e.pdu.sender)) {
+        return Ok(None);
+    }
     let mut events = Vec::new();
     if let Some((_, state)) = svc.state.current(&m.room_id).await? {
         let keys: Vec<_> = INVITE_STATE_TYPES.iter().map(|t| (t.clone(), String::new())).collect();
         events = svc.state.events_for(&state, &keys).await?;
     }
-    events.extend(svc.storage.event(&m.event_id).await?);
+    events.extend(invite);
     let mut invite_state = InviteState::new();
     invite_state.events = events.iter().map(|e| format::raw(&format::stripped(e))).collect();
     let mut room = InvitedRoom::new();
     room.invite_state = invite_state;
-    Ok(room)
+    Ok(Some(room))
 }
 
 /// A room the user left or was removed from: the timeline up to their

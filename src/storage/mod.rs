@@ -253,6 +253,19 @@ pub struct Receipt {
     pub position: i64,
 }
 
+/// A piece of a user's account data, as it is now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccountData {
+    /// `None` for global account data.
+    pub room_id: Option<OwnedRoomId>,
+    /// The event type, e.g. `m.tag`.
+    pub data_type: String,
+    /// The content, a JSON object.
+    pub content: String,
+    /// The account data stream position of its last change.
+    pub position: i64,
+}
+
 /// Everything weft keeps, behind one interface.
 #[async_trait]
 pub trait Storage: Send + Sync + 'static {
@@ -436,4 +449,27 @@ pub trait Storage: Send + Sync + 'static {
     async fn receipts(&self, room_id: &RoomId, after: Option<i64>) -> Result<Vec<Receipt>>;
     /// The newest receipt position (to start the ephemeral stream above).
     async fn max_receipt_position(&self) -> Result<i64>;
+
+    // ----- account data -----
+    /// Sets the user's account data of `data_type` (global when `room_id`
+    /// is `None`) to `content`, replacing what was there, at a new
+    /// position in the account data stream, which is returned.
+    async fn put_account_data(
+        &self,
+        user_id: &UserId,
+        room_id: Option<&RoomId>,
+        data_type: &str,
+        content: &str,
+    ) -> Result<i64>;
+    /// The content of the user's account data of `data_type`, if set.
+    async fn account_data(&self, user_id: &UserId, room_id: Option<&RoomId>, data_type: &str)
+    -> Result<Option<String>>;
+    /// The user's account data (global and of every room) changed in
+    /// `(after, upto]` (all of it up to `upto` when `after` is `None`),
+    /// in stream order.
+    async fn account_data_changes(&self, user_id: &UserId, after: Option<i64>, upto: i64) -> Result<Vec<AccountData>>;
+    /// All the user's account data for one room, up to `upto`.
+    async fn room_account_data(&self, user_id: &UserId, room_id: &RoomId, upto: i64) -> Result<Vec<AccountData>>;
+    /// The newest account data stream position (0 when there is none).
+    async fn max_account_data_position(&self) -> Result<i64>;
 }

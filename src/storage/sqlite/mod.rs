@@ -4,6 +4,7 @@
 //! pool of readers, which WAL lets run beside the writer. Every call runs
 //! on tokio's blocking pool. Recently used events are cached.
 
+mod account_data;
 mod accounts;
 mod events;
 mod history;
@@ -42,6 +43,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("schema_v4.sql"),
     include_str!("schema_v5.sql"),
     include_str!("schema_v6.sql"),
+    include_str!("schema_v7.sql"),
 ];
 
 const MAX_IDLE_READERS: usize = 4;
@@ -665,5 +667,56 @@ impl Storage for SqliteStorage {
             )?)
         })
         .await
+    }
+
+    async fn put_account_data(
+        &self,
+        user_id: &UserId,
+        room_id: Option<&RoomId>,
+        data_type: &str,
+        content: &str,
+    ) -> Result<i64> {
+        let (user_id, room_id) = (user_id.to_owned(), room_id.map(RoomId::to_owned));
+        let (data_type, content) = (data_type.to_owned(), content.to_owned());
+        self.write(move |tx| account_data::put(tx, &user_id, room_id.as_deref(), &data_type, &content))
+            .await
+    }
+
+    async fn account_data(
+        &self,
+        user_id: &UserId,
+        room_id: Option<&RoomId>,
+        data_type: &str,
+    ) -> Result<Option<String>> {
+        let (user_id, room_id) = (user_id.to_owned(), room_id.map(RoomId::to_owned));
+        let data_type = data_type.to_owned();
+        self.read(move |c| account_data::get(c, &user_id, room_id.as_deref(), &data_type))
+            .await
+    }
+
+    async fn account_data_changes(
+        &self,
+        user_id: &UserId,
+        after: Option<i64>,
+        upto: i64,
+    ) -> Result<Vec<super::AccountData>> {
+        let user_id = user_id.to_owned();
+        self.read(move |c| account_data::changes(c, &user_id, after, upto))
+            .await
+    }
+
+    async fn room_account_data(
+        &self,
+        user_id: &UserId,
+        room_id: &RoomId,
+        upto: i64,
+    ) -> Result<Vec<super::AccountData>> {
+        let (user_id, room_id) = (user_id.to_owned(), room_id.to_owned());
+        self.read(move |c| account_data::of_room(c, &user_id, &room_id, upto))
+            .await
+    }
+
+    async fn max_account_data_position(&self) -> Result<i64> {
+        self.read(account_data::max_position).await
     }
 }
