@@ -53,14 +53,17 @@ pub async fn check_signed(svc: &Services, version: &RoomVersionId, raw: &RawValu
         object.remove("event_id");
     }
     ruma::state_res::check_pdu_format(&object, &rules.event_format).map_err(CheckError::Invalid)?;
-    let hash =
-        ruma::signatures::reference_hash(&object, &rules).map_err(|e| CheckError::Invalid(format!("event ID: {e}")))?;
-    let event_id = OwnedEventId::try_from(format!("${hash}")).map_err(|e| CheckError::Invalid(e.to_string()))?;
+    crate::events::ids::check_reference_format(&object, &rules).map_err(CheckError::Invalid)?;
+    // The reference hash, or (rooms v1, v2) the `event_id` the sender chose,
+    // whose server must then sign too (ruma's signature rules require it).
+    let event_id = crate::events::event_id_of(&object, &rules).map_err(CheckError::Invalid)?;
     let room_id = match object.get("room_id") {
         Some(CanonicalJsonValue::String(id)) => {
             OwnedRoomId::try_from(id.as_str()).map_err(|e| CheckError::Invalid(format!("room_id: {e}")))?
         }
-        _ => OwnedRoomId::try_from(format!("!{hash}")).map_err(|e| CheckError::Invalid(e.to_string()))?,
+        // A v12 create event: the room ID is its reference hash.
+        _ => OwnedRoomId::try_from(format!("!{}", &event_id.as_str()[1..]))
+            .map_err(|e| CheckError::Invalid(e.to_string()))?,
     };
 
     let keys = signing_keys(svc, &object, &rules).await?;

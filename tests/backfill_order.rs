@@ -56,6 +56,7 @@ async fn fork_event(
             prev_events: prevs.to_vec(),
             auth_events,
             depth: depth + 1,
+            ref_hashes: Default::default(),
         },
         MilliSecondsSinceUnixEpoch::now(),
     )

@@ -1,7 +1,8 @@
 //! Building this server's own events: the PDU format of the room version,
-//! content hash, signature, and the event ID (the reference hash).
+//! content hash, signature, and the event ID (the reference hash; in rooms
+//! of versions 1 and 2 a random ID of this server, part of the event).
 
-use std::sync::Arc;
+use std::{collections::HashMap, sync::Arc};
 
 use ruma::{
     CanonicalJsonObject, CanonicalJsonValue, MilliSecondsSinceUnixEpoch, OwnedEventId, OwnedRoomId, RoomId,
@@ -51,6 +52,10 @@ pub struct Placement<'a> {
     pub prev_events: Vec<OwnedEventId>,
     pub auth_events: Vec<OwnedEventId>,
     pub depth: u64,
+    /// Rooms v1 and v2: the reference hashes of the events in
+    /// `prev_events` and `auth_events`, written next to their IDs (empty
+    /// for other versions).
+    pub ref_hashes: HashMap<OwnedEventId, String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -77,13 +82,7 @@ pub fn unsigned_object(
     placement: &Placement<'_>,
     now: MilliSecondsSinceUnixEpoch,
 ) -> Result<CanonicalJsonObject, BuildError> {
-    let id_list = |ids: &[OwnedEventId]| {
-        CanonicalJsonValue::Array(
-            ids.iter()
-                .map(|id| CanonicalJsonValue::String(id.to_string()))
-                .collect(),
-        )
-    };
+    let id_list = |ids: &[OwnedEventId]| super::ids::reference_list(ids, &placement.ref_hashes, rules);
     let mut content = ruma::canonical_json::to_canonical_value(&template.content)
         .map_err(|e| BuildError::NotCanonical(e.to_string()))?;
     let mut object = CanonicalJsonObject::new();
@@ -135,6 +134,7 @@ pub fn build_event(
 ) -> Result<Pdu, BuildError> {
     let rules = rules(version).ok_or_else(|| BuildError::Other(format!("unknown room version {version}")))?;
     let mut object = unsigned_object(&rules, sender, template, &placement, now)?;
+    super::ids::assign_event_id(&mut object, &rules, keys.server_name());
     ruma::signatures::hash_and_sign_event(
         keys.server_name().as_str(),
         keys.key_pair(),
@@ -145,13 +145,14 @@ pub fn build_event(
         ruma::signatures::JsonError::PduTooLarge => BuildError::TooLarge(e.to_string()),
         e => BuildError::Other(e.to_string()),
     })?;
-    let hash = ruma::signatures::reference_hash(&object, &rules).map_err(|e| BuildError::TooLarge(e.to_string()))?;
-    let event_id = OwnedEventId::try_from(format!("${hash}")).map_err(|e| BuildError::Other(e.to_string()))?;
+    let event_id = super::ids::event_id_of(&object, &rules).map_err(BuildError::TooLarge)?;
     ruma::state_res::check_pdu_format(&object, &rules.event_format).map_err(BuildError::TooLarge)?;
 
     let room_id: OwnedRoomId = match placement.room_id {
         Some(room_id) => room_id.to_owned(),
-        None => OwnedRoomId::try_from(format!("!{hash}")).map_err(|e| BuildError::Other(e.to_string()))?,
+        // v12: the room ID is the create event's reference hash.
+        None => OwnedRoomId::try_from(format!("!{}", &event_id.as_str()[1..]))
+            .map_err(|e| BuildError::Other(e.to_string()))?,
     };
     let json: Arc<str> = serde_json::to_string(&object)
         .map_err(|e| BuildError::Other(e.to_string()))?

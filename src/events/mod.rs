@@ -3,7 +3,9 @@
 
 pub mod auth;
 pub mod build;
+pub mod ids;
 mod pdu;
 
 pub use build::{EventTemplate, Placement, build_event};
+pub use ids::event_id_of;
 pub use pdu::{Pdu, PduParseError};

@@ -31,7 +31,8 @@ pub struct Pdu {
     /// The redacted event: top-level `redacts` (up to v10) or
     /// `content.redacts` (v11 on).
     pub redacts: Option<OwnedEventId>,
-    /// The canonical JSON of the PDU as signed, without `event_id`.
+    /// The canonical JSON of the PDU as signed: without `event_id`, except
+    /// in rooms of versions 1 and 2, where it is part of the event.
     pub json: Arc<str>,
     pub rejected: bool,
 }
@@ -49,12 +50,31 @@ struct Fields {
     state_key: Option<String>,
     content: Box<RawValue>,
     #[serde(default)]
-    prev_events: Vec<OwnedEventId>,
+    prev_events: Vec<EventRef>,
     #[serde(default)]
-    auth_events: Vec<OwnedEventId>,
+    auth_events: Vec<EventRef>,
     depth: UInt,
     origin_server_ts: MilliSecondsSinceUnixEpoch,
     redacts: Option<OwnedEventId>,
+}
+
+/// An entry of `prev_events` or `auth_events`: an event ID (rooms v3 on)
+/// or an `[event ID, hashes]` pair (v1, v2; the hashes are not used).
+/// Which form a room version requires is checked on receipt
+/// (`events::ids::check_reference_format`).
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum EventRef {
+    Id(OwnedEventId),
+    Pair(OwnedEventId, serde::de::IgnoredAny),
+}
+
+impl EventRef {
+    fn into_id(self) -> OwnedEventId {
+        match self {
+            EventRef::Id(id) | EventRef::Pair(id, _) => id,
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -91,8 +111,8 @@ impl Pdu {
             kind,
             state_key: fields.state_key,
             content: fields.content,
-            prev_events: fields.prev_events,
-            auth_events: fields.auth_events,
+            prev_events: fields.prev_events.into_iter().map(EventRef::into_id).collect(),
+            auth_events: fields.auth_events.into_iter().map(EventRef::into_id).collect(),
             depth: fields.depth.into(),
             origin_server_ts: fields.origin_server_ts,
             redacts,

@@ -26,8 +26,7 @@ fn event_id_of(version: &RoomVersionId, raw: &RawValue) -> Option<OwnedEventId> 
     let rules = version.rules()?;
     let mut object: ruma::CanonicalJsonObject = serde_json::from_str(raw.get()).ok()?;
     object.remove("unsigned");
-    let hash = ruma::signatures::reference_hash(&object, &rules).ok()?;
-    OwnedEventId::try_from(format!("${hash}")).ok()
+    crate::events::event_id_of(&object, &rules).ok()
 }
 
 pub async fn send(

@@ -96,6 +96,7 @@ pub async fn create_room(svc: &Services, creator: &UserId, req: CreateRoom) -> R
             prev_events: vec![],
             auth_events: vec![],
             depth: 1,
+            ref_hashes: Default::default(),
         },
         MilliSecondsSinceUnixEpoch::now(),
     )?;

@@ -55,6 +55,7 @@ pub async fn membership_template(
         prev_events: placed.prev_events,
         auth_events: placed.auth_events,
         depth: placed.depth,
+        ref_hashes: placed.ref_hashes,
     };
     let object = unsigned_object(&rules, user, &template, &placement, MilliSecondsSinceUnixEpoch::now())?;
     // Would it be allowed? (A placeholder ID stands for the one the

@@ -135,6 +135,7 @@ pub async fn invite_remote(
             prev_events: placed.prev_events,
             auth_events: placed.auth_events,
             depth: placed.depth,
+            ref_hashes: placed.ref_hashes,
         },
         MilliSecondsSinceUnixEpoch::now(),
     )?;
@@ -253,6 +254,11 @@ pub async fn reject_remote(svc: &Services, invite: &RemoteInvite, reason: Option
             CanonicalJsonValue::String(svc.server_name().to_string()),
         );
     }
+    event.remove("signatures");
+    event.remove("hashes");
+    event.remove("unsigned");
+    // Rooms v1, v2: the event is ours, so is its ID (whose server signs).
+    crate::events::ids::assign_event_id(&mut event, &rules, svc.server_name());
     ruma::signatures::hash_and_sign_event(
         svc.server_name().as_str(),
         svc.keys.key_pair(),
@@ -260,8 +266,7 @@ pub async fn reject_remote(svc: &Services, invite: &RemoteInvite, reason: Option
         &rules.redaction,
     )
     .map_err(|e| RoomError::Invalid(e.to_string()))?;
-    let hash = ruma::signatures::reference_hash(&event, &rules).map_err(|e| RoomError::Invalid(e.to_string()))?;
-    let event_id = OwnedEventId::try_from(format!("${hash}")).map_err(|e| RoomError::Invalid(e.to_string()))?;
+    let event_id = crate::events::event_id_of(&event, &rules).map_err(RoomError::Invalid)?;
     let raw = serde_json::value::to_raw_value(&event).map_err(|e| RoomError::Invalid(e.to_string()))?;
     svc.federation
         .send(

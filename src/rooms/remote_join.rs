@@ -111,6 +111,8 @@ async fn join_through(
     event.remove("signatures");
     event.remove("hashes");
     event.remove("unsigned");
+    // Rooms v1, v2: the event is ours, so is its ID (whose server signs).
+    crate::events::ids::assign_event_id(&mut event, &rules, svc.server_name());
     ruma::signatures::hash_and_sign_event(
         svc.server_name().as_str(),
         svc.keys.key_pair(),
@@ -118,8 +120,7 @@ async fn join_through(
         &rules.redaction,
     )
     .map_err(|e| RoomError::Invalid(format!("cannot sign the join: {e}")))?;
-    let hash = ruma::signatures::reference_hash(&event, &rules).map_err(|e| RoomError::Invalid(e.to_string()))?;
-    let event_id = OwnedEventId::try_from(format!("${hash}")).map_err(|e| RoomError::Invalid(e.to_string()))?;
+    let event_id = crate::events::event_id_of(&event, &rules).map_err(RoomError::Invalid)?;
     let raw = serde_json::value::to_raw_value(&event).map_err(|e| RoomError::Invalid(e.to_string()))?;
 
     let send = create_join_event::v2::Request::new(room_id.to_owned(), event_id.clone(), raw.clone());
@@ -152,8 +153,7 @@ async fn join_through(
         let mut ids = Vec::new();
         for pdu in &answer.state {
             if let Some(object) = serde_json::from_str::<CanonicalJsonObject>(pdu.get()).ok()
-                && let Ok(hash) = ruma::signatures::reference_hash(&object, rules)
-                && let Ok(id) = OwnedEventId::try_from(format!("${hash}"))
+                && let Ok(id) = crate::events::event_id_of(&object, rules)
             {
                 ids.push(id);
             }

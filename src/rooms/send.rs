@@ -4,7 +4,7 @@
 //! the current state, then store event, edges, state and extremities in
 //! one transaction and wake `/sync`.
 
-use std::sync::Arc;
+use std::{collections::HashMap, sync::Arc};
 
 use ruma::{
     MilliSecondsSinceUnixEpoch, OwnedEventId, RoomId, UserId,
@@ -75,6 +75,7 @@ pub async fn send_event(
             prev_events: placed.prev_events,
             auth_events: placed.auth_events,
             depth: placed.depth,
+            ref_hashes: placed.ref_hashes,
         },
         MilliSecondsSinceUnixEpoch::now(),
     )?;
@@ -98,6 +99,9 @@ pub(crate) struct Placed {
     pub depth: u64,
     /// The state events the auth rules consult, the create event included.
     pub auth_state: Vec<StoredEvent>,
+    /// Rooms v1 and v2: the reference hashes of the parents and auth
+    /// events, which their events carry next to the IDs.
+    pub ref_hashes: HashMap<OwnedEventId, String>,
 }
 
 pub(crate) async fn place(
@@ -111,7 +115,7 @@ pub(crate) async fn place(
     let mut extremities = svc.storage.forward_extremities(room_id).await?;
     extremities.truncate(MAX_PREV_EVENTS);
     let depth = extremities.iter().map(|(_, d)| *d).max().unwrap_or(0).max(0) as u64 + 1;
-    let prev_events = extremities.into_iter().map(|(id, _)| id).collect();
+    let prev_events: Vec<OwnedEventId> = extremities.into_iter().map(|(id, _)| id).collect();
     let auth_types = ruma::state_res::auth_types_for_event(
         &template.kind,
         sender,
@@ -123,13 +127,40 @@ pub(crate) async fn place(
     let mut wanted = auth_types.clone();
     wanted.push(key(StateEventType::RoomCreate, ""));
     let auth_state = svc.state.events_for(state, &wanted).await?;
-    let auth_events = auth_types.iter().filter_map(|k| state.get(k).cloned()).collect();
+    let auth_events: Vec<OwnedEventId> = auth_types.iter().filter_map(|k| state.get(k).cloned()).collect();
+    let ref_hashes = reference_hashes(svc, &prev_events, &auth_events, rules).await?;
     Ok(Placed {
         prev_events,
         auth_events,
         depth,
         auth_state,
+        ref_hashes,
     })
+}
+
+/// Rooms v1 and v2 reference events as `[id, {"sha256": reference hash}]`:
+/// the reference hashes of the held events among `prev` and `auth`.
+/// Nothing for other versions.
+pub(crate) async fn reference_hashes(
+    svc: &Services,
+    prev: &[OwnedEventId],
+    auth: &[OwnedEventId],
+    rules: &RoomVersionRules,
+) -> Result<HashMap<OwnedEventId, String>, RoomError> {
+    if rules.events_reference_format != ruma::room_version_rules::EventsReferenceFormatVersion::V1 {
+        return Ok(HashMap::new());
+    }
+    let ids: Vec<OwnedEventId> = prev.iter().chain(auth).cloned().collect();
+    Ok(svc
+        .storage
+        .events(&ids)
+        .await?
+        .into_iter()
+        .filter_map(|e| {
+            let hash = crate::events::ids::reference_hash(&e.pdu.canonical_object(), rules)?;
+            Some((e.pdu.event_id.clone(), hash))
+        })
+        .collect())
 }
 
 /// A state event identical to the current one (same sender, same
