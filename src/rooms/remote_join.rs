@@ -55,10 +55,20 @@ async fn join_through(
     user: &UserId,
     server: &OwnedServerName,
 ) -> Result<Sent, RoomError> {
-    let federation_error = |e: crate::federation_client::FederationError| match e.status() {
-        Some(http::StatusCode::FORBIDDEN) => RoomError::Forbidden(e.to_string()),
-        Some(http::StatusCode::NOT_FOUND) => RoomError::UnknownRoom,
-        _ => RoomError::Invalid(e.to_string()),
+    let federation_error = |e: crate::federation_client::FederationError| match &e {
+        // The resident server's refusal, e.g. M_INCOMPATIBLE_ROOM_VERSION
+        // with its `room_version`, reaches the client as it was given.
+        crate::federation_client::FederationError::Status { status, body, .. }
+            if status.is_client_error()
+                && let Some(relayed) = crate::error::MatrixError::relayed(*status, body) =>
+        {
+            RoomError::Remote(relayed)
+        }
+        _ => match e.status() {
+            Some(http::StatusCode::FORBIDDEN) => RoomError::Forbidden(e.to_string()),
+            Some(http::StatusCode::NOT_FOUND) => RoomError::UnknownRoom,
+            _ => RoomError::Invalid(e.to_string()),
+        },
     };
     let mut make = prepare_join_event::v1::Request::new(room_id.to_owned(), user.to_owned());
     make.ver = SUPPORTED_ROOM_VERSIONS.to_vec();
