@@ -123,7 +123,20 @@ async fn versions() -> impl IntoResponse {
     }))
 }
 
-/// Answer for paths no endpoint matches.
-pub async fn unrecognized() -> MatrixError {
+/// Answer for paths no endpoint matches. The body is read first (up to
+/// 1 MiB): answered unread, the connection could not carry the client's
+/// next request, which keep-alive clients would send on it and lose.
+pub async fn unrecognized(body: axum::body::Body) -> MatrixError {
+    drain(body).await;
     MatrixError::unrecognized("Unrecognized request")
+}
+
+/// As [`unrecognized`], for a known path asked with the wrong method.
+pub async fn method_not_allowed(body: axum::body::Body) -> MatrixError {
+    drain(body).await;
+    MatrixError::unrecognized("Method not allowed").with_status(http::StatusCode::METHOD_NOT_ALLOWED)
+}
+
+async fn drain(body: axum::body::Body) {
+    let _ = axum::body::to_bytes(body, 1 << 20).await;
 }
