@@ -9,6 +9,7 @@ use crate::{
     accounts::{RegistrationNonces, RegistrationSessions},
     backfill::Backfiller,
     config::Config,
+    devices::E2eStream,
     ephemeral::Ephemeral,
     federation_client::{FederationClient, sender::Sender},
     filter::LazyLoadCache,
@@ -34,6 +35,8 @@ pub struct Services {
     pub backfiller: Backfiller,
     /// Typing notifications and the ephemeral stream.
     pub ephemeral: Arc<Ephemeral>,
+    /// Device list changes and to-device messages (the e2e stream).
+    pub e2e: E2eStream,
     pub metrics: Metrics,
     pub state: StateCache,
     pub rooms: RoomLocks,
@@ -75,6 +78,7 @@ impl Services {
             sender,
             backfiller: Backfiller::default(),
             ephemeral: Ephemeral::new(storage.max_receipt_position().await?),
+            e2e: E2eStream::new(storage.max_e2e_position().await?),
             metrics: Metrics::default(),
             state: StateCache::new(storage.clone()),
             storage,

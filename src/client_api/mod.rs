@@ -3,16 +3,23 @@
 
 mod account;
 mod admin;
+mod devices;
 mod directory;
+mod e2e_sync;
 mod ephemeral;
 pub mod extract;
 pub mod format;
+mod keys;
 mod membership;
 mod messages;
 mod profile;
 mod rooms;
 mod state;
 mod sync;
+mod to_device;
+
+pub use keys::claim_local;
+pub use to_device::receive_direct_to_device;
 
 use std::sync::Arc;
 
@@ -80,6 +87,23 @@ pub fn router() -> Router<Arc<Services>> {
         .ruma(ephemeral::typing)
         .ruma(ephemeral::create_receipt)
         .ruma(ephemeral::read_markers)
+        .ruma(devices::get_devices)
+        .ruma(devices::get_device)
+        .ruma(devices::update_device)
+        .ruma(devices::delete_device)
+        .ruma(devices::delete_devices)
+        .ruma(devices::deactivate)
+        .ruma(keys::upload_keys)
+        .merge(
+            Router::new()
+                .ruma(keys::get_keys)
+                .ruma(keys::claim_keys)
+                .layer(axum::middleware::map_response(keys::with_failures)),
+        )
+        .ruma(keys::key_changes)
+        .ruma(keys::upload_signing_keys)
+        .ruma(keys::upload_signatures)
+        .ruma(to_device::send_to_device)
         .merge(
             Router::new()
                 .ruma(sync::sync)

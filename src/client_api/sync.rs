@@ -25,7 +25,7 @@ use ruma::{
 };
 use serde_json::Value;
 
-use super::{extract::Ruma, format};
+use super::{e2e_sync, extract::Ruma, format};
 use crate::{
     error::MatrixError,
     filter,
@@ -90,39 +90,52 @@ pub async fn sync(
     let deadline = tokio::time::Instant::now() + req.body.timeout.unwrap_or_default().min(MAX_TIMEOUT);
     let mut head_rx = svc.notifier.subscribe();
     let mut ephemeral_rx = svc.ephemeral.subscribe();
+    let mut e2e_rx = svc.e2e.subscribe();
+    let since_e2e = req.body.since.as_deref().and_then(e2e_sync::e2e_position);
     loop {
         let head = *head_rx.borrow_and_update();
         let ephemeral_head = *ephemeral_rx.borrow_and_update();
+        let e2e_head = *e2e_rx.borrow_and_update();
         let since_ephemeral = since_ephemeral.filter(|_| since.is_some() && !opts.full_state);
         let mut rooms = build_rooms(&svc, &owner, since, head, &opts).await?;
         add_ephemeral(&svc, &owner, &mut rooms, since_ephemeral, ephemeral_head).await?;
-        let empty = rooms.join.is_empty() && rooms.invite.is_empty() && rooms.leave.is_empty();
+        let e2e = e2e_sync::section(&svc, &owner, since.map(|s| (s, since_e2e)), head, e2e_head).await?;
+        let empty = rooms.join.is_empty() && rooms.invite.is_empty() && rooms.leave.is_empty() && e2e.is_empty();
         if since.is_none() || opts.full_state || !empty || tokio::time::Instant::now() >= deadline {
-            let mut response = Response::new(format!("s{head}_{ephemeral_head}"));
+            let mut response = Response::new(format!("s{head}_{ephemeral_head}_{}", e2e.position));
             response.rooms = rooms;
+            e2e.apply(&mut response);
             return Ok(response);
         }
         let woken = tokio::time::timeout_at(deadline, async {
             tokio::select! {
                 _ = head_rx.changed() => {}
                 _ = ephemeral_rx.changed() => {}
+                _ = e2e_rx.changed() => {}
             }
         })
         .await;
         if woken.is_err() {
-            // Timed out: answer with the (empty) response at the heads.
+            // Timed out: answer with the (empty) response at the heads
+            // (the e2e one as last looked at: a to-device message that
+            // arrived since is not acknowledged unseen).
             let head = (*head_rx.borrow()).max(since.unwrap_or_default());
             let ephemeral_head = (*ephemeral_rx.borrow()).max(since_ephemeral.unwrap_or_default());
-            return Ok(Response::new(format!("s{head}_{ephemeral_head}")));
+            let mut response = Response::new(format!("s{head}_{ephemeral_head}_{}", e2e.position));
+            e2e.apply(&mut response);
+            return Ok(response);
         }
     }
 }
 
-/// `s<stream>` or `s<stream>_<ephemeral position>`.
+/// `s<stream>` or `s<stream>_<ephemeral position>[_<more>…]`.
 fn parse_since(token: &str) -> Option<(StreamOrdering, Option<i64>)> {
     let rest = token.strip_prefix('s')?;
     match rest.split_once('_') {
-        Some((stream, ephemeral)) => Some((stream.parse().ok()?, Some(ephemeral.parse().ok()?))),
+        Some((stream, rest)) => {
+            let ephemeral = rest.split('_').next().unwrap_or_default();
+            Some((stream.parse().ok()?, Some(ephemeral.parse().ok()?)))
+        }
         None => Some((rest.parse().ok()?, None)),
     }
 }

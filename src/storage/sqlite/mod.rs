@@ -5,6 +5,7 @@
 //! on tokio's blocking pool. Recently used events are cached.
 
 mod accounts;
+mod e2e;
 mod events;
 mod history;
 mod keys;
@@ -42,6 +43,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("schema_v4.sql"),
     include_str!("schema_v5.sql"),
     include_str!("schema_v6.sql"),
+    include_str!("schema_v8.sql"),
 ];
 
 const MAX_IDLE_READERS: usize = 4;
