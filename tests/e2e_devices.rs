@@ -569,3 +569,92 @@ async fn cross_signing() {
         "{answer}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn room_key_backup() {
+    let server = TestServer::start().await;
+    let alice = server.register("alice").await;
+    let algorithm =
+        json!({ "algorithm": "m.megolm_backup.v1.curve25519-aes-sha2", "auth_data": { "public_key": "pk" } });
+    let (status, _) = alice
+        .call(Method::GET, "/_matrix/client/v3/room_keys/version", None)
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "no backup yet");
+    let first = alice
+        .ok(Method::POST, "/_matrix/client/v3/room_keys/version", Some(&algorithm))
+        .await["version"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let key = |index: u64, verified: bool, data: &str| json!({ "first_message_index": index, "forwarded_count": 0, "is_verified": verified, "session_data": { "d": data } });
+    let put = |version: &str, body: Value| {
+        let path = format!(
+            "/_matrix/client/v3/room_keys/keys/{}/sess?version={version}",
+            enc("!room:localhost")
+        );
+        let alice = &alice;
+        async move { alice.call(Method::PUT, &path, Some(&body)).await }
+    };
+    let get = |version: &str| {
+        let path = format!("/_matrix/client/v3/room_keys/keys?version={version}");
+        let alice = &alice;
+        async move { alice.ok(Method::GET, &path, None).await }
+    };
+    let (status, body) = put(&first, key(5, false, "a")).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["count"], 1);
+    // Worse (a higher index): kept as it was; better: replaced.
+    put(&first, key(7, false, "worse")).await;
+    assert_eq!(
+        get(&first).await["rooms"]["!room:localhost"]["sessions"]["sess"]["session_data"]["d"],
+        "a"
+    );
+    put(&first, key(9, true, "verified")).await;
+    assert_eq!(
+        get(&first).await["rooms"]["!room:localhost"]["sessions"]["sess"]["session_data"]["d"],
+        "verified"
+    );
+    let info = alice
+        .ok(Method::GET, "/_matrix/client/v3/room_keys/version", None)
+        .await;
+    assert_eq!(
+        (info["version"].as_str(), info["count"].as_u64()),
+        (Some(first.as_str()), Some(1))
+    );
+    assert_eq!(info["auth_data"]["public_key"], "pk");
+
+    // A new version: the old one takes no more keys; a new one is empty.
+    let second = alice
+        .ok(Method::POST, "/_matrix/client/v3/room_keys/version", Some(&algorithm))
+        .await["version"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (status, body) = put(&first, key(1, true, "late")).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert_eq!(body["errcode"], "M_WRONG_ROOM_KEYS_VERSION");
+    assert_eq!(get(&second).await, json!({ "rooms": {} }));
+    alice
+        .ok(
+            Method::DELETE,
+            &format!("/_matrix/client/v3/room_keys/version/{second}"),
+            None,
+        )
+        .await;
+    let (status, _) = alice
+        .call(
+            Method::GET,
+            &format!("/_matrix/client/v3/room_keys/keys?version={second}"),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let info = alice
+        .ok(Method::GET, "/_matrix/client/v3/room_keys/version", None)
+        .await;
+    assert_eq!(
+        info["version"].as_str(),
+        Some(first.as_str()),
+        "the previous version is current again"
+    );
+}

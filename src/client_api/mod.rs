@@ -3,6 +3,7 @@
 
 mod account;
 mod admin;
+mod backup;
 mod devices;
 mod directory;
 mod e2e_sync;
@@ -104,6 +105,20 @@ pub fn router() -> Router<Arc<Services>> {
         .ruma(keys::upload_signing_keys)
         .ruma(keys::upload_signatures)
         .ruma(to_device::send_to_device)
+        .ruma(backup::create_version)
+        .ruma(backup::latest_version)
+        .ruma(backup::get_version)
+        .ruma(backup::update_version)
+        .ruma(backup::delete_version)
+        .ruma(backup::put_session)
+        .ruma(backup::put_room)
+        .ruma(backup::put_all)
+        .ruma(backup::get_session)
+        .ruma(backup::get_room)
+        .ruma(backup::get_all)
+        .ruma(backup::delete_session)
+        .ruma(backup::delete_room)
+        .ruma(backup::delete_all)
         .merge(
             Router::new()
                 .ruma(sync::sync)

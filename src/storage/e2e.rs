@@ -56,6 +56,19 @@ pub struct ToDeviceDelivery {
     pub content: String,
 }
 
+/// A room key backup version.
+#[derive(Debug, Clone)]
+pub struct BackupVersion {
+    pub version: String,
+    /// `{"algorithm": …, "auth_data": …}`.
+    pub algorithm: String,
+    pub count: u64,
+    pub etag: String,
+}
+
+/// A backed-up room key: `(room ID, session ID, KeyBackupData JSON)`.
+pub type BackupKey = (String, String, String);
+
 /// Cross-signing key kinds, as stored.
 pub const MASTER: &str = "master";
 pub const SELF_SIGNING: &str = "self_signing";
@@ -193,6 +206,41 @@ pub trait E2eStorage: Send + Sync + 'static {
     ) -> Result<Vec<ToDeviceMessage>>;
     /// Drops the messages a device has received: positions up to `upto`.
     async fn delete_to_device_messages(&self, user_id: &UserId, device_id: &DeviceId, upto: i64) -> Result<()>;
+
+    // ----- room key backups -----
+    /// A new backup version (the user's current one from now on).
+    async fn create_backup_version(&self, user_id: &UserId, algorithm: &str) -> Result<String>;
+    /// A backup version (`None`: the current one), unless deleted.
+    async fn backup_version(&self, user_id: &UserId, version: Option<&str>) -> Result<Option<BackupVersion>>;
+    /// Replaces a version's algorithm data; false if there is no such version.
+    async fn update_backup_version(&self, user_id: &UserId, version: &str, algorithm: &str) -> Result<bool>;
+    /// Deletes a version and its keys; false if there is no such version.
+    async fn delete_backup_version(&self, user_id: &UserId, version: &str) -> Result<bool>;
+    /// Keys of a version, all or of a room or of one session.
+    async fn backup_keys(
+        &self,
+        user_id: &UserId,
+        version: &str,
+        room_id: Option<&str>,
+        session_id: Option<&str>,
+    ) -> Result<Vec<BackupKey>>;
+    /// Stores keys in a version, each unless the one held is better (as
+    /// `better` decides: `better(new, held)`); the version's new state.
+    async fn put_backup_keys(
+        &self,
+        user_id: &UserId,
+        version: &str,
+        keys: Vec<BackupKey>,
+        better: for<'n, 'o> fn(&'n str, &'o str) -> bool,
+    ) -> Result<BackupVersion>;
+    /// Deletes keys of a version (all, a room's, one session's).
+    async fn delete_backup_keys(
+        &self,
+        user_id: &UserId,
+        version: &str,
+        room_id: Option<&str>,
+        session_id: Option<&str>,
+    ) -> Result<BackupVersion>;
 
     // ----- membership, for device list changes -----
     /// `(room, user, membership)` of the member events in `rooms` that

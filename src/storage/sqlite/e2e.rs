@@ -9,8 +9,8 @@ use super::{SqliteStorage, accounts::parse, exec, now_ms, query_one};
 use crate::storage::{
     Device, Result, StorageError, StreamOrdering,
     e2e::{
-        DeviceKeysRecord, E2eStorage, OneTimeKeyRecord, RemoteDeviceList, ToDeviceDelivery, ToDeviceMessage,
-        USER_SIGNING,
+        BackupKey, BackupVersion, DeviceKeysRecord, E2eStorage, OneTimeKeyRecord, RemoteDeviceList, ToDeviceDelivery,
+        ToDeviceMessage, USER_SIGNING,
     },
 };
 
@@ -140,8 +140,201 @@ fn put_cross_signing_keys(tx: &Transaction<'_>, user_id: &UserId, keys: &[(Strin
     Ok(())
 }
 
+fn backup_version(c: &Connection, user_id: &UserId, version: Option<&str>) -> Result<Option<BackupVersion>> {
+    let version: Option<i64> = match version {
+        Some(v) => match v.parse::<i64>() {
+            Ok(v) => Some(v),
+            Err(_) => return Ok(None),
+        },
+        None => None,
+    };
+    let row: Option<(i64, String, i64)> = query_one(
+        c,
+        "SELECT version, algorithm, etag FROM backup_versions
+         WHERE user_id = ?1 AND deleted = 0 AND (?2 IS NULL OR version = ?2)
+         ORDER BY version DESC LIMIT 1",
+        params![user_id.as_str(), version],
+        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+    )
+    .optional()?;
+    let Some((version, algorithm, etag)) = row else {
+        return Ok(None);
+    };
+    let count: i64 = query_one(
+        c,
+        "SELECT COUNT(*) FROM backup_keys WHERE user_id = ?1 AND version = ?2",
+        params![user_id.as_str(), version],
+        |r| r.get(0),
+    )?;
+    Ok(Some(BackupVersion {
+        version: version.to_string(),
+        algorithm,
+        count: count as u64,
+        etag: etag.to_string(),
+    }))
+}
+
+fn delete_backup_keys(
+    tx: &Transaction<'_>,
+    user_id: &UserId,
+    version: &str,
+    room_id: Option<&str>,
+    session_id: Option<&str>,
+) -> Result<BackupVersion> {
+    let held = backup_version(tx, user_id, Some(version))?.ok_or(StorageError::NotFound)?;
+    exec(
+        tx,
+        "DELETE FROM backup_keys WHERE user_id = ?1 AND version = ?2
+           AND (?3 IS NULL OR room_id = ?3) AND (?4 IS NULL OR session_id = ?4)",
+        params![user_id.as_str(), held.version, room_id, session_id],
+    )?;
+    exec(
+        tx,
+        "UPDATE backup_versions SET etag = etag + 1 WHERE user_id = ?1 AND version = ?2",
+        params![user_id.as_str(), held.version],
+    )?;
+    backup_version(tx, user_id, Some(version))?.ok_or(StorageError::NotFound)
+}
+
 #[async_trait]
 impl E2eStorage for SqliteStorage {
+    async fn create_backup_version(&self, user_id: &UserId, algorithm: &str) -> Result<String> {
+        let (user_id, algorithm) = (user_id.to_owned(), algorithm.to_owned());
+        self.write(move |tx| {
+            let version: i64 = query_one(
+                tx,
+                "SELECT COALESCE(MAX(version), 0) + 1 FROM backup_versions WHERE user_id = ?1",
+                [user_id.as_str()],
+                |r| r.get(0),
+            )?;
+            exec(
+                tx,
+                "INSERT INTO backup_versions (user_id, version, algorithm) VALUES (?1, ?2, ?3)",
+                params![user_id.as_str(), version, algorithm],
+            )?;
+            Ok(version.to_string())
+        })
+        .await
+    }
+
+    async fn backup_version(&self, user_id: &UserId, version: Option<&str>) -> Result<Option<BackupVersion>> {
+        let (user_id, version) = (user_id.to_owned(), version.map(str::to_owned));
+        self.read(move |c| backup_version(c, &user_id, version.as_deref()))
+            .await
+    }
+
+    async fn update_backup_version(&self, user_id: &UserId, version: &str, algorithm: &str) -> Result<bool> {
+        let (user_id, version, algorithm) = (user_id.to_owned(), version.to_owned(), algorithm.to_owned());
+        self.write(move |tx| {
+            let Some(held) = backup_version(tx, &user_id, Some(&version))? else {
+                return Ok(false);
+            };
+            exec(
+                tx,
+                "UPDATE backup_versions SET algorithm = ?3 WHERE user_id = ?1 AND version = ?2",
+                params![user_id.as_str(), held.version, algorithm],
+            )?;
+            Ok(true)
+        })
+        .await
+    }
+
+    async fn delete_backup_version(&self, user_id: &UserId, version: &str) -> Result<bool> {
+        let (user_id, version) = (user_id.to_owned(), version.to_owned());
+        self.write(move |tx| {
+            let Some(held) = backup_version(tx, &user_id, Some(&version))? else {
+                return Ok(false);
+            };
+            exec(
+                tx,
+                "DELETE FROM backup_keys WHERE user_id = ?1 AND version = ?2",
+                params![user_id.as_str(), held.version],
+            )?;
+            exec(
+                tx,
+                "UPDATE backup_versions SET deleted = 1 WHERE user_id = ?1 AND version = ?2",
+                params![user_id.as_str(), held.version],
+            )?;
+            Ok(true)
+        })
+        .await
+    }
+
+    async fn backup_keys(
+        &self,
+        user_id: &UserId,
+        version: &str,
+        room_id: Option<&str>,
+        session_id: Option<&str>,
+    ) -> Result<Vec<BackupKey>> {
+        let (user_id, version) = (user_id.to_owned(), version.to_owned());
+        let (room_id, session_id) = (room_id.map(str::to_owned), session_id.map(str::to_owned));
+        self.read(move |c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT room_id, session_id, json FROM backup_keys WHERE user_id = ?1 AND version = ?2
+                   AND (?3 IS NULL OR room_id = ?3) AND (?4 IS NULL OR session_id = ?4)
+                 ORDER BY room_id, session_id",
+            )?;
+            let rows = stmt.query_map(params![user_id.as_str(), version, room_id, session_id], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+            })?;
+            Ok(rows.collect::<Result<_, _>>()?)
+        })
+        .await
+    }
+
+    async fn put_backup_keys(
+        &self,
+        user_id: &UserId,
+        version: &str,
+        keys: Vec<BackupKey>,
+        better: for<'n, 'o> fn(&'n str, &'o str) -> bool,
+    ) -> Result<BackupVersion> {
+        let (user_id, version) = (user_id.to_owned(), version.to_owned());
+        self.write(move |tx| {
+            let held = backup_version(tx, &user_id, Some(&version))?.ok_or(StorageError::NotFound)?;
+            for (room_id, session_id, json) in &keys {
+                let old: Option<String> = query_one(
+                    tx,
+                    "SELECT json FROM backup_keys
+                     WHERE user_id = ?1 AND version = ?2 AND room_id = ?3 AND session_id = ?4",
+                    params![user_id.as_str(), held.version, room_id, session_id],
+                    |r| r.get(0),
+                )
+                .optional()?;
+                if old.as_deref().is_some_and(|old| !better(json, old)) {
+                    continue;
+                }
+                exec(
+                    tx,
+                    "INSERT OR REPLACE INTO backup_keys (user_id, version, room_id, session_id, json)
+                     VALUES (?1, ?2, ?3, ?4, ?5)",
+                    params![user_id.as_str(), held.version, room_id, session_id, json],
+                )?;
+            }
+            exec(
+                tx,
+                "UPDATE backup_versions SET etag = etag + 1 WHERE user_id = ?1 AND version = ?2",
+                params![user_id.as_str(), held.version],
+            )?;
+            backup_version(tx, &user_id, Some(&version))?.ok_or(StorageError::NotFound)
+        })
+        .await
+    }
+
+    async fn delete_backup_keys(
+        &self,
+        user_id: &UserId,
+        version: &str,
+        room_id: Option<&str>,
+        session_id: Option<&str>,
+    ) -> Result<BackupVersion> {
+        let (user_id, version) = (user_id.to_owned(), version.to_owned());
+        let (room_id, session_id) = (room_id.map(str::to_owned), session_id.map(str::to_owned));
+        self.write(move |tx| delete_backup_keys(tx, &user_id, &version, room_id.as_deref(), session_id.as_deref()))
+            .await
+    }
+
     async fn device(&self, user_id: &UserId, device_id: &DeviceId) -> Result<Option<Device>> {
         let (user_id, device_id) = (user_id.to_owned(), device_id.to_owned());
         self.read(move |c| device(c, &user_id, device_id.as_str())).await

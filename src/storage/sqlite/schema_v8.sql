@@ -118,3 +118,25 @@ CREATE TABLE to_device_txns (
     seen_ts INTEGER NOT NULL,
     PRIMARY KEY (sender, scope, txn_id)
 ) WITHOUT ROWID;
+
+-- Server-side backups of room keys (encrypted by the client). Versions
+-- count up per user and are never reused; a deleted version keeps its row
+-- (deleted = 1) so that its number is not given again.
+CREATE TABLE backup_versions (
+    user_id   TEXT NOT NULL,
+    version   INTEGER NOT NULL,
+    -- {"algorithm": …, "auth_data": …} as the client sent it.
+    algorithm TEXT NOT NULL,
+    etag      INTEGER NOT NULL DEFAULT 0,
+    deleted   INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (user_id, version)
+) WITHOUT ROWID;
+CREATE TABLE backup_keys (
+    user_id    TEXT NOT NULL,
+    version    INTEGER NOT NULL,
+    room_id    TEXT NOT NULL,
+    session_id TEXT NOT NULL,
+    -- KeyBackupData JSON.
+    json       TEXT NOT NULL,
+    PRIMARY KEY (user_id, version, room_id, session_id)
+) WITHOUT ROWID;
