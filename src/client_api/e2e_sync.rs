@@ -178,7 +178,15 @@ pub async fn section(
     e2e_head: i64,
 ) -> Result<Section, MatrixError> {
     let (user_id, device_id) = (&owner.user_id, &owner.device_id);
-    if let Some((_, Some(acknowledged))) = since {
+    // (A read first: most syncs have nothing to drop, and a write would
+    // take the database's one writer.)
+    if let Some((_, Some(acknowledged))) = since
+        && !svc
+            .storage
+            .to_device_messages(user_id, device_id, acknowledged, 1)
+            .await?
+            .is_empty()
+    {
         svc.storage
             .delete_to_device_messages(user_id, device_id, acknowledged)
             .await?;
