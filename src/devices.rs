@@ -197,7 +197,10 @@ fn record_from(device_id: OwnedDeviceId, display_name: Option<String>, keys: Opt
     DeviceKeysRecord {
         device_id,
         display_name,
-        keys: keys.filter(|k| k.is_object()).map(Value::to_string),
+        // `{}`: a device that has uploaded no keys.
+        keys: keys
+            .filter(|k| k.as_object().is_some_and(|o| !o.is_empty()))
+            .map(Value::to_string),
     }
 }
 
