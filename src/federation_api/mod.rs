@@ -2,6 +2,7 @@
 //! authentication; everything else only for requests whose `X-Matrix`
 //! signature checks out ([`extract::Fed`]).
 
+mod devices;
 pub mod extract;
 mod history;
 mod keys;
@@ -41,6 +42,9 @@ pub fn router() -> Router<Arc<Services>> {
         .federation(transactions::send)
         .federation(query::directory)
         .federation(query::profile)
+        .federation(devices::user_devices)
+        .federation(devices::query_keys)
+        .federation(devices::claim_keys)
 }
 
 async fn version() -> Json<Value> {
