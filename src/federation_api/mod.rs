@@ -2,6 +2,7 @@
 //! authentication; everything else only for requests whose `X-Matrix`
 //! signature checks out ([`extract::Fed`]).
 
+mod devices;
 pub mod extract;
 mod history;
 mod keys;
@@ -56,6 +57,9 @@ pub fn router() -> Router<Arc<Services>> {
         .federation(query::profile)
         .federation(query::public_rooms)
         .federation(query::public_rooms_filtered)
+        .federation(devices::user_devices)
+        .federation(devices::query_keys)
+        .federation(devices::claim_keys)
 }
 
 async fn version() -> Json<Value> {

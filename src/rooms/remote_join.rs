@@ -39,7 +39,14 @@ pub async fn join_remote(
     let mut last_error = RoomError::Invalid(format!("no server to join {room_id} through"));
     for server in servers.iter().filter(|s| *s != svc.server_name()) {
         match join_through(svc, room_id, user, server).await {
-            Ok(sent) => return Ok(sent),
+            Ok(sent) => {
+                // Other servers stopped telling this one of their users'
+                // device changes while it was not in a room with them.
+                if let Err(e) = crate::devices::joined_remote_room(svc, room_id).await {
+                    tracing::warn!(%room_id, error = %e, "cannot mark remote device lists stale");
+                }
+                return Ok(sent);
+            }
             Err(e) => {
                 tracing::info!(%room_id, %server, error = %e, "joining through this server failed");
                 last_error = e;
