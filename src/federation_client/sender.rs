@@ -153,6 +153,24 @@ impl Sender {
         Ok(())
     }
 
+    /// Queues an EDU for the given servers (device list updates, to-device
+    /// messages), kept in memory like [`Self::send_edu`]'s.
+    pub fn send_edu_to(self: &Arc<Self>, destinations: &[OwnedServerName], edu: serde_json::Value) {
+        let destinations: Vec<&OwnedServerName> = destinations.iter().filter(|s| **s != self.own_name).collect();
+        {
+            let mut edus = self.edus.lock().expect("outbound EDUs");
+            for destination in &destinations {
+                let queue = edus.entry((*destination).clone()).or_default();
+                if queue.len() < MAX_QUEUED_EDUS {
+                    queue.push(edu.clone());
+                }
+            }
+        }
+        for destination in destinations {
+            self.wake(destination);
+        }
+    }
+
     /// The worker of one destination: forever, send what is queued.
     async fn run(&self, destination: &ServerName, notify: &Notify) {
         let mut failures: u32 = 0;
