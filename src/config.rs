@@ -86,10 +86,11 @@ pub enum ConfigError {
     Invalid { key: &'static str, message: String },
 }
 
-/// The room versions weft can create and join: every version whose event
-/// IDs are reference hashes (3 and later; ruma holds each one's rules).
-/// Versions 1 and 2, where the sender chooses the event ID, are not.
-pub const SUPPORTED_ROOM_VERSIONS: [RoomVersionId; 10] = [
+/// The room versions weft can create and join: 1 to 12 (ruma holds each
+/// one's rules; state resolution v1, for version 1, is weft's own).
+pub const SUPPORTED_ROOM_VERSIONS: [RoomVersionId; 12] = [
+    RoomVersionId::V1,
+    RoomVersionId::V2,
     RoomVersionId::V3,
     RoomVersionId::V4,
     RoomVersionId::V5,
@@ -207,7 +208,7 @@ impl Config {
             return Err(ConfigError::Invalid {
                 key: "default_room_version",
                 message: format!(
-                    "room version {} is not supported (supported: 3 to 12)",
+                    "room version {} is not supported (supported: 1 to 12)",
                     self.default_room_version
                 ),
             });

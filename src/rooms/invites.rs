@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use ruma::{
-    CanonicalJsonObject, CanonicalJsonValue, MilliSecondsSinceUnixEpoch, OwnedEventId, RoomId, RoomVersionId,
+    CanonicalJsonObject, CanonicalJsonValue, MilliSecondsSinceUnixEpoch, RoomId, RoomVersionId,
     ServerName, UserId,
     api::federation::membership::{RawStrippedState, create_invite, create_leave_event, prepare_leave_event},
     events::TimelineEventType,

@@ -8,6 +8,7 @@
 //! that disagree.
 
 pub mod resolve;
+pub mod resolve_v1;
 
 use std::{
     collections::HashMap,

@@ -1,7 +1,8 @@
 //! State resolution: when the states after an event's parents (or after a
 //! room's forward extremities) disagree, which state holds. ruma's
-//! `state_res` implements v2 (rooms 2–11) and v2.1 (room 12); this
-//! module loads what it needs to look at and runs it.
+//! `state_res` implements v2 (rooms 2–11) and v2.1 (room 12); v1 (room 1)
+//! is [`super::resolve_v1`]. This module loads what the algorithm needs to
+//! look at and runs it.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -31,6 +32,9 @@ pub async fn resolve(
         [only] => return Ok((**only).clone()),
         [first, rest @ ..] if rest.iter().all(|s| s == first) => return Ok((**first).clone()),
         _ => {}
+    }
+    if rules.state_res == ruma::room_version_rules::StateResolutionVersion::V1 {
+        return resolve_v1(svc, rules, states).await;
     }
     // Everything the algorithm may look at: the states' events and their
     // auth chains.
@@ -70,6 +74,28 @@ pub async fn resolve(
     )
     .map_err(|e| ResolveError::Failed(e.to_string()))?;
     Ok(resolved)
+}
+
+/// State resolution v1 needs the states' events only (not their auth
+/// chains).
+async fn resolve_v1(
+    svc: &Services,
+    rules: &RoomVersionRules,
+    states: &[Arc<StateMap>],
+) -> Result<StateMap, ResolveError> {
+    let wanted: HashSet<OwnedEventId> = states.iter().flat_map(|s| s.values().cloned()).collect();
+    let wanted: Vec<OwnedEventId> = wanted.into_iter().collect();
+    let events: HashMap<OwnedEventId, Arc<Pdu>> = svc
+        .storage
+        .events(&wanted)
+        .await?
+        .into_iter()
+        .map(|e| (e.pdu.event_id.clone(), e.pdu))
+        .collect();
+    let states: Vec<&StateMap> = states.iter().map(|s| &**s).collect();
+    Ok(super::resolve_v1::resolve(&rules.authorization, &states, |id| {
+        events.get(id).map(|pdu| &**pdu)
+    }))
 }
 
 /// The conflicted state subgraph (room v12): events on an auth-event path
