@@ -363,3 +363,162 @@ async fn invites_across_servers_joined_rejected_and_left() {
     .await;
     eventually_membership(&alice, &room, &bob.user_id, "leave").await;
 }
+
+/// The reference form of rooms v1 and v2: `[event ID, {"sha256": hash}]`
+/// pairs; returns the IDs and hashes.
+fn pair_references(event: &Value, field: &str) -> Vec<(String, String)> {
+    event[field]
+        .as_array()
+        .unwrap_or_else(|| panic!("{field} is a list: {event}"))
+        .iter()
+        .map(|pair| {
+            let id = pair[0].as_str().unwrap_or_else(|| panic!("{field} holds pairs: {event}"));
+            let hash = pair[1]["sha256"]
+                .as_str()
+                .unwrap_or_else(|| panic!("{field} pairs carry the sha256 hash: {event}"));
+            (id.to_owned(), hash.to_owned())
+        })
+        .collect()
+}
+
+/// Rooms of versions 1 and 2: events carry IDs their server chose, and
+/// reference others by ID and reference hash. Created on A, joined from B
+/// (make_join/send_join), messages both ways, concurrent state changes
+/// resolved alike on both (state resolution v1 for version 1, v2 for 2),
+/// and A's events as B fetches them over federation verify.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rooms_of_versions_1_and_2_across_servers() {
+    use ruma::{
+        CanonicalJsonObject, OwnedEventId, OwnedRoomId, RoomVersionId,
+        api::federation::event::{get_event, get_room_state, get_room_state_ids},
+    };
+
+    let a = TestServer::start_federating().await;
+    let b = TestServer::start_federating().await;
+    let alice = a.register("alice").await;
+    let bob = b.register("bob").await;
+    for version in ["1", "2"] {
+        let room = alice
+            .create_room(json!({
+                "preset": "public_chat",
+                "room_version": version,
+                "name": format!("Version {version}"),
+                "room_alias_name": format!("old{version}"),
+                "power_level_content_override": { "users": { &alice.user_id: 100, &bob.user_id: 100 } },
+            }))
+            .await;
+        alice.send_text(&room, &format!("a0-{version}"), "before bob").await;
+        let (status, body) = bob.join(&format!("#old{version}:{}", a.server_name())).await;
+        assert_eq!(status, 200, "v{version}: {body}");
+        let (status, body) = bob.send_text(&room, &format!("b1-{version}"), "hello alice").await;
+        assert_eq!(status, 200, "{body}");
+        eventually_sees(&alice, &room, &["before bob", "hello alice"]).await;
+        // B pages back past Bob's join (backfill from A).
+        eventually_sees(&bob, &room, &["before bob", "hello alice"]).await;
+
+        // Event IDs name the server that made the event.
+        let page = alice.messages(&room, "dir=b&limit=100").await;
+        let events = page["chunk"].as_array().unwrap();
+        let by_body = |body: &str| {
+            events
+                .iter()
+                .find(|e| e["content"]["body"] == body)
+                .unwrap_or_else(|| panic!("{body} in {page}"))
+                .clone()
+        };
+        let mine = by_body("before bob");
+        let theirs = by_body("hello alice");
+        let mine_id = mine["event_id"].as_str().unwrap();
+        assert!(mine_id.ends_with(&format!(":{}", a.server_name())), "{mine_id}");
+        assert!(
+            theirs["event_id"].as_str().unwrap().ends_with(&format!(":{}", b.server_name())),
+            "{theirs}"
+        );
+
+        // Over federation, as B fetches it: the event carries its ID, its
+        // references are pairs whose hashes are the referenced events'
+        // reference hashes, and it passes B's checks.
+        let room_version = RoomVersionId::try_from(version).unwrap();
+        let rules = room_version.rules().unwrap();
+        let fed = &b.services().federation;
+        let event_id = OwnedEventId::try_from(mine_id).unwrap();
+        let fetched = fed
+            .send(&a.server_name(), get_event::v1::Request::new(event_id.clone()))
+            .await
+            .expect("/event");
+        let json: Value = serde_json::from_str(fetched.pdu.get()).unwrap();
+        assert_eq!(json["event_id"], mine_id, "{json}");
+        assert_eq!(common::federation::verify_pdu(&b, &room_version, &fetched.pdu).await, event_id);
+        let references = pair_references(&json, "prev_events")
+            .into_iter()
+            .chain(pair_references(&json, "auth_events"));
+        for (id, hash) in references {
+            let referenced = fed
+                .send(
+                    &a.server_name(),
+                    get_event::v1::Request::new(OwnedEventId::try_from(id.as_str()).unwrap()),
+                )
+                .await
+                .expect("/event of a reference");
+            let object: CanonicalJsonObject = serde_json::from_str(referenced.pdu.get()).unwrap();
+            assert_eq!(ruma::signatures::reference_hash(&object, &rules).unwrap(), hash, "{id}");
+        }
+
+        // /state and /state_ids at the event: the same events, all verified.
+        let room_id = OwnedRoomId::try_from(room.as_str()).unwrap();
+        let ids = fed
+            .send(
+                &a.server_name(),
+                get_room_state_ids::v1::Request::new(event_id.clone(), room_id.clone()),
+            )
+            .await
+            .expect("/state_ids");
+        let state = fed
+            .send(&a.server_name(), get_room_state::v1::Request::new(event_id, room_id))
+            .await
+            .expect("/state");
+        let mut verified = Vec::new();
+        for pdu in &state.pdus {
+            verified.push(common::federation::verify_pdu(&b, &room_version, pdu).await);
+        }
+        for pdu in &state.auth_chain {
+            common::federation::verify_pdu(&b, &room_version, pdu).await;
+        }
+        let mut want = ids.pdu_ids.clone();
+        want.sort();
+        verified.sort();
+        assert_eq!(verified, want);
+        assert!(verified.len() >= 5, "create, members, power levels, join rules…: {verified:?}");
+
+        // Concurrent state changes on both servers, then messages on both
+        // that merge the fork: both end with the same state.
+        let topic_path = format!("/_matrix/client/v3/rooms/{}/state/m.room.topic", enc(&room));
+        let (from_a, from_b) = (json!({ "topic": "from A" }), json!({ "topic": "from B" }));
+        let (x, y) = tokio::join!(
+            alice.call(Method::PUT, &topic_path, Some(&from_a)),
+            bob.call(Method::PUT, &topic_path, Some(&from_b))
+        );
+        assert_eq!((x.0.as_u16(), y.0.as_u16()), (200, 200), "{x:?} {y:?}");
+        let (txn_a, txn_b) = (format!("a2-{version}"), format!("b2-{version}"));
+        let (x, y) = tokio::join!(
+            alice.send_text(&room, &txn_a, "after A's topic"),
+            bob.send_text(&room, &txn_b, "after B's topic")
+        );
+        assert_eq!((x.0.as_u16(), y.0.as_u16()), (200, 200));
+        eventually_sees(&alice, &room, &["after A's topic", "after B's topic"]).await;
+        eventually_sees(&bob, &room, &["after A's topic", "after B's topic"]).await;
+        alice.send_text(&room, &format!("a3-{version}"), "merged").await;
+        eventually_sees(&bob, &room, &["merged"]).await;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let on_a = alice.ok(Method::GET, &topic_path, None).await;
+            let on_b = bob.ok(Method::GET, &topic_path, None).await;
+            if on_a == on_b {
+                assert!(on_a["topic"] == "from A" || on_a["topic"] == "from B", "{on_a}");
+                break;
+            }
+            assert!(Instant::now() < deadline, "v{version}: A has {on_a}, B has {on_b}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
