@@ -327,7 +327,7 @@ mod tests {
     #[test]
     fn unsupported_room_version_is_refused() {
         let err =
-            Config::load_with_env(None, |k| (k == "WEFT_DEFAULT_ROOM_VERSION").then(|| "1".to_owned())).unwrap_err();
+            Config::load_with_env(None, |k| (k == "WEFT_DEFAULT_ROOM_VERSION").then(|| "13".to_owned())).unwrap_err();
         assert!(err.to_string().contains("default_room_version"), "{err}");
     }
 }

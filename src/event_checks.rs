@@ -140,6 +140,12 @@ pub async fn check_auth(
 pub async fn check_auth_events(svc: &Services, rules: &RoomVersionRules, pdu: &Pdu) -> Result<(), CheckError> {
     let mut by_id: HashMap<OwnedEventId, StoredEvent> = HashMap::new();
     for event in svc.storage.events(&pdu.auth_events).await? {
+        if event.pdu.room_id != pdu.room_id {
+            return Err(CheckError::Rejected(format!(
+                "auth event {} is of another room",
+                event.pdu.event_id
+            )));
+        }
         if event.meta.rejected.is_some() {
             return Err(CheckError::Rejected(format!(
                 "auth event {} was rejected",

@@ -372,7 +372,9 @@ fn pair_references(event: &Value, field: &str) -> Vec<(String, String)> {
         .unwrap_or_else(|| panic!("{field} is a list: {event}"))
         .iter()
         .map(|pair| {
-            let id = pair[0].as_str().unwrap_or_else(|| panic!("{field} holds pairs: {event}"));
+            let id = pair[0]
+                .as_str()
+                .unwrap_or_else(|| panic!("{field} holds pairs: {event}"));
             let hash = pair[1]["sha256"]
                 .as_str()
                 .unwrap_or_else(|| panic!("{field} pairs carry the sha256 hash: {event}"));
@@ -431,7 +433,10 @@ async fn rooms_of_versions_1_and_2_across_servers() {
         let mine_id = mine["event_id"].as_str().unwrap();
         assert!(mine_id.ends_with(&format!(":{}", a.server_name())), "{mine_id}");
         assert!(
-            theirs["event_id"].as_str().unwrap().ends_with(&format!(":{}", b.server_name())),
+            theirs["event_id"]
+                .as_str()
+                .unwrap()
+                .ends_with(&format!(":{}", b.server_name())),
             "{theirs}"
         );
 
@@ -448,7 +453,10 @@ async fn rooms_of_versions_1_and_2_across_servers() {
             .expect("/event");
         let json: Value = serde_json::from_str(fetched.pdu.get()).unwrap();
         assert_eq!(json["event_id"], mine_id, "{json}");
-        assert_eq!(common::federation::verify_pdu(&b, &room_version, &fetched.pdu).await, event_id);
+        assert_eq!(
+            common::federation::verify_pdu(&b, &room_version, &fetched.pdu).await,
+            event_id
+        );
         let references = pair_references(&json, "prev_events")
             .into_iter()
             .chain(pair_references(&json, "auth_events"));
@@ -488,7 +496,10 @@ async fn rooms_of_versions_1_and_2_across_servers() {
         want.sort();
         verified.sort();
         assert_eq!(verified, want);
-        assert!(verified.len() >= 5, "create, members, power levels, join rules…: {verified:?}");
+        assert!(
+            verified.len() >= 5,
+            "create, members, power levels, join rules…: {verified:?}"
+        );
 
         // Concurrent state changes on both servers, then messages on both
         // that merge the fork: both end with the same state.

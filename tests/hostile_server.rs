@@ -545,7 +545,8 @@ async fn a_float_in_the_content_is_refused() {
     rig.assert_invisible(&float.id).await;
 
     // Through gap filling: the float event is the parent of a good event;
-    // weft fetches it with /get_missing_events and drops it.
+    // weft fetches it with /get_missing_events and drops it (and so the
+    // child, whose parent is then withheld).
     rig.hostile.commit(&rig.room, &float);
     let child = rig.hostile.message(&rig.room, &rig.mallory, "child of a float");
     rig.hostile.commit(&rig.room, &child);
@@ -558,8 +559,8 @@ async fn a_float_in_the_content_is_refused() {
     );
     assert!(rig.stored(&float.id).await.is_none(), "the float event is not held");
     rig.assert_invisible(&float.id).await;
-    assert_accepted(&answer, &child.id);
-    rig.assert_visible(&child.id).await;
+    assert!(result_of(&answer, &child.id).is_some_and(|r| r.is_err()), "{answer}");
+    rig.assert_invisible(&child.id).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -648,6 +649,11 @@ async fn missing_parents_are_fetched_with_get_missing_events() {
     );
 }
 
+/// An event pushed to weft whose parents its sender withholds is not
+/// taken (it could otherwise bring any state it likes). Reached while
+/// filling the gap before a later event, the same event is taken, its
+/// state across the gap from the sender (`/state_ids` at its missing
+/// parent, and that parent), and the gap stays a backward extremity.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_gap_that_cannot_be_filled_stays_a_backward_extremity() {
     let rig = rig().await;
@@ -656,7 +662,7 @@ async fn a_gap_that_cannot_be_filled_stays_a_backward_extremity() {
         b.serve_backfill = false;
     });
     // In the gap: Eve (of the hostile server) joins. A state event weft
-    // will only learn from the state at the event after the gap.
+    // will only learn from the state across the gap.
     let eve = rig.hostile.user("eve");
     let eve_join = rig.hostile.build(
         &rig.room,
@@ -669,17 +675,31 @@ async fn a_gap_that_cannot_be_filled_stays_a_backward_extremity() {
     let after_gap = rig.hostile.message(&rig.room, &rig.mallory, "after the gap");
     rig.hostile.commit(&rig.room, &after_gap);
     let answer = rig.send("hole", &[&after_gap]).await;
-    assert_accepted(&answer, &after_gap.id);
-
     assert!(
         !rig.hostile
             .seen_at("/_matrix/federation/v1/get_missing_events/")
             .is_empty()
     );
     assert!(
-        !rig.hostile.seen_at("/_matrix/federation/v1/state_ids/").is_empty(),
-        "weft asked for the state at the event: {:?}",
-        rig.hostile.seen()
+        result_of(&answer, &after_gap.id).is_some_and(|r| r.is_err()),
+        "pushed with its parent withheld: {answer}"
+    );
+    rig.assert_invisible(&after_gap.id).await;
+    assert!(rig.hostile.seen_at("/_matrix/federation/v1/state_ids/").is_empty());
+
+    // A later event: filling the gap before it brings `after_gap` (and
+    // only that), whose parent stays missing.
+    let later = rig.hostile.message(&rig.room, &rig.mallory, "later");
+    rig.hostile.commit(&rig.room, &later);
+    rig.hostile
+        .set_behaviour(|b| b.extra_missing_events = vec![after_gap.pdu.clone()]);
+    let answer = rig.send("hole-later", &[&later]).await;
+    assert_accepted(&answer, &later.id);
+    rig.hostile.set_behaviour(|b| b.extra_missing_events.clear());
+    let asked = rig.hostile.seen_at("/_matrix/federation/v1/state_ids/");
+    assert!(
+        asked.iter().any(|s| s.path.contains(eve_join.id.as_str())),
+        "weft asked for the state at the missing parent: {asked:?}"
     );
     let fetched = rig
         .hostile
@@ -698,8 +718,9 @@ async fn a_gap_that_cannot_be_filled_stays_a_backward_extremity() {
         .collect();
     assert!(backward.contains(&eve_join.id), "{backward:?}");
     rig.assert_visible(&after_gap.id).await;
+    rig.assert_visible(&later.id).await;
     // Eve's join is not in the timeline (weft never got it as one), but
-    // the state at the event (and so the room's) has her joined.
+    // the state after it (and so the room's) has her joined.
     let stored = rig.stored(&eve_join.id).await.expect("held as an outlier");
     assert!(stored.meta.outlier);
     let (status, member) = rig.state("m.room.member", eve.as_str()).await;
@@ -1108,8 +1129,8 @@ async fn state_from_the_sender_naming_another_rooms_events_is_not_used() {
     let other_power: OwnedEventId = sent["event_id"].as_str().unwrap().try_into().unwrap();
 
     // In Alice's first room: a gap, then Mallory renames the room, and the
-    // hostile server says the state before the rename has the other room's
-    // power levels.
+    // hostile server says the state across the gap (before the missing
+    // parent, where weft asks) has the other room's power levels.
     rig.hostile.set_behaviour(|b| {
         b.serve_missing_events = false;
         b.serve_backfill = false;
@@ -1124,8 +1145,9 @@ async fn state_from_the_sender_naming_another_rooms_events_is_not_used() {
         json!({ "name": "Taken over" }),
     );
     rig.hostile.commit(&rig.room, &rename);
-    let mut lie = rig.hostile.room(&rig.room).state_before[&rename.id].clone();
+    let mut lie = rig.hostile.room(&rig.room).state_before[&in_gap.id].clone();
     lie.insert(("m.room.power_levels".to_owned(), String::new()), other_power.clone());
+    rig.hostile.set_state_before(&rig.room, &in_gap.id, lie.clone());
     rig.hostile.set_state_before(&rig.room, &rename.id, lie);
     let after = rig.hostile.message(&rig.room, &rig.mallory, "after the takeover");
     rig.hostile.commit(&rig.room, &after);

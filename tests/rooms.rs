@@ -12,7 +12,7 @@ use serde_json::json;
 async fn rooms_of_each_supported_version_work() {
     let server = TestServer::start().await;
     let alice = server.register("alice").await;
-    for version in ["3", "4", "5", "6", "7", "8", "9", "10", "11", "12"] {
+    for version in ["1", "2", "3", "4", "5", "6", "7", "8", "9", "10", "11", "12"] {
         let room = alice
             .create_room(json!({ "room_version": version, "name": format!("v{version}") }))
             .await;
@@ -23,6 +23,25 @@ async fn rooms_of_each_supported_version_work() {
         }
         let (status, body) = alice.send_text(&room, "t", "hello").await;
         assert_eq!(status, 200, "v{version}: {body}");
+        // Versions 1 and 2: the ID is this server's choice, `$opaque:server`;
+        // later ones: the reference hash, no server part.
+        let event_id = body["event_id"].as_str().unwrap().to_owned();
+        assert_eq!(
+            event_id.ends_with(":localhost"),
+            version == "1" || version == "2",
+            "v{version}: {event_id}"
+        );
+        let event = alice
+            .ok(
+                Method::GET,
+                &format!("/_matrix/client/v3/rooms/{}/event/{}", enc(&room), enc(&event_id)),
+                None,
+            )
+            .await;
+        assert_eq!(event["event_id"], event_id.as_str());
+        assert_eq!(event["content"]["body"], "hello");
+        let page = alice.messages(&room, "dir=b&limit=1").await;
+        assert_eq!(page["chunk"][0]["event_id"], event_id.as_str(), "v{version}: {page}");
         let create = alice
             .ok(
                 Method::GET,
@@ -40,8 +59,7 @@ async fn rooms_of_each_supported_version_work() {
             .await;
         assert_eq!(name["name"], format!("v{version}"));
     }
-    // Versions 1 and 2 (event IDs chosen by the sender) are not supported.
-    for version in ["1", "2", "13"] {
+    for version in ["13", "0", "foo"] {
         let (status, body) = alice
             .call(
                 Method::POST,

@@ -29,6 +29,28 @@ pub struct Fed<T> {
     pub origin: OwnedServerName,
 }
 
+/// A federation request whose signature checked out, unparsed: for the v1
+/// endpoints ruma has no type for.
+pub struct FedRaw {
+    pub origin: OwnedServerName,
+    /// The path parameters, in order.
+    pub path_args: Vec<String>,
+    pub body: bytes::Bytes,
+}
+
+impl FromRequest<Arc<Services>> for FedRaw {
+    type Rejection = MatrixError;
+
+    async fn from_request(req: Request, svc: &Arc<Services>) -> Result<Self, MatrixError> {
+        let (http_req, path_args, origin) = authenticate(req, svc).await?;
+        Ok(FedRaw {
+            origin,
+            path_args,
+            body: http_req.into_body(),
+        })
+    }
+}
+
 fn unauthorized(message: impl Into<String>) -> MatrixError {
     MatrixError::new(ErrCode::Unauthorized, message)
 }
@@ -40,6 +62,22 @@ where
     type Rejection = MatrixError;
 
     async fn from_request(req: Request, svc: &Arc<Services>) -> Result<Self, MatrixError> {
+        let (http_req, path_args, origin) = authenticate(req, svc).await?;
+        let args: Vec<&str> = path_args.iter().map(String::as_str).collect();
+        let (parts, bytes) = http_req.into_parts();
+        let http_req = http::Request::from_parts(parts, &bytes[..]);
+        let body = T::try_from_http_request(http_req, &args).map_err(request_error)?;
+        Ok(Fed { body, origin })
+    }
+}
+
+/// Checks the `X-Matrix` signature of a request: the request (its body
+/// read), its path parameters and its origin.
+async fn authenticate(
+    req: Request,
+    svc: &Arc<Services>,
+) -> Result<(http::Request<bytes::Bytes>, Vec<String>, OwnedServerName), MatrixError> {
+    {
         let (mut parts, body) = req.into_parts();
         let params = <RawPathParams as axum::extract::FromRequestParts<_>>::from_request_parts(&mut parts, svc)
             .await
@@ -84,7 +122,7 @@ where
                 .map_err(|e| MatrixError::bad_json(format!("Content is not canonical JSON: {e}")))?;
         }
         let own_name = svc.server_name();
-        let http_req = http::Request::from_parts(parts, &body[..]);
+        let http_req = http::Request::from_parts(parts, body);
         let now: u64 = MilliSecondsSinceUnixEpoch::now().get().into();
         let mut failure = String::new();
         let mut origin = None;
@@ -115,9 +153,7 @@ where
             tracing::debug!(uri = %http_req.uri(), %failure, "federation request refused");
             return Err(unauthorized(failure));
         };
-        let args: Vec<&str> = path_args.iter().map(String::as_str).collect();
-        let body = T::try_from_http_request(http_req, &args).map_err(request_error)?;
-        Ok(Fed { body, origin })
+        Ok((http_req, path_args, origin))
     }
 }
 

@@ -10,7 +10,10 @@ use ruma::api::federation::membership::{
 };
 use serde_json::{json, value::RawValue};
 
-use super::{extract::Fed, history::raw_pdu};
+use super::{
+    extract::{Fed, FedRaw},
+    history::raw_pdu,
+};
 use crate::{
     acl,
     error::{ErrCode, MatrixError},
@@ -184,4 +187,42 @@ pub async fn invite(
     )
     .await?;
     Ok(create_invite::v2::Response::new(event))
+}
+
+/// `PUT /v1/invite/{room_id}/{event_id}` (ruma has no type for it): the
+/// body is the invite itself, its stripped room state in
+/// `unsigned.invite_room_state`, and names no room version: the room's,
+/// when held here, else version 1 (the v1 API predates the others; 1 and 2
+/// share the event format). Answered `[200, {"event": ...}]`.
+pub async fn invite_v1(State(svc): State<Arc<Services>>, req: FedRaw) -> Result<Json<serde_json::Value>, MatrixError> {
+    #[derive(serde::Deserialize)]
+    struct Unsigned {
+        #[serde(default)]
+        invite_room_state: Vec<ruma::api::federation::membership::RawStrippedState>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Body {
+        #[serde(default)]
+        unsigned: Option<Unsigned>,
+    }
+    let [room_id, event_id] = req.path_args.as_slice() else {
+        return Err(MatrixError::invalid_param("bad path"));
+    };
+    let room_id = ruma::OwnedRoomId::try_from(room_id.as_str())
+        .map_err(|e| MatrixError::invalid_param(format!("room ID: {e}")))?;
+    let event_id = ruma::OwnedEventId::try_from(event_id.as_str())
+        .map_err(|e| MatrixError::invalid_param(format!("event ID: {e}")))?;
+    let version = match svc.storage.room(&room_id).await? {
+        Some(room) => room.version,
+        None => ruma::RoomVersionId::V1,
+    };
+    let event: Box<RawValue> =
+        serde_json::from_slice(&req.body).map_err(|e| MatrixError::bad_json(format!("invite: {e}")))?;
+    let stripped = serde_json::from_slice::<Body>(&req.body)
+        .ok()
+        .and_then(|b| b.unsigned)
+        .map(|u| u.invite_room_state)
+        .unwrap_or_default();
+    let event = invites::receive_invite(&svc, &req.origin, &room_id, &event_id, &version, &event, &stripped).await?;
+    Ok(Json(json!([200, { "event": event }])))
 }

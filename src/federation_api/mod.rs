@@ -42,7 +42,8 @@ pub fn router() -> Router<Arc<Services>> {
         .federation(membership::make_leave)
         .federation(membership::send_leave)
         .federation(membership::invite)
-        // The v1 forms of send_join/send_leave, which ruma no longer has:
+        // The v1 forms of send_join/send_leave/invite, which ruma no longer
+        // has (or whose body it does not keep whole):
         // the v2 requests, answered in v1's `[200, {...}]` array.
         .route(
             "/_matrix/federation/v1/send_join/{room_id}/{event_id}",
@@ -51,6 +52,10 @@ pub fn router() -> Router<Arc<Services>> {
         .route(
             "/_matrix/federation/v1/send_leave/{room_id}/{event_id}",
             put(membership::send_leave_v1),
+        )
+        .route(
+            "/_matrix/federation/v1/invite/{room_id}/{event_id}",
+            put(membership::invite_v1),
         )
         .federation(transactions::send)
         .federation(query::directory)

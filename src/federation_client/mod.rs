@@ -7,6 +7,7 @@ pub mod backoff;
 mod dns;
 pub mod resolve;
 pub mod sender;
+mod v1_api;
 
 use std::{
     collections::HashMap,

@@ -182,13 +182,21 @@ impl Receiver<'_> {
                     missing.push(prev.clone());
                 }
             }
+            // An event pushed to us whose parents its sender does not
+            // divulge is not taken (as Synapse has it); the events fetched
+            // to fill a gap, and backfilled ones, may leave one.
+            if let Some(prev) = missing.first() {
+                return Err(RoomError::Invalid(format!(
+                    "the sender does not divulge the event's prev_event {prev}"
+                )));
+            }
         }
         let before = if missing.is_empty() {
             self.state_after_parents(&pdu, &rules).await?
         } else {
             // The gap stays (its edge is a backward extremity, for later
             // backfill); the state across it comes from the sender.
-            self.state_from_origin(&pdu).await?
+            self.state_across_gap(&pdu, &rules).await?
         };
 
         let status = match event_checks::check_auth(self.svc, &rules, &pdu, &before.1).await {
@@ -295,6 +303,8 @@ impl Receiver<'_> {
         let mut checked = Vec::new();
         for raw in &events {
             match event_checks::check_signed(self.svc, &self.room.version, raw).await {
+                // (Some servers answer with the event asked about too.)
+                Ok(event) if event.event_id == pdu.event_id => {}
                 Ok(event) if event.room_id == self.room.room_id => checked.push(event),
                 Ok(_) => {}
                 Err(e) => tracing::info!(error = %e, "dropping a missing event"),
@@ -345,44 +355,118 @@ impl Receiver<'_> {
         Ok((group, resolved))
     }
 
-    /// The state before `pdu` as its sender says (`/state_ids`), the
-    /// events not held fetched with `/event` and kept as outliers.
-    async fn state_from_origin(&self, pdu: &Pdu) -> Result<(StateGroupId, Arc<StateMap>), RoomError> {
-        let request = get_room_state_ids::v1::Request::new(pdu.event_id.clone(), self.room.room_id.clone());
+    /// The state before `pdu` when parents of it are not held (a gap that
+    /// stays): the states after its parents, resolved. After a held parent
+    /// it is known here; after a missing one it is the state before that
+    /// parent as the sender says (`/state_ids` at the parent), with the
+    /// parent itself on top when it is a state event. (Synapse asks the
+    /// same way, and SyTest's servers expect it.)
+    async fn state_across_gap(
+        &self,
+        pdu: &Pdu,
+        rules: &RoomVersionRules,
+    ) -> Result<(StateGroupId, Arc<StateMap>), RoomError> {
+        let mut states = Vec::new();
+        for prev in &pdu.prev_events {
+            if self.in_timeline(prev).await? {
+                let parent = self.svc.storage.event(prev).await?.ok_or(RoomError::UnknownRoom)?;
+                let group = parent
+                    .meta
+                    .state_group_after
+                    .ok_or_else(|| RoomError::Invalid(format!("no state known after {prev}")))?;
+                states.push(self.svc.state.group(group).await?);
+                continue;
+            }
+            let mut state = self.state_from_origin(prev).await?;
+            let parent = match self.svc.storage.event(prev).await? {
+                Some(parent) => Some(parent),
+                // A parent that does not pass the checks (dropped) changes
+                // no state.
+                None => match self.fetch_event(prev).await {
+                    Ok(fetched) => {
+                        self.keep_outliers(vec![fetched]).await?;
+                        self.svc.storage.event(prev).await?
+                    }
+                    Err(RoomError::Storage(e)) => return Err(RoomError::Storage(e)),
+                    Err(e) => {
+                        tracing::info!(event_id = %prev, error = %e, "a missing parent could not be fetched");
+                        None
+                    }
+                },
+            };
+            if let Some(parent) = parent
+                && parent.meta.rejected.is_none()
+                && let Some(state_key) = &parent.pdu.state_key
+            {
+                state.insert(
+                    key(StateEventType::from(parent.pdu.kind.to_string()), state_key),
+                    parent.pdu.event_id.clone(),
+                );
+            }
+            states.push(Arc::new(state));
+        }
+        let state = resolve::resolve(self.svc, rules, &states).await?;
+        let group = self
+            .svc
+            .storage
+            .store_state_group(&self.room.room_id, snapshot(&state))
+            .await?;
+        let state = Arc::new(state);
+        self.svc.state.remember(group, state.clone());
+        Ok((group, state))
+    }
+
+    /// An event of this room from the sender (`/event`), checked.
+    async fn fetch_event(&self, id: &EventId) -> Result<Pdu, RoomError> {
+        let response = self
+            .svc
+            .federation
+            .send(self.origin, get_event::v1::Request::new(id.to_owned()))
+            .await
+            .map_err(|e| RoomError::Invalid(format!("cannot fetch {id}: {e}")))?;
+        let event = event_checks::check_signed(self.svc, &self.room.version, &response.pdu).await?;
+        if event.event_id != id {
+            return Err(RoomError::Invalid(format!("asked for {id}, got {}", event.event_id)));
+        }
+        if event.room_id != self.room.room_id {
+            return Err(RoomError::Invalid(format!("{id} is an event of another room")));
+        }
+        Ok(event)
+    }
+
+    /// The state before `at` as the sender says (`/state_ids`), the events
+    /// not held fetched with `/event` and kept as outliers.
+    async fn state_from_origin(&self, at: &EventId) -> Result<StateMap, RoomError> {
+        let request = get_room_state_ids::v1::Request::new(at.to_owned(), self.room.room_id.clone());
         let ids = self
             .svc
             .federation
             .send(self.origin, request)
             .await
-            .map_err(|e| RoomError::Invalid(format!("cannot get the state at {}: {e}", pdu.event_id)))?;
-        // An answer naming an event of another room (held here, or fetched)
-        // is a lie about this room's state: the whole answer is refused.
-        let foreign =
-            |id: &EventId| RoomError::Invalid(format!("the state at {} names {id}, of another room", pdu.event_id));
+            .map_err(|e| RoomError::Invalid(format!("cannot get the state at {at}: {e}")))?;
+        // A state naming an event of another room (held here, or fetched)
+        // is a lie about this room's state: the whole answer is refused. An
+        // auth chain naming one is not used for it (the events citing it as
+        // an auth event are rejected when kept).
+        let foreign = |id: &EventId| RoomError::Invalid(format!("the state at {at} names {id}, of another room"));
         let wanted: Vec<OwnedEventId> = ids.pdu_ids.iter().chain(&ids.auth_chain_ids).cloned().collect();
+        let in_state: HashSet<&OwnedEventId> = ids.pdu_ids.iter().collect();
         let mut held = HashSet::new();
         for event in self.svc.storage.events(&wanted).await? {
-            if event.pdu.room_id != self.room.room_id {
+            if event.pdu.room_id != self.room.room_id && in_state.contains(&event.pdu.event_id) {
                 return Err(foreign(&event.pdu.event_id));
             }
             held.insert(event.pdu.event_id.clone());
         }
         let mut fetched = Vec::new();
         for id in wanted.iter().filter(|id| !held.contains(*id)) {
-            let response = self
-                .svc
-                .federation
-                .send(self.origin, get_event::v1::Request::new(id.clone()))
-                .await
-                .map_err(|e| RoomError::Invalid(format!("cannot fetch {id}: {e}")))?;
-            let event = event_checks::check_signed(self.svc, &self.room.version, &response.pdu).await?;
-            if event.event_id != *id {
-                return Err(RoomError::Invalid(format!("asked for {id}, got {}", event.event_id)));
+            match self.fetch_event(id).await {
+                Ok(event) => fetched.push(event),
+                Err(RoomError::Invalid(_)) if !in_state.contains(id) => {
+                    tracing::info!(event_id = %id, "an event of the auth chain could not be fetched");
+                }
+                Err(e) => return Err(e),
             }
-            if event.room_id != self.room.room_id {
-                return Err(foreign(id));
-            }
-            fetched.push(event);
         }
         fetched.sort_by_key(|e| e.depth);
         self.keep_outliers(fetched).await?;
@@ -399,14 +483,7 @@ impl Receiver<'_> {
                 );
             }
         }
-        let group = self
-            .svc
-            .storage
-            .store_state_group(&self.room.room_id, snapshot(&state))
-            .await?;
-        let state = Arc::new(state);
-        self.svc.state.remember(group, state.clone());
-        Ok((group, state))
+        Ok(state)
     }
 
     /// The states after the room's forward extremities that `pdu` does not

@@ -6,8 +6,7 @@
 use std::sync::Arc;
 
 use ruma::{
-    CanonicalJsonObject, CanonicalJsonValue, MilliSecondsSinceUnixEpoch, RoomId, RoomVersionId,
-    ServerName, UserId,
+    CanonicalJsonObject, CanonicalJsonValue, MilliSecondsSinceUnixEpoch, RoomId, RoomVersionId, ServerName, UserId,
     api::federation::membership::{RawStrippedState, create_invite, create_leave_event, prepare_leave_event},
     events::TimelineEventType,
 };
@@ -151,6 +150,7 @@ pub async fn invite_remote(
     auth::check(&rules.authorization, &pdu, &ctx).map_err(RoomError::Forbidden)?;
 
     let stripped = invite_room_state(svc, &state).await?;
+    let stripped_v1 = serde_json::to_value(&stripped).map_err(|e| RoomError::Invalid(e.to_string()))?;
     let event = RawValue::from_string(pdu.json.to_string()).map_err(|e| RoomError::Invalid(e.to_string()))?;
     let request = create_invite::v2::Request::new(
         room_id.to_owned(),
@@ -159,15 +159,29 @@ pub async fn invite_remote(
         event,
         stripped,
     );
-    let answer = svc
-        .federation
-        .send(target.server_name(), request)
-        .await
-        .map_err(|e| match e.status() {
-            Some(status) if status.is_client_error() => RoomError::Forbidden(format!("the invite was refused: {e}")),
-            _ => RoomError::Invalid(format!("the invite could not be delivered: {e}")),
-        })?;
-    let countersigned = event_checks::check_signed(svc, &room.version, &answer.event).await?;
+    let refused = |e: crate::federation_client::FederationError| match e.status() {
+        Some(status) if status.is_client_error() => RoomError::Forbidden(format!("the invite was refused: {e}")),
+        _ => RoomError::Invalid(format!("the invite could not be delivered: {e}")),
+    };
+    let answer = match svc.federation.send(target.server_name(), request).await {
+        Ok(answer) => answer.event,
+        // A server without the v2 API, for the rooms the v1 API can name
+        // (versions 1 and 2: it carries no room version).
+        Err(e) if e.lacks_endpoint() && rules.event_format.require_event_id => {
+            // The stripped state rides in the event's `unsigned`.
+            let mut event: serde_json::Value =
+                serde_json::from_str(&pdu.json).map_err(|e| RoomError::Invalid(e.to_string()))?;
+            event["unsigned"] = serde_json::json!({ "invite_room_state": stripped_v1 });
+            let event = serde_json::value::to_raw_value(&event).map_err(|e| RoomError::Invalid(e.to_string()))?;
+            svc.federation
+                .invite_v1(target.server_name(), room_id, &pdu.event_id, &event)
+                .await
+                .map_err(refused)?
+                .event
+        }
+        Err(e) => return Err(refused(e)),
+    };
+    let countersigned = event_checks::check_signed(svc, &room.version, &answer).await?;
     if countersigned.event_id != pdu.event_id {
         return Err(RoomError::Invalid("the invitee's server changed the invite".to_owned()));
     }

@@ -141,12 +141,16 @@ async fn join_through(
     let raw = serde_json::value::to_raw_value(&event).map_err(|e| RoomError::Invalid(e.to_string()))?;
 
     let send = create_join_event::v2::Request::new(room_id.to_owned(), event_id.clone(), raw.clone());
-    let answer = svc
-        .federation
-        .send(server, send)
-        .await
-        .map_err(federation_error)?
-        .room_state;
+    let answer = match svc.federation.send(server, send).await {
+        Ok(answer) => answer.room_state,
+        // A server without the v2 API: the v1 one.
+        Err(e) if e.lacks_endpoint() => svc
+            .federation
+            .send_join_v1(server, room_id, &event_id, &raw)
+            .await
+            .map_err(federation_error)?,
+        Err(e) => return Err(federation_error(e)),
+    };
 
     let _guard = svc.rooms.lock(room_id).await;
     svc.storage.add_room(room_id, &version).await?;

@@ -27,11 +27,7 @@ use std::{
     collections::{BTreeMap, HashMap},
 };
 
-use ruma::{
-    EventId, OwnedEventId,
-    events::StateEventType,
-    room_version_rules::AuthorizationRules,
-};
+use ruma::{EventId, OwnedEventId, events::StateEventType, room_version_rules::AuthorizationRules};
 use sha1::{Digest, Sha1};
 
 use super::StateMap;
@@ -186,9 +182,23 @@ mod tests {
             };
             for (name, sender, kind, state_key, content, depth) in [
                 ("create", ALICE, "m.room.create", "", json!({ "creator": ALICE }), 1),
-                ("alice", ALICE, "m.room.member", ALICE, json!({ "membership": "join" }), 2),
+                (
+                    "alice",
+                    ALICE,
+                    "m.room.member",
+                    ALICE,
+                    json!({ "membership": "join" }),
+                    2,
+                ),
                 ("pl", ALICE, "m.room.power_levels", "", power(&[(ALICE, 100)]), 3),
-                ("jr", ALICE, "m.room.join_rules", "", json!({ "join_rule": "public" }), 4),
+                (
+                    "jr",
+                    ALICE,
+                    "m.room.join_rules",
+                    "",
+                    json!({ "join_rule": "public" }),
+                    4,
+                ),
                 ("bob", BOB, "m.room.member", BOB, json!({ "membership": "join" }), 5),
             ] {
                 let id = room.add(name, sender, kind, state_key, content, depth);
@@ -268,7 +278,14 @@ mod tests {
     fn power_levels_walk_up_in_depth_while_allowed() {
         let mut room = Room::new();
         // alice makes bob an admin; bob, now allowed, gives carol 50.
-        let pl_bob = room.add("pl_bob", ALICE, "m.room.power_levels", "", power(&[(ALICE, 100), (BOB, 100)]), 6);
+        let pl_bob = room.add(
+            "pl_bob",
+            ALICE,
+            "m.room.power_levels",
+            "",
+            power(&[(ALICE, 100), (BOB, 100)]),
+            6,
+        );
         let pl_carol = room.add(
             "pl_carol",
             BOB,
@@ -286,8 +303,22 @@ mod tests {
         let mut room = Room::new();
         // alice gives bob 50 (6); bob then gives himself 100 (7: refused,
         // above his own level); alice's later change (8) is not reached.
-        let pl_bob = room.add("pl_bob", ALICE, "m.room.power_levels", "", power(&[(ALICE, 100), (BOB, 50)]), 6);
-        let bob_grab = room.add("grab", BOB, "m.room.power_levels", "", power(&[(ALICE, 100), (BOB, 100)]), 7);
+        let pl_bob = room.add(
+            "pl_bob",
+            ALICE,
+            "m.room.power_levels",
+            "",
+            power(&[(ALICE, 100), (BOB, 50)]),
+            6,
+        );
+        let bob_grab = room.add(
+            "grab",
+            BOB,
+            "m.room.power_levels",
+            "",
+            power(&[(ALICE, 100), (BOB, 100)]),
+            7,
+        );
         let alice_late = room.add(
             "late",
             ALICE,
@@ -307,7 +338,14 @@ mod tests {
     fn the_lowest_power_levels_go_in_unchecked() {
         // The flaw the spec warns of: the first of the list is not checked.
         let mut room = Room::new();
-        let bob_grab = room.add("grab", BOB, "m.room.power_levels", "", power(&[(ALICE, 100), (BOB, 100)]), 6);
+        let bob_grab = room.add(
+            "grab",
+            BOB,
+            "m.room.power_levels",
+            "",
+            power(&[(ALICE, 100), (BOB, 100)]),
+            6,
+        );
         let alice_late = room.add("late", ALICE, "m.room.power_levels", "", power(&[(ALICE, 100)]), 7);
         let resolved = room.resolve(&[&[&bob_grab], &[&alice_late]]);
         assert_eq!(room.winner(&resolved, "m.room.power_levels", ""), bob_grab);
@@ -316,8 +354,22 @@ mod tests {
     #[test]
     fn join_rules_are_checked_against_the_resolved_power_levels() {
         let mut room = Room::new();
-        let pl_bob = room.add("pl_bob", ALICE, "m.room.power_levels", "", power(&[(ALICE, 100), (BOB, 100)]), 6);
-        let jr_bob = room.add("jr_bob", BOB, "m.room.join_rules", "", json!({ "join_rule": "invite" }), 7);
+        let pl_bob = room.add(
+            "pl_bob",
+            ALICE,
+            "m.room.power_levels",
+            "",
+            power(&[(ALICE, 100), (BOB, 100)]),
+            6,
+        );
+        let jr_bob = room.add(
+            "jr_bob",
+            BOB,
+            "m.room.join_rules",
+            "",
+            json!({ "join_rule": "invite" }),
+            7,
+        );
         let resolved = room.resolve(&[&[&pl_bob], &[&jr_bob]]);
         assert_eq!(room.winner(&resolved, "m.room.power_levels", ""), pl_bob);
         assert_eq!(room.winner(&resolved, "m.room.join_rules", ""), jr_bob);
@@ -345,8 +397,22 @@ mod tests {
         assert_eq!(room.winner(&resolved, "m.room.member", BOB), leave);
         // carol joins in one state, is banned before (lower depth) in the
         // other: the ban goes first, the join after it is refused.
-        let carol_ban = room.add("carol_ban", ALICE, "m.room.member", CAROL, json!({ "membership": "ban" }), 6);
-        let carol_join = room.add("carol_join", CAROL, "m.room.member", CAROL, json!({ "membership": "join" }), 7);
+        let carol_ban = room.add(
+            "carol_ban",
+            ALICE,
+            "m.room.member",
+            CAROL,
+            json!({ "membership": "ban" }),
+            6,
+        );
+        let carol_join = room.add(
+            "carol_join",
+            CAROL,
+            "m.room.member",
+            CAROL,
+            json!({ "membership": "join" }),
+            7,
+        );
         let resolved = room.resolve(&[&[&carol_join], &[&carol_ban]]);
         assert_eq!(room.winner(&resolved, "m.room.member", CAROL), carol_ban);
         assert_ne!(room.winner(&resolved, "m.room.member", BOB), ban);

@@ -48,7 +48,8 @@ pub struct Behaviour {
     /// `/send` is acknowledged (200); else refused with 503, as a server
     /// that is down behind its proxy.
     pub accept_transactions: bool,
-    /// Added to every `/get_missing_events` answer (junk, forgeries).
+    /// Added to every `/get_missing_events` answer (junk, forgeries; all
+    /// of it when the missing events are not served).
     pub extra_missing_events: Vec<Value>,
     /// `/send` is acknowledged with `{}`, without the `pdus` the spec
     /// has (as SyTest's server answers).
@@ -798,7 +799,7 @@ async fn handle(
         }
         ("POST", ["_matrix", "federation", "v1", "get_missing_events", _room]) => {
             if !inner.behaviour.serve_missing_events {
-                return ok(json!({ "events": [] }));
+                return ok(json!({ "events": inner.behaviour.extra_missing_events }));
             }
             let earliest: HashSet<OwnedEventId> = ids(&body_json["earliest_events"]).into_iter().collect();
             let latest = ids(&body_json["latest_events"]);
