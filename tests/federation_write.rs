@@ -533,3 +533,44 @@ async fn rooms_of_versions_1_and_2_across_servers() {
         }
     }
 }
+
+/// Rejecting an invite whose inviting server is gone: the rejection is
+/// recorded here alone (an out-of-band leave), and the room shows as left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invite_is_rejected_here_when_the_inviting_server_is_gone() {
+    let mut a = TestServer::start_federating().await;
+    let b = TestServer::start_federating().await;
+    let alice = a.register("alice").await;
+    let carol = b.register("carol").await;
+    let room = alice
+        .create_room(json!({ "preset": "private_chat", "name": "Soon gone", "room_version": "1" }))
+        .await;
+    alice
+        .ok(
+            Method::POST,
+            &format!("/_matrix/client/v3/rooms/{}/invite", enc(&room)),
+            Some(&json!({ "user_id": carol.user_id })),
+        )
+        .await;
+    let sync = carol.sync("").await;
+    assert!(sync["rooms"]["invite"][&room].is_object(), "{sync}");
+    let since = sync["next_batch"].as_str().unwrap().to_owned();
+    drop(alice);
+    a.server.take().unwrap().shutdown().await;
+
+    let (status, body) = carol
+        .call(
+            Method::POST,
+            &format!("/_matrix/client/v3/rooms/{}/leave", enc(&room)),
+            Some(&json!({})),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let sync = carol.sync(&format!("since={}", enc(&since))).await;
+    let left = &sync["rooms"]["leave"][&room]["timeline"]["events"][0];
+    assert_eq!(left["type"], "m.room.member", "{sync}");
+    assert_eq!(left["state_key"], carol.user_id.as_str());
+    assert_eq!(left["content"]["membership"], "leave");
+    assert!(sync["rooms"]["invite"].get(&room).is_none(), "{sync}");
+    assert!(carol.sync("").await["rooms"]["invite"].get(&room).is_none());
+}

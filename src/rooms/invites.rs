@@ -236,8 +236,73 @@ pub fn stripped_from(entries: &[RawStrippedState]) -> Vec<serde_json::Value> {
 }
 
 /// Rejects (or withdraws from) an invite to a room held elsewhere, through
-/// the inviting server.
+/// the inviting server; when that server refuses or cannot be reached, the
+/// rejection is recorded here alone (an "out-of-band" leave, as Synapse
+/// makes: the user sees the room left, the room's servers learn nothing).
 pub async fn reject_remote(svc: &Services, invite: &RemoteInvite, reason: Option<&str>) -> Result<(), RoomError> {
+    match reject_through(svc, invite, reason).await {
+        Err(RoomError::Storage(e)) => Err(RoomError::Storage(e)),
+        Err(e) => {
+            tracing::info!(room_id = %invite.room_id, user = %invite.user_id, error = %e,
+                "the inviting server did not take the rejection: rejecting here alone");
+            reject_locally(svc, invite, reason).await
+        }
+        Ok(()) => Ok(()),
+    }
+}
+
+/// The out-of-band leave: this server's own leave event, after the invite
+/// (its only parent and auth event), kept as an outlier.
+async fn reject_locally(svc: &Services, invite: &RemoteInvite, reason: Option<&str>) -> Result<(), RoomError> {
+    let invite_event = svc
+        .storage
+        .event(&invite.event_id)
+        .await?
+        .ok_or_else(|| RoomError::Invalid("the invite is not held".to_owned()))?;
+    let rules = invite
+        .room_version
+        .rules()
+        .ok_or_else(|| RoomError::UnsupportedVersion(invite.room_version.to_string()))?;
+    let mut content = serde_json::json!({ "membership": "leave" });
+    if let Some(reason) = reason {
+        content["reason"] = serde_json::json!(reason);
+    }
+    let parents = vec![invite.event_id.clone()];
+    let ref_hashes = super::send::reference_hashes(svc, &parents, &[], &rules).await?;
+    let leave = build_event(
+        &svc.keys,
+        &invite.room_version,
+        &invite.user_id,
+        &EventTemplate::state("m.room.member", invite.user_id.as_str(), content),
+        Placement {
+            room_id: Some(&invite.room_id),
+            prev_events: parents.clone(),
+            auth_events: parents,
+            depth: invite_event.pdu.depth + 1,
+            ref_hashes,
+        },
+        MilliSecondsSinceUnixEpoch::now(),
+    )?;
+    record_rejection(svc, invite, leave).await
+}
+
+/// The leave takes the invite's place, so /sync tells the client.
+async fn record_rejection(svc: &Services, invite: &RemoteInvite, leave: crate::events::Pdu) -> Result<(), RoomError> {
+    let event_id = leave.event_id.clone();
+    svc.storage.persist_outlier(Arc::new(leave), None).await?;
+    let rejected = RemoteInvite {
+        event_id,
+        membership: "leave".to_owned(),
+        ..invite.clone()
+    };
+    svc.storage.store_remote_invite(&rejected).await?;
+    svc.notifier.notify(svc.storage.max_stream_ordering().await?);
+    Ok(())
+}
+
+/// The rejection through the inviting server: `make_leave`, sign,
+/// `send_leave`.
+async fn reject_through(svc: &Services, invite: &RemoteInvite, reason: Option<&str>) -> Result<(), RoomError> {
     let server = &invite.via;
     let template = svc
         .federation
@@ -297,16 +362,7 @@ pub async fn reject_remote(svc: &Services, invite: &RemoteInvite, reason: Option
         )
         .await
         .map_err(|e| RoomError::Invalid(format!("send_leave through {server}: {e}")))?;
-    // The leave takes the invite's place, so /sync tells the client.
-    let leave = crate::events::Pdu::from_canonical(event_id.clone(), Some(&invite.room_id), &event)
+    let leave = crate::events::Pdu::from_canonical(event_id, Some(&invite.room_id), &event)
         .map_err(|e| RoomError::Invalid(e.to_string()))?;
-    svc.storage.persist_outlier(Arc::new(leave), None).await?;
-    let rejected = RemoteInvite {
-        event_id,
-        membership: "leave".to_owned(),
-        ..invite.clone()
-    };
-    svc.storage.store_remote_invite(&rejected).await?;
-    svc.notifier.notify(svc.storage.max_stream_ordering().await?);
-    Ok(())
+    record_rejection(svc, invite, leave).await
 }
