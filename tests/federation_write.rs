@@ -56,10 +56,32 @@ async fn messages_flow_both_ways_after_a_remote_join() {
     let bob = b.register("bob").await;
     let room = alice
         .create_room(
-            json!({ "preset": "public_chat", "name": "Across", "topic": "two servers", "room_alias_name": "across" }),
+            json!({ "preset": "public_chat", "name": "Across", "topic": "two servers", "room_alias_name": "across", "visibility": "public" }),
         )
         .await;
     alice.send_text(&room, "a0", "before bob").await;
+
+    // Bob finds it in A's room directory, through his own server.
+    let server = enc(a.server_name().as_str());
+    let listed = bob
+        .ok(
+            Method::GET,
+            &format!("/_matrix/client/v3/publicRooms?server={server}"),
+            None,
+        )
+        .await;
+    assert_eq!(listed["chunk"][0]["room_id"], room.as_str(), "{listed}");
+    assert_eq!(listed["chunk"][0]["name"], "Across", "{listed}");
+    let searched = bob
+        .ok(
+            Method::POST,
+            &format!("/_matrix/client/v3/publicRooms?server={server}"),
+            Some(&json!({ "filter": { "generic_search_term": "nothing like it" } })),
+        )
+        .await;
+    assert_eq!(searched["chunk"], json!([]), "{searched}");
+    let own = bob.ok(Method::GET, "/_matrix/client/v3/publicRooms", None).await;
+    assert_eq!(own["chunk"], json!([]), "B's own directory is B's: {own}");
 
     // Bob joins by the alias on A's server.
     let alias = format!("#across:{}", a.server_name());
