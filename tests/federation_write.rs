@@ -384,4 +384,41 @@ async fn invites_across_servers_joined_rejected_and_left() {
     )
     .await;
     eventually_membership(&alice, &room, &bob.user_id, "leave").await;
+
+    // An invite to a room everyone on A has since left: A will not make a
+    // leave for a room it has no user in, so B rejects it on its own.
+    let empty = alice
+        .create_room(json!({ "preset": "private_chat", "name": "Left behind" }))
+        .await;
+    alice
+        .ok(
+            Method::POST,
+            &format!("/_matrix/client/v3/rooms/{}/invite", enc(&empty)),
+            Some(&json!({ "user_id": carol.user_id })),
+        )
+        .await;
+    let since = carol.sync("").await;
+    assert!(since["rooms"]["invite"][&empty].is_object(), "{since}");
+    let since = since["next_batch"].as_str().unwrap().to_owned();
+    alice
+        .ok(
+            Method::POST,
+            &format!("/_matrix/client/v3/rooms/{}/leave", enc(&empty)),
+            Some(&json!({})),
+        )
+        .await;
+    let (status, body) = carol
+        .call(
+            Method::POST,
+            &format!("/_matrix/client/v3/rooms/{}/leave", enc(&empty)),
+            Some(&json!({})),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let sync = carol.sync(&format!("since={}", enc(&since))).await;
+    assert!(sync["rooms"]["invite"].get(&empty).is_none(), "{sync}");
+    let left = &sync["rooms"]["leave"][&empty]["timeline"]["events"][0];
+    assert_eq!(left["content"]["membership"], "leave", "{sync}");
+    assert_eq!(left["sender"], carol.user_id.as_str(), "{sync}");
+    assert!(carol.sync("").await["rooms"]["invite"].get(&empty).is_none());
 }
