@@ -182,21 +182,25 @@ impl Receiver<'_> {
                     missing.push(prev.clone());
                 }
             }
-            // An event pushed to us whose parents its sender does not
-            // divulge is not taken (as Synapse has it); the events fetched
-            // to fill a gap, and backfilled ones, may leave one.
-            if let Some(prev) = missing.first() {
-                return Err(RoomError::Invalid(format!(
-                    "the sender does not divulge the event's prev_event {prev}"
-                )));
-            }
+        }
+        if !missing.is_empty() && fill_gaps {
+            // An event pushed to this server whose parents its sender will
+            // not give: not taken (as Synapse refuses it). Its sender's next
+            // event asks again; nothing is built on a history not seen.
+            return Err(RoomError::Invalid(format!(
+                "the parents of {} could not be found: {}",
+                pdu.event_id,
+                missing.iter().map(|id| id.as_str()).collect::<Vec<_>>().join(", ")
+            )));
         }
         let before = if missing.is_empty() {
             self.state_after_parents(&pdu, &rules).await?
         } else {
-            // The gap stays (its edge is a backward extremity, for later
-            // backfill); the state across it comes from the sender.
-            self.state_across_gap(&pdu, &rules).await?
+            // A pulled event (from `/get_missing_events` or `/backfill`)
+            // past the end of what was pulled: the gap stays (its edge is a
+            // backward extremity, for later backfill); the state across it
+            // comes from the sender.
+            self.state_from_origin(&pdu).await?
         };
 
         let status = match event_checks::check_auth(self.svc, &rules, &pdu, &before.1).await {
@@ -355,57 +359,28 @@ impl Receiver<'_> {
         Ok((group, resolved))
     }
 
-    /// The state before `pdu` when parents of it are not held (a gap that
-    /// stays): the states after its parents, resolved. After a held parent
-    /// it is known here; after a missing one it is the state before that
-    /// parent as the sender says (`/state_ids` at the parent), with the
-    /// parent itself on top when it is a state event. (Synapse asks the
-    /// same way, and SyTest's servers expect it.)
-    async fn state_across_gap(
-        &self,
-        pdu: &Pdu,
-        rules: &RoomVersionRules,
-    ) -> Result<(StateGroupId, Arc<StateMap>), RoomError> {
-        let mut states = Vec::new();
-        for prev in &pdu.prev_events {
-            if self.in_timeline(prev).await? {
-                let parent = self.svc.storage.event(prev).await?.ok_or(RoomError::UnknownRoom)?;
-                let group = parent
-                    .meta
-                    .state_group_after
-                    .ok_or_else(|| RoomError::Invalid(format!("no state known after {prev}")))?;
-                states.push(self.svc.state.group(group).await?);
-                continue;
+    /// The state before `pdu` when some of its parents are missing (a gap
+    /// `/get_missing_events` did not fill): the state after each parent —
+    /// from storage for the parents held with their state, else the state
+    /// before that parent as the sender says (`/state_ids` at the parent)
+    /// plus the parent itself (`/event`) — resolved together, as for any
+    /// event with several parents. Asking at the missing parents, not at
+    /// `pdu`, is what Synapse does, and what peers that keep the state only
+    /// of events they sent can answer. Events not held are fetched and kept
+    /// as outliers.
+    async fn state_from_origin(&self, pdu: &Pdu) -> Result<(StateGroupId, Arc<StateMap>), RoomError> {
+        let state = match self.state_after_each_parent(pdu).await {
+            Ok(states) => match states.as_slice() {
+                [one] => one.as_ref().clone(),
+                _ => resolve::resolve(self.svc, &self.rules()?, &states).await?,
+            },
+            // A parent the sender cannot give (or gives broken): the state
+            // before `pdu` itself, as the sender says.
+            Err(e) => {
+                tracing::info!(event_id = %pdu.event_id, error = %e, "state after the missing parents not known: asking for the state at the event");
+                self.state_before_from_origin(&pdu.event_id).await?
             }
-            let mut state = self.state_from_origin(prev).await?;
-            let parent = match self.svc.storage.event(prev).await? {
-                Some(parent) => Some(parent),
-                // A parent that does not pass the checks (dropped) changes
-                // no state.
-                None => match self.fetch_event(prev).await {
-                    Ok(fetched) => {
-                        self.keep_outliers(vec![fetched]).await?;
-                        self.svc.storage.event(prev).await?
-                    }
-                    Err(RoomError::Storage(e)) => return Err(RoomError::Storage(e)),
-                    Err(e) => {
-                        tracing::info!(event_id = %prev, error = %e, "a missing parent could not be fetched");
-                        None
-                    }
-                },
-            };
-            if let Some(parent) = parent
-                && parent.meta.rejected.is_none()
-                && let Some(state_key) = &parent.pdu.state_key
-            {
-                state.insert(
-                    key(StateEventType::from(parent.pdu.kind.to_string()), state_key),
-                    parent.pdu.event_id.clone(),
-                );
-            }
-            states.push(Arc::new(state));
-        }
-        let state = resolve::resolve(self.svc, rules, &states).await?;
+        };
         let group = self
             .svc
             .storage
@@ -416,7 +391,49 @@ impl Receiver<'_> {
         Ok((group, state))
     }
 
-    /// An event of this room from the sender (`/event`), checked.
+    /// The state after each parent of `pdu` (see [`Self::state_from_origin`]).
+    async fn state_after_each_parent(&self, pdu: &Pdu) -> Result<Vec<Arc<StateMap>>, RoomError> {
+        let mut states: Vec<Arc<StateMap>> = Vec::new();
+        for prev in &pdu.prev_events {
+            let held = self.svc.storage.event(prev).await?;
+            if let Some(group) = held.as_ref().and_then(|e| e.meta.state_group_after) {
+                states.push(self.svc.state.group(group).await?);
+                continue;
+            }
+            let mut state = self.state_before_from_origin(prev).await?;
+            let parent = match held {
+                Some(event) => event.pdu.as_ref().clone(),
+                None => {
+                    let parent = self.fetch_event(prev).await?;
+                    if parent.room_id != self.room.room_id {
+                        return Err(RoomError::Invalid(format!("{prev} is an event of another room")));
+                    }
+                    self.keep_outliers(vec![parent.clone()]).await?;
+                    parent
+                }
+            };
+            let rejected = self
+                .svc
+                .storage
+                .event(prev)
+                .await?
+                .is_some_and(|e| e.meta.rejected.is_some());
+            if let (Some(state_key), false) = (&parent.state_key, rejected) {
+                state.insert(
+                    key(StateEventType::from(parent.kind.to_string()), state_key),
+                    parent.event_id.clone(),
+                );
+            }
+            states.push(Arc::new(state));
+        }
+        if states.is_empty() {
+            return Err(RoomError::Invalid(format!("{} has no parents", pdu.event_id)));
+        }
+        Ok(states)
+    }
+
+    /// One event from the sender (`/event`), checked (signatures, hashes,
+    /// its ID); which room it is of is the caller's to check.
     async fn fetch_event(&self, id: &EventId) -> Result<Pdu, RoomError> {
         let response = self
             .svc
@@ -425,32 +442,31 @@ impl Receiver<'_> {
             .await
             .map_err(|e| RoomError::Invalid(format!("cannot fetch {id}: {e}")))?;
         let event = event_checks::check_signed(self.svc, &self.room.version, &response.pdu).await?;
-        if event.event_id != id {
+        if event.event_id != *id {
             return Err(RoomError::Invalid(format!("asked for {id}, got {}", event.event_id)));
-        }
-        if event.room_id != self.room.room_id {
-            return Err(RoomError::Invalid(format!("{id} is an event of another room")));
         }
         Ok(event)
     }
 
-    /// The state before `at` as the sender says (`/state_ids`), the events
-    /// not held fetched with `/event` and kept as outliers.
-    async fn state_from_origin(&self, at: &EventId) -> Result<StateMap, RoomError> {
-        let request = get_room_state_ids::v1::Request::new(at.to_owned(), self.room.room_id.clone());
+    /// The state before `event_id` as the sender says (`/state_ids`); the
+    /// events not held are fetched with `/event` and kept as outliers.
+    async fn state_before_from_origin(&self, event_id: &EventId) -> Result<StateMap, RoomError> {
+        let request = get_room_state_ids::v1::Request::new(event_id.to_owned(), self.room.room_id.clone());
         let ids = self
             .svc
             .federation
             .send(self.origin, request)
             .await
-            .map_err(|e| RoomError::Invalid(format!("cannot get the state at {at}: {e}")))?;
+            .map_err(|e| RoomError::Invalid(format!("cannot get the state at {event_id}: {e}")))?;
         // A state naming an event of another room (held here, or fetched)
-        // is a lie about this room's state: the whole answer is refused. An
-        // auth chain naming one is not used for it (the events citing it as
-        // an auth event are rejected when kept).
-        let foreign = |id: &EventId| RoomError::Invalid(format!("the state at {at} names {id}, of another room"));
-        let wanted: Vec<OwnedEventId> = ids.pdu_ids.iter().chain(&ids.auth_chain_ids).cloned().collect();
+        // is a lie about this room's state: the whole answer is refused
+        // (leaving the event out instead could drop, say, the power levels,
+        // and so hand the room to anyone). An auth chain naming one is
+        // only a bad auth chain: that event is not taken, and an event
+        // whose auth events it is among fails its auth checks.
+        let foreign = |id: &EventId| RoomError::Invalid(format!("the state at {event_id} names {id}, of another room"));
         let in_state: HashSet<&OwnedEventId> = ids.pdu_ids.iter().collect();
+        let wanted: Vec<OwnedEventId> = ids.pdu_ids.iter().chain(&ids.auth_chain_ids).cloned().collect();
         let mut held = HashSet::new();
         for event in self.svc.storage.events(&wanted).await? {
             if event.pdu.room_id != self.room.room_id && in_state.contains(&event.pdu.event_id) {
@@ -460,13 +476,15 @@ impl Receiver<'_> {
         }
         let mut fetched = Vec::new();
         for id in wanted.iter().filter(|id| !held.contains(*id)) {
-            match self.fetch_event(id).await {
-                Ok(event) => fetched.push(event),
-                Err(RoomError::Invalid(_)) if !in_state.contains(id) => {
-                    tracing::info!(event_id = %id, "an event of the auth chain could not be fetched");
+            let event = self.fetch_event(id).await?;
+            if event.room_id != self.room.room_id {
+                if in_state.contains(id) {
+                    return Err(foreign(id));
                 }
-                Err(e) => return Err(e),
+                tracing::info!(%id, "an auth chain names an event of another room: not taken");
+                continue;
             }
+            fetched.push(event);
         }
         fetched.sort_by_key(|e| e.depth);
         self.keep_outliers(fetched).await?;

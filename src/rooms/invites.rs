@@ -235,30 +235,19 @@ pub fn stripped_from(entries: &[RawStrippedState]) -> Vec<serde_json::Value> {
         .collect()
 }
 
-/// Rejects (or withdraws from) an invite to a room held elsewhere, through
-/// the inviting server; when that server refuses or cannot be reached, the
-/// rejection is recorded here alone (an "out-of-band" leave, as Synapse
-/// makes: the user sees the room left, the room's servers learn nothing).
-pub async fn reject_remote(svc: &Services, invite: &RemoteInvite, reason: Option<&str>) -> Result<(), RoomError> {
-    match reject_through(svc, invite, reason).await {
-        Err(RoomError::Storage(e)) => Err(RoomError::Storage(e)),
-        Err(e) => {
-            tracing::info!(room_id = %invite.room_id, user = %invite.user_id, error = %e,
-                "the inviting server did not take the rejection: rejecting here alone");
-            reject_locally(svc, invite, reason).await
-        }
-        Ok(()) => Ok(()),
-    }
-}
-
-/// The out-of-band leave: this server's own leave event, after the invite
-/// (its only parent and auth event), kept as an outlier.
-async fn reject_locally(svc: &Services, invite: &RemoteInvite, reason: Option<&str>) -> Result<(), RoomError> {
-    let invite_event = svc
+/// Rejects an invite without the inviting server, when it cannot be asked
+/// (unreachable, or no longer in the room: nobody is left to accept a
+/// leave). The user must always be able to be rid of an invite. The leave
+/// is made and signed here but sent nowhere (an "out-of-band" leave, as
+/// Synapse makes them): it follows the invite in the DAG and is kept as an
+/// outlier, and it takes the invite's place for `/sync`.
+/// (Rooms v1, v2: the leave is made in their format.)
+pub async fn reject_locally(svc: &Services, invite: &RemoteInvite, reason: Option<&str>) -> Result<(), RoomError> {
+    let depth = svc
         .storage
         .event(&invite.event_id)
         .await?
-        .ok_or_else(|| RoomError::Invalid("the invite is not held".to_owned()))?;
+        .map_or(1, |e| e.pdu.depth.saturating_add(1));
     let rules = invite
         .room_version
         .rules()
@@ -278,7 +267,7 @@ async fn reject_locally(svc: &Services, invite: &RemoteInvite, reason: Option<&s
             room_id: Some(&invite.room_id),
             prev_events: parents.clone(),
             auth_events: parents,
-            depth: invite_event.pdu.depth + 1,
+            depth,
             ref_hashes,
         },
         MilliSecondsSinceUnixEpoch::now(),
@@ -300,9 +289,9 @@ async fn record_rejection(svc: &Services, invite: &RemoteInvite, leave: crate::e
     Ok(())
 }
 
-/// The rejection through the inviting server: `make_leave`, sign,
-/// `send_leave`.
-async fn reject_through(svc: &Services, invite: &RemoteInvite, reason: Option<&str>) -> Result<(), RoomError> {
+/// Rejects (or withdraws from) an invite to a room held elsewhere, through
+/// the inviting server: `make_leave`, sign, `send_leave`.
+pub async fn reject_remote(svc: &Services, invite: &RemoteInvite, reason: Option<&str>) -> Result<(), RoomError> {
     let server = &invite.via;
     let template = svc
         .federation
