@@ -126,7 +126,7 @@ pub async fn sync(
         opts.ignored = account_data::ignored_users(&svc, &owner.user_id).await?;
         let (mut rooms, in_full) = build_rooms(&svc, &owner, since, head, &opts).await?;
         add_ephemeral(&svc, &owner, &mut rooms, since_ephemeral, ephemeral_head).await?;
-        let global = add_account_data(
+        let mut global = add_account_data(
             &svc,
             &owner,
             &mut rooms,
@@ -135,6 +135,9 @@ pub async fn sync(
             &opts,
         )
         .await?;
+        if since_account_data.is_none() {
+            add_default_push_rules(&svc, &owner, &mut global, &opts).await?;
+        }
         let e2e = e2e_sync::section(&svc, &owner, since.map(|s| (s, since_e2e)), head, e2e_head).await?;
         let empty = rooms.join.is_empty()
             && rooms.invite.is_empty()
@@ -175,6 +178,23 @@ pub async fn sync(
             return Ok(response);
         }
     }
+}
+
+/// A full sync shows the user's push rules (`m.push_rules`) also when
+/// they never changed them (the server defaults are not stored).
+async fn add_default_push_rules(
+    svc: &Services,
+    owner: &TokenOwner,
+    global: &mut Vec<Value>,
+    opts: &Options,
+) -> Result<(), MatrixError> {
+    let kind = crate::push::rules::PUSH_RULES;
+    if global.iter().any(|e| e["type"] == kind) || !filter::account_data_matches(&opts.account_data, kind) {
+        return Ok(());
+    }
+    let rules = crate::push::rules::get(svc, &owner.user_id).await?;
+    global.push(serde_json::json!({ "type": kind, "content": crate::push::rules::content(&rules)? }));
+    Ok(())
 }
 
 /// An account data event as `/sync` shows it.
@@ -639,6 +659,9 @@ async fn joined_room(
     }
     room.timeline = timeline_json(svc, owner, &section).await?;
     room.state = state_json(svc, owner, &section).await?;
+    let counts = svc.storage.unread_counts(&owner.user_id, room_id).await?;
+    room.unread_notifications.notification_count = UInt::try_from(counts.notifications).ok();
+    room.unread_notifications.highlight_count = UInt::try_from(counts.highlights).ok();
     Ok(Some(room))
 }
 

@@ -1,0 +1,131 @@
+//! Push rules applied to an event as it is stored in a room's timeline
+//! (local or from another server): for each local member it may notify —
+//! the joined local users other than the sender, and a local user it
+//! invites — the user's rules give the actions (ruma evaluates them).
+//! Events that notify are recorded (counts, `GET /notifications`) and
+//! queued for the user's pushers. The cost is bounded by the room's local
+//! members: no history is read.
+
+use std::sync::Arc;
+
+use ruma::{
+    OwnedUserId, UInt,
+    events::{AnySyncTimelineEvent, TimelineEventType},
+    push::{Action, PushConditionPowerLevelsCtx, PushConditionRoomCtx},
+    room_version_rules::RoomVersionRules,
+    serde::Raw,
+};
+use serde_json::value::RawValue;
+
+use super::{gateway::Job, rules};
+use crate::{
+    error::MatrixError,
+    events::Pdu,
+    rooms::power,
+    services::Services,
+    state::StateMap,
+    storage::{StreamOrdering, push::NewNotification},
+};
+
+/// The local users an event may notify.
+async fn targets(svc: &Services, pdu: &Pdu) -> Result<(Vec<OwnedUserId>, usize), MatrixError> {
+    let joined = svc.storage.room_members(&pdu.room_id, Some("join")).await?;
+    let server = svc.server_name();
+    let mut users: Vec<OwnedUserId> = joined
+        .iter()
+        .map(|m| &m.user_id)
+        .filter(|u| u.server_name() == server && **u != pdu.sender)
+        .cloned()
+        .collect();
+    if pdu.kind == TimelineEventType::RoomMember
+        && let Some(target) = pdu.state_key.as_deref().and_then(|k| ruma::UserId::parse(k).ok())
+        && target.server_name() == server
+        && target != pdu.sender
+        && !users.contains(&target)
+        && membership(pdu).as_deref() == Some("invite")
+    {
+        users.push(target);
+    }
+    Ok((users, joined.len()))
+}
+
+fn membership(pdu: &Pdu) -> Option<String> {
+    serde_json::from_str::<serde_json::Value>(pdu.content.get())
+        .ok()?
+        .get("membership")?
+        .as_str()
+        .map(str::to_owned)
+}
+
+/// The actions `user`'s rules give `pdu`.
+async fn actions_for(
+    svc: &Services,
+    user: &ruma::UserId,
+    event: &Raw<AnySyncTimelineEvent>,
+    pdu: &Pdu,
+    member_count: usize,
+    power_levels: Option<&PushConditionPowerLevelsCtx>,
+) -> Result<Vec<Action>, MatrixError> {
+    let ruleset = rules::get(svc, user).await?;
+    let mut ctx = PushConditionRoomCtx::new(
+        pdu.room_id.clone(),
+        UInt::try_from(member_count as u64).unwrap_or_default(),
+        user.to_owned(),
+        String::new(),
+    );
+    if let Some(levels) = power_levels {
+        ctx = ctx.with_power_levels(levels.clone());
+    }
+    Ok(ruleset.get_actions(event, &ctx).await.to_vec())
+}
+
+/// Applies the local members' push rules to an event just stored (at
+/// `stream_ordering`; `state` is the state before it).
+pub async fn event_stored(
+    svc: &Services,
+    pdu: &Arc<Pdu>,
+    stream_ordering: StreamOrdering,
+    state: &StateMap,
+    room_rules: &RoomVersionRules,
+) -> Result<(), MatrixError> {
+    let (users, member_count) = targets(svc, pdu).await?;
+    if users.is_empty() {
+        return Ok(());
+    }
+    let power_levels = power::power_levels(svc, state, &room_rules.authorization)
+        .await
+        .ok()
+        .map(PushConditionPowerLevelsCtx::from);
+    let json = RawValue::from_string(pdu.json.to_string()).map_err(|e| MatrixError::internal("event JSON", e))?;
+    let event = Raw::<AnySyncTimelineEvent>::from_json(json);
+    let mut notifications = Vec::new();
+    for user in users {
+        let actions = actions_for(svc, &user, &event, pdu, member_count, power_levels.as_ref()).await?;
+        if !actions.iter().any(Action::should_notify) {
+            continue;
+        }
+        notifications.push(NewNotification {
+            user_id: user.clone(),
+            highlight: actions.iter().any(Action::is_highlight),
+            actions: serde_json::to_string(&actions).map_err(|e| MatrixError::internal("push actions", e))?,
+        });
+        svc.push.gateway.queue(Job::Event {
+            user,
+            pdu: pdu.clone(),
+            actions,
+            room_name: None,
+        });
+    }
+    let ts: u64 = pdu.origin_server_ts.get().into();
+    svc.storage
+        .add_notifications(&pdu.room_id, &pdu.event_id, stream_ordering, ts, &notifications)
+        .await?;
+    Ok(())
+}
+
+/// A local user's read receipt moved: their pushers get the new badge.
+pub fn receipt_moved(svc: &Services, user: &ruma::UserId) {
+    if user.server_name() == svc.server_name() {
+        svc.push.gateway.queue(Job::Badge { user: user.to_owned() });
+    }
+}
