@@ -70,7 +70,7 @@ impl Services {
             federation.clone(),
             config.trusted_key_servers.clone(),
         );
-        let push = Push::start(storage.clone(), cancel.clone());
+        let push = Push::start(storage.clone(), config.federation_verify_tls, cancel.clone());
         let sender = Sender::new(
             storage.clone(),
             federation.clone(),

@@ -15,7 +15,7 @@ use ruma::{
         get_pushrule_enabled, get_pushrules_all, get_pushrules_global_scope, set_pusher, set_pushrule,
         set_pushrule_actions, set_pushrule_enabled,
     },
-    push::{Action, InsertPushRuleError, RemovePushRuleError, RuleKind, Ruleset},
+    push::{Action, InsertPushRuleError, RemovePushRuleError, RuleKind},
 };
 use serde_json::Value;
 
@@ -39,10 +39,16 @@ fn known_kind(kind: &RuleKind) -> Result<(), MatrixError> {
     }
 }
 
-/// Actions the spec defines (ruma keeps unknown ones as custom actions).
+/// Actions the spec defines (ruma keeps unknown ones as custom actions),
+/// and the legacy `dont_notify` and `coalesce`, which the spec still lets
+/// clients send (they do nothing).
 fn known_actions(actions: &[Action]) -> Result<(), MatrixError> {
     for action in actions {
-        if !matches!(action, Action::Notify | Action::SetTweak(_)) {
+        let legacy = matches!(
+            serde_json::to_value(action).ok().as_ref().and_then(Value::as_str),
+            Some("dont_notify" | "coalesce")
+        );
+        if !legacy && !matches!(action, Action::Notify | Action::SetTweak(_)) {
             return Err(MatrixError::invalid_param(format!(
                 "Unknown push rule action {}",
                 serde_json::to_string(action).unwrap_or_default()
@@ -61,7 +67,7 @@ pub async fn get_all(
     req: Ruma<get_pushrules_all::v3::Request>,
 ) -> Result<get_pushrules_all::v3::Response, MatrixError> {
     let rules = rules::get(&svc, &req.user().user_id).await?;
-    Ok(get_pushrules_all::v3::Response::new(Ruleset::clone(&rules)))
+    Ok(get_pushrules_all::v3::Response::new(rules.all.clone()))
 }
 
 pub async fn get_global(
@@ -69,7 +75,7 @@ pub async fn get_global(
     req: Ruma<get_pushrules_global_scope::v3::Request>,
 ) -> Result<get_pushrules_global_scope::v3::Response, MatrixError> {
     let rules = rules::get(&svc, &req.user().user_id).await?;
-    Ok(get_pushrules_global_scope::v3::Response::new(Ruleset::clone(&rules)))
+    Ok(get_pushrules_global_scope::v3::Response::new(rules.all.clone()))
 }
 
 pub async fn get_rule(
@@ -80,6 +86,7 @@ pub async fn get_rule(
     known_kind(&b.kind)?;
     let rules = rules::get(&svc, &req.user().user_id).await?;
     let rule = rules
+        .all
         .get(b.kind.clone(), &b.rule_id)
         .ok_or_else(|| rule_not_found(&b.kind, &b.rule_id))?;
     Ok(get_pushrule::v3::Response::new(rule.into()))
@@ -135,6 +142,7 @@ pub async fn get_actions(
     known_kind(&b.kind)?;
     let rules = rules::get(&svc, &req.user().user_id).await?;
     let rule = rules
+        .all
         .get(b.kind.clone(), &b.rule_id)
         .ok_or_else(|| rule_not_found(&b.kind, &b.rule_id))?;
     Ok(get_pushrule_actions::v3::Response::new(rule.actions().to_vec()))
@@ -164,6 +172,7 @@ pub async fn get_enabled(
     known_kind(&b.kind)?;
     let rules = rules::get(&svc, &req.user().user_id).await?;
     let rule = rules
+        .all
         .get(b.kind.clone(), &b.rule_id)
         .ok_or_else(|| rule_not_found(&b.kind, &b.rule_id))?;
     Ok(get_pushrule_enabled::v3::Response::new(rule.enabled()))
@@ -214,7 +223,7 @@ pub async fn other_path(
     }
     match rules::get(&svc, &owner.user_id).await {
         Ok(rules) => {
-            let all = serde_json::to_value(&*rules).unwrap_or_default();
+            let all = serde_json::to_value(&rules.all).unwrap_or_default();
             let list = all.get(kind).cloned().unwrap_or(Value::Array(Vec::new()));
             axum::Json(list).into_response()
         }

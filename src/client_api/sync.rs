@@ -193,7 +193,7 @@ async fn add_default_push_rules(
         return Ok(());
     }
     let rules = crate::push::rules::get(svc, &owner.user_id).await?;
-    global.push(serde_json::json!({ "type": kind, "content": crate::push::rules::content(&rules)? }));
+    global.push(serde_json::json!({ "type": kind, "content": crate::push::rules::content(&rules.all)? }));
     Ok(())
 }
 

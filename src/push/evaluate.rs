@@ -27,6 +27,16 @@ use crate::{
     storage::{StreamOrdering, push::NewNotification},
 };
 
+/// What the rules are evaluated against besides the event.
+struct RoomContext<'a> {
+    member_count: usize,
+    power_levels: Option<&'a PushConditionPowerLevelsCtx>,
+    /// The state before the event (for display names), when held.
+    state: Option<&'a StateMap>,
+    /// The room's name for pushes, when its state is not held here.
+    room_name: Option<String>,
+}
+
 /// The local users an event may notify.
 async fn targets(svc: &Services, pdu: &Pdu) -> Result<(Vec<OwnedUserId>, usize), MatrixError> {
     let joined = svc.storage.room_members(&pdu.room_id, Some("join")).await?;
@@ -57,6 +67,30 @@ fn membership(pdu: &Pdu) -> Option<String> {
         .map(str::to_owned)
 }
 
+/// Whether the event's content has `m.mentions` (the legacy mention rules
+/// do not apply then).
+fn has_mentions(pdu: &Pdu) -> bool {
+    serde_json::from_str::<serde_json::Value>(pdu.content.get())
+        .ok()
+        .and_then(|c| c.get("m.mentions").map(serde_json::Value::is_object))
+        .unwrap_or(false)
+}
+
+/// The user's display name in the room (for the legacy
+/// `contains_display_name` condition); empty when they have none.
+async fn display_name(svc: &Services, state: Option<&StateMap>, user: &ruma::UserId) -> String {
+    let Some(event_id) = state.and_then(|s| s.get(&crate::visibility::member_key(user))) else {
+        return String::new();
+    };
+    let Ok(Some(event)) = svc.storage.event(event_id).await else {
+        return String::new();
+    };
+    serde_json::from_str::<serde_json::Value>(event.pdu.content.get())
+        .ok()
+        .and_then(|c| c["displayname"].as_str().map(str::to_owned))
+        .unwrap_or_default()
+}
+
 /// The actions `user`'s rules give `pdu`.
 async fn actions_for(
     svc: &Services,
@@ -65,13 +99,19 @@ async fn actions_for(
     pdu: &Pdu,
     member_count: usize,
     power_levels: Option<&PushConditionPowerLevelsCtx>,
+    state: Option<&StateMap>,
 ) -> Result<Vec<Action>, MatrixError> {
-    let ruleset = rules::get(svc, user).await?;
+    let rules = rules::get(svc, user).await?;
+    let (ruleset, display_name) = if has_mentions(pdu) {
+        (&rules.without_legacy, String::new())
+    } else {
+        (&rules.all, display_name(svc, state, user).await)
+    };
     let mut ctx = PushConditionRoomCtx::new(
         pdu.room_id.clone(),
         UInt::try_from(member_count as u64).unwrap_or_default(),
         user.to_owned(),
-        String::new(),
+        display_name,
     );
     if let Some(levels) = power_levels {
         ctx = ctx.with_power_levels(levels.clone());
@@ -96,11 +136,34 @@ pub async fn event_stored(
         .await
         .ok()
         .map(PushConditionPowerLevelsCtx::from);
+    let room = RoomContext {
+        member_count,
+        power_levels: power_levels.as_ref(),
+        state: Some(state),
+        room_name: None,
+    };
+    notify(svc, pdu, stream_ordering, users, room).await
+}
+
+/// Evaluates `pdu` for each of `users`; records and queues what notifies.
+async fn notify(
+    svc: &Services,
+    pdu: &Arc<Pdu>,
+    stream_ordering: StreamOrdering,
+    users: Vec<OwnedUserId>,
+    room: RoomContext<'_>,
+) -> Result<(), MatrixError> {
+    let RoomContext {
+        member_count,
+        power_levels,
+        state,
+        room_name,
+    } = room;
     let json = RawValue::from_string(pdu.json.to_string()).map_err(|e| MatrixError::internal("event JSON", e))?;
     let event = Raw::<AnySyncTimelineEvent>::from_json(json);
     let mut notifications = Vec::new();
     for user in users {
-        let actions = actions_for(svc, &user, &event, pdu, member_count, power_levels.as_ref()).await?;
+        let actions = actions_for(svc, &user, &event, pdu, member_count, power_levels, state).await?;
         if !actions.iter().any(Action::should_notify) {
             continue;
         }
@@ -113,7 +176,7 @@ pub async fn event_stored(
             user,
             pdu: pdu.clone(),
             actions,
-            room_name: None,
+            room_name: room_name.clone(),
         });
     }
     let ts: u64 = pdu.origin_server_ts.get().into();
@@ -121,6 +184,37 @@ pub async fn event_stored(
         .add_notifications(&pdu.room_id, &pdu.event_id, stream_ordering, ts, &notifications)
         .await?;
     Ok(())
+}
+
+/// An invite of a local user to a room held elsewhere (kept at
+/// `stream_ordering`): the invitee's rules apply, with what the invite's
+/// stripped state (`invite_state`, client format) tells of the room.
+pub async fn remote_invite(
+    svc: &Services,
+    pdu: &Arc<Pdu>,
+    stream_ordering: StreamOrdering,
+    invitee: &ruma::UserId,
+    invite_state: &[serde_json::Value],
+) -> Result<(), MatrixError> {
+    let of_type = |kind: &str| invite_state.iter().find(|e| e["type"] == kind && e["state_key"] == "");
+    let text = |event: Option<&serde_json::Value>, field: &str| {
+        event
+            .and_then(|e| e["content"][field].as_str())
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+    };
+    let room_name = text(of_type("m.room.name"), "name").or(text(of_type("m.room.canonical_alias"), "alias"));
+    let members = invite_state
+        .iter()
+        .filter(|e| e["type"] == "m.room.member" && e["content"]["membership"] == "join")
+        .count();
+    let room = RoomContext {
+        member_count: members.max(1),
+        power_levels: None,
+        state: None,
+        room_name,
+    };
+    notify(svc, pdu, stream_ordering, vec![invitee.to_owned()], room).await
 }
 
 /// A local user's read receipt moved: their pushers get the new badge.

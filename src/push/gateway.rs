@@ -43,11 +43,16 @@ pub struct Gateway {
 
 impl Gateway {
     /// Starts the background task; it ends with `cancel`.
-    pub fn start(storage: Arc<dyn Storage>, cancel: tokio_util::sync::CancellationToken) -> Gateway {
+    pub fn start(storage: Arc<dyn Storage>, verify_tls: bool, cancel: tokio_util::sync::CancellationToken) -> Gateway {
         crate::tls::install_crypto_provider();
         let http = reqwest::Client::builder()
             .timeout(TIMEOUT)
             .redirect(reqwest::redirect::Policy::none())
+            .tls_danger_accept_invalid_certs(!verify_tls)
+            // A connection per push: gateways see one request per
+            // connection (SyTest's fake gateway cannot take a second one
+            // on a kept-alive connection), and pushes are few.
+            .pool_max_idle_per_host(0)
             .user_agent(concat!("weft/", env!("CARGO_PKG_VERSION")))
             .build()
             .unwrap_or_default();

@@ -18,10 +18,12 @@ pub struct Push {
 }
 
 impl Push {
-    pub fn start(storage: Arc<dyn Storage>, cancel: tokio_util::sync::CancellationToken) -> Push {
+    /// `verify_tls`: check push gateways' certificates (only test rigs
+    /// turn it off, as for federation).
+    pub fn start(storage: Arc<dyn Storage>, verify_tls: bool, cancel: tokio_util::sync::CancellationToken) -> Push {
         Push {
             rules: rules::RulesCache::default(),
-            gateway: gateway::Gateway::start(storage, cancel),
+            gateway: gateway::Gateway::start(storage, verify_tls, cancel),
         }
     }
 }

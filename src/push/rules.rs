@@ -3,11 +3,25 @@
 //! it). A user who never changed a rule has the server defaults; stored
 //! rules are brought up to the current defaults when read (keeping the
 //! user's `enabled` and `actions` of default rules).
+//!
+//! The defaults are the spec's, plus the legacy mention rules that the
+//! spec dropped in v1.17 but clients that do not send `m.mentions` still
+//! rely on (`.m.rule.contains_display_name`, `.m.rule.roomnotif`,
+//! `.m.rule.contains_user_name`). As the spec had it since v1.7 (and as
+//! Synapse does), they do not apply to events with `m.mentions`.
 
 use std::{num::NonZeroUsize, sync::Arc, sync::Mutex};
 
 use lru::LruCache;
-use ruma::{OwnedUserId, UserId, push::Ruleset};
+use ruma::{
+    OwnedUserId, UserId,
+    power_levels::NotificationPowerLevelsKey,
+    push::{
+        Action, ConditionalPushRule, ConditionalPushRuleInit, EventMatchConditionData, HighlightTweakValue,
+        PatternedPushRule, PatternedPushRuleInit, PredefinedOverrideRuleId, PushCondition, Ruleset,
+        SenderNotificationPermissionConditionData, SoundTweakValue, Tweak,
+    },
+};
 use serde_json::{Value, json};
 
 use crate::{account_data, error::MatrixError, services::Services};
@@ -19,11 +33,84 @@ pub const PUSH_RULES: &str = "m.push_rules";
 /// rules of every member again.
 const CACHE_SIZE: usize = 1024;
 
+/// The legacy mention rules (see the module's documentation).
+pub const LEGACY_RULES: [&str; 3] = [
+    ".m.rule.contains_display_name",
+    ".m.rule.roomnotif",
+    ".m.rule.contains_user_name",
+];
+
+/// A user's rules, and the same without the legacy mention rules (for
+/// events with `m.mentions`).
+pub struct UserRules {
+    pub all: Ruleset,
+    pub without_legacy: Ruleset,
+}
+
+impl UserRules {
+    fn new(all: Ruleset) -> UserRules {
+        let mut without_legacy = all.clone();
+        for id in LEGACY_RULES {
+            without_legacy.override_.shift_remove(id);
+            without_legacy.content.shift_remove(id);
+        }
+        UserRules { all, without_legacy }
+    }
+}
+
+/// The server's default rules for `user`.
+pub fn server_default(user: &UserId) -> Ruleset {
+    let mut rules = Ruleset::server_default(user);
+    let highlight = Action::SetTweak(Tweak::Highlight(HighlightTweakValue::Yes));
+    let sound = Action::SetTweak(Tweak::Sound(SoundTweakValue::Default));
+    let display_name = ConditionalPushRule::from(ConditionalPushRuleInit {
+        actions: vec![Action::Notify, sound.clone(), highlight.clone()],
+        default: true,
+        enabled: true,
+        rule_id: LEGACY_RULES[0].to_owned(),
+        // Deprecated with the rule, which is here for older clients.
+        #[allow(deprecated)]
+        conditions: vec![PushCondition::ContainsDisplayName],
+    });
+    let room_notif = ConditionalPushRule::from(ConditionalPushRuleInit {
+        actions: vec![Action::Notify, highlight.clone()],
+        default: true,
+        enabled: true,
+        rule_id: LEGACY_RULES[1].to_owned(),
+        conditions: vec![
+            PushCondition::EventMatch(EventMatchConditionData::new("content.body".to_owned(), "@room".to_owned())),
+            PushCondition::SenderNotificationPermission(SenderNotificationPermissionConditionData::new(
+                NotificationPowerLevelsKey::Room,
+            )),
+        ],
+    });
+    let mut overrides: Vec<ConditionalPushRule> = rules.override_.iter().cloned().collect();
+    for (after, rule) in [
+        (PredefinedOverrideRuleId::IsUserMention, display_name),
+        (PredefinedOverrideRuleId::IsRoomMention, room_notif),
+    ] {
+        let at = overrides
+            .iter()
+            .position(|r| r.rule_id == after.as_str())
+            .map_or(overrides.len(), |i| i + 1);
+        overrides.insert(at, rule);
+    }
+    rules.override_ = overrides.into_iter().collect();
+    rules.content.insert(PatternedPushRule::from(PatternedPushRuleInit {
+        actions: vec![Action::Notify, sound, highlight],
+        default: true,
+        enabled: true,
+        rule_id: LEGACY_RULES[2].to_owned(),
+        pattern: user.localpart().to_owned(),
+    }));
+    rules
+}
+
 /// Parsed push rules of recently seen users. Only this module writes
 /// `m.push_rules` (clients cannot set it as account data), so it drops a
 /// user's entry whenever it writes.
 pub struct RulesCache {
-    rules: Mutex<LruCache<OwnedUserId, Arc<Ruleset>>>,
+    rules: Mutex<LruCache<OwnedUserId, Arc<UserRules>>>,
 }
 
 impl Default for RulesCache {
@@ -35,11 +122,11 @@ impl Default for RulesCache {
 }
 
 impl RulesCache {
-    fn get(&self, user: &UserId) -> Option<Arc<Ruleset>> {
+    fn get(&self, user: &UserId) -> Option<Arc<UserRules>> {
         self.rules.lock().expect("push rules cache").get(user).cloned()
     }
 
-    fn put(&self, user: &UserId, rules: Arc<Ruleset>) {
+    fn put(&self, user: &UserId, rules: Arc<UserRules>) {
         self.rules.lock().expect("push rules cache").put(user.to_owned(), rules);
     }
 
@@ -65,20 +152,20 @@ fn from_content(user: &UserId, content: Option<Value>) -> Ruleset {
         });
     match stored {
         Some(mut rules) => {
-            rules.update_with_server_default(Ruleset::server_default(user));
+            rules.update_with_server_default(server_default(user));
             rules
         }
-        None => Ruleset::server_default(user),
+        None => server_default(user),
     }
 }
 
 /// The user's push rules.
-pub async fn get(svc: &Services, user: &UserId) -> Result<Arc<Ruleset>, MatrixError> {
+pub async fn get(svc: &Services, user: &UserId) -> Result<Arc<UserRules>, MatrixError> {
     if let Some(rules) = svc.push.rules.get(user) {
         return Ok(rules);
     }
     let stored = account_data::get(svc, user, None, PUSH_RULES).await?;
-    let rules = Arc::new(from_content(user, stored));
+    let rules = Arc::new(UserRules::new(from_content(user, stored)));
     svc.push.rules.put(user, rules.clone());
     Ok(rules)
 }
