@@ -35,7 +35,9 @@ async fn push_rules_defaults_changes_and_errors() {
     assert_eq!(overrides[0], ".m.rule.master", "{all}");
     assert!(overrides.contains(&".m.rule.is_user_mention".to_owned()), "{all}");
     assert!(rule_ids(&all["global"]["underride"]).contains(&".m.rule.message".to_owned()));
-    let master = alice.ok(Method::GET, &format!("{RULES}/global/override/.m.rule.master"), None).await;
+    let master = alice
+        .ok(Method::GET, &format!("{RULES}/global/override/.m.rule.master"), None)
+        .await;
     assert_eq!(master["default"], true);
     assert_eq!(master["enabled"], false);
 
@@ -46,10 +48,18 @@ async fn push_rules_defaults_changes_and_errors() {
         alice.ok(Method::PUT, &sender(id), Some(&notify)).await;
     }
     alice
-        .ok(Method::PUT, &format!("{}?before={}", sender("@c:example.org"), enc("@a:example.org")), Some(&notify))
+        .ok(
+            Method::PUT,
+            &format!("{}?before={}", sender("@c:example.org"), enc("@a:example.org")),
+            Some(&notify),
+        )
         .await;
     alice
-        .ok(Method::PUT, &format!("{}?after={}", sender("@d:example.org"), enc("@a:example.org")), Some(&notify))
+        .ok(
+            Method::PUT,
+            &format!("{}?after={}", sender("@d:example.org"), enc("@a:example.org")),
+            Some(&notify),
+        )
         .await;
     let listed = alice.ok(Method::GET, &format!("{RULES}/global/"), None).await;
     assert_eq!(
@@ -62,17 +72,29 @@ async fn push_rules_defaults_changes_and_errors() {
 
     // Enabled and actions, of a user rule and of a default one.
     alice
-        .ok(Method::PUT, &format!("{}/enabled", sender("@a:example.org")), Some(&json!({ "enabled": false })))
+        .ok(
+            Method::PUT,
+            &format!("{}/enabled", sender("@a:example.org")),
+            Some(&json!({ "enabled": false })),
+        )
         .await;
     let rule = alice.ok(Method::GET, &sender("@a:example.org"), None).await;
     assert_eq!(rule["enabled"], false);
     assert_eq!(rule["default"], false);
     let actions = json!({ "actions": ["notify", { "set_tweak": "highlight" }] });
     alice
-        .ok(Method::PUT, &format!("{RULES}/global/underride/.m.rule.message/actions"), Some(&actions))
+        .ok(
+            Method::PUT,
+            &format!("{RULES}/global/underride/.m.rule.message/actions"),
+            Some(&actions),
+        )
         .await;
     let got = alice
-        .ok(Method::GET, &format!("{RULES}/global/underride/.m.rule.message/actions"), None)
+        .ok(
+            Method::GET,
+            &format!("{RULES}/global/underride/.m.rule.message/actions"),
+            None,
+        )
         .await;
     assert_eq!(got["actions"], json!(["notify", { "set_tweak": "highlight" }]));
     let got = alice
@@ -88,7 +110,12 @@ async fn push_rules_defaults_changes_and_errors() {
     // Errors: unknown rules are 404, malformed requests 400.
     for (method, path, body, status) in [
         (Method::GET, sender("@nobody:example.org"), None, StatusCode::NOT_FOUND),
-        (Method::DELETE, sender("@nobody:example.org"), None, StatusCode::NOT_FOUND),
+        (
+            Method::DELETE,
+            sender("@nobody:example.org"),
+            None,
+            StatusCode::NOT_FOUND,
+        ),
         (
             Method::PUT,
             format!("{RULES}/global/override/.not.a.rule/actions"),
@@ -101,22 +128,62 @@ async fn push_rules_defaults_changes_and_errors() {
             Some(notify.clone()),
             StatusCode::NOT_FOUND,
         ),
-        (Method::DELETE, format!("{RULES}/global/override/.m.rule.master"), None, StatusCode::BAD_REQUEST),
-        (Method::PUT, sender(".m.mine"), Some(notify.clone()), StatusCode::BAD_REQUEST),
-        (Method::PUT, format!("{RULES}/global/override/x"), Some(notify.clone()), StatusCode::BAD_REQUEST),
+        (
+            Method::DELETE,
+            format!("{RULES}/global/override/.m.rule.master"),
+            None,
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            Method::PUT,
+            sender(".m.mine"),
+            Some(notify.clone()),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            Method::PUT,
+            format!("{RULES}/global/override/x"),
+            Some(notify.clone()),
+            StatusCode::BAD_REQUEST,
+        ),
         (
             Method::PUT,
             sender("@e:example.org"),
             Some(json!({ "actions": ["not_an_action"] })),
             StatusCode::BAD_REQUEST,
         ),
-        (Method::PUT, format!("{RULES}/global/content/x"), Some(notify.clone()), StatusCode::BAD_REQUEST),
-        (Method::PUT, format!("{RULES}/"), Some(notify.clone()), StatusCode::BAD_REQUEST),
+        (
+            Method::PUT,
+            format!("{RULES}/global/content/x"),
+            Some(notify.clone()),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            Method::PUT,
+            format!("{RULES}/"),
+            Some(notify.clone()),
+            StatusCode::BAD_REQUEST,
+        ),
         (Method::GET, format!("{RULES}/global"), None, StatusCode::BAD_REQUEST),
-        (Method::GET, format!("{RULES}/global/room"), None, StatusCode::BAD_REQUEST),
+        (
+            Method::GET,
+            format!("{RULES}/global/room"),
+            None,
+            StatusCode::BAD_REQUEST,
+        ),
         (Method::GET, format!("{RULES}/other/"), None, StatusCode::BAD_REQUEST),
-        (Method::GET, format!("{RULES}/global/nonsense/"), None, StatusCode::BAD_REQUEST),
-        (Method::GET, format!("{RULES}/global/override/.m.rule.master/colour"), None, StatusCode::BAD_REQUEST),
+        (
+            Method::GET,
+            format!("{RULES}/global/nonsense/"),
+            None,
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            Method::GET,
+            format!("{RULES}/global/override/.m.rule.master/colour"),
+            None,
+            StatusCode::BAD_REQUEST,
+        ),
         (Method::GET, RULES.to_owned(), None, StatusCode::NOT_FOUND),
     ] {
         let (got, body_back) = alice.call(method.clone(), &path, body.as_ref()).await;
@@ -150,7 +217,10 @@ async fn push_rules_defaults_changes_and_errors() {
     // Other users have their own rules.
     let bob = server.register("bob").await;
     let bobs = bob.ok(Method::GET, &format!("{RULES}/global/"), None).await;
-    assert!(bobs["sender"].is_null() || rule_ids(&bobs["sender"]).is_empty(), "{bobs}");
+    assert!(
+        bobs["sender"].is_null() || rule_ids(&bobs["sender"]).is_empty(),
+        "{bobs}"
+    );
 }
 
 async fn send(user: &User<'_>, room: &str, txn: &str, content: Value) -> String {
@@ -201,15 +271,27 @@ async fn mentions_highlight_and_receipts_clear_the_counts() {
     assert_eq!(list[0]["read"], false);
     assert_eq!(list[0]["room_id"], room.as_str());
     assert!(list[0].as_object().unwrap().contains_key("profile_tag"));
-    assert!(list[1]["actions"].as_array().unwrap().iter().any(|a| a["set_tweak"] == "highlight"));
+    assert!(
+        list[1]["actions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a["set_tweak"] == "highlight")
+    );
     let highlights = alice
         .ok(Method::GET, "/_matrix/client/v3/notifications?only=highlight", None)
         .await;
     assert_eq!(highlights["notifications"].as_array().unwrap().len(), 1);
-    let page = alice.ok(Method::GET, "/_matrix/client/v3/notifications?limit=1", None).await;
+    let page = alice
+        .ok(Method::GET, "/_matrix/client/v3/notifications?limit=1", None)
+        .await;
     let next = page["next_token"].as_str().expect("a next page").to_owned();
     let rest = alice
-        .ok(Method::GET, &format!("/_matrix/client/v3/notifications?from={next}"), None)
+        .ok(
+            Method::GET,
+            &format!("/_matrix/client/v3/notifications?from={next}"),
+            None,
+        )
         .await;
     assert_eq!(rest["notifications"][0]["event"]["content"]["body"], "hi alice");
 
@@ -225,6 +307,58 @@ async fn mentions_highlight_and_receipts_clear_the_counts() {
     let notifications = alice.ok(Method::GET, "/_matrix/client/v3/notifications", None).await;
     assert_eq!(notifications["notifications"][0]["read"], true);
 
+    // Without m.mentions, the legacy rules highlight a message that names
+    // alice's localpart or her display name; with m.mentions, only the
+    // mentions count.
+    alice
+        .ok(
+            Method::PUT,
+            &format!("/_matrix/client/v3/profile/{}/displayname", enc(&alice.user_id)),
+            Some(&json!({ "displayname": "Alice Liddell" })),
+        )
+        .await;
+    let legacy = send(
+        &bob,
+        &room,
+        "l1",
+        json!({ "msgtype": "m.text", "body": "see alice here" }),
+    )
+    .await;
+    assert_eq!(counts(&alice.sync("").await, &room), (1, 1));
+    send(
+        &bob,
+        &room,
+        "l2",
+        json!({ "msgtype": "m.text", "body": "see alice here", "m.mentions": {} }),
+    )
+    .await;
+    assert_eq!(counts(&alice.sync("").await, &room), (2, 1));
+    let listed = alice.ok(Method::GET, "/_matrix/client/v3/notifications", None).await;
+    assert_eq!(listed["notifications"][1]["event"]["event_id"], legacy.as_str());
+    alice
+        .ok(
+            Method::PUT,
+            &format!("{RULES}/global/content/.m.rule.contains_user_name/enabled"),
+            Some(&json!({ "enabled": false })),
+        )
+        .await;
+    send(
+        &bob,
+        &room,
+        "l3",
+        json!({ "msgtype": "m.text", "body": "see alice here" }),
+    )
+    .await;
+    assert_eq!(counts(&alice.sync("").await, &room), (3, 1));
+    send(
+        &bob,
+        &room,
+        "l4",
+        json!({ "msgtype": "m.text", "body": "hi Alice Liddell!" }),
+    )
+    .await;
+    assert_eq!(counts(&alice.sync("").await, &room), (4, 2));
+
     // A room rule that silences the room: no more notifications there.
     alice
         .ok(
@@ -234,7 +368,7 @@ async fn mentions_highlight_and_receipts_clear_the_counts() {
         )
         .await;
     send(&bob, &room, "m3", json!({ "msgtype": "m.text", "body": "quiet" })).await;
-    assert_eq!(counts(&alice.sync("").await, &room), (0, 0));
+    assert_eq!(counts(&alice.sync("").await, &room), (4, 2));
 }
 
 /// A push gateway on loopback: every request body goes to the channel;
@@ -282,7 +416,11 @@ async fn pushers_are_kept_and_pushed_to() {
 
     // Pushers: set, listed, bad ones refused.
     alice
-        .ok(Method::POST, "/_matrix/client/v3/pushers/set", Some(&pusher(&url, "key1")))
+        .ok(
+            Method::POST,
+            "/_matrix/client/v3/pushers/set",
+            Some(&pusher(&url, "key1")),
+        )
         .await;
     let listed = alice.ok(Method::GET, "/_matrix/client/v3/pushers", None).await;
     let first = &listed["pushers"][0];
@@ -306,7 +444,9 @@ async fn pushers_are_kept_and_pushed_to() {
     );
 
     // A message from bob reaches alice's gateway, with the counts.
-    let room = alice.create_room(json!({ "preset": "public_chat", "name": "Pushy" })).await;
+    let room = alice
+        .create_room(json!({ "preset": "public_chat", "name": "Pushy" }))
+        .await;
     assert_eq!(bob.join(&room).await.0, 200);
     let event_id = send(&bob, &room, "p1", json!({ "msgtype": "m.text", "body": "ping" })).await;
     let push = loop {
@@ -331,7 +471,11 @@ async fn pushers_are_kept_and_pushed_to() {
     alice
         .ok(
             Method::POST,
-            &format!("/_matrix/client/v3/rooms/{}/receipt/m.read/{}", enc(&room), enc(&event_id)),
+            &format!(
+                "/_matrix/client/v3/rooms/{}/receipt/m.read/{}",
+                enc(&room),
+                enc(&event_id)
+            ),
             Some(&json!({})),
         )
         .await;
@@ -354,7 +498,9 @@ async fn pushers_are_kept_and_pushed_to() {
     );
     send(&bob, &room, "p2", json!({ "msgtype": "m.text", "body": "unheard" })).await;
     assert!(
-        tokio::time::timeout(Duration::from_secs(2), pushes.recv()).await.is_err(),
+        tokio::time::timeout(Duration::from_secs(2), pushes.recv())
+            .await
+            .is_err(),
         "pushed without a pusher"
     );
 }
@@ -366,7 +512,11 @@ async fn a_gateway_that_rejects_a_pushkey_removes_the_pusher() {
     let bob = server.register("bob").await;
     let (url, mut pushes) = gateway(json!({ "rejected": ["gone"] })).await;
     alice
-        .ok(Method::POST, "/_matrix/client/v3/pushers/set", Some(&pusher(&url, "gone")))
+        .ok(
+            Method::POST,
+            "/_matrix/client/v3/pushers/set",
+            Some(&pusher(&url, "gone")),
+        )
         .await;
     let room = alice.create_room(json!({ "preset": "public_chat" })).await;
     assert_eq!(bob.join(&room).await.0, 200);

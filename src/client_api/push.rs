@@ -20,12 +20,7 @@ use ruma::{
 use serde_json::Value;
 
 use super::{extract::Ruma, format};
-use crate::{
-    error::MatrixError,
-    push::rules,
-    services::Services,
-    storage::push::PusherRecord,
-};
+use crate::{error::MatrixError, push::rules, services::Services, storage::push::PusherRecord};
 
 /// Notifications per page of `GET /notifications` unless asked otherwise.
 const DEFAULT_NOTIFICATIONS: usize = 50;
@@ -197,11 +192,7 @@ pub async fn set_enabled(
 /// /pushrules/global/{kind}/` lists the rules of a kind (as servers have
 /// long answered); anything else (no scope, an unknown scope or kind, a
 /// missing or empty rule ID, an unknown attribute) is a bad request.
-pub async fn other_path(
-    State(svc): State<Arc<Services>>,
-    Path(rest): Path<String>,
-    request: Request,
-) -> Response {
+pub async fn other_path(State(svc): State<Arc<Services>>, Path(rest): Path<String>, request: Request) -> Response {
     let (parts, body) = request.into_parts();
     let _ = axum::body::to_bytes(body, 1 << 20).await;
     let owner = match super::extract::token_owner(&svc, &parts).await {
@@ -216,9 +207,7 @@ pub async fn other_path(
     let Some(kind) = rest.strip_prefix("global/").and_then(|r| r.strip_suffix('/')) else {
         return bad();
     };
-    if parts.method != http::Method::GET
-        || !["override", "underride", "sender", "room", "content"].contains(&kind)
-    {
+    if parts.method != http::Method::GET || !["override", "underride", "sender", "room", "content"].contains(&kind) {
         return bad();
     }
     match rules::get(&svc, &owner.user_id).await {

@@ -52,28 +52,30 @@ async fn targets(svc: &Services, pdu: &Pdu) -> Result<(Vec<OwnedUserId>, usize),
         && target.server_name() == server
         && target != pdu.sender
         && !users.contains(&target)
-        && membership(pdu).as_deref() == Some("invite")
+        && pdu.membership().as_deref() == Some("invite")
     {
         users.push(target);
     }
     Ok((users, joined.len()))
 }
 
-fn membership(pdu: &Pdu) -> Option<String> {
-    serde_json::from_str::<serde_json::Value>(pdu.content.get())
-        .ok()?
-        .get("membership")?
-        .as_str()
-        .map(str::to_owned)
+/// What in an event's content decides which rules apply.
+#[derive(Clone, Copy)]
+struct ContentTraits {
+    /// `m.mentions` is there: the legacy mention rules do not apply.
+    mentions: bool,
+    /// `body` is there: display names may matter.
+    body: bool,
 }
 
-/// Whether the event's content has `m.mentions` (the legacy mention rules
-/// do not apply then).
-fn has_mentions(pdu: &Pdu) -> bool {
-    serde_json::from_str::<serde_json::Value>(pdu.content.get())
-        .ok()
-        .and_then(|c| c.get("m.mentions").map(serde_json::Value::is_object))
-        .unwrap_or(false)
+impl ContentTraits {
+    fn of(pdu: &Pdu) -> ContentTraits {
+        let content = serde_json::from_str::<serde_json::Value>(pdu.content.get()).unwrap_or_default();
+        ContentTraits {
+            mentions: content.get("m.mentions").is_some_and(serde_json::Value::is_object),
+            body: content.get("body").is_some_and(serde_json::Value::is_string),
+        }
+    }
 }
 
 /// The user's display name in the room (for the legacy
@@ -97,23 +99,22 @@ async fn actions_for(
     user: &ruma::UserId,
     event: &Raw<AnySyncTimelineEvent>,
     pdu: &Pdu,
-    member_count: usize,
-    power_levels: Option<&PushConditionPowerLevelsCtx>,
-    state: Option<&StateMap>,
+    room: &RoomContext<'_>,
+    traits: ContentTraits,
 ) -> Result<Vec<Action>, MatrixError> {
     let rules = rules::get(svc, user).await?;
-    let (ruleset, display_name) = if has_mentions(pdu) {
-        (&rules.without_legacy, String::new())
-    } else {
-        (&rules.all, display_name(svc, state, user).await)
+    let (ruleset, display_name) = match traits {
+        ContentTraits { mentions: true, .. } => (&rules.without_legacy, String::new()),
+        ContentTraits { body: false, .. } => (&rules.all, String::new()),
+        _ => (&rules.all, display_name(svc, room.state, user).await),
     };
     let mut ctx = PushConditionRoomCtx::new(
         pdu.room_id.clone(),
-        UInt::try_from(member_count as u64).unwrap_or_default(),
+        UInt::try_from(room.member_count as u64).unwrap_or_default(),
         user.to_owned(),
         display_name,
     );
-    if let Some(levels) = power_levels {
+    if let Some(levels) = room.power_levels {
         ctx = ctx.with_power_levels(levels.clone());
     }
     Ok(ruleset.get_actions(event, &ctx).await.to_vec())
@@ -153,17 +154,12 @@ async fn notify(
     users: Vec<OwnedUserId>,
     room: RoomContext<'_>,
 ) -> Result<(), MatrixError> {
-    let RoomContext {
-        member_count,
-        power_levels,
-        state,
-        room_name,
-    } = room;
     let json = RawValue::from_string(pdu.json.to_string()).map_err(|e| MatrixError::internal("event JSON", e))?;
     let event = Raw::<AnySyncTimelineEvent>::from_json(json);
+    let traits = ContentTraits::of(pdu);
     let mut notifications = Vec::new();
     for user in users {
-        let actions = actions_for(svc, &user, &event, pdu, member_count, power_levels, state).await?;
+        let actions = actions_for(svc, &user, &event, pdu, &room, traits).await?;
         if !actions.iter().any(Action::should_notify) {
             continue;
         }
@@ -176,7 +172,7 @@ async fn notify(
             user,
             pdu: pdu.clone(),
             actions,
-            room_name: room_name.clone(),
+            room_name: room.room_name.clone(),
         });
     }
     let ts: u64 = pdu.origin_server_ts.get().into();

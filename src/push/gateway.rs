@@ -106,7 +106,10 @@ async fn run(storage: &Arc<dyn Storage>, http: &reqwest::Client, job: Job) -> Re
     let unread = storage.unread_total(&user).await.map_err(|e| e.to_string())?;
     let event = match &job {
         Job::Event {
-            pdu, actions, room_name, ..
+            pdu,
+            actions,
+            room_name,
+            ..
         } => {
             let names = room_names(storage, pdu).await;
             Some((pdu.clone(), tweaks(actions), names.0.or(room_name.clone()), names.1))

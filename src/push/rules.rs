@@ -78,7 +78,10 @@ pub fn server_default(user: &UserId) -> Ruleset {
         enabled: true,
         rule_id: LEGACY_RULES[1].to_owned(),
         conditions: vec![
-            PushCondition::EventMatch(EventMatchConditionData::new("content.body".to_owned(), "@room".to_owned())),
+            PushCondition::EventMatch(EventMatchConditionData::new(
+                "content.body".to_owned(),
+                "@room".to_owned(),
+            )),
             PushCondition::SenderNotificationPermission(SenderNotificationPermissionConditionData::new(
                 NotificationPowerLevelsKey::Room,
             )),

@@ -21,8 +21,9 @@ fn read_position(room: &str) -> String {
 }
 
 fn pushers_of(c: &Connection, user_id: &UserId) -> Result<Vec<PusherRecord>> {
-    let mut stmt =
-        c.prepare_cached("SELECT app_id, pushkey, json, ts FROM pushers WHERE user_id = ?1 ORDER BY ts, app_id, pushkey")?;
+    let mut stmt = c.prepare_cached(
+        "SELECT app_id, pushkey, json, ts FROM pushers WHERE user_id = ?1 ORDER BY ts, app_id, pushkey",
+    )?;
     let rows = stmt.query_map([user_id.as_str()], |r| {
         Ok(PusherRecord {
             user_id: user_id.to_owned(),
@@ -205,4 +206,3 @@ impl PushStorage for SqliteStorage {
         .await
     }
 }
-
