@@ -181,7 +181,8 @@ pub async fn sync(
 }
 
 /// A full sync shows the user's push rules (`m.push_rules`) also when
-/// they never changed them (the server defaults are not stored).
+/// they never changed them (the server defaults are not stored): as the
+/// oldest account data, so left out when the filter's limit is reached.
 async fn add_default_push_rules(
     svc: &Services,
     owner: &TokenOwner,
@@ -189,11 +190,18 @@ async fn add_default_push_rules(
     opts: &Options,
 ) -> Result<(), MatrixError> {
     let kind = crate::push::rules::PUSH_RULES;
-    if global.iter().any(|e| e["type"] == kind) || !filter::account_data_matches(&opts.account_data, kind) {
+    let full = opts
+        .account_data
+        .limit
+        .is_some_and(|limit| global.len() >= u64::from(limit) as usize);
+    if full || global.iter().any(|e| e["type"] == kind) || !filter::account_data_matches(&opts.account_data, kind) {
         return Ok(());
     }
     let rules = crate::push::rules::get(svc, &owner.user_id).await?;
-    global.push(serde_json::json!({ "type": kind, "content": crate::push::rules::content(&rules.all)? }));
+    global.insert(
+        0,
+        serde_json::json!({ "type": kind, "content": crate::push::rules::content(&rules.all)? }),
+    );
     Ok(())
 }
 
