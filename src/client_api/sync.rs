@@ -138,6 +138,7 @@ pub async fn sync(
         if since_account_data.is_none() {
             add_default_push_rules(&svc, &owner, &mut global, &opts).await?;
         }
+        add_unread_counts(&svc, &owner, &mut rooms).await?;
         let e2e = e2e_sync::section(&svc, &owner, since.map(|s| (s, since_e2e)), head, e2e_head).await?;
         let empty = rooms.join.is_empty()
             && rooms.invite.is_empty()
@@ -178,6 +179,17 @@ pub async fn sync(
             return Ok(response);
         }
     }
+}
+
+/// The notification counts of every joined room in the response (also
+/// those there only for a receipt, which may have changed them).
+async fn add_unread_counts(svc: &Services, owner: &TokenOwner, rooms: &mut Rooms) -> Result<(), MatrixError> {
+    for (room_id, room) in rooms.join.iter_mut() {
+        let counts = svc.storage.unread_counts(&owner.user_id, room_id).await?;
+        room.unread_notifications.notification_count = UInt::try_from(counts.notifications).ok();
+        room.unread_notifications.highlight_count = UInt::try_from(counts.highlights).ok();
+    }
+    Ok(())
 }
 
 /// A full sync shows the user's push rules (`m.push_rules`) also when
@@ -667,9 +679,6 @@ async fn joined_room(
     }
     room.timeline = timeline_json(svc, owner, &section).await?;
     room.state = state_json(svc, owner, &section).await?;
-    let counts = svc.storage.unread_counts(&owner.user_id, room_id).await?;
-    room.unread_notifications.notification_count = UInt::try_from(counts.notifications).ok();
-    room.unread_notifications.highlight_count = UInt::try_from(counts.highlights).ok();
     Ok(Some(room))
 }
 
