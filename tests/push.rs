@@ -535,3 +535,74 @@ async fn a_gateway_that_rejects_a_pushkey_removes_the_pusher() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pushers_go_with_their_devices() {
+    let server = TestServer::start().await;
+    let alice = server.register("alice").await;
+    let login = || async {
+        let (status, body) = server
+            .request(
+                Method::POST,
+                "/_matrix/client/v3/login",
+                None,
+                Some(&json!({
+                    "type": "m.login.password",
+                    "identifier": { "type": "m.id.user", "user": "alice" },
+                    "password": "secret"
+                })),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        User {
+            server: &server,
+            user_id: alice.user_id.clone(),
+            token: body["access_token"].as_str().unwrap().to_owned(),
+        }
+    };
+    let pushkeys = || async {
+        let listed = alice.ok(Method::GET, "/_matrix/client/v3/pushers", None).await;
+        let mut keys: Vec<String> = listed["pushers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["pushkey"].as_str().unwrap().to_owned())
+            .collect();
+        keys.sort();
+        keys
+    };
+    let url = "https://push.example.org/_matrix/push/v1/notify";
+    let phone = login().await;
+    let tablet = login().await;
+    alice
+        .ok(Method::POST, "/_matrix/client/v3/pushers/set", Some(&pusher(url, "mine")))
+        .await;
+    phone
+        .ok(Method::POST, "/_matrix/client/v3/pushers/set", Some(&pusher(url, "phone")))
+        .await;
+    tablet
+        .ok(Method::POST, "/_matrix/client/v3/pushers/set", Some(&pusher(url, "tablet")))
+        .await;
+    assert_eq!(pushkeys().await, ["mine", "phone", "tablet"]);
+
+    // Logging out takes the device's pusher.
+    tablet.ok(Method::POST, "/_matrix/client/v3/logout", Some(&json!({}))).await;
+    assert_eq!(pushkeys().await, ["mine", "phone"]);
+
+    // A password change that logs out the other devices takes theirs.
+    alice
+        .ok(
+            Method::POST,
+            "/_matrix/client/v3/account/password",
+            Some(&json!({
+                "new_password": "newer",
+                "auth": {
+                    "type": "m.login.password",
+                    "identifier": { "type": "m.id.user", "user": "alice" },
+                    "password": "secret"
+                }
+            })),
+        )
+        .await;
+    assert_eq!(pushkeys().await, ["mine"]);
+}

@@ -254,6 +254,7 @@ pub async fn set_pusher(
                 pushkey: pusher.ids.pushkey.clone(),
                 json,
                 ts: MilliSecondsSinceUnixEpoch::now().get().into(),
+                device_id: Some(req.user().device_id.clone()),
             };
             svc.storage.set_pusher(&record, data.append).await?;
         }

@@ -6,7 +6,7 @@
 //! Push rules themselves are account data (`m.push_rules`).
 
 use async_trait::async_trait;
-use ruma::{OwnedEventId, OwnedRoomId, OwnedUserId, RoomId, UserId};
+use ruma::{DeviceId, OwnedDeviceId, OwnedEventId, OwnedRoomId, OwnedUserId, RoomId, UserId};
 
 use super::{Result, StreamOrdering};
 
@@ -20,6 +20,8 @@ pub struct PusherRecord {
     pub json: String,
     /// When it was set (ms), the push gateway's `pushkey_ts`.
     pub ts: u64,
+    /// The device that set it: the pusher goes when the device does.
+    pub device_id: Option<OwnedDeviceId>,
 }
 
 /// What the push rules of one local user said about an event that
@@ -61,6 +63,9 @@ pub trait PushStorage: Send + Sync + 'static {
     /// Removes a pusher; whether there was one.
     async fn delete_pusher(&self, user_id: &UserId, app_id: &str, pushkey: &str) -> Result<bool>;
     async fn pushers(&self, user_id: &UserId) -> Result<Vec<PusherRecord>>;
+    /// Removes the user's pushers set by other devices than `keep` (a
+    /// password change that logs the other devices out).
+    async fn delete_other_devices_pushers(&self, user_id: &UserId, keep: &DeviceId) -> Result<()>;
 
     /// Records the notifications an event (at `stream_ordering`) gives.
     async fn add_notifications(

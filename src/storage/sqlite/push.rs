@@ -1,7 +1,7 @@
 //! Pushers and notifications (`schema_v9.sql`).
 
 use async_trait::async_trait;
-use ruma::{OwnedEventId, OwnedRoomId, RoomId, UserId};
+use ruma::{DeviceId, OwnedDeviceId, OwnedEventId, OwnedRoomId, RoomId, UserId};
 use rusqlite::{Connection, params};
 
 use super::{SqliteStorage, exec, query_one};
@@ -22,7 +22,8 @@ fn read_position(room: &str) -> String {
 
 fn pushers_of(c: &Connection, user_id: &UserId) -> Result<Vec<PusherRecord>> {
     let mut stmt = c.prepare_cached(
-        "SELECT app_id, pushkey, json, ts FROM pushers WHERE user_id = ?1 ORDER BY ts, app_id, pushkey",
+        "SELECT app_id, pushkey, json, ts, device_id FROM pushers WHERE user_id = ?1
+         ORDER BY ts, app_id, pushkey",
     )?;
     let rows = stmt.query_map([user_id.as_str()], |r| {
         Ok(PusherRecord {
@@ -31,6 +32,7 @@ fn pushers_of(c: &Connection, user_id: &UserId) -> Result<Vec<PusherRecord>> {
             pushkey: r.get(1)?,
             json: r.get(2)?,
             ts: r.get::<_, i64>(3)? as u64,
+            device_id: r.get::<_, Option<String>>(4)?.map(OwnedDeviceId::from),
         })
     })?;
     Ok(rows.collect::<rusqlite::Result<_>>()?)
@@ -50,14 +52,17 @@ impl PushStorage for SqliteStorage {
             }
             exec(
                 tx,
-                "INSERT INTO pushers (user_id, app_id, pushkey, json, ts) VALUES (?1, ?2, ?3, ?4, ?5)
-                 ON CONFLICT (user_id, app_id, pushkey) DO UPDATE SET json = excluded.json",
+                "INSERT INTO pushers (user_id, app_id, pushkey, json, ts, device_id)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                 ON CONFLICT (user_id, app_id, pushkey) DO UPDATE SET
+                     json = excluded.json, device_id = excluded.device_id",
                 params![
                     pusher.user_id.as_str(),
                     pusher.app_id,
                     pusher.pushkey,
                     pusher.json,
-                    pusher.ts as i64
+                    pusher.ts as i64,
+                    pusher.device_id.as_ref().map(|d| d.as_str())
                 ],
             )?;
             Ok(())
@@ -80,6 +85,19 @@ impl PushStorage for SqliteStorage {
     async fn pushers(&self, user_id: &UserId) -> Result<Vec<PusherRecord>> {
         let user_id = user_id.to_owned();
         self.read(move |c| pushers_of(c, &user_id)).await
+    }
+
+    async fn delete_other_devices_pushers(&self, user_id: &UserId, keep: &DeviceId) -> Result<()> {
+        let (user_id, keep) = (user_id.to_owned(), keep.to_owned());
+        self.write(move |tx| {
+            exec(
+                tx,
+                "DELETE FROM pushers WHERE user_id = ?1 AND (device_id IS NULL OR device_id != ?2)",
+                params![user_id.as_str(), keep.as_str()],
+            )?;
+            Ok(())
+        })
+        .await
     }
 
     async fn add_notifications(

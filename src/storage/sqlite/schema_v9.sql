@@ -3,13 +3,15 @@
 -- (`m.push_rules`, schema_v7.sql).
 
 -- A user's pushers, one per (app_id, pushkey). `json` is the pusher as the
--- client API shows it; `ts` when it was set (ms).
+-- client API shows it; `ts` when it was set (ms); `device_id` the device
+-- that set it (the pusher goes with the device).
 CREATE TABLE pushers (
-    user_id TEXT NOT NULL,
-    app_id  TEXT NOT NULL,
-    pushkey TEXT NOT NULL,
-    json    TEXT NOT NULL,
-    ts      INTEGER NOT NULL,
+    user_id   TEXT NOT NULL,
+    app_id    TEXT NOT NULL,
+    pushkey   TEXT NOT NULL,
+    json      TEXT NOT NULL,
+    ts        INTEGER NOT NULL,
+    device_id TEXT,
     PRIMARY KEY (user_id, app_id, pushkey)
 ) WITHOUT ROWID;
 CREATE INDEX pushers_key ON pushers (app_id, pushkey);
