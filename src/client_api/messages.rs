@@ -55,6 +55,34 @@ pub async fn send_message(
     Ok(send_message_event::v3::Response::new(sent.pdu.event_id.clone()))
 }
 
+/// `POST /rooms/{roomId}/send/{eventType}`: the form of send without a
+/// transaction ID, which Synapse still serves and older clients and tools
+/// use. Not idempotent (there is no transaction to repeat); otherwise
+/// checked and stored as `PUT …/send/{eventType}/{txnId}` is.
+pub async fn send_without_txn(
+    axum::extract::State(svc): axum::extract::State<Arc<Services>>,
+    axum::extract::Path((room_id, event_type)): axum::extract::Path<(String, String)>,
+    req: axum::extract::Request,
+) -> Result<axum::Json<Value>, MatrixError> {
+    let (parts, body) = req.into_parts();
+    let owner = super::extract::token_owner(&svc, &parts).await?;
+    let room_id =
+        ruma::OwnedRoomId::try_from(room_id).map_err(|e| MatrixError::invalid_param(format!("room ID: {e}")))?;
+    // Past the event size limit: an event too large is refused by the
+    // event checks (M_TOO_LARGE, 413) like any other.
+    let body = axum::body::to_bytes(body, 1 << 20)
+        .await
+        .map_err(|e| MatrixError::new(crate::error::ErrCode::TooLarge, format!("Request body too large: {e}")))?;
+    let content: Value =
+        serde_json::from_slice(&body).map_err(|e| MatrixError::not_json(format!("Content not JSON: {e}")))?;
+    if !content.is_object() {
+        return Err(MatrixError::bad_json("content must be an object"));
+    }
+    let template = EventTemplate::message(event_type, content);
+    let sent = send_event(&svc, &room_id, &owner.user_id, template, None).await?;
+    Ok(axum::Json(json!({ "event_id": sent.pdu.event_id })))
+}
+
 pub async fn redact(
     svc: Arc<Services>,
     req: Ruma<redact_event::v3::Request>,
@@ -269,7 +297,7 @@ pub async fn context(
     after
         .events
         .retain(|e| !account_data::hidden_by_ignore(&ignored, &e.pdu));
-    let state_events = match event.meta.state_group_before {
+    let mut state_events = match event.meta.state_group_before {
         Some(group) => {
             let map = svc.state.group(group).await?;
             let ids: Vec<_> = map.values().cloned().collect();
@@ -277,6 +305,24 @@ pub async fn context(
         }
         None => Vec::new(),
     };
+    // Lazy-loading members: of the members, only the senders of the
+    // events returned (spec: "Lazy-loading room members").
+    if !b.filter.lazy_load_options.is_disabled() {
+        let senders: std::collections::HashSet<&ruma::UserId> = before
+            .events
+            .iter()
+            .chain(&after.events)
+            .chain(std::iter::once(&event))
+            .map(|e| e.pdu.sender.as_ref())
+            .collect();
+        state_events.retain(|e| {
+            e.pdu.kind != TimelineEventType::RoomMember
+                || e.pdu
+                    .state_key
+                    .as_deref()
+                    .is_some_and(|k| senders.iter().any(|s| s.as_str() == k))
+        });
+    }
 
     let mut response = get_context::v3::Response::new();
     response.start = Some(Token::Topo(start).to_string());
