@@ -575,18 +575,32 @@ async fn pushers_go_with_their_devices() {
     let phone = login().await;
     let tablet = login().await;
     alice
-        .ok(Method::POST, "/_matrix/client/v3/pushers/set", Some(&pusher(url, "mine")))
+        .ok(
+            Method::POST,
+            "/_matrix/client/v3/pushers/set",
+            Some(&pusher(url, "mine")),
+        )
         .await;
     phone
-        .ok(Method::POST, "/_matrix/client/v3/pushers/set", Some(&pusher(url, "phone")))
+        .ok(
+            Method::POST,
+            "/_matrix/client/v3/pushers/set",
+            Some(&pusher(url, "phone")),
+        )
         .await;
     tablet
-        .ok(Method::POST, "/_matrix/client/v3/pushers/set", Some(&pusher(url, "tablet")))
+        .ok(
+            Method::POST,
+            "/_matrix/client/v3/pushers/set",
+            Some(&pusher(url, "tablet")),
+        )
         .await;
     assert_eq!(pushkeys().await, ["mine", "phone", "tablet"]);
 
     // Logging out takes the device's pusher.
-    tablet.ok(Method::POST, "/_matrix/client/v3/logout", Some(&json!({}))).await;
+    tablet
+        .ok(Method::POST, "/_matrix/client/v3/logout", Some(&json!({})))
+        .await;
     assert_eq!(pushkeys().await, ["mine", "phone"]);
 
     // A password change that logs out the other devices takes theirs.

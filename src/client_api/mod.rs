@@ -31,11 +31,7 @@ use std::sync::Arc;
 use axum::{
     Router,
     response::IntoResponse,
-<<<<<<< HEAD
     routing::{any, get, post, put},
-=======
-    routing::{get, post, put},
->>>>>>> main
 };
 use serde_json::json;
 
@@ -211,20 +207,13 @@ pub async fn unrecognized() -> MatrixError {
     MatrixError::unrecognized("Unrecognized request")
 }
 
-<<<<<<< HEAD
 /// A known path asked with a method it has no meaning for, where the
 /// spec's clients expect 400 (`PUT /pushrules/`).
-async fn bad_request(body: axum::body::Body) -> MatrixError {
-    drain(body).await;
+async fn bad_request() -> MatrixError {
     MatrixError::unrecognized("Unrecognised request").with_status(http::StatusCode::BAD_REQUEST)
 }
 
-/// As [`unrecognized`], for a known path asked with the wrong method.
-pub async fn method_not_allowed(body: axum::body::Body) -> MatrixError {
-    drain(body).await;
-=======
 /// Answer for a known path asked with the wrong method.
 pub async fn method_not_allowed() -> MatrixError {
->>>>>>> main
     MatrixError::unrecognized("Method not allowed").with_status(http::StatusCode::METHOD_NOT_ALLOWED)
 }
