@@ -181,6 +181,30 @@ fn cpu_time(pid: u32) -> Duration {
     Duration::from_millis(ticks * 10)
 }
 
+/// Context switches (voluntary + involuntary) of a process's live
+/// threads, summed over /proc/<pid>/task/*/status (threads that exited
+/// meanwhile are not counted).
+fn context_switches(pid: u32) -> u64 {
+    let mut total = 0;
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0;
+    };
+    for task in tasks.flatten() {
+        let Ok(status) = std::fs::read_to_string(task.path().join("status")) else {
+            continue;
+        };
+        for line in status.lines() {
+            if let Some(rest) = line
+                .strip_prefix("voluntary_ctxt_switches:")
+                .or_else(|| line.strip_prefix("nonvoluntary_ctxt_switches:"))
+            {
+                total += rest.trim().parse::<u64>().unwrap_or(0);
+            }
+        }
+    }
+    total
+}
+
 fn load_average() -> String {
     std::fs::read_to_string("/proc/loadavg")
         .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
@@ -560,6 +584,8 @@ struct CaseResult {
     backfilled: usize,
     wall: Duration,
     joiner_cpu: Duration,
+    /// The joiner's context switches over the page-back (live threads).
+    joiner_switches: u64,
     host_cpu: Duration,
     first_page: Duration,
     latencies: Latencies,
@@ -645,11 +671,13 @@ async fn page_back_case(label: &str, host: &Host<'_>, room: &Room, joiner: &Join
         _ => None,
     };
     let (joiner_cpu, host_cpu) = (cpu_time(joiner.pid), cpu_time(host.pid));
+    let switches = context_switches(joiner.pid);
     let t = Instant::now();
     let max_pages = room.bodies.len() / page.min(room.bodies.len()).max(1) * 5 + 50;
     let (events, latencies) = page_back(&joiner.client, &room.id, page, max_pages).await;
     let wall = t.elapsed();
     let joiner_cpu = cpu_time(joiner.pid).saturating_sub(joiner_cpu);
+    let joiner_switches = context_switches(joiner.pid).saturating_sub(switches);
     let host_cpu = cpu_time(host.pid).saturating_sub(host_cpu);
     if let Some(mut perf) = perf {
         let _ = Command::new("kill").args(["-INT", &perf.id().to_string()]).status();
@@ -712,6 +740,7 @@ async fn page_back_case(label: &str, host: &Host<'_>, room: &Room, joiner: &Join
         backfilled: events.len() - 1,
         wall,
         joiner_cpu,
+        joiner_switches,
         host_cpu,
         first_page: latencies[0],
         latencies: Latencies::new(latencies),
@@ -741,6 +770,14 @@ fn report_case(report: &mut Report, r: &CaseResult) {
             "{} total, {:.3} ms per backfilled event",
             secs(r.joiner_cpu),
             r.joiner_cpu.as_secs_f64() * 1000.0 / r.backfilled as f64
+        ),
+    );
+    report.row(
+        "page-back: joiner context switches (live threads)",
+        format!(
+            "{} total, {:.1} per backfilled event",
+            r.joiner_switches,
+            r.joiner_switches as f64 / r.backfilled as f64
         ),
     );
     report.row(
