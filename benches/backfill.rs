@@ -1141,6 +1141,11 @@ async fn run(s: Settings) {
                     ms(r.next)
                 );
                 report_cold(&mut report, &format!("Synapse joiner, {what}"), &[r]);
+                // Synapse goes on backfilling in the background after it
+                // answers, and the host serves it: let both finish before
+                // the weft joiners' cold pages.
+                settle(j.pid, Duration::from_secs(1), Duration::from_secs(60)).await;
+                settle(host.pid, Duration::from_secs(1), Duration::from_secs(60)).await;
             }
             let mut runs = Vec::new();
             for run in 0..s.cold_runs {
