@@ -114,6 +114,23 @@ pub async fn update(
     put_locked(svc, user, room_id, data_type, &change(current)).await
 }
 
+/// As [`update`], for changes that may decline: `change` returns the new
+/// content, or `None` to leave things as they are (nothing is written).
+pub async fn try_update(
+    svc: &Services,
+    user: &UserId,
+    room_id: Option<&RoomId>,
+    data_type: &str,
+    change: impl FnOnce(Option<Value>) -> Result<Option<Value>, MatrixError>,
+) -> Result<Option<i64>, MatrixError> {
+    let _write = svc.account_data.writes.lock().await;
+    let current = get(svc, user, room_id, data_type).await?;
+    match change(current)? {
+        Some(content) => Ok(Some(put_locked(svc, user, room_id, data_type, &content).await?)),
+        None => Ok(None),
+    }
+}
+
 /// Checks content a client wants to set as account data of `data_type`.
 pub fn check_client_content(data_type: &str, content: &Value) -> Result<(), MatrixError> {
     if SERVER_MANAGED.contains(&data_type) {

@@ -17,6 +17,7 @@ use crate::{
     keyring::KeyRing,
     keys::ServerKeys,
     metrics::Metrics,
+    push::Push,
     rooms::RoomLocks,
     state::StateCache,
     storage::{Storage, StreamOrdering},
@@ -41,6 +42,8 @@ pub struct Services {
     /// Device list changes and to-device messages (the e2e stream).
     pub e2e: E2eStream,
     pub metrics: Metrics,
+    /// Push rules, notifications and pushes to push gateways.
+    pub push: Push,
     pub state: StateCache,
     pub rooms: RoomLocks,
     pub notifier: Notifier,
@@ -69,6 +72,7 @@ impl Services {
             federation.clone(),
             config.trusted_key_servers.clone(),
         );
+        let push = Push::start(storage.clone(), config.federation_verify_tls, cancel.clone());
         let sender = Sender::new(
             storage.clone(),
             federation.clone(),
@@ -86,6 +90,7 @@ impl Services {
             account_data: AccountDataStream::new(storage.max_account_data_position().await?),
             e2e: E2eStream::new(storage.max_e2e_position().await?),
             metrics: Metrics::default(),
+            push,
             state: StateCache::new(storage.clone()),
             storage,
             rooms: RoomLocks::default(),

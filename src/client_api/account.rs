@@ -239,6 +239,10 @@ pub async fn change_password(
     };
     svc.storage.set_password_hash(&owner.user_id, &hash).await?;
     if req.body.logout_devices {
+        // The other devices' pushers go with them.
+        svc.storage
+            .delete_other_devices_pushers(&owner.user_id, &owner.device_id)
+            .await?;
         svc.storage.delete_all_tokens(&owner.user_id).await?;
         if let Some(token) = &req.access_token {
             svc.storage

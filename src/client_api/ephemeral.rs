@@ -122,6 +122,7 @@ async fn receipt(
         position: svc.ephemeral.advance(),
     };
     svc.storage.put_receipt(&receipt).await?;
+    crate::push::evaluate::receipt_moved(svc, user);
     if receipt_type == "m.read" {
         let edu = json!({
             "edu_type": "m.receipt",

@@ -16,6 +16,7 @@ mod keys;
 mod membership;
 mod messages;
 mod profile;
+mod push;
 mod rooms;
 mod state;
 mod sync;
@@ -30,7 +31,7 @@ use std::sync::Arc;
 use axum::{
     Router,
     response::IntoResponse,
-    routing::{get, post, put},
+    routing::{any, get, post, put},
 };
 use serde_json::json;
 
@@ -163,6 +164,27 @@ pub fn router() -> Router<Arc<Services>> {
         .ruma(backup::delete_session)
         .ruma(backup::delete_room)
         .ruma(backup::delete_all)
+        .ruma(push::get_all)
+        .ruma(push::get_global)
+        .ruma(push::get_rule)
+        .ruma(push::set_rule)
+        .ruma(push::delete_rule)
+        .ruma(push::get_actions)
+        .ruma(push::set_actions)
+        .ruma(push::get_enabled)
+        .ruma(push::set_enabled)
+        .route("/_matrix/client/r0/pushrules/{*rest}", any(push::other_path))
+        .route("/_matrix/client/v3/pushrules/{*rest}", any(push::other_path))
+        // `PUT /pushrules/` (no scope): a bad request, not a wrong method.
+        .route("/_matrix/client/r0/pushrules/", put(bad_request).delete(bad_request))
+        .route("/_matrix/client/v3/pushrules/", put(bad_request).delete(bad_request))
+        .ruma(push::get_pushers)
+        .ruma(push::set_pusher)
+        .merge(
+            Router::new()
+                .ruma(push::notifications)
+                .layer(axum::middleware::map_response(push::with_profile_tags)),
+        )
         .merge(
             Router::new()
                 .ruma(sync::sync)
@@ -183,6 +205,12 @@ async fn versions() -> impl IntoResponse {
 /// Answer for paths no endpoint matches.
 pub async fn unrecognized() -> MatrixError {
     MatrixError::unrecognized("Unrecognized request")
+}
+
+/// A known path asked with a method it has no meaning for, where the
+/// spec's clients expect 400 (`PUT /pushrules/`).
+async fn bad_request() -> MatrixError {
+    MatrixError::unrecognized("Unrecognised request").with_status(http::StatusCode::BAD_REQUEST)
 }
 
 /// Answer for a known path asked with the wrong method.

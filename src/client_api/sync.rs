@@ -126,7 +126,7 @@ pub async fn sync(
         opts.ignored = account_data::ignored_users(&svc, &owner.user_id).await?;
         let (mut rooms, in_full) = build_rooms(&svc, &owner, since, head, &opts).await?;
         add_ephemeral(&svc, &owner, &mut rooms, since_ephemeral, ephemeral_head).await?;
-        let global = add_account_data(
+        let mut global = add_account_data(
             &svc,
             &owner,
             &mut rooms,
@@ -135,6 +135,10 @@ pub async fn sync(
             &opts,
         )
         .await?;
+        if since_account_data.is_none() {
+            add_default_push_rules(&svc, &owner, &mut global, &opts).await?;
+        }
+        add_unread_counts(&svc, &owner, &mut rooms).await?;
         let e2e = e2e_sync::section(&svc, &owner, since.map(|s| (s, since_e2e)), head, e2e_head).await?;
         let empty = rooms.join.is_empty()
             && rooms.invite.is_empty()
@@ -175,6 +179,42 @@ pub async fn sync(
             return Ok(response);
         }
     }
+}
+
+/// The notification counts of every joined room in the response (also
+/// those there only for a receipt, which may have changed them).
+async fn add_unread_counts(svc: &Services, owner: &TokenOwner, rooms: &mut Rooms) -> Result<(), MatrixError> {
+    for (room_id, room) in rooms.join.iter_mut() {
+        let counts = svc.storage.unread_counts(&owner.user_id, room_id).await?;
+        room.unread_notifications.notification_count = UInt::try_from(counts.notifications).ok();
+        room.unread_notifications.highlight_count = UInt::try_from(counts.highlights).ok();
+    }
+    Ok(())
+}
+
+/// A full sync shows the user's push rules (`m.push_rules`) also when
+/// they never changed them (the server defaults are not stored): as the
+/// oldest account data, so left out when the filter's limit is reached.
+async fn add_default_push_rules(
+    svc: &Services,
+    owner: &TokenOwner,
+    global: &mut Vec<Value>,
+    opts: &Options,
+) -> Result<(), MatrixError> {
+    let kind = crate::push::rules::PUSH_RULES;
+    let full = opts
+        .account_data
+        .limit
+        .is_some_and(|limit| global.len() >= u64::from(limit) as usize);
+    if full || global.iter().any(|e| e["type"] == kind) || !filter::account_data_matches(&opts.account_data, kind) {
+        return Ok(());
+    }
+    let rules = crate::push::rules::get(svc, &owner.user_id).await?;
+    global.insert(
+        0,
+        serde_json::json!({ "type": kind, "content": crate::push::rules::content(&rules.all)? }),
+    );
+    Ok(())
 }
 
 /// An account data event as `/sync` shows it.

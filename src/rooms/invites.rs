@@ -91,7 +91,8 @@ pub async fn receive_invite(
     .map_err(|e| RoomError::Invalid(format!("cannot countersign: {e}")))?;
     let signed = crate::events::Pdu::from_canonical(pdu.event_id.clone(), Some(room_id), &object)
         .map_err(|e| RoomError::Invalid(e.to_string()))?;
-    svc.storage.persist_outlier(Arc::new(signed), None).await?;
+    let signed = Arc::new(signed);
+    svc.storage.persist_outlier(signed.clone(), None).await?;
     if !in_room {
         let invite = RemoteInvite {
             user_id: invitee.clone(),
@@ -106,6 +107,12 @@ pub async fn receive_invite(
         };
         svc.storage.store_remote_invite(&invite).await?;
         if let Some(event) = svc.storage.event(&pdu.event_id).await? {
+            let state = stripped_from(invite_state);
+            if let Err(e) =
+                crate::push::evaluate::remote_invite(svc, &signed, event.meta.stream_ordering, &invitee, &state).await
+            {
+                tracing::warn!(%room_id, %invitee, error = %e, "push rules not applied to an invite");
+            }
             svc.notifier.notify(event.meta.stream_ordering);
         }
         tracing::info!(%room_id, %invitee, %origin, "invited to a room held elsewhere");

@@ -158,6 +158,15 @@ pub async fn persist_pdu(svc: &Services, event: ToPersist, rules: &RoomVersionRu
     {
         super::send::apply_redaction(svc, &pdu, target, rules).await?;
     }
+    if accepted && !backfilled {
+        // Notifications are a side effect: a failure is logged, the event
+        // stays stored.
+        if let Err(e) =
+            crate::push::evaluate::event_stored(svc, &pdu, persisted.stream_ordering, &before_map, rules).await
+        {
+            tracing::warn!(event_id = %pdu.event_id, error = %e, "push rules not applied");
+        }
+    }
     if !backfilled {
         svc.notifier.notify(persisted.stream_ordering);
     }

@@ -8,6 +8,7 @@
 //! client's transaction ID — are one call and one database transaction.
 
 pub mod e2e;
+pub mod push;
 pub mod sqlite;
 
 use std::sync::Arc;
@@ -269,7 +270,7 @@ pub struct AccountData {
 
 /// Everything weft keeps, behind one interface.
 #[async_trait]
-pub trait Storage: e2e::E2eStorage + Send + Sync + 'static {
+pub trait Storage: e2e::E2eStorage + push::PushStorage + Send + Sync + 'static {
     // ----- accounts -----
     async fn create_user(&self, user: UserRecord) -> Result<()>;
     async fn user(&self, user_id: &UserId) -> Result<Option<UserRecord>>;

@@ -68,6 +68,7 @@ fn delete_device(tx: &Transaction<'_>, user_id: &UserId, device_id: &str) -> Res
         "DELETE FROM one_time_keys WHERE user_id = ?1 AND device_id = ?2",
         "DELETE FROM fallback_keys WHERE user_id = ?1 AND device_id = ?2",
         "DELETE FROM to_device_messages WHERE user_id = ?1 AND device_id = ?2",
+        "DELETE FROM pushers WHERE user_id = ?1 AND device_id = ?2",
     ] {
         exec(tx, sql, params![user_id.as_str(), device_id])?;
     }

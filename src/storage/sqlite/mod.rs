@@ -10,6 +10,7 @@ mod e2e;
 mod events;
 mod history;
 mod keys;
+mod push;
 mod state;
 mod transactions;
 
@@ -46,6 +47,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("schema_v6.sql"),
     include_str!("schema_v7.sql"),
     include_str!("schema_v8.sql"),
+    include_str!("schema_v9.sql"),
 ];
 
 const MAX_IDLE_READERS: usize = 4;

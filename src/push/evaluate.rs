@@ -1,0 +1,221 @@
+//! Push rules applied to an event as it is stored in a room's timeline
+//! (local or from another server): for each local member it may notify —
+//! the joined local users other than the sender, and a local user it
+//! invites — the user's rules give the actions (ruma evaluates them).
+//! Events that notify are recorded (counts, `GET /notifications`) and
+//! queued for the user's pushers. The cost is bounded by the room's local
+//! members: no history is read.
+
+use std::sync::Arc;
+
+use ruma::{
+    OwnedUserId, UInt,
+    events::{AnySyncTimelineEvent, TimelineEventType},
+    push::{Action, PushConditionPowerLevelsCtx, PushConditionRoomCtx},
+    room_version_rules::RoomVersionRules,
+    serde::Raw,
+};
+use serde_json::value::RawValue;
+
+use super::{gateway::Job, rules};
+use crate::{
+    error::MatrixError,
+    events::Pdu,
+    rooms::power,
+    services::Services,
+    state::StateMap,
+    storage::{StreamOrdering, push::NewNotification},
+};
+
+/// What the rules are evaluated against besides the event.
+struct RoomContext<'a> {
+    member_count: usize,
+    power_levels: Option<&'a PushConditionPowerLevelsCtx>,
+    /// The state before the event (for display names), when held.
+    state: Option<&'a StateMap>,
+    /// The room's name for pushes, when its state is not held here.
+    room_name: Option<String>,
+}
+
+/// The local users an event may notify.
+async fn targets(svc: &Services, pdu: &Pdu) -> Result<(Vec<OwnedUserId>, usize), MatrixError> {
+    let joined = svc.storage.room_members(&pdu.room_id, Some("join")).await?;
+    let server = svc.server_name();
+    let mut users: Vec<OwnedUserId> = joined
+        .iter()
+        .map(|m| &m.user_id)
+        .filter(|u| u.server_name() == server && **u != pdu.sender)
+        .cloned()
+        .collect();
+    if pdu.kind == TimelineEventType::RoomMember
+        && let Some(target) = pdu.state_key.as_deref().and_then(|k| ruma::UserId::parse(k).ok())
+        && target.server_name() == server
+        && target != pdu.sender
+        && !users.contains(&target)
+        && pdu.membership().as_deref() == Some("invite")
+    {
+        users.push(target);
+    }
+    Ok((users, joined.len()))
+}
+
+/// What in an event's content decides which rules apply.
+#[derive(Clone, Copy)]
+struct ContentTraits {
+    /// `m.mentions` is there: the legacy mention rules do not apply.
+    mentions: bool,
+    /// `body` is there: display names may matter.
+    body: bool,
+}
+
+impl ContentTraits {
+    fn of(pdu: &Pdu) -> ContentTraits {
+        let content = serde_json::from_str::<serde_json::Value>(pdu.content.get()).unwrap_or_default();
+        ContentTraits {
+            mentions: content.get("m.mentions").is_some_and(serde_json::Value::is_object),
+            body: content.get("body").is_some_and(serde_json::Value::is_string),
+        }
+    }
+}
+
+/// The user's display name in the room (for the legacy
+/// `contains_display_name` condition); empty when they have none.
+async fn display_name(svc: &Services, state: Option<&StateMap>, user: &ruma::UserId) -> String {
+    let Some(event_id) = state.and_then(|s| s.get(&crate::visibility::member_key(user))) else {
+        return String::new();
+    };
+    let Ok(Some(event)) = svc.storage.event(event_id).await else {
+        return String::new();
+    };
+    serde_json::from_str::<serde_json::Value>(event.pdu.content.get())
+        .ok()
+        .and_then(|c| c["displayname"].as_str().map(str::to_owned))
+        .unwrap_or_default()
+}
+
+/// The actions `user`'s rules give `pdu`.
+async fn actions_for(
+    svc: &Services,
+    user: &ruma::UserId,
+    event: &Raw<AnySyncTimelineEvent>,
+    pdu: &Pdu,
+    room: &RoomContext<'_>,
+    traits: ContentTraits,
+) -> Result<Vec<Action>, MatrixError> {
+    let rules = rules::get(svc, user).await?;
+    let (ruleset, display_name) = match traits {
+        ContentTraits { mentions: true, .. } => (&rules.without_legacy, String::new()),
+        ContentTraits { body: false, .. } => (&rules.all, String::new()),
+        _ => (&rules.all, display_name(svc, room.state, user).await),
+    };
+    let mut ctx = PushConditionRoomCtx::new(
+        pdu.room_id.clone(),
+        UInt::try_from(room.member_count as u64).unwrap_or_default(),
+        user.to_owned(),
+        display_name,
+    );
+    if let Some(levels) = room.power_levels {
+        ctx = ctx.with_power_levels(levels.clone());
+    }
+    Ok(ruleset.get_actions(event, &ctx).await.to_vec())
+}
+
+/// Applies the local members' push rules to an event just stored (at
+/// `stream_ordering`; `state` is the state before it).
+pub async fn event_stored(
+    svc: &Services,
+    pdu: &Arc<Pdu>,
+    stream_ordering: StreamOrdering,
+    state: &StateMap,
+    room_rules: &RoomVersionRules,
+) -> Result<(), MatrixError> {
+    let (users, member_count) = targets(svc, pdu).await?;
+    if users.is_empty() {
+        return Ok(());
+    }
+    let power_levels = power::power_levels(svc, state, &room_rules.authorization)
+        .await
+        .ok()
+        .map(PushConditionPowerLevelsCtx::from);
+    let room = RoomContext {
+        member_count,
+        power_levels: power_levels.as_ref(),
+        state: Some(state),
+        room_name: None,
+    };
+    notify(svc, pdu, stream_ordering, users, room).await
+}
+
+/// Evaluates `pdu` for each of `users`; records and queues what notifies.
+async fn notify(
+    svc: &Services,
+    pdu: &Arc<Pdu>,
+    stream_ordering: StreamOrdering,
+    users: Vec<OwnedUserId>,
+    room: RoomContext<'_>,
+) -> Result<(), MatrixError> {
+    let json = RawValue::from_string(pdu.json.to_string()).map_err(|e| MatrixError::internal("event JSON", e))?;
+    let event = Raw::<AnySyncTimelineEvent>::from_json(json);
+    let traits = ContentTraits::of(pdu);
+    let mut notifications = Vec::new();
+    for user in users {
+        let actions = actions_for(svc, &user, &event, pdu, &room, traits).await?;
+        if !actions.iter().any(Action::should_notify) {
+            continue;
+        }
+        notifications.push(NewNotification {
+            user_id: user.clone(),
+            highlight: actions.iter().any(Action::is_highlight),
+            actions: serde_json::to_string(&actions).map_err(|e| MatrixError::internal("push actions", e))?,
+        });
+        svc.push.gateway.queue(Job::Event {
+            user,
+            pdu: pdu.clone(),
+            actions,
+            room_name: room.room_name.clone(),
+        });
+    }
+    let ts: u64 = pdu.origin_server_ts.get().into();
+    svc.storage
+        .add_notifications(&pdu.room_id, &pdu.event_id, stream_ordering, ts, &notifications)
+        .await?;
+    Ok(())
+}
+
+/// An invite of a local user to a room held elsewhere (kept at
+/// `stream_ordering`): the invitee's rules apply, with what the invite's
+/// stripped state (`invite_state`, client format) tells of the room.
+pub async fn remote_invite(
+    svc: &Services,
+    pdu: &Arc<Pdu>,
+    stream_ordering: StreamOrdering,
+    invitee: &ruma::UserId,
+    invite_state: &[serde_json::Value],
+) -> Result<(), MatrixError> {
+    let of_type = |kind: &str| invite_state.iter().find(|e| e["type"] == kind && e["state_key"] == "");
+    let text = |event: Option<&serde_json::Value>, field: &str| {
+        event
+            .and_then(|e| e["content"][field].as_str())
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+    };
+    let room_name = text(of_type("m.room.name"), "name").or(text(of_type("m.room.canonical_alias"), "alias"));
+    let members = invite_state
+        .iter()
+        .filter(|e| e["type"] == "m.room.member" && e["content"]["membership"] == "join")
+        .count();
+    let room = RoomContext {
+        member_count: members.max(1),
+        power_levels: None,
+        state: None,
+        room_name,
+    };
+    notify(svc, pdu, stream_ordering, vec![invitee.to_owned()], room).await
+}
+
+/// A local user's read receipt moved: their pushers get the new badge.
+pub fn receipt_moved(svc: &Services, user: &ruma::UserId) {
+    if user.server_name() == svc.server_name() {
+        svc.push.gateway.queue(Job::Badge { user: user.to_owned() });
+    }
+}

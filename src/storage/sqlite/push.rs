@@ -1,0 +1,226 @@
+//! Pushers and notifications (`schema_v9.sql`).
+
+use async_trait::async_trait;
+use ruma::{DeviceId, OwnedDeviceId, OwnedEventId, OwnedRoomId, RoomId, UserId};
+use rusqlite::{Connection, params};
+
+use super::{SqliteStorage, exec, query_one};
+use crate::storage::{
+    Result, StorageError, StreamOrdering,
+    push::{NewNotification, NotificationRecord, PushStorage, PusherRecord, UnreadCounts},
+};
+
+/// The stream ordering of the user's read receipt in the room (0 if none):
+/// SQL over `?1` (user) and the room expression `room`.
+fn read_position(room: &str) -> String {
+    format!(
+        "COALESCE((SELECT MAX(e.stream_ordering) FROM receipts r JOIN events e ON e.event_id = r.event_id
+                   WHERE r.room_id = {room} AND r.user_id = ?1
+                     AND r.receipt_type IN ('m.read', 'm.read.private')), 0)"
+    )
+}
+
+fn pushers_of(c: &Connection, user_id: &UserId) -> Result<Vec<PusherRecord>> {
+    let mut stmt = c.prepare_cached(
+        "SELECT app_id, pushkey, json, ts, device_id FROM pushers WHERE user_id = ?1
+         ORDER BY ts, app_id, pushkey",
+    )?;
+    let rows = stmt.query_map([user_id.as_str()], |r| {
+        Ok(PusherRecord {
+            user_id: user_id.to_owned(),
+            app_id: r.get(0)?,
+            pushkey: r.get(1)?,
+            json: r.get(2)?,
+            ts: r.get::<_, i64>(3)? as u64,
+            device_id: r.get::<_, Option<String>>(4)?.map(OwnedDeviceId::from),
+        })
+    })?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
+
+#[async_trait]
+impl PushStorage for SqliteStorage {
+    async fn set_pusher(&self, pusher: &PusherRecord, append: bool) -> Result<()> {
+        let pusher = pusher.clone();
+        self.write(move |tx| {
+            if !append {
+                exec(
+                    tx,
+                    "DELETE FROM pushers WHERE app_id = ?1 AND pushkey = ?2 AND user_id != ?3",
+                    params![pusher.app_id, pusher.pushkey, pusher.user_id.as_str()],
+                )?;
+            }
+            exec(
+                tx,
+                "INSERT INTO pushers (user_id, app_id, pushkey, json, ts, device_id)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                 ON CONFLICT (user_id, app_id, pushkey) DO UPDATE SET
+                     json = excluded.json, device_id = excluded.device_id",
+                params![
+                    pusher.user_id.as_str(),
+                    pusher.app_id,
+                    pusher.pushkey,
+                    pusher.json,
+                    pusher.ts as i64,
+                    pusher.device_id.as_ref().map(|d| d.as_str())
+                ],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn delete_pusher(&self, user_id: &UserId, app_id: &str, pushkey: &str) -> Result<bool> {
+        let (user_id, app_id, pushkey) = (user_id.to_owned(), app_id.to_owned(), pushkey.to_owned());
+        self.write(move |tx| {
+            Ok(exec(
+                tx,
+                "DELETE FROM pushers WHERE user_id = ?1 AND app_id = ?2 AND pushkey = ?3",
+                params![user_id.as_str(), app_id, pushkey],
+            )? > 0)
+        })
+        .await
+    }
+
+    async fn pushers(&self, user_id: &UserId) -> Result<Vec<PusherRecord>> {
+        let user_id = user_id.to_owned();
+        self.read(move |c| pushers_of(c, &user_id)).await
+    }
+
+    async fn delete_other_devices_pushers(&self, user_id: &UserId, keep: &DeviceId) -> Result<()> {
+        let (user_id, keep) = (user_id.to_owned(), keep.to_owned());
+        self.write(move |tx| {
+            exec(
+                tx,
+                "DELETE FROM pushers WHERE user_id = ?1 AND (device_id IS NULL OR device_id != ?2)",
+                params![user_id.as_str(), keep.as_str()],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn add_notifications(
+        &self,
+        room_id: &RoomId,
+        event_id: &ruma::EventId,
+        stream_ordering: StreamOrdering,
+        ts: u64,
+        notifications: &[NewNotification],
+    ) -> Result<()> {
+        if notifications.is_empty() {
+            return Ok(());
+        }
+        let (room_id, event_id, notifications) = (room_id.to_owned(), event_id.to_owned(), notifications.to_vec());
+        self.write(move |tx| {
+            for n in &notifications {
+                exec(
+                    tx,
+                    "INSERT OR REPLACE INTO notifications
+                         (user_id, room_id, event_id, stream_ordering, highlight, actions, ts)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                    params![
+                        n.user_id.as_str(),
+                        room_id.as_str(),
+                        event_id.as_str(),
+                        stream_ordering,
+                        n.highlight,
+                        n.actions,
+                        ts as i64
+                    ],
+                )?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn unread_counts(&self, user_id: &UserId, room_id: &RoomId) -> Result<UnreadCounts> {
+        let (user_id, room_id) = (user_id.to_owned(), room_id.to_owned());
+        self.read(move |c| {
+            let sql = format!(
+                "SELECT COUNT(*), COALESCE(SUM(highlight), 0) FROM notifications
+                 WHERE user_id = ?1 AND room_id = ?2 AND stream_ordering > {}",
+                read_position("?2")
+            );
+            let (notifications, highlights): (i64, i64) =
+                query_one(c, &sql, params![user_id.as_str(), room_id.as_str()], |r| {
+                    Ok((r.get(0)?, r.get(1)?))
+                })?;
+            Ok(UnreadCounts {
+                notifications: notifications as u64,
+                highlights: highlights as u64,
+            })
+        })
+        .await
+    }
+
+    async fn unread_total(&self, user_id: &UserId) -> Result<u64> {
+        let user_id = user_id.to_owned();
+        self.read(move |c| {
+            let sql = format!(
+                "SELECT COUNT(*) FROM notifications n WHERE n.user_id = ?1 AND n.stream_ordering > {}",
+                read_position("n.room_id")
+            );
+            let count: i64 = query_one(c, &sql, [user_id.as_str()], |r| r.get(0))?;
+            Ok(count as u64)
+        })
+        .await
+    }
+
+    async fn notifications(
+        &self,
+        user_id: &UserId,
+        before: Option<StreamOrdering>,
+        limit: usize,
+        highlights_only: bool,
+    ) -> Result<Vec<NotificationRecord>> {
+        let user_id = user_id.to_owned();
+        self.read(move |c| {
+            let sql = format!(
+                "SELECT n.room_id, n.event_id, n.stream_ordering, n.highlight, n.actions, n.ts,
+                        n.stream_ordering <= {}
+                 FROM notifications n
+                 WHERE n.user_id = ?1 AND n.stream_ordering < ?2 AND (?3 = 0 OR n.highlight = 1)
+                 ORDER BY n.stream_ordering DESC LIMIT ?4",
+                read_position("n.room_id")
+            );
+            let mut stmt = c.prepare_cached(&sql)?;
+            let rows = stmt.query_map(
+                params![
+                    user_id.as_str(),
+                    before.unwrap_or(i64::MAX),
+                    highlights_only,
+                    limit as i64
+                ],
+                |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, i64>(2)?,
+                        r.get::<_, bool>(3)?,
+                        r.get::<_, String>(4)?,
+                        r.get::<_, i64>(5)?,
+                        r.get::<_, bool>(6)?,
+                    ))
+                },
+            )?;
+            rows.map(|row| {
+                let (room_id, event_id, stream_ordering, highlight, actions, ts, read) = row?;
+                Ok(NotificationRecord {
+                    room_id: OwnedRoomId::try_from(room_id)
+                        .map_err(|e| StorageError::Corrupt(format!("notification room ID: {e}")))?,
+                    event_id: OwnedEventId::try_from(event_id)
+                        .map_err(|e| StorageError::Corrupt(format!("notification event ID: {e}")))?,
+                    stream_ordering,
+                    highlight,
+                    actions,
+                    ts: ts as u64,
+                    read,
+                })
+            })
+            .collect()
+        })
+        .await
+    }
+}
