@@ -435,6 +435,7 @@ fn build_chain(
                 prev_events: vec![prev.clone()],
                 auth_events: auth_events.to_vec(),
                 depth: depth + 1 + i as u64,
+                ref_hashes: Default::default(),
             },
             MilliSecondsSinceUnixEpoch::now(),
         )
