@@ -16,6 +16,7 @@ pub mod filter;
 pub mod keyring;
 pub mod keys;
 pub mod metrics;
+pub mod presence;
 pub mod rooms;
 pub mod server;
 pub mod services;

@@ -16,6 +16,7 @@ use crate::{
     keyring::KeyRing,
     keys::ServerKeys,
     metrics::Metrics,
+    presence::Presence,
     rooms::RoomLocks,
     state::StateCache,
     storage::{Storage, StreamOrdering},
@@ -35,6 +36,8 @@ pub struct Services {
     pub backfiller: Backfiller,
     /// Typing notifications and the ephemeral stream.
     pub ephemeral: Arc<Ephemeral>,
+    /// Users' presence, on its own stream.
+    pub presence: Arc<Presence>,
     /// The account data stream: wakes `/sync` on changes.
     pub account_data: AccountDataStream,
     pub metrics: Metrics,
@@ -70,6 +73,7 @@ impl Services {
             keys.server_name().to_owned(),
             cancel,
         );
+        let presence = Presence::new(config.presence, keys.server_name().to_owned());
         Ok(Services {
             config,
             keys,
@@ -78,6 +82,7 @@ impl Services {
             sender,
             backfiller: Backfiller::default(),
             ephemeral: Ephemeral::new(storage.max_receipt_position().await?),
+            presence,
             account_data: AccountDataStream::new(storage.max_account_data_position().await?),
             metrics: Metrics::default(),
             state: StateCache::new(storage.clone()),

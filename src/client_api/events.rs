@@ -76,6 +76,8 @@ pub async fn events(
     let (parts, _) = req.into_parts();
     let owner = token_owner(&svc, &parts).await?;
     let query = Query::parse(parts.uri.query().unwrap_or_default())?;
+    // Polling the event stream is activity, as a `/sync` is.
+    crate::presence::sync_activity(&svc, &owner.user_id, &ruma::presence::PresenceState::Online).await?;
     let mut head_rx = svc.notifier.subscribe();
     let from = match query.from.as_deref() {
         Some(token) => {

@@ -9,8 +9,10 @@ mod ephemeral;
 mod events;
 pub mod extract;
 pub mod format;
+mod initial_sync;
 mod membership;
 mod messages;
+mod presence;
 mod profile;
 mod rooms;
 mod state;
@@ -93,6 +95,8 @@ pub fn router() -> Router<Arc<Services>> {
         .ruma(account_data::get_tags)
         .ruma(account_data::create_tag)
         .ruma(account_data::delete_tag)
+        .ruma(presence::set_status)
+        .ruma(presence::get_status)
         // The redaction endpoint's older form, without a transaction ID.
         .route(
             "/_matrix/client/r0/rooms/{room_id}/redact/{event_id}",
@@ -106,6 +110,17 @@ pub fn router() -> Router<Arc<Services>> {
         // original, all-rooms form of the endpoint goes without.
         .route("/_matrix/client/r0/events", get(events::events))
         .route("/_matrix/client/v3/events", get(events::events))
+        // Not `.ruma`: see `initial_sync`.
+        .route("/_matrix/client/r0/initialSync", get(initial_sync::initial_sync))
+        .route("/_matrix/client/v3/initialSync", get(initial_sync::initial_sync))
+        .route(
+            "/_matrix/client/r0/rooms/{room_id}/initialSync",
+            get(initial_sync::room_initial_sync),
+        )
+        .route(
+            "/_matrix/client/v3/rooms/{room_id}/initialSync",
+            get(initial_sync::room_initial_sync),
+        )
         .merge(
             Router::new()
                 .ruma(sync::sync)

@@ -1,8 +1,9 @@
 //! `/sync`: initial and incremental, with long-polling and filters.
 //!
-//! `next_batch` is `s<stream>_<ephemeral>_<account data>`: the newest
-//! arrival order the response covers, and the positions of the ephemeral
-//! and account data streams (older tokens lack the last parts). An
+//! `next_batch` is `s<stream>_<ephemeral>_<account data>_<presence>`: the
+//! newest arrival order the response covers, and the positions of the
+//! ephemeral, account data and presence streams (older tokens lack the
+//! last parts). Presence is [`crate::presence::for_sync`]'s. An
 //! incremental sync returns what arrived in `(since, head]`; with nothing
 //! new it waits (up to `timeout`) for the notifiers.
 //!
@@ -42,7 +43,7 @@ use super::{extract::Ruma, format};
 use crate::{
     account_data,
     error::MatrixError,
-    filter,
+    filter, presence,
     services::Services,
     state::StateMap,
     storage::{AccountData, Membership, StoredEvent, StreamOrdering, TokenOwner},
@@ -84,12 +85,13 @@ struct Options {
     ignored: HashSet<OwnedUserId>,
 }
 
-/// A `since` token: `s<stream>[_<ephemeral>[_<account data>]]`.
+/// A `since` token: `s<stream>[_<ephemeral>[_<account data>[_<presence>]]]`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct SinceToken {
     stream: StreamOrdering,
     ephemeral: Option<i64>,
     account_data: Option<i64>,
+    presence: Option<i64>,
 }
 
 pub async fn sync(
@@ -107,7 +109,9 @@ pub async fn sync(
     let since = token.map(|t| t.stream);
     let since_ephemeral = token.and_then(|t| t.ephemeral);
     let since_account_data = token.and_then(|t| t.account_data);
+    let since_presence = token.and_then(|t| t.presence);
     let definition = load_filter(&svc, &owner, req.body.filter.as_ref()).await?;
+    presence::sync_activity(&svc, &owner.user_id, &req.body.set_presence).await?;
     let mut opts = Options {
         account_data: definition.account_data,
         ignored: HashSet::new(),
@@ -122,12 +126,15 @@ pub async fn sync(
     let mut head_rx = svc.notifier.subscribe();
     let mut ephemeral_rx = svc.ephemeral.subscribe();
     let mut account_data_rx = svc.account_data.subscribe();
+    let mut presence_rx = svc.presence.subscribe();
     loop {
         let head = *head_rx.borrow_and_update();
         let ephemeral_head = *ephemeral_rx.borrow_and_update();
         let account_data_head = *account_data_rx.borrow_and_update();
+        let presence_head = *presence_rx.borrow_and_update();
         let since_ephemeral = since_ephemeral.filter(|_| since.is_some() && !opts.full_state);
         let since_account_data = since_account_data.filter(|_| since.is_some() && !opts.full_state);
+        let since_presence = since_presence.filter(|_| since.is_some() && !opts.full_state);
         opts.ignored = account_data::ignored_users(&svc, &owner.user_id).await?;
         let (mut rooms, in_full) = build_rooms(&svc, &owner, since, head, &opts).await?;
         add_ephemeral(&svc, &owner, &mut rooms, since_ephemeral, ephemeral_head).await?;
@@ -140,11 +147,26 @@ pub async fn sync(
             &opts,
         )
         .await?;
-        let empty = rooms.join.is_empty() && rooms.invite.is_empty() && rooms.leave.is_empty() && global.is_empty();
+        let presence = presence::for_sync(
+            &svc,
+            &owner.user_id,
+            (&rooms, &in_full),
+            (since_presence, presence_head),
+            &definition.presence,
+        )
+        .await?;
+        let empty = rooms.join.is_empty()
+            && rooms.invite.is_empty()
+            && rooms.leave.is_empty()
+            && global.is_empty()
+            && presence.is_empty();
         if since.is_none() || opts.full_state || !empty || tokio::time::Instant::now() >= deadline {
-            let mut response = Response::new(format!("s{head}_{ephemeral_head}_{account_data_head}"));
+            let mut response = Response::new(format!(
+                "s{head}_{ephemeral_head}_{account_data_head}_{presence_head}"
+            ));
             response.rooms = rooms;
             response.account_data.events = global.iter().map(format::raw).collect();
+            response.presence.events = presence.iter().map(format::raw).collect();
             return Ok(response);
         }
         let woken = tokio::time::timeout_at(deadline, async {
@@ -152,6 +174,7 @@ pub async fn sync(
                 _ = head_rx.changed() => {}
                 _ = ephemeral_rx.changed() => {}
                 _ = account_data_rx.changed() => {}
+                _ = presence_rx.changed() => {}
             }
         })
         .await;
@@ -160,19 +183,24 @@ pub async fn sync(
             let head = (*head_rx.borrow()).max(since.unwrap_or_default());
             let ephemeral_head = (*ephemeral_rx.borrow()).max(since_ephemeral.unwrap_or_default());
             let account_data_head = (*account_data_rx.borrow()).max(since_account_data.unwrap_or_default());
-            return Ok(Response::new(format!("s{head}_{ephemeral_head}_{account_data_head}")));
+            let presence_head = (*presence_rx.borrow()).max(since_presence.unwrap_or_default());
+            return Ok(Response::new(format!(
+                "s{head}_{ephemeral_head}_{account_data_head}_{presence_head}"
+            )));
         }
     }
 }
 
-/// `s<stream>`, `s<stream>_<ephemeral>` or
-/// `s<stream>_<ephemeral>_<account data>`.
+/// `s<stream>`, `s<stream>_<ephemeral>`,
+/// `s<stream>_<ephemeral>_<account data>` or
+/// `s<stream>_<ephemeral>_<account data>_<presence>`.
 fn parse_since(token: &str) -> Option<SinceToken> {
     let mut parts = token.strip_prefix('s')?.split('_');
     let stream = parts.next()?.parse().ok()?;
     let mut next = || parts.next().map(|p| p.parse::<i64>().ok());
     let ephemeral = next().map_or(Some(None), |p| p.map(Some))?;
     let account_data = next().map_or(Some(None), |p| p.map(Some))?;
+    let presence = next().map_or(Some(None), |p| p.map(Some))?;
     if next().is_some() {
         return None;
     }
@@ -180,6 +208,7 @@ fn parse_since(token: &str) -> Option<SinceToken> {
         stream,
         ephemeral,
         account_data,
+        presence,
     })
 }
 

@@ -138,19 +138,26 @@ impl Sender {
             .collect();
         destinations.sort();
         destinations.dedup();
+        self.send_edu_to(&destinations, edu);
+        Ok(())
+    }
+
+    /// Queues an ephemeral message for the servers given (this one left
+    /// out).
+    pub fn send_edu_to(self: &Arc<Self>, destinations: &[OwnedServerName], edu: serde_json::Value) {
+        let destinations: Vec<&OwnedServerName> = destinations.iter().filter(|s| **s != self.own_name).collect();
         {
             let mut edus = self.edus.lock().expect("outbound EDUs");
             for destination in &destinations {
-                let queue = edus.entry(destination.clone()).or_default();
+                let queue = edus.entry((*destination).clone()).or_default();
                 if queue.len() < MAX_QUEUED_EDUS {
                     queue.push(edu.clone());
                 }
             }
         }
-        for destination in &destinations {
+        for destination in destinations {
             self.wake(destination);
         }
-        Ok(())
     }
 
     /// The worker of one destination: forever, send what is queued.
