@@ -146,6 +146,28 @@ impl MatrixError {
     pub fn unrecognized(message: impl Into<String>) -> Self {
         Self::new(ErrCode::Unrecognized, message)
     }
+    /// Another server's error, relayed as it was: its status, and every
+    /// field of its body (its `errcode`, which may be one this server
+    /// does not know, and `error` among them). `None` when the body is
+    /// not a Matrix error.
+    pub fn relayed(status: StatusCode, body: &str) -> Option<Self> {
+        let Ok(Value::Object(fields)) = serde_json::from_str::<Value>(body) else {
+            return None;
+        };
+        if !fields.get("errcode").is_some_and(Value::is_string) {
+            return None;
+        }
+        let message = fields
+            .get("error")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned();
+        let mut error = Self::new(ErrCode::Unknown, message).with_status(status);
+        // `body` writes the extra fields last: the remote's errcode wins.
+        error.extra = Some(Box::new(fields));
+        Some(error)
+    }
+
     /// An internal failure: logged in full, answered without details.
     pub fn internal(context: &str, error: impl std::fmt::Display) -> Self {
         tracing::error!(%error, "{context}");

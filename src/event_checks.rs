@@ -30,9 +30,16 @@ use crate::{
 
 #[derive(Debug, thiserror::Error)]
 pub enum CheckError {
-    /// Steps 1–2: the PDU is dropped.
+    /// Step 1: the PDU is dropped.
     #[error("invalid event: {0}")]
     Invalid(String),
+    /// Step 1, the PDU not being canonical JSON (floats, integers out of
+    /// range): it is dropped.
+    #[error("invalid event: not canonical JSON for the room version: {0}")]
+    NotCanonical(String),
+    /// Step 2, a signature missing or not verifying: the PDU is dropped.
+    #[error("bad signature: {0}")]
+    BadSignature(String),
     /// Steps 4–5: the PDU is rejected.
     #[error("event not allowed: {0}")]
     Rejected(String),
@@ -45,8 +52,8 @@ pub async fn check_signed(svc: &Services, version: &RoomVersionId, raw: &RawValu
     let rules = version
         .rules()
         .ok_or_else(|| CheckError::Invalid(format!("unsupported room version {version}")))?;
-    let mut object: CanonicalJsonObject = serde_json::from_str(raw.get())
-        .map_err(|e| CheckError::Invalid(format!("not canonical JSON for the room version: {e}")))?;
+    let mut object: CanonicalJsonObject =
+        serde_json::from_str(raw.get()).map_err(|e| CheckError::NotCanonical(e.to_string()))?;
     // What the sender says outside the signed part is not kept.
     object.remove("unsigned");
     if !rules.event_format.require_event_id {
@@ -65,7 +72,7 @@ pub async fn check_signed(svc: &Services, version: &RoomVersionId, raw: &RawValu
 
     let keys = signing_keys(svc, &object, &rules).await?;
     let verified = ruma::signatures::verify_event(&keys, &object, &rules)
-        .map_err(|e| CheckError::Invalid(format!("signature check of {event_id} failed: {e}")))?;
+        .map_err(|e| CheckError::BadSignature(format!("signature check of {event_id} failed: {e}")))?;
     if verified == Verified::Signatures {
         tracing::info!(%event_id, "content hash mismatch: keeping the event redacted");
         object = ruma::canonical_json::redact(object, &rules.redaction, None)
@@ -93,13 +100,13 @@ async fn signing_keys(
     };
     let signatures = match object.get("signatures") {
         Some(CanonicalJsonValue::Object(s)) => s,
-        _ => return Err(CheckError::Invalid("missing signatures".to_owned())),
+        _ => return Err(CheckError::BadSignature("missing signatures".to_owned())),
     };
     let mut map = PublicKeyMap::new();
     for server in servers {
         let key_ids: Vec<&str> = match signatures.get(server.as_str()) {
             Some(CanonicalJsonValue::Object(by_server)) => by_server.keys().map(String::as_str).collect(),
-            _ => return Err(CheckError::Invalid(format!("not signed by {server}"))),
+            _ => return Err(CheckError::BadSignature(format!("not signed by {server}"))),
         };
         let keys = svc
             .keyring

@@ -6,6 +6,8 @@ pub mod acl;
 pub mod backfill;
 pub mod client_api;
 pub mod config;
+pub mod devices;
+pub mod e2e_keys;
 pub mod ephemeral;
 pub mod error;
 pub mod event_checks;

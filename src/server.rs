@@ -87,9 +87,7 @@ fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> axum::response:
 fn app(router: Router<Arc<Services>>, svc: Arc<Services>) -> Router {
     router
         .fallback(client_api::unrecognized)
-        .method_not_allowed_fallback(|| async {
-            MatrixError::unrecognized("Method not allowed").with_status(http::StatusCode::METHOD_NOT_ALLOWED)
-        })
+        .method_not_allowed_fallback(client_api::method_not_allowed)
         .layer(CatchPanicLayer::custom(panic_response))
         .layer(cors())
         .with_state(svc)

@@ -10,6 +10,7 @@ use crate::{
     accounts::{RegistrationNonces, RegistrationSessions},
     backfill::Backfiller,
     config::Config,
+    devices::E2eStream,
     ephemeral::Ephemeral,
     federation_client::{FederationClient, sender::Sender},
     filter::LazyLoadCache,
@@ -40,6 +41,8 @@ pub struct Services {
     pub presence: Arc<Presence>,
     /// The account data stream: wakes `/sync` on changes.
     pub account_data: AccountDataStream,
+    /// Device list changes and to-device messages (the e2e stream).
+    pub e2e: E2eStream,
     pub metrics: Metrics,
     pub state: StateCache,
     pub rooms: RoomLocks,
@@ -84,6 +87,7 @@ impl Services {
             ephemeral: Ephemeral::new(storage.max_receipt_position().await?),
             presence,
             account_data: AccountDataStream::new(storage.max_account_data_position().await?),
+            e2e: E2eStream::new(storage.max_e2e_position().await?),
             metrics: Metrics::default(),
             state: StateCache::new(storage.clone()),
             storage,

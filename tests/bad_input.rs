@@ -206,3 +206,63 @@ async fn auth_rule_violations_are_forbidden() {
         .await;
     assert_error(status, &body, 403, "M_FORBIDDEN");
 }
+
+/// Sends `request` on `stream` and reads one HTTP/1.1 response: its
+/// status line, headers and `Content-Length` body.
+async fn exchange(stream: &mut tokio::io::BufReader<tokio::net::TcpStream>, request: &[u8]) -> (u16, Value) {
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
+    stream.get_mut().write_all(request).await.expect("request written");
+    let mut line = String::new();
+    stream.read_line(&mut line).await.expect("status line");
+    let status: u16 = line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("a status line, not {line:?}"));
+    let mut length = 0;
+    loop {
+        line.clear();
+        stream.read_line(&mut line).await.expect("header line");
+        if line == "\r\n" {
+            break;
+        }
+        if let Some((name, value)) = line.split_once(':')
+            && name.eq_ignore_ascii_case("content-length")
+        {
+            length = value.trim().parse().expect("a length");
+        }
+    }
+    let mut body = vec![0; length];
+    stream.read_exact(&mut body).await.expect("body");
+    (status, serde_json::from_slice(&body).expect("a JSON body"))
+}
+
+/// A request to a path weft does not serve, with a large body, is answered
+/// M_UNRECOGNIZED and leaves the connection usable: keep-alive clients
+/// (SyTest among them) send their next request on it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_endpoints_keep_the_connection_usable() {
+    let server = TestServer::start().await;
+    let addr = server.running().client_addr;
+    let mut stream = tokio::io::BufReader::new(tokio::net::TcpStream::connect(addr).await.expect("connect"));
+    let big = format!(r#"{{"body": "{}"}}"#, "A".repeat(70_000));
+    for (method, path) in [
+        ("POST", "/_matrix/client/v3/rooms/!r:localhost/send/m.room.message"),
+        ("DELETE", "/_matrix/client/versions"),
+    ] {
+        let request = format!(
+            "{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{big}",
+            big.len()
+        );
+        let (status, body) = exchange(&mut stream, request.as_bytes()).await;
+        assert!(status == 404 || status == 405, "{method} {path}: {status} {body}");
+        assert_eq!(body["errcode"], "M_UNRECOGNIZED", "{body}");
+    }
+    let (status, body) = exchange(
+        &mut stream,
+        b"GET /_matrix/client/versions HTTP/1.1\r\nHost: localhost\r\n\r\n",
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body["versions"].is_array(), "{body}");
+}

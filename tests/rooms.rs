@@ -313,7 +313,10 @@ async fn redaction_by_sender_and_by_moderator_only() {
         )
         .await;
     assert_eq!(b_event["unsigned"]["redacted_because"]["content"]["reason"], "oops");
-    assert_eq!(b_event["unsigned"]["redacted_by"], b_event["unsigned"]["redacted_because"]["event_id"]);
+    assert_eq!(
+        b_event["unsigned"]["redacted_by"],
+        b_event["unsigned"]["redacted_because"]["event_id"]
+    );
 
     // The older form without a transaction ID (POST, r0 and v3) still works,
     // and is checked the same way.

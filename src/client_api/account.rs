@@ -70,6 +70,7 @@ pub async fn login(svc: Arc<Services>, req: Ruma<login::v3::Request>) -> Result<
         body.initial_device_display_name.as_deref(),
     )
     .await?;
+    crate::devices::record_device_change(&svc, &user_id, &device_id).await?;
     let mut response = login::v3::Response::new(user_id, token, device_id);
     #[allow(deprecated)]
     {
@@ -79,7 +80,9 @@ pub async fn login(svc: Arc<Services>, req: Ruma<login::v3::Request>) -> Result<
 }
 
 pub async fn logout(svc: Arc<Services>, req: Ruma<logout::v3::Request>) -> Result<logout::v3::Response, MatrixError> {
-    if let Some(token) = &req.access_token {
+    if let Some(owner) = &req.owner {
+        crate::devices::delete_devices(&svc, &owner.user_id, std::slice::from_ref(&owner.device_id)).await?;
+    } else if let Some(token) = &req.access_token {
         svc.storage.delete_token(token).await?;
     }
     Ok(logout::v3::Response::new())
@@ -89,7 +92,16 @@ pub async fn logout_all(
     svc: Arc<Services>,
     req: Ruma<logout_all::v3::Request>,
 ) -> Result<logout_all::v3::Response, MatrixError> {
-    svc.storage.delete_all_tokens(&req.user().user_id).await?;
+    let user_id = &req.user().user_id;
+    let devices: Vec<_> = svc
+        .storage
+        .devices(user_id)
+        .await?
+        .into_iter()
+        .map(|d| d.device_id)
+        .collect();
+    crate::devices::delete_devices(&svc, user_id, &devices).await?;
+    svc.storage.delete_all_tokens(user_id).await?;
     Ok(logout_all::v3::Response::new())
 }
 
@@ -185,6 +197,7 @@ async fn registered(
             params.initial_device_display_name.as_deref(),
         )
         .await?;
+        crate::devices::record_device_change(svc, &user_id, &device_id).await?;
         response.access_token = Some(token);
         response.device_id = Some(device_id);
     }

@@ -133,6 +133,7 @@ pub async fn register(State(svc): State<Arc<Services>>, body: Bytes) -> Result<J
     }
     tracing::info!(%user_id, admin = body.admin, "registered with the shared secret");
     let (device_id, token) = accounts::new_session(&*svc.storage, &user_id, None, None).await?;
+    crate::devices::record_device_change(&svc, &user_id, &device_id).await?;
     Ok(Json(json!({
         "user_id": user_id,
         "access_token": token,

@@ -27,7 +27,8 @@ use crate::{
 pub async fn get_alias(svc: Arc<Services>, req: Ruma<get::v3::Request>) -> Result<get::v3::Response, MatrixError> {
     let alias = &req.body.room_alias;
     if alias.server_name() != svc.server_name() {
-        return Err(MatrixError::not_found("Remote room aliases cannot be resolved yet"));
+        let (room_id, servers) = super::membership::resolve_remote_alias(&svc, alias).await?;
+        return Ok(get::v3::Response::new(room_id, servers));
     }
     let (room_id, _) = svc
         .storage
@@ -193,8 +194,9 @@ async fn public_chunk(svc: &Services, room_id: OwnedRoomId) -> Result<Option<Pub
     Ok(Some(chunk))
 }
 
-/// The published rooms, most joined first, paged by offset tokens.
-async fn directory_page(
+/// The published rooms, most joined first, paged by offset tokens; also
+/// what other servers get (`/federation/v1/publicRooms`).
+pub(crate) async fn directory_page(
     svc: &Services,
     limit: Option<UInt>,
     since: Option<&str>,

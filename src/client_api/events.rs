@@ -132,10 +132,9 @@ pub async fn events(
     }
 }
 
-/// `s<stream>`, or `/sync`'s `s<stream>_<ephemeral>`.
+/// `s<stream>`, or a `/sync` token (its event stream part).
 fn parse_token(token: &str) -> Option<StreamOrdering> {
-    let rest = token.strip_prefix('s')?;
-    rest.split_once('_').map_or(rest, |(stream, _)| stream).parse().ok()
+    super::sync_token::SyncToken::parse(token).map(|t| t.stream)
 }
 
 /// The visible events of `rooms` in `(from, head]`, oldest first, at most

@@ -164,6 +164,7 @@ where
             }
         };
 
+        let body = legacy_password_auth(body);
         let body_slice: &[u8] = if body.is_empty() { b"{}" } else { &body };
         let http_req = http::Request::from_parts(parts, body_slice);
         let args: Vec<&str> = path_args.iter().map(String::as_str).collect();
@@ -174,6 +175,34 @@ where
             access_token: token,
         })
     }
+}
+
+/// User-interactive auth by password in its legacy form (`"user"` instead
+/// of `"identifier"`, as Synapse still takes it) rewritten to the current
+/// one, which is all ruma parses.
+fn legacy_password_auth(body: bytes::Bytes) -> bytes::Bytes {
+    if !body.windows(6).any(|w| w == b"\"user\"") {
+        return body;
+    }
+    let Ok(serde_json::Value::Object(mut object)) = serde_json::from_slice::<serde_json::Value>(&body) else {
+        return body;
+    };
+    let Some(auth) = object.get_mut("auth").and_then(serde_json::Value::as_object_mut) else {
+        return body;
+    };
+    if auth.get("type").and_then(serde_json::Value::as_str) != Some("m.login.password")
+        || auth.contains_key("identifier")
+    {
+        return body;
+    }
+    let Some(user) = auth.remove("user") else {
+        return body;
+    };
+    auth.insert(
+        "identifier".to_owned(),
+        serde_json::json!({ "type": "m.id.user", "user": user }),
+    );
+    serde_json::to_vec(&object).map_or(body, Into::into)
 }
 
 /// A ruma response, serialised as the spec says.

@@ -24,7 +24,7 @@ use axum::{
 use ruma::{MilliSecondsSinceUnixEpoch, OwnedRoomId, RoomId, UserId, presence::PresenceState};
 use serde_json::{Value, json};
 
-use super::{extract::token_owner, format};
+use super::{extract::token_owner, format, sync_token::SyncToken};
 use crate::{
     account_data,
     error::MatrixError,
@@ -83,16 +83,20 @@ enum Access<'a> {
     Peeking,
 }
 
-/// The position of every stream, as `/sync`'s `next_batch` has it (and
-/// `/events` reads).
+/// A `/sync`-style position (`sync_token.rs`) that `/events` and `/sync`
+/// take up from: the event, ephemeral and account data streams. The e2e
+/// part is left out (a sync from here must not take unseen to-device
+/// messages as received), and with it the presence part: such a sync
+/// gives the presence in full once.
 fn stream_token(svc: &Services) -> String {
-    format!(
-        "s{}_{}_{}_{}",
-        svc.notifier.head(),
-        svc.ephemeral.head(),
-        svc.account_data.head(),
-        svc.presence.head()
-    )
+    SyncToken {
+        stream: svc.notifier.head(),
+        ephemeral: Some(svc.ephemeral.head()),
+        account_data: Some(svc.account_data.head()),
+        e2e: None,
+        presence: None,
+    }
+    .to_string()
 }
 
 /// Client events as this API renders them: with `user_id`.

@@ -33,15 +33,21 @@ async fn resolve_room(
             .await?
             .map(|(room_id, _)| (room_id, Vec::new()))
             .ok_or_else(|| MatrixError::not_found(format!("Room alias {alias} not found"))),
-        Err(alias) => {
-            let request = get_room_information::v1::Request::new(alias.to_owned());
-            match svc.federation.send(alias.server_name(), request).await {
-                Ok(answer) => Ok((answer.room_id, answer.servers)),
-                Err(e) => {
-                    tracing::info!(%alias, error = %e, "remote alias not resolved");
-                    Err(MatrixError::not_found(format!("Room alias {alias} not found")))
-                }
-            }
+        Err(alias) => resolve_remote_alias(svc, alias).await,
+    }
+}
+
+/// An alias of another server, asked of that server (`/query/directory`).
+pub(super) async fn resolve_remote_alias(
+    svc: &Services,
+    alias: &ruma::RoomAliasId,
+) -> Result<(OwnedRoomId, Vec<OwnedServerName>), MatrixError> {
+    let request = get_room_information::v1::Request::new(alias.to_owned());
+    match svc.federation.send(alias.server_name(), request).await {
+        Ok(answer) => Ok((answer.room_id, answer.servers)),
+        Err(e) => {
+            tracing::info!(%alias, error = %e, "remote alias not resolved");
+            Err(MatrixError::not_found(format!("Room alias {alias} not found")))
         }
     }
 }

@@ -4,12 +4,16 @@
 mod account;
 mod account_data;
 mod admin;
+mod backup;
+mod devices;
 pub(crate) mod directory;
+mod e2e_sync;
 mod ephemeral;
 mod events;
 pub mod extract;
 pub mod format;
 mod initial_sync;
+mod keys;
 mod membership;
 mod messages;
 mod presence;
@@ -17,6 +21,11 @@ mod profile;
 mod rooms;
 mod state;
 mod sync;
+mod sync_token;
+mod to_device;
+
+pub use keys::claim_local;
+pub use to_device::receive_direct_to_device;
 
 use std::sync::Arc;
 
@@ -121,6 +130,37 @@ pub fn router() -> Router<Arc<Services>> {
             "/_matrix/client/v3/rooms/{room_id}/initialSync",
             get(initial_sync::room_initial_sync),
         )
+        .ruma(devices::get_devices)
+        .ruma(devices::get_device)
+        .ruma(devices::update_device)
+        .ruma(devices::delete_device)
+        .ruma(devices::delete_devices)
+        .ruma(devices::deactivate)
+        .ruma(keys::upload_keys)
+        .merge(
+            Router::new()
+                .ruma(keys::get_keys)
+                .ruma(keys::claim_keys)
+                .layer(axum::middleware::map_response(keys::with_failures)),
+        )
+        .ruma(keys::key_changes)
+        .ruma(keys::upload_signing_keys)
+        .ruma(keys::upload_signatures)
+        .ruma(to_device::send_to_device)
+        .ruma(backup::create_version)
+        .ruma(backup::latest_version)
+        .ruma(backup::get_version)
+        .ruma(backup::update_version)
+        .ruma(backup::delete_version)
+        .ruma(backup::put_session)
+        .ruma(backup::put_room)
+        .ruma(backup::put_all)
+        .ruma(backup::get_session)
+        .ruma(backup::get_room)
+        .ruma(backup::get_all)
+        .ruma(backup::delete_session)
+        .ruma(backup::delete_room)
+        .ruma(backup::delete_all)
         .merge(
             Router::new()
                 .ruma(sync::sync)
@@ -138,7 +178,20 @@ async fn versions() -> impl IntoResponse {
     }))
 }
 
-/// Answer for paths no endpoint matches.
-pub async fn unrecognized() -> MatrixError {
+/// Answer for paths no endpoint matches. The body is read first (up to
+/// 1 MiB): answered unread, the connection could not carry the client's
+/// next request, which keep-alive clients would send on it and lose.
+pub async fn unrecognized(body: axum::body::Body) -> MatrixError {
+    drain(body).await;
     MatrixError::unrecognized("Unrecognized request")
+}
+
+/// As [`unrecognized`], for a known path asked with the wrong method.
+pub async fn method_not_allowed(body: axum::body::Body) -> MatrixError {
+    drain(body).await;
+    MatrixError::unrecognized("Method not allowed").with_status(http::StatusCode::METHOD_NOT_ALLOWED)
+}
+
+async fn drain(body: axum::body::Body) {
+    let _ = axum::body::to_bytes(body, 1 << 20).await;
 }

@@ -1,9 +1,9 @@
 //! `/sync`: initial and incremental, with long-polling and filters.
 //!
-//! `next_batch` is `s<stream>_<ephemeral>_<account data>_<presence>`: the
-//! newest arrival order the response covers, and the positions of the
-//! ephemeral, account data and presence streams (older tokens lack the
-//! last parts). Presence is [`crate::presence::for_sync`]'s. An
+//! `next_batch` (`sync_token.rs`) is the newest arrival order the response
+//! covers, and the positions of the ephemeral, account data, e2e and
+//! presence streams (older tokens lack the last parts). Presence is
+//! [`crate::presence::for_sync`]'s. An
 //! incremental sync returns what arrived in `(since, head]`; with nothing
 //! new it waits (up to `timeout`) for the notifiers.
 //!
@@ -39,7 +39,7 @@ use ruma::{
 };
 use serde_json::Value;
 
-use super::{extract::Ruma, format};
+use super::{e2e_sync, extract::Ruma, format, sync_token::SyncToken};
 use crate::{
     account_data,
     error::MatrixError,
@@ -85,22 +85,13 @@ struct Options {
     ignored: HashSet<OwnedUserId>,
 }
 
-/// A `since` token: `s<stream>[_<ephemeral>[_<account data>[_<presence>]]]`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct SinceToken {
-    stream: StreamOrdering,
-    ephemeral: Option<i64>,
-    account_data: Option<i64>,
-    presence: Option<i64>,
-}
-
 pub async fn sync(
     svc: Arc<Services>,
     req: Ruma<ruma::api::client::sync::sync_events::v3::Request>,
 ) -> Result<Response, MatrixError> {
     let owner = req.user().clone();
     let token = match req.body.since.as_deref() {
-        Some(token) => match parse_since(token) {
+        Some(token) => match SyncToken::parse(token) {
             Some(parsed) => Some(parsed),
             None => return Err(MatrixError::invalid_param(format!("Invalid since token {token:?}"))),
         },
@@ -109,6 +100,7 @@ pub async fn sync(
     let since = token.map(|t| t.stream);
     let since_ephemeral = token.and_then(|t| t.ephemeral);
     let since_account_data = token.and_then(|t| t.account_data);
+    let since_e2e = token.and_then(|t| t.e2e);
     let since_presence = token.and_then(|t| t.presence);
     let definition = load_filter(&svc, &owner, req.body.filter.as_ref()).await?;
     presence::sync_activity(&svc, &owner.user_id, &req.body.set_presence).await?;
@@ -126,11 +118,13 @@ pub async fn sync(
     let mut head_rx = svc.notifier.subscribe();
     let mut ephemeral_rx = svc.ephemeral.subscribe();
     let mut account_data_rx = svc.account_data.subscribe();
+    let mut e2e_rx = svc.e2e.subscribe();
     let mut presence_rx = svc.presence.subscribe();
     loop {
         let head = *head_rx.borrow_and_update();
         let ephemeral_head = *ephemeral_rx.borrow_and_update();
         let account_data_head = *account_data_rx.borrow_and_update();
+        let e2e_head = *e2e_rx.borrow_and_update();
         let presence_head = *presence_rx.borrow_and_update();
         let since_ephemeral = since_ephemeral.filter(|_| since.is_some() && !opts.full_state);
         let since_account_data = since_account_data.filter(|_| since.is_some() && !opts.full_state);
@@ -147,6 +141,7 @@ pub async fn sync(
             &opts,
         )
         .await?;
+        let e2e = e2e_sync::section(&svc, &owner, since.map(|s| (s, since_e2e)), head, e2e_head).await?;
         let presence = presence::for_sync(
             &svc,
             &owner.user_id,
@@ -159,14 +154,21 @@ pub async fn sync(
             && rooms.invite.is_empty()
             && rooms.leave.is_empty()
             && global.is_empty()
+            && e2e.is_empty()
             && presence.is_empty();
+        let mut next = SyncToken {
+            stream: head,
+            ephemeral: Some(ephemeral_head),
+            account_data: Some(account_data_head),
+            e2e: Some(e2e.position),
+            presence: Some(presence_head),
+        };
         if since.is_none() || opts.full_state || !empty || tokio::time::Instant::now() >= deadline {
-            let mut response = Response::new(format!(
-                "s{head}_{ephemeral_head}_{account_data_head}_{presence_head}"
-            ));
+            let mut response = Response::new(next.to_string());
             response.rooms = rooms;
             response.account_data.events = global.iter().map(format::raw).collect();
             response.presence.events = presence.iter().map(format::raw).collect();
+            e2e.apply(&mut response);
             return Ok(response);
         }
         let woken = tokio::time::timeout_at(deadline, async {
@@ -174,42 +176,24 @@ pub async fn sync(
                 _ = head_rx.changed() => {}
                 _ = ephemeral_rx.changed() => {}
                 _ = account_data_rx.changed() => {}
+                _ = e2e_rx.changed() => {}
                 _ = presence_rx.changed() => {}
             }
         })
         .await;
         if woken.is_err() {
-            // Timed out: answer with the (empty) response at the heads.
-            let head = (*head_rx.borrow()).max(since.unwrap_or_default());
-            let ephemeral_head = (*ephemeral_rx.borrow()).max(since_ephemeral.unwrap_or_default());
-            let account_data_head = (*account_data_rx.borrow()).max(since_account_data.unwrap_or_default());
-            let presence_head = (*presence_rx.borrow()).max(since_presence.unwrap_or_default());
-            return Ok(Response::new(format!(
-                "s{head}_{ephemeral_head}_{account_data_head}_{presence_head}"
-            )));
+            // Timed out: answer with the (empty) response at the heads
+            // (the e2e one as last looked at: a to-device message that
+            // arrived since is not acknowledged unseen).
+            next.stream = (*head_rx.borrow()).max(since.unwrap_or_default());
+            next.ephemeral = Some((*ephemeral_rx.borrow()).max(since_ephemeral.unwrap_or_default()));
+            next.account_data = Some((*account_data_rx.borrow()).max(since_account_data.unwrap_or_default()));
+            next.presence = Some((*presence_rx.borrow()).max(since_presence.unwrap_or_default()));
+            let mut response = Response::new(next.to_string());
+            e2e.apply(&mut response);
+            return Ok(response);
         }
     }
-}
-
-/// `s<stream>`, `s<stream>_<ephemeral>`,
-/// `s<stream>_<ephemeral>_<account data>` or
-/// `s<stream>_<ephemeral>_<account data>_<presence>`.
-fn parse_since(token: &str) -> Option<SinceToken> {
-    let mut parts = token.strip_prefix('s')?.split('_');
-    let stream = parts.next()?.parse().ok()?;
-    let mut next = || parts.next().map(|p| p.parse::<i64>().ok());
-    let ephemeral = next().map_or(Some(None), |p| p.map(Some))?;
-    let account_data = next().map_or(Some(None), |p| p.map(Some))?;
-    let presence = next().map_or(Some(None), |p| p.map(Some))?;
-    if next().is_some() {
-        return None;
-    }
-    Some(SinceToken {
-        stream,
-        ephemeral,
-        account_data,
-        presence,
-    })
 }
 
 /// An account data event as `/sync` shows it.

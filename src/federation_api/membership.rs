@@ -4,10 +4,11 @@
 
 use std::sync::Arc;
 
+use axum::{Json, extract::State};
 use ruma::api::federation::membership::{
     create_invite, create_join_event, create_leave_event, prepare_join_event, prepare_leave_event,
 };
-use serde_json::value::RawValue;
+use serde_json::{json, value::RawValue};
 
 use super::{extract::Fed, history::raw_pdu};
 use crate::{
@@ -29,12 +30,22 @@ async fn check_acl(svc: &Services, room_id: &ruma::RoomId, origin: &ruma::Server
     Ok(())
 }
 
+/// `make_join`/`make_leave` need a user of this server in the room: a room
+/// everyone here has left is not one this server can place events in.
+async fn check_resident(svc: &Services, room_id: &ruma::RoomId) -> Result<(), MatrixError> {
+    if !acl::server_in_room(svc, room_id, svc.server_name()).await? {
+        return Err(MatrixError::not_found("No user of this server is in the room"));
+    }
+    Ok(())
+}
+
 pub async fn make_join(
     svc: Arc<Services>,
     req: Fed<prepare_join_event::v1::Request>,
 ) -> Result<prepare_join_event::v1::Response, MatrixError> {
     let b = &req.body;
     check_acl(&svc, &b.room_id, &req.origin).await?;
+    check_resident(&svc, &b.room_id).await?;
     if b.user_id.server_name() != req.origin {
         return Err(MatrixError::forbidden(format!(
             "{} cannot make a join for {}",
@@ -68,9 +79,26 @@ pub async fn send_join(
     svc: Arc<Services>,
     req: Fed<create_join_event::v2::Request>,
 ) -> Result<create_join_event::v2::Response, MatrixError> {
+    Ok(create_join_event::v2::Response::new(join(&svc, &req).await?))
+}
+
+/// `PUT /v1/send_join`: as v2 (whose request it shares), the answer
+/// wrapped in the `[200, {...}]` array the v1 API has.
+pub async fn send_join_v1(
+    State(svc): State<Arc<Services>>,
+    req: Fed<create_join_event::v2::Request>,
+) -> Result<Json<serde_json::Value>, MatrixError> {
+    let state = join(&svc, &req).await?;
+    Ok(Json(json!([200, state])))
+}
+
+async fn join(
+    svc: &Services,
+    req: &Fed<create_join_event::v2::Request>,
+) -> Result<create_join_event::v2::RoomState, MatrixError> {
     let b = &req.body;
-    check_acl(&svc, &b.room_id, &req.origin).await?;
-    let accepted = federated::accept_join(&svc, &b.room_id, &b.event_id, &req.origin, &b.pdu).await?;
+    check_acl(svc, &b.room_id, &req.origin).await?;
+    let accepted = federated::accept_join(svc, &b.room_id, &b.event_id, &req.origin, &b.pdu).await?;
     let mut state = create_join_event::v2::RoomState::new();
     state.event =
         Some(RawValue::from_string(accepted.event.pdu.json.to_string()).map_err(|e| MatrixError::internal("join", e))?);
@@ -88,7 +116,7 @@ pub async fn send_join(
     servers.sort();
     servers.dedup();
     state.servers_in_room = Some(servers);
-    Ok(create_join_event::v2::Response::new(state))
+    Ok(state)
 }
 
 pub async fn make_leave(
@@ -97,6 +125,7 @@ pub async fn make_leave(
 ) -> Result<prepare_leave_event::v1::Response, MatrixError> {
     let b = &req.body;
     check_acl(&svc, &b.room_id, &req.origin).await?;
+    check_resident(&svc, &b.room_id).await?;
     if b.user_id.server_name() != req.origin {
         return Err(MatrixError::forbidden(format!(
             "{} cannot make a leave for {}",
@@ -112,10 +141,24 @@ pub async fn send_leave(
     svc: Arc<Services>,
     req: Fed<create_leave_event::v2::Request>,
 ) -> Result<create_leave_event::v2::Response, MatrixError> {
-    let b = &req.body;
-    check_acl(&svc, &b.room_id, &req.origin).await?;
-    federated::accept_leave(&svc, &b.room_id, &b.event_id, &req.origin, &b.pdu).await?;
+    leave(&svc, &req).await?;
     Ok(create_leave_event::v2::Response::new())
+}
+
+/// `PUT /v1/send_leave`: as v2, answered `[200, {}]`.
+pub async fn send_leave_v1(
+    State(svc): State<Arc<Services>>,
+    req: Fed<create_leave_event::v2::Request>,
+) -> Result<Json<serde_json::Value>, MatrixError> {
+    leave(&svc, &req).await?;
+    Ok(Json(json!([200, {}])))
+}
+
+async fn leave(svc: &Services, req: &Fed<create_leave_event::v2::Request>) -> Result<(), MatrixError> {
+    let b = &req.body;
+    check_acl(svc, &b.room_id, &req.origin).await?;
+    federated::accept_leave(svc, &b.room_id, &b.event_id, &req.origin, &b.pdu).await?;
+    Ok(())
 }
 
 pub async fn invite(

@@ -2,6 +2,7 @@
 //! authentication; everything else only for requests whose `X-Matrix`
 //! signature checks out ([`extract::Fed`]).
 
+mod devices;
 pub mod extract;
 mod history;
 mod keys;
@@ -11,7 +12,10 @@ mod transactions;
 
 use std::sync::Arc;
 
-use axum::{Json, Router, routing::get};
+use axum::{
+    Json, Router,
+    routing::{get, put},
+};
 use serde_json::{Value, json};
 
 use crate::{client_api::extract::RumaRouter, services::Services};
@@ -38,9 +42,24 @@ pub fn router() -> Router<Arc<Services>> {
         .federation(membership::make_leave)
         .federation(membership::send_leave)
         .federation(membership::invite)
+        // The v1 forms of send_join/send_leave, which ruma no longer has:
+        // the v2 requests, answered in v1's `[200, {...}]` array.
+        .route(
+            "/_matrix/federation/v1/send_join/{room_id}/{event_id}",
+            put(membership::send_join_v1),
+        )
+        .route(
+            "/_matrix/federation/v1/send_leave/{room_id}/{event_id}",
+            put(membership::send_leave_v1),
+        )
         .federation(transactions::send)
         .federation(query::directory)
         .federation(query::profile)
+        .federation(query::public_rooms)
+        .federation(query::public_rooms_filtered)
+        .federation(devices::user_devices)
+        .federation(devices::query_keys)
+        .federation(devices::claim_keys)
 }
 
 async fn version() -> Json<Value> {

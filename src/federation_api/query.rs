@@ -1,13 +1,19 @@
-//! Questions other servers ask about this server's users and aliases:
-//! `/query/directory` and `/query/profile`.
+//! Questions other servers ask about this server's users, aliases and
+//! rooms: `/query/directory`, `/query/profile`, `/publicRooms`.
 
 use std::sync::Arc;
 
-use ruma::api::federation::query::{get_profile_information, get_room_information};
+use ruma::{
+    UInt,
+    api::federation::{
+        directory::{get_public_rooms, get_public_rooms_filtered},
+        query::{get_profile_information, get_room_information},
+    },
+};
 use serde_json::json;
 
 use super::extract::Fed;
-use crate::{error::MatrixError, services::Services};
+use crate::{client_api::directory::directory_page, error::MatrixError, services::Services};
 
 pub async fn directory(
     svc: Arc<Services>,
@@ -54,5 +60,33 @@ pub async fn profile(
             response.set(field.to_owned(), json!(value));
         }
     }
+    Ok(response)
+}
+
+/// The public room directory, as clients of this server see it.
+pub async fn public_rooms(
+    svc: Arc<Services>,
+    req: Fed<get_public_rooms::v1::Request>,
+) -> Result<get_public_rooms::v1::Response, MatrixError> {
+    let (chunk, next, prev, total) = directory_page(&svc, req.body.limit, req.body.since.as_deref(), None).await?;
+    let mut response = get_public_rooms::v1::Response::new();
+    response.chunk = chunk;
+    response.next_batch = next;
+    response.prev_batch = prev;
+    response.total_room_count_estimate = UInt::try_from(total as u64).ok();
+    Ok(response)
+}
+
+pub async fn public_rooms_filtered(
+    svc: Arc<Services>,
+    req: Fed<get_public_rooms_filtered::v1::Request>,
+) -> Result<get_public_rooms_filtered::v1::Response, MatrixError> {
+    let search = req.body.filter.generic_search_term.as_deref();
+    let (chunk, next, prev, total) = directory_page(&svc, req.body.limit, req.body.since.as_deref(), search).await?;
+    let mut response = get_public_rooms_filtered::v1::Response::new();
+    response.chunk = chunk;
+    response.next_batch = next;
+    response.prev_batch = prev;
+    response.total_room_count_estimate = UInt::try_from(total as u64).ok();
     Ok(response)
 }

@@ -94,6 +94,14 @@ pub async fn send(
     }
     for edu in &body.edus {
         let value: serde_json::Value = serde_json::from_str(edu.json().get()).unwrap_or_default();
+        match super::devices::receive_edu(&svc, &req.origin, &value).await {
+            Ok(true) => continue,
+            Ok(false) => {}
+            Err(e) => {
+                tracing::info!(origin = %req.origin, error = %e, "EDU not taken");
+                continue;
+            }
+        }
         if let Err(e) = receive_edu(&svc, &req.origin, &value).await {
             tracing::info!(origin = %req.origin, error = %e, "EDU not taken");
         }

@@ -142,8 +142,8 @@ impl Sender {
         Ok(())
     }
 
-    /// Queues an ephemeral message for the servers given (this one left
-    /// out).
+    /// Queues an EDU for the given servers (device list updates, to-device
+    /// messages), kept in memory like [`Self::send_edu`]'s.
     pub fn send_edu_to(self: &Arc<Self>, destinations: &[OwnedServerName], edu: serde_json::Value) {
         let destinations: Vec<&OwnedServerName> = destinations.iter().filter(|s| **s != self.own_name).collect();
         {

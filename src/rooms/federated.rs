@@ -27,7 +27,8 @@ impl From<CheckError> for RoomError {
     fn from(e: CheckError) -> Self {
         match e {
             CheckError::Invalid(m) => RoomError::Invalid(m),
-            CheckError::Rejected(m) => RoomError::Forbidden(m),
+            CheckError::NotCanonical(m) => RoomError::BadEvent(crate::events::build::BuildError::NotCanonical(m)),
+            CheckError::Rejected(m) | CheckError::BadSignature(m) => RoomError::Forbidden(m),
             CheckError::Storage(e) => RoomError::Storage(e),
         }
     }

@@ -48,13 +48,19 @@ pub async fn receive_invite(
             "the invite is not the event the request names".to_owned(),
         ));
     }
+    let room_here = svc.storage.room(room_id).await?.is_some();
+    if room_here && !crate::acl::allows(svc, room_id, origin).await? {
+        return Err(RoomError::Forbidden(
+            "the room's server ACL denies the inviting server".to_owned(),
+        ));
+    }
     let invitee = pdu
         .state_key
         .as_deref()
         .and_then(|k| UserId::parse(k).ok())
         .filter(|_| pdu.kind == TimelineEventType::RoomMember && pdu.membership().as_deref() == Some("invite"))
         .ok_or_else(|| RoomError::Invalid("not an invite".to_owned()))?;
-    if invitee.server_name() != svc.server_name() || svc.storage.user(&invitee).await?.is_none() {
+    if invitee.server_name() != svc.server_name() {
         return Err(RoomError::Invalid(format!("{invitee} is not a user of this server")));
     }
     if pdu.sender.server_name() != origin {
@@ -63,10 +69,15 @@ pub async fn receive_invite(
             pdu.sender
         )));
     }
-    if svc.storage.room(room_id).await?.is_some() && !crate::acl::allows(svc, room_id, origin).await? {
-        return Err(RoomError::Forbidden(
-            "the room's server ACL denies the inviting server".to_owned(),
-        ));
+    let in_room = room_here
+        && crate::acl::server_in_room(svc, room_id, svc.server_name())
+            .await
+            .unwrap_or(false);
+    // In a room this server is in, the invite is a room event like any
+    // other (as /send would take it), whoever it names; kept for a user
+    // to see, it must name one.
+    if !in_room && svc.storage.user(&invitee).await?.is_none() {
+        return Err(RoomError::UnknownUser(invitee.to_string()));
     }
 
     let mut object: CanonicalJsonObject =
@@ -82,10 +93,7 @@ pub async fn receive_invite(
     let signed = crate::events::Pdu::from_canonical(pdu.event_id.clone(), Some(room_id), &object)
         .map_err(|e| RoomError::Invalid(e.to_string()))?;
     svc.storage.persist_outlier(Arc::new(signed), None).await?;
-    if !crate::acl::server_in_room(svc, room_id, svc.server_name())
-        .await
-        .unwrap_or(false)
-    {
+    if !in_room {
         let invite = RemoteInvite {
             user_id: invitee.clone(),
             room_id: room_id.to_owned(),

@@ -57,6 +57,12 @@ pub enum RoomError {
     UnsupportedVersion(String),
     #[error("room alias already taken")]
     AliasInUse,
+    #[error("{0} is not a user of this server")]
+    UnknownUser(String),
+    /// Another server refused, with this Matrix error (passed on to the
+    /// client as it is).
+    #[error("{0}")]
+    Remote(MatrixError),
     #[error(transparent)]
     Storage(#[from] StorageError),
 }
@@ -76,6 +82,8 @@ impl From<RoomError> for MatrixError {
                 format!("room version {v} is not supported"),
             ),
             RoomError::AliasInUse => MatrixError::new(ErrCode::RoomInUse, "Room alias already taken"),
+            RoomError::Remote(e) => e,
+            RoomError::UnknownUser(u) => MatrixError::not_found(format!("{u} is not a user of this server")),
             RoomError::Storage(e) => e.into(),
         }
     }

@@ -39,7 +39,14 @@ pub async fn join_remote(
     let mut last_error = RoomError::Invalid(format!("no server to join {room_id} through"));
     for server in servers.iter().filter(|s| *s != svc.server_name()) {
         match join_through(svc, room_id, user, server).await {
-            Ok(sent) => return Ok(sent),
+            Ok(sent) => {
+                // Other servers stopped telling this one of their users'
+                // device changes while it was not in a room with them.
+                if let Err(e) = crate::devices::joined_remote_room(svc, room_id).await {
+                    tracing::warn!(%room_id, error = %e, "cannot mark remote device lists stale");
+                }
+                return Ok(sent);
+            }
             Err(e) => {
                 tracing::info!(%room_id, %server, error = %e, "joining through this server failed");
                 last_error = e;
@@ -55,10 +62,20 @@ async fn join_through(
     user: &UserId,
     server: &OwnedServerName,
 ) -> Result<Sent, RoomError> {
-    let federation_error = |e: crate::federation_client::FederationError| match e.status() {
-        Some(http::StatusCode::FORBIDDEN) => RoomError::Forbidden(e.to_string()),
-        Some(http::StatusCode::NOT_FOUND) => RoomError::UnknownRoom,
-        _ => RoomError::Invalid(e.to_string()),
+    let federation_error = |e: crate::federation_client::FederationError| match &e {
+        // The resident server's refusal, e.g. M_INCOMPATIBLE_ROOM_VERSION
+        // with its `room_version`, reaches the client as it was given.
+        crate::federation_client::FederationError::Status { status, body, .. }
+            if status.is_client_error()
+                && let Some(relayed) = crate::error::MatrixError::relayed(*status, body) =>
+        {
+            RoomError::Remote(relayed)
+        }
+        _ => match e.status() {
+            Some(http::StatusCode::FORBIDDEN) => RoomError::Forbidden(e.to_string()),
+            Some(http::StatusCode::NOT_FOUND) => RoomError::UnknownRoom,
+            _ => RoomError::Invalid(e.to_string()),
+        },
     };
     let mut make = prepare_join_event::v1::Request::new(room_id.to_owned(), user.to_owned());
     make.ver = SUPPORTED_ROOM_VERSIONS.to_vec();

@@ -7,6 +7,7 @@
 //! its edges, its state group, the new extremities and current state, the
 //! client's transaction ID — are one call and one database transaction.
 
+pub mod e2e;
 pub mod sqlite;
 
 use std::sync::Arc;
@@ -268,7 +269,7 @@ pub struct AccountData {
 
 /// Everything weft keeps, behind one interface.
 #[async_trait]
-pub trait Storage: Send + Sync + 'static {
+pub trait Storage: e2e::E2eStorage + Send + Sync + 'static {
     // ----- accounts -----
     async fn create_user(&self, user: UserRecord) -> Result<()>;
     async fn user(&self, user_id: &UserId) -> Result<Option<UserRecord>>;

@@ -6,6 +6,7 @@
 
 mod account_data;
 mod accounts;
+mod e2e;
 mod events;
 mod history;
 mod keys;
@@ -44,6 +45,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("schema_v5.sql"),
     include_str!("schema_v6.sql"),
     include_str!("schema_v7.sql"),
+    include_str!("schema_v8.sql"),
 ];
 
 const MAX_IDLE_READERS: usize = 4;

@@ -1,0 +1,162 @@
+//! Device management (`/devices`, `/delete_devices`) and account
+//! deactivation, with user-interactive auth by password where the spec
+//! asks for it.
+
+use std::sync::Arc;
+
+use ruma::{
+    MilliSecondsSinceUnixEpoch, UInt,
+    api::client::{
+        account::{ThirdPartyIdRemovalStatus, deactivate},
+        device::{self, delete_device, delete_devices, get_device, get_devices, update_device},
+        uiaa::{AuthData, UserIdentifier},
+    },
+};
+use serde_json::json;
+
+use super::extract::Ruma;
+use crate::{
+    accounts::{self, AccountError},
+    devices,
+    error::{ErrCode, MatrixError},
+    services::Services,
+    storage::{Device, TokenOwner},
+};
+
+fn to_ruma(device: Device) -> device::Device {
+    let mut out = device::Device::new(device.device_id);
+    out.display_name = device.display_name;
+    out.last_seen_ts = device
+        .last_seen_ts
+        .and_then(|t| UInt::try_from(t).ok())
+        .map(MilliSecondsSinceUnixEpoch);
+    out
+}
+
+/// A user-interactive-auth answer (HTTP 401): the password stage, and
+/// `error` when an attempt failed.
+fn uia_challenge(error: Option<(ErrCode, &str)>) -> MatrixError {
+    let mut challenge = MatrixError::new(ErrCode::Unauthorized, "Authentication required")
+        .with_field("flows", json!([{ "stages": ["m.login.password"] }]))
+        .with_field("params", json!({}))
+        .with_field("completed", json!([]))
+        .with_field("session", json!(accounts::random_string(24)));
+    if let Some((code, message)) = error {
+        challenge = challenge
+            .with_field("errcode", json!(code.as_str()))
+            .with_field("error", json!(message));
+    }
+    challenge
+}
+
+/// User-interactive auth by password of the user the token belongs to.
+/// Someone else's credentials (a stolen token used with the thief's own
+/// password) are refused with 403.
+pub async fn require_password(svc: &Services, owner: &TokenOwner, auth: Option<&AuthData>) -> Result<(), MatrixError> {
+    let Some(AuthData::Password(password)) = auth else {
+        return Err(uia_challenge(None));
+    };
+    let user_id = match &password.identifier {
+        UserIdentifier::Matrix(id) => {
+            ruma::UserId::parse_with_server_name(id.user.to_lowercase().as_str(), svc.server_name())
+                .map_err(|_| MatrixError::forbidden("Invalid user identifier"))?
+        }
+        _ => return Err(MatrixError::forbidden("Only user ID identifiers are supported")),
+    };
+    if user_id != owner.user_id {
+        return Err(MatrixError::forbidden("Authenticated as another user"));
+    }
+    match accounts::check_password(&*svc.storage, &user_id, &password.password).await {
+        Ok(()) => Ok(()),
+        Err(AccountError::BadCredentials) => Err(uia_challenge(Some((ErrCode::Forbidden, "Invalid password")))),
+        Err(e) => Err(e.into()),
+    }
+}
+
+pub async fn get_devices(
+    svc: Arc<Services>,
+    req: Ruma<get_devices::v3::Request>,
+) -> Result<get_devices::v3::Response, MatrixError> {
+    let devices = svc.storage.devices(&req.user().user_id).await?;
+    Ok(get_devices::v3::Response::new(
+        devices.into_iter().map(to_ruma).collect(),
+    ))
+}
+
+pub async fn get_device(
+    svc: Arc<Services>,
+    req: Ruma<get_device::v3::Request>,
+) -> Result<get_device::v3::Response, MatrixError> {
+    let device = svc
+        .storage
+        .device(&req.user().user_id, &req.body.device_id)
+        .await?
+        .ok_or_else(|| MatrixError::not_found("No such device"))?;
+    Ok(get_device::v3::Response::new(to_ruma(device)))
+}
+
+pub async fn update_device(
+    svc: Arc<Services>,
+    req: Ruma<update_device::v3::Request>,
+) -> Result<update_device::v3::Response, MatrixError> {
+    let user_id = &req.user().user_id;
+    let device_id = &req.body.device_id;
+    let Some(name) = &req.body.display_name else {
+        // Nothing to change; the device must exist all the same.
+        svc.storage
+            .device(user_id, device_id)
+            .await?
+            .ok_or_else(|| MatrixError::not_found("No such device"))?;
+        return Ok(update_device::v3::Response::new());
+    };
+    if name.len() > 100 {
+        return Err(MatrixError::invalid_param("Device display name too long"));
+    }
+    let position = svc
+        .storage
+        .rename_device(user_id, device_id, Some(name))
+        .await?
+        .ok_or_else(|| MatrixError::not_found("No such device"))?;
+    devices::device_changed(&svc, user_id, device_id, position, false).await?;
+    Ok(update_device::v3::Response::new())
+}
+
+pub async fn delete_device(
+    svc: Arc<Services>,
+    req: Ruma<delete_device::v3::Request>,
+) -> Result<delete_device::v3::Response, MatrixError> {
+    let owner = req.user();
+    if svc.storage.device(&owner.user_id, &req.body.device_id).await?.is_none() {
+        return Err(MatrixError::not_found("No such device"));
+    }
+    require_password(&svc, owner, req.body.auth.as_ref()).await?;
+    devices::delete_devices(&svc, &owner.user_id, std::slice::from_ref(&req.body.device_id)).await?;
+    Ok(delete_device::v3::Response::new())
+}
+
+pub async fn delete_devices(
+    svc: Arc<Services>,
+    req: Ruma<delete_devices::v3::Request>,
+) -> Result<delete_devices::v3::Response, MatrixError> {
+    let owner = req.user();
+    require_password(&svc, owner, req.body.auth.as_ref()).await?;
+    devices::delete_devices(&svc, &owner.user_id, &req.body.devices).await?;
+    Ok(delete_devices::v3::Response::new())
+}
+
+/// `POST /account/deactivate`: the account can no longer log in; its
+/// devices, access tokens and keys are gone.
+pub async fn deactivate(
+    svc: Arc<Services>,
+    req: Ruma<deactivate::v3::Request>,
+) -> Result<deactivate::v3::Response, MatrixError> {
+    let Some(owner) = req.owner.as_ref() else {
+        return Err(MatrixError::new(ErrCode::MissingToken, "Missing access token"));
+    };
+    require_password(&svc, owner, req.body.auth.as_ref()).await?;
+    for (device_id, position) in svc.storage.deactivate_user(&owner.user_id).await? {
+        devices::device_changed(&svc, &owner.user_id, &device_id, position, true).await?;
+    }
+    tracing::info!(user_id = %owner.user_id, "account deactivated");
+    Ok(deactivate::v3::Response::new(ThirdPartyIdRemovalStatus::NoSupport))
+}
