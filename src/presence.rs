@@ -2,11 +2,21 @@
 //! with a status message and when they were last active.
 //!
 //! Kept in memory, on its own stream: every change takes a new position,
-//! a millisecond clock kept increasing (as the ephemeral stream's), so that
-//! positions handed out before a restart stay below the new ones without
-//! being stored. Presence is worth little once stale: after a restart every
-//! user is unknown (offline) until they sync or set it again, and other
-//! servers send their users' presence again as it changes.
+//! a millisecond clock kept increasing (as the ephemeral stream's), which
+//! starts above every stored position. Reading presence (`/sync`, `GET
+//! /presence`) touches no storage; a change of a local user's presence that
+//! clients would see (state, status message, `currently_active`) is also
+//! written to storage, and read back at start, so that a status message
+//! outlives a restart. Other servers' users are kept in memory only: their
+//! servers send their presence again as it changes.
+//!
+//! `last_active_ago` is counted from the user's last activity: a sync or
+//! `/events` poll with `set_presence` `online` (the default), setting
+//! `online`, or sending a message. `currently_active` is true from such
+//! activity until the user goes idle, is set `unavailable` or `offline`:
+//! while it is true, the newer activity times are not announced (the spec's
+//! "currently active" mechanism), but every event given out carries an up
+//! to date `last_active_ago`.
 //!
 //! Who sees whose presence: a user sees their own and that of the users
 //! they share a joined room with; the same goes for servers, which are sent
@@ -19,7 +29,8 @@
 //! nothing of them for [`REMOTE_EXPIRY`].
 
 use std::{
-    collections::{HashMap, HashSet},
+    collections::{BTreeMap, HashMap, HashSet},
+    ops::Bound,
     sync::{Arc, Mutex},
     time::Duration,
 };
@@ -39,7 +50,13 @@ use ruma::{
 use serde_json::Value;
 use tokio::sync::watch;
 
-use crate::{error::MatrixError, events::Pdu, filter, services::Services, storage::StorageError};
+use crate::{
+    error::MatrixError,
+    events::Pdu,
+    filter,
+    services::Services,
+    storage::{PresenceRecord, StorageError},
+};
 
 /// A local user without activity for this long is idle (`unavailable`).
 pub const IDLE_AFTER: Duration = Duration::from_secs(5 * 60);
@@ -74,7 +91,8 @@ impl Status {
     pub fn event(&self, user: &UserId, now: u64, with_user_id: bool) -> Value {
         let mut content = PresenceEventContent::new(self.state.clone());
         content.status_msg = self.status_msg.clone();
-        content.last_active_ago = UInt::new(now.saturating_sub(self.last_active_ts)).filter(|_| self.last_active_ts > 0);
+        content.last_active_ago =
+            UInt::new(now.saturating_sub(self.last_active_ts)).filter(|_| self.last_active_ts > 0);
         content.currently_active = Some(self.currently_active);
         let event = PresenceEvent {
             content,
@@ -85,6 +103,30 @@ impl Status {
             value["content"]["user_id"] = Value::String(user.to_string());
         }
         value
+    }
+
+    /// What storage keeps of a local user's status.
+    fn record(&self, user: &UserId) -> PresenceRecord {
+        PresenceRecord {
+            user_id: user.to_owned(),
+            state: self.state.as_str().to_owned(),
+            status_msg: self.status_msg.clone(),
+            last_active_ts: self.last_active_ts as i64,
+            currently_active: self.currently_active,
+            updated_ts: self.touched_ts as i64,
+            position: self.position,
+        }
+    }
+
+    fn from_record(record: &PresenceRecord) -> Status {
+        Status {
+            state: PresenceState::from(record.state.as_str()),
+            status_msg: record.status_msg.clone(),
+            last_active_ts: record.last_active_ts.max(0) as u64,
+            currently_active: record.currently_active,
+            touched_ts: record.updated_ts.max(0) as u64,
+            position: record.position,
+        }
     }
 
     fn update(&self, user: &UserId, now: u64) -> PresenceUpdate {
@@ -123,16 +165,44 @@ pub struct Presence {
     enabled: bool,
     own_name: OwnedServerName,
     head: watch::Sender<i64>,
-    users: Mutex<HashMap<OwnedUserId, Status>>,
+    users: Mutex<Users>,
+}
+
+/// What is known, and who changed when: an incremental sync reads the
+/// changes after its position without looking at every user.
+#[derive(Default)]
+struct Users {
+    status: HashMap<OwnedUserId, Status>,
+    by_position: BTreeMap<i64, OwnedUserId>,
+}
+
+impl Users {
+    /// Moves `user` to `position` in the change order.
+    fn reposition(&mut self, user: &UserId, old: i64, new: i64) {
+        if self.by_position.get(&old).is_some_and(|u| u == user) {
+            self.by_position.remove(&old);
+        }
+        self.by_position.insert(new, user.to_owned());
+    }
 }
 
 impl Presence {
-    pub fn new(enabled: bool, own_name: OwnedServerName) -> Arc<Self> {
+    /// Presence as `stored` (the local users' records) left it; the stream
+    /// starts above every stored position.
+    pub fn new(enabled: bool, own_name: OwnedServerName, stored: Vec<PresenceRecord>) -> Arc<Self> {
+        let head = stored.iter().map(|r| r.position).fold(now_ms() as i64, i64::max);
+        let mut users = Users::default();
+        if enabled {
+            for record in &stored {
+                users.by_position.insert(record.position, record.user_id.clone());
+                users.status.insert(record.user_id.clone(), Status::from_record(record));
+            }
+        }
         Arc::new(Presence {
             enabled,
             own_name,
-            head: watch::Sender::new(now_ms() as i64),
-            users: Mutex::default(),
+            head: watch::Sender::new(head),
+            users: Mutex::new(users),
         })
     }
 
@@ -161,15 +231,15 @@ impl Presence {
 
     /// What is known of `user`.
     pub fn get(&self, user: &UserId) -> Option<Status> {
-        self.users.lock().expect("presence lock").get(user).cloned()
+        self.users.lock().expect("presence lock").status.get(user).cloned()
     }
 
     /// Writes `user`'s status with `change`; a new position (and true)
     /// when something a client would see changed.
     fn change(&self, user: &UserId, now: u64, change: impl FnOnce(&mut Status)) -> bool {
         let mut users = self.users.lock().expect("presence lock");
-        let old = users.get(user).cloned();
-        let status = users.entry(user.to_owned()).or_insert_with(|| Status {
+        let old = users.status.get(user).cloned();
+        let status = users.status.entry(user.to_owned()).or_insert_with(|| Status {
             state: PresenceState::Offline,
             status_msg: None,
             last_active_ts: 0,
@@ -182,7 +252,10 @@ impl Presence {
         let visible = |s: &Status| (s.state.clone(), s.status_msg.clone(), s.currently_active);
         let changed = old.as_ref().map(visible) != Some(visible(status));
         if changed {
+            let old_position = status.position;
             status.position = self.advance();
+            let new_position = status.position;
+            users.reposition(user, old_position, new_position);
         }
         changed
     }
@@ -255,13 +328,13 @@ impl Presence {
         wanted: impl Fn(&UserId) -> bool,
     ) -> Vec<(OwnedUserId, Status)> {
         let users = self.users.lock().expect("presence lock");
-        let mut changes: Vec<(OwnedUserId, Status)> = users
-            .iter()
-            .filter(|(user, s)| since.is_none_or(|since| s.position > since) && s.position <= upto && wanted(user))
-            .map(|(user, s)| (user.clone(), s.clone()))
-            .collect();
-        changes.sort_by_key(|(_, s)| s.position);
-        changes
+        let after = since.map_or(Bound::Unbounded, Bound::Excluded);
+        users
+            .by_position
+            .range((after, Bound::Included(upto)))
+            .filter(|(_, user)| wanted(user))
+            .filter_map(|(_, user)| Some((user.clone(), users.status.get(user)?.clone())))
+            .collect()
     }
 
     /// Applies the timeouts at `now`; the local users whose presence
@@ -270,15 +343,20 @@ impl Presence {
         let idle = IDLE_AFTER.as_millis() as u64;
         let offline = OFFLINE_AFTER.as_millis() as u64;
         let expiry = REMOTE_EXPIRY.as_millis() as u64;
-        let mut users = self.users.lock().expect("presence lock");
+        let mut guard = self.users.lock().expect("presence lock");
+        let users = &mut *guard;
         // Other servers' users gone quiet and offline are forgotten.
-        users.retain(|user, s| {
-            user.server_name() == self.own_name
+        users.status.retain(|user, s| {
+            let keep = user.server_name() == self.own_name
                 || s.state != PresenceState::Offline
-                || now.saturating_sub(s.touched_ts) < expiry
+                || now.saturating_sub(s.touched_ts) < expiry;
+            if !keep {
+                users.by_position.remove(&s.position);
+            }
+            keep
         });
         let mut changed = Vec::new();
-        for (user, status) in users.iter_mut() {
+        for (user, status) in users.status.iter_mut() {
             let quiet = now.saturating_sub(status.touched_ts);
             let local = user.server_name() == self.own_name;
             let new_state = match status.state {
@@ -290,7 +368,11 @@ impl Presence {
             };
             status.state = new_state;
             status.currently_active = false;
+            if users.by_position.get(&status.position) == Some(user) {
+                users.by_position.remove(&status.position);
+            }
             status.position = self.advance();
+            users.by_position.insert(status.position, user.clone());
             if local {
                 changed.push(user.clone());
             }
@@ -337,12 +419,13 @@ pub async fn may_see(svc: &Services, observer: &UserId, user: &UserId) -> Result
         .any(|m| m.membership == "join" && theirs.contains(&m.room_id)))
 }
 
-/// Sends a local user's presence to the servers of the users they share a
-/// room with.
-pub async fn broadcast(svc: &Services, user: &UserId) -> Result<(), StorageError> {
+/// A local user's presence changed (visibly): it is stored, and sent to
+/// the servers of the users they share a room with.
+pub async fn local_changed(svc: &Services, user: &UserId) -> Result<(), StorageError> {
     let Some(status) = svc.presence.get(user) else {
         return Ok(());
     };
+    svc.storage.put_presence(&status.record(user)).await?;
     let mut servers: Vec<OwnedServerName> = visible_users(svc, user)
         .await?
         .into_iter()
@@ -352,7 +435,8 @@ pub async fn broadcast(svc: &Services, user: &UserId) -> Result<(), StorageError
     servers.sort();
     servers.dedup();
     if !servers.is_empty() {
-        svc.sender.send_edu_to(&servers, edu(vec![status.update(user, now_ms())]));
+        svc.sender
+            .send_edu_to(&servers, edu(vec![status.update(user, now_ms())]));
     }
     Ok(())
 }
@@ -361,9 +445,15 @@ pub async fn broadcast(svc: &Services, user: &UserId) -> Result<(), StorageError
 /// other servers when that changed something.
 pub async fn sync_activity(svc: &Services, user: &UserId, set_presence: &PresenceState) -> Result<(), MatrixError> {
     if svc.presence.activity(user, set_presence) {
-        broadcast(svc, user).await?;
+        local_changed(svc, user).await?;
     }
     Ok(())
+}
+
+/// A local user did something pro-active (sent a message): they are online
+/// and active now.
+pub async fn bump_active(svc: &Services, user: &UserId) -> Result<(), MatrixError> {
+    sync_activity(svc, user, &PresenceState::Online).await
 }
 
 /// A user joined a room (the event is stored, accepted): the servers that
@@ -395,8 +485,7 @@ pub async fn member_joined(svc: &Services, pdu: &Pdu) -> Result<(), StorageError
         .filter_map(|m| Some(svc.presence.get(&m.user_id)?.update(&m.user_id, now)))
         .collect();
     if !updates.is_empty() {
-        svc.sender
-            .send_edu_to(&[user.server_name().to_owned()], edu(updates));
+        svc.sender.send_edu_to(&[user.server_name().to_owned()], edu(updates));
     }
     Ok(())
 }
@@ -466,6 +555,10 @@ async fn newly_shared(
 /// known of the users the user can see; in an incremental one, their
 /// changes in `(since, head]` and the presence of users newly sharing a
 /// room with the user. The filter's `presence` section applies.
+///
+/// An incremental sync with no change in the window and no room newly
+/// shared reads no storage: who may see whom is only worked out when there
+/// is something to show.
 pub async fn for_sync(
     svc: &Services,
     user: &UserId,
@@ -476,26 +569,41 @@ pub async fn for_sync(
     if !svc.presence.enabled() || !filter::presence_type_allowed(presence_filter) {
         return Ok(Vec::new());
     }
-    let visible = visible_users(svc, user).await?;
-    let wanted = |u: &UserId| visible.contains(u) && filter::presence_sender_allowed(presence_filter, u);
-    let changes = svc.presence.changes(since, head, wanted);
+    let admitted = |u: &UserId| filter::presence_sender_allowed(presence_filter, u);
+    let changes = svc.presence.changes(since, head, admitted);
+    let newly = match since {
+        Some(_) => newly_shared(svc, rooms, in_full).await?,
+        None => HashSet::new(),
+    };
+    if changes.is_empty() && newly.is_empty() {
+        return Ok(Vec::new());
+    }
+    // The user's own presence needs no room; others' do.
+    let visible = if changes.iter().all(|(u, _)| u == user) && newly.is_empty() {
+        HashSet::from([user.to_owned()])
+    } else {
+        visible_users(svc, user).await?
+    };
     let now = now_ms();
-    let mut events: Vec<Value> = changes.iter().map(|(u, s)| s.event(u, now, false)).collect();
-    if since.is_some() {
-        // Users newly met: what is known of them, offline if nothing.
-        let seen: HashSet<OwnedUserId> = changes.into_iter().map(|(u, _)| u).collect();
-        let mut new: Vec<OwnedUserId> = newly_shared(svc, rooms, in_full)
-            .await?
-            .into_iter()
-            .filter(|u| !seen.contains(u) && u != user && wanted(u))
-            .collect();
-        new.sort();
-        for new in new {
-            events.push(match svc.presence.get(&new).filter(|s| s.position <= head) {
-                Some(status) => status.event(&new, now, false),
-                None => unknown_event(&new, false),
-            });
+    let mut seen = HashSet::new();
+    let mut events = Vec::new();
+    for (u, status) in &changes {
+        if visible.contains(u) {
+            events.push(status.event(u, now, false));
+            seen.insert(u.clone());
         }
+    }
+    // Users newly met: what is known of them, offline if nothing.
+    let mut newly: Vec<OwnedUserId> = newly
+        .into_iter()
+        .filter(|u| !seen.contains(u) && u != user && visible.contains(u) && admitted(u))
+        .collect();
+    newly.sort();
+    for new in newly {
+        events.push(match svc.presence.get(&new).filter(|s| s.position <= head) {
+            Some(status) => status.event(&new, now, false),
+            None => unknown_event(&new, false),
+        });
     }
     if let Some(limit) = presence_filter.limit.map(|l| u64::from(l) as usize)
         && events.len() > limit
@@ -517,7 +625,7 @@ pub async fn run_sweeper(svc: Arc<Services>, cancel: tokio_util::sync::Cancellat
             _ = tokio::time::sleep(SWEEP_EVERY) => {}
         }
         for user in svc.presence.sweep(now_ms()) {
-            if let Err(e) = broadcast(&svc, &user).await {
+            if let Err(e) = local_changed(&svc, &user).await {
                 tracing::info!(%user, error = %e, "presence not sent");
             }
         }
@@ -534,7 +642,7 @@ mod tests {
 
     #[test]
     fn changes_take_positions() {
-        let p = Presence::new(true, "here".try_into().unwrap());
+        let p = Presence::new(true, "here".try_into().unwrap(), Vec::new());
         let alice = user("@alice:here");
         let start = p.head();
         assert!(p.set(&alice, PresenceState::Online, Some("hi".into())));
@@ -553,7 +661,7 @@ mod tests {
 
     #[test]
     fn timeouts() {
-        let p = Presence::new(true, "here".try_into().unwrap());
+        let p = Presence::new(true, "here".try_into().unwrap(), Vec::new());
         let (alice, bob) = (user("@alice:here"), user("@bob:there"));
         p.set(&alice, PresenceState::Online, None);
         p.apply_remote(&PresenceUpdate::new(bob.clone(), PresenceState::Online, UInt::MIN));
@@ -571,7 +679,7 @@ mod tests {
 
     #[test]
     fn disabled_keeps_nothing() {
-        let p = Presence::new(false, "here".try_into().unwrap());
+        let p = Presence::new(false, "here".try_into().unwrap(), Vec::new());
         let alice = user("@alice:here");
         assert!(!p.set(&alice, PresenceState::Online, None));
         assert!(!p.activity(&alice, &PresenceState::Online));

@@ -76,7 +76,11 @@ impl Services {
             keys.server_name().to_owned(),
             cancel,
         );
-        let presence = Presence::new(config.presence, keys.server_name().to_owned());
+        let presence = Presence::new(
+            config.presence,
+            keys.server_name().to_owned(),
+            storage.presence_records().await?,
+        );
         Ok(Services {
             config,
             keys,

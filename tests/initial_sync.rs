@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{User, TestServer, enc};
+use common::{TestServer, User, enc};
 use reqwest::Method;
 use serde_json::{Value, json};
 
@@ -71,7 +71,11 @@ async fn global_snapshot() {
     alice
         .ok(
             Method::POST,
-            &format!("/_matrix/client/v3/rooms/{}/receipt/m.read/{}", enc(&room), enc(event_id)),
+            &format!(
+                "/_matrix/client/v3/rooms/{}/receipt/m.read/{}",
+                enc(&room),
+                enc(event_id)
+            ),
             Some(&json!({})),
         )
         .await;
@@ -134,16 +138,25 @@ async fn global_snapshot() {
         .iter()
         .find(|r| r["room_id"] == room)
         .unwrap();
-    assert!(receipt["content"][event_id]["m.read"][&alice.user_id]["ts"].is_u64(), "{receipt}");
+    assert!(
+        receipt["content"][event_id]["m.read"][&alice.user_id]["ts"].is_u64(),
+        "{receipt}"
+    );
     // Presence: one's own (the snapshot marks one online) and the room's.
     let presence = snapshot["presence"].as_array().unwrap();
     let of = |user: &str| presence.iter().find(|p| p["content"]["user_id"] == user).cloned();
-    assert_eq!(of(&alice.user_id).unwrap()["content"]["presence"], "online", "{presence:?}");
+    assert_eq!(
+        of(&alice.user_id).unwrap()["content"]["presence"],
+        "online",
+        "{presence:?}"
+    );
     assert_eq!(of(&bob.user_id).unwrap()["content"]["status_msg"], "hi");
     assert!(of(&bob.user_id).unwrap()["content"]["last_active_ago"].is_u64());
 
     // The start token pages on back with /messages.
-    let older = alice.messages(&room, &format!("from={}&dir=b&limit=1", enc(start))).await;
+    let older = alice
+        .messages(&room, &format!("from={}&dir=b&limit=1", enc(start)))
+        .await;
     assert_eq!(bodies(&older["chunk"]), ["m1"], "{older}");
     // The end token works with /events.
     let end = snapshot["end"].as_str().unwrap();
@@ -156,7 +169,12 @@ async fn global_snapshot() {
         .await;
 
     let snapshot = initial_sync(&alice, "limit=0").await;
-    assert!(room_of(&snapshot, &room)["messages"]["chunk"].as_array().unwrap().is_empty());
+    assert!(
+        room_of(&snapshot, &room)["messages"]["chunk"]
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
     for bad in ["limit=hello", "limit=-1", "archived=maybe"] {
         let (status, body) = alice
             .call(Method::GET, &format!("/_matrix/client/v3/initialSync?{bad}"), None)
@@ -251,7 +269,13 @@ async fn room_snapshot_for_members_and_previews() {
     assert_eq!(status, 400);
 
     // World-readable: a preview, of what anyone may see.
-    put_state(&alice, &room, "m.room.history_visibility", json!({ "history_visibility": "world_readable" })).await;
+    put_state(
+        &alice,
+        &room,
+        "m.room.history_visibility",
+        json!({ "history_visibility": "world_readable" }),
+    )
+    .await;
     alice.send_text(&room, "2", "public").await;
     let (status, info) = room_initial_sync(&bob, &room, "").await;
     assert_eq!(status, 200, "{info}");

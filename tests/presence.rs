@@ -65,20 +65,39 @@ async fn status_is_set_read_and_guarded() {
     assert_eq!(status["presence"], "online", "{status}");
     assert_eq!(status["status_msg"], "at lunch");
     assert_eq!(status["currently_active"], true);
-    assert!(status["last_active_ago"].as_u64().is_some_and(|ago| ago < 10_000), "{status}");
+    assert!(
+        status["last_active_ago"].as_u64().is_some_and(|ago| ago < 10_000),
+        "{status}"
+    );
 
     // Only one's own presence can be set; bad states are refused.
     let (code, body) = bob
-        .call(Method::PUT, &status_path(&alice.user_id), Some(&json!({ "presence": "online" })))
+        .call(
+            Method::PUT,
+            &status_path(&alice.user_id),
+            Some(&json!({ "presence": "online" })),
+        )
         .await;
-    assert_eq!((code.as_u16(), body["errcode"].as_str()), (403, Some("M_FORBIDDEN")), "{body}");
+    assert_eq!(
+        (code.as_u16(), body["errcode"].as_str()),
+        (403, Some("M_FORBIDDEN")),
+        "{body}"
+    );
     let (code, body) = alice
-        .call(Method::PUT, &status_path(&alice.user_id), Some(&json!({ "presence": "asleep" })))
+        .call(
+            Method::PUT,
+            &status_path(&alice.user_id),
+            Some(&json!({ "presence": "asleep" })),
+        )
         .await;
     assert_eq!(code, 400, "{body}");
     assert!(body["errcode"].is_string(), "{body}");
     let (code, body) = alice
-        .call(Method::PUT, &status_path(&alice.user_id), Some(&json!({ "status_msg": "no state" })))
+        .call(
+            Method::PUT,
+            &status_path(&alice.user_id),
+            Some(&json!({ "status_msg": "no state" })),
+        )
         .await;
     assert_eq!(code, 400, "{body}");
     let (code, body) = alice.call(Method::GET, &status_path("not-a-user-id"), None).await;
@@ -86,7 +105,11 @@ async fn status_is_set_read_and_guarded() {
 
     // Others see it only when they share a room.
     let (code, body) = bob.call(Method::GET, &status_path(&alice.user_id), None).await;
-    assert_eq!((code.as_u16(), body["errcode"].as_str()), (403, Some("M_FORBIDDEN")), "{body}");
+    assert_eq!(
+        (code.as_u16(), body["errcode"].as_str()),
+        (403, Some("M_FORBIDDEN")),
+        "{body}"
+    );
     let room = alice.create_room(json!({ "preset": "public_chat" })).await;
     assert_eq!(bob.join(&room).await.0, 200);
     let status = bob.ok(Method::GET, &status_path(&alice.user_id), None).await;
@@ -107,18 +130,27 @@ async fn sync_shows_and_sets_presence() {
     let sync = bob.sync("set_presence=offline").await;
     assert!(presence_of(&sync, &bob.user_id).is_empty(), "{sync}");
     let token = next_batch(&sync);
-    assert_eq!(token.split('_').count(), 4, "one position per stream: {token}");
+    assert_eq!(token.split('_').count(), 5, "one position per stream: {token}");
     let sync = bob.sync(&format!("since={}", enc(&token))).await;
     let own = presence_of(&sync, &bob.user_id);
     assert_eq!(own.len(), 1, "{sync}");
     assert_eq!(own[0]["type"], "m.presence");
     assert_eq!(own[0]["content"]["presence"], "online");
     assert!(own[0]["content"]["last_active_ago"].is_u64(), "{sync}");
-    // A full sync has it too; older tokens (three parts) still work.
+    // Only on a change: the next incremental sync has nothing of Bob.
+    let sync = bob
+        .sync(&format!("since={}&set_presence=offline", enc(&next_batch(&sync))))
+        .await;
+    assert!(presence_of(&sync, &bob.user_id).is_empty(), "{sync}");
+    // A full sync has it too; older tokens (without the presence part)
+    // still work, and give the presence in full.
     let sync = bob.sync("set_presence=offline").await;
     assert_eq!(presence_of(&sync, &bob.user_id).len(), 1, "{sync}");
     let old_token = token.rsplitn(2, '_').nth(1).unwrap().to_owned();
-    bob.sync(&format!("since={}&set_presence=offline", enc(&old_token))).await;
+    let sync = bob
+        .sync(&format!("since={}&set_presence=offline", enc(&old_token)))
+        .await;
+    assert_eq!(presence_of(&sync, &bob.user_id).len(), 1, "{sync}");
     let (code, body) = bob
         .call(Method::GET, "/_matrix/client/v3/sync?since=s1_2_3_x", None)
         .await;
@@ -127,13 +159,11 @@ async fn sync_shows_and_sets_presence() {
     // A change wakes a long-polling sync of a room-mate.
     let since = next_batch(&bob.sync("set_presence=offline").await);
     let started = Instant::now();
-    let (sync, _) = tokio::join!(
-        bob.sync(&format!("since={}&timeout=10000&set_presence=offline", enc(&since))),
-        async {
-            tokio::time::sleep(Duration::from_millis(300)).await;
-            set_presence(&alice, json!({ "presence": "unavailable", "status_msg": "away" })).await;
-        }
-    );
+    let query = format!("since={}&timeout=10000&set_presence=offline", enc(&since));
+    let (sync, _) = tokio::join!(bob.sync(&query), async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        set_presence(&alice, json!({ "presence": "unavailable", "status_msg": "away" })).await;
+    });
     assert!(started.elapsed() < Duration::from_secs(8), "woken by the change");
     let seen = presence_of(&sync, &alice.user_id);
     assert_eq!(seen.len(), 1, "{sync}");
@@ -238,7 +268,10 @@ async fn presence_travels_between_servers() {
     // And Alice's changes reach Bob.
     let bob_since = next_batch(&bob.sync("set_presence=offline").await);
     set_presence(&alice, json!({ "presence": "unavailable", "status_msg": "brb" })).await;
-    let event = wait_presence(&bob, &bob_since, &alice.user_id, |e| e["content"]["status_msg"] == "brb").await;
+    let event = wait_presence(&bob, &bob_since, &alice.user_id, |e| {
+        e["content"]["status_msg"] == "brb"
+    })
+    .await;
     assert_eq!(event["content"]["presence"], "unavailable");
     assert!(event["content"]["last_active_ago"].is_u64(), "{event}");
 
@@ -262,7 +295,12 @@ async fn presence_travels_between_servers() {
     let (status, answer) = b
         .services()
         .federation
-        .raw(&a.server_name(), Method::PUT, "/_matrix/federation/v1/send/forged-presence", Some(&body))
+        .raw(
+            &a.server_name(),
+            Method::PUT,
+            "/_matrix/federation/v1/send/forged-presence",
+            Some(&body),
+        )
         .await
         .unwrap();
     assert_eq!(status, 200, "{}", String::from_utf8_lossy(&answer));
@@ -277,7 +315,11 @@ async fn presence_travels_between_servers() {
     let alice_status = alice.ok(Method::GET, &status_path(&alice.user_id), None).await;
     assert_eq!(alice_status["presence"], "unavailable", "{alice_status}");
     assert!(presence.get(&ruma::UserId::parse(&forged_local).unwrap()).is_none());
-    assert!(presence.get(&ruma::UserId::parse("@dave:elsewhere.example").unwrap()).is_none());
+    assert!(
+        presence
+            .get(&ruma::UserId::parse("@dave:elsewhere.example").unwrap())
+            .is_none()
+    );
 
     // Malformed presence EDUs are dropped without failing the transaction.
     let body = json!({
@@ -289,8 +331,84 @@ async fn presence_travels_between_servers() {
     let (status, _) = b
         .services()
         .federation
-        .raw(&a.server_name(), Method::PUT, "/_matrix/federation/v1/send/bad-presence", Some(&body))
+        .raw(
+            &a.server_name(),
+            Method::PUT,
+            "/_matrix/federation/v1/send/bad-presence",
+            Some(&body),
+        )
         .await
         .unwrap();
     assert_eq!(status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sending_a_message_is_activity() {
+    let server = TestServer::start().await;
+    let alice = server.register("alice").await;
+    let bob = server.register("bob").await;
+    let room = alice.create_room(json!({ "preset": "public_chat" })).await;
+    assert_eq!(bob.join(&room).await.0, 200);
+    set_presence(&alice, json!({ "presence": "unavailable" })).await;
+    let since = next_batch(&bob.sync("set_presence=offline").await);
+    assert_eq!(alice.send_text(&room, "t1", "hello").await.0, 200);
+    let event = wait_presence(&bob, &since, &alice.user_id, |e| e["content"]["presence"] == "online").await;
+    assert_eq!(event["content"]["currently_active"], true, "{event}");
+    assert!(
+        event["content"]["last_active_ago"]
+            .as_u64()
+            .is_some_and(|ago| ago < 10_000),
+        "{event}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_survives_a_restart() {
+    let mut server = TestServer::start().await;
+    let (alice_id, alice_token, bob_id, bob_token) = {
+        let alice = server.register("alice").await;
+        let bob = server.register("bob").await;
+        let room = alice.create_room(json!({ "preset": "public_chat" })).await;
+        assert_eq!(bob.join(&room).await.0, 200);
+        set_presence(&alice, json!({ "presence": "unavailable", "status_msg": "on holiday" })).await;
+        (alice.user_id, alice.token, bob.user_id, bob.token)
+    };
+    let before = {
+        let bob = User {
+            server: &server,
+            user_id: bob_id.clone(),
+            token: bob_token.clone(),
+        };
+        next_batch(&bob.sync("set_presence=offline").await)
+    };
+    server.restart().await;
+    let alice = User {
+        server: &server,
+        user_id: alice_id,
+        token: alice_token,
+    };
+    let bob = User {
+        server: &server,
+        user_id: bob_id,
+        token: bob_token,
+    };
+    let status = bob.ok(Method::GET, &status_path(&alice.user_id), None).await;
+    assert_eq!(status["presence"], "unavailable", "{status}");
+    assert_eq!(status["status_msg"], "on holiday", "{status}");
+    let sync = bob.sync("set_presence=offline").await;
+    let seen = presence_of(&sync, &alice.user_id);
+    assert_eq!(seen.len(), 1, "{sync}");
+    assert_eq!(seen[0]["content"]["status_msg"], "on holiday");
+
+    // Positions after the restart stay above those before it: a token from
+    // before sees what changed since.
+    set_presence(&alice, json!({ "presence": "online", "status_msg": "back" })).await;
+    let sync = bob.sync(&format!("since={}&set_presence=offline", enc(&before))).await;
+    let seen = presence_of(&sync, &alice.user_id);
+    assert_eq!(seen.len(), 1, "{sync}");
+    assert_eq!(seen[0]["content"]["status_msg"], "back");
+    let sync = bob
+        .sync(&format!("since={}&set_presence=offline", enc(&next_batch(&sync))))
+        .await;
+    assert!(presence_of(&sync, &alice.user_id).is_empty(), "{sync}");
 }

@@ -189,10 +189,7 @@ async fn room_info(
     if let Some(membership) = membership {
         info.insert("membership".into(), json!(membership));
     }
-    info.insert(
-        "visibility".into(),
-        json!(if published { "public" } else { "private" }),
-    );
+    info.insert("visibility".into(), json!(if published { "public" } else { "private" }));
     info.insert(
         "messages".into(),
         json!({ "chunk": events_json(svc, owner, &events).await?, "start": start, "end": end }),

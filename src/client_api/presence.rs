@@ -31,7 +31,7 @@ pub async fn set_status(
         )));
     }
     if svc.presence.set(user, b.presence.clone(), b.status_msg.clone()) {
-        presence::broadcast(&svc, user).await?;
+        presence::local_changed(&svc, user).await?;
     }
     Ok(set_presence::v3::Response::new())
 }
