@@ -146,7 +146,7 @@ async fn sync_shows_and_sets_presence() {
     // still work, and give the presence in full.
     let sync = bob.sync("set_presence=offline").await;
     assert_eq!(presence_of(&sync, &bob.user_id).len(), 1, "{sync}");
-    let old_token = token.rsplitn(2, '_').nth(1).unwrap().to_owned();
+    let old_token = token.rsplit_once('_').unwrap().0.to_owned();
     let sync = bob
         .sync(&format!("since={}&set_presence=offline", enc(&old_token)))
         .await;
