@@ -412,3 +412,40 @@ async fn status_survives_a_restart() {
         .await;
     assert!(presence_of(&sync, &alice.user_id).is_empty(), "{sync}");
 }
+
+/// The deprecated `/events` stream carries presence changes of room-mates
+/// (with `content.user_id`), not of strangers, and wakes for them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn event_stream_carries_presence() {
+    let server = TestServer::start().await;
+    let alice = server.register("alice").await;
+    let bob = server.register("bob").await;
+    let carol = server.register("carol").await;
+    let room = alice.create_room(json!({ "preset": "public_chat" })).await;
+    assert_eq!(bob.join(&room).await.0, 200);
+    let start = bob.ok(Method::GET, "/_matrix/client/v3/events?timeout=0", None).await;
+    assert!(start["chunk"].as_array().is_some_and(Vec::is_empty), "{start}");
+    let from = start["end"].as_str().unwrap().to_owned();
+
+    set_presence(&carol, json!({ "presence": "online", "status_msg": "stranger" })).await;
+    let query = format!("/_matrix/client/v3/events?from={}&timeout=10000", enc(&from));
+    let started = Instant::now();
+    let (page, _) = tokio::join!(bob.ok(Method::GET, &query, None), async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        set_presence(&alice, json!({ "presence": "online", "status_msg": "streaming" })).await;
+    });
+    assert!(started.elapsed() < Duration::from_secs(8), "woken by the change");
+    let chunk = page["chunk"].as_array().unwrap();
+    assert_eq!(chunk.len(), 1, "Alice's only, not Carol's: {page}");
+    assert_eq!(chunk[0]["type"], "m.presence");
+    assert_eq!(chunk[0]["content"]["user_id"], alice.user_id.as_str());
+    assert_eq!(chunk[0]["content"]["status_msg"], "streaming");
+
+    // Shown once: from the answer's end there is nothing more.
+    let next = format!(
+        "/_matrix/client/v3/events?from={}&timeout=0",
+        enc(page["end"].as_str().unwrap())
+    );
+    let page = bob.ok(Method::GET, &next, None).await;
+    assert!(page["chunk"].as_array().is_some_and(Vec::is_empty), "{page}");
+}

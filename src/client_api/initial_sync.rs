@@ -84,17 +84,16 @@ enum Access<'a> {
 }
 
 /// A `/sync`-style position (`sync_token.rs`) that `/events` and `/sync`
-/// take up from: the event, ephemeral and account data streams. The e2e
-/// part is left out (a sync from here must not take unseen to-device
-/// messages as received), and with it the presence part: such a sync
-/// gives the presence in full once.
+/// take up from: the event, ephemeral, account data and presence streams.
+/// The e2e part is left empty: a sync from here must not take unseen
+/// to-device messages as received.
 fn stream_token(svc: &Services) -> String {
     SyncToken {
         stream: svc.notifier.head(),
         ephemeral: Some(svc.ephemeral.head()),
         account_data: Some(svc.account_data.head()),
         e2e: None,
-        presence: None,
+        presence: Some(svc.presence.head()),
     }
     .to_string()
 }

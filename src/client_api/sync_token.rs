@@ -3,7 +3,10 @@
 //! one part per stream a sync follows. A token from before a part existed
 //! still works: the missing position reads as "none yet" and that stream's
 //! data comes in full once. Parts after those known here are ignored, so a
-//! token from a newer weft does not fail on an older one.
+//! token from a newer weft does not fail on an older one. A part may also
+//! be empty (`s12____7`): that stream's position is unknown, as if the part
+//! were missing, while later ones are given (`/events` and `/initialSync`
+//! tokens, which do not cover every stream, are written so).
 
 use std::fmt;
 
@@ -28,11 +31,21 @@ impl SyncToken {
     pub fn parse(token: &str) -> Option<SyncToken> {
         let mut parts = token.strip_prefix('s')?.split('_');
         let stream = parts.next()?.parse().ok()?;
-        let mut next = || parts.next().map(|p| p.parse::<i64>().ok());
-        let ephemeral = next().map_or(Some(None), |p| p.map(Some))?;
-        let account_data = next().map_or(Some(None), |p| p.map(Some))?;
-        let e2e = next().map_or(Some(None), |p| p.map(Some))?;
-        let presence = next().map_or(Some(None), |p| p.map(Some))?;
+        // Missing: `None`; empty: `Some(None)`; a number: `Some(Some(n))`;
+        // anything else makes the token invalid.
+        let mut next = || {
+            parts.next().map(|p| {
+                if p.is_empty() {
+                    Some(None)
+                } else {
+                    p.parse::<i64>().ok().map(Some)
+                }
+            })
+        };
+        let ephemeral = next().unwrap_or(Some(None))?;
+        let account_data = next().unwrap_or(Some(None))?;
+        let e2e = next().unwrap_or(Some(None))?;
+        let presence = next().unwrap_or(Some(None))?;
         Some(SyncToken {
             stream,
             ephemeral,
@@ -46,10 +59,14 @@ impl SyncToken {
 impl fmt::Display for SyncToken {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "s{}", self.stream)?;
-        // A part is written only with those before it.
+        // Parts up to the last known one; unknown ones before it empty.
         let parts = [self.ephemeral, self.account_data, self.e2e, self.presence];
-        for part in parts.iter().map_while(|p| *p) {
-            write!(f, "_{part}")?;
+        let known = parts.iter().rposition(Option::is_some).map_or(0, |i| i + 1);
+        for part in &parts[..known] {
+            match part {
+                Some(position) => write!(f, "_{position}")?,
+                None => write!(f, "_")?,
+            }
         }
         Ok(())
     }
@@ -82,7 +99,27 @@ mod tests {
             Some(6),
             "later parts are ignored"
         );
-        for bad in ["", "12", "sx", "s1_x", "s1_2_x", "s1_2_3_x", "s1_2_3_4_x", "t1"] {
+        let partial = SyncToken::parse("s12____7").unwrap();
+        assert_eq!(
+            (partial.ephemeral, partial.account_data, partial.e2e, partial.presence),
+            (None, None, None, Some(7)),
+            "empty parts are unknown positions"
+        );
+        assert_eq!(partial.to_string(), "s12____7");
+        let gap = SyncToken { e2e: None, ..full };
+        assert_eq!(gap.to_string(), "s12_3_4__6");
+        assert_eq!(SyncToken::parse(&gap.to_string()), Some(gap));
+        for bad in [
+            "",
+            "12",
+            "sx",
+            "s1_x",
+            "s1_2_x",
+            "s1_2_3_x",
+            "s1_2_3_4_x",
+            "s1_-_3",
+            "t1",
+        ] {
             assert_eq!(SyncToken::parse(bad), None, "{bad:?}");
         }
     }
