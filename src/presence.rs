@@ -490,10 +490,12 @@ pub async fn member_joined(svc: &Services, pdu: &Pdu) -> Result<(), StorageError
     Ok(())
 }
 
-/// An `m.presence` EDU from `origin`: updates about its own users who are
-/// joined to a room here are applied, others ignored (so that a server
-/// cannot fill memory with users nobody here can see).
-pub async fn receive_edu(svc: &Services, origin: &ServerName, content: &Value) {
+/// An `m.presence` EDU from `origin`: updates about its own users are
+/// applied, others ignored. (Not only of users in a room here: a server
+/// sends its users' presence as soon as one joins a room, which may be
+/// before this server has stored the join; `/sync` shows presence only to
+/// users who share a room anyway, and the sweep forgets what went stale.)
+pub fn receive_edu(svc: &Services, origin: &ServerName, content: &Value) {
     if !svc.presence.enabled() {
         return;
     }
@@ -506,13 +508,7 @@ pub async fn receive_edu(svc: &Services, origin: &ServerName, content: &Value) {
             tracing::info!(%origin, user = %update.user_id, "presence for another server's user ignored");
             continue;
         }
-        match svc.storage.user_memberships(&update.user_id).await {
-            Ok(memberships) if memberships.iter().any(|m| m.membership == "join") => {
-                svc.presence.apply_remote(update);
-            }
-            Ok(_) => tracing::debug!(%origin, user = %update.user_id, "presence of a user in no room here ignored"),
-            Err(e) => tracing::info!(%origin, error = %e, "presence update not applied"),
-        }
+        svc.presence.apply_remote(update);
     }
 }
 
