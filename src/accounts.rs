@@ -244,3 +244,42 @@ impl RegistrationSessions {
         }
     }
 }
+
+/// User-interactive-auth sessions of operations other than registration
+/// (deleting devices, deactivating, replacing cross-signing keys), in
+/// memory. Each is bound to the user and the operation it was started
+/// for: the spec has the server keep the operation consistent through a
+/// session, so that credentials given to approve one operation cannot
+/// approve another.
+#[derive(Default)]
+pub struct AuthSessions {
+    sessions: std::sync::Mutex<std::collections::HashMap<String, (OwnedUserId, String, std::time::Instant)>>,
+}
+
+impl AuthSessions {
+    /// A new session for `operation` by `user`; forgets expired ones.
+    pub fn start(&self, user: &UserId, operation: &str) -> String {
+        let id = random_string(24);
+        let mut sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
+        sessions.retain(|_, (_, _, started)| started.elapsed() < REGISTRATION_SESSION_LIFETIME);
+        sessions.insert(
+            id.clone(),
+            (user.to_owned(), operation.to_owned(), std::time::Instant::now()),
+        );
+        id
+    }
+
+    /// Whether session `id` may approve `operation` by `user`: not if it
+    /// was started by another user or for another operation. A session
+    /// not known here (forgotten by a restart, or never started) does not
+    /// forbid anything.
+    pub fn allows(&self, id: &str, user: &UserId, operation: &str) -> bool {
+        let sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
+        match sessions.get(id) {
+            Some((owner, started_for, started)) if started.elapsed() < REGISTRATION_SESSION_LIFETIME => {
+                owner == user && started_for == operation
+            }
+            _ => true,
+        }
+    }
+}

@@ -80,6 +80,29 @@ fn cors() -> CorsLayer {
         ])
 }
 
+/// Reads every request body in full before routing. An answer given
+/// before its request's body was read (an unknown path, a missing token,
+/// any early error) would otherwise leave the rest of the body in the
+/// connection, which then cannot carry the client's next request: keep-alive
+/// clients (SyTest among them) send it anyway and lose it. Bodies are JSON
+/// of at most [`MAX_BODY_BYTES`](client_api::extract::MAX_BODY_BYTES), which
+/// the endpoints read whole anyway; a larger one is refused here, and that
+/// connection closed.
+async fn read_body_first(req: axum::extract::Request, next: axum::middleware::Next) -> axum::response::Response {
+    let (parts, body) = req.into_parts();
+    match axum::body::to_bytes(body, client_api::extract::MAX_BODY_BYTES).await {
+        Ok(bytes) => next.run(axum::extract::Request::from_parts(parts, bytes.into())).await,
+        Err(_) => {
+            let mut response =
+                MatrixError::new(crate::error::ErrCode::TooLarge, "Request body too large").into_response();
+            response
+                .headers_mut()
+                .insert(http::header::CONNECTION, http::HeaderValue::from_static("close"));
+            response
+        }
+    }
+}
+
 fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> axum::response::Response {
     MatrixError::unknown("internal error").into_response()
 }
@@ -88,6 +111,7 @@ fn app(router: Router<Arc<Services>>, svc: Arc<Services>) -> Router {
     router
         .fallback(client_api::unrecognized)
         .method_not_allowed_fallback(client_api::method_not_allowed)
+        .layer(axum::middleware::from_fn(read_body_first))
         .layer(CatchPanicLayer::custom(panic_response))
         .layer(cors())
         .with_state(svc)

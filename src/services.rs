@@ -7,7 +7,7 @@ use tokio::sync::watch;
 
 use crate::{
     account_data::AccountDataStream,
-    accounts::{RegistrationNonces, RegistrationSessions},
+    accounts::{AuthSessions, RegistrationNonces, RegistrationSessions},
     backfill::Backfiller,
     config::Config,
     devices::E2eStream,
@@ -51,6 +51,8 @@ pub struct Services {
     pub registration_nonces: RegistrationNonces,
     /// User-interactive-auth sessions of `/register`.
     pub registration_sessions: RegistrationSessions,
+    /// User-interactive-auth sessions of other operations.
+    pub auth_sessions: AuthSessions,
     /// Membership events sent to each device, for lazy-loading syncs.
     pub lazy_members: LazyLoadCache,
 }
@@ -99,6 +101,7 @@ impl Services {
             notifier: Notifier::new(head),
             registration_nonces: RegistrationNonces::default(),
             registration_sessions: RegistrationSessions::default(),
+            auth_sessions: AuthSessions::default(),
             lazy_members: LazyLoadCache::default(),
         })
     }

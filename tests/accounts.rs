@@ -173,6 +173,12 @@ async fn discovery_endpoints() {
     let caps = alice.ok(Method::GET, "/_matrix/client/v3/capabilities", None).await;
     assert_eq!(caps["capabilities"]["m.room_versions"]["default"], "11");
     assert_eq!(caps["capabilities"]["m.room_versions"]["available"]["12"], "stable");
+    // Listed although it has ruma's default value: clients look for it.
+    assert_eq!(caps["capabilities"]["m.change_password"]["enabled"], true);
+    let (status, body) = server
+        .request(Method::GET, "/_matrix/client/v3/capabilities", None, None)
+        .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
 }
 
 /// Starts a registration session (the 401 challenge) with `body`.

@@ -121,6 +121,21 @@ async fn device_management() {
         .await;
     assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
     assert!(body["flows"].is_array() && body["session"].is_string() && body["params"].is_object());
+    // The session is for deleting PHONE: it does not approve deleting
+    // another device, even with the right password.
+    let mut auth = password_auth(&alice.user_id, "secret");
+    auth["session"] = body["session"].clone();
+    let (status, refused) = alice
+        .call(
+            Method::DELETE,
+            &format!("/_matrix/client/v3/devices/{}", device_of(&alice).await),
+            Some(&json!({ "auth": auth })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{refused}");
+    assert_eq!(refused["errcode"], "M_FORBIDDEN");
+    let (status, _) = alice.call(Method::GET, "/_matrix/client/v3/account/whoami", None).await;
+    assert_eq!(status, StatusCode::OK, "alice's own device was not deleted");
     let (status, body) = alice
         .call(
             Method::DELETE,
@@ -657,4 +672,10 @@ async fn room_key_backup() {
         Some(first.as_str()),
         "the previous version is current again"
     );
+}
+
+/// The device ID of `user`'s access token.
+async fn device_of(user: &User<'_>) -> String {
+    let whoami = user.ok(Method::GET, "/_matrix/client/v3/account/whoami", None).await;
+    whoami["device_id"].as_str().expect("a device ID").to_owned()
 }

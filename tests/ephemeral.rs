@@ -62,6 +62,26 @@ async fn typing_and_receipts_on_one_server() {
         .await;
     let events = wait_ephemeral(&bob, &room, &since, |e| typing_users(e).is_some_and(|u| !u.is_empty())).await;
     assert_eq!(typing_users(&events).unwrap(), std::slice::from_ref(&alice.user_id));
+    // The spec's schema requires only `typing`: without a timeout, a
+    // default one; bad bodies are told apart.
+    let typing_path = format!("/_matrix/client/v3/rooms/{}/typing/{}", enc(&room), enc(&bob.user_id));
+    bob.ok(Method::PUT, &typing_path, Some(&json!({ "typing": true })))
+        .await;
+    let events = wait_ephemeral(&alice, &room, &since, |e| {
+        typing_users(e).is_some_and(|u| u.contains(&bob.user_id))
+    })
+    .await;
+    assert!(typing_users(&events).unwrap().contains(&bob.user_id));
+    let (status, body) = bob
+        .call(Method::PUT, &typing_path, Some(&json!({ "typing": "yes" })))
+        .await;
+    assert_eq!(
+        (status.as_u16(), body["errcode"].as_str()),
+        (400, Some("M_BAD_JSON")),
+        "{body}"
+    );
+    bob.ok(Method::PUT, &typing_path, Some(&json!({ "typing": false })))
+        .await;
     // Someone else's typing state cannot be set.
     let (status, _) = bob
         .call(
@@ -98,6 +118,10 @@ async fn typing_and_receipts_on_one_server() {
         receipt["content"][event_id]["m.read"][&bob.user_id]["ts"].is_u64(),
         "{receipt}"
     );
+    // A new client's first sync learns that nobody types any more.
+    let full = bob.sync("").await;
+    let events = full["rooms"]["join"][&room]["ephemeral"]["events"].as_array().unwrap();
+    assert_eq!(typing_users(events), Some(Vec::new()), "{full}");
 
     // A private receipt is for its owner only.
     let since_alice = alice.sync("").await["next_batch"].as_str().unwrap().to_owned();

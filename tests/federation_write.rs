@@ -56,10 +56,32 @@ async fn messages_flow_both_ways_after_a_remote_join() {
     let bob = b.register("bob").await;
     let room = alice
         .create_room(
-            json!({ "preset": "public_chat", "name": "Across", "topic": "two servers", "room_alias_name": "across" }),
+            json!({ "preset": "public_chat", "name": "Across", "topic": "two servers", "room_alias_name": "across", "visibility": "public" }),
         )
         .await;
     alice.send_text(&room, "a0", "before bob").await;
+
+    // Bob finds it in A's room directory, through his own server.
+    let server = enc(a.server_name().as_str());
+    let listed = bob
+        .ok(
+            Method::GET,
+            &format!("/_matrix/client/v3/publicRooms?server={server}"),
+            None,
+        )
+        .await;
+    assert_eq!(listed["chunk"][0]["room_id"], room.as_str(), "{listed}");
+    assert_eq!(listed["chunk"][0]["name"], "Across", "{listed}");
+    let searched = bob
+        .ok(
+            Method::POST,
+            &format!("/_matrix/client/v3/publicRooms?server={server}"),
+            Some(&json!({ "filter": { "generic_search_term": "nothing like it" } })),
+        )
+        .await;
+    assert_eq!(searched["chunk"], json!([]), "{searched}");
+    let own = bob.ok(Method::GET, "/_matrix/client/v3/publicRooms", None).await;
+    assert_eq!(own["chunk"], json!([]), "B's own directory is B's: {own}");
 
     // Bob joins by the alias on A's server.
     let alias = format!("#across:{}", a.server_name());
@@ -362,4 +384,41 @@ async fn invites_across_servers_joined_rejected_and_left() {
     )
     .await;
     eventually_membership(&alice, &room, &bob.user_id, "leave").await;
+
+    // An invite to a room everyone on A has since left: A will not make a
+    // leave for a room it has no user in, so B rejects it on its own.
+    let empty = alice
+        .create_room(json!({ "preset": "private_chat", "name": "Left behind" }))
+        .await;
+    alice
+        .ok(
+            Method::POST,
+            &format!("/_matrix/client/v3/rooms/{}/invite", enc(&empty)),
+            Some(&json!({ "user_id": carol.user_id })),
+        )
+        .await;
+    let since = carol.sync("").await;
+    assert!(since["rooms"]["invite"][&empty].is_object(), "{since}");
+    let since = since["next_batch"].as_str().unwrap().to_owned();
+    alice
+        .ok(
+            Method::POST,
+            &format!("/_matrix/client/v3/rooms/{}/leave", enc(&empty)),
+            Some(&json!({})),
+        )
+        .await;
+    let (status, body) = carol
+        .call(
+            Method::POST,
+            &format!("/_matrix/client/v3/rooms/{}/leave", enc(&empty)),
+            Some(&json!({})),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let sync = carol.sync(&format!("since={}", enc(&since))).await;
+    assert!(sync["rooms"]["invite"].get(&empty).is_none(), "{sync}");
+    let left = &sync["rooms"]["leave"][&empty]["timeline"]["events"][0];
+    assert_eq!(left["content"]["membership"], "leave", "{sync}");
+    assert_eq!(left["sender"], carol.user_id.as_str(), "{sync}");
+    assert!(carol.sync("").await["rooms"]["invite"].get(&empty).is_none());
 }

@@ -545,7 +545,8 @@ async fn a_float_in_the_content_is_refused() {
     rig.assert_invisible(&float.id).await;
 
     // Through gap filling: the float event is the parent of a good event;
-    // weft fetches it with /get_missing_events and drops it.
+    // weft fetches it with /get_missing_events and drops it, and the child,
+    // whose parent can never be had, is refused with it.
     rig.hostile.commit(&rig.room, &float);
     let child = rig.hostile.message(&rig.room, &rig.mallory, "child of a float");
     rig.hostile.commit(&rig.room, &child);
@@ -558,8 +559,8 @@ async fn a_float_in_the_content_is_refused() {
     );
     assert!(rig.stored(&float.id).await.is_none(), "the float event is not held");
     rig.assert_invisible(&float.id).await;
-    assert_accepted(&answer, &child.id);
-    rig.assert_visible(&child.id).await;
+    assert_refused(&answer, &child.id);
+    rig.assert_invisible(&child.id).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -648,15 +649,55 @@ async fn missing_parents_are_fetched_with_get_missing_events() {
     );
 }
 
+/// An event pushed with parents its sender will not give (an empty
+/// `/get_missing_events` answer) is refused, not built upon, and weft does
+/// not go on to ask for the state at the missing parent (as Synapse, and
+/// SyTest's "prev_events cannot be found" test). The sender's next event
+/// asks for the parents again, and is taken once they come.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_gap_that_cannot_be_filled_stays_a_backward_extremity() {
+async fn an_event_whose_parents_are_not_given_is_refused() {
     let rig = rig().await;
     rig.hostile.set_behaviour(|b| {
         b.serve_missing_events = false;
         b.serve_backfill = false;
     });
-    // In the gap: Eve (of the hostile server) joins. A state event weft
-    // will only learn from the state at the event after the gap.
+    let hidden = rig.hostile.message(&rig.room, &rig.mallory, "never given");
+    rig.hostile.commit(&rig.room, &hidden);
+    let sent = rig.hostile.message(&rig.room, &rig.mallory, "child of the hidden one");
+    rig.hostile.commit(&rig.room, &sent);
+    let answer = rig.send("orphan", &[&sent]).await;
+    let error = assert_refused(&answer, &sent.id);
+    assert!(error.contains(hidden.id.as_str()), "{error}");
+    assert!(rig.stored(&sent.id).await.is_none(), "the orphan is not held");
+    rig.assert_invisible(&sent.id).await;
+    assert!(
+        rig.hostile.seen_at("/_matrix/federation/v1/state_ids/").is_empty(),
+        "weft asked for state it would build an orphan on: {:?}",
+        rig.hostile.seen()
+    );
+
+    // The sender gives the parents now: its next event brings them all.
+    rig.hostile.set_behaviour(|b| b.serve_missing_events = true);
+    let next = rig.hostile.message(&rig.room, &rig.mallory, "next");
+    rig.hostile.commit(&rig.room, &next);
+    let answer = rig.send("orphan-next", &[&next]).await;
+    assert_accepted(&answer, &next.id);
+    for id in [&hidden.id, &sent.id, &next.id] {
+        rig.assert_visible(id).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gap_that_cannot_be_filled_stays_a_backward_extremity() {
+    let rig = rig().await;
+    // `/get_missing_events` gives only the newest missing event.
+    rig.hostile.set_behaviour(|b| {
+        b.missing_events_limit = Some(1);
+        b.serve_backfill = false;
+    });
+    // In the gap: Eve (of the hostile server) joins, then Mallory talks.
+    // Eve's join is a state event weft learns only from the state the
+    // sender gives at it.
     let eve = rig.hostile.user("eve");
     let eve_join = rig.hostile.build(
         &rig.room,
@@ -666,10 +707,17 @@ async fn a_gap_that_cannot_be_filled_stays_a_backward_extremity() {
         json!({ "membership": "join" }),
     );
     rig.hostile.commit(&rig.room, &eve_join);
+    let in_gap = rig.hostile.message(&rig.room, &rig.mallory, "in the gap");
+    rig.hostile.commit(&rig.room, &in_gap);
     let after_gap = rig.hostile.message(&rig.room, &rig.mallory, "after the gap");
     rig.hostile.commit(&rig.room, &after_gap);
+    // The peer gives the state only at the missing parent of what it gave
+    // (as SyTest's does): weft asks there, and adds the parent itself.
+    let only = vec![eve_join.id.clone()];
+    rig.hostile.set_behaviour(move |b| b.state_only_at = Some(only.clone()));
     let answer = rig.send("hole", &[&after_gap]).await;
     assert_accepted(&answer, &after_gap.id);
+    rig.assert_visible(&in_gap.id).await;
 
     assert!(
         !rig.hostile
@@ -678,7 +726,7 @@ async fn a_gap_that_cannot_be_filled_stays_a_backward_extremity() {
     );
     assert!(
         !rig.hostile.seen_at("/_matrix/federation/v1/state_ids/").is_empty(),
-        "weft asked for the state at the event: {:?}",
+        "weft asked for the state at the missing parent: {:?}",
         rig.hostile.seen()
     );
     let fetched = rig
@@ -1108,8 +1156,8 @@ async fn state_from_the_sender_naming_another_rooms_events_is_not_used() {
     let other_power: OwnedEventId = sent["event_id"].as_str().unwrap().try_into().unwrap();
 
     // In Alice's first room: a gap, then Mallory renames the room, and the
-    // hostile server says the state before the rename has the other room's
-    // power levels.
+    // hostile server says the state in the gap has the other room's power
+    // levels.
     rig.hostile.set_behaviour(|b| {
         b.serve_missing_events = false;
         b.serve_backfill = false;
@@ -1124,9 +1172,13 @@ async fn state_from_the_sender_naming_another_rooms_events_is_not_used() {
         json!({ "name": "Taken over" }),
     );
     rig.hostile.commit(&rig.room, &rename);
-    let mut lie = rig.hostile.room(&rig.room).state_before[&rename.id].clone();
-    lie.insert(("m.room.power_levels".to_owned(), String::new()), other_power.clone());
-    rig.hostile.set_state_before(&rig.room, &rename.id, lie);
+    // weft asks for the state before the missing parent (`in_gap`), and if
+    // that fails, before the rename itself: the lie is told at both.
+    for at in [&in_gap.id, &rename.id] {
+        let mut lie = rig.hostile.room(&rig.room).state_before[at].clone();
+        lie.insert(("m.room.power_levels".to_owned(), String::new()), other_power.clone());
+        rig.hostile.set_state_before(&rig.room, at, lie);
+    }
     let after = rig.hostile.message(&rig.room, &rig.mallory, "after the takeover");
     rig.hostile.commit(&rig.room, &after);
 

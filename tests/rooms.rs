@@ -426,6 +426,16 @@ async fn aliases_and_public_directory() {
         .await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     assert_eq!(body["errcode"], "M_NOT_FOUND");
+    // The deleted alias left the room's canonical alias event.
+    let (status, body) = bob
+        .call(
+            Method::GET,
+            &format!("/_matrix/client/v3/rooms/{}/state/m.room.canonical_alias", enc(&room)),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(body.get("alias").is_none(), "{body}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -33,14 +33,16 @@ fn to_ruma(device: Device) -> device::Device {
     out
 }
 
-/// A user-interactive-auth answer (HTTP 401): the password stage, and
-/// `error` when an attempt failed.
-fn uia_challenge(error: Option<(ErrCode, &str)>) -> MatrixError {
+/// A user-interactive-auth answer (HTTP 401): the password stage, the
+/// session (bound to `operation` by `owner`), and `error` when an attempt
+/// failed.
+fn uia_challenge(svc: &Services, owner: &TokenOwner, operation: &str, error: Option<(ErrCode, &str)>) -> MatrixError {
+    let session = svc.auth_sessions.start(&owner.user_id, operation);
     let mut challenge = MatrixError::new(ErrCode::Unauthorized, "Authentication required")
         .with_field("flows", json!([{ "stages": ["m.login.password"] }]))
         .with_field("params", json!({}))
         .with_field("completed", json!([]))
-        .with_field("session", json!(accounts::random_string(24)));
+        .with_field("session", json!(session));
     if let Some((code, message)) = error {
         challenge = challenge
             .with_field("errcode", json!(code.as_str()))
@@ -49,13 +51,27 @@ fn uia_challenge(error: Option<(ErrCode, &str)>) -> MatrixError {
     challenge
 }
 
-/// User-interactive auth by password of the user the token belongs to.
-/// Someone else's credentials (a stolen token used with the thief's own
-/// password) are refused with 403.
-pub async fn require_password(svc: &Services, owner: &TokenOwner, auth: Option<&AuthData>) -> Result<(), MatrixError> {
+/// User-interactive auth by password of the user the token belongs to,
+/// for `operation` (a description of what is being approved: a session
+/// started for one operation does not approve another). Someone else's
+/// credentials (a stolen token used with the thief's own password) are
+/// refused with 403.
+pub async fn require_password(
+    svc: &Services,
+    owner: &TokenOwner,
+    operation: &str,
+    auth: Option<&AuthData>,
+) -> Result<(), MatrixError> {
     let Some(AuthData::Password(password)) = auth else {
-        return Err(uia_challenge(None));
+        return Err(uia_challenge(svc, owner, operation, None));
     };
+    if let Some(session) = password.session.as_deref()
+        && !svc.auth_sessions.allows(session, &owner.user_id, operation)
+    {
+        return Err(MatrixError::forbidden(
+            "This authentication session was started for another operation",
+        ));
+    }
     let user_id = match &password.identifier {
         UserIdentifier::Matrix(id) => {
             ruma::UserId::parse_with_server_name(id.user.to_lowercase().as_str(), svc.server_name())
@@ -68,7 +84,12 @@ pub async fn require_password(svc: &Services, owner: &TokenOwner, auth: Option<&
     }
     match accounts::check_password(&*svc.storage, &user_id, &password.password).await {
         Ok(()) => Ok(()),
-        Err(AccountError::BadCredentials) => Err(uia_challenge(Some((ErrCode::Forbidden, "Invalid password")))),
+        Err(AccountError::BadCredentials) => Err(uia_challenge(
+            svc,
+            owner,
+            operation,
+            Some((ErrCode::Forbidden, "Invalid password")),
+        )),
         Err(e) => Err(e.into()),
     }
 }
@@ -129,7 +150,8 @@ pub async fn delete_device(
     if svc.storage.device(&owner.user_id, &req.body.device_id).await?.is_none() {
         return Err(MatrixError::not_found("No such device"));
     }
-    require_password(&svc, owner, req.body.auth.as_ref()).await?;
+    let operation = format!("delete device {}", req.body.device_id);
+    require_password(&svc, owner, &operation, req.body.auth.as_ref()).await?;
     devices::delete_devices(&svc, &owner.user_id, std::slice::from_ref(&req.body.device_id)).await?;
     Ok(delete_device::v3::Response::new())
 }
@@ -139,7 +161,10 @@ pub async fn delete_devices(
     req: Ruma<delete_devices::v3::Request>,
 ) -> Result<delete_devices::v3::Response, MatrixError> {
     let owner = req.user();
-    require_password(&svc, owner, req.body.auth.as_ref()).await?;
+    let mut ids: Vec<&str> = req.body.devices.iter().map(|d| d.as_str()).collect();
+    ids.sort_unstable();
+    let operation = format!("delete devices {}", ids.join(" "));
+    require_password(&svc, owner, &operation, req.body.auth.as_ref()).await?;
     devices::delete_devices(&svc, &owner.user_id, &req.body.devices).await?;
     Ok(delete_devices::v3::Response::new())
 }
@@ -153,7 +178,7 @@ pub async fn deactivate(
     let Some(owner) = req.owner.as_ref() else {
         return Err(MatrixError::new(ErrCode::MissingToken, "Missing access token"));
     };
-    require_password(&svc, owner, req.body.auth.as_ref()).await?;
+    require_password(&svc, owner, "deactivate", req.body.auth.as_ref()).await?;
     for (device_id, position) in svc.storage.deactivate_user(&owner.user_id).await? {
         devices::device_changed(&svc, &owner.user_id, &device_id, position, true).await?;
     }

@@ -80,7 +80,48 @@ pub async fn delete_alias(
         return Err(MatrixError::forbidden("You may not delete this alias"));
     }
     svc.storage.delete_alias(alias).await?;
+    drop_from_canonical_alias(&svc, &room_id, user, alias).await;
     Ok(delete::v3::Response::new())
+}
+
+/// A deleted alias is taken out of the room's `m.room.canonical_alias`
+/// (`alias` and `alt_aliases`), by a new event of the user who deleted it,
+/// as the spec allows and Synapse does: the room no longer advertises an
+/// alias that leads nowhere. Best effort: if the user may not change that
+/// event, it stays as it is.
+async fn drop_from_canonical_alias(svc: &Services, room_id: &RoomId, user: &ruma::UserId, alias: &ruma::RoomAliasId) {
+    let current = async {
+        let Some((_, state)) = svc.state.current(room_id).await? else {
+            return Ok(None);
+        };
+        let key = crate::state::key(StateEventType::RoomCanonicalAlias, "");
+        match state.get(&key) {
+            Some(id) => Ok(svc.storage.event(id).await?.map(|e| e.pdu.content_value())),
+            None => Ok::<_, StorageError>(None),
+        }
+    };
+    let Ok(Some(mut content)) = current.await else {
+        return;
+    };
+    let mut changed = false;
+    if let Some(fields) = content.as_object_mut() {
+        if fields.get("alias").and_then(Value::as_str) == Some(alias.as_str()) {
+            fields.remove("alias");
+            changed = true;
+        }
+        if let Some(Value::Array(alt)) = fields.get_mut("alt_aliases") {
+            let before = alt.len();
+            alt.retain(|a| a.as_str() != Some(alias.as_str()));
+            changed |= alt.len() != before;
+        }
+    }
+    if !changed {
+        return;
+    }
+    let template = crate::events::EventTemplate::state("m.room.canonical_alias", "", content);
+    if let Err(e) = crate::rooms::send::send_event(svc, room_id, user, template, None).await {
+        tracing::info!(%room_id, %alias, error = %e, "canonical alias not updated after the alias was deleted");
+    }
 }
 
 async fn can_change_canonical_alias(
@@ -234,10 +275,49 @@ pub(crate) async fn directory_page(
     Ok((page, next, prev, total))
 }
 
+/// The public rooms of another server (`server` in the request), asked of
+/// that server (`/federation/v1/publicRooms`).
+async fn remote_directory(
+    svc: &Services,
+    server: &ruma::ServerName,
+    limit: Option<UInt>,
+    since: Option<&str>,
+    search: Option<&str>,
+) -> Result<get_public_rooms_filtered::v3::Response, MatrixError> {
+    use ruma::api::federation::directory::get_public_rooms_filtered as remote;
+    let mut request = remote::v1::Request::new();
+    request.limit = limit;
+    request.since = since.map(str::to_owned);
+    request.filter.generic_search_term = search.map(str::to_owned);
+    let answer = svc.federation.send(server, request).await.map_err(|e| {
+        tracing::info!(%server, error = %e, "remote room directory not fetched");
+        MatrixError::unknown(format!("The room directory of {server} cannot be fetched"))
+            .with_status(http::StatusCode::BAD_GATEWAY)
+    })?;
+    let mut response = get_public_rooms_filtered::v3::Response::new();
+    response.chunk = answer.chunk;
+    response.next_batch = answer.next_batch;
+    response.prev_batch = answer.prev_batch;
+    response.total_room_count_estimate = answer.total_room_count_estimate;
+    Ok(response)
+}
+
+fn is_remote<'a>(svc: &Services, server: Option<&'a ruma::ServerName>) -> Option<&'a ruma::ServerName> {
+    server.filter(|s| *s != svc.server_name())
+}
+
 pub async fn public_rooms(
     svc: Arc<Services>,
     req: Ruma<get_public_rooms::v3::Request>,
 ) -> Result<get_public_rooms::v3::Response, MatrixError> {
+    if let Some(server) = is_remote(&svc, req.body.server.as_deref()) {
+        let remote = remote_directory(&svc, server, req.body.limit, req.body.since.as_deref(), None).await?;
+        let mut response = get_public_rooms::v3::Response::new(remote.chunk);
+        response.next_batch = remote.next_batch;
+        response.prev_batch = remote.prev_batch;
+        response.total_room_count_estimate = remote.total_room_count_estimate;
+        return Ok(response);
+    }
     let (chunk, next, prev, total) = directory_page(&svc, req.body.limit, req.body.since.as_deref(), None).await?;
     let mut response = get_public_rooms::v3::Response::new(chunk);
     response.next_batch = next;
@@ -251,6 +331,9 @@ pub async fn public_rooms_filtered(
     req: Ruma<get_public_rooms_filtered::v3::Request>,
 ) -> Result<get_public_rooms_filtered::v3::Response, MatrixError> {
     let search = req.body.filter.generic_search_term.as_deref();
+    if let Some(server) = is_remote(&svc, req.body.server.as_deref()) {
+        return remote_directory(&svc, server, req.body.limit, req.body.since.as_deref(), search).await;
+    }
     let (chunk, next, prev, total) = directory_page(&svc, req.body.limit, req.body.since.as_deref(), search).await?;
     let mut response = get_public_rooms_filtered::v3::Response::new();
     response.chunk = chunk;

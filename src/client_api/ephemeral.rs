@@ -1,14 +1,17 @@
 //! Typing notifications and read receipts, shared with the room's other
 //! servers as EDUs (`m.typing`, `m.receipt`).
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Duration};
 
+use axum::{
+    Json,
+    extract::{Path, State},
+};
 use ruma::{
-    MilliSecondsSinceUnixEpoch, OwnedEventId, RoomId, UserId,
+    MilliSecondsSinceUnixEpoch, OwnedEventId, OwnedRoomId, OwnedUserId, RoomId, UserId,
     api::client::{
         read_marker::set_read_marker,
         receipt::create_receipt::{self, v3::ReceiptType},
-        typing::create_typing_event::{self, v3::Typing},
     },
 };
 use serde_json::json;
@@ -23,28 +26,57 @@ async fn must_be_joined(svc: &Services, room_id: &RoomId, user: &UserId) -> Resu
     }
 }
 
+/// The body of `PUT /rooms/{roomId}/typing/{userId}`. `timeout` is only
+/// meaningful with `typing: true`; the spec's schema requires only
+/// `typing`, so a missing timeout means [`DEFAULT_TYPING_TIMEOUT`] (as
+/// Synapse does) rather than an error.
+#[derive(serde::Deserialize)]
+struct TypingBody {
+    typing: bool,
+    timeout: Option<u64>,
+}
+
+/// How long a user shows as typing when the client gives no timeout.
+const DEFAULT_TYPING_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// `PUT /rooms/{roomId}/typing/{userId}` (not `.ruma`: ruma's request
+/// requires the timeout that the spec's schema leaves optional).
 pub async fn typing(
-    svc: Arc<Services>,
-    req: Ruma<create_typing_event::v3::Request>,
-) -> Result<create_typing_event::v3::Response, MatrixError> {
-    let user = &req.user().user_id;
-    let b = &req.body;
-    if b.user_id != *user {
+    State(svc): State<Arc<Services>>,
+    Path((room_id, user_id)): Path<(String, String)>,
+    req: axum::extract::Request,
+) -> Result<Json<serde_json::Value>, MatrixError> {
+    let (parts, body) = req.into_parts();
+    let owner = super::extract::token_owner(&svc, &parts).await?;
+    let user = &owner.user_id;
+    let room_id = OwnedRoomId::try_from(room_id).map_err(|e| MatrixError::invalid_param(format!("room ID: {e}")))?;
+    let target = OwnedUserId::try_from(user_id).map_err(|e| MatrixError::invalid_param(format!("user ID: {e}")))?;
+    let body = axum::body::to_bytes(body, 65536)
+        .await
+        .map_err(|e| MatrixError::not_json(format!("cannot read the body: {e}")))?;
+    let body: TypingBody = serde_json::from_slice(&body).map_err(|e| {
+        if serde_json::from_slice::<serde_json::Value>(&body).is_ok() {
+            MatrixError::bad_json(format!("typing: {e}"))
+        } else {
+            MatrixError::not_json(format!("Content not JSON: {e}"))
+        }
+    })?;
+    if target != *user {
         return Err(MatrixError::forbidden("Cannot set another user's typing state"));
     }
-    must_be_joined(&svc, &b.room_id, user).await?;
-    let timeout = match &b.state {
-        Typing::Yes(info) => Some(info.timeout),
-        _ => None,
-    };
-    if svc.ephemeral.set_typing(&b.room_id, user, timeout) {
+    must_be_joined(&svc, &room_id, user).await?;
+    // (`set_typing` caps it.)
+    let timeout = body
+        .typing
+        .then(|| body.timeout.map_or(DEFAULT_TYPING_TIMEOUT, Duration::from_millis));
+    if svc.ephemeral.set_typing(&room_id, user, timeout) {
         let edu = json!({
             "edu_type": "m.typing",
-            "content": { "room_id": b.room_id, "user_id": user, "typing": timeout.is_some() }
+            "content": { "room_id": room_id, "user_id": user, "typing": timeout.is_some() }
         });
-        svc.sender.send_edu(&b.room_id, edu).await?;
+        svc.sender.send_edu(&room_id, edu).await?;
     }
-    Ok(create_typing_event::v3::Response::new())
+    Ok(Json(json!({})))
 }
 
 /// The event must be one of the room's.

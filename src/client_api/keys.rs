@@ -391,7 +391,7 @@ pub async fn upload_signing_keys(
             .is_some_and(|h| e2e_keys::signed_part(h) == e2e_keys::signed_part(key))
     });
     if held.contains_key(MASTER) && !replay {
-        require_password(&svc, &owner, body.auth.as_ref()).await?;
+        require_password(&svc, &owner, "replace cross-signing keys", body.auth.as_ref()).await?;
     }
     let Some(master_key) = master.as_ref().or(held.get(MASTER)) else {
         if uploads.is_empty() {

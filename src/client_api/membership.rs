@@ -101,7 +101,11 @@ pub async fn leave(
             .into_iter()
             .find(|i| i.room_id == *room_id && i.membership == "invite")
     {
-        invites::reject_remote(&svc, &invite, reason).await?;
+        if let Err(e) = invites::reject_remote(&svc, &invite, reason).await {
+            // The inviting server cannot take the leave: rejected here.
+            tracing::info!(%room_id, via = %invite.via, error = %e, "invite rejected locally");
+            invites::reject_locally(&svc, &invite, reason).await?;
+        }
         return Ok(leave_room::v3::Response::new());
     }
     known_room(&svc, room_id).await?;

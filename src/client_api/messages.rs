@@ -59,6 +59,34 @@ pub async fn send_message(
     Ok(send_message_event::v3::Response::new(sent.pdu.event_id.clone()))
 }
 
+/// `POST /rooms/{roomId}/send/{eventType}`: the form of send without a
+/// transaction ID, which Synapse still serves and older clients and tools
+/// use. Not idempotent (there is no transaction to repeat); otherwise
+/// checked and stored as `PUT …/send/{eventType}/{txnId}` is.
+pub async fn send_without_txn(
+    axum::extract::State(svc): axum::extract::State<Arc<Services>>,
+    axum::extract::Path((room_id, event_type)): axum::extract::Path<(String, String)>,
+    req: axum::extract::Request,
+) -> Result<axum::Json<Value>, MatrixError> {
+    let (parts, body) = req.into_parts();
+    let owner = super::extract::token_owner(&svc, &parts).await?;
+    let room_id =
+        ruma::OwnedRoomId::try_from(room_id).map_err(|e| MatrixError::invalid_param(format!("room ID: {e}")))?;
+    // Past the event size limit: an event too large is refused by the
+    // event checks (M_TOO_LARGE, 413) like any other.
+    let body = axum::body::to_bytes(body, 1 << 20)
+        .await
+        .map_err(|e| MatrixError::new(crate::error::ErrCode::TooLarge, format!("Request body too large: {e}")))?;
+    let content: Value =
+        serde_json::from_slice(&body).map_err(|e| MatrixError::not_json(format!("Content not JSON: {e}")))?;
+    if !content.is_object() {
+        return Err(MatrixError::bad_json("content must be an object"));
+    }
+    let template = EventTemplate::message(event_type, content);
+    let sent = send_event(&svc, &room_id, &owner.user_id, template, None).await?;
+    Ok(axum::Json(json!({ "event_id": sent.pdu.event_id })))
+}
+
 pub async fn redact(
     svc: Arc<Services>,
     req: Ruma<redact_event::v3::Request>,

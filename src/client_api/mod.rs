@@ -32,7 +32,7 @@ use std::sync::Arc;
 use axum::{
     Router,
     response::IntoResponse,
-    routing::{get, post},
+    routing::{get, post, put},
 };
 use serde_json::json;
 
@@ -58,7 +58,6 @@ pub fn router() -> Router<Arc<Services>> {
         )
         .ruma(account::username_available)
         .ruma(account::change_password)
-        .ruma(account::capabilities)
         .ruma(account::create_filter)
         .ruma(account::get_filter)
         .ruma(profile::get_profile)
@@ -94,7 +93,15 @@ pub fn router() -> Router<Arc<Services>> {
         .ruma(messages::get_event)
         .ruma(messages::messages)
         .ruma(messages::context)
-        .ruma(ephemeral::typing)
+        // Not `.ruma`: see `ephemeral::typing`.
+        .route(
+            "/_matrix/client/r0/rooms/{room_id}/typing/{user_id}",
+            put(ephemeral::typing),
+        )
+        .route(
+            "/_matrix/client/v3/rooms/{room_id}/typing/{user_id}",
+            put(ephemeral::typing),
+        )
         .ruma(ephemeral::create_receipt)
         .ruma(ephemeral::read_markers)
         .ruma(account_data::set_global)
@@ -106,7 +113,17 @@ pub fn router() -> Router<Arc<Services>> {
         .ruma(account_data::delete_tag)
         .ruma(presence::set_status)
         .ruma(presence::get_status)
-        // The redaction endpoint's older form, without a transaction ID.
+        .route("/_matrix/client/r0/capabilities", get(account::capabilities))
+        .route("/_matrix/client/v3/capabilities", get(account::capabilities))
+        // The older forms of send and redact, without a transaction ID.
+        .route(
+            "/_matrix/client/r0/rooms/{room_id}/send/{event_type}",
+            post(messages::send_without_txn),
+        )
+        .route(
+            "/_matrix/client/v3/rooms/{room_id}/send/{event_type}",
+            post(messages::send_without_txn),
+        )
         .route(
             "/_matrix/client/r0/rooms/{room_id}/redact/{event_id}",
             post(messages::redact_without_txn),
@@ -178,20 +195,12 @@ async fn versions() -> impl IntoResponse {
     }))
 }
 
-/// Answer for paths no endpoint matches. The body is read first (up to
-/// 1 MiB): answered unread, the connection could not carry the client's
-/// next request, which keep-alive clients would send on it and lose.
-pub async fn unrecognized(body: axum::body::Body) -> MatrixError {
-    drain(body).await;
+/// Answer for paths no endpoint matches.
+pub async fn unrecognized() -> MatrixError {
     MatrixError::unrecognized("Unrecognized request")
 }
 
-/// As [`unrecognized`], for a known path asked with the wrong method.
-pub async fn method_not_allowed(body: axum::body::Body) -> MatrixError {
-    drain(body).await;
+/// Answer for a known path asked with the wrong method.
+pub async fn method_not_allowed() -> MatrixError {
     MatrixError::unrecognized("Method not allowed").with_status(http::StatusCode::METHOD_NOT_ALLOWED)
-}
-
-async fn drain(body: axum::body::Body) {
-    let _ = axum::body::to_bytes(body, 1 << 20).await;
 }

@@ -295,8 +295,10 @@ async fn add_ephemeral(
         let mut events: Vec<Value> = Vec::new();
         let (typing_at, typing) = svc.ephemeral.typing(&m.room_id);
         let changed = since.is_none_or(|since| typing_at > since) && typing_at <= head;
-        // A full sync mentions typing only when someone is.
-        if changed && (since.is_some() || !typing.is_empty()) {
+        // A full sync mentions typing in rooms where anyone has typed since
+        // this server started (so a new client learns that nobody is
+        // typing any more, as Synapse tells it), not in the others.
+        if changed && (since.is_some() || typing_at > 0) {
             events.push(serde_json::json!({ "type": "m.typing", "content": { "user_ids": typing } }));
         }
         let receipts = svc.storage.receipts(&m.room_id, since).await?;

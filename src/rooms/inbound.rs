@@ -183,11 +183,23 @@ impl Receiver<'_> {
                 }
             }
         }
+        if !missing.is_empty() && fill_gaps {
+            // An event pushed to this server whose parents its sender will
+            // not give: not taken (as Synapse refuses it). Its sender's next
+            // event asks again; nothing is built on a history not seen.
+            return Err(RoomError::Invalid(format!(
+                "the parents of {} could not be found: {}",
+                pdu.event_id,
+                missing.iter().map(|id| id.as_str()).collect::<Vec<_>>().join(", ")
+            )));
+        }
         let before = if missing.is_empty() {
             self.state_after_parents(&pdu, &rules).await?
         } else {
-            // The gap stays (its edge is a backward extremity, for later
-            // backfill); the state across it comes from the sender.
+            // A pulled event (from `/get_missing_events` or `/backfill`)
+            // past the end of what was pulled: the gap stays (its edge is a
+            // backward extremity, for later backfill); the state across it
+            // comes from the sender.
             self.state_from_origin(&pdu).await?
         };
 
@@ -345,42 +357,130 @@ impl Receiver<'_> {
         Ok((group, resolved))
     }
 
-    /// The state before `pdu` as its sender says (`/state_ids`), the
-    /// events not held fetched with `/event` and kept as outliers.
+    /// The state before `pdu` when some of its parents are missing (a gap
+    /// `/get_missing_events` did not fill): the state after each parent —
+    /// from storage for the parents held with their state, else the state
+    /// before that parent as the sender says (`/state_ids` at the parent)
+    /// plus the parent itself (`/event`) — resolved together, as for any
+    /// event with several parents. Asking at the missing parents, not at
+    /// `pdu`, is what Synapse does, and what peers that keep the state only
+    /// of events they sent can answer. Events not held are fetched and kept
+    /// as outliers.
     async fn state_from_origin(&self, pdu: &Pdu) -> Result<(StateGroupId, Arc<StateMap>), RoomError> {
-        let request = get_room_state_ids::v1::Request::new(pdu.event_id.clone(), self.room.room_id.clone());
+        let state = match self.state_after_each_parent(pdu).await {
+            Ok(states) => match states.as_slice() {
+                [one] => one.as_ref().clone(),
+                _ => resolve::resolve(self.svc, &self.rules()?, &states).await?,
+            },
+            // A parent the sender cannot give (or gives broken): the state
+            // before `pdu` itself, as the sender says.
+            Err(e) => {
+                tracing::info!(event_id = %pdu.event_id, error = %e, "state after the missing parents not known: asking for the state at the event");
+                self.state_before_from_origin(&pdu.event_id).await?
+            }
+        };
+        let group = self
+            .svc
+            .storage
+            .store_state_group(&self.room.room_id, snapshot(&state))
+            .await?;
+        let state = Arc::new(state);
+        self.svc.state.remember(group, state.clone());
+        Ok((group, state))
+    }
+
+    /// The state after each parent of `pdu` (see [`Self::state_from_origin`]).
+    async fn state_after_each_parent(&self, pdu: &Pdu) -> Result<Vec<Arc<StateMap>>, RoomError> {
+        let mut states: Vec<Arc<StateMap>> = Vec::new();
+        for prev in &pdu.prev_events {
+            let held = self.svc.storage.event(prev).await?;
+            if let Some(group) = held.as_ref().and_then(|e| e.meta.state_group_after) {
+                states.push(self.svc.state.group(group).await?);
+                continue;
+            }
+            let mut state = self.state_before_from_origin(prev).await?;
+            let parent = match held {
+                Some(event) => event.pdu.as_ref().clone(),
+                None => {
+                    let parent = self.fetch_event(prev).await?;
+                    if parent.room_id != self.room.room_id {
+                        return Err(RoomError::Invalid(format!("{prev} is an event of another room")));
+                    }
+                    self.keep_outliers(vec![parent.clone()]).await?;
+                    parent
+                }
+            };
+            let rejected = self
+                .svc
+                .storage
+                .event(prev)
+                .await?
+                .is_some_and(|e| e.meta.rejected.is_some());
+            if let (Some(state_key), false) = (&parent.state_key, rejected) {
+                state.insert(
+                    key(StateEventType::from(parent.kind.to_string()), state_key),
+                    parent.event_id.clone(),
+                );
+            }
+            states.push(Arc::new(state));
+        }
+        if states.is_empty() {
+            return Err(RoomError::Invalid(format!("{} has no parents", pdu.event_id)));
+        }
+        Ok(states)
+    }
+
+    /// One event from the sender (`/event`), checked (signatures, hashes,
+    /// its ID); which room it is of is the caller's to check.
+    async fn fetch_event(&self, id: &EventId) -> Result<Pdu, RoomError> {
+        let response = self
+            .svc
+            .federation
+            .send(self.origin, get_event::v1::Request::new(id.to_owned()))
+            .await
+            .map_err(|e| RoomError::Invalid(format!("cannot fetch {id}: {e}")))?;
+        let event = event_checks::check_signed(self.svc, &self.room.version, &response.pdu).await?;
+        if event.event_id != *id {
+            return Err(RoomError::Invalid(format!("asked for {id}, got {}", event.event_id)));
+        }
+        Ok(event)
+    }
+
+    /// The state before `event_id` as the sender says (`/state_ids`); the
+    /// events not held are fetched with `/event` and kept as outliers.
+    async fn state_before_from_origin(&self, event_id: &EventId) -> Result<StateMap, RoomError> {
+        let request = get_room_state_ids::v1::Request::new(event_id.to_owned(), self.room.room_id.clone());
         let ids = self
             .svc
             .federation
             .send(self.origin, request)
             .await
-            .map_err(|e| RoomError::Invalid(format!("cannot get the state at {}: {e}", pdu.event_id)))?;
-        // An answer naming an event of another room (held here, or fetched)
-        // is a lie about this room's state: the whole answer is refused.
-        let foreign =
-            |id: &EventId| RoomError::Invalid(format!("the state at {} names {id}, of another room", pdu.event_id));
+            .map_err(|e| RoomError::Invalid(format!("cannot get the state at {event_id}: {e}")))?;
+        // A state naming an event of another room (held here, or fetched)
+        // is a lie about this room's state: the whole answer is refused
+        // (leaving the event out instead could drop, say, the power levels,
+        // and so hand the room to anyone). An auth chain naming one is
+        // only a bad auth chain: that event is not taken, and an event
+        // whose auth events it is among fails its auth checks.
+        let foreign = |id: &EventId| RoomError::Invalid(format!("the state at {event_id} names {id}, of another room"));
+        let in_state: HashSet<&OwnedEventId> = ids.pdu_ids.iter().collect();
         let wanted: Vec<OwnedEventId> = ids.pdu_ids.iter().chain(&ids.auth_chain_ids).cloned().collect();
         let mut held = HashSet::new();
         for event in self.svc.storage.events(&wanted).await? {
-            if event.pdu.room_id != self.room.room_id {
+            if event.pdu.room_id != self.room.room_id && in_state.contains(&event.pdu.event_id) {
                 return Err(foreign(&event.pdu.event_id));
             }
             held.insert(event.pdu.event_id.clone());
         }
         let mut fetched = Vec::new();
         for id in wanted.iter().filter(|id| !held.contains(*id)) {
-            let response = self
-                .svc
-                .federation
-                .send(self.origin, get_event::v1::Request::new(id.clone()))
-                .await
-                .map_err(|e| RoomError::Invalid(format!("cannot fetch {id}: {e}")))?;
-            let event = event_checks::check_signed(self.svc, &self.room.version, &response.pdu).await?;
-            if event.event_id != *id {
-                return Err(RoomError::Invalid(format!("asked for {id}, got {}", event.event_id)));
-            }
+            let event = self.fetch_event(id).await?;
             if event.room_id != self.room.room_id {
-                return Err(foreign(id));
+                if in_state.contains(id) {
+                    return Err(foreign(id));
+                }
+                tracing::info!(%id, "an auth chain names an event of another room: not taken");
+                continue;
             }
             fetched.push(event);
         }
@@ -399,14 +499,7 @@ impl Receiver<'_> {
                 );
             }
         }
-        let group = self
-            .svc
-            .storage
-            .store_state_group(&self.room.room_id, snapshot(&state))
-            .await?;
-        let state = Arc::new(state);
-        self.svc.state.remember(group, state.clone());
-        Ok((group, state))
+        Ok(state)
     }
 
     /// The states after the room's forward extremities that `pdu` does not

@@ -291,3 +291,58 @@ pub async fn reject_remote(svc: &Services, invite: &RemoteInvite, reason: Option
     svc.notifier.notify(svc.storage.max_stream_ordering().await?);
     Ok(())
 }
+
+/// Rejects an invite without the inviting server, when it cannot be asked
+/// (unreachable, or no longer in the room: nobody is left to accept a
+/// leave). The user must always be able to be rid of an invite. The leave
+/// is made and signed here but sent nowhere (an "out-of-band" leave, as
+/// Synapse makes them): it follows the invite in the DAG and is kept as an
+/// outlier, and it takes the invite's place for `/sync`.
+pub async fn reject_locally(svc: &Services, invite: &RemoteInvite, reason: Option<&str>) -> Result<(), RoomError> {
+    let rules = invite
+        .room_version
+        .rules()
+        .ok_or_else(|| RoomError::UnsupportedVersion(invite.room_version.to_string()))?;
+    let depth = svc
+        .storage
+        .event(&invite.event_id)
+        .await?
+        .map_or(1, |e| e.pdu.depth.saturating_add(1));
+    let mut content = serde_json::json!({ "membership": "leave" });
+    if let Some(reason) = reason {
+        content["reason"] = reason.into();
+    }
+    let event = serde_json::json!({
+        "room_id": invite.room_id,
+        "sender": invite.user_id,
+        "type": "m.room.member",
+        "state_key": invite.user_id,
+        "content": content,
+        "prev_events": [invite.event_id],
+        "auth_events": [invite.event_id],
+        "depth": depth,
+        "origin_server_ts": MilliSecondsSinceUnixEpoch::now(),
+    });
+    let mut event: CanonicalJsonObject =
+        serde_json::from_value(event).map_err(|e| RoomError::Invalid(e.to_string()))?;
+    ruma::signatures::hash_and_sign_event(
+        svc.server_name().as_str(),
+        svc.keys.key_pair(),
+        &mut event,
+        &rules.redaction,
+    )
+    .map_err(|e| RoomError::Invalid(e.to_string()))?;
+    let hash = ruma::signatures::reference_hash(&event, &rules).map_err(|e| RoomError::Invalid(e.to_string()))?;
+    let event_id = OwnedEventId::try_from(format!("${hash}")).map_err(|e| RoomError::Invalid(e.to_string()))?;
+    let leave = crate::events::Pdu::from_canonical(event_id.clone(), Some(&invite.room_id), &event)
+        .map_err(|e| RoomError::Invalid(e.to_string()))?;
+    svc.storage.persist_outlier(Arc::new(leave), None).await?;
+    let rejected = RemoteInvite {
+        event_id,
+        membership: "leave".to_owned(),
+        ..invite.clone()
+    };
+    svc.storage.store_remote_invite(&rejected).await?;
+    svc.notifier.notify(svc.storage.max_stream_ordering().await?);
+    Ok(())
+}

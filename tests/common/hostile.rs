@@ -53,6 +53,12 @@ pub struct Behaviour {
     /// `/send` is acknowledged with `{}`, without the `pdus` the spec
     /// has (as SyTest's server answers).
     pub bare_transaction_answer: bool,
+    /// `/state_ids` and `/state` answer only at these events (404 at the
+    /// others), as SyTest's server answers only where it planned to.
+    pub state_only_at: Option<Vec<OwnedEventId>>,
+    /// `/get_missing_events` gives at most this many events (the most
+    /// recent), whatever limit weft asks for.
+    pub missing_events_limit: Option<usize>,
 }
 
 impl Default for Behaviour {
@@ -63,6 +69,8 @@ impl Default for Behaviour {
             accept_transactions: true,
             extra_missing_events: Vec::new(),
             bare_transaction_answer: false,
+            state_only_at: None,
+            missing_events_limit: None,
         }
     }
 }
@@ -772,6 +780,14 @@ async fn handle(
             ) else {
                 return matrix_error(StatusCode::BAD_REQUEST, "M_INVALID_PARAM", "bad request");
             };
+            if inner
+                .behaviour
+                .state_only_at
+                .as_ref()
+                .is_some_and(|only| !only.contains(&event))
+            {
+                return matrix_error(StatusCode::NOT_FOUND, "M_NOT_FOUND", "no state given at that event");
+            }
             let Some(state) = inner.rooms.get(&room).and_then(|v| v.state_before.get(&event)) else {
                 return matrix_error(StatusCode::NOT_FOUND, "M_NOT_FOUND", "no state known at that event");
             };
@@ -802,7 +818,8 @@ async fn handle(
             }
             let earliest: HashSet<OwnedEventId> = ids(&body_json["earliest_events"]).into_iter().collect();
             let latest = ids(&body_json["latest_events"]);
-            let limit = body_json["limit"].as_u64().unwrap_or(10) as usize;
+            let limit = (body_json["limit"].as_u64().unwrap_or(10) as usize)
+                .min(inner.behaviour.missing_events_limit.unwrap_or(usize::MAX));
             let mut queue: VecDeque<OwnedEventId> = latest
                 .iter()
                 .filter_map(|id| inner.events.get(id))
