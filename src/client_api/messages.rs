@@ -84,6 +84,10 @@ pub async fn send_without_txn(
     }
     let template = EventTemplate::message(event_type, content);
     let sent = send_event(&svc, &room_id, &owner.user_id, template, None).await?;
+    // Sending is activity; the message is sent whatever becomes of that.
+    if let Err(e) = crate::presence::bump_active(&svc, &owner.user_id).await {
+        tracing::info!(user = %owner.user_id, error = %e, "presence not bumped");
+    }
     Ok(axum::Json(json!({ "event_id": sent.pdu.event_id })))
 }
 
