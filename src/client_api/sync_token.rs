@@ -29,6 +29,10 @@ pub struct SyncToken {
 impl SyncToken {
     /// `None` for a token that is not one (a part that is not a number).
     pub fn parse(token: &str) -> Option<SyncToken> {
+        // Empty parts come only before a given one (as they are written).
+        if token.ends_with('_') {
+            return None;
+        }
         let mut parts = token.strip_prefix('s')?.split('_');
         let stream = parts.next()?.parse().ok()?;
         // Missing: `None`; empty: `Some(None)`; a number: `Some(Some(n))`;
