@@ -3,13 +3,15 @@
 //! user's joined rooms (or of one room, `room_id`, as the peeking form has
 //! it) that arrived after `from`, oldest first; with none, it waits up to
 //! `timeout` for one. Tokens are `/sync`'s (`sync_token.rs`), with the
-//! event and presence positions: `s<stream>____<presence>`; a token without
-//! the presence part (`s<stream>`, or `/sync`'s older ones) starts presence
-//! now.
+//! event, ephemeral and presence positions: `s<stream>_<ephemeral>___<presence>`;
+//! a token without one of those parts (`s<stream>`, or `/sync`'s older
+//! ones) starts that stream now.
 //!
-//! Presence changes of the users the user can see (with `room_id`: of the
-//! room's members) come after the room events, as `m.presence` events with
-//! `content.user_id`, as this API had them.
+//! After the room events come the rooms' typing changes and new read
+//! receipts (`m.typing`, `m.receipt`, with `room_id`), and the presence
+//! changes of the users the user can see (with `room_id`: of the room's
+//! members) as `m.presence` events with `content.user_id`, as this API had
+//! them.
 
 use std::{collections::HashSet, sync::Arc, time::Duration};
 
@@ -86,17 +88,19 @@ pub async fn events(State(svc): State<Arc<Services>>, req: Request) -> Result<Js
     presence::sync_activity(&svc, &owner.user_id, &ruma::presence::PresenceState::Online).await?;
     let mut head_rx = svc.notifier.subscribe();
     let mut presence_rx = svc.presence.subscribe();
-    let (from, from_presence) = match query.from.as_deref() {
+    let mut ephemeral_rx = svc.ephemeral.subscribe();
+    let (from, from_ephemeral, from_presence) = match query.from.as_deref() {
         Some(token) => {
             let parsed = SyncToken::parse(token)
                 .ok_or_else(|| MatrixError::invalid_param(format!("Invalid from token {token:?}")))?;
-            (parsed.stream, parsed.presence)
+            (parsed.stream, parsed.ephemeral, parsed.presence)
         }
         // No position yet: the stream starts now.
-        None => (*head_rx.borrow_and_update(), None),
+        None => (*head_rx.borrow_and_update(), None, None),
     };
-    // Without a presence position, presence starts now.
+    // Streams without a position start now.
     let from_presence = from_presence.unwrap_or_else(|| *presence_rx.borrow_and_update());
+    let from_ephemeral = from_ephemeral.unwrap_or_else(|| *ephemeral_rx.borrow_and_update());
     let rooms = match &query.room_id {
         Some(room_id) => {
             let joined = visibility::current_membership(&svc, room_id, &owner.user_id)
@@ -120,30 +124,33 @@ pub async fn events(State(svc): State<Arc<Services>>, req: Request) -> Result<Js
     let timeout = Duration::from_millis(query.timeout.unwrap_or_default()).min(MAX_TIMEOUT);
     let limit = query.limit.unwrap_or(MAX_EVENTS).clamp(1, MAX_EVENTS);
     let deadline = tokio::time::Instant::now() + timeout;
-    let token = |stream: StreamOrdering, presence: i64| {
+    let token = |stream: StreamOrdering, ephemeral: i64, presence: i64| {
         SyncToken {
             stream,
-            ephemeral: None,
+            ephemeral: Some(ephemeral),
             account_data: None,
             e2e: None,
             presence: Some(presence),
         }
         .to_string()
     };
-    let start = token(from, from_presence);
+    let start = token(from, from_ephemeral, from_presence);
     loop {
         let head = (*head_rx.borrow_and_update()).max(from);
         let presence_head = (*presence_rx.borrow_and_update()).max(from_presence);
+        let ephemeral_head = (*ephemeral_rx.borrow_and_update()).max(from_ephemeral);
         let (events, end) = new_events(&svc, &owner, &rooms, (from, head), limit).await?;
         let peeked = query.room_id.as_ref().map(|_| rooms.as_slice());
         let presence_events = presence_events(&svc, &owner.user_id, peeked, (from_presence, presence_head)).await?;
+        let ephemeral_events = ephemeral_events(&svc, &owner.user_id, &rooms, (from_ephemeral, ephemeral_head)).await?;
         let timed_out = tokio::time::Instant::now() >= deadline;
-        if !events.is_empty() || !presence_events.is_empty() || timed_out {
+        if !events.is_empty() || !presence_events.is_empty() || !ephemeral_events.is_empty() || timed_out {
             let mut chunk = format::client_events(&svc, &events, Some(&owner)).await?;
+            chunk.extend(ephemeral_events);
             chunk.extend(presence_events);
             return Ok(Json(json!({
                 "start": start,
-                "end": token(end, presence_head),
+                "end": token(end, ephemeral_head, presence_head),
                 "chunk": chunk,
             })));
         }
@@ -151,6 +158,7 @@ pub async fn events(State(svc): State<Arc<Services>>, req: Request) -> Result<Js
             tokio::select! {
                 _ = head_rx.changed() => {}
                 _ = presence_rx.changed() => {}
+                _ = ephemeral_rx.changed() => {}
             }
         })
         .await;
@@ -158,11 +166,43 @@ pub async fn events(State(svc): State<Arc<Services>>, req: Request) -> Result<Js
             // Timed out: nothing new up to the heads as last looked at.
             return Ok(Json(json!({
                 "start": start,
-                "end": token(head, presence_head),
+                "end": token(head, ephemeral_head, presence_head),
                 "chunk": [],
             })));
         }
     }
+}
+
+/// Typing changes and new read receipts of `rooms` in `(from, head]`
+/// (private receipts for their owner only).
+async fn ephemeral_events(
+    svc: &Services,
+    user: &UserId,
+    rooms: &[OwnedRoomId],
+    (from, head): (i64, i64),
+) -> Result<Vec<Value>, MatrixError> {
+    let mut events = Vec::new();
+    if head <= from {
+        return Ok(events);
+    }
+    for room_id in rooms {
+        let (typing_at, typing) = svc.ephemeral.typing(room_id);
+        if typing_at > from && typing_at <= head {
+            events.push(json!({ "type": "m.typing", "room_id": room_id, "content": { "user_ids": typing } }));
+        }
+        let mut content = serde_json::Map::new();
+        for r in svc.storage.receipts(room_id, Some(from)).await? {
+            if r.position > head || (r.receipt_type == "m.read.private" && r.user_id != user) {
+                continue;
+            }
+            let by_type = content.entry(r.event_id.to_string()).or_insert_with(|| json!({}));
+            by_type[&r.receipt_type][r.user_id.as_str()] = json!({ "ts": r.ts });
+        }
+        if !content.is_empty() {
+            events.push(json!({ "type": "m.receipt", "room_id": room_id, "content": content }));
+        }
+    }
+    Ok(events)
 }
 
 /// Presence changes in `(from, head]` of the users `user` can see, or with
