@@ -376,7 +376,9 @@ async fn sync_shows_invites_joins_and_leaves() {
 async fn context_returns_events_around_an_event() {
     let server = TestServer::start().await;
     let alice = server.register("alice").await;
-    let room = alice.create_room(json!({})).await;
+    let bob = server.register("bob").await;
+    let room = alice.create_room(json!({ "preset": "public_chat" })).await;
+    assert_eq!(bob.join(&room).await.0, 200);
     let mut ids = Vec::new();
     for i in 0..20 {
         let (_, body) = alice.send_text(&room, &format!("c{i}"), &format!("c{i}")).await;
@@ -412,6 +414,39 @@ async fn context_returns_events_around_an_event() {
     let end = ctx["end"].as_str().unwrap();
     let after = alice.messages(&room, &format!("dir=f&limit=2&from={}", enc(end))).await;
     assert_eq!(bodies(&after["chunk"]), ["c14", "c15"]);
+
+    // Lazy-loading members: only the senders' member events (Alice's, not
+    // Bob's), the rest of the state in full.
+    let members = |ctx: &Value| -> Vec<String> {
+        ctx["state"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["type"] == "m.room.member")
+            .map(|e| e["state_key"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    assert_eq!(members(&ctx).len(), 2, "{ctx}");
+    let lazy = alice
+        .ok(
+            Method::GET,
+            &format!(
+                "/_matrix/client/v3/rooms/{}/context/{}?limit=6&filter={}",
+                enc(&room),
+                enc(&ids[10]),
+                enc(r#"{"lazy_load_members":true}"#)
+            ),
+            None,
+        )
+        .await;
+    assert_eq!(members(&lazy), std::slice::from_ref(&alice.user_id), "{lazy}");
+    assert!(
+        lazy["state"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["type"] == "m.room.create")
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -305,7 +305,7 @@ pub async fn context(
     after
         .events
         .retain(|e| !account_data::hidden_by_ignore(&ignored, &e.pdu));
-    let state_events = match event.meta.state_group_before {
+    let mut state_events = match event.meta.state_group_before {
         Some(group) => {
             let map = svc.state.group(group).await?;
             let ids: Vec<_> = map.values().cloned().collect();
@@ -313,6 +313,24 @@ pub async fn context(
         }
         None => Vec::new(),
     };
+    // Lazy-loading members: of the members, only the senders of the
+    // events returned (spec: "Lazy-loading room members").
+    if !b.filter.lazy_load_options.is_disabled() {
+        let senders: std::collections::HashSet<&ruma::UserId> = before
+            .events
+            .iter()
+            .chain(&after.events)
+            .chain(std::iter::once(&event))
+            .map(|e| e.pdu.sender.as_ref())
+            .collect();
+        state_events.retain(|e| {
+            e.pdu.kind != TimelineEventType::RoomMember
+                || e.pdu
+                    .state_key
+                    .as_deref()
+                    .is_some_and(|k| senders.iter().any(|s| s.as_str() == k))
+        });
+    }
 
     let mut response = get_context::v3::Response::new();
     response.start = Some(Token::Topo(start).to_string());

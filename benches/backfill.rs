@@ -1,0 +1,1195 @@
+//! Benchmark of backfill: a server that has just joined a room pages back
+//! through its history with `/messages?dir=b`, fetching it from the server
+//! that holds it (`/backfill`), side by side for weft and Synapse.
+//!
+//!   cargo bench --bench backfill
+//!
+//! Every server is its own process: weft is the real `weft serve` binary
+//! (`CARGO_BIN_EXE_weft`), Synapse comes from the test virtualenv
+//! (`tests/common/synapse.rs`), so each one's CPU time can be read from
+//! /proc. The cases, each with a joiner that has never been in the room:
+//!
+//! - weft from weft, weft from Synapse, Synapse from Synapse (and Synapse
+//!   from weft): a room of 1,000 messages on the host; a user of the joiner
+//!   joins and pages back 100 at a time until `m.room.create`. Wall time,
+//!   the joiner's CPU, CPU per backfilled event; every message must arrive
+//!   exactly once, and the joiner's timeline must be the host's.
+//! - The cold page: a fresh weft joiner of a weft room of 10,000 messages
+//!   (and of weft and Synapse rooms of 1,000, for comparison) asks for its
+//!   first `/messages?dir=b&limit=50` right after the join. It holds nothing
+//!   before its own join event, so this page has to backfill. A user of the
+//!   Synapse joiner does the same once in each of these rooms.
+//!
+//! See docs/benchmarks.md. Sizes can be overridden with `WEFT_BENCH_*`
+//! variables (listed in [`Settings::from_env`]). Run without `--bench`
+//! (`cargo test --bench backfill`), it does a small smoke run.
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use std::{
+    collections::{HashMap, HashSet},
+    fs::File,
+    io::{BufRead, BufReader},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use common::{
+    enc, free_port,
+    synapse::{Client, Synapse, assert_same_timeline, duplicate_ids, synapse_requests},
+};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+const WEFT: &str = env!("CARGO_BIN_EXE_weft");
+const PASSWORD: &str = "bench-password";
+
+/// Sizes of the run; each can be overridden by an environment variable:
+/// `WEFT_BENCH_MESSAGES` (1000; 100 without `--bench`), `WEFT_BENCH_PAGE`
+/// (100), `WEFT_BENCH_COLD_EVENTS` (10000; 300), `WEFT_BENCH_COLD_PAGE`
+/// (50), `WEFT_BENCH_COLD_RUNS` (3; 1), `WEFT_BENCH_SYNAPSE_COLD_EVENTS`
+/// (1000; 100; 0: no Synapse room for the cold page),
+/// `WEFT_BENCH_FILL_CONCURRENCY` (4),
+/// `WEFT_BENCH_ROOM_VERSION` (11), `WEFT_BENCH_CASES` (all of
+/// `weft-weft,weft-synapse,synapse-synapse,synapse-weft,cold`).
+/// `WEFT_BENCH_KEEP` keeps the weft data directories and logs;
+/// `WEFT_BENCH_WEFT_LOG` is the weft processes' log filter (`warn`);
+/// `WEFT_BENCH_PERF=<file>` records the weft joiner of "weft from weft" with
+/// `perf record` while it pages back.
+#[derive(Debug, Clone)]
+struct Settings {
+    /// Messages in the rooms paged back through.
+    messages: usize,
+    /// `limit` of each `/messages` request paging back.
+    page: usize,
+    /// Messages in the big room of the cold page on weft.
+    cold_events: usize,
+    /// `limit` of the cold page.
+    cold_page: usize,
+    /// Fresh joiners per cold-page room.
+    cold_runs: usize,
+    /// Messages in the Synapse room of the cold page (0: none).
+    synapse_cold_events: usize,
+    /// Sends in flight while filling the weft rooms (weft serialises sends
+    /// into a room, so the room stays a line; Synapse does not, and its
+    /// rooms are filled one send at a time so that they are lines too).
+    fill_concurrency: usize,
+    version: String,
+    cases: Vec<String>,
+}
+
+const ALL_CASES: [&str; 5] = ["weft-weft", "weft-synapse", "synapse-synapse", "synapse-weft", "cold"];
+
+impl Settings {
+    fn from_env(full: bool) -> Settings {
+        fn var(name: &str, default: usize) -> usize {
+            match std::env::var(name) {
+                Ok(v) => v.parse().unwrap_or_else(|_| panic!("{name}={v:?} is not a number")),
+                Err(_) => default,
+            }
+        }
+        let pick = |full_value, smoke_value| if full { full_value } else { smoke_value };
+        let cases: Vec<String> = match std::env::var("WEFT_BENCH_CASES") {
+            Ok(list) => list
+                .split(',')
+                .map(|c| c.trim().to_owned())
+                .filter(|c| !c.is_empty())
+                .collect(),
+            Err(_) => ALL_CASES.iter().map(|c| (*c).to_owned()).collect(),
+        };
+        for case in &cases {
+            assert!(
+                ALL_CASES.contains(&case.as_str()),
+                "unknown case {case:?}: {ALL_CASES:?}"
+            );
+        }
+        Settings {
+            messages: var("WEFT_BENCH_MESSAGES", pick(1_000, 100)).max(1),
+            page: var("WEFT_BENCH_PAGE", 100).max(1),
+            cold_events: var("WEFT_BENCH_COLD_EVENTS", pick(10_000, 300)),
+            cold_page: var("WEFT_BENCH_COLD_PAGE", 50).max(1),
+            cold_runs: var("WEFT_BENCH_COLD_RUNS", pick(3, 1)).max(1),
+            synapse_cold_events: var("WEFT_BENCH_SYNAPSE_COLD_EVENTS", pick(1_000, 100)),
+            fill_concurrency: var("WEFT_BENCH_FILL_CONCURRENCY", 4).max(1),
+            version: std::env::var("WEFT_BENCH_ROOM_VERSION").unwrap_or_else(|_| "11".to_owned()),
+            cases,
+        }
+    }
+
+    fn has(&self, case: &str) -> bool {
+        self.cases.iter().any(|c| c == case)
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Small tools.
+
+/// Latency distribution (nearest-rank percentiles).
+struct Latencies(Vec<Duration>);
+
+impl Latencies {
+    fn new(mut v: Vec<Duration>) -> Latencies {
+        v.sort();
+        Latencies(v)
+    }
+    fn pct(&self, p: f64) -> Duration {
+        if self.0.is_empty() {
+            return Duration::ZERO;
+        }
+        let rank = ((p / 100.0) * self.0.len() as f64).ceil() as usize;
+        self.0[rank.clamp(1, self.0.len()) - 1]
+    }
+    fn max(&self) -> Duration {
+        self.0.last().copied().unwrap_or_default()
+    }
+    fn summary(&self) -> String {
+        format!(
+            "p50 {} | p90 {} | max {}",
+            ms(self.pct(50.0)),
+            ms(self.pct(90.0)),
+            ms(self.max())
+        )
+    }
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.1} ms", d.as_secs_f64() * 1000.0)
+}
+
+fn secs(d: Duration) -> String {
+    format!("{:.2} s", d.as_secs_f64())
+}
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+/// User + system CPU time of a process (all its threads, the dead ones
+/// included), from /proc/<pid>/stat, in 10 ms ticks.
+fn cpu_time(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("read /proc/<pid>/stat");
+    let rest = &stat[stat.rfind(')').expect("stat format") + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    Duration::from_millis(ticks * 10)
+}
+
+/// Context switches (voluntary + involuntary) of a process's live
+/// threads, summed over /proc/<pid>/task/*/status (threads that exited
+/// meanwhile are not counted).
+fn context_switches(pid: u32) -> u64 {
+    let mut total = 0;
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0;
+    };
+    for task in tasks.flatten() {
+        let Ok(status) = std::fs::read_to_string(task.path().join("status")) else {
+            continue;
+        };
+        for line in status.lines() {
+            if let Some(rest) = line
+                .strip_prefix("voluntary_ctxt_switches:")
+                .or_else(|| line.strip_prefix("nonvoluntary_ctxt_switches:"))
+            {
+                total += rest.trim().parse::<u64>().unwrap_or(0);
+            }
+        }
+    }
+    total
+}
+
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "?".to_owned())
+}
+
+fn log_tail(path: &Path, lines: usize) -> String {
+    let Ok(file) = File::open(path) else {
+        return String::from("(no log)");
+    };
+    let all: Vec<String> = BufReader::new(file).lines().map_while(Result::ok).collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// Waits until a process has used no CPU for `quiet` (at most `limit`):
+/// what a join leaves running in the background is done before paging.
+async fn settle(pid: u32, quiet: Duration, limit: Duration) {
+    let started = Instant::now();
+    let mut last = cpu_time(pid);
+    let mut since = Instant::now();
+    while started.elapsed() < limit {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let now = cpu_time(pid);
+        if now != last {
+            last = now;
+            since = Instant::now();
+        } else if since.elapsed() >= quiet {
+            return;
+        }
+    }
+}
+
+struct Report {
+    rows: Vec<(String, String)>,
+}
+
+impl Report {
+    fn section(&mut self, title: &str) {
+        eprintln!("== {title}");
+        self.rows.push((String::new(), String::new()));
+        self.rows.push((format!("== {title}"), String::new()));
+    }
+    fn row(&mut self, name: impl Into<String>, value: impl Into<String>) {
+        let (name, value) = (name.into(), value.into());
+        eprintln!("  {name}: {value}");
+        self.rows.push((name, value));
+    }
+    fn print(&self) {
+        let width = self.rows.iter().map(|(n, _)| n.chars().count()).max().unwrap_or(0);
+        println!();
+        println!("backfill benchmark");
+        for (name, value) in &self.rows {
+            if value.is_empty() {
+                println!("{name}");
+            } else {
+                println!("  {name:<width$}  {value}");
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// weft in a child process.
+
+/// A running `weft serve`, killed when dropped (the tail of its log is
+/// printed if the benchmark panics).
+struct WeftProcess {
+    child: Child,
+    log: PathBuf,
+    client_base: String,
+    server_name: String,
+    metrics: String,
+    http: reqwest::Client,
+}
+
+impl Drop for WeftProcess {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+        }
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!(
+                "---- last lines of {}'s log ({}) ----",
+                self.server_name,
+                self.log.display()
+            );
+            eprintln!("{}", log_tail(&self.log, 40));
+        }
+    }
+}
+
+impl WeftProcess {
+    /// Registers `user` (`weft register-user`) in a new data directory
+    /// under `root`, then starts `weft serve` (server name
+    /// `127.0.0.1:<federation port>`, peers' certificates not verified,
+    /// metrics on) and waits until `/versions` answers. A port taken
+    /// meanwhile makes it start again on other ports.
+    async fn start(root: &Path, label: &str, user: &str) -> WeftProcess {
+        for attempt in 1..=5 {
+            let dir = root.join(format!("{label}-{attempt}"));
+            let (client_port, fed_port, metrics_port) = (free_port(), free_port(), free_port());
+            let server_name = format!("127.0.0.1:{fed_port}");
+            let command = || {
+                let mut cmd = Command::new(WEFT);
+                cmd.env_remove("WEFT_CONFIG")
+                    .env_remove("RUST_LOG")
+                    .env("WEFT_DATA_DIR", dir.join("data"))
+                    .env("WEFT_SERVER_NAME", &server_name)
+                    .env("WEFT_CLIENT_LISTEN", format!("127.0.0.1:{client_port}"))
+                    .env("WEFT_FEDERATION_LISTEN", format!("127.0.0.1:{fed_port}"))
+                    .env("WEFT_METRICS_LISTEN", format!("127.0.0.1:{metrics_port}"))
+                    .env("WEFT_FEDERATION_VERIFY_TLS", "false")
+                    .env(
+                        "WEFT_LOG",
+                        std::env::var("WEFT_BENCH_WEFT_LOG").unwrap_or_else(|_| "warn".to_owned()),
+                    );
+                cmd
+            };
+            std::fs::create_dir_all(&dir).expect("data dir");
+            let out = command()
+                .args(["register-user", user, "--password", PASSWORD])
+                .output()
+                .expect("run weft register-user");
+            assert!(
+                out.status.success(),
+                "weft register-user {user} failed ({}): {}{}",
+                out.status,
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let log = dir.join("weft.log");
+            let file = File::create(&log).expect("log file");
+            let child = command()
+                .arg("serve")
+                .stdin(Stdio::null())
+                .stdout(file.try_clone().expect("log file"))
+                .stderr(file)
+                .spawn()
+                .expect("spawn weft serve");
+            let mut server = WeftProcess {
+                child,
+                log,
+                client_base: format!("http://127.0.0.1:{client_port}"),
+                server_name,
+                metrics: format!("http://127.0.0.1:{metrics_port}/metrics"),
+                http: reqwest::Client::builder()
+                    .no_proxy()
+                    .timeout(Duration::from_secs(300))
+                    .pool_max_idle_per_host(64)
+                    .build()
+                    .expect("http client"),
+            };
+            let started = Instant::now();
+            loop {
+                let url = format!("{}/_matrix/client/versions", server.client_base);
+                if let Ok(res) = server.http.get(&url).send().await
+                    && res.status() == StatusCode::OK
+                {
+                    return server;
+                }
+                if let Ok(Some(status)) = server.child.try_wait() {
+                    let tail = log_tail(&server.log, 20);
+                    if tail.contains("in use") && attempt < 5 {
+                        eprintln!("weft {label}: a port was taken, starting again");
+                        break;
+                    }
+                    panic!("weft serve ({label}) exited during start-up ({status}):\n{tail}");
+                }
+                assert!(
+                    started.elapsed() < Duration::from_secs(60),
+                    "weft did not answer within 60 s"
+                );
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+        panic!("weft {label} could not bind its ports");
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    async fn login(&self, localpart: &str) -> Client {
+        let res = self
+            .http
+            .post(format!("{}/_matrix/client/v3/login", self.client_base))
+            .json(&json!({
+                "type": "m.login.password",
+                "identifier": { "type": "m.id.user", "user": localpart },
+                "password": PASSWORD,
+            }))
+            .send()
+            .await
+            .expect("login request");
+        let status = res.status();
+        let body: Value = res.json().await.expect("login body");
+        assert_eq!(status, StatusCode::OK, "login {localpart}: {body}");
+        Client {
+            http: self.http.clone(),
+            base: self.client_base.clone(),
+            user_id: body["user_id"].as_str().expect("user_id").to_owned(),
+            token: body["access_token"].as_str().expect("access_token").to_owned(),
+        }
+    }
+
+    /// The backfill counters of `/metrics`: (requests by outcome, events
+    /// added).
+    async fn backfill_counters(&self) -> (String, u64) {
+        let text = self
+            .http
+            .get(&self.metrics)
+            .send()
+            .await
+            .expect("/metrics")
+            .text()
+            .await
+            .expect("/metrics body");
+        let mut requests = Vec::new();
+        let mut events = 0;
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            let Some((name, value)) = line.rsplit_once(' ') else {
+                continue;
+            };
+            if let Some(labels) = name.strip_prefix("weft_backfill_requests_total") {
+                let outcome = labels.trim_start_matches("{outcome=\"").trim_end_matches("\"}");
+                requests.push(format!("{outcome} {value}"));
+            } else if name == "weft_backfill_events_total" {
+                events = value.parse().unwrap_or(0);
+            }
+        }
+        requests.sort();
+        (requests.join(", "), events)
+    }
+}
+
+/// Synapse's process ID: the process whose command line names its
+/// directory (the harness runs `python <dir>/launcher.py -c
+/// <dir>/homeserver.yaml`, Synapse itself in that process).
+fn synapse_pid(synapse: &Synapse) -> u32 {
+    let dir = synapse.dir().to_string_lossy().into_owned();
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+            continue;
+        };
+        let cmdline = String::from_utf8_lossy(&cmdline);
+        if cmdline.contains(&format!("{dir}/launcher.py")) {
+            found.push(pid);
+        }
+    }
+    assert_eq!(found.len(), 1, "processes running {dir}/launcher.py: {found:?}");
+    found[0]
+}
+
+// ---------------------------------------------------------------------------
+// Rooms.
+
+/// Runs `f(i)` for i in 0..n with `concurrency` in flight.
+async fn in_flight<F, Fut>(n: usize, concurrency: usize, f: F)
+where
+    F: Fn(usize) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
+    let f = Arc::new(f);
+    let next = Arc::new(AtomicUsize::new(0));
+    let mut workers = Vec::new();
+    for _ in 0..concurrency {
+        let (f, next) = (f.clone(), next.clone());
+        workers.push(tokio::spawn(async move {
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= n {
+                    break;
+                }
+                f(i).await;
+                if (i + 1) % 2_000 == 0 {
+                    eprintln!("    {} sent", i + 1);
+                }
+            }
+        }));
+    }
+    for worker in workers {
+        worker.await.expect("worker panicked");
+    }
+}
+
+/// A room on a host and the message bodies sent into it.
+struct Room {
+    id: String,
+    bodies: Vec<String>,
+}
+
+/// Creates a public room and sends `n` messages `"{tag} {i}"` into it.
+async fn fill_room(
+    report: &mut Report,
+    host: &str,
+    creator: &Client,
+    version: &str,
+    tag: &str,
+    n: usize,
+    concurrency: usize,
+) -> Room {
+    let id = creator
+        .create_room(json!({ "preset": "public_chat", "room_version": version, "name": tag }))
+        .await;
+    let t = Instant::now();
+    let (c, r, tg) = (creator.clone(), id.clone(), tag.to_owned());
+    // A send that fails (Synapse on SQLite answers an occasional 500 under
+    // load) is retried with the same transaction ID, so it is sent once.
+    let retries = Arc::new(AtomicUsize::new(0));
+    let retried = retries.clone();
+    in_flight(n, concurrency, move |i| {
+        let (c, r, tg, retried) = (c.clone(), r.clone(), tg.clone(), retried.clone());
+        async move {
+            let content = json!({ "msgtype": "m.text", "body": format!("{tg} {i}") });
+            for attempt in 1.. {
+                let (status, body) = c.send(&r, "m.room.message", &format!("{tg}-{i}"), &content).await;
+                if status == StatusCode::OK {
+                    break;
+                }
+                assert!(attempt < 5, "{} sends {tg} {i}: {status} {body}", c.user_id);
+                retried.fetch_add(1, Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+    })
+    .await;
+    let retries = retries.load(Ordering::Relaxed);
+    report.row(
+        format!("{host}: room {tag} of {n} messages (sends in flight: {concurrency})"),
+        format!(
+            "{} ({:.0} messages/s{})",
+            secs(t.elapsed()),
+            n as f64 / t.elapsed().as_secs_f64(),
+            match retries {
+                0 => String::new(),
+                n => format!(", {n} sends retried after an error"),
+            }
+        ),
+    );
+    Room {
+        id,
+        bodies: (0..n).map(|i| format!("{tag} {i}")).collect(),
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The page-back.
+
+/// A server that joins and pages back.
+struct Joiner<'a> {
+    kind: &'static str,
+    client: Client,
+    pid: u32,
+    weft: Option<&'a WeftProcess>,
+}
+
+/// The host's side, for its CPU and (Synapse) its access log.
+struct Host<'a> {
+    kind: &'static str,
+    name: String,
+    creator: &'a Client,
+    pid: u32,
+    synapse: Option<&'a Synapse>,
+}
+
+struct CaseResult {
+    label: String,
+    join: Duration,
+    join_cpu: Duration,
+    pages: usize,
+    events: usize,
+    backfilled: usize,
+    wall: Duration,
+    joiner_cpu: Duration,
+    /// The joiner's context switches over the page-back (live threads).
+    joiner_switches: u64,
+    host_cpu: Duration,
+    first_page: Duration,
+    latencies: Latencies,
+    requests: String,
+}
+
+/// Pages `/messages?dir=b&limit=page` from the newest event until the
+/// page holding `m.room.create` (or no `end`). Returns the events oldest
+/// first and the latency of each page.
+async fn page_back(client: &Client, room: &str, page: usize, max_pages: usize) -> (Vec<Value>, Vec<Duration>) {
+    let mut events: Vec<Value> = Vec::new();
+    let mut latencies = Vec::new();
+    let mut from: Option<String> = None;
+    loop {
+        let query = match &from {
+            Some(token) => format!("dir=b&limit={page}&from={}", enc(token)),
+            None => format!("dir=b&limit={page}"),
+        };
+        let t = Instant::now();
+        let body = client.messages(room, &query).await;
+        latencies.push(t.elapsed());
+        let chunk = body["chunk"].as_array().cloned().unwrap_or_default();
+        let done = chunk.iter().any(|e| e["type"] == "m.room.create");
+        events.extend(chunk);
+        match body["end"].as_str() {
+            Some(end) if !done => {
+                assert_ne!(
+                    from.as_deref(),
+                    Some(end),
+                    "{}: /messages: end did not move",
+                    client.base
+                );
+                from = Some(end.to_owned());
+            }
+            _ => break,
+        }
+        assert!(
+            latencies.len() <= max_pages,
+            "{} paged back {max_pages} times without reaching m.room.create ({} events so far)",
+            client.base,
+            events.len()
+        );
+    }
+    events.reverse();
+    (events, latencies)
+}
+
+async fn page_back_case(label: &str, host: &Host<'_>, room: &Room, joiner: &Joiner<'_>, page: usize) -> CaseResult {
+    eprintln!("-- {label}: {} joins {}'s room and pages back", joiner.kind, host.kind);
+    let cpu = cpu_time(joiner.pid);
+    let t = Instant::now();
+    let (status, body) = joiner
+        .client
+        .join(&room.id, &format!("server_name={}", enc(&host.name)))
+        .await;
+    let join = t.elapsed();
+    assert_eq!(status, StatusCode::OK, "{label}: join: {body}");
+    settle(joiner.pid, Duration::from_millis(500), Duration::from_secs(30)).await;
+    let join_cpu = cpu_time(joiner.pid).saturating_sub(cpu);
+
+    let before = match (joiner.weft, host.synapse) {
+        (Some(w), _) => w.backfill_counters().await.1,
+        _ => 0,
+    };
+    let synapse_backfills = host
+        .synapse
+        .map(|s| synapse_requests(s, "/_matrix/federation/v1/backfill/"));
+    // WEFT_BENCH_PERF=<file>: `perf record` the weft joiner of weft from
+    // weft while it pages back.
+    let perf = match (std::env::var_os("WEFT_BENCH_PERF"), joiner.weft, host.synapse) {
+        (Some(out), Some(_), None) => {
+            let perf = Command::new("perf")
+                .args(["record", "-F", "999", "-o"])
+                .arg(out)
+                .args(["-p", &joiner.pid.to_string()])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("start perf record");
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            Some(perf)
+        }
+        _ => None,
+    };
+    let (joiner_cpu, host_cpu) = (cpu_time(joiner.pid), cpu_time(host.pid));
+    let switches = context_switches(joiner.pid);
+    let t = Instant::now();
+    let max_pages = room.bodies.len() / page.min(room.bodies.len()).max(1) * 5 + 50;
+    let (events, latencies) = page_back(&joiner.client, &room.id, page, max_pages).await;
+    let wall = t.elapsed();
+    let joiner_cpu = cpu_time(joiner.pid).saturating_sub(joiner_cpu);
+    let joiner_switches = context_switches(joiner.pid).saturating_sub(switches);
+    let host_cpu = cpu_time(host.pid).saturating_sub(host_cpu);
+    if let Some(mut perf) = perf {
+        let _ = Command::new("kill").args(["-INT", &perf.id().to_string()]).status();
+        let _ = perf.wait();
+    }
+
+    // Checks: nothing twice, every message once, the creation reached, the
+    // same timeline as the host's, ending with the joiner's own join.
+    let twice = duplicate_ids(&events);
+    assert!(twice.is_empty(), "{label}: events twice: {twice:?}");
+    let mut count: HashMap<&str, usize> = HashMap::new();
+    for e in events.iter().filter(|e| e["type"] == "m.room.message") {
+        *count.entry(e["content"]["body"].as_str().unwrap_or("?")).or_default() += 1;
+    }
+    let want: HashSet<&str> = room.bodies.iter().map(String::as_str).collect();
+    let missing = want.iter().filter(|b| !count.contains_key(*b)).count();
+    let extra: Vec<&&str> = count.keys().filter(|b| !want.contains(*b)).collect();
+    assert_eq!(
+        missing,
+        0,
+        "{label}: {missing} of {} messages never arrived",
+        want.len()
+    );
+    assert!(extra.is_empty(), "{label}: unexpected messages {extra:?}");
+    assert!(count.values().all(|&c| c == 1), "{label}: a message came twice");
+    assert_eq!(
+        events.first().map(|e| e["type"].clone()),
+        Some(json!("m.room.create")),
+        "{label}"
+    );
+    assert_eq!(
+        events.last().map(|e| e["state_key"].clone()),
+        Some(json!(joiner.client.user_id)),
+        "{label}: the newest event is the joiner's join"
+    );
+    let on_host = host.creator.page_back_all(&room.id, 100).await;
+    assert_same_timeline(label, &events, &on_host);
+
+    let requests = match (joiner.weft, host.synapse) {
+        (Some(w), _) => {
+            let (by_outcome, added) = w.backfill_counters().await;
+            format!(
+                "joiner's /backfill requests: {by_outcome}; events added: {}",
+                added - before
+            )
+        }
+        (None, Some(s)) => format!(
+            "host served /backfill {} times",
+            synapse_requests(s, "/_matrix/federation/v1/backfill/") - synapse_backfills.unwrap_or(0)
+        ),
+        _ => String::new(),
+    };
+    CaseResult {
+        label: label.to_owned(),
+        join,
+        join_cpu,
+        pages: latencies.len(),
+        events: events.len(),
+        // Everything but the joiner's own join came from the host.
+        backfilled: events.len() - 1,
+        wall,
+        joiner_cpu,
+        joiner_switches,
+        host_cpu,
+        first_page: latencies[0],
+        latencies: Latencies::new(latencies),
+        requests,
+    }
+}
+
+fn report_case(report: &mut Report, r: &CaseResult) {
+    report.section(&r.label);
+    report.row(
+        "join (until POST /join answers); joiner CPU incl. settling",
+        format!("{}; {}", ms(r.join), ms(r.join_cpu)),
+    );
+    report.row(
+        "page-back: wall time",
+        format!(
+            "{} ({} pages, {} events, {} backfilled)",
+            secs(r.wall),
+            r.pages,
+            r.events,
+            r.backfilled
+        ),
+    );
+    report.row(
+        "page-back: joiner CPU",
+        format!(
+            "{} total, {:.3} ms per backfilled event",
+            secs(r.joiner_cpu),
+            r.joiner_cpu.as_secs_f64() * 1000.0 / r.backfilled as f64
+        ),
+    );
+    report.row(
+        "page-back: joiner context switches (live threads)",
+        format!(
+            "{} total, {:.1} per backfilled event",
+            r.joiner_switches,
+            r.joiner_switches as f64 / r.backfilled as f64
+        ),
+    );
+    report.row(
+        "page-back: host CPU",
+        format!(
+            "{} total, {:.3} ms per event",
+            secs(r.host_cpu),
+            r.host_cpu.as_secs_f64() * 1000.0 / r.backfilled as f64
+        ),
+    );
+    report.row(
+        "page latency",
+        format!("first {}; {}", ms(r.first_page), r.latencies.summary()),
+    );
+    if !r.requests.is_empty() {
+        report.row("requests", r.requests.clone());
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The cold page.
+
+struct ColdRun {
+    cold: Duration,
+    cold_cpu: Duration,
+    warm: Duration,
+    next: Duration,
+    events: usize,
+}
+
+/// A fresh weft joiner joins `room` on the host and asks for its first page
+/// back; then the same page again (now held), then the page after it.
+/// The joiner is returned to be kept running: the servers that join later
+/// need its key to check its join event.
+async fn cold_page(root: &Path, label: &str, host: &Host<'_>, room: &Room, limit: usize) -> (ColdRun, WeftProcess) {
+    let joiner = WeftProcess::start(root, label, "joiner").await;
+    let client = joiner.login("joiner").await;
+    let run = cold_page_of(label, &client, joiner.pid(), host, room, limit, true).await;
+    (run, joiner)
+}
+
+/// The cold page of a user of any server (`pid` its process) that is not
+/// in `room` yet: join, first page back, the same page again, the next.
+/// `strict`: the page must be full and exactly the host's (weft); else
+/// (Synapse) a short page is allowed and reported.
+async fn cold_page_of(
+    label: &str,
+    client: &Client,
+    pid: u32,
+    host: &Host<'_>,
+    room: &Room,
+    limit: usize,
+    strict: bool,
+) -> ColdRun {
+    let (status, body) = client.join(&room.id, &format!("server_name={}", enc(&host.name))).await;
+    assert_eq!(status, StatusCode::OK, "{label}: join: {body}");
+    settle(pid, Duration::from_millis(300), Duration::from_secs(30)).await;
+    let query = format!("dir=b&limit={limit}");
+    let cpu = cpu_time(pid);
+    let t = Instant::now();
+    let page = client.messages(&room.id, &query).await;
+    let cold = t.elapsed();
+    let cold_cpu = cpu_time(pid).saturating_sub(cpu);
+    let t = Instant::now();
+    let again = client.messages(&room.id, &query).await;
+    let warm = t.elapsed();
+    let end = page["end"].as_str().expect("the cold page has an end").to_owned();
+    let t = Instant::now();
+    let next = client.messages(&room.id, &format!("{query}&from={}", enc(&end))).await;
+    let next_time = t.elapsed();
+
+    // The cold page is the newest `limit` events of the host's timeline.
+    let ids = |page: &Value| -> Vec<String> {
+        page["chunk"]
+            .as_array()
+            .map(|c| {
+                c.iter()
+                    .map(|e| e["event_id"].as_str().unwrap_or("?").to_owned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let on_host = host.creator.messages(&room.id, &query).await;
+    let on_host_next = host
+        .creator
+        .messages(
+            &room.id,
+            &format!("{query}&from={}", enc(on_host["end"].as_str().unwrap())),
+        )
+        .await;
+    if strict {
+        assert_eq!(ids(&page).len(), limit, "{label}: the cold page is full");
+        assert_eq!(
+            ids(&page),
+            ids(&on_host),
+            "{label}: the cold page is the host's newest {limit}"
+        );
+        assert_eq!(ids(&again), ids(&page), "{label}: the same page again");
+        assert_eq!(ids(&next), ids(&on_host_next), "{label}: the next page");
+    } else {
+        // A page may be short, but what comes is the host's timeline, from
+        // the newest event down, with nothing skipped or twice.
+        let host_ids = [ids(&on_host), ids(&on_host_next)].concat();
+        let got = [ids(&page), ids(&next)].concat();
+        assert!(!ids(&page).is_empty(), "{label}: the cold page is empty");
+        assert!(
+            host_ids.starts_with(&got),
+            "{label}: the first two pages are not the host's newest events: {got:?}"
+        );
+        assert!(
+            host_ids.starts_with(&ids(&again)),
+            "{label}: the same page again is not the host's newest events"
+        );
+    }
+    ColdRun {
+        cold,
+        cold_cpu,
+        warm,
+        next: next_time,
+        events: ids(&page).len(),
+    }
+}
+
+fn report_cold(report: &mut Report, what: &str, runs: &[ColdRun]) {
+    let list = |f: &dyn Fn(&ColdRun) -> Duration| -> String {
+        let v: Vec<Duration> = runs.iter().map(f).collect();
+        format!(
+            "median {} ({})",
+            ms(median(v.clone())),
+            v.iter().map(|d| ms(*d)).collect::<Vec<_>>().join(", ")
+        )
+    };
+    report.row(
+        format!("{what}: cold page ({} events)", runs[0].events),
+        list(&|r| r.cold),
+    );
+    report.row(format!("{what}: joiner CPU of the cold page"), list(&|r| r.cold_cpu));
+    report.row(format!("{what}: the same page again (held)"), list(&|r| r.warm));
+    report.row(format!("{what}: the page after it"), list(&|r| r.next));
+}
+
+// ---------------------------------------------------------------------------
+
+fn main() {
+    let full = std::env::args().any(|a| a == "--bench");
+    let settings = Settings::from_env(full);
+    weft::tls::install_crypto_provider();
+    eprintln!("weft binary: {WEFT}");
+    eprintln!("{settings:?}");
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
+        .block_on(run(settings));
+}
+
+async fn run(s: Settings) {
+    let mut root = tempfile::tempdir().expect("temp dir");
+    if std::env::var_os("WEFT_BENCH_KEEP").is_some() {
+        root.disable_cleanup(true);
+        eprintln!(
+            "keeping the weft data directories and logs in {}",
+            root.path().display()
+        );
+    }
+    let root = root.path().to_owned();
+    let mut report = Report { rows: Vec::new() };
+    report.row(
+        "settings",
+        format!(
+            "rooms of {} messages paged back {} at a time; cold page of {} in rooms of {} and {} messages (weft host), {} run(s); Synapse room of {} for the cold page; room version {}; cases {}",
+            s.messages,
+            s.page,
+            s.cold_page,
+            s.messages,
+            s.cold_events,
+            s.cold_runs,
+            s.synapse_cold_events,
+            s.version,
+            s.cases.join(",")
+        ),
+    );
+    report.row("load average (1, 5, 15 min) at the start", load_average());
+    let cold = s.has("cold");
+    let need_weft_host = s.has("weft-weft") || s.has("synapse-weft") || cold;
+    let need_s1 = s.has("weft-synapse") || s.has("synapse-synapse") || (cold && s.synapse_cold_events > 0);
+    let need_s2 = s.has("synapse-synapse") || s.has("synapse-weft") || cold;
+
+    report.section("setting up (not measured)");
+    let host = match need_weft_host {
+        true => Some(WeftProcess::start(&root, "host", "host").await),
+        false => None,
+    };
+    let host_client = match &host {
+        Some(h) => Some(h.login("host").await),
+        None => None,
+    };
+    let s1 = match need_s1 {
+        true => Some(Synapse::start().await),
+        false => None,
+    };
+    let s2 = match need_s2 {
+        true => Some(Synapse::start().await),
+        false => None,
+    };
+    let alice = match &s1 {
+        Some(s1) => Some(s1.user("alice").await),
+        None => None,
+    };
+    let weft_host = host.as_ref().map(|h| Host {
+        kind: "weft",
+        name: h.server_name.clone(),
+        creator: host_client.as_ref().unwrap(),
+        pid: h.pid(),
+        synapse: None,
+    });
+    let synapse_host = s1.as_ref().map(|s1| Host {
+        kind: "Synapse",
+        name: s1.server_name().to_owned(),
+        creator: alice.as_ref().unwrap(),
+        pid: synapse_pid(s1),
+        synapse: Some(s1),
+    });
+
+    // One room per case: a room that an earlier joiner is in could be
+    // backfilled from that joiner instead of from the host.
+    let (wc, sc) = (s.fill_concurrency, 1);
+    let mut fill = async |host: &Option<Host<'_>>, wanted: bool, tag: &str, n: usize, concurrency: usize| match (
+        host,
+        wanted && n > 0,
+    ) {
+        (Some(h), true) => Some(fill_room(&mut report, h.kind, h.creator, &s.version, tag, n, concurrency).await),
+        _ => None,
+    };
+    let room_ww = fill(&weft_host, s.has("weft-weft"), "ww", s.messages, wc).await;
+    let room_sw = fill(&weft_host, s.has("synapse-weft"), "sw", s.messages, wc).await;
+    let room_cold_small = fill(&weft_host, cold, "wcold", s.messages, wc).await;
+    let room_cold_big = fill(&weft_host, cold, "wbig", s.cold_events, wc).await;
+    let room_ws = fill(&synapse_host, s.has("weft-synapse"), "ws", s.messages, sc).await;
+    let room_ss = fill(&synapse_host, s.has("synapse-synapse"), "ss", s.messages, sc).await;
+    let room_cold_synapse = fill(&synapse_host, cold, "scold", s.synapse_cold_events, sc).await;
+    // Let the hosts finish what the fill left behind (Synapse's background
+    // work) before measuring.
+    if let Some(h) = &synapse_host {
+        settle(h.pid, Duration::from_secs(1), Duration::from_secs(60)).await;
+    }
+    report.row("load average (1, 5, 15 min) after the fill", load_average());
+
+    let mut results = Vec::new();
+    // Every joiner keeps running to the end: the servers that join after it
+    // need its key to check its join event (no notary is configured).
+    let mut keep: Vec<WeftProcess> = Vec::new();
+    let weft_cases = [
+        ("weft-weft", "weft from weft", &weft_host, &room_ww),
+        ("weft-synapse", "weft from Synapse", &synapse_host, &room_ws),
+    ];
+    for (case, label, host, room) in weft_cases {
+        if !s.has(case) {
+            continue;
+        }
+        let joiner = WeftProcess::start(&root, &format!("joiner-{case}"), "joiner").await;
+        let j = Joiner {
+            kind: "weft",
+            client: joiner.login("joiner").await,
+            pid: joiner.pid(),
+            weft: Some(&joiner),
+        };
+        let r = page_back_case(label, host.as_ref().unwrap(), room.as_ref().unwrap(), &j, s.page).await;
+        report_case(&mut report, &r);
+        results.push(r);
+        keep.push(joiner);
+    }
+    // The Synapse joiner: one user of S2 for every case.
+    let bob = match &s2 {
+        Some(s2) => Some(Joiner {
+            kind: "Synapse",
+            client: s2.user("bob").await,
+            pid: synapse_pid(s2),
+            weft: None,
+        }),
+        None => None,
+    };
+    let mut rooms_joined = 0;
+    if let Some(j) = &bob {
+        let synapse_cases = [
+            ("synapse-synapse", "Synapse from Synapse", &synapse_host, &room_ss),
+            ("synapse-weft", "Synapse from weft", &weft_host, &room_sw),
+        ];
+        for (case, label, host, room) in synapse_cases {
+            if !s.has(case) {
+                continue;
+            }
+            rooms_joined += 1;
+            let label = match rooms_joined {
+                1 => label.to_owned(),
+                _ => format!("{label} (the joiner's second room)"),
+            };
+            let r = page_back_case(&label, host.as_ref().unwrap(), room.as_ref().unwrap(), j, s.page).await;
+            report_case(&mut report, &r);
+            results.push(r);
+        }
+    }
+    if !results.is_empty() {
+        report.section(&format!(
+            "summary: paging back {} messages, {} at a time",
+            s.messages, s.page
+        ));
+        for r in &results {
+            report.row(
+                r.label.clone(),
+                format!(
+                    "wall {}, joiner CPU {} = {:.3} ms per backfilled event ({} events); host CPU {}",
+                    secs(r.wall),
+                    secs(r.joiner_cpu),
+                    r.joiner_cpu.as_secs_f64() * 1000.0 / r.backfilled as f64,
+                    r.backfilled,
+                    secs(r.host_cpu)
+                ),
+            );
+        }
+    }
+
+    if cold {
+        report.section(&format!(
+            "cold page: first /messages?dir=b&limit={} after the join (a fresh weft joiner each run; S2's user once, before them)",
+            s.cold_page
+        ));
+        // Rooms that no other server has joined yet, so that the joiner
+        // backfills from the host. The Synapse joiner goes first: Synapse
+        // on SQLite asks the servers in the room in no particular order,
+        // while weft asks the one in the room longest (the host).
+        let mut rooms: Vec<(String, &Host<'_>, &Room)> = Vec::new();
+        for (host, room) in [
+            (&weft_host, &room_cold_small),
+            (&weft_host, &room_cold_big),
+            (&synapse_host, &room_cold_synapse),
+        ] {
+            if let (Some(h), Some(r)) = (host, room) {
+                rooms.push((format!("{} host, room of {} messages", h.kind, r.bodies.len()), h, r));
+            }
+        }
+        for (k, (what, host, room)) in rooms.iter().enumerate() {
+            if let Some(j) = &bob {
+                rooms_joined += 1;
+                let r = cold_page_of(
+                    &format!("Synapse joiner, {what}"),
+                    &j.client,
+                    j.pid,
+                    host,
+                    room,
+                    s.cold_page,
+                    false,
+                )
+                .await;
+                eprintln!(
+                    "  {what}, Synapse joiner (its room {rooms_joined}): cold {} (CPU {}), again {}, next {}",
+                    ms(r.cold),
+                    ms(r.cold_cpu),
+                    ms(r.warm),
+                    ms(r.next)
+                );
+                report_cold(&mut report, &format!("Synapse joiner, {what}"), &[r]);
+                // Synapse goes on backfilling in the background after it
+                // answers, and the host serves it: let both finish before
+                // the weft joiners' cold pages.
+                settle(j.pid, Duration::from_secs(1), Duration::from_secs(60)).await;
+                settle(host.pid, Duration::from_secs(1), Duration::from_secs(60)).await;
+            }
+            let mut runs = Vec::new();
+            for run in 0..s.cold_runs {
+                let (r, joiner) = cold_page(&root, &format!("cold-{k}-{run}"), host, room, s.cold_page).await;
+                keep.push(joiner);
+                eprintln!(
+                    "  {what}, run {run}: cold {} (CPU {}), again {}, next {}",
+                    ms(r.cold),
+                    ms(r.cold_cpu),
+                    ms(r.warm),
+                    ms(r.next)
+                );
+                runs.push(r);
+            }
+            report_cold(&mut report, &format!("weft joiner, {what}"), &runs);
+        }
+        report.row(
+            "checks",
+            "weft: each page is exactly what the host's /messages gives for the same request; Synapse: the pages are the host's newest events, nothing skipped or twice",
+        );
+    }
+
+    report.section("end");
+    if let Some(h) = &host {
+        let lines = log_tail(&h.log, usize::MAX)
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .count();
+        report.row("lines the weft host logged at warn or above", lines.to_string());
+    }
+    let joiner_lines: usize = keep
+        .iter()
+        .map(|j| {
+            log_tail(&j.log, usize::MAX)
+                .lines()
+                .filter(|l| !l.trim().is_empty())
+                .count()
+        })
+        .sum();
+    report.row(
+        "lines the weft joiners logged at warn or above",
+        joiner_lines.to_string(),
+    );
+    report.row("load average (1, 5, 15 min) at the end", load_average());
+    report.print();
+    drop(keep);
+}
