@@ -48,6 +48,9 @@ pub struct Config {
     /// Where to serve Prometheus metrics at `/metrics` (plain HTTP); off
     /// when unset.
     pub metrics_listen: Option<SocketAddr>,
+    /// Presence (online, idle, offline, status messages): kept, shown in
+    /// `/sync` and shared with other servers. On by default.
+    pub presence: bool,
     /// Log filter, in `tracing_subscriber::EnvFilter` syntax.
     pub log: String,
 }
@@ -68,6 +71,7 @@ impl Default for Config {
             federation_verify_tls: true,
             trusted_key_servers: Vec::new(),
             metrics_listen: None,
+            presence: true,
             log: "info,ruma_state_res=warn".to_owned(),
         }
     }
@@ -199,6 +203,7 @@ impl Config {
                 .collect::<Result<_, _>>()?;
         }
         set_opt(&env, "metrics_listen", &mut self.metrics_listen)?;
+        set(&env, "presence", &mut self.presence)?;
         set(&env, "log", &mut self.log)?;
         Ok(())
     }
@@ -275,6 +280,10 @@ trusted_key_servers = []
 # Serve Prometheus metrics at http://<address>/metrics (backfill counts,
 # failures and times, ...). Off when left out.
 # metrics_listen = "127.0.0.1:9092"
+
+# Presence: users' online/idle/offline state and status messages, shown to
+# the users they share a room with and sent to those users' servers.
+presence = true
 
 # Log filter (tracing EnvFilter syntax), e.g. "info" or "weft=debug,info".
 log = "info,ruma_state_res=warn"

@@ -85,6 +85,16 @@ pub fn account_data_matches(filter: &Filter, kind: &str) -> bool {
     type_allowed(filter.types.as_deref(), &filter.not_types, kind)
 }
 
+/// Whether the filter's `presence` section lets `m.presence` events in.
+pub fn presence_type_allowed(filter: &Filter) -> bool {
+    type_allowed(filter.types.as_deref(), &filter.not_types, "m.presence")
+}
+
+/// Whether the filter's `presence` section lets in the presence of `user`.
+pub fn presence_sender_allowed(filter: &Filter, user: &UserId) -> bool {
+    !filter.not_senders.iter().any(|u| u == user) && filter.senders.as_ref().is_none_or(|s| s.iter().any(|u| u == user))
+}
+
 /// Whether a room's account data of type `kind` passes the room filter's
 /// `account_data` section.
 pub fn room_account_data_matches(filter: &RoomEventFilter, room_id: &RoomId, kind: &str) -> bool {

@@ -18,6 +18,7 @@ pub mod filter;
 pub mod keyring;
 pub mod keys;
 pub mod metrics;
+pub mod presence;
 pub mod push;
 pub mod rooms;
 pub mod server;

@@ -138,6 +138,7 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
     let cancel = CancellationToken::new();
     let svc = Arc::new(Services::new(config.clone(), keys, storage, federation, cancel.clone()).await?);
     svc.sender.resume().await?;
+    tokio::spawn(crate::presence::run_sweeper(svc.clone(), cancel.clone()));
 
     let client_listener = tokio::net::TcpListener::bind(config.client_listen)
         .await

@@ -17,6 +17,7 @@ use crate::{
     keyring::KeyRing,
     keys::ServerKeys,
     metrics::Metrics,
+    presence::Presence,
     push::Push,
     rooms::RoomLocks,
     state::StateCache,
@@ -37,6 +38,8 @@ pub struct Services {
     pub backfiller: Backfiller,
     /// Typing notifications and the ephemeral stream.
     pub ephemeral: Arc<Ephemeral>,
+    /// Users' presence, on its own stream.
+    pub presence: Arc<Presence>,
     /// The account data stream: wakes `/sync` on changes.
     pub account_data: AccountDataStream,
     /// Device list changes and to-device messages (the e2e stream).
@@ -79,6 +82,11 @@ impl Services {
             keys.server_name().to_owned(),
             cancel,
         );
+        let presence = Presence::new(
+            config.presence,
+            keys.server_name().to_owned(),
+            storage.presence_records().await?,
+        );
         Ok(Services {
             config,
             keys,
@@ -87,6 +95,7 @@ impl Services {
             sender,
             backfiller: Backfiller::default(),
             ephemeral: Ephemeral::new(storage.max_receipt_position().await?),
+            presence,
             account_data: AccountDataStream::new(storage.max_account_data_position().await?),
             e2e: E2eStream::new(storage.max_e2e_position().await?),
             metrics: Metrics::default(),

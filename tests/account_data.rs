@@ -251,8 +251,8 @@ async fn sync_initial_and_incremental() {
     );
     assert!(events(&body["rooms"]["join"][&other]["account_data"]).is_empty());
     let since = next_batch(&body);
-    // s<timeline>_<ephemeral>_<account data>_<e2e> (client_api/sync_token.rs).
-    assert_eq!(since.split('_').count(), 4, "{since}");
+    // s<timeline>_<ephemeral>_<account data>_<e2e>_<presence> (client_api/sync_token.rs).
+    assert_eq!(since.split('_').count(), 5, "{since}");
 
     // Nothing new: an empty incremental sync.
     let body = alice.sync(&format!("since={since}&timeout=0")).await;

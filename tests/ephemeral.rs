@@ -225,3 +225,78 @@ async fn typing_and_receipts_cross_servers() {
     .await;
     assert!(!events.is_empty());
 }
+
+/// The deprecated `/events` stream carries typing changes and new receipts
+/// of the user's rooms, with `room_id`, once each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn event_stream_carries_typing_and_receipts() {
+    let server = TestServer::start().await;
+    let alice = server.register("alice").await;
+    let bob = server.register("bob").await;
+    let room = alice.create_room(json!({ "preset": "public_chat" })).await;
+    let elsewhere = alice.create_room(json!({ "preset": "public_chat" })).await;
+    assert_eq!(bob.join(&room).await.0, 200);
+    let (_, sent) = alice.send_text(&room, "m1", "hello").await;
+    let event_id = sent["event_id"].as_str().unwrap().to_owned();
+    let start = bob.ok(Method::GET, "/_matrix/client/v3/events?timeout=0", None).await;
+    let from = start["end"].as_str().unwrap().to_owned();
+
+    for r in [&room, &elsewhere] {
+        alice
+            .ok(
+                Method::PUT,
+                &format!("/_matrix/client/v3/rooms/{}/typing/{}", enc(r), enc(&alice.user_id)),
+                Some(&json!({ "typing": true, "timeout": 30000 })),
+            )
+            .await;
+    }
+    alice
+        .ok(
+            Method::POST,
+            &format!(
+                "/_matrix/client/v3/rooms/{}/receipt/m.read/{}",
+                enc(&room),
+                enc(&event_id)
+            ),
+            Some(&json!({})),
+        )
+        .await;
+    let page = bob
+        .ok(
+            Method::GET,
+            &format!("/_matrix/client/v3/events?from={}&timeout=0", enc(&from)),
+            None,
+        )
+        .await;
+    let chunk = page["chunk"].as_array().unwrap();
+    let of_type = |t: &str| chunk.iter().filter(|e| e["type"] == t).collect::<Vec<_>>();
+    let typing = of_type("m.typing");
+    assert_eq!(typing.len(), 1, "Bob's room only: {page}");
+    assert_eq!(typing[0]["room_id"], room.as_str());
+    assert_eq!(typing[0]["content"]["user_ids"], json!([alice.user_id]));
+    let receipts = of_type("m.receipt");
+    assert_eq!(receipts.len(), 1, "{page}");
+    assert_eq!(receipts[0]["room_id"], room.as_str());
+    assert!(
+        receipts[0]["content"][&event_id]["m.read"][&alice.user_id]["ts"].is_u64(),
+        "{page}"
+    );
+    // Once each: nothing more from the answer's end.
+    let page = bob
+        .ok(
+            Method::GET,
+            &format!(
+                "/_matrix/client/v3/events?from={}&timeout=0",
+                enc(page["end"].as_str().unwrap())
+            ),
+            None,
+        )
+        .await;
+    let chunk = page["chunk"].as_array().unwrap();
+    assert!(
+        chunk
+            .iter()
+            .all(|e| e["type"] != "m.typing" && e["type"] != "m.receipt"),
+        "{page}"
+    );
+}

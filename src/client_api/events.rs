@@ -2,19 +2,30 @@
 //! still used by older clients (and SyTest's fixtures). Events of the
 //! user's joined rooms (or of one room, `room_id`, as the peeking form has
 //! it) that arrived after `from`, oldest first; with none, it waits up to
-//! `timeout` for one. Tokens are `/sync`'s `s<stream>` positions.
+//! `timeout` for one. Tokens are `/sync`'s (`sync_token.rs`), with the
+//! event, ephemeral and presence positions: `s<stream>_<ephemeral>___<presence>`;
+//! a token without one of those parts (`s<stream>`, or `/sync`'s older
+//! ones) starts that stream now.
+//!
+//! After the room events come the rooms' typing changes and new read
+//! receipts (`m.typing`, `m.receipt`, with `room_id`), and the presence
+//! changes of the users the user can see (with `room_id`: of the room's
+//! members) as `m.presence` events with `content.user_id`, as this API had
+//! them.
 
-use std::{sync::Arc, time::Duration};
+use std::{collections::HashSet, sync::Arc, time::Duration};
 
-use axum::extract::{Request, State};
-use ruma::{OwnedRoomId, api::client::peeking::listen_to_new_events};
-
-use super::{
-    extract::{RumaResponse, token_owner},
-    format,
+use axum::{
+    Json,
+    extract::{Request, State},
 };
+use ruma::{MilliSecondsSinceUnixEpoch, OwnedRoomId, OwnedUserId, UserId};
+use serde_json::{Value, json};
+
+use super::{extract::token_owner, format, sync_token::SyncToken};
 use crate::{
     error::MatrixError,
+    presence,
     services::Services,
     storage::{StoredEvent, StreamOrdering, TokenOwner},
     visibility,
@@ -69,21 +80,27 @@ impl Query {
     }
 }
 
-pub async fn events(
-    State(svc): State<Arc<Services>>,
-    req: Request,
-) -> Result<RumaResponse<listen_to_new_events::v3::Response>, MatrixError> {
+pub async fn events(State(svc): State<Arc<Services>>, req: Request) -> Result<Json<Value>, MatrixError> {
     let (parts, _) = req.into_parts();
     let owner = token_owner(&svc, &parts).await?;
     let query = Query::parse(parts.uri.query().unwrap_or_default())?;
+    // Polling the event stream is activity, as a `/sync` is.
+    presence::sync_activity(&svc, &owner.user_id, &ruma::presence::PresenceState::Online).await?;
     let mut head_rx = svc.notifier.subscribe();
-    let from = match query.from.as_deref() {
+    let mut presence_rx = svc.presence.subscribe();
+    let mut ephemeral_rx = svc.ephemeral.subscribe();
+    let (from, from_ephemeral, from_presence) = match query.from.as_deref() {
         Some(token) => {
-            parse_token(token).ok_or_else(|| MatrixError::invalid_param(format!("Invalid from token {token:?}")))?
+            let parsed = SyncToken::parse(token)
+                .ok_or_else(|| MatrixError::invalid_param(format!("Invalid from token {token:?}")))?;
+            (parsed.stream, parsed.ephemeral, parsed.presence)
         }
         // No position yet: the stream starts now.
-        None => *head_rx.borrow_and_update(),
+        None => (*head_rx.borrow_and_update(), None, None),
     };
+    // Streams without a position start now.
+    let from_presence = from_presence.unwrap_or_else(|| *presence_rx.borrow_and_update());
+    let from_ephemeral = from_ephemeral.unwrap_or_else(|| *ephemeral_rx.borrow_and_update());
     let rooms = match &query.room_id {
         Some(room_id) => {
             let joined = visibility::current_membership(&svc, room_id, &owner.user_id)
@@ -107,32 +124,124 @@ pub async fn events(
     let timeout = Duration::from_millis(query.timeout.unwrap_or_default()).min(MAX_TIMEOUT);
     let limit = query.limit.unwrap_or(MAX_EVENTS).clamp(1, MAX_EVENTS);
     let deadline = tokio::time::Instant::now() + timeout;
+    let token = |stream: StreamOrdering, ephemeral: i64, presence: i64| {
+        SyncToken {
+            stream,
+            ephemeral: Some(ephemeral),
+            account_data: None,
+            e2e: None,
+            presence: Some(presence),
+        }
+        .to_string()
+    };
+    let start = token(from, from_ephemeral, from_presence);
     loop {
         let head = (*head_rx.borrow_and_update()).max(from);
+        let presence_head = (*presence_rx.borrow_and_update()).max(from_presence);
+        let ephemeral_head = (*ephemeral_rx.borrow_and_update()).max(from_ephemeral);
         let (events, end) = new_events(&svc, &owner, &rooms, (from, head), limit).await?;
-        if !events.is_empty() || tokio::time::Instant::now() >= deadline {
-            let mut response = listen_to_new_events::v3::Response::new();
-            response.start = Some(format!("s{from}"));
-            response.end = Some(format!("s{end}"));
-            response.chunk = format::client_events(&svc, &events, Some(&owner))
-                .await?
-                .iter()
-                .map(format::raw)
-                .collect();
-            return Ok(RumaResponse(response));
+        let peeked = query.room_id.as_ref().map(|_| rooms.as_slice());
+        let presence_events = presence_events(&svc, &owner.user_id, peeked, (from_presence, presence_head)).await?;
+        let ephemeral_events = ephemeral_events(&svc, &owner.user_id, &rooms, (from_ephemeral, ephemeral_head)).await?;
+        let timed_out = tokio::time::Instant::now() >= deadline;
+        if !events.is_empty() || !presence_events.is_empty() || !ephemeral_events.is_empty() || timed_out {
+            let mut chunk = format::client_events(&svc, &events, Some(&owner)).await?;
+            chunk.extend(ephemeral_events);
+            chunk.extend(presence_events);
+            return Ok(Json(json!({
+                "start": start,
+                "end": token(end, ephemeral_head, presence_head),
+                "chunk": chunk,
+            })));
         }
-        if tokio::time::timeout_at(deadline, head_rx.changed()).await.is_err() {
-            let mut response = listen_to_new_events::v3::Response::new();
-            response.start = Some(format!("s{from}"));
-            response.end = Some(format!("s{}", (*head_rx.borrow()).max(from)));
-            return Ok(RumaResponse(response));
+        let woken = tokio::time::timeout_at(deadline, async {
+            tokio::select! {
+                _ = head_rx.changed() => {}
+                _ = presence_rx.changed() => {}
+                _ = ephemeral_rx.changed() => {}
+            }
+        })
+        .await;
+        if woken.is_err() {
+            // Timed out: nothing new up to the heads as last looked at.
+            return Ok(Json(json!({
+                "start": start,
+                "end": token(head, ephemeral_head, presence_head),
+                "chunk": [],
+            })));
         }
     }
 }
 
-/// `s<stream>`, or a `/sync` token (its event stream part).
-fn parse_token(token: &str) -> Option<StreamOrdering> {
-    super::sync_token::SyncToken::parse(token).map(|t| t.stream)
+/// Typing changes and new read receipts of `rooms` in `(from, head]`
+/// (private receipts for their owner only).
+async fn ephemeral_events(
+    svc: &Services,
+    user: &UserId,
+    rooms: &[OwnedRoomId],
+    (from, head): (i64, i64),
+) -> Result<Vec<Value>, MatrixError> {
+    let mut events = Vec::new();
+    if head <= from {
+        return Ok(events);
+    }
+    for room_id in rooms {
+        let (typing_at, typing) = svc.ephemeral.typing(room_id);
+        if typing_at > from && typing_at <= head {
+            events.push(json!({ "type": "m.typing", "room_id": room_id, "content": { "user_ids": typing } }));
+        }
+        let mut content = serde_json::Map::new();
+        for r in svc.storage.receipts(room_id, Some(from)).await? {
+            if r.position > head || (r.receipt_type == "m.read.private" && r.user_id != user) {
+                continue;
+            }
+            let by_type = content.entry(r.event_id.to_string()).or_insert_with(|| json!({}));
+            by_type[&r.receipt_type][r.user_id.as_str()] = json!({ "ts": r.ts });
+        }
+        if !content.is_empty() {
+            events.push(json!({ "type": "m.receipt", "room_id": room_id, "content": content }));
+        }
+    }
+    Ok(events)
+}
+
+/// Presence changes in `(from, head]` of the users `user` can see, or with
+/// `rooms` (the peeking form), of those rooms' members.
+async fn presence_events(
+    svc: &Services,
+    user: &UserId,
+    rooms: Option<&[OwnedRoomId]>,
+    (from, head): (i64, i64),
+) -> Result<Vec<Value>, MatrixError> {
+    if !svc.presence.enabled() || head <= from {
+        return Ok(Vec::new());
+    }
+    let changes = svc.presence.changes(Some(from), head, |_| true);
+    if changes.is_empty() {
+        return Ok(Vec::new());
+    }
+    let visible: HashSet<OwnedUserId> = match rooms {
+        Some(rooms) => {
+            let mut members = HashSet::new();
+            for room_id in rooms {
+                members.extend(
+                    svc.storage
+                        .room_members(room_id, Some("join"))
+                        .await?
+                        .into_iter()
+                        .map(|m| m.user_id),
+                );
+            }
+            members
+        }
+        None => presence::visible_users(svc, user).await?,
+    };
+    let now: u64 = MilliSecondsSinceUnixEpoch::now().get().into();
+    Ok(changes
+        .iter()
+        .filter(|(u, _)| visible.contains(u))
+        .map(|(u, status)| status.event(u, now, true))
+        .collect())
 }
 
 /// The visible events of `rooms` in `(from, head]`, oldest first, at most

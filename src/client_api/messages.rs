@@ -52,6 +52,10 @@ pub async fn send_message(
         txn_id: b.txn_id.to_string(),
     };
     let sent = send_event(&svc, &b.room_id, &owner.user_id, template, Some(txn)).await?;
+    // Sending is activity; the message is sent whatever becomes of that.
+    if let Err(e) = crate::presence::bump_active(&svc, &owner.user_id).await {
+        tracing::info!(user = %owner.user_id, error = %e, "presence not bumped");
+    }
     Ok(send_message_event::v3::Response::new(sent.pdu.event_id.clone()))
 }
 
@@ -80,6 +84,10 @@ pub async fn send_without_txn(
     }
     let template = EventTemplate::message(event_type, content);
     let sent = send_event(&svc, &room_id, &owner.user_id, template, None).await?;
+    // Sending is activity; the message is sent whatever becomes of that.
+    if let Err(e) = crate::presence::bump_active(&svc, &owner.user_id).await {
+        tracing::info!(user = %owner.user_id, error = %e, "presence not bumped");
+    }
     Ok(axum::Json(json!({ "event_id": sent.pdu.event_id })))
 }
 

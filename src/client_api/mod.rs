@@ -12,9 +12,11 @@ mod ephemeral;
 mod events;
 pub mod extract;
 pub mod format;
+mod initial_sync;
 mod keys;
 mod membership;
 mod messages;
+mod presence;
 mod profile;
 mod push;
 mod rooms;
@@ -110,6 +112,8 @@ pub fn router() -> Router<Arc<Services>> {
         .ruma(account_data::get_tags)
         .ruma(account_data::create_tag)
         .ruma(account_data::delete_tag)
+        .ruma(presence::set_status)
+        .ruma(presence::get_status)
         .route("/_matrix/client/r0/capabilities", get(account::capabilities))
         .route("/_matrix/client/v3/capabilities", get(account::capabilities))
         // The older forms of send and redact, without a transaction ID.
@@ -133,6 +137,17 @@ pub fn router() -> Router<Arc<Services>> {
         // original, all-rooms form of the endpoint goes without.
         .route("/_matrix/client/r0/events", get(events::events))
         .route("/_matrix/client/v3/events", get(events::events))
+        // Not `.ruma`: see `initial_sync`.
+        .route("/_matrix/client/r0/initialSync", get(initial_sync::initial_sync))
+        .route("/_matrix/client/v3/initialSync", get(initial_sync::initial_sync))
+        .route(
+            "/_matrix/client/r0/rooms/{room_id}/initialSync",
+            get(initial_sync::room_initial_sync),
+        )
+        .route(
+            "/_matrix/client/v3/rooms/{room_id}/initialSync",
+            get(initial_sync::room_initial_sync),
+        )
         .ruma(devices::get_devices)
         .ruma(devices::get_device)
         .ruma(devices::update_device)

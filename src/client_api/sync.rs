@@ -1,8 +1,9 @@
 //! `/sync`: initial and incremental, with long-polling and filters.
 //!
 //! `next_batch` (`sync_token.rs`) is the newest arrival order the response
-//! covers, and the positions of the ephemeral, account data and e2e
-//! streams (older tokens lack the last parts). An
+//! covers, and the positions of the ephemeral, account data, e2e and
+//! presence streams (older tokens lack the last parts). Presence is
+//! [`crate::presence::for_sync`]'s. An
 //! incremental sync returns what arrived in `(since, head]`; with nothing
 //! new it waits (up to `timeout`) for the notifiers.
 //!
@@ -42,7 +43,7 @@ use super::{e2e_sync, extract::Ruma, format, sync_token::SyncToken};
 use crate::{
     account_data,
     error::MatrixError,
-    filter,
+    filter, presence,
     services::Services,
     state::StateMap,
     storage::{AccountData, Membership, StoredEvent, StreamOrdering, TokenOwner},
@@ -100,7 +101,9 @@ pub async fn sync(
     let since_ephemeral = token.and_then(|t| t.ephemeral);
     let since_account_data = token.and_then(|t| t.account_data);
     let since_e2e = token.and_then(|t| t.e2e);
+    let since_presence = token.and_then(|t| t.presence);
     let definition = load_filter(&svc, &owner, req.body.filter.as_ref()).await?;
+    presence::sync_activity(&svc, &owner.user_id, &req.body.set_presence).await?;
     let mut opts = Options {
         account_data: definition.account_data,
         ignored: HashSet::new(),
@@ -116,13 +119,16 @@ pub async fn sync(
     let mut ephemeral_rx = svc.ephemeral.subscribe();
     let mut account_data_rx = svc.account_data.subscribe();
     let mut e2e_rx = svc.e2e.subscribe();
+    let mut presence_rx = svc.presence.subscribe();
     loop {
         let head = *head_rx.borrow_and_update();
         let ephemeral_head = *ephemeral_rx.borrow_and_update();
         let account_data_head = *account_data_rx.borrow_and_update();
         let e2e_head = *e2e_rx.borrow_and_update();
+        let presence_head = *presence_rx.borrow_and_update();
         let since_ephemeral = since_ephemeral.filter(|_| since.is_some() && !opts.full_state);
         let since_account_data = since_account_data.filter(|_| since.is_some() && !opts.full_state);
+        let since_presence = since_presence.filter(|_| since.is_some() && !opts.full_state);
         opts.ignored = account_data::ignored_users(&svc, &owner.user_id).await?;
         let (mut rooms, in_full) = build_rooms(&svc, &owner, since, head, &opts).await?;
         add_ephemeral(&svc, &owner, &mut rooms, since_ephemeral, ephemeral_head).await?;
@@ -140,21 +146,32 @@ pub async fn sync(
         }
         add_unread_counts(&svc, &owner, &mut rooms).await?;
         let e2e = e2e_sync::section(&svc, &owner, since.map(|s| (s, since_e2e)), head, e2e_head).await?;
+        let presence = presence::for_sync(
+            &svc,
+            &owner.user_id,
+            (&rooms, &in_full),
+            (since_presence, presence_head),
+            &definition.presence,
+        )
+        .await?;
         let empty = rooms.join.is_empty()
             && rooms.invite.is_empty()
             && rooms.leave.is_empty()
             && global.is_empty()
-            && e2e.is_empty();
+            && e2e.is_empty()
+            && presence.is_empty();
         let mut next = SyncToken {
             stream: head,
             ephemeral: Some(ephemeral_head),
             account_data: Some(account_data_head),
             e2e: Some(e2e.position),
+            presence: Some(presence_head),
         };
         if since.is_none() || opts.full_state || !empty || tokio::time::Instant::now() >= deadline {
             let mut response = Response::new(next.to_string());
             response.rooms = rooms;
             response.account_data.events = global.iter().map(format::raw).collect();
+            response.presence.events = presence.iter().map(format::raw).collect();
             e2e.apply(&mut response);
             return Ok(response);
         }
@@ -164,6 +181,7 @@ pub async fn sync(
                 _ = ephemeral_rx.changed() => {}
                 _ = account_data_rx.changed() => {}
                 _ = e2e_rx.changed() => {}
+                _ = presence_rx.changed() => {}
             }
         })
         .await;
@@ -174,6 +192,7 @@ pub async fn sync(
             next.stream = (*head_rx.borrow()).max(since.unwrap_or_default());
             next.ephemeral = Some((*ephemeral_rx.borrow()).max(since_ephemeral.unwrap_or_default()));
             next.account_data = Some((*account_data_rx.borrow()).max(since_account_data.unwrap_or_default()));
+            next.presence = Some((*presence_rx.borrow()).max(since_presence.unwrap_or_default()));
             let mut response = Response::new(next.to_string());
             e2e.apply(&mut response);
             return Ok(response);

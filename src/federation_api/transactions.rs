@@ -116,8 +116,9 @@ pub async fn send(
 }
 
 /// Typing notifications and read receipts from `origin`, for its own
-/// users in rooms they are joined to (and the ACL lets `origin` into).
-/// Other EDUs (presence, device lists, ...) are read and dropped.
+/// users in rooms they are joined to (and the ACL lets `origin` into);
+/// presence of its own users (`presence::receive_edu`). Other EDUs
+/// (device lists, ...) are read and dropped.
 async fn receive_edu(svc: &Services, origin: &ruma::ServerName, edu: &serde_json::Value) -> Result<(), MatrixError> {
     let content = &edu["content"];
     let in_room = |room_id: &ruma::RoomId, user: &ruma::UserId| {
@@ -184,6 +185,7 @@ async fn receive_edu(svc: &Services, origin: &ruma::ServerName, edu: &serde_json
                 }
             }
         }
+        "m.presence" => crate::presence::receive_edu(svc, origin, content),
         other => tracing::debug!(%origin, edu_type = %other, "EDU ignored"),
     }
     Ok(())

@@ -138,18 +138,7 @@ impl Sender {
             .collect();
         destinations.sort();
         destinations.dedup();
-        {
-            let mut edus = self.edus.lock().expect("outbound EDUs");
-            for destination in &destinations {
-                let queue = edus.entry(destination.clone()).or_default();
-                if queue.len() < MAX_QUEUED_EDUS {
-                    queue.push(edu.clone());
-                }
-            }
-        }
-        for destination in &destinations {
-            self.wake(destination);
-        }
+        self.send_edu_to(&destinations, edu);
         Ok(())
     }
 

@@ -169,11 +169,33 @@ pub async fn persist_pdu(svc: &Services, event: ToPersist, rules: &RoomVersionRu
     }
     if !backfilled {
         svc.notifier.notify(persisted.stream_ordering);
+        if accepted && is_new_join(svc, &pdu, &before_map).await? {
+            // Presence is a courtesy: failing to share it fails nothing.
+            if let Err(e) = crate::presence::member_joined(svc, &pdu).await {
+                tracing::info!(event_id = %pdu.event_id, error = %e, "presence not shared on join");
+            }
+        }
     }
     Ok(Sent {
         pdu,
         stream_ordering: persisted.stream_ordering,
     })
+}
+
+/// Whether `pdu` is a join of a user who was not joined before it.
+async fn is_new_join(svc: &Services, pdu: &Pdu, before: &StateMap) -> Result<bool, RoomError> {
+    let Some(user) = pdu
+        .state_key
+        .as_deref()
+        .filter(|_| pdu.kind == ruma::events::TimelineEventType::RoomMember)
+        .and_then(|k| ruma::UserId::parse(k).ok())
+    else {
+        return Ok(false);
+    };
+    if pdu.membership().as_deref() != Some("join") {
+        return Ok(false);
+    }
+    Ok(svc.state.membership(before, &user).await?.as_deref() != Some("join"))
 }
 
 /// A resolved current state as a write: a delta on the previous current

@@ -268,6 +268,23 @@ pub struct AccountData {
     pub position: i64,
 }
 
+/// A local user's presence as last changed (`crate::presence` keeps it in
+/// memory; this is what outlives a restart).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PresenceRecord {
+    pub user_id: OwnedUserId,
+    /// `online`, `unavailable` or `offline`.
+    pub state: String,
+    pub status_msg: Option<String>,
+    /// When the user was last active (ms since the epoch; 0: never).
+    pub last_active_ts: i64,
+    pub currently_active: bool,
+    /// The last activity or explicit change (ms since the epoch).
+    pub updated_ts: i64,
+    /// The presence stream position of the change.
+    pub position: i64,
+}
+
 /// Everything weft keeps, behind one interface.
 #[async_trait]
 pub trait Storage: e2e::E2eStorage + push::PushStorage + Send + Sync + 'static {
@@ -474,4 +491,11 @@ pub trait Storage: e2e::E2eStorage + push::PushStorage + Send + Sync + 'static {
     async fn room_account_data(&self, user_id: &UserId, room_id: &RoomId, upto: i64) -> Result<Vec<AccountData>>;
     /// The newest account data stream position (0 when there is none).
     async fn max_account_data_position(&self) -> Result<i64>;
+
+    // ----- presence -----
+    /// Records a local user's presence, unless what is stored has a newer
+    /// position.
+    async fn put_presence(&self, record: &PresenceRecord) -> Result<()>;
+    /// Every local user's stored presence.
+    async fn presence_records(&self) -> Result<Vec<PresenceRecord>>;
 }

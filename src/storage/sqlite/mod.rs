@@ -10,6 +10,7 @@ mod e2e;
 mod events;
 mod history;
 mod keys;
+mod presence;
 mod push;
 mod state;
 mod transactions;
@@ -48,6 +49,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("schema_v7.sql"),
     include_str!("schema_v8.sql"),
     include_str!("schema_v9.sql"),
+    include_str!("schema_v10.sql"),
 ];
 
 const MAX_IDLE_READERS: usize = 4;
@@ -722,5 +724,14 @@ impl Storage for SqliteStorage {
 
     async fn max_account_data_position(&self) -> Result<i64> {
         self.read(account_data::max_position).await
+    }
+
+    async fn put_presence(&self, record: &super::PresenceRecord) -> Result<()> {
+        let record = record.clone();
+        self.write(move |tx| presence::put(tx, &record)).await
+    }
+
+    async fn presence_records(&self) -> Result<Vec<super::PresenceRecord>> {
+        self.read(presence::all).await
     }
 }
