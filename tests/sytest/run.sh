@@ -37,16 +37,16 @@ done
 ./run-tests.pl -I Weft --weft-binary "$bin" --room-version "${SYTEST_ROOM_VERSION:-10}" \
   --port-range "${SYTEST_PORT_RANGE:-8800:8899}" --work-directory "$out/work" \
   -O tap ${SYTEST_ARGS:-} ${files[@]+"${files[@]}"} > "$out/tap.log" 2>&1
-# With a whitelist (-W), tests not on it that fail are "(expected fail)":
-# counted apart, and they do not fail the run. Tests not on it that pass
-# are listed, to be added to it.
+# With a blacklist (-B, tests/sytest/blacklist.txt), the tests on it that
+# fail are "(expected fail)": counted apart, and they do not fail the run.
+# Tests on it that pass are listed, to be taken off it.
 pass=$(grep -cE '^ok [0-9]+' "$out/tap.log")
 fail=$(grep -E '^not ok [0-9]+' "$out/tap.log" | grep -cv '(expected fail)')
 expected=$(grep -cE '^not ok [0-9]+ \(expected fail\)' "$out/tap.log")
 grep -E '^not ok [0-9]+' "$out/tap.log" | grep -v '(expected fail)' | head -50
 newly=$(grep -cE '^ok [0-9]+ \(expected fail\)' "$out/tap.log")
 if [ "$newly" -gt 0 ]; then
-  echo "sytest: $newly tests pass that are not in the whitelist yet:"
+  echo "sytest: $newly blacklisted tests pass (take them off tests/sytest/blacklist.txt if they keep passing):"
   grep -E '^ok [0-9]+ \(expected fail\)' "$out/tap.log" | sed -E 's/^ok [0-9]+ \(expected fail\) //; s/ # TODO.*$//; s/ \([0-9]+ subtests\)$//'
 fi
 echo "sytest: $pass passed, $fail failed${expected:+, $expected known failures}"
