@@ -26,11 +26,12 @@
 
 #[path = "../tests/common/mod.rs"]
 mod common;
+#[path = "support/mod.rs"]
+mod support;
 
 use std::{
     collections::{HashMap, HashSet},
     fs::File,
-    io::{BufRead, BufReader},
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     sync::{
@@ -46,6 +47,7 @@ use common::{
 };
 use reqwest::StatusCode;
 use serde_json::{Value, json};
+use support::{Report, context_switches, cpu_time, load_average, log_tail};
 
 const WEFT: &str = env!("CARGO_BIN_EXE_weft");
 const PASSWORD: &str = "bench-password";
@@ -171,54 +173,6 @@ fn median(mut v: Vec<Duration>) -> Duration {
     v[v.len() / 2]
 }
 
-/// User + system CPU time of a process (all its threads, the dead ones
-/// included), from /proc/<pid>/stat, in 10 ms ticks.
-fn cpu_time(pid: u32) -> Duration {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("read /proc/<pid>/stat");
-    let rest = &stat[stat.rfind(')').expect("stat format") + 2..];
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
-    Duration::from_millis(ticks * 10)
-}
-
-/// Context switches (voluntary + involuntary) of a process's live
-/// threads, summed over /proc/<pid>/task/*/status (threads that exited
-/// meanwhile are not counted).
-fn context_switches(pid: u32) -> u64 {
-    let mut total = 0;
-    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-        return 0;
-    };
-    for task in tasks.flatten() {
-        let Ok(status) = std::fs::read_to_string(task.path().join("status")) else {
-            continue;
-        };
-        for line in status.lines() {
-            if let Some(rest) = line
-                .strip_prefix("voluntary_ctxt_switches:")
-                .or_else(|| line.strip_prefix("nonvoluntary_ctxt_switches:"))
-            {
-                total += rest.trim().parse::<u64>().unwrap_or(0);
-            }
-        }
-    }
-    total
-}
-
-fn load_average() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_else(|_| "?".to_owned())
-}
-
-fn log_tail(path: &Path, lines: usize) -> String {
-    let Ok(file) = File::open(path) else {
-        return String::from("(no log)");
-    };
-    let all: Vec<String> = BufReader::new(file).lines().map_while(Result::ok).collect();
-    all[all.len().saturating_sub(lines)..].join("\n")
-}
-
 /// Waits until a process has used no CPU for `quiet` (at most `limit`):
 /// what a join leaves running in the background is done before paging.
 async fn settle(pid: u32, quiet: Duration, limit: Duration) {
@@ -233,35 +187,6 @@ async fn settle(pid: u32, quiet: Duration, limit: Duration) {
             since = Instant::now();
         } else if since.elapsed() >= quiet {
             return;
-        }
-    }
-}
-
-struct Report {
-    rows: Vec<(String, String)>,
-}
-
-impl Report {
-    fn section(&mut self, title: &str) {
-        eprintln!("== {title}");
-        self.rows.push((String::new(), String::new()));
-        self.rows.push((format!("== {title}"), String::new()));
-    }
-    fn row(&mut self, name: impl Into<String>, value: impl Into<String>) {
-        let (name, value) = (name.into(), value.into());
-        eprintln!("  {name}: {value}");
-        self.rows.push((name, value));
-    }
-    fn print(&self) {
-        let width = self.rows.iter().map(|(n, _)| n.chars().count()).max().unwrap_or(0);
-        println!();
-        println!("backfill benchmark");
-        for (name, value) in &self.rows {
-            if value.is_empty() {
-                println!("{name}");
-            } else {
-                println!("  {name:<width$}  {value}");
-            }
         }
     }
 }
@@ -945,7 +870,7 @@ async fn run(s: Settings) {
         );
     }
     let root = root.path().to_owned();
-    let mut report = Report { rows: Vec::new() };
+    let mut report = Report::new("backfill benchmark");
     report.row(
         "settings",
         format!(

@@ -32,11 +32,12 @@
 
 #[path = "../tests/common/mod.rs"]
 mod common;
+#[path = "support/mod.rs"]
+mod support;
 
 use std::{
     collections::{HashMap, HashSet},
     fs::File,
-    io::{BufRead, BufReader},
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     sync::{
@@ -57,6 +58,7 @@ use ruma::{
 };
 use serde_json::{Value, json, value::RawValue};
 use sha2::{Digest, Sha256};
+use support::{Report, context_switches, cpu_time, load_average, log_tail};
 use weft::events::{EventTemplate, Placement, build_event};
 
 const WEFT: &str = env!("CARGO_BIN_EXE_weft");
@@ -147,83 +149,6 @@ fn ms(d: Duration) -> String {
 
 fn us(d: Duration) -> String {
     format!("{:.1} µs", d.as_secs_f64() * 1e6)
-}
-
-/// User + system CPU time of a process (all its threads, the dead ones
-/// included), from /proc/<pid>/stat, in 10 ms ticks.
-fn cpu_time(pid: &str) -> Duration {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("read /proc/<pid>/stat");
-    let rest = &stat[stat.rfind(')').expect("stat format") + 2..];
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
-    Duration::from_millis(ticks * 10)
-}
-
-/// Context switches (voluntary + involuntary) of a process's live
-/// threads, summed over /proc/<pid>/task/*/status (threads that exited
-/// meanwhile are not counted).
-fn context_switches(pid: &str) -> u64 {
-    let mut total = 0;
-    for task in std::fs::read_dir(format!("/proc/{pid}/task"))
-        .expect("/proc/<pid>/task")
-        .flatten()
-    {
-        let Ok(status) = std::fs::read_to_string(task.path().join("status")) else {
-            continue;
-        };
-        for line in status.lines() {
-            if let Some(rest) = line
-                .strip_prefix("voluntary_ctxt_switches:")
-                .or_else(|| line.strip_prefix("nonvoluntary_ctxt_switches:"))
-            {
-                total += rest.trim().parse::<u64>().unwrap_or(0);
-            }
-        }
-    }
-    total
-}
-
-fn load_average() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_else(|_| "?".to_owned())
-}
-
-fn log_tail(path: &Path, lines: usize) -> String {
-    let Ok(file) = File::open(path) else {
-        return String::from("(no log)");
-    };
-    let all: Vec<String> = BufReader::new(file).lines().map_while(Result::ok).collect();
-    all[all.len().saturating_sub(lines)..].join("\n")
-}
-
-struct Report {
-    rows: Vec<(String, String)>,
-}
-
-impl Report {
-    fn section(&mut self, title: &str) {
-        eprintln!("== {title}");
-        self.rows.push((String::new(), String::new()));
-        self.rows.push((format!("== {title}"), String::new()));
-    }
-    fn row(&mut self, name: impl Into<String>, value: impl Into<String>) {
-        let (name, value) = (name.into(), value.into());
-        eprintln!("  {name}: {value}");
-        self.rows.push((name, value));
-    }
-    fn print(&self) {
-        let width = self.rows.iter().map(|(n, _)| n.chars().count()).max().unwrap_or(0);
-        println!();
-        println!("weft federation write-path benchmark");
-        for (name, value) in &self.rows {
-            if value.is_empty() {
-                println!("{name}");
-            } else {
-                println!("  {name:<width$}  {value}");
-            }
-        }
-    }
 }
 
 // ---------------------------------------------------------------------------
@@ -346,7 +271,7 @@ impl WeftProcess {
     }
 
     fn cpu(&self) -> Duration {
-        cpu_time(&self.pid())
+        cpu_time(self.pid())
     }
 
     fn name(&self) -> OwnedServerName {
@@ -479,7 +404,7 @@ async fn push(b: &TestServer, a: &WeftProcess, chain: &Chain, txn_size: usize) -
     let mut done = Vec::new();
     let mut results = Vec::new();
     let a_cpu = a.cpu();
-    let a_switches = context_switches(&a.pid());
+    let a_switches = context_switches(a.pid());
     let bench_cpu = cpu_time("self");
     let started = Instant::now();
     for (k, pdus) in txns.into_iter().enumerate() {
@@ -501,7 +426,7 @@ async fn push(b: &TestServer, a: &WeftProcess, chain: &Chain, txn_size: usize) -
     }
     let elapsed = started.elapsed();
     let a_cpu = a.cpu().saturating_sub(a_cpu);
-    let a_switches = context_switches(&a.pid()).saturating_sub(a_switches);
+    let a_switches = context_switches(a.pid()).saturating_sub(a_switches);
     let bench_cpu = cpu_time("self").saturating_sub(bench_cpu);
     // Every PDU has its own result, and it is Ok.
     for (k, (chunk, result)) in chain.pdus.chunks(txn_size).zip(&results).enumerate() {
@@ -775,7 +700,7 @@ async fn run(s: Settings) {
         root.disable_cleanup(true);
         eprintln!("keeping A's data directory and log in {}", root.path().display());
     }
-    let mut report = Report { rows: Vec::new() };
+    let mut report = Report::new("weft federation write-path benchmark");
     report.row(
         "settings",
         format!(
