@@ -53,6 +53,22 @@ fn known_actions(actions: &[Action]) -> Result<(), MatrixError> {
     Ok(())
 }
 
+/// The user's rule `rule_id` of `kind` (404 if there is none).
+async fn held_rule(
+    svc: &Services,
+    user: &ruma::UserId,
+    kind: &RuleKind,
+    rule_id: &str,
+) -> Result<ruma::push::AnyPushRule, MatrixError> {
+    known_kind(kind)?;
+    let rules = rules::get(svc, user).await?;
+    rules
+        .all
+        .get(kind.clone(), rule_id)
+        .map(|rule| rule.to_owned())
+        .ok_or_else(|| rule_not_found(kind, rule_id))
+}
+
 fn rule_not_found(kind: &RuleKind, rule_id: &str) -> MatrixError {
     MatrixError::not_found(format!("Unknown push rule {kind}/{rule_id}"))
 }
@@ -78,12 +94,7 @@ pub async fn get_rule(
     req: Ruma<get_pushrule::v3::Request>,
 ) -> Result<get_pushrule::v3::Response, MatrixError> {
     let b = &req.body;
-    known_kind(&b.kind)?;
-    let rules = rules::get(&svc, &req.user().user_id).await?;
-    let rule = rules
-        .all
-        .get(b.kind.clone(), &b.rule_id)
-        .ok_or_else(|| rule_not_found(&b.kind, &b.rule_id))?;
+    let rule = held_rule(&svc, &req.user().user_id, &b.kind, &b.rule_id).await?;
     Ok(get_pushrule::v3::Response::new(rule.into()))
 }
 
@@ -134,12 +145,7 @@ pub async fn get_actions(
     req: Ruma<get_pushrule_actions::v3::Request>,
 ) -> Result<get_pushrule_actions::v3::Response, MatrixError> {
     let b = &req.body;
-    known_kind(&b.kind)?;
-    let rules = rules::get(&svc, &req.user().user_id).await?;
-    let rule = rules
-        .all
-        .get(b.kind.clone(), &b.rule_id)
-        .ok_or_else(|| rule_not_found(&b.kind, &b.rule_id))?;
+    let rule = held_rule(&svc, &req.user().user_id, &b.kind, &b.rule_id).await?;
     Ok(get_pushrule_actions::v3::Response::new(rule.actions().to_vec()))
 }
 
@@ -164,12 +170,7 @@ pub async fn get_enabled(
     req: Ruma<get_pushrule_enabled::v3::Request>,
 ) -> Result<get_pushrule_enabled::v3::Response, MatrixError> {
     let b = &req.body;
-    known_kind(&b.kind)?;
-    let rules = rules::get(&svc, &req.user().user_id).await?;
-    let rule = rules
-        .all
-        .get(b.kind.clone(), &b.rule_id)
-        .ok_or_else(|| rule_not_found(&b.kind, &b.rule_id))?;
+    let rule = held_rule(&svc, &req.user().user_id, &b.kind, &b.rule_id).await?;
     Ok(get_pushrule_enabled::v3::Response::new(rule.enabled()))
 }
 
