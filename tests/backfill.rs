@@ -39,32 +39,6 @@ async fn page_back_all(user: &User<'_>, room: &str) -> Vec<(String, String)> {
     panic!("pagination did not end");
 }
 
-async fn eventually_joined(user: &User<'_>, room: &str, member: &str) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let (status, body) = user
-            .call(
-                Method::GET,
-                &format!(
-                    "/_matrix/client/v3/rooms/{}/state/m.room.member/{}",
-                    enc(room),
-                    enc(member)
-                ),
-                None,
-            )
-            .await;
-        if status == 200 && body["membership"] == "join" {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{member} never joined in {}'s view",
-            user.user_id
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn paging_back_fills_history_from_before_the_join_and_a_rejoin_gap() {
     let a = TestServer::start_federating().await;
@@ -219,7 +193,7 @@ async fn paging_back_fills_history_from_before_the_join_and_a_rejoin_gap() {
         )
         .await;
     assert_eq!(status, 200, "{body}");
-    eventually_joined(&alice, &room, &bob.user_id).await;
+    alice.wait_for_membership(&room, &bob.user_id, "join").await;
     let on_a = page_back_all(&alice, &room).await;
     let on_b = page_back_all(&bob, &room).await;
     assert_eq!(on_b, on_a, "the gap is filled in place, nothing twice");

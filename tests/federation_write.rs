@@ -247,33 +247,6 @@ async fn events_queued_for_a_server_that_is_down_arrive_when_it_is_back() {
     assert_eq!(got, want, "every queued event once, in order");
 }
 
-/// Waits until `user`'s view of a member's membership is `want`.
-async fn eventually_membership(user: &User<'_>, room: &str, member: &str, want: &str) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let (status, body) = user
-            .call(
-                Method::GET,
-                &format!(
-                    "/_matrix/client/v3/rooms/{}/state/m.room.member/{}",
-                    enc(room),
-                    enc(member)
-                ),
-                None,
-            )
-            .await;
-        if status == 200 && body["membership"] == want {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{member} never became {want} in {}'s view: {status} {body}",
-            user.user_id
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invites_across_servers_joined_rejected_and_left() {
     let a = TestServer::start_federating().await;
@@ -310,12 +283,12 @@ async fn invites_across_servers_joined_rejected_and_left() {
             .iter()
             .any(|e| e["type"] == "m.room.member" && e["state_key"] == bob.user_id.as_str())
     );
-    eventually_membership(&alice, &room, &bob.user_id, "invite").await;
+    alice.wait_for_membership(&room, &bob.user_id, "invite").await;
 
     // Bob joins the invite-only room (through the inviting server).
     let (status, body) = bob.join(&room).await;
     assert_eq!(status, 200, "{body}");
-    eventually_membership(&alice, &room, &bob.user_id, "join").await;
+    alice.wait_for_membership(&room, &bob.user_id, "join").await;
     let sync = bob.sync("").await;
     assert!(sync["rooms"]["join"][&room].is_object());
     assert!(
@@ -331,7 +304,7 @@ async fn invites_across_servers_joined_rejected_and_left() {
             Some(&json!({ "user_id": carol.user_id })),
         )
         .await;
-    eventually_membership(&alice, &room, &carol.user_id, "invite").await;
+    alice.wait_for_membership(&room, &carol.user_id, "invite").await;
     // B is in the room now: the invite reaches Carol through the room.
     let deadline = Instant::now() + Duration::from_secs(30);
     while !carol.sync("").await["rooms"]["invite"][&room].is_object() {
@@ -346,7 +319,7 @@ async fn invites_across_servers_joined_rejected_and_left() {
         )
         .await;
     assert_eq!(status, 200, "{body}");
-    eventually_membership(&alice, &room, &carol.user_id, "leave").await;
+    alice.wait_for_membership(&room, &carol.user_id, "leave").await;
     let sync = carol.sync("").await;
     assert!(
         sync["rooms"]["invite"].get(&room).is_none(),
@@ -373,7 +346,7 @@ async fn invites_across_servers_joined_rejected_and_left() {
         )
         .await;
     assert_eq!(status, 200, "{body}");
-    eventually_membership(&alice, &other, &carol.user_id, "leave").await;
+    alice.wait_for_membership(&other, &carol.user_id, "leave").await;
     assert!(carol.sync("").await["rooms"]["invite"].get(&other).is_none());
 
     // Bob leaves.
@@ -383,7 +356,7 @@ async fn invites_across_servers_joined_rejected_and_left() {
         Some(&json!({})),
     )
     .await;
-    eventually_membership(&alice, &room, &bob.user_id, "leave").await;
+    alice.wait_for_membership(&room, &bob.user_id, "leave").await;
 
     // An invite to a room everyone on A has since left: A will not make a
     // leave for a room it has no user in, so B rejects it on its own.

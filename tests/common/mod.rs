@@ -225,6 +225,34 @@ impl User<'_> {
         self.ok(Method::GET, &format!("/_matrix/client/v3/sync?{query}"), None)
             .await
     }
+
+    /// Waits (30 s at most) until this user's view of `member`'s
+    /// membership in `room_id` is `want`.
+    pub async fn wait_for_membership(&self, room_id: &str, member: &str, want: &str) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            let (status, body) = self
+                .call(
+                    Method::GET,
+                    &format!(
+                        "/_matrix/client/v3/rooms/{}/state/m.room.member/{}",
+                        enc(room_id),
+                        enc(member)
+                    ),
+                    None,
+                )
+                .await;
+            if status == 200 && body["membership"] == want {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{member} never became {want} in {}'s view: {status} {body}",
+                self.user_id
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
 }
 
 /// A free loopback port (bound and released: fine for tests).
