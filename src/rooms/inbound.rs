@@ -401,23 +401,25 @@ impl Receiver<'_> {
                 continue;
             }
             let mut state = self.state_before_from_origin(prev).await?;
-            let parent = match held {
-                Some(event) => event.pdu.as_ref().clone(),
+            // The parent as held (with whether it was rejected): from the
+            // lookup above, or once fetched and kept as an outlier.
+            let (parent, rejected) = match held {
+                Some(event) => (event.pdu.as_ref().clone(), event.meta.rejected.is_some()),
                 None => {
                     let parent = self.fetch_event(prev).await?;
                     if parent.room_id != self.room.room_id {
                         return Err(RoomError::Invalid(format!("{prev} is an event of another room")));
                     }
                     self.keep_outliers(vec![parent.clone()]).await?;
-                    parent
+                    let rejected = self
+                        .svc
+                        .storage
+                        .event(prev)
+                        .await?
+                        .is_some_and(|e| e.meta.rejected.is_some());
+                    (parent, rejected)
                 }
             };
-            let rejected = self
-                .svc
-                .storage
-                .event(prev)
-                .await?
-                .is_some_and(|e| e.meta.rejected.is_some());
             if let (Some(state_key), false) = (&parent.state_key, rejected) {
                 state.insert(
                     key(StateEventType::from(parent.kind.to_string()), state_key),
