@@ -84,6 +84,13 @@ pub async fn events(State(svc): State<Arc<Services>>, req: Request) -> Result<Js
     let (parts, _) = req.into_parts();
     let owner = token_owner(&svc, &parts).await?;
     let query = Query::parse(parts.uri.query().unwrap_or_default())?;
+    // Guests use the event stream only to preview a room.
+    if owner.is_guest && query.room_id.is_none() {
+        return Err(MatrixError::new(
+            crate::error::ErrCode::GuestAccessForbidden,
+            "Guests must give a room_id to the event stream",
+        ));
+    }
     // Polling the event stream is activity, as a `/sync` is.
     presence::sync_activity(&svc, &owner.user_id, &ruma::presence::PresenceState::Online).await?;
     let mut head_rx = svc.notifier.subscribe();

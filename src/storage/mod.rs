@@ -196,6 +196,8 @@ pub struct UserRecord {
     pub deactivated: bool,
     pub displayname: Option<String>,
     pub avatar_url: Option<String>,
+    /// A guest account (client-server "Guest access").
+    pub is_guest: bool,
 }
 
 /// The user and device an access token stands for.
@@ -203,6 +205,8 @@ pub struct UserRecord {
 pub struct TokenOwner {
     pub user_id: OwnedUserId,
     pub device_id: OwnedDeviceId,
+    /// The account is a guest's: the client API it may use is limited.
+    pub is_guest: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -292,6 +296,9 @@ pub trait Storage: e2e::E2eStorage + push::PushStorage + Send + Sync + 'static {
     async fn create_user(&self, user: UserRecord) -> Result<()>;
     async fn user(&self, user_id: &UserId) -> Result<Option<UserRecord>>;
     async fn set_password_hash(&self, user_id: &UserId, hash: &str) -> Result<()>;
+    /// Makes a guest account a full one with this password
+    /// (`NotFound` when `user_id` is not a guest).
+    async fn upgrade_guest(&self, user_id: &UserId, hash: &str) -> Result<()>;
     async fn set_profile(
         &self,
         user_id: &UserId,

@@ -50,6 +50,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("schema_v8.sql"),
     include_str!("schema_v9.sql"),
     include_str!("schema_v10.sql"),
+    include_str!("schema_v11.sql"),
 ];
 
 const MAX_IDLE_READERS: usize = 4;
@@ -238,6 +239,11 @@ impl Storage for SqliteStorage {
         let (user_id, hash) = (user_id.to_owned(), hash.to_owned());
         self.write(move |tx| accounts::set_password_hash(tx, &user_id, &hash))
             .await
+    }
+
+    async fn upgrade_guest(&self, user_id: &UserId, hash: &str) -> Result<()> {
+        let (user_id, hash) = (user_id.to_owned(), hash.to_owned());
+        self.write(move |tx| accounts::upgrade_guest(tx, &user_id, &hash)).await
     }
 
     async fn set_profile(

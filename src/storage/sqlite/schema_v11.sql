@@ -1,0 +1,4 @@
+-- Guest accounts (POST /register?kind=guest): a guest reaches a small part
+-- of the client API and joins only rooms open to guests, until it
+-- upgrades to a full account (the flag is cleared).
+ALTER TABLE users ADD COLUMN is_guest INTEGER NOT NULL DEFAULT 0;
