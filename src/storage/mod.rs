@@ -470,7 +470,9 @@ pub trait Storage: e2e::E2eStorage + push::PushStorage + Send + Sync + 'static {
 
     // ----- receipts -----
     /// Records a receipt (replacing the user's previous one of that type).
-    async fn put_receipt(&self, receipt: &Receipt) -> Result<()>;
+    /// Stores a receipt unless it would move the user's receipt of that
+    /// type back to an older event; `false` when it was dropped.
+    async fn put_receipt(&self, receipt: &Receipt) -> Result<bool>;
     /// A room's receipts changed after `position` (all if `None`).
     async fn receipts(&self, room_id: &RoomId, after: Option<i64>) -> Result<Vec<Receipt>>;
     /// The newest receipt position (to start the ephemeral stream above).
