@@ -303,3 +303,48 @@ async fn a_remote_room_closed_to_guests_refuses_them_and_an_open_one_lets_them_l
     set_guest_access(&alice, &open, "forbidden").await;
     alice.wait_for_membership(&open, &guest.user_id, "leave").await;
 }
+
+#[tokio::test]
+async fn a_guest_leaves_when_another_server_closes_its_servers_room_to_guests() {
+    let a = TestServer::start_federating_with(|c| c.allow_guest_access = true).await;
+    let b = TestServer::start_federating().await;
+    let alice = a.register("alice").await;
+    let bob = b.register("bob").await;
+    let guest = register_guest(&a).await;
+    let room = alice
+        .create_room(json!({ "preset": "public_chat", "room_version": "11" }))
+        .await;
+    set_guest_access(&alice, &room, "can_join").await;
+    eventually(Duration::from_secs(20), "bob joins", || async {
+        let (status, body) = bob.join(&room).await;
+        if status == StatusCode::OK {
+            Ok(())
+        } else {
+            Err(body.to_string())
+        }
+    })
+    .await;
+    // bob may change the room's rules
+    let levels_path = format!("/_matrix/client/v3/rooms/{}/state/m.room.power_levels/", enc(&room));
+    let mut levels = alice.ok(Method::GET, &levels_path, None).await;
+    levels["users"][&bob.user_id] = json!(50);
+    alice.ok(Method::PUT, &levels_path, Some(&levels)).await;
+    let (status, body) = guest.join(&room).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    eventually(Duration::from_secs(20), "bob closes the room to guests", || async {
+        let (status, body) = bob
+            .call(
+                Method::PUT,
+                &format!("/_matrix/client/v3/rooms/{}/state/m.room.guest_access/", enc(&room)),
+                Some(&json!({ "guest_access": "forbidden" })),
+            )
+            .await;
+        if status == StatusCode::OK {
+            Ok(())
+        } else {
+            Err(body.to_string())
+        }
+    })
+    .await;
+    alice.wait_for_membership(&room, &guest.user_id, "leave").await;
+}

@@ -577,7 +577,9 @@ impl Receiver<'_> {
             .current(&self.room.room_id)
             .await?
             .ok_or(RoomError::UnknownRoom)?;
-        let resolved = Arc::new(resolve::resolve(self.svc, rules, &states).await?);
+        // The event is not stored yet: the resolution is given it.
+        let pending = [Arc::new(pdu.clone())];
+        let resolved = Arc::new(resolve::resolve_with(self.svc, rules, &states, &pending).await?);
         Ok(NewCurrent::Resolved { previous, resolved })
     }
 }

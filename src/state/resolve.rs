@@ -27,6 +27,19 @@ pub async fn resolve(
     rules: &RoomVersionRules,
     states: &[Arc<StateMap>],
 ) -> Result<StateMap, ResolveError> {
+    resolve_with(svc, rules, states, &[]).await
+}
+
+/// [`resolve`], where `pending` are events the states hold that are not
+/// stored yet (the event being received, whose state after it is one of
+/// the states): the algorithm must see them and their auth chains as it
+/// sees stored ones, or it would leave them out of the result.
+pub async fn resolve_with(
+    svc: &Services,
+    rules: &RoomVersionRules,
+    states: &[Arc<StateMap>],
+    pending: &[Arc<Pdu>],
+) -> Result<StateMap, ResolveError> {
     match states {
         [] => return Ok(StateMap::new()),
         [only] => return Ok((**only).clone()),
@@ -41,20 +54,32 @@ pub async fn resolve(
     let mut auth_chains = Vec::with_capacity(states.len());
     let mut wanted: HashSet<OwnedEventId> = HashSet::new();
     for state in states {
-        let ids: Vec<OwnedEventId> = state.values().cloned().collect();
-        let chain = svc.storage.auth_chain(&ids).await?;
+        let mut ids: Vec<OwnedEventId> = state.values().cloned().collect();
+        // A pending event's chain: its auth events and theirs (storage
+        // knows the latter only).
+        let pending_auth: Vec<OwnedEventId> = pending
+            .iter()
+            .filter(|p| ids.contains(&p.event_id))
+            .flat_map(|p| p.auth_events.iter().cloned())
+            .collect();
+        ids.extend(pending_auth.iter().cloned());
+        let mut chain = svc.storage.auth_chain(&ids).await?;
+        chain.extend(pending_auth);
         wanted.extend(ids);
         wanted.extend(chain.iter().cloned());
         auth_chains.push(chain.into_iter().collect::<EventIdSet<OwnedEventId>>());
     }
     let wanted: Vec<OwnedEventId> = wanted.into_iter().collect();
-    let events: HashMap<OwnedEventId, Arc<Pdu>> = svc
+    let mut events: HashMap<OwnedEventId, Arc<Pdu>> = svc
         .storage
         .events(&wanted)
         .await?
         .into_iter()
         .map(|e| (e.pdu.event_id.clone(), e.pdu))
         .collect();
+    for pdu in pending {
+        events.insert(pdu.event_id.clone(), pdu.clone());
+    }
 
     let state_res = rules
         .state_res
