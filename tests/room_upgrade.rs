@@ -473,3 +473,74 @@ async fn another_servers_user_keeps_their_push_rules_on_their_server() {
         .await;
     assert_eq!(resolved["room_id"], new.as_str());
 }
+
+/// The other order: Bob's server is down when the room is upgraded, so the
+/// tombstone reaches it only after Bob joined the new room (A retries after
+/// its back-off). The transfer then happens when the tombstone arrives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tombstone_arriving_after_the_join_confirms_the_upgrade() {
+    let a = TestServer::start_federating().await;
+    let mut b = TestServer::start_federating().await;
+    let alice = a.register("alice").await;
+    let bob = b.register("bob").await;
+    let (bob_id, bob_token) = (bob.user_id.clone(), bob.token.clone());
+    let room = alice.create_room(json!({ "preset": "public_chat" })).await;
+    let join = |room: &str| {
+        format!(
+            "/_matrix/client/v3/join/{}?server_name={}",
+            enc(room),
+            enc(a.server_name().as_str())
+        )
+    };
+    bob.ok(Method::POST, &join(&room), Some(&json!({}))).await;
+    bob.ok(
+        Method::PUT,
+        &format!("/_matrix/client/v3/pushrules/global/room/{}", enc(&room)),
+        Some(&json!({ "actions": ["notify"] })),
+    )
+    .await;
+
+    // B goes down; the upgrade's tombstone cannot reach it.
+    b.server.take().expect("B runs").shutdown().await;
+    let (status, body) = upgrade(&alice, &room, "11").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let new = body["replacement_room"].as_str().unwrap().to_owned();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    b.server = Some(weft::server::start(b.config.clone()).await.expect("B restarts"));
+    let bob = User {
+        server: &b,
+        user_id: bob_id,
+        token: bob_token,
+    };
+
+    bob.ok(Method::POST, &join(&new), Some(&json!({}))).await;
+    let (status, _) = state(&bob, &room, "m.room.tombstone", "").await;
+    assert_eq!(
+        status,
+        StatusCode::NOT_FOUND,
+        "the tombstone was to arrive after the join (A backs off for 5 s)"
+    );
+    assert!(
+        !room_rule_ids(&bob).await.contains(&new),
+        "nothing confirmed the upgrade yet"
+    );
+
+    eventually(
+        Duration::from_secs(30),
+        "Bob's rule copied once the tombstone arrives",
+        || async {
+            let rules = room_rule_ids(&bob).await;
+            if rules.contains(&new) {
+                Ok(())
+            } else {
+                Err(format!("{rules:?}"))
+            }
+        },
+    )
+    .await;
+    let (status, tombstone) = state(&bob, &room, "m.room.tombstone", "").await;
+    assert_eq!(
+        (status, tombstone["replacement_room"].as_str()),
+        (StatusCode::OK, Some(new.as_str()))
+    );
+}
