@@ -544,3 +544,28 @@ async fn a_tombstone_arriving_after_the_join_confirms_the_upgrade() {
         (StatusCode::OK, Some(new.as_str()))
     );
 }
+
+/// Room versions before 10 allow power levels as strings; version 10 on
+/// refuses them. An upgrade across carries the levels as integers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn string_power_levels_become_integers() {
+    let server = TestServer::start().await;
+    let alice = server.register("alice").await;
+    let old = alice.create_room(json!({ "room_version": "6" })).await;
+    let mut power = state(&alice, &old, "m.room.power_levels", "").await.1;
+    power["users"][&alice.user_id] = json!("100");
+    power["events_default"] = json!("5");
+    power["events"]["m.room.topic"] = json!(" 20");
+    put_state(&alice, &old, "m.room.power_levels", "", power.clone()).await;
+
+    let (status, body) = upgrade(&alice, &old, "11").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let new = body["replacement_room"].as_str().unwrap();
+    let copied = state(&alice, new, "m.room.power_levels", "").await.1;
+    assert_eq!(copied["users"][&alice.user_id], 100, "{copied}");
+    assert_eq!(copied["events_default"], 5, "{copied}");
+    assert_eq!(copied["events"]["m.room.topic"], 20, "{copied}");
+    // The old room's restriction read the string levels as numbers too.
+    let restricted = state(&alice, &old, "m.room.power_levels", "").await.1;
+    assert_eq!(restricted["events_default"], 50, "{restricted}");
+}

@@ -311,11 +311,12 @@ fn new_room_power_levels(
     let Some(map) = content.as_object_mut() else {
         return content;
     };
-    let users = map
-        .entry("users")
-        .or_insert_with(|| Value::Object(Map::new()))
-        .as_object_mut()
-        .expect("users is an object after fixing");
+    if !map.get("users").is_some_and(Value::is_object) {
+        map.insert("users".to_owned(), Value::Object(Map::new()));
+    }
+    let Some(Value::Object(users)) = map.get_mut("users") else {
+        return content;
+    };
     if new_rules.authorization.explicitly_privilege_room_creators {
         users.remove(user.as_str());
         for creator in additional_creators {
