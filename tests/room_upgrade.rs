@@ -157,6 +157,16 @@ async fn upgrade_replaces_the_room_and_moves_what_it_should() {
         state(&alice, &new, "m.room.join_rules", "").await.1["join_rule"],
         "public"
     );
+    // public_chat leaves guest access out, which means forbidden: the new
+    // room says so.
+    assert_eq!(
+        state(&alice, &old, "m.room.guest_access", "").await.0,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        state(&alice, &new, "m.room.guest_access", "").await.1,
+        json!({ "guest_access": "forbidden" })
+    );
     assert_eq!(state(&alice, &new, "m.room.power_levels", "").await.1, power);
     assert_eq!(
         state(&alice, &new, "m.room.member", "@mallory:example.org").await.1,

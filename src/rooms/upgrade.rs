@@ -61,12 +61,13 @@ const TRANSFERRED: [&str; 8] = [
     "m.room.server_acl",
 ];
 
-/// The rules of the room preset `private_chat`, for what the old room did
-/// not set.
-const PRIVATE_CHAT: [(&str, &str, &str); 3] = [
+/// What a room without these events has (no join rules: invite only; no
+/// history visibility: shared; no guest access: forbidden), stated in the
+/// new room when the old one left them out.
+const UNSET_MEANS: [(&str, &str, &str); 3] = [
     ("m.room.join_rules", "join_rule", "invite"),
     ("m.room.history_visibility", "history_visibility", "shared"),
-    ("m.room.guest_access", "guest_access", "can_join"),
+    ("m.room.guest_access", "guest_access", "forbidden"),
 ];
 
 /// Checks a local `m.room.tombstone` before it is built: a state event
@@ -378,8 +379,8 @@ fn restricted_power_levels(old: &Value) -> Value {
 }
 
 /// The state events to copy, as templates for the new room: the
-/// transferable state the old room has, the `private_chat` preset's rules
-/// for what it lacks, and a space's children.
+/// transferable state the old room has, what it meant by leaving out join
+/// rules, history visibility or guest access, and a space's children.
 async fn transferred_state(
     svc: &Services,
     old_state: &StateMap,
@@ -390,7 +391,7 @@ async fn transferred_state(
         match svc.state.event_for(old_state, StateEventType::from(kind), "").await? {
             Some(event) => templates.push(EventTemplate::state(kind, "", event.pdu.content_value())),
             None => {
-                if let Some((_, field, value)) = PRIVATE_CHAT.iter().find(|(k, _, _)| *k == kind) {
+                if let Some((_, field, value)) = UNSET_MEANS.iter().find(|(k, _, _)| *k == kind) {
                     templates.push(EventTemplate::state(kind, "", json!({ *field: value })));
                 }
             }
