@@ -25,6 +25,7 @@ mod state;
 mod sync;
 mod sync_token;
 mod to_device;
+mod upgrade;
 
 pub use keys::claim_local;
 pub use to_device::receive_direct_to_device;
@@ -139,6 +140,15 @@ pub fn router() -> Router<Arc<Services>> {
         // original, all-rooms form of the endpoint goes without.
         .route("/_matrix/client/r0/events", get(events::events))
         .route("/_matrix/client/v3/events", get(events::events))
+        // Not `.ruma`: see `upgrade`.
+        .route(
+            "/_matrix/client/r0/rooms/{room_id}/upgrade",
+            post(upgrade::upgrade_room),
+        )
+        .route(
+            "/_matrix/client/v3/rooms/{room_id}/upgrade",
+            post(upgrade::upgrade_room),
+        )
         // Not `.ruma`: see `initial_sync`.
         .route("/_matrix/client/r0/initialSync", get(initial_sync::initial_sync))
         .route("/_matrix/client/v3/initialSync", get(initial_sync::initial_sync))

@@ -17,7 +17,7 @@ use super::{
 };
 use crate::{
     config::SUPPORTED_ROOM_VERSIONS,
-    events::{EventTemplate, Placement, auth, build_event},
+    events::{EventTemplate, Pdu, Placement, auth, build_event},
     services::Services,
 };
 
@@ -67,48 +67,20 @@ pub async fn create_room(svc: &Services, creator: &UserId, req: CreateRoom) -> R
         }
         None => None,
     };
-    // 1. m.room.create
-    let mut create_content = req.creation_content.clone();
-    create_content.insert("room_version".to_owned(), json!(req.version.as_str()));
-    if !rules.authorization.use_room_create_sender {
-        create_content.insert("creator".to_owned(), json!(creator));
-    }
+    // 1. m.room.create, 2. the creator joins
     let room_id = if rules.authorization.room_create_event_id_as_room_id {
         None
     } else {
-        let local: String = rand::rng()
-            .sample_iter(rand::distr::Alphanumeric)
-            .take(18)
-            .map(char::from)
-            .collect();
-        Some(
-            OwnedRoomId::try_from(format!("!{local}:{}", svc.server_name()))
-                .map_err(|e| RoomError::Invalid(e.to_string()))?,
-        )
+        Some(new_room_id(svc)?)
     };
-    let create = build_event(
-        &svc.keys,
-        &req.version,
+    let create = build_create(
+        svc,
         creator,
-        &EventTemplate::state("m.room.create", "", Value::Object(create_content)),
-        Placement {
-            room_id: room_id.as_deref(),
-            prev_events: vec![],
-            auth_events: vec![],
-            depth: 1,
-            ref_hashes: Default::default(),
-        },
-        MilliSecondsSinceUnixEpoch::now(),
+        &req.version,
+        req.creation_content.clone(),
+        room_id.as_deref(),
     )?;
-    auth::check(&rules.authorization, &create, &auth::AuthContext::default()).map_err(RoomError::Forbidden)?;
-    let room_id = create.room_id.clone();
-    {
-        let _guard = svc.rooms.lock(&room_id).await;
-        send::persist_local(svc, create, None, None, &rules).await?;
-    }
-
-    // 2. the creator joins
-    membership::join_local(svc, &room_id, creator).await?;
+    let room_id = found(svc, creator, create, &rules).await?;
 
     // 3. power levels
     let explicit_creators = rules.authorization.explicitly_privilege_room_creators;
@@ -225,6 +197,69 @@ pub async fn create_room(svc: &Services, creator: &UserId, req: CreateRoom) -> R
         svc.storage.set_room_published(&room_id, true).await?;
     }
     tracing::info!(%room_id, %creator, version = %req.version, "room created");
+    Ok(room_id)
+}
+
+/// A fresh room ID of this server, for room versions that do not take
+/// the create event's ID as the room's.
+pub(super) fn new_room_id(svc: &Services) -> Result<OwnedRoomId, RoomError> {
+    let local: String = rand::rng()
+        .sample_iter(rand::distr::Alphanumeric)
+        .take(18)
+        .map(char::from)
+        .collect();
+    OwnedRoomId::try_from(format!("!{local}:{}", svc.server_name())).map_err(|e| RoomError::Invalid(e.to_string()))
+}
+
+/// A new room's `m.room.create` event, built, signed and checked but not
+/// stored: `content` plus the room version (and `creator`, in versions
+/// that have it). `room_id` is `None` for versions whose room ID is the
+/// create event's (the event names the room then).
+pub(super) fn build_create(
+    svc: &Services,
+    creator: &UserId,
+    version: &RoomVersionId,
+    mut content: Map<String, Value>,
+    room_id: Option<&ruma::RoomId>,
+) -> Result<Pdu, RoomError> {
+    let rules = version
+        .rules()
+        .ok_or_else(|| RoomError::UnsupportedVersion(version.to_string()))?;
+    content.insert("room_version".to_owned(), json!(version.as_str()));
+    if !rules.authorization.use_room_create_sender {
+        content.insert("creator".to_owned(), json!(creator));
+    }
+    let create = build_event(
+        &svc.keys,
+        version,
+        creator,
+        &EventTemplate::state("m.room.create", "", Value::Object(content)),
+        Placement {
+            room_id,
+            prev_events: vec![],
+            auth_events: vec![],
+            depth: 1,
+            ref_hashes: Default::default(),
+        },
+        MilliSecondsSinceUnixEpoch::now(),
+    )?;
+    auth::check(&rules.authorization, &create, &auth::AuthContext::default()).map_err(RoomError::Forbidden)?;
+    Ok(create)
+}
+
+/// Founds a room: stores its create event and joins its creator.
+pub(super) async fn found(
+    svc: &Services,
+    creator: &UserId,
+    create: Pdu,
+    rules: &ruma::room_version_rules::RoomVersionRules,
+) -> Result<OwnedRoomId, RoomError> {
+    let room_id = create.room_id.clone();
+    {
+        let _guard = svc.rooms.lock(&room_id).await;
+        send::persist_local(svc, create, None, None, rules).await?;
+    }
+    membership::join_local(svc, &room_id, creator).await?;
     Ok(room_id)
 }
 

@@ -13,6 +13,7 @@ pub mod persist;
 pub mod power;
 pub mod remote_join;
 pub mod send;
+pub mod upgrade;
 
 use std::{
     collections::HashMap,

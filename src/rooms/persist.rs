@@ -166,6 +166,14 @@ pub async fn persist_pdu(svc: &Services, event: ToPersist, rules: &RoomVersionRu
         {
             tracing::warn!(event_id = %pdu.event_id, error = %e, "push rules not applied");
         }
+        // Another server's tombstone may confirm an upgrade to a room local
+        // users joined before it arrived.
+        if pdu.kind == ruma::events::TimelineEventType::RoomTombstone
+            && pdu.sender.server_name() != svc.server_name()
+            && let Err(e) = super::upgrade::received_tombstone(svc, &pdu).await
+        {
+            tracing::warn!(event_id = %pdu.event_id, error = %e, "the upgrade's transfer failed");
+        }
     }
     if accepted
         && !backfilled

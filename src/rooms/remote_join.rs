@@ -45,6 +45,11 @@ pub async fn join_remote(
                 if let Err(e) = crate::devices::joined_remote_room(svc, room_id).await {
                     tracing::warn!(%room_id, error = %e, "cannot mark remote device lists stale");
                 }
+                // A room that replaces one held here: what moves with an
+                // upgrade moves now.
+                if let Err(e) = super::upgrade::joined_remote_room(svc, room_id).await {
+                    tracing::warn!(%room_id, error = %e, "the upgrade's transfer failed");
+                }
                 return Ok(sent);
             }
             Err(e) => {

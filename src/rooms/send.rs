@@ -49,6 +49,39 @@ pub async fn send_event(
             stream_ordering: event.meta.stream_ordering,
         });
     }
+    match prepare(svc, room_id, sender, &template).await? {
+        Prepared::Unchanged(sent) => Ok(sent),
+        Prepared::New(event) => commit(svc, event, txn).await,
+    }
+}
+
+/// What [`prepare`] made of a template.
+pub(crate) enum Prepared {
+    /// The same state event (sender and content) is already in force.
+    Unchanged(Sent),
+    /// A new event, checked, to be stored with [`commit`].
+    New(Box<Built>),
+}
+
+/// A local event built, signed and checked against the room's current
+/// state, not yet stored. The room's lock must be held from [`prepare`]
+/// to [`commit`], so that the state and extremities it was built on are
+/// still the room's when it is stored.
+pub(crate) struct Built {
+    pub pdu: Pdu,
+    group: StateGroupId,
+    state: Arc<StateMap>,
+    rules: RoomVersionRules,
+}
+
+/// Builds and checks an event for `room_id`; the caller holds the room's
+/// lock.
+pub(crate) async fn prepare(
+    svc: &Services,
+    room_id: &RoomId,
+    sender: &UserId,
+    template: &EventTemplate,
+) -> Result<Prepared, RoomError> {
     let room = svc.storage.room(room_id).await?.ok_or(RoomError::UnknownRoom)?;
     let rules = room
         .version
@@ -57,19 +90,22 @@ pub async fn send_event(
     let group = room.current_state_group.ok_or(RoomError::UnknownRoom)?;
     let state = svc.state.group(group).await?;
 
-    if let Some(existing) = unchanged_state(svc, sender, &template, &state).await? {
-        return Ok(existing);
+    if let Some(existing) = unchanged_state(svc, sender, template, &state).await? {
+        return Ok(Prepared::Unchanged(existing));
     }
     if template.kind == TimelineEventType::RoomRedaction {
-        check_redaction(svc, room_id, sender, &template, &state, &rules).await?;
+        check_redaction(svc, room_id, sender, template, &state, &rules).await?;
+    }
+    if template.kind == TimelineEventType::RoomTombstone {
+        super::upgrade::check_tombstone(room_id, template)?;
     }
 
-    let placed = place(svc, room_id, sender, &template, &state, &rules).await?;
+    let placed = place(svc, room_id, sender, template, &state, &rules).await?;
     let pdu = build_event(
         &svc.keys,
         &room.version,
         sender,
-        &template,
+        template,
         Placement {
             room_id: Some(room_id),
             prev_events: placed.prev_events,
@@ -82,9 +118,26 @@ pub async fn send_event(
     let auth_state = placed.auth_state;
     let ctx = auth::AuthContext::from_state(auth_state.iter().map(|e| &*e.pdu));
     auth::check(&rules.authorization, &pdu, &ctx).map_err(RoomError::Forbidden)?;
+    Ok(Prepared::New(Box::new(Built {
+        pdu,
+        group,
+        state,
+        rules,
+    })))
+}
 
+/// Stores an event [`prepare`] built (the room's lock still held since)
+/// and queues it for the room's other servers.
+pub(crate) async fn commit(svc: &Services, event: Box<Built>, txn: Option<TxnKey>) -> Result<Sent, RoomError> {
+    let Built {
+        pdu,
+        group,
+        state,
+        rules,
+    } = *event;
+    let room_id = pdu.room_id.clone();
     let sent = persist_local(svc, pdu, Some((group, state)), txn, &rules).await?;
-    if let Err(e) = svc.sender.send_pdu(room_id, &sent.pdu, &[]).await {
+    if let Err(e) = svc.sender.send_pdu(&room_id, &sent.pdu, &[]).await {
         tracing::error!(event_id = %sent.pdu.event_id, error = %e, "the event could not be queued for other servers");
     }
     Ok(sent)

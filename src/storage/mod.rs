@@ -335,6 +335,9 @@ pub trait Storage: e2e::E2eStorage + push::PushStorage + Send + Sync + 'static {
     async fn resolve_alias(&self, alias: &RoomAliasId) -> Result<Option<(OwnedRoomId, OwnedUserId)>>;
     async fn delete_alias(&self, alias: &RoomAliasId) -> Result<bool>;
     async fn room_aliases(&self, room_id: &RoomId) -> Result<Vec<OwnedRoomAliasId>>;
+    /// Points every alias of `old` at `new` (a room upgrade), in one
+    /// transaction; returns the aliases moved.
+    async fn move_aliases(&self, old: &RoomId, new: &RoomId) -> Result<Vec<OwnedRoomAliasId>>;
     async fn set_room_published(&self, room_id: &RoomId, published: bool) -> Result<()>;
     async fn published_rooms(&self) -> Result<Vec<OwnedRoomId>>;
 

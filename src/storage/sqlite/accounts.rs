@@ -244,6 +244,15 @@ pub fn delete_alias(tx: &Transaction<'_>, alias: &RoomAliasId) -> Result<bool> {
     Ok(tx.execute("DELETE FROM room_aliases WHERE alias = ?1", [alias.as_str()])? > 0)
 }
 
+pub fn move_aliases(tx: &Transaction<'_>, old: &RoomId, new: &RoomId) -> Result<Vec<OwnedRoomAliasId>> {
+    let moved = room_aliases(tx, old)?;
+    tx.execute(
+        "UPDATE room_aliases SET room_id = ?2 WHERE room_id = ?1",
+        params![old.as_str(), new.as_str()],
+    )?;
+    Ok(moved)
+}
+
 pub fn room_aliases(c: &Connection, room_id: &RoomId) -> Result<Vec<OwnedRoomAliasId>> {
     let mut stmt = c.prepare("SELECT alias FROM room_aliases WHERE room_id = ?1 ORDER BY alias")?;
     let rows = stmt.query_map([room_id.as_str()], |r| r.get::<_, String>(0))?;

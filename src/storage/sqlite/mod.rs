@@ -329,6 +329,11 @@ impl Storage for SqliteStorage {
         self.read(move |c| accounts::room_aliases(c, &room_id)).await
     }
 
+    async fn move_aliases(&self, old: &RoomId, new: &RoomId) -> Result<Vec<OwnedRoomAliasId>> {
+        let (old, new) = (old.to_owned(), new.to_owned());
+        self.write(move |tx| accounts::move_aliases(tx, &old, &new)).await
+    }
+
     async fn set_room_published(&self, room_id: &RoomId, published: bool) -> Result<()> {
         let room_id = room_id.to_owned();
         self.write(move |tx| events::set_room_published(tx, &room_id, published))
