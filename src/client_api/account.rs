@@ -128,6 +128,14 @@ pub async fn register(
     svc: Arc<Services>,
     req: Ruma<register::v3::Request>,
 ) -> Result<register::v3::Response, MatrixError> {
+    if req.body.login_type == Some(register::LoginType::ApplicationService) {
+        return register_by_appservice(&svc, req).await;
+    }
+    if req.appservice.is_some() {
+        return Err(MatrixError::forbidden(
+            "An application service registers users with type m.login.application_service",
+        ));
+    }
     let body = req.body;
     if body.kind == register::RegistrationKind::Guest {
         return Err(MatrixError::forbidden("Guest access is disabled"));
@@ -163,6 +171,7 @@ pub async fn register(
     if svc.storage.user(&user_id).await?.is_some() {
         return Err(AccountError::UserInUse.into());
     }
+    refuse_exclusive(&svc, &user_id)?;
     match &body.auth {
         Some(AuthData::Dummy(_)) => {}
         Some(_) => return Err(MatrixError::forbidden("Unsupported authentication stage")),
@@ -178,6 +187,55 @@ pub async fn register(
         svc.registration_sessions.complete(id, &user_id);
     }
     registered(&svc, user_id, &params).await
+}
+
+/// A user ID in an application service's exclusive namespace is that
+/// service's alone: `M_EXCLUSIVE` for anyone else.
+fn refuse_exclusive(svc: &Services, user_id: &ruma::UserId) -> Result<(), MatrixError> {
+    match svc.appservices.exclusive_user_owner(user_id) {
+        Some(_) => Err(MatrixError::new(
+            ErrCode::Exclusive,
+            "This user ID is reserved by an application service",
+        )),
+        None => Ok(()),
+    }
+}
+
+/// Registration by an application service (`type` is
+/// `m.login.application_service`, with its `as_token`): a user of its user
+/// namespaces, without a password or user-interactive auth.
+async fn register_by_appservice(
+    svc: &Services,
+    req: Ruma<register::v3::Request>,
+) -> Result<register::v3::Response, MatrixError> {
+    let Some(appservice) = req.appservice.as_ref() else {
+        return Err(MatrixError::forbidden(
+            "Only application services may register with m.login.application_service",
+        ));
+    };
+    let body = req.body;
+    let localpart = body
+        .username
+        .as_deref()
+        .ok_or_else(|| MatrixError::missing_param("Missing username"))?
+        .to_lowercase();
+    let user_id = accounts::user_id_for(&localpart, svc.server_name())?;
+    if !appservice.is_user_in_namespace(&user_id) {
+        return Err(MatrixError::new(
+            ErrCode::Exclusive,
+            "This user ID is not in the application service's namespaces",
+        ));
+    }
+    accounts::create_user(&*svc.storage, &user_id, None, false).await?;
+    tracing::info!(%user_id, appservice = %appservice.id, "registered by application service");
+    let params = RegistrationParams {
+        username: Some(localpart),
+        password: None,
+        device_id: body.device_id,
+        initial_device_display_name: body.initial_device_display_name,
+        inhibit_login: body.inhibit_login,
+    };
+    registered(svc, user_id, &params).await
 }
 
 /// The answer to a successful registration: a new session unless
@@ -211,6 +269,7 @@ pub async fn username_available(
     if svc.storage.user(&user_id).await?.is_some() {
         return Err(AccountError::UserInUse.into());
     }
+    refuse_exclusive(&svc, &user_id)?;
     Ok(get_username_availability::v3::Response::new(true))
 }
 
