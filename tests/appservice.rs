@@ -318,6 +318,31 @@ async fn an_appservice_acts_as_its_registered_users_only() {
         "{body}"
     );
 
+    // It logs in as its user; no one else can log in that way.
+    let login = json!({
+        "type": "m.login.application_service",
+        "identifier": { "type": "m.id.user", "user": "bridged-ann" },
+    });
+    let (status, body) = rig
+        .as_call(Method::POST, "/_matrix/client/v3/login", None, Some(&login))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["user_id"], "@bridged-ann:localhost");
+    let (status, me) = rig
+        .server
+        .request(Method::GET, whoami, body["access_token"].as_str(), None)
+        .await;
+    assert_eq!(
+        (status, me["user_id"].as_str()),
+        (StatusCode::OK, Some("@bridged-ann:localhost")),
+        "{me}"
+    );
+    let (status, body) = rig
+        .server
+        .request(Method::POST, "/_matrix/client/v3/login", None, Some(&login))
+        .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+
     // A user outside its namespaces, registered or not.
     let outsider = rig.server.register("outsider").await;
     let (status, body) = rig.as_call(Method::GET, whoami, Some(&outsider.user_id), None).await;
@@ -347,6 +372,8 @@ async fn an_appservice_acts_as_its_registered_users_only() {
         )
         .await;
     assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, body) = rig.as_call(Method::GET, whoami, Some("@bridged-ann:localhost"), None).await;
+    assert_eq!(body["errcode"], "M_USER_DEACTIVATED", "{status} {body}");
 }
 
 #[tokio::test]

@@ -33,35 +33,72 @@ impl From<AccountError> for MatrixError {
 }
 
 pub async fn get_login_types(
-    _: Arc<Services>,
+    svc: Arc<Services>,
     _: Ruma<get_login_types::v3::Request>,
 ) -> Result<get_login_types::v3::Response, MatrixError> {
-    Ok(get_login_types::v3::Response::new(vec![
-        get_login_types::v3::LoginType::Password(Default::default()),
-    ]))
+    let mut types = vec![get_login_types::v3::LoginType::Password(Default::default())];
+    if !svc.appservices.is_empty() {
+        types.push(get_login_types::v3::LoginType::ApplicationService(Default::default()));
+    }
+    Ok(get_login_types::v3::Response::new(types))
+}
+
+/// The user a login names: a user ID, or a localpart of this server.
+#[allow(deprecated)]
+fn login_user(
+    svc: &Services,
+    identifier: Option<&UserIdentifier>,
+    user: Option<&String>,
+) -> Result<ruma::OwnedUserId, MatrixError> {
+    let name = match identifier {
+        Some(UserIdentifier::Matrix(id)) => id.user.clone(),
+        Some(_) => return Err(MatrixError::forbidden("Only user ID logins are supported")),
+        None => user
+            .cloned()
+            .ok_or_else(|| MatrixError::bad_json("Missing identifier"))?,
+    };
+    match ruma::UserId::parse_with_server_name(name.to_lowercase().as_str(), svc.server_name()) {
+        Ok(id) if id.server_name() == svc.server_name() => Ok(id),
+        _ => Err(MatrixError::forbidden("Invalid username or password")),
+    }
 }
 
 pub async fn login(svc: Arc<Services>, req: Ruma<login::v3::Request>) -> Result<login::v3::Response, MatrixError> {
-    let body = req.body;
-    let login::v3::LoginInfo::Password(password) = &body.login_info else {
-        return Err(
-            MatrixError::new(ErrCode::Unknown, "Unsupported login type").with_status(http::StatusCode::BAD_REQUEST)
-        );
-    };
+    let body = &req.body;
     #[allow(deprecated)]
-    let name = match &password.identifier {
-        Some(UserIdentifier::Matrix(id)) => id.user.clone(),
-        Some(_) => return Err(MatrixError::forbidden("Only user ID logins are supported")),
-        None => password
-            .user
-            .clone()
-            .ok_or_else(|| MatrixError::bad_json("Missing identifier"))?,
+    let user_id = match &body.login_info {
+        login::v3::LoginInfo::Password(password) => {
+            let user_id = login_user(&svc, password.identifier.as_ref(), password.user.as_ref())?;
+            accounts::check_password(&*svc.storage, &user_id, &password.password).await?;
+            user_id
+        }
+        // An application service logs in as a registered user of its
+        // namespaces, with its as_token.
+        login::v3::LoginInfo::ApplicationService(info) => {
+            let Some(appservice) = req.appservice.as_ref() else {
+                return Err(MatrixError::new(
+                    ErrCode::MissingToken,
+                    "m.login.application_service needs the application service's token",
+                ));
+            };
+            let user_id = login_user(&svc, info.identifier.as_ref(), info.user.as_ref())?;
+            if !appservice.is_user_in_namespace(&user_id) {
+                return Err(MatrixError::forbidden(
+                    "This user is not in the application service's namespaces",
+                ));
+            }
+            match svc.storage.user(&user_id).await? {
+                Some(user) if user.deactivated => return Err(AccountError::Deactivated.into()),
+                Some(_) => user_id,
+                None => return Err(MatrixError::forbidden("Unknown user")),
+            }
+        }
+        _ => {
+            return Err(
+                MatrixError::new(ErrCode::Unknown, "Unsupported login type").with_status(http::StatusCode::BAD_REQUEST)
+            );
+        }
     };
-    let user_id = match ruma::UserId::parse_with_server_name(name.to_lowercase().as_str(), svc.server_name()) {
-        Ok(id) if id.server_name() == svc.server_name() => id,
-        _ => return Err(MatrixError::forbidden("Invalid username or password")),
-    };
-    accounts::check_password(&*svc.storage, &user_id, &password.password).await?;
     let (device_id, token) = accounts::new_session(
         &*svc.storage,
         &user_id,

@@ -116,10 +116,21 @@ pub async fn authenticate(
                 "Application service cannot masquerade as this user",
             ));
         }
-        if user_id != appservice.sender && svc.storage.user(&user_id).await?.is_none() {
-            return Err(MatrixError::forbidden(
-                "Application service has not registered this user",
-            ));
+        if user_id != appservice.sender {
+            match svc.storage.user(&user_id).await? {
+                None => {
+                    return Err(MatrixError::forbidden(
+                        "Application service has not registered this user",
+                    ));
+                }
+                Some(user) if user.deactivated => {
+                    return Err(MatrixError::new(
+                        ErrCode::UserDeactivated,
+                        "This account has been deactivated",
+                    ));
+                }
+                Some(_) => {}
+            }
         }
         let owner = TokenOwner {
             user_id,

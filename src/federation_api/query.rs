@@ -89,7 +89,7 @@ pub async fn public_rooms_filtered(
     let search = req.body.filter.generic_search_term.as_deref();
     let (chunk, next, prev, total) = directory_page(
         &svc,
-        &ruma::directory::RoomNetwork::Matrix,
+        &req.body.room_network,
         req.body.limit,
         req.body.since.as_deref(),
         search,
