@@ -372,7 +372,9 @@ async fn an_appservice_acts_as_its_registered_users_only() {
         )
         .await;
     assert_eq!(status, StatusCode::OK, "{body}");
-    let (status, body) = rig.as_call(Method::GET, whoami, Some("@bridged-ann:localhost"), None).await;
+    let (status, body) = rig
+        .as_call(Method::GET, whoami, Some("@bridged-ann:localhost"), None)
+        .await;
     assert_eq!(body["errcode"], "M_USER_DEACTIVATED", "{status} {body}");
 }
 
