@@ -7,6 +7,7 @@ pub mod appservice;
 pub mod backfill;
 pub mod client_api;
 pub mod config;
+pub mod connections;
 pub mod devices;
 pub mod e2e_keys;
 pub mod ephemeral;

@@ -146,6 +146,7 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
     svc.appservices.create_sender_users(&*svc.storage).await?;
     svc.appservices.resume();
     tokio::spawn(crate::presence::run_sweeper(svc.clone(), cancel.clone()));
+    tokio::spawn(crate::rooms::guests::run_revocations(svc.clone(), cancel.clone()));
 
     let client_listener = tokio::net::TcpListener::bind(config.client_listen)
         .await
@@ -160,8 +161,11 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
     let client_app = app(client_api::router(), svc.clone());
     let client_cancel = cancel.clone();
     let client_task = tokio::spawn(async move {
-        let serve = axum::serve(client_listener, client_app)
-            .with_graceful_shutdown(async move { client_cancel.cancelled().await });
+        let serve = axum::serve(
+            client_listener,
+            client_app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+        )
+        .with_graceful_shutdown(async move { client_cancel.cancelled().await });
         if let Err(e) = serve.await {
             tracing::error!(error = %e, "client API listener failed");
         }

@@ -11,6 +11,7 @@ use crate::{
     appservice::{AppServices, Registration},
     backfill::Backfiller,
     config::Config,
+    connections::Connections,
     devices::E2eStream,
     ephemeral::Ephemeral,
     federation_client::{FederationClient, sender::Sender},
@@ -20,7 +21,7 @@ use crate::{
     metrics::Metrics,
     presence::Presence,
     push::Push,
-    rooms::RoomLocks,
+    rooms::{RoomLocks, guests::GuestRevocations},
     state::StateCache,
     storage::{Storage, StreamOrdering},
 };
@@ -62,6 +63,10 @@ pub struct Services {
     pub auth_sessions: AuthSessions,
     /// Membership events sent to each device, for lazy-loading syncs.
     pub lazy_members: LazyLoadCache,
+    /// Rooms just closed to guests, whose local guests must leave.
+    pub guest_revocations: GuestRevocations,
+    /// Where each device was last seen from.
+    pub connections: Connections,
 }
 
 impl Services {
@@ -120,6 +125,8 @@ impl Services {
             registration_sessions: RegistrationSessions::default(),
             auth_sessions: AuthSessions::default(),
             lazy_members: LazyLoadCache::default(),
+            guest_revocations: GuestRevocations::default(),
+            connections: Connections::default(),
         })
     }
 

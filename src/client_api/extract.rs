@@ -135,11 +135,16 @@ pub async fn authenticate(
         let owner = TokenOwner {
             user_id,
             device_id: format!("AS_{}", appservice.id).into(),
+            is_guest: false,
         };
         return Ok((owner, Some(appservice)));
     }
     match svc.storage.token_owner(token).await? {
-        Some(owner) => Ok((owner, None)),
+        Some(owner) => {
+            super::guest::check(parts, owner.is_guest)?;
+            seen(svc, &owner, parts).await;
+            Ok((owner, None))
+        }
         None => Err(MatrixError::new(ErrCode::UnknownToken, "Unknown access token")
             .with_field("soft_logout", serde_json::json!(false))),
     }
@@ -151,6 +156,18 @@ fn query_param(parts: &http::request::Parts, name: &str) -> Option<String> {
             .find(|(k, _)| k == name)
             .map(|(_, v)| v.into_owned())
     })
+}
+
+/// Notes where the device's request came from (a failure to store it
+/// fails nothing).
+async fn seen(svc: &Services, owner: &TokenOwner, parts: &http::request::Parts) {
+    if let Err(error) = svc
+        .connections
+        .record(&*svc.storage, owner, parts, svc.config.x_forwarded)
+        .await
+    {
+        tracing::warn!(%error, "device's last request not recorded");
+    }
 }
 
 /// Maps ruma's parse failures to the spec's error codes.

@@ -12,6 +12,7 @@ mod ephemeral;
 mod events;
 pub mod extract;
 pub mod format;
+mod guest;
 mod initial_sync;
 mod keys;
 mod membership;
@@ -48,6 +49,7 @@ pub fn router() -> Router<Arc<Services>> {
             "/_synapse/admin/v1/register",
             get(admin::register_nonce).post(admin::register),
         )
+        .ruma(admin::whois)
         .ruma(account::get_login_types)
         .ruma(account::login)
         .ruma(account::logout)

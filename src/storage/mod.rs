@@ -197,6 +197,8 @@ pub struct UserRecord {
     pub deactivated: bool,
     pub displayname: Option<String>,
     pub avatar_url: Option<String>,
+    /// A guest account (client-server "Guest access").
+    pub is_guest: bool,
 }
 
 /// The user and device an access token stands for.
@@ -204,6 +206,8 @@ pub struct UserRecord {
 pub struct TokenOwner {
     pub user_id: OwnedUserId,
     pub device_id: OwnedDeviceId,
+    /// The account is a guest's: the client API it may use is limited.
+    pub is_guest: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -211,6 +215,8 @@ pub struct Device {
     pub device_id: OwnedDeviceId,
     pub display_name: Option<String>,
     pub last_seen_ts: Option<u64>,
+    pub last_seen_ip: Option<String>,
+    pub last_seen_user_agent: Option<String>,
 }
 
 /// A signing key of another server, from a key document whose signatures
@@ -293,6 +299,9 @@ pub trait Storage: e2e::E2eStorage + push::PushStorage + appservice::AppserviceS
     async fn create_user(&self, user: UserRecord) -> Result<()>;
     async fn user(&self, user_id: &UserId) -> Result<Option<UserRecord>>;
     async fn set_password_hash(&self, user_id: &UserId, hash: &str) -> Result<()>;
+    /// Makes a guest account a full one with this password
+    /// (`NotFound` when `user_id` is not a guest).
+    async fn upgrade_guest(&self, user_id: &UserId, hash: &str) -> Result<()>;
     async fn set_profile(
         &self,
         user_id: &UserId,
@@ -312,6 +321,13 @@ pub trait Storage: e2e::E2eStorage + push::PushStorage + appservice::AppserviceS
     /// Logs out every device of the user.
     async fn delete_all_tokens(&self, user_id: &UserId) -> Result<()>;
     async fn devices(&self, user_id: &UserId) -> Result<Vec<Device>>;
+    /// Records a device's latest request (address, user agent, time).
+    async fn device_seen(
+        &self,
+        user_id: &UserId,
+        device_id: &ruma::DeviceId,
+        seen: &crate::connections::Seen,
+    ) -> Result<()>;
     async fn save_filter(&self, user_id: &UserId, filter: &str) -> Result<String>;
     async fn filter(&self, user_id: &UserId, filter_id: &str) -> Result<Option<String>>;
 
@@ -464,7 +480,9 @@ pub trait Storage: e2e::E2eStorage + push::PushStorage + appservice::AppserviceS
 
     // ----- receipts -----
     /// Records a receipt (replacing the user's previous one of that type).
-    async fn put_receipt(&self, receipt: &Receipt) -> Result<()>;
+    /// Stores a receipt unless it would move the user's receipt of that
+    /// type back to an older event; `false` when it was dropped.
+    async fn put_receipt(&self, receipt: &Receipt) -> Result<bool>;
     /// A room's receipts changed after `position` (all if `None`).
     async fn receipts(&self, room_id: &RoomId, after: Option<i64>) -> Result<Vec<Receipt>>;
     /// The newest receipt position (to start the ephemeral stream above).

@@ -1,4 +1,4 @@
-//! Application services' event queues and room lists (`schema_v11.sql`).
+//! Application services' event queues and room lists (`schema_v12.sql`).
 
 use async_trait::async_trait;
 use ruma::{EventId, OwnedEventId};
