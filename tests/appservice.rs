@@ -34,7 +34,8 @@ struct FakeState {
 }
 
 /// The fake application service: records every request; answers
-/// transactions with `{}` (after refusing the first few, if asked), a user
+/// transactions and pings with `{}` (refusing the first few transactions,
+/// if asked), a user
 /// query for `@bridged-*` by registering the user first (as a bridge
 /// would) and anything else with 404.
 async fn fake_appservice(req: Request, state: FakeState) -> axum::response::Response {
@@ -59,6 +60,9 @@ async fn fake_appservice(req: Request, state: FakeState) -> axum::response::Resp
             *refuse -= 1;
             return (AxumStatus::INTERNAL_SERVER_ERROR, Json(json!({}))).into_response();
         }
+        return Json(json!({})).into_response();
+    }
+    if path == "/_matrix/app/v1/ping" {
         return Json(json!({})).into_response();
     }
     let decoded = path.replace("%40", "@").replace("%3A", ":");
@@ -478,4 +482,96 @@ async fn a_bad_registration_file_stops_the_server_with_its_name() {
         error.contains("broken.yaml") && error.contains("namespaces.users"),
         "{error}"
     );
+}
+
+#[tokio::test]
+async fn an_appservice_pings_itself_through_the_server() {
+    let (rig, mut inbox) = rig().await;
+    let (status, body) = rig
+        .as_call(
+            Method::POST,
+            "/_matrix/client/v1/appservice/bridge/ping",
+            None,
+            Some(&json!({ "transaction_id": "ping-1" })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(body["duration_ms"].is_u64(), "{body}");
+    let ping = inbox
+        .next_request("the ping", |r| r.path == "/_matrix/app/v1/ping")
+        .await;
+    assert_eq!(ping.method, "POST");
+    assert_eq!(ping.authorization.as_deref(), Some(&*format!("Bearer {HS_TOKEN}")));
+    assert_eq!(ping.body["transaction_id"], "ping-1");
+
+    // Another service's ID, or a user's token: refused.
+    let (status, body) = rig
+        .as_call(
+            Method::POST,
+            "/_matrix/client/v1/appservice/other/ping",
+            None,
+            Some(&json!({})),
+        )
+        .await;
+    assert_eq!(
+        (status, body["errcode"].as_str()),
+        (StatusCode::FORBIDDEN, Some("M_FORBIDDEN")),
+        "{body}"
+    );
+    let user = rig.server.register("pinger").await;
+    let (status, _) = user
+        .call(
+            Method::POST,
+            "/_matrix/client/v1/appservice/bridge/ping",
+            Some(&json!({})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+}
+
+#[tokio::test]
+async fn an_appservice_room_list_is_apart_from_the_main_one() {
+    let (rig, _) = rig().await;
+    let user = rig.server.register("lister").await;
+    let room = user.create_room(json!({ "preset": "public_chat" })).await;
+    let list_path = format!("/_matrix/client/v3/directory/list/appservice/irc-net/{}", enc(&room));
+    let listed = |body: &Value| {
+        body["chunk"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["room_id"] == room.as_str())
+    };
+    let rooms = |filter: Value| {
+        let user = &user;
+        async move {
+            user.ok(Method::POST, "/_matrix/client/v3/publicRooms", Some(&filter))
+                .await
+        }
+    };
+
+    // Only the service may change its list.
+    let (status, _) = user
+        .call(Method::PUT, &list_path, Some(&json!({ "visibility": "public" })))
+        .await;
+    assert!(status.is_client_error(), "{status}");
+    let (status, body) = rig
+        .as_call(Method::PUT, &list_path, None, Some(&json!({ "visibility": "public" })))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+
+    assert!(!listed(&rooms(json!({})).await), "not in the main list");
+    assert!(listed(
+        &rooms(json!({ "third_party_instance_id": "bridge|irc-net" })).await
+    ));
+    assert!(!listed(
+        &rooms(json!({ "third_party_instance_id": "bridge|other-net" })).await
+    ));
+    assert!(listed(&rooms(json!({ "include_all_networks": true })).await));
+
+    let (status, body) = rig.as_call(Method::DELETE, &list_path, None, None).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(!listed(
+        &rooms(json!({ "third_party_instance_id": "bridge|irc-net" })).await
+    ));
 }

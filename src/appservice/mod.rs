@@ -23,7 +23,12 @@ use tokio_util::sync::CancellationToken;
 
 pub use registration::Registration;
 
-use crate::{events::Pdu, services::Services, storage::Storage};
+use crate::{
+    error::{ErrCode, MatrixError},
+    events::Pdu,
+    services::Services,
+    storage::Storage,
+};
 
 /// How long an application service has to answer a query.
 const QUERY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -200,6 +205,55 @@ impl AppServices {
             }
         }
         false
+    }
+
+    /// `POST {url}/_matrix/app/v1/ping` for the client API's
+    /// `/appservice/{appserviceId}/ping`: how long the service took to
+    /// answer, or the spec's error for why it did not.
+    pub async fn ping(
+        &self,
+        registration: &Registration,
+        transaction_id: Option<&str>,
+    ) -> Result<Duration, MatrixError> {
+        let Some(url) = endpoint(registration, &["ping"]) else {
+            return Err(MatrixError::new(
+                ErrCode::UrlNotSet,
+                "Application service doesn't have a URL configured",
+            ));
+        };
+        let mut body = Map::new();
+        if let Some(id) = transaction_id {
+            body.insert("transaction_id".to_owned(), Value::String(id.to_owned()));
+        }
+        let started = Instant::now();
+        let answer = self
+            .http
+            .post(url)
+            .bearer_auth(&registration.hs_token)
+            .json(&body)
+            .send()
+            .await;
+        let elapsed = started.elapsed();
+        match answer {
+            Ok(response) if response.status().is_success() => Ok(elapsed),
+            Ok(response) => {
+                let status = response.status();
+                let text = response.text().await.unwrap_or_default();
+                Err(
+                    MatrixError::new(ErrCode::BadStatus, format!("Ping returned status {}", status.as_u16()))
+                        .with_field("status", Value::from(status.as_u16()))
+                        .with_field("body", Value::String(text)),
+                )
+            }
+            Err(e) if e.is_timeout() => Err(MatrixError::new(
+                ErrCode::ConnectionTimeout,
+                "Connection to application service timed out",
+            )),
+            Err(e) => Err(MatrixError::new(
+                ErrCode::ConnectionFailed,
+                format!("Connection to application service failed: {e}"),
+            )),
+        }
     }
 
     /// One application service's metadata of a protocol, kept a while.

@@ -80,6 +80,7 @@ pub fn router() -> Router<Arc<Services>> {
         .ruma(directory::public_rooms)
         .ruma(directory::public_rooms_filtered)
         .ruma(directory::set_appservice_visibility)
+        .ruma(thirdparty::ping)
         .route(
             "/_matrix/client/r0/directory/list/appservice/{network_id}/{room_id}",
             axum::routing::delete(directory::delete_appservice_visibility),

@@ -1,6 +1,7 @@
 //! Third-party networks (client-server "Third-party networks"): the
 //! protocols the application services bridge, and lookups of third-party
-//! users and locations, relayed to those application services.
+//! users and locations, relayed to those application services; and an
+//! application service's ping of itself through this server.
 //!
 //! Not through ruma's types: application services answer with less than
 //! ruma's `Protocol` requires (no `field_types`, instances without
@@ -13,6 +14,8 @@ use axum::{
     extract::{Path, State},
 };
 use serde_json::{Value, json};
+
+use ruma::api::client::appservice::request_ping;
 
 use super::extract::token_owner;
 use crate::{error::MatrixError, services::Services};
@@ -81,4 +84,24 @@ pub async fn locations(
         .thirdparty_lookup("location", &protocol, &fields(&parts))
         .await;
     Ok(Json(json!(found)))
+}
+
+/// `POST /appservice/{appserviceId}/ping`: an application service asks
+/// this server to ping it (`/_matrix/app/v1/ping`), to check that the
+/// server reaches it.
+pub async fn ping(
+    svc: Arc<Services>,
+    req: super::extract::Ruma<request_ping::v1::Request>,
+) -> Result<request_ping::v1::Response, MatrixError> {
+    let appservice = match &req.appservice {
+        Some(appservice) if appservice.id == req.body.appservice_id => appservice.clone(),
+        _ => {
+            return Err(MatrixError::forbidden(
+                "Provided access token is not the appservice's as_token",
+            ));
+        }
+    };
+    let transaction_id = req.body.transaction_id.as_ref().map(|t| t.as_str());
+    let duration = svc.appservices.ping(&appservice, transaction_id).await?;
+    Ok(request_ping::v1::Response::new(duration))
 }
