@@ -575,3 +575,48 @@ async fn an_appservice_room_list_is_apart_from_the_main_one() {
         &rooms(json!({ "third_party_instance_id": "bridge|irc-net" })).await
     ));
 }
+
+#[tokio::test]
+async fn events_an_appservice_has_not_acknowledged_outlive_a_restart() {
+    let (mut rig, mut inbox) = rig().await;
+    rig.as_register("bridged-kim").await;
+    let creator = rig.server.register("keeper").await;
+    let (room, token) = (creator.create_room(json!({})).await, creator.token.clone());
+    // The service refuses every transaction until the server restarts.
+    *rig.refuse_transactions.lock().unwrap() = usize::MAX;
+    let (status, body) = rig
+        .as_call(
+            Method::POST,
+            &format!("/_matrix/client/v3/rooms/{}/invite", enc(&room)),
+            None,
+            Some(&json!({ "user_id": "@bridged-kim:localhost" })),
+        )
+        .await;
+    assert_eq!(
+        status,
+        StatusCode::FORBIDDEN,
+        "the bridge bot is not in the room: {body}"
+    );
+    let (status, body) = rig
+        .server
+        .request(
+            Method::POST,
+            &format!("/_matrix/client/v3/rooms/{}/invite", enc(&room)),
+            Some(&token),
+            Some(&json!({ "user_id": "@bridged-kim:localhost" })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let is_invite = |e: &Value| e["type"] == "m.room.member" && e["state_key"] == "@bridged-kim:localhost";
+    let (refused, _) = inbox.next_event("the invite", is_invite).await;
+
+    // What the stopped server sent is forgotten: what comes next comes
+    // from the restarted one.
+    rig.server.restart().await;
+    while inbox.received.try_recv().is_ok() {}
+    *rig.refuse_transactions.lock().unwrap() = 0;
+    // Sent again after the restart, under the same transaction ID, until
+    // the service takes it.
+    let (again, _) = inbox.next_event("the invite after the restart", is_invite).await;
+    assert_eq!(again.path, refused.path);
+}
