@@ -52,6 +52,9 @@ pub struct Config {
     /// Notary servers asked for another server's keys when that server
     /// cannot be reached directly (comma-separated in the environment).
     pub trusted_key_servers: Vec<OwnedServerName>,
+    /// Application service registration files (YAML, as Synapse reads
+    /// them), loaded at start (comma-separated in the environment).
+    pub app_service_config_files: Vec<PathBuf>,
     /// Where to serve Prometheus metrics at `/metrics` (plain HTTP); off
     /// when unset.
     pub metrics_listen: Option<SocketAddr>,
@@ -79,6 +82,7 @@ impl Default for Config {
             default_room_version: RoomVersionId::V11,
             federation_verify_tls: true,
             trusted_key_servers: Vec::new(),
+            app_service_config_files: Vec::new(),
             metrics_listen: None,
             presence: true,
             log: "info,ruma_state_res=warn".to_owned(),
@@ -213,6 +217,14 @@ impl Config {
                 })
                 .collect::<Result<_, _>>()?;
         }
+        if let Some(list) = env("WEFT_APP_SERVICE_CONFIG_FILES") {
+            self.app_service_config_files = list
+                .split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(PathBuf::from)
+                .collect();
+        }
         set_opt(&env, "metrics_listen", &mut self.metrics_listen)?;
         set(&env, "presence", &mut self.presence)?;
         set(&env, "log", &mut self.log)?;
@@ -297,6 +309,11 @@ federation_verify_tls = true
 # Notary servers to ask for another server's signing keys when that server
 # cannot be reached itself, e.g. ["matrix.org"].
 trusted_key_servers = []
+
+# Application services (bridges, bots): their registration files, in the
+# YAML format of the application service API (id, url, as_token, hs_token,
+# sender_localpart, namespaces, rate_limited, protocols).
+app_service_config_files = []
 
 # Serve Prometheus metrics at http://<address>/metrics (backfill counts,
 # failures and times, ...). Off when left out.

@@ -32,6 +32,10 @@ pub enum ErrCode {
     Exclusive,
     UserDeactivated,
     BadAlias,
+    UrlNotSet,
+    BadStatus,
+    ConnectionFailed,
+    ConnectionTimeout,
 }
 
 impl ErrCode {
@@ -61,6 +65,10 @@ impl ErrCode {
             ErrCode::Exclusive => "M_EXCLUSIVE",
             ErrCode::UserDeactivated => "M_USER_DEACTIVATED",
             ErrCode::BadAlias => "M_BAD_ALIAS",
+            ErrCode::UrlNotSet => "M_URL_NOT_SET",
+            ErrCode::BadStatus => "M_BAD_STATUS",
+            ErrCode::ConnectionFailed => "M_CONNECTION_FAILED",
+            ErrCode::ConnectionTimeout => "M_CONNECTION_TIMEOUT",
         }
     }
 
@@ -77,6 +85,8 @@ impl ErrCode {
             ErrCode::Unrecognized => StatusCode::NOT_FOUND,
             ErrCode::Unknown => StatusCode::INTERNAL_SERVER_ERROR,
             ErrCode::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ErrCode::BadStatus | ErrCode::ConnectionFailed => StatusCode::BAD_GATEWAY,
+            ErrCode::ConnectionTimeout => StatusCode::GATEWAY_TIMEOUT,
             _ => StatusCode::BAD_REQUEST,
         }
     }

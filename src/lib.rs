@@ -3,6 +3,7 @@
 pub mod account_data;
 pub mod accounts;
 pub mod acl;
+pub mod appservice;
 pub mod backfill;
 pub mod client_api;
 pub mod config;

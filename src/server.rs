@@ -29,6 +29,10 @@ pub enum StartError {
     #[error("storage: {0}")]
     Storage(#[from] StorageError),
     #[error(transparent)]
+    AppService(#[from] crate::appservice::registration::RegistrationError),
+    #[error("application service users: {0}")]
+    AppServiceUsers(#[from] crate::accounts::AccountError),
+    #[error(transparent)]
     Keys(#[from] KeyError),
     #[error(transparent)]
     Tls(#[from] TlsError),
@@ -124,6 +128,7 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
         path: config.data_dir.display().to_string(),
         source,
     })?;
+    let appservices = crate::appservice::registration::load(&config.app_service_config_files, &config.server_name)?;
     let storage = Arc::new(SqliteStorage::open(&config.data_dir)?);
     let keys = ServerKeys::load_or_generate(&config.data_dir, config.server_name.clone())?;
     let tls_config = if config.federation_plain_http {
@@ -136,8 +141,10 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
     let keys = Arc::new(keys);
     let federation = Arc::new(FederationClient::new(keys.clone(), config.federation_verify_tls)?);
     let cancel = CancellationToken::new();
-    let svc = Arc::new(Services::new(config.clone(), keys, storage, federation, cancel.clone()).await?);
+    let svc = Arc::new(Services::new(config.clone(), keys, storage, federation, appservices, cancel.clone()).await?);
     svc.sender.resume().await?;
+    svc.appservices.create_sender_users(&*svc.storage).await?;
+    svc.appservices.resume();
     tokio::spawn(crate::presence::run_sweeper(svc.clone(), cancel.clone()));
     tokio::spawn(crate::rooms::guests::run_revocations(svc.clone(), cancel.clone()));
 

@@ -8,6 +8,7 @@ use tokio::sync::watch;
 use crate::{
     account_data::AccountDataStream,
     accounts::{AuthSessions, RegistrationNonces, RegistrationSessions},
+    appservice::{AppServices, Registration},
     backfill::Backfiller,
     config::Config,
     connections::Connections,
@@ -48,6 +49,9 @@ pub struct Services {
     pub metrics: Metrics,
     /// Push rules, notifications and pushes to push gateways.
     pub push: Push,
+    /// The registered application services, and events on their way to
+    /// them.
+    pub appservices: AppServices,
     pub state: StateCache,
     pub rooms: RoomLocks,
     pub notifier: Notifier,
@@ -71,6 +75,7 @@ impl Services {
         keys: Arc<ServerKeys>,
         storage: Arc<dyn Storage>,
         federation: Arc<FederationClient>,
+        appservices: Vec<Registration>,
         cancel: tokio_util::sync::CancellationToken,
     ) -> crate::storage::Result<Services> {
         let head = storage.max_stream_ordering().await?;
@@ -81,6 +86,12 @@ impl Services {
             config.trusted_key_servers.clone(),
         );
         let push = Push::start(storage.clone(), config.federation_verify_tls, cancel.clone());
+        let appservices = AppServices::start(
+            appservices,
+            storage.clone(),
+            config.federation_verify_tls,
+            cancel.clone(),
+        );
         let sender = Sender::new(
             storage.clone(),
             federation.clone(),
@@ -105,6 +116,7 @@ impl Services {
             e2e: E2eStream::new(storage.max_e2e_position().await?),
             metrics: Metrics::default(),
             push,
+            appservices,
             state: StateCache::new(storage.clone()),
             storage,
             rooms: RoomLocks::default(),

@@ -33,35 +33,72 @@ impl From<AccountError> for MatrixError {
 }
 
 pub async fn get_login_types(
-    _: Arc<Services>,
+    svc: Arc<Services>,
     _: Ruma<get_login_types::v3::Request>,
 ) -> Result<get_login_types::v3::Response, MatrixError> {
-    Ok(get_login_types::v3::Response::new(vec![
-        get_login_types::v3::LoginType::Password(Default::default()),
-    ]))
+    let mut types = vec![get_login_types::v3::LoginType::Password(Default::default())];
+    if !svc.appservices.is_empty() {
+        types.push(get_login_types::v3::LoginType::ApplicationService(Default::default()));
+    }
+    Ok(get_login_types::v3::Response::new(types))
+}
+
+/// The user a login names: a user ID, or a localpart of this server.
+#[allow(deprecated)]
+fn login_user(
+    svc: &Services,
+    identifier: Option<&UserIdentifier>,
+    user: Option<&String>,
+) -> Result<ruma::OwnedUserId, MatrixError> {
+    let name = match identifier {
+        Some(UserIdentifier::Matrix(id)) => id.user.clone(),
+        Some(_) => return Err(MatrixError::forbidden("Only user ID logins are supported")),
+        None => user
+            .cloned()
+            .ok_or_else(|| MatrixError::bad_json("Missing identifier"))?,
+    };
+    match ruma::UserId::parse_with_server_name(name.to_lowercase().as_str(), svc.server_name()) {
+        Ok(id) if id.server_name() == svc.server_name() => Ok(id),
+        _ => Err(MatrixError::forbidden("Invalid username or password")),
+    }
 }
 
 pub async fn login(svc: Arc<Services>, req: Ruma<login::v3::Request>) -> Result<login::v3::Response, MatrixError> {
-    let body = req.body;
-    let login::v3::LoginInfo::Password(password) = &body.login_info else {
-        return Err(
-            MatrixError::new(ErrCode::Unknown, "Unsupported login type").with_status(http::StatusCode::BAD_REQUEST)
-        );
-    };
+    let body = &req.body;
     #[allow(deprecated)]
-    let name = match &password.identifier {
-        Some(UserIdentifier::Matrix(id)) => id.user.clone(),
-        Some(_) => return Err(MatrixError::forbidden("Only user ID logins are supported")),
-        None => password
-            .user
-            .clone()
-            .ok_or_else(|| MatrixError::bad_json("Missing identifier"))?,
+    let user_id = match &body.login_info {
+        login::v3::LoginInfo::Password(password) => {
+            let user_id = login_user(&svc, password.identifier.as_ref(), password.user.as_ref())?;
+            accounts::check_password(&*svc.storage, &user_id, &password.password).await?;
+            user_id
+        }
+        // An application service logs in as a registered user of its
+        // namespaces, with its as_token.
+        login::v3::LoginInfo::ApplicationService(info) => {
+            let Some(appservice) = req.appservice.as_ref() else {
+                return Err(MatrixError::new(
+                    ErrCode::MissingToken,
+                    "m.login.application_service needs the application service's token",
+                ));
+            };
+            let user_id = login_user(&svc, info.identifier.as_ref(), info.user.as_ref())?;
+            if !appservice.is_user_in_namespace(&user_id) {
+                return Err(MatrixError::forbidden(
+                    "This user is not in the application service's namespaces",
+                ));
+            }
+            match svc.storage.user(&user_id).await? {
+                Some(user) if user.deactivated => return Err(AccountError::Deactivated.into()),
+                Some(_) => user_id,
+                None => return Err(MatrixError::forbidden("Unknown user")),
+            }
+        }
+        _ => {
+            return Err(
+                MatrixError::new(ErrCode::Unknown, "Unsupported login type").with_status(http::StatusCode::BAD_REQUEST)
+            );
+        }
     };
-    let user_id = match ruma::UserId::parse_with_server_name(name.to_lowercase().as_str(), svc.server_name()) {
-        Ok(id) if id.server_name() == svc.server_name() => id,
-        _ => return Err(MatrixError::forbidden("Invalid username or password")),
-    };
-    accounts::check_password(&*svc.storage, &user_id, &password.password).await?;
     let (device_id, token) = accounts::new_session(
         &*svc.storage,
         &user_id,
@@ -128,6 +165,14 @@ pub async fn register(
     svc: Arc<Services>,
     req: Ruma<register::v3::Request>,
 ) -> Result<register::v3::Response, MatrixError> {
+    if req.body.login_type == Some(register::LoginType::ApplicationService) {
+        return register_by_appservice(&svc, req).await;
+    }
+    if req.appservice.is_some() {
+        return Err(MatrixError::forbidden(
+            "An application service registers users with type m.login.application_service",
+        ));
+    }
     let body = req.body;
     if body.kind == register::RegistrationKind::Guest {
         return register_guest(&svc, body.initial_device_display_name.as_deref()).await;
@@ -177,6 +222,7 @@ pub async fn register(
     if !upgrading && svc.storage.user(&user_id).await?.is_some() {
         return Err(AccountError::UserInUse.into());
     }
+    refuse_exclusive(&svc, &user_id)?;
     match &body.auth {
         Some(AuthData::Dummy(_)) => {}
         Some(_) => return Err(MatrixError::forbidden("Unsupported authentication stage")),
@@ -201,6 +247,56 @@ pub async fn register(
         svc.registration_sessions.complete(id, &user_id);
     }
     registered(&svc, user_id, &params).await
+}
+
+/// A user ID in an application service's exclusive namespace is that
+/// service's alone: `M_EXCLUSIVE` for anyone else.
+fn refuse_exclusive(svc: &Services, user_id: &ruma::UserId) -> Result<(), MatrixError> {
+    match svc.appservices.exclusive_user_owner(user_id) {
+        Some(_) => Err(MatrixError::new(
+            ErrCode::Exclusive,
+            "This user ID is reserved by an application service",
+        )),
+        None => Ok(()),
+    }
+}
+
+/// Registration by an application service (`type` is
+/// `m.login.application_service`, with its `as_token`): a user of its user
+/// namespaces, without a password or user-interactive auth.
+async fn register_by_appservice(
+    svc: &Services,
+    req: Ruma<register::v3::Request>,
+) -> Result<register::v3::Response, MatrixError> {
+    let Some(appservice) = req.appservice.as_ref() else {
+        return Err(MatrixError::forbidden(
+            "Only application services may register with m.login.application_service",
+        ));
+    };
+    let body = req.body;
+    let localpart = body
+        .username
+        .as_deref()
+        .ok_or_else(|| MatrixError::missing_param("Missing username"))?
+        .to_lowercase();
+    let user_id = accounts::user_id_for(&localpart, svc.server_name())?;
+    if !appservice.is_user_in_namespace(&user_id) {
+        return Err(MatrixError::new(
+            ErrCode::Exclusive,
+            "This user ID is not in the application service's namespaces",
+        ));
+    }
+    accounts::create_user(&*svc.storage, &user_id, None, false).await?;
+    tracing::info!(%user_id, appservice = %appservice.id, "registered by application service");
+    let params = RegistrationParams {
+        username: Some(localpart),
+        password: None,
+        device_id: body.device_id,
+        initial_device_display_name: body.initial_device_display_name,
+        inhibit_login: body.inhibit_login,
+        ..RegistrationParams::default()
+    };
+    registered(svc, user_id, &params).await
 }
 
 /// `POST /register?kind=guest`: a guest account and its session. The
@@ -255,6 +351,7 @@ pub async fn username_available(
     if svc.storage.user(&user_id).await?.is_some() {
         return Err(AccountError::UserInUse.into());
     }
+    refuse_exclusive(&svc, &user_id)?;
     Ok(get_username_availability::v3::Response::new(true))
 }
 

@@ -179,7 +179,8 @@ pub async fn delete_devices(
 }
 
 /// `POST /account/deactivate`: the account can no longer log in; its
-/// devices, access tokens and keys are gone.
+/// devices, access tokens and keys are gone. An application service
+/// deactivates one of its users with the `user_id` query parameter.
 pub async fn deactivate(
     svc: Arc<Services>,
     req: Ruma<deactivate::v3::Request>,
@@ -187,7 +188,11 @@ pub async fn deactivate(
     let Some(owner) = req.owner.as_ref() else {
         return Err(MatrixError::new(ErrCode::MissingToken, "Missing access token"));
     };
-    require_password(&svc, owner, "deactivate", req.body.auth.as_ref()).await?;
+    // An application service deactivates the users of its namespaces
+    // without user-interactive auth (it holds no password of theirs).
+    if req.appservice.is_none() {
+        require_password(&svc, owner, "deactivate", req.body.auth.as_ref()).await?;
+    }
     for (device_id, position) in svc.storage.deactivate_user(&owner.user_id).await? {
         devices::device_changed(&svc, &owner.user_id, &device_id, position, true).await?;
     }

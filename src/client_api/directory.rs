@@ -6,10 +6,11 @@ use ruma::{
     OwnedRoomId, RoomId, UInt,
     api::client::{
         alias::{create_alias as create, delete_alias as delete, get_alias as get},
+        appservice::set_room_visibility as set_appservice_room_visibility,
         directory::{get_public_rooms, get_public_rooms_filtered, get_room_visibility, set_room_visibility},
         room::{Visibility, aliases},
     },
-    directory::{PublicRoomsChunk, PublicRoomsChunkInit},
+    directory::{PublicRoomsChunk, PublicRoomsChunkInit, RoomNetwork},
     events::StateEventType,
     room::JoinRuleKind,
 };
@@ -20,7 +21,7 @@ use crate::{
     error::{ErrCode, MatrixError},
     rooms::power::power_levels,
     services::Services,
-    storage::StorageError,
+    storage::{StorageError, appservice::AppserviceRoom},
     visibility,
 };
 
@@ -30,9 +31,7 @@ pub async fn get_alias(svc: Arc<Services>, req: Ruma<get::v3::Request>) -> Resul
         let (room_id, servers) = super::membership::resolve_remote_alias(&svc, alias).await?;
         return Ok(get::v3::Response::new(room_id, servers));
     }
-    let (room_id, _) = svc
-        .storage
-        .resolve_alias(alias)
+    let (room_id, _) = crate::appservice::resolve_local_alias(&svc, alias)
         .await?
         .ok_or_else(|| MatrixError::not_found(format!("Room alias {alias} not found")))?;
     Ok(get::v3::Response::new(room_id, vec![svc.server_name().to_owned()]))
@@ -48,6 +47,16 @@ pub async fn create_alias(
     }
     if svc.storage.room(&req.body.room_id).await?.is_none() {
         return Err(MatrixError::not_found("Unknown room"));
+    }
+    // An alias in an application service's exclusive namespace is that
+    // service's alone.
+    if let Some(owner) = svc.appservices.exclusive_alias_owner(alias)
+        && req.appservice.as_ref().is_none_or(|a| a.id != owner.id)
+    {
+        return Err(MatrixError::new(
+            ErrCode::Exclusive,
+            "This room alias is reserved by an application service",
+        ));
     }
     match svc
         .storage
@@ -235,16 +244,104 @@ async fn public_chunk(svc: &Services, room_id: OwnedRoomId) -> Result<Option<Pub
     Ok(Some(chunk))
 }
 
+/// The rooms of a network's list: the main one (Matrix), an application
+/// service's list for one of its networks (its instance ID,
+/// `{appservice}|{network}`), or all of them.
+async fn listed_rooms(svc: &Services, network: &RoomNetwork) -> Result<Vec<OwnedRoomId>, MatrixError> {
+    let mut rooms = match network {
+        RoomNetwork::ThirdParty(_) => Vec::new(),
+        _ => svc.storage.published_rooms().await?,
+    };
+    if !matches!(network, RoomNetwork::Matrix) {
+        for listed in svc.storage.appservice_rooms().await? {
+            let wanted = match network {
+                RoomNetwork::ThirdParty(instance) => {
+                    *instance == format!("{}|{}", listed.appservice, listed.network_id)
+                }
+                _ => true,
+            };
+            if wanted {
+                rooms.push(listed.room_id);
+            }
+        }
+    }
+    rooms.sort();
+    rooms.dedup();
+    Ok(rooms)
+}
+
+/// `PUT /directory/list/appservice/{networkId}/{roomId}`: an application
+/// service publishes a room in (or, `private`, takes it out of) its list
+/// for one of its networks, apart from the main list.
+pub async fn set_appservice_visibility(
+    svc: Arc<Services>,
+    req: Ruma<set_appservice_room_visibility::v3::Request>,
+) -> Result<set_appservice_room_visibility::v3::Response, MatrixError> {
+    let Some(appservice) = req.appservice.as_ref() else {
+        return Err(MatrixError::forbidden(
+            "Only application services may change their room lists",
+        ));
+    };
+    let published = match req.body.visibility {
+        Visibility::Public => true,
+        Visibility::Private => false,
+        _ => return Err(MatrixError::invalid_param("Unknown visibility")),
+    };
+    set_appservice_room(&svc, &appservice.id, req.body.network_id, req.body.room_id, published).await?;
+    Ok(set_appservice_room_visibility::v3::Response::new())
+}
+
+async fn set_appservice_room(
+    svc: &Services,
+    appservice: &str,
+    network_id: String,
+    room_id: OwnedRoomId,
+    published: bool,
+) -> Result<(), MatrixError> {
+    if svc.storage.room(&room_id).await?.is_none() {
+        return Err(MatrixError::not_found("Unknown room"));
+    }
+    let room = AppserviceRoom {
+        appservice: appservice.to_owned(),
+        network_id,
+        room_id,
+    };
+    svc.storage.set_appservice_room(&room, published).await?;
+    Ok(())
+}
+
+/// `DELETE /directory/list/appservice/{networkId}/{roomId}` (as Synapse
+/// has it; ruma has only the `PUT`): takes the room out of the list.
+pub async fn delete_appservice_visibility(
+    axum::extract::State(svc): axum::extract::State<Arc<Services>>,
+    axum::extract::Path((network_id, room_id)): axum::extract::Path<(String, String)>,
+    parts: http::request::Parts,
+) -> Result<axum::Json<Value>, MatrixError> {
+    let token = super::extract::access_token(&parts)
+        .ok_or_else(|| MatrixError::new(ErrCode::MissingToken, "Missing access token"))?;
+    let (_, appservice) = super::extract::authenticate(&svc, &parts, &token).await?;
+    let Some(appservice) = appservice else {
+        return Err(MatrixError::forbidden(
+            "Only application services may change their room lists",
+        ));
+    };
+    let room_id =
+        OwnedRoomId::try_from(room_id).map_err(|e| MatrixError::invalid_param(format!("Invalid room ID: {e}")))?;
+    set_appservice_room(&svc, &appservice.id, network_id, room_id, false).await?;
+    Ok(axum::Json(serde_json::json!({})))
+}
+
 /// The published rooms, most joined first, paged by offset tokens; also
 /// what other servers get (`/federation/v1/publicRooms`).
 pub(crate) async fn directory_page(
     svc: &Services,
+    network: &RoomNetwork,
     limit: Option<UInt>,
     since: Option<&str>,
     search: Option<&str>,
 ) -> Result<(Vec<PublicRoomsChunk>, Option<String>, Option<String>, usize), MatrixError> {
     let mut chunks = Vec::new();
-    for room_id in svc.storage.published_rooms().await? {
+    for room_id in listed_rooms(svc, network).await? {
         if let Some(chunk) = public_chunk(svc, room_id).await? {
             chunks.push(chunk);
         }
@@ -318,7 +415,14 @@ pub async fn public_rooms(
         response.total_room_count_estimate = remote.total_room_count_estimate;
         return Ok(response);
     }
-    let (chunk, next, prev, total) = directory_page(&svc, req.body.limit, req.body.since.as_deref(), None).await?;
+    let (chunk, next, prev, total) = directory_page(
+        &svc,
+        &RoomNetwork::Matrix,
+        req.body.limit,
+        req.body.since.as_deref(),
+        None,
+    )
+    .await?;
     let mut response = get_public_rooms::v3::Response::new(chunk);
     response.next_batch = next;
     response.prev_batch = prev;
@@ -334,7 +438,14 @@ pub async fn public_rooms_filtered(
     if let Some(server) = is_remote(&svc, req.body.server.as_deref()) {
         return remote_directory(&svc, server, req.body.limit, req.body.since.as_deref(), search).await;
     }
-    let (chunk, next, prev, total) = directory_page(&svc, req.body.limit, req.body.since.as_deref(), search).await?;
+    let (chunk, next, prev, total) = directory_page(
+        &svc,
+        &req.body.room_network,
+        req.body.limit,
+        req.body.since.as_deref(),
+        search,
+    )
+    .await?;
     let mut response = get_public_rooms_filtered::v3::Response::new();
     response.chunk = chunk;
     response.next_batch = next;

@@ -21,6 +21,7 @@ use ruma::api::{
 };
 
 use crate::{
+    appservice::Registration,
     error::{ErrCode, MatrixError},
     services::Services,
     storage::TokenOwner,
@@ -60,6 +61,9 @@ pub struct Ruma<T> {
     /// The authenticated user and device (when a token was given).
     pub owner: Option<TokenOwner>,
     pub access_token: Option<String>,
+    /// The application service that made the request (with its
+    /// `as_token`), if one did.
+    pub appservice: Option<Arc<Registration>>,
 }
 
 impl<T> Ruma<T> {
@@ -69,7 +73,7 @@ impl<T> Ruma<T> {
     }
 }
 
-fn access_token(parts: &http::request::Parts) -> Option<String> {
+pub fn access_token(parts: &http::request::Parts) -> Option<String> {
     if let Some(value) = parts.headers.get(http::header::AUTHORIZATION) {
         return value
             .to_str()
@@ -90,13 +94,68 @@ pub async fn token_owner(svc: &Services, parts: &http::request::Parts) -> Result
     let Some(token) = access_token(parts) else {
         return Err(MatrixError::new(ErrCode::MissingToken, "Missing access token"));
     };
-    let owner = svc.storage.token_owner(&token).await?.ok_or_else(|| {
-        MatrixError::new(ErrCode::UnknownToken, "Unknown access token")
-            .with_field("soft_logout", serde_json::json!(false))
-    })?;
-    super::guest::check(parts, owner.is_guest)?;
-    seen(svc, &owner, parts).await;
-    Ok(owner)
+    Ok(authenticate(svc, parts, &token).await?.0)
+}
+
+/// Who a token stands for: a user's session, or an application service
+/// acting as its own user or, with the `user_id` query parameter, as a
+/// registered user of its namespaces.
+pub async fn authenticate(
+    svc: &Services,
+    parts: &http::request::Parts,
+    token: &str,
+) -> Result<(TokenOwner, Option<Arc<Registration>>), MatrixError> {
+    if let Some(appservice) = svc.appservices.by_token(token) {
+        let user_id = match query_param(parts, "user_id") {
+            Some(user_id) => ruma::UserId::parse(user_id.as_str())
+                .map_err(|e| MatrixError::invalid_param(format!("Invalid user_id: {e}")))?,
+            None => appservice.sender.clone(),
+        };
+        if !appservice.is_user_in_namespace(&user_id) {
+            return Err(MatrixError::forbidden(
+                "Application service cannot masquerade as this user",
+            ));
+        }
+        if user_id != appservice.sender {
+            match svc.storage.user(&user_id).await? {
+                None => {
+                    return Err(MatrixError::forbidden(
+                        "Application service has not registered this user",
+                    ));
+                }
+                Some(user) if user.deactivated => {
+                    return Err(MatrixError::new(
+                        ErrCode::UserDeactivated,
+                        "This account has been deactivated",
+                    ));
+                }
+                Some(_) => {}
+            }
+        }
+        let owner = TokenOwner {
+            user_id,
+            device_id: format!("AS_{}", appservice.id).into(),
+            is_guest: false,
+        };
+        return Ok((owner, Some(appservice)));
+    }
+    match svc.storage.token_owner(token).await? {
+        Some(owner) => {
+            super::guest::check(parts, owner.is_guest)?;
+            seen(svc, &owner, parts).await;
+            Ok((owner, None))
+        }
+        None => Err(MatrixError::new(ErrCode::UnknownToken, "Unknown access token")
+            .with_field("soft_logout", serde_json::json!(false))),
+    }
+}
+
+fn query_param(parts: &http::request::Parts, name: &str) -> Option<String> {
+    parts.uri.query().and_then(|query| {
+        form_urlencoded::parse(query.as_bytes())
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.into_owned())
+    })
 }
 
 /// Notes where the device's request came from (a failure to store it
@@ -165,19 +224,12 @@ where
             .map_err(|_| MatrixError::new(ErrCode::TooLarge, "Request body too large"))?;
 
         let token = access_token(&parts);
-        let owner = match (T::Authentication::TOKEN, &token) {
-            (None, _) | (Some(false), None) => None,
-            (Some(_), Some(token)) => match svc.storage.token_owner(token).await? {
-                Some(owner) => {
-                    super::guest::check(&parts, owner.is_guest)?;
-                    seen(svc, &owner, &parts).await;
-                    Some(owner)
-                }
-                None => {
-                    return Err(MatrixError::new(ErrCode::UnknownToken, "Unknown access token")
-                        .with_field("soft_logout", serde_json::json!(false)));
-                }
-            },
+        let (owner, appservice) = match (T::Authentication::TOKEN, &token) {
+            (None, _) | (Some(false), None) => (None, None),
+            (Some(_), Some(token)) => {
+                let (owner, appservice) = authenticate(svc, &parts, token).await?;
+                (Some(owner), appservice)
+            }
             (Some(true), None) => {
                 return Err(MatrixError::new(ErrCode::MissingToken, "Missing access token"));
             }
@@ -192,6 +244,7 @@ where
             body,
             owner,
             access_token: token,
+            appservice,
         })
     }
 }

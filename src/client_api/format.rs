@@ -10,7 +10,7 @@ use serde_json::{Map, Value, json};
 use crate::{
     error::MatrixError,
     services::Services,
-    storage::{StoredEvent, TokenOwner},
+    storage::{Storage, StoredEvent, TokenOwner},
 };
 
 /// Wraps JSON as one of ruma's raw event types.
@@ -45,6 +45,16 @@ pub async fn client_events(
     events: &[StoredEvent],
     viewer: Option<&TokenOwner>,
 ) -> Result<Vec<Value>, MatrixError> {
+    Ok(client_events_from(&*svc.storage, events, viewer).await?)
+}
+
+/// As [`client_events`], with only storage at hand (the application
+/// service sender).
+pub async fn client_events_from(
+    storage: &dyn Storage,
+    events: &[StoredEvent],
+    viewer: Option<&TokenOwner>,
+) -> Result<Vec<Value>, crate::storage::StorageError> {
     let mut related: Vec<OwnedEventId> = Vec::new();
     for event in events {
         related.extend(event.meta.redacted_by.iter().cloned());
@@ -53,7 +63,7 @@ pub async fn client_events(
     let related: HashMap<OwnedEventId, StoredEvent> = if related.is_empty() {
         HashMap::new()
     } else {
-        svc.storage
+        storage
             .events(&related)
             .await?
             .into_iter()

@@ -28,9 +28,7 @@ async fn resolve_room(
 ) -> Result<(OwnedRoomId, Vec<OwnedServerName>), MatrixError> {
     match <&ruma::RoomId>::try_from(target) {
         Ok(room_id) => Ok((room_id.to_owned(), Vec::new())),
-        Err(alias) if alias.server_name() == svc.server_name() => svc
-            .storage
-            .resolve_alias(alias)
+        Err(alias) if alias.server_name() == svc.server_name() => crate::appservice::resolve_local_alias(svc, alias)
             .await?
             .map(|(room_id, _)| (room_id, Vec::new()))
             .ok_or_else(|| MatrixError::not_found(format!("Room alias {alias} not found"))),

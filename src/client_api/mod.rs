@@ -24,6 +24,7 @@ mod rooms;
 mod state;
 mod sync;
 mod sync_token;
+mod thirdparty;
 mod to_device;
 mod upgrade;
 
@@ -79,6 +80,16 @@ pub fn router() -> Router<Arc<Services>> {
         .ruma(directory::set_visibility)
         .ruma(directory::public_rooms)
         .ruma(directory::public_rooms_filtered)
+        .ruma(directory::set_appservice_visibility)
+        .ruma(thirdparty::ping)
+        .route(
+            "/_matrix/client/r0/directory/list/appservice/{network_id}/{room_id}",
+            axum::routing::delete(directory::delete_appservice_visibility),
+        )
+        .route(
+            "/_matrix/client/v3/directory/list/appservice/{network_id}/{room_id}",
+            axum::routing::delete(directory::delete_appservice_visibility),
+        )
         .ruma(membership::join_by_id)
         .ruma(membership::join_by_id_or_alias)
         .ruma(membership::leave)
@@ -138,6 +149,26 @@ pub fn router() -> Router<Arc<Services>> {
         )
         // Not `.ruma`: ruma's request needs the `room_id` that the
         // original, all-rooms form of the endpoint goes without.
+        .route("/_matrix/client/r0/thirdparty/protocols", get(thirdparty::protocols))
+        .route("/_matrix/client/v3/thirdparty/protocols", get(thirdparty::protocols))
+        .route(
+            "/_matrix/client/r0/thirdparty/protocol/{protocol}",
+            get(thirdparty::protocol),
+        )
+        .route(
+            "/_matrix/client/v3/thirdparty/protocol/{protocol}",
+            get(thirdparty::protocol),
+        )
+        .route("/_matrix/client/r0/thirdparty/user/{protocol}", get(thirdparty::users))
+        .route("/_matrix/client/v3/thirdparty/user/{protocol}", get(thirdparty::users))
+        .route(
+            "/_matrix/client/r0/thirdparty/location/{protocol}",
+            get(thirdparty::locations),
+        )
+        .route(
+            "/_matrix/client/v3/thirdparty/location/{protocol}",
+            get(thirdparty::locations),
+        )
         .route("/_matrix/client/r0/events", get(events::events))
         .route("/_matrix/client/v3/events", get(events::events))
         // Not `.ruma`: see `upgrade`.

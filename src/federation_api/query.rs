@@ -25,9 +25,7 @@ pub async fn directory(
             "{alias} is not an alias of this server"
         )));
     }
-    let (room_id, _) = svc
-        .storage
-        .resolve_alias(alias)
+    let (room_id, _) = crate::appservice::resolve_local_alias(&svc, alias)
         .await?
         .ok_or_else(|| MatrixError::not_found(format!("Room alias {alias} not found")))?;
     // Servers to join through: this one first, then the others in the room.
@@ -68,7 +66,14 @@ pub async fn public_rooms(
     svc: Arc<Services>,
     req: Fed<get_public_rooms::v1::Request>,
 ) -> Result<get_public_rooms::v1::Response, MatrixError> {
-    let (chunk, next, prev, total) = directory_page(&svc, req.body.limit, req.body.since.as_deref(), None).await?;
+    let (chunk, next, prev, total) = directory_page(
+        &svc,
+        &ruma::directory::RoomNetwork::Matrix,
+        req.body.limit,
+        req.body.since.as_deref(),
+        None,
+    )
+    .await?;
     let mut response = get_public_rooms::v1::Response::new();
     response.chunk = chunk;
     response.next_batch = next;
@@ -82,7 +87,14 @@ pub async fn public_rooms_filtered(
     req: Fed<get_public_rooms_filtered::v1::Request>,
 ) -> Result<get_public_rooms_filtered::v1::Response, MatrixError> {
     let search = req.body.filter.generic_search_term.as_deref();
-    let (chunk, next, prev, total) = directory_page(&svc, req.body.limit, req.body.since.as_deref(), search).await?;
+    let (chunk, next, prev, total) = directory_page(
+        &svc,
+        &req.body.room_network,
+        req.body.limit,
+        req.body.since.as_deref(),
+        search,
+    )
+    .await?;
     let mut response = get_public_rooms_filtered::v1::Response::new();
     response.chunk = chunk;
     response.next_batch = next;

@@ -74,7 +74,7 @@ pub async fn invite(
         }
         return super::invites::invite_remote(svc, room_id, sender, target, Value::Object(fields)).await;
     }
-    if svc.storage.user(target).await?.is_none() {
+    if !crate::appservice::local_user_exists(svc, target).await? {
         return Err(RoomError::Invalid(format!("unknown user {target}")));
     }
     let mut fields = with_reason(profile_fields(svc, target).await?, reason);

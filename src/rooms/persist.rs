@@ -174,6 +174,9 @@ pub async fn persist_pdu(svc: &Services, event: ToPersist, rules: &RoomVersionRu
         {
             tracing::warn!(event_id = %pdu.event_id, error = %e, "the upgrade's transfer failed");
         }
+        if let Err(e) = crate::appservice::event_stored(svc, &pdu).await {
+            tracing::warn!(event_id = %pdu.event_id, error = %e, "event not queued for application services");
+        }
     }
     if accepted
         && !backfilled

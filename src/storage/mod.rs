@@ -7,6 +7,7 @@
 //! its edges, its state group, the new extremities and current state, the
 //! client's transaction ID — are one call and one database transaction.
 
+pub mod appservice;
 pub mod e2e;
 pub mod push;
 pub mod sqlite;
@@ -293,7 +294,7 @@ pub struct PresenceRecord {
 
 /// Everything weft keeps, behind one interface.
 #[async_trait]
-pub trait Storage: e2e::E2eStorage + push::PushStorage + Send + Sync + 'static {
+pub trait Storage: e2e::E2eStorage + push::PushStorage + appservice::AppserviceStorage + Send + Sync + 'static {
     // ----- accounts -----
     async fn create_user(&self, user: UserRecord) -> Result<()>;
     async fn user(&self, user_id: &UserId) -> Result<Option<UserRecord>>;

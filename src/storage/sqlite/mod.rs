@@ -6,6 +6,7 @@
 
 mod account_data;
 mod accounts;
+mod appservice;
 mod e2e;
 mod events;
 mod history;
@@ -51,6 +52,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("schema_v9.sql"),
     include_str!("schema_v10.sql"),
     include_str!("schema_v11.sql"),
+    include_str!("schema_v12.sql"),
 ];
 
 const MAX_IDLE_READERS: usize = 4;

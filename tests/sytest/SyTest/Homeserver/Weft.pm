@@ -70,6 +70,9 @@ sub start
       WEFT_ALLOW_GUEST_ACCESS         => "true",        # tests register guests (kind=guest)
       WEFT_FEDERATION_VERIFY_TLS      => "false",       # sytest's servers use a test-CA certificate
    );
+   # application services SyTest registers (YAML files it wrote; 60app-services)
+   my $as_files = $self->{app_service_config_files} // [];
+   $env{WEFT_APP_SERVICE_CONFIG_FILES} = join( ",", @$as_files ) if @$as_files;
    # weft honours RUST_LOG over WEFT_LOG; pass it on only when it is set
    $env{RUST_LOG} = $ENV{RUST_LOG} if defined $ENV{RUST_LOG};
    if( $self->{tls_proxy} ) {
