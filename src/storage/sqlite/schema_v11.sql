@@ -1,0 +1,2 @@
+-- weft schema, version 11: a placeholder in the user directory branch
+-- (another branch holds the real version 11; renumbered on merge).
