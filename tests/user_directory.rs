@@ -58,6 +58,28 @@ async fn leave(user: &User<'_>, room: &str) {
     .await;
 }
 
+/// Stops `server`, takes its database back to before the directory's
+/// migration (schema version 12) and starts it again: the migration then
+/// builds the directory from the users, rooms and memberships held.
+async fn redo_directory_migration(server: &mut TestServer) {
+    if let Some(running) = server.server.take() {
+        running.shutdown().await;
+    }
+    let db = rusqlite::Connection::open(server.data_dir().join("weft.db")).unwrap();
+    db.execute_batch(
+        "DROP TABLE user_directory_search; DROP TABLE user_directory;
+         DROP TABLE user_directory_rooms; DROP TABLE openid_tokens;
+         PRAGMA user_version = 11;",
+    )
+    .unwrap();
+    drop(db);
+    server.server = Some(
+        weft::server::start(server.config.clone())
+            .await
+            .expect("server restarts"),
+    );
+}
+
 #[tokio::test]
 async fn members_of_public_rooms_are_found_until_they_leave() {
     let server = TestServer::start().await;
@@ -165,36 +187,63 @@ async fn join_rules_and_history_visibility_make_a_room_public_for_the_directory(
 }
 
 #[tokio::test]
-async fn display_name_changes_are_found_and_survive_a_restart() {
+async fn display_name_changes_are_found() {
+    let server = TestServer::start().await;
+    let alice = server.register("alice").await;
+    let bob = server.register("bob").await;
+    set_name(&alice, "Firstname").await;
+    alice.create_room(json!({ "preset": "public_chat" })).await;
+    assert_eq!(search(&bob, "firstname").await, [alice.user_id.as_str()]);
+    set_name(&alice, "Secondname").await;
+    assert_eq!(search(&bob, "secondname").await, [alice.user_id.as_str()]);
+    assert!(search(&bob, "firstname").await.is_empty(), "the old name is forgotten");
+}
+
+/// A logged-in user again, after `server` restarted (tokens are kept).
+fn again<'a>(server: &'a TestServer, (user_id, token): &(String, String)) -> User<'a> {
+    User {
+        server,
+        user_id: user_id.clone(),
+        token: token.clone(),
+    }
+}
+
+#[tokio::test]
+async fn the_directory_survives_a_restart_and_its_migration_builds_it_from_what_is_held() {
     let mut server = TestServer::start().await;
-    let user_id;
-    {
+    let (alice, bob, carol, searcher) = {
         let alice = server.register("alice").await;
         let bob = server.register("bob").await;
-        user_id = alice.user_id.clone();
-        set_name(&alice, "Firstname").await;
+        let carol = server.register("carol").await;
+        let searcher = server.register("searcher").await;
+        set_name(&alice, "Alice Public").await;
+        set_name(&bob, "Bob Private").await;
         alice.create_room(json!({ "preset": "public_chat" })).await;
-        assert_eq!(search(&bob, "firstname").await, [user_id.as_str()]);
-        set_name(&alice, "Secondname").await;
-        assert_eq!(search(&bob, "secondname").await, [user_id.as_str()]);
-        assert!(search(&bob, "firstname").await.is_empty(), "the old name is forgotten");
-    }
-    server.restart().await;
-    let (status, login) = server
-        .request(
-            Method::POST,
-            "/_matrix/client/v3/login",
-            None,
-            Some(&json!({ "type": "m.login.password", "identifier": { "type": "m.id.user", "user": "bob" }, "password": "secret" })),
-        )
-        .await;
-    assert_eq!(status, StatusCode::OK, "{login}");
-    let bob = User {
-        server: &server,
-        user_id: login["user_id"].as_str().unwrap().to_owned(),
-        token: login["access_token"].as_str().unwrap().to_owned(),
+        let private = bob
+            .create_room(json!({ "preset": "private_chat", "invite": [carol.user_id] }))
+            .await;
+        assert_eq!(carol.join(&private).await.0, StatusCode::OK);
+        let keep = |u: &User<'_>| (u.user_id.clone(), u.token.clone());
+        (keep(&alice), keep(&bob), keep(&carol), keep(&searcher))
     };
-    assert_eq!(search(&bob, "secondname").await, [user_id.as_str()]);
+    async fn check(server: &TestServer, [alice, bob, carol, searcher]: [&(String, String); 4]) {
+        let (alice, bob, carol, searcher) = (
+            again(server, alice),
+            again(server, bob),
+            again(server, carol),
+            again(server, searcher),
+        );
+        assert_eq!(search(&searcher, "public").await, [alice.user_id.as_str()]);
+        assert!(search(&searcher, "private").await.is_empty());
+        assert_eq!(search(&carol, "bob private").await, [bob.user_id.as_str()]);
+        assert_eq!(search(&carol, "alice").await, [alice.user_id.as_str()]);
+    }
+    let users = [&alice, &bob, &carol, &searcher];
+    check(&server, users).await;
+    server.restart().await;
+    check(&server, users).await;
+    redo_directory_migration(&mut server).await;
+    check(&server, users).await;
 }
 
 #[tokio::test]
@@ -232,7 +281,7 @@ async fn limit_and_limited() {
 #[tokio::test]
 async fn other_servers_users_are_found_while_this_server_is_in_the_room() {
     let a = TestServer::start_federating().await;
-    let b = TestServer::start_federating().await;
+    let mut b = TestServer::start_federating().await;
     let alice = a.register("alice").await;
     let bob = b.register("bob").await;
     set_name(&alice, "Alice Remote").await;
@@ -256,6 +305,12 @@ async fn other_servers_users_are_found_while_this_server_is_in_the_room() {
     // Each finds the other's user, by the name in their join event.
     assert_eq!(search(&bob, "alice remote").await, [alice.user_id.as_str()]);
     assert_eq!(search(&alice, "faraway").await, [bob.user_id.as_str()]);
+    // B's migration finds Alice by her join event too.
+    let kept = (bob.user_id.clone(), bob.token.clone());
+    drop(bob);
+    redo_directory_migration(&mut b).await;
+    let bob = again(&b, &kept);
+    assert_eq!(search(&bob, "alice remote").await, [alice.user_id.as_str()]);
     let stranger = b.register("stranger").await;
     assert_eq!(
         search(&stranger, "alice").await,
