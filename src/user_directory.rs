@@ -29,8 +29,9 @@ use crate::{
     storage::{Storage, user_directory::DirectoryUser},
 };
 
-/// The most results one search returns, whatever `limit` asks.
-pub const MAX_LIMIT: usize = 100;
+/// The most results one search returns, whatever `limit` asks (Synapse's
+/// cap).
+pub const MAX_LIMIT: usize = 50;
 
 /// The words of a search term: its runs of letters and digits, lowercased
 /// (the directory's index splits user IDs and names the same way, so

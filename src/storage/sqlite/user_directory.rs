@@ -42,8 +42,8 @@ fn local_joins_among(tx: &Transaction<'_>, room_id: &RoomId, changes: &[CurrentS
     for change in changes {
         let (kind, user) = &change.key;
         if *kind == StateEventType::RoomMember
-            && membership(tx, room_id, user)?.as_deref() == Some("join")
             && is_local(tx, user)?
+            && membership(tx, room_id, user)?.as_deref() == Some("join")
         {
             count += 1;
         }
