@@ -64,6 +64,14 @@ pub fn user_id_for(localpart: &str, server: &ServerName) -> Result<OwnedUserId, 
     Ok(user_id)
 }
 
+/// [`hash_password`] on the blocking pool (argon2 takes milliseconds).
+pub async fn hash_password_blocking(password: &str) -> Result<String, AccountError> {
+    let password = password.to_owned();
+    tokio::task::spawn_blocking(move || hash_password(&password))
+        .await
+        .map_err(|e| AccountError::Hash(e.to_string()))?
+}
+
 /// Creates an account. Hashing runs on the blocking pool.
 pub async fn create_user(
     storage: &dyn Storage,
@@ -72,14 +80,7 @@ pub async fn create_user(
     admin: bool,
 ) -> Result<(), AccountError> {
     let password_hash = match password {
-        Some(p) => {
-            let p = p.to_owned();
-            Some(
-                tokio::task::spawn_blocking(move || hash_password(&p))
-                    .await
-                    .map_err(|e| AccountError::Hash(e.to_string()))??,
-            )
-        }
+        Some(p) => Some(hash_password_blocking(p).await?),
         None => None,
     };
     storage
@@ -90,12 +91,38 @@ pub async fn create_user(
             deactivated: false,
             displayname: Some(user_id.localpart().to_owned()),
             avatar_url: None,
+            is_guest: false,
         })
         .await
         .map_err(|e| match e {
             StorageError::AlreadyExists => AccountError::UserInUse,
             e => e.into(),
         })
+}
+
+/// Creates a guest account, named by a random number as Synapse names
+/// its guests (a full account can take that name only by upgrading the
+/// guest: registration with the guest's access token).
+pub async fn create_guest(storage: &dyn Storage, server: &ServerName) -> Result<OwnedUserId, AccountError> {
+    for _ in 0..8 {
+        let localpart = rand::rng().random_range(100_000_000u64..10_000_000_000).to_string();
+        let user_id = user_id_for(&localpart, server)?;
+        let record = UserRecord {
+            user_id: user_id.clone(),
+            password_hash: None,
+            admin: false,
+            deactivated: false,
+            displayname: None,
+            avatar_url: None,
+            is_guest: true,
+        };
+        match storage.create_user(record).await {
+            Ok(()) => return Ok(user_id),
+            Err(StorageError::AlreadyExists) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Err(AccountError::UserInUse)
 }
 
 /// Checks a password login.
@@ -174,6 +201,8 @@ pub struct RegistrationParams {
     pub device_id: Option<OwnedDeviceId>,
     pub initial_device_display_name: Option<String>,
     pub inhibit_login: bool,
+    /// A guest's access token: the registration upgrades that guest.
+    pub guest_access_token: Option<String>,
 }
 
 impl RegistrationParams {
@@ -187,6 +216,7 @@ impl RegistrationParams {
                 .initial_device_display_name
                 .or_else(|| earlier.initial_device_display_name.clone()),
             inhibit_login: self.inhibit_login || earlier.inhibit_login,
+            guest_access_token: self.guest_access_token.or_else(|| earlier.guest_access_token.clone()),
         }
     }
 }

@@ -35,6 +35,10 @@ pub struct Config {
     pub tls_key: Option<PathBuf>,
     /// Whether anyone may register an account through the client API.
     pub allow_registration: bool,
+    /// Whether guest accounts (`POST /register?kind=guest`) may be made:
+    /// guests reach a small part of the client API and join only rooms
+    /// whose `m.room.guest_access` is `can_join`. Off by default.
+    pub allow_guest_access: bool,
     /// Shared secret for `/_synapse/admin/v1/register` (empty: disabled).
     pub registration_shared_secret: Option<String>,
     /// Room version of rooms created without one.
@@ -66,6 +70,7 @@ impl Default for Config {
             tls_cert: None,
             tls_key: None,
             allow_registration: false,
+            allow_guest_access: false,
             registration_shared_secret: None,
             default_room_version: RoomVersionId::V11,
             federation_verify_tls: true,
@@ -186,6 +191,7 @@ impl Config {
         set_opt(&env, "tls_cert", &mut self.tls_cert)?;
         set_opt(&env, "tls_key", &mut self.tls_key)?;
         set(&env, "allow_registration", &mut self.allow_registration)?;
+        set(&env, "allow_guest_access", &mut self.allow_guest_access)?;
         set_opt(&env, "registration_shared_secret", &mut self.registration_shared_secret)?;
         set(&env, "default_room_version", &mut self.default_room_version)?;
         set(&env, "federation_verify_tls", &mut self.federation_verify_tls)?;
@@ -261,6 +267,12 @@ federation_plain_http = false
 # Whether anyone may create an account through the client API.
 # Admins create accounts with `weft register-user NAME --password P`.
 allow_registration = false
+
+# Whether guest accounts may be made (POST /register?kind=guest). Guests
+# use a small part of the client API and join only rooms whose
+# m.room.guest_access is "can_join"; a guest can later upgrade to a full
+# account by registering with its access token.
+allow_guest_access = false
 
 # Shared secret for Synapse-compatible admin registration
 # (/_synapse/admin/v1/register). Leave out to disable it.

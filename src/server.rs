@@ -139,6 +139,7 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
     let svc = Arc::new(Services::new(config.clone(), keys, storage, federation, cancel.clone()).await?);
     svc.sender.resume().await?;
     tokio::spawn(crate::presence::run_sweeper(svc.clone(), cancel.clone()));
+    tokio::spawn(crate::rooms::guests::run_revocations(svc.clone(), cancel.clone()));
 
     let client_listener = tokio::net::TcpListener::bind(config.client_listen)
         .await

@@ -19,7 +19,7 @@ use crate::{
     metrics::Metrics,
     presence::Presence,
     push::Push,
-    rooms::RoomLocks,
+    rooms::{RoomLocks, guests::GuestRevocations},
     state::StateCache,
     storage::{Storage, StreamOrdering},
 };
@@ -58,6 +58,8 @@ pub struct Services {
     pub auth_sessions: AuthSessions,
     /// Membership events sent to each device, for lazy-loading syncs.
     pub lazy_members: LazyLoadCache,
+    /// Rooms just closed to guests, whose local guests must leave.
+    pub guest_revocations: GuestRevocations,
 }
 
 impl Services {
@@ -108,6 +110,7 @@ impl Services {
             registration_sessions: RegistrationSessions::default(),
             auth_sessions: AuthSessions::default(),
             lazy_members: LazyLoadCache::default(),
+            guest_revocations: GuestRevocations::default(),
         })
     }
 

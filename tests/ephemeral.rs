@@ -300,3 +300,97 @@ async fn event_stream_carries_typing_and_receipts() {
         "{page}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_receipt_only_moves_forward() {
+    let server = TestServer::start().await;
+    let alice = server.register("alice").await;
+    let room = alice.create_room(json!({})).await;
+    let (_, first) = alice.send_text(&room, "r1", "one").await;
+    let (_, second) = alice.send_text(&room, "r2", "two").await;
+    let read = |event: &Value| {
+        format!(
+            "/_matrix/client/v3/rooms/{}/receipt/m.read/{}",
+            enc(&room),
+            enc(event["event_id"].as_str().unwrap())
+        )
+    };
+    let receipt_of = |sync: &Value| {
+        let events = sync["rooms"]["join"][&room]["ephemeral"]["events"].clone();
+        events
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|e| e["type"] == "m.receipt")
+            .flat_map(|e| e["content"].as_object().unwrap().keys().cloned().collect::<Vec<_>>())
+            .collect::<Vec<_>>()
+    };
+    alice.ok(Method::POST, &read(&second), Some(&json!({}))).await;
+    // an older event: accepted (200) but the receipt stays where it was
+    alice.ok(Method::POST, &read(&first), Some(&json!({}))).await;
+    let sync = alice.sync("").await;
+    assert_eq!(
+        receipt_of(&sync),
+        vec![second["event_id"].as_str().unwrap().to_owned()],
+        "{sync}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn event_stream_carries_account_data_and_tags() {
+    let server = TestServer::start().await;
+    let alice = server.register("alice").await;
+    let room = alice.create_room(json!({})).await;
+    let start = alice.ok(Method::GET, "/_matrix/client/v3/events?timeout=0", None).await;
+    let from = start["end"].as_str().unwrap().to_owned();
+    alice
+        .ok(
+            Method::PUT,
+            &format!("/_matrix/client/v3/user/{}/account_data/my.global", enc(&alice.user_id)),
+            Some(&json!({ "a": 1 })),
+        )
+        .await;
+    alice
+        .ok(
+            Method::PUT,
+            &format!(
+                "/_matrix/client/v3/user/{}/rooms/{}/tags/u.work",
+                enc(&alice.user_id),
+                enc(&room)
+            ),
+            Some(&json!({ "order": 0.5 })),
+        )
+        .await;
+    let page = alice
+        .ok(
+            Method::GET,
+            &format!("/_matrix/client/v3/events?from={}&timeout=5000", enc(&from)),
+            None,
+        )
+        .await;
+    let chunk = page["chunk"].as_array().unwrap();
+    assert!(
+        chunk
+            .iter()
+            .any(|e| e["type"] == "my.global" && e["content"]["a"] == 1 && e.get("room_id").is_none()),
+        "{page}"
+    );
+    // the first answer may come before the tag: read on from its end
+    let mut all = chunk.clone();
+    if !all.iter().any(|e| e["type"] == "m.tag") {
+        let next = alice
+            .ok(
+                Method::GET,
+                &format!(
+                    "/_matrix/client/v3/events?from={}&timeout=5000",
+                    enc(page["end"].as_str().unwrap())
+                ),
+                None,
+            )
+            .await;
+        all.extend(next["chunk"].as_array().unwrap().iter().cloned());
+    }
+    let tag = all.iter().find(|e| e["type"] == "m.tag").expect("m.tag in the stream");
+    assert_eq!(tag["room_id"], room.as_str());
+    assert!(tag["content"]["tags"]["u.work"].is_object(), "{tag}");
+}

@@ -297,6 +297,10 @@ async fn server_acl_denies_and_nothing_leaks() {
             "nothing leaks: {body}"
         );
     }
+    // who asks is checked before what is asked: a bad body gets 403 too
+    let path = format!("/_matrix/federation/v1/get_missing_events/{room}");
+    let (status, body) = raw.signed(Method::POST, &path, Some(&json!({}))).await;
+    assert_eq!((status, errcode(&body)), (403, "M_FORBIDDEN"), "{path}: {body}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

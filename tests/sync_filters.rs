@@ -268,3 +268,80 @@ async fn unnamed_room_summary_has_heroes() {
     let body = alice.sync("").await;
     assert!(body["rooms"]["join"][&room]["summary"].get("m.heroes").is_none());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn federation_event_format_gives_the_pdus() {
+    let server = TestServer::start().await;
+    let alice = server.register("alice").await;
+    let room = alice.create_room(json!({})).await;
+    let event_id = send(&alice, &room, "m.room.message", "fed1").await;
+    let id = filter(
+        &alice,
+        json!({ "event_format": "federation", "room": { "timeline": { "limit": 1 } } }),
+    )
+    .await;
+    let sync = alice.sync(&format!("filter={id}")).await;
+    let event = &events(&sync["rooms"]["join"][&room], "timeline")[0];
+    assert_eq!(event["event_id"], event_id.as_str(), "{event}");
+    for field in [
+        "auth_events",
+        "prev_events",
+        "depth",
+        "hashes",
+        "signatures",
+        "room_id",
+        "content",
+    ] {
+        assert!(event.get(field).is_some(), "{field} missing: {event}");
+    }
+    assert!(event["unsigned"]["age"].is_u64(), "{event}");
+    // the client format has none of the PDU's fields
+    let plain = alice.sync("").await;
+    let timeline = events(&plain["rooms"]["join"][&room], "timeline");
+    let client = timeline.iter().find(|e| e["event_id"] == event_id.as_str()).unwrap();
+    assert!(
+        client.get("signatures").is_none() && client.get("prev_events").is_none(),
+        "{client}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_newly_joined_room_is_limited_and_a_room_joined_and_left_brings_its_state() {
+    let server = TestServer::start().await;
+    let alice = server.register("alice").await;
+    let bob = server.register("bob").await;
+    let room = alice.create_room(json!({ "preset": "public_chat" })).await;
+    put_state(&alice, &room, "a.custom.state", "", json!({ "k": 1 })).await;
+    for i in 0..3 {
+        send(&alice, &room, "m.room.message", &format!("m{i}")).await;
+    }
+    let since = bob.sync("").await["next_batch"].as_str().unwrap().to_owned();
+    let (status, _) = bob.join(&room).await;
+    assert_eq!(status, 200);
+    let sync = bob.sync(&format!("since={since}")).await;
+    let joined = &sync["rooms"]["join"][&room];
+    assert_eq!(joined["timeline"]["limited"], true, "{joined}");
+
+    // joined and left between two syncs: the left room comes with its state
+    let room2 = alice.create_room(json!({ "preset": "public_chat" })).await;
+    put_state(&alice, &room2, "a.custom.state", "", json!({ "k": 2 })).await;
+    let since = sync["next_batch"].as_str().unwrap().to_owned();
+    let (status, _) = bob.join(&room2).await;
+    assert_eq!(status, 200);
+    bob.ok(
+        Method::POST,
+        &format!("/_matrix/client/v3/rooms/{}/leave", enc(&room2)),
+        Some(&json!({})),
+    )
+    .await;
+    let id = filter(
+        &bob,
+        json!({ "room": { "timeline": { "types": [] }, "state": { "types": ["a.custom.state"] }, "include_leave": true } }),
+    )
+    .await;
+    let sync = bob.sync(&format!("since={since}&filter={id}")).await;
+    let left = &sync["rooms"]["leave"][&room2];
+    let state = events(left, "state");
+    assert_eq!(state.len(), 1, "{left}");
+    assert_eq!(state[0]["content"]["k"], 2, "{left}");
+}

@@ -130,7 +130,7 @@ pub async fn register(
 ) -> Result<register::v3::Response, MatrixError> {
     let body = req.body;
     if body.kind == register::RegistrationKind::Guest {
-        return Err(MatrixError::forbidden("Guest access is disabled"));
+        return register_guest(&svc, body.initial_device_display_name.as_deref()).await;
     }
     if !svc.config.allow_registration {
         return Err(MatrixError::forbidden("Registration has been disabled"));
@@ -146,6 +146,7 @@ pub async fn register(
         device_id: body.device_id.clone(),
         initial_device_display_name: body.initial_device_display_name.clone(),
         inhibit_login: body.inhibit_login,
+        guest_access_token: body.guest_access_token.clone(),
     };
     if let Some(session) = &session {
         params = params.or(&session.params);
@@ -160,7 +161,20 @@ pub async fn register(
         None => accounts::random_string(12).to_lowercase(),
     };
     let user_id = accounts::user_id_for(&localpart, svc.server_name())?;
-    if svc.storage.user(&user_id).await?.is_some() {
+    // Upgrading a guest: the account exists, and must be the guest's own.
+    let upgrading = match &params.guest_access_token {
+        Some(token) => {
+            let owner = svc.storage.token_owner(token).await?;
+            if !owner.is_some_and(|o| o.is_guest && o.user_id == user_id) {
+                return Err(MatrixError::forbidden(
+                    "guest_access_token is not the access token of the guest named by username",
+                ));
+            }
+            true
+        }
+        None => false,
+    };
+    if !upgrading && svc.storage.user(&user_id).await?.is_some() {
         return Err(AccountError::UserInUse.into());
     }
     match &body.auth {
@@ -172,12 +186,42 @@ pub async fn register(
         .password
         .as_deref()
         .ok_or_else(|| MatrixError::bad_json("Missing password"))?;
-    accounts::create_user(&*svc.storage, &user_id, Some(password), false).await?;
-    tracing::info!(%user_id, "registered");
+    if upgrading {
+        let hash = accounts::hash_password_blocking(password).await?;
+        svc.storage.upgrade_guest(&user_id, &hash).await.map_err(|e| match e {
+            crate::storage::StorageError::NotFound => MatrixError::forbidden("This account is not a guest"),
+            e => e.into(),
+        })?;
+        tracing::info!(%user_id, "guest upgraded to a full account");
+    } else {
+        accounts::create_user(&*svc.storage, &user_id, Some(password), false).await?;
+        tracing::info!(%user_id, "registered");
+    }
     if let Some(id) = &session_id {
         svc.registration_sessions.complete(id, &user_id);
     }
     registered(&svc, user_id, &params).await
+}
+
+/// `POST /register?kind=guest`: a guest account and its session. The
+/// spec has every body parameter but the device's display name ignored.
+async fn register_guest(
+    svc: &Services,
+    initial_device_display_name: Option<&str>,
+) -> Result<register::v3::Response, MatrixError> {
+    if !svc.config.allow_guest_access {
+        return Err(MatrixError::new(
+            ErrCode::GuestAccessForbidden,
+            "Guest access is disabled on this server",
+        ));
+    }
+    let user_id = accounts::create_guest(&*svc.storage, svc.server_name()).await?;
+    tracing::info!(%user_id, "guest registered");
+    let params = RegistrationParams {
+        initial_device_display_name: initial_device_display_name.map(str::to_owned),
+        ..RegistrationParams::default()
+    };
+    registered(svc, user_id, &params).await
 }
 
 /// The answer to a successful registration: a new session unless
@@ -231,12 +275,7 @@ pub async fn change_password(
             return Err(challenge);
         }
     }
-    let hash = {
-        let password = req.body.new_password.clone();
-        tokio::task::spawn_blocking(move || accounts::hash_password(&password))
-            .await
-            .map_err(|e| MatrixError::internal("password hashing", e))??
-    };
+    let hash = accounts::hash_password_blocking(&req.body.new_password).await?;
     svc.storage.set_password_hash(&owner.user_id, &hash).await?;
     if req.body.logout_devices {
         // The other devices' pushers go with them.

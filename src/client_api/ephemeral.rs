@@ -121,7 +121,10 @@ async fn receipt(
         ts,
         position: svc.ephemeral.advance(),
     };
-    svc.storage.put_receipt(&receipt).await?;
+    if !svc.storage.put_receipt(&receipt).await? {
+        // An older event than the one already read: nothing moves.
+        return Ok(());
+    }
     crate::push::evaluate::receipt_moved(svc, user);
     if receipt_type == "m.read" {
         let edu = json!({

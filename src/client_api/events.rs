@@ -84,23 +84,32 @@ pub async fn events(State(svc): State<Arc<Services>>, req: Request) -> Result<Js
     let (parts, _) = req.into_parts();
     let owner = token_owner(&svc, &parts).await?;
     let query = Query::parse(parts.uri.query().unwrap_or_default())?;
+    // Guests use the event stream only to preview a room.
+    if owner.is_guest && query.room_id.is_none() {
+        return Err(MatrixError::new(
+            crate::error::ErrCode::GuestAccessForbidden,
+            "Guests must give a room_id to the event stream",
+        ));
+    }
     // Polling the event stream is activity, as a `/sync` is.
     presence::sync_activity(&svc, &owner.user_id, &ruma::presence::PresenceState::Online).await?;
     let mut head_rx = svc.notifier.subscribe();
     let mut presence_rx = svc.presence.subscribe();
     let mut ephemeral_rx = svc.ephemeral.subscribe();
-    let (from, from_ephemeral, from_presence) = match query.from.as_deref() {
+    let mut account_data_rx = svc.account_data.subscribe();
+    let (from, from_ephemeral, from_presence, from_account_data) = match query.from.as_deref() {
         Some(token) => {
             let parsed = SyncToken::parse(token)
                 .ok_or_else(|| MatrixError::invalid_param(format!("Invalid from token {token:?}")))?;
-            (parsed.stream, parsed.ephemeral, parsed.presence)
+            (parsed.stream, parsed.ephemeral, parsed.presence, parsed.account_data)
         }
         // No position yet: the stream starts now.
-        None => (*head_rx.borrow_and_update(), None, None),
+        None => (*head_rx.borrow_and_update(), None, None, None),
     };
     // Streams without a position start now.
     let from_presence = from_presence.unwrap_or_else(|| *presence_rx.borrow_and_update());
     let from_ephemeral = from_ephemeral.unwrap_or_else(|| *ephemeral_rx.borrow_and_update());
+    let from_account_data = from_account_data.unwrap_or_else(|| *account_data_rx.borrow_and_update());
     let rooms = match &query.room_id {
         Some(room_id) => {
             let joined = visibility::current_membership(&svc, room_id, &owner.user_id)
@@ -124,33 +133,47 @@ pub async fn events(State(svc): State<Arc<Services>>, req: Request) -> Result<Js
     let timeout = Duration::from_millis(query.timeout.unwrap_or_default()).min(MAX_TIMEOUT);
     let limit = query.limit.unwrap_or(MAX_EVENTS).clamp(1, MAX_EVENTS);
     let deadline = tokio::time::Instant::now() + timeout;
-    let token = |stream: StreamOrdering, ephemeral: i64, presence: i64| {
+    let token = |stream: StreamOrdering, ephemeral: i64, presence: i64, account_data: i64| {
         SyncToken {
             stream,
             ephemeral: Some(ephemeral),
-            account_data: None,
+            account_data: Some(account_data),
             e2e: None,
             presence: Some(presence),
         }
         .to_string()
     };
-    let start = token(from, from_ephemeral, from_presence);
+    let start = token(from, from_ephemeral, from_presence, from_account_data);
+    // A room's preview (`room_id`) shows the room's events only.
+    let own_stream = query.room_id.is_none();
     loop {
         let head = (*head_rx.borrow_and_update()).max(from);
         let presence_head = (*presence_rx.borrow_and_update()).max(from_presence);
         let ephemeral_head = (*ephemeral_rx.borrow_and_update()).max(from_ephemeral);
+        let account_data_head = (*account_data_rx.borrow_and_update()).max(from_account_data);
         let (events, end) = new_events(&svc, &owner, &rooms, (from, head), limit).await?;
         let peeked = query.room_id.as_ref().map(|_| rooms.as_slice());
         let presence_events = presence_events(&svc, &owner.user_id, peeked, (from_presence, presence_head)).await?;
         let ephemeral_events = ephemeral_events(&svc, &owner.user_id, &rooms, (from_ephemeral, ephemeral_head)).await?;
+        let account_data_events = if own_stream {
+            account_data_events(&svc, &owner.user_id, (from_account_data, account_data_head)).await?
+        } else {
+            Vec::new()
+        };
         let timed_out = tokio::time::Instant::now() >= deadline;
-        if !events.is_empty() || !presence_events.is_empty() || !ephemeral_events.is_empty() || timed_out {
+        if !events.is_empty()
+            || !presence_events.is_empty()
+            || !ephemeral_events.is_empty()
+            || !account_data_events.is_empty()
+            || timed_out
+        {
             let mut chunk = format::client_events(&svc, &events, Some(&owner)).await?;
             chunk.extend(ephemeral_events);
             chunk.extend(presence_events);
+            chunk.extend(account_data_events);
             return Ok(Json(json!({
                 "start": start,
-                "end": token(end, ephemeral_head, presence_head),
+                "end": token(end, ephemeral_head, presence_head, account_data_head),
                 "chunk": chunk,
             })));
         }
@@ -159,6 +182,7 @@ pub async fn events(State(svc): State<Arc<Services>>, req: Request) -> Result<Js
                 _ = head_rx.changed() => {}
                 _ = presence_rx.changed() => {}
                 _ = ephemeral_rx.changed() => {}
+                _ = account_data_rx.changed(), if own_stream => {}
             }
         })
         .await;
@@ -166,11 +190,36 @@ pub async fn events(State(svc): State<Arc<Services>>, req: Request) -> Result<Js
             // Timed out: nothing new up to the heads as last looked at.
             return Ok(Json(json!({
                 "start": start,
-                "end": token(head, ephemeral_head, presence_head),
+                "end": token(head, ephemeral_head, presence_head, account_data_head),
                 "chunk": [],
             })));
         }
     }
+}
+
+/// The user's account data changed in `(from, head]`, as events: global
+/// ones as `{type, content}`, a room's with its `room_id` (tags are the
+/// room's `m.tag`), as Synapse's event stream has them.
+async fn account_data_events(
+    svc: &Services,
+    user: &UserId,
+    (from, head): (i64, i64),
+) -> Result<Vec<Value>, MatrixError> {
+    if head <= from {
+        return Ok(Vec::new());
+    }
+    let changes = svc.storage.account_data_changes(user, Some(from), head).await?;
+    Ok(changes
+        .into_iter()
+        .map(|data| {
+            let content: Value = serde_json::from_str(&data.content).unwrap_or_else(|_| json!({}));
+            let mut event = json!({ "type": data.data_type, "content": content });
+            if let Some(room_id) = data.room_id {
+                event["room_id"] = json!(room_id);
+            }
+            event
+        })
+        .collect())
 }
 
 /// Typing changes and new read receipts of `rooms` in `(from, head]`

@@ -90,10 +90,12 @@ pub async fn token_owner(svc: &Services, parts: &http::request::Parts) -> Result
     let Some(token) = access_token(parts) else {
         return Err(MatrixError::new(ErrCode::MissingToken, "Missing access token"));
     };
-    svc.storage.token_owner(&token).await?.ok_or_else(|| {
+    let owner = svc.storage.token_owner(&token).await?.ok_or_else(|| {
         MatrixError::new(ErrCode::UnknownToken, "Unknown access token")
             .with_field("soft_logout", serde_json::json!(false))
-    })
+    })?;
+    super::guest::check(parts, owner.is_guest)?;
+    Ok(owner)
 }
 
 /// Maps ruma's parse failures to the spec's error codes.
@@ -153,7 +155,10 @@ where
         let owner = match (T::Authentication::TOKEN, &token) {
             (None, _) | (Some(false), None) => None,
             (Some(_), Some(token)) => match svc.storage.token_owner(token).await? {
-                Some(owner) => Some(owner),
+                Some(owner) => {
+                    super::guest::check(&parts, owner.is_guest)?;
+                    Some(owner)
+                }
                 None => {
                     return Err(MatrixError::new(ErrCode::UnknownToken, "Unknown access token")
                         .with_field("soft_logout", serde_json::json!(false)));

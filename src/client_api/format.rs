@@ -67,6 +67,35 @@ pub async fn client_events(
         .collect())
 }
 
+/// Events in the format the filter's `event_format` asks for: the
+/// client format, or with `federation` the events as servers exchange
+/// them (every PDU field, hashes and signatures), with `event_id` and the
+/// same `unsigned` data as the client format.
+pub async fn events_as(
+    svc: &Services,
+    events: &[StoredEvent],
+    viewer: Option<&TokenOwner>,
+    federation: bool,
+) -> Result<Vec<Value>, MatrixError> {
+    let client = client_events(svc, events, viewer).await?;
+    if !federation {
+        return Ok(client);
+    }
+    Ok(events
+        .iter()
+        .zip(client)
+        .map(|(event, mut client)| {
+            let mut pdu: Map<String, Value> = serde_json::from_str(&event.pdu.json).unwrap_or_default();
+            pdu.insert("event_id".to_owned(), json!(event.pdu.event_id));
+            pdu.entry("room_id").or_insert_with(|| json!(event.pdu.room_id));
+            if let Some(unsigned) = client.get_mut("unsigned").map(Value::take) {
+                pdu.insert("unsigned".to_owned(), unsigned);
+            }
+            Value::Object(pdu)
+        })
+        .collect())
+}
+
 fn client_event(
     event: &StoredEvent,
     viewer: Option<&TokenOwner>,

@@ -15,8 +15,9 @@ use ruma::{
 use super::{extract::Ruma, format, state::state_for_user};
 use crate::{
     error::MatrixError,
-    rooms::{invites, membership, remote_join},
+    rooms::{guests, invites, membership, remote_join},
     services::Services,
+    storage::TokenOwner,
     visibility,
 };
 
@@ -64,7 +65,7 @@ pub async fn join_by_id(
     req: Ruma<join_room_by_id::v3::Request>,
 ) -> Result<join_room_by_id::v3::Response, MatrixError> {
     let room_id = req.body.room_id.clone();
-    remote_join::join(&svc, &room_id, &req.user().user_id, &[], req.body.reason.as_deref()).await?;
+    join(&svc, &room_id, req.user(), &[], req.body.reason.as_deref()).await?;
     Ok(join_room_by_id::v3::Response::new(room_id))
 }
 
@@ -74,15 +75,24 @@ pub async fn join_by_id_or_alias(
 ) -> Result<join_room_by_id_or_alias::v3::Response, MatrixError> {
     let (room_id, mut servers) = resolve_room(&svc, &req.body.room_id_or_alias).await?;
     servers.extend(req.body.via.iter().cloned());
-    remote_join::join(
-        &svc,
-        &room_id,
-        &req.user().user_id,
-        &servers,
-        req.body.reason.as_deref(),
-    )
-    .await?;
+    join(&svc, &room_id, req.user(), &servers, req.body.reason.as_deref()).await?;
     Ok(join_room_by_id_or_alias::v3::Response::new(room_id))
+}
+
+/// Joins, with the rules for guests when the account is a guest's.
+async fn join(
+    svc: &Services,
+    room_id: &ruma::RoomId,
+    owner: &TokenOwner,
+    via: &[OwnedServerName],
+    reason: Option<&str>,
+) -> Result<(), MatrixError> {
+    if owner.is_guest {
+        guests::join(svc, room_id, &owner.user_id, via, reason).await?;
+    } else {
+        remote_join::join(svc, room_id, &owner.user_id, via, reason).await?;
+    }
+    Ok(())
 }
 
 pub async fn leave(

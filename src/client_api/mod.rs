@@ -12,6 +12,7 @@ mod ephemeral;
 mod events;
 pub mod extract;
 pub mod format;
+mod guest;
 mod initial_sync;
 mod keys;
 mod membership;

@@ -83,6 +83,8 @@ struct Options {
     lazy: Option<bool>,
     /// The users the user ignores, as of this response.
     ignored: HashSet<OwnedUserId>,
+    /// `event_format: "federation"`: room events as servers exchange them.
+    federation_format: bool,
 }
 
 pub async fn sync(
@@ -111,6 +113,7 @@ pub async fn sync(
             (u64::from(l) as usize).min(MAX_TIMELINE_LIMIT)
         }),
         lazy: filter::lazy_load_members(&definition.room.state),
+        federation_format: definition.event_format == ruma::api::client::filter::EventFormat::Federation,
         room: definition.room,
         full_state: req.body.full_state,
     };
@@ -419,9 +422,16 @@ async fn build_rooms(
         match m.membership.as_str() {
             "join" => {
                 let room_since = since.filter(|_| !full && joined_at_since);
-                if let Some(room) = joined_room(svc, owner, &m.room_id, room_since, head, opts).await? {
+                if let Some(mut room) = joined_room(svc, owner, &m.room_id, room_since, head, opts).await? {
                     if since.is_some() && room_since.is_none() {
                         in_full.insert(m.room_id.clone());
+                        // Newly joined: the client knows nothing of the
+                        // room before this timeline, whatever it holds;
+                        // `limited` tells it to page back for more, as
+                        // Synapse marks such rooms.
+                        if !opts.full_state {
+                            room.timeline.limited = true;
+                        }
                     }
                     rooms.join.insert(m.room_id.clone(), room);
                 }
@@ -435,9 +445,10 @@ async fn build_rooms(
             // full sync, all rooms left.
             "leave" | "ban" if changed || (full && opts.room.include_leave) => {
                 let since = since.filter(|_| !full);
-                rooms
-                    .leave
-                    .insert(m.room_id.clone(), left_room(svc, owner, &m, since, opts).await?);
+                rooms.leave.insert(
+                    m.room_id.clone(),
+                    left_room(svc, owner, &m, since, joined_at_since, opts).await?,
+                );
             }
             _ => {}
         }
@@ -654,11 +665,16 @@ async fn room_section(
     })
 }
 
-async fn timeline_json(svc: &Services, owner: &TokenOwner, section: &Section) -> Result<Timeline, MatrixError> {
+async fn timeline_json(
+    svc: &Services,
+    owner: &TokenOwner,
+    section: &Section,
+    federation_format: bool,
+) -> Result<Timeline, MatrixError> {
     let mut timeline = Timeline::new();
     timeline.limited = section.limited;
     timeline.prev_batch = Some(section.prev_batch.clone());
-    timeline.events = format::client_events(svc, &section.events, Some(owner))
+    timeline.events = format::events_as(svc, &section.events, Some(owner), federation_format)
         .await?
         .iter()
         .map(format::raw)
@@ -666,9 +682,14 @@ async fn timeline_json(svc: &Services, owner: &TokenOwner, section: &Section) ->
     Ok(timeline)
 }
 
-async fn state_json(svc: &Services, owner: &TokenOwner, section: &Section) -> Result<State, MatrixError> {
+async fn state_json(
+    svc: &Services,
+    owner: &TokenOwner,
+    section: &Section,
+    federation_format: bool,
+) -> Result<State, MatrixError> {
     let mut state = StateEvents::new();
-    state.events = format::client_events(svc, &section.state, Some(owner))
+    state.events = format::events_as(svc, &section.state, Some(owner), federation_format)
         .await?
         .iter()
         .map(format::raw)
@@ -698,8 +719,8 @@ async fn joined_room(
     if since.is_none() || members_changed {
         summarise(svc, owner, room_id, &mut section, opts, &mut room).await?;
     }
-    room.timeline = timeline_json(svc, owner, &section).await?;
-    room.state = state_json(svc, owner, &section).await?;
+    room.timeline = timeline_json(svc, owner, &section, opts.federation_format).await?;
+    room.state = state_json(svc, owner, &section, opts.federation_format).await?;
     Ok(Some(room))
 }
 
@@ -784,22 +805,42 @@ async fn invited_room(
 
 /// A room the user left or was removed from: the timeline up to their
 /// leaving (since the last sync, or all of it in a full sync).
+/// `joined_at_since`: the user was a member at `since`.
 async fn left_room(
     svc: &Services,
     owner: &TokenOwner,
     m: &Membership,
     since: Option<StreamOrdering>,
+    joined_at_since: bool,
     opts: &Options,
 ) -> Result<LeftRoom, MatrixError> {
+    // Whether the user was in the room when they left (not for a rejected
+    // invite, say): room state only as far as they saw it as a member.
+    let was_joined = match svc
+        .storage
+        .event(&m.event_id)
+        .await?
+        .and_then(|e| e.meta.state_group_before)
+    {
+        Some(group) => {
+            svc.state
+                .membership(&*svc.state.group(group).await?, &owner.user_id)
+                .await?
+        }
+        None => None,
+    }
+    .as_deref()
+        == Some("join");
+    // Joined and left within one batch: the client never had the room's
+    // state, so it gets it in full, as after a new join.
+    let since = since.filter(|_| joined_at_since || !was_joined);
     let mut section = room_section(svc, owner, &m.room_id, (since, m.stream_ordering), false, opts).await?;
-    // Room state only as far as the user saw it as a member: none for a
-    // rejected invite, say.
-    if svc.state.membership(&section.start, &owner.user_id).await?.as_deref() != Some("join") {
+    if !was_joined {
         section.state.clear();
     }
     let mut room = LeftRoom::new();
-    room.timeline = timeline_json(svc, owner, &section).await?;
-    room.state = state_json(svc, owner, &section).await?;
+    room.timeline = timeline_json(svc, owner, &section, opts.federation_format).await?;
+    room.state = state_json(svc, owner, &section, opts.federation_format).await?;
     Ok(room)
 }
 

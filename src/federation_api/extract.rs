@@ -66,8 +66,24 @@ where
         let args: Vec<&str> = path_args.iter().map(String::as_str).collect();
         let (parts, bytes) = http_req.into_parts();
         let http_req = http::Request::from_parts(parts, &bytes[..]);
-        let body = T::try_from_http_request(http_req, &args).map_err(request_error)?;
-        Ok(Fed { body, origin })
+        match T::try_from_http_request(http_req, &args) {
+            Ok(body) => Ok(Fed { body, origin }),
+            Err(error) => {
+                // Who may ask comes before what was asked: a server the
+                // room's ACL bans is refused as such, even with a bad body
+                // (a good one meets the same check in the handler).
+                for arg in &path_args {
+                    if let Ok(room_id) = <&ruma::RoomId>::try_from(arg.as_str())
+                        && !crate::acl::allows(svc, room_id, &origin).await?
+                    {
+                        return Err(MatrixError::forbidden(
+                            "Server is banned from this room by its server ACL",
+                        ));
+                    }
+                }
+                Err(request_error(error))
+            }
+        }
     }
 }
 

@@ -165,16 +165,20 @@ pub async fn create_room(svc: &Services, creator: &UserId, req: CreateRoom) -> R
         ));
     }
 
-    // 5. the preset's rules, unless initial_state sets them
+    // 5. the preset's rules, unless initial_state sets them. guest_access
+    // "forbidden" (public_chat) is what an absent m.room.guest_access
+    // means (spec: m.room.guest_access), so that event is left out, as
+    // Synapse leaves it out: clients see the state they would elsewhere.
     let (join_rule, guest_access) = match req.preset {
-        Preset::PublicChat => ("public", "forbidden"),
-        Preset::PrivateChat | Preset::TrustedPrivateChat => ("invite", "can_join"),
+        Preset::PublicChat => ("public", None),
+        Preset::PrivateChat | Preset::TrustedPrivateChat => ("invite", Some("can_join")),
     };
-    for (kind, content) in [
-        ("m.room.join_rules", json!({ "join_rule": join_rule })),
-        ("m.room.history_visibility", json!({ "history_visibility": "shared" })),
-        ("m.room.guest_access", json!({ "guest_access": guest_access })),
-    ] {
+    let rules = [
+        Some(("m.room.join_rules", json!({ "join_rule": join_rule }))),
+        Some(("m.room.history_visibility", json!({ "history_visibility": "shared" }))),
+        guest_access.map(|g| ("m.room.guest_access", json!({ "guest_access": g }))),
+    ];
+    for (kind, content) in rules.into_iter().flatten() {
         if !overridden.contains(&(kind, "")) {
             templates.push(EventTemplate::state(kind, "", content));
         }

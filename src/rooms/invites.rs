@@ -207,6 +207,9 @@ async fn invite_room_state(svc: &Services, state: &crate::state::StateMap) -> Re
         T::RoomAvatar,
         T::RoomCanonicalAlias,
         T::RoomEncryption,
+        T::RoomTopic,
+        // lets the invitee's server refuse a guest's join before making it
+        T::RoomGuestAccess,
     ]
     .into_iter()
     .map(|t| (t, String::new()))

@@ -5,6 +5,7 @@
 
 pub mod create;
 pub mod federated;
+pub mod guests;
 pub mod inbound;
 pub mod invites;
 pub mod membership;

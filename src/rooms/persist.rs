@@ -167,6 +167,15 @@ pub async fn persist_pdu(svc: &Services, event: ToPersist, rules: &RoomVersionRu
             tracing::warn!(event_id = %pdu.event_id, error = %e, "push rules not applied");
         }
     }
+    if accepted
+        && !backfilled
+        && !matches!(current, NewCurrent::Unchanged)
+        && pdu.state_key.as_deref() == Some("")
+        && pdu.kind.to_string() == "m.room.guest_access"
+        && !serde_json::from_str(pdu.content.get()).is_ok_and(|c| super::guests::content_allows_guests(&c))
+    {
+        svc.guest_revocations.closed(&pdu.room_id);
+    }
     if !backfilled {
         svc.notifier.notify(persisted.stream_ordering);
         if accepted && is_new_join(svc, &pdu, &before_map).await? {

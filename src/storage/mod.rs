@@ -197,6 +197,8 @@ pub struct UserRecord {
     pub deactivated: bool,
     pub displayname: Option<String>,
     pub avatar_url: Option<String>,
+    /// A guest account (client-server "Guest access").
+    pub is_guest: bool,
 }
 
 /// The user and device an access token stands for.
@@ -204,6 +206,8 @@ pub struct UserRecord {
 pub struct TokenOwner {
     pub user_id: OwnedUserId,
     pub device_id: OwnedDeviceId,
+    /// The account is a guest's: the client API it may use is limited.
+    pub is_guest: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -301,6 +305,9 @@ pub trait Storage:
     async fn create_user(&self, user: UserRecord) -> Result<()>;
     async fn user(&self, user_id: &UserId) -> Result<Option<UserRecord>>;
     async fn set_password_hash(&self, user_id: &UserId, hash: &str) -> Result<()>;
+    /// Makes a guest account a full one with this password
+    /// (`NotFound` when `user_id` is not a guest).
+    async fn upgrade_guest(&self, user_id: &UserId, hash: &str) -> Result<()>;
     async fn set_profile(
         &self,
         user_id: &UserId,
@@ -472,7 +479,9 @@ pub trait Storage:
 
     // ----- receipts -----
     /// Records a receipt (replacing the user's previous one of that type).
-    async fn put_receipt(&self, receipt: &Receipt) -> Result<()>;
+    /// Stores a receipt unless it would move the user's receipt of that
+    /// type back to an older event; `false` when it was dropped.
+    async fn put_receipt(&self, receipt: &Receipt) -> Result<bool>;
     /// A room's receipts changed after `position` (all if `None`).
     async fn receipts(&self, room_id: &RoomId, after: Option<i64>) -> Result<Vec<Receipt>>;
     /// The newest receipt position (to start the ephemeral stream above).

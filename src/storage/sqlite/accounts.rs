@@ -13,8 +13,8 @@ pub(super) fn parse<T: TryFrom<String>>(value: String) -> Result<T> {
 pub fn create_user(tx: &Transaction<'_>, user: &UserRecord) -> Result<()> {
     tx.execute(
         "INSERT INTO users (user_id, password_hash, admin, deactivated, displayname, avatar_url,
-                            created_ts)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                            created_ts, is_guest)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
         params![
             user.user_id.as_str(),
             user.password_hash,
@@ -22,7 +22,8 @@ pub fn create_user(tx: &Transaction<'_>, user: &UserRecord) -> Result<()> {
             user.deactivated,
             user.displayname,
             user.avatar_url,
-            now_ms()
+            now_ms(),
+            user.is_guest
         ],
     )?;
     Ok(())
@@ -31,7 +32,7 @@ pub fn create_user(tx: &Transaction<'_>, user: &UserRecord) -> Result<()> {
 pub fn user(c: &Connection, user_id: &UserId) -> Result<Option<UserRecord>> {
     let row = c
         .query_row(
-            "SELECT password_hash, admin, deactivated, displayname, avatar_url
+            "SELECT password_hash, admin, deactivated, displayname, avatar_url, is_guest
              FROM users WHERE user_id = ?1",
             [user_id.as_str()],
             |r| {
@@ -42,11 +43,23 @@ pub fn user(c: &Connection, user_id: &UserId) -> Result<Option<UserRecord>> {
                     deactivated: r.get(2)?,
                     displayname: r.get(3)?,
                     avatar_url: r.get(4)?,
+                    is_guest: r.get(5)?,
                 })
             },
         )
         .optional()?;
     Ok(row)
+}
+
+pub fn upgrade_guest(tx: &Transaction<'_>, user_id: &UserId, hash: &str) -> Result<()> {
+    let n = tx.execute(
+        "UPDATE users SET password_hash = ?2, is_guest = 0 WHERE user_id = ?1 AND is_guest = 1",
+        params![user_id.as_str(), hash],
+    )?;
+    if n == 0 {
+        return Err(StorageError::NotFound);
+    }
+    Ok(())
 }
 
 pub fn set_password_hash(tx: &Transaction<'_>, user_id: &UserId, hash: &str) -> Result<()> {
@@ -110,14 +123,19 @@ pub fn create_session(
 }
 
 pub fn token_owner(c: &Connection, token: &str) -> Result<Option<TokenOwner>> {
-    let row: Option<(String, String)> = c
-        .prepare_cached("SELECT user_id, device_id FROM access_tokens WHERE token = ?1")?
-        .query_row([token], |r| Ok((r.get(0)?, r.get(1)?)))
+    let row: Option<(String, String, bool)> = c
+        .prepare_cached(
+            "SELECT t.user_id, t.device_id, coalesce(u.is_guest, 0)
+             FROM access_tokens t LEFT JOIN users u ON u.user_id = t.user_id
+             WHERE t.token = ?1",
+        )?
+        .query_row([token], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
         .optional()?;
-    row.map(|(user_id, device_id)| {
+    row.map(|(user_id, device_id, is_guest)| {
         Ok(TokenOwner {
             user_id: parse(user_id)?,
             device_id: OwnedDeviceId::from(device_id),
+            is_guest,
         })
     })
     .transpose()

@@ -247,6 +247,11 @@ impl Storage for SqliteStorage {
             .await
     }
 
+    async fn upgrade_guest(&self, user_id: &UserId, hash: &str) -> Result<()> {
+        let (user_id, hash) = (user_id.to_owned(), hash.to_owned());
+        self.write(move |tx| accounts::upgrade_guest(tx, &user_id, &hash)).await
+    }
+
     async fn set_profile(
         &self,
         user_id: &UserId,
@@ -619,23 +624,32 @@ impl Storage for SqliteStorage {
         .await
     }
 
-    async fn put_receipt(&self, receipt: &Receipt) -> Result<()> {
+    async fn put_receipt(&self, receipt: &Receipt) -> Result<bool> {
         let r = receipt.clone();
         self.write(move |tx| {
-            exec(
-                tx,
-                "INSERT OR REPLACE INTO receipts (room_id, user_id, receipt_type, event_id, ts, position)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                rusqlite::params![
+            // A receipt only moves forward: one for an event older (in
+            // stream order) than the one already acknowledged is dropped.
+            // An event not held here counts as the newest.
+            let changed = tx
+                .prepare_cached(
+                    "INSERT INTO receipts (room_id, user_id, receipt_type, event_id, ts, position)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                     ON CONFLICT (room_id, user_id, receipt_type) DO UPDATE SET
+                         event_id = excluded.event_id, ts = excluded.ts, position = excluded.position
+                     WHERE coalesce((SELECT stream_ordering FROM events WHERE event_id = excluded.event_id),
+                                    9223372036854775807)
+                        >= coalesce((SELECT stream_ordering FROM events WHERE event_id = receipts.event_id),
+                                    -9223372036854775808)",
+                )?
+                .execute(rusqlite::params![
                     r.room_id.as_str(),
                     r.user_id.as_str(),
                     r.receipt_type,
                     r.event_id.as_str(),
                     r.ts as i64,
                     r.position
-                ],
-            )?;
-            Ok(())
+                ])?;
+            Ok(changed > 0)
         })
         .await
     }

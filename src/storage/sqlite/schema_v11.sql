@@ -1,2 +1,4 @@
--- weft schema, version 11: a placeholder in the user directory branch
--- (another branch holds the real version 11; renumbered on merge).
+-- Guest accounts (POST /register?kind=guest): a guest reaches a small part
+-- of the client API and joins only rooms open to guests, until it
+-- upgrades to a full account (the flag is cleared).
+ALTER TABLE users ADD COLUMN is_guest INTEGER NOT NULL DEFAULT 0;

@@ -67,6 +67,7 @@ sub start
       WEFT_FEDERATION_LISTEN          => "$listen_ip:$fed_port",
       WEFT_ALLOW_REGISTRATION         => "true",        # tests register users with m.login.dummy
       WEFT_REGISTRATION_SHARED_SECRET => "reg_secret",  # /_synapse/admin/v1/register for admins
+      WEFT_ALLOW_GUEST_ACCESS         => "true",        # tests register guests (kind=guest)
       WEFT_FEDERATION_VERIFY_TLS      => "false",       # sytest's servers use a test-CA certificate
    );
    # weft honours RUST_LOG over WEFT_LOG; pass it on only when it is set
