@@ -21,6 +21,14 @@
 //! lookup) until one qualifies. Keeping Synapse's pairs of users sharing
 //! private rooms instead would cost a write per pair of members — the
 //! square of a room's size — on every join.
+//!
+//! Costs: a search reads every user its words match (to rank them), so a
+//! one-letter search on a server that knows many users is the expensive
+//! one (about 0.25 s for 100,000 matching users). A joined room's current
+//! state costs, per member changed, two primary-key lookups and, for
+//! another server's user, the upsert of their name and its full-text
+//! entry (about 30 µs: some 3 s more in the transaction of a join to a
+//! room of 100,000 members, beside the checks of as many PDUs).
 
 use ruma::UserId;
 
@@ -53,7 +61,7 @@ pub async fn search(
 ) -> Result<(Vec<DirectoryUser>, bool), MatrixError> {
     let words = search_words(term);
     let limit = limit.min(MAX_LIMIT);
-    if words.is_empty() || limit == 0 {
+    if words.is_empty() {
         return Ok((Vec::new(), false));
     }
     let mut users = storage.search_user_directory(searcher, &words, limit + 1).await?;

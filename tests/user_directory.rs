@@ -264,6 +264,7 @@ async fn limit_and_limited() {
     assert!(!limited);
     found.sort();
     assert_eq!(found, zebras);
+    assert_eq!(search_with(&owner, "zebra", Some(0)).await, (vec![], true));
     // The default limit (10) holds them all.
     let (found, limited) = search_with(&owner, "zeb", None).await;
     assert_eq!((found.len(), limited), (5, false));
