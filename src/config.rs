@@ -39,6 +39,9 @@ pub struct Config {
     /// guests reach a small part of the client API and join only rooms
     /// whose `m.room.guest_access` is `can_join`. Off by default.
     pub allow_guest_access: bool,
+    /// weft runs behind a reverse proxy: a client's address is the first
+    /// of `X-Forwarded-For`, not the connection's. Off by default.
+    pub x_forwarded: bool,
     /// Shared secret for `/_synapse/admin/v1/register` (empty: disabled).
     pub registration_shared_secret: Option<String>,
     /// Room version of rooms created without one.
@@ -71,6 +74,7 @@ impl Default for Config {
             tls_key: None,
             allow_registration: false,
             allow_guest_access: false,
+            x_forwarded: false,
             registration_shared_secret: None,
             default_room_version: RoomVersionId::V11,
             federation_verify_tls: true,
@@ -192,6 +196,7 @@ impl Config {
         set_opt(&env, "tls_key", &mut self.tls_key)?;
         set(&env, "allow_registration", &mut self.allow_registration)?;
         set(&env, "allow_guest_access", &mut self.allow_guest_access)?;
+        set(&env, "x_forwarded", &mut self.x_forwarded)?;
         set_opt(&env, "registration_shared_secret", &mut self.registration_shared_secret)?;
         set(&env, "default_room_version", &mut self.default_room_version)?;
         set(&env, "federation_verify_tls", &mut self.federation_verify_tls)?;
@@ -273,6 +278,10 @@ allow_registration = false
 # m.room.guest_access is "can_join"; a guest can later upgrade to a full
 # account by registering with its access token.
 allow_guest_access = false
+
+# Behind a reverse proxy: take a client's address (shown in its device
+# list and /admin/whois) from X-Forwarded-For.
+x_forwarded = false
 
 # Shared secret for Synapse-compatible admin registration
 # (/_synapse/admin/v1/register). Leave out to disable it.

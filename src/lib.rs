@@ -6,6 +6,7 @@ pub mod acl;
 pub mod backfill;
 pub mod client_api;
 pub mod config;
+pub mod connections;
 pub mod devices;
 pub mod e2e_keys;
 pub mod ephemeral;

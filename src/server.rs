@@ -154,8 +154,11 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
     let client_app = app(client_api::router(), svc.clone());
     let client_cancel = cancel.clone();
     let client_task = tokio::spawn(async move {
-        let serve = axum::serve(client_listener, client_app)
-            .with_graceful_shutdown(async move { client_cancel.cancelled().await });
+        let serve = axum::serve(
+            client_listener,
+            client_app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+        )
+        .with_graceful_shutdown(async move { client_cancel.cancelled().await });
         if let Err(e) = serve.await {
             tracing::error!(error = %e, "client API listener failed");
         }

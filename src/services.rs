@@ -10,6 +10,7 @@ use crate::{
     accounts::{AuthSessions, RegistrationNonces, RegistrationSessions},
     backfill::Backfiller,
     config::Config,
+    connections::Connections,
     devices::E2eStream,
     ephemeral::Ephemeral,
     federation_client::{FederationClient, sender::Sender},
@@ -60,6 +61,8 @@ pub struct Services {
     pub lazy_members: LazyLoadCache,
     /// Rooms just closed to guests, whose local guests must leave.
     pub guest_revocations: GuestRevocations,
+    /// Where each device was last seen from.
+    pub connections: Connections,
 }
 
 impl Services {
@@ -111,6 +114,7 @@ impl Services {
             auth_sessions: AuthSessions::default(),
             lazy_members: LazyLoadCache::default(),
             guest_revocations: GuestRevocations::default(),
+            connections: Connections::default(),
         })
     }
 

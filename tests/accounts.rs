@@ -247,3 +247,41 @@ async fn registration_session_keeps_inhibit_login() {
     assert!(body.get("access_token").is_none(), "{body}");
     assert!(body.get("device_id").is_none(), "{body}");
 }
+
+#[tokio::test]
+async fn devices_show_where_they_were_last_seen_and_whois_tells_admins() {
+    let server = TestServer::start().await;
+    let alice = server.register("alice").await;
+    let bob = server.register("bob").await;
+    let (status, body) = server
+        .http
+        .get(format!("{}/_matrix/client/v3/account/whoami", server.base()))
+        .bearer_auth(&alice.token)
+        .header("User-Agent", "weft-test/1.0")
+        .send()
+        .await
+        .map(|r| (r.status(), r))
+        .unwrap();
+    assert_eq!(status, StatusCode::OK, "{:?}", body.text().await);
+    let devices = alice.ok(Method::GET, "/_matrix/client/v3/devices", None).await;
+    let device = &devices["devices"][0];
+    assert_eq!(device["last_seen_ip"], "127.0.0.1", "{devices}");
+    assert!(device["last_seen_ts"].is_u64(), "{devices}");
+
+    // alice about herself
+    let path = format!("/_matrix/client/v3/admin/whois/{}", common::enc(&alice.user_id));
+    let whois = alice.ok(Method::GET, &path, None).await;
+    assert_eq!(whois["user_id"], alice.user_id.as_str());
+    let connections: Vec<&serde_json::Value> = whois["devices"]
+        .as_object()
+        .unwrap()
+        .values()
+        .flat_map(|d| d["sessions"][0]["connections"].as_array().unwrap())
+        .collect();
+    assert_eq!(connections.len(), 1, "{whois}");
+    assert_eq!(connections[0]["ip"], "127.0.0.1");
+    assert!(connections[0]["last_seen"].is_u64(), "{whois}");
+    // bob, no admin, about alice: refused
+    let (status, body) = bob.call(Method::GET, &path, None).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+}

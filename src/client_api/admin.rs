@@ -1,3 +1,4 @@
+//! Server administration: `GET /admin/whois/{userId}` (the spec's), and
 //! Synapse-compatible shared-secret registration,
 //! `/_synapse/admin/v1/register`: `GET` hands out a single-use nonce;
 //! `POST {nonce, username, password, admin, mac}` creates the account,
@@ -11,6 +12,7 @@ use std::sync::Arc;
 use axum::{Json, extract::State};
 use bytes::Bytes;
 use hmac::{Hmac, KeyInit, Mac};
+use ruma::api::client::admin::get_user_info;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use sha1::Sha1;
@@ -140,4 +142,49 @@ pub async fn register(State(svc): State<Arc<Services>>, body: Bytes) -> Result<J
         "device_id": device_id,
         "home_server": svc.server_name(),
     })))
+}
+
+/// `GET /admin/whois/{userId}`: the user's devices and where each was
+/// last seen from. For server admins, and for users about themselves.
+pub async fn whois(
+    svc: Arc<Services>,
+    req: super::extract::Ruma<get_user_info::v3::Request>,
+) -> Result<get_user_info::v3::Response, MatrixError> {
+    let asker = &req.user().user_id;
+    let target = &req.body.user_id;
+    if asker != target && !svc.storage.user(asker).await?.is_some_and(|u| u.admin) {
+        return Err(MatrixError::forbidden("Only server admins may look up other users"));
+    }
+    if target.server_name() != svc.server_name() {
+        return Err(MatrixError::invalid_param("Only users of this server can be looked up"));
+    }
+    let mut response = get_user_info::v3::Response::new();
+    response.user_id = Some(target.clone());
+    for device in svc.storage.devices(target).await? {
+        let mut connection = get_user_info::v3::ConnectionInfo::new();
+        match svc.connections.last(target, &device.device_id) {
+            Some(seen) => {
+                connection.ip = Some(seen.ip);
+                connection.user_agent = seen.user_agent;
+                connection.last_seen = millis(seen.ts);
+            }
+            None => {
+                connection.ip = device.last_seen_ip;
+                connection.user_agent = device.last_seen_user_agent;
+                connection.last_seen = device.last_seen_ts.and_then(millis);
+            }
+        }
+        let mut session = get_user_info::v3::SessionInfo::new();
+        if connection.ip.is_some() {
+            session.connections.push(connection);
+        }
+        let mut info = get_user_info::v3::DeviceInfo::new();
+        info.sessions.push(session);
+        response.devices.insert(device.device_id.to_string(), info);
+    }
+    Ok(response)
+}
+
+fn millis(ts: u64) -> Option<ruma::MilliSecondsSinceUnixEpoch> {
+    ruma::UInt::try_from(ts).ok().map(ruma::MilliSecondsSinceUnixEpoch)
 }

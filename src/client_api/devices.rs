@@ -23,13 +23,17 @@ use crate::{
     storage::{Device, TokenOwner},
 };
 
-fn to_ruma(device: Device) -> device::Device {
+/// A device as the API shows it, with where it was last seen from (the
+/// latest request noted in memory, else what storage has).
+fn to_ruma(svc: &Services, user_id: &ruma::UserId, device: Device) -> device::Device {
+    let (ip, ts) = match svc.connections.last(user_id, &device.device_id) {
+        Some(seen) => (Some(seen.ip), Some(seen.ts)),
+        None => (device.last_seen_ip, device.last_seen_ts),
+    };
     let mut out = device::Device::new(device.device_id);
     out.display_name = device.display_name;
-    out.last_seen_ts = device
-        .last_seen_ts
-        .and_then(|t| UInt::try_from(t).ok())
-        .map(MilliSecondsSinceUnixEpoch);
+    out.last_seen_ip = ip;
+    out.last_seen_ts = ts.and_then(|t| UInt::try_from(t).ok()).map(MilliSecondsSinceUnixEpoch);
     out
 }
 
@@ -98,9 +102,10 @@ pub async fn get_devices(
     svc: Arc<Services>,
     req: Ruma<get_devices::v3::Request>,
 ) -> Result<get_devices::v3::Response, MatrixError> {
-    let devices = svc.storage.devices(&req.user().user_id).await?;
+    let user_id = &req.user().user_id;
+    let devices = svc.storage.devices(user_id).await?;
     Ok(get_devices::v3::Response::new(
-        devices.into_iter().map(to_ruma).collect(),
+        devices.into_iter().map(|d| to_ruma(&svc, user_id, d)).collect(),
     ))
 }
 
@@ -113,7 +118,11 @@ pub async fn get_device(
         .device(&req.user().user_id, &req.body.device_id)
         .await?
         .ok_or_else(|| MatrixError::not_found("No such device"))?;
-    Ok(get_device::v3::Response::new(to_ruma(device)))
+    Ok(get_device::v3::Response::new(to_ruma(
+        &svc,
+        &req.user().user_id,
+        device,
+    )))
 }
 
 pub async fn update_device(

@@ -95,7 +95,20 @@ pub async fn token_owner(svc: &Services, parts: &http::request::Parts) -> Result
             .with_field("soft_logout", serde_json::json!(false))
     })?;
     super::guest::check(parts, owner.is_guest)?;
+    seen(svc, &owner, parts).await;
     Ok(owner)
+}
+
+/// Notes where the device's request came from (a failure to store it
+/// fails nothing).
+async fn seen(svc: &Services, owner: &TokenOwner, parts: &http::request::Parts) {
+    if let Err(error) = svc
+        .connections
+        .record(&*svc.storage, owner, parts, svc.config.x_forwarded)
+        .await
+    {
+        tracing::warn!(%error, "device's last request not recorded");
+    }
 }
 
 /// Maps ruma's parse failures to the spec's error codes.
@@ -157,6 +170,7 @@ where
             (Some(_), Some(token)) => match svc.storage.token_owner(token).await? {
                 Some(owner) => {
                     super::guest::check(&parts, owner.is_guest)?;
+                    seen(svc, &owner, &parts).await;
                     Some(owner)
                 }
                 None => {

@@ -50,6 +50,7 @@ pub fn router() -> Router<Arc<Services>> {
             "/_synapse/admin/v1/register",
             get(admin::register_nonce).post(admin::register),
         )
+        .ruma(admin::whois)
         .ruma(account::get_login_types)
         .ruma(account::login)
         .ruma(account::logout)

@@ -215,6 +215,8 @@ pub struct Device {
     pub device_id: OwnedDeviceId,
     pub display_name: Option<String>,
     pub last_seen_ts: Option<u64>,
+    pub last_seen_ip: Option<String>,
+    pub last_seen_user_agent: Option<String>,
 }
 
 /// A signing key of another server, from a key document whose signatures
@@ -327,6 +329,13 @@ pub trait Storage:
     /// Logs out every device of the user.
     async fn delete_all_tokens(&self, user_id: &UserId) -> Result<()>;
     async fn devices(&self, user_id: &UserId) -> Result<Vec<Device>>;
+    /// Records a device's latest request (address, user agent, time).
+    async fn device_seen(
+        &self,
+        user_id: &UserId,
+        device_id: &ruma::DeviceId,
+        seen: &crate::connections::Seen,
+    ) -> Result<()>;
     async fn save_filter(&self, user_id: &UserId, filter: &str) -> Result<String>;
     async fn filter(&self, user_id: &UserId, filter_id: &str) -> Result<Option<String>>;
 

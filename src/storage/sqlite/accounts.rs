@@ -160,17 +160,39 @@ pub fn delete_all_tokens(tx: &Transaction<'_>, user_id: &UserId) -> Result<()> {
 
 pub fn devices(c: &Connection, user_id: &UserId) -> Result<Vec<Device>> {
     let mut stmt = c.prepare(
-        "SELECT device_id, display_name, last_seen_ts FROM devices WHERE user_id = ?1
-         ORDER BY device_id",
+        "SELECT device_id, display_name, last_seen_ts, last_seen_ip, last_seen_user_agent
+         FROM devices WHERE user_id = ?1 ORDER BY device_id",
     )?;
     let rows = stmt.query_map([user_id.as_str()], |r| {
         Ok(Device {
             device_id: OwnedDeviceId::from(r.get::<_, String>(0)?),
             display_name: r.get(1)?,
             last_seen_ts: r.get::<_, Option<i64>>(2)?.map(|t| t as u64),
+            last_seen_ip: r.get(3)?,
+            last_seen_user_agent: r.get(4)?,
         })
     })?;
     Ok(rows.collect::<Result<_, _>>()?)
+}
+
+pub fn device_seen(
+    tx: &Transaction<'_>,
+    user_id: &UserId,
+    device_id: &DeviceId,
+    seen: &crate::connections::Seen,
+) -> Result<()> {
+    tx.execute(
+        "UPDATE devices SET last_seen_ts = ?3, last_seen_ip = ?4, last_seen_user_agent = ?5
+         WHERE user_id = ?1 AND device_id = ?2",
+        params![
+            user_id.as_str(),
+            device_id.as_str(),
+            seen.ts as i64,
+            seen.ip,
+            seen.user_agent
+        ],
+    )?;
+    Ok(())
 }
 
 pub fn save_filter(tx: &Transaction<'_>, user_id: &UserId, filter: &str) -> Result<String> {

@@ -47,13 +47,16 @@ fn record_change_for(
 fn device(c: &Connection, user_id: &UserId, device_id: &str) -> Result<Option<Device>> {
     Ok(query_one(
         c,
-        "SELECT display_name, last_seen_ts FROM devices WHERE user_id = ?1 AND device_id = ?2",
+        "SELECT display_name, last_seen_ts, last_seen_ip, last_seen_user_agent
+         FROM devices WHERE user_id = ?1 AND device_id = ?2",
         params![user_id.as_str(), device_id],
         |r| {
             Ok(Device {
                 device_id: OwnedDeviceId::from(device_id),
                 display_name: r.get(0)?,
                 last_seen_ts: r.get::<_, Option<i64>>(1)?.map(|t| t as u64),
+                last_seen_ip: r.get(2)?,
+                last_seen_user_agent: r.get(3)?,
             })
         },
     )

@@ -247,6 +247,12 @@ impl Storage for SqliteStorage {
             .await
     }
 
+    async fn device_seen(&self, user_id: &UserId, device_id: &DeviceId, seen: &crate::connections::Seen) -> Result<()> {
+        let (user_id, device_id, seen) = (user_id.to_owned(), device_id.to_owned(), seen.clone());
+        self.write(move |tx| accounts::device_seen(tx, &user_id, &device_id, &seen))
+            .await
+    }
+
     async fn upgrade_guest(&self, user_id: &UserId, hash: &str) -> Result<()> {
         let (user_id, hash) = (user_id.to_owned(), hash.to_owned());
         self.write(move |tx| accounts::upgrade_guest(tx, &user_id, &hash)).await

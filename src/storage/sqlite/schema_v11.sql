@@ -2,3 +2,7 @@
 -- of the client API and joins only rooms open to guests, until it
 -- upgrades to a full account (the flag is cleared).
 ALTER TABLE users ADD COLUMN is_guest INTEGER NOT NULL DEFAULT 0;
+
+-- Where each device was last seen from (GET /devices, /admin/whois).
+ALTER TABLE devices ADD COLUMN last_seen_ip TEXT;
+ALTER TABLE devices ADD COLUMN last_seen_user_agent TEXT;
