@@ -17,6 +17,7 @@ mod initial_sync;
 mod keys;
 mod membership;
 mod messages;
+mod openid;
 mod presence;
 mod profile;
 mod push;
@@ -27,6 +28,7 @@ mod sync_token;
 mod thirdparty;
 mod to_device;
 mod upgrade;
+mod user_directory;
 
 pub use keys::claim_local;
 pub use to_device::receive_direct_to_device;
@@ -126,6 +128,13 @@ pub fn router() -> Router<Arc<Services>> {
         .ruma(account_data::get_tags)
         .ruma(account_data::create_tag)
         .ruma(account_data::delete_tag)
+        .ruma(user_directory::search)
+        .ruma(openid::request_token)
+        // The federation API's, also here (see `federation_api::openid`).
+        .route(
+            "/_matrix/federation/v1/openid/userinfo",
+            get(crate::federation_api::openid::userinfo),
+        )
         .ruma(presence::set_status)
         .ruma(presence::get_status)
         .route("/_matrix/client/r0/capabilities", get(account::capabilities))

@@ -7,6 +7,7 @@ pub mod extract;
 mod history;
 mod keys;
 mod membership;
+pub mod openid;
 mod query;
 mod transactions;
 
@@ -28,6 +29,7 @@ pub fn router() -> Router<Arc<Services>> {
         .route("/_matrix/key/v2/server", get(keys::server_keys))
         .route("/_matrix/key/v2/server/{key_id}", get(keys::server_keys))
         .route("/_matrix/federation/v1/version", get(version))
+        .route("/_matrix/federation/v1/openid/userinfo", get(openid::userinfo))
         .route("/_matrix/key/v2/query/{server_name}/{key_id}", get(keys::query_one_key))
         .ruma(keys::query_one)
         .ruma(keys::query_batch)

@@ -11,6 +11,7 @@ pub mod appservice;
 pub mod e2e;
 pub mod push;
 pub mod sqlite;
+pub mod user_directory;
 
 use std::sync::Arc;
 
@@ -294,7 +295,16 @@ pub struct PresenceRecord {
 
 /// Everything weft keeps, behind one interface.
 #[async_trait]
-pub trait Storage: e2e::E2eStorage + push::PushStorage + appservice::AppserviceStorage + Send + Sync + 'static {
+pub trait Storage:
+    e2e::E2eStorage
+    + push::PushStorage
+    + appservice::AppserviceStorage
+    + user_directory::UserDirectoryStorage
+    + user_directory::OpenIdStorage
+    + Send
+    + Sync
+    + 'static
+{
     // ----- accounts -----
     async fn create_user(&self, user: UserRecord) -> Result<()>;
     async fn user(&self, user_id: &UserId) -> Result<Option<UserRecord>>;

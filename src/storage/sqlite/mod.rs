@@ -15,6 +15,7 @@ mod presence;
 mod push;
 mod state;
 mod transactions;
+mod user_directory;
 
 use std::{
     num::NonZeroUsize,
@@ -53,6 +54,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("schema_v10.sql"),
     include_str!("schema_v11.sql"),
     include_str!("schema_v12.sql"),
+    include_str!("schema_v13.sql"),
 ];
 
 const MAX_IDLE_READERS: usize = 4;
@@ -229,7 +231,11 @@ pub(crate) fn now_ms() -> i64 {
 #[async_trait]
 impl Storage for SqliteStorage {
     async fn create_user(&self, user: UserRecord) -> Result<()> {
-        self.write(move |tx| accounts::create_user(tx, &user)).await
+        self.write(move |tx| {
+            accounts::create_user(tx, &user)?;
+            user_directory::local_profile_changed(tx, &user.user_id)
+        })
+        .await
     }
 
     async fn user(&self, user_id: &UserId) -> Result<Option<UserRecord>> {
@@ -263,8 +269,11 @@ impl Storage for SqliteStorage {
         let user_id = user_id.to_owned();
         let displayname = displayname.map(|d| d.map(str::to_owned));
         let avatar_url = avatar_url.map(|a| a.map(str::to_owned));
-        self.write(move |tx| accounts::set_profile(tx, &user_id, displayname, avatar_url))
-            .await
+        self.write(move |tx| {
+            accounts::set_profile(tx, &user_id, displayname, avatar_url)?;
+            user_directory::local_profile_changed(tx, &user_id)
+        })
+        .await
     }
 
     async fn create_session(

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use ruma::{OwnedEventId, OwnedRoomId, RoomId, UserId, events::StateEventType};
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
 
-use super::{accounts::parse, exec, query_one};
+use super::{accounts::parse, exec, query_one, user_directory};
 use crate::storage::{
     CurrentStateChange, Membership, Result, StateGroupId, StateKey, StateWrite, StorageError, StreamOrdering,
 };
@@ -130,6 +130,7 @@ pub fn apply_current_state_changes(
     )?;
     let mut delete =
         tx.prepare_cached("DELETE FROM current_state WHERE room_id = ?1 AND type = ?2 AND state_key = ?3")?;
+    let directory = user_directory::before_current_state_changes(tx, room_id, changes)?;
     for change in changes {
         let (kind, key) = &change.key;
         match &change.event_id {
@@ -137,7 +138,7 @@ pub fn apply_current_state_changes(
             None => delete.execute(params![room_id.as_str(), kind.to_string(), key])?,
         };
     }
-    Ok(())
+    user_directory::after_current_state_changes(tx, room_id, changes, directory)
 }
 
 pub fn current_state(
