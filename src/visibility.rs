@@ -135,7 +135,9 @@ pub async fn filter_for_user(
     Ok(out)
 }
 
-/// A redaction of itself, or of an event (held here) of another room.
+/// A redaction of an event (held here) of another room: withheld. (A
+/// redaction of itself is shown, as Synapse shows it; like this one, it
+/// is never applied.)
 async fn pointless_redaction(svc: &Services, event: &StoredEvent) -> Result<bool> {
     let Some(target) = event
         .pdu
@@ -146,7 +148,7 @@ async fn pointless_redaction(svc: &Services, event: &StoredEvent) -> Result<bool
         return Ok(false);
     };
     if *target == event.pdu.event_id {
-        return Ok(true);
+        return Ok(false);
     }
     Ok(svc
         .storage

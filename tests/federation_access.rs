@@ -255,6 +255,11 @@ async fn bad_parameters_and_unknown_things() {
 async fn server_acl_denies_and_nothing_leaks() {
     let rig = rig().await;
     let raw = Raw { a: &rig.a, b: &rig.b };
+    // before the ACL: a get_missing_events without its lists asks for
+    // nothing, and gets nothing (as Synapse answers it)
+    let path = format!("/_matrix/federation/v1/get_missing_events/{}", enc(rig.room.as_str()));
+    let (status, body) = raw.signed(Method::POST, &path, Some(&json!({}))).await;
+    assert_eq!((status, body.clone()), (200, json!({ "events": [] })), "{path}");
     let alice_token = {
         let (status, body) = rig
             .a

@@ -14,13 +14,15 @@ use ruma::{
     api::federation::{
         authorization::get_event_authorization,
         backfill::get_backfill,
-        event::{get_event, get_missing_events, get_room_state, get_room_state_ids},
+        event::{get_event, get_room_state, get_room_state_ids},
     },
     room_version_rules::RoomVersionRules,
 };
 use serde_json::value::RawValue;
 
-use super::extract::Fed;
+use axum::extract::State;
+
+use super::extract::{Fed, FedRaw};
 use crate::{
     acl,
     error::MatrixError,
@@ -170,24 +172,47 @@ pub async fn backfill(
     ))
 }
 
+/// The body of `POST /get_missing_events/{roomId}`. The spec requires
+/// both lists; like Synapse, a request without them is taken as asking
+/// for nothing (an empty answer) rather than refused: read here rather
+/// than by ruma, whose request type requires them.
+#[derive(serde::Deserialize)]
+struct MissingEventsBody {
+    #[serde(default)]
+    limit: Option<u64>,
+    #[serde(default)]
+    min_depth: Option<u64>,
+    #[serde(default)]
+    earliest_events: Vec<OwnedEventId>,
+    #[serde(default)]
+    latest_events: Vec<OwnedEventId>,
+}
+
 pub async fn missing_events(
-    svc: Arc<Services>,
-    req: Fed<get_missing_events::v1::Request>,
-) -> Result<get_missing_events::v1::Response, MatrixError> {
-    let b = &req.body;
-    let (_, rules) = admit(&svc, &b.room_id, &req.origin).await?;
+    State(svc): State<Arc<Services>>,
+    req: FedRaw,
+) -> Result<axum::Json<serde_json::Value>, MatrixError> {
+    let room_id = req
+        .path_args
+        .first()
+        .and_then(|id| ruma::OwnedRoomId::try_from(id.as_str()).ok())
+        .ok_or_else(|| MatrixError::invalid_param("Bad room ID"))?;
+    let (_, rules) = admit(&svc, &room_id, &req.origin).await?;
+    let body: MissingEventsBody = serde_json::from_slice(if req.body.is_empty() { b"{}" } else { &req.body })
+        .map_err(|e| MatrixError::bad_json(e.to_string()))?;
     let events = svc
         .storage
         .missing_events(
-            &b.room_id,
-            &b.earliest_events,
-            &b.latest_events,
-            page_limit(b.limit),
-            u64::from(b.min_depth),
+            &room_id,
+            &body.earliest_events,
+            &body.latest_events,
+            // ten by default, as the spec has it
+            body.limit.unwrap_or(10).min(MAX_HISTORY_PAGE as u64) as usize,
+            body.min_depth.unwrap_or(0),
         )
         .await?;
     let events = visibility::filter_for_server(&svc, &req.origin, &rules.redaction, events).await?;
-    Ok(get_missing_events::v1::Response::new(
-        events.iter().map(raw_pdu).collect(),
+    Ok(axum::Json(
+        serde_json::json!({ "events": events.iter().map(raw_pdu).collect::<Vec<_>>() }),
     ))
 }

@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use axum::{
     Json, Router,
-    routing::{get, put},
+    routing::{get, post, put},
 };
 use serde_json::{Value, json};
 
@@ -38,7 +38,10 @@ pub fn router() -> Router<Arc<Services>> {
         .federation(history::state_ids)
         .federation(history::event_auth)
         .federation(history::backfill)
-        .federation(history::missing_events)
+        .route(
+            "/_matrix/federation/v1/get_missing_events/{room_id}",
+            post(history::missing_events),
+        )
         .federation(membership::make_join)
         .federation(membership::send_join)
         .federation(membership::make_leave)
