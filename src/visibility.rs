@@ -17,7 +17,7 @@
 //! Redactions that can never take effect — of themselves, of an event of
 //! another room — are withheld from users altogether (as Synapse does).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use ruma::{
     RoomId, UserId,
@@ -87,6 +87,8 @@ pub async fn filter_for_user(
     joined_now: bool,
     events: Vec<StoredEvent>,
 ) -> Result<Vec<StoredEvent>> {
+    let erased = erased_senders(svc, &events).await?;
+    let mut redaction_rules = None;
     let mut at_group: HashMap<StateGroupId, (Visibility, String)> = HashMap::new();
     let mut out = Vec::with_capacity(events.len());
     for event in events {
@@ -128,11 +130,51 @@ pub async fn filter_for_user(
             || membership == "join"
             || (visibility == Visibility::Shared && joined_now)
             || (visibility == Visibility::Invited && membership == "invite");
-        if visible {
-            out.push(event);
+        if !visible {
+            continue;
         }
+        // An erased user's event, for someone who was not in the room when
+        // it was sent: redacted.
+        if membership != "join" && event.meta.redacted_by.is_none() && erased.contains(&event.pdu.sender) {
+            if redaction_rules.is_none() {
+                redaction_rules = Some(room_redaction_rules(svc, &event.pdu.room_id).await?);
+            }
+            if let Some(rules) = &redaction_rules {
+                out.push(redacted_copy(&event, rules)?);
+                continue;
+            }
+        }
+        out.push(event);
     }
     Ok(out)
+}
+
+/// The senders of `events` who are this server's users and were erased.
+async fn erased_senders(svc: &Services, events: &[StoredEvent]) -> Result<HashSet<ruma::OwnedUserId>> {
+    let mut local: Vec<ruma::OwnedUserId> = events
+        .iter()
+        .map(|e| e.pdu.sender.clone())
+        .filter(|s| s.server_name() == svc.server_name())
+        .collect();
+    local.sort();
+    local.dedup();
+    if local.is_empty() {
+        return Ok(HashSet::new());
+    }
+    svc.storage.erased_users(&local).await
+}
+
+async fn room_redaction_rules(svc: &Services, room_id: &RoomId) -> Result<ruma::room_version_rules::RedactionRules> {
+    let version = svc
+        .storage
+        .room(room_id)
+        .await?
+        .map(|r| r.version)
+        .ok_or_else(|| crate::storage::StorageError::Corrupt(format!("room {room_id} not held")))?;
+    version
+        .rules()
+        .map(|r| r.redaction)
+        .ok_or_else(|| crate::storage::StorageError::Corrupt(format!("room version {version} has no rules")))
 }
 
 /// A redaction of an event (held here) of another room: withheld. (A
@@ -175,9 +217,20 @@ pub async fn filter_for_server(
         Some(first) => crate::acl::server_in_room(svc, &first.pdu.room_id, server).await?,
         None => return Ok(events),
     };
+    let erased = erased_senders(svc, &events).await?;
     let mut at_group: HashMap<StateGroupId, (Visibility, String)> = HashMap::new();
     let mut out = Vec::with_capacity(events.len());
     for event in events {
+        // An erased user's events go to other servers redacted (the
+        // erasure is not shared over federation: this is all it can do).
+        if erased.contains(&event.pdu.sender) {
+            out.push(if event.meta.redacted_by.is_some() {
+                event
+            } else {
+                redacted_copy(&event, rules)?
+            });
+            continue;
+        }
         let visible = match event.meta.state_group_before {
             None => false,
             Some(group) => {

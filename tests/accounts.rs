@@ -285,3 +285,41 @@ async fn devices_show_where_they_were_last_seen_and_whois_tells_admins() {
     let (status, body) = bob.call(Method::GET, &path, None).await;
     assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
 }
+
+#[tokio::test]
+async fn an_erased_users_messages_are_redacted_for_those_who_joined_after_them() {
+    let server = TestServer::start().await;
+    let alice = server.register("alice").await;
+    let bob = server.register("bob").await;
+    let carol = server.register("carol").await;
+    let room = alice.create_room(json!({ "preset": "public_chat" })).await;
+    assert_eq!(bob.join(&room).await.0, StatusCode::OK);
+    let (_, sent) = alice.send_text(&room, "e1", "to be erased").await;
+    let event_id = sent["event_id"].as_str().unwrap().to_owned();
+    assert_eq!(carol.join(&room).await.0, StatusCode::OK);
+
+    let content_for = |page: &serde_json::Value| {
+        page["chunk"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["event_id"] == event_id.as_str())
+            .map(|e| e["content"].clone())
+    };
+    let page = carol.messages(&room, "dir=b&limit=20").await;
+    assert_eq!(content_for(&page).unwrap()["body"], "to be erased", "before: {page}");
+
+    let deactivate = json!({
+        "erase": true,
+        "auth": { "type": "m.login.password", "identifier": { "type": "m.id.user", "user": "alice" }, "password": "secret" },
+    });
+    alice
+        .ok(Method::POST, "/_matrix/client/v3/account/deactivate", Some(&deactivate))
+        .await;
+    // bob was in the room when alice spoke: he still reads her
+    let page = bob.messages(&room, "dir=b&limit=20").await;
+    assert_eq!(content_for(&page).unwrap()["body"], "to be erased", "bob: {page}");
+    // carol joined after: she gets the redacted event
+    let page = carol.messages(&room, "dir=b&limit=20").await;
+    assert_eq!(content_for(&page).unwrap(), json!({}), "carol: {page}");
+}

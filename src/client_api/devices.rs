@@ -196,6 +196,11 @@ pub async fn deactivate(
     for (device_id, position) in svc.storage.deactivate_user(&owner.user_id).await? {
         devices::device_changed(&svc, &owner.user_id, &device_id, position, true).await?;
     }
-    tracing::info!(user_id = %owner.user_id, "account deactivated");
+    if req.body.erase {
+        // Their events are served redacted from now on to those who could
+        // not see them when sent (see visibility.rs).
+        svc.storage.erase_user(&owner.user_id).await?;
+    }
+    tracing::info!(user_id = %owner.user_id, erase = req.body.erase, "account deactivated");
     Ok(deactivate::v3::Response::new(ThirdPartyIdRemovalStatus::NoSupport))
 }

@@ -309,6 +309,10 @@ pub trait Storage:
     async fn create_user(&self, user: UserRecord) -> Result<()>;
     async fn user(&self, user_id: &UserId) -> Result<Option<UserRecord>>;
     async fn set_password_hash(&self, user_id: &UserId, hash: &str) -> Result<()>;
+    /// Marks a (deactivated) user erased, and drops their account data.
+    async fn erase_user(&self, user_id: &UserId) -> Result<()>;
+    /// Which of `users` are erased.
+    async fn erased_users(&self, users: &[OwnedUserId]) -> Result<std::collections::HashSet<OwnedUserId>>;
     /// Makes a guest account a full one with this password
     /// (`NotFound` when `user_id` is not a guest).
     async fn upgrade_guest(&self, user_id: &UserId, hash: &str) -> Result<()>;

@@ -255,6 +255,33 @@ impl Storage for SqliteStorage {
             .await
     }
 
+    async fn erase_user(&self, user_id: &UserId) -> Result<()> {
+        let user_id = user_id.to_owned();
+        self.write(move |tx| {
+            exec(tx, "UPDATE users SET erased = 1 WHERE user_id = ?1", [user_id.as_str()])?;
+            exec(tx, "DELETE FROM account_data WHERE user_id = ?1", [user_id.as_str()])?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn erased_users(&self, users: &[OwnedUserId]) -> Result<std::collections::HashSet<OwnedUserId>> {
+        let users = users.to_vec();
+        self.read(move |c| {
+            let mut stmt = c.prepare_cached("SELECT erased FROM users WHERE user_id = ?1")?;
+            let mut erased = std::collections::HashSet::new();
+            for user in users {
+                let flag: Option<bool> =
+                    rusqlite::OptionalExtension::optional(stmt.query_row([user.as_str()], |r| r.get(0)))?;
+                if flag == Some(true) {
+                    erased.insert(user);
+                }
+            }
+            Ok(erased)
+        })
+        .await
+    }
+
     async fn upgrade_guest(&self, user_id: &UserId, hash: &str) -> Result<()> {
         let (user_id, hash) = (user_id.to_owned(), hash.to_owned());
         self.write(move |tx| accounts::upgrade_guest(tx, &user_id, &hash)).await
