@@ -1276,3 +1276,50 @@ async fn a_transaction_claiming_another_origin_is_refused() {
     );
     assert!(rig.stored(&message.id).await.is_none());
 }
+
+/// A state event that arrives on a fork (its parent is older than the
+/// room's latest event) moves the current state: the resolution of the
+/// two branches must count the arriving event itself, not yet stored when
+/// it runs (it once did not, and this server kept the old state while
+/// the sender's server moved on: their views of the room parted).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_state_change_arriving_on_a_fork_joins_the_current_state() {
+    let rig = rig().await;
+    let alice = rig.alice();
+    // Mallory renames herself on the room as she sees it now...
+    let draft = rig.hostile.draft(
+        &rig.room,
+        &rig.mallory,
+        "m.room.member",
+        Some(rig.mallory.as_str()),
+        json!({ "membership": "join", "displayname": "Mallory on a fork" }),
+    );
+    // ...while Alice moves the room on.
+    alice
+        .ok(
+            Method::PUT,
+            &format!(
+                "/_matrix/client/v3/rooms/{}/state/m.room.topic/",
+                enc(rig.room.as_str())
+            ),
+            Some(&json!({ "topic": "on the main line" })),
+        )
+        .await;
+    let rename = rig.hostile.sign(&rig.room, draft);
+    rig.hostile.commit(&rig.room, &rename);
+    assert_accepted(&rig.send("fork", &[&rename]).await, &rename.id);
+
+    let state = |kind: &str, key: &str| {
+        format!(
+            "/_matrix/client/v3/rooms/{}/state/{kind}/{}",
+            enc(rig.room.as_str()),
+            enc(key)
+        )
+    };
+    let member = alice
+        .ok(Method::GET, &state("m.room.member", rig.mallory.as_str()), None)
+        .await;
+    assert_eq!(member["displayname"], "Mallory on a fork", "{member}");
+    let topic = alice.ok(Method::GET, &state("m.room.topic", ""), None).await;
+    assert_eq!(topic["topic"], "on the main line", "{topic}");
+}
