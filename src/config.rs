@@ -61,6 +61,9 @@ pub struct Config {
     /// Presence (online, idle, offline, status messages): kept, shown in
     /// `/sync` and shared with other servers. On by default.
     pub presence: bool,
+    /// The largest media upload accepted (bytes); larger ones are refused
+    /// with `M_TOO_LARGE`. Also the largest remote media fetched.
+    pub max_upload_size: u64,
     /// Log filter, in `tracing_subscriber::EnvFilter` syntax.
     pub log: String,
 }
@@ -85,6 +88,7 @@ impl Default for Config {
             app_service_config_files: Vec::new(),
             metrics_listen: None,
             presence: true,
+            max_upload_size: 50 * 1024 * 1024,
             log: "info,ruma_state_res=warn".to_owned(),
         }
     }
@@ -227,6 +231,7 @@ impl Config {
         }
         set_opt(&env, "metrics_listen", &mut self.metrics_listen)?;
         set(&env, "presence", &mut self.presence)?;
+        set(&env, "max_upload_size", &mut self.max_upload_size)?;
         set(&env, "log", &mut self.log)?;
         Ok(())
     }
@@ -322,6 +327,10 @@ app_service_config_files = []
 # Presence: users' online/idle/offline state and status messages, shown to
 # the users they share a room with and sent to those users' servers.
 presence = true
+
+# The largest media upload (avatars, images, files) accepted, in bytes;
+# also the largest media fetched from another server. 50 MiB by default.
+max_upload_size = 52428800
 
 # Log filter (tracing EnvFilter syntax), e.g. "info" or "weft=debug,info".
 log = "info,ruma_state_res=warn"

@@ -19,6 +19,7 @@ pub mod federation_client;
 pub mod filter;
 pub mod keyring;
 pub mod keys;
+pub mod media;
 pub mod metrics;
 pub mod openid;
 pub mod presence;

@@ -92,9 +92,20 @@ fn cors() -> CorsLayer {
 /// of at most [`MAX_BODY_BYTES`](client_api::extract::MAX_BODY_BYTES), which
 /// the endpoints read whole anyway; a larger one is refused here, and that
 /// connection closed.
-async fn read_body_first(req: axum::extract::Request, next: axum::middleware::Next) -> axum::response::Response {
+/// Uploads (`/_matrix/media/v3/upload`) are the exception: files, read up to
+/// `max_upload_size`.
+async fn read_body_first(
+    axum::extract::State(svc): axum::extract::State<Arc<Services>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
     let (parts, body) = req.into_parts();
-    match axum::body::to_bytes(body, client_api::extract::MAX_BODY_BYTES).await {
+    let limit = if client_api::media::is_upload_path(parts.uri.path()) {
+        usize::try_from(svc.config.max_upload_size).unwrap_or(usize::MAX)
+    } else {
+        client_api::extract::MAX_BODY_BYTES
+    };
+    match axum::body::to_bytes(body, limit).await {
         Ok(bytes) => next.run(axum::extract::Request::from_parts(parts, bytes.into())).await,
         Err(_) => {
             let mut response =
@@ -115,7 +126,7 @@ fn app(router: Router<Arc<Services>>, svc: Arc<Services>) -> Router {
     router
         .fallback(client_api::unrecognized)
         .method_not_allowed_fallback(client_api::method_not_allowed)
-        .layer(axum::middleware::from_fn(read_body_first))
+        .layer(axum::middleware::from_fn_with_state(svc.clone(), read_body_first))
         .layer(CatchPanicLayer::custom(panic_response))
         .layer(cors())
         .with_state(svc)

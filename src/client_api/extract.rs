@@ -285,10 +285,18 @@ impl<T: OutgoingResponse> IntoResponse for RumaResponse<T> {
         match self.0.try_into_http_response::<BytesMut>() {
             Ok(res) => {
                 let (mut parts, body) = res.into_parts();
-                parts.headers.insert(
-                    http::header::CONTENT_TYPE,
-                    http::HeaderValue::from_static("application/json"),
-                );
+                // JSON, but for the multipart answers (federation media
+                // downloads), whose type carries their boundary.
+                let multipart = parts
+                    .headers
+                    .get(http::header::CONTENT_TYPE)
+                    .is_some_and(|t| t.as_bytes().starts_with(b"multipart/"));
+                if !multipart {
+                    parts.headers.insert(
+                        http::header::CONTENT_TYPE,
+                        http::HeaderValue::from_static("application/json"),
+                    );
+                }
                 Response::from_parts(parts, Body::from(body.freeze()))
             }
             Err(e) => MatrixError::internal("serialising response", e).into_response(),

@@ -15,6 +15,7 @@ pub mod format;
 mod guest;
 mod initial_sync;
 mod keys;
+pub mod media;
 mod membership;
 mod messages;
 mod openid;
@@ -45,9 +46,48 @@ use serde_json::json;
 use crate::{error::MatrixError, services::Services};
 use extract::RumaRouter;
 
+/// The content repository: `/_matrix/client/v1/media/…` and the legacy
+/// `/_matrix/media/{v3,r0}/…`.
+fn media_router() -> Router<Arc<Services>> {
+    let mut router = Router::new()
+        .route("/_matrix/client/v1/media/config", get(media::config))
+        .route(
+            "/_matrix/client/v1/media/download/{server_name}/{media_id}",
+            get(media::download),
+        )
+        .route(
+            "/_matrix/client/v1/media/download/{server_name}/{media_id}/{file_name}",
+            get(media::download),
+        )
+        .route(
+            "/_matrix/client/v1/media/thumbnail/{server_name}/{media_id}",
+            get(media::thumbnail),
+        );
+    for version in ["v3", "r0"] {
+        let base = format!("/_matrix/media/{version}");
+        router = router
+            .route(&format!("{base}/upload"), post(media::upload))
+            .route(&format!("{base}/config"), get(media::legacy_config))
+            .route(
+                &format!("{base}/download/{{server_name}}/{{media_id}}"),
+                get(media::legacy_download),
+            )
+            .route(
+                &format!("{base}/download/{{server_name}}/{{media_id}}/{{file_name}}"),
+                get(media::legacy_download),
+            )
+            .route(
+                &format!("{base}/thumbnail/{{server_name}}/{{media_id}}"),
+                get(media::legacy_thumbnail),
+            );
+    }
+    router
+}
+
 pub fn router() -> Router<Arc<Services>> {
     Router::new()
         .route("/_matrix/client/versions", get(versions))
+        .merge(media_router())
         .route(
             "/_synapse/admin/v1/register",
             get(admin::register_nonce).post(admin::register),

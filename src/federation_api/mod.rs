@@ -6,6 +6,7 @@ mod devices;
 pub mod extract;
 mod history;
 mod keys;
+mod media;
 mod membership;
 pub mod openid;
 mod query;
@@ -70,6 +71,7 @@ pub fn router() -> Router<Arc<Services>> {
         .federation(devices::user_devices)
         .federation(devices::query_keys)
         .federation(devices::claim_keys)
+        .federation(media::download)
 }
 
 async fn version() -> Json<Value> {

@@ -245,6 +245,9 @@ impl FederationClient {
         };
         let mut res = self.http.execute(req).await.map_err(|e| unreachable(error_chain(&e)))?;
         let status = res.status();
+        // Kept for the answers whose headers matter (the multipart
+        // `Content-Type` of `/media/download`).
+        let headers = std::mem::take(res.headers_mut());
         let mut body = Vec::new();
         while let Some(chunk) = res.chunk().await.map_err(|e| unreachable(error_chain(&e)))? {
             if body.len() + chunk.len() > MAX_RESPONSE_BYTES {
@@ -259,6 +262,7 @@ impl FederationClient {
         tracing::debug!(%destination, %method, %path, %status, bytes = body.len(), "federation request");
         let mut response = http::Response::new(Bytes::from(body));
         *response.status_mut() = status;
+        *response.headers_mut() = headers;
         Ok(response)
     }
 

@@ -9,6 +9,7 @@
 
 pub mod appservice;
 pub mod e2e;
+pub mod media;
 pub mod push;
 pub mod sqlite;
 pub mod user_directory;
@@ -301,6 +302,7 @@ pub trait Storage:
     + appservice::AppserviceStorage
     + user_directory::UserDirectoryStorage
     + user_directory::OpenIdStorage
+    + media::MediaStorage
     + Send
     + Sync
     + 'static

@@ -11,6 +11,7 @@ mod e2e;
 mod events;
 mod history;
 mod keys;
+mod media;
 mod presence;
 mod push;
 mod state;
@@ -55,6 +56,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("schema_v11.sql"),
     include_str!("schema_v12.sql"),
     include_str!("schema_v13.sql"),
+    include_str!("schema_v14.sql"),
 ];
 
 const MAX_IDLE_READERS: usize = 4;
