@@ -1323,3 +1323,59 @@ async fn a_state_change_arriving_on_a_fork_joins_the_current_state() {
     let topic = alice.ok(Method::GET, &state("m.room.topic", ""), None).await;
     assert_eq!(topic["topic"], "on the main line", "{topic}");
 }
+
+/// Two branches from one event: here a member joins; there (another
+/// server) a moderator changes a rule set on the common ancestor. The
+/// later change wins on both servers (state resolution orders them by
+/// their power levels, then time).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rule_changed_on_a_fork_against_a_local_join_wins() {
+    let rig = rig().await;
+    let alice = rig.alice();
+    let state_path = |kind: &str| format!("/_matrix/client/v3/rooms/{}/state/{kind}/", enc(rig.room.as_str()));
+    let mut levels = alice.ok(Method::GET, &state_path("m.room.power_levels"), None).await;
+    levels["users"][rig.mallory.as_str()] = json!(50);
+    alice
+        .ok(Method::PUT, &state_path("m.room.power_levels"), Some(&levels))
+        .await;
+    let open = alice
+        .ok(
+            Method::PUT,
+            &state_path("m.room.guest_access"),
+            Some(&json!({ "guest_access": "can_join" })),
+        )
+        .await;
+    let open_id = open["event_id"].as_str().unwrap().to_owned();
+    // the other server has seen the rule
+    let key = ("m.room.guest_access".to_owned(), String::new());
+    common::eventually(
+        std::time::Duration::from_secs(10),
+        "the hostile server sees the rule",
+        || async {
+            match rig.hostile.room(&rig.room).state.get(&key) {
+                Some(id) if id.as_str() == open_id => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        },
+    )
+    .await;
+    // Mallory closes the room, on the rule...
+    let draft = rig.hostile.draft(
+        &rig.room,
+        &rig.mallory,
+        "m.room.guest_access",
+        Some(""),
+        json!({ "guest_access": "forbidden" }),
+    );
+    // ...while Bob joins here
+    let bob = rig.weft.register("bob").await;
+    assert_eq!(bob.join(rig.room.as_str()).await.0, 200);
+    let close = rig.hostile.sign(&rig.room, draft);
+    rig.hostile.commit(&rig.room, &close);
+    assert_accepted(&rig.send("close-on-fork", &[&close]).await, &close.id);
+
+    let rule = alice.ok(Method::GET, &state_path("m.room.guest_access"), None).await;
+    assert_eq!(rule["guest_access"], "forbidden", "{rule}");
+    let (status, member) = rig.state("m.room.member", &bob.user_id).await;
+    assert_eq!((status, member["membership"].as_str()), (200, Some("join")), "{member}");
+}
