@@ -59,8 +59,9 @@ async fn leave(user: &User<'_>, room: &str) {
 }
 
 /// Stops `server`, takes its database back to before the directory's
-/// migration (schema version 13) and starts it again: the migration then
-/// builds the directory from the users, rooms and memberships held.
+/// migration (schema version 13; the later ones' tables go too, as they
+/// run again) and starts it again: the migration then builds the
+/// directory from the users, rooms and memberships held.
 async fn redo_directory_migration(server: &mut TestServer) {
     if let Some(running) = server.server.take() {
         running.shutdown().await;
@@ -69,6 +70,7 @@ async fn redo_directory_migration(server: &mut TestServer) {
     db.execute_batch(
         "DROP TABLE user_directory_search; DROP TABLE user_directory;
          DROP TABLE user_directory_rooms; DROP TABLE openid_tokens;
+         DROP TABLE media;
          PRAGMA user_version = 12;",
     )
     .unwrap();
