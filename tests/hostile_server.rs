@@ -1359,7 +1359,11 @@ async fn a_rule_changed_on_a_fork_against_a_local_join_wins() {
         },
     )
     .await;
-    // Mallory closes the room, on the rule...
+    // Bob joins here, and Mallory's server does not hear of it...
+    rig.hostile.set_behaviour(|b| b.accept_transactions = false);
+    let bob = rig.weft.register("bob").await;
+    assert_eq!(bob.join(rig.room.as_str()).await.0, 200);
+    // ...when Mallory, later, closes the room on the rule.
     let draft = rig.hostile.draft(
         &rig.room,
         &rig.mallory,
@@ -1367,9 +1371,7 @@ async fn a_rule_changed_on_a_fork_against_a_local_join_wins() {
         Some(""),
         json!({ "guest_access": "forbidden" }),
     );
-    // ...while Bob joins here
-    let bob = rig.weft.register("bob").await;
-    assert_eq!(bob.join(rig.room.as_str()).await.0, 200);
+    rig.hostile.set_behaviour(|b| b.accept_transactions = true);
     let close = rig.hostile.sign(&rig.room, draft);
     rig.hostile.commit(&rig.room, &close);
     assert_accepted(&rig.send("close-on-fork", &[&close]).await, &close.id);
