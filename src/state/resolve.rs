@@ -98,7 +98,30 @@ pub async fn resolve_with(
         subgraph,
     )
     .map_err(|e| ResolveError::Failed(e.to_string()))?;
+    if tracing::enabled!(tracing::Level::DEBUG) {
+        trace_conflicts(states, pending, &resolved);
+    }
     Ok(resolved)
+}
+
+/// At debug level: each conflicted key, the candidates the states held
+/// and the one the resolution kept (to follow a divergence between
+/// servers from their logs).
+fn trace_conflicts(states: &[Arc<StateMap>], pending: &[Arc<Pdu>], resolved: &StateMap) {
+    let keys: HashSet<&super::StateKey> = states.iter().flat_map(|s| s.keys()).collect();
+    for key in keys {
+        let candidates: HashSet<Option<&OwnedEventId>> = states.iter().map(|s| s.get(key)).collect();
+        if candidates.len() > 1 {
+            tracing::debug!(
+                kind = %key.0,
+                state_key = %key.1,
+                ?candidates,
+                kept = ?resolved.get(key),
+                pending = ?pending.iter().map(|p| &p.event_id).collect::<Vec<_>>(),
+                "conflicted state resolved"
+            );
+        }
+    }
 }
 
 /// State resolution v1 needs the states' events only (not their auth
