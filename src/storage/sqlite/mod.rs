@@ -80,6 +80,10 @@ pub struct SqliteStorage {
     writer: Arc<Mutex<Connection>>,
     readers: Arc<Mutex<Vec<Connection>>>,
     events: Arc<Mutex<LruCache<OwnedEventId, StoredEvent>>>,
+    /// Whether any user was ever erased: until one is, `erased_users`
+    /// (asked for every page of history read) answers without a query.
+    /// This process is the database's only writer, so the flag is exact.
+    any_erased: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl SqliteStorage {
@@ -90,6 +94,8 @@ impl SqliteStorage {
         let path = data_dir.join("weft.db");
         let mut writer = Self::connect(&path, 2048)?;
         migrate(&mut writer)?;
+        let any_erased: bool =
+            writer.query_row("SELECT EXISTS (SELECT 1 FROM users WHERE erased = 1)", [], |r| r.get(0))?;
         Ok(SqliteStorage {
             path,
             writer: Arc::new(Mutex::new(writer)),
@@ -97,6 +103,7 @@ impl SqliteStorage {
             events: Arc::new(Mutex::new(LruCache::new(
                 NonZeroUsize::new(EVENT_CACHE_SIZE).expect("non-zero"),
             ))),
+            any_erased: Arc::new(std::sync::atomic::AtomicBool::new(any_erased)),
         })
     }
 
@@ -264,10 +271,15 @@ impl Storage for SqliteStorage {
             exec(tx, "DELETE FROM account_data WHERE user_id = ?1", [user_id.as_str()])?;
             Ok(())
         })
-        .await
+        .await?;
+        self.any_erased.store(true, std::sync::atomic::Ordering::Release);
+        Ok(())
     }
 
     async fn erased_users(&self, users: &[OwnedUserId]) -> Result<std::collections::HashSet<OwnedUserId>> {
+        if !self.any_erased.load(std::sync::atomic::Ordering::Acquire) {
+            return Ok(std::collections::HashSet::new());
+        }
         let users = users.to_vec();
         self.read(move |c| {
             let mut stmt = c.prepare_cached("SELECT erased FROM users WHERE user_id = ?1")?;
