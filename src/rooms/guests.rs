@@ -61,7 +61,7 @@ pub async fn join(
         if !room_allows_guests(svc, room_id).await? {
             return Err(refused());
         }
-        return remote_join::join(svc, room_id, user, via, reason).await;
+        return membership::join(svc, room_id, user, reason).await;
     }
     if invite_refuses_guests(svc, room_id, user).await? {
         return Err(refused());

@@ -182,7 +182,7 @@ pub async fn persist_pdu(svc: &Services, event: ToPersist, rules: &RoomVersionRu
         && !backfilled
         && !matches!(current, NewCurrent::Unchanged)
         && pdu.state_key.as_deref() == Some("")
-        && pdu.kind.to_string() == "m.room.guest_access"
+        && pdu.kind == ruma::events::TimelineEventType::RoomGuestAccess
         && !serde_json::from_str(pdu.content.get()).is_ok_and(|c| super::guests::content_allows_guests(&c))
     {
         svc.guest_revocations.closed(&pdu.room_id);
