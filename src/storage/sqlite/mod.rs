@@ -79,7 +79,7 @@ pub struct SqliteStorage {
     path: std::path::PathBuf,
     writer: Arc<Mutex<Connection>>,
     readers: Arc<Mutex<Vec<Connection>>>,
-    events: Arc<Mutex<LruCache<OwnedEventId, StoredEvent>>>,
+    events: Arc<Mutex<EventCache>>,
     /// Whether any user was ever erased: until one is, `erased_users`
     /// (asked for every page of history read) answers without a query.
     /// This process is the database's only writer, so the flag is exact.
@@ -100,9 +100,10 @@ impl SqliteStorage {
             path,
             writer: Arc::new(Mutex::new(writer)),
             readers: Arc::new(Mutex::new(Vec::new())),
-            events: Arc::new(Mutex::new(LruCache::new(
-                NonZeroUsize::new(EVENT_CACHE_SIZE).expect("non-zero"),
-            ))),
+            events: Arc::new(Mutex::new(EventCache {
+                events: LruCache::new(NonZeroUsize::new(EVENT_CACHE_SIZE).expect("non-zero")),
+                writes: 0,
+            })),
             any_erased: Arc::new(std::sync::atomic::AtomicBool::new(any_erased)),
         })
     }
@@ -167,32 +168,52 @@ impl SqliteStorage {
         .map_err(|e| StorageError::Database(format!("storage task failed: {e}")))?
     }
 
-    fn cached(&self, ids: &[OwnedEventId]) -> (Vec<Option<StoredEvent>>, Vec<OwnedEventId>) {
+    /// The cached events among `ids` (in order), the IDs to read, and
+    /// the cache's write count, to give back to [`Self::remember`].
+    fn cached(&self, ids: &[OwnedEventId]) -> (Vec<Option<StoredEvent>>, Vec<OwnedEventId>, u64) {
         let mut cache = self.events.lock().expect("event cache lock");
         let mut missing = Vec::new();
         let found = ids
             .iter()
             .map(|id| {
-                let hit = cache.get(id).cloned();
+                let hit = cache.events.get(id).cloned();
                 if hit.is_none() {
                     missing.push(id.clone());
                 }
                 hit
             })
             .collect();
-        (found, missing)
+        (found, missing, cache.writes)
     }
 
-    fn remember(&self, events: &[StoredEvent]) {
+    /// Caches events read when the cache's write count was `writes`. If an
+    /// event was written since, what was read may be the version before
+    /// that write (an outlier since made part of the timeline, an event
+    /// since redacted): nothing is cached then, or the stale version would
+    /// outlive the [`Self::forget`] meant to drop it.
+    fn remember(&self, events: &[StoredEvent], writes: u64) {
         let mut cache = self.events.lock().expect("event cache lock");
+        if cache.writes != writes {
+            return;
+        }
         for event in events {
-            cache.put(event.pdu.event_id.clone(), event.clone());
+            cache.events.put(event.pdu.event_id.clone(), event.clone());
         }
     }
 
+    /// Drops an event just written from the cache.
     fn forget(&self, event_id: &EventId) {
-        self.events.lock().expect("event cache lock").pop(event_id);
+        let mut cache = self.events.lock().expect("event cache lock");
+        cache.writes += 1;
+        cache.events.pop(event_id);
     }
+}
+
+/// Events by ID, with a count of the writes to events (see
+/// [`SqliteStorage::remember`]).
+struct EventCache {
+    events: LruCache<OwnedEventId, StoredEvent>,
+    writes: u64,
 }
 
 fn migrate(conn: &mut Connection) -> Result<()> {
@@ -419,7 +440,7 @@ impl Storage for SqliteStorage {
     }
 
     async fn events(&self, ids: &[OwnedEventId]) -> Result<Vec<StoredEvent>> {
-        let (mut found, missing) = self.cached(ids);
+        let (mut found, missing, writes) = self.cached(ids);
         if !missing.is_empty() {
             let loaded = self
                 .read(move |c| {
@@ -429,7 +450,7 @@ impl Storage for SqliteStorage {
                         .collect::<Result<Vec<_>>>()
                 })
                 .await?;
-            self.remember(&loaded);
+            self.remember(&loaded, writes);
             for slot in found.iter_mut().zip(ids).filter(|(f, _)| f.is_none()) {
                 *slot.0 = loaded.iter().find(|e| e.pdu.event_id == *slot.1).cloned();
             }
