@@ -99,29 +99,76 @@ pub async fn resolve_with(
     )
     .map_err(|e| ResolveError::Failed(e.to_string()))?;
     if tracing::enabled!(tracing::Level::DEBUG) {
-        trace_conflicts(states, pending, &resolved);
+        trace_conflicts(states, pending, &resolved, &events);
     }
     Ok(resolved)
 }
 
 /// At debug level: each conflicted key, the candidates the states held
-/// and the one the resolution kept (to follow a divergence between
-/// servers from their logs).
-fn trace_conflicts(states: &[Arc<StateMap>], pending: &[Arc<Pdu>], resolved: &StateMap) {
+/// (each with its timestamp and the power levels it was authorised by,
+/// which decide its place in the mainline ordering) and the one the
+/// resolution kept, to follow a divergence between servers from their
+/// logs.
+fn trace_conflicts(
+    states: &[Arc<StateMap>],
+    pending: &[Arc<Pdu>],
+    resolved: &StateMap,
+    events: &HashMap<OwnedEventId, Arc<Pdu>>,
+) {
     let keys: HashSet<&super::StateKey> = states.iter().flat_map(|s| s.keys()).collect();
     for key in keys {
         let candidates: HashSet<Option<&OwnedEventId>> = states.iter().map(|s| s.get(key)).collect();
         if candidates.len() > 1 {
+            let described: Vec<String> = candidates
+                .iter()
+                .map(|c| match c {
+                    None => "(absent)".to_owned(),
+                    Some(id) => describe(id, events),
+                })
+                .collect();
             tracing::debug!(
                 kind = %key.0,
                 state_key = %key.1,
-                ?candidates,
+                candidates = ?described,
                 kept = ?resolved.get(key),
                 pending = ?pending.iter().map(|p| &p.event_id).collect::<Vec<_>>(),
                 "conflicted state resolved"
             );
         }
     }
+}
+
+/// An event as the mainline ordering sees it: its timestamp, its chain of
+/// power-levels auth events, and any auth event on that walk the
+/// resolution could not load (which would make it drop the event).
+fn describe(id: &OwnedEventId, events: &HashMap<OwnedEventId, Arc<Pdu>>) -> String {
+    let Some(pdu) = events.get(id) else {
+        return format!("{id} (not loaded)");
+    };
+    let mut walk = Vec::new();
+    let mut missing = Vec::new();
+    let mut current = Some(pdu.clone());
+    while let Some(event) = current.take() {
+        for auth in &event.auth_events {
+            match events.get(auth) {
+                None => missing.push(auth.to_string()),
+                Some(a) if a.kind == ruma::events::TimelineEventType::RoomPowerLevels => {
+                    walk.push(a.event_id.to_string());
+                    current = Some(a.clone());
+                    break;
+                }
+                Some(_) => {}
+            }
+        }
+        if walk.len() > 64 {
+            break;
+        }
+    }
+    format!(
+        "{id} ts={} rejected={} power_levels={walk:?} unloaded_auth={missing:?}",
+        u64::from(pdu.origin_server_ts.get()),
+        pdu.rejected
+    )
 }
 
 /// State resolution v1 needs the states' events only (not their auth
