@@ -61,6 +61,11 @@ pub struct Config {
     /// Presence (online, idle, offline, status messages): kept, shown in
     /// `/sync` and shared with other servers. On by default.
     pub presence: bool,
+    /// Self-destructing messages (MSC2228, not in the spec yet): a message
+    /// whose content has `org.matrix.self_destruct_after` (milliseconds
+    /// since the epoch) is pruned, as a redaction prunes it, at that time.
+    /// Off by default.
+    pub ephemeral_messages: bool,
     /// The largest media upload accepted (bytes); larger ones are refused
     /// with `M_TOO_LARGE`. Also the largest remote media fetched.
     pub max_upload_size: u64,
@@ -88,6 +93,7 @@ impl Default for Config {
             app_service_config_files: Vec::new(),
             metrics_listen: None,
             presence: true,
+            ephemeral_messages: false,
             max_upload_size: 50 * 1024 * 1024,
             log: "info,ruma_state_res=warn".to_owned(),
         }
@@ -231,6 +237,7 @@ impl Config {
         }
         set_opt(&env, "metrics_listen", &mut self.metrics_listen)?;
         set(&env, "presence", &mut self.presence)?;
+        set(&env, "ephemeral_messages", &mut self.ephemeral_messages)?;
         set(&env, "max_upload_size", &mut self.max_upload_size)?;
         set(&env, "log", &mut self.log)?;
         Ok(())
@@ -327,6 +334,11 @@ app_service_config_files = []
 # Presence: users' online/idle/offline state and status messages, shown to
 # the users they share a room with and sent to those users' servers.
 presence = true
+
+# Self-destructing messages (MSC2228, not in the spec yet): a message whose
+# content has "org.matrix.self_destruct_after" (a time in milliseconds since
+# the epoch) is pruned at that time, as a redaction would prune it.
+ephemeral_messages = false
 
 # The largest media upload (avatars, images, files) accepted, in bytes;
 # also the largest media fetched from another server. 50 MiB by default.

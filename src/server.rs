@@ -158,6 +158,9 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
     svc.appservices.resume();
     tokio::spawn(crate::presence::run_sweeper(svc.clone(), cancel.clone()));
     tokio::spawn(crate::rooms::guests::run_revocations(svc.clone(), cancel.clone()));
+    if config.ephemeral_messages {
+        tokio::spawn(crate::rooms::expiry::run(svc.clone(), cancel.clone()));
+    }
 
     let client_listener = tokio::net::TcpListener::bind(config.client_listen)
         .await

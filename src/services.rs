@@ -67,6 +67,8 @@ pub struct Services {
     pub guest_revocations: GuestRevocations,
     /// Where each device was last seen from.
     pub connections: Connections,
+    /// Wakes the pruning of self-destructing messages.
+    pub expiries: crate::rooms::expiry::Expiries,
 }
 
 impl Services {
@@ -127,6 +129,7 @@ impl Services {
             lazy_members: LazyLoadCache::default(),
             guest_revocations: GuestRevocations::default(),
             connections: Connections::default(),
+            expiries: Default::default(),
         })
     }
 

@@ -4,6 +4,7 @@
 //! the auth rules and stores it atomically.
 
 pub mod create;
+pub mod expiry;
 pub mod federated;
 pub mod guests;
 pub mod inbound;

@@ -122,6 +122,9 @@ pub async fn persist_pdu(svc: &Services, event: ToPersist, rules: &RoomVersionRu
         NewCurrent::Resolved { previous, resolved } => Some(resolved_update(previous, resolved)),
         NewCurrent::Unchanged => None,
     };
+    let expires_at = Some(&pdu)
+        .filter(|_| accepted && svc.config.ephemeral_messages)
+        .and_then(|pdu| super::expiry::expiry_of(pdu));
     let persisted = svc
         .storage
         .persist_timeline_event(NewTimelineEvent {
@@ -132,8 +135,12 @@ pub async fn persist_pdu(svc: &Services, event: ToPersist, rules: &RoomVersionRu
             replaces_state,
             current_state,
             txn,
+            expires_at,
         })
         .await?;
+    if expires_at.is_some() {
+        svc.expiries.scheduled();
+    }
 
     let before_map = before.map(|(_, map)| map).unwrap_or_default();
     svc.state.remember(persisted.state_group_before, before_map.clone());

@@ -131,6 +131,9 @@ pub struct NewTimelineEvent {
     /// When set, the room's current state changes with this event.
     pub current_state: Option<CurrentStateUpdate>,
     pub txn: Option<TxnKey>,
+    /// When the event self-destructs (MSC2228), in milliseconds since the
+    /// epoch: its content is pruned then.
+    pub expires_at: Option<u64>,
 }
 
 /// How an event from the timeline's point of view fared in the checks.
@@ -383,6 +386,12 @@ pub trait Storage:
     async fn persist_outlier(&self, pdu: Arc<Pdu>, rejected: Option<String>) -> Result<()>;
     /// The event sent under this client transaction, if any.
     async fn txn_event(&self, txn: &TxnKey) -> Result<Option<OwnedEventId>>;
+    /// The event to expire first (self-destructing messages, MSC2228) and
+    /// when, in milliseconds since the epoch.
+    async fn next_expiry(&self) -> Result<Option<(OwnedEventId, u64)>>;
+    /// Forgets `event_id`'s expiry and, given its pruned JSON, replaces the
+    /// stored JSON with it (no redaction event names it).
+    async fn expire_event(&self, event_id: &ruma::EventId, pruned_json: Option<&str>) -> Result<()>;
     /// Replaces the stored JSON of `event_id` by its redacted form.
     async fn apply_redaction(
         &self,

@@ -264,6 +264,13 @@ pub fn persist_timeline_event(tx: &Transaction<'_>, new: &NewTimelineEvent) -> R
             ],
         )?;
     }
+    if let Some(expiry) = new.expires_at {
+        exec(
+            tx,
+            "INSERT OR REPLACE INTO event_expiry (event_id, expiry_ts) VALUES (?1, ?2)",
+            params![pdu.event_id.as_str(), i64::try_from(expiry).unwrap_or(i64::MAX)],
+        )?;
+    }
     Ok(Persisted {
         stream_ordering: stream,
         state_group_before: before,
@@ -384,6 +391,34 @@ pub fn apply_redaction(
         tx,
         "UPDATE events SET json = ?2, redacted_by = ?3 WHERE event_id = ?1",
         params![event_id.as_str(), redacted_json, redacted_by.as_str()],
+    )?;
+    Ok(())
+}
+
+pub fn next_expiry(c: &Connection) -> Result<Option<(OwnedEventId, u64)>> {
+    let row: Option<(String, i64)> = c
+        .query_row(
+            "SELECT event_id, expiry_ts FROM event_expiry ORDER BY expiry_ts LIMIT 1",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()?;
+    row.map(|(id, ts)| Ok((parse(id)?, u64::try_from(ts).unwrap_or(0))))
+        .transpose()
+}
+
+pub fn expire_event(tx: &Transaction<'_>, event_id: &EventId, pruned_json: Option<&str>) -> Result<()> {
+    if let Some(json) = pruned_json {
+        exec(
+            tx,
+            "UPDATE events SET json = ?2 WHERE event_id = ?1",
+            params![event_id.as_str(), json],
+        )?;
+    }
+    exec(
+        tx,
+        "DELETE FROM event_expiry WHERE event_id = ?1",
+        params![event_id.as_str()],
     )?;
     Ok(())
 }

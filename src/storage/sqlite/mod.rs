@@ -57,6 +57,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("schema_v12.sql"),
     include_str!("schema_v13.sql"),
     include_str!("schema_v14.sql"),
+    include_str!("schema_v15.sql"),
 ];
 
 const MAX_IDLE_READERS: usize = 4;
@@ -498,6 +499,18 @@ impl Storage for SqliteStorage {
         self.write(move |tx| events::persist_outlier(tx, &pdu, rejected.as_deref()))
             .await?;
         self.forget(&event_id);
+        Ok(())
+    }
+
+    async fn next_expiry(&self) -> Result<Option<(OwnedEventId, u64)>> {
+        self.read(events::next_expiry).await
+    }
+
+    async fn expire_event(&self, event_id: &EventId, pruned_json: Option<&str>) -> Result<()> {
+        let (id, json) = (event_id.to_owned(), pruned_json.map(str::to_owned));
+        self.write(move |tx| events::expire_event(tx, &id, json.as_deref()))
+            .await?;
+        self.forget(event_id);
         Ok(())
     }
 
