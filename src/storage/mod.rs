@@ -91,6 +91,9 @@ pub enum Direction {
 #[derive(Debug, Clone)]
 pub enum StateWrite {
     Existing(StateGroupId),
+    /// The state after an event in the room's timeline (stored before, or
+    /// earlier in the same batch: its group is not known to the caller).
+    AfterEvent(OwnedEventId),
     Delta {
         base: Option<StateGroupId>,
         changes: Vec<(StateKey, OwnedEventId)>,
@@ -380,6 +383,9 @@ pub trait Storage:
     /// state, extremities, current state and transaction ID. Creates the
     /// room when the event is its `m.room.create`.
     async fn persist_timeline_event(&self, event: NewTimelineEvent) -> Result<Persisted>;
+    /// [`Self::persist_timeline_event`] for several events, in order, in
+    /// one transaction: all are stored or none.
+    async fn persist_timeline_events(&self, events: Vec<NewTimelineEvent>) -> Result<Vec<Persisted>>;
     /// Keeps an event without the state before it (an auth event fetched
     /// from another server, a state event of a join): no place in the
     /// timeline, no extremities. Nothing happens if it is held already.

@@ -486,6 +486,22 @@ impl Storage for SqliteStorage {
         self.read(move |c| events::backward_extremities(c, &room_id)).await
     }
 
+    async fn persist_timeline_events(&self, events: Vec<NewTimelineEvent>) -> Result<Vec<Persisted>> {
+        let ids: Vec<OwnedEventId> = events.iter().map(|e| e.pdu.event_id.clone()).collect();
+        let persisted = self
+            .write(move |tx| {
+                events
+                    .iter()
+                    .map(|event| events::persist_timeline_event(tx, event))
+                    .collect::<Result<Vec<_>>>()
+            })
+            .await?;
+        for id in &ids {
+            self.forget(id);
+        }
+        Ok(persisted)
+    }
+
     async fn persist_timeline_event(&self, event: NewTimelineEvent) -> Result<Persisted> {
         let event_id = event.pdu.event_id.clone();
         let persisted = self.write(move |tx| events::persist_timeline_event(tx, &event)).await?;

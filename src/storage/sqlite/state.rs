@@ -18,6 +18,12 @@ pub const MAX_CHAIN_LEN: i64 = 32;
 pub fn write_state(tx: &Transaction<'_>, room_id: &RoomId, state: &StateWrite) -> Result<i64> {
     match state {
         StateWrite::Existing(group) => Ok(*group),
+        StateWrite::AfterEvent(event_id) => tx
+            .prepare_cached("SELECT state_group_after FROM events WHERE event_id = ?1 AND outlier = 0")?
+            .query_row([event_id.as_str()], |r| r.get::<_, Option<i64>>(0))
+            .optional()?
+            .flatten()
+            .ok_or_else(|| StorageError::Corrupt(format!("no state known after {event_id}"))),
         StateWrite::Delta { base, changes } => insert_group(tx, room_id, *base, changes),
     }
 }
