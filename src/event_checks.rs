@@ -25,7 +25,7 @@ use crate::{
     events::{Pdu, auth::AuthContext},
     services::Services,
     state::StateMap,
-    storage::{StorageError, StoredEvent},
+    storage::{StateKey, StorageError, StoredEvent},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -138,37 +138,56 @@ pub async fn check_auth(
 /// state-dependent, the auth events standing in for the state). This is
 /// all that can be checked of an outlier.
 pub async fn check_auth_events(svc: &Services, rules: &RoomVersionRules, pdu: &Pdu) -> Result<(), CheckError> {
-    let mut by_id: HashMap<OwnedEventId, StoredEvent> = HashMap::new();
-    for event in svc.storage.events(&pdu.auth_events).await? {
-        if event.pdu.room_id != pdu.room_id {
+    let mut held: Vec<StoredEvent> = svc.storage.events(&pdu.auth_events).await?;
+    if let Some(create) = implied_create(rules, pdu)
+        && !held.iter().any(|e| e.pdu.event_id == create)
+        && let Some(event) = svc.storage.event(&create).await?
+    {
+        held.push(event);
+    }
+    auth_events_allow(rules, pdu, held.iter().map(|e| (&*e.pdu, e.meta.rejected.is_some())))
+}
+
+/// The room's create event when the room version names it by the room ID
+/// (v12) rather than in `auth_events`.
+pub fn implied_create(rules: &RoomVersionRules, pdu: &Pdu) -> Option<OwnedEventId> {
+    if !rules.authorization.room_create_event_id_as_room_id {
+        return None;
+    }
+    OwnedEventId::try_from(format!("${}", pdu.room_id.strip_sigil())).ok()
+}
+
+/// Step 4 given the auth events as held, each with whether it was
+/// rejected (and the [`implied_create`] event, if any): all must be held,
+/// of the room, and not rejected.
+pub fn auth_events_allow<'a>(
+    rules: &RoomVersionRules,
+    pdu: &Pdu,
+    held: impl IntoIterator<Item = (&'a Pdu, bool)>,
+) -> Result<(), CheckError> {
+    let mut by_id: HashMap<&OwnedEventId, &Pdu> = HashMap::new();
+    for (event, rejected) in held {
+        if event.room_id != pdu.room_id {
             return Err(CheckError::Rejected(format!(
                 "auth event {} is of another room",
-                event.pdu.event_id
+                event.event_id
             )));
         }
-        if event.meta.rejected.is_some() {
+        if rejected {
             return Err(CheckError::Rejected(format!(
                 "auth event {} was rejected",
-                event.pdu.event_id
+                event.event_id
             )));
         }
-        by_id.insert(event.pdu.event_id.clone(), event);
+        by_id.insert(&event.event_id, event);
     }
     if let Some(missing) = pdu.auth_events.iter().find(|id| !by_id.contains_key(*id)) {
         return Err(CheckError::Rejected(format!("auth event {missing} is not known here")));
     }
-    // The room's create event: v12 names it by the room ID.
-    if rules.authorization.room_create_event_id_as_room_id
-        && let Ok(create) = OwnedEventId::try_from(format!("${}", pdu.room_id.strip_sigil()))
-        && !by_id.contains_key(&create)
-        && let Some(event) = svc.storage.event(&create).await?
-    {
-        by_id.insert(create, event);
-    }
     // The auth events are the state the event claims to be allowed by:
     // both halves of the rules run against them (the state-dependent half
     // is what makes a forged power or membership claim fail here).
-    let own = AuthContext::from_state(by_id.values().map(|e| &*e.pdu));
+    let own = AuthContext::from_state(by_id.values().copied());
     crate::events::auth::check(&rules.authorization, pdu, &own).map_err(CheckError::Rejected)
 }
 
@@ -179,7 +198,15 @@ pub async fn check_against(
     pdu: &Pdu,
     state: &StateMap,
 ) -> Result<(), CheckError> {
-    let auth_types = ruma::state_res::auth_types_for_event(
+    let keys = auth_keys(rules, pdu)?;
+    let events = svc.state.events_for(state, &keys).await?;
+    state_allows(rules, pdu, events.iter().map(|e| &*e.pdu))
+}
+
+/// The state keys the auth rules look at for `pdu` (the create event's
+/// among them).
+pub fn auth_keys(rules: &RoomVersionRules, pdu: &Pdu) -> Result<Vec<StateKey>, CheckError> {
+    let mut keys = ruma::state_res::auth_types_for_event(
         &pdu.kind,
         &pdu.sender,
         pdu.state_key.as_deref(),
@@ -187,10 +214,17 @@ pub async fn check_against(
         &rules.authorization,
     )
     .map_err(CheckError::Rejected)?;
-    let mut keys = auth_types;
     keys.push((StateEventType::RoomCreate, String::new()));
-    let events = svc.state.events_for(state, &keys).await?;
-    let ctx = AuthContext::from_state(events.iter().map(|e| &*e.pdu));
+    Ok(keys)
+}
+
+/// Step 5 given the events of the state for [`auth_keys`].
+pub fn state_allows<'a>(
+    rules: &RoomVersionRules,
+    pdu: &Pdu,
+    state_events: impl Iterator<Item = &'a Pdu>,
+) -> Result<(), CheckError> {
+    let ctx = AuthContext::from_state(state_events);
     ruma::state_res::check_state_dependent_auth_rules(&rules.authorization, pdu, |kind, key| {
         ctx.by_key.get(&(kind.clone(), key.to_owned())).copied()
     })
