@@ -5,7 +5,7 @@
 //! (the point where this server joined, a leave and re-join, an outage).
 //! [`fill`] asks servers that were in the room at the gap for `/backfill`
 //! from there (several extremities at once), checks and stores what comes
-//! back ([`crate::rooms::inbound::receive_backfilled`]), and tells how many
+//! back ([`crate::rooms::backfilled::receive_backfilled`]), and tells how many
 //! events it added. One fill per room at a time: a second request for the
 //! same gap waits, then finds it filled. A server that failed for a gap is
 //! not asked about that gap again until its back-off has passed, so history
@@ -26,7 +26,7 @@ use tracing::Instrument;
 
 use crate::{
     event_checks,
-    rooms::{RoomError, inbound},
+    rooms::{RoomError, backfilled},
     services::Services,
 };
 
@@ -128,7 +128,7 @@ pub async fn fill(svc: &Services, room_id: &RoomId, gaps: &[OwnedEventId], want:
                     Err(e) => tracing::info!(%server, error = %e, "dropping a backfilled event"),
                 }
             }
-            added = inbound::receive_backfilled(svc, &server, &room, events).await?;
+            added = backfilled::receive_backfilled(svc, &server, &room, events).await?;
             if added == 0 {
                 svc.metrics.backfill_request("empty");
                 svc.backfiller.failed(&gaps, &server);

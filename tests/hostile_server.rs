@@ -1381,3 +1381,93 @@ async fn a_rule_changed_on_a_fork_against_a_local_join_wins() {
     let (status, member) = rig.state("m.room.member", &bob.user_id).await;
     assert_eq!((status, member["membership"].as_str()), (200, Some("join")), "{member}");
 }
+
+/// A page of history from `/backfill` (taken as one batch) gets the same
+/// checks as a live event, each event against the state its own
+/// predecessors in the page make: Eve, who joined in the gap, may talk
+/// there; Mallory's name change in the gap (he has no power for it) is
+/// rejected, and the state after it is the state before it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backfilled_page_is_checked_event_by_event_against_its_own_state() {
+    let rig = rig().await;
+    // `/get_missing_events` gives only the newest missing event.
+    rig.hostile.set_behaviour(|b| b.missing_events_limit = Some(1));
+    let eve = rig.hostile.user("eve");
+    let eve_join = rig.hostile.build(
+        &rig.room,
+        &eve,
+        "m.room.member",
+        Some(eve.as_str()),
+        json!({ "membership": "join" }),
+    );
+    rig.hostile.commit(&rig.room, &eve_join);
+    let eve_talks = rig.hostile.message(&rig.room, &eve, "eve in the gap");
+    rig.hostile.commit(&rig.room, &eve_talks);
+    let forged = rig.hostile.build(
+        &rig.room,
+        &rig.mallory,
+        "m.room.name",
+        Some(""),
+        json!({ "name": "Forged" }),
+    );
+    rig.hostile.commit(&rig.room, &forged);
+    let after_forged = rig.hostile.message(&rig.room, &rig.mallory, "after the forgery");
+    rig.hostile.commit(&rig.room, &after_forged);
+    let last = rig.hostile.message(&rig.room, &rig.mallory, "last");
+    rig.hostile.commit(&rig.room, &last);
+
+    // weft gets the last two live; the rest is a gap at the forgery.
+    assert_accepted(&rig.send("gap", &[&last]).await, &last.id);
+    let backward: Vec<OwnedEventId> = rig
+        .weft
+        .services()
+        .storage
+        .backward_extremities(&rig.room)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(id, _)| id)
+        .collect();
+    assert!(backward.contains(&forged.id), "the gap is at the forgery: {backward:?}");
+
+    // Alice pages back into the gap: weft backfills it.
+    let timeline = rig.timeline().await;
+    let position = |id: &OwnedEventId| timeline.iter().position(|t| t.as_str() == id.as_str());
+    let order: Vec<Option<usize>> = [&eve_join.id, &eve_talks.id, &after_forged.id, &last.id]
+        .into_iter()
+        .map(position)
+        .collect();
+    assert!(
+        order.iter().all(Option::is_some) && order.windows(2).all(|w| w[0] < w[1]),
+        "the gap's events in order: {order:?} in {timeline:?}"
+    );
+    assert!(
+        !rig.hostile.seen_at("/_matrix/federation/v1/backfill/").is_empty(),
+        "weft backfilled"
+    );
+    let stored = rig.stored(&forged.id).await.expect("the forgery is kept");
+    assert!(
+        stored.meta.rejected.is_some(),
+        "the forgery is rejected: {:?}",
+        stored.meta
+    );
+    assert!(!stored.meta.outlier, "and takes its place in the timeline");
+    rig.assert_invisible(&forged.id).await;
+
+    // The states the batch recorded: Eve joined before she talked; the
+    // forgery is in no state.
+    let services = rig.weft.services().clone();
+    let state_of = |group: Option<i64>| {
+        let services = services.clone();
+        async move { services.state.group(group.expect("a state group")).await.unwrap() }
+    };
+    let eve_key = ("m.room.member".into(), eve.to_string());
+    let name_key = ("m.room.name".into(), String::new());
+    let before_talk = state_of(rig.stored(&eve_talks.id).await.unwrap().meta.state_group_before).await;
+    assert_eq!(before_talk.get(&eve_key), Some(&eve_join.id));
+    let after_forgery = state_of(stored.meta.state_group_after).await;
+    assert_ne!(after_forgery.get(&name_key), Some(&forged.id));
+    assert_eq!(after_forgery.get(&eve_key), Some(&eve_join.id));
+    let (_, name) = rig.state("m.room.name", "").await;
+    assert_eq!(name["name"], "Original name", "{name}");
+}

@@ -91,41 +91,26 @@ pub async fn receive_pdu(
     .await
 }
 
-/// Stores history fetched from `origin` (by `/backfill`), oldest first
-/// (depth; among equal depths, descending event ID):
-/// the same checks as live events, but no soft failure (it is the past),
-/// no effect on the current state, negative stream orderings. The state
-/// before an event whose parents are not held comes from `origin`'s
-/// `/state_ids` (once per such event: usually once per fetched chunk).
-/// Returns how many events were added to the timeline.
-pub async fn receive_backfilled(
+/// One event of a `/backfill` page that [`super::backfilled`] could not
+/// take in its batch (parents or auth events not held, a fork to
+/// resolve): the same checks as live events, but no soft failure (it is
+/// the past), no effect on the current state, a negative stream ordering.
+/// The state before an event whose parents are not held comes from
+/// `origin`'s `/state_ids`.
+pub(super) async fn receive_backfilled_one(
     svc: &Services,
     origin: &ServerName,
     room: &RoomInfo,
-    mut events: Vec<Pdu>,
-) -> Result<usize, RoomError> {
-    // Oldest first (parents before children), and among events of equal
-    // depth the greatest event ID first: each stored event takes the next
-    // lower stream ordering, so /messages, which orders by (depth, stream
-    // ordering), shows them in the /backfill walk's order (docs/history.md).
-    events.sort_by(|a, b| a.depth.cmp(&b.depth).then_with(|| b.event_id.cmp(&a.event_id)));
-    let receiver = Receiver {
+    pdu: Pdu,
+) -> Result<Outcome, RoomError> {
+    Receiver {
         svc,
         origin,
         room,
         mode: Mode::Backfill,
-    };
-    let mut added = 0;
-    for event in events {
-        let id = event.event_id.clone();
-        match receiver.receive(event, false).await {
-            Ok(Outcome::AlreadyHeld) => {}
-            Ok(_) => added += 1,
-            Err(RoomError::Storage(e)) => return Err(RoomError::Storage(e)),
-            Err(e) => tracing::info!(event_id = %id, error = %e, "a backfilled event could not be stored"),
-        }
     }
-    Ok(added)
+    .receive(pdu, false)
+    .await
 }
 
 /// Live events move the room on; backfilled ones fill in its past.

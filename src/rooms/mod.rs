@@ -3,6 +3,7 @@
 //! [`send::send_event`], which places it in the DAG, checks it against
 //! the auth rules and stores it atomically.
 
+pub mod backfilled;
 pub mod create;
 pub mod expiry;
 pub mod federated;

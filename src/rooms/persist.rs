@@ -286,3 +286,88 @@ async fn redaction_allowed(
     let power = super::power::power_levels(svc, state, &rules.authorization).await?;
     Ok(power.user_can_redact_event_of_other(&redaction.sender))
 }
+
+/// A checked event of a `/backfill` page, for [`persist_backfilled`].
+pub struct Backfilled {
+    /// With `rejected` set as `status` says.
+    pub pdu: Arc<Pdu>,
+    /// The state before it: an existing group, or the state after an event
+    /// stored before it (in the same batch, perhaps).
+    pub before: StateWrite,
+    pub before_map: Arc<StateMap>,
+    /// The state after it (`before_map` itself unless it is an accepted
+    /// state event).
+    pub after_map: Arc<StateMap>,
+    /// Accepted or rejected (history is never soft-failed).
+    pub status: TimelineStatus,
+}
+
+/// Stores events of the room's past (from `/backfill`), oldest first, in
+/// one write: no current state, extremities or notifications move.
+pub async fn persist_backfilled(
+    svc: &Services,
+    events: Vec<Backfilled>,
+    rules: &RoomVersionRules,
+) -> Result<(), RoomError> {
+    if events.is_empty() {
+        return Ok(());
+    }
+    let mut after_write = Vec::with_capacity(events.len());
+    let mut writes = Vec::with_capacity(events.len());
+    for event in events {
+        let Backfilled {
+            pdu,
+            before,
+            before_map,
+            after_map,
+            status,
+        } = event;
+        let accepted = status == TimelineStatus::Accepted;
+        let state_key = pdu
+            .state_key
+            .as_ref()
+            .filter(|_| accepted)
+            .map(|k| key(StateEventType::from(pdu.kind.to_string()), k));
+        let replaces_state = state_key.as_ref().and_then(|k| before_map.get(k).cloned());
+        let expires_at = Some(&pdu)
+            .filter(|_| accepted && svc.config.ephemeral_messages)
+            .and_then(|pdu| super::expiry::expiry_of(pdu));
+        writes.push(NewTimelineEvent {
+            pdu: pdu.clone(),
+            backfilled: true,
+            status,
+            state_before: before,
+            replaces_state,
+            current_state: None,
+            txn: None,
+            expires_at,
+        });
+        after_write.push((
+            pdu,
+            before_map,
+            after_map,
+            state_key.is_some(),
+            accepted,
+            expires_at.is_some(),
+        ));
+    }
+    let persisted = svc.storage.persist_timeline_events(writes).await?;
+    for ((pdu, before_map, after_map, changes_state, accepted, expires), persisted) in
+        after_write.into_iter().zip(persisted)
+    {
+        svc.state.remember(persisted.state_group_before, before_map.clone());
+        if changes_state {
+            svc.state.remember(persisted.state_group_after, after_map);
+        }
+        if accepted
+            && let Some(target) = &pdu.redacts
+            && redaction_allowed(svc, &pdu, target, &before_map, rules).await?
+        {
+            super::send::apply_redaction(svc, &pdu, target, rules).await?;
+        }
+        if expires {
+            svc.expiries.scheduled();
+        }
+    }
+    Ok(())
+}
