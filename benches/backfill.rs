@@ -62,7 +62,7 @@ const PASSWORD: &str = "bench-password";
 /// `weft-weft,weft-synapse,synapse-synapse,synapse-weft,cold`).
 /// `WEFT_BENCH_KEEP` keeps the weft data directories and logs;
 /// `WEFT_BENCH_WEFT_LOG` is the weft processes' log filter (`warn`);
-/// `WEFT_BENCH_PERF=<file>` records the weft joiner of "weft from weft" with
+/// `WEFT_BENCH_PERF=<file>` records the weft joiner of "weft from weft" (with call graphs) with
 /// `perf record` while it pages back.
 #[derive(Debug, Clone)]
 struct Settings {
@@ -583,7 +583,7 @@ async fn page_back_case(label: &str, host: &Host<'_>, room: &Room, joiner: &Join
     let perf = match (std::env::var_os("WEFT_BENCH_PERF"), joiner.weft, host.synapse) {
         (Some(out), Some(_), None) => {
             let perf = Command::new("perf")
-                .args(["record", "-F", "999", "-o"])
+                .args(["record", "-F", "999", "--call-graph", "dwarf,16384", "-o"])
                 .arg(out)
                 .args(["-p", &joiner.pid.to_string()])
                 .stdout(Stdio::null())

@@ -116,6 +116,12 @@ impl SqliteStorage {
         )?;
         conn.busy_timeout(std::time::Duration::from_secs(10))?;
         conn.set_prepared_statement_cache_capacity(64);
+        // The bundled SQLite is built with STAT4: without the query
+        // planner stability guarantee, a cached statement whose plan may
+        // depend on a bound value is re-parsed from its SQL on every run
+        // (rusqlite clears the bindings when the cache takes it back, which
+        // expires it). With QPSG the plan is made once.
+        conn.set_db_config(rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG, true)?;
         conn.execute_batch(&format!(
             "PRAGMA journal_mode = WAL;
              PRAGMA synchronous = NORMAL;
