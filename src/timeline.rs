@@ -12,7 +12,7 @@
 
 use std::fmt;
 
-use ruma::{RoomId, UserId};
+use ruma::{RoomId, UserId, api::client::filter::RoomEventFilter};
 
 use crate::{
     services::Services,
@@ -99,6 +99,9 @@ pub struct Reader<'a> {
     pub user: &'a UserId,
     /// Whether the user is a member of the room at present.
     pub joined_now: bool,
+    /// The events the reader asked for (a `RoomEventFilter`'s types,
+    /// senders, URL condition); `None`: all.
+    pub filter: Option<&'a RoomEventFilter>,
 }
 
 /// Where a page starts, which way it goes, where it must stop.
@@ -136,7 +139,12 @@ pub async fn paginate(svc: &Services, room_id: &RoomId, reader: Reader<'_>, req:
                 Direction::Backward => before(&event),
                 Direction::Forward => key,
             };
-            candidates.push(event);
+            if reader
+                .filter
+                .is_none_or(|f| crate::filter::event_matches(f, &event.pdu))
+            {
+                candidates.push(event);
+            }
         }
         events.extend(visibility::filter_for_user(svc, reader.user, reader.joined_now, candidates).await?);
         if !full {

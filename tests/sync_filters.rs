@@ -345,3 +345,115 @@ async fn a_newly_joined_room_is_limited_and_a_room_joined_and_left_brings_its_st
     assert_eq!(state.len(), 1, "{left}");
     assert_eq!(state[0]["content"]["k"], 2, "{left}");
 }
+
+/// `/messages` and `/context` take a `RoomEventFilter` too: only the
+/// events it lets through, a page filled with them; with lazy loading,
+/// `/messages` brings the membership of the chunk's senders.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_and_context_apply_the_room_event_filter() {
+    let server = TestServer::start().await;
+    let alice = server.register("alice").await;
+    let bob = server.register("bob").await;
+    let room = alice.create_room(json!({ "preset": "public_chat" })).await;
+    assert_eq!(bob.join(&room).await.0, 200);
+    let from_alice = send(&alice, &room, "m.room.message", "a1").await;
+    for i in 0..5 {
+        send(&bob, &room, "org.example.noise", &format!("n{i}")).await;
+    }
+    let from_bob = send(&bob, &room, "m.room.message", "b1").await;
+    send(&bob, &room, "org.example.noise", "n5").await;
+
+    let only = |f: Value| enc(&f.to_string());
+    let ids = |page: &Value, key: &str| -> Vec<String> {
+        page[key]
+            .as_array()
+            .map(Vec::as_slice)
+            .unwrap_or_default()
+            .iter()
+            .map(|e| e["event_id"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    // Only messages, newest first; a page of 2 is filled past the noise.
+    let page = alice
+        .messages(
+            &room,
+            &format!("dir=b&limit=2&filter={}", only(json!({ "types": ["m.room.message"] }))),
+        )
+        .await;
+    assert_eq!(
+        ids(&page, "chunk"),
+        vec![from_bob.clone(), from_alice.clone()],
+        "{page}"
+    );
+    // Senders and not_types.
+    let page = alice
+        .messages(
+            &room,
+            &format!(
+                "dir=b&limit=50&filter={}",
+                only(json!({ "senders": [bob.user_id], "not_types": ["org.example.noise"] }))
+            ),
+        )
+        .await;
+    let chunk = ids(&page, "chunk");
+    assert!(chunk.contains(&from_bob) && !chunk.contains(&from_alice), "{page}");
+    assert!(
+        page["chunk"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|e| e["sender"] == bob.user_id.as_str() && e["type"] != "org.example.noise"),
+        "{page}"
+    );
+    assert!(
+        page.get("state")
+            .is_none_or(|s| s.as_array().is_some_and(Vec::is_empty))
+    );
+
+    // Lazy loading: the members of the chunk's senders, no one else.
+    let page = alice
+        .messages(
+            &room,
+            &format!(
+                "dir=b&limit=1&filter={}",
+                only(json!({ "types": ["m.room.message"], "lazy_load_members": true }))
+            ),
+        )
+        .await;
+    assert_eq!(ids(&page, "chunk"), vec![from_bob.clone()]);
+    let state = page["state"].as_array().expect("state");
+    assert_eq!(state.len(), 1, "{page}");
+    assert_eq!(state[0]["type"], "m.room.member");
+    assert_eq!(state[0]["state_key"], bob.user_id.as_str());
+
+    // /context: the filter applies around the event and to the state,
+    // not to the event itself.
+    let context = alice
+        .ok(
+            Method::GET,
+            &format!(
+                "/_matrix/client/v3/rooms/{}/context/{}?limit=10&filter={}",
+                enc(&room),
+                enc(&from_bob),
+                only(json!({ "types": ["m.room.message", "m.room.member"] }))
+            ),
+            None,
+        )
+        .await;
+    assert_eq!(context["event"]["event_id"], from_bob.as_str());
+    let before = ids(&context, "events_before");
+    assert_eq!(before.first(), Some(&from_alice), "{context}");
+    for key in ["events_before", "events_after", "state"] {
+        assert!(
+            context[key]
+                .as_array()
+                .map(Vec::as_slice)
+                .unwrap_or_default()
+                .iter()
+                .all(|e| e["type"] == "m.room.message" || e["type"] == "m.room.member"),
+            "{key}: {context}"
+        );
+    }
+    assert!(ids(&context, "events_after").is_empty(), "{context}");
+    assert!(!context["state"].as_array().unwrap().is_empty());
+}

@@ -155,6 +155,7 @@ async fn room_info(
     let reader = Reader {
         user,
         joined_now: matches!(access, Access::Joined),
+        filter: None,
     };
     let mut events = if limit == 0 {
         Vec::new()

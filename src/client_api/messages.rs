@@ -238,6 +238,7 @@ pub async fn messages(
     let reader = Reader {
         user: &owner.user_id,
         joined_now,
+        filter: Some(&b.filter),
     };
     let mut page = timeline::paginate_filling(&svc, &b.room_id, reader, PageRequest { from, to, dir, limit }).await?;
     // Events of ignored users are left out (the page may come out short,
@@ -255,7 +256,38 @@ pub async fn messages(
     response.start = start;
     response.end = page.next.map(|gap| Token::Topo(gap).to_string());
     response.chunk = chunk.iter().map(format::raw).collect();
+    if !b.filter.lazy_load_options.is_disabled()
+        && let Some(first) = page.events.first()
+    {
+        let members = senders_members(&svc, first, &page.events).await?;
+        response.state = format::client_events(&svc, &members, Some(owner))
+            .await?
+            .iter()
+            .map(format::raw)
+            .collect();
+    }
     Ok(response)
+}
+
+/// Lazy-loading room members in `/messages`: the membership events of
+/// the chunk's senders, as the state after the chunk's first event has
+/// them (spec: "Lazy-loading room members").
+async fn senders_members(
+    svc: &Services,
+    first: &StoredEvent,
+    chunk: &[StoredEvent],
+) -> Result<Vec<StoredEvent>, MatrixError> {
+    let Some(group) = first.meta.state_group_after else {
+        return Ok(Vec::new());
+    };
+    let state = svc.state.group(group).await?;
+    let mut keys: Vec<(ruma::events::StateEventType, String)> = chunk
+        .iter()
+        .map(|e| (ruma::events::StateEventType::RoomMember, e.pdu.sender.to_string()))
+        .collect();
+    keys.sort();
+    keys.dedup();
+    Ok(svc.state.events_for(&state, &keys).await?)
 }
 
 pub async fn context(
@@ -272,6 +304,7 @@ pub async fn context(
     let reader = Reader {
         user: &owner.user_id,
         joined_now,
+        filter: Some(&b.filter),
     };
     let from = timeline::before(&event);
     let request = PageRequest {
@@ -313,6 +346,8 @@ pub async fn context(
         }
         None => Vec::new(),
     };
+    // The filter applies to the state too (not to the event itself).
+    state_events.retain(|e| crate::filter::event_matches(&b.filter, &e.pdu));
     // Lazy-loading members: of the members, only the senders of the
     // events returned (spec: "Lazy-loading room members").
     if !b.filter.lazy_load_options.is_disabled() {
