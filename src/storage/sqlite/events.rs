@@ -319,13 +319,14 @@ fn insert_edges(tx: &Transaction<'_>, pdu: &Pdu, forward: bool) -> Result<()> {
         "DELETE FROM backward_extremities WHERE room_id = ?1 AND event_id = ?2",
         params![room_id, event_id],
     )?;
-    let has_child = tx
-        .prepare_cached(
-            "SELECT 1 FROM event_edges g JOIN events e ON e.event_id = g.event_id
-             WHERE g.prev_event_id = ?1 AND e.rejected IS NULL AND e.soft_failed = 0",
-        )?
-        .exists([event_id])?;
-    if forward && !has_child {
+    if forward
+        && !tx
+            .prepare_cached(
+                "SELECT 1 FROM event_edges g JOIN events e ON e.event_id = g.event_id
+                 WHERE g.prev_event_id = ?1 AND e.rejected IS NULL AND e.soft_failed = 0",
+            )?
+            .exists([event_id])?
+    {
         exec(
             tx,
             "INSERT OR IGNORE INTO forward_extremities (room_id, event_id) VALUES (?1, ?2)",
