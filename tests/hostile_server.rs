@@ -1471,3 +1471,62 @@ async fn a_backfilled_page_is_checked_event_by_event_against_its_own_state() {
     let (_, name) = rig.state("m.room.name", "").await;
     assert_eq!(name["name"], "Original name", "{name}");
 }
+
+/// History comes newest first: a redaction can arrive pages before the
+/// event it redacts. The event, when it comes, is stored redacted (if
+/// the redaction may redact it), and Alice never reads its content.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_backfilled_after_its_redaction_is_redacted() {
+    let rig = rig().await;
+    rig.hostile.set_behaviour(|b| b.missing_events_limit = Some(1));
+    let secret = rig.hostile.message(&rig.room, &rig.mallory, "a secret");
+    rig.hostile.commit(&rig.room, &secret);
+    let unrelated = rig.hostile.message(&rig.room, &rig.mallory, "kept");
+    rig.hostile.commit(&rig.room, &unrelated);
+    for i in 0..30 {
+        let filler = rig.hostile.message(&rig.room, &rig.mallory, &format!("filler {i}"));
+        rig.hostile.commit(&rig.room, &filler);
+    }
+    let redaction = rig.hostile.build(
+        &rig.room,
+        &rig.mallory,
+        "m.room.redaction",
+        None,
+        json!({ "redacts": secret.id }),
+    );
+    rig.hostile.commit(&rig.room, &redaction);
+    let after = rig.hostile.message(&rig.room, &rig.mallory, "after");
+    rig.hostile.commit(&rig.room, &after);
+    let last = rig.hostile.message(&rig.room, &rig.mallory, "last");
+    rig.hostile.commit(&rig.room, &last);
+    assert_accepted(&rig.send("late", &[&last]).await, &last.id);
+
+    // Alice pages back 5 at a time: weft backfills 20 at a time, the
+    // redaction long before the secret.
+    let mut from: Option<String> = None;
+    for _ in 0..40 {
+        let query = match &from {
+            Some(token) => format!("dir=b&limit=5&from={}", enc(token)),
+            None => "dir=b&limit=5".to_owned(),
+        };
+        let page = rig.alice().messages(rig.room.as_str(), &query).await;
+        match page["end"].as_str() {
+            Some(end) => from = Some(end.to_owned()),
+            None => break,
+        }
+    }
+    let backfills = rig.hostile.seen_at("/_matrix/federation/v1/backfill/").len();
+    assert!(backfills >= 2, "the gap took several /backfill requests: {backfills}");
+    let stored = rig.stored(&secret.id).await.expect("the secret was backfilled");
+    assert!(!stored.meta.outlier);
+    assert_eq!(
+        stored.meta.redacted_by.as_ref(),
+        Some(&redaction.id),
+        "{:?}",
+        stored.meta
+    );
+    let event = rig.event_for_alice(&secret.id).await.expect("visible, redacted");
+    assert_eq!(event["content"], json!({}), "{event}");
+    let kept = rig.event_for_alice(&unrelated.id).await.expect("visible");
+    assert_eq!(kept["content"]["body"], "kept");
+}

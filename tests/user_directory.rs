@@ -70,7 +70,7 @@ async fn redo_directory_migration(server: &mut TestServer) {
     db.execute_batch(
         "DROP TABLE user_directory_search; DROP TABLE user_directory;
          DROP TABLE user_directory_rooms; DROP TABLE openid_tokens;
-         DROP TABLE media; DROP TABLE event_expiry;
+         DROP TABLE media; DROP TABLE event_expiry; DROP TABLE redactions;
          PRAGMA user_version = 12;",
     )
     .unwrap();

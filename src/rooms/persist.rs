@@ -165,6 +165,7 @@ pub async fn persist_pdu(svc: &Services, event: ToPersist, rules: &RoomVersionRu
     {
         super::send::apply_redaction(svc, &pdu, target, rules).await?;
     }
+    apply_earlier_redactions(svc, &pdu, &persisted.earlier_redactions, rules).await?;
     if accepted && !backfilled {
         // Notifications are a side effect: a failure is logged, the event
         // stays stored.
@@ -207,6 +208,31 @@ pub async fn persist_pdu(svc: &Services, event: ToPersist, rules: &RoomVersionRu
         pdu,
         stream_ordering: persisted.stream_ordering,
     })
+}
+
+/// Redactions held before the event they redact (history comes newest
+/// first): the first that may redact it (by the same rule as when a
+/// redaction arrives after its target) takes effect now.
+async fn apply_earlier_redactions(
+    svc: &Services,
+    target: &Pdu,
+    redactions: &[ruma::OwnedEventId],
+    rules: &RoomVersionRules,
+) -> Result<(), RoomError> {
+    for id in redactions {
+        let Some(redaction) = svc.storage.event(id).await? else {
+            continue;
+        };
+        let Some(group) = redaction.meta.state_group_before else {
+            continue;
+        };
+        let state = svc.state.group(group).await?;
+        if redaction_allowed(svc, &redaction.pdu, &target.event_id, &state, rules).await? {
+            super::send::apply_redaction(svc, &redaction.pdu, &target.event_id, rules).await?;
+            break;
+        }
+    }
+    Ok(())
 }
 
 /// Whether `pdu` is a join of a user who was not joined before it.
@@ -365,6 +391,7 @@ pub async fn persist_backfilled(
         {
             super::send::apply_redaction(svc, &pdu, target, rules).await?;
         }
+        apply_earlier_redactions(svc, &pdu, &persisted.earlier_redactions, rules).await?;
         if expires {
             svc.expiries.scheduled();
         }

@@ -170,13 +170,16 @@ pub enum NewCurrentState {
 }
 
 /// What persisting a timeline event produced.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Persisted {
     pub stream_ordering: StreamOrdering,
     pub state_group_before: StateGroupId,
     pub state_group_after: StateGroupId,
     /// The room's new current state, when it changed.
     pub current_state_group: Option<StateGroupId>,
+    /// Accepted redactions of this event that were held before it (it
+    /// came after them: history arrives newest first).
+    pub earlier_redactions: Vec<OwnedEventId>,
 }
 
 #[derive(Debug, Clone)]

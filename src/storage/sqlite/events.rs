@@ -271,11 +271,26 @@ pub fn persist_timeline_event(tx: &Transaction<'_>, new: &NewTimelineEvent) -> R
             params![pdu.event_id.as_str(), i64::try_from(expiry).unwrap_or(i64::MAX)],
         )?;
     }
+    if new.status == TimelineStatus::Accepted
+        && let Some(target) = &pdu.redacts
+    {
+        exec(
+            tx,
+            "INSERT OR IGNORE INTO redactions (redacts, event_id) VALUES (?1, ?2)",
+            params![target.as_str(), pdu.event_id.as_str()],
+        )?;
+    }
+    let earlier_redactions = tx
+        .prepare_cached("SELECT event_id FROM redactions WHERE redacts = ?1 AND event_id != ?1")?
+        .query_map([pdu.event_id.as_str()], |r| r.get::<_, String>(0))?
+        .map(|id| parse(id?))
+        .collect::<Result<Vec<OwnedEventId>>>()?;
     Ok(Persisted {
         stream_ordering: stream,
         state_group_before: before,
         state_group_after: after,
         current_state_group,
+        earlier_redactions,
     })
 }
 
