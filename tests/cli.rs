@@ -2,7 +2,6 @@
 //! config file, and a kill -9 that loses nothing.
 
 use std::{
-    net::TcpListener,
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
 };
@@ -10,10 +9,6 @@ use std::{
 use serde_json::{Value, json};
 
 const WEFT: &str = env!("CARGO_BIN_EXE_weft");
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
 
 struct Served {
     child: Child,
@@ -28,23 +23,38 @@ impl Drop for Served {
 }
 
 fn serve(data: &std::path::Path, log: &std::path::Path) -> Served {
-    let client_port = free_port();
-    let child = Command::new(WEFT)
+    // Port 0: the system picks free ports, and the log says which (a port
+    // picked here and released could be taken by a test running beside).
+    let mut child = Command::new(WEFT)
         .arg("serve")
         .env("WEFT_DATA_DIR", data)
         .env("WEFT_SERVER_NAME", "cli.test")
-        .env("WEFT_CLIENT_LISTEN", format!("127.0.0.1:{client_port}"))
-        .env("WEFT_FEDERATION_LISTEN", format!("127.0.0.1:{}", free_port()))
+        .env("WEFT_CLIENT_LISTEN", "127.0.0.1:0")
+        .env("WEFT_FEDERATION_LISTEN", "127.0.0.1:0")
         .stderr(std::fs::File::create(log).unwrap())
         .stdout(Stdio::null())
         .spawn()
         .unwrap();
-    let client = format!("http://127.0.0.1:{client_port}");
     let deadline = Instant::now() + Duration::from_secs(20);
+    let client = loop {
+        let logged = std::fs::read_to_string(log).unwrap();
+        if let Some(line) = logged.lines().find(|l| l.contains("weft is listening"))
+            && let Some(at) = line.find("http://")
+        {
+            let url: String = line[at..]
+                .chars()
+                .take_while(|c| !c.is_whitespace() && *c != '\x1b')
+                .collect();
+            break url;
+        }
+        assert!(child.try_wait().unwrap().is_none(), "server exited: {logged}");
+        assert!(Instant::now() < deadline, "server did not start: {logged}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
     while reqwest::blocking_get(&format!("{client}/_matrix/client/versions")).is_none() {
         assert!(
             Instant::now() < deadline,
-            "server did not start: {}",
+            "server did not answer: {}",
             std::fs::read_to_string(log).unwrap()
         );
         std::thread::sleep(Duration::from_millis(50));
