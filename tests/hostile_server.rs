@@ -1530,3 +1530,58 @@ async fn an_event_backfilled_after_its_redaction_is_redacted() {
     let kept = rig.event_for_alice(&unrelated.id).await.expect("visible");
     assert_eq!(kept["content"]["body"], "kept");
 }
+
+/// A gap full of state changes (ten users join, then each talks): the
+/// batch writes itself every few state changes, and every event is
+/// checked against the state its predecessors made, across those writes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backfilled_page_of_many_state_changes_keeps_each_state() {
+    let rig = rig().await;
+    rig.hostile.set_behaviour(|b| b.missing_events_limit = Some(1));
+    let users: Vec<OwnedUserId> = (0..10).map(|i| rig.hostile.user(&format!("u{i}"))).collect();
+    let mut joins = Vec::new();
+    for user in &users {
+        let join = rig.hostile.build(
+            &rig.room,
+            user,
+            "m.room.member",
+            Some(user.as_str()),
+            json!({ "membership": "join" }),
+        );
+        rig.hostile.commit(&rig.room, &join);
+        joins.push(join);
+    }
+    let mut talks = Vec::new();
+    for user in &users {
+        let talk = rig.hostile.message(&rig.room, user, "hello");
+        rig.hostile.commit(&rig.room, &talk);
+        talks.push(talk);
+    }
+    let last = rig.hostile.message(&rig.room, &rig.mallory, "last");
+    rig.hostile.commit(&rig.room, &last);
+    assert_accepted(&rig.send("crowd", &[&last]).await, &last.id);
+
+    let timeline = rig.timeline().await;
+    for event in joins.iter().chain(&talks) {
+        assert!(
+            timeline.contains(&event.id.to_string()),
+            "{} is in the timeline: {timeline:?}",
+            event.id
+        );
+        let stored = rig.stored(&event.id).await.unwrap();
+        assert!(stored.meta.rejected.is_none(), "{}: {:?}", event.id, stored.meta);
+    }
+    // The state after the last join has all ten, as the room's has.
+    let after = rig
+        .weft
+        .services()
+        .state
+        .group(rig.stored(&joins[9].id).await.unwrap().meta.state_group_after.unwrap())
+        .await
+        .unwrap();
+    for (user, join) in users.iter().zip(&joins) {
+        assert_eq!(after.get(&("m.room.member".into(), user.to_string())), Some(&join.id));
+        let (status, member) = rig.state("m.room.member", user.as_str()).await;
+        assert_eq!((status, member["membership"].as_str()), (200, Some("join")), "{member}");
+    }
+}

@@ -61,6 +61,9 @@ pub async fn receive_backfilled(
                 Ok(status) => {
                     page.take(event, before, before_map, status);
                     added += 1;
+                    if page.pending_states >= KEPT_STATES {
+                        page.flush().await?;
+                    }
                 }
                 Err(CheckError::Storage(e)) => return Err(RoomError::Storage(e)),
                 Err(e) => {
@@ -97,8 +100,19 @@ enum StateRef {
 struct Taken {
     pdu: Arc<Pdu>,
     after: StateRef,
-    after_map: Arc<StateMap>,
+    /// The state after it, kept for the last few events taken only (see
+    /// [`KEPT_STATES`]).
+    after_map: Option<Arc<StateMap>>,
 }
+
+/// How many of the last events taken keep the state after them in
+/// memory. A page is nearly always a line, each event the child of the
+/// one before; keeping every state a page's state events make would cost
+/// a copy of the room's state each (thousands of entries in a big room).
+/// A parent whose state was let go sends its child down the slow path.
+/// The batch is also written once it holds this many events that change
+/// the state (each waits with the states before and after it).
+const KEPT_STATES: usize = 4;
 
 struct Page<'a> {
     svc: &'a Services,
@@ -109,8 +123,12 @@ struct Page<'a> {
     /// slow path.
     held: HashMap<OwnedEventId, StoredEvent>,
     taken: HashMap<OwnedEventId, Taken>,
+    /// The taken events whose `after_map` is kept, oldest first.
+    kept: std::collections::VecDeque<OwnedEventId>,
     /// Taken and not yet written.
     pending: Vec<Backfilled>,
+    /// How many of `pending` change the state.
+    pending_states: usize,
 }
 
 impl<'a> Page<'a> {
@@ -143,7 +161,9 @@ impl<'a> Page<'a> {
             rules,
             held,
             taken: HashMap::new(),
+            kept: std::collections::VecDeque::new(),
             pending: Vec::new(),
+            pending_states: 0,
         })
     }
 
@@ -180,9 +200,15 @@ impl<'a> Page<'a> {
             return Ok(None);
         }
         let mut state: Option<StateRef> = None;
+        let mut in_memory: Option<Arc<StateMap>> = None;
         for prev in &pdu.prev_events {
             let after = match (self.taken.get(prev), self.timeline_event(prev)) {
-                (Some(taken), _) => taken.after.clone(),
+                (Some(taken), _) => {
+                    if in_memory.is_none() {
+                        in_memory = taken.after_map.clone();
+                    }
+                    taken.after.clone()
+                }
                 (None, Some(held)) => match held.meta.state_group_after {
                     Some(group) => StateRef::Group(group),
                     None => return Ok(None),
@@ -197,12 +223,10 @@ impl<'a> Page<'a> {
         let Some(state) = state else {
             return Ok(None);
         };
-        let map = match &state {
-            StateRef::Group(group) => self.svc.state.group(*group).await?,
-            StateRef::After(id) => match self.taken.get(id) {
-                Some(taken) => taken.after_map.clone(),
-                None => return Ok(None),
-            },
+        let map = match (&state, in_memory) {
+            (_, Some(map)) => map,
+            (StateRef::Group(group), None) => self.svc.state.group(*group).await?,
+            (StateRef::After(_), None) => return Ok(None),
         };
         Ok(Some((state, map)))
     }
@@ -263,6 +287,7 @@ impl<'a> Page<'a> {
                     (StateEventType::from(pdu.kind.to_string()), state_key.clone()),
                     pdu.event_id.clone(),
                 );
+                self.pending_states += 1;
                 (StateRef::After(pdu.event_id.clone()), Arc::new(map))
             }
             _ => (before.clone(), before_map.clone()),
@@ -273,9 +298,16 @@ impl<'a> Page<'a> {
             Taken {
                 pdu: pdu.clone(),
                 after,
-                after_map: after_map.clone(),
+                after_map: Some(after_map.clone()),
             },
         );
+        self.kept.push_back(pdu.event_id.clone());
+        if self.kept.len() > KEPT_STATES
+            && let Some(old) = self.kept.pop_front()
+            && let Some(taken) = self.taken.get_mut(&old)
+        {
+            taken.after_map = None;
+        }
         self.pending.push(Backfilled {
             pdu,
             before: match before {
@@ -291,6 +323,7 @@ impl<'a> Page<'a> {
     /// Writes what the batch took so far.
     async fn flush(&mut self) -> Result<(), RoomError> {
         let pending = std::mem::take(&mut self.pending);
+        self.pending_states = 0;
         persist_backfilled(self.svc, pending, &self.rules).await
     }
 
