@@ -64,12 +64,7 @@ pub async fn users(
     Path(protocol): Path<String>,
     parts: http::request::Parts,
 ) -> Result<Json<Value>, MatrixError> {
-    token_owner(&svc, &parts).await?;
-    let found = svc
-        .appservices
-        .thirdparty_lookup("user", &protocol, &fields(&parts))
-        .await;
-    Ok(Json(json!(found)))
+    lookup(&svc, "user", &protocol, &parts).await
 }
 
 /// `GET /thirdparty/location/{protocol}`.
@@ -78,11 +73,19 @@ pub async fn locations(
     Path(protocol): Path<String>,
     parts: http::request::Parts,
 ) -> Result<Json<Value>, MatrixError> {
-    token_owner(&svc, &parts).await?;
-    let found = svc
-        .appservices
-        .thirdparty_lookup("location", &protocol, &fields(&parts))
-        .await;
+    lookup(&svc, "location", &protocol, &parts).await
+}
+
+/// Asks the application services of `protocol` for the users or
+/// locations (`kind`) matching the query's fields.
+async fn lookup(
+    svc: &Services,
+    kind: &str,
+    protocol: &str,
+    parts: &http::request::Parts,
+) -> Result<Json<Value>, MatrixError> {
+    token_owner(svc, parts).await?;
+    let found = svc.appservices.thirdparty_lookup(kind, protocol, &fields(parts)).await;
     Ok(Json(json!(found)))
 }
 
