@@ -47,7 +47,7 @@ use common::{
 };
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use support::{Report, context_switches, cpu_time, load_average, log_tail};
+use support::{Latencies, Report, context_switches, cpu_time, in_flight, load_average, log_tail, median, ms};
 
 const WEFT: &str = env!("CARGO_BIN_EXE_weft");
 const PASSWORD: &str = "bench-password";
@@ -133,48 +133,10 @@ impl Settings {
 // Small tools.
 
 /// Latency distribution (nearest-rank percentiles).
-struct Latencies(Vec<Duration>);
-
-impl Latencies {
-    fn new(mut v: Vec<Duration>) -> Latencies {
-        v.sort();
-        Latencies(v)
-    }
-    fn pct(&self, p: f64) -> Duration {
-        if self.0.is_empty() {
-            return Duration::ZERO;
-        }
-        let rank = ((p / 100.0) * self.0.len() as f64).ceil() as usize;
-        self.0[rank.clamp(1, self.0.len()) - 1]
-    }
-    fn max(&self) -> Duration {
-        self.0.last().copied().unwrap_or_default()
-    }
-    fn summary(&self) -> String {
-        format!(
-            "p50 {} | p90 {} | max {}",
-            ms(self.pct(50.0)),
-            ms(self.pct(90.0)),
-            ms(self.max())
-        )
-    }
-}
-
-fn ms(d: Duration) -> String {
-    format!("{:.1} ms", d.as_secs_f64() * 1000.0)
-}
-
 fn secs(d: Duration) -> String {
     format!("{:.2} s", d.as_secs_f64())
 }
 
-fn median(mut v: Vec<Duration>) -> Duration {
-    v.sort();
-    v[v.len() / 2]
-}
-
-/// Waits until a process has used no CPU for `quiet` (at most `limit`):
-/// what a join leaves running in the background is done before paging.
 async fn settle(pid: u32, quiet: Duration, limit: Duration) {
     let started = Instant::now();
     let mut last = cpu_time(pid);
@@ -392,34 +354,6 @@ fn synapse_pid(synapse: &Synapse) -> u32 {
 // Rooms.
 
 /// Runs `f(i)` for i in 0..n with `concurrency` in flight.
-async fn in_flight<F, Fut>(n: usize, concurrency: usize, f: F)
-where
-    F: Fn(usize) -> Fut + Send + Sync + 'static,
-    Fut: std::future::Future<Output = ()> + Send,
-{
-    let f = Arc::new(f);
-    let next = Arc::new(AtomicUsize::new(0));
-    let mut workers = Vec::new();
-    for _ in 0..concurrency {
-        let (f, next) = (f.clone(), next.clone());
-        workers.push(tokio::spawn(async move {
-            loop {
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                if i >= n {
-                    break;
-                }
-                f(i).await;
-                if (i + 1) % 2_000 == 0 {
-                    eprintln!("    {} sent", i + 1);
-                }
-            }
-        }));
-    }
-    for worker in workers {
-        worker.await.expect("worker panicked");
-    }
-}
-
 /// A room on a host and the message bodies sent into it.
 struct Room {
     id: String,
@@ -715,7 +649,7 @@ fn report_case(report: &mut Report, r: &CaseResult) {
     );
     report.row(
         "page latency",
-        format!("first {}; {}", ms(r.first_page), r.latencies.summary()),
+        format!("first {}; {}", ms(r.first_page), r.latencies.short_summary()),
     );
     if !r.requests.is_empty() {
         report.row("requests", r.requests.clone());

@@ -17,7 +17,6 @@ use std::{
     collections::{HashMap, HashSet},
     fmt::Write as _,
     fs::File,
-    io::{BufRead, BufReader},
     net::TcpListener,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
@@ -28,8 +27,12 @@ use std::{
     time::{Duration, Instant},
 };
 
+#[path = "support/mod.rs"]
+mod support;
+
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
+use support::{Latencies, Report, cpu_time, log_tail, ms};
 
 const WEFT: &str = env!("CARGO_BIN_EXE_weft");
 const USER: &str = "bench";
@@ -121,14 +124,6 @@ impl Drop for Server {
             eprintln!("{}", log_tail(&self.log, 40));
         }
     }
-}
-
-fn log_tail(path: &Path, lines: usize) -> String {
-    let Ok(file) = File::open(path) else {
-        return String::from("(no log)");
-    };
-    let all: Vec<String> = BufReader::new(file).lines().map_while(Result::ok).collect();
-    all[all.len().saturating_sub(lines)..].join("\n")
 }
 
 /// Two distinct free loopback ports.
@@ -228,16 +223,6 @@ fn memory(pid: u32) -> Memory {
     }
 }
 
-/// User + system CPU time the process has used (USER_HZ is 100 on Linux).
-fn cpu_time(pid: u32) -> Duration {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("read /proc/<pid>/stat");
-    // Fields after the command name, which is in parentheses.
-    let rest = &stat[stat.rfind(')').expect("stat format") + 2..];
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
-    Duration::from_millis(ticks * 10)
-}
-
 fn mib(kib: u64) -> String {
     format!("{:.1} MiB", kib as f64 / 1024.0)
 }
@@ -329,50 +314,10 @@ impl Client {
 // ---------------------------------------------------------------------------
 // Measurements.
 
-/// Latency distribution (nearest-rank percentiles).
-struct Latencies(Vec<Duration>);
-
-impl Latencies {
-    fn new(mut v: Vec<Duration>) -> Latencies {
-        v.sort();
-        Latencies(v)
-    }
-    fn pct(&self, p: f64) -> Duration {
-        if self.0.is_empty() {
-            return Duration::ZERO;
-        }
-        let rank = ((p / 100.0) * self.0.len() as f64).ceil() as usize;
-        self.0[rank.clamp(1, self.0.len()) - 1]
-    }
-    fn max(&self) -> Duration {
-        self.0.last().copied().unwrap_or_default()
-    }
-    fn mean(&self) -> Duration {
-        if self.0.is_empty() {
-            return Duration::ZERO;
-        }
-        self.0.iter().sum::<Duration>() / self.0.len() as u32
-    }
-    fn summary(&self) -> String {
-        format!(
-            "p50 {} | p90 {} | p99 {} | max {} | mean {}",
-            ms(self.pct(50.0)),
-            ms(self.pct(90.0)),
-            ms(self.pct(99.0)),
-            ms(self.max()),
-            ms(self.mean())
-        )
-    }
-}
-
 /// Server CPU time over `n` units: total and per unit (/proc counts in
 /// 10 ms ticks, so short phases read coarse).
 fn cpu(total: Duration, n: usize, unit: &str) -> String {
     format!("{} total, {} per {unit}", ms(total), ms(total / n.max(1) as u32))
-}
-
-fn ms(d: Duration) -> String {
-    format!("{:.2} ms", d.as_secs_f64() * 1000.0)
 }
 
 struct SendRun {
@@ -593,34 +538,6 @@ fn check_complete(run: &PageRun, dir: &str, tag: &str, sent: &[(usize, String)])
 
 // ---------------------------------------------------------------------------
 
-struct Report {
-    rows: Vec<(String, String)>,
-}
-
-impl Report {
-    fn section(&mut self, title: &str) {
-        self.rows.push((String::new(), String::new()));
-        self.rows.push((format!("== {title}"), String::new()));
-    }
-    fn row(&mut self, name: impl Into<String>, value: impl Into<String>) {
-        let (name, value) = (name.into(), value.into());
-        eprintln!("  {name}: {value}");
-        self.rows.push((name, value));
-    }
-    fn print(&self) {
-        let width = self.rows.iter().map(|(n, _)| n.len()).max().unwrap_or(0);
-        println!();
-        println!("weft client-API benchmark");
-        for (name, value) in &self.rows {
-            if value.is_empty() {
-                println!("{name}");
-            } else {
-                println!("  {name:<width$}  {value}");
-            }
-        }
-    }
-}
-
 fn main() {
     let full = std::env::args().any(|a| a == "--bench");
     let settings = Settings::from_env(full);
@@ -644,7 +561,7 @@ async fn run(s: Settings) {
     let data_dir = dir.path().join("data");
     let log = dir.path().join("weft.log");
     let ports = free_ports();
-    let mut report = Report { rows: Vec::new() };
+    let mut report = Report::new("weft client-API benchmark");
     report.row(
         "settings",
         format!(

@@ -33,8 +33,12 @@ use ruma::{
     CanonicalJsonObject, OwnedEventId, OwnedRoomId, OwnedServerName, OwnedUserId, RoomVersionId, UInt,
     api::federation::{backfill::get_backfill, event::get_event},
 };
+#[path = "support/mod.rs"]
+mod support;
+
 use serde::Deserialize;
 use serde_json::{Map, json, value::RawValue};
+use support::{Latencies, Report, cpu_time, load_average, ms};
 use weft::{
     config::Config,
     events::EventTemplate,
@@ -97,46 +101,6 @@ impl Settings {
 // Small tools.
 
 /// Latency distribution (nearest-rank percentiles).
-#[derive(Clone)]
-struct Latencies(Vec<Duration>);
-
-impl Latencies {
-    fn new(mut v: Vec<Duration>) -> Latencies {
-        v.sort();
-        Latencies(v)
-    }
-    fn pct(&self, p: f64) -> Duration {
-        if self.0.is_empty() {
-            return Duration::ZERO;
-        }
-        let rank = ((p / 100.0) * self.0.len() as f64).ceil() as usize;
-        self.0[rank.clamp(1, self.0.len()) - 1]
-    }
-    fn max(&self) -> Duration {
-        self.0.last().copied().unwrap_or_default()
-    }
-    fn mean(&self) -> Duration {
-        if self.0.is_empty() {
-            return Duration::ZERO;
-        }
-        self.0.iter().sum::<Duration>() / self.0.len() as u32
-    }
-    fn summary(&self) -> String {
-        format!(
-            "p50 {} | p90 {} | p99 {} | max {} | mean {}",
-            ms(self.pct(50.0)),
-            ms(self.pct(90.0)),
-            ms(self.pct(99.0)),
-            ms(self.max()),
-            ms(self.mean())
-        )
-    }
-}
-
-fn ms(d: Duration) -> String {
-    format!("{:.3} ms", d.as_secs_f64() * 1000.0)
-}
-
 fn ratio(big: Duration, small: Duration) -> String {
     format!("{:.2}", big.as_secs_f64() / small.as_secs_f64().max(1e-9))
 }
@@ -170,16 +134,6 @@ impl Rng {
     }
 }
 
-/// User + system CPU time of this whole process (both servers and the
-/// benchmark), from /proc/self/stat (10 ms ticks).
-fn process_cpu() -> Duration {
-    let stat = std::fs::read_to_string("/proc/self/stat").expect("read /proc/self/stat");
-    let rest = &stat[stat.rfind(')').expect("stat format") + 2..];
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
-    Duration::from_millis(ticks * 10)
-}
-
 /// (VmRSS, VmHWM) of this process, in MiB.
 fn memory() -> (f64, f64) {
     let status = std::fs::read_to_string("/proc/self/status").expect("read /proc/self/status");
@@ -193,14 +147,6 @@ fn memory() -> (f64, f64) {
             / 1024.0
     };
     (field("VmRSS:"), field("VmHWM:"))
-}
-
-/// The 1-minute load average: other work on the machine skews the figures.
-fn load_average() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .ok()
-        .and_then(|l| l.split_whitespace().next().map(str::to_owned))
-        .unwrap_or_else(|| "?".to_owned())
 }
 
 fn dir_size(dir: &Path) -> String {
@@ -233,35 +179,6 @@ fn event_id_of(raw: &RawValue) -> OwnedEventId {
 #[derive(Deserialize)]
 struct Prevs {
     prev_events: Vec<OwnedEventId>,
-}
-
-struct Report {
-    rows: Vec<(String, String)>,
-}
-
-impl Report {
-    fn section(&mut self, title: &str) {
-        eprintln!("== {title}");
-        self.rows.push((String::new(), String::new()));
-        self.rows.push((format!("== {title}"), String::new()));
-    }
-    fn row(&mut self, name: impl Into<String>, value: impl Into<String>) {
-        let (name, value) = (name.into(), value.into());
-        eprintln!("  {name}: {value}");
-        self.rows.push((name, value));
-    }
-    fn print(&self) {
-        let width = self.rows.iter().map(|(n, _)| n.len()).max().unwrap_or(0);
-        println!();
-        println!("weft federation read benchmark");
-        for (name, value) in &self.rows {
-            if value.is_empty() {
-                println!("{name}");
-            } else {
-                println!("  {name:<width$}  {value}");
-            }
-        }
-    }
 }
 
 // ---------------------------------------------------------------------------
@@ -463,7 +380,7 @@ async fn walk(b: &Services, a_name: &OwnedServerName, room: &Room, pages: usize)
     let mut v = room.events[from].clone();
     let mut out = Vec::new();
     let mut latencies = Vec::new();
-    let cpu = process_cpu();
+    let cpu = cpu_time("self");
     let started = Instant::now();
     loop {
         let (pdus, took) = backfill(b, a_name, &room.id, &v).await;
@@ -482,7 +399,7 @@ async fn walk(b: &Services, a_name: &OwnedServerName, room: &Room, pages: usize)
         pages: out,
         latencies: Latencies::new(latencies),
         elapsed: started.elapsed(),
-        cpu: process_cpu().saturating_sub(cpu),
+        cpu: cpu_time("self").saturating_sub(cpu),
     }
 }
 
@@ -497,7 +414,7 @@ async fn random_pages(
     let starts = Arc::new(starts);
     let events = Arc::new(room.events.clone());
     let next = Arc::new(AtomicUsize::new(0));
-    let cpu = process_cpu();
+    let cpu = cpu_time("self");
     let started = Instant::now();
     let mut workers = Vec::new();
     for _ in 0..concurrency {
@@ -527,7 +444,7 @@ async fn random_pages(
         pages,
         latencies: Latencies::new(latencies),
         elapsed: started.elapsed(),
-        cpu: process_cpu().saturating_sub(cpu),
+        cpu: cpu_time("self").saturating_sub(cpu),
     }
 }
 
@@ -584,7 +501,7 @@ async fn storage_pages(a: &Services, room: &Room, starts: &[usize]) -> Latencies
 /// `/event` of each event of `picks`, one at a time.
 async fn get_events(b: &Services, a_name: &OwnedServerName, room: &Room, picks: &[usize]) -> (Latencies, Duration) {
     let mut latencies = Vec::new();
-    let cpu = process_cpu();
+    let cpu = cpu_time("self");
     for &i in picks {
         let id = &room.events[i];
         let t = Instant::now();
@@ -597,7 +514,7 @@ async fn get_events(b: &Services, a_name: &OwnedServerName, room: &Room, picks: 
         assert_eq!(&res.origin, a_name, "/event: origin");
         assert_eq!(&event_id_of(&res.pdu), id, "/event {id}: another event came back");
     }
-    (Latencies::new(latencies), process_cpu().saturating_sub(cpu))
+    (Latencies::new(latencies), cpu_time("self").saturating_sub(cpu))
 }
 
 /// What is compared between the two rooms.
@@ -733,7 +650,7 @@ async fn run(s: Settings) {
         dir.disable_cleanup(true);
         eprintln!("keeping the data directories in {}", dir.path().display());
     }
-    let mut report = Report { rows: Vec::new() };
+    let mut report = Report::new("weft federation read benchmark");
     report.row(
         "settings",
         format!(
@@ -741,7 +658,7 @@ async fn run(s: Settings) {
             s.big, s.small, s.walk_pages, s.random_pages, s.event_gets, s.concurrency
         ),
     );
-    report.row("load average (1 min) at the start", load_average());
+    report.row("load average (1, 5, 15 min) at the start", load_average());
     let a = start_server(&dir.path().join("a")).await;
     let b = start_server(&dir.path().join("b")).await;
     let a_name: OwnedServerName = a.services.server_name().to_owned();
@@ -752,9 +669,9 @@ async fn run(s: Settings) {
     weft::accounts::create_user(&*asvc.storage, &user, None, false)
         .await
         .expect("create user");
-    let cpu = process_cpu();
+    let cpu = cpu_time("self");
     let big = build_room(&asvc, &user, "big", s.big).await;
-    let build_cpu = process_cpu().saturating_sub(cpu);
+    let build_cpu = cpu_time("self").saturating_sub(cpu);
     report.row(
         format!("big room: {} local sends", big.sends),
         format!(
@@ -826,7 +743,7 @@ async fn run(s: Settings) {
         "process RSS at the end (A + B + the pages the bench kept to check)",
         format!("{rss:.1} MiB (HWM {hwm:.1} MiB)"),
     );
-    report.row("load average (1 min) at the end", load_average());
+    report.row("load average (1, 5, 15 min) at the end", load_average());
     report.print();
     b.shutdown().await;
     a.shutdown().await;

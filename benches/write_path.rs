@@ -40,10 +40,6 @@ use std::{
     fs::File,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
-    sync::{
-        Arc,
-        atomic::{AtomicUsize, Ordering},
-    },
     time::{Duration, Instant},
 };
 
@@ -58,7 +54,7 @@ use ruma::{
 };
 use serde_json::{Value, json, value::RawValue};
 use sha2::{Digest, Sha256};
-use support::{Report, context_switches, cpu_time, load_average, log_tail};
+use support::{Latencies, Report, context_switches, cpu_time, in_flight, load_average, log_tail, median, ms};
 use weft::events::{EventTemplate, Placement, build_event};
 
 const WEFT: &str = env!("CARGO_BIN_EXE_weft");
@@ -112,41 +108,6 @@ impl Settings {
 // Small tools.
 
 /// Latency distribution (nearest-rank percentiles).
-struct Latencies(Vec<Duration>);
-
-impl Latencies {
-    fn new(mut v: Vec<Duration>) -> Latencies {
-        v.sort();
-        Latencies(v)
-    }
-    fn pct(&self, p: f64) -> Duration {
-        if self.0.is_empty() {
-            return Duration::ZERO;
-        }
-        let rank = ((p / 100.0) * self.0.len() as f64).ceil() as usize;
-        self.0[rank.clamp(1, self.0.len()) - 1]
-    }
-    fn summary(&self) -> String {
-        let mean = if self.0.is_empty() {
-            Duration::ZERO
-        } else {
-            self.0.iter().sum::<Duration>() / self.0.len() as u32
-        };
-        format!(
-            "p50 {} | p90 {} | p99 {} | max {} | mean {}",
-            ms(self.pct(50.0)),
-            ms(self.pct(90.0)),
-            ms(self.pct(99.0)),
-            ms(self.0.last().copied().unwrap_or_default()),
-            ms(mean)
-        )
-    }
-}
-
-fn ms(d: Duration) -> String {
-    format!("{:.2} ms", d.as_secs_f64() * 1000.0)
-}
-
 fn us(d: Duration) -> String {
     format!("{:.1} µs", d.as_secs_f64() * 1e6)
 }
@@ -628,31 +589,6 @@ fn crypto_cost(b: &TestServer, version: &RoomVersionId, chain: &Chain) -> Crypto
 // 3. Joins.
 
 /// Runs `f(i)` for i in 0..n with `concurrency` in flight.
-async fn in_flight<F, Fut>(n: usize, concurrency: usize, f: F)
-where
-    F: Fn(usize) -> Fut + Send + Sync + 'static,
-    Fut: std::future::Future<Output = ()> + Send,
-{
-    let f = Arc::new(f);
-    let next = Arc::new(AtomicUsize::new(0));
-    let mut workers = Vec::new();
-    for _ in 0..concurrency {
-        let (f, next) = (f.clone(), next.clone());
-        workers.push(tokio::spawn(async move {
-            loop {
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                if i >= n {
-                    break;
-                }
-                f(i).await;
-            }
-        }));
-    }
-    for worker in workers {
-        worker.await.expect("worker panicked");
-    }
-}
-
 /// A room on A that B's users join.
 struct JoinRoom {
     label: String,
@@ -665,11 +601,6 @@ struct JoinTime {
     wall: Duration,
     a_cpu: Duration,
     bench_cpu: Duration,
-}
-
-fn median(mut v: Vec<Duration>) -> Duration {
-    v.sort();
-    v[v.len() / 2]
 }
 
 fn range(v: &[Duration]) -> String {

@@ -99,3 +99,95 @@ impl Report {
         }
     }
 }
+
+/// A set of latencies, for nearest-rank percentiles.
+#[derive(Clone)]
+pub struct Latencies(Vec<Duration>);
+
+impl Latencies {
+    pub fn new(mut v: Vec<Duration>) -> Latencies {
+        v.sort();
+        Latencies(v)
+    }
+    pub fn pct(&self, p: f64) -> Duration {
+        if self.0.is_empty() {
+            return Duration::ZERO;
+        }
+        let rank = ((p / 100.0) * self.0.len() as f64).ceil() as usize;
+        self.0[rank.clamp(1, self.0.len()) - 1]
+    }
+    pub fn max(&self) -> Duration {
+        self.0.last().copied().unwrap_or_default()
+    }
+    pub fn mean(&self) -> Duration {
+        if self.0.is_empty() {
+            return Duration::ZERO;
+        }
+        self.0.iter().sum::<Duration>() / self.0.len() as u32
+    }
+    /// p50, p90, p99, max and mean.
+    pub fn summary(&self) -> String {
+        format!(
+            "p50 {} | p90 {} | p99 {} | max {} | mean {}",
+            ms(self.pct(50.0)),
+            ms(self.pct(90.0)),
+            ms(self.pct(99.0)),
+            ms(self.max()),
+            ms(self.mean())
+        )
+    }
+    /// p50, p90 and max: for a few samples (a dozen pages).
+    pub fn short_summary(&self) -> String {
+        format!(
+            "p50 {} | p90 {} | max {}",
+            ms(self.pct(50.0)),
+            ms(self.pct(90.0)),
+            ms(self.max())
+        )
+    }
+}
+
+/// Milliseconds: three decimals under 10 ms, one above.
+pub fn ms(d: Duration) -> String {
+    let ms = d.as_secs_f64() * 1000.0;
+    if ms < 10.0 {
+        format!("{ms:.3} ms")
+    } else {
+        format!("{ms:.1} ms")
+    }
+}
+
+pub fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+/// Runs `f(0)`, …, `f(n - 1)` with `concurrency` of them in flight,
+/// telling stderr every 2,000.
+pub async fn in_flight<F, Fut>(n: usize, concurrency: usize, f: F)
+where
+    F: Fn(usize) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
+    let f = std::sync::Arc::new(f);
+    let next = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut workers = Vec::new();
+    for _ in 0..concurrency {
+        let (f, next) = (f.clone(), next.clone());
+        workers.push(tokio::spawn(async move {
+            loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if i >= n {
+                    break;
+                }
+                f(i).await;
+                if (i + 1) % 2_000 == 0 {
+                    eprintln!("    {} sent", i + 1);
+                }
+            }
+        }));
+    }
+    for worker in workers {
+        worker.await.expect("worker panicked");
+    }
+}
