@@ -28,12 +28,13 @@
 mod common;
 #[path = "support/mod.rs"]
 mod support;
+#[path = "support/weft.rs"]
+mod weft_process;
 
 use std::{
     collections::{HashMap, HashSet},
-    fs::File,
-    path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    path::Path,
+    process::{Command, Stdio},
     sync::{
         Arc,
         atomic::{AtomicUsize, Ordering},
@@ -42,15 +43,19 @@ use std::{
 };
 
 use common::{
-    enc, free_port,
+    enc,
     synapse::{Client, Synapse, assert_same_timeline, duplicate_ids, synapse_requests},
 };
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use support::{Latencies, Report, context_switches, cpu_time, in_flight, load_average, log_tail, median, ms};
+use weft_process::{Options, WEFT, WeftProcess};
 
-const WEFT: &str = env!("CARGO_BIN_EXE_weft");
-const PASSWORD: &str = "bench-password";
+/// Every weft server of this benchmark serves `/metrics`.
+const METRICS: Options = Options {
+    metrics: true,
+    open_registration: false,
+};
 
 /// Sizes of the run; each can be overridden by an environment variable:
 /// `WEFT_BENCH_MESSAGES` (1000; 100 without `--bench`), `WEFT_BENCH_PAGE`
@@ -153,179 +158,33 @@ async fn settle(pid: u32, quiet: Duration, limit: Duration) {
     }
 }
 
-// ---------------------------------------------------------------------------
-// weft in a child process.
-
-/// A running `weft serve`, killed when dropped (the tail of its log is
-/// printed if the benchmark panics).
-struct WeftProcess {
-    child: Child,
-    log: PathBuf,
-    client_base: String,
-    server_name: String,
-    metrics: String,
-    http: reqwest::Client,
-}
-
-impl Drop for WeftProcess {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-        }
-        let _ = self.child.wait();
-        if std::thread::panicking() {
-            eprintln!(
-                "---- last lines of {}'s log ({}) ----",
-                self.server_name,
-                self.log.display()
-            );
-            eprintln!("{}", log_tail(&self.log, 40));
+/// The backfill counters of `/metrics`: (requests by outcome, events
+/// added).
+async fn backfill_counters(w: &WeftProcess) -> (String, u64) {
+    let text = w
+        .http
+        .get(w.metrics.as_deref().expect("started with metrics"))
+        .send()
+        .await
+        .expect("/metrics")
+        .text()
+        .await
+        .expect("/metrics body");
+    let mut requests = Vec::new();
+    let mut events = 0;
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let Some((name, value)) = line.rsplit_once(' ') else {
+            continue;
+        };
+        if let Some(labels) = name.strip_prefix("weft_backfill_requests_total") {
+            let outcome = labels.trim_start_matches("{outcome=\"").trim_end_matches("\"}");
+            requests.push(format!("{outcome} {value}"));
+        } else if name == "weft_backfill_events_total" {
+            events = value.parse().unwrap_or(0);
         }
     }
-}
-
-impl WeftProcess {
-    /// Registers `user` (`weft register-user`) in a new data directory
-    /// under `root`, then starts `weft serve` (server name
-    /// `127.0.0.1:<federation port>`, peers' certificates not verified,
-    /// metrics on) and waits until `/versions` answers. A port taken
-    /// meanwhile makes it start again on other ports.
-    async fn start(root: &Path, label: &str, user: &str) -> WeftProcess {
-        for attempt in 1..=5 {
-            let dir = root.join(format!("{label}-{attempt}"));
-            let (client_port, fed_port, metrics_port) = (free_port(), free_port(), free_port());
-            let server_name = format!("127.0.0.1:{fed_port}");
-            let command = || {
-                let mut cmd = Command::new(WEFT);
-                cmd.env_remove("WEFT_CONFIG")
-                    .env_remove("RUST_LOG")
-                    .env("WEFT_DATA_DIR", dir.join("data"))
-                    .env("WEFT_SERVER_NAME", &server_name)
-                    .env("WEFT_CLIENT_LISTEN", format!("127.0.0.1:{client_port}"))
-                    .env("WEFT_FEDERATION_LISTEN", format!("127.0.0.1:{fed_port}"))
-                    .env("WEFT_METRICS_LISTEN", format!("127.0.0.1:{metrics_port}"))
-                    .env("WEFT_FEDERATION_VERIFY_TLS", "false")
-                    .env(
-                        "WEFT_LOG",
-                        std::env::var("WEFT_BENCH_WEFT_LOG").unwrap_or_else(|_| "warn".to_owned()),
-                    );
-                cmd
-            };
-            std::fs::create_dir_all(&dir).expect("data dir");
-            let out = command()
-                .args(["register-user", user, "--password", PASSWORD])
-                .output()
-                .expect("run weft register-user");
-            assert!(
-                out.status.success(),
-                "weft register-user {user} failed ({}): {}{}",
-                out.status,
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            );
-            let log = dir.join("weft.log");
-            let file = File::create(&log).expect("log file");
-            let child = command()
-                .arg("serve")
-                .stdin(Stdio::null())
-                .stdout(file.try_clone().expect("log file"))
-                .stderr(file)
-                .spawn()
-                .expect("spawn weft serve");
-            let mut server = WeftProcess {
-                child,
-                log,
-                client_base: format!("http://127.0.0.1:{client_port}"),
-                server_name,
-                metrics: format!("http://127.0.0.1:{metrics_port}/metrics"),
-                http: reqwest::Client::builder()
-                    .no_proxy()
-                    .timeout(Duration::from_secs(300))
-                    .pool_max_idle_per_host(64)
-                    .build()
-                    .expect("http client"),
-            };
-            let started = Instant::now();
-            loop {
-                let url = format!("{}/_matrix/client/versions", server.client_base);
-                if let Ok(res) = server.http.get(&url).send().await
-                    && res.status() == StatusCode::OK
-                {
-                    return server;
-                }
-                if let Ok(Some(status)) = server.child.try_wait() {
-                    let tail = log_tail(&server.log, 20);
-                    if tail.contains("in use") && attempt < 5 {
-                        eprintln!("weft {label}: a port was taken, starting again");
-                        break;
-                    }
-                    panic!("weft serve ({label}) exited during start-up ({status}):\n{tail}");
-                }
-                assert!(
-                    started.elapsed() < Duration::from_secs(60),
-                    "weft did not answer within 60 s"
-                );
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-        }
-        panic!("weft {label} could not bind its ports");
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    async fn login(&self, localpart: &str) -> Client {
-        let res = self
-            .http
-            .post(format!("{}/_matrix/client/v3/login", self.client_base))
-            .json(&json!({
-                "type": "m.login.password",
-                "identifier": { "type": "m.id.user", "user": localpart },
-                "password": PASSWORD,
-            }))
-            .send()
-            .await
-            .expect("login request");
-        let status = res.status();
-        let body: Value = res.json().await.expect("login body");
-        assert_eq!(status, StatusCode::OK, "login {localpart}: {body}");
-        Client {
-            http: self.http.clone(),
-            base: self.client_base.clone(),
-            user_id: body["user_id"].as_str().expect("user_id").to_owned(),
-            token: body["access_token"].as_str().expect("access_token").to_owned(),
-        }
-    }
-
-    /// The backfill counters of `/metrics`: (requests by outcome, events
-    /// added).
-    async fn backfill_counters(&self) -> (String, u64) {
-        let text = self
-            .http
-            .get(&self.metrics)
-            .send()
-            .await
-            .expect("/metrics")
-            .text()
-            .await
-            .expect("/metrics body");
-        let mut requests = Vec::new();
-        let mut events = 0;
-        for line in text.lines().filter(|l| !l.starts_with('#')) {
-            let Some((name, value)) = line.rsplit_once(' ') else {
-                continue;
-            };
-            if let Some(labels) = name.strip_prefix("weft_backfill_requests_total") {
-                let outcome = labels.trim_start_matches("{outcome=\"").trim_end_matches("\"}");
-                requests.push(format!("{outcome} {value}"));
-            } else if name == "weft_backfill_events_total" {
-                events = value.parse().unwrap_or(0);
-            }
-        }
-        requests.sort();
-        (requests.join(", "), events)
-    }
+    requests.sort();
+    (requests.join(", "), events)
 }
 
 /// Synapse's process ID: the process whose command line names its
@@ -506,7 +365,7 @@ async fn page_back_case(label: &str, host: &Host<'_>, room: &Room, joiner: &Join
     let join_cpu = cpu_time(joiner.pid).saturating_sub(cpu);
 
     let before = match (joiner.weft, host.synapse) {
-        (Some(w), _) => w.backfill_counters().await.1,
+        (Some(w), _) => backfill_counters(w).await.1,
         _ => 0,
     };
     let synapse_backfills = host
@@ -577,7 +436,7 @@ async fn page_back_case(label: &str, host: &Host<'_>, room: &Room, joiner: &Join
 
     let requests = match (joiner.weft, host.synapse) {
         (Some(w), _) => {
-            let (by_outcome, added) = w.backfill_counters().await;
+            let (by_outcome, added) = backfill_counters(w).await;
             format!(
                 "joiner's /backfill requests: {by_outcome}; events added: {}",
                 added - before
@@ -672,7 +531,7 @@ struct ColdRun {
 /// The joiner is returned to be kept running: the servers that join later
 /// need its key to check its join event.
 async fn cold_page(root: &Path, label: &str, host: &Host<'_>, room: &Room, limit: usize) -> (ColdRun, WeftProcess) {
-    let joiner = WeftProcess::start(root, label, "joiner").await;
+    let joiner = WeftProcess::start(root, label, &["joiner"], METRICS).await;
     let client = joiner.login("joiner").await;
     let run = cold_page_of(label, &client, joiner.pid(), host, room, limit, true).await;
     (run, joiner)
@@ -828,7 +687,7 @@ async fn run(s: Settings) {
 
     report.section("setting up (not measured)");
     let host = match need_weft_host {
-        true => Some(WeftProcess::start(&root, "host", "host").await),
+        true => Some(WeftProcess::start(&root, "host", &["host"], METRICS).await),
         false => None,
     };
     let host_client = match &host {
@@ -898,7 +757,7 @@ async fn run(s: Settings) {
         if !s.has(case) {
             continue;
         }
-        let joiner = WeftProcess::start(&root, &format!("joiner-{case}"), "joiner").await;
+        let joiner = WeftProcess::start(&root, &format!("joiner-{case}"), &["joiner"], METRICS).await;
         let j = Joiner {
             kind: "weft",
             client: joiner.login("joiner").await,
@@ -1029,7 +888,7 @@ async fn run(s: Settings) {
 
     report.section("end");
     if let Some(h) = &host {
-        let lines = log_tail(&h.log, usize::MAX)
+        let lines = log_tail(h.log(), usize::MAX)
             .lines()
             .filter(|l| !l.trim().is_empty())
             .count();
@@ -1038,7 +897,7 @@ async fn run(s: Settings) {
     let joiner_lines: usize = keep
         .iter()
         .map(|j| {
-            log_tail(&j.log, usize::MAX)
+            log_tail(j.log(), usize::MAX)
                 .lines()
                 .filter(|l| !l.trim().is_empty())
                 .count()

@@ -34,20 +34,20 @@
 mod common;
 #[path = "support/mod.rs"]
 mod support;
+#[path = "support/weft.rs"]
+mod weft_process;
 
 use std::{
     collections::{HashMap, HashSet},
-    fs::File,
-    path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
-use common::{TestServer, enc, free_port, synapse::Client};
+use common::{TestServer, enc, synapse::Client};
 use reqwest::{Method, StatusCode};
 use ruma::{
-    CanonicalJsonObject, CanonicalJsonValue, MilliSecondsSinceUnixEpoch, OwnedEventId, OwnedRoomId, OwnedServerName,
-    OwnedTransactionId, OwnedUserId, RoomVersionId, SigningKeyAlgorithm,
+    CanonicalJsonObject, CanonicalJsonValue, MilliSecondsSinceUnixEpoch, OwnedEventId, OwnedRoomId, OwnedTransactionId,
+    OwnedUserId, RoomVersionId, SigningKeyAlgorithm,
     api::federation::{event::get_event, transactions::send_transaction_message},
     serde::{Base64, base64::Standard},
     signatures::{PublicKeyMap, PublicKeySet, Verified},
@@ -56,9 +56,7 @@ use serde_json::{Value, json, value::RawValue};
 use sha2::{Digest, Sha256};
 use support::{Latencies, Report, context_switches, cpu_time, in_flight, load_average, log_tail, median, ms};
 use weft::events::{EventTemplate, Placement, build_event};
-
-const WEFT: &str = env!("CARGO_BIN_EXE_weft");
-const PASSWORD: &str = "bench-password";
+use weft_process::{Options, PASSWORD, WEFT, WeftProcess};
 
 /// Sizes of the run; each can be overridden by an environment variable:
 /// `WEFT_BENCH_PDUS` (10000; 300 without `--bench`), `WEFT_BENCH_TXN_SIZE`
@@ -110,158 +108,6 @@ impl Settings {
 /// Latency distribution (nearest-rank percentiles).
 fn us(d: Duration) -> String {
     format!("{:.1} µs", d.as_secs_f64() * 1e6)
-}
-
-// ---------------------------------------------------------------------------
-// Server A: `weft serve` in a child process.
-
-/// A running `weft serve`, killed when dropped (the tail of its log is
-/// printed if the benchmark panics).
-struct WeftProcess {
-    child: Child,
-    log: PathBuf,
-    client_base: String,
-    server_name: String,
-    http: reqwest::Client,
-}
-
-impl Drop for WeftProcess {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-        }
-        let _ = self.child.wait();
-        if std::thread::panicking() {
-            eprintln!(
-                "---- last lines of {}'s log ({}) ----",
-                self.server_name,
-                self.log.display()
-            );
-            eprintln!("{}", log_tail(&self.log, 40));
-        }
-    }
-}
-
-impl WeftProcess {
-    /// Registers `users` (`weft register-user`) in a new data directory
-    /// under `root`, then starts `weft serve` with its server name
-    /// `127.0.0.1:<federation port>`, peers' certificates not verified, open
-    /// registration, and waits until `/versions` answers. A port taken
-    /// meanwhile makes it start again on other ports.
-    async fn start(root: &Path, label: &str, users: &[&str]) -> WeftProcess {
-        for attempt in 1.. {
-            let dir = root.join(format!("{label}-{attempt}"));
-            let (client_port, fed_port) = (free_port(), free_port());
-            let server_name = format!("127.0.0.1:{fed_port}");
-            let command = || {
-                let mut cmd = Command::new(WEFT);
-                cmd.env_remove("WEFT_CONFIG")
-                    .env_remove("RUST_LOG")
-                    .env("WEFT_DATA_DIR", dir.join("data"))
-                    .env("WEFT_SERVER_NAME", &server_name)
-                    .env("WEFT_CLIENT_LISTEN", format!("127.0.0.1:{client_port}"))
-                    .env("WEFT_FEDERATION_LISTEN", format!("127.0.0.1:{fed_port}"))
-                    .env("WEFT_FEDERATION_VERIFY_TLS", "false")
-                    .env("WEFT_ALLOW_REGISTRATION", "true")
-                    .env("WEFT_LOG", "warn");
-                cmd
-            };
-            std::fs::create_dir_all(&dir).expect("data dir");
-            for user in users {
-                let out = command()
-                    .args(["register-user", user, "--password", PASSWORD])
-                    .output()
-                    .expect("run weft register-user");
-                assert!(
-                    out.status.success(),
-                    "weft register-user {user} failed ({}): {}{}",
-                    out.status,
-                    String::from_utf8_lossy(&out.stdout),
-                    String::from_utf8_lossy(&out.stderr)
-                );
-            }
-            let log = dir.join("weft.log");
-            let file = File::create(&log).expect("log file");
-            let child = command()
-                .arg("serve")
-                .stdin(Stdio::null())
-                .stdout(file.try_clone().expect("log file"))
-                .stderr(file)
-                .spawn()
-                .expect("spawn weft serve");
-            let mut server = WeftProcess {
-                child,
-                log,
-                client_base: format!("http://127.0.0.1:{client_port}"),
-                server_name,
-                http: reqwest::Client::builder()
-                    .no_proxy()
-                    .timeout(Duration::from_secs(300))
-                    .pool_max_idle_per_host(64)
-                    .build()
-                    .expect("http client"),
-            };
-            let started = Instant::now();
-            loop {
-                let url = format!("{}/_matrix/client/versions", server.client_base);
-                if let Ok(res) = server.http.get(&url).send().await
-                    && res.status() == StatusCode::OK
-                {
-                    return server;
-                }
-                if let Ok(Some(status)) = server.child.try_wait() {
-                    let tail = log_tail(&server.log, 20);
-                    if tail.contains("in use") && attempt < 5 {
-                        eprintln!("weft {label}: a port was taken, starting again");
-                        break;
-                    }
-                    panic!("weft serve ({label}) exited during start-up ({status}):\n{tail}");
-                }
-                assert!(
-                    started.elapsed() < Duration::from_secs(60),
-                    "weft did not answer within 60 s"
-                );
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-        }
-        unreachable!()
-    }
-
-    fn pid(&self) -> String {
-        self.child.id().to_string()
-    }
-
-    fn cpu(&self) -> Duration {
-        cpu_time(self.pid())
-    }
-
-    fn name(&self) -> OwnedServerName {
-        self.server_name.as_str().try_into().unwrap()
-    }
-
-    /// Logs a user registered at start in (password login).
-    async fn login(&self, localpart: &str) -> Client {
-        let res = self
-            .http
-            .post(format!("{}/_matrix/client/v3/login", self.client_base))
-            .json(&json!({
-                "type": "m.login.password",
-                "identifier": { "type": "m.id.user", "user": localpart },
-                "password": PASSWORD,
-            }))
-            .send()
-            .await
-            .expect("login request");
-        let status = res.status();
-        let body: Value = res.json().await.expect("login body");
-        assert_eq!(status, StatusCode::OK, "login {localpart}: {body}");
-        Client {
-            http: self.http.clone(),
-            base: self.client_base.clone(),
-            user_id: body["user_id"].as_str().expect("user_id").to_owned(),
-            token: body["access_token"].as_str().expect("access_token").to_owned(),
-        }
-    }
 }
 
 /// `GET /rooms/{room}/state`: the room's current state as `client` sees it.
@@ -641,7 +487,16 @@ async fn run(s: Settings) {
     );
     report.row("load average (1, 5, 15 min) at the start", load_average());
 
-    let a = WeftProcess::start(root.path(), "a", &["creator"]).await;
+    let a = WeftProcess::start(
+        root.path(),
+        "a",
+        &["creator"],
+        Options {
+            metrics: false,
+            open_registration: true,
+        },
+    )
+    .await;
     let a_name = a.name();
     let creator = a.login("creator").await;
     let b = TestServer::start_federating().await;
@@ -723,7 +578,7 @@ async fn run(s: Settings) {
         Command::new("perf")
             .args(["record", "-F", "999", "-o"])
             .arg(out)
-            .args(["-p", &a.pid()])
+            .args(["-p", &a.pid().to_string()])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -993,13 +848,13 @@ async fn run(s: Settings) {
     );
 
     report.section("end");
-    let warnings = log_tail(&a.log, usize::MAX);
+    let warnings = log_tail(a.log(), usize::MAX);
     let lines = warnings.lines().filter(|l| !l.trim().is_empty()).count();
     report.row("lines A logged at warn or above", lines.to_string());
     report.row("load average (1, 5, 15 min) at the end", load_average());
     report.print();
     if lines > 0 {
-        println!("\nA's log (tail):\n{}", log_tail(&a.log, 20));
+        println!("\nA's log (tail):\n{}", log_tail(a.log(), 20));
     }
     drop(sender);
     let mut b = b;
