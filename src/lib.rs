@@ -17,6 +17,7 @@ pub mod events;
 pub mod federation_api;
 pub mod federation_client;
 pub mod filter;
+pub mod identity;
 pub mod keyring;
 pub mod keys;
 pub mod media;

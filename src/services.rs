@@ -69,6 +69,8 @@ pub struct Services {
     pub connections: Connections,
     /// Wakes the pruning of self-destructing messages.
     pub expiries: crate::rooms::expiry::Expiries,
+    /// Requests to identity servers (third-party invites).
+    pub identity: crate::identity::IdentityClient,
 }
 
 impl Services {
@@ -105,6 +107,7 @@ impl Services {
             keys.server_name().to_owned(),
             storage.presence_records().await?,
         );
+        let identity = crate::identity::IdentityClient::new(config.federation_verify_tls);
         Ok(Services {
             config,
             keys,
@@ -130,6 +133,7 @@ impl Services {
             guest_revocations: GuestRevocations::default(),
             connections: Connections::default(),
             expiries: Default::default(),
+            identity,
         })
     }
 

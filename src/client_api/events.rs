@@ -97,7 +97,9 @@ pub async fn events(State(svc): State<Arc<Services>>, req: Request) -> Result<Js
     let mut presence_rx = svc.presence.subscribe();
     let mut ephemeral_rx = svc.ephemeral.subscribe();
     let mut account_data_rx = svc.account_data.subscribe();
-    let (from, from_ephemeral, from_presence, from_account_data) = match query.from.as_deref() {
+    // An empty `from` is no token (now), as Synapse takes it.
+    let (from, from_ephemeral, from_presence, from_account_data) = match query.from.as_deref().filter(|t| !t.is_empty())
+    {
         Some(token) => {
             let parsed = SyncToken::parse(token)
                 .ok_or_else(|| MatrixError::invalid_param(format!("Invalid from token {token:?}")))?;

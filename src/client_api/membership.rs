@@ -15,7 +15,7 @@ use ruma::{
 use super::{extract::Ruma, format, state::state_for_user};
 use crate::{
     error::MatrixError,
-    rooms::{guests, invites, membership, remote_join},
+    rooms::{guests, invites, membership, remote_join, third_party},
     services::Services,
     storage::TokenOwner,
     visibility,
@@ -63,6 +63,9 @@ pub async fn join_by_id(
     req: Ruma<join_room_by_id::v3::Request>,
 ) -> Result<join_room_by_id::v3::Response, MatrixError> {
     let room_id = req.body.room_id.clone();
+    if let Some(signed) = &req.body.third_party_signed {
+        exchange_signed(&svc, &room_id, &req.user().user_id, signed).await?;
+    }
     join(&svc, &room_id, req.user(), &[], req.body.reason.as_deref()).await?;
     Ok(join_room_by_id::v3::Response::new(room_id))
 }
@@ -73,8 +76,31 @@ pub async fn join_by_id_or_alias(
 ) -> Result<join_room_by_id_or_alias::v3::Response, MatrixError> {
     let (room_id, mut servers) = resolve_room(&svc, &req.body.room_id_or_alias).await?;
     servers.extend(req.body.via.iter().cloned());
+    if let Some(signed) = &req.body.third_party_signed {
+        exchange_signed(&svc, &room_id, &req.user().user_id, signed).await?;
+    }
     join(&svc, &room_id, req.user(), &servers, req.body.reason.as_deref()).await?;
     Ok(join_room_by_id_or_alias::v3::Response::new(room_id))
+}
+
+/// A join with `third_party_signed` turns the third-party invite it
+/// answers into an invite first.
+async fn exchange_signed(
+    svc: &Services,
+    room_id: &ruma::RoomId,
+    user: &ruma::UserId,
+    signed: &ruma::api::client::membership::ThirdPartySigned,
+) -> Result<(), MatrixError> {
+    if signed.mxid != user {
+        return Err(MatrixError::forbidden("third_party_signed names another user"));
+    }
+    let signed_value = serde_json::json!({
+        "mxid": signed.mxid,
+        "sender": signed.sender,
+        "token": signed.token,
+        "signatures": signed.signatures,
+    });
+    third_party::exchange(svc, room_id, &signed.sender, &signed.mxid, &signed_value).await
 }
 
 /// Joins, with the rules for guests when the account is a guest's.
@@ -138,8 +164,22 @@ pub async fn invite(
     req: Ruma<invite_user::v3::Request>,
 ) -> Result<invite_user::v3::Response, MatrixError> {
     known_room(&svc, &req.body.room_id).await?;
-    let invite_user::v3::InvitationRecipient::UserId(recipient) = &req.body.recipient else {
-        return Err(MatrixError::forbidden("Third-party invites are not supported"));
+    let recipient = match &req.body.recipient {
+        invite_user::v3::InvitationRecipient::UserId(recipient) => recipient,
+        invite_user::v3::InvitationRecipient::ThirdPartyId(third_party) => {
+            third_party::invite(
+                &svc,
+                &req.body.room_id,
+                &req.user().user_id,
+                &third_party.id_server,
+                Some(&third_party.id_access_token),
+                third_party.medium.as_str(),
+                &third_party.address,
+            )
+            .await?;
+            return Ok(invite_user::v3::Response::new());
+        }
+        _ => return Err(MatrixError::bad_json("Unknown invitation recipient")),
     };
     membership::invite(
         &svc,

@@ -175,6 +175,10 @@ pub fn router() -> Router<Arc<Services>> {
             "/_matrix/federation/v1/openid/userinfo",
             get(crate::federation_api::openid::userinfo),
         )
+        .route(
+            "/_matrix/federation/v1/3pid/onbind",
+            post(crate::federation_api::third_party::on_bind),
+        )
         .ruma(presence::set_status)
         .ruma(presence::get_status)
         .route("/_matrix/client/r0/capabilities", get(account::capabilities))

@@ -88,6 +88,19 @@ pub async fn create_room(
         publish: body.visibility == Visibility::Public,
     };
     let room_id = create::create_room(&svc, &creator, request).await?;
+    // Third-party invites last, as the spec orders them (after `invite`).
+    for third_party in &body.invite_3pid {
+        crate::rooms::third_party::invite(
+            &svc,
+            &room_id,
+            &creator,
+            &third_party.id_server,
+            Some(&third_party.id_access_token),
+            third_party.medium.as_str(),
+            &third_party.address,
+        )
+        .await?;
+    }
     Ok(create_room::v3::Response::new(room_id))
 }
 

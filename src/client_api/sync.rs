@@ -792,8 +792,13 @@ async fn invited_room(
     }
     let mut events = Vec::new();
     if let Some((_, state)) = svc.state.current(&m.room_id).await? {
-        let keys: Vec<_> = INVITE_STATE_TYPES.iter().map(|t| (t.clone(), String::new())).collect();
+        let mut keys: Vec<_> = INVITE_STATE_TYPES.iter().map(|t| (t.clone(), String::new())).collect();
+        // The inviter's own membership, as Synapse shows it.
+        if let Some(invite) = &invite {
+            keys.push((ruma::events::StateEventType::RoomMember, invite.pdu.sender.to_string()));
+        }
         events = svc.state.events_for(&state, &keys).await?;
+        events.retain(|e| invite.as_ref().is_none_or(|i| i.pdu.event_id != e.pdu.event_id));
     }
     events.extend(invite);
     let mut invite_state = InviteState::new();

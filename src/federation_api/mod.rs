@@ -10,6 +10,7 @@ mod media;
 mod membership;
 pub mod openid;
 mod query;
+pub mod third_party;
 mod transactions;
 
 use std::sync::Arc;
@@ -48,6 +49,8 @@ pub fn router() -> Router<Arc<Services>> {
         .federation(membership::make_leave)
         .federation(membership::send_leave)
         .federation(membership::invite)
+        .federation(third_party::exchange_third_party_invite)
+        .route("/_matrix/federation/v1/3pid/onbind", post(third_party::on_bind))
         // The v1 forms of send_join/send_leave/invite, which ruma no longer
         // has (or whose body it does not keep whole):
         // the v2 requests, answered in v1's `[200, {...}]` array.

@@ -156,7 +156,7 @@ pub async fn invite_remote(
     let ctx = auth::AuthContext::from_state(placed.auth_state.iter().map(|e| &*e.pdu));
     auth::check(&rules.authorization, &pdu, &ctx).map_err(RoomError::Forbidden)?;
 
-    let stripped = invite_room_state(svc, &state).await?;
+    let stripped = invite_room_state(svc, &state, sender).await?;
     let stripped_v1 = serde_json::to_value(&stripped).map_err(|e| RoomError::Invalid(e.to_string()))?;
     let event = RawValue::from_string(pdu.json.to_string()).map_err(|e| RoomError::Invalid(e.to_string()))?;
     let request = create_invite::v2::Request::new(
@@ -198,7 +198,11 @@ pub async fn invite_remote(
 }
 
 /// The state an invitee is shown, as full PDUs (Matrix 1.16 on).
-async fn invite_room_state(svc: &Services, state: &crate::state::StateMap) -> Result<Vec<RawStrippedState>, RoomError> {
+async fn invite_room_state(
+    svc: &Services,
+    state: &crate::state::StateMap,
+    sender: &UserId,
+) -> Result<Vec<RawStrippedState>, RoomError> {
     use ruma::events::StateEventType as T;
     let keys: Vec<_> = [
         T::RoomCreate,
@@ -213,6 +217,8 @@ async fn invite_room_state(svc: &Services, state: &crate::state::StateMap) -> Re
     ]
     .into_iter()
     .map(|t| (t, String::new()))
+    // and the inviter's membership (as Synapse sends it)
+    .chain([(T::RoomMember, sender.to_string())])
     .collect();
     let events = svc.state.events_for(state, &keys).await?;
     Ok(events

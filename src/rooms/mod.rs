@@ -15,6 +15,7 @@ pub mod persist;
 pub mod power;
 pub mod remote_join;
 pub mod send;
+pub mod third_party;
 pub mod upgrade;
 
 use std::{
