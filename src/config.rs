@@ -47,7 +47,7 @@ pub struct Config {
     /// Room version of rooms created without one.
     pub default_room_version: RoomVersionId,
     /// Verify the TLS certificates of other homeservers (and of push
-    /// gateways). Only loopback test rigs turn this off.
+    /// gateways and identity servers). Only loopback test rigs turn this off.
     pub federation_verify_tls: bool,
     /// Notary servers asked for another server's keys when that server
     /// cannot be reached directly (comma-separated in the environment).
@@ -314,8 +314,9 @@ x_forwarded = false
 # Room version of rooms created without one: "10", "11" or "12".
 default_room_version = "11"
 
-# Verify other homeservers' (and push gateways') TLS certificates. Turn off
-# only for loopback test rigs with self-signed certificates.
+# Verify other homeservers' (and push gateways', identity servers') TLS
+# certificates. Turn off only for loopback test rigs with self-signed
+# certificates.
 federation_verify_tls = true
 
 # Notary servers to ask for another server's signing keys when that server
