@@ -13,7 +13,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
-use crate::error::{ErrCode, MatrixError};
+use crate::error::MatrixError;
 
 /// A client for identity servers.
 #[derive(Clone)]
@@ -225,9 +225,4 @@ async fn answer<T: serde::de::DeserializeOwned>(
         return Err(unreachable(format!("answered {status}")));
     }
     serde_json::from_str(&body).map_err(|e| unreachable(format!("unexpected answer: {e}")))
-}
-
-/// A missing `id_access_token`, as Synapse words it.
-pub fn missing_token() -> MatrixError {
-    MatrixError::new(ErrCode::MissingParam, "Missing id_access_token")
 }

@@ -218,6 +218,25 @@ async fn the_identity_servers_refusal_of_the_token_is_a_403() {
     assert_eq!(answer["errcode"], "M_UNAUTHORIZED");
 }
 
+#[tokio::test]
+async fn an_invite_without_an_identity_server_token_is_a_400() {
+    let (hs, is) = start().await;
+    let alice = hs.register("alice").await;
+    let room = alice.create_room(json!({"preset": "private_chat"})).await;
+    let mut body = is.invite_body("bob@example.org");
+    body.as_object_mut().unwrap().remove("id_access_token");
+
+    let (status, answer) = alice
+        .call(
+            Method::POST,
+            &format!("/_matrix/client/v3/rooms/{}/invite", enc(&room)),
+            Some(&body),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{answer}");
+    assert!(is.state.stored.lock().unwrap().is_empty());
+}
+
 /// Invites an unbound address; answers the room ID and the invite's token.
 async fn invite_unbound(hs: &TestServer, is: &FakeIdentityServer, alice: &common::User<'_>) -> (String, String) {
     let room = alice

@@ -172,7 +172,7 @@ pub async fn invite(
                 &req.body.room_id,
                 &req.user().user_id,
                 &third_party.id_server,
-                Some(&third_party.id_access_token),
+                &third_party.id_access_token,
                 third_party.medium.as_str(),
                 &third_party.address,
             )

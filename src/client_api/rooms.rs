@@ -95,7 +95,7 @@ pub async fn create_room(
             &room_id,
             &creator,
             &third_party.id_server,
-            Some(&third_party.id_access_token),
+            &third_party.id_access_token,
             third_party.medium.as_str(),
             &third_party.address,
         )

@@ -32,11 +32,10 @@ pub async fn invite(
     room_id: &RoomId,
     sender: &UserId,
     id_server: &str,
-    id_access_token: Option<&str>,
+    token: &str,
     medium: &str,
     address: &str,
 ) -> Result<(), MatrixError> {
-    let token = id_access_token.ok_or_else(crate::identity::missing_token)?;
     if let Some(user) = svc.identity.lookup(id_server, token, medium, address).await? {
         membership::invite(svc, room_id, sender, &user, None, false).await?;
         return Ok(());
