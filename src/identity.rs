@@ -2,7 +2,10 @@
 //! of a user who named one and gave its access token: who a third-party
 //! identifier (an email address) is bound to (`hash_details` then
 //! `lookup`, hashed with the server's pepper), and storing an invite for an
-//! unbound one (`store-invite`). Identity servers are reached over HTTPS;
+//! unbound one (`store-invite`); binding a validated 3PID to a user
+//! (`3pid/bind`, with the user's token) and unbinding it (`3pid/unbind`,
+//! a request of this server signed with its key, `X-Matrix`, as the spec
+//! says of a homeserver's unbind). Identity servers are reached over HTTPS;
 //! their certificates are checked as other servers' are
 //! (`federation_verify_tls`).
 
@@ -143,6 +146,84 @@ impl IdentityClient {
             }
         }
         self.post(id_server, "store-invite", token, &body).await
+    }
+
+    /// Binds the 3PID the identity server validated in session `sid` to
+    /// `mxid` (`3pid/bind`); the 3PID bound (medium, address). An answer
+    /// that binds it to someone else is refused.
+    pub async fn bind(
+        &self,
+        id_server: &str,
+        token: &str,
+        sid: &str,
+        client_secret: &str,
+        mxid: &ruma::UserId,
+    ) -> Result<(String, String), MatrixError> {
+        #[derive(Deserialize)]
+        struct Bound {
+            medium: String,
+            address: String,
+            mxid: String,
+        }
+        let body = json!({"sid": sid, "client_secret": client_secret, "mxid": mxid});
+        let bound: Bound = self.post(id_server, "3pid/bind", token, &body).await?;
+        if bound.mxid != mxid.as_str() {
+            return Err(MatrixError::unknown(format!(
+                "identity server {id_server} bound the 3PID to {} instead",
+                bound.mxid
+            ))
+            .with_status(http::StatusCode::BAD_GATEWAY));
+        }
+        Ok((bound.medium, bound.address))
+    }
+
+    /// Asks `id_server` to unbind `medium`/`address` from `mxid`
+    /// (`3pid/unbind`), signed by this server (`keys`). `Ok(true)`: it
+    /// did; `Ok(false)`: it does not do this (it answered 400, 404 or
+    /// 501, as servers without unbinding, or with nothing bound, do).
+    pub async fn unbind(
+        &self,
+        keys: &crate::keys::ServerKeys,
+        id_server: &str,
+        mxid: &ruma::UserId,
+        medium: &str,
+        address: &str,
+    ) -> Result<bool, MatrixError> {
+        use ruma::api::{
+            auth_scheme::AuthScheme as _,
+            federation::authentication::{ServerSignatures, XMatrixSigningInput},
+        };
+        let url = endpoint_url(id_server, "3pid/unbind")?;
+        let destination = ruma::ServerName::parse(id_server)
+            .map_err(|_| MatrixError::invalid_param(format!("id_server {id_server:?} is not a server name")))?;
+        let body = json!({"mxid": mxid, "threepid": {"medium": medium, "address": address}});
+        let mut request = http::Request::builder()
+            .method(http::Method::POST)
+            .uri(url.as_str())
+            .header(http::header::CONTENT_TYPE, "application/json")
+            .body(serde_json::to_vec(&body).expect("JSON values serialise"))
+            .map_err(|e| MatrixError::internal("building an unbind request", e))?;
+        let input = XMatrixSigningInput::new(keys.server_name().clone(), destination, keys.key_pair());
+        ServerSignatures::add_authentication(&mut request, input)
+            .map_err(|e| MatrixError::internal("signing an unbind request", e))?;
+        let request = reqwest::Request::try_from(request).map_err(|e| MatrixError::internal("unbind request", e))?;
+        let unreachable = |e: String| {
+            MatrixError::unknown(format!("identity server {id_server}: {e}")).with_status(http::StatusCode::BAD_GATEWAY)
+        };
+        let response = self
+            .http
+            .execute(request)
+            .await
+            .map_err(|e| unreachable(e.to_string()))?;
+        let status = response.status();
+        if status.is_success() {
+            return Ok(true);
+        }
+        if [400, 404, 501].contains(&status.as_u16()) {
+            tracing::info!(%id_server, %status, "identity server did not unbind");
+            return Ok(false);
+        }
+        Err(unreachable(format!("answered {status} to unbind")))
     }
 
     /// Whether the identity server says `public_key` is still valid (its

@@ -30,6 +30,7 @@ pub mod server;
 pub mod services;
 pub mod state;
 pub mod storage;
+pub mod threepid;
 pub mod timeline;
 pub mod tls;
 pub mod user_directory;

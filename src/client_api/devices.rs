@@ -202,5 +202,14 @@ pub async fn deactivate(
         svc.storage.erase_user(&owner.user_id).await?;
     }
     tracing::info!(user_id = %owner.user_id, erase = req.body.erase, "account deactivated");
-    Ok(deactivate::v3::Response::new(ThirdPartyIdRemovalStatus::NoSupport))
+    // After the deactivation: an identity server that cannot be reached
+    // must not keep the account alive.
+    let unbound = match crate::threepid::unbind_all(&svc, &owner.user_id, req.body.id_server.as_deref()).await {
+        Ok(status) => status,
+        Err(e) => {
+            tracing::warn!(user_id = %owner.user_id, error = %e.body(), "3PIDs not unbound at deactivation");
+            ThirdPartyIdRemovalStatus::NoSupport
+        }
+    };
+    Ok(deactivate::v3::Response::new(unbound))
 }

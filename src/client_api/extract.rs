@@ -314,6 +314,17 @@ pub trait RumaRouter {
         R::OutgoingResponse: Send,
         H: Fn(Arc<Services>, Ruma<R>) -> Fut + Clone + Send + Sync + 'static,
         Fut: Future<Output = Result<R::OutgoingResponse, MatrixError>> + Send + 'static;
+
+    /// As [`RumaRouter::ruma`], and also on `extra` paths the spec does
+    /// not give (the `unstable` ones clients still call); paths with no
+    /// path parameters only.
+    fn ruma_with_paths<R, H, Fut>(self, extra: &[&'static str], handler: H) -> Self
+    where
+        R: IncomingRequest + Send + 'static,
+        R::Authentication: AuthRequirement,
+        R::OutgoingResponse: Send,
+        H: Fn(Arc<Services>, Ruma<R>) -> Fut + Clone + Send + Sync + 'static,
+        Fut: Future<Output = Result<R::OutgoingResponse, MatrixError>> + Send + 'static;
 }
 
 impl RumaRouter for Router<Arc<Services>> {
@@ -325,8 +336,19 @@ impl RumaRouter for Router<Arc<Services>> {
         H: Fn(Arc<Services>, Ruma<R>) -> Fut + Clone + Send + Sync + 'static,
         Fut: Future<Output = Result<R::OutgoingResponse, MatrixError>> + Send + 'static,
     {
+        self.ruma_with_paths(&[], handler)
+    }
+
+    fn ruma_with_paths<R, H, Fut>(self, extra: &[&'static str], handler: H) -> Self
+    where
+        R: IncomingRequest + Send + 'static,
+        R::Authentication: AuthRequirement,
+        R::OutgoingResponse: Send,
+        H: Fn(Arc<Services>, Ruma<R>) -> Fut + Clone + Send + Sync + 'static,
+        Fut: Future<Output = Result<R::OutgoingResponse, MatrixError>> + Send + 'static,
+    {
         let filter = MethodFilter::try_from(R::METHOD).expect("ruma endpoints use standard methods");
-        let mut paths: Vec<&'static str> = R::PATH_BUILDER.all_paths().collect();
+        let mut paths: Vec<&'static str> = R::PATH_BUILDER.all_paths().chain(extra.iter().copied()).collect();
         paths.sort_unstable();
         paths.dedup();
         let mut router = self;

@@ -27,6 +27,7 @@ mod state;
 mod sync;
 mod sync_token;
 mod thirdparty;
+mod threepid;
 mod to_device;
 mod upgrade;
 mod user_directory;
@@ -250,6 +251,10 @@ pub fn router() -> Router<Arc<Services>> {
         .ruma(devices::delete_device)
         .ruma(devices::delete_devices)
         .ruma(devices::deactivate)
+        .ruma(threepid::get_3pids)
+        .ruma_with_paths(&["/_matrix/client/unstable/account/3pid/bind"], threepid::bind)
+        .ruma_with_paths(&["/_matrix/client/unstable/account/3pid/unbind"], threepid::unbind)
+        .ruma(threepid::delete)
         .ruma(keys::upload_keys)
         .merge(
             Router::new()

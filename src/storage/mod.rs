@@ -12,6 +12,7 @@ pub mod e2e;
 pub mod media;
 pub mod push;
 pub mod sqlite;
+pub mod threepid;
 pub mod user_directory;
 
 use std::sync::Arc;
@@ -311,6 +312,7 @@ pub trait Storage:
     + appservice::AppserviceStorage
     + user_directory::UserDirectoryStorage
     + user_directory::OpenIdStorage
+    + threepid::ThreepidStorage
     + media::MediaStorage
     + Send
     + Sync

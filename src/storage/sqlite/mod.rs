@@ -15,6 +15,7 @@ mod media;
 mod presence;
 mod push;
 mod state;
+mod threepid;
 mod transactions;
 mod user_directory;
 
@@ -59,6 +60,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("schema_v14.sql"),
     include_str!("schema_v15.sql"),
     include_str!("schema_v16.sql"),
+    include_str!("schema_v17.sql"),
 ];
 
 const MAX_IDLE_READERS: usize = 4;
