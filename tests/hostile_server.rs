@@ -121,6 +121,19 @@ impl Rig {
             .collect()
     }
 
+    /// The room's gaps: its backward extremities.
+    async fn backward_extremities(&self) -> Vec<OwnedEventId> {
+        self.weft
+            .services()
+            .storage
+            .backward_extremities(&self.room)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|(id, _)| id)
+            .collect()
+    }
+
     async fn stored(&self, id: &OwnedEventId) -> Option<weft::storage::StoredEvent> {
         self.weft.services().storage.event(id).await.unwrap()
     }
@@ -637,16 +650,7 @@ async fn missing_parents_are_fetched_with_get_missing_events() {
         let stored = rig.stored(&event.id).await.unwrap();
         assert!(!stored.meta.outlier && stored.meta.rejected.is_none());
     }
-    assert!(
-        rig.weft
-            .services()
-            .storage
-            .backward_extremities(&rig.room)
-            .await
-            .unwrap()
-            .is_empty(),
-        "no gap is left"
-    );
+    assert!(rig.backward_extremities().await.is_empty(), "no gap is left");
 }
 
 /// An event pushed with parents its sender will not give (an empty
@@ -734,16 +738,7 @@ async fn a_gap_that_cannot_be_filled_stays_a_backward_extremity() {
         .seen_at(&format!("/_matrix/federation/v1/event/{}", eve_join.id));
     assert!(!fetched.is_empty(), "weft fetched Eve's join: {:?}", rig.hostile.seen());
 
-    let backward: Vec<OwnedEventId> = rig
-        .weft
-        .services()
-        .storage
-        .backward_extremities(&rig.room)
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|(id, _)| id)
-        .collect();
+    let backward = rig.backward_extremities().await;
     assert!(backward.contains(&eve_join.id), "{backward:?}");
     rig.assert_visible(&after_gap.id).await;
     // Eve's join is not in the timeline (weft never got it as one), but
@@ -768,16 +763,7 @@ async fn a_gap_that_cannot_be_filled_stays_a_backward_extremity() {
     rig.assert_visible(&from_eve.id).await;
     // Paging back across the gap (the hostile server gives nothing) keeps it.
     rig.timeline().await;
-    let backward: Vec<OwnedEventId> = rig
-        .weft
-        .services()
-        .storage
-        .backward_extremities(&rig.room)
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|(id, _)| id)
-        .collect();
+    let backward = rig.backward_extremities().await;
     assert!(backward.contains(&eve_join.id), "{backward:?}");
 }
 
@@ -1418,16 +1404,7 @@ async fn a_backfilled_page_is_checked_event_by_event_against_its_own_state() {
 
     // weft gets the last two live; the rest is a gap at the forgery.
     assert_accepted(&rig.send("gap", &[&last]).await, &last.id);
-    let backward: Vec<OwnedEventId> = rig
-        .weft
-        .services()
-        .storage
-        .backward_extremities(&rig.room)
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|(id, _)| id)
-        .collect();
+    let backward = rig.backward_extremities().await;
     assert!(backward.contains(&forged.id), "the gap is at the forgery: {backward:?}");
 
     // Alice pages back into the gap: weft backfills it.
