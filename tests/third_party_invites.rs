@@ -11,7 +11,6 @@ mod common;
 
 use std::{
     collections::HashMap,
-    net::SocketAddr,
     sync::{Arc, Mutex},
 };
 
@@ -32,7 +31,8 @@ const TOKEN: &str = "swordfish";
 const PEPPER: &str = "matrixrocks";
 
 struct Is {
-    name: String,
+    /// Its `127.0.0.1:<port>`, known once it listens.
+    name: std::sync::OnceLock<String>,
     key: Ed25519KeyPair,
     bindings: Mutex<HashMap<String, String>>,
     stored: Mutex<Vec<Value>>,
@@ -98,7 +98,7 @@ async fn store_invite(
     Ok(Json(json!({
         "token": format!("tok{}", stored.len()),
         "display_name": "B***",
-        "public_keys": [{"public_key": b64(&is.key.public_key()), "key_validity_url": format!("https://{}/_matrix/identity/v2/pubkey/isvalid", is.name)}],
+        "public_keys": [{"public_key": b64(&is.key.public_key()), "key_validity_url": format!("https://{}/_matrix/identity/v2/pubkey/isvalid", is.name.get().unwrap())}],
     })))
 }
 
@@ -109,16 +109,8 @@ async fn is_valid(State(is): State<Arc<Is>>, Query(q): Query<HashMap<String, Str
 
 impl FakeIdentityServer {
     async fn start() -> FakeIdentityServer {
-        weft::tls::install_crypto_provider();
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.set_nonblocking(true).unwrap();
-        let addr: SocketAddr = listener.local_addr().unwrap();
-        let name = format!("127.0.0.1:{}", addr.port());
-        let dir = tempfile::tempdir().unwrap();
-        let (cert, key) = weft::tls::certificate_files(dir.path(), "127.0.0.1", None).unwrap();
-        let tls = weft::tls::server_config(&cert, &key).unwrap();
         let state = Arc::new(Is {
-            name: name.clone(),
+            name: std::sync::OnceLock::new(),
             key: key_pair(),
             bindings: Mutex::default(),
             stored: Mutex::default(),
@@ -130,12 +122,8 @@ impl FakeIdentityServer {
             .route("/_matrix/identity/v2/store-invite", post(store_invite))
             .route("/_matrix/identity/v2/pubkey/isvalid", get(is_valid))
             .with_state(state.clone());
-        let server =
-            axum_server::tls_rustls::from_tcp_rustls(listener, axum_server::tls_rustls::RustlsConfig::from_config(tls))
-                .unwrap();
-        tokio::spawn(async move {
-            let _ = server.serve(app.into_make_service()).await;
-        });
+        let (name, dir) = common::serve_tls(app);
+        state.name.set(name.clone()).unwrap();
         FakeIdentityServer { name, state, _dir: dir }
     }
 

@@ -11,7 +11,6 @@ mod common;
 
 use std::{
     collections::HashMap,
-    net::SocketAddr,
     sync::{Arc, Mutex},
 };
 
@@ -37,7 +36,8 @@ const SECRET: &str = "0123456789Az.=_-";
 
 #[derive(Default)]
 struct Is {
-    name: String,
+    /// Its `127.0.0.1:<port>`, known once it listens.
+    name: std::sync::OnceLock<String>,
     /// The homeserver whose signature unbinds: (name, key ID, public key).
     homeserver: Mutex<Option<(String, String, String)>>,
     /// Validation sessions: sid → address.
@@ -81,14 +81,14 @@ fn signed_by_homeserver(is: &Is, headers: &HeaderMap, body: &Value) -> Option<St
     let (hs_name, key_id, public_key) = is.homeserver.lock().unwrap().clone()?;
     let header = headers.get("authorization")?.to_str().ok()?;
     let x_matrix = XMatrix::parse(header).ok()?;
-    if x_matrix.origin.as_str() != hs_name || x_matrix.destination.as_ref()?.as_str() != is.name {
+    if x_matrix.origin.as_str() != hs_name || x_matrix.destination.as_ref()?.as_str() != is.name.get()? {
         return None;
     }
     let request = json!({
         "method": "POST",
         "uri": "/_matrix/identity/v2/3pid/unbind",
         "origin": hs_name,
-        "destination": is.name,
+        "destination": is.name.get()?,
         "content": body,
         "signatures": { hs_name.clone(): { x_matrix.key.as_str(): x_matrix.sig.encode() } },
     });
@@ -131,17 +131,8 @@ struct FakeIdentityServer {
 impl FakeIdentityServer {
     /// An identity server that accepts unbinds signed by `hs`.
     async fn start(hs: &TestServer) -> FakeIdentityServer {
-        weft::tls::install_crypto_provider();
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.set_nonblocking(true).unwrap();
-        let addr: SocketAddr = listener.local_addr().unwrap();
-        let name = format!("127.0.0.1:{}", addr.port());
-        let dir = tempfile::tempdir().unwrap();
-        let (cert, key) = weft::tls::certificate_files(dir.path(), "127.0.0.1", None).unwrap();
-        let tls = weft::tls::server_config(&cert, &key).unwrap();
         let keys = &hs.services().keys;
         let state = Arc::new(Is {
-            name: name.clone(),
             homeserver: Mutex::new(Some((
                 keys.server_name().to_string(),
                 keys.key_id(),
@@ -153,12 +144,8 @@ impl FakeIdentityServer {
             .route("/_matrix/identity/v2/3pid/bind", post(bind))
             .route("/_matrix/identity/v2/3pid/unbind", post(unbind))
             .with_state(state.clone());
-        let server =
-            axum_server::tls_rustls::from_tcp_rustls(listener, axum_server::tls_rustls::RustlsConfig::from_config(tls))
-                .unwrap();
-        tokio::spawn(async move {
-            let _ = server.serve(app.into_make_service()).await;
-        });
+        let (name, dir) = common::serve_tls(app);
+        state.name.set(name.clone()).unwrap();
         FakeIdentityServer { name, state, _dir: dir }
     }
 

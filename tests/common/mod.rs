@@ -310,3 +310,24 @@ where
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }
 }
+
+/// Serves `app` over HTTPS on a loopback port with a self-signed
+/// certificate (a stand-in for another service: an identity server, say).
+/// Returns its `127.0.0.1:<port>` name and the directory holding the
+/// certificate, to keep for as long as the service runs.
+pub fn serve_tls(app: axum::Router) -> (String, TempDir) {
+    weft::tls::install_crypto_provider();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let name = format!("127.0.0.1:{}", listener.local_addr().unwrap().port());
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = weft::tls::certificate_files(dir.path(), "127.0.0.1", None).unwrap();
+    let tls = weft::tls::server_config(&cert, &key).unwrap();
+    let server =
+        axum_server::tls_rustls::from_tcp_rustls(listener, axum_server::tls_rustls::RustlsConfig::from_config(tls))
+            .unwrap();
+    tokio::spawn(async move {
+        let _ = server.serve(app.into_make_service()).await;
+    });
+    (name, dir)
+}
