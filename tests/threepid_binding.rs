@@ -165,6 +165,16 @@ impl FakeIdentityServer {
         self.state.unbinds.lock().unwrap().clone()
     }
 
+    /// `user` binds `address` through their homeserver.
+    async fn bind_for(&self, user: &common::User<'_>, address: &str) {
+        user.ok(
+            Method::POST,
+            "/_matrix/client/v3/account/3pid/bind",
+            Some(&self.bind_body(address)),
+        )
+        .await;
+    }
+
     fn bind_body(&self, address: &str) -> Value {
         json!({
             "id_server": self.name, "id_access_token": TOKEN,
@@ -246,13 +256,7 @@ async fn unbind_without_an_identity_server_asks_the_recorded_one_signed_by_this_
     let hs = start().await;
     let is = FakeIdentityServer::start(&hs).await;
     let alice = hs.register("alice").await;
-    alice
-        .ok(
-            Method::POST,
-            "/_matrix/client/v3/account/3pid/bind",
-            Some(&is.bind_body("alice@example.org")),
-        )
-        .await;
+    is.bind_for(&alice, "alice@example.org").await;
 
     let body = alice
         .ok(
@@ -289,13 +293,7 @@ async fn unbind_at_a_named_identity_server_reaches_it_and_a_404_is_no_support() 
     let hs = start().await;
     let is = FakeIdentityServer::start(&hs).await;
     let alice = hs.register("alice").await;
-    alice
-        .ok(
-            Method::POST,
-            "/_matrix/client/v3/account/3pid/bind",
-            Some(&is.bind_body("alice@example.org")),
-        )
-        .await;
+    is.bind_for(&alice, "alice@example.org").await;
 
     let body = alice
         .ok(
@@ -356,13 +354,7 @@ async fn delete_without_an_identity_server_unbinds_where_it_was_bound() {
     let hs = start().await;
     let is = FakeIdentityServer::start(&hs).await;
     let alice = hs.register("alice").await;
-    alice
-        .ok(
-            Method::POST,
-            "/_matrix/client/v3/account/3pid/bind",
-            Some(&is.bind_body("alice@example.org")),
-        )
-        .await;
+    is.bind_for(&alice, "alice@example.org").await;
 
     let body = alice
         .ok(
@@ -381,13 +373,7 @@ async fn an_unbind_not_signed_by_the_homeserver_the_identity_server_knows_fails(
     let hs = start().await;
     let is = FakeIdentityServer::start(&hs).await;
     let alice = hs.register("alice").await;
-    alice
-        .ok(
-            Method::POST,
-            "/_matrix/client/v3/account/3pid/bind",
-            Some(&is.bind_body("alice@example.org")),
-        )
-        .await;
+    is.bind_for(&alice, "alice@example.org").await;
     // The identity server now expects another key: this server's
     // signature no longer verifies, so the fake's check is a real one.
     let other =
@@ -447,13 +433,7 @@ async fn deactivation_with_an_identity_server_unbinds_there() {
     let is = FakeIdentityServer::start(&hs).await;
     let elsewhere = FakeIdentityServer::start(&hs).await;
     let alice = hs.register("alice").await;
-    alice
-        .ok(
-            Method::POST,
-            "/_matrix/client/v3/account/3pid/bind",
-            Some(&is.bind_body("alice@example.org")),
-        )
-        .await;
+    is.bind_for(&alice, "alice@example.org").await;
 
     let body = alice
         .ok(
