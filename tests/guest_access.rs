@@ -131,17 +131,7 @@ async fn a_guest_joins_only_rooms_open_to_guests_and_leaves_when_they_close() {
             Some(&json!({ "displayname": "visitor" })),
         )
         .await;
-    let member = alice
-        .ok(
-            Method::GET,
-            &format!(
-                "/_matrix/client/v3/rooms/{}/state/m.room.member/{}",
-                enc(&room),
-                enc(&guest.user_id)
-            ),
-            None,
-        )
-        .await;
+    let member = alice.state_event(&room, "m.room.member", &guest.user_id).await;
     assert_eq!(member["displayname"], "visitor", "{member}");
 
     // closing the room to guests makes the guest leave; alice stays
@@ -263,17 +253,7 @@ async fn a_remote_room_closed_to_guests_refuses_them_and_an_open_one_lets_them_l
     invited.await;
     let (status, body) = guest.join(&closed).await;
     assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
-    let member: Value = alice
-        .ok(
-            Method::GET,
-            &format!(
-                "/_matrix/client/v3/rooms/{}/state/m.room.member/{}",
-                enc(&closed),
-                enc(&guest.user_id)
-            ),
-            None,
-        )
-        .await;
+    let member: Value = alice.state_event(&closed, "m.room.member", &guest.user_id).await;
     assert_eq!(member["membership"], "invite", "no join was made: {member}");
 
     // open (private_chat rooms are, by the preset): joined over federation,

@@ -510,17 +510,7 @@ async fn profile_changes_reach_joined_rooms() {
         )
         .await;
     assert_eq!(profile["displayname"], "Alice A.");
-    let member = alice
-        .ok(
-            Method::GET,
-            &format!(
-                "/_matrix/client/v3/rooms/{}/state/m.room.member/{}",
-                enc(&room),
-                enc(&alice.user_id)
-            ),
-            None,
-        )
-        .await;
+    let member = alice.state_event(&room, "m.room.member", &alice.user_id).await;
     assert_eq!(member["displayname"], "Alice A.");
     let (status, body) = alice
         .call(Method::GET, "/_matrix/client/v3/profile/%40nobody%3Alocalhost", None)

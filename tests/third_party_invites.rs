@@ -168,17 +168,7 @@ async fn a_bound_address_becomes_an_ordinary_invite() {
         )
         .await;
 
-    let member = alice
-        .ok(
-            Method::GET,
-            &format!(
-                "/_matrix/client/v3/rooms/{}/state/m.room.member/{}",
-                enc(&room),
-                enc(&bob.user_id)
-            ),
-            None,
-        )
-        .await;
+    let member = alice.state_event(&room, "m.room.member", &bob.user_id).await;
     assert_eq!(member["membership"], "invite");
     assert!(member.get("third_party_invite").is_none(), "{member}");
     assert!(
@@ -311,17 +301,7 @@ async fn an_unbound_address_is_invited_when_bound_and_can_join() {
         .await;
     assert_eq!(status, StatusCode::OK, "{answer}");
 
-    let member = alice
-        .ok(
-            Method::GET,
-            &format!(
-                "/_matrix/client/v3/rooms/{}/state/m.room.member/{}",
-                enc(&room),
-                enc(&bob.user_id)
-            ),
-            None,
-        )
-        .await;
+    let member = alice.state_event(&room, "m.room.member", &bob.user_id).await;
     assert_eq!(member["membership"], "invite");
     assert_eq!(member["third_party_invite"]["display_name"], "B***");
 
@@ -382,16 +362,6 @@ async fn a_join_with_third_party_signed_makes_the_invite_first() {
         )
         .await;
     assert_eq!(status, StatusCode::OK, "{answer}");
-    let member = alice
-        .ok(
-            Method::GET,
-            &format!(
-                "/_matrix/client/v3/rooms/{}/state/m.room.member/{}",
-                enc(&room),
-                enc(&bob.user_id)
-            ),
-            None,
-        )
-        .await;
+    let member = alice.state_event(&room, "m.room.member", &bob.user_id).await;
     assert_eq!(member["membership"], "join");
 }

@@ -221,6 +221,21 @@ impl User<'_> {
         .await
     }
 
+    /// A state event's content in the room's current state (the call
+    /// must succeed).
+    pub async fn state_event(&self, room_id: &str, kind: &str, state_key: &str) -> Value {
+        self.ok(
+            Method::GET,
+            &format!(
+                "/_matrix/client/v3/rooms/{}/state/{kind}/{}",
+                enc(room_id),
+                enc(state_key)
+            ),
+            None,
+        )
+        .await
+    }
+
     pub async fn sync(&self, query: &str) -> Value {
         self.ok(Method::GET, &format!("/_matrix/client/v3/sync?{query}"), None)
             .await
