@@ -158,6 +158,7 @@ async fn notify(
     let event = Raw::<AnySyncTimelineEvent>::from_json(json);
     let traits = ContentTraits::of(pdu);
     let mut notifications = Vec::new();
+    let mut jobs = Vec::new();
     for user in users {
         let actions = actions_for(svc, &user, &event, pdu, &room, traits).await?;
         if !actions.iter().any(Action::should_notify) {
@@ -168,7 +169,7 @@ async fn notify(
             highlight: actions.iter().any(Action::is_highlight),
             actions: serde_json::to_string(&actions).map_err(|e| MatrixError::internal("push actions", e))?,
         });
-        svc.push.gateway.queue(Job::Event {
+        jobs.push(Job::Event {
             user,
             pdu: pdu.clone(),
             actions,
@@ -179,6 +180,11 @@ async fn notify(
     svc.storage
         .add_notifications(&pdu.room_id, &pdu.event_id, stream_ordering, ts, &notifications)
         .await?;
+    // Pushed once stored: a push carries the user's unread count, which
+    // counts this notification.
+    for job in jobs {
+        svc.push.gateway.queue(job);
+    }
     Ok(())
 }
 
