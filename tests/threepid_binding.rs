@@ -341,12 +341,14 @@ async fn delete_unbinds_a_3pid_bound_out_of_band_at_the_named_identity_server() 
     assert_eq!(is.bound_to("alice@example.org"), None);
     assert_eq!(is.unbinds()[0].0, hs.server_name().as_str());
 
-    // The account itself lists no 3PIDs (an empty list may be omitted).
+    // The account itself lists no 3PIDs, and says so (clients read the
+    // field without looking).
     let threepids = alice.ok(Method::GET, "/_matrix/client/v3/account/3pid", None).await;
-    assert!(
-        threepids.get("threepids").is_none_or(|t| t == &json!([])),
-        "{threepids}"
-    );
+    assert_eq!(threepids, json!({ "threepids": [] }));
+    let (status, _) = hs
+        .request(Method::GET, "/_matrix/client/v3/account/3pid", None, None)
+        .await;
+    assert_eq!(status, 401, "it needs an access token");
 }
 
 #[tokio::test]
