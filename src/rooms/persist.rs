@@ -66,11 +66,7 @@ pub async fn persist_pdu(svc: &Services, event: ToPersist, rules: &RoomVersionRu
     pdu.rejected = matches!(status, TimelineStatus::Rejected(_));
     let pdu = Arc::new(pdu);
     let accepted = status == TimelineStatus::Accepted;
-    let state_key = pdu
-        .state_key
-        .as_ref()
-        .filter(|_| accepted)
-        .map(|k| key(StateEventType::from(pdu.kind.to_string()), k));
+    let state_key = changed_key(&pdu, accepted);
     let replaces_state = state_key
         .as_ref()
         .and_then(|k| before.as_ref().and_then(|(_, map)| map.get(k).cloned()));
@@ -122,9 +118,7 @@ pub async fn persist_pdu(svc: &Services, event: ToPersist, rules: &RoomVersionRu
         NewCurrent::Resolved { previous, resolved } => Some(resolved_update(previous, resolved)),
         NewCurrent::Unchanged => None,
     };
-    let expires_at = Some(&pdu)
-        .filter(|_| accepted && svc.config.ephemeral_messages)
-        .and_then(|pdu| super::expiry::expiry_of(pdu));
+    let expires_at = expiry(svc, &pdu, accepted);
     let persisted = svc
         .storage
         .persist_timeline_event(NewTimelineEvent {
@@ -159,13 +153,7 @@ pub async fn persist_pdu(svc: &Services, event: ToPersist, rules: &RoomVersionRu
         (Some(group), NewCurrent::Resolved { resolved, .. }) => svc.state.remember(group, resolved.clone()),
         _ => {}
     }
-    if accepted
-        && let Some(target) = &pdu.redacts
-        && redaction_allowed(svc, &pdu, target, &before_map, rules).await?
-    {
-        super::send::apply_redaction(svc, &pdu, target, rules).await?;
-    }
-    apply_earlier_redactions(svc, &pdu, &persisted.earlier_redactions, rules).await?;
+    apply_redactions(svc, &pdu, accepted, &before_map, &persisted.earlier_redactions, rules).await?;
     if accepted && !backfilled {
         // Notifications are a side effect: a failure is logged, the event
         // stays stored.
@@ -208,6 +196,41 @@ pub async fn persist_pdu(svc: &Services, event: ToPersist, rules: &RoomVersionRu
         pdu,
         stream_ordering: persisted.stream_ordering,
     })
+}
+
+/// The state key an accepted state event sets (none for a rejected,
+/// soft-failed or non-state event).
+fn changed_key(pdu: &Pdu, accepted: bool) -> Option<crate::storage::StateKey> {
+    pdu.state_key
+        .as_ref()
+        .filter(|_| accepted)
+        .map(|k| key(StateEventType::from(pdu.kind.to_string()), k))
+}
+
+/// When an accepted message self-destructs, with `ephemeral_messages` on.
+fn expiry(svc: &Services, pdu: &Pdu, accepted: bool) -> Option<u64> {
+    (accepted && svc.config.ephemeral_messages)
+        .then(|| super::expiry::expiry_of(pdu))
+        .flatten()
+}
+
+/// After `pdu` is stored: the redaction it is (if accepted and allowed by
+/// the state before it), and the redactions of it held already.
+async fn apply_redactions(
+    svc: &Services,
+    pdu: &Pdu,
+    accepted: bool,
+    before: &StateMap,
+    earlier: &[ruma::OwnedEventId],
+    rules: &RoomVersionRules,
+) -> Result<(), RoomError> {
+    if accepted
+        && let Some(target) = &pdu.redacts
+        && redaction_allowed(svc, pdu, target, before, rules).await?
+    {
+        super::send::apply_redaction(svc, pdu, target, rules).await?;
+    }
+    apply_earlier_redactions(svc, pdu, earlier, rules).await
 }
 
 /// Redactions held before the event they redact (history comes newest
@@ -349,15 +372,9 @@ pub async fn persist_backfilled(
             status,
         } = event;
         let accepted = status == TimelineStatus::Accepted;
-        let state_key = pdu
-            .state_key
-            .as_ref()
-            .filter(|_| accepted)
-            .map(|k| key(StateEventType::from(pdu.kind.to_string()), k));
+        let state_key = changed_key(&pdu, accepted);
         let replaces_state = state_key.as_ref().and_then(|k| before_map.get(k).cloned());
-        let expires_at = Some(&pdu)
-            .filter(|_| accepted && svc.config.ephemeral_messages)
-            .and_then(|pdu| super::expiry::expiry_of(pdu));
+        let expires_at = expiry(svc, &pdu, accepted);
         writes.push(NewTimelineEvent {
             pdu: pdu.clone(),
             backfilled: true,
@@ -385,13 +402,7 @@ pub async fn persist_backfilled(
         if changes_state {
             svc.state.remember(persisted.state_group_after, after_map);
         }
-        if accepted
-            && let Some(target) = &pdu.redacts
-            && redaction_allowed(svc, &pdu, target, &before_map, rules).await?
-        {
-            super::send::apply_redaction(svc, &pdu, target, rules).await?;
-        }
-        apply_earlier_redactions(svc, &pdu, &persisted.earlier_redactions, rules).await?;
+        apply_redactions(svc, &pdu, accepted, &before_map, &persisted.earlier_redactions, rules).await?;
         if expires {
             svc.expiries.scheduled();
         }
