@@ -21,6 +21,10 @@ pub struct Config {
     pub server_name: OwnedServerName,
     /// Where the database, signing key and generated certificate live.
     pub data_dir: PathBuf,
+    /// A PostgreSQL database to keep everything in instead of the SQLite
+    /// file in `data_dir` (`postgres://user@host:port/db`, or the
+    /// `key=value` form, `host=/run/postgresql` for a Unix socket).
+    pub database_url: Option<String>,
     /// Client-server API listener (plain HTTP; put a TLS proxy in front).
     pub client_listen: SocketAddr,
     /// Federation (server-server) API listener (HTTPS).
@@ -78,6 +82,7 @@ impl Default for Config {
         Config {
             server_name: "localhost".try_into().expect("valid server name"),
             data_dir: PathBuf::from("./weft-data"),
+            database_url: None,
             client_listen: "127.0.0.1:8008".parse().expect("valid address"),
             federation_listen: "0.0.0.0:8448".parse().expect("valid address"),
             federation_plain_http: false,
@@ -203,6 +208,7 @@ impl Config {
         }
         set(&env, "server_name", &mut self.server_name)?;
         set(&env, "data_dir", &mut self.data_dir)?;
+        set_opt(&env, "database_url", &mut self.database_url)?;
         set(&env, "client_listen", &mut self.client_listen)?;
         set(&env, "federation_listen", &mut self.federation_listen)?;
         set(&env, "federation_plain_http", &mut self.federation_plain_http)?;
@@ -276,6 +282,11 @@ server_name = "localhost"
 # Where the SQLite database, the signing key and a generated TLS
 # certificate are kept.
 data_dir = "./weft-data"
+
+# A PostgreSQL database to keep everything in, instead of the SQLite file
+# in data_dir: a URL or a key=value string (host=/run/postgresql for a Unix
+# socket). data_dir still holds the signing key, the certificate and media.
+# database_url = "postgres://weft@localhost/weft"
 
 # Client-server API: plain HTTP. Put a TLS reverse proxy in front of it
 # for anything but local use.

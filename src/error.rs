@@ -207,6 +207,15 @@ impl IntoResponse for MatrixError {
 
 impl From<crate::storage::StorageError> for MatrixError {
     fn from(e: crate::storage::StorageError) -> Self {
-        MatrixError::internal("storage", e)
+        match e {
+            // The database server is down or restarting: the request may
+            // be tried again in a moment.
+            crate::storage::StorageError::Unavailable(_) => {
+                tracing::warn!(error = %e, "storage unavailable");
+                MatrixError::unknown("The database is unavailable; try again shortly")
+                    .with_status(StatusCode::SERVICE_UNAVAILABLE)
+            }
+            e => MatrixError::internal("storage", e),
+        }
     }
 }

@@ -7,7 +7,7 @@ use weft::{
     accounts,
     config::{Config, DEFAULT_CONFIG_TOML},
     server,
-    storage::{Storage, sqlite::SqliteStorage},
+    storage::Storage,
 };
 
 #[derive(Parser)]
@@ -123,7 +123,7 @@ async fn register_user(config: &Config, name: &str, password: &str, admin: bool)
         None => name,
     };
     let user_id = accounts::user_id_for(localpart, &config.server_name).map_err(|e| e.to_string())?;
-    let storage: Arc<dyn Storage> = Arc::new(SqliteStorage::open(&config.data_dir).map_err(|e| e.to_string())?);
+    let storage: Arc<dyn Storage> = weft::storage::open(&config).await.map_err(|e| e.to_string())?;
     accounts::create_user(&*storage, &user_id, Some(password), admin)
         .await
         .map_err(|e| e.to_string())?;

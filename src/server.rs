@@ -18,7 +18,7 @@ use crate::{
     federation_client::{FederationClient, FederationError},
     keys::{KeyError, ServerKeys},
     services::Services,
-    storage::{StorageError, sqlite::SqliteStorage},
+    storage::StorageError,
     tls::{self, TlsError},
 };
 
@@ -140,7 +140,7 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
         source,
     })?;
     let appservices = crate::appservice::registration::load(&config.app_service_config_files, &config.server_name)?;
-    let storage = Arc::new(SqliteStorage::open(&config.data_dir)?);
+    let storage = crate::storage::open(&config).await?;
     let keys = ServerKeys::load_or_generate(&config.data_dir, config.server_name.clone())?;
     let tls_config = if config.federation_plain_http {
         None

@@ -9,7 +9,9 @@
 
 pub mod appservice;
 pub mod e2e;
+mod event_cache;
 pub mod media;
+pub mod postgres;
 pub mod push;
 pub mod sqlite;
 pub mod threepid;
@@ -43,9 +45,27 @@ pub enum StorageError {
     AlreadyExists,
     #[error("not found")]
     NotFound,
+    /// The database server cannot be reached (down, restarting, every
+    /// connection busy): the operation did not happen, and may be tried
+    /// again later.
+    #[error("database unavailable: {0}")]
+    Unavailable(String),
+    /// The write lost a race with another writer (a serialization failure
+    /// or a deadlock) and was rolled back: run it again.
+    #[error("write conflict: {0}")]
+    Conflict(String),
 }
 
 pub type Result<T, E = StorageError> = std::result::Result<T, E>;
+
+/// Opens the storage the configuration names: the PostgreSQL database of
+/// `database_url`, or else the SQLite file in `data_dir`.
+pub async fn open(config: &crate::config::Config) -> Result<Arc<dyn Storage>> {
+    Ok(match &config.database_url {
+        Some(url) => Arc::new(postgres::PgStorage::connect(url).await?),
+        None => Arc::new(sqlite::SqliteStorage::open(&config.data_dir)?),
+    })
+}
 
 /// What the server knows about a held event beyond its JSON.
 #[derive(Debug, Clone)]

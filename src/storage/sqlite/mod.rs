@@ -20,7 +20,6 @@ mod transactions;
 mod user_directory;
 
 use std::{
-    num::NonZeroUsize,
     path::Path,
     sync::{Arc, Mutex},
 };
@@ -30,7 +29,6 @@ use crate::{
     storage::{Receipt, RemoteInvite},
 };
 use async_trait::async_trait;
-use lru::LruCache;
 use ruma::{
     DeviceId, EventId, OwnedEventId, OwnedRoomAliasId, OwnedRoomId, OwnedServerName, OwnedUserId, RoomAliasId, RoomId,
     ServerName, UserId, events::StateEventType,
@@ -38,6 +36,7 @@ use ruma::{
 use rusqlite::{Connection, OpenFlags, Transaction};
 
 use super::{
+    event_cache::EventCache,
     Device, Direction, Membership, NewTimelineEvent, Persisted, Result, RoomInfo, ServerKey, StateGroupId, StateKey,
     StateWrite, Storage, StorageError, StoredEvent, StreamOrdering, TokenOwner, TopoKey, TxnKey, UserRecord,
 };
@@ -83,7 +82,7 @@ pub struct SqliteStorage {
     path: std::path::PathBuf,
     writer: Arc<Mutex<Connection>>,
     readers: Arc<Mutex<Vec<Connection>>>,
-    events: Arc<Mutex<EventCache>>,
+    events: Arc<EventCache>,
     /// Whether any user was ever erased: until one is, `erased_users`
     /// (asked for every page of history read) answers without a query.
     /// This process is the database's only writer, so the flag is exact.
@@ -104,10 +103,7 @@ impl SqliteStorage {
             path,
             writer: Arc::new(Mutex::new(writer)),
             readers: Arc::new(Mutex::new(Vec::new())),
-            events: Arc::new(Mutex::new(EventCache {
-                events: LruCache::new(NonZeroUsize::new(EVENT_CACHE_SIZE).expect("non-zero")),
-                writes: 0,
-            })),
+            events: Arc::new(EventCache::new(EVENT_CACHE_SIZE)),
             any_erased: Arc::new(std::sync::atomic::AtomicBool::new(any_erased)),
         })
     }
@@ -177,53 +173,6 @@ impl SqliteStorage {
         .await
         .map_err(|e| StorageError::Database(format!("storage task failed: {e}")))?
     }
-
-    /// The cached events among `ids` (in order), the IDs to read, and
-    /// the cache's write count, to give back to [`Self::remember`].
-    fn cached(&self, ids: &[OwnedEventId]) -> (Vec<Option<StoredEvent>>, Vec<OwnedEventId>, u64) {
-        let mut cache = self.events.lock().expect("event cache lock");
-        let mut missing = Vec::new();
-        let found = ids
-            .iter()
-            .map(|id| {
-                let hit = cache.events.get(id).cloned();
-                if hit.is_none() {
-                    missing.push(id.clone());
-                }
-                hit
-            })
-            .collect();
-        (found, missing, cache.writes)
-    }
-
-    /// Caches events read when the cache's write count was `writes`. If an
-    /// event was written since, what was read may be the version before
-    /// that write (an outlier since made part of the timeline, an event
-    /// since redacted): nothing is cached then, or the stale version would
-    /// outlive the [`Self::forget`] meant to drop it.
-    fn remember(&self, events: &[StoredEvent], writes: u64) {
-        let mut cache = self.events.lock().expect("event cache lock");
-        if cache.writes != writes {
-            return;
-        }
-        for event in events {
-            cache.events.put(event.pdu.event_id.clone(), event.clone());
-        }
-    }
-
-    /// Drops an event just written from the cache.
-    fn forget(&self, event_id: &EventId) {
-        let mut cache = self.events.lock().expect("event cache lock");
-        cache.writes += 1;
-        cache.events.pop(event_id);
-    }
-}
-
-/// Events by ID, with a count of the writes to events (see
-/// [`SqliteStorage::remember`]).
-struct EventCache {
-    events: LruCache<OwnedEventId, StoredEvent>,
-    writes: u64,
 }
 
 fn migrate(conn: &mut Connection) -> Result<()> {
@@ -450,22 +399,16 @@ impl Storage for SqliteStorage {
     }
 
     async fn events(&self, ids: &[OwnedEventId]) -> Result<Vec<StoredEvent>> {
-        let (mut found, missing, writes) = self.cached(ids);
-        if !missing.is_empty() {
-            let loaded = self
-                .read(move |c| {
+        self.events
+            .get_or_load(ids, |missing| {
+                self.read(move |c| {
                     missing
                         .iter()
                         .filter_map(|id| events::event(c, id).transpose())
                         .collect::<Result<Vec<_>>>()
                 })
-                .await?;
-            self.remember(&loaded, writes);
-            for slot in found.iter_mut().zip(ids).filter(|(f, _)| f.is_none()) {
-                *slot.0 = loaded.iter().find(|e| e.pdu.event_id == *slot.1).cloned();
-            }
-        }
-        Ok(found.into_iter().flatten().collect())
+            })
+            .await
     }
 
     async fn forward_extremities(&self, room_id: &RoomId) -> Result<Vec<(OwnedEventId, i64)>> {
@@ -506,7 +449,7 @@ impl Storage for SqliteStorage {
             })
             .await?;
         for id in &ids {
-            self.forget(id);
+            self.events.forget(id);
         }
         Ok(persisted)
     }
@@ -515,7 +458,7 @@ impl Storage for SqliteStorage {
         let event_id = event.pdu.event_id.clone();
         let persisted = self.write(move |tx| events::persist_timeline_event(tx, &event)).await?;
         // It may have been held as an outlier.
-        self.forget(&event_id);
+        self.events.forget(&event_id);
         Ok(persisted)
     }
 
@@ -523,7 +466,7 @@ impl Storage for SqliteStorage {
         let event_id = pdu.event_id.clone();
         self.write(move |tx| events::persist_outlier(tx, &pdu, rejected.as_deref()))
             .await?;
-        self.forget(&event_id);
+        self.events.forget(&event_id);
         Ok(())
     }
 
@@ -535,7 +478,7 @@ impl Storage for SqliteStorage {
         let (id, json) = (event_id.to_owned(), pruned_json.map(str::to_owned));
         self.write(move |tx| events::expire_event(tx, &id, json.as_deref()))
             .await?;
-        self.forget(event_id);
+        self.events.forget(event_id);
         Ok(())
     }
 
@@ -548,7 +491,7 @@ impl Storage for SqliteStorage {
         let (id, json, by) = (event_id.to_owned(), redacted_json.to_owned(), redacted_by.to_owned());
         self.write(move |tx| events::apply_redaction(tx, &id, &json, &by))
             .await?;
-        self.forget(event_id);
+        self.events.forget(event_id);
         Ok(())
     }
 

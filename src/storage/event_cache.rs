@@ -1,0 +1,93 @@
+//! Recently read events by ID, for both backends (state and auth events
+//! are looked up over and over; pages of timeline are read in bulk and not
+//! cached).
+//!
+//! Process-local: an event changes after it is stored only when an outlier
+//! takes its place in the timeline, a redaction or an expiry rewrites it;
+//! the process that writes drops it here ([`EventCache::forget`]).
+
+use std::{num::NonZeroUsize, sync::Mutex};
+
+use lru::LruCache;
+use ruma::{EventId, OwnedEventId};
+
+use super::StoredEvent;
+
+pub(crate) struct EventCache {
+    inner: Mutex<Inner>,
+}
+
+struct Inner {
+    events: LruCache<OwnedEventId, StoredEvent>,
+    /// Counts writes to events (see [`EventCache::remember`]).
+    writes: u64,
+}
+
+impl EventCache {
+    pub(crate) fn new(capacity: usize) -> Self {
+        EventCache {
+            inner: Mutex::new(Inner {
+                events: LruCache::new(NonZeroUsize::new(capacity.max(1)).expect("non-zero")),
+                writes: 0,
+            }),
+        }
+    }
+
+    /// The cached events among `ids` (in order), the IDs to read, and the
+    /// write count, to give back to [`Self::remember`].
+    pub(crate) fn cached(&self, ids: &[OwnedEventId]) -> (Vec<Option<StoredEvent>>, Vec<OwnedEventId>, u64) {
+        let mut cache = self.inner.lock().expect("event cache lock");
+        let mut missing = Vec::new();
+        let found = ids
+            .iter()
+            .map(|id| {
+                let hit = cache.events.get(id).cloned();
+                if hit.is_none() {
+                    missing.push(id.clone());
+                }
+                hit
+            })
+            .collect();
+        (found, missing, cache.writes)
+    }
+
+    /// Caches events read when the write count was `writes`. If an event
+    /// was written since, what was read may be the version before that
+    /// write (an outlier since made part of the timeline, an event since
+    /// redacted): nothing is cached then, or the stale version would
+    /// outlive the [`Self::forget`] meant to drop it.
+    pub(crate) fn remember(&self, events: &[StoredEvent], writes: u64) {
+        let mut cache = self.inner.lock().expect("event cache lock");
+        if cache.writes != writes {
+            return;
+        }
+        for event in events {
+            cache.events.put(event.pdu.event_id.clone(), event.clone());
+        }
+    }
+
+    /// Drops an event just written.
+    pub(crate) fn forget(&self, event_id: &EventId) {
+        let mut cache = self.inner.lock().expect("event cache lock");
+        cache.writes += 1;
+        cache.events.pop(event_id);
+    }
+
+    /// `ids` in order (missing skipped): from the cache, the rest from
+    /// `load`, which is given the IDs not cached.
+    pub(crate) async fn get_or_load<F, Fut, E>(&self, ids: &[OwnedEventId], load: F) -> Result<Vec<StoredEvent>, E>
+    where
+        F: FnOnce(Vec<OwnedEventId>) -> Fut,
+        Fut: std::future::Future<Output = Result<Vec<StoredEvent>, E>>,
+    {
+        let (mut found, missing, writes) = self.cached(ids);
+        if !missing.is_empty() {
+            let loaded = load(missing).await?;
+            self.remember(&loaded, writes);
+            for slot in found.iter_mut().zip(ids).filter(|(f, _)| f.is_none()) {
+                *slot.0 = loaded.iter().find(|e| e.pdu.event_id == *slot.1).cloned();
+            }
+        }
+        Ok(found.into_iter().flatten().collect())
+    }
+}

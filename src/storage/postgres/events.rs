@@ -1,0 +1,579 @@
+//! Rooms, events, their edges and the two orders (as `sqlite/events.rs`).
+//!
+//! An event's stream ordering is taken last in the transaction that stores
+//! it (see `schema_v1.sql`): everything else about the event is written
+//! first, by as many writers at once as there are rooms being written,
+//! and only the taking of the position and the event row itself wait for
+//! one another.
+
+use std::sync::Arc;
+
+use ruma::{EventId, OwnedDeviceId, OwnedEventId, OwnedRoomId, RoomId, RoomVersionId};
+use tokio_postgres::Row;
+
+use super::{GenericClient, big, col, exec, next_position, now_ms, parse, query, query_one, query_opt, state};
+use crate::{
+    events::Pdu,
+    storage::{
+        Direction, EventMeta, NewCurrentState, NewTimelineEvent, Persisted, Result, RoomInfo, StorageError,
+        StoredEvent, StreamOrdering, TimelineStatus, TopoKey, TxnKey,
+    },
+};
+
+/// Columns read by [`event_from_row`], from `events e` joined with the
+/// client transaction IDs.
+const EVENT_SELECT: &str = "SELECT e.event_id, e.room_id, e.json, e.stream_ordering, e.outlier,
+        e.rejected, e.soft_failed, e.redacted_by, e.state_group_before, e.state_group_after,
+        e.replaces_state, t.device_id, t.txn_id
+    FROM events e LEFT JOIN txn_ids t ON t.event_id = e.event_id";
+
+/// Timeline events: in the DAG with known state, neither rejected nor
+/// soft-failed.
+const IN_TIMELINE: &str = "NOT e.outlier AND e.rejected IS NULL AND NOT e.soft_failed";
+
+fn event_from_row(row: &Row) -> Result<StoredEvent> {
+    let event_id: OwnedEventId = parse(col::<String>(row, 0)?)?;
+    let room_id: OwnedRoomId = parse(col::<String>(row, 1)?)?;
+    let json: String = col(row, 2)?;
+    let rejected: Option<String> = col(row, 5)?;
+    let redacted_by: Option<String> = col(row, 7)?;
+    let replaces_state: Option<String> = col(row, 10)?;
+    let device: Option<String> = col(row, 11)?;
+    let txn_id: Option<String> = col(row, 12)?;
+    let mut pdu =
+        Pdu::from_json(event_id, Some(&room_id), Arc::from(json)).map_err(|e| StorageError::Corrupt(e.to_string()))?;
+    pdu.rejected = rejected.is_some();
+    Ok(StoredEvent {
+        pdu: Arc::new(pdu),
+        meta: EventMeta {
+            stream_ordering: col(row, 3)?,
+            outlier: col(row, 4)?,
+            rejected,
+            soft_failed: col(row, 6)?,
+            redacted_by: redacted_by.map(parse).transpose()?,
+            state_group_before: col(row, 8)?,
+            state_group_after: col(row, 9)?,
+            replaces_state: replaces_state.map(parse).transpose()?,
+            txn: device.zip(txn_id).map(|(d, t)| (OwnedDeviceId::from(d), t)),
+        },
+    })
+}
+
+fn events_from_rows(rows: Vec<Row>) -> Result<Vec<StoredEvent>> {
+    rows.iter().map(event_from_row).collect()
+}
+
+pub async fn event(c: &impl GenericClient, event_id: &EventId) -> Result<Option<StoredEvent>> {
+    let sql = format!("{EVENT_SELECT} WHERE e.event_id = $1");
+    query_opt(c, &sql, &[&event_id.as_str()])
+        .await?
+        .as_ref()
+        .map(event_from_row)
+        .transpose()
+}
+
+/// The held events among `ids`, in no particular order (one statement).
+pub async fn events(c: &impl GenericClient, ids: &[OwnedEventId]) -> Result<Vec<StoredEvent>> {
+    let ids: Vec<&str> = ids.iter().map(|id| id.as_str()).collect();
+    let sql = format!("{EVENT_SELECT} WHERE e.event_id = ANY($1)");
+    events_from_rows(query(c, &sql, &[&ids]).await?)
+}
+
+pub async fn room(c: &impl GenericClient, room_id: &RoomId) -> Result<Option<RoomInfo>> {
+    let Some(row) = query_opt(
+        c,
+        "SELECT room_version, current_state_group, published FROM rooms WHERE room_id = $1",
+        &[&room_id.as_str()],
+    )
+    .await?
+    else {
+        return Ok(None);
+    };
+    let version: String = col(&row, 0)?;
+    Ok(Some(RoomInfo {
+        room_id: room_id.to_owned(),
+        version: RoomVersionId::try_from(version.as_str())
+            .map_err(|_| StorageError::Corrupt(format!("room version {version:?}")))?,
+        current_state_group: col(&row, 1)?,
+        published: col(&row, 2)?,
+    }))
+}
+
+pub async fn add_room(tx: &impl GenericClient, room_id: &str, version: &str) -> Result<()> {
+    exec(
+        tx,
+        "INSERT INTO rooms (room_id, room_version, created_ts) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+        &[&room_id, &version, &now_ms()],
+    )
+    .await?;
+    Ok(())
+}
+
+pub async fn set_room_published(tx: &impl GenericClient, room_id: &RoomId, published: bool) -> Result<()> {
+    exec(
+        tx,
+        "UPDATE rooms SET published = $2 WHERE room_id = $1",
+        &[&room_id.as_str(), &published],
+    )
+    .await?;
+    Ok(())
+}
+
+pub async fn published_rooms(c: &impl GenericClient) -> Result<Vec<OwnedRoomId>> {
+    query(c, "SELECT room_id FROM rooms WHERE published ORDER BY room_id", &[])
+        .await?
+        .iter()
+        .map(|r| parse(col::<String>(r, 0)?))
+        .collect()
+}
+
+async fn id_depth_pairs(c: &impl GenericClient, sql: &str, room_id: &RoomId) -> Result<Vec<(OwnedEventId, i64)>> {
+    query(c, sql, &[&room_id.as_str()])
+        .await?
+        .iter()
+        .map(|r| Ok((parse(col::<String>(r, 0)?)?, col(r, 1)?)))
+        .collect()
+}
+
+pub async fn forward_extremities(c: &impl GenericClient, room_id: &RoomId) -> Result<Vec<(OwnedEventId, i64)>> {
+    id_depth_pairs(
+        c,
+        "SELECT f.event_id, e.depth FROM forward_extremities f
+         JOIN events e ON e.event_id = f.event_id
+         WHERE f.room_id = $1 ORDER BY e.depth DESC, e.stream_ordering DESC",
+        room_id,
+    )
+    .await
+}
+
+pub async fn backward_extremities(c: &impl GenericClient, room_id: &RoomId) -> Result<Vec<(OwnedEventId, i64)>> {
+    id_depth_pairs(
+        c,
+        "SELECT event_id, depth FROM backward_extremities WHERE room_id = $1
+         ORDER BY depth DESC, event_id",
+        room_id,
+    )
+    .await
+}
+
+pub async fn children(c: &impl GenericClient, event_id: &EventId) -> Result<Vec<OwnedEventId>> {
+    query(
+        c,
+        "SELECT g.event_id FROM event_edges g JOIN events e ON e.event_id = g.event_id
+         WHERE g.prev_event_id = $1 AND NOT e.outlier",
+        &[&event_id.as_str()],
+    )
+    .await?
+    .iter()
+    .map(|r| parse(col::<String>(r, 0)?))
+    .collect()
+}
+
+/// The newest live position whose writer has committed.
+pub async fn max_stream_ordering(c: &impl GenericClient) -> Result<StreamOrdering> {
+    super::stream_head(c, "events").await
+}
+
+/// The columns of an event row, shared by timeline events and outliers.
+struct EventRow<'a> {
+    pdu: &'a Pdu,
+    outlier: bool,
+    rejected: Option<&'a str>,
+    soft_failed: bool,
+    before: Option<i64>,
+    after: Option<i64>,
+    replaces_state: Option<&'a str>,
+}
+
+/// Writes an event's row; `false` if the event is held already.
+async fn insert_event_row(tx: &impl GenericClient, stream: i64, row: EventRow<'_>) -> Result<bool> {
+    let pdu = row.pdu;
+    let inserted = exec(
+        tx,
+        "INSERT INTO events (stream_ordering, event_id, room_id, type, state_key, sender, depth,
+             origin_server_ts, received_ts, json, outlier, rejected, soft_failed,
+             state_group_before, state_group_after, replaces_state)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)
+         ON CONFLICT (event_id) DO NOTHING",
+        &[
+            &stream,
+            &pdu.event_id.as_str(),
+            &pdu.room_id.as_str(),
+            &pdu.kind.to_string(),
+            &pdu.state_key,
+            &pdu.sender.as_str(),
+            &big(pdu.depth),
+            &i64::from(pdu.origin_server_ts.get()),
+            &now_ms(),
+            &&*pdu.json,
+            &row.outlier,
+            &row.rejected,
+            &row.soft_failed,
+            &row.before,
+            &row.after,
+            &row.replaces_state,
+        ],
+    )
+    .await?;
+    Ok(inserted == 1)
+}
+
+pub async fn persist_timeline_event(tx: &impl GenericClient, new: &NewTimelineEvent) -> Result<Persisted> {
+    let pdu = &new.pdu;
+    let room_id = pdu.room_id.as_str();
+
+    let before = state::write_state(tx, &pdu.room_id, &new.state_before).await?;
+    let after = match &pdu.state_key {
+        Some(key) if !pdu.rejected => {
+            state::insert_group(
+                tx,
+                &pdu.room_id,
+                Some(before),
+                &[((pdu.kind.to_string().into(), key.clone()), pdu.event_id.clone())],
+            )
+            .await?
+        }
+        _ => before,
+    };
+
+    if pdu.kind == ruma::events::TimelineEventType::RoomCreate {
+        #[derive(serde::Deserialize)]
+        struct Create {
+            room_version: Option<String>,
+        }
+        let version = serde_json::from_str::<Create>(pdu.content.get())
+            .ok()
+            .and_then(|c| c.room_version)
+            .unwrap_or_else(|| "1".to_owned());
+        add_room(tx, room_id, &version).await?;
+    }
+
+    let (rejected, soft_failed) = match &new.status {
+        TimelineStatus::Accepted => (None, false),
+        TimelineStatus::SoftFailed => (None, true),
+        TimelineStatus::Rejected(reason) => (Some(reason.as_str()), false),
+    };
+    // An outlier that now takes its place in the timeline gives its row up.
+    exec(
+        tx,
+        "DELETE FROM events WHERE event_id = $1 AND outlier",
+        &[&pdu.event_id.as_str()],
+    )
+    .await?;
+    // Backfilled history has its (negative) position now; a live event
+    // holds a placeholder until its position is taken, last.
+    let placeholder = backfill_position(tx).await?;
+    insert_event_row(
+        tx,
+        placeholder,
+        EventRow {
+            pdu,
+            outlier: false,
+            rejected,
+            soft_failed,
+            before: Some(before),
+            after: Some(after),
+            replaces_state: new.replaces_state.as_ref().map(|e| e.as_str()),
+        },
+    )
+    .await?;
+    insert_edges(tx, pdu, new.status == TimelineStatus::Accepted && !new.backfilled).await?;
+
+    let mut current_state_group = None;
+    if let Some(update) = &new.current_state {
+        let current = match &update.state {
+            NewCurrentState::AfterEvent => after,
+            NewCurrentState::Write(write) => state::write_state(tx, &pdu.room_id, write).await?,
+        };
+        exec(
+            tx,
+            "UPDATE rooms SET current_state_group = $2 WHERE room_id = $1",
+            &[&room_id, &current],
+        )
+        .await?;
+        state::apply_current_state_changes(tx, &pdu.room_id, &update.changes).await?;
+        current_state_group = Some(current);
+    }
+    if let Some(txn) = &new.txn {
+        exec(
+            tx,
+            "INSERT INTO txn_ids (user_id, device_id, scope, txn_id, event_id) VALUES ($1, $2, $3, $4, $5)",
+            &[
+                &txn.user_id.as_str(),
+                &txn.device_id.as_str(),
+                &txn.scope,
+                &txn.txn_id,
+                &pdu.event_id.as_str(),
+            ],
+        )
+        .await?;
+    }
+    if let Some(expiry) = new.expires_at {
+        exec(
+            tx,
+            "INSERT INTO event_expiry (event_id, expiry_ts) VALUES ($1, $2)
+             ON CONFLICT (event_id) DO UPDATE SET expiry_ts = excluded.expiry_ts",
+            &[&pdu.event_id.as_str(), &big(expiry)],
+        )
+        .await?;
+    }
+    if new.status == TimelineStatus::Accepted
+        && let Some(target) = &pdu.redacts
+    {
+        exec(
+            tx,
+            "INSERT INTO redactions (redacts, event_id) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+            &[&target.as_str(), &pdu.event_id.as_str()],
+        )
+        .await?;
+    }
+    let earlier_redactions = query(
+        tx,
+        "SELECT event_id FROM redactions WHERE redacts = $1 AND event_id != $1",
+        &[&pdu.event_id.as_str()],
+    )
+    .await?
+    .iter()
+    .map(|r| parse(col::<String>(r, 0)?))
+    .collect::<Result<Vec<OwnedEventId>>>()?;
+
+    let stream = if new.backfilled {
+        placeholder
+    } else {
+        take_position(tx, placeholder).await?
+    };
+    Ok(Persisted {
+        stream_ordering: stream,
+        state_group_before: before,
+        state_group_after: after,
+        current_state_group,
+        earlier_redactions,
+    })
+}
+
+/// Records the event's edges and moves the room's extremities (as
+/// `sqlite/events.rs` `insert_edges`). Runs before the event's own row is
+/// written: "held" questions are about other events.
+async fn insert_edges(tx: &impl GenericClient, pdu: &Pdu, forward: bool) -> Result<()> {
+    let room_id = pdu.room_id.as_str();
+    let event_id = pdu.event_id.as_str();
+    let prevs: Vec<&str> = pdu.prev_events.iter().map(|p| p.as_str()).collect();
+    let parent_depth = big(pdu.depth) - 1;
+    exec(
+        tx,
+        "INSERT INTO event_edges (event_id, prev_event_id, room_id)
+         SELECT $1, p, $3 FROM unnest($2::text[]) AS p ON CONFLICT DO NOTHING",
+        &[&event_id, &prevs, &room_id],
+    )
+    .await?;
+    if forward {
+        exec(
+            tx,
+            "DELETE FROM forward_extremities WHERE room_id = $1 AND event_id = ANY($2)",
+            &[&room_id, &prevs],
+        )
+        .await?;
+    }
+    exec(
+        tx,
+        "INSERT INTO backward_extremities (room_id, event_id, depth)
+         SELECT $1, p, $3 FROM unnest($2::text[]) AS p
+         WHERE NOT EXISTS (SELECT 1 FROM events e WHERE e.event_id = p AND NOT e.outlier)
+         ON CONFLICT DO NOTHING",
+        &[&room_id, &prevs, &parent_depth],
+    )
+    .await?;
+    let auth: Vec<&str> = pdu.auth_events.iter().map(|a| a.as_str()).collect();
+    insert_auth_edges(tx, event_id, &auth).await?;
+    exec(
+        tx,
+        "DELETE FROM backward_extremities WHERE room_id = $1 AND event_id = $2",
+        &[&room_id, &event_id],
+    )
+    .await?;
+    if forward {
+        exec(
+            tx,
+            "INSERT INTO forward_extremities (room_id, event_id)
+             SELECT $1, $2 WHERE NOT EXISTS (
+                 SELECT 1 FROM event_edges g JOIN events e ON e.event_id = g.event_id
+                 WHERE g.prev_event_id = $2 AND e.rejected IS NULL AND NOT e.soft_failed)
+             ON CONFLICT DO NOTHING",
+            &[&room_id, &event_id],
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+async fn insert_auth_edges(tx: &impl GenericClient, event_id: &str, auth: &[&str]) -> Result<()> {
+    exec(
+        tx,
+        "INSERT INTO event_auth (event_id, auth_event_id)
+         SELECT $1, a FROM unnest($2::text[]) AS a ON CONFLICT DO NOTHING",
+        &[&event_id, &auth],
+    )
+    .await?;
+    Ok(())
+}
+
+pub async fn persist_outlier(tx: &impl GenericClient, pdu: &Pdu, rejected: Option<&str>) -> Result<()> {
+    if query_opt(tx, "SELECT 1 FROM events WHERE event_id = $1", &[&pdu.event_id.as_str()])
+        .await?
+        .is_some()
+    {
+        return Ok(());
+    }
+    let placeholder = backfill_position(tx).await?;
+    let inserted = insert_event_row(
+        tx,
+        placeholder,
+        EventRow {
+            pdu,
+            outlier: true,
+            rejected,
+            soft_failed: false,
+            before: None,
+            after: None,
+            replaces_state: None,
+        },
+    )
+    .await?;
+    // Another writer stored it since the check above: it stays as that
+    // writer stored it.
+    if !inserted {
+        return Ok(());
+    }
+    let auth: Vec<&str> = pdu.auth_events.iter().map(|a| a.as_str()).collect();
+    insert_auth_edges(tx, pdu.event_id.as_str(), &auth).await?;
+    take_position(tx, placeholder).await?;
+    Ok(())
+}
+
+/// A position below everything live: backfilled history's, or a live
+/// event's placeholder until [`take_position`].
+async fn backfill_position(tx: &impl GenericClient) -> Result<i64> {
+    col(&query_one(tx, "SELECT nextval('backfill_stream')", &[]).await?, 0)
+}
+
+/// Gives a live event, written with a placeholder, its place in the
+/// events stream. Last in its transaction: the stream's counter row stays
+/// locked until the commit, so positions become visible in order.
+async fn take_position(tx: &impl GenericClient, placeholder: i64) -> Result<i64> {
+    let stream = next_position(tx, "events").await?;
+    exec(
+        tx,
+        "UPDATE events SET stream_ordering = $1 WHERE stream_ordering = $2",
+        &[&stream, &placeholder],
+    )
+    .await?;
+    Ok(stream)
+}
+
+pub async fn txn_event(c: &impl GenericClient, txn: &TxnKey) -> Result<Option<OwnedEventId>> {
+    query_opt(
+        c,
+        "SELECT event_id FROM txn_ids WHERE user_id = $1 AND device_id = $2 AND scope = $3 AND txn_id = $4",
+        &[&txn.user_id.as_str(), &txn.device_id.as_str(), &txn.scope, &txn.txn_id],
+    )
+    .await?
+    .map(|r| parse(col::<String>(&r, 0)?))
+    .transpose()
+}
+
+pub async fn apply_redaction(
+    tx: &impl GenericClient,
+    event_id: &EventId,
+    redacted_json: &str,
+    redacted_by: &EventId,
+) -> Result<()> {
+    exec(
+        tx,
+        "UPDATE events SET json = $2, redacted_by = $3 WHERE event_id = $1",
+        &[&event_id.as_str(), &redacted_json, &redacted_by.as_str()],
+    )
+    .await?;
+    Ok(())
+}
+
+pub async fn next_expiry(c: &impl GenericClient) -> Result<Option<(OwnedEventId, u64)>> {
+    query_opt(
+        c,
+        "SELECT event_id, expiry_ts FROM event_expiry ORDER BY expiry_ts LIMIT 1",
+        &[],
+    )
+    .await?
+    .map(|r| Ok((parse(col::<String>(&r, 0)?)?, u64::try_from(col::<i64>(&r, 1)?).unwrap_or(0))))
+    .transpose()
+}
+
+pub async fn expire_event(tx: &impl GenericClient, event_id: &EventId, pruned_json: Option<&str>) -> Result<()> {
+    if let Some(json) = pruned_json {
+        exec(
+            tx,
+            "UPDATE events SET json = $2 WHERE event_id = $1",
+            &[&event_id.as_str(), &json],
+        )
+        .await?;
+    }
+    exec(tx, "DELETE FROM event_expiry WHERE event_id = $1", &[&event_id.as_str()]).await?;
+    Ok(())
+}
+
+pub async fn timeline_page(
+    c: &impl GenericClient,
+    room_id: &RoomId,
+    from: TopoKey,
+    dir: Direction,
+    limit: usize,
+) -> Result<Vec<StoredEvent>> {
+    let sql = match dir {
+        Direction::Backward => format!(
+            "{EVENT_SELECT} WHERE e.room_id = $1 AND {IN_TIMELINE}
+                AND (e.depth, e.stream_ordering) <= ($2, $3)
+             ORDER BY e.depth DESC, e.stream_ordering DESC LIMIT $4"
+        ),
+        Direction::Forward => format!(
+            "{EVENT_SELECT} WHERE e.room_id = $1 AND {IN_TIMELINE}
+                AND (e.depth, e.stream_ordering) > ($2, $3)
+             ORDER BY e.depth ASC, e.stream_ordering ASC LIMIT $4"
+        ),
+    };
+    events_from_rows(query(c, &sql, &[&room_id.as_str(), &from.depth, &from.stream, &(limit as i64)]).await?)
+}
+
+pub async fn stream_page(
+    c: &impl GenericClient,
+    room_id: &RoomId,
+    after: StreamOrdering,
+    upto: StreamOrdering,
+    limit: usize,
+) -> Result<Vec<StoredEvent>> {
+    let sql = format!(
+        "{EVENT_SELECT} WHERE e.room_id = $1 AND {IN_TIMELINE}
+            AND e.stream_ordering > $2 AND e.stream_ordering <= $3
+         ORDER BY e.stream_ordering DESC LIMIT $4"
+    );
+    events_from_rows(query(c, &sql, &[&room_id.as_str(), &after, &upto, &(limit as i64)]).await?)
+}
+
+pub async fn topo_key_at_stream(
+    c: &impl GenericClient,
+    room_id: &RoomId,
+    stream: StreamOrdering,
+) -> Result<Option<TopoKey>> {
+    let sql = format!(
+        "SELECT e.depth, e.stream_ordering FROM events e
+         WHERE e.room_id = $1 AND {IN_TIMELINE} AND e.stream_ordering <= $2
+         ORDER BY e.stream_ordering DESC LIMIT 1"
+    );
+    query_opt(c, &sql, &[&room_id.as_str(), &stream])
+        .await?
+        .map(|r| {
+            Ok(TopoKey {
+                depth: col(&r, 0)?,
+                stream: col(&r, 1)?,
+            })
+        })
+        .transpose()
+}
