@@ -1,4 +1,5 @@
-//! The `weft` command: serve, generate-config, register-user.
+//! The `weft` command: serve, generate-config, register-user,
+//! copy-to-postgres.
 
 use std::{path::PathBuf, process::ExitCode, sync::Arc};
 
@@ -39,6 +40,14 @@ enum Command {
         /// Make the account a server admin.
         #[arg(long)]
         admin: bool,
+    },
+    /// Copy everything from the SQLite database in data_dir into a new,
+    /// empty PostgreSQL database (stop the server first). Then set
+    /// database_url to it and serve: weft carries on where it was.
+    CopyToPostgres {
+        /// The PostgreSQL database: `postgres://user@host/db`, or the
+        /// `key=value` form (`host=/run/postgresql dbname=weft`).
+        url: String,
     },
 }
 
@@ -99,6 +108,7 @@ fn main() -> ExitCode {
             }
             Command::RegisterUser { name, password, admin } => register_user(&config, &name, &password, admin).await,
             Command::Federation(request) => federation_request(&config, request).await,
+            Command::CopyToPostgres { url } => copy_to_postgres(&config, &url).await,
             Command::GenerateConfig => unreachable!("handled above"),
         }
     });
@@ -123,11 +133,38 @@ async fn register_user(config: &Config, name: &str, password: &str, admin: bool)
         None => name,
     };
     let user_id = accounts::user_id_for(localpart, &config.server_name).map_err(|e| e.to_string())?;
-    let storage: Arc<dyn Storage> = weft::storage::open(&config).await.map_err(|e| e.to_string())?;
+    let storage: Arc<dyn Storage> = weft::storage::open(config).await.map_err(|e| e.to_string())?;
     accounts::create_user(&*storage, &user_id, Some(password), admin)
         .await
         .map_err(|e| e.to_string())?;
     println!("created {user_id}{}", if admin { " (admin)" } else { "" });
+    Ok(())
+}
+
+async fn copy_to_postgres(config: &Config, url: &str) -> Result<(), String> {
+    use weft::storage::copy::Progress;
+    println!("copying {} into PostgreSQL", config.data_dir.join("weft.db").display());
+    let summary = weft::storage::copy::sqlite_to_postgres(&config.data_dir, url, |progress| match progress {
+        Progress::Copying { table, rows } => println!("  {table:<28} {rows:>10} rows…"),
+        Progress::Copied { table, rows } => println!("  {table:<28} {rows:>10} rows"),
+    })
+    .await
+    .map_err(|e| e.to_string())?;
+    let rows: u64 = summary.tables.iter().map(|(_, rows)| rows).sum();
+    let positions: Vec<String> = summary
+        .streams
+        .iter()
+        .chain(&summary.sequences)
+        .map(|(name, position)| format!("{name} {position}"))
+        .collect();
+    println!(
+        "copied {rows} rows of {} tables into {} in {:.1?} (positions: {})",
+        summary.tables.len(),
+        summary.target,
+        summary.elapsed,
+        positions.join(", ")
+    );
+    println!("now set database_url to it and start weft (media, keys and certificates stay in data_dir)");
     Ok(())
 }
 

@@ -8,6 +8,7 @@
 //! client's transaction ID — are one call and one database transaction.
 
 pub mod appservice;
+pub mod copy;
 pub mod e2e;
 mod event_cache;
 pub mod media;
