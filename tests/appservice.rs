@@ -469,6 +469,7 @@ async fn a_bad_registration_file_stops_the_server_with_its_name() {
     std::fs::write(&path, "id: broken\nurl: null\nas_token: a\nhs_token: h\nsender_localpart: bot\nnamespaces:\n  users:\n    - regex: '@(unclosed'\n      exclusive: true\n").unwrap();
     let config = weft::config::Config {
         data_dir: dir.path().join("data"),
+        database_url: common::fresh_database_url(),
         client_listen: "127.0.0.1:0".parse().unwrap(),
         federation_listen: "127.0.0.1:0".parse().unwrap(),
         app_service_config_files: vec![path],

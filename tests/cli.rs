@@ -1,6 +1,8 @@
 //! The `weft` binary itself: generate-config, register-user, serve, a bad
 //! config file, and a kill -9 that loses nothing.
 
+mod common;
+
 use std::{
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
@@ -22,12 +24,13 @@ impl Drop for Served {
     }
 }
 
-fn serve(data: &std::path::Path, log: &std::path::Path) -> Served {
+fn serve(data: &std::path::Path, database_url: &str, log: &std::path::Path) -> Served {
     // Port 0: the system picks free ports, and the log says which (a port
     // picked here and released could be taken by a test running beside).
     let mut child = Command::new(WEFT)
         .arg("serve")
         .env("WEFT_DATA_DIR", data)
+        .env("WEFT_DATABASE_URL", database_url)
         .env("WEFT_SERVER_NAME", "cli.test")
         .env("WEFT_CLIENT_LISTEN", "127.0.0.1:0")
         .env("WEFT_FEDERATION_LISTEN", "127.0.0.1:0")
@@ -132,9 +135,12 @@ fn register_user_serve_and_survive_kill_9() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let log = dir.path().join("weft.log");
+    // Empty: SQLite, in the data directory.
+    let database_url = common::fresh_database_url().unwrap_or_default();
     let out = Command::new(WEFT)
         .args(["register-user", "admin", "--password", "pw", "--admin"])
         .env("WEFT_DATA_DIR", &data)
+        .env("WEFT_DATABASE_URL", &database_url)
         .env("WEFT_SERVER_NAME", "cli.test")
         .output()
         .unwrap();
@@ -143,12 +149,13 @@ fn register_user_serve_and_survive_kill_9() {
     let again = Command::new(WEFT)
         .args(["register-user", "admin", "--password", "pw"])
         .env("WEFT_DATA_DIR", &data)
+        .env("WEFT_DATABASE_URL", &database_url)
         .env("WEFT_SERVER_NAME", "cli.test")
         .output()
         .unwrap();
     assert!(!again.status.success(), "the user exists already");
 
-    let mut served = serve(&data, &log);
+    let mut served = serve(&data, &database_url, &log);
     let logged = std::fs::read_to_string(&log).unwrap();
     assert!(
         logged.contains("weft is listening") && logged.contains("cli.test"),
@@ -197,7 +204,7 @@ fn register_user_serve_and_survive_kill_9() {
     served.child.wait().unwrap();
     drop(served);
 
-    let served = serve(&data, &log);
+    let served = serve(&data, &database_url, &log);
     let url = format!(
         "{}/_matrix/client/v3/rooms/{room_path}/messages?dir=b&limit=100",
         served.client

@@ -12,6 +12,7 @@ async fn run(b: &TestServer, args: &[&str]) -> (bool, String, String) {
     let out = tokio::process::Command::new(WEFT)
         .args(args)
         .env("WEFT_DATA_DIR", b.data_dir())
+        .env("WEFT_DATABASE_URL", b.config.database_url.as_deref().unwrap_or(""))
         .env("WEFT_SERVER_NAME", b.server_name().as_str())
         .env("WEFT_FEDERATION_VERIFY_TLS", "false")
         .output()

@@ -16,7 +16,7 @@ use std::{
 use common::{enc, free_port, hostile::Hostile};
 use ruma::{OwnedEventId, OwnedRoomId, OwnedServerName};
 use serde_json::{Value, json};
-use weft::storage::{Storage, sqlite::SqliteStorage};
+use weft::config::Config;
 
 const WEFT: &str = env!("CARGO_BIN_EXE_weft");
 
@@ -25,6 +25,8 @@ const WEFT: &str = env!("CARGO_BIN_EXE_weft");
 struct Weft {
     child: Option<Child>,
     data: PathBuf,
+    /// `None`: SQLite, in `data`.
+    database_url: Option<String>,
     log: PathBuf,
     client_port: u16,
     federation_port: u16,
@@ -38,6 +40,9 @@ impl Drop for Weft {
             let _ = child.kill();
             let _ = child.wait();
         }
+        if let Some(url) = &self.database_url {
+            common::drop_database(url);
+        }
     }
 }
 
@@ -46,6 +51,7 @@ impl Weft {
         Weft {
             child: None,
             data: dir.join("data"),
+            database_url: common::fresh_database_url(),
             log: dir.join("weft.log"),
             client_port: free_port(),
             federation_port: free_port(),
@@ -79,6 +85,7 @@ impl Weft {
         let child = Command::new(WEFT)
             .arg("serve")
             .env("WEFT_DATA_DIR", &self.data)
+            .env("WEFT_DATABASE_URL", self.database_url.as_deref().unwrap_or(""))
             .env("WEFT_SERVER_NAME", self.server_name().as_str())
             .env("WEFT_CLIENT_LISTEN", format!("127.0.0.1:{}", self.client_port))
             .env("WEFT_FEDERATION_LISTEN", format!("127.0.0.1:{}", self.federation_port))
@@ -144,11 +151,18 @@ impl Weft {
         body["event_id"].as_str().unwrap().try_into().unwrap()
     }
 
-    /// What is queued for `destination` in the data directory (weft must
-    /// not be running).
+    /// What is queued for `destination` in the server's database (weft
+    /// must not be running).
     async fn queued_for(&self, destination: &OwnedServerName) -> Vec<OwnedEventId> {
         assert!(self.child.is_none(), "read the queue of a stopped server only");
-        let storage = SqliteStorage::open(&self.data).expect("open the killed server's database");
+        let config = Config {
+            data_dir: self.data.clone(),
+            database_url: self.database_url.clone(),
+            ..Config::default()
+        };
+        let storage = weft::storage::open(&config)
+            .await
+            .expect("open the killed server's database");
         storage
             .queued_pdus(destination, 10_000)
             .await

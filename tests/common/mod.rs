@@ -1,9 +1,12 @@
 //! Test harness: real weft servers on loopback ports, spoken to over HTTP.
 #![allow(dead_code)]
 
+mod database;
 pub mod federation;
 pub mod hostile;
 pub mod synapse;
+
+pub use database::{drop_database, fresh_database_url};
 
 use std::{path::PathBuf, sync::Once};
 
@@ -24,12 +27,23 @@ fn init_logging() {
     });
 }
 
-/// A server under test with its own data directory.
+/// A server under test with its own data directory (and database: see
+/// [`fresh_database_url`]).
 pub struct TestServer {
     pub server: Option<RunningServer>,
     pub dir: TempDir,
     pub config: Config,
     pub http: reqwest::Client,
+    /// The PostgreSQL database made for it, dropped with it.
+    database: Option<String>,
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(url) = &self.database {
+            drop_database(url);
+        }
+    }
 }
 
 impl TestServer {
@@ -43,10 +57,12 @@ impl TestServer {
     pub async fn start_with(tweak: impl Fn(&mut Config)) -> TestServer {
         init_logging();
         let dir = tempfile::tempdir().expect("temp dir");
+        let database_url = fresh_database_url();
         let mut attempts = 0;
         let (server, config) = loop {
             let mut config = Config {
                 data_dir: dir.path().join("data"),
+                database_url: database_url.clone(),
                 client_listen: "127.0.0.1:0".parse().unwrap(),
                 federation_listen: "127.0.0.1:0".parse().unwrap(),
                 allow_registration: true,
@@ -68,10 +84,12 @@ impl TestServer {
             dir,
             config,
             http: reqwest::Client::new(),
+            database: database_url,
         }
     }
 
-    /// Stops the server and starts it again on the same data directory.
+    /// Stops the server and starts it again on the same data directory
+    /// and database.
     pub async fn restart(&mut self) {
         if let Some(server) = self.server.take() {
             server.shutdown().await;

@@ -1,6 +1,7 @@
 package SyTest::Homeserver::Weft;
 # Starts `weft serve` for SyTest, configured only through weft's own
-# WEFT_<KEY> variables (see src/config.rs). weft's stdout/stderr go to
+# WEFT_<KEY> variables (see src/config.rs); on PostgreSQL when
+# WEFT_TEST_POSTGRES is set (see start). weft's stdout/stderr go to
 # <hs_dir>/weft.log as well as to SyTest's usual tail-on-exit.
 use strict;
 use warnings;
@@ -71,6 +72,15 @@ sub start
       WEFT_FEDERATION_VERIFY_TLS      => "false",       # sytest's servers use a test-CA certificate
       WEFT_EPHEMERAL_MESSAGES         => "true",        # MSC2228 tests (Synapse's rig turns it on too)
    );
+   # with WEFT_TEST_POSTGRES (a libpq key=value admin connection string): a
+   # new PostgreSQL database for every start, as fresh as the data directory
+   if( my $admin = $ENV{WEFT_TEST_POSTGRES} ) {
+      my $db = sprintf "weft_sytest_%d_%d_%08x", $$, $idx, int rand 2**32;
+      system( "psql", "-qX", "-v", "ON_ERROR_STOP=1", "-d", $admin, "-c", "CREATE DATABASE $db" ) == 0
+         or croak "psql could not create database $db through WEFT_TEST_POSTGRES ($admin)";
+      ( my $conninfo = $admin ) =~ s/(^|\s)dbname=\S*//g;
+      $env{WEFT_DATABASE_URL} = "$conninfo dbname=$db";
+   }
    # application services SyTest registers (YAML files it wrote; 60app-services)
    my $as_files = $self->{app_service_config_files} // [];
    $env{WEFT_APP_SERVICE_CONFIG_FILES} = join( ",", @$as_files ) if @$as_files;
