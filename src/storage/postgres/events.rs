@@ -263,7 +263,7 @@ pub async fn persist_timeline_event(tx: &impl GenericClient, new: &NewTimelineEv
     // Backfilled history has its (negative) position now; a live event
     // holds a placeholder until its position is taken, last.
     let placeholder = backfill_position(tx).await?;
-    insert_event_row(
+    let inserted = insert_event_row(
         tx,
         placeholder,
         EventRow {
@@ -277,6 +277,10 @@ pub async fn persist_timeline_event(tx: &impl GenericClient, new: &NewTimelineEv
         },
     )
     .await?;
+    if !inserted {
+        // In the timeline already (as SQLite's unique event ID says).
+        return Err(StorageError::AlreadyExists);
+    }
     insert_edges(tx, pdu, new.status == TimelineStatus::Accepted && !new.backfilled).await?;
 
     let mut current_state_group = None;
