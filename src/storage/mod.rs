@@ -59,6 +59,21 @@ pub enum StorageError {
 
 pub type Result<T, E = StorageError> = std::result::Result<T, E>;
 
+/// For a room's `m.room.create` event, the room version it names (`1`
+/// when it names none): storing it creates the room.
+pub(crate) fn created_room_version(pdu: &Pdu) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct Create {
+        room_version: Option<String>,
+    }
+    (pdu.kind == ruma::events::TimelineEventType::RoomCreate).then(|| {
+        serde_json::from_str::<Create>(pdu.content.get())
+            .ok()
+            .and_then(|c| c.room_version)
+            .unwrap_or_else(|| "1".to_owned())
+    })
+}
+
 /// Opens the storage the configuration names: the PostgreSQL database of
 /// `database_url`, or else the SQLite file in `data_dir`.
 pub async fn open(config: &crate::config::Config) -> Result<Arc<dyn Storage>> {

@@ -236,15 +236,7 @@ pub async fn persist_timeline_event(tx: &impl GenericClient, new: &NewTimelineEv
         _ => before,
     };
 
-    if pdu.kind == ruma::events::TimelineEventType::RoomCreate {
-        #[derive(serde::Deserialize)]
-        struct Create {
-            room_version: Option<String>,
-        }
-        let version = serde_json::from_str::<Create>(pdu.content.get())
-            .ok()
-            .and_then(|c| c.room_version)
-            .unwrap_or_else(|| "1".to_owned());
+    if let Some(version) = crate::storage::created_room_version(pdu) {
         add_room(tx, room_id, &version).await?;
     }
 

@@ -184,15 +184,7 @@ pub fn persist_timeline_event(tx: &Transaction<'_>, new: &NewTimelineEvent) -> R
         _ => before,
     };
 
-    if pdu.kind == ruma::events::TimelineEventType::RoomCreate {
-        #[derive(serde::Deserialize)]
-        struct Create {
-            room_version: Option<String>,
-        }
-        let version = serde_json::from_str::<Create>(pdu.content.get())
-            .ok()
-            .and_then(|c| c.room_version)
-            .unwrap_or_else(|| "1".to_owned());
+    if let Some(version) = crate::storage::created_room_version(pdu) {
         exec(
             tx,
             "INSERT OR IGNORE INTO rooms (room_id, room_version, created_ts) VALUES (?1, ?2, ?3)",
