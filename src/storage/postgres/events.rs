@@ -414,9 +414,13 @@ async fn insert_auth_edges(tx: &impl GenericClient, event_id: &str, auth: &[&str
 }
 
 pub async fn persist_outlier(tx: &impl GenericClient, pdu: &Pdu, rejected: Option<&str>) -> Result<()> {
-    if query_opt(tx, "SELECT 1 FROM events WHERE event_id = $1", &[&pdu.event_id.as_str()])
-        .await?
-        .is_some()
+    if query_opt(
+        tx,
+        "SELECT 1 FROM events WHERE event_id = $1",
+        &[&pdu.event_id.as_str()],
+    )
+    .await?
+    .is_some()
     {
         return Ok(());
     }
@@ -499,7 +503,12 @@ pub async fn next_expiry(c: &impl GenericClient) -> Result<Option<(OwnedEventId,
         &[],
     )
     .await?
-    .map(|r| Ok((parse(col::<String>(&r, 0)?)?, u64::try_from(col::<i64>(&r, 1)?).unwrap_or(0))))
+    .map(|r| {
+        Ok((
+            parse(col::<String>(&r, 0)?)?,
+            u64::try_from(col::<i64>(&r, 1)?).unwrap_or(0),
+        ))
+    })
     .transpose()
 }
 
@@ -512,7 +521,12 @@ pub async fn expire_event(tx: &impl GenericClient, event_id: &EventId, pruned_js
         )
         .await?;
     }
-    exec(tx, "DELETE FROM event_expiry WHERE event_id = $1", &[&event_id.as_str()]).await?;
+    exec(
+        tx,
+        "DELETE FROM event_expiry WHERE event_id = $1",
+        &[&event_id.as_str()],
+    )
+    .await?;
     Ok(())
 }
 
@@ -535,7 +549,14 @@ pub async fn timeline_page(
              ORDER BY e.depth ASC, e.stream_ordering ASC LIMIT $4"
         ),
     };
-    events_from_rows(query(c, &sql, &[&room_id.as_str(), &from.depth, &from.stream, &(limit as i64)]).await?)
+    events_from_rows(
+        query(
+            c,
+            &sql,
+            &[&room_id.as_str(), &from.depth, &from.stream, &(limit as i64)],
+        )
+        .await?,
+    )
 }
 
 pub async fn stream_page(
