@@ -35,3 +35,4 @@ pub mod timeline;
 pub mod tls;
 pub mod user_directory;
 pub mod visibility;
+pub mod wakeups;

@@ -24,6 +24,7 @@ use crate::{
     rooms::{RoomLocks, guests::GuestRevocations},
     state::StateCache,
     storage::{Storage, StreamOrdering},
+    wakeups::{Topic, Wakeups},
 };
 
 pub struct Services {
@@ -142,20 +143,25 @@ impl Services {
     }
 }
 
-/// Wakes long-polling `/sync` requests when new events are stored: holds
-/// the newest stream ordering.
+/// The events stream's head (the newest stream ordering stored), and
+/// the wake-ups of long-polling requests by whom a new event concerns
+/// ([`Wakeups`]).
 pub struct Notifier {
     head: watch::Sender<StreamOrdering>,
+    pub wakeups: Arc<Wakeups>,
 }
 
 impl Notifier {
     pub fn new(head: StreamOrdering) -> Self {
         Notifier {
             head: watch::Sender::new(head),
+            wakeups: Arc::new(Wakeups::default()),
         }
     }
 
-    pub fn notify(&self, stream: StreamOrdering) {
+    /// Events up to `stream` are stored; the requests of `topics` are
+    /// woken (the head moves first, so that a woken request reads it).
+    pub fn notify(&self, stream: StreamOrdering, topics: &[Topic]) {
         self.head.send_if_modified(|head| {
             let newer = stream > *head;
             if newer {
@@ -163,6 +169,7 @@ impl Notifier {
             }
             newer
         });
+        self.wakeups.wake(topics);
     }
 
     pub fn head(&self) -> StreamOrdering {

@@ -49,6 +49,7 @@ use crate::{
     storage::{AccountData, Membership, StoredEvent, StreamOrdering, TokenOwner},
     timeline::{self, Token},
     visibility,
+    wakeups::Topic,
 };
 
 const DEFAULT_TIMELINE_LIMIT: usize = 10;
@@ -118,13 +119,18 @@ pub async fn sync(
         full_state: req.body.full_state,
     };
     let deadline = tokio::time::Instant::now() + req.body.timeout.unwrap_or_default().min(MAX_TIMEOUT);
-    let mut head_rx = svc.notifier.subscribe();
+    // Woken by new events that concern this user: their rooms' and their
+    // own membership changes (see crate::wakeups), registered before the
+    // heads are read.
+    let mut waiter = svc.notifier.wakeups.register([Topic::User(owner.user_id.clone())]);
+    let head_rx = svc.notifier.subscribe();
     let mut ephemeral_rx = svc.ephemeral.subscribe();
     let mut account_data_rx = svc.account_data.subscribe();
     let mut e2e_rx = svc.e2e.subscribe();
     let mut presence_rx = svc.presence.subscribe();
     loop {
-        let head = *head_rx.borrow_and_update();
+        waiter.add(rooms_to_watch(&svc, &owner.user_id).await?);
+        let head = *head_rx.borrow();
         let ephemeral_head = *ephemeral_rx.borrow_and_update();
         let account_data_head = *account_data_rx.borrow_and_update();
         let e2e_head = *e2e_rx.borrow_and_update();
@@ -180,7 +186,7 @@ pub async fn sync(
         }
         let woken = tokio::time::timeout_at(deadline, async {
             tokio::select! {
-                _ = head_rx.changed() => {}
+                _ = waiter.notified() => {}
                 _ = ephemeral_rx.changed() => {}
                 _ = account_data_rx.changed() => {}
                 _ = e2e_rx.changed() => {}
@@ -201,6 +207,20 @@ pub async fn sync(
             return Ok(response);
         }
     }
+}
+
+/// The rooms whose new events a parked `/sync` of `user` waits for: those
+/// it is joined to or invited to (a change of its own membership wakes it
+/// through its user topic, and the next round watches the new rooms).
+async fn rooms_to_watch(svc: &Services, user: &ruma::UserId) -> Result<Vec<Topic>, MatrixError> {
+    Ok(svc
+        .storage
+        .user_memberships(user)
+        .await?
+        .into_iter()
+        .filter(|m| matches!(m.membership.as_str(), "join" | "invite" | "knock"))
+        .map(|m| Topic::Room(m.room_id))
+        .collect())
 }
 
 /// The notification counts of every joined room in the response (also

@@ -113,7 +113,10 @@ pub async fn receive_invite(
             {
                 tracing::warn!(%room_id, %invitee, error = %e, "push rules not applied to an invite");
             }
-            svc.notifier.notify(event.meta.stream_ordering);
+            svc.notifier.notify(
+                event.meta.stream_ordering,
+                &[crate::wakeups::Topic::User(invitee.clone())],
+            );
         }
         tracing::info!(%room_id, %invitee, %origin, "invited to a room held elsewhere");
     }
@@ -301,7 +304,10 @@ async fn record_rejection(svc: &Services, invite: &RemoteInvite, leave: crate::e
         ..invite.clone()
     };
     svc.storage.store_remote_invite(&rejected).await?;
-    svc.notifier.notify(svc.storage.max_stream_ordering().await?);
+    svc.notifier.notify(
+        svc.storage.max_stream_ordering().await?,
+        &[crate::wakeups::Topic::User(invite.user_id.clone())],
+    );
     Ok(())
 }
 

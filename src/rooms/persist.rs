@@ -184,7 +184,8 @@ pub async fn persist_pdu(svc: &Services, event: ToPersist, rules: &RoomVersionRu
         svc.guest_revocations.closed(&pdu.room_id);
     }
     if !backfilled {
-        svc.notifier.notify(persisted.stream_ordering);
+        svc.notifier
+            .notify(persisted.stream_ordering, &crate::wakeups::Topic::of_event(&pdu));
         if accepted && is_new_join(svc, &pdu, &before_map).await? {
             // Presence is a courtesy: failing to share it fails nothing.
             if let Err(e) = crate::presence::member_joined(svc, &pdu).await {
