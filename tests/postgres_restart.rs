@@ -23,8 +23,16 @@ struct Cluster {
 impl Cluster {
     fn start() -> Cluster {
         let dir = std::env::temp_dir().join(format!("weft-pg-restart-{:x}", rand::random::<u64>()));
-        let out = Command::new(tool()).arg("start").arg(&dir).output().expect("run tools/pg-cluster");
-        assert!(out.status.success(), "pg-cluster start: {}", String::from_utf8_lossy(&out.stderr));
+        let out = Command::new(tool())
+            .arg("start")
+            .arg(&dir)
+            .output()
+            .expect("run tools/pg-cluster");
+        assert!(
+            out.status.success(),
+            "pg-cluster start: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let conninfo = String::from_utf8(out.stdout).unwrap().trim().to_owned();
         let port = conninfo
             .split_whitespace()
@@ -99,7 +107,9 @@ async fn weft_rides_out_a_postgres_restart() {
     let room = alice.create_room(json!({ "name": "restart" })).await;
     let mut acknowledged = Vec::new();
     for i in 0..5 {
-        let (status, body) = alice.send_text(&room, &format!("before-{i}"), &format!("before {i}")).await;
+        let (status, body) = alice
+            .send_text(&room, &format!("before-{i}"), &format!("before {i}"))
+            .await;
         assert_eq!(status, StatusCode::OK, "{body}");
         acknowledged.push(format!("before {i}"));
     }
@@ -128,7 +138,11 @@ async fn weft_rides_out_a_postgres_restart() {
     // ID) goes through.
     eventually(Duration::from_secs(30), "sends work again", || async {
         let (status, body) = alice.send_text(&room, "during", "after the restart").await;
-        if status == StatusCode::OK { Ok(()) } else { Err(format!("{status} {body}")) }
+        if status == StatusCode::OK {
+            Ok(())
+        } else {
+            Err(format!("{status} {body}"))
+        }
     })
     .await;
     acknowledged.push("after the restart".to_owned());

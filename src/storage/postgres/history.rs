@@ -24,7 +24,11 @@ async fn depth_in_room(c: &impl GenericClient, event_id: &EventId, room_id: &Roo
 
 /// The parents of an event, each with its depth when it is held (not
 /// rejected) in the room: one statement per step of a walk.
-async fn parents(c: &impl GenericClient, event_id: &EventId, room_id: &RoomId) -> Result<Vec<(OwnedEventId, Option<i64>)>> {
+async fn parents(
+    c: &impl GenericClient,
+    event_id: &EventId,
+    room_id: &RoomId,
+) -> Result<Vec<(OwnedEventId, Option<i64>)>> {
     query(
         c,
         "SELECT g.prev_event_id, e.depth FROM event_edges g
@@ -130,7 +134,9 @@ pub async fn missing_events(
             Some(depth) if depth >= min_depth => {}
             _ => continue,
         }
-        let Some(event) = events::event(c, &id).await? else { continue };
+        let Some(event) = events::event(c, &id).await? else {
+            continue;
+        };
         queue.extend(parents(c, &id, room_id).await?);
         out.push(event);
     }

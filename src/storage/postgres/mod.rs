@@ -223,17 +223,13 @@ impl PgStorage {
             pool,
             events: EventCache::new(EVENT_CACHE_SIZE),
         };
-        let mut client = storage
-            .pool
-            .get()
-            .await
-            .map_err(|e| {
-                let cause = match StorageError::from(e) {
-                    StorageError::Unavailable(m) | StorageError::Database(m) => m,
-                    other => other.to_string(),
-                };
-                StorageError::Unavailable(format!("cannot connect to PostgreSQL at {target}: {cause}"))
-            })?;
+        let mut client = storage.pool.get().await.map_err(|e| {
+            let cause = match StorageError::from(e) {
+                StorageError::Unavailable(m) | StorageError::Database(m) => m,
+                other => other.to_string(),
+            };
+            StorageError::Unavailable(format!("cannot connect to PostgreSQL at {target}: {cause}"))
+        })?;
         migrate(&mut client).await?;
         Ok(storage)
     }
@@ -242,7 +238,6 @@ impl PgStorage {
     pub(crate) async fn client(&self) -> Result<deadpool_postgres::Client> {
         Ok(self.pool.get().await?)
     }
-
 }
 
 /// Closes, once a minute, the connections unused for [`IDLE_CLOSE`]: the
@@ -262,9 +257,13 @@ fn close_idle_connections(pool: &Pool) {
 
 async fn migrate(client: &mut deadpool_postgres::Client) -> Result<()> {
     // Processes starting together: one migrates, the others wait for it.
-    client.execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK]).await?;
+    client
+        .execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK])
+        .await?;
     let result = migrate_locked(client).await;
-    let unlock = client.execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK]).await;
+    let unlock = client
+        .execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK])
+        .await;
     result?;
     unlock?;
     Ok(())
@@ -385,4 +384,3 @@ pub(crate) fn parse<T: TryFrom<String>>(value: String) -> Result<T> {
 pub(crate) fn big(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
-

@@ -16,9 +16,9 @@ use super::{
 use crate::{
     events::Pdu,
     storage::{
-        AccountData, Device, Direction, Membership, NewTimelineEvent, Persisted, PresenceRecord, Receipt,
-        RemoteInvite, Result, RoomInfo, ServerKey, StateGroupId, StateKey, StateWrite, Storage,
-        StoredEvent, StreamOrdering, TokenOwner, TopoKey, TxnKey, UserRecord,
+        AccountData, Device, Direction, Membership, NewTimelineEvent, Persisted, PresenceRecord, Receipt, RemoteInvite,
+        Result, RoomInfo, ServerKey, StateGroupId, StateKey, StateWrite, Storage, StoredEvent, StreamOrdering,
+        TokenOwner, TopoKey, TxnKey, UserRecord,
     },
 };
 
@@ -72,7 +72,14 @@ impl Storage for PgStorage {
         display_name: Option<&str>,
         token: &str,
     ) -> Result<()> {
-        pg_write!(self, |tx| accounts::create_session(&tx, user_id, device_id, display_name, token).await?)
+        pg_write!(self, |tx| accounts::create_session(
+            &tx,
+            user_id,
+            device_id,
+            display_name,
+            token
+        )
+        .await?)
     }
 
     async fn token_owner(&self, token: &str) -> Result<Option<TokenOwner>> {
@@ -136,7 +143,8 @@ impl Storage for PgStorage {
     }
 
     async fn add_room(&self, room_id: &RoomId, version: &RoomVersionId) -> Result<()> {
-        pg_write!(self, |tx| events::add_room(&tx, room_id.as_str(), version.as_str()).await?)
+        pg_write!(self, |tx| events::add_room(&tx, room_id.as_str(), version.as_str())
+            .await?)
     }
 
     async fn event(&self, event_id: &EventId) -> Result<Option<StoredEvent>> {
@@ -186,7 +194,8 @@ impl Storage for PgStorage {
     }
 
     async fn persist_outlier(&self, pdu: Arc<Pdu>, rejected: Option<String>) -> Result<()> {
-        pg_write!(self, |tx| events::persist_outlier(&tx, &pdu, rejected.as_deref()).await?)?;
+        pg_write!(self, |tx| events::persist_outlier(&tx, &pdu, rejected.as_deref())
+            .await?)?;
         self.events.forget(&pdu.event_id);
         Ok(())
     }
@@ -206,7 +215,13 @@ impl Storage for PgStorage {
     }
 
     async fn apply_redaction(&self, event_id: &EventId, redacted_json: &str, redacted_by: &EventId) -> Result<()> {
-        pg_write!(self, |tx| events::apply_redaction(&tx, event_id, redacted_json, redacted_by).await?)?;
+        pg_write!(self, |tx| events::apply_redaction(
+            &tx,
+            event_id,
+            redacted_json,
+            redacted_by
+        )
+        .await?)?;
         self.events.forget(event_id);
         Ok(())
     }
@@ -321,7 +336,8 @@ impl Storage for PgStorage {
     }
 
     async fn store_received_transaction(&self, origin: &ServerName, txn_id: &str, response: &str) -> Result<()> {
-        pg_write!(self, |tx| transactions::store_received(&tx, origin, txn_id, response).await?)
+        pg_write!(self, |tx| transactions::store_received(&tx, origin, txn_id, response)
+            .await?)
     }
 
     async fn queue_pdu(&self, destinations: &[OwnedServerName], event_id: &EventId) -> Result<()> {
@@ -428,10 +444,16 @@ impl Storage for PgStorage {
         data_type: &str,
         content: &str,
     ) -> Result<i64> {
-        pg_write!(self, |tx| account_data::put(&tx, user_id, room_id, data_type, content).await?)
+        pg_write!(self, |tx| account_data::put(&tx, user_id, room_id, data_type, content)
+            .await?)
     }
 
-    async fn account_data(&self, user_id: &UserId, room_id: Option<&RoomId>, data_type: &str) -> Result<Option<String>> {
+    async fn account_data(
+        &self,
+        user_id: &UserId,
+        room_id: Option<&RoomId>,
+        data_type: &str,
+    ) -> Result<Option<String>> {
         account_data::get(&self.client().await?, user_id, room_id, data_type).await
     }
 

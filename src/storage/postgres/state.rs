@@ -130,7 +130,10 @@ pub async fn load_group(c: &impl GenericClient, group: StateGroupId) -> Result<V
     let mut state = Vec::with_capacity(rows.len());
     for row in &rows {
         if let Some(event_id) = col::<Option<String>>(row, 2)? {
-            state.push(((StateEventType::from(col::<String>(row, 0)?), col(row, 1)?), parse(event_id)?));
+            state.push((
+                (StateEventType::from(col::<String>(row, 0)?), col(row, 1)?),
+                parse(event_id)?,
+            ));
         }
     }
     Ok(state)
@@ -184,7 +187,13 @@ pub async fn apply_current_state_changes(
                      VALUES ($1, $2, $3, $4, $5)
                      ON CONFLICT (room_id, type, state_key) DO UPDATE SET
                          event_id = excluded.event_id, membership = excluded.membership",
-                    &[&room_id.as_str(), &kind.to_string(), key, &event_id.as_str(), &membership],
+                    &[
+                        &room_id.as_str(),
+                        &kind.to_string(),
+                        key,
+                        &event_id.as_str(),
+                        &membership,
+                    ],
                 )
                 .await?
             }
@@ -215,7 +224,12 @@ pub async fn current_state(
     )
     .await?
     .iter()
-    .map(|r| Ok(((StateEventType::from(col::<String>(r, 0)?), col(r, 1)?), parse(col::<String>(r, 2)?)?)))
+    .map(|r| {
+        Ok((
+            (StateEventType::from(col::<String>(r, 0)?), col(r, 1)?),
+            parse(col::<String>(r, 2)?)?,
+        ))
+    })
     .collect()
 }
 
@@ -239,7 +253,11 @@ const MEMBERSHIP_SELECT: &str = "SELECT c.room_id, c.state_key, c.membership, c.
         e.stream_ordering
     FROM current_state c JOIN events e ON e.event_id = c.event_id";
 
-pub async fn room_members(c: &impl GenericClient, room_id: &RoomId, membership: Option<&str>) -> Result<Vec<Membership>> {
+pub async fn room_members(
+    c: &impl GenericClient,
+    room_id: &RoomId,
+    membership: Option<&str>,
+) -> Result<Vec<Membership>> {
     memberships(
         c,
         &format!(

@@ -36,9 +36,9 @@ use ruma::{
 use rusqlite::{Connection, OpenFlags, Transaction};
 
 use super::{
-    event_cache::EventCache,
     Device, Direction, Membership, NewTimelineEvent, Persisted, Result, RoomInfo, ServerKey, StateGroupId, StateKey,
     StateWrite, Storage, StorageError, StoredEvent, StreamOrdering, TokenOwner, TopoKey, TxnKey, UserRecord,
+    event_cache::EventCache,
 };
 
 /// Migrations, in order; `PRAGMA user_version` records how many ran.
