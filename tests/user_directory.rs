@@ -76,7 +76,7 @@ async fn redo_directory_migration(server: &mut TestServer) {
         "DROP TABLE user_directory_search; DROP TABLE user_directory;
          DROP TABLE user_directory_rooms; DROP TABLE openid_tokens;
          DROP TABLE media; DROP TABLE event_expiry; DROP TABLE redactions;
-         DROP TABLE threepid_bindings;
+         DROP TABLE threepid_bindings; DROP TABLE stream_positions;
          PRAGMA user_version = 12;",
     )
     .unwrap();

@@ -40,15 +40,16 @@ use super::{
 
 /// The schema version of the SQLite databases this weft writes (the
 /// number of `sqlite/schema_v*.sql` migrations).
-const SQLITE_SCHEMA_VERSION: i64 = 17;
+const SQLITE_SCHEMA_VERSION: i64 = 18;
 /// PostgreSQL tables that are not copied: set from the copied data
 /// (`stream_positions`) or by the migration (`schema_version`).
 const PG_ONLY_TABLES: &[&str] = &["stream_positions", "schema_version"];
 /// SQLite tables that are not copied: the e2e stream's head (PostgreSQL's
-/// `stream_positions` 'e2e'). SQLite's own tables (`sqlite_*`) and
+/// `stream_positions` 'e2e') and the events stream's (read to set
+/// PostgreSQL's 'events'). SQLite's own tables (`sqlite_*`) and
 /// full-text indexes (virtual tables and their shadow tables) are not
 /// either.
-const SQLITE_ONLY_TABLES: &[&str] = &["e2e_stream"];
+const SQLITE_ONLY_TABLES: &[&str] = &["e2e_stream", "stream_positions"];
 /// Sequences that are not a column's identity: the column whose values
 /// each gives, `(sequence, table, column)`.
 const SEQUENCES: &[(&str, &str, &str)] = &[
@@ -194,6 +195,9 @@ struct Sqlite {
     tables: HashMap<String, Vec<String>>,
     /// The e2e stream's head.
     e2e_position: i64,
+    /// SQLite's events head (`stream_positions` 'events'), which may be
+    /// past the rows left.
+    events_position: i64,
     /// The highest value each AUTOINCREMENT table ever gave
     /// (`sqlite_sequence`): more than the highest left when rows went.
     autoincrement: HashMap<String, i64>,
@@ -234,7 +238,7 @@ pub async fn sqlite_to_postgres(
         });
         copied.push((table.name.clone(), rows));
     }
-    let streams = set_stream_positions(&tx, sqlite.e2e_position).await?;
+    let streams = set_stream_positions(&tx, sqlite.events_position, sqlite.e2e_position).await?;
     let sequences = set_sequences(&tx, &sqlite.autoincrement).await?;
     tx.commit().await?;
     // Fresh statistics for the planner, rather than wait for autovacuum.
@@ -305,6 +309,11 @@ fn open_sqlite(path: &Path) -> Result<Sqlite, CopyError> {
         }
     }
     let e2e_position = conn.query_row("SELECT COALESCE(MAX(position), 0) FROM e2e_stream", [], |r| r.get(0))?;
+    let events_position = conn.query_row(
+        "SELECT COALESCE(MAX(position), 0) FROM stream_positions WHERE stream = 'events'",
+        [],
+        |r| r.get(0),
+    )?;
     let mut autoincrement = HashMap::new();
     if all.iter().any(|(name, _)| name == "sqlite_sequence") {
         let mut stmt = conn.prepare("SELECT name, seq FROM sqlite_sequence")?;
@@ -318,6 +327,7 @@ fn open_sqlite(path: &Path) -> Result<Sqlite, CopyError> {
         conn,
         tables,
         e2e_position,
+        events_position,
         autoincrement,
     })
 }
@@ -507,10 +517,10 @@ fn read_rows(
     Ok(())
 }
 
-/// Sets each stream's head from the copied rows (the e2e stream's from
-/// SQLite's `e2e_stream`, which may be past the rows left). A stream this
-/// module does not know stops the copy.
-async fn set_stream_positions(tx: &Transaction<'_>, e2e: i64) -> Result<Vec<(String, i64)>, CopyError> {
+/// Sets each stream's head from the copied rows (the events' and the e2e
+/// stream's from SQLite's heads, which may be past the rows left). A
+/// stream this module does not know stops the copy.
+async fn set_stream_positions(tx: &Transaction<'_>, events: i64, e2e: i64) -> Result<Vec<(String, i64)>, CopyError> {
     let mut set = Vec::new();
     for row in tx
         .query("SELECT stream FROM stream_positions ORDER BY stream", &[])
@@ -519,7 +529,7 @@ async fn set_stream_positions(tx: &Transaction<'_>, e2e: i64) -> Result<Vec<(Str
         let stream: String = row.try_get(0)?;
         // $1: the lowest the head may be.
         let (sql, floor) = match stream.as_str() {
-            "events" => ("SELECT GREATEST(MAX(stream_ordering), $1) FROM events", 0),
+            "events" => ("SELECT GREATEST(MAX(stream_ordering), $1) FROM events", events),
             "account_data" => ("SELECT GREATEST(MAX(position), $1) FROM account_data", 0),
             "e2e" => (
                 "SELECT GREATEST($1::BIGINT, (SELECT MAX(position) FROM device_list_changes),

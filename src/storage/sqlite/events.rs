@@ -146,10 +146,23 @@ pub fn backward_extremities(c: &Connection, room_id: &RoomId) -> Result<Vec<(Own
     )
 }
 
+/// The events stream's head: the newest live position handed out.
 pub fn max_stream_ordering(c: &Connection) -> Result<StreamOrdering> {
     Ok(query_one(
         c,
-        "SELECT COALESCE(MAX(stream_ordering), 0) FROM events",
+        "SELECT position FROM stream_positions WHERE stream = 'events'",
+        [],
+        |r| r.get(0),
+    )?)
+}
+
+/// The next live position (inside the write transaction). Never the
+/// maximum of the events held + 1: that maximum goes back when an
+/// outlier becomes backfilled history (schema_v18.sql).
+fn next_stream_ordering(tx: &Transaction<'_>) -> Result<StreamOrdering> {
+    Ok(query_one(
+        tx,
+        "UPDATE stream_positions SET position = position + 1 WHERE stream = 'events' RETURNING position",
         [],
         |r| r.get(0),
     )?)
@@ -170,7 +183,7 @@ pub fn persist_timeline_event(tx: &Transaction<'_>, new: &NewTimelineEvent) -> R
     let stream = if new.backfilled {
         min_stream_ordering(tx)?.min(0) - 1
     } else {
-        max_stream_ordering(tx)? + 1
+        next_stream_ordering(tx)?
     };
 
     let before = state::write_state(tx, &pdu.room_id, &new.state_before)?;
@@ -350,7 +363,7 @@ pub fn persist_outlier(tx: &Transaction<'_>, pdu: &Pdu, rejected: Option<&str>) 
     {
         return Ok(());
     }
-    let stream = max_stream_ordering(tx)? + 1;
+    let stream = next_stream_ordering(tx)?;
     exec(
         tx,
         "INSERT INTO events (stream_ordering, event_id, room_id, type, state_key, sender, depth,
