@@ -118,6 +118,19 @@ async fn paging_back_fills_history_from_before_the_join_and_a_rejoin_gap() {
         sync["rooms"]["join"].get(&room).is_none(),
         "backfill is not news: {sync}"
     );
+    // A full sync shows the timeline as it arrived live (Bob's join), not
+    // backfilled history in the order it was fetched; it is limited, and
+    // the client pages back into that history.
+    let full = bob.sync("").await;
+    let timeline = &full["rooms"]["join"][&room]["timeline"];
+    let live: Vec<&str> = timeline["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["type"].as_str().unwrap())
+        .collect();
+    assert_eq!(live, ["m.room.member"], "{timeline}");
+    assert_eq!(timeline["limited"], true, "{timeline}");
     // A second page-back asks nobody anything and gives the same.
     assert_eq!(page_back_all(&bob, &room).await, on_b);
     // The state of backfilled events is known: the topic at message 150.

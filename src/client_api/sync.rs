@@ -600,8 +600,12 @@ async fn room_section(
     opts: &Options,
 ) -> Result<Section, MatrixError> {
     let user = &owner.user_id;
-    let range = (since.unwrap_or(StreamOrdering::MIN), upto);
-    let (events, limited) = timeline_events(
+    // Live events only: history backfilled later has negative positions
+    // in the order it was fetched, not the room's order. A full sync
+    // whose live events run out is limited when such history is held;
+    // the client pages back into it (`prev_batch`, topological order).
+    let range = (since.unwrap_or(0).max(0), upto);
+    let (events, mut limited) = timeline_events(
         svc,
         user,
         room_id,
@@ -611,6 +615,13 @@ async fn room_section(
         opts.limit,
     )
     .await?;
+    if since.is_none() && !limited {
+        limited = !svc
+            .storage
+            .stream_page(room_id, StreamOrdering::MIN, 0, 1)
+            .await?
+            .is_empty();
+    }
     let start = match events.first().and_then(|e| e.meta.state_group_before) {
         Some(group) => svc.state.group(group).await?,
         None => state_at_stream(svc, room_id, upto).await?,
