@@ -11,7 +11,7 @@ use std::sync::Arc;
 use ruma::{EventId, OwnedDeviceId, OwnedEventId, OwnedRoomId, RoomId, RoomVersionId};
 use tokio_postgres::Row;
 
-use super::{GenericClient, big, col, exec, next_position, now_ms, parse, query, query_one, query_opt, state};
+use super::{GenericClient, big, col, exec, now_ms, parse, query, query_one, query_opt, state};
 use crate::{
     events::Pdu,
     storage::{
@@ -185,18 +185,21 @@ struct EventRow<'a> {
     replaces_state: Option<&'a str>,
 }
 
-/// Writes an event's row; `false` if the event is held already.
-async fn insert_event_row(tx: &impl GenericClient, stream: i64, row: EventRow<'_>) -> Result<bool> {
+/// Writes an event's row at a position below everything live (from
+/// `backfill_stream`: backfilled history's own, or a live event's
+/// placeholder until [`take_position`]); the position, or `None` if the
+/// event is held already.
+async fn insert_event_row(tx: &impl GenericClient, row: EventRow<'_>) -> Result<Option<i64>> {
     let pdu = row.pdu;
-    let inserted = exec(
+    query_opt(
         tx,
         "INSERT INTO events (stream_ordering, event_id, room_id, type, state_key, sender, depth,
              origin_server_ts, received_ts, json, outlier, rejected, soft_failed,
              state_group_before, state_group_after, replaces_state)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)
-         ON CONFLICT (event_id) DO NOTHING",
+         VALUES (nextval('backfill_stream'), $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)
+         ON CONFLICT (event_id) DO NOTHING
+         RETURNING stream_ordering",
         &[
-            &stream,
             &pdu.event_id.as_str(),
             &pdu.room_id.as_str(),
             &pdu.kind.to_string(),
@@ -214,8 +217,9 @@ async fn insert_event_row(tx: &impl GenericClient, stream: i64, row: EventRow<'_
             &row.replaces_state,
         ],
     )
-    .await?;
-    Ok(inserted == 1)
+    .await?
+    .map(|r| col(&r, 0))
+    .transpose()
 }
 
 pub async fn persist_timeline_event(tx: &impl GenericClient, new: &NewTimelineEvent) -> Result<Persisted> {
@@ -254,10 +258,8 @@ pub async fn persist_timeline_event(tx: &impl GenericClient, new: &NewTimelineEv
     .await?;
     // Backfilled history has its (negative) position now; a live event
     // holds a placeholder until its position is taken, last.
-    let placeholder = backfill_position(tx).await?;
-    let inserted = insert_event_row(
+    let Some(placeholder) = insert_event_row(
         tx,
-        placeholder,
         EventRow {
             pdu,
             outlier: false,
@@ -268,11 +270,11 @@ pub async fn persist_timeline_event(tx: &impl GenericClient, new: &NewTimelineEv
             replaces_state: new.replaces_state.as_ref().map(|e| e.as_str()),
         },
     )
-    .await?;
-    if !inserted {
+    .await?
+    else {
         // In the timeline already (as SQLite's unique event ID says).
         return Err(StorageError::AlreadyExists);
-    }
+    };
     insert_edges(tx, pdu, new.status == TimelineStatus::Accepted && !new.backfilled).await?;
 
     let mut current_state_group = None;
@@ -351,54 +353,43 @@ pub async fn persist_timeline_event(tx: &impl GenericClient, new: &NewTimelineEv
 /// `sqlite/events.rs` `insert_edges`). Runs before the event's own row is
 /// written: "held" questions are about other events.
 async fn insert_edges(tx: &impl GenericClient, pdu: &Pdu, forward: bool) -> Result<()> {
-    let room_id = pdu.room_id.as_str();
-    let event_id = pdu.event_id.as_str();
     let prevs: Vec<&str> = pdu.prev_events.iter().map(|p| p.as_str()).collect();
-    let parent_depth = big(pdu.depth) - 1;
-    exec(
-        tx,
-        "INSERT INTO event_edges (event_id, prev_event_id, room_id)
-         SELECT $1, p, $3 FROM unnest($2::text[]) AS p ON CONFLICT DO NOTHING",
-        &[&event_id, &prevs, &room_id],
-    )
-    .await?;
-    if forward {
-        exec(
-            tx,
-            "DELETE FROM forward_extremities WHERE room_id = $1 AND event_id = ANY($2)",
-            &[&room_id, &prevs],
-        )
-        .await?;
-    }
-    exec(
-        tx,
-        "INSERT INTO backward_extremities (room_id, event_id, depth)
-         SELECT $1, p, $3 FROM unnest($2::text[]) AS p
-         WHERE NOT EXISTS (SELECT 1 FROM events e WHERE e.event_id = p AND NOT e.outlier)
-         ON CONFLICT DO NOTHING",
-        &[&room_id, &prevs, &parent_depth],
-    )
-    .await?;
     let auth: Vec<&str> = pdu.auth_events.iter().map(|a| a.as_str()).collect();
-    insert_auth_edges(tx, event_id, &auth).await?;
+    // One statement (one round trip): its parts touch different rows, and
+    // each reads what was there before it, as the steps in turn would.
     exec(
         tx,
-        "DELETE FROM backward_extremities WHERE room_id = $1 AND event_id = $2",
-        &[&room_id, &event_id],
+        "WITH edges AS (
+             INSERT INTO event_edges (event_id, prev_event_id, room_id)
+             SELECT $2, p, $1 FROM unnest($3::text[]) AS p ON CONFLICT DO NOTHING
+         ), parents_not_forward AS (
+             DELETE FROM forward_extremities WHERE $6 AND room_id = $1 AND event_id = ANY($3)
+         ), parents_missing AS (
+             INSERT INTO backward_extremities (room_id, event_id, depth)
+             SELECT $1, p, $4 FROM unnest($3::text[]) AS p
+             WHERE NOT EXISTS (SELECT 1 FROM events e WHERE e.event_id = p AND NOT e.outlier)
+             ON CONFLICT DO NOTHING
+         ), auth AS (
+             INSERT INTO event_auth (event_id, auth_event_id)
+             SELECT $2, a FROM unnest($5::text[]) AS a ON CONFLICT DO NOTHING
+         ), held_now AS (
+             DELETE FROM backward_extremities WHERE room_id = $1 AND event_id = $2
+         )
+         INSERT INTO forward_extremities (room_id, event_id)
+         SELECT $1, $2 WHERE $6 AND NOT EXISTS (
+             SELECT 1 FROM event_edges g JOIN events e ON e.event_id = g.event_id
+             WHERE g.prev_event_id = $2 AND e.rejected IS NULL AND NOT e.soft_failed)
+         ON CONFLICT DO NOTHING",
+        &[
+            &pdu.room_id.as_str(),
+            &pdu.event_id.as_str(),
+            &prevs,
+            &(big(pdu.depth) - 1),
+            &auth,
+            &forward,
+        ],
     )
     .await?;
-    if forward {
-        exec(
-            tx,
-            "INSERT INTO forward_extremities (room_id, event_id)
-             SELECT $1, $2 WHERE NOT EXISTS (
-                 SELECT 1 FROM event_edges g JOIN events e ON e.event_id = g.event_id
-                 WHERE g.prev_event_id = $2 AND e.rejected IS NULL AND NOT e.soft_failed)
-             ON CONFLICT DO NOTHING",
-            &[&room_id, &event_id],
-        )
-        .await?;
-    }
     Ok(())
 }
 
@@ -424,10 +415,8 @@ pub async fn persist_outlier(tx: &impl GenericClient, pdu: &Pdu, rejected: Optio
     {
         return Ok(());
     }
-    let placeholder = backfill_position(tx).await?;
     let inserted = insert_event_row(
         tx,
-        placeholder,
         EventRow {
             pdu,
             outlier: true,
@@ -441,33 +430,36 @@ pub async fn persist_outlier(tx: &impl GenericClient, pdu: &Pdu, rejected: Optio
     .await?;
     // Another writer stored it since the check above: it stays as that
     // writer stored it.
-    if !inserted {
+    let Some(placeholder) = inserted else {
         return Ok(());
-    }
+    };
     let auth: Vec<&str> = pdu.auth_events.iter().map(|a| a.as_str()).collect();
     insert_auth_edges(tx, pdu.event_id.as_str(), &auth).await?;
     take_position(tx, placeholder).await?;
     Ok(())
 }
 
-/// A position below everything live: backfilled history's, or a live
-/// event's placeholder until [`take_position`].
-async fn backfill_position(tx: &impl GenericClient) -> Result<i64> {
-    col(&query_one(tx, "SELECT nextval('backfill_stream')", &[]).await?, 0)
-}
-
 /// Gives a live event, written with a placeholder, its place in the
-/// events stream. Last in its transaction: the stream's counter row stays
-/// locked until the commit, so positions become visible in order.
+/// events stream (the counter row of `stream_positions`, as
+/// [`super::next_position`] takes it, and the event's row in one
+/// statement). Last in its transaction: the counter row stays locked until
+/// the commit, so positions become visible in order.
 async fn take_position(tx: &impl GenericClient, placeholder: i64) -> Result<i64> {
-    let stream = next_position(tx, "events").await?;
-    exec(
-        tx,
-        "UPDATE events SET stream_ordering = $1 WHERE stream_ordering = $2",
-        &[&stream, &placeholder],
+    col(
+        &query_one(
+            tx,
+            "WITH next AS (
+                 UPDATE stream_positions SET position = position + 1 WHERE stream = 'events'
+                 RETURNING position
+             )
+             UPDATE events SET stream_ordering = (SELECT position FROM next)
+             WHERE stream_ordering = $1
+             RETURNING stream_ordering",
+            &[&placeholder],
+        )
+        .await?,
+        0,
     )
-    .await?;
-    Ok(stream)
 }
 
 pub async fn txn_event(c: &impl GenericClient, txn: &TxnKey) -> Result<Option<OwnedEventId>> {

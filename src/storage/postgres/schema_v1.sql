@@ -470,3 +470,15 @@ CREATE TABLE threepid_bindings (
     id_server TEXT NOT NULL,
     PRIMARY KEY (user_id, medium, address, id_server)
 );
+
+-- A server that joins a big room or backfills grows these tables from
+-- nothing in minutes. Until ANALYZE has seen them the planner takes them
+-- for tiny, and plans made then (cached with each connection's prepared
+-- statements) can scan a room where a unique index would find one row.
+-- Analyse them early and often, not after 10% of the table changed.
+ALTER TABLE events SET (autovacuum_analyze_threshold = 500, autovacuum_analyze_scale_factor = 0.02);
+ALTER TABLE event_edges SET (autovacuum_analyze_threshold = 500, autovacuum_analyze_scale_factor = 0.02);
+ALTER TABLE event_auth SET (autovacuum_analyze_threshold = 500, autovacuum_analyze_scale_factor = 0.02);
+ALTER TABLE state_groups SET (autovacuum_analyze_threshold = 500, autovacuum_analyze_scale_factor = 0.02);
+ALTER TABLE state_group_entries SET (autovacuum_analyze_threshold = 500, autovacuum_analyze_scale_factor = 0.02);
+ALTER TABLE current_state SET (autovacuum_analyze_threshold = 500, autovacuum_analyze_scale_factor = 0.02);
