@@ -20,6 +20,10 @@
 //!   before its own join event, so this page has to backfill. A user of the
 //!   Synapse joiner does the same once in each of these rooms.
 //!
+//! All of it runs on each backend of `WEFT_BENCH_BACKENDS` (SQLite, and
+//! PostgreSQL, whose CPU time counts as the servers'), weft and Synapse
+//! alike; the results are printed side by side.
+//!
 //! See docs/benchmarks.md. Sizes can be overridden with `WEFT_BENCH_*`
 //! variables (listed in [`Settings::from_env`]). Run without `--bench`
 //! (`cargo test --bench backfill`), it does a small smoke run.
@@ -28,6 +32,8 @@
 mod common;
 #[path = "support/mod.rs"]
 mod support;
+#[path = "support/synapse.rs"]
+mod synapse_process;
 #[path = "support/weft.rs"]
 mod weft_process;
 
@@ -48,7 +54,12 @@ use common::{
 };
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use support::{Latencies, Report, context_switches, cpu_time, in_flight, load_average, log_tail, median, ms};
+use support::{
+    Latencies, Report, context_switches, cpu_time, in_flight, load_average, log_tail, median, ms,
+    postgres::{Backend, Database, PgCpu},
+    print_side_by_side,
+};
+use synapse_process::{start_synapse, synapse_pid};
 use weft_process::{Options, WEFT, WeftProcess};
 
 /// Every weft server of this benchmark serves `/metrics`.
@@ -68,7 +79,8 @@ const METRICS: Options = Options {
 /// `WEFT_BENCH_KEEP` keeps the weft data directories and logs;
 /// `WEFT_BENCH_WEFT_LOG` is the weft processes' log filter (`warn`);
 /// `WEFT_BENCH_PERF=<file>` records the weft joiner of "weft from weft" (with call graphs) with
-/// `perf record` while it pages back.
+/// `perf record` while it pages back. `WEFT_BENCH_BACKENDS` (`sqlite,postgres`):
+/// the storage backends, of weft and Synapse alike.
 #[derive(Debug, Clone)]
 struct Settings {
     /// Messages in the rooms paged back through.
@@ -187,28 +199,6 @@ async fn backfill_counters(w: &WeftProcess) -> (String, u64) {
     (requests.join(", "), events)
 }
 
-/// Synapse's process ID: the process whose command line names its
-/// directory (the harness runs `python <dir>/launcher.py -c
-/// <dir>/homeserver.yaml`, Synapse itself in that process).
-fn synapse_pid(synapse: &Synapse) -> u32 {
-    let dir = synapse.dir().to_string_lossy().into_owned();
-    let mut found = Vec::new();
-    for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
-            continue;
-        };
-        let cmdline = String::from_utf8_lossy(&cmdline);
-        if cmdline.contains(&format!("{dir}/launcher.py")) {
-            found.push(pid);
-        }
-    }
-    assert_eq!(found.len(), 1, "processes running {dir}/launcher.py: {found:?}");
-    found[0]
-}
-
 // ---------------------------------------------------------------------------
 // Rooms.
 
@@ -281,6 +271,8 @@ struct Joiner<'a> {
     kind: &'static str,
     client: Client,
     pid: u32,
+    /// Its PostgreSQL database (`None`: SQLite).
+    database: Option<Database>,
     weft: Option<&'a WeftProcess>,
 }
 
@@ -290,21 +282,66 @@ struct Host<'a> {
     name: String,
     creator: &'a Client,
     pid: u32,
+    /// Its PostgreSQL database (`None`: SQLite).
+    database: Option<Database>,
     synapse: Option<&'a Synapse>,
+}
+
+/// CPU time of a joiner and its host: their processes, and PostgreSQL's.
+/// The joiner, which writes, is given the database server's shared work
+/// (WAL writer, checkpointer); the host only its own connections.
+#[derive(Clone, Copy, Default)]
+struct Cpu {
+    joiner: Duration,
+    joiner_pg: Duration,
+    host: Duration,
+    host_pg: Duration,
+}
+
+impl Cpu {
+    fn read(backend: &Backend, joiner: u32, host: u32) -> (Duration, Duration, PgCpu) {
+        (cpu_time(joiner), cpu_time(host), backend.cpu())
+    }
+
+    /// What was used since `before` (a [`Cpu::read`]).
+    fn since(
+        before: &(Duration, Duration, PgCpu),
+        backend: &Backend,
+        joiner: (u32, Option<&Database>),
+        host: (u32, Option<&Database>),
+    ) -> Cpu {
+        let pg = backend.cpu().since(&before.2);
+        Cpu {
+            joiner: cpu_time(joiner.0).saturating_sub(before.0),
+            joiner_pg: pg.with_shared(joiner.1),
+            host: cpu_time(host.0).saturating_sub(before.1),
+            host_pg: pg.of(host.1),
+        }
+    }
+
+    fn joiner_total(&self) -> Duration {
+        self.joiner + self.joiner_pg
+    }
+
+    fn host_total(&self) -> Duration {
+        self.host + self.host_pg
+    }
 }
 
 struct CaseResult {
     label: String,
+    /// `weft`, `Synapse`: the joiner's process.
+    joiner: &'static str,
     join: Duration,
-    join_cpu: Duration,
+    /// The joiner's CPU over the join and the settling after it.
+    join_cpu: Cpu,
     pages: usize,
     events: usize,
     backfilled: usize,
     wall: Duration,
-    joiner_cpu: Duration,
+    cpu: Cpu,
     /// The joiner's context switches over the page-back (live threads).
     joiner_switches: u64,
-    host_cpu: Duration,
     first_page: Duration,
     latencies: Latencies,
     requests: String,
@@ -351,9 +388,21 @@ async fn page_back(client: &Client, room: &str, page: usize, max_pages: usize) -
     (events, latencies)
 }
 
-async fn page_back_case(label: &str, host: &Host<'_>, room: &Room, joiner: &Joiner<'_>, page: usize) -> CaseResult {
+async fn page_back_case(
+    backend: &Backend,
+    label: &str,
+    host: &Host<'_>,
+    room: &Room,
+    joiner: &Joiner<'_>,
+    page: usize,
+) -> CaseResult {
     eprintln!("-- {label}: {} joins {}'s room and pages back", joiner.kind, host.kind);
-    let cpu = cpu_time(joiner.pid);
+    let pids = (joiner.pid, host.pid);
+    let (joiner_of, host_of) = (
+        (joiner.pid, joiner.database.as_ref()),
+        (host.pid, host.database.as_ref()),
+    );
+    let cpu = Cpu::read(backend, pids.0, pids.1);
     let t = Instant::now();
     let (status, body) = joiner
         .client
@@ -362,7 +411,7 @@ async fn page_back_case(label: &str, host: &Host<'_>, room: &Room, joiner: &Join
     let join = t.elapsed();
     assert_eq!(status, StatusCode::OK, "{label}: join: {body}");
     settle(joiner.pid, Duration::from_millis(500), Duration::from_secs(30)).await;
-    let join_cpu = cpu_time(joiner.pid).saturating_sub(cpu);
+    let join_cpu = Cpu::since(&cpu, backend, joiner_of, host_of);
 
     let before = match (joiner.weft, host.synapse) {
         (Some(w), _) => backfill_counters(w).await.1,
@@ -388,15 +437,14 @@ async fn page_back_case(label: &str, host: &Host<'_>, room: &Room, joiner: &Join
         }
         _ => None,
     };
-    let (joiner_cpu, host_cpu) = (cpu_time(joiner.pid), cpu_time(host.pid));
+    let cpu = Cpu::read(backend, pids.0, pids.1);
     let switches = context_switches(joiner.pid);
     let t = Instant::now();
     let max_pages = room.bodies.len() / page.min(room.bodies.len()).max(1) * 5 + 50;
     let (events, latencies) = page_back(&joiner.client, &room.id, page, max_pages).await;
     let wall = t.elapsed();
-    let joiner_cpu = cpu_time(joiner.pid).saturating_sub(joiner_cpu);
+    let cpu = Cpu::since(&cpu, backend, joiner_of, host_of);
     let joiner_switches = context_switches(joiner.pid).saturating_sub(switches);
-    let host_cpu = cpu_time(host.pid).saturating_sub(host_cpu);
     if let Some(mut perf) = perf {
         let _ = Command::new("kill").args(["-INT", &perf.id().to_string()]).status();
         let _ = perf.wait();
@@ -450,6 +498,7 @@ async fn page_back_case(label: &str, host: &Host<'_>, room: &Room, joiner: &Join
     };
     CaseResult {
         label: label.to_owned(),
+        joiner: joiner.kind,
         join,
         join_cpu,
         pages: latencies.len(),
@@ -457,20 +506,29 @@ async fn page_back_case(label: &str, host: &Host<'_>, room: &Room, joiner: &Join
         // Everything but the joiner's own join came from the host.
         backfilled: events.len() - 1,
         wall,
-        joiner_cpu,
+        cpu,
         joiner_switches,
-        host_cpu,
         first_page: latencies[0],
         latencies: Latencies::new(latencies),
         requests,
     }
 }
 
-fn report_case(report: &mut Report, r: &CaseResult) {
+/// Milliseconds with three decimals.
+fn ms3(d: Duration) -> String {
+    format!("{:.3} ms", d.as_secs_f64() * 1000.0)
+}
+
+fn report_case(report: &mut Report, backend: &Backend, r: &CaseResult) {
+    let per_event = |d: Duration| d / r.backfilled.max(1) as u32;
     report.section(&r.label);
     report.row(
         "join (until POST /join answers); joiner CPU incl. settling",
-        format!("{}; {}", ms(r.join), ms(r.join_cpu)),
+        format!(
+            "{}; {}",
+            ms(r.join),
+            backend.cpu_split(r.join_cpu.joiner, r.join_cpu.joiner_pg, r.joiner, ms)
+        ),
     );
     report.row(
         "page-back: wall time",
@@ -484,11 +542,11 @@ fn report_case(report: &mut Report, r: &CaseResult) {
     );
     report.row(
         "page-back: joiner CPU",
-        format!(
-            "{} total, {:.3} ms per backfilled event",
-            secs(r.joiner_cpu),
-            r.joiner_cpu.as_secs_f64() * 1000.0 / r.backfilled as f64
-        ),
+        backend.cpu_split(r.cpu.joiner, r.cpu.joiner_pg, r.joiner, secs),
+    );
+    report.row(
+        "page-back: joiner CPU per backfilled event",
+        backend.cpu_split(per_event(r.cpu.joiner), per_event(r.cpu.joiner_pg), r.joiner, ms3),
     );
     report.row(
         "page-back: joiner context switches (live threads)",
@@ -501,9 +559,9 @@ fn report_case(report: &mut Report, r: &CaseResult) {
     report.row(
         "page-back: host CPU",
         format!(
-            "{} total, {:.3} ms per event",
-            secs(r.host_cpu),
-            r.host_cpu.as_secs_f64() * 1000.0 / r.backfilled as f64
+            "{} total, {} per event",
+            secs(r.cpu.host_total()),
+            backend.cpu_split(per_event(r.cpu.host), per_event(r.cpu.host_pg), "host", ms3)
         ),
     );
     report.row(
@@ -530,35 +588,55 @@ struct ColdRun {
 /// back; then the same page again (now held), then the page after it.
 /// The joiner is returned to be kept running: the servers that join later
 /// need its key to check its join event.
-async fn cold_page(root: &Path, label: &str, host: &Host<'_>, room: &Room, limit: usize) -> (ColdRun, WeftProcess) {
-    let joiner = WeftProcess::start(root, label, &["joiner"], METRICS).await;
-    let client = joiner.login("joiner").await;
-    let run = cold_page_of(label, &client, joiner.pid(), host, room, limit, true).await;
-    (run, joiner)
+async fn cold_page(
+    backend: &Backend,
+    root: &Path,
+    label: &str,
+    host: &Host<'_>,
+    room: &Room,
+    limit: usize,
+) -> (ColdRun, WeftProcess) {
+    let process = WeftProcess::start(root, label, &["joiner"], METRICS, backend).await;
+    let joiner = Joiner {
+        kind: "weft",
+        client: process.login("joiner").await,
+        pid: process.pid(),
+        database: process.database.clone(),
+        weft: None,
+    };
+    let run = cold_page_of(backend, label, &joiner, host, room, limit, true).await;
+    (run, process)
 }
 
-/// The cold page of a user of any server (`pid` its process) that is not
-/// in `room` yet: join, first page back, the same page again, the next.
-/// `strict`: the page must be full and exactly the host's (weft); else
-/// (Synapse) a short page is allowed and reported.
+/// The cold page of a user of any server that is not in `room` yet: join,
+/// first page back, the same page again, the next. `strict`: the page must
+/// be full and exactly the host's (weft); else (Synapse) a short page is
+/// allowed and reported.
 async fn cold_page_of(
+    backend: &Backend,
     label: &str,
-    client: &Client,
-    pid: u32,
+    joiner: &Joiner<'_>,
     host: &Host<'_>,
     room: &Room,
     limit: usize,
     strict: bool,
 ) -> ColdRun {
+    let client = &joiner.client;
     let (status, body) = client.join(&room.id, &format!("server_name={}", enc(&host.name))).await;
     assert_eq!(status, StatusCode::OK, "{label}: join: {body}");
-    settle(pid, Duration::from_millis(300), Duration::from_secs(30)).await;
+    settle(joiner.pid, Duration::from_millis(300), Duration::from_secs(30)).await;
     let query = format!("dir=b&limit={limit}");
-    let cpu = cpu_time(pid);
+    let cpu = Cpu::read(backend, joiner.pid, host.pid);
     let t = Instant::now();
     let page = client.messages(&room.id, &query).await;
     let cold = t.elapsed();
-    let cold_cpu = cpu_time(pid).saturating_sub(cpu);
+    let cold_cpu = Cpu::since(
+        &cpu,
+        backend,
+        (joiner.pid, joiner.database.as_ref()),
+        (host.pid, host.database.as_ref()),
+    )
+    .joiner_total();
     let t = Instant::now();
     let again = client.messages(&room.id, &query).await;
     let warm = t.elapsed();
@@ -632,7 +710,10 @@ fn report_cold(report: &mut Report, what: &str, runs: &[ColdRun]) {
         format!("{what}: cold page ({} events)", runs[0].events),
         list(&|r| r.cold),
     );
-    report.row(format!("{what}: joiner CPU of the cold page"), list(&|r| r.cold_cpu));
+    report.row(
+        format!("{what}: joiner CPU of the cold page (with PostgreSQL's)"),
+        list(&|r| r.cold_cpu),
+    );
     report.row(format!("{what}: the same page again (held)"), list(&|r| r.warm));
     report.row(format!("{what}: the page after it"), list(&|r| r.next));
 }
@@ -645,29 +726,11 @@ fn main() {
     weft::tls::install_crypto_provider();
     eprintln!("weft binary: {WEFT}");
     eprintln!("{settings:?}");
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("tokio runtime")
-        .block_on(run(settings));
-}
-
-async fn run(s: Settings) {
-    let mut root = tempfile::tempdir().expect("temp dir");
-    if std::env::var_os("WEFT_BENCH_KEEP").is_some() {
-        root.disable_cleanup(true);
-        eprintln!(
-            "keeping the weft data directories and logs in {}",
-            root.path().display()
-        );
-    }
-    let root = root.path().to_owned();
-    let mut report = Report::new("backfill benchmark");
-    report.row(
-        "settings",
-        format!(
-            "rooms of {} messages paged back {} at a time; cold page of {} in rooms of {} and {} messages (weft host), {} run(s); Synapse room of {} for the cold page; room version {}; cases {}",
+    let reports = support::on_each_backend(&settings, run);
+    let s = &settings;
+    print_side_by_side(
+        &format!(
+            "backfill benchmark: rooms of {} messages paged back {} at a time; cold page of {} in rooms of {} and {} messages (weft host), {} run(s); Synapse room of {} for the cold page; room version {}; cases {}",
             s.messages,
             s.page,
             s.cold_page,
@@ -678,7 +741,22 @@ async fn run(s: Settings) {
             s.version,
             s.cases.join(",")
         ),
+        &reports,
     );
+}
+
+/// The whole benchmark, every server on `backend`.
+async fn run(s: &Settings, backend: &Backend) -> Report {
+    let mut root = tempfile::tempdir().expect("temp dir");
+    if std::env::var_os("WEFT_BENCH_KEEP").is_some() {
+        root.disable_cleanup(true);
+        eprintln!(
+            "keeping the weft data directories and logs in {}",
+            root.path().display()
+        );
+    }
+    let root = root.path().to_owned();
+    let mut report = Report::new(backend.name());
     report.row("load average (1, 5, 15 min) at the start", load_average());
     let cold = s.has("cold");
     let need_weft_host = s.has("weft-weft") || s.has("synapse-weft") || cold;
@@ -687,20 +765,26 @@ async fn run(s: Settings) {
 
     report.section("setting up (not measured)");
     let host = match need_weft_host {
-        true => Some(WeftProcess::start(&root, "host", &["host"], METRICS).await),
+        true => Some(WeftProcess::start(&root, "host", &["host"], METRICS, backend).await),
         false => None,
     };
     let host_client = match &host {
         Some(h) => Some(h.login("host").await),
         None => None,
     };
-    let s1 = match need_s1 {
-        true => Some(Synapse::start().await),
-        false => None,
+    let (s1, s1_database) = match need_s1 {
+        true => {
+            let (synapse, database) = start_synapse(backend).await;
+            (Some(synapse), database)
+        }
+        false => (None, None),
     };
-    let s2 = match need_s2 {
-        true => Some(Synapse::start().await),
-        false => None,
+    let (s2, s2_database) = match need_s2 {
+        true => {
+            let (synapse, database) = start_synapse(backend).await;
+            (Some(synapse), database)
+        }
+        false => (None, None),
     };
     let alice = match &s1 {
         Some(s1) => Some(s1.user("alice").await),
@@ -711,6 +795,7 @@ async fn run(s: Settings) {
         name: h.server_name.clone(),
         creator: host_client.as_ref().unwrap(),
         pid: h.pid(),
+        database: h.database.clone(),
         synapse: None,
     });
     let synapse_host = s1.as_ref().map(|s1| Host {
@@ -718,6 +803,7 @@ async fn run(s: Settings) {
         name: s1.server_name().to_owned(),
         creator: alice.as_ref().unwrap(),
         pid: synapse_pid(s1),
+        database: s1_database.clone(),
         synapse: Some(s1),
     });
 
@@ -757,15 +843,17 @@ async fn run(s: Settings) {
         if !s.has(case) {
             continue;
         }
-        let joiner = WeftProcess::start(&root, &format!("joiner-{case}"), &["joiner"], METRICS).await;
+        let joiner = WeftProcess::start(&root, &format!("joiner-{case}"), &["joiner"], METRICS, backend).await;
         let j = Joiner {
             kind: "weft",
             client: joiner.login("joiner").await,
             pid: joiner.pid(),
+            database: joiner.database.clone(),
             weft: Some(&joiner),
         };
-        let r = page_back_case(label, host.as_ref().unwrap(), room.as_ref().unwrap(), &j, s.page).await;
-        report_case(&mut report, &r);
+        let (host, room) = (host.as_ref().unwrap(), room.as_ref().unwrap());
+        let r = page_back_case(backend, label, host, room, &j, s.page).await;
+        report_case(&mut report, backend, &r);
         results.push(r);
         keep.push(joiner);
     }
@@ -775,6 +863,7 @@ async fn run(s: Settings) {
             kind: "Synapse",
             client: s2.user("bob").await,
             pid: synapse_pid(s2),
+            database: s2_database.clone(),
             weft: None,
         }),
         None => None,
@@ -794,8 +883,9 @@ async fn run(s: Settings) {
                 1 => label.to_owned(),
                 _ => format!("{label} (the joiner's second room)"),
             };
-            let r = page_back_case(&label, host.as_ref().unwrap(), room.as_ref().unwrap(), j, s.page).await;
-            report_case(&mut report, &r);
+            let (host, room) = (host.as_ref().unwrap(), room.as_ref().unwrap());
+            let r = page_back_case(backend, &label, host, room, j, s.page).await;
+            report_case(&mut report, backend, &r);
             results.push(r);
         }
     }
@@ -805,15 +895,15 @@ async fn run(s: Settings) {
             s.messages, s.page
         ));
         for r in &results {
+            let per_event = |d: Duration| d / r.backfilled.max(1) as u32;
             report.row(
                 r.label.clone(),
                 format!(
-                    "wall {}, joiner CPU {} = {:.3} ms per backfilled event ({} events); host CPU {}",
+                    "wall {}, joiner CPU {} per backfilled event ({} events); host CPU {}",
                     secs(r.wall),
-                    secs(r.joiner_cpu),
-                    r.joiner_cpu.as_secs_f64() * 1000.0 / r.backfilled as f64,
+                    backend.cpu_split(per_event(r.cpu.joiner), per_event(r.cpu.joiner_pg), r.joiner, ms3),
                     r.backfilled,
-                    secs(r.host_cpu)
+                    secs(r.cpu.host_total())
                 ),
             );
         }
@@ -841,16 +931,8 @@ async fn run(s: Settings) {
         for (k, (what, host, room)) in rooms.iter().enumerate() {
             if let Some(j) = &bob {
                 rooms_joined += 1;
-                let r = cold_page_of(
-                    &format!("Synapse joiner, {what}"),
-                    &j.client,
-                    j.pid,
-                    host,
-                    room,
-                    s.cold_page,
-                    false,
-                )
-                .await;
+                let label = format!("Synapse joiner, {what}");
+                let r = cold_page_of(backend, &label, j, host, room, s.cold_page, false).await;
                 eprintln!(
                     "  {what}, Synapse joiner (its room {rooms_joined}): cold {} (CPU {}), again {}, next {}",
                     ms(r.cold),
@@ -867,7 +949,8 @@ async fn run(s: Settings) {
             }
             let mut runs = Vec::new();
             for run in 0..s.cold_runs {
-                let (r, joiner) = cold_page(&root, &format!("cold-{k}-{run}"), host, room, s.cold_page).await;
+                let label = format!("cold-{k}-{run}");
+                let (r, joiner) = cold_page(backend, &root, &label, host, room, s.cold_page).await;
                 keep.push(joiner);
                 eprintln!(
                     "  {what}, run {run}: cold {} (CPU {}), again {}, next {}",
@@ -908,6 +991,6 @@ async fn run(s: Settings) {
         joiner_lines.to_string(),
     );
     report.row("load average (1, 5, 15 min) at the end", load_average());
-    report.print();
     drop(keep);
+    report
 }

@@ -1,5 +1,6 @@
 //! Benchmark of weft's local client-API performance, against the real
-//! `weft serve` binary in a child process, spoken to over loopback HTTP.
+//! `weft serve` binary in a child process, spoken to over loopback HTTP,
+//! with Synapse (`tests/common/synapse.rs`) measured the same way beside it.
 //!
 //!   cargo bench --bench client
 //!
@@ -7,8 +8,11 @@
 //! client, then several in flight), `/messages` latency paging through a
 //! large room both ways (checking every message comes back exactly once),
 //! memory after the load, and start-up again on the filled database.
-//! See docs/benchmarks.md. Sizes can be overridden with `WEFT_BENCH_*`
-//! variables (listed in [`Settings::from_env`]).
+//! Each server runs on each backend of `WEFT_BENCH_BACKENDS` (SQLite, and
+//! PostgreSQL, whose CPU time counts as the server's); the results are
+//! printed side by side, labelled `weft(sqlite)`, `weft(pg)`,
+//! `Synapse(pg)`, …. See docs/benchmarks.md. Sizes can be overridden with
+//! `WEFT_BENCH_*` variables (listed in [`Settings::from_env`]).
 //!
 //! Run without `--bench` (`cargo test --benches`), it does a small smoke
 //! run instead, so that it stays quick when run as a test.
@@ -27,12 +31,21 @@ use std::{
     time::{Duration, Instant},
 };
 
+#[path = "../tests/common/mod.rs"]
+mod common;
 #[path = "support/mod.rs"]
 mod support;
+#[path = "support/synapse.rs"]
+mod synapse_process;
 
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
-use support::{Latencies, Report, cpu_time, log_tail, ms};
+use support::{
+    Latencies, Report, log_tail, ms,
+    postgres::{Backend, Clock, Database, Used},
+    print_side_by_side,
+};
+use synapse_process::{start_synapse, synapse_pid};
 
 const WEFT: &str = env!("CARGO_BIN_EXE_weft");
 const USER: &str = "bench";
@@ -42,8 +55,10 @@ const PASSWORD: &str = "bench-password";
 /// `WEFT_BENCH_EVENTS` (10000; 200 without `--bench`),
 /// `WEFT_BENCH_SEQ_SENDS` (min(events, 1000)), `WEFT_BENCH_CONC_SENDS`
 /// (min(events, 2000)), `WEFT_BENCH_CONCURRENCY` (8), `WEFT_BENCH_ROOMS`
-/// (4), `WEFT_BENCH_PAGE` (50), `WEFT_BENCH_IDLE_SECS` (3). Setting
+/// (4), `WEFT_BENCH_PAGE` (50), `WEFT_BENCH_IDLE_SECS` (3),
+/// `WEFT_BENCH_SYNAPSE` (1; 0 without `--bench`: Synapse too). Setting
 /// `WEFT_BENCH_KEEP` keeps the data directory and the server log.
+/// `WEFT_BENCH_BACKENDS` (`sqlite,postgres`): the storage backends.
 #[derive(Debug, Clone)]
 struct Settings {
     /// Messages in the big room that `/messages` pages through.
@@ -60,6 +75,8 @@ struct Settings {
     page: usize,
     /// Idle time before reading memory after the load.
     idle: Duration,
+    /// Measure Synapse too.
+    synapse: bool,
 }
 
 impl Settings {
@@ -79,6 +96,7 @@ impl Settings {
             rooms: var("WEFT_BENCH_ROOMS", 4).max(1),
             page: var("WEFT_BENCH_PAGE", 50).max(1),
             idle: Duration::from_secs(var("WEFT_BENCH_IDLE_SECS", 3) as u64),
+            synapse: var("WEFT_BENCH_SYNAPSE", usize::from(full)) != 0,
         }
     }
 }
@@ -133,19 +151,32 @@ fn free_ports() -> (u16, u16) {
     (a.local_addr().unwrap().port(), b.local_addr().unwrap().port())
 }
 
-fn weft_command(data_dir: &Path, ports: (u16, u16)) -> Command {
+/// Where a weft server under test keeps its data and listens.
+struct Setup {
+    data_dir: PathBuf,
+    ports: (u16, u16),
+    /// Its PostgreSQL database (`None`: SQLite in the data directory).
+    database: Option<Database>,
+}
+
+fn weft_command(setup: &Setup) -> Command {
+    let (data_dir, ports) = (&setup.data_dir, setup.ports);
     let mut cmd = Command::new(WEFT);
     cmd.env_remove("WEFT_CONFIG")
         .env_remove("RUST_LOG")
-        .env("WEFT_DATA_DIR", data_dir)
+        .env_remove("WEFT_DATABASE_URL");
+    if let Some(database) = &setup.database {
+        cmd.env("WEFT_DATABASE_URL", &database.url);
+    }
+    cmd.env("WEFT_DATA_DIR", data_dir)
         .env("WEFT_CLIENT_LISTEN", format!("127.0.0.1:{}", ports.0))
         .env("WEFT_FEDERATION_LISTEN", format!("127.0.0.1:{}", ports.1))
         .env("WEFT_LOG", "warn");
     cmd
 }
 
-fn register_user(data_dir: &Path, ports: (u16, u16)) {
-    let out = weft_command(data_dir, ports)
+fn register_user(setup: &Setup) {
+    let out = weft_command(setup)
         .args(["register-user", USER, "--password", PASSWORD])
         .output()
         .expect("run weft register-user");
@@ -160,10 +191,10 @@ fn register_user(data_dir: &Path, ports: (u16, u16)) {
 
 /// Starts `weft serve` and waits until `/versions` answers 200. Returns
 /// the server and the time from spawn to the first answer.
-async fn start_server(data_dir: &Path, ports: (u16, u16), log: &Path) -> (Server, Duration) {
+async fn start_server(setup: &Setup, log: &Path) -> (Server, Duration) {
     let file = File::options().create(true).append(true).open(log).expect("log file");
     let started = Instant::now();
-    let child = weft_command(data_dir, ports)
+    let child = weft_command(setup)
         .arg("serve")
         .stdin(Stdio::null())
         .stdout(file.try_clone().expect("log file"))
@@ -173,7 +204,7 @@ async fn start_server(data_dir: &Path, ports: (u16, u16), log: &Path) -> (Server
     let mut server = Server {
         child,
         log: log.to_owned(),
-        base: format!("http://127.0.0.1:{}", ports.0),
+        base: format!("http://127.0.0.1:{}", setup.ports.0),
     };
     let probe = reqwest::Client::builder()
         .no_proxy()
@@ -234,6 +265,9 @@ struct Client {
     http: reqwest::Client,
     base: String,
     token: String,
+    /// Sends answered with a 5xx and sent again (Synapse on SQLite answers
+    /// an occasional 500 under load; weft should never).
+    retries: AtomicUsize,
 }
 
 fn enc(s: &str) -> String {
@@ -241,13 +275,23 @@ fn enc(s: &str) -> String {
 }
 
 impl Client {
-    async fn login(base: &str) -> Client {
+    fn with_token(base: &str, token: &str) -> Client {
         let http = reqwest::Client::builder()
             .no_proxy()
             .timeout(Duration::from_secs(120))
             .pool_max_idle_per_host(64)
             .build()
             .expect("http client");
+        Client {
+            http,
+            base: base.to_owned(),
+            token: token.to_owned(),
+            retries: AtomicUsize::new(0),
+        }
+    }
+
+    async fn login(base: &str) -> Client {
+        let http = reqwest::Client::builder().no_proxy().build().expect("http client");
         let res = http
             .post(format!("{base}/_matrix/client/v3/login"))
             .json(&json!({
@@ -261,16 +305,18 @@ impl Client {
         let status = res.status();
         let body: Value = res.json().await.expect("login body");
         assert_eq!(status, StatusCode::OK, "login: {body}");
-        let token = body["access_token"].as_str().expect("access_token").to_owned();
-        Client {
-            http,
-            base: base.to_owned(),
-            token,
-        }
+        Client::with_token(base, body["access_token"].as_str().expect("access_token"))
     }
 
     /// A request that must answer 200 with a JSON body.
     async fn ok(&self, method: Method, path: &str, body: Option<&Value>) -> Value {
+        let (status, text) = self.call(method.clone(), path, body).await;
+        assert_eq!(status, StatusCode::OK, "{method} {path}: {text}");
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{method} {path}: bad JSON ({e}): {text}"))
+    }
+
+    /// A request: its status and body.
+    async fn call(&self, method: Method, path: &str, body: Option<&Value>) -> (StatusCode, String) {
         let mut req = self
             .http
             .request(method.clone(), format!("{}{path}", self.base))
@@ -284,8 +330,7 @@ impl Client {
             .text()
             .await
             .unwrap_or_else(|e| panic!("{method} {path}: body: {e}"));
-        assert_eq!(status, StatusCode::OK, "{method} {path}: {text}");
-        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{method} {path}: bad JSON ({e}): {text}"))
+        (status, text)
     }
 
     async fn create_room(&self) -> String {
@@ -301,9 +346,20 @@ impl Client {
             enc(room_id),
             enc(txn)
         );
-        let body = self
-            .ok(Method::PUT, &path, Some(&json!({ "msgtype": "m.text", "body": text })))
-            .await;
+        let content = json!({ "msgtype": "m.text", "body": text });
+        // A 5xx is retried with the same transaction ID: sent once.
+        let mut attempt = 1;
+        let (status, text) = loop {
+            let (status, text) = self.call(Method::PUT, &path, Some(&content)).await;
+            if !status.is_server_error() || attempt == 5 {
+                break (status, text);
+            }
+            attempt += 1;
+            self.retries.fetch_add(1, Ordering::Relaxed);
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        };
+        assert_eq!(status, StatusCode::OK, "PUT {path}: {text}");
+        let body: Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("PUT {path}: bad JSON ({e}): {text}"));
         body["event_id"]
             .as_str()
             .unwrap_or_else(|| panic!("send: no event_id: {body}"))
@@ -314,12 +370,6 @@ impl Client {
 // ---------------------------------------------------------------------------
 // Measurements.
 
-/// Server CPU time over `n` units: total and per unit (/proc counts in
-/// 10 ms ticks, so short phases read coarse).
-fn cpu(total: Duration, n: usize, unit: &str) -> String {
-    format!("{} total, {} per {unit}", ms(total), ms(total / n.max(1) as u32))
-}
-
 struct SendRun {
     elapsed: Duration,
     latencies: Latencies,
@@ -327,7 +377,7 @@ struct SendRun {
     sent: Vec<(usize, String)>,
     /// When each send completed, from the start of the run, sorted.
     done: Vec<Duration>,
-    server_cpu: Duration,
+    server_cpu: Used,
 }
 
 impl SendRun {
@@ -353,7 +403,7 @@ impl SendRun {
 /// `rooms[i % rooms.len()]`, with `concurrency` requests in flight.
 async fn send_many(
     client: &Arc<Client>,
-    pid: u32,
+    clock: &Clock,
     rooms: &[String],
     n: usize,
     concurrency: usize,
@@ -361,7 +411,7 @@ async fn send_many(
 ) -> SendRun {
     let next = Arc::new(AtomicUsize::new(0));
     let rooms: Arc<Vec<String>> = Arc::new(rooms.to_vec());
-    let cpu_before = cpu_time(pid);
+    let cpu_before = clock.read();
     let started = Instant::now();
     let mut workers = Vec::new();
     for _ in 0..concurrency {
@@ -401,7 +451,7 @@ async fn send_many(
     }
     done.sort();
     let elapsed = started.elapsed();
-    let server_cpu = cpu_time(pid).saturating_sub(cpu_before);
+    let server_cpu = clock.since(cpu_before);
     assert_eq!(sent.len(), n, "every send answered");
     let distinct: HashSet<&str> = sent.iter().map(|(_, id)| id.as_str()).collect();
     assert_eq!(distinct.len(), n, "every send made a distinct event");
@@ -427,17 +477,24 @@ struct PageRun {
     pages: usize,
     elapsed: Duration,
     events: Vec<Seen>,
-    server_cpu: Duration,
+    server_cpu: Used,
 }
 
 /// Pages through the whole room with `/messages` in `dir` ("b" from the
 /// end, "f" from the start), following `end` until it is absent.
-async fn page_through(client: &Client, pid: u32, room_id: &str, dir: &str, limit: usize, expected: usize) -> PageRun {
+async fn page_through(
+    client: &Client,
+    clock: &Clock,
+    room_id: &str,
+    dir: &str,
+    limit: usize,
+    expected: usize,
+) -> PageRun {
     let max_pages = expected / limit + 10;
     let mut from: Option<String> = None;
     let mut latencies = Vec::new();
     let mut events = Vec::new();
-    let cpu_before = cpu_time(pid);
+    let cpu_before = clock.read();
     let started = Instant::now();
     loop {
         let mut path = format!(
@@ -478,7 +535,7 @@ async fn page_through(client: &Client, pid: u32, room_id: &str, dir: &str, limit
         );
     }
     let elapsed = started.elapsed();
-    let server_cpu = cpu_time(pid).saturating_sub(cpu_before);
+    let server_cpu = clock.since(cpu_before);
     PageRun {
         first_page: latencies[0],
         pages: latencies.len(),
@@ -536,6 +593,29 @@ fn check_complete(run: &PageRun, dir: &str, tag: &str, sent: &[(usize, String)])
     );
 }
 
+/// On-disk size of a server's storage: its PostgreSQL database, or the
+/// files of 1 MiB or more in its directory (logs left out).
+fn storage_size(backend: &Backend, dir: &Path, database: Option<&Database>) -> String {
+    if let Some(database) = database {
+        return format!("database {}", mib(backend.database_size(database) / 1024));
+    }
+    let mut files: Vec<(String, u64)> = std::fs::read_dir(dir)
+        .expect("data dir")
+        .filter_map(|e| {
+            let e = e.ok()?;
+            Some((e.file_name().to_string_lossy().into_owned(), e.metadata().ok()?.len()))
+        })
+        .filter(|(name, len)| *len >= 1024 * 1024 && !name.ends_with(".log"))
+        .collect();
+    files.sort();
+    let total: u64 = files.iter().map(|(_, len)| len).sum();
+    let parts: Vec<String> = files
+        .iter()
+        .map(|(name, len)| format!("{name} {}", mib(len / 1024)))
+        .collect();
+    format!("{} ({})", mib(total / 1024), parts.join(", "))
+}
+
 // ---------------------------------------------------------------------------
 
 fn main() {
@@ -545,37 +625,51 @@ fn main() {
     weft::tls::install_crypto_provider();
     eprintln!("weft binary: {WEFT}");
     eprintln!("{settings:?}");
-    tokio::runtime::Builder::new_current_thread()
+    let backends = Backend::from_env();
+    let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .expect("tokio runtime")
-        .block_on(run(settings));
+        .expect("tokio runtime");
+    let mut reports = Vec::new();
+    for backend in &backends {
+        reports.push(runtime.block_on(run_weft(&settings, backend)));
+    }
+    if settings.synapse {
+        for backend in &backends {
+            reports.push(runtime.block_on(run_synapse(&settings, backend)));
+        }
+    }
+    let s = &settings;
+    print_side_by_side(
+        &format!(
+            "client-API benchmark: room of {} messages, {} sequential + {} concurrent sends ({} in flight, {} rooms), page limit {}",
+            s.events, s.seq_sends, s.conc_sends, s.concurrency, s.rooms, s.page
+        ),
+        &reports,
+    );
 }
 
-async fn run(s: Settings) {
+/// weft on `backend`: start-up, the load, memory, restart.
+async fn run_weft(s: &Settings, backend: &Backend) -> Report {
     let mut dir = tempfile::tempdir().expect("temp dir");
     if std::env::var_os("WEFT_BENCH_KEEP").is_some() {
         dir.disable_cleanup(true);
         eprintln!("keeping the data directory and log in {}", dir.path().display());
     }
-    let data_dir = dir.path().join("data");
+    let setup = Setup {
+        data_dir: dir.path().join("data"),
+        ports: free_ports(),
+        database: backend.fresh_database(),
+    };
     let log = dir.path().join("weft.log");
-    let ports = free_ports();
-    let mut report = Report::new("weft client-API benchmark");
-    report.row(
-        "settings",
-        format!(
-            "room of {} messages, {} sequential + {} concurrent sends ({} in flight, {} rooms), page limit {}",
-            s.events, s.seq_sends, s.conc_sends, s.concurrency, s.rooms, s.page
-        ),
-    );
+    let mut report = Report::new(backend.label("weft"));
 
     // 1. Start-up.
     report.section("start-up");
     let t = Instant::now();
-    register_user(&data_dir, ports);
+    register_user(&setup);
     report.row("weft register-user", ms(t.elapsed()));
-    let (server, startup) = start_server(&data_dir, ports, &log).await;
+    let (server, startup) = start_server(&setup, &log).await;
     let pid = server.pid();
     report.row("start until /versions answers (new data dir)", ms(startup));
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -588,139 +682,23 @@ async fn run(s: Settings) {
     let client = Arc::new(Client::login(&server.base).await);
     report.row("login (password)", ms(t.elapsed()));
 
-    // 2. Sends.
-    report.section("local sends (PUT /rooms/{id}/send/m.room.message/{txn})");
-    let t = Instant::now();
-    let seq_room = client.create_room().await;
-    report.row("createRoom", ms(t.elapsed()));
-    let seq = send_many(&client, pid, std::slice::from_ref(&seq_room), s.seq_sends, 1, "seq").await;
-    report.row(
-        format!("sequential, 1 client, {} msgs", s.seq_sends),
-        format!("{:.0} events/s ({} total)", seq.rate(), ms(seq.elapsed)),
-    );
-    report.row("  latency", seq.latencies.summary());
-    report.row("  server CPU", cpu(seq.server_cpu, s.seq_sends, "event"));
-    let mut rooms = Vec::new();
-    for _ in 0..s.rooms {
-        rooms.push(client.create_room().await);
-    }
-    let conc = send_many(&client, pid, &rooms, s.conc_sends, s.concurrency, "conc").await;
-    report.row(
-        format!(
-            "concurrent, {} in flight, {} rooms, {} msgs",
-            s.concurrency, s.rooms, s.conc_sends
-        ),
-        format!("{:.0} events/s ({} total)", conc.rate(), ms(conc.elapsed)),
-    );
-    report.row("  latency", conc.latencies.summary());
-    report.row("  server CPU", cpu(conc.server_cpu, s.conc_sends, "event"));
-
-    // 3. The big room and /messages.
-    report.section(&format!("room of {} messages: /messages?limit={}", s.events, s.page));
-    let big = client.create_room().await;
-    let fill = send_many(
-        &client,
-        pid,
-        std::slice::from_ref(&big),
-        s.events,
-        s.concurrency,
-        "fill",
-    )
-    .await;
-    report.row(
-        format!("fill: {} msgs into 1 room, {} in flight", s.events, s.concurrency),
-        format!("{:.0} events/s ({} total)", fill.rate(), ms(fill.elapsed)),
-    );
-    report.row("  latency", fill.latencies.summary());
-    report.row("  server CPU", cpu(fill.server_cpu, s.events, "event"));
-    report.row("  rate as the room grows", fill.rate_first_last_tenth());
-    let after_fill = memory(pid);
-    report.row(
-        "RSS right after the sends",
-        format!("{} (HWM {})", mib(after_fill.rss_kib), mib(after_fill.hwm_kib)),
-    );
-
-    let back = page_through(&client, pid, &big, "b", s.page, s.events).await;
-    check_complete(&back, "b", "fill", &fill.sent);
-    report.row("dir=b: first page (from the end)", ms(back.first_page));
-    report.row(
-        "dir=b: whole room",
-        format!(
-            "{} pages, {} events, {} total, {:.0} events/s",
-            back.pages,
-            back.events.len(),
-            ms(back.elapsed),
-            back.events.len() as f64 / back.elapsed.as_secs_f64()
-        ),
-    );
-    report.row("dir=b: latency per page", back.latencies.summary());
-    report.row("dir=b: server CPU", cpu(back.server_cpu, back.pages, "page"));
-
-    let fwd = page_through(&client, pid, &big, "f", s.page, s.events).await;
-    check_complete(&fwd, "f", "fill", &fill.sent);
-    let back_ids: Vec<&str> = back.events.iter().rev().map(|e| e.event_id.as_str()).collect();
-    let fwd_ids: Vec<&str> = fwd.events.iter().map(|e| e.event_id.as_str()).collect();
-    assert!(back_ids == fwd_ids, "dir=f order is not the reverse of dir=b order");
-    report.row("dir=f: first page (from the start)", ms(fwd.first_page));
-    report.row(
-        "dir=f: whole room",
-        format!(
-            "{} pages, {} events, {} total, {:.0} events/s",
-            fwd.pages,
-            fwd.events.len(),
-            ms(fwd.elapsed),
-            fwd.events.len() as f64 / fwd.elapsed.as_secs_f64()
-        ),
-    );
-    report.row("dir=f: latency per page", fwd.latencies.summary());
-    report.row("dir=f: server CPU", cpu(fwd.server_cpu, fwd.pages, "page"));
-    report.row(
-        "checks",
-        "status 200 everywhere; every message exactly once both ways; f = reverse of b",
-    );
-
-    // One initial /sync, for scale (all rooms, default timeline limit).
-    let t = Instant::now();
-    let sync = client.ok(Method::GET, "/_matrix/client/v3/sync", None).await;
-    let joined = sync["rooms"]["join"].as_object().map_or(0, |m| m.len());
-    assert_eq!(joined, 2 + s.rooms, "initial /sync: joined rooms");
-    report.row(format!("initial /sync ({joined} rooms)"), ms(t.elapsed()));
+    // 2. and 3. The load.
+    let clock = Clock::new(pid, backend, "weft");
+    let big = load(s, &mut report, &client, (pid, &clock)).await;
 
     // 4. Memory at rest.
-    report.section("memory");
-    tokio::time::sleep(s.idle).await;
-    let rest = memory(pid);
-    report.row("RSS idle after start-up (empty)", mib(idle.rss_kib));
+    at_rest(s, &mut report, pid, idle).await;
     report.row(
-        format!("RSS at rest after the load ({} s idle)", s.idle.as_secs()),
-        mib(rest.rss_kib),
-    );
-    report.row("peak RSS (VmHWM)", mib(rest.hwm_kib));
-    let mut files: Vec<(String, u64)> = std::fs::read_dir(&data_dir)
-        .expect("data dir")
-        .filter_map(|e| {
-            let e = e.ok()?;
-            Some((e.file_name().to_string_lossy().into_owned(), e.metadata().ok()?.len()))
-        })
-        .filter(|(_, len)| *len >= 1024 * 1024)
-        .collect();
-    files.sort();
-    let total: u64 = files.iter().map(|(_, len)| len).sum();
-    let parts: Vec<String> = files
-        .iter()
-        .map(|(name, len)| format!("{name} {}", mib(len / 1024)))
-        .collect();
-    report.row(
-        "data dir size (files of 1 MiB or more)",
-        format!("{} ({})", mib(total / 1024), parts.join(", ")),
+        "storage size",
+        storage_size(backend, &setup.data_dir, setup.database.as_ref()),
     );
 
-    // Start-up again on the filled database.
+    // 5. Start-up again on the filled database.
     report.section("restart on the filled database");
     let stopped = server.stop();
     report.row("stop (SIGTERM until exit)", ms(stopped));
     let warnings = log_tail(&log, usize::MAX);
-    let (server, startup) = start_server(&data_dir, ports, &log).await;
+    let (server, startup) = start_server(&setup, &log).await;
     let pid = server.pid();
     report.row("start until /versions answers", ms(startup));
     let t = Instant::now();
@@ -742,8 +720,144 @@ async fn run(s: Settings) {
     report.section("server log");
     let lines = warnings.lines().filter(|l| !l.trim().is_empty()).count();
     report.row("lines logged at warn or above during the load", lines.to_string());
-    report.print();
     if lines > 0 {
-        println!("\nweft log:\n{}", log_tail(&log, 20));
+        eprintln!("\nweft log:\n{}", log_tail(&log, 20));
     }
+    report
+}
+
+/// Synapse on `backend`: start-up, the same load, memory.
+async fn run_synapse(s: &Settings, backend: &Backend) -> Report {
+    let mut report = Report::new(backend.label("Synapse"));
+    report.section("start-up");
+    let t = Instant::now();
+    let (synapse, database) = start_synapse(backend).await;
+    // Synapse's includes generating its signing key (a run of its own).
+    report.row("start until /versions answers (new data dir)", ms(t.elapsed()));
+    let pid = synapse_pid(&synapse);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let idle = memory(pid);
+    report.row(
+        "RSS idle after start-up (empty)",
+        format!("{} (HWM {})", mib(idle.rss_kib), mib(idle.hwm_kib)),
+    );
+    let user = synapse.user(USER).await;
+    let client = Arc::new(Client::with_token(&synapse.client_base(), &user.token));
+    let clock = Clock::new(pid, backend, "Synapse");
+    load(s, &mut report, &client, (pid, &clock)).await;
+    at_rest(s, &mut report, pid, idle).await;
+    report.row("storage size", storage_size(backend, synapse.dir(), database.as_ref()));
+    report
+}
+
+/// Local sends (2.), the big room and `/messages` both ways (3.), one
+/// initial `/sync`, on the server of process `pid`; returns the big room.
+async fn load(s: &Settings, report: &mut Report, client: &Arc<Client>, (pid, clock): (u32, &Clock)) -> String {
+    report.section("local sends (PUT /rooms/{id}/send/m.room.message/{txn})");
+    let t = Instant::now();
+    let seq_room = client.create_room().await;
+    report.row("createRoom", ms(t.elapsed()));
+    let seq = send_many(client, clock, std::slice::from_ref(&seq_room), s.seq_sends, 1, "seq").await;
+    report.row(
+        format!("sequential, 1 client, {} msgs", s.seq_sends),
+        format!("{:.0} events/s ({} total)", seq.rate(), ms(seq.elapsed)),
+    );
+    report.row("  latency", seq.latencies.summary());
+    report.row("  server CPU", clock.show(seq.server_cpu, s.seq_sends, "event"));
+    let mut rooms = Vec::new();
+    for _ in 0..s.rooms {
+        rooms.push(client.create_room().await);
+    }
+    let conc = send_many(client, clock, &rooms, s.conc_sends, s.concurrency, "conc").await;
+    report.row(
+        format!(
+            "concurrent, {} in flight, {} rooms, {} msgs",
+            s.concurrency, s.rooms, s.conc_sends
+        ),
+        format!("{:.0} events/s ({} total)", conc.rate(), ms(conc.elapsed)),
+    );
+    report.row("  latency", conc.latencies.summary());
+    report.row("  server CPU", clock.show(conc.server_cpu, s.conc_sends, "event"));
+
+    report.section(&format!("room of {} messages: /messages?limit={}", s.events, s.page));
+    let big = client.create_room().await;
+    let fill = send_many(
+        client,
+        clock,
+        std::slice::from_ref(&big),
+        s.events,
+        s.concurrency,
+        "fill",
+    )
+    .await;
+    report.row(
+        format!("fill: {} msgs into 1 room, {} in flight", s.events, s.concurrency),
+        format!("{:.0} events/s ({} total)", fill.rate(), ms(fill.elapsed)),
+    );
+    report.row("  latency", fill.latencies.summary());
+    report.row("  server CPU", clock.show(fill.server_cpu, s.events, "event"));
+    report.row("  rate as the room grows", fill.rate_first_last_tenth());
+    report.row(
+        "sends retried after a 5xx answer",
+        client.retries.load(Ordering::Relaxed).to_string(),
+    );
+    let after_fill = memory(pid);
+    report.row(
+        "RSS right after the sends",
+        format!("{} (HWM {})", mib(after_fill.rss_kib), mib(after_fill.hwm_kib)),
+    );
+
+    let back = page_through(client, clock, &big, "b", s.page, s.events).await;
+    check_complete(&back, "b", "fill", &fill.sent);
+    report_pages(report, clock, "b", "first page (from the end)", &back);
+    let fwd = page_through(client, clock, &big, "f", s.page, s.events).await;
+    check_complete(&fwd, "f", "fill", &fill.sent);
+    let back_ids: Vec<&str> = back.events.iter().rev().map(|e| e.event_id.as_str()).collect();
+    let fwd_ids: Vec<&str> = fwd.events.iter().map(|e| e.event_id.as_str()).collect();
+    assert!(back_ids == fwd_ids, "dir=f order is not the reverse of dir=b order");
+    report_pages(report, clock, "f", "first page (from the start)", &fwd);
+    report.row(
+        "checks",
+        "status 200 everywhere; every message exactly once both ways; f = reverse of b",
+    );
+
+    // One initial /sync, for scale (all rooms, default timeline limit).
+    let t = Instant::now();
+    let sync = client.ok(Method::GET, "/_matrix/client/v3/sync", None).await;
+    let joined = sync["rooms"]["join"].as_object().map_or(0, |m| m.len());
+    assert_eq!(joined, 2 + s.rooms, "initial /sync: joined rooms");
+    report.row(format!("initial /sync ({joined} rooms)"), ms(t.elapsed()));
+    big
+}
+
+fn report_pages(report: &mut Report, clock: &Clock, dir: &str, first: &str, run: &PageRun) {
+    report.row(format!("dir={dir}: {first}"), ms(run.first_page));
+    report.row(
+        format!("dir={dir}: whole room"),
+        format!(
+            "{} pages, {} events, {} total, {:.0} events/s",
+            run.pages,
+            run.events.len(),
+            ms(run.elapsed),
+            run.events.len() as f64 / run.elapsed.as_secs_f64()
+        ),
+    );
+    report.row(format!("dir={dir}: latency per page"), run.latencies.summary());
+    report.row(
+        format!("dir={dir}: server CPU"),
+        clock.show(run.server_cpu, run.pages, "page"),
+    );
+}
+
+/// Memory at rest (4.): after `s.idle` without requests.
+async fn at_rest(s: &Settings, report: &mut Report, pid: u32, idle: Memory) {
+    report.section("memory");
+    tokio::time::sleep(s.idle).await;
+    let rest = memory(pid);
+    report.row("RSS idle after start-up (empty)", mib(idle.rss_kib));
+    report.row(
+        format!("RSS at rest after the load ({} s idle)", s.idle.as_secs()),
+        mib(rest.rss_kib),
+    );
+    report.row("peak RSS (VmHWM)", mib(rest.hwm_kib));
 }

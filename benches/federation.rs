@@ -15,6 +15,10 @@
 //! be overridden with `WEFT_BENCH_*` variables (listed in
 //! [`Settings::from_env`]).
 //!
+//! A and B run on each backend of `WEFT_BENCH_BACKENDS` (SQLite, and
+//! PostgreSQL, whose CPU time is added to the process's); the results are
+//! printed side by side.
+//!
 //! Run without `--bench` (`cargo test --benches`), it does a small smoke
 //! run instead.
 
@@ -38,7 +42,11 @@ mod support;
 
 use serde::Deserialize;
 use serde_json::{Map, json, value::RawValue};
-use support::{Latencies, Report, cpu_time, load_average, ms};
+use support::{
+    Latencies, Report, load_average, ms,
+    postgres::{Backend, Clock, Database, Used},
+    print_side_by_side,
+};
 use weft::{
     config::Config,
     events::EventTemplate,
@@ -57,6 +65,7 @@ const VERSION: RoomVersionId = RoomVersionId::V11;
 /// `WEFT_BENCH_RANDOM_PAGES` (500; 20), `WEFT_BENCH_EVENT_GETS` (1000; 50),
 /// `WEFT_BENCH_CONCURRENCY` (4), `WEFT_BENCH_SEED` (1). Setting
 /// `WEFT_BENCH_KEEP` keeps the two data directories (path printed).
+/// `WEFT_BENCH_BACKENDS` (`sqlite,postgres`): the storage backends.
 #[derive(Debug, Clone)]
 struct Settings {
     /// Events in the big room (all of them, the createRoom events included).
@@ -184,7 +193,7 @@ struct Prevs {
 // ---------------------------------------------------------------------------
 // Servers and rooms.
 
-async fn start_server(data_dir: &Path) -> RunningServer {
+async fn start_server(data_dir: &Path, database: Option<&Database>) -> RunningServer {
     // A free port: the server name must carry the federation port.
     let port = TcpListener::bind("127.0.0.1:0")
         .expect("bind")
@@ -197,6 +206,7 @@ async fn start_server(data_dir: &Path) -> RunningServer {
         client_listen: "127.0.0.1:0".parse().unwrap(),
         federation_verify_tls: false,
         data_dir: data_dir.to_owned(),
+        database_url: database.map(|d| d.url.clone()),
         log: "warn".to_owned(),
         ..Config::default()
     };
@@ -327,7 +337,7 @@ struct PageRun {
     pages: Vec<Page>,
     latencies: Latencies,
     elapsed: Duration,
-    cpu: Duration,
+    cpu: Used,
 }
 
 impl PageRun {
@@ -346,12 +356,8 @@ impl PageRun {
             self.rate()
         )
     }
-    fn cpu_per_page(&self) -> String {
-        format!(
-            "{} per page ({} total)",
-            ms(self.cpu / self.pages.len().max(1) as u32),
-            ms(self.cpu)
-        )
+    fn cpu_per_page(&self, clock: &Clock) -> String {
+        clock.show(self.cpu, self.pages.len(), "page")
     }
 }
 
@@ -375,12 +381,12 @@ async fn backfill(
 
 /// Pages back from the newest event, `pages` pages (or the whole room),
 /// each `v` the prev_event of the oldest event of the page before.
-async fn walk(b: &Services, a_name: &OwnedServerName, room: &Room, pages: usize) -> PageRun {
+async fn walk(clock: &Clock, b: &Services, a_name: &OwnedServerName, room: &Room, pages: usize) -> PageRun {
     let mut from = room.len() - 1;
     let mut v = room.events[from].clone();
     let mut out = Vec::new();
     let mut latencies = Vec::new();
-    let cpu = cpu_time("self");
+    let cpu = clock.read();
     let started = Instant::now();
     loop {
         let (pdus, took) = backfill(b, a_name, &room.id, &v).await;
@@ -399,12 +405,13 @@ async fn walk(b: &Services, a_name: &OwnedServerName, room: &Room, pages: usize)
         pages: out,
         latencies: Latencies::new(latencies),
         elapsed: started.elapsed(),
-        cpu: cpu_time("self").saturating_sub(cpu),
+        cpu: clock.since(cpu),
     }
 }
 
 /// `/backfill` from random events, `concurrency` requests in flight.
 async fn random_pages(
+    clock: &Clock,
     b: &Arc<Services>,
     a_name: &OwnedServerName,
     room: &Room,
@@ -414,7 +421,7 @@ async fn random_pages(
     let starts = Arc::new(starts);
     let events = Arc::new(room.events.clone());
     let next = Arc::new(AtomicUsize::new(0));
-    let cpu = cpu_time("self");
+    let cpu = clock.read();
     let started = Instant::now();
     let mut workers = Vec::new();
     for _ in 0..concurrency {
@@ -444,7 +451,7 @@ async fn random_pages(
         pages,
         latencies: Latencies::new(latencies),
         elapsed: started.elapsed(),
-        cpu: cpu_time("self").saturating_sub(cpu),
+        cpu: clock.since(cpu),
     }
 }
 
@@ -499,9 +506,15 @@ async fn storage_pages(a: &Services, room: &Room, starts: &[usize]) -> Latencies
 }
 
 /// `/event` of each event of `picks`, one at a time.
-async fn get_events(b: &Services, a_name: &OwnedServerName, room: &Room, picks: &[usize]) -> (Latencies, Duration) {
+async fn get_events(
+    clock: &Clock,
+    b: &Services,
+    a_name: &OwnedServerName,
+    room: &Room,
+    picks: &[usize],
+) -> (Latencies, Used) {
     let mut latencies = Vec::new();
-    let cpu = cpu_time("self");
+    let cpu = clock.read();
     for &i in picks {
         let id = &room.events[i];
         let t = Instant::now();
@@ -514,8 +527,11 @@ async fn get_events(b: &Services, a_name: &OwnedServerName, room: &Room, picks: 
         assert_eq!(&res.origin, a_name, "/event: origin");
         assert_eq!(&event_id_of(&res.pdu), id, "/event {id}: another event came back");
     }
-    (Latencies::new(latencies), cpu_time("self").saturating_sub(cpu))
+    (Latencies::new(latencies), clock.since(cpu))
 }
+
+/// The CPU rows' name.
+const CPU: &str = "  CPU: process (A + B + bench), with PostgreSQL's on pg";
 
 /// What is compared between the two rooms.
 struct Figures {
@@ -530,22 +546,24 @@ struct Figures {
     concurrent_rate: f64,
 }
 
-async fn measure(
-    s: &Settings,
-    report: &mut Report,
-    a: &Arc<Services>,
-    b: &Arc<Services>,
-    a_name: &OwnedServerName,
-    room: &Room,
-    label: &str,
-) -> Figures {
+/// The two servers of a run, and its CPU clock: this process (A, B and
+/// the bench) and PostgreSQL's processes (A's and B's databases).
+struct Servers {
+    a: Arc<Services>,
+    b: Arc<Services>,
+    a_name: OwnedServerName,
+    clock: Clock,
+}
+
+async fn measure(s: &Settings, report: &mut Report, servers: &Servers, room: &Room, label: &str) -> Figures {
+    let (a, b, a_name, clock) = (&servers.a, &servers.b, &servers.a_name, &servers.clock);
     let mut rng = Rng::new(s.seed ^ room.len() as u64);
     let n = room.len();
     report.section(&format!("{label}: room of {n} events"));
 
     // 1. The walk from the newest event.
     let pages = s.walk_pages.min(n.div_ceil(PAGE));
-    let walked = walk(b, a_name, room, pages).await;
+    let walked = walk(clock, b, a_name, room, pages).await;
     check_pages(room, &walked, "walk", true);
     assert_eq!(walked.pages.len(), pages, "walk: pages");
     if pages == n.div_ceil(PAGE) {
@@ -564,24 +582,24 @@ async fn measure(
         ),
     );
     report.row("  latency per page", walked.latencies.summary());
-    report.row("  process CPU (A + B + bench)", walked.cpu_per_page());
+    report.row(CPU, walked.cpu_per_page(clock));
 
     // 2. Pages from random events, one at a time, then several in flight.
     let starts: Vec<usize> = (0..s.random_pages).map(|_| rng.below(n)).collect();
-    let random = random_pages(b, a_name, room, starts.clone(), 1).await;
+    let random = random_pages(clock, b, a_name, room, starts.clone(), 1).await;
     check_pages(room, &random, "random pages", false);
     report.row("/backfill from random events, 1 in flight", random.throughput());
     report.row("  latency per page", random.latencies.summary());
-    report.row("  process CPU (A + B + bench)", random.cpu_per_page());
+    report.row(CPU, random.cpu_per_page(clock));
     let starts2: Vec<usize> = (0..s.random_pages).map(|_| rng.below(n)).collect();
-    let concurrent = random_pages(b, a_name, room, starts2, s.concurrency).await;
+    let concurrent = random_pages(clock, b, a_name, room, starts2, s.concurrency).await;
     check_pages(room, &concurrent, "concurrent random pages", false);
     report.row(
         format!("/backfill from random events, {} in flight", s.concurrency),
         concurrent.throughput(),
     );
     report.row("  latency per page", concurrent.latencies.summary());
-    report.row("  process CPU (A + B + bench)", concurrent.cpu_per_page());
+    report.row(CPU, concurrent.cpu_per_page(clock));
     let storage = storage_pages(a, room, &starts).await;
     report.row(
         "storage walk alone (library call on A, same random starts)",
@@ -591,20 +609,17 @@ async fn measure(
     // 3. /event of random events: first fetch (A's event cache misses),
     // then the same events again (cache hits: the cache holds 1,024).
     let picks = rng.sample(n, s.event_gets);
-    let (cold, cold_cpu) = get_events(b, a_name, room, &picks).await;
+    let (cold, cold_cpu) = get_events(clock, b, a_name, room, &picks).await;
     report.row(
         format!("/event, {} distinct random events, first fetch", picks.len()),
         cold.summary(),
     );
-    report.row(
-        "  process CPU (A + B + bench)",
-        format!("{} per request", ms(cold_cpu / picks.len() as u32)),
-    );
+    report.row(CPU, clock.show(cold_cpu, picks.len(), "request"));
     let mut again = picks.clone();
     for i in (1..again.len()).rev() {
         again.swap(i, rng.below(i + 1));
     }
-    let (warm, _) = get_events(b, a_name, room, &again).await;
+    let (warm, _) = get_events(clock, b, a_name, room, &again).await;
     report.row("/event, the same events again", warm.summary());
     report.row(
         "checks",
@@ -636,51 +651,46 @@ fn main() {
         .init();
     weft::tls::install_crypto_provider();
     eprintln!("{settings:?}");
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("tokio runtime")
-        .block_on(run(settings));
+    let reports = support::on_each_backend(&settings, run);
+    let s = &settings;
+    print_side_by_side(
+        &format!(
+            "weft federation read benchmark: rooms of {} and {} events; walk of up to {} pages; {} random pages; {} /event; {} in flight for the concurrent pages",
+            s.big, s.small, s.walk_pages, s.random_pages, s.event_gets, s.concurrency
+        ),
+        &reports,
+    );
 }
 
-async fn run(s: Settings) {
+/// The whole benchmark, A and B on `backend`.
+async fn run(s: &Settings, backend: &Backend) -> Report {
     let mut dir = tempfile::tempdir().expect("temp dir");
     if std::env::var_os("WEFT_BENCH_KEEP").is_some() {
         dir.disable_cleanup(true);
         eprintln!("keeping the data directories in {}", dir.path().display());
     }
-    let mut report = Report::new("weft federation read benchmark");
-    report.row(
-        "settings",
-        format!(
-            "rooms of {} and {} events; walk of up to {} pages; {} random pages; {} /event; {} in flight for the concurrent pages",
-            s.big, s.small, s.walk_pages, s.random_pages, s.event_gets, s.concurrency
-        ),
-    );
+    let mut report = Report::new(backend.label("weft"));
     report.row("load average (1, 5, 15 min) at the start", load_average());
-    let a = start_server(&dir.path().join("a")).await;
-    let b = start_server(&dir.path().join("b")).await;
+    let a_database = backend.fresh_database();
+    let a = start_server(&dir.path().join("a"), a_database.as_ref()).await;
+    let b = start_server(&dir.path().join("b"), backend.fresh_database().as_ref()).await;
     let a_name: OwnedServerName = a.services.server_name().to_owned();
     let (asvc, bsvc) = (a.services.clone(), b.services.clone());
+    let clock = Clock::new("self", backend, "process");
 
     report.section("building the rooms on A (rooms::send::send_event, no HTTP)");
     let user = weft::accounts::user_id_for("bench", &a_name).expect("user ID");
     weft::accounts::create_user(&*asvc.storage, &user, None, false)
         .await
         .expect("create user");
-    let cpu = cpu_time("self");
+    let cpu = clock.read();
     let big = build_room(&asvc, &user, "big", s.big).await;
-    let build_cpu = cpu_time("self").saturating_sub(cpu);
+    let build_cpu = clock.since(cpu);
     report.row(
         format!("big room: {} local sends", big.sends),
-        format!(
-            "{:.0} events/s ({} total, CPU {} per event)",
-            big.build_rate(),
-            ms(big.build),
-            ms(build_cpu / big.sends as u32)
-        ),
+        format!("{:.0} events/s ({} total)", big.build_rate(), ms(big.build)),
     );
+    report.row("  CPU", clock.show(build_cpu, big.sends, "event"));
     report.row("  rate as the room grows", big.rate_first_last_tenth());
     let small = build_room(&asvc, &user, "small", s.small).await;
     report.row(
@@ -692,7 +702,11 @@ async fn run(s: Settings) {
         "process RSS after the build (A + B + bench)",
         format!("{rss:.1} MiB (HWM {hwm:.1} MiB)"),
     );
-    report.row("A's data dir", dir_size(&dir.path().join("a")));
+    let storage = match &a_database {
+        Some(database) => format!("database {:.1} MiB", backend.database_size(database) as f64 / 1048576.0),
+        None => format!("data dir {}", dir_size(&dir.path().join("a"))),
+    };
+    report.row("A's storage", storage);
 
     // The first request: B's connection to A, and A fetching B's key.
     report.section("first request");
@@ -705,8 +719,14 @@ async fn run(s: Settings) {
     assert_eq!(event_id_of(&first.pdu), big.events[0]);
     report.row("first /event (TLS handshake, A fetches B's key)", ms(t.elapsed()));
 
-    let fb = measure(&s, &mut report, &asvc, &bsvc, &a_name, &big, "big").await;
-    let fs = measure(&s, &mut report, &asvc, &bsvc, &a_name, &small, "small").await;
+    let servers = Servers {
+        a: asvc,
+        b: bsvc,
+        a_name,
+        clock,
+    };
+    let fb = measure(s, &mut report, &servers, &big, "big").await;
+    let fs = measure(s, &mut report, &servers, &small, "small").await;
 
     report.section(&format!("ratio: room of {} / room of {}", big.len(), small.len()));
     report.row(
@@ -744,7 +764,8 @@ async fn run(s: Settings) {
         format!("{rss:.1} MiB (HWM {hwm:.1} MiB)"),
     );
     report.row("load average (1, 5, 15 min) at the end", load_average());
-    report.print();
+    drop(servers);
     b.shutdown().await;
     a.shutdown().await;
+    report
 }

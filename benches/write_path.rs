@@ -26,6 +26,10 @@
 //!    client API (make_join, send_join, B checks every PDU of the answer
 //!    and stores the state).
 //!
+//! A and B run on each backend of `WEFT_BENCH_BACKENDS` (SQLite, and
+//! PostgreSQL, whose CPU time counts as A's and B's); the results are
+//! printed side by side.
+//!
 //! See docs/benchmarks.md. Sizes can be overridden with `WEFT_BENCH_*`
 //! variables (listed in [`Settings::from_env`]). Run without `--bench`
 //! (`cargo test --bench write_path`), it does a small smoke run.
@@ -54,7 +58,11 @@ use ruma::{
 };
 use serde_json::{Value, json, value::RawValue};
 use sha2::{Digest, Sha256};
-use support::{Latencies, Report, context_switches, cpu_time, in_flight, load_average, log_tail, median, ms};
+use support::{
+    Latencies, Report, context_switches, cpu_time, in_flight, load_average, log_tail, median, ms,
+    postgres::{Backend, Database, PgCpu},
+    print_side_by_side,
+};
 use weft::events::{EventTemplate, Placement, build_event};
 use weft_process::{Options, PASSWORD, WEFT, WeftProcess};
 
@@ -64,7 +72,7 @@ use weft_process::{Options, PASSWORD, WEFT, WeftProcess};
 /// (1000; 30), `WEFT_BENCH_JOIN_RUNS` (3; 1), `WEFT_BENCH_ROOM_VERSION`
 /// (11). Setting `WEFT_BENCH_KEEP` keeps A's data directory and log;
 /// `WEFT_BENCH_PERF=<file>` records A with `perf record` during the /send
-/// part.
+/// part. `WEFT_BENCH_BACKENDS` (`sqlite,postgres`): the storage backends.
 #[derive(Debug, Clone)]
 struct Settings {
     /// PDUs pushed to A through /send.
@@ -182,9 +190,11 @@ struct SendRun {
     elapsed: Duration,
     latencies: Latencies,
     /// Per transaction: completion time from the start, PDUs, A's CPU
-    /// from the start.
+    /// (with PostgreSQL's) from the start.
     done: Vec<(Duration, usize, Duration)>,
     a_cpu: Duration,
+    /// PostgreSQL's CPU on A's behalf: its connections and the shared work.
+    a_pg: Duration,
     bench_cpu: Duration,
     /// A's context switches over the run.
     a_switches: u64,
@@ -192,7 +202,7 @@ struct SendRun {
 
 /// Pushes the chain to A in transactions of `txn_size`, one at a time (as a
 /// server sends to one destination), checking every PDU's result.
-async fn push(b: &TestServer, a: &WeftProcess, chain: &Chain, txn_size: usize) -> SendRun {
+async fn push(backend: &Backend, b: &TestServer, a: &WeftProcess, chain: &Chain, txn_size: usize) -> SendRun {
     let fed = &b.services().federation;
     let origin = b.server_name();
     let a_name = a.name();
@@ -210,7 +220,11 @@ async fn push(b: &TestServer, a: &WeftProcess, chain: &Chain, txn_size: usize) -
     let mut latencies = Vec::new();
     let mut done = Vec::new();
     let mut results = Vec::new();
-    let a_cpu = a.cpu();
+    let (a_cpu, pg) = (a.cpu(), backend.cpu());
+    let a_used = || {
+        let pg = backend.cpu().since(&pg).with_shared(a.database.as_ref());
+        (a.cpu().saturating_sub(a_cpu), pg)
+    };
     let a_switches = context_switches(a.pid());
     let bench_cpu = cpu_time("self");
     let started = Instant::now();
@@ -228,11 +242,12 @@ async fn push(b: &TestServer, a: &WeftProcess, chain: &Chain, txn_size: usize) -
             .await
             .unwrap_or_else(|e| panic!("transaction {k}: {e}"));
         latencies.push(t.elapsed());
-        done.push((started.elapsed(), n, a.cpu().saturating_sub(a_cpu)));
+        let (process, pg) = a_used();
+        done.push((started.elapsed(), n, process + pg));
         results.push(res.pdus);
     }
     let elapsed = started.elapsed();
-    let a_cpu = a.cpu().saturating_sub(a_cpu);
+    let (a_cpu, a_pg) = a_used();
     let a_switches = context_switches(a.pid()).saturating_sub(a_switches);
     let bench_cpu = cpu_time("self").saturating_sub(bench_cpu);
     // Every PDU has its own result, and it is Ok.
@@ -250,6 +265,7 @@ async fn push(b: &TestServer, a: &WeftProcess, chain: &Chain, txn_size: usize) -
         latencies: Latencies::new(latencies),
         done,
         a_cpu,
+        a_pg,
         bench_cpu,
         a_switches,
     }
@@ -449,6 +465,31 @@ struct JoinTime {
     bench_cpu: Duration,
 }
 
+/// A reading of a process's CPU time (`pid`, or `"self"`) and of
+/// PostgreSQL's, for [`cpu_since`].
+fn cpu_reading(backend: &Backend, pid: impl std::fmt::Display) -> (Duration, PgCpu) {
+    (cpu_time(pid), backend.cpu())
+}
+
+/// The CPU time of a server since `start` (a [`cpu_reading`] of the same
+/// `pid`): its process's, and PostgreSQL's on its behalf, that is its
+/// connections' (to `database`), with the shared work (WAL writer,
+/// checkpointer) when it is the one writing (`shared`).
+fn cpu_since(
+    backend: &Backend,
+    start: &(Duration, PgCpu),
+    pid: impl std::fmt::Display,
+    database: Option<&Database>,
+    shared: bool,
+) -> Duration {
+    let pg = backend.cpu().since(&start.1);
+    let pg = match shared {
+        true => pg.with_shared(database),
+        false => pg.of(database),
+    };
+    cpu_time(pid).saturating_sub(start.0) + pg
+}
+
 fn range(v: &[Duration]) -> String {
     let lo = v.iter().min().copied().unwrap_or_default();
     let hi = v.iter().max().copied().unwrap_or_default();
@@ -463,28 +504,34 @@ fn main() {
     weft::tls::install_crypto_provider();
     eprintln!("weft binary: {WEFT}");
     eprintln!("{settings:?}");
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("tokio runtime")
-        .block_on(run(settings));
+    let reports = support::on_each_backend(&settings, run);
+    let s = &settings;
+    print_side_by_side(
+        &format!(
+            "weft federation write-path benchmark: {} PDUs in transactions of {}; joins of rooms of {} state events and {} members, {} run(s); room version {}",
+            s.pdus, s.txn_size, s.join_state, s.join_members, s.join_runs, s.version
+        ),
+        &reports,
+    );
 }
 
-async fn run(s: Settings) {
+/// B's configuration on `backend`: a new database of its own (or SQLite).
+fn b_on(backend: &Backend) -> (Option<Database>, impl Fn(&mut weft::config::Config)) {
+    let database = backend.fresh_database();
+    let url = database.as_ref().map(|d| d.url.clone());
+    (database, move |c: &mut weft::config::Config| {
+        c.database_url = url.clone()
+    })
+}
+
+/// The whole benchmark, A and B on `backend`.
+async fn run(s: &Settings, backend: &Backend) -> Report {
     let mut root = tempfile::tempdir().expect("temp dir");
     if std::env::var_os("WEFT_BENCH_KEEP").is_some() {
         root.disable_cleanup(true);
         eprintln!("keeping A's data directory and log in {}", root.path().display());
     }
-    let mut report = Report::new("weft federation write-path benchmark");
-    report.row(
-        "settings",
-        format!(
-            "{} PDUs in transactions of {}; joins of rooms of {} state events and {} members, {} run(s); room version {}",
-            s.pdus, s.txn_size, s.join_state, s.join_members, s.join_runs, s.version
-        ),
-    );
+    let mut report = Report::new(backend.label("weft"));
     report.row("load average (1, 5, 15 min) at the start", load_average());
 
     let a = WeftProcess::start(
@@ -495,11 +542,13 @@ async fn run(s: Settings) {
             metrics: false,
             open_registration: true,
         },
+        backend,
     )
     .await;
     let a_name = a.name();
     let creator = a.login("creator").await;
-    let b = TestServer::start_federating().await;
+    let (_, b_config) = b_on(backend);
+    let b = TestServer::start_federating_with(b_config).await;
     let b_name = b.server_name();
     eprintln!("A = {a_name} (pid {}), B = {b_name} (in this process)", a.pid());
 
@@ -587,13 +636,13 @@ async fn run(s: Settings) {
     if perf.is_some() {
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    let run = push(&b, &a, &chain, s.txn_size).await;
+    let run = push(backend, &b, &a, &chain, s.txn_size).await;
     if let Some(mut perf) = perf {
         let _ = Command::new("kill").args(["-INT", &perf.id().to_string()]).status();
         let _ = perf.wait();
     }
     let rate = s.pdus as f64 / run.elapsed.as_secs_f64();
-    let a_per_pdu = run.a_cpu / s.pdus as u32;
+    let a_per_pdu = (run.a_cpu + run.a_pg) / s.pdus as u32;
     report.row(
         "accepted by A",
         format!(
@@ -607,7 +656,11 @@ async fn run(s: Settings) {
     report.row("rate as the room grows", run.first_last_tenth());
     report.row(
         "A's CPU (separate process)",
-        format!("{} total, {} per PDU", ms(run.a_cpu), us(a_per_pdu)),
+        format!(
+            "{} total, {} per PDU",
+            backend.cpu_split(run.a_cpu, run.a_pg, "weft", ms),
+            backend.cpu_split(run.a_cpu / s.pdus as u32, run.a_pg / s.pdus as u32, "weft", us)
+        ),
     );
     report.row(
         "A's context switches (live threads)",
@@ -705,7 +758,7 @@ async fn run(s: Settings) {
         let id = creator
             .create_room(json!({ "preset": "public_chat", "room_version": s.version.as_str(), "name": "state" }))
             .await;
-        let a_cpu = a.cpu();
+        let a_cpu = cpu_reading(backend, a.pid());
         let t = Instant::now();
         let (c, r) = (creator.clone(), id.clone());
         in_flight(s.join_state, 4, move |i| {
@@ -725,7 +778,7 @@ async fn run(s: Settings) {
                 "{} ({:.0} events/s, A's CPU {} per event)",
                 ms(t.elapsed()),
                 s.join_state as f64 / t.elapsed().as_secs_f64(),
-                ms(a.cpu().saturating_sub(a_cpu) / s.join_state as u32)
+                ms(cpu_since(backend, &a_cpu, a.pid(), a.database.as_ref(), true) / s.join_state as u32)
             ),
         );
         let state = room_state(&creator, &id).await.len();
@@ -739,7 +792,7 @@ async fn run(s: Settings) {
         let id = creator
             .create_room(json!({ "preset": "public_chat", "room_version": s.version.as_str(), "name": "members" }))
             .await;
-        let a_cpu = a.cpu();
+        let a_cpu = cpu_reading(backend, a.pid());
         let t = Instant::now();
         let a_http = (a.http.clone(), a.client_base.clone());
         let r = id.clone();
@@ -769,7 +822,7 @@ async fn run(s: Settings) {
             format!(
                 "{} (A's CPU {} per member, argon2 included)",
                 ms(t.elapsed()),
-                ms(a.cpu().saturating_sub(a_cpu) / s.join_members as u32)
+                ms(cpu_since(backend, &a_cpu, a.pid(), a.database.as_ref(), true) / s.join_members as u32)
             ),
         );
         let state = room_state(&creator, &id).await.len();
@@ -782,11 +835,14 @@ async fn run(s: Settings) {
 
     let mut times: HashMap<usize, Vec<JoinTime>> = HashMap::new();
     for run in 0..s.join_runs {
-        let b2 = TestServer::start_federating().await;
+        let (b2_database, b2_config) = b_on(backend);
+        let b2 = TestServer::start_federating_with(b2_config).await;
         let joiner = Client::register_on_weft(&b2, "joiner").await;
         for (k, jr) in rooms.iter().enumerate() {
-            let a_cpu = a.cpu();
-            let bench_cpu = cpu_time("self");
+            // A serves; B (this process) writes, and is given PostgreSQL's
+            // shared work.
+            let a_cpu = cpu_reading(backend, a.pid());
+            let bench_cpu = cpu_reading(backend, "self");
             let t = Instant::now();
             let (status, body) = joiner
                 .join(&jr.id, &format!("server_name={}", enc(a_name.as_str())))
@@ -795,8 +851,8 @@ async fn run(s: Settings) {
             assert_eq!(status, StatusCode::OK, "join {}: {body}", jr.label);
             let time = JoinTime {
                 wall,
-                a_cpu: a.cpu().saturating_sub(a_cpu),
-                bench_cpu: cpu_time("self").saturating_sub(bench_cpu),
+                a_cpu: cpu_since(backend, &a_cpu, a.pid(), a.database.as_ref(), false),
+                bench_cpu: cpu_since(backend, &bench_cpu, "self", b2_database.as_ref(), true),
             };
             eprintln!(
                 "  run {run}: {}: {} (A CPU {}, B CPU {})",
@@ -852,13 +908,13 @@ async fn run(s: Settings) {
     let lines = warnings.lines().filter(|l| !l.trim().is_empty()).count();
     report.row("lines A logged at warn or above", lines.to_string());
     report.row("load average (1, 5, 15 min) at the end", load_average());
-    report.print();
     if lines > 0 {
-        println!("\nA's log (tail):\n{}", log_tail(a.log(), 20));
+        eprintln!("\nA's log (tail):\n{}", log_tail(a.log(), 20));
     }
     drop(sender);
     let mut b = b;
     if let Some(server) = b.server.take() {
         server.shutdown().await;
     }
+    report
 }

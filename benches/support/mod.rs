@@ -12,14 +12,36 @@ use std::{
     time::Duration,
 };
 
+pub mod postgres;
+
 /// User + system CPU time of a process (`pid`, or `"self"`), from
 /// `/proc/<pid>/stat` (clock ticks of 10 ms).
 pub fn cpu_time(pid: impl Display) -> Duration {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("read /proc/<pid>/stat");
-    let rest = &stat[stat.rfind(')').expect("stat format") + 2..];
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
-    Duration::from_millis(ticks * 10)
+    proc_stat(pid).expect("read /proc/<pid>/stat").cpu
+}
+
+/// What `/proc/<pid>/stat` says of a process.
+pub struct ProcStat {
+    pub ppid: u32,
+    /// User + system CPU time (clock ticks of 10 ms).
+    pub cpu: Duration,
+    /// The same of the children it waited for.
+    pub children_cpu: Duration,
+}
+
+/// `/proc/<pid>/stat` of a process (`pid`, or `"self"`); `None` if it is
+/// gone.
+pub fn proc_stat(pid: impl Display) -> Option<ProcStat> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields from the third (state) on: the name before may hold spaces.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<u64> = rest.split_whitespace().map(|f| f.parse().unwrap_or(0)).collect();
+    let ticks = |a: usize, b: usize| Duration::from_millis((fields[a] + fields[b]) * 10);
+    Some(ProcStat {
+        ppid: fields[1] as u32,
+        cpu: ticks(11, 12),
+        children_cpu: ticks(13, 14),
+    })
 }
 
 /// Context switches (voluntary + involuntary) of a process's live
@@ -47,6 +69,24 @@ pub fn context_switches(pid: impl Display) -> u64 {
 }
 
 /// The 1, 5 and 15 minute load averages.
+/// The runtime a benchmark runs on: two workers, as the machine has cores.
+pub fn bench_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
+}
+
+/// Runs a benchmark once on each backend of `WEFT_BENCH_BACKENDS`.
+pub fn on_each_backend<S>(settings: &S, run: impl AsyncFn(&S, &postgres::Backend) -> Report) -> Vec<Report> {
+    let runtime = bench_runtime();
+    postgres::Backend::from_env()
+        .iter()
+        .map(|backend| runtime.block_on(run(settings, backend)))
+        .collect()
+}
+
 pub fn load_average() -> String {
     std::fs::read_to_string("/proc/loadavg")
         .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
@@ -76,8 +116,11 @@ impl Report {
             rows: Vec::new(),
         }
     }
+    pub fn title(&self) -> &str {
+        &self.title
+    }
     pub fn section(&mut self, title: &str) {
-        eprintln!("== {title}");
+        eprintln!("== [{}] {title}", self.title);
         self.rows.push((String::new(), String::new()));
         self.rows.push((format!("== {title}"), String::new()));
     }
@@ -96,6 +139,62 @@ impl Report {
             } else {
                 println!("  {name:<width$}  {value}");
             }
+        }
+    }
+}
+
+/// Prints the reports of one benchmark on several servers or backends
+/// (each report's title is its label: `weft(sqlite)`, `weft(pg)`, …) side
+/// by side: each row once, with each report's value under it. Rows are
+/// matched by section, name and how many rows of that name came before in
+/// the section; a report without a row is left out of it.
+pub fn print_side_by_side(title: &str, reports: &[Report]) {
+    if let [report] = reports {
+        println!("\n{title}: {}", report.title);
+        report.print();
+        return;
+    }
+    type Key = (String, String, usize);
+    let mut order: Vec<Key> = Vec::new();
+    let mut values: std::collections::HashMap<Key, Vec<(&str, &str)>> = Default::default();
+    for report in reports {
+        let mut section = String::new();
+        let mut seen: std::collections::HashMap<&str, usize> = Default::default();
+        for (name, value) in &report.rows {
+            let key = match value.is_empty() {
+                true if name.starts_with("== ") => {
+                    section = name.clone();
+                    seen.clear();
+                    (section.clone(), String::new(), 0)
+                }
+                true => continue,
+                false => {
+                    let n = seen.entry(name.as_str()).or_default();
+                    *n += 1;
+                    (section.clone(), name.clone(), *n)
+                }
+            };
+            if !values.contains_key(&key) {
+                order.push(key.clone());
+            }
+            let entry = values.entry(key.clone()).or_default();
+            if !key.1.is_empty() {
+                entry.push((report.title.as_str(), value.as_str()));
+            }
+        }
+    }
+    let width = reports.iter().map(|r| r.title.chars().count()).max().unwrap_or(0);
+    println!();
+    println!("{title}");
+    for key in &order {
+        if key.1.is_empty() {
+            println!();
+            println!("{}", key.0);
+            continue;
+        }
+        println!("  {}", key.1);
+        for (label, value) in &values[key] {
+            println!("      {label:<width$}  {value}");
         }
     }
 }

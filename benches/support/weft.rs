@@ -16,7 +16,10 @@ use serde_json::{Value, json};
 
 use crate::{
     common::{free_port, synapse::Client},
-    support::{cpu_time, log_tail},
+    support::{
+        cpu_time, log_tail,
+        postgres::{Backend, Database},
+    },
 };
 
 pub const WEFT: &str = env!("CARGO_BIN_EXE_weft");
@@ -42,6 +45,8 @@ pub struct WeftProcess {
     /// `http://…/metrics`, when started with [`Options::metrics`].
     pub metrics: Option<String>,
     pub http: reqwest::Client,
+    /// Its PostgreSQL database (`None`: SQLite in its data directory).
+    pub database: Option<Database>,
 }
 
 impl Drop for WeftProcess {
@@ -63,21 +68,27 @@ impl Drop for WeftProcess {
 
 impl WeftProcess {
     /// Registers `users` (`weft register-user`) in a new data directory
-    /// under `root`, then starts `weft serve` (server name
-    /// `127.0.0.1:<federation port>`, peers' certificates not verified, log
-    /// filter `WEFT_BENCH_WEFT_LOG` or `warn`) and waits until `/versions`
-    /// answers. A port taken meanwhile makes it start again on other ports.
-    pub async fn start(root: &Path, label: &str, users: &[&str], options: Options) -> WeftProcess {
+    /// under `root` and, on PostgreSQL, a new database of `backend`, then
+    /// starts `weft serve` (server name `127.0.0.1:<federation port>`,
+    /// peers' certificates not verified, log filter `WEFT_BENCH_WEFT_LOG`
+    /// or `warn`) and waits until `/versions` answers. A port taken
+    /// meanwhile makes it start again on other ports.
+    pub async fn start(root: &Path, label: &str, users: &[&str], options: Options, backend: &Backend) -> WeftProcess {
         for attempt in 1..=5 {
-            let dir = root.join(format!("{label}-{attempt}"));
+            let dir = root.join(format!("{label}-{}-{attempt}", backend.name()));
             let (client_port, fed_port, metrics_port) = (free_port(), free_port(), free_port());
             let server_name = format!("127.0.0.1:{fed_port}");
+            let database = backend.fresh_database();
             let command = || {
                 let mut cmd = Command::new(WEFT);
                 cmd.env_remove("WEFT_CONFIG")
                     .env_remove("RUST_LOG")
-                    .env("WEFT_DATA_DIR", dir.join("data"))
-                    .env("WEFT_SERVER_NAME", &server_name)
+                    .env_remove("WEFT_DATABASE_URL")
+                    .env("WEFT_DATA_DIR", dir.join("data"));
+                if let Some(database) = &database {
+                    cmd.env("WEFT_DATABASE_URL", &database.url);
+                }
+                cmd.env("WEFT_SERVER_NAME", &server_name)
                     .env("WEFT_CLIENT_LISTEN", format!("127.0.0.1:{client_port}"))
                     .env("WEFT_FEDERATION_LISTEN", format!("127.0.0.1:{fed_port}"))
                     .env("WEFT_FEDERATION_VERIFY_TLS", "false")
@@ -124,6 +135,7 @@ impl WeftProcess {
                 metrics: options
                     .metrics
                     .then(|| format!("http://127.0.0.1:{metrics_port}/metrics")),
+                database,
                 http: reqwest::Client::builder()
                     .no_proxy()
                     .timeout(Duration::from_secs(300))

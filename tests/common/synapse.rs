@@ -7,7 +7,8 @@
 //! (server name `127.0.0.1:<federation port>`, TLS federation listener with a
 //! self-signed certificate, peers' certificates not verified, loopback
 //! allowed, keys fetched from servers directly, fast federation retries, rate
-//! limits off, SQLite), generates a signing key, starts Synapse in its own
+//! limits off, SQLite; [`Synapse::start_on_postgres`]: a PostgreSQL
+//! database instead), generates a signing key, starts Synapse in its own
 //! process group and waits until it answers. Dropping the value kills that
 //! group; a test process that dies without dropping it (killed by a timeout)
 //! closes Synapse's stdin, on which a watchdog thread in Synapse's process
@@ -122,14 +123,36 @@ fn tail(path: &Path, lines: usize) -> String {
 }
 
 impl Synapse {
+    /// A Synapse on SQLite (a file in its directory).
     pub async fn start() -> Synapse {
+        Self::start_with_database(None).await
+    }
+
+    /// A Synapse on PostgreSQL, through psycopg2 (which the virtualenv must
+    /// have: `psycopg2-binary` in tests/interop/requirements.txt).
+    /// `conninfo`: the `key=value` connection string (`host`, `port`,
+    /// `user`, `dbname`) of an empty database made with the encoding and
+    /// collation Synapse requires: `CREATE DATABASE … TEMPLATE template0
+    /// LC_COLLATE 'C' LC_CTYPE 'C' ENCODING 'UTF8'`.
+    pub async fn start_on_postgres(conninfo: &str) -> Synapse {
+        Self::start_with_database(Some(conninfo)).await
+    }
+
+    async fn start_with_database(postgres: Option<&str>) -> Synapse {
         weft::tls::install_crypto_provider();
         let python = python();
+        let database = match postgres {
+            None => None,
+            Some(conninfo) => {
+                require_psycopg2(&python);
+                Some(postgres_database_yaml(conninfo))
+            }
+        };
         // The ports are picked free but bound only by Synapse: another
         // process may take one in between. Then try others.
         let mut attempt = 1;
         loop {
-            match Self::start_on_free_ports(&python).await {
+            match Self::start_on_free_ports(&python, database.as_deref()).await {
                 Ok(synapse) => return synapse,
                 Err(logs) if attempt < 3 => {
                     eprintln!("synapse could not bind its ports, trying others:\n{logs}");
@@ -140,8 +163,9 @@ impl Synapse {
         }
     }
 
-    /// Starts Synapse; `Err` (with its logs) if it could not bind a port.
-    async fn start_on_free_ports(python: &Path) -> Result<Synapse, String> {
+    /// Starts Synapse (on the `database:` section given, else SQLite);
+    /// `Err` (with its logs) if it could not bind a port.
+    async fn start_on_free_ports(python: &Path, database: Option<&str>) -> Result<Synapse, String> {
         let dir = tempfile::Builder::new()
             .prefix("weft-synapse-")
             .tempdir()
@@ -164,7 +188,13 @@ impl Synapse {
         std::fs::write(path.join("log.config"), log_config(&path, &level)).unwrap();
         std::fs::write(
             path.join("homeserver.yaml"),
-            homeserver_yaml(&path, &server_name, client_port, federation_port, &shared_secret),
+            homeserver_yaml(
+                &path,
+                &server_name,
+                (client_port, federation_port),
+                &shared_secret,
+                database,
+            ),
         )
         .unwrap();
         let config = path.join("homeserver.yaml");
@@ -419,7 +449,50 @@ disable_existing_loggers: false
     )
 }
 
-fn homeserver_yaml(dir: &Path, server_name: &str, client_port: u16, federation_port: u16, secret: &str) -> String {
+/// Panics, saying what to install, unless `python` can import psycopg2.
+fn require_psycopg2(python: &Path) {
+    let probe = Command::new(python)
+        .args(["-c", "import psycopg2"])
+        .current_dir(std::env::temp_dir())
+        .stdin(Stdio::null())
+        .output()
+        .expect("run python");
+    assert!(
+        probe.status.success(),
+        "{} cannot import psycopg2, which Synapse needs for PostgreSQL: {}\nInstall it with \
+         `{} -m pip install -r tests/interop/requirements.txt`",
+        python.display(),
+        String::from_utf8_lossy(&probe.stderr).trim(),
+        python.display()
+    );
+}
+
+/// The `database:` section of Synapse on the PostgreSQL database of
+/// `conninfo` (`key=value` pairs; psycopg2 calls the database `database`).
+fn postgres_database_yaml(conninfo: &str) -> String {
+    let mut args = String::new();
+    for pair in conninfo.split_whitespace() {
+        let (key, value) = pair
+            .split_once('=')
+            .unwrap_or_else(|| panic!("not a key=value connection string: {conninfo}"));
+        let key = if key == "dbname" { "database" } else { key };
+        args.push_str(&format!("    {key}: \"{value}\"\n"));
+    }
+    format!("database:\n  name: psycopg2\n  args:\n{args}    cp_min: 5\n    cp_max: 10\n")
+}
+
+fn homeserver_yaml(
+    dir: &Path,
+    server_name: &str,
+    (client_port, federation_port): (u16, u16),
+    secret: &str,
+    database: Option<&str>,
+) -> String {
+    let sqlite = format!(
+        "database:\n  name: sqlite3\n  args:\n    database: {}/homeserver.db\n",
+        dir.display()
+    );
+    let database = database.unwrap_or(&sqlite);
     let dir = dir.display();
     // Big numbers: effectively no rate limit.
     let rl = "{per_second: 100000, burst_count: 1000000}";
@@ -461,11 +534,7 @@ federation_verify_certificates: false
 ip_range_blacklist: []
 ip_range_whitelist: ['127.0.0.0/8', '::1/128']
 
-database:
-  name: sqlite3
-  args:
-    database: {dir}/homeserver.db
-log_config: {dir}/log.config
+{database}log_config: {dir}/log.config
 media_store_path: {dir}/media_store
 signing_key_path: {dir}/signing.key
 
