@@ -13,16 +13,12 @@ mod common;
 
 use std::{
     collections::{HashMap, HashSet},
-    path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
     time::{Duration, Instant},
 };
 
-use common::{TestServer, enc, free_port};
+use common::{TestServer, enc};
 use reqwest::Method;
 use serde_json::{Value, json};
-
-const WEFT: &str = env!("CARGO_BIN_EXE_weft");
 
 /// Messages in the host's room (with state changes among them).
 const MESSAGES: usize = 700;
@@ -33,149 +29,9 @@ const CAROL_LEAVES: usize = 480;
 /// How many times the joiner is killed while paging back.
 const KILLS: usize = 3;
 
-/// The joiner: the `weft` binary, on the same ports after each restart
-/// (its server name holds the federation port).
-struct Joiner {
-    child: Option<Child>,
-    data: PathBuf,
-    /// `None`: SQLite, in `data`.
-    database_url: Option<String>,
-    logs: PathBuf,
-    client_port: u16,
-    federation_port: u16,
-    starts: usize,
-    /// A new client for each start: no connection pooled from a killed
-    /// process.
-    http: reqwest::Client,
-}
-
-impl Drop for Joiner {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        if let Some(url) = &self.database_url {
-            common::drop_database(url);
-        }
-    }
-}
+type Joiner = common::process::WeftProcess;
 
 impl Joiner {
-    fn new(dir: &Path) -> Joiner {
-        Joiner {
-            child: None,
-            data: dir.join("data"),
-            database_url: common::fresh_database_url(),
-            logs: dir.to_owned(),
-            client_port: free_port(),
-            federation_port: free_port(),
-            starts: 0,
-            http: reqwest::Client::new(),
-        }
-    }
-
-    fn server_name(&self) -> String {
-        format!("127.0.0.1:{}", self.federation_port)
-    }
-
-    fn base(&self) -> String {
-        format!("http://127.0.0.1:{}", self.client_port)
-    }
-
-    fn log_path(&self, start: usize) -> PathBuf {
-        self.logs.join(format!("weft.{start}.log"))
-    }
-
-    /// The logs of every start so far.
-    fn log_text(&self) -> String {
-        (1..=self.starts)
-            .map(|i| {
-                let text = std::fs::read_to_string(self.log_path(i)).unwrap_or_default();
-                format!("----- start {i} -----\n{text}")
-            })
-            .collect()
-    }
-
-    /// Starts the joiner and waits until it answers. The first start
-    /// picks other ports if one was taken meanwhile (by a test running
-    /// beside); later ones keep them (the server name holds one).
-    async fn start(&mut self) {
-        let first = self.starts == 0;
-        for _ in 0..5 {
-            match self.try_start().await {
-                Ok(()) => return,
-                Err(log) if first && log.contains("already in use") => {
-                    // Anew: other ports, and nothing kept from the attempt.
-                    self.client_port = free_port();
-                    self.federation_port = free_port();
-                    self.data = self.logs.join(format!("data.{}", self.starts));
-                    if let Some(url) = self.database_url.take() {
-                        common::drop_database(&url);
-                        self.database_url = common::fresh_database_url();
-                    }
-                }
-                Err(log) => panic!("the joiner exited:\n{log}"),
-            }
-        }
-        panic!("no free ports for the joiner:\n{}", self.log_text());
-    }
-
-    /// Starts the binary; `Err` with the logs if it exits instead of
-    /// answering.
-    async fn try_start(&mut self) -> Result<(), String> {
-        assert!(self.child.is_none(), "already running");
-        self.starts += 1;
-        let log = std::fs::File::create(self.log_path(self.starts)).unwrap();
-        let child = Command::new(WEFT)
-            .arg("serve")
-            .env("WEFT_DATA_DIR", &self.data)
-            .env("WEFT_DATABASE_URL", self.database_url.as_deref().unwrap_or(""))
-            .env("WEFT_SERVER_NAME", self.server_name())
-            .env("WEFT_CLIENT_LISTEN", format!("127.0.0.1:{}", self.client_port))
-            .env("WEFT_FEDERATION_LISTEN", self.server_name())
-            .env("WEFT_ALLOW_REGISTRATION", "true")
-            .env("WEFT_FEDERATION_VERIFY_TLS", "false")
-            .env("WEFT_LOG", "info,ruma_state_res=warn")
-            .env_remove("RUST_LOG")
-            .stderr(log)
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap();
-        self.child = Some(child);
-        self.http = reqwest::Client::new();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let up = self
-                .http
-                .get(format!("{}/_matrix/client/versions", self.base()))
-                .send()
-                .await
-                .is_ok_and(|r| r.status().is_success());
-            if up {
-                return Ok(());
-            }
-            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
-                self.child = None;
-                return Err(format!("({status})\n{}", self.log_text()));
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the joiner did not start:\n{}",
-                self.log_text()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    /// SIGKILL: no chance to finish anything.
-    fn kill_9(&mut self) {
-        let mut child = self.child.take().expect("running");
-        child.kill().unwrap();
-        let status = child.wait().unwrap();
-        assert!(!status.success(), "killed, not exited: {status}");
-    }
-
     fn client(&self, token: &str) -> Client {
         Client {
             http: self.http.clone(),

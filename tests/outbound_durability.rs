@@ -8,125 +8,19 @@ mod common;
 
 use std::{
     collections::{BTreeMap, HashSet},
-    path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
     time::{Duration, Instant},
 };
 
-use common::{enc, free_port, hostile::Hostile};
+use common::{enc, hostile::Hostile};
 use ruma::{OwnedEventId, OwnedRoomId, OwnedServerName};
 use serde_json::{Value, json};
 use weft::config::Config;
 
-const WEFT: &str = env!("CARGO_BIN_EXE_weft");
-
-/// The weft binary, on fixed ports (the same after each restart: its
-/// server name holds the federation port).
-struct Weft {
-    child: Option<Child>,
-    data: PathBuf,
-    /// `None`: SQLite, in `data`.
-    database_url: Option<String>,
-    log: PathBuf,
-    client_port: u16,
-    federation_port: u16,
-    starts: usize,
-    http: reqwest::Client,
-}
-
-impl Drop for Weft {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        if let Some(url) = &self.database_url {
-            common::drop_database(url);
-        }
-    }
-}
+type Weft = common::process::WeftProcess;
 
 impl Weft {
-    fn new(dir: &Path) -> Weft {
-        Weft {
-            child: None,
-            data: dir.join("data"),
-            database_url: common::fresh_database_url(),
-            log: dir.join("weft.log"),
-            client_port: free_port(),
-            federation_port: free_port(),
-            starts: 0,
-            http: reqwest::Client::new(),
-        }
-    }
-
-    fn server_name(&self) -> OwnedServerName {
-        format!("127.0.0.1:{}", self.federation_port).try_into().unwrap()
-    }
-
-    fn client(&self) -> String {
-        format!("http://127.0.0.1:{}", self.client_port)
-    }
-
-    fn log_text(&self) -> String {
-        let mut text = String::new();
-        for i in 1..=self.starts {
-            let path = self.log.with_extension(format!("{i}.log"));
-            text.push_str(&format!("----- start {i} -----\n"));
-            text.push_str(&std::fs::read_to_string(path).unwrap_or_default());
-        }
-        text
-    }
-
-    async fn start(&mut self) {
-        assert!(self.child.is_none());
-        self.starts += 1;
-        let log = self.log.with_extension(format!("{}.log", self.starts));
-        let child = Command::new(WEFT)
-            .arg("serve")
-            .env("WEFT_DATA_DIR", &self.data)
-            .env("WEFT_DATABASE_URL", self.database_url.as_deref().unwrap_or(""))
-            .env("WEFT_SERVER_NAME", self.server_name().as_str())
-            .env("WEFT_CLIENT_LISTEN", format!("127.0.0.1:{}", self.client_port))
-            .env("WEFT_FEDERATION_LISTEN", format!("127.0.0.1:{}", self.federation_port))
-            .env("WEFT_ALLOW_REGISTRATION", "true")
-            .env("WEFT_FEDERATION_VERIFY_TLS", "false")
-            .env("WEFT_LOG", "info,weft=debug,ruma_state_res=warn")
-            .env_remove("RUST_LOG")
-            .stderr(std::fs::File::create(&log).unwrap())
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap();
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let up = self
-                .http
-                .get(format!("{}/_matrix/client/versions", self.client()))
-                .send()
-                .await
-                .is_ok_and(|r| r.status().is_success());
-            if up {
-                return;
-            }
-            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
-                panic!("weft exited ({status}): {}", self.log_text());
-            }
-            assert!(Instant::now() < deadline, "weft did not start: {}", self.log_text());
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    /// kill -9: no chance to shut down cleanly.
-    fn kill_9(&mut self) {
-        let mut child = self.child.take().expect("running");
-        child.kill().unwrap();
-        let status = child.wait().unwrap();
-        assert!(!status.success(), "killed, not exited: {status}");
-    }
-
     async fn call(&self, method: reqwest::Method, path: &str, token: Option<&str>, body: &Value) -> (u16, Value) {
-        let mut req = self.http.request(method, format!("{}{path}", self.client())).json(body);
+        let mut req = self.http.request(method, format!("{}{path}", self.base())).json(body);
         if let Some(token) = token {
             req = req.bearer_auth(token);
         }
@@ -229,6 +123,7 @@ async fn queued_events_survive_kill_9_and_arrive_exactly_once() {
     let dir = tempfile::tempdir().unwrap();
     let hostile = Hostile::start().await;
     let mut weft = Weft::new(dir.path());
+    weft.log_filter = "info,weft=debug,ruma_state_res=warn".to_owned();
     weft.start().await;
 
     let (status, body) = weft
@@ -251,7 +146,8 @@ async fn queued_events_survive_kill_9_and_arrive_exactly_once() {
         .await;
     assert_eq!(status, 200, "{body}");
     let room: OwnedRoomId = body["room_id"].as_str().unwrap().try_into().unwrap();
-    hostile.join(&weft.server_name(), &room, "peer").await;
+    let server_name: OwnedServerName = weft.server_name().try_into().unwrap();
+    hostile.join(&server_name, &room, "peer").await;
 
     // While the peer is up, events reach it.
     let mut early = Vec::new();

@@ -4,6 +4,7 @@
 mod database;
 pub mod federation;
 pub mod hostile;
+pub mod process;
 pub mod synapse;
 
 pub use database::{drop_database, fresh_database_url};
