@@ -119,18 +119,16 @@ pub async fn sync(
         full_state: req.body.full_state,
     };
     let deadline = tokio::time::Instant::now() + req.body.timeout.unwrap_or_default().min(MAX_TIMEOUT);
-    // Woken by new events that concern this user: their rooms' and their
-    // own membership changes (see crate::wakeups), registered before the
-    // heads are read.
+    // Woken by new events that concern this user: their own membership
+    // changes (registered before the heads are read) and their rooms'
+    // (registered before it waits; see crate::wakeups).
     let mut waiter = svc.notifier.wakeups.register([Topic::User(owner.user_id.clone())]);
-    let head_rx = svc.notifier.subscribe();
     let mut ephemeral_rx = svc.ephemeral.subscribe();
     let mut account_data_rx = svc.account_data.subscribe();
     let mut e2e_rx = svc.e2e.subscribe();
     let mut presence_rx = svc.presence.subscribe();
     loop {
-        waiter.add(rooms_to_watch(&svc, &owner.user_id).await?);
-        let head = *head_rx.borrow();
+        let head = svc.notifier.head();
         let ephemeral_head = *ephemeral_rx.borrow_and_update();
         let account_data_head = *account_data_rx.borrow_and_update();
         let e2e_head = *e2e_rx.borrow_and_update();
@@ -184,6 +182,13 @@ pub async fn sync(
             e2e.apply(&mut response);
             return Ok(response);
         }
+        // Only a request that parks asks for its rooms. An event of one of
+        // them stored after `head` was read and before the waiter watched
+        // the room moved the head: answer it now instead of waiting.
+        waiter.add(rooms_to_watch(&svc, &owner.user_id).await?);
+        if svc.notifier.head() != head {
+            continue;
+        }
         let woken = tokio::time::timeout_at(deadline, async {
             tokio::select! {
                 _ = waiter.notified() => {}
@@ -198,7 +203,7 @@ pub async fn sync(
             // Timed out: answer with the (empty) response at the heads
             // (the e2e one as last looked at: a to-device message that
             // arrived since is not acknowledged unseen).
-            next.stream = (*head_rx.borrow()).max(since.unwrap_or_default());
+            next.stream = svc.notifier.head().max(since.unwrap_or_default());
             next.ephemeral = Some((*ephemeral_rx.borrow()).max(since_ephemeral.unwrap_or_default()));
             next.account_data = Some((*account_data_rx.borrow()).max(since_account_data.unwrap_or_default()));
             next.presence = Some((*presence_rx.borrow()).max(since_presence.unwrap_or_default()));
