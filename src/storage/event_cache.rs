@@ -35,7 +35,7 @@ impl EventCache {
 
     /// The cached events among `ids` (in order), the IDs to read, and the
     /// write count, to give back to [`Self::remember`].
-    pub(crate) fn cached(&self, ids: &[OwnedEventId]) -> (Vec<Option<StoredEvent>>, Vec<OwnedEventId>, u64) {
+    fn cached(&self, ids: &[OwnedEventId]) -> (Vec<Option<StoredEvent>>, Vec<OwnedEventId>, u64) {
         let mut cache = self.inner.lock().expect("event cache lock");
         let mut missing = Vec::new();
         let found = ids
@@ -56,7 +56,7 @@ impl EventCache {
     /// write (an outlier since made part of the timeline, an event since
     /// redacted): nothing is cached then, or the stale version would
     /// outlive the [`Self::forget`] meant to drop it.
-    pub(crate) fn remember(&self, events: &[StoredEvent], writes: u64) {
+    fn remember(&self, events: &[StoredEvent], writes: u64) {
         let mut cache = self.inner.lock().expect("event cache lock");
         if cache.writes != writes {
             return;

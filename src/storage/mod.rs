@@ -59,6 +59,19 @@ pub enum StorageError {
 
 pub type Result<T, E = StorageError> = std::result::Result<T, E>;
 
+/// A stored identifier, parsed (an invalid one is corruption).
+pub(crate) fn parse<T: TryFrom<String>>(value: String) -> Result<T> {
+    T::try_from(value.clone()).map_err(|_| StorageError::Corrupt(format!("stored identifier {value:?} is invalid")))
+}
+
+/// Now, in milliseconds since the epoch, for the `*_ts` columns.
+pub(crate) fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or_default()
+}
+
 /// For a room's `m.room.create` event, the room version it names (`1`
 /// when it names none): storing it creates the room.
 pub(crate) fn created_room_version(pdu: &Pdu) -> Option<String> {

@@ -52,7 +52,7 @@ const IDLE_CLOSE: Duration = Duration::from_secs(300);
 /// Events looked up by ID (see [`EventCache`]).
 const EVENT_CACHE_SIZE: usize = 1024;
 /// A write that keeps losing races is given up after this many attempts.
-const WRITE_ATTEMPTS: u32 = 8;
+pub(crate) const WRITE_ATTEMPTS: u32 = 8;
 /// Serialises schema migrations of processes that start together.
 const MIGRATION_LOCK: i64 = 0x7765_6674_0001; // "weft" 1
 
@@ -74,7 +74,7 @@ macro_rules! pg_write {
             }
             .await;
             match result {
-                Err($crate::storage::StorageError::Conflict(e)) if attempt < $crate::storage::postgres::write_attempts() => {
+                Err($crate::storage::StorageError::Conflict(e)) if attempt < $crate::storage::postgres::WRITE_ATTEMPTS => {
                     tracing::debug!(attempt, error = %e, "write conflict, running the transaction again");
                     tokio::time::sleep(std::time::Duration::from_millis(u64::from(attempt) * 5)).await;
                 }
@@ -84,10 +84,6 @@ macro_rules! pg_write {
     }};
 }
 pub(crate) use pg_write;
-
-pub(crate) fn write_attempts() -> u32 {
-    WRITE_ATTEMPTS
-}
 
 impl From<tokio_postgres::Error> for StorageError {
     fn from(e: tokio_postgres::Error) -> Self {
@@ -438,12 +434,7 @@ pub(crate) async fn stream_head(c: &impl GenericClient, stream: &str) -> Result<
     col(&row, 0)
 }
 
-pub(crate) use super::sqlite::now_ms;
-
-/// A stored identifier, parsed (an invalid one is corruption).
-pub(crate) fn parse<T: TryFrom<String>>(value: String) -> Result<T> {
-    T::try_from(value.clone()).map_err(|_| StorageError::Corrupt(format!("stored identifier {value:?} is invalid")))
-}
+pub(crate) use super::{now_ms, parse};
 
 /// A `u64` for a `BIGINT` column (saturating).
 pub(crate) fn big(v: u64) -> i64 {

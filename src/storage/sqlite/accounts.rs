@@ -6,9 +6,7 @@ use rusqlite::{Connection, OptionalExtension, Transaction, params};
 use super::now_ms;
 use crate::storage::{Device, Result, StorageError, TokenOwner, UserRecord};
 
-pub(super) fn parse<T: TryFrom<String>>(value: String) -> Result<T> {
-    T::try_from(value.clone()).map_err(|_| StorageError::Corrupt(format!("stored identifier {value:?} is invalid")))
-}
+pub(super) use crate::storage::parse;
 
 pub fn create_user(tx: &Transaction<'_>, user: &UserRecord) -> Result<()> {
     tx.execute(

@@ -211,12 +211,7 @@ pub(crate) fn query_one<T>(
     c.prepare_cached(sql)?.query_row(params, f)
 }
 
-pub(crate) fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or_default()
-}
+pub(crate) use super::now_ms;
 
 #[async_trait]
 impl Storage for SqliteStorage {
