@@ -3,9 +3,14 @@
 //! `s<event stream>_<ephemeral position>`; the position is a millisecond
 //! clock kept increasing, so it stays ahead of any token handed out
 //! before a restart without being stored.
+//!
+//! A receipt takes its position before it is stored ([`Ephemeral::reserve`]);
+//! the head readers see stays below every position still being stored, so a
+//! reader that reads up to the head never passes over a receipt that lands
+//! later with a lower position.
 
 use std::{
-    collections::HashMap,
+    collections::{BTreeSet, HashMap},
     sync::{Arc, Mutex},
     time::Duration,
 };
@@ -25,8 +30,36 @@ struct RoomTyping {
 }
 
 pub struct Ephemeral {
+    /// The position every reader may read up to: all positions at or below
+    /// it are complete.
     head: watch::Sender<i64>,
+    positions: Mutex<Positions>,
     typing: Mutex<HashMap<OwnedRoomId, RoomTyping>>,
+}
+
+/// Positions given out, and those whose write has not finished.
+struct Positions {
+    last: i64,
+    in_flight: BTreeSet<i64>,
+}
+
+/// A position taken for a write (a receipt being stored); the head moves
+/// past it when this is dropped, written or not.
+pub struct Reserved<'a> {
+    ephemeral: &'a Ephemeral,
+    position: i64,
+}
+
+impl Reserved<'_> {
+    pub fn position(&self) -> i64 {
+        self.position
+    }
+}
+
+impl Drop for Reserved<'_> {
+    fn drop(&mut self) {
+        self.ephemeral.finish(self.position);
+    }
 }
 
 fn now_ms() -> u64 {
@@ -36,20 +69,51 @@ fn now_ms() -> u64 {
 impl Ephemeral {
     /// `stored`: the newest position already stored (receipts).
     pub fn new(stored: i64) -> Arc<Self> {
+        let start = stored.max(now_ms() as i64);
         Arc::new(Ephemeral {
-            head: watch::Sender::new(stored.max(now_ms() as i64)),
+            head: watch::Sender::new(start),
+            positions: Mutex::new(Positions {
+                last: start,
+                in_flight: BTreeSet::new(),
+            }),
             typing: Mutex::default(),
         })
     }
 
-    /// A new position, above every one given before; `/sync` is woken.
+    /// A new position, above every one given before, for a write that
+    /// readers must not pass over until it is done (the guard dropped).
+    pub fn reserve(&self) -> Reserved<'_> {
+        let mut positions = self.positions.lock().expect("positions lock");
+        let position = (positions.last + 1).max(now_ms() as i64);
+        positions.last = position;
+        positions.in_flight.insert(position);
+        Reserved {
+            ephemeral: self,
+            position,
+        }
+    }
+
+    /// A new position, above every one given before, for a change already
+    /// made; `/sync` is woken.
     pub fn advance(&self) -> i64 {
-        let mut position = 0;
-        self.head.send_modify(|head| {
-            *head = (*head + 1).max(now_ms() as i64);
-            position = *head;
+        self.reserve().position
+    }
+
+    fn finish(&self, position: i64) {
+        let mut positions = self.positions.lock().expect("positions lock");
+        positions.in_flight.remove(&position);
+        let complete = match positions.in_flight.first() {
+            Some(lowest) => lowest - 1,
+            None => positions.last,
+        };
+        // Under the lock, so that heads are published in order.
+        self.head.send_if_modified(|head| {
+            let moved = complete > *head;
+            if moved {
+                *head = complete;
+            }
+            moved
         });
-        position
     }
 
     pub fn head(&self) -> i64 {
@@ -136,5 +200,22 @@ mod tests {
         assert!(users.is_empty(), "timed out");
         assert!(later > position);
         assert!(!eph.set_typing(room, user, None));
+    }
+
+    #[test]
+    fn the_head_stays_below_positions_still_being_written() {
+        let eph = Ephemeral::new(0);
+        let start = eph.head();
+        let first = eph.reserve();
+        let second = eph.reserve();
+        assert!(second.position() > first.position());
+        let second_position = second.position();
+        drop(second);
+        assert_eq!(eph.head(), start, "the first is still being written");
+        let typing = eph.advance();
+        assert!(typing > second_position);
+        assert_eq!(eph.head(), start);
+        drop(first);
+        assert_eq!(eph.head(), typing, "everything given out is complete");
     }
 }

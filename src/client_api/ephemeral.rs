@@ -113,15 +113,19 @@ async fn receipt(
 ) -> Result<(), MatrixError> {
     must_be_in_room(svc, room_id, event_id).await?;
     let ts: u64 = MilliSecondsSinceUnixEpoch::now().get().into();
+    // Readers do not pass this position until the receipt is stored.
+    let reserved = svc.ephemeral.reserve();
     let receipt = Receipt {
         room_id: room_id.to_owned(),
         user_id: user.to_owned(),
         receipt_type: receipt_type.to_owned(),
         event_id: event_id.clone(),
         ts,
-        position: svc.ephemeral.advance(),
+        position: reserved.position(),
     };
-    if !svc.storage.put_receipt(&receipt).await? {
+    let stored = svc.storage.put_receipt(&receipt).await;
+    drop(reserved);
+    if !stored? {
         // An older event than the one already read: nothing moves.
         return Ok(());
     }

@@ -173,15 +173,18 @@ async fn receive_edu(svc: &Services, origin: &ruma::ServerName, edu: &serde_json
                         continue;
                     };
                     let ts = receipt["data"]["ts"].as_u64().unwrap_or_default();
+                    let reserved = svc.ephemeral.reserve();
                     let receipt = crate::storage::Receipt {
                         room_id: room_id.clone(),
                         user_id: user,
                         receipt_type: "m.read".to_owned(),
                         event_id,
                         ts,
-                        position: svc.ephemeral.advance(),
+                        position: reserved.position(),
                     };
-                    svc.storage.put_receipt(&receipt).await?;
+                    let stored = svc.storage.put_receipt(&receipt).await;
+                    drop(reserved);
+                    stored?;
                 }
             }
         }
