@@ -5,6 +5,12 @@
 //! (`PG_CLUSTER_DURABLE=1`: fsync on, `synchronous_commit = off`), with a
 //! new database for each server process; and its CPU time, read from /proc,
 //! so that a server's CPU on PostgreSQL counts the database's work too.
+//!
+//! `WEFT_BENCH_PG_STATEMENTS=N`: the server loads `pg_stat_statements`, and
+//! when the run ends the N statements that took the most time (all
+//! databases) are printed to stderr, with their calls and mean time: where
+//! PostgreSQL's share of the CPU goes (`WEFT_BENCH_PG_BY_CALLS=1`: the N
+//! called most often).
 
 use std::{
     collections::HashMap,
@@ -154,10 +160,19 @@ impl PgCluster {
             .tempdir_in("/tmp")
             .expect("temp dir")
             .keep();
+        let statements = statements_to_show() > 0;
         let out = Command::new(PG_CLUSTER)
             .arg("start")
             .arg(&dir)
             .env("PG_CLUSTER_DURABLE", "1")
+            .env(
+                "PG_CLUSTER_CONF",
+                if statements {
+                    "shared_preload_libraries = 'pg_stat_statements'\npg_stat_statements.track = all".to_owned()
+                } else {
+                    String::new()
+                } + &std::env::var("PG_CLUSTER_CONF").unwrap_or_default(),
+            )
             .stderr(Stdio::inherit())
             .output()
             .expect("run tools/pg-cluster");
@@ -180,11 +195,46 @@ impl PgCluster {
             .and_then(|l| l.trim().parse().ok())
             .expect("postmaster PID");
         eprintln!("PostgreSQL for this run (fsync on, synchronous_commit off): {admin}");
-        PgCluster {
+        let cluster = PgCluster {
             dir,
             admin,
             psql,
             postmaster,
+        };
+        if statements {
+            cluster.psql("CREATE EXTENSION pg_stat_statements");
+        }
+        cluster
+    }
+
+    /// The statements that took the most time, to stderr.
+    fn print_statements(&self, n: usize) {
+        let order = if std::env::var_os("WEFT_BENCH_PG_BY_CALLS").is_some() {
+            "calls"
+        } else {
+            "total_exec_time"
+        };
+        let top = self.psql(&format!(
+            "SELECT calls, round(total_exec_time)::bigint, round((mean_exec_time * 1000)::numeric, 1),
+                    round((min_exec_time * 1000)::numeric, 1), round((max_exec_time * 1000)::numeric, 1),
+                    rows, dbid, toplevel, regexp_replace(query, '\\s+', ' ', 'g')
+             FROM pg_stat_statements ORDER BY {order} DESC LIMIT {n}"
+        ));
+        let per_database = self.psql(
+            "SELECT d.datname, sum(s.calls), round(sum(s.total_exec_time))::bigint
+             FROM pg_stat_statements s JOIN pg_database d ON d.oid = s.dbid
+             WHERE s.toplevel GROUP BY d.datname ORDER BY 2 DESC",
+        );
+        eprintln!("PostgreSQL statements per database (database | calls | total ms):");
+        for line in per_database.lines() {
+            eprintln!("  {line}");
+        }
+        eprintln!(
+            "PostgreSQL statements by total time (calls | total ms | mean, min, max µs | rows | database | top level | statement):"
+        );
+        for line in top.lines() {
+            let line: String = line.chars().take(220).collect();
+            eprintln!("  {line}");
         }
     }
 
@@ -271,8 +321,20 @@ impl PgCluster {
     }
 }
 
+/// `WEFT_BENCH_PG_STATEMENTS` (0: none).
+fn statements_to_show() -> usize {
+    std::env::var("WEFT_BENCH_PG_STATEMENTS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
 impl Drop for PgCluster {
     fn drop(&mut self) {
+        let n = statements_to_show();
+        if n > 0 {
+            self.print_statements(n);
+        }
         let _ = Command::new(PG_CLUSTER)
             .arg("stop")
             .arg(&self.dir)

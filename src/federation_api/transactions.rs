@@ -61,11 +61,11 @@ pub async fn send(
             tracing::info!(origin = %req.origin, "dropping a PDU without a room");
             continue;
         };
-        let Some(room) = svc.storage.room(&room_id).await? else {
+        let Some(version) = svc.storage.room_version(&room_id).await? else {
             tracing::info!(origin = %req.origin, %room_id, "dropping a PDU for a room this server is not in");
             continue;
         };
-        let Some(event_id) = event_id_of(&room.version, raw) else {
+        let Some(event_id) = event_id_of(&version, raw) else {
             tracing::info!(origin = %req.origin, %room_id, "dropping a PDU whose event ID cannot be computed");
             continue;
         };

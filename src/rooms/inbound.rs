@@ -9,7 +9,7 @@
 use std::{collections::HashSet, sync::Arc};
 
 use ruma::{
-    EventId, OwnedEventId, RoomId, ServerName, UInt,
+    EventId, OwnedEventId, RoomId, RoomVersionId, ServerName, UInt,
     api::federation::{
         authorization::get_event_authorization,
         event::{get_event, get_missing_events, get_room_state_ids},
@@ -75,8 +75,8 @@ pub async fn receive_pdu(
     room_id: &RoomId,
     raw: &RawValue,
 ) -> Result<Outcome, RoomError> {
-    let room = svc.storage.room(room_id).await?.ok_or(RoomError::UnknownRoom)?;
-    let pdu = event_checks::check_signed(svc, &room.version, raw).await?;
+    let version = svc.storage.room_version(room_id).await?.ok_or(RoomError::UnknownRoom)?;
+    let pdu = event_checks::check_signed(svc, &version, raw).await?;
     if pdu.room_id != room_id {
         return Err(RoomError::Invalid("the event is for another room".to_owned()));
     }
@@ -84,7 +84,8 @@ pub async fn receive_pdu(
     Receiver {
         svc,
         origin,
-        room: &room,
+        room_id,
+        version: &version,
         mode: Mode::Live,
     }
     .receive(pdu, true)
@@ -106,7 +107,8 @@ pub(super) async fn receive_backfilled_one(
     Receiver {
         svc,
         origin,
-        room,
+        room_id: &room.room_id,
+        version: &room.version,
         mode: Mode::Backfill,
     }
     .receive(pdu, false)
@@ -123,16 +125,16 @@ enum Mode {
 struct Receiver<'a> {
     svc: &'a Services,
     origin: &'a ServerName,
-    room: &'a RoomInfo,
+    room_id: &'a RoomId,
+    version: &'a RoomVersionId,
     mode: Mode,
 }
 
 impl Receiver<'_> {
     fn rules(&self) -> Result<RoomVersionRules, RoomError> {
-        self.room
-            .version
+        self.version
             .rules()
-            .ok_or_else(|| RoomError::UnsupportedVersion(self.room.version.to_string()))
+            .ok_or_else(|| RoomError::UnsupportedVersion(self.version.to_string()))
     }
 
     async fn in_timeline(&self, id: &ruma::EventId) -> Result<bool, RoomError> {
@@ -141,7 +143,7 @@ impl Receiver<'_> {
             .storage
             .event(id)
             .await?
-            .is_some_and(|e| !e.meta.outlier && e.pdu.room_id == self.room.room_id))
+            .is_some_and(|e| !e.meta.outlier && e.pdu.room_id == self.room_id))
     }
 
     /// `fill_gaps`: whether missing parents may be fetched (not when
@@ -188,10 +190,14 @@ impl Receiver<'_> {
             self.state_from_origin(&pdu).await?
         };
 
+        // The states after the other forward extremities: read once, for
+        // the soft-fail check and the new current state.
+        let mut others = Vec::new();
         let status = match event_checks::check_auth(self.svc, &rules, &pdu, &before.1).await {
             Ok(()) if self.mode == Mode::Backfill => TimelineStatus::Accepted,
             Ok(()) => {
-                let current = self.current_with(&pdu, &before.1, &rules).await?;
+                others = self.other_extremity_states(&pdu).await?;
+                let current = self.current_with(&before.1, &others, &rules).await?;
                 match event_checks::check_against(self.svc, &rules, &pdu, &current).await {
                     Ok(()) => TimelineStatus::Accepted,
                     Err(CheckError::Rejected(reason)) => {
@@ -208,7 +214,9 @@ impl Receiver<'_> {
             Err(e) => return Err(e.into()),
         };
         let current = match status {
-            TimelineStatus::Accepted if self.mode == Mode::Live => self.new_current(&pdu, &before.1, &rules).await?,
+            TimelineStatus::Accepted if self.mode == Mode::Live => {
+                self.new_current(&pdu, &before.1, others, &rules).await?
+            }
             _ => NewCurrent::Unchanged,
         };
         let outcome = match &status {
@@ -245,7 +253,7 @@ impl Receiver<'_> {
         if !missing {
             return Ok(());
         }
-        let request = get_event_authorization::v1::Request::new(self.room.room_id.clone(), pdu.event_id.clone());
+        let request = get_event_authorization::v1::Request::new(self.room_id.to_owned(), pdu.event_id.clone());
         let chain = match self.svc.federation.send(self.origin, request).await {
             Ok(response) => response.auth_chain,
             Err(e) => {
@@ -255,8 +263,8 @@ impl Receiver<'_> {
         };
         let mut events = Vec::new();
         for raw in &chain {
-            match event_checks::check_signed(self.svc, &self.room.version, raw).await {
-                Ok(event) if event.room_id == self.room.room_id => events.push(event),
+            match event_checks::check_signed(self.svc, self.version, raw).await {
+                Ok(event) if event.room_id == self.room_id => events.push(event),
                 Ok(_) => {}
                 Err(e) => tracing::info!(error = %e, "dropping an auth event"),
             }
@@ -274,13 +282,13 @@ impl Receiver<'_> {
         let earliest: Vec<OwnedEventId> = self
             .svc
             .storage
-            .forward_extremities(&self.room.room_id)
+            .forward_extremities(self.room_id)
             .await?
             .into_iter()
             .map(|(id, _)| id)
             .collect();
         let mut request =
-            get_missing_events::v1::Request::new(self.room.room_id.clone(), earliest, vec![pdu.event_id.clone()]);
+            get_missing_events::v1::Request::new(self.room_id.to_owned(), earliest, vec![pdu.event_id.clone()]);
         request.limit = UInt::from(MISSING_EVENTS_LIMIT);
         let events = match self.svc.federation.send(self.origin, request).await {
             Ok(response) => response.events,
@@ -291,10 +299,10 @@ impl Receiver<'_> {
         };
         let mut checked = Vec::new();
         for raw in &events {
-            match event_checks::check_signed(self.svc, &self.room.version, raw).await {
+            match event_checks::check_signed(self.svc, self.version, raw).await {
                 // (Some servers answer with the event asked about too.)
                 Ok(event) if event.event_id == pdu.event_id => {}
-                Ok(event) if event.room_id == self.room.room_id => checked.push(event),
+                Ok(event) if event.room_id == self.room_id => checked.push(event),
                 Ok(_) => {}
                 Err(e) => tracing::info!(error = %e, "dropping a missing event"),
             }
@@ -337,7 +345,7 @@ impl Receiver<'_> {
         let group = self
             .svc
             .storage
-            .store_state_group(&self.room.room_id, snapshot(&resolved))
+            .store_state_group(self.room_id, snapshot(&resolved))
             .await?;
         let resolved = Arc::new(resolved);
         self.svc.state.remember(group, resolved.clone());
@@ -369,7 +377,7 @@ impl Receiver<'_> {
         let group = self
             .svc
             .storage
-            .store_state_group(&self.room.room_id, snapshot(&state))
+            .store_state_group(self.room_id, snapshot(&state))
             .await?;
         let state = Arc::new(state);
         self.svc.state.remember(group, state.clone());
@@ -392,7 +400,7 @@ impl Receiver<'_> {
                 Some(event) => (event.pdu.as_ref().clone(), event.meta.rejected.is_some()),
                 None => {
                     let parent = self.fetch_event(prev).await?;
-                    if parent.room_id != self.room.room_id {
+                    if parent.room_id != self.room_id {
                         return Err(RoomError::Invalid(format!("{prev} is an event of another room")));
                     }
                     self.keep_outliers(vec![parent.clone()]).await?;
@@ -428,7 +436,7 @@ impl Receiver<'_> {
             .send(self.origin, get_event::v1::Request::new(id.to_owned()))
             .await
             .map_err(|e| RoomError::Invalid(format!("cannot fetch {id}: {e}")))?;
-        let event = event_checks::check_signed(self.svc, &self.room.version, &response.pdu).await?;
+        let event = event_checks::check_signed(self.svc, self.version, &response.pdu).await?;
         if event.event_id != *id {
             return Err(RoomError::Invalid(format!("asked for {id}, got {}", event.event_id)));
         }
@@ -438,7 +446,7 @@ impl Receiver<'_> {
     /// The state before `event_id` as the sender says (`/state_ids`); the
     /// events not held are fetched with `/event` and kept as outliers.
     async fn state_before_from_origin(&self, event_id: &EventId) -> Result<StateMap, RoomError> {
-        let request = get_room_state_ids::v1::Request::new(event_id.to_owned(), self.room.room_id.clone());
+        let request = get_room_state_ids::v1::Request::new(event_id.to_owned(), self.room_id.to_owned());
         let ids = self
             .svc
             .federation
@@ -456,7 +464,7 @@ impl Receiver<'_> {
         let wanted: Vec<OwnedEventId> = ids.pdu_ids.iter().chain(&ids.auth_chain_ids).cloned().collect();
         let mut held = HashSet::new();
         for event in self.svc.storage.events(&wanted).await? {
-            if event.pdu.room_id != self.room.room_id && in_state.contains(&event.pdu.event_id) {
+            if event.pdu.room_id != self.room_id && in_state.contains(&event.pdu.event_id) {
                 return Err(foreign(&event.pdu.event_id));
             }
             held.insert(event.pdu.event_id.clone());
@@ -464,7 +472,7 @@ impl Receiver<'_> {
         let mut fetched = Vec::new();
         for id in wanted.iter().filter(|id| !held.contains(*id)) {
             let event = self.fetch_event(id).await?;
-            if event.room_id != self.room.room_id {
+            if event.room_id != self.room_id {
                 if in_state.contains(id) {
                     return Err(foreign(id));
                 }
@@ -495,7 +503,7 @@ impl Receiver<'_> {
     /// name as parents (none when it names them all: the usual case).
     async fn other_extremity_states(&self, pdu: &Pdu) -> Result<Vec<Arc<StateMap>>, RoomError> {
         let mut states = Vec::new();
-        for (id, _) in self.svc.storage.forward_extremities(&self.room.room_id).await? {
+        for (id, _) in self.svc.storage.forward_extremities(self.room_id).await? {
             if pdu.prev_events.contains(&id) {
                 continue;
             }
@@ -514,36 +522,37 @@ impl Receiver<'_> {
 
     /// The state a live event is soft-fail checked against: the room's
     /// current state as it would be with the event's view of the room
-    /// merged in, i.e. the resolution of the state before `pdu` with the
-    /// states after the forward extremities it does not build on (as
+    /// merged in, i.e. the resolution of the state before the event with
+    /// `others`, the states after the forward extremities it does not build
+    /// on (as
     /// Synapse does). Checking against the bare current state would
     /// soft-fail everyone who joined across a gap (an outage, a leave):
     /// their joins are in `before` but not yet in the current state.
     async fn current_with(
         &self,
-        pdu: &Pdu,
         before: &Arc<StateMap>,
+        others: &[Arc<StateMap>],
         rules: &RoomVersionRules,
     ) -> Result<Arc<StateMap>, RoomError> {
-        let others = self.other_extremity_states(pdu).await?;
         if others.is_empty() {
             return Ok(before.clone());
         }
         let mut states = vec![before.clone()];
-        states.extend(others);
+        states.extend(others.iter().cloned());
         Ok(Arc::new(resolve::resolve(self.svc, rules, &states).await?))
     }
 
     /// The room's state once `pdu` (accepted, with state `before` before
     /// it) is a forward extremity: the state after it when it is the only
-    /// one, else the resolution of the states after each.
+    /// one, else the resolution of the states after each (`others`: those
+    /// after the extremities it does not build on).
     async fn new_current(
         &self,
         pdu: &Pdu,
         before: &StateMap,
+        others: Vec<Arc<StateMap>>,
         rules: &RoomVersionRules,
     ) -> Result<NewCurrent, RoomError> {
-        let others = self.other_extremity_states(pdu).await?;
         if others.is_empty() {
             return Ok(NewCurrent::AfterEvent);
         }
@@ -559,7 +568,7 @@ impl Receiver<'_> {
         let previous = self
             .svc
             .state
-            .current(&self.room.room_id)
+            .current(self.room_id)
             .await?
             .ok_or(RoomError::UnknownRoom)?;
         // The event is not stored yet: the resolution is given it.

@@ -11,7 +11,7 @@ use std::{num::NonZeroUsize, sync::Mutex};
 use lru::LruCache;
 use ruma::{EventId, OwnedEventId};
 
-use super::StoredEvent;
+use super::{EventMeta, NewTimelineEvent, Persisted, StoredEvent, TimelineStatus};
 
 pub(crate) struct EventCache {
     inner: Mutex<Inner>,
@@ -64,6 +64,46 @@ impl EventCache {
         for event in events {
             cache.events.put(event.pdu.event_id.clone(), event.clone());
         }
+    }
+
+    /// The write count, to give to [`Self::written`] before a write.
+    pub(crate) fn writes(&self) -> u64 {
+        self.inner.lock().expect("event cache lock").writes
+    }
+
+    /// An event just written into the timeline (`new`, as `persisted`),
+    /// with `writes` the count read before the write began: dropped as by
+    /// [`Self::forget`], and cached as written (the next event's parent is
+    /// read at once) unless another write came in between, which may have
+    /// changed it since, or the event is rejected or about to be redacted.
+    pub(crate) fn written(&self, new: &NewTimelineEvent, persisted: &Persisted, writes: u64) {
+        let mut cache = self.inner.lock().expect("event cache lock");
+        let unchanged = cache.writes == writes;
+        cache.writes += 1;
+        cache.events.pop(&new.pdu.event_id);
+        let (rejected, soft_failed) = match &new.status {
+            TimelineStatus::Accepted => (None, false),
+            TimelineStatus::SoftFailed => (None, true),
+            TimelineStatus::Rejected(_) => return,
+        };
+        if !unchanged || !persisted.earlier_redactions.is_empty() {
+            return;
+        }
+        let event = StoredEvent {
+            pdu: new.pdu.clone(),
+            meta: EventMeta {
+                stream_ordering: persisted.stream_ordering,
+                outlier: false,
+                rejected,
+                soft_failed,
+                redacted_by: None,
+                state_group_before: Some(persisted.state_group_before),
+                state_group_after: Some(persisted.state_group_after),
+                replaces_state: new.replaces_state.clone(),
+                txn: new.txn.as_ref().map(|t| (t.device_id.clone(), t.txn_id.clone())),
+            },
+        };
+        cache.events.put(new.pdu.event_id.clone(), event);
     }
 
     /// Drops an event just written.

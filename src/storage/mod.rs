@@ -420,6 +420,11 @@ pub trait Storage:
 
     // ----- rooms and events -----
     async fn room(&self, room_id: &RoomId) -> Result<Option<RoomInfo>>;
+    /// A held room's version: what [`Storage::room`] says, but it never
+    /// changes, so a backend may keep it (every process may).
+    async fn room_version(&self, room_id: &RoomId) -> Result<Option<RoomVersionId>> {
+        Ok(self.room(room_id).await?.map(|r| r.version))
+    }
     /// Records a room joined over federation (its create event arrives as
     /// an outlier). Nothing happens if the room is known.
     async fn add_room(&self, room_id: &RoomId, version: &RoomVersionId) -> Result<()>;

@@ -25,7 +25,8 @@ use crate::{
 const EVENT_SELECT: &str = "SELECT e.event_id, e.room_id, e.json, e.stream_ordering, e.outlier,
         e.rejected, e.soft_failed, e.redacted_by, e.state_group_before, e.state_group_after,
         e.replaces_state, t.device_id, t.txn_id
-    FROM events e LEFT JOIN txn_ids t ON t.event_id = e.event_id";
+    FROM events e LEFT JOIN LATERAL (
+        SELECT device_id, txn_id FROM txn_ids WHERE txn_ids.event_id = e.event_id LIMIT 1 OFFSET 0) t ON TRUE";
 
 /// Timeline events: in the DAG with known state, neither rejected nor
 /// soft-failed.
@@ -61,15 +62,6 @@ fn event_from_row(row: &Row) -> Result<StoredEvent> {
 
 fn events_from_rows(rows: Vec<Row>) -> Result<Vec<StoredEvent>> {
     rows.iter().map(event_from_row).collect()
-}
-
-pub async fn event(c: &impl GenericClient, event_id: &EventId) -> Result<Option<StoredEvent>> {
-    let sql = format!("{EVENT_SELECT} WHERE e.event_id = $1");
-    query_opt(c, &sql, &[&event_id.as_str()])
-        .await?
-        .as_ref()
-        .map(event_from_row)
-        .transpose()
 }
 
 /// The held events among `ids`, in no particular order (one statement).
@@ -138,8 +130,8 @@ async fn id_depth_pairs(c: &impl GenericClient, sql: &str, room_id: &RoomId) -> 
 pub async fn forward_extremities(c: &impl GenericClient, room_id: &RoomId) -> Result<Vec<(OwnedEventId, i64)>> {
     id_depth_pairs(
         c,
-        "SELECT f.event_id, e.depth FROM forward_extremities f
-         JOIN events e ON e.event_id = f.event_id
+        "SELECT f.event_id, e.depth FROM forward_extremities f,
+             LATERAL (SELECT depth, stream_ordering FROM events WHERE event_id = f.event_id OFFSET 0) e
          WHERE f.room_id = $1 ORDER BY e.depth DESC, e.stream_ordering DESC",
         room_id,
     )
@@ -159,8 +151,8 @@ pub async fn backward_extremities(c: &impl GenericClient, room_id: &RoomId) -> R
 pub async fn children(c: &impl GenericClient, event_id: &EventId) -> Result<Vec<OwnedEventId>> {
     query(
         c,
-        "SELECT g.event_id FROM event_edges g JOIN events e ON e.event_id = g.event_id
-         WHERE g.prev_event_id = $1 AND NOT e.outlier",
+        "SELECT g.event_id FROM event_edges g
+         WHERE g.prev_event_id = $1 AND (SELECT NOT e.outlier FROM events e WHERE e.event_id = g.event_id)",
         &[&event_id.as_str()],
     )
     .await?
@@ -188,7 +180,8 @@ struct EventRow<'a> {
 /// Writes an event's row at a position below everything live (from
 /// `backfill_stream`: backfilled history's own, or a live event's
 /// placeholder until [`take_position`]); the position, or `None` if the
-/// event is held already.
+/// event is held already. An outlier that takes its place in the timeline
+/// has its row replaced, as if deleted and written anew.
 async fn insert_event_row(tx: &impl GenericClient, row: EventRow<'_>) -> Result<Option<i64>> {
     let pdu = row.pdu;
     query_opt(
@@ -197,7 +190,15 @@ async fn insert_event_row(tx: &impl GenericClient, row: EventRow<'_>) -> Result<
              origin_server_ts, received_ts, json, outlier, rejected, soft_failed,
              state_group_before, state_group_after, replaces_state)
          VALUES (nextval('backfill_stream'), $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)
-         ON CONFLICT (event_id) DO NOTHING
+         ON CONFLICT (event_id) DO UPDATE SET
+             stream_ordering = excluded.stream_ordering, room_id = excluded.room_id, type = excluded.type,
+             state_key = excluded.state_key, sender = excluded.sender, depth = excluded.depth,
+             origin_server_ts = excluded.origin_server_ts, received_ts = excluded.received_ts,
+             json = excluded.json, outlier = excluded.outlier, rejected = excluded.rejected,
+             soft_failed = excluded.soft_failed, redacted_by = NULL,
+             state_group_before = excluded.state_group_before, state_group_after = excluded.state_group_after,
+             replaces_state = excluded.replaces_state
+         WHERE events.outlier AND NOT excluded.outlier
          RETURNING stream_ordering",
         &[
             &pdu.event_id.as_str(),
@@ -249,13 +250,6 @@ pub async fn persist_timeline_event(tx: &impl GenericClient, new: &NewTimelineEv
         TimelineStatus::SoftFailed => (None, true),
         TimelineStatus::Rejected(reason) => (Some(reason.as_str()), false),
     };
-    // An outlier that now takes its place in the timeline gives its row up.
-    exec(
-        tx,
-        "DELETE FROM events WHERE event_id = $1 AND outlier",
-        &[&pdu.event_id.as_str()],
-    )
-    .await?;
     // Backfilled history has its (negative) position now; a live event
     // holds a placeholder until its position is taken, last.
     let Some(placeholder) = insert_event_row(
@@ -275,7 +269,7 @@ pub async fn persist_timeline_event(tx: &impl GenericClient, new: &NewTimelineEv
         // In the timeline already (as SQLite's unique event ID says).
         return Err(StorageError::AlreadyExists);
     };
-    insert_edges(tx, pdu, new.status == TimelineStatus::Accepted && !new.backfilled).await?;
+    let earlier_redactions = insert_edges(tx, pdu, new.status == TimelineStatus::Accepted && !new.backfilled).await?;
 
     let mut current_state_group = None;
     if let Some(update) = &new.current_state {
@@ -283,12 +277,16 @@ pub async fn persist_timeline_event(tx: &impl GenericClient, new: &NewTimelineEv
             NewCurrentState::AfterEvent => after,
             NewCurrentState::Write(write) => state::write_state(tx, &pdu.room_id, write).await?,
         };
-        exec(
-            tx,
-            "UPDATE rooms SET current_state_group = $2 WHERE room_id = $1",
-            &[&room_id, &current],
-        )
-        .await?;
+        // A live event moves the room's current state group as it takes
+        // its position (one statement less).
+        if new.backfilled {
+            exec(
+                tx,
+                "UPDATE rooms SET current_state_group = $2 WHERE room_id = $1",
+                &[&room_id, &current],
+            )
+            .await?;
+        }
         state::apply_current_state_changes(tx, &pdu.room_id, &update.changes).await?;
         current_state_group = Some(current);
     }
@@ -325,20 +323,11 @@ pub async fn persist_timeline_event(tx: &impl GenericClient, new: &NewTimelineEv
         )
         .await?;
     }
-    let earlier_redactions = query(
-        tx,
-        "SELECT event_id FROM redactions WHERE redacts = $1 AND event_id != $1",
-        &[&pdu.event_id.as_str()],
-    )
-    .await?
-    .iter()
-    .map(|r| parse(col::<String>(r, 0)?))
-    .collect::<Result<Vec<OwnedEventId>>>()?;
-
     let stream = if new.backfilled {
         placeholder
     } else {
-        take_position(tx, placeholder).await?
+        let room = current_state_group.map(|group| (room_id, group));
+        take_position(tx, placeholder, room).await?
     };
     Ok(Persisted {
         stream_ordering: stream,
@@ -350,14 +339,14 @@ pub async fn persist_timeline_event(tx: &impl GenericClient, new: &NewTimelineEv
 }
 
 /// Records the event's edges and moves the room's extremities (as
-/// `sqlite/events.rs` `insert_edges`). Runs before the event's own row is
-/// written: "held" questions are about other events.
-async fn insert_edges(tx: &impl GenericClient, pdu: &Pdu, forward: bool) -> Result<()> {
+/// `sqlite/events.rs` `insert_edges`): "held" questions are about other
+/// events. Returns the redactions of the event that arrived before it.
+async fn insert_edges(tx: &impl GenericClient, pdu: &Pdu, forward: bool) -> Result<Vec<OwnedEventId>> {
     let prevs: Vec<&str> = pdu.prev_events.iter().map(|p| p.as_str()).collect();
     let auth: Vec<&str> = pdu.auth_events.iter().map(|a| a.as_str()).collect();
     // One statement (one round trip): its parts touch different rows, and
     // each reads what was there before it, as the steps in turn would.
-    exec(
+    query(
         tx,
         "WITH edges AS (
              INSERT INTO event_edges (event_id, prev_event_id, room_id)
@@ -367,19 +356,21 @@ async fn insert_edges(tx: &impl GenericClient, pdu: &Pdu, forward: bool) -> Resu
          ), parents_missing AS (
              INSERT INTO backward_extremities (room_id, event_id, depth)
              SELECT $1, p, $4 FROM unnest($3::text[]) AS p
-             WHERE NOT EXISTS (SELECT 1 FROM events e WHERE e.event_id = p AND NOT e.outlier)
+             WHERE (SELECT NOT e.outlier FROM events e WHERE e.event_id = p) IS NOT TRUE
              ON CONFLICT DO NOTHING
          ), auth AS (
              INSERT INTO event_auth (event_id, auth_event_id)
              SELECT $2, a FROM unnest($5::text[]) AS a ON CONFLICT DO NOTHING
          ), held_now AS (
              DELETE FROM backward_extremities WHERE room_id = $1 AND event_id = $2
+         ), forward AS (
+             INSERT INTO forward_extremities (room_id, event_id)
+             SELECT $1, $2 WHERE $6 AND NOT EXISTS (
+                 SELECT 1 FROM event_edges g WHERE g.prev_event_id = $2
+                     AND (SELECT e.rejected IS NULL AND NOT e.soft_failed FROM events e WHERE e.event_id = g.event_id))
+             ON CONFLICT DO NOTHING
          )
-         INSERT INTO forward_extremities (room_id, event_id)
-         SELECT $1, $2 WHERE $6 AND NOT EXISTS (
-             SELECT 1 FROM event_edges g JOIN events e ON e.event_id = g.event_id
-             WHERE g.prev_event_id = $2 AND e.rejected IS NULL AND NOT e.soft_failed)
-         ON CONFLICT DO NOTHING",
+         SELECT event_id FROM redactions WHERE redacts = $2 AND event_id != $2",
         &[
             &pdu.room_id.as_str(),
             &pdu.event_id.as_str(),
@@ -389,8 +380,10 @@ async fn insert_edges(tx: &impl GenericClient, pdu: &Pdu, forward: bool) -> Resu
             &forward,
         ],
     )
-    .await?;
-    Ok(())
+    .await?
+    .iter()
+    .map(|r| parse(col::<String>(r, 0)?))
+    .collect()
 }
 
 async fn insert_auth_edges(tx: &impl GenericClient, event_id: &str, auth: &[&str]) -> Result<()> {
@@ -435,7 +428,7 @@ pub async fn persist_outlier(tx: &impl GenericClient, pdu: &Pdu, rejected: Optio
     };
     let auth: Vec<&str> = pdu.auth_events.iter().map(|a| a.as_str()).collect();
     insert_auth_edges(tx, pdu.event_id.as_str(), &auth).await?;
-    take_position(tx, placeholder).await?;
+    take_position(tx, placeholder, None).await?;
     Ok(())
 }
 
@@ -443,19 +436,23 @@ pub async fn persist_outlier(tx: &impl GenericClient, pdu: &Pdu, rejected: Optio
 /// events stream (the counter row of `stream_positions`, as
 /// [`super::next_position`] takes it, and the event's row in one
 /// statement). Last in its transaction: the counter row stays locked until
-/// the commit, so positions become visible in order.
-async fn take_position(tx: &impl GenericClient, placeholder: i64) -> Result<i64> {
+/// the commit, so positions become visible in order. `room`: the room's new
+/// current state group, set in the same statement.
+async fn take_position(tx: &impl GenericClient, placeholder: i64, room: Option<(&str, i64)>) -> Result<i64> {
+    let (room_id, group) = room.unzip();
     col(
         &query_one(
             tx,
             "WITH next AS (
                  UPDATE stream_positions SET position = position + 1 WHERE stream = 'events'
                  RETURNING position
+             ), room AS (
+                 UPDATE rooms SET current_state_group = $3 WHERE room_id = $2
              )
              UPDATE events SET stream_ordering = (SELECT position FROM next)
              WHERE stream_ordering = $1
              RETURNING stream_ordering",
-            &[&placeholder],
+            &[&placeholder, &room_id, &group],
         )
         .await?,
         0,

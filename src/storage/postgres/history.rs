@@ -1,45 +1,98 @@
 //! Walks of the room DAG for other servers: auth chains, `/backfill` and
 //! `/get_missing_events` (as `sqlite/history.rs`). Each walk runs in one
 //! read-only snapshot and reads only the events it returns and their
-//! edges: its cost follows `limit`, not the size of the room.
+//! edges: its cost follows `limit`, not the size of the room. A walk is two
+//! statements, whatever its length: the ancestry it may cover (a recursive
+//! query), then the events it chose; the order is decided here, between
+//! them, as SQLite's walk decides it.
 
-use std::collections::{BinaryHeap, HashSet, VecDeque};
+use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
 
 use ruma::{EventId, OwnedEventId, RoomId};
 
-use super::{GenericClient, col, events, parse, query, query_opt};
+use super::{GenericClient, col, events, parse, query};
 use crate::storage::{Result, StoredEvent};
 
-/// Depth of a held, not rejected event of the room.
-async fn depth_in_room(c: &impl GenericClient, event_id: &EventId, room_id: &RoomId) -> Result<Option<i64>> {
-    query_opt(
-        c,
-        "SELECT depth FROM events WHERE event_id = $1 AND room_id = $2 AND rejected IS NULL",
-        &[&event_id.as_str(), &room_id.as_str()],
-    )
-    .await?
-    .map(|r| col(&r, 0))
-    .transpose()
+/// What a walk of the DAG back from some events needs to know, read in
+/// one statement: the events `levels` steps or fewer back from them (a
+/// walk that returns `levels` events never goes further), each with its
+/// depth when it is held, not rejected, in the room, and the parents of
+/// those that are.
+struct Ancestry {
+    depths: HashMap<OwnedEventId, i64>,
+    parents: HashMap<OwnedEventId, Vec<OwnedEventId>>,
 }
 
-/// The parents of an event, each with its depth when it is held (not
-/// rejected) in the room: one statement per step of a walk.
-async fn parents(
-    c: &impl GenericClient,
-    event_id: &EventId,
-    room_id: &RoomId,
-) -> Result<Vec<(OwnedEventId, Option<i64>)>> {
-    query(
-        c,
-        "SELECT g.prev_event_id, e.depth FROM event_edges g
-         LEFT JOIN events e ON e.event_id = g.prev_event_id AND e.room_id = $2 AND e.rejected IS NULL
-         WHERE g.event_id = $1",
-        &[&event_id.as_str(), &room_id.as_str()],
-    )
-    .await?
-    .iter()
-    .map(|r| Ok((parse(col::<String>(r, 0)?)?, col(r, 1)?)))
-    .collect()
+impl Ancestry {
+    async fn read(c: &impl GenericClient, room_id: &RoomId, from: &[OwnedEventId], levels: usize) -> Result<Self> {
+        let from: Vec<&str> = from.iter().map(|e| e.as_str()).collect();
+        let levels = i64::try_from(levels).unwrap_or(i64::MAX);
+        // Every lookup is a scalar subquery or an `OFFSET 0` lateral one, so
+        // that each step is an index probe whatever the planner believes of
+        // the tables' sizes (a hash join would read the whole room).
+        let rows = query(
+            c,
+            "WITH RECURSIVE walk(child, id, depth, level) AS (
+                 SELECT NULL::text, f, (SELECT e.depth FROM events e
+                                         WHERE e.event_id = f AND e.room_id = $2 AND e.rejected IS NULL), 0::bigint
+                 FROM unnest($1::text[]) AS f
+                 UNION
+                 SELECT w.id, p.prev_event_id, p.depth, w.level + 1
+                 FROM walk w, LATERAL (
+                     SELECT g.prev_event_id,
+                            (SELECT e.depth FROM events e WHERE e.event_id = g.prev_event_id
+                                 AND e.room_id = $2 AND e.rejected IS NULL) AS depth
+                     FROM event_edges g WHERE g.event_id = w.id OFFSET 0) p
+                 WHERE w.depth IS NOT NULL AND w.level < $3
+             )
+             SELECT DISTINCT child, id, depth FROM walk",
+            &[&from, &room_id.as_str(), &levels],
+        )
+        .await?;
+        let mut ancestry = Ancestry {
+            depths: HashMap::new(),
+            parents: HashMap::new(),
+        };
+        for row in &rows {
+            let child: Option<String> = col(row, 0)?;
+            let id: OwnedEventId = parse(col::<String>(row, 1)?)?;
+            if let Some(depth) = col::<Option<i64>>(row, 2)? {
+                ancestry.depths.insert(id.clone(), depth);
+            }
+            if let Some(child) = child {
+                ancestry.parents.entry(parse(child)?).or_default().push(id);
+            }
+        }
+        for parents in ancestry.parents.values_mut() {
+            parents.sort();
+            parents.dedup();
+        }
+        Ok(ancestry)
+    }
+
+    /// Depth of a held, not rejected event of the room.
+    fn depth(&self, id: &EventId) -> Option<i64> {
+        self.depths.get(id).copied()
+    }
+
+    /// The parents of a held event, each with its depth when it is held.
+    fn parents(&self, id: &EventId) -> impl Iterator<Item = (OwnedEventId, Option<i64>)> + '_ {
+        self.parents
+            .get(id)
+            .into_iter()
+            .flatten()
+            .map(|p| (p.clone(), self.depth(p)))
+    }
+}
+
+/// The held events of `ids`, in that order (one statement).
+async fn events_in_order(c: &impl GenericClient, ids: &[OwnedEventId]) -> Result<Vec<StoredEvent>> {
+    let mut by_id: HashMap<OwnedEventId, StoredEvent> = events::events(c, ids)
+        .await?
+        .into_iter()
+        .map(|e| (e.pdu.event_id.clone(), e))
+        .collect();
+    Ok(ids.iter().filter_map(|id| by_id.remove(id)).collect())
 }
 
 pub async fn auth_chain(c: &impl GenericClient, event_ids: &[OwnedEventId]) -> Result<Vec<OwnedEventId>> {
@@ -49,7 +102,8 @@ pub async fn auth_chain(c: &impl GenericClient, event_ids: &[OwnedEventId]) -> R
         "WITH RECURSIVE chain(id) AS (
              SELECT auth_event_id FROM event_auth WHERE event_id = ANY($1)
              UNION
-             SELECT a.auth_event_id FROM event_auth a JOIN chain ON a.event_id = chain.id
+             SELECT a.auth_event_id FROM chain,
+                 LATERAL (SELECT auth_event_id FROM event_auth WHERE event_id = chain.id OFFSET 0) a
          )
          SELECT id FROM chain",
         &[&ids],
@@ -76,11 +130,12 @@ pub async fn backfill(
     from: &[OwnedEventId],
     limit: usize,
 ) -> Result<Vec<StoredEvent>> {
+    let ancestry = Ancestry::read(c, room_id, from, limit).await?;
     let mut heap = BinaryHeap::new();
     let mut seen: HashSet<OwnedEventId> = HashSet::new();
     for id in from {
         if seen.insert(id.clone())
-            && let Some(depth) = depth_in_room(c, id, room_id).await?
+            && let Some(depth) = ancestry.depth(id)
         {
             heap.push(Frontier {
                 depth,
@@ -93,19 +148,16 @@ pub async fn backfill(
         let Some(Frontier { event_id, .. }) = heap.pop() else {
             break;
         };
-        let Some(event) = events::event(c, &event_id).await? else {
-            continue;
-        };
-        for (prev, depth) in parents(c, &event_id, room_id).await? {
+        for (prev, depth) in ancestry.parents(&event_id) {
             if let Some(depth) = depth
                 && seen.insert(prev.clone())
             {
                 heap.push(Frontier { depth, event_id: prev });
             }
         }
-        out.push(event);
+        out.push(event_id);
     }
-    Ok(out)
+    events_in_order(c, &out).await
 }
 
 pub async fn missing_events(
@@ -116,11 +168,13 @@ pub async fn missing_events(
     limit: usize,
     min_depth: u64,
 ) -> Result<Vec<StoredEvent>> {
+    // `latest` themselves are not returned: one level more.
+    let ancestry = Ancestry::read(c, room_id, latest, limit.saturating_add(1)).await?;
     let mut seen: HashSet<OwnedEventId> = earliest.iter().chain(latest).cloned().collect();
     let mut queue: VecDeque<(OwnedEventId, Option<i64>)> = VecDeque::new();
     for id in latest {
-        if depth_in_room(c, id, room_id).await?.is_some() {
-            queue.extend(parents(c, id, room_id).await?);
+        if ancestry.depth(id).is_some() {
+            queue.extend(ancestry.parents(id));
         }
     }
     let min_depth = i64::try_from(min_depth).unwrap_or(i64::MAX);
@@ -134,12 +188,10 @@ pub async fn missing_events(
             Some(depth) if depth >= min_depth => {}
             _ => continue,
         }
-        let Some(event) = events::event(c, &id).await? else {
-            continue;
-        };
-        queue.extend(parents(c, &id, room_id).await?);
-        out.push(event);
+        queue.extend(ancestry.parents(&id));
+        out.push(id);
     }
+    let mut out = events_in_order(c, &out).await?;
     out.sort_by_key(|e| (e.pdu.depth, e.meta.stream_ordering));
     Ok(out)
 }

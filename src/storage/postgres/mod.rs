@@ -30,7 +30,9 @@ mod threepid;
 mod transactions;
 mod user_directory;
 
-use std::{str::FromStr, time::Duration};
+use std::{collections::HashMap, str::FromStr, time::Duration};
+
+use ruma::{OwnedRoomId, RoomId, RoomVersionId};
 
 pub(crate) use deadpool_postgres::GenericClient;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
@@ -60,7 +62,29 @@ const MIGRATION_LOCK: i64 = 0x7765_6674_0001; // "weft" 1
 /// and commits it if the body succeeds. The body may `.await` and use `?`.
 /// A write conflict ([`StorageError::Conflict`]: serialization failure,
 /// deadlock) rolls back and runs the body again; anything else is returned.
+///
+/// `pg_write!(one self, |c| …)`: a body of one statement, run on the
+/// connection as it is: PostgreSQL commits a lone statement by itself, two
+/// round trips (`BEGIN`, `COMMIT`) fewer.
 macro_rules! pg_write {
+    (one $storage:expr, |$c:ident| $body:expr) => {{
+        let mut attempt = 0u32;
+        loop {
+            attempt += 1;
+            let result: $crate::storage::Result<_> = async {
+                let $c = $storage.client().await?;
+                Ok($body)
+            }
+            .await;
+            match result {
+                Err($crate::storage::StorageError::Conflict(e)) if attempt < $crate::storage::postgres::WRITE_ATTEMPTS => {
+                    tracing::debug!(attempt, error = %e, "write conflict, running the statement again");
+                    tokio::time::sleep(std::time::Duration::from_millis(u64::from(attempt) * 5)).await;
+                }
+                other => break other,
+            }
+        }
+    }};
     ($storage:expr, |$tx:ident| $body:expr) => {{
         let mut attempt = 0u32;
         loop {
@@ -181,6 +205,9 @@ pub fn describe_target(config: &tokio_postgres::Config) -> String {
 pub struct PgStorage {
     pool: Pool,
     events: EventCache,
+    /// Room versions read so far: a room's never changes, so every process
+    /// may keep them (one statement less per event received).
+    room_versions: std::sync::Mutex<HashMap<OwnedRoomId, RoomVersionId>>,
 }
 
 impl PgStorage {
@@ -219,6 +246,7 @@ impl PgStorage {
         let storage = PgStorage {
             pool,
             events: EventCache::new(EVENT_CACHE_SIZE),
+            room_versions: Default::default(),
         };
         let mut client = storage.pool.get().await.map_err(|e| {
             let cause = match StorageError::from(e) {
@@ -234,6 +262,13 @@ impl PgStorage {
     /// A pooled connection.
     pub(crate) async fn client(&self) -> Result<deadpool_postgres::Client> {
         Ok(self.pool.get().await?)
+    }
+
+    fn keep_room_version(&self, room_id: &RoomId, version: &RoomVersionId) {
+        let mut versions = self.room_versions.lock().expect("room versions");
+        if !versions.contains_key(room_id) {
+            versions.insert(room_id.to_owned(), version.clone());
+        }
     }
 }
 

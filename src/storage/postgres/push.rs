@@ -15,7 +15,8 @@ use crate::storage::{
 /// SQL over `$1` (user) and the room expression `room`.
 fn read_position(room: &str) -> String {
     format!(
-        "COALESCE((SELECT MAX(e.stream_ordering) FROM receipts r JOIN events e ON e.event_id = r.event_id
+        "COALESCE((SELECT MAX((SELECT e.stream_ordering FROM events e WHERE e.event_id = r.event_id))
+                   FROM receipts r
                    WHERE r.room_id = {room} AND r.user_id = $1
                      AND r.receipt_type IN ('m.read', 'm.read.private')), 0)"
     )
@@ -116,9 +117,9 @@ impl PushStorage for PgStorage {
         let users: Vec<&str> = by_user.keys().copied().collect();
         let highlights: Vec<bool> = by_user.values().map(|n| n.highlight).collect();
         let actions: Vec<&str> = by_user.values().map(|n| n.actions.as_str()).collect();
-        pg_write!(self, |tx| {
+        pg_write!(one self, |c| {
             exec(
-                &tx,
+                &c,
                 "INSERT INTO notifications (user_id, room_id, event_id, stream_ordering, highlight, actions, ts)
                  SELECT n.user_id, $2, $3, $4, n.highlight, n.actions, $7
                  FROM UNNEST($1::text[], $5::boolean[], $6::text[]) AS n (user_id, highlight, actions)

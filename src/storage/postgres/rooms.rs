@@ -99,7 +99,7 @@ impl Storage for PgStorage {
     }
 
     async fn device_seen(&self, user_id: &UserId, device_id: &DeviceId, seen: &crate::connections::Seen) -> Result<()> {
-        pg_write!(self, |tx| accounts::device_seen(&tx, user_id, device_id, seen).await?)
+        pg_write!(one self, |c| accounts::device_seen(&c, user_id, device_id, seen).await?)
     }
 
     async fn save_filter(&self, user_id: &UserId, filter: &str) -> Result<String> {
@@ -131,7 +131,7 @@ impl Storage for PgStorage {
     }
 
     async fn set_room_published(&self, room_id: &RoomId, published: bool) -> Result<()> {
-        pg_write!(self, |tx| events::set_room_published(&tx, room_id, published).await?)
+        pg_write!(one self, |c| events::set_room_published(&c, room_id, published).await?)
     }
 
     async fn published_rooms(&self) -> Result<Vec<OwnedRoomId>> {
@@ -139,7 +139,18 @@ impl Storage for PgStorage {
     }
 
     async fn room(&self, room_id: &RoomId) -> Result<Option<RoomInfo>> {
-        events::room(&self.client().await?, room_id).await
+        let room = events::room(&self.client().await?, room_id).await?;
+        if let Some(room) = &room {
+            self.keep_room_version(room_id, &room.version);
+        }
+        Ok(room)
+    }
+
+    async fn room_version(&self, room_id: &RoomId) -> Result<Option<RoomVersionId>> {
+        if let Some(version) = self.room_versions.lock().expect("room versions").get(room_id) {
+            return Ok(Some(version.clone()));
+        }
+        Ok(self.room(room_id).await?.map(|r| r.version))
     }
 
     async fn add_room(&self, room_id: &RoomId, version: &RoomVersionId) -> Result<()> {
@@ -173,6 +184,7 @@ impl Storage for PgStorage {
     }
 
     async fn persist_timeline_events(&self, new: Vec<NewTimelineEvent>) -> Result<Vec<Persisted>> {
+        let writes = self.events.writes();
         let persisted = pg_write!(self, |tx| {
             let mut persisted = Vec::with_capacity(new.len());
             for event in &new {
@@ -180,16 +192,17 @@ impl Storage for PgStorage {
             }
             persisted
         })?;
-        for event in &new {
-            self.events.forget(&event.pdu.event_id);
+        for (event, persisted) in new.iter().zip(&persisted) {
+            self.events.written(event, persisted, writes);
         }
         Ok(persisted)
     }
 
     async fn persist_timeline_event(&self, event: NewTimelineEvent) -> Result<Persisted> {
+        let writes = self.events.writes();
         let persisted = pg_write!(self, |tx| events::persist_timeline_event(&tx, &event).await?)?;
-        // It may have been held as an outlier.
-        self.events.forget(&event.pdu.event_id);
+        // (It may have been held as an outlier: the cache has it anew.)
+        self.events.written(&event, &persisted, writes);
         Ok(persisted)
     }
 
@@ -336,7 +349,7 @@ impl Storage for PgStorage {
     }
 
     async fn store_received_transaction(&self, origin: &ServerName, txn_id: &str, response: &str) -> Result<()> {
-        pg_write!(self, |tx| transactions::store_received(&tx, origin, txn_id, response)
+        pg_write!(one self, |c| transactions::store_received(&c, origin, txn_id, response)
             .await?)
     }
 
@@ -349,7 +362,7 @@ impl Storage for PgStorage {
     }
 
     async fn dequeue_pdus(&self, destination: &ServerName, up_to: i64) -> Result<()> {
-        pg_write!(self, |tx| transactions::dequeue(&tx, destination, up_to).await?)
+        pg_write!(one self, |c| transactions::dequeue(&c, destination, up_to).await?)
     }
 
     async fn queued_destinations(&self) -> Result<Vec<OwnedServerName>> {
@@ -470,7 +483,7 @@ impl Storage for PgStorage {
     }
 
     async fn put_presence(&self, record: &PresenceRecord) -> Result<()> {
-        pg_write!(self, |tx| presence::put(&tx, record).await?)
+        pg_write!(one self, |c| presence::put(&c, record).await?)
     }
 
     async fn presence_records(&self) -> Result<Vec<PresenceRecord>> {

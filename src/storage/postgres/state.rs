@@ -251,7 +251,8 @@ async fn memberships(c: &impl GenericClient, sql: &str, params: &[&(dyn ToSql + 
 
 const MEMBERSHIP_SELECT: &str = "SELECT c.room_id, c.state_key, c.membership, c.event_id,
         e.stream_ordering
-    FROM current_state c JOIN events e ON e.event_id = c.event_id";
+    FROM current_state c,
+        LATERAL (SELECT stream_ordering FROM events WHERE events.event_id = c.event_id OFFSET 0) e";
 
 pub async fn room_members(
     c: &impl GenericClient,

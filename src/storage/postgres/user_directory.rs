@@ -146,7 +146,8 @@ pub async fn after_current_state_changes(
 async fn is_public(tx: &impl GenericClient, room_id: &RoomId) -> Result<bool> {
     let rows = query(
         tx,
-        "SELECT c.type, e.json FROM current_state c JOIN events e ON e.event_id = c.event_id
+        "SELECT c.type, e.json FROM current_state c,
+             LATERAL (SELECT json FROM events WHERE events.event_id = c.event_id OFFSET 0) e
          WHERE c.room_id = $1 AND c.state_key = ''
              AND c.type IN ('m.room.join_rules', 'm.room.history_visibility')",
         &[&room_id.as_str()],
@@ -176,7 +177,7 @@ async fn remote_members_changed(tx: &impl GenericClient, room_id: &RoomId, membe
         "SELECT m.user_id, e.json FROM UNNEST($2::text[]) WITH ORDINALITY AS m (user_id, n)
          LEFT JOIN current_state c ON c.room_id = $1 AND c.type = 'm.room.member'
              AND c.state_key = m.user_id AND c.membership = 'join'
-         LEFT JOIN events e ON e.event_id = c.event_id
+         LEFT JOIN LATERAL (SELECT json FROM events WHERE events.event_id = c.event_id OFFSET 0) e ON TRUE
          WHERE NOT EXISTS (SELECT 1 FROM users u WHERE u.user_id = m.user_id)
          ORDER BY m.n",
         &[&room_id.as_str(), &members],

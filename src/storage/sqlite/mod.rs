@@ -435,26 +435,32 @@ impl Storage for SqliteStorage {
     }
 
     async fn persist_timeline_events(&self, events: Vec<NewTimelineEvent>) -> Result<Vec<Persisted>> {
-        let ids: Vec<OwnedEventId> = events.iter().map(|e| e.pdu.event_id.clone()).collect();
+        let writes = self.events.writes();
+        let events = Arc::new(events);
+        let written = events.clone();
         let persisted = self
             .write(move |tx| {
-                events
+                written
                     .iter()
                     .map(|event| events::persist_timeline_event(tx, event))
                     .collect::<Result<Vec<_>>>()
             })
             .await?;
-        for id in &ids {
-            self.events.forget(id);
+        for (event, persisted) in events.iter().zip(&persisted) {
+            self.events.written(event, persisted, writes);
         }
         Ok(persisted)
     }
 
     async fn persist_timeline_event(&self, event: NewTimelineEvent) -> Result<Persisted> {
-        let event_id = event.pdu.event_id.clone();
-        let persisted = self.write(move |tx| events::persist_timeline_event(tx, &event)).await?;
-        // It may have been held as an outlier.
-        self.events.forget(&event_id);
+        let writes = self.events.writes();
+        let event = Arc::new(event);
+        let written = event.clone();
+        let persisted = self
+            .write(move |tx| events::persist_timeline_event(tx, &written))
+            .await?;
+        // (It may have been held as an outlier: the cache has it anew.)
+        self.events.written(&event, &persisted, writes);
         Ok(persisted)
     }
 
