@@ -1108,6 +1108,33 @@ async fn timeline_backfilled(s: Store) {
         .await
         .unwrap();
     assert_eq!(ids(&page), [p8.id.clone(), p9.id.clone()]);
+
+    // A page whose newest event redacts an older one of it, which was held
+    // as an outlier: the older one takes its place in the timeline and
+    // learns of the redaction that came first; the page's parents not
+    // held become the backward extremity.
+    let p5 = Ev::message("bf-p5", &room_id, "to be redacted").prev_ids(&["bf-p4"], 5);
+    s.persist_outlier(p5.pdu(), None).await.unwrap();
+    let p6 = Ev::new("bf-p6", &room_id, "m.room.redaction", None, json!({}))
+        .prev_ids(&["bf-p5"], 6)
+        .redacting(&p5.id);
+    let page = s
+        .persist_timeline_events(vec![backfilled(&p6), backfilled(&p5)])
+        .await
+        .unwrap();
+    assert!(page[0].earlier_redactions.is_empty());
+    assert_eq!(page[1].earlier_redactions, [p6.id.clone()]);
+    assert!(page[1].stream_ordering < page[0].stream_ordering);
+    assert!(page[0].stream_ordering < batch[1].stream_ordering);
+    let held = stored(&s, &p5.id).await;
+    assert!(!held.meta.outlier, "the outlier is in the timeline now");
+    assert_eq!(held.meta.stream_ordering, page[1].stream_ordering);
+    assert_eq!(s.backward_extremities(&room_id).await.unwrap(), [(eid("bf-p4"), 4)]);
+    // Writing a page again fails whole: its events are held.
+    assert!(matches!(
+        s.persist_timeline_events(vec![backfilled(&p6), backfilled(&p5)]).await,
+        Err(StorageError::AlreadyExists)
+    ));
 }
 
 async fn timeline_redactions(s: Store) {

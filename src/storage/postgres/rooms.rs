@@ -186,11 +186,15 @@ impl Storage for PgStorage {
     async fn persist_timeline_events(&self, new: Vec<NewTimelineEvent>) -> Result<Vec<Persisted>> {
         let writes = self.events.writes();
         let persisted = pg_write!(self, |tx| {
-            let mut persisted = Vec::with_capacity(new.len());
-            for event in &new {
-                persisted.push(events::persist_timeline_event(&tx, event).await?);
+            if super::backfilled::batchable(&new) {
+                super::backfilled::persist(&tx, &new).await?
+            } else {
+                let mut persisted = Vec::with_capacity(new.len());
+                for event in &new {
+                    persisted.push(events::persist_timeline_event(&tx, event).await?);
+                }
+                persisted
             }
-            persisted
         })?;
         for (event, persisted) in new.iter().zip(&persisted) {
             self.events.written(event, persisted, writes);
