@@ -1123,7 +1123,7 @@ async fn timeline_backfilled(s: Store) {
         .await
         .unwrap();
     assert!(page[0].earlier_redactions.is_empty());
-    assert_eq!(page[1].earlier_redactions, [p6.id.clone()]);
+    assert_eq!(page[1].earlier_redactions, std::slice::from_ref(&p6.id));
     assert!(page[1].stream_ordering < page[0].stream_ordering);
     assert!(page[0].stream_ordering < batch[1].stream_ordering);
     let held = stored(&s, &p5.id).await;
