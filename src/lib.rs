@@ -6,6 +6,7 @@ pub mod acl;
 pub mod appservice;
 pub mod backfill;
 pub mod client_api;
+pub mod cluster;
 pub mod config;
 pub mod connections;
 pub mod devices;

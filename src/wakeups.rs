@@ -80,6 +80,18 @@ impl Wakeups {
         }
     }
 
+    /// Wakes every waiter: when changes may have been missed (see
+    /// `crate::cluster`), each reads the database again.
+    pub fn wake_all(&self) {
+        let topics_map = self.topics.lock().expect("wakeups lock");
+        for waiters in topics_map.values() {
+            for notify in waiters.values() {
+                notify.notify_one();
+            }
+            self.woken.fetch_add(waiters.len() as u64, Ordering::Relaxed);
+        }
+    }
+
     /// How many wake-ups were delivered so far (metrics, tests).
     pub fn woken(&self) -> u64 {
         self.woken.load(Ordering::Relaxed)

@@ -232,6 +232,21 @@ pub struct Persisted {
     pub earlier_redactions: Vec<OwnedEventId>,
 }
 
+/// What another process wrote (see [`Storage::other_writers`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OtherWrite {
+    /// An event committed at `position` of the events stream, in `room_id`;
+    /// `member`: the state key of a membership event.
+    Event {
+        position: StreamOrdering,
+        room_id: OwnedRoomId,
+        member: Option<String>,
+    },
+    /// What other processes wrote may have been missed (the connection
+    /// that hears them was opened anew): read the head again.
+    Resync,
+}
+
 #[derive(Debug, Clone)]
 pub struct RoomInfo {
     pub room_id: OwnedRoomId,
@@ -488,6 +503,13 @@ pub trait Storage:
     async fn topo_key_at_stream(&self, room_id: &RoomId, stream: StreamOrdering) -> Result<Option<TopoKey>>;
     /// The newest live arrival order.
     async fn max_stream_ordering(&self) -> Result<StreamOrdering>;
+    /// The events other processes commit to this storage, as they commit
+    /// them (for this process's wake-ups: see `crate::cluster`); `None`
+    /// where no other process can write (SQLite: one process owns the
+    /// file). Called once, by the process's follower.
+    fn other_writers(&self) -> Option<tokio::sync::mpsc::Receiver<OtherWrite>> {
+        None
+    }
 
     // ----- state -----
     /// Stores a state that belongs to no event yet (resolved, or as

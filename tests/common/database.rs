@@ -78,3 +78,10 @@ fn with_dbname(conninfo: &str, name: &str) -> String {
     pairs.push(&dbname);
     pairs.join(" ")
 }
+
+/// Runs `statement` as the `WEFT_TEST_POSTGRES` user (in its database);
+/// panics if it fails or the variable is not set.
+pub fn run_as_admin(statement: &str) {
+    let admin = admin().expect("WEFT_TEST_POSTGRES");
+    admin_statement(&admin, statement.to_owned()).unwrap_or_else(|e| panic!("{e}"));
+}

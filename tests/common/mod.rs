@@ -7,6 +7,8 @@ pub mod hostile;
 pub mod process;
 pub mod synapse;
 
+#[allow(unused_imports)] // only some tests run SQL of their own
+pub use database::run_as_admin;
 pub use database::{drop_database, fresh_database_url};
 
 use std::{path::PathBuf, sync::Once};

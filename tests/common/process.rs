@@ -22,6 +22,10 @@ pub struct WeftProcess {
     pub data: PathBuf,
     /// `None`: SQLite, in `data`.
     pub database_url: Option<String>,
+    /// Whether the database is this process's to drop (not a sibling's).
+    pub owns_database: bool,
+    /// The server name, when it is another process's (a sibling).
+    pub name: Option<String>,
     pub logs: PathBuf,
     pub client_port: u16,
     pub federation_port: u16,
@@ -39,7 +43,9 @@ impl Drop for WeftProcess {
             let _ = child.kill();
             let _ = child.wait();
         }
-        if let Some(url) = &self.database_url {
+        if let Some(url) = &self.database_url
+            && self.owns_database
+        {
             super::drop_database(url);
         }
     }
@@ -51,6 +57,8 @@ impl WeftProcess {
             child: None,
             data: dir.join("data"),
             database_url: super::fresh_database_url(),
+            owns_database: true,
+            name: None,
             logs: dir.to_owned(),
             client_port: free_port(),
             federation_port: free_port(),
@@ -60,8 +68,29 @@ impl WeftProcess {
         }
     }
 
+    /// Another process of the same server (several processes over one
+    /// PostgreSQL database): the same data directory (signing key, media),
+    /// database and server name, ports and logs (in `dir`) of its own.
+    pub fn sibling(&self, dir: &Path) -> WeftProcess {
+        WeftProcess {
+            child: None,
+            data: self.data.clone(),
+            database_url: self.database_url.clone(),
+            owns_database: false,
+            name: Some(self.server_name()),
+            logs: dir.to_owned(),
+            client_port: free_port(),
+            federation_port: free_port(),
+            starts: 0,
+            log_filter: self.log_filter.clone(),
+            http: reqwest::Client::new(),
+        }
+    }
+
     pub fn server_name(&self) -> String {
-        format!("127.0.0.1:{}", self.federation_port)
+        self.name
+            .clone()
+            .unwrap_or_else(|| format!("127.0.0.1:{}", self.federation_port))
     }
 
     pub fn base(&self) -> String {
@@ -91,13 +120,16 @@ impl WeftProcess {
             match self.try_start().await {
                 Ok(()) => return,
                 Err(log) if first && log.contains("already in use") => {
-                    // Anew: other ports, and nothing kept from the attempt.
+                    // Anew: other ports, and (unless a sibling's) nothing
+                    // kept from the attempt.
                     self.client_port = free_port();
                     self.federation_port = free_port();
-                    self.data = self.logs.join(format!("data.{}", self.starts));
-                    if let Some(url) = self.database_url.take() {
-                        super::drop_database(&url);
-                        self.database_url = super::fresh_database_url();
+                    if self.owns_database {
+                        self.data = self.logs.join(format!("data.{}", self.starts));
+                        if let Some(url) = self.database_url.take() {
+                            super::drop_database(&url);
+                            self.database_url = super::fresh_database_url();
+                        }
                     }
                 }
                 Err(log) => panic!("weft exited:\n{log}"),
@@ -118,7 +150,7 @@ impl WeftProcess {
             .env("WEFT_DATABASE_URL", self.database_url.as_deref().unwrap_or(""))
             .env("WEFT_SERVER_NAME", self.server_name())
             .env("WEFT_CLIENT_LISTEN", format!("127.0.0.1:{}", self.client_port))
-            .env("WEFT_FEDERATION_LISTEN", self.server_name())
+            .env("WEFT_FEDERATION_LISTEN", format!("127.0.0.1:{}", self.federation_port))
             .env("WEFT_ALLOW_REGISTRATION", "true")
             .env("WEFT_FEDERATION_VERIFY_TLS", "false")
             .env("WEFT_LOG", &self.log_filter)

@@ -22,6 +22,7 @@ mod e2e;
 mod events;
 mod history;
 mod keys;
+mod listen;
 mod media;
 mod presence;
 mod push;
@@ -209,6 +210,10 @@ pub struct PgStorage {
     /// Room versions read so far: a room's never changes, so every process
     /// may keep them (one statement less per event received).
     room_versions: std::sync::Mutex<HashMap<OwnedRoomId, RoomVersionId>>,
+    /// How to connect, for the connection that hears other processes.
+    config: tokio_postgres::Config,
+    /// This process's name in its events' notifications.
+    process: String,
 }
 
 impl PgStorage {
@@ -230,14 +235,17 @@ impl PgStorage {
         // PostgreSQL's estimate of a recursive walk (an auth chain) passes
         // the JIT threshold, and compiling took 40-80 ms of a 0.1 ms query.
         // Options of the connection string come after, and win.
+        // `weft.process` names this process to the others: its events'
+        // notifications carry it (see `listen.rs`).
+        let process = format!("{:016x}", rand::random::<u64>());
         let options = match config.get_options() {
-            Some(given) => format!("-c jit=off {given}"),
-            None => "-c jit=off".to_owned(),
+            Some(given) => format!("-c jit=off -c weft.process={process} {given}"),
+            None => format!("-c jit=off -c weft.process={process}"),
         };
         config.options(&options);
         let target = describe_target(&config);
         let manager = Manager::from_config(
-            config,
+            config.clone(),
             tokio_postgres::NoTls,
             ManagerConfig {
                 recycling_method: RecyclingMethod::Fast,
@@ -257,6 +265,8 @@ impl PgStorage {
             pool,
             events: EventCache::new(EVENT_CACHE_SIZE),
             room_versions: Default::default(),
+            config,
+            process,
         };
         let mut client = storage.pool.get().await.map_err(|e| {
             let cause = match StorageError::from(e) {

@@ -146,6 +146,10 @@ impl Storage for PgStorage {
         Ok(room)
     }
 
+    fn other_writers(&self) -> Option<tokio::sync::mpsc::Receiver<crate::storage::OtherWrite>> {
+        Some(self.listen())
+    }
+
     async fn room_version(&self, room_id: &RoomId) -> Result<Option<RoomVersionId>> {
         if let Some(version) = self.room_versions.lock().expect("room versions").get(room_id) {
             return Ok(Some(version.clone()));

@@ -1,0 +1,129 @@
+//! Hearing what other weft processes over the same database write: a live
+//! event's transaction notifies `weft_events` with `<process> <position>
+//! <room> [<member>]` (in `events.rs`, with the statement that gives it its
+//! position), which PostgreSQL delivers at the commit, in commit order, to
+//! every connection listening. One connection per process listens, outside
+//! the pool; when it drops it is opened again, and the follower is told to
+//! read the head again ([`OtherWrite::Resync`]): a lost notification only
+//! delays a wake-up.
+
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use tokio::sync::mpsc;
+use tokio_postgres::AsyncMessage;
+
+use super::PgStorage;
+use crate::storage::OtherWrite;
+
+/// The channel the events' notifications go to.
+const CHANNEL: &str = "weft_events";
+/// Wait before opening a lost listening connection again.
+const RECONNECT: Duration = Duration::from_secs(1);
+
+impl PgStorage {
+    /// Starts listening (see [`crate::storage::Storage::other_writers`]);
+    /// ends when the receiver is dropped.
+    pub(super) fn listen(&self) -> mpsc::Receiver<OtherWrite> {
+        let (tx, rx) = mpsc::channel(1024);
+        let config = self.config.clone();
+        let process = self.process.clone();
+        tokio::spawn(async move {
+            while !tx.is_closed() {
+                if let Err(e) = listen_once(&config, &process, &tx).await {
+                    tracing::warn!(error = %e, "listening to other processes: connection lost, opening it again");
+                }
+                tokio::time::sleep(RECONNECT).await;
+            }
+        });
+        rx
+    }
+}
+
+/// One listening connection, until it drops (or nobody follows).
+async fn listen_once(
+    config: &tokio_postgres::Config,
+    process: &str,
+    tx: &mpsc::Sender<OtherWrite>,
+) -> Result<(), tokio_postgres::Error> {
+    let (client, mut connection) = config.connect(tokio_postgres::NoTls).await?;
+    let (heard, mut notifications) = mpsc::unbounded_channel();
+    let driver = tokio::spawn(async move {
+        let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
+        while let Some(message) = messages.next().await {
+            match message {
+                Ok(AsyncMessage::Notification(n)) => {
+                    if heard.send(n.payload().to_owned()).is_err() {
+                        break;
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    });
+    client.batch_execute(&format!("LISTEN {CHANNEL}")).await?;
+    // Whatever committed before the LISTEN took effect was not heard.
+    if tx.send(OtherWrite::Resync).await.is_err() {
+        return Ok(());
+    }
+    while let Some(payload) = notifications.recv().await {
+        let Some(write) = parse(&payload, process) else {
+            continue;
+        };
+        if tx.send(write).await.is_err() {
+            return Ok(());
+        }
+    }
+    drop(client);
+    match driver.await {
+        Ok(result) => result,
+        Err(_) => Ok(()),
+    }
+}
+
+/// A notification of another process (`None`: this process's own, or not
+/// one weft sends).
+fn parse(payload: &str, process: &str) -> Option<OtherWrite> {
+    let mut parts = payload.splitn(4, ' ');
+    if parts.next()? == process {
+        return None;
+    }
+    let position = parts.next()?.parse().ok()?;
+    let room_id = parts.next()?.try_into().ok()?;
+    let member = parts.next().map(str::to_owned);
+    Some(OtherWrite::Event {
+        position,
+        room_id,
+        member,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn notifications_of_others_are_read_and_own_ones_skipped() {
+        assert_eq!(
+            parse("b 12 !r:x @u:x", "a"),
+            Some(OtherWrite::Event {
+                position: 12,
+                room_id: "!r:x".try_into().unwrap(),
+                member: Some("@u:x".to_owned()),
+            })
+        );
+        assert_eq!(
+            parse("b 13 !r:x", "a"),
+            Some(OtherWrite::Event {
+                position: 13,
+                room_id: "!r:x".try_into().unwrap(),
+                member: None,
+            })
+        );
+        assert_eq!(parse("a 12 !r:x", "a"), None);
+        assert_eq!(parse("b twelve !r:x", "a"), None);
+        assert_eq!(parse("", "a"), None);
+    }
+}

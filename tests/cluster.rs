@@ -1,0 +1,185 @@
+//! Several weft processes serving one server over one PostgreSQL database
+//! (issue "Several weft processes"; `src/cluster.rs`): what one process
+//! writes reaches the requests parked on another at once, also after the
+//! connection that hears the other processes was cut. Runs where the suite
+//! runs on PostgreSQL (`WEFT_TEST_POSTGRES` set, as `tools/test` does in
+//! its second pass).
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::process::WeftProcess;
+use serde_json::{Value, json};
+
+/// A user of one of the processes.
+struct User {
+    http: reqwest::Client,
+    base: String,
+    token: String,
+    user_id: String,
+}
+
+impl User {
+    async fn register(process: &WeftProcess, name: &str) -> User {
+        let http = reqwest::Client::new();
+        let body: Value = http
+            .post(format!("{}/_matrix/client/v3/register", process.base()))
+            .json(&json!({ "username": name, "password": "secret", "auth": { "type": "m.login.dummy" } }))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        User {
+            http,
+            base: process.base(),
+            token: body["access_token"].as_str().expect("registered").to_owned(),
+            user_id: body["user_id"].as_str().unwrap().to_owned(),
+        }
+    }
+
+    async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Value {
+        let mut request = self
+            .http
+            .request(method, format!("{}{path}", self.base))
+            .bearer_auth(&self.token);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status();
+        let body: Value = response.json().await.unwrap();
+        assert!(status.is_success(), "{path}: {status} {body}");
+        body
+    }
+
+    async fn sync(&self, since: Option<&str>, timeout_ms: u64) -> Value {
+        let since = since.map(|s| format!("&since={s}")).unwrap_or_default();
+        self.call(
+            reqwest::Method::GET,
+            &format!("/_matrix/client/v3/sync?timeout={timeout_ms}{since}"),
+            None,
+        )
+        .await
+    }
+
+    async fn send(&self, room: &str, txn: &str, text: &str) -> String {
+        let body = self
+            .call(
+                reqwest::Method::PUT,
+                &format!("/_matrix/client/v3/rooms/{room}/send/m.room.message/{txn}"),
+                Some(json!({ "msgtype": "m.text", "body": text })),
+            )
+            .await;
+        body["event_id"].as_str().unwrap().to_owned()
+    }
+}
+
+/// The IDs of the timeline events of `room` in a `/sync` answer.
+fn timeline(sync: &Value, room: &str) -> Vec<String> {
+    sync["rooms"]["join"][room]["timeline"]["events"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|e| e["event_id"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// Long-polls `user`'s `/sync` from `since` while `send` runs, and returns
+/// what it answered (with how long it took): woken by the send, the answer
+/// has the event long before the poll's 30 s would have run out.
+async fn woken_by(
+    user: &User,
+    since: &str,
+    send: impl std::future::Future<Output = String>,
+) -> (String, Value, Duration) {
+    let started = Instant::now();
+    let (sync, event_id) = tokio::join!(user.sync(Some(since), 30_000), async {
+        // Parked first (a send before would be seen at once, too).
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        send.await
+    });
+    (event_id, sync, started.elapsed())
+}
+
+/// The IDs of the room's newest 50 events, newest first, as `user` pages
+/// them.
+async fn history(user: &User, room: &str) -> Vec<String> {
+    let path = format!("/_matrix/client/v3/rooms/{room}/messages?dir=b&limit=50");
+    user.call(reqwest::Method::GET, &path, None).await["chunk"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["event_id"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_send_on_one_process_wakes_a_sync_on_another() {
+    if std::env::var("WEFT_TEST_POSTGRES").is_err() {
+        eprintln!("skipped: runs in the PostgreSQL pass of tools/test (WEFT_TEST_POSTGRES)");
+        return;
+    }
+    weft::tls::install_crypto_provider();
+    let dir = tempfile::tempdir().unwrap();
+    for process in ["a", "b"] {
+        std::fs::create_dir_all(dir.path().join(process)).unwrap();
+    }
+    let mut a = WeftProcess::new(&dir.path().join("a"));
+    a.start().await;
+    let mut b = a.sibling(&dir.path().join("b"));
+    b.start().await;
+
+    let alice = User::register(&a, "alice").await;
+    let bob = User::register(&b, "bob").await;
+    let room = alice
+        .call(
+            reqwest::Method::POST,
+            "/_matrix/client/v3/createRoom",
+            Some(json!({ "preset": "public_chat" })),
+        )
+        .await["room_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    bob.call(
+        reqwest::Method::POST,
+        &format!("/_matrix/client/v3/join/{room}"),
+        Some(json!({})),
+    )
+    .await;
+
+    // Bob's sync parked on B, Alice sending on A; then the other way.
+    let since = bob.sync(None, 0).await["next_batch"].as_str().unwrap().to_owned();
+    let (sent, sync, took) = woken_by(&bob, &since, alice.send(&room, "t1", "from A")).await;
+    eprintln!("B's sync answered {took:?} after it started (a send on A 300 ms in)");
+    assert!(timeline(&sync, &room).contains(&sent), "B's sync has A's event: {sync}");
+    let since = alice.sync(None, 0).await["next_batch"].as_str().unwrap().to_owned();
+    let (sent, sync, took) = woken_by(&alice, &since, bob.send(&room, "t2", "from B")).await;
+    eprintln!("A's sync answered {took:?} after it started (a send on B 300 ms in)");
+    assert!(timeline(&sync, &room).contains(&sent), "A's sync has B's event: {sync}");
+
+    // The connection B hears A on is cut: B opens it again, reads the
+    // head again and wakes its waiters; nothing is missed, only delayed.
+    let since = bob.sync(None, 0).await["next_batch"].as_str().unwrap().to_owned();
+    let (sent, sync, took) = woken_by(&bob, &since, async {
+        common::run_as_admin(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE query = 'LISTEN weft_events'",
+        );
+        alice.send(&room, "t3", "while B is not listening").await
+    })
+    .await;
+    eprintln!("B's sync answered {took:?} after it started (listening cut, then a send on A)");
+    assert!(
+        timeline(&sync, &room).contains(&sent),
+        "B's sync has A's event sent while B was not listening: {sync}"
+    );
+
+    // Both processes page the room alike.
+    let (on_a, on_b) = (history(&alice, &room).await, history(&bob, &room).await);
+    assert_eq!(on_a, on_b, "both processes show the same history");
+    assert!(on_a.len() >= 6, "create, joins, messages: {on_a:?}");
+    assert_ne!(alice.user_id, bob.user_id);
+}
