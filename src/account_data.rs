@@ -48,7 +48,8 @@ impl AccountDataStream {
         self.head.subscribe()
     }
 
-    fn advanced(&self, position: i64) {
+    /// A position was written (and committed): `/sync` may show it.
+    pub fn advanced(&self, position: i64) {
         self.head.send_if_modified(|head| {
             let newer = position > *head;
             if newer {

@@ -2,20 +2,26 @@
 //! of the others (the design is `docs/cluster.md`).
 //!
 //! Cluster state lives in the database; what a process keeps for itself
-//! (its wake-up hub, its caches, its room locks) must follow what the
-//! others write. Today that is the events stream: each event another
-//! process commits moves this process's events head and wakes the requests
-//! it concerns, as an event written here does (`crate::rooms::persist`).
-//! Still process-local, and so not yet right with several processes: the
-//! other streams (receipts, typing, account data, device lists, presence),
-//! room locks, background duties and the event cache (issue "Several weft
-//! processes").
+//! (its wake-up hub, its stream heads, its caches, its room locks) must
+//! follow what the others write. Today that is the streams whose positions
+//! the database gives: each event another process commits moves this
+//! process's events head and wakes the requests it concerns, as an event
+//! written here does (`crate::rooms::persist`); account data and e2e
+//! positions (device lists, to-device messages) move their heads, which
+//! wake every `/sync` of this process, as a local write does. Still
+//! process-local, and so not yet right with several processes: receipts,
+//! typing and presence (in-memory positions), room locks, background duties
+//! and the event cache (issue "Several weft processes").
 
 use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::{services::Services, storage::OtherWrite, wakeups::Topic};
+use crate::{
+    services::Services,
+    storage::{OtherStream, OtherWrite},
+    wakeups::Topic,
+};
 
 /// Follows the events other processes write (nothing to follow on SQLite),
 /// until `cancel`.
@@ -46,17 +52,32 @@ async fn followed(svc: &Services, write: OtherWrite) {
             }
             svc.notifier.notify(position, &topics);
         }
-        OtherWrite::Resync => match svc.storage.max_stream_ordering().await {
-            Ok(head) => {
-                if head > svc.notifier.head() {
-                    svc.notifier.notify(head, &[]);
+        OtherWrite::Stream { stream, position } => match stream {
+            OtherStream::AccountData => svc.account_data.advanced(position),
+            OtherStream::E2e => svc.e2e.advance(position),
+        },
+        OtherWrite::Resync => {
+            let heads = async {
+                Ok::<_, crate::storage::StorageError>((
+                    svc.storage.max_stream_ordering().await?,
+                    svc.storage.max_account_data_position().await?,
+                    svc.storage.max_e2e_position().await?,
+                ))
+            };
+            match heads.await {
+                Ok((events, account_data, e2e)) => {
+                    svc.account_data.advanced(account_data);
+                    svc.e2e.advance(e2e);
+                    if events > svc.notifier.head() {
+                        svc.notifier.notify(events, &[]);
+                        svc.notifier.wakeups.wake_all();
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "reading the stream heads after losing other processes' notifications");
                     svc.notifier.wakeups.wake_all();
                 }
             }
-            Err(e) => {
-                tracing::warn!(error = %e, "reading the events head after losing other processes' notifications");
-                svc.notifier.wakeups.wake_all();
-            }
-        },
+        }
     }
 }

@@ -1,7 +1,8 @@
 //! Several weft processes serving one server over one PostgreSQL database
 //! (issue "Several weft processes"; `src/cluster.rs`): what one process
-//! writes reaches the requests parked on another at once, also after the
-//! connection that hears the other processes was cut. Runs where the suite
+//! writes (events, account data, to-device messages) reaches the requests
+//! parked on another at once, also after the connection that hears the
+//! other processes was cut. Runs where the suite
 //! runs on PostgreSQL (`WEFT_TEST_POSTGRES` set, as `tools/test` does in
 //! its second pass).
 
@@ -37,6 +38,16 @@ impl User {
             base: process.base(),
             token: body["access_token"].as_str().expect("registered").to_owned(),
             user_id: body["user_id"].as_str().unwrap().to_owned(),
+        }
+    }
+
+    /// The same user (the same access token), on another process.
+    fn on(&self, process: &WeftProcess) -> User {
+        User {
+            http: self.http.clone(),
+            base: process.base(),
+            token: self.token.clone(),
+            user_id: self.user_id.clone(),
         }
     }
 
@@ -84,6 +95,16 @@ fn timeline(sync: &Value, room: &str) -> Vec<String> {
         .into_iter()
         .flatten()
         .map(|e| e["event_id"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// The `type`s of a list of events.
+fn types(events: &Value) -> Vec<String> {
+    events
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e["type"].as_str().map(str::to_owned))
         .collect()
 }
 
@@ -161,13 +182,49 @@ async fn a_send_on_one_process_wakes_a_sync_on_another() {
     eprintln!("A's sync answered {took:?} after it started (a send on B 300 ms in)");
     assert!(timeline(&sync, &room).contains(&sent), "A's sync has B's event: {sync}");
 
+    // Account data and to-device messages written through A reach Bob's
+    // sync on B (their positions are the database's; their heads move).
+    let bob_on_a = bob.on(&a);
+    let since = bob.sync(None, 0).await["next_batch"].as_str().unwrap().to_owned();
+    let (_, sync, took) = woken_by(&bob, &since, async {
+        let path = format!(
+            "/_matrix/client/v3/user/{}/account_data/org.example.cluster",
+            bob.user_id.replace('@', "%40").replace(':', "%3A")
+        );
+        bob_on_a
+            .call(reqwest::Method::PUT, &path, Some(json!({ "set": "on A" })))
+            .await;
+        String::new()
+    })
+    .await;
+    eprintln!("B's sync answered {took:?} after it started (account data set on A 300 ms in)");
+    assert!(
+        types(&sync["account_data"]["events"]).contains(&"org.example.cluster".to_owned()),
+        "B's sync has the account data set on A: {sync}"
+    );
+    let since = sync["next_batch"].as_str().unwrap().to_owned();
+    let (_, sync, took) = woken_by(&bob, &since, async {
+        alice
+            .call(
+                reqwest::Method::PUT,
+                "/_matrix/client/v3/sendToDevice/org.example.ping/ping1",
+                Some(json!({ "messages": { bob.user_id.as_str(): { "*": { "from": "A" } } } })),
+            )
+            .await;
+        String::new()
+    })
+    .await;
+    eprintln!("B's sync answered {took:?} after it started (a to-device message sent on A 300 ms in)");
+    assert!(
+        types(&sync["to_device"]["events"]).contains(&"org.example.ping".to_owned()),
+        "B's sync has the to-device message sent on A: {sync}"
+    );
+
     // The connection B hears A on is cut: B opens it again, reads the
     // head again and wakes its waiters; nothing is missed, only delayed.
     let since = bob.sync(None, 0).await["next_batch"].as_str().unwrap().to_owned();
     let (sent, sync, took) = woken_by(&bob, &since, async {
-        common::run_as_admin(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE query = 'LISTEN weft_events'",
-        );
+        common::run_as_admin("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE query = 'LISTEN weft'");
         alice.send(&room, "t3", "while B is not listening").await
     })
     .await;

@@ -242,9 +242,19 @@ pub enum OtherWrite {
         room_id: OwnedRoomId,
         member: Option<String>,
     },
+    /// A position of the account data stream or the e2e stream (device
+    /// list changes, to-device messages) committed.
+    Stream { stream: OtherStream, position: i64 },
     /// What other processes wrote may have been missed (the connection
     /// that hears them was opened anew): read the head again.
     Resync,
+}
+
+/// A stream of [`OtherWrite::Stream`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OtherStream {
+    AccountData,
+    E2e,
 }
 
 #[derive(Debug, Clone)]

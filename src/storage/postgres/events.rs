@@ -438,7 +438,7 @@ pub async fn persist_outlier(tx: &impl GenericClient, pdu: &Pdu, rejected: Optio
 /// statement). Last in its transaction: the counter row stays locked until
 /// the commit, so positions become visible in order. `room`: the room's new
 /// current state group, set in the same statement. Other processes hear of
-/// the event at the commit (`NOTIFY weft_events`, see `listen.rs`).
+/// the event at the commit (`NOTIFY weft`, see `listen.rs`).
 async fn take_position(tx: &impl GenericClient, placeholder: i64, room: Option<(&str, i64)>) -> Result<i64> {
     let (room_id, group) = room.unzip();
     col(
@@ -452,8 +452,8 @@ async fn take_position(tx: &impl GenericClient, placeholder: i64, room: Option<(
              )
              UPDATE events SET stream_ordering = (SELECT position FROM next)
              WHERE stream_ordering = $1
-             RETURNING stream_ordering, pg_notify('weft_events', concat_ws(' ',
-                 current_setting('weft.process', TRUE), stream_ordering, room_id,
+             RETURNING stream_ordering, pg_notify('weft', concat_ws(' ',
+                 current_setting('weft.process', TRUE), 'events', stream_ordering, room_id,
                  CASE WHEN type = 'm.room.member' THEN state_key END))::text",
             &[&placeholder, &room_id, &group],
         )

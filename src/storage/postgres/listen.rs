@@ -1,8 +1,9 @@
-//! Hearing what other weft processes over the same database write: a live
-//! event's transaction notifies `weft_events` with `<process> <position>
-//! <room> [<member>]` (in `events.rs`, with the statement that gives it its
-//! position), which PostgreSQL delivers at the commit, in commit order, to
-//! every connection listening. One connection per process listens, outside
+//! Hearing what other weft processes over the same database write: a
+//! transaction that takes a stream position notifies `weft` with it (in
+//! the same statement: `events.rs` for live events, `<process> events
+//! <position> <room> [<member>]`; `next_position` for account data and the
+//! e2e stream, `<process> <stream> <position>`), which PostgreSQL delivers
+//! at the commit, in commit order, to every connection listening. One connection per process listens, outside
 //! the pool; when it drops it is opened again, and the follower is told to
 //! read the head again ([`OtherWrite::Resync`]): a lost notification only
 //! delays a wake-up.
@@ -14,10 +15,10 @@ use tokio::sync::mpsc;
 use tokio_postgres::AsyncMessage;
 
 use super::PgStorage;
-use crate::storage::OtherWrite;
+use crate::storage::{OtherStream, OtherWrite};
 
-/// The channel the events' notifications go to.
-const CHANNEL: &str = "weft_events";
+/// The channel the notifications go to.
+const CHANNEL: &str = "weft";
 /// Wait before opening a lost listening connection again.
 const RECONNECT: Duration = Duration::from_secs(1);
 
@@ -86,18 +87,27 @@ async fn listen_once(
 /// A notification of another process (`None`: this process's own, or not
 /// one weft sends).
 fn parse(payload: &str, process: &str) -> Option<OtherWrite> {
-    let mut parts = payload.splitn(4, ' ');
+    let mut parts = payload.splitn(5, ' ');
     if parts.next()? == process {
         return None;
     }
+    let stream = parts.next()?;
     let position = parts.next()?.parse().ok()?;
-    let room_id = parts.next()?.try_into().ok()?;
-    let member = parts.next().map(str::to_owned);
-    Some(OtherWrite::Event {
-        position,
-        room_id,
-        member,
-    })
+    let stream = match stream {
+        "events" => {
+            let room_id = parts.next()?.try_into().ok()?;
+            let member = parts.next().map(str::to_owned);
+            return Some(OtherWrite::Event {
+                position,
+                room_id,
+                member,
+            });
+        }
+        "account_data" => OtherStream::AccountData,
+        "e2e" => OtherStream::E2e,
+        _ => return None,
+    };
+    Some(OtherWrite::Stream { stream, position })
 }
 
 #[cfg(test)]
@@ -107,7 +117,7 @@ mod tests {
     #[test]
     fn notifications_of_others_are_read_and_own_ones_skipped() {
         assert_eq!(
-            parse("b 12 !r:x @u:x", "a"),
+            parse("b events 12 !r:x @u:x", "a"),
             Some(OtherWrite::Event {
                 position: 12,
                 room_id: "!r:x".try_into().unwrap(),
@@ -115,15 +125,30 @@ mod tests {
             })
         );
         assert_eq!(
-            parse("b 13 !r:x", "a"),
+            parse("b events 13 !r:x", "a"),
             Some(OtherWrite::Event {
                 position: 13,
                 room_id: "!r:x".try_into().unwrap(),
                 member: None,
             })
         );
-        assert_eq!(parse("a 12 !r:x", "a"), None);
-        assert_eq!(parse("b twelve !r:x", "a"), None);
+        assert_eq!(
+            parse("b e2e 7", "a"),
+            Some(OtherWrite::Stream {
+                stream: OtherStream::E2e,
+                position: 7
+            })
+        );
+        assert_eq!(
+            parse("b account_data 8", "a"),
+            Some(OtherWrite::Stream {
+                stream: OtherStream::AccountData,
+                position: 8
+            })
+        );
+        assert_eq!(parse("a events 12 !r:x", "a"), None);
+        assert_eq!(parse("b events twelve !r:x", "a"), None);
+        assert_eq!(parse("b presence 3", "a"), None);
         assert_eq!(parse("", "a"), None);
     }
 }
