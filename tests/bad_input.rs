@@ -65,6 +65,37 @@ async fn malformed_and_mistyped_bodies() {
     assert_error(status, &body, 400, "M_BAD_JSON");
     let (status, body) = server.request_raw(Method::PUT, &path, token, "{\"body\": ").await;
     assert_error(status, &body, 400, "M_NOT_JSON");
+    // No body at all is no content, not an empty one (as Synapse answers);
+    // an empty object is an empty content.
+    let (status, body) = server.request_raw(Method::PUT, &path, token, "").await;
+    assert_error(status, &body, 400, "M_NOT_JSON");
+    let state_path = format!("/_matrix/client/v3/rooms/{}/state/org.example.empty/", enc(&room));
+    let (status, body) = server.request_raw(Method::PUT, &state_path, token, "").await;
+    assert_error(status, &body, 400, "M_NOT_JSON");
+    let messages = alice
+        .call(
+            Method::GET,
+            &format!("/_matrix/client/v3/rooms/{}/messages?dir=b&limit=50", enc(&room)),
+            None,
+        )
+        .await
+        .1;
+    let stored: Vec<&Value> = messages["chunk"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["type"] == "m.room.message" || e["type"] == "org.example.empty")
+        .collect();
+    assert!(stored.is_empty(), "nothing stored for the bodiless sends: {stored:?}");
+    let (status, body) = server
+        .request_raw(
+            Method::PUT,
+            &format!("/_matrix/client/v3/rooms/{}/send/m.room.message/t2", enc(&room)),
+            token,
+            "{}",
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "an empty content is a content: {body}");
 
     // Bad query parameters.
     let (status, body) = alice

@@ -64,12 +64,27 @@ pub struct Ruma<T> {
     /// The application service that made the request (with its
     /// `as_token`), if one did.
     pub appservice: Option<Arc<Registration>>,
+    /// The request had no body: parsed as `{}`, which most endpoints take
+    /// for "nothing given"; an event's content must be given
+    /// ([`Ruma::content_given`]).
+    pub empty_body: bool,
 }
 
 impl<T> Ruma<T> {
     /// The authenticated user: set for endpoints that require a token.
     pub fn user(&self) -> &TokenOwner {
         self.owner.as_ref().expect("endpoint requires authentication")
+    }
+
+    /// For endpoints whose body is an event's content: none at all is
+    /// `400 M_NOT_JSON` (as Synapse answers), not an empty content.
+    pub fn content_given(&self) -> Result<(), MatrixError> {
+        if self.empty_body {
+            return Err(MatrixError::not_json(
+                "The request has no body: an event's content must be JSON",
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -236,7 +251,8 @@ where
         };
 
         let body = legacy_password_auth(body);
-        let body_slice: &[u8] = if body.is_empty() { b"{}" } else { &body };
+        let empty_body = body.is_empty();
+        let body_slice: &[u8] = if empty_body { b"{}" } else { &body };
         let http_req = http::Request::from_parts(parts, body_slice);
         let args: Vec<&str> = path_args.iter().map(String::as_str).collect();
         let body = T::try_from_http_request(http_req, &args).map_err(request_error)?;
@@ -245,6 +261,7 @@ where
             owner,
             access_token: token,
             appservice,
+            empty_body,
         })
     }
 }

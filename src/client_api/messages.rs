@@ -37,6 +37,7 @@ pub async fn send_message(
     svc: Arc<Services>,
     req: Ruma<send_message_event::v3::Request>,
 ) -> Result<send_message_event::v3::Response, MatrixError> {
+    req.content_given()?;
     let owner = req.user();
     let b = &req.body;
     let content: Value =

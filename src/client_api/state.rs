@@ -81,6 +81,7 @@ pub async fn send_state_event(
     svc: Arc<Services>,
     req: Ruma<send_state_event::v3::Request>,
 ) -> Result<send_state_event::v3::Response, MatrixError> {
+    req.content_given()?;
     let b = &req.body;
     let user = &req.user().user_id;
     let content: Value =
