@@ -11,7 +11,7 @@ use std::{num::NonZeroUsize, sync::Mutex};
 use lru::LruCache;
 use ruma::{EventId, OwnedEventId};
 
-use super::{EventMeta, NewTimelineEvent, Persisted, StoredEvent, TimelineStatus};
+use super::{EventMeta, NewTimelineEvent, Persisted, StoredEvent};
 
 pub(crate) struct EventCache {
     inner: Mutex<Inner>,
@@ -81,12 +81,8 @@ impl EventCache {
         let unchanged = cache.writes == writes;
         cache.writes += 1;
         cache.events.pop(&new.pdu.event_id);
-        let (rejected, soft_failed) = match &new.status {
-            TimelineStatus::Accepted => (None, false),
-            TimelineStatus::SoftFailed => (None, true),
-            TimelineStatus::Rejected(_) => return,
-        };
-        if !unchanged || !persisted.earlier_redactions.is_empty() {
+        let (rejected, soft_failed) = new.status.row_flags();
+        if rejected.is_some() || !unchanged || !persisted.earlier_redactions.is_empty() {
             return;
         }
         let event = StoredEvent {
@@ -94,7 +90,7 @@ impl EventCache {
             meta: EventMeta {
                 stream_ordering: persisted.stream_ordering,
                 outlier: false,
-                rejected,
+                rejected: None,
                 soft_failed,
                 redacted_by: None,
                 state_group_before: Some(persisted.state_group_before),

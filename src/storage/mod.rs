@@ -201,6 +201,17 @@ pub enum TimelineStatus {
     Rejected(String),
 }
 
+impl TimelineStatus {
+    /// The event row's `rejected` reason and `soft_failed` flag.
+    pub fn row_flags(&self) -> (Option<&str>, bool) {
+        match self {
+            TimelineStatus::Accepted => (None, false),
+            TimelineStatus::SoftFailed => (None, true),
+            TimelineStatus::Rejected(reason) => (Some(reason.as_str()), false),
+        }
+    }
+}
+
 /// A new current state for a room.
 #[derive(Debug, Clone)]
 pub struct CurrentStateUpdate {

@@ -37,18 +37,7 @@ pub async fn persist(tx: &impl GenericClient, new: &[NewTimelineEvent]) -> Resul
             StateWrite::AfterEvent(id) if index.get(id).is_some_and(|&i| i < groups.len()) => groups[index[id]].1,
             write => state::write_state(tx, &pdu.room_id, write).await?,
         };
-        let after = match &pdu.state_key {
-            Some(key) if !pdu.rejected => {
-                state::insert_group(
-                    tx,
-                    &pdu.room_id,
-                    Some(before),
-                    &[((pdu.kind.to_string().into(), key.clone()), pdu.event_id.clone())],
-                )
-                .await?
-            }
-            _ => before,
-        };
+        let after = events::state_after(tx, pdu, before).await?;
         if let Some(version) = crate::storage::created_room_version(pdu) {
             events::add_room(tx, pdu.room_id.as_str(), &version).await?;
         }
@@ -118,11 +107,7 @@ async fn insert_rows(
         depths.push(big(pdu.depth));
         ts.push(i64::from(pdu.origin_server_ts.get()));
         jsons.push(&*pdu.json);
-        let (r, s) = match &event.status {
-            TimelineStatus::Accepted => (None, false),
-            TimelineStatus::SoftFailed => (None, true),
-            TimelineStatus::Rejected(reason) => (Some(reason.as_str()), false),
-        };
+        let (r, s) = event.status.row_flags();
         rejected.push(r);
         soft_failed.push(s);
         replaces.push(event.replaces_state.as_ref().map(|e| e.as_str()));
@@ -131,7 +116,8 @@ async fn insert_rows(
     let afters: Vec<i64> = groups.iter().map(|g| g.1).collect();
     let written = exec(
         tx,
-        "INSERT INTO events (stream_ordering, event_id, room_id, type, state_key, sender, depth,
+        &format!(
+            "INSERT INTO events (stream_ordering, event_id, room_id, type, state_key, sender, depth,
              origin_server_ts, received_ts, json, outlier, rejected, soft_failed,
              state_group_before, state_group_after, replaces_state)
          SELECT x.pos, x.id, $2, x.type, x.key, x.sender, x.depth, x.ts, $3, x.json, FALSE, x.rejected,
@@ -139,15 +125,9 @@ async fn insert_rows(
          FROM unnest($1::bigint[], $4::text[], $5::text[], $6::text[], $7::text[], $8::bigint[], $9::bigint[],
                      $10::text[], $11::text[], $12::boolean[], $13::bigint[], $14::bigint[], $15::text[])
              AS x(pos, id, type, key, sender, depth, ts, json, rejected, soft_failed, before, after, replaces)
-         ON CONFLICT (event_id) DO UPDATE SET
-             stream_ordering = excluded.stream_ordering, room_id = excluded.room_id, type = excluded.type,
-             state_key = excluded.state_key, sender = excluded.sender, depth = excluded.depth,
-             origin_server_ts = excluded.origin_server_ts, received_ts = excluded.received_ts,
-             json = excluded.json, outlier = excluded.outlier, rejected = excluded.rejected,
-             soft_failed = excluded.soft_failed, redacted_by = NULL,
-             state_group_before = excluded.state_group_before, state_group_after = excluded.state_group_after,
-             replaces_state = excluded.replaces_state
-         WHERE events.outlier",
+         {}",
+            events::REPLACE_OUTLIER
+        ),
         &[
             &positions,
             &new[0].pdu.room_id.as_str(),

@@ -186,20 +186,14 @@ async fn insert_event_row(tx: &impl GenericClient, row: EventRow<'_>) -> Result<
     let pdu = row.pdu;
     query_opt(
         tx,
-        "INSERT INTO events (stream_ordering, event_id, room_id, type, state_key, sender, depth,
-             origin_server_ts, received_ts, json, outlier, rejected, soft_failed,
-             state_group_before, state_group_after, replaces_state)
-         VALUES (nextval('backfill_stream'), $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)
-         ON CONFLICT (event_id) DO UPDATE SET
-             stream_ordering = excluded.stream_ordering, room_id = excluded.room_id, type = excluded.type,
-             state_key = excluded.state_key, sender = excluded.sender, depth = excluded.depth,
-             origin_server_ts = excluded.origin_server_ts, received_ts = excluded.received_ts,
-             json = excluded.json, outlier = excluded.outlier, rejected = excluded.rejected,
-             soft_failed = excluded.soft_failed, redacted_by = NULL,
-             state_group_before = excluded.state_group_before, state_group_after = excluded.state_group_after,
-             replaces_state = excluded.replaces_state
-         WHERE events.outlier AND NOT excluded.outlier
-         RETURNING stream_ordering",
+        &format!(
+            "INSERT INTO events (stream_ordering, event_id, room_id, type, state_key, sender, depth,
+                 origin_server_ts, received_ts, json, outlier, rejected, soft_failed,
+                 state_group_before, state_group_after, replaces_state)
+             VALUES (nextval('backfill_stream'), $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)
+             {REPLACE_OUTLIER}
+             RETURNING stream_ordering"
+        ),
         &[
             &pdu.event_id.as_str(),
             &pdu.room_id.as_str(),
@@ -223,12 +217,10 @@ async fn insert_event_row(tx: &impl GenericClient, row: EventRow<'_>) -> Result<
     .transpose()
 }
 
-pub async fn persist_timeline_event(tx: &impl GenericClient, new: &NewTimelineEvent) -> Result<Persisted> {
-    let pdu = &new.pdu;
-    let room_id = pdu.room_id.as_str();
-
-    let before = state::write_state(tx, &pdu.room_id, &new.state_before).await?;
-    let after = match &pdu.state_key {
+/// The state group after an event with state group `before`: a new one
+/// for a state event (not rejected), else `before`.
+pub(super) async fn state_after(tx: &impl GenericClient, pdu: &Pdu, before: i64) -> Result<i64> {
+    match &pdu.state_key {
         Some(key) if !pdu.rejected => {
             state::insert_group(
                 tx,
@@ -236,20 +228,37 @@ pub async fn persist_timeline_event(tx: &impl GenericClient, new: &NewTimelineEv
                 Some(before),
                 &[((pdu.kind.to_string().into(), key.clone()), pdu.event_id.clone())],
             )
-            .await?
+            .await
         }
-        _ => before,
-    };
+        _ => Ok(before),
+    }
+}
+
+/// What an event row's insert does over a row of the same event held as
+/// an outlier: replaces it, as if deleted and written anew (a timeline
+/// event over a timeline event, or an outlier over one, changes nothing).
+pub(super) const REPLACE_OUTLIER: &str = "ON CONFLICT (event_id) DO UPDATE SET
+             stream_ordering = excluded.stream_ordering, room_id = excluded.room_id, type = excluded.type,
+             state_key = excluded.state_key, sender = excluded.sender, depth = excluded.depth,
+             origin_server_ts = excluded.origin_server_ts, received_ts = excluded.received_ts,
+             json = excluded.json, outlier = excluded.outlier, rejected = excluded.rejected,
+             soft_failed = excluded.soft_failed, redacted_by = NULL,
+             state_group_before = excluded.state_group_before, state_group_after = excluded.state_group_after,
+             replaces_state = excluded.replaces_state
+         WHERE events.outlier AND NOT excluded.outlier";
+
+pub async fn persist_timeline_event(tx: &impl GenericClient, new: &NewTimelineEvent) -> Result<Persisted> {
+    let pdu = &new.pdu;
+    let room_id = pdu.room_id.as_str();
+
+    let before = state::write_state(tx, &pdu.room_id, &new.state_before).await?;
+    let after = state_after(tx, pdu, before).await?;
 
     if let Some(version) = crate::storage::created_room_version(pdu) {
         add_room(tx, room_id, &version).await?;
     }
 
-    let (rejected, soft_failed) = match &new.status {
-        TimelineStatus::Accepted => (None, false),
-        TimelineStatus::SoftFailed => (None, true),
-        TimelineStatus::Rejected(reason) => (Some(reason.as_str()), false),
-    };
+    let (rejected, soft_failed) = new.status.row_flags();
     // Backfilled history has its (negative) position now; a live event
     // holds a placeholder until its position is taken, last.
     let Some(placeholder) = insert_event_row(

@@ -211,11 +211,7 @@ pub fn persist_timeline_event(tx: &Transaction<'_>, new: &NewTimelineEvent) -> R
         "DELETE FROM events WHERE event_id = ?1 AND outlier = 1",
         params![pdu.event_id.as_str()],
     )?;
-    let (rejected, soft_failed) = match &new.status {
-        TimelineStatus::Accepted => (None, false),
-        TimelineStatus::SoftFailed => (None, true),
-        TimelineStatus::Rejected(reason) => (Some(reason.as_str()), false),
-    };
+    let (rejected, soft_failed) = new.status.row_flags();
     exec(
         tx,
         "INSERT INTO events (stream_ordering, event_id, room_id, type, state_key, sender, depth,
