@@ -29,10 +29,5 @@ pub async fn allows(svc: &Services, room_id: &RoomId, server: &ServerName) -> Re
 
 /// Whether any user of `server` is joined to the room now.
 pub async fn server_in_room(svc: &Services, room_id: &RoomId, server: &ServerName) -> Result<bool> {
-    Ok(svc
-        .storage
-        .room_members(room_id, Some("join"))
-        .await?
-        .iter()
-        .any(|m| m.user_id.server_name() == server))
+    Ok(svc.joined.get(room_id).await?.servers.contains(server))
 }

@@ -46,6 +46,9 @@ async fn followed(svc: &Services, write: OtherWrite) {
             room_id,
             member,
         } => {
+            if member.is_some() {
+                svc.joined.changed(&room_id);
+            }
             let mut topics = vec![Topic::Room(room_id)];
             if let Some(user) = member.and_then(|m| m.try_into().ok()) {
                 topics.push(Topic::User(user));
@@ -57,6 +60,7 @@ async fn followed(svc: &Services, write: OtherWrite) {
             OtherStream::E2e => svc.e2e.advance(position),
         },
         OtherWrite::Resync => {
+            svc.joined.clear();
             let heads = async {
                 Ok::<_, crate::storage::StorageError>((
                     svc.storage.max_stream_ordering().await?,

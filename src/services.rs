@@ -54,6 +54,8 @@ pub struct Services {
     /// them.
     pub appservices: AppServices,
     pub state: StateCache,
+    /// Who is joined to each room now (local users, servers).
+    pub joined: Arc<crate::state::joined::JoinedCache>,
     pub rooms: RoomLocks,
     pub notifier: Notifier,
     /// Nonces handed out by `GET /_synapse/admin/v1/register`.
@@ -97,8 +99,13 @@ impl Services {
             config.federation_verify_tls,
             cancel.clone(),
         );
+        let joined = Arc::new(crate::state::joined::JoinedCache::new(
+            storage.clone(),
+            keys.server_name().to_owned(),
+        ));
         let sender = Sender::new(
             storage.clone(),
+            joined.clone(),
             federation.clone(),
             keys.server_name().to_owned(),
             cancel,
@@ -124,6 +131,7 @@ impl Services {
             push,
             appservices,
             state: StateCache::new(storage.clone()),
+            joined,
             storage,
             rooms: RoomLocks::default(),
             notifier: Notifier::new(head),

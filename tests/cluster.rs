@@ -240,3 +240,68 @@ async fn a_send_on_one_process_wakes_a_sync_on_another() {
     assert!(on_a.len() >= 6, "create, joins, messages: {on_a:?}");
     assert_ne!(alice.user_id, bob.user_id);
 }
+
+/// Each process caches who is joined to a room (the users an event's push
+/// rules are evaluated for, the servers it goes to): a join through B
+/// must reach A's cache, or Carol, who joined on B, would never be
+/// notified of what Alice sends on A.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_join_on_one_process_is_known_to_the_others_push_rules() {
+    if std::env::var("WEFT_TEST_POSTGRES").is_err() {
+        eprintln!("skipped: runs in the PostgreSQL pass of tools/test (WEFT_TEST_POSTGRES)");
+        return;
+    }
+    weft::tls::install_crypto_provider();
+    let dir = tempfile::tempdir().unwrap();
+    for process in ["a", "b"] {
+        std::fs::create_dir_all(dir.path().join(process)).unwrap();
+    }
+    let mut a = WeftProcess::new(&dir.path().join("a"));
+    a.start().await;
+    let mut b = a.sibling(&dir.path().join("b"));
+    b.start().await;
+
+    let alice = User::register(&a, "alice").await;
+    let carol = User::register(&b, "carol").await;
+    let room = alice
+        .call(
+            reqwest::Method::POST,
+            "/_matrix/client/v3/createRoom",
+            Some(json!({ "preset": "public_chat" })),
+        )
+        .await["room_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // A reads (and keeps) the room's members: Alice alone.
+    alice.send(&room, "t1", "before Carol").await;
+    let since = alice.sync(None, 0).await["next_batch"].as_str().unwrap().to_owned();
+
+    // Carol joins through B; A hears of it (Alice's sync on A shows it).
+    let (_, sync, _) = woken_by(&alice, &since, async {
+        carol
+            .call(
+                reqwest::Method::POST,
+                &format!("/_matrix/client/v3/join/{room}"),
+                Some(json!({})),
+            )
+            .await["room_id"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    })
+    .await;
+    let joins = sync["rooms"]["join"][&room]["timeline"]["events"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|e| e["type"] == "m.room.member" && e["state_key"] == carol.user_id.as_str())
+        .count();
+    assert_eq!(joins, 1, "A's sync shows Carol's join: {sync}");
+
+    // A message sent on A notifies Carol (the default rules notify every
+    // message): A evaluated her rules.
+    alice.send(&room, "t2", "after Carol joined").await;
+    let counts = &carol.sync(None, 0).await["rooms"]["join"][&room]["unread_notifications"];
+    assert_eq!(counts["notification_count"], 1, "Carol is notified once: {counts}");
+}

@@ -3114,8 +3114,21 @@ async fn push_notifications(s: Store) {
                 .unwrap()
         }
     };
-    add(0, vec![notify(&alice, false), notify(&carol, true)]).await;
-    add(1, vec![notify(&alice, true)]).await;
+    // Carol has a pusher: she is whom a push is for.
+    let carols = PusherRecord {
+        user_id: carol.clone(),
+        app_id: "app".to_owned(),
+        pushkey: "kC".to_owned(),
+        json: r#"{"app":"app","key":"kC"}"#.to_owned(),
+        ts: 1,
+        device_id: None,
+    };
+    s.set_pusher(&carols, false).await.unwrap();
+    assert_eq!(
+        add(0, vec![notify(&alice, false), notify(&carol, true)]).await,
+        std::slice::from_ref(&carol)
+    );
+    assert!(add(1, vec![notify(&alice, true)]).await.is_empty());
     add(2, vec![notify(&alice, false)]).await;
     add(3, vec![]).await;
     assert_eq!(

@@ -393,11 +393,12 @@ async fn interested(svc: &Services, registration: &Registration, pdu: &Pdu) -> c
         return Ok(true);
     }
     Ok(svc
-        .storage
-        .room_members(&pdu.room_id, Some("join"))
+        .joined
+        .get(&pdu.room_id)
         .await?
+        .local
         .iter()
-        .any(|m| m.user_id.server_name() == svc.server_name() && registration.is_user_in_namespace(&m.user_id)))
+        .any(|u| registration.is_user_in_namespace(u)))
 }
 
 /// A new live event was stored: queued for the application services

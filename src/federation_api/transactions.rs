@@ -56,6 +56,9 @@ pub async fn send(
     }
 
     let mut results: BTreeMap<OwnedEventId, Result<(), String>> = BTreeMap::new();
+    // The room's ACL is read once per room of the transaction (as Synapse
+    // does), not once per PDU.
+    let mut allowed: BTreeMap<ruma::OwnedRoomId, bool> = BTreeMap::new();
     for raw in &body.pdus {
         let Some(room_id) = inbound::room_of(raw) else {
             tracing::info!(origin = %req.origin, "dropping a PDU without a room");
@@ -69,7 +72,15 @@ pub async fn send(
             tracing::info!(origin = %req.origin, %room_id, "dropping a PDU whose event ID cannot be computed");
             continue;
         };
-        let result = if !acl::allows(&svc, &room_id, &req.origin).await? {
+        let allows = match allowed.get(&room_id) {
+            Some(allows) => *allows,
+            None => {
+                let allows = acl::allows(&svc, &room_id, &req.origin).await?;
+                allowed.insert(room_id.clone(), allows);
+                allows
+            }
+        };
+        let result = if !allows {
             Err("the room's server ACL denies the sending server".to_owned())
         } else {
             match inbound::receive_pdu(&svc, &req.origin, &room_id, raw).await {

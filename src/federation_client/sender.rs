@@ -33,6 +33,7 @@ const MAX_RETRY_WAIT: Duration = Duration::from_secs(10 * 60);
 
 pub struct Sender {
     storage: Arc<dyn Storage>,
+    joined: Arc<crate::state::joined::JoinedCache>,
     federation: Arc<FederationClient>,
     own_name: OwnedServerName,
     cancel: CancellationToken,
@@ -43,12 +44,14 @@ pub struct Sender {
 impl Sender {
     pub fn new(
         storage: Arc<dyn Storage>,
+        joined: Arc<crate::state::joined::JoinedCache>,
         federation: Arc<FederationClient>,
         own_name: OwnedServerName,
         cancel: CancellationToken,
     ) -> Arc<Self> {
         Arc::new(Sender {
             storage,
+            joined,
             federation,
             own_name,
             cancel,
@@ -77,13 +80,7 @@ impl Sender {
         event: &crate::events::Pdu,
         except: &[&ServerName],
     ) -> Result<(), StorageError> {
-        let mut destinations: Vec<OwnedServerName> = self
-            .storage
-            .room_members(room_id, Some("join"))
-            .await?
-            .into_iter()
-            .map(|m| m.user_id.server_name().to_owned())
-            .collect();
+        let mut destinations: Vec<OwnedServerName> = self.joined.get(room_id).await?.servers.iter().cloned().collect();
         // The target of a membership change hears of it even when none of
         // its server's users is joined (a kick, a ban); an invite, though,
         // has reached the invitee's server already, through `/invite`.
@@ -128,16 +125,10 @@ impl Sender {
     /// users joined to the room, but this one. EDUs are kept in memory
     /// only: they are worth nothing later.
     pub async fn send_edu(self: &Arc<Self>, room_id: &RoomId, edu: serde_json::Value) -> Result<(), StorageError> {
-        let mut destinations: Vec<OwnedServerName> = self
-            .storage
-            .room_members(room_id, Some("join"))
-            .await?
-            .into_iter()
-            .map(|m| m.user_id.server_name().to_owned())
-            .filter(|s| *s != self.own_name)
+        let destinations: Vec<OwnedServerName> = (self.joined.get(room_id).await?.servers.iter())
+            .filter(|s| **s != self.own_name)
+            .cloned()
             .collect();
-        destinations.sort();
-        destinations.dedup();
         self.send_edu_to(&destinations, edu);
         Ok(())
     }

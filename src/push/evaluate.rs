@@ -39,14 +39,9 @@ struct RoomContext<'a> {
 
 /// The local users an event may notify.
 async fn targets(svc: &Services, pdu: &Pdu) -> Result<(Vec<OwnedUserId>, usize), MatrixError> {
-    let joined = svc.storage.room_members(&pdu.room_id, Some("join")).await?;
+    let joined = svc.joined.get(&pdu.room_id).await?;
     let server = svc.server_name();
-    let mut users: Vec<OwnedUserId> = joined
-        .iter()
-        .map(|m| &m.user_id)
-        .filter(|u| u.server_name() == server && **u != pdu.sender)
-        .cloned()
-        .collect();
+    let mut users: Vec<OwnedUserId> = joined.local.iter().filter(|u| **u != pdu.sender).cloned().collect();
     if pdu.kind == TimelineEventType::RoomMember
         && let Some(target) = pdu.state_key.as_deref().and_then(|k| ruma::UserId::parse(k).ok())
         && target.server_name() == server
@@ -56,7 +51,7 @@ async fn targets(svc: &Services, pdu: &Pdu) -> Result<(Vec<OwnedUserId>, usize),
     {
         users.push(target);
     }
-    Ok((users, joined.len()))
+    Ok((users, joined.count))
 }
 
 /// What in an event's content decides which rules apply.
@@ -177,13 +172,16 @@ async fn notify(
         });
     }
     let ts: u64 = pdu.origin_server_ts.get().into();
-    svc.storage
+    let with_pushers = svc
+        .storage
         .add_notifications(&pdu.room_id, &pdu.event_id, stream_ordering, ts, &notifications)
         .await?;
     // Pushed once stored: a push carries the user's unread count, which
-    // counts this notification.
+    // counts this notification. Users without a pusher have no push.
     for job in jobs {
-        svc.push.gateway.queue(job);
+        if matches!(&job, Job::Event { user, .. } if with_pushers.contains(user)) {
+            svc.push.gateway.queue(job);
+        }
     }
     Ok(())
 }

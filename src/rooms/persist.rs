@@ -119,6 +119,9 @@ pub async fn persist_pdu(svc: &Services, event: ToPersist, rules: &RoomVersionRu
         NewCurrent::Unchanged => None,
     };
     let expires_at = expiry(svc, &pdu, accepted);
+    let members_changed = current_state
+        .as_ref()
+        .is_some_and(|u| u.changes.iter().any(|c| c.key.0 == StateEventType::RoomMember));
     let persisted = svc
         .storage
         .persist_timeline_event(NewTimelineEvent {
@@ -134,6 +137,9 @@ pub async fn persist_pdu(svc: &Services, event: ToPersist, rules: &RoomVersionRu
         .await?;
     if expires_at.is_some() {
         svc.expiries.scheduled();
+    }
+    if members_changed {
+        svc.joined.changed(&pdu.room_id);
     }
 
     let before_map = before.map(|(_, map)| map).unwrap_or_default();

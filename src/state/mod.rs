@@ -7,6 +7,7 @@
 //! power) without replaying history. [`resolve`] decides between states
 //! that disagree.
 
+pub mod joined;
 pub mod resolve;
 pub mod resolve_v1;
 

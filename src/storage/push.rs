@@ -67,7 +67,8 @@ pub trait PushStorage: Send + Sync + 'static {
     /// password change that logs the other devices out).
     async fn delete_other_devices_pushers(&self, user_id: &UserId, keep: &DeviceId) -> Result<()>;
 
-    /// Records the notifications an event (at `stream_ordering`) gives.
+    /// Records the notifications an event (at `stream_ordering`) gives;
+    /// the users among them who have a pusher (whom a push is for).
     async fn add_notifications(
         &self,
         room_id: &RoomId,
@@ -75,7 +76,7 @@ pub trait PushStorage: Send + Sync + 'static {
         stream_ordering: StreamOrdering,
         ts: u64,
         notifications: &[NewNotification],
-    ) -> Result<()>;
+    ) -> Result<Vec<OwnedUserId>>;
     /// The user's notifications in the room after their read receipt.
     async fn unread_counts(&self, user_id: &UserId, room_id: &RoomId) -> Result<UnreadCounts>;
     /// The user's unread notifications in all rooms (a push's badge).

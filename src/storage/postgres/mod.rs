@@ -23,6 +23,7 @@ mod events;
 mod history;
 mod keys;
 mod listen;
+mod live;
 mod media;
 mod presence;
 mod push;

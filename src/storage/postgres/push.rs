@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 
 use async_trait::async_trait;
-use ruma::{DeviceId, OwnedDeviceId, RoomId, UserId};
+use ruma::{DeviceId, OwnedDeviceId, OwnedUserId, RoomId, UserId};
 
 use super::{PgStorage, big, col, exec, parse, pg_write, query, query_one};
 use crate::storage::{
@@ -106,9 +106,9 @@ impl PushStorage for PgStorage {
         stream_ordering: StreamOrdering,
         ts: u64,
         notifications: &[NewNotification],
-    ) -> Result<()> {
+    ) -> Result<Vec<OwnedUserId>> {
         if notifications.is_empty() {
-            return Ok(());
+            return Ok(Vec::new());
         }
         // One row per user, the last one given winning (as one replacing
         // insert after another would): a statement may not upsert a row
@@ -117,15 +117,20 @@ impl PushStorage for PgStorage {
         let users: Vec<&str> = by_user.keys().copied().collect();
         let highlights: Vec<bool> = by_user.values().map(|n| n.highlight).collect();
         let actions: Vec<&str> = by_user.values().map(|n| n.actions.as_str()).collect();
-        pg_write!(one self, |c| {
-            exec(
+        // (Whom a push is for comes back with the insert: one statement.)
+        let with_pushers = pg_write!(one self, |c| {
+            query(
                 &c,
-                "INSERT INTO notifications (user_id, room_id, event_id, stream_ordering, highlight, actions, ts)
-                 SELECT n.user_id, $2, $3, $4, n.highlight, n.actions, $7
-                 FROM UNNEST($1::text[], $5::boolean[], $6::text[]) AS n (user_id, highlight, actions)
-                 ON CONFLICT (user_id, event_id) DO UPDATE SET
-                     room_id = excluded.room_id, stream_ordering = excluded.stream_ordering,
-                     highlight = excluded.highlight, actions = excluded.actions, ts = excluded.ts",
+                "WITH added AS (
+                     INSERT INTO notifications (user_id, room_id, event_id, stream_ordering, highlight, actions, ts)
+                     SELECT n.user_id, $2, $3, $4, n.highlight, n.actions, $7
+                     FROM UNNEST($1::text[], $5::boolean[], $6::text[]) AS n (user_id, highlight, actions)
+                     ON CONFLICT (user_id, event_id) DO UPDATE SET
+                         room_id = excluded.room_id, stream_ordering = excluded.stream_ordering,
+                         highlight = excluded.highlight, actions = excluded.actions, ts = excluded.ts
+                 )
+                 SELECT u FROM unnest($1::text[]) AS u
+                 WHERE EXISTS (SELECT 1 FROM pushers p WHERE p.user_id = u)",
                 &[
                     &users,
                     &room_id.as_str(),
@@ -136,8 +141,9 @@ impl PushStorage for PgStorage {
                     &big(ts),
                 ],
             )
-            .await?;
-        })
+            .await?
+        })?;
+        with_pushers.iter().map(|r| parse(col::<String>(r, 0)?)).collect()
     }
 
     async fn unread_counts(&self, user_id: &UserId, room_id: &RoomId) -> Result<UnreadCounts> {

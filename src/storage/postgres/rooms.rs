@@ -208,7 +208,10 @@ impl Storage for PgStorage {
 
     async fn persist_timeline_event(&self, event: NewTimelineEvent) -> Result<Persisted> {
         let writes = self.events.writes();
-        let persisted = pg_write!(self, |tx| events::persist_timeline_event(&tx, &event).await?)?;
+        let persisted = match super::live::fits(&event) {
+            Some((group, current)) => pg_write!(one self, |c| super::live::persist(&c, &event, group, current).await?)?,
+            None => pg_write!(self, |tx| events::persist_timeline_event(&tx, &event).await?)?,
+        };
         // (It may have been held as an outlier: the cache has it anew.)
         self.events.written(&event, &persisted, writes);
         Ok(persisted)

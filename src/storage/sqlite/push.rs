@@ -1,7 +1,7 @@
 //! Pushers and notifications (`schema_v9.sql`).
 
 use async_trait::async_trait;
-use ruma::{DeviceId, OwnedDeviceId, OwnedEventId, OwnedRoomId, RoomId, UserId};
+use ruma::{DeviceId, OwnedDeviceId, OwnedEventId, OwnedRoomId, OwnedUserId, RoomId, UserId};
 use rusqlite::{Connection, params};
 
 use super::{SqliteStorage, exec, query_one};
@@ -107,12 +107,13 @@ impl PushStorage for SqliteStorage {
         stream_ordering: StreamOrdering,
         ts: u64,
         notifications: &[NewNotification],
-    ) -> Result<()> {
+    ) -> Result<Vec<OwnedUserId>> {
         if notifications.is_empty() {
-            return Ok(());
+            return Ok(Vec::new());
         }
         let (room_id, event_id, notifications) = (room_id.to_owned(), event_id.to_owned(), notifications.to_vec());
         self.write(move |tx| {
+            let mut with_pushers = Vec::new();
             for n in &notifications {
                 exec(
                     tx,
@@ -129,8 +130,16 @@ impl PushStorage for SqliteStorage {
                         ts as i64
                     ],
                 )?;
+                let has_pusher: bool = tx.query_row(
+                    "SELECT EXISTS (SELECT 1 FROM pushers WHERE user_id = ?1)",
+                    [n.user_id.as_str()],
+                    |r| r.get(0),
+                )?;
+                if has_pusher && !with_pushers.contains(&n.user_id) {
+                    with_pushers.push(n.user_id.clone());
+                }
             }
-            Ok(())
+            Ok(with_pushers)
         })
         .await
     }
