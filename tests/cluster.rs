@@ -305,3 +305,95 @@ async fn a_join_on_one_process_is_known_to_the_others_push_rules() {
     let counts = &carol.sync(None, 0).await["rooms"]["join"][&room]["unread_notifications"];
     assert_eq!(counts["notification_count"], 1, "Carol is notified once: {counts}");
 }
+
+/// Two processes writing to one room at the same moment: each event is
+/// placed on what the other wrote (the room's lock is the database's),
+/// so the current state keeps every state event of both — without the
+/// lock, each would build on the state it read, and the last to write
+/// would drop the other's keys — and both show one history.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_processes_writing_one_room_keep_every_state_event() {
+    if std::env::var("WEFT_TEST_POSTGRES").is_err() {
+        eprintln!("skipped: runs in the PostgreSQL pass of tools/test (WEFT_TEST_POSTGRES)");
+        return;
+    }
+    weft::tls::install_crypto_provider();
+    let dir = tempfile::tempdir().unwrap();
+    for process in ["a", "b"] {
+        std::fs::create_dir_all(dir.path().join(process)).unwrap();
+    }
+    let mut a = WeftProcess::new(&dir.path().join("a"));
+    a.start().await;
+    let mut b = a.sibling(&dir.path().join("b"));
+    b.start().await;
+
+    let alice = User::register(&a, "alice").await;
+    let room = alice
+        .call(
+            reqwest::Method::POST,
+            "/_matrix/client/v3/createRoom",
+            Some(json!({ "preset": "public_chat" })),
+        )
+        .await["room_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let on = [alice.on(&a), alice.on(&b)];
+    const EACH: usize = 24;
+    let set = |user: &User, key: String| {
+        let path = format!("/_matrix/client/v3/rooms/{room}/state/org.example.key/{key}");
+        let user = User {
+            http: user.http.clone(),
+            base: user.base.clone(),
+            token: user.token.clone(),
+            user_id: user.user_id.clone(),
+        };
+        async move { user.call(reqwest::Method::PUT, &path, Some(json!({ "k": key }))).await }
+    };
+    // Four in flight through each process.
+    let mut sends = Vec::new();
+    for (p, user) in on.iter().enumerate() {
+        for lane in 0..4 {
+            let (user, set) = (user, &set);
+            sends.push(async move {
+                for i in (lane..EACH).step_by(4) {
+                    set(user, format!("{p}-{i}")).await;
+                }
+            });
+        }
+    }
+    futures_util::future::join_all(sends).await;
+
+    for user in &on {
+        let state = user
+            .call(
+                reqwest::Method::GET,
+                &format!("/_matrix/client/v3/rooms/{room}/state"),
+                None,
+            )
+            .await;
+        let mut keys: Vec<String> = state
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["type"] == "org.example.key")
+            .map(|e| e["state_key"].as_str().unwrap().to_owned())
+            .collect();
+        keys.sort();
+        let mut expected: Vec<String> = (0..2)
+            .flat_map(|p| (0..EACH).map(move |i| format!("{p}-{i}")))
+            .collect();
+        expected.sort();
+        assert_eq!(
+            keys, expected,
+            "{}'s current state has every key of both processes",
+            user.base
+        );
+    }
+    let (on_a, on_b) = (history(&on[0], &room).await, history(&on[1], &room).await);
+    assert_eq!(on_a, on_b, "both processes show the same history");
+    let mut unique = on_a.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(unique.len(), on_a.len(), "no event twice: {on_a:?}");
+}

@@ -451,6 +451,13 @@ impl Room {
     async fn persist_new(&mut self, e: Ev, new: NewTimelineEvent) -> Persisted {
         let moves_tip = new.status == TimelineStatus::Accepted && !new.backfilled;
         let persisted = self.s.persist_timeline_event(new).await.expect("event persisted");
+        let forward = self.s.forward_extremities(&self.id).await.unwrap();
+        assert_eq!(
+            persisted.forward_extremity,
+            forward.iter().any(|(id, _)| *id == e.id),
+            "{} became a forward extremity, as Persisted says",
+            e.id
+        );
         if moves_tip {
             if let Some(k) = e.state_key() {
                 self.state.insert(k, e.id.clone());

@@ -11,12 +11,7 @@ use ruma::{OwnedEventId, RoomVersionId, api::federation::transactions::send_tran
 use serde_json::value::RawValue;
 
 use super::extract::Fed;
-use crate::{
-    acl,
-    error::MatrixError,
-    rooms::{RoomError, inbound},
-    services::Services,
-};
+use crate::{acl, error::MatrixError, rooms::inbound, services::Services};
 
 const MAX_PDUS: usize = 50;
 const MAX_EDUS: usize = 100;
@@ -55,10 +50,10 @@ pub async fn send(
         ));
     }
 
-    let mut results: BTreeMap<OwnedEventId, Result<(), String>> = BTreeMap::new();
-    // The room's ACL is read once per room of the transaction (as Synapse
-    // does), not once per PDU.
-    let mut allowed: BTreeMap<ruma::OwnedRoomId, bool> = BTreeMap::new();
+    // The PDUs of each room, in the order given (rooms in the order they
+    // first appear): a room's are taken under one hold of its lock, after
+    // one reading of its ACL (as Synapse does), not once each.
+    let mut rooms: Vec<(ruma::OwnedRoomId, Vec<(OwnedEventId, &RawValue)>)> = Vec::new();
     for raw in &body.pdus {
         let Some(room_id) = inbound::room_of(raw) else {
             tracing::info!(origin = %req.origin, "dropping a PDU without a room");
@@ -72,35 +67,42 @@ pub async fn send(
             tracing::info!(origin = %req.origin, %room_id, "dropping a PDU whose event ID cannot be computed");
             continue;
         };
-        let allows = match allowed.get(&room_id) {
-            Some(allows) => *allows,
-            None => {
-                let allows = acl::allows(&svc, &room_id, &req.origin).await?;
-                allowed.insert(room_id.clone(), allows);
-                allows
-            }
-        };
-        let result = if !allows {
-            Err("the room's server ACL denies the sending server".to_owned())
-        } else {
-            match inbound::receive_pdu(&svc, &req.origin, &room_id, raw).await {
-                // Rejected by the auth rules is handled (held as rejected),
-                // not an error of processing: no error for it, as Synapse
-                // answers, so that senders do not take it for a failure to
-                // retry or report.
-                Ok(inbound::Outcome::Rejected(reason)) => {
-                    tracing::info!(origin = %req.origin, %event_id, %reason, "PDU rejected by the auth rules");
-                    Ok(())
-                }
-                Ok(_) => Ok(()),
-                Err(RoomError::Storage(e)) => return Err(e.into()),
-                Err(e) => Err(e.to_string()),
-            }
-        };
-        if let Err(error) = &result {
-            tracing::info!(origin = %req.origin, %event_id, %error, "PDU not accepted");
+        match rooms.iter_mut().find(|(r, _)| *r == room_id) {
+            Some((_, pdus)) => pdus.push((event_id, raw)),
+            None => rooms.push((room_id, vec![(event_id, raw)])),
         }
-        results.insert(event_id, result);
+    }
+    let mut results: BTreeMap<OwnedEventId, Result<(), String>> = BTreeMap::new();
+    for (room_id, pdus) in rooms {
+        let outcomes: Vec<Result<(), String>> = if !acl::allows(&svc, &room_id, &req.origin).await? {
+            let denied = "the room's server ACL denies the sending server";
+            pdus.iter().map(|_| Err(denied.to_owned())).collect()
+        } else {
+            let raws: Vec<&RawValue> = pdus.iter().map(|(_, raw)| *raw).collect();
+            inbound::receive_pdus(&svc, &req.origin, &room_id, &raws)
+                .await?
+                .into_iter()
+                .zip(&pdus)
+                .map(|(outcome, (event_id, _))| match outcome {
+                    // Rejected by the auth rules is handled (held as
+                    // rejected), not an error of processing: no error for
+                    // it, as Synapse answers, so that senders do not take
+                    // it for a failure to retry or report.
+                    Ok(inbound::Outcome::Rejected(reason)) => {
+                        tracing::info!(origin = %req.origin, %event_id, %reason, "PDU rejected by the auth rules");
+                        Ok(())
+                    }
+                    Ok(_) => Ok(()),
+                    Err(e) => Err(e.to_string()),
+                })
+                .collect()
+        };
+        for ((event_id, _), result) in pdus.into_iter().zip(outcomes) {
+            if let Err(error) = &result {
+                tracing::info!(origin = %req.origin, %event_id, %error, "PDU not accepted");
+            }
+            results.insert(event_id, result);
+        }
     }
     for edu in &body.edus {
         let value: serde_json::Value = serde_json::from_str(edu.json().get()).unwrap_or_default();

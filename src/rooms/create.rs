@@ -256,7 +256,7 @@ pub(super) async fn found(
 ) -> Result<OwnedRoomId, RoomError> {
     let room_id = create.room_id.clone();
     {
-        let _guard = svc.rooms.lock(&room_id).await;
+        let _guard = svc.rooms.lock(&room_id).await?;
         send::persist_local(svc, create, None, None, rules).await?;
     }
     membership::join_local(svc, &room_id, creator).await?;

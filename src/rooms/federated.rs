@@ -144,7 +144,7 @@ async fn accept_membership(
         return Ok(existing);
     }
 
-    let _guard = svc.rooms.lock(room_id).await;
+    let _guard = svc.rooms.lock(room_id).await?;
     let (current_group, current) = svc.state.current(room_id).await?.ok_or(RoomError::UnknownRoom)?;
     let before = state_before(svc, room_id, &pdu, (current_group, current.clone())).await?;
     event_checks::check_auth(svc, &rules, &pdu, &before.1).await?;
@@ -233,6 +233,7 @@ async fn answer(svc: &Services, event: StoredEvent) -> Result<AcceptedJoin, Room
     let sent = Sent {
         stream_ordering: event.meta.stream_ordering,
         pdu: event.pdu,
+        forward_extremity: false,
     };
     Ok(AcceptedJoin {
         event: sent,

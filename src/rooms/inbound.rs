@@ -6,7 +6,10 @@
 //! soft-failed or rejected, and the room's current state resolved over its
 //! forward extremities.
 
-use std::{collections::HashSet, sync::Arc};
+use std::{
+    collections::HashSet,
+    sync::{Arc, Mutex},
+};
 
 use ruma::{
     EventId, OwnedEventId, RoomId, RoomVersionId, ServerName, UInt,
@@ -28,7 +31,7 @@ use crate::{
     events::Pdu,
     services::Services,
     state::{StateMap, key, resolve},
-    storage::{RoomInfo, StateGroupId, StateWrite, TimelineStatus},
+    storage::{RoomInfo, StateGroupId, StateWrite, StorageError, TimelineStatus},
 };
 
 fn snapshot(state: &StateMap) -> StateWrite {
@@ -68,25 +71,52 @@ pub fn room_of(raw: &RawValue) -> Option<ruma::OwnedRoomId> {
     serde_json::from_str::<Room>(raw.get()).ok().map(|r| r.room_id)
 }
 
-/// Receives one event from `origin` for a room this server is in.
-pub async fn receive_pdu(
+/// Receives events from `origin` for a room this server is in, in the
+/// order given, under one hold of the room's lock (the database's too,
+/// with several processes: taken once for a transaction's events of the
+/// room, not once each). Each event's outcome; a failure of storage ends
+/// it all.
+pub async fn receive_pdus(
+    svc: &Services,
+    origin: &ServerName,
+    room_id: &RoomId,
+    raws: &[&RawValue],
+) -> Result<Vec<Result<Outcome, RoomError>>, StorageError> {
+    let _guard = svc.rooms.lock(room_id).await?;
+    // The room's forward extremities, read once and kept up to date by
+    // each event written, while the lock is held (no other writer moves
+    // them meanwhile: not in this process, not in another).
+    let head = Mutex::new(None);
+    let mut outcomes = Vec::with_capacity(raws.len());
+    for raw in raws {
+        match receive_locked(svc, origin, room_id, raw, &head).await {
+            Err(RoomError::Storage(e)) => return Err(e),
+            outcome => outcomes.push(outcome),
+        }
+    }
+    Ok(outcomes)
+}
+
+/// Receives one event, the room's lock held.
+async fn receive_locked(
     svc: &Services,
     origin: &ServerName,
     room_id: &RoomId,
     raw: &RawValue,
+    head: &Mutex<Option<Vec<OwnedEventId>>>,
 ) -> Result<Outcome, RoomError> {
     let version = svc.storage.room_version(room_id).await?.ok_or(RoomError::UnknownRoom)?;
     let pdu = event_checks::check_signed(svc, &version, raw).await?;
     if pdu.room_id != room_id {
         return Err(RoomError::Invalid("the event is for another room".to_owned()));
     }
-    let _guard = svc.rooms.lock(room_id).await;
     Receiver {
         svc,
         origin,
         room_id,
         version: &version,
         mode: Mode::Live,
+        head,
     }
     .receive(pdu, true)
     .await
@@ -110,6 +140,7 @@ pub(super) async fn receive_backfilled_one(
         room_id: &room.room_id,
         version: &room.version,
         mode: Mode::Backfill,
+        head: &Mutex::new(None),
     }
     .receive(pdu, false)
     .await
@@ -128,6 +159,9 @@ struct Receiver<'a> {
     room_id: &'a RoomId,
     version: &'a RoomVersionId,
     mode: Mode,
+    /// The room's forward extremities, once read under the room's lock
+    /// (live events only).
+    head: &'a Mutex<Option<Vec<OwnedEventId>>>,
 }
 
 impl Receiver<'_> {
@@ -224,7 +258,9 @@ impl Receiver<'_> {
             TimelineStatus::SoftFailed => Outcome::SoftFailed,
             TimelineStatus::Rejected(r) => Outcome::Rejected(r.clone()),
         };
-        persist_pdu(
+        let moves_head = status == TimelineStatus::Accepted && self.mode == Mode::Live;
+        let prevs = pdu.prev_events.clone();
+        let sent = persist_pdu(
             self.svc,
             ToPersist {
                 pdu,
@@ -237,6 +273,14 @@ impl Receiver<'_> {
             &rules,
         )
         .await?;
+        // As storage moved them: the parents of an accepted live event are
+        // extremities no more; it is one unless it has children.
+        if moves_head && let Some(head) = self.head.lock().expect("room head").as_mut() {
+            head.retain(|id| !prevs.contains(id));
+            if sent.forward_extremity {
+                head.push(sent.pdu.event_id.clone());
+            }
+        }
         Ok(outcome)
     }
 
@@ -502,8 +546,20 @@ impl Receiver<'_> {
     /// The states after the room's forward extremities that `pdu` does not
     /// name as parents (none when it names them all: the usual case).
     async fn other_extremity_states(&self, pdu: &Pdu) -> Result<Vec<Arc<StateMap>>, RoomError> {
+        let held = self.head.lock().expect("room head").clone();
+        let head = match held {
+            Some(head) => head,
+            None => {
+                let read: Vec<OwnedEventId> = (self.svc.storage.forward_extremities(self.room_id).await?)
+                    .into_iter()
+                    .map(|(id, _)| id)
+                    .collect();
+                *self.head.lock().expect("room head") = Some(read.clone());
+                read
+            }
+        };
         let mut states = Vec::new();
-        for (id, _) in self.svc.storage.forward_extremities(self.room_id).await? {
+        for id in head {
             if pdu.prev_events.contains(&id) {
                 continue;
             }

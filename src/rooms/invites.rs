@@ -133,7 +133,7 @@ pub async fn invite_remote(
     target: &UserId,
     content: serde_json::Value,
 ) -> Result<Sent, RoomError> {
-    let _guard = svc.rooms.lock(room_id).await;
+    let _guard = svc.rooms.lock(room_id).await?;
     let room = svc.storage.room(room_id).await?.ok_or(RoomError::UnknownRoom)?;
     let rules = room
         .version

@@ -25,17 +25,38 @@ use std::{
 
 use ruma::{OwnedRoomId, RoomId};
 
-use crate::{error::MatrixError, events::build::BuildError, storage::StorageError};
+use crate::{
+    error::MatrixError,
+    events::build::BuildError,
+    storage::{ClusterLock, Storage, StorageError},
+};
 
-/// One lock per room: local events of a room are placed one at a time, so
-/// each sees the extremities and state the previous one left.
-#[derive(Default)]
+/// One lock per room: events of a room are placed one at a time, so each
+/// sees the extremities and state the previous one left. Within a process
+/// a mutex per room; across processes (PostgreSQL) the database's lock of
+/// the room too (`Storage::lock_room`), taken inside the mutex, so that at
+/// most one task per process waits for it.
 pub struct RoomLocks {
+    storage: Arc<dyn Storage>,
     locks: Mutex<HashMap<OwnedRoomId, Arc<tokio::sync::Mutex<()>>>>,
 }
 
+/// A room locked, until dropped.
+pub struct RoomGuard {
+    // Dropped in this order: the database's lock first.
+    _cluster: Option<ClusterLock>,
+    _local: tokio::sync::OwnedMutexGuard<()>,
+}
+
 impl RoomLocks {
-    pub async fn lock(&self, room_id: &RoomId) -> tokio::sync::OwnedMutexGuard<()> {
+    pub fn new(storage: Arc<dyn Storage>) -> RoomLocks {
+        RoomLocks {
+            storage,
+            locks: Mutex::default(),
+        }
+    }
+
+    pub async fn lock(&self, room_id: &RoomId) -> Result<RoomGuard, StorageError> {
         let lock = {
             let mut locks = self.locks.lock().expect("room locks");
             // Drop locks nobody holds, so the map does not grow forever.
@@ -44,7 +65,11 @@ impl RoomLocks {
             }
             locks.entry(room_id.to_owned()).or_default().clone()
         };
-        lock.lock_owned().await
+        let local = lock.lock_owned().await;
+        Ok(RoomGuard {
+            _cluster: self.storage.lock_room(room_id).await?,
+            _local: local,
+        })
     }
 }
 

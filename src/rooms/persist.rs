@@ -202,6 +202,7 @@ pub async fn persist_pdu(svc: &Services, event: ToPersist, rules: &RoomVersionRu
     Ok(Sent {
         pdu,
         stream_ordering: persisted.stream_ordering,
+        forward_extremity: persisted.forward_extremity,
     })
 }
 

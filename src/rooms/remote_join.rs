@@ -157,7 +157,7 @@ async fn join_through(
         Err(e) => return Err(federation_error(e)),
     };
 
-    let _guard = svc.rooms.lock(room_id).await;
+    let _guard = svc.rooms.lock(room_id).await?;
     svc.storage.add_room(room_id, &version).await?;
 
     // Every event of the state and its auth chain is checked; they are kept

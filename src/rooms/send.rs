@@ -28,6 +28,9 @@ const MAX_PREV_EVENTS: usize = 10;
 pub struct Sent {
     pub pdu: Arc<Pdu>,
     pub stream_ordering: StreamOrdering,
+    /// Storing it now made it a forward extremity of its room (false for
+    /// an event held before).
+    pub forward_extremity: bool,
 }
 
 /// Creates, checks and stores a local event in an existing room. A client
@@ -39,7 +42,7 @@ pub async fn send_event(
     template: EventTemplate,
     txn: Option<TxnKey>,
 ) -> Result<Sent, RoomError> {
-    let _guard = svc.rooms.lock(room_id).await;
+    let _guard = svc.rooms.lock(room_id).await?;
     if let Some(txn) = &txn
         && let Some(event_id) = svc.storage.txn_event(txn).await?
     {
@@ -47,6 +50,7 @@ pub async fn send_event(
         return Ok(Sent {
             pdu: event.pdu,
             stream_ordering: event.meta.stream_ordering,
+            forward_extremity: false,
         });
     }
     match prepare(svc, room_id, sender, &template).await? {
@@ -241,6 +245,7 @@ async fn unchanged_state(
     Ok(Some(Sent {
         pdu: current.pdu,
         stream_ordering: current.meta.stream_ordering,
+        forward_extremity: false,
     }))
 }
 

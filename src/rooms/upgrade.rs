@@ -109,7 +109,7 @@ pub async fn upgrade_room(
         Vec::new()
     };
 
-    let old_lock = svc.rooms.lock(old_room_id).await;
+    let old_lock = svc.rooms.lock(old_room_id).await?;
     let old_room = svc.storage.room(old_room_id).await?.ok_or(RoomError::UnknownRoom)?;
     let old_rules = old_room
         .version

@@ -230,6 +230,9 @@ pub enum NewCurrentState {
     Write(StateWrite),
 }
 
+/// A lock held in the database for this process, released when dropped.
+pub type ClusterLock = Box<dyn std::any::Any + Send + Sync>;
+
 /// What persisting a timeline event produced.
 #[derive(Debug, Clone)]
 pub struct Persisted {
@@ -241,6 +244,9 @@ pub struct Persisted {
     /// Accepted redactions of this event that were held before it (it
     /// came after them: history arrives newest first).
     pub earlier_redactions: Vec<OwnedEventId>,
+    /// The event became one of the room's forward extremities (its
+    /// parents, then, stopped being ones).
+    pub forward_extremity: bool,
 }
 
 /// What another process wrote (see [`Storage::other_writers`]).
@@ -530,6 +536,13 @@ pub trait Storage:
     /// file). Called once, by the process's follower.
     fn other_writers(&self) -> Option<tokio::sync::mpsc::Receiver<OtherWrite>> {
         None
+    }
+    /// Locks the room against every other process writing to it, until the
+    /// value given is dropped (`crate::rooms::RoomLocks` takes it inside
+    /// its own, so one task per process at most waits here); `None` where
+    /// no other process can write (SQLite): the process's lock is enough.
+    async fn lock_room(&self, _room_id: &RoomId) -> Result<Option<ClusterLock>> {
+        Ok(None)
     }
 
     // ----- state -----

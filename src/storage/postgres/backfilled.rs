@@ -72,6 +72,7 @@ pub async fn persist(tx: &impl GenericClient, new: &[NewTimelineEvent]) -> Resul
                 state_group_after: after,
                 current_state_group: None,
                 earlier_redactions,
+                forward_extremity: false,
             },
         )
         .collect())

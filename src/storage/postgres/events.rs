@@ -278,7 +278,8 @@ pub async fn persist_timeline_event(tx: &impl GenericClient, new: &NewTimelineEv
         // In the timeline already (as SQLite's unique event ID says).
         return Err(StorageError::AlreadyExists);
     };
-    let earlier_redactions = insert_edges(tx, pdu, new.status == TimelineStatus::Accepted && !new.backfilled).await?;
+    let (earlier_redactions, forward_extremity) =
+        insert_edges(tx, pdu, new.status == TimelineStatus::Accepted && !new.backfilled).await?;
 
     let mut current_state_group = None;
     if let Some(update) = &new.current_state {
@@ -344,18 +345,20 @@ pub async fn persist_timeline_event(tx: &impl GenericClient, new: &NewTimelineEv
         state_group_after: after,
         current_state_group,
         earlier_redactions,
+        forward_extremity,
     })
 }
 
 /// Records the event's edges and moves the room's extremities (as
 /// `sqlite/events.rs` `insert_edges`): "held" questions are about other
-/// events. Returns the redactions of the event that arrived before it.
-async fn insert_edges(tx: &impl GenericClient, pdu: &Pdu, forward: bool) -> Result<Vec<OwnedEventId>> {
+/// events. Returns the redactions of the event that arrived before it,
+/// and whether it became a forward extremity.
+async fn insert_edges(tx: &impl GenericClient, pdu: &Pdu, forward: bool) -> Result<(Vec<OwnedEventId>, bool)> {
     let prevs: Vec<&str> = pdu.prev_events.iter().map(|p| p.as_str()).collect();
     let auth: Vec<&str> = pdu.auth_events.iter().map(|a| a.as_str()).collect();
     // One statement (one round trip): its parts touch different rows, and
     // each reads what was there before it, as the steps in turn would.
-    query(
+    let row = query_one(
         tx,
         "WITH edges AS (
              INSERT INTO event_edges (event_id, prev_event_id, room_id)
@@ -378,8 +381,10 @@ async fn insert_edges(tx: &impl GenericClient, pdu: &Pdu, forward: bool) -> Resu
                  SELECT 1 FROM event_edges g WHERE g.prev_event_id = $2
                      AND (SELECT e.rejected IS NULL AND NOT e.soft_failed FROM events e WHERE e.event_id = g.event_id))
              ON CONFLICT DO NOTHING
+             RETURNING 1
          )
-         SELECT event_id FROM redactions WHERE redacts = $2 AND event_id != $2",
+         SELECT ARRAY(SELECT event_id FROM redactions WHERE redacts = $2 AND event_id != $2),
+             EXISTS (SELECT 1 FROM forward)",
         &[
             &pdu.room_id.as_str(),
             &pdu.event_id.as_str(),
@@ -389,10 +394,12 @@ async fn insert_edges(tx: &impl GenericClient, pdu: &Pdu, forward: bool) -> Resu
             &forward,
         ],
     )
-    .await?
-    .iter()
-    .map(|r| parse(col::<String>(r, 0)?))
-    .collect()
+    .await?;
+    let earlier = col::<Vec<String>>(&row, 0)?
+        .into_iter()
+        .map(parse)
+        .collect::<Result<_>>()?;
+    Ok((earlier, col(&row, 1)?))
 }
 
 async fn insert_auth_edges(tx: &impl GenericClient, event_id: &str, auth: &[&str]) -> Result<()> {

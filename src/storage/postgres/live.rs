@@ -95,6 +95,7 @@ pub async fn persist(
                      SELECT 1 FROM event_edges g WHERE g.prev_event_id = $1
                          AND (SELECT e.rejected IS NULL AND NOT e.soft_failed FROM events e WHERE e.event_id = g.event_id))
                  ON CONFLICT DO NOTHING
+                 RETURNING 1
              ), txn AS (
                  INSERT INTO txn_ids (user_id, device_id, scope, txn_id, event_id)
                  SELECT $19::text, $20::text, $21::text, $22::text, $1 FROM ev WHERE $19::text IS NOT NULL
@@ -109,7 +110,8 @@ pub async fn persist(
                  pg_notify('weft', concat_ws(' ', current_setting('weft.process', TRUE), 'events',
                      ev.stream_ordering, ev.room_id,
                      CASE WHEN ev.type = 'm.room.member' THEN ev.state_key END))::text,
-                 ARRAY(SELECT event_id FROM redactions WHERE redacts = $1 AND event_id <> $1)
+                 ARRAY(SELECT event_id FROM redactions WHERE redacts = $1 AND event_id <> $1),
+                 EXISTS (SELECT 1 FROM forward)
              FROM ev",
             replace = super::events::REPLACE_OUTLIER,
         ),
@@ -152,5 +154,6 @@ pub async fn persist(
             .into_iter()
             .map(parse)
             .collect::<Result<_>>()?,
+        forward_extremity: col(&row, 3)?,
     })
 }

@@ -24,6 +24,7 @@ mod history;
 mod keys;
 mod listen;
 mod live;
+mod locks;
 mod media;
 mod presence;
 mod push;
@@ -207,6 +208,8 @@ pub fn describe_target(config: &tokio_postgres::Config) -> String {
 
 pub struct PgStorage {
     pool: Pool,
+    /// Connections that hold room locks (`locks.rs`).
+    locks: Pool,
     events: EventCache,
     /// Room versions read so far: a room's never changes, so every process
     /// may keep them (one statement less per event received).
@@ -245,25 +248,30 @@ impl PgStorage {
         };
         config.options(&options);
         let target = describe_target(&config);
-        let manager = Manager::from_config(
-            config.clone(),
-            tokio_postgres::NoTls,
-            ManagerConfig {
-                recycling_method: RecyclingMethod::Fast,
-            },
-        );
-        let pool = Pool::builder(manager)
-            .max_size(POOL_SIZE)
-            .runtime(Runtime::Tokio1)
-            .wait_timeout(Some(POOL_WAIT))
-            .create_timeout(Some(POOL_WAIT))
-            .recycle_timeout(Some(POOL_WAIT))
-            .build()
-            .map_err(|e| StorageError::Database(format!("database pool: {e}")))?;
+        let pool = |size: usize| {
+            let manager = Manager::from_config(
+                config.clone(),
+                tokio_postgres::NoTls,
+                ManagerConfig {
+                    recycling_method: RecyclingMethod::Fast,
+                },
+            );
+            Pool::builder(manager)
+                .max_size(size)
+                .runtime(Runtime::Tokio1)
+                .wait_timeout(Some(POOL_WAIT))
+                .create_timeout(Some(POOL_WAIT))
+                .recycle_timeout(Some(POOL_WAIT))
+                .build()
+                .map_err(|e| StorageError::Database(format!("database pool: {e}")))
+        };
+        let (pool, locks) = (pool(POOL_SIZE)?, pool(locks::LOCK_CONNECTIONS)?);
         close_idle_connections(&pool);
+        close_idle_connections(&locks);
         analyze_growing_tables(&pool);
         let storage = PgStorage {
             pool,
+            locks,
             events: EventCache::new(EVENT_CACHE_SIZE),
             room_versions: Default::default(),
             config,

@@ -150,6 +150,10 @@ impl Storage for PgStorage {
         Some(self.listen())
     }
 
+    async fn lock_room(&self, room_id: &RoomId) -> Result<Option<crate::storage::ClusterLock>> {
+        super::locks::lock_room(&self.locks, room_id).await.map(Some)
+    }
+
     async fn room_version(&self, room_id: &RoomId) -> Result<Option<RoomVersionId>> {
         if let Some(version) = self.room_versions.lock().expect("room versions").get(room_id) {
             return Ok(Some(version.clone()));

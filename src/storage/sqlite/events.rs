@@ -236,7 +236,7 @@ pub fn persist_timeline_event(tx: &Transaction<'_>, new: &NewTimelineEvent) -> R
             soft_failed,
         ],
     )?;
-    insert_edges(tx, pdu, new.status == TimelineStatus::Accepted && !new.backfilled)?;
+    let forward_extremity = insert_edges(tx, pdu, new.status == TimelineStatus::Accepted && !new.backfilled)?;
 
     let mut current_state_group = None;
     if let Some(update) = &new.current_state {
@@ -292,15 +292,17 @@ pub fn persist_timeline_event(tx: &Transaction<'_>, new: &NewTimelineEvent) -> R
         state_group_after: after,
         current_state_group,
         earlier_redactions,
+        forward_extremity,
     })
 }
 
 /// Records the event's edges and moves the room's extremities: its
 /// parents stop being forward extremities, it becomes one unless a held
 /// event already names it as a parent, and parents not held (in the
-/// timeline) become backward extremities. A soft-failed, rejected or
+/// timeline) become backward extremities. Whether it became a forward
+/// extremity. A soft-failed, rejected or
 /// backfilled event (`forward` false) moves no forward extremity.
-fn insert_edges(tx: &Transaction<'_>, pdu: &Pdu, forward: bool) -> Result<()> {
+fn insert_edges(tx: &Transaction<'_>, pdu: &Pdu, forward: bool) -> Result<bool> {
     let room_id = pdu.room_id.as_str();
     let event_id = pdu.event_id.as_str();
     {
@@ -348,8 +350,9 @@ fn insert_edges(tx: &Transaction<'_>, pdu: &Pdu, forward: bool) -> Result<()> {
             "INSERT OR IGNORE INTO forward_extremities (room_id, event_id) VALUES (?1, ?2)",
             params![room_id, event_id],
         )?;
+        return Ok(true);
     }
-    Ok(())
+    Ok(false)
 }
 
 pub fn persist_outlier(tx: &Transaction<'_>, pdu: &Pdu, rejected: Option<&str>) -> Result<()> {
