@@ -14,7 +14,7 @@ use futures_util::StreamExt;
 use tokio::sync::mpsc;
 use tokio_postgres::AsyncMessage;
 
-use super::PgStorage;
+use super::{PgStorage, locks::HeldLocks};
 use crate::storage::{OtherStream, OtherWrite};
 
 /// The channel the notifications go to.
@@ -29,9 +29,10 @@ impl PgStorage {
         let (tx, rx) = mpsc::channel(1024);
         let config = self.config.clone();
         let process = self.process.clone();
+        let locks = self.locks.clone();
         tokio::spawn(async move {
             while !tx.is_closed() {
-                if let Err(e) = listen_once(&config, &process, &tx).await {
+                if let Err(e) = listen_once(&config, &process, &locks, &tx).await {
                     tracing::warn!(error = %e, "listening to other processes: connection lost, opening it again");
                 }
                 tokio::time::sleep(RECONNECT).await;
@@ -45,6 +46,7 @@ impl PgStorage {
 async fn listen_once(
     config: &tokio_postgres::Config,
     process: &str,
+    locks: &HeldLocks,
     tx: &mpsc::Sender<OtherWrite>,
 ) -> Result<(), tokio_postgres::Error> {
     let (client, mut connection) = config.connect(tokio_postgres::NoTls).await?;
@@ -70,6 +72,10 @@ async fn listen_once(
         return Ok(());
     }
     while let Some(payload) = notifications.recv().await {
+        if let Some(room_id) = wanted_room(&payload, process) {
+            locks.wanted(room_id);
+            continue;
+        }
         let Some(write) = parse(&payload, process) else {
             continue;
         };
@@ -82,6 +88,14 @@ async fn listen_once(
         Ok(result) => result,
         Err(_) => Ok(()),
     }
+}
+
+/// The room another process waits to lock (`<process> want <room>`, from
+/// `locks.rs`).
+fn wanted_room<'a>(payload: &'a str, process: &str) -> Option<&'a str> {
+    let mut parts = payload.splitn(3, ' ');
+    let (from, what, room) = (parts.next()?, parts.next()?, parts.next()?);
+    (from != process && what == "want").then_some(room)
 }
 
 /// A notification of another process (`None`: this process's own, or not
@@ -150,5 +164,8 @@ mod tests {
         assert_eq!(parse("b events twelve !r:x", "a"), None);
         assert_eq!(parse("b presence 3", "a"), None);
         assert_eq!(parse("", "a"), None);
+        assert_eq!(wanted_room("b want !r:x", "a"), Some("!r:x"));
+        assert_eq!(wanted_room("a want !r:x", "a"), None);
+        assert_eq!(parse("b want !r:x", "a"), None);
     }
 }

@@ -208,8 +208,8 @@ pub fn describe_target(config: &tokio_postgres::Config) -> String {
 
 pub struct PgStorage {
     pool: Pool,
-    /// Connections that hold room locks (`locks.rs`).
-    locks: Pool,
+    /// The room locks this process holds (`locks.rs`).
+    locks: std::sync::Arc<locks::HeldLocks>,
     events: EventCache,
     /// Room versions read so far: a room's never changes, so every process
     /// may keep them (one statement less per event received).
@@ -271,7 +271,7 @@ impl PgStorage {
         analyze_growing_tables(&pool);
         let storage = PgStorage {
             pool,
-            locks,
+            locks: locks::HeldLocks::new(locks, process.clone()),
             events: EventCache::new(EVENT_CACHE_SIZE),
             room_versions: Default::default(),
             config,

@@ -151,7 +151,7 @@ impl Storage for PgStorage {
     }
 
     async fn lock_room(&self, room_id: &RoomId) -> Result<Option<crate::storage::ClusterLock>> {
-        super::locks::lock_room(&self.locks, room_id).await.map(Some)
+        self.locks.lock(room_id).await.map(Some)
     }
 
     async fn room_version(&self, room_id: &RoomId) -> Result<Option<RoomVersionId>> {
