@@ -8,10 +8,12 @@
 //! process's events head and wakes the requests it concerns, as an event
 //! written here does (`crate::rooms::persist`); account data and e2e
 //! positions (device lists, to-device messages) move their heads, which
-//! wake every `/sync` of this process, as a local write does. Still
-//! process-local, and so not yet right with several processes: receipts,
-//! typing and presence (in-memory positions), room locks, background duties
-//! and the event cache (issue "Several weft processes").
+//! wake every `/sync` of this process, as a local write does; membership
+//! events drop the room from the joined-members cache. Room locks are the
+//! database's (`Storage::lock_room`), and the event cache follows the
+//! others' rewrites inside storage. Still process-local, and so not yet
+//! right with several processes: receipts, typing and presence (in-memory
+//! positions) and background duties (issue "Several weft processes").
 
 use std::sync::Arc;
 

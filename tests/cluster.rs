@@ -397,3 +397,60 @@ async fn two_processes_writing_one_room_keep_every_state_event() {
     unique.dedup();
     assert_eq!(unique.len(), on_a.len(), "no event twice: {on_a:?}");
 }
+
+/// An event another process redacts is served redacted here too, though
+/// this process had it cached (the redacting statement notifies the
+/// others, which drop their copies).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redaction_on_one_process_reaches_the_others_cache() {
+    if std::env::var("WEFT_TEST_POSTGRES").is_err() {
+        eprintln!("skipped: runs in the PostgreSQL pass of tools/test (WEFT_TEST_POSTGRES)");
+        return;
+    }
+    weft::tls::install_crypto_provider();
+    let dir = tempfile::tempdir().unwrap();
+    for process in ["a", "b"] {
+        std::fs::create_dir_all(dir.path().join(process)).unwrap();
+    }
+    let mut a = WeftProcess::new(&dir.path().join("a"));
+    a.start().await;
+    let mut b = a.sibling(&dir.path().join("b"));
+    b.start().await;
+
+    let alice = User::register(&a, "alice").await;
+    let room = alice
+        .call(
+            reqwest::Method::POST,
+            "/_matrix/client/v3/createRoom",
+            Some(json!({ "preset": "public_chat" })),
+        )
+        .await["room_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let secret = alice.send(&room, "t1", "a secret").await;
+    let alice_on_b = alice.on(&b);
+    let path = format!("/_matrix/client/v3/rooms/{room}/event/{secret}");
+    // B reads (and caches) it.
+    let before = alice_on_b.call(reqwest::Method::GET, &path, None).await;
+    assert_eq!(before["content"]["body"], "a secret");
+
+    alice
+        .call(
+            reqwest::Method::PUT,
+            &format!("/_matrix/client/v3/rooms/{room}/redact/{secret}/r1"),
+            Some(json!({ "reason": "oops" })),
+        )
+        .await;
+    // A's answer came after the redaction was stored; B hears of it within
+    // milliseconds (5 s is the bound of this test, not an expectation).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let after = alice_on_b.call(reqwest::Method::GET, &path, None).await;
+        if after["content"].as_object().is_some_and(|c| c.is_empty()) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "B still serves the redacted event: {after}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

@@ -4,7 +4,8 @@
 //!
 //! Process-local: an event changes after it is stored only when an outlier
 //! takes its place in the timeline, a redaction or an expiry rewrites it;
-//! the process that writes drops it here ([`EventCache::forget`]).
+//! the process that writes drops it here ([`EventCache::forget`]), and
+//! (PostgreSQL) every other process on its notification (`listen.rs`).
 
 use std::{num::NonZeroUsize, sync::Mutex};
 

@@ -469,7 +469,7 @@ async fn take_position(tx: &impl GenericClient, placeholder: i64, room: Option<(
              UPDATE events SET stream_ordering = (SELECT position FROM next)
              WHERE stream_ordering = $1
              RETURNING stream_ordering, pg_notify('weft', concat_ws(' ',
-                 current_setting('weft.process', TRUE), 'events', stream_ordering, room_id,
+                 current_setting('weft.process', TRUE), 'events', stream_ordering, room_id, event_id,
                  CASE WHEN type = 'm.room.member' THEN state_key END))::text",
             &[&placeholder, &room_id, &group],
         )
@@ -489,6 +489,11 @@ pub async fn txn_event(c: &impl GenericClient, txn: &TxnKey) -> Result<Option<Ow
     .transpose()
 }
 
+/// What a statement that rewrites a stored event ends with: the other
+/// processes drop it from their event caches (`listen.rs`).
+const CHANGED: &str =
+    "RETURNING pg_notify('weft', concat_ws(' ', current_setting('weft.process', TRUE), 'event', event_id))::text";
+
 pub async fn apply_redaction(
     tx: &impl GenericClient,
     event_id: &EventId,
@@ -497,7 +502,7 @@ pub async fn apply_redaction(
 ) -> Result<()> {
     exec(
         tx,
-        "UPDATE events SET json = $2, redacted_by = $3 WHERE event_id = $1",
+        &format!("UPDATE events SET json = $2, redacted_by = $3 WHERE event_id = $1 {CHANGED}"),
         &[&event_id.as_str(), &redacted_json, &redacted_by.as_str()],
     )
     .await?;
@@ -524,7 +529,7 @@ pub async fn expire_event(tx: &impl GenericClient, event_id: &EventId, pruned_js
     if let Some(json) = pruned_json {
         exec(
             tx,
-            "UPDATE events SET json = $2 WHERE event_id = $1",
+            &format!("UPDATE events SET json = $2 WHERE event_id = $1 {CHANGED}"),
             &[&event_id.as_str(), &json],
         )
         .await?;

@@ -1,9 +1,14 @@
 //! Hearing what other weft processes over the same database write: a
 //! transaction that takes a stream position notifies `weft` with it (in
-//! the same statement: `events.rs` for live events, `<process> events
-//! <position> <room> [<member>]`; `next_position` for account data and the
-//! e2e stream, `<process> <stream> <position>`), which PostgreSQL delivers
-//! at the commit, in commit order, to every connection listening. One connection per process listens, outside
+//! the same statement: `events.rs` and `live.rs` for live events,
+//! `<process> events <position> <room> <event> [<member>]`;
+//! `next_position` for account data and the e2e stream, `<process>
+//! <stream> <position>`), which PostgreSQL delivers at the commit, in
+//! commit order, to every connection listening. A statement that rewrites
+//! a stored event (a redaction, an expiry) notifies `<process> event
+//! <event>`, and an event written elsewhere may have replaced an outlier:
+//! this process's event cache drops them. `<process> want <room>` is a
+//! process waiting for a room's lock (`locks.rs`). One connection per process listens, outside
 //! the pool; when it drops it is opened again, and the follower is told to
 //! read the head again ([`OtherWrite::Resync`]): a lost notification only
 //! delays a wake-up.
@@ -14,7 +19,10 @@ use futures_util::StreamExt;
 use tokio::sync::mpsc;
 use tokio_postgres::AsyncMessage;
 
+use ruma::EventId;
+
 use super::{PgStorage, locks::HeldLocks};
+use crate::storage::event_cache::EventCache;
 use crate::storage::{OtherStream, OtherWrite};
 
 /// The channel the notifications go to.
@@ -30,9 +38,10 @@ impl PgStorage {
         let config = self.config.clone();
         let process = self.process.clone();
         let locks = self.locks.clone();
+        let events = self.events.clone();
         tokio::spawn(async move {
             while !tx.is_closed() {
-                if let Err(e) = listen_once(&config, &process, &locks, &tx).await {
+                if let Err(e) = listen_once(&config, &process, &locks, &events, &tx).await {
                     tracing::warn!(error = %e, "listening to other processes: connection lost, opening it again");
                 }
                 tokio::time::sleep(RECONNECT).await;
@@ -47,6 +56,7 @@ async fn listen_once(
     config: &tokio_postgres::Config,
     process: &str,
     locks: &HeldLocks,
+    events: &EventCache,
     tx: &mpsc::Sender<OtherWrite>,
 ) -> Result<(), tokio_postgres::Error> {
     let (client, mut connection) = config.connect(tokio_postgres::NoTls).await?;
@@ -76,6 +86,9 @@ async fn listen_once(
             locks.wanted(room_id);
             continue;
         }
+        if let Some(event_id) = changed_event(&payload, process).and_then(|id| <&EventId>::try_from(id).ok()) {
+            events.forget(event_id);
+        }
         let Some(write) = parse(&payload, process) else {
             continue;
         };
@@ -90,6 +103,19 @@ async fn listen_once(
     }
 }
 
+/// The event another process wrote or rewrote (`<process> events
+/// <position> <room> <event> [<member>]`; `<process> event <event>` from
+/// a redaction or an expiry): this process's cached copy is stale.
+fn changed_event<'a>(payload: &'a str, process: &str) -> Option<&'a str> {
+    let parts: Vec<&str> = payload.splitn(6, ' ').collect();
+    match parts.as_slice() {
+        [from, ..] if *from == process => None,
+        [_, "event", event_id] => Some(event_id),
+        [_, "events", _, _, event_id, ..] => Some(event_id),
+        _ => None,
+    }
+}
+
 /// The room another process waits to lock (`<process> want <room>`, from
 /// `locks.rs`).
 fn wanted_room<'a>(payload: &'a str, process: &str) -> Option<&'a str> {
@@ -101,7 +127,7 @@ fn wanted_room<'a>(payload: &'a str, process: &str) -> Option<&'a str> {
 /// A notification of another process (`None`: this process's own, or not
 /// one weft sends).
 fn parse(payload: &str, process: &str) -> Option<OtherWrite> {
-    let mut parts = payload.splitn(5, ' ');
+    let mut parts = payload.splitn(6, ' ');
     if parts.next()? == process {
         return None;
     }
@@ -110,6 +136,7 @@ fn parse(payload: &str, process: &str) -> Option<OtherWrite> {
     let stream = match stream {
         "events" => {
             let room_id = parts.next()?.try_into().ok()?;
+            let _event_id = parts.next()?;
             let member = parts.next().map(str::to_owned);
             return Some(OtherWrite::Event {
                 position,
@@ -131,7 +158,7 @@ mod tests {
     #[test]
     fn notifications_of_others_are_read_and_own_ones_skipped() {
         assert_eq!(
-            parse("b events 12 !r:x @u:x", "a"),
+            parse("b events 12 !r:x $e:x @u:x", "a"),
             Some(OtherWrite::Event {
                 position: 12,
                 room_id: "!r:x".try_into().unwrap(),
@@ -139,7 +166,7 @@ mod tests {
             })
         );
         assert_eq!(
-            parse("b events 13 !r:x", "a"),
+            parse("b events 13 !r:x $e:x", "a"),
             Some(OtherWrite::Event {
                 position: 13,
                 room_id: "!r:x".try_into().unwrap(),
@@ -165,6 +192,11 @@ mod tests {
         assert_eq!(parse("b presence 3", "a"), None);
         assert_eq!(parse("", "a"), None);
         assert_eq!(wanted_room("b want !r:x", "a"), Some("!r:x"));
+        assert_eq!(changed_event("b events 13 !r:x $e:x @u:x", "a"), Some("$e:x"));
+        assert_eq!(changed_event("b events 13 !r:x $e:x", "a"), Some("$e:x"));
+        assert_eq!(changed_event("b event $e:x", "a"), Some("$e:x"));
+        assert_eq!(changed_event("a event $e:x", "a"), None);
+        assert_eq!(parse("b event $e:x", "a"), None);
         assert_eq!(wanted_room("a want !r:x", "a"), None);
         assert_eq!(parse("b want !r:x", "a"), None);
     }

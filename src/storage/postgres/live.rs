@@ -66,7 +66,7 @@ pub async fn persist(
                      state_group_before, state_group_after, replaces_state)
                  SELECT position, $1, $2, $3, $4, $5, $6, $7, $8, $9, FALSE, $10, $11, $12, $12, $13 FROM next
                  {replace}
-                 RETURNING stream_ordering, room_id, type, state_key
+                 RETURNING stream_ordering, event_id, room_id, type, state_key
              ), room AS (
                  UPDATE rooms SET current_state_group = $18::bigint
                  WHERE room_id = $2 AND $18::bigint IS NOT NULL AND EXISTS (SELECT 1 FROM ev)
@@ -108,7 +108,7 @@ pub async fn persist(
              )
              SELECT ev.stream_ordering,
                  pg_notify('weft', concat_ws(' ', current_setting('weft.process', TRUE), 'events',
-                     ev.stream_ordering, ev.room_id,
+                     ev.stream_ordering, ev.room_id, ev.event_id,
                      CASE WHEN ev.type = 'm.room.member' THEN ev.state_key END))::text,
                  ARRAY(SELECT event_id FROM redactions WHERE redacts = $1 AND event_id <> $1),
                  EXISTS (SELECT 1 FROM forward)

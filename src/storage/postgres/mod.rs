@@ -210,7 +210,7 @@ pub struct PgStorage {
     pool: Pool,
     /// The room locks this process holds (`locks.rs`).
     locks: std::sync::Arc<locks::HeldLocks>,
-    events: EventCache,
+    events: std::sync::Arc<EventCache>,
     /// Room versions read so far: a room's never changes, so every process
     /// may keep them (one statement less per event received).
     room_versions: std::sync::Mutex<HashMap<OwnedRoomId, RoomVersionId>>,
@@ -272,7 +272,7 @@ impl PgStorage {
         let storage = PgStorage {
             pool,
             locks: locks::HeldLocks::new(locks, process.clone()),
-            events: EventCache::new(EVENT_CACHE_SIZE),
+            events: std::sync::Arc::new(EventCache::new(EVENT_CACHE_SIZE)),
             room_versions: Default::default(),
             config,
             process,
