@@ -326,3 +326,25 @@ async fn unknown_endpoints_keep_the_connection_usable() {
     assert_eq!(status, 200, "{body}");
     assert!(body["versions"].is_array(), "{body}");
 }
+
+/// An inline `/sync` filter that is not JSON, or JSON that is not a filter,
+/// is a 400 (as Synapse answers), not an unknown filter ID; an unknown ID
+/// is still a 404.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_inline_sync_filters_are_400() {
+    let server = TestServer::start().await;
+    let alice = server.register("alice").await;
+    let sync = |filter: &str| {
+        let path = format!("/_matrix/client/v3/sync?timeout=0&filter={}", enc(filter));
+        let alice = &alice;
+        async move { alice.call(Method::GET, &path, None).await }
+    };
+    let (status, body) = sync("{not json").await;
+    assert_error(status, &body, 400, "M_NOT_JSON");
+    let (status, body) = sync(r#"{"room": {"timeline": {"limit": "ten"}}}"#).await;
+    assert_error(status, &body, 400, "M_BAD_JSON");
+    let (status, body) = sync("12345").await;
+    assert_error(status, &body, 404, "M_NOT_FOUND");
+    let (status, body) = sync(r#"{"room": {"timeline": {"limit": 1}}}"#).await;
+    assert_eq!(status, StatusCode::OK, "a good inline filter: {body}");
+}

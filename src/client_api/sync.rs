@@ -400,6 +400,14 @@ async fn load_filter(
 ) -> Result<FilterDefinition, MatrixError> {
     Ok(match filter {
         Some(Filter::FilterDefinition(def)) => def.clone(),
+        // An inline filter that ruma could not read as a filter (so took
+        // for an ID): a 400, as Synapse answers, not an unknown filter.
+        Some(Filter::FilterId(id)) if id.starts_with('{') => {
+            return Err(match serde_json::from_str::<serde_json::Value>(id) {
+                Ok(_) => MatrixError::bad_json("The inline filter is not a valid filter"),
+                Err(_) => MatrixError::not_json("Invalid filter JSON"),
+            });
+        }
         Some(Filter::FilterId(id)) => match svc.storage.filter(&owner.user_id, id).await? {
             Some(json) => serde_json::from_str(&json).map_err(|e| MatrixError::internal("stored filter", e))?,
             None => return Err(MatrixError::not_found(format!("Unknown filter {id}"))),
