@@ -92,12 +92,22 @@ pub async fn send_without_txn(
     Ok(axum::Json(json!({ "event_id": sent.pdu.event_id })))
 }
 
+/// The longest identifier the spec allows (event IDs included), in bytes.
+const MAX_ID_BYTES: usize = 255;
+
 pub async fn redact(
     svc: Arc<Services>,
     req: Ruma<redact_event::v3::Request>,
 ) -> Result<redact_event::v3::Response, MatrixError> {
     let owner = req.user();
     let b = &req.body;
+    // The spec bounds identifiers to 255 bytes: a longer one names no
+    // event, and would be carried in the redaction forever.
+    if b.event_id.as_str().len() > MAX_ID_BYTES {
+        return Err(MatrixError::invalid_param(format!(
+            "An event ID is at most {MAX_ID_BYTES} bytes long"
+        )));
+    }
     let mut content = json!({});
     if let Some(reason) = &b.reason {
         content["reason"] = json!(reason);
