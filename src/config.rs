@@ -73,6 +73,10 @@ pub struct Config {
     /// The largest media upload accepted (bytes); larger ones are refused
     /// with `M_TOO_LARGE`. Also the largest remote media fetched.
     pub max_upload_size: u64,
+    /// How long a connection (either listener) may take to send a
+    /// request's headers before it is closed, in seconds: a client that
+    /// never finishes them does not keep its connection.
+    pub header_read_timeout_secs: u64,
     /// Log filter, in `tracing_subscriber::EnvFilter` syntax.
     pub log: String,
 }
@@ -100,6 +104,7 @@ impl Default for Config {
             presence: true,
             ephemeral_messages: false,
             max_upload_size: 50 * 1024 * 1024,
+            header_read_timeout_secs: 30,
             log: "info,ruma_state_res=warn".to_owned(),
         }
     }
@@ -220,6 +225,7 @@ impl Config {
         set_opt(&env, "registration_shared_secret", &mut self.registration_shared_secret)?;
         set(&env, "default_room_version", &mut self.default_room_version)?;
         set(&env, "federation_verify_tls", &mut self.federation_verify_tls)?;
+        set(&env, "header_read_timeout_secs", &mut self.header_read_timeout_secs)?;
         if let Some(list) = env("WEFT_TRUSTED_KEY_SERVERS") {
             self.trusted_key_servers = list
                 .split(',')
@@ -257,6 +263,12 @@ impl Config {
                     "room version {} is not supported (supported: 1 to 12)",
                     self.default_room_version
                 ),
+            });
+        }
+        if self.header_read_timeout_secs == 0 {
+            return Err(ConfigError::Invalid {
+                key: "header_read_timeout_secs",
+                message: "must be at least 1".to_owned(),
             });
         }
         if self.tls_cert.is_some() != self.tls_key.is_some() {
@@ -355,6 +367,10 @@ ephemeral_messages = false
 # The largest media upload (avatars, images, files) accepted, in bytes;
 # also the largest media fetched from another server. 50 MiB by default.
 max_upload_size = 52428800
+
+# Seconds a connection may take to send a request's headers before it is
+# closed (a client that never finishes them does not keep its connection).
+header_read_timeout_secs = 30
 
 # Log filter (tracing EnvFilter syntax), e.g. "info" or "weft=debug,info".
 log = "info,ruma_state_res=warn"

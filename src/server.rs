@@ -163,8 +163,12 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
         tokio::spawn(crate::rooms::expiry::run(svc.clone(), cancel.clone()));
     }
 
-    let client_listener = tokio::net::TcpListener::bind(config.client_listen)
-        .await
+    // Both listeners close a connection that has not sent a request's
+    // headers in time (hyper's timer), and shut down gracefully, waiting
+    // up to 5 s for requests under way.
+    let header_timeout = Duration::from_secs(config.header_read_timeout_secs);
+    let client_listener = std::net::TcpListener::bind(config.client_listen)
+        .and_then(|l| l.set_nonblocking(true).map(|()| l))
         .map_err(|source| StartError::Listen {
             addr: config.client_listen,
             source,
@@ -174,14 +178,26 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
         source,
     })?;
     let client_app = app(client_api::router(), svc.clone());
+    let client_handle = axum_server::Handle::new();
+    let client_shutdown = client_handle.clone();
     let client_cancel = cancel.clone();
+    tokio::spawn(async move {
+        client_cancel.cancelled().await;
+        client_shutdown.graceful_shutdown(Some(Duration::from_secs(5)));
+    });
     let client_task = tokio::spawn(async move {
-        let serve = axum::serve(
-            client_listener,
-            client_app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
-        )
-        .with_graceful_shutdown(async move { client_cancel.cancelled().await });
-        if let Err(e) = serve.await {
+        let result = match axum_server::from_tcp(client_listener) {
+            Ok(mut server) => {
+                server.http_builder().http1().header_read_timeout(header_timeout);
+                server
+                    .acceptor(axum_server::accept::NoDelayAcceptor::new())
+                    .handle(client_handle)
+                    .serve(client_app.into_make_service_with_connect_info::<std::net::SocketAddr>())
+                    .await
+            }
+            Err(e) => Err(e),
+        };
+        if let Err(e) = result {
             tracing::error!(error = %e, "client API listener failed");
         }
     });
@@ -215,9 +231,11 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
             Some(tls) => {
                 let rustls = axum_server::tls_rustls::RustlsConfig::from_config(tls);
                 let acceptor = axum_server::tls_rustls::RustlsAcceptor::new(rustls)
+                    .handshake_timeout(header_timeout.min(Duration::from_secs(10)))
                     .acceptor(axum_server::accept::NoDelayAcceptor::new());
                 match axum_server::from_tcp(fed_listener) {
-                    Ok(server) => {
+                    Ok(mut server) => {
+                        server.http_builder().http1().header_read_timeout(header_timeout);
                         server
                             .acceptor(acceptor)
                             .handle(handle)
@@ -228,7 +246,8 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
                 }
             }
             None => match axum_server::from_tcp(fed_listener) {
-                Ok(server) => {
+                Ok(mut server) => {
+                    server.http_builder().http1().header_read_timeout(header_timeout);
                     server
                         .acceptor(axum_server::accept::NoDelayAcceptor::new())
                         .handle(handle)

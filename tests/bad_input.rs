@@ -375,3 +375,43 @@ async fn redactions_of_impossible_event_ids_are_refused() {
         .await;
     assert_eq!(status, StatusCode::OK, "{body}");
 }
+
+/// A connection that never finishes its request's headers is closed once
+/// `header_read_timeout_secs` has run out, on both listeners (it held a
+/// file descriptor for ever); a connection that sends its request in time
+/// is answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_that_never_finish_their_headers_are_closed() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let server = TestServer::start_with(|c| c.header_read_timeout_secs = 1).await;
+    let running = server.running();
+    // The client listener: headers begun, never finished; the federation
+    // listener (TLS): nothing sent at all, not even a handshake.
+    for (addr, partial) in [
+        (
+            running.client_addr,
+            &b"GET /_matrix/client/versions HTTP/1.1\r\nHost: loc"[..],
+        ),
+        (running.federation_addr, &b""[..]),
+    ] {
+        let mut slow = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        slow.write_all(partial).await.expect("partial headers written");
+        let started = std::time::Instant::now();
+        let mut buf = [0u8; 1024];
+        let closed = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+            loop {
+                match slow.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {}
+                }
+            }
+        })
+        .await;
+        assert!(closed.is_ok(), "{addr}: still open after 10 s");
+        eprintln!("{addr}: closed after {:?}", started.elapsed());
+    }
+    let (status, _) = server
+        .request(Method::GET, "/_matrix/client/versions", None, None)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+}
