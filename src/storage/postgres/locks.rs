@@ -87,7 +87,9 @@ impl HeldLocks {
     pub async fn lock(self: &Arc<Self>, room_id: &RoomId) -> Result<ClusterLock> {
         let room_id = room_id.as_str().to_owned();
         let lingering = self.held.lock().expect("room locks").lingering.remove(&room_id);
-        if let Some((connection, _)) = lingering {
+        // (A connection that closed took its session's locks with it: the
+        // database restarted, say. Locked anew below.)
+        if let Some((connection, _)) = lingering.filter(|(c, _)| !c.is_closed()) {
             return Ok(Box::new(RoomLock {
                 locks: self.clone(),
                 connection: Some(connection),
