@@ -14,7 +14,7 @@
 
 use std::{
     collections::{HashMap, HashSet},
-    sync::{Arc, Mutex},
+    sync::Mutex,
     time::{Duration, Instant},
 };
 
@@ -36,24 +36,17 @@ const MAX_EXTREMITIES_PER_REQUEST: usize = 5;
 const MAX_SERVERS_TRIED: usize = 5;
 const BACKOFF_INITIAL: Duration = Duration::from_secs(30);
 const BACKOFF_MAX: Duration = Duration::from_secs(60 * 60);
+/// Back-offs kept before those that ran out are dropped.
+const BACKOFF_ENTRIES: usize = 4096;
 
 /// Per-room single flight and per-(gap, server) back-off.
 #[derive(Default)]
 pub struct Backfiller {
-    rooms: Mutex<HashMap<OwnedRoomId, Arc<tokio::sync::Mutex<()>>>>,
+    rooms: crate::keyed_locks::KeyedLocks<OwnedRoomId>,
     backoff: Mutex<HashMap<(OwnedEventId, OwnedServerName), (Instant, Duration)>>,
 }
 
 impl Backfiller {
-    fn room_lock(&self, room_id: &RoomId) -> Arc<tokio::sync::Mutex<()>> {
-        self.rooms
-            .lock()
-            .expect("backfill locks")
-            .entry(room_id.to_owned())
-            .or_default()
-            .clone()
-    }
-
     fn backing_off(&self, gap: &OwnedEventId, server: &OwnedServerName) -> bool {
         let backoff = self.backoff.lock().expect("backfill back-off");
         backoff
@@ -63,6 +56,11 @@ impl Backfiller {
 
     fn failed(&self, gaps: &[OwnedEventId], server: &OwnedServerName) {
         let mut backoff = self.backoff.lock().expect("backfill back-off");
+        // Back-offs run out: the map keeps those running once it is large.
+        if backoff.len() >= BACKOFF_ENTRIES {
+            let now = Instant::now();
+            backoff.retain(|_, (until, _)| *until > now);
+        }
         for gap in gaps {
             let key = (gap.clone(), server.clone());
             let wait = backoff
@@ -78,8 +76,7 @@ impl Backfiller {
 pub async fn fill(svc: &Services, room_id: &RoomId, gaps: &[OwnedEventId], want: usize) -> Result<usize, RoomError> {
     let span = tracing::info_span!("backfill", %room_id, gaps = gaps.len());
     async {
-        let lock = svc.backfiller.room_lock(room_id);
-        let _guard = lock.lock().await;
+        let _guard = svc.backfiller.rooms.lock(room_id).await;
         // Another request may have filled some while we waited.
         let open: HashSet<OwnedEventId> = svc
             .storage

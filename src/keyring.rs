@@ -50,7 +50,7 @@ pub struct KeyRing {
     notaries: Vec<OwnedServerName>,
     cache: Mutex<HashMap<OwnedServerName, Arc<Vec<ServerKey>>>>,
     /// One fetch per server at a time.
-    fetching: Mutex<HashMap<OwnedServerName, Arc<tokio::sync::Mutex<()>>>>,
+    fetching: crate::keyed_locks::KeyedLocks<OwnedServerName>,
 }
 
 fn now_ms() -> u64 {
@@ -78,7 +78,7 @@ impl KeyRing {
             fetcher,
             notaries,
             cache: Mutex::default(),
-            fetching: Mutex::default(),
+            fetching: Default::default(),
         }
     }
 
@@ -113,14 +113,7 @@ impl KeyRing {
         if let Some(key) = find(&self.known(server).await?) {
             return decode(server, &key);
         }
-        let lock = self
-            .fetching
-            .lock()
-            .expect("fetch locks")
-            .entry(server.to_owned())
-            .or_default()
-            .clone();
-        let _guard = lock.lock().await;
+        let _guard = self.fetching.lock(server).await;
         // Someone may have fetched it while we waited.
         self.cache.lock().expect("key cache").remove(server);
         if let Some(key) = find(&self.known(server).await?) {
@@ -261,14 +254,7 @@ impl KeyRing {
             }
         };
         if !fresh(&stored) {
-            let lock = self
-                .fetching
-                .lock()
-                .expect("fetch locks")
-                .entry(server.to_owned())
-                .or_default()
-                .clone();
-            let _guard = lock.lock().await;
+            let _guard = self.fetching.lock(server).await;
             if let Err(e) = self.fetch(server).await {
                 tracing::debug!(%server, error = %e, "notary fetch failed; serving what is stored");
             }

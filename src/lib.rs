@@ -19,6 +19,7 @@ pub mod federation_api;
 pub mod federation_client;
 pub mod filter;
 pub mod identity;
+pub mod keyed_locks;
 pub mod keyring;
 pub mod keys;
 pub mod media;

@@ -13,6 +13,8 @@ use ruma::{OwnedServerName, ServerName};
 
 const INITIAL: Duration = Duration::from_secs(5);
 const MAX: Duration = Duration::from_secs(60 * 60);
+/// Servers kept before those whose back-off ran out are dropped.
+const ENTRIES: usize = 4096;
 
 #[derive(Default)]
 pub struct Backoff {
@@ -35,6 +37,12 @@ impl Backoff {
 
     pub fn failed(&self, server: &ServerName) {
         let mut down = self.down.lock().expect("backoff lock");
+        // Servers that failed long ago are forgotten once the map is large
+        // (their next failure starts a back-off anew).
+        if down.len() >= ENTRIES {
+            let now = Instant::now();
+            down.retain(|_, d| d.until > now);
+        }
         let wait = down.get(server).map_or(INITIAL, |d| (d.wait * 2).min(MAX));
         down.insert(
             server.to_owned(),

@@ -18,16 +18,14 @@ pub mod send;
 pub mod third_party;
 pub mod upgrade;
 
-use std::{
-    collections::HashMap,
-    sync::{Arc, Mutex},
-};
+use std::sync::Arc;
 
 use ruma::{OwnedRoomId, RoomId};
 
 use crate::{
     error::MatrixError,
     events::build::BuildError,
+    keyed_locks::KeyedLocks,
     storage::{ClusterLock, Storage, StorageError},
 };
 
@@ -38,7 +36,7 @@ use crate::{
 /// most one task per process waits for it.
 pub struct RoomLocks {
     storage: Arc<dyn Storage>,
-    locks: Mutex<HashMap<OwnedRoomId, Arc<tokio::sync::Mutex<()>>>>,
+    locks: KeyedLocks<OwnedRoomId>,
 }
 
 /// A room locked, until dropped.
@@ -52,20 +50,12 @@ impl RoomLocks {
     pub fn new(storage: Arc<dyn Storage>) -> RoomLocks {
         RoomLocks {
             storage,
-            locks: Mutex::default(),
+            locks: KeyedLocks::default(),
         }
     }
 
     pub async fn lock(&self, room_id: &RoomId) -> Result<RoomGuard, StorageError> {
-        let lock = {
-            let mut locks = self.locks.lock().expect("room locks");
-            // Drop locks nobody holds, so the map does not grow forever.
-            if locks.len() > 1024 {
-                locks.retain(|_, l| Arc::strong_count(l) > 1);
-            }
-            locks.entry(room_id.to_owned()).or_default().clone()
-        };
-        let local = lock.lock_owned().await;
+        let local = self.locks.lock(room_id).await;
         Ok(RoomGuard {
             _cluster: self.storage.lock_room(room_id).await?,
             _local: local,
