@@ -118,15 +118,14 @@ async fn insert_rows(
     let written = exec(
         tx,
         &format!(
-            "INSERT INTO events (stream_ordering, event_id, room_id, type, state_key, sender, depth,
-             origin_server_ts, received_ts, json, outlier, rejected, soft_failed,
-             state_group_before, state_group_after, replaces_state)
+            "INSERT INTO events ({})
          SELECT x.pos, x.id, $2, x.type, x.key, x.sender, x.depth, x.ts, $3, x.json, FALSE, x.rejected,
                 x.soft_failed, x.before, x.after, x.replaces
          FROM unnest($1::bigint[], $4::text[], $5::text[], $6::text[], $7::text[], $8::bigint[], $9::bigint[],
                      $10::text[], $11::text[], $12::boolean[], $13::bigint[], $14::bigint[], $15::text[])
              AS x(pos, id, type, key, sender, depth, ts, json, rejected, soft_failed, before, after, replaces)
          {}",
+            events::EVENT_COLUMNS,
             events::REPLACE_OUTLIER
         ),
         &[

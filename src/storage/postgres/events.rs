@@ -9,7 +9,7 @@
 use std::sync::Arc;
 
 use ruma::{EventId, OwnedDeviceId, OwnedEventId, OwnedRoomId, RoomId, RoomVersionId};
-use tokio_postgres::Row;
+use tokio_postgres::{Row, types::ToSql};
 
 use super::{GenericClient, big, col, exec, now_ms, parse, query, query_one, query_opt, state};
 use crate::{
@@ -177,40 +177,88 @@ struct EventRow<'a> {
     replaces_state: Option<&'a str>,
 }
 
+/// The columns every insert of an event row writes, in this order.
+pub(super) const EVENT_COLUMNS: &str = "stream_ordering, event_id, room_id, type, state_key, sender, depth,
+    origin_server_ts, received_ts, json, outlier, rejected, soft_failed,
+    state_group_before, state_group_after, replaces_state";
+
+/// What a live event's statement returns for the other processes
+/// (`listen.rs`), from the columns of its row: `<process> events
+/// <position> <room> <event> [<member>]`, delivered at the commit.
+pub(super) const EVENT_NOTIFY: &str = "pg_notify('weft', concat_ws(' ', current_setting('weft.process', TRUE),
+    'events', stream_ordering, room_id, event_id, CASE WHEN type = 'm.room.member' THEN state_key END))::text";
+
+/// The columns of an event row that come from the PDU alone (`event_id`
+/// to `json` of [`EVENT_COLUMNS`]), as statement parameters.
+pub(super) struct PduColumns<'a> {
+    event_id: &'a str,
+    room_id: &'a str,
+    kind: String,
+    state_key: &'a Option<String>,
+    sender: &'a str,
+    depth: i64,
+    origin_server_ts: i64,
+    received_ts: i64,
+    json: &'a str,
+}
+
+impl<'a> PduColumns<'a> {
+    pub(super) fn of(pdu: &'a Pdu) -> Self {
+        PduColumns {
+            event_id: pdu.event_id.as_str(),
+            room_id: pdu.room_id.as_str(),
+            kind: pdu.kind.to_string(),
+            state_key: &pdu.state_key,
+            sender: pdu.sender.as_str(),
+            depth: big(pdu.depth),
+            origin_server_ts: i64::from(pdu.origin_server_ts.get()),
+            received_ts: now_ms(),
+            json: &pdu.json,
+        }
+    }
+
+    /// `event_id`, `room_id`, `type`, `state_key`, `sender`, `depth`,
+    /// `origin_server_ts`, `received_ts`, `json`: `$1` to `$9`.
+    pub(super) fn params(&self) -> [&(dyn ToSql + Sync); 9] {
+        [
+            &self.event_id,
+            &self.room_id,
+            &self.kind,
+            self.state_key,
+            &self.sender,
+            &self.depth,
+            &self.origin_server_ts,
+            &self.received_ts,
+            &self.json,
+        ]
+    }
+}
+
 /// Writes an event's row at a position below everything live (from
 /// `backfill_stream`: backfilled history's own, or a live event's
 /// placeholder until [`take_position`]); the position, or `None` if the
 /// event is held already. An outlier that takes its place in the timeline
 /// has its row replaced, as if deleted and written anew.
 async fn insert_event_row(tx: &impl GenericClient, row: EventRow<'_>) -> Result<Option<i64>> {
-    let pdu = row.pdu;
+    let columns = PduColumns::of(row.pdu);
+    let mut params = columns.params().to_vec();
+    params.extend_from_slice(&[
+        &row.outlier,
+        &row.rejected,
+        &row.soft_failed,
+        &row.before,
+        &row.after,
+        &row.replaces_state,
+    ]);
     query_opt(
         tx,
         &format!(
-            "INSERT INTO events (stream_ordering, event_id, room_id, type, state_key, sender, depth,
-                 origin_server_ts, received_ts, json, outlier, rejected, soft_failed,
-                 state_group_before, state_group_after, replaces_state)
+            "INSERT INTO events ({EVENT_COLUMNS})
              VALUES (nextval('backfill_stream'), $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)
              {REPLACE_OUTLIER}
              RETURNING stream_ordering"
         ),
-        &[
-            &pdu.event_id.as_str(),
-            &pdu.room_id.as_str(),
-            &pdu.kind.to_string(),
-            &pdu.state_key,
-            &pdu.sender.as_str(),
-            &big(pdu.depth),
-            &i64::from(pdu.origin_server_ts.get()),
-            &now_ms(),
-            &&*pdu.json,
-            &row.outlier,
-            &row.rejected,
-            &row.soft_failed,
-            &row.before,
-            &row.after,
-            &row.replaces_state,
-        ],
+        &params,
     )
     .await?
     .map(|r| col(&r, 0))
@@ -349,6 +397,65 @@ pub async fn persist_timeline_event(tx: &impl GenericClient, new: &NewTimelineEv
     })
 }
 
+/// The statement parameters [`edge_ctes`] reads: the room, the event, its
+/// `prev_events` (`text[]`), their depth, its `auth_events` (`text[]`),
+/// and whether it moves the forward extremities (accepted, live).
+pub(super) struct EdgeParams {
+    pub room: &'static str,
+    pub event: &'static str,
+    pub prevs: &'static str,
+    pub parent_depth: &'static str,
+    pub auth: &'static str,
+    pub forward: &'static str,
+}
+
+/// The parts of a statement that record an event's edges and move the
+/// room's extremities (as `sqlite/events.rs` `insert_edges`), each done
+/// only if `only_if` holds: the event's parents stop being forward
+/// extremities, those not held become backward ones, the event stops
+/// being one, and becomes a forward extremity (the part `forward` returns
+/// a row then) unless a held event names it as a parent. The parts touch
+/// different rows, and each reads what was there before the statement,
+/// as the steps in turn would: "held" questions are about other events.
+pub(super) fn edge_ctes(p: EdgeParams, only_if: &str) -> String {
+    let EdgeParams {
+        room,
+        event,
+        prevs,
+        parent_depth,
+        auth,
+        forward,
+    } = p;
+    format!(
+        "edges AS (
+             INSERT INTO event_edges (event_id, prev_event_id, room_id)
+             SELECT {event}, p, {room} FROM unnest({prevs}::text[]) AS p WHERE {only_if}
+             ON CONFLICT DO NOTHING
+         ), parents_not_forward AS (
+             DELETE FROM forward_extremities
+             WHERE {forward} AND room_id = {room} AND event_id = ANY({prevs}) AND {only_if}
+         ), parents_missing AS (
+             INSERT INTO backward_extremities (room_id, event_id, depth)
+             SELECT {room}, p, {parent_depth} FROM unnest({prevs}::text[]) AS p
+             WHERE {only_if} AND (SELECT NOT e.outlier FROM events e WHERE e.event_id = p) IS NOT TRUE
+             ON CONFLICT DO NOTHING
+         ), auth AS (
+             INSERT INTO event_auth (event_id, auth_event_id)
+             SELECT {event}, a FROM unnest({auth}::text[]) AS a WHERE {only_if}
+             ON CONFLICT DO NOTHING
+         ), held_now AS (
+             DELETE FROM backward_extremities WHERE room_id = {room} AND event_id = {event} AND {only_if}
+         ), forward AS (
+             INSERT INTO forward_extremities (room_id, event_id)
+             SELECT {room}, {event} WHERE {forward} AND {only_if} AND NOT EXISTS (
+                 SELECT 1 FROM event_edges g WHERE g.prev_event_id = {event}
+                     AND (SELECT e.rejected IS NULL AND NOT e.soft_failed FROM events e WHERE e.event_id = g.event_id))
+             ON CONFLICT DO NOTHING
+             RETURNING 1
+         )"
+    )
+}
+
 /// Records the event's edges and moves the room's extremities (as
 /// `sqlite/events.rs` `insert_edges`): "held" questions are about other
 /// events. Returns the redactions of the event that arrived before it,
@@ -356,35 +463,25 @@ pub async fn persist_timeline_event(tx: &impl GenericClient, new: &NewTimelineEv
 async fn insert_edges(tx: &impl GenericClient, pdu: &Pdu, forward: bool) -> Result<(Vec<OwnedEventId>, bool)> {
     let prevs: Vec<&str> = pdu.prev_events.iter().map(|p| p.as_str()).collect();
     let auth: Vec<&str> = pdu.auth_events.iter().map(|a| a.as_str()).collect();
-    // One statement (one round trip): its parts touch different rows, and
-    // each reads what was there before it, as the steps in turn would.
+    // One statement (one round trip).
+    let ctes = edge_ctes(
+        EdgeParams {
+            room: "$1",
+            event: "$2",
+            prevs: "$3",
+            parent_depth: "$4",
+            auth: "$5",
+            forward: "$6",
+        },
+        "TRUE",
+    );
     let row = query_one(
         tx,
-        "WITH edges AS (
-             INSERT INTO event_edges (event_id, prev_event_id, room_id)
-             SELECT $2, p, $1 FROM unnest($3::text[]) AS p ON CONFLICT DO NOTHING
-         ), parents_not_forward AS (
-             DELETE FROM forward_extremities WHERE $6 AND room_id = $1 AND event_id = ANY($3)
-         ), parents_missing AS (
-             INSERT INTO backward_extremities (room_id, event_id, depth)
-             SELECT $1, p, $4 FROM unnest($3::text[]) AS p
-             WHERE (SELECT NOT e.outlier FROM events e WHERE e.event_id = p) IS NOT TRUE
-             ON CONFLICT DO NOTHING
-         ), auth AS (
-             INSERT INTO event_auth (event_id, auth_event_id)
-             SELECT $2, a FROM unnest($5::text[]) AS a ON CONFLICT DO NOTHING
-         ), held_now AS (
-             DELETE FROM backward_extremities WHERE room_id = $1 AND event_id = $2
-         ), forward AS (
-             INSERT INTO forward_extremities (room_id, event_id)
-             SELECT $1, $2 WHERE $6 AND NOT EXISTS (
-                 SELECT 1 FROM event_edges g WHERE g.prev_event_id = $2
-                     AND (SELECT e.rejected IS NULL AND NOT e.soft_failed FROM events e WHERE e.event_id = g.event_id))
-             ON CONFLICT DO NOTHING
-             RETURNING 1
-         )
-         SELECT ARRAY(SELECT event_id FROM redactions WHERE redacts = $2 AND event_id != $2),
-             EXISTS (SELECT 1 FROM forward)",
+        &format!(
+            "WITH {ctes}
+             SELECT ARRAY(SELECT event_id FROM redactions WHERE redacts = $2 AND event_id != $2),
+                 EXISTS (SELECT 1 FROM forward)"
+        ),
         &[
             &pdu.room_id.as_str(),
             &pdu.event_id.as_str(),
@@ -460,17 +557,17 @@ async fn take_position(tx: &impl GenericClient, placeholder: i64, room: Option<(
     col(
         &query_one(
             tx,
-            "WITH next AS (
-                 UPDATE stream_positions SET position = position + 1 WHERE stream = 'events'
-                 RETURNING position
-             ), room AS (
-                 UPDATE rooms SET current_state_group = $3 WHERE room_id = $2
-             )
-             UPDATE events SET stream_ordering = (SELECT position FROM next)
-             WHERE stream_ordering = $1
-             RETURNING stream_ordering, pg_notify('weft', concat_ws(' ',
-                 current_setting('weft.process', TRUE), 'events', stream_ordering, room_id, event_id,
-                 CASE WHEN type = 'm.room.member' THEN state_key END))::text",
+            &format!(
+                "WITH next AS (
+                     UPDATE stream_positions SET position = position + 1 WHERE stream = 'events'
+                     RETURNING position
+                 ), room AS (
+                     UPDATE rooms SET current_state_group = $3 WHERE room_id = $2
+                 )
+                 UPDATE events SET stream_ordering = (SELECT position FROM next)
+                 WHERE stream_ordering = $1
+                 RETURNING stream_ordering, {EVENT_NOTIFY}"
+            ),
             &[&placeholder, &room_id, &group],
         )
         .await?,

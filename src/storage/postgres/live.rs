@@ -16,7 +16,7 @@
 //! events (parents, children, earlier redactions), as the steps of the
 //! transaction read them.
 
-use super::{GenericClient, big, col, now_ms, parse, query_opt};
+use super::{GenericClient, big, col, events, parse, query_opt};
 use crate::storage::{NewCurrentState, NewTimelineEvent, Persisted, Result, StateWrite, StorageError, TimelineStatus};
 
 /// The state group before (and after) `new` when one statement can write
@@ -53,6 +53,34 @@ pub async fn persist(
     let txn = new.txn.as_ref();
     let redacts = pdu.redacts.as_ref().filter(|_| accepted).map(|r| r.as_str());
     let expiry = new.expires_at.map(big);
+    let replaces_state = new.replaces_state.as_ref().map(|e| e.as_str());
+    let parent_depth = big(pdu.depth) - 1;
+    let forward = accepted && !new.backfilled;
+    let txn_columns = [
+        txn.map(|t| t.user_id.as_str()),
+        txn.map(|t| t.device_id.as_str()),
+        txn.map(|t| t.scope.as_str()),
+        txn.map(|t| t.txn_id.as_str()),
+    ];
+    let columns = events::PduColumns::of(pdu);
+    let mut params = columns.params().to_vec();
+    params.extend_from_slice(&[
+        &rejected,
+        &soft_failed,
+        &group,
+        &replaces_state,
+        &prevs,
+        &parent_depth,
+        &auth,
+        &forward,
+        &current,
+        &txn_columns[0],
+        &txn_columns[1],
+        &txn_columns[2],
+        &txn_columns[3],
+        &expiry,
+        &redacts,
+    ]);
     let row = query_opt(
         c,
         &format!(
@@ -61,42 +89,14 @@ pub async fn persist(
                      AND NOT EXISTS (SELECT 1 FROM events WHERE event_id = $1 AND NOT outlier)
                  RETURNING position
              ), ev AS (
-                 INSERT INTO events (stream_ordering, event_id, room_id, type, state_key, sender, depth,
-                     origin_server_ts, received_ts, json, outlier, rejected, soft_failed,
-                     state_group_before, state_group_after, replaces_state)
+                 INSERT INTO events ({columns})
                  SELECT position, $1, $2, $3, $4, $5, $6, $7, $8, $9, FALSE, $10, $11, $12, $12, $13 FROM next
                  {replace}
                  RETURNING stream_ordering, event_id, room_id, type, state_key
              ), room AS (
                  UPDATE rooms SET current_state_group = $18::bigint
                  WHERE room_id = $2 AND $18::bigint IS NOT NULL AND EXISTS (SELECT 1 FROM ev)
-             ), edges AS (
-                 INSERT INTO event_edges (event_id, prev_event_id, room_id)
-                 SELECT $1, p, $2 FROM unnest($14::text[]) AS p WHERE EXISTS (SELECT 1 FROM ev)
-                 ON CONFLICT DO NOTHING
-             ), parents_not_forward AS (
-                 DELETE FROM forward_extremities
-                 WHERE $17 AND room_id = $2 AND event_id = ANY($14) AND EXISTS (SELECT 1 FROM ev)
-             ), parents_missing AS (
-                 INSERT INTO backward_extremities (room_id, event_id, depth)
-                 SELECT $2, p, $15 FROM unnest($14::text[]) AS p
-                 WHERE EXISTS (SELECT 1 FROM ev)
-                     AND (SELECT NOT e.outlier FROM events e WHERE e.event_id = p) IS NOT TRUE
-                 ON CONFLICT DO NOTHING
-             ), auth AS (
-                 INSERT INTO event_auth (event_id, auth_event_id)
-                 SELECT $1, a FROM unnest($16::text[]) AS a WHERE EXISTS (SELECT 1 FROM ev)
-                 ON CONFLICT DO NOTHING
-             ), held_now AS (
-                 DELETE FROM backward_extremities WHERE room_id = $2 AND event_id = $1 AND EXISTS (SELECT 1 FROM ev)
-             ), forward AS (
-                 INSERT INTO forward_extremities (room_id, event_id)
-                 SELECT $2, $1 WHERE $17 AND EXISTS (SELECT 1 FROM ev) AND NOT EXISTS (
-                     SELECT 1 FROM event_edges g WHERE g.prev_event_id = $1
-                         AND (SELECT e.rejected IS NULL AND NOT e.soft_failed FROM events e WHERE e.event_id = g.event_id))
-                 ON CONFLICT DO NOTHING
-                 RETURNING 1
-             ), txn AS (
+             ), {edges}, txn AS (
                  INSERT INTO txn_ids (user_id, device_id, scope, txn_id, event_id)
                  SELECT $19::text, $20::text, $21::text, $22::text, $1 FROM ev WHERE $19::text IS NOT NULL
              ), expiry AS (
@@ -106,41 +106,26 @@ pub async fn persist(
                  INSERT INTO redactions (redacts, event_id) SELECT $24::text, $1 FROM ev WHERE $24::text IS NOT NULL
                  ON CONFLICT DO NOTHING
              )
-             SELECT ev.stream_ordering,
-                 pg_notify('weft', concat_ws(' ', current_setting('weft.process', TRUE), 'events',
-                     ev.stream_ordering, ev.room_id, ev.event_id,
-                     CASE WHEN ev.type = 'm.room.member' THEN ev.state_key END))::text,
+             SELECT ev.stream_ordering, {notify},
                  ARRAY(SELECT event_id FROM redactions WHERE redacts = $1 AND event_id <> $1),
                  EXISTS (SELECT 1 FROM forward)
              FROM ev",
-            replace = super::events::REPLACE_OUTLIER,
+            columns = events::EVENT_COLUMNS,
+            edges = events::edge_ctes(
+                events::EdgeParams {
+                    room: "$2",
+                    event: "$1",
+                    prevs: "$14",
+                    parent_depth: "$15",
+                    auth: "$16",
+                    forward: "$17",
+                },
+                "EXISTS (SELECT 1 FROM ev)",
+            ),
+            replace = events::REPLACE_OUTLIER,
+            notify = events::EVENT_NOTIFY,
         ),
-        &[
-            &pdu.event_id.as_str(),
-            &pdu.room_id.as_str(),
-            &pdu.kind.to_string(),
-            &pdu.state_key,
-            &pdu.sender.as_str(),
-            &big(pdu.depth),
-            &i64::from(pdu.origin_server_ts.get()),
-            &now_ms(),
-            &&*pdu.json,
-            &rejected,
-            &soft_failed,
-            &group,
-            &new.replaces_state.as_ref().map(|e| e.as_str()),
-            &prevs,
-            &(big(pdu.depth) - 1),
-            &auth,
-            &(accepted && !new.backfilled),
-            &current,
-            &txn.map(|t| t.user_id.as_str()),
-            &txn.map(|t| t.device_id.as_str()),
-            &txn.map(|t| t.scope.as_str()),
-            &txn.map(|t| t.txn_id.as_str()),
-            &expiry,
-            &redacts,
-        ],
+        &params,
     )
     .await?;
     // Held in the timeline already (as SQLite's unique event ID says).
