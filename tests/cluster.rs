@@ -14,6 +14,7 @@ use common::process::WeftProcess;
 use serde_json::{Value, json};
 
 /// A user of one of the processes.
+#[derive(Clone)]
 struct User {
     http: reqwest::Client,
     base: String,
@@ -76,6 +77,19 @@ impl User {
         .await
     }
 
+    /// A new public room of the user's; its ID.
+    async fn create_public_room(&self) -> String {
+        self.call(
+            reqwest::Method::POST,
+            "/_matrix/client/v3/createRoom",
+            Some(json!({ "preset": "public_chat" })),
+        )
+        .await["room_id"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    }
+
     async fn send(&self, room: &str, txn: &str, text: &str) -> String {
         let body = self
             .call(
@@ -86,6 +100,26 @@ impl User {
             .await;
         body["event_id"].as_str().unwrap().to_owned()
     }
+}
+
+/// Processes A and B of one server over one database (their directory
+/// lives as long as the value); `None`, the test skipped, where the suite
+/// runs on SQLite.
+async fn two_processes() -> Option<(tempfile::TempDir, WeftProcess, WeftProcess)> {
+    if std::env::var("WEFT_TEST_POSTGRES").is_err() {
+        eprintln!("skipped: runs in the PostgreSQL pass of tools/test (WEFT_TEST_POSTGRES)");
+        return None;
+    }
+    weft::tls::install_crypto_provider();
+    let dir = tempfile::tempdir().unwrap();
+    for process in ["a", "b"] {
+        std::fs::create_dir_all(dir.path().join(process)).unwrap();
+    }
+    let mut a = WeftProcess::new(&dir.path().join("a"));
+    a.start().await;
+    let mut b = a.sibling(&dir.path().join("b"));
+    b.start().await;
+    Some((dir, a, b))
 }
 
 /// The IDs of the timeline events of `room` in a `/sync` answer.
@@ -139,32 +173,13 @@ async fn history(user: &User, room: &str) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_send_on_one_process_wakes_a_sync_on_another() {
-    if std::env::var("WEFT_TEST_POSTGRES").is_err() {
-        eprintln!("skipped: runs in the PostgreSQL pass of tools/test (WEFT_TEST_POSTGRES)");
+    let Some((_dir, a, b)) = two_processes().await else {
         return;
-    }
-    weft::tls::install_crypto_provider();
-    let dir = tempfile::tempdir().unwrap();
-    for process in ["a", "b"] {
-        std::fs::create_dir_all(dir.path().join(process)).unwrap();
-    }
-    let mut a = WeftProcess::new(&dir.path().join("a"));
-    a.start().await;
-    let mut b = a.sibling(&dir.path().join("b"));
-    b.start().await;
+    };
 
     let alice = User::register(&a, "alice").await;
     let bob = User::register(&b, "bob").await;
-    let room = alice
-        .call(
-            reqwest::Method::POST,
-            "/_matrix/client/v3/createRoom",
-            Some(json!({ "preset": "public_chat" })),
-        )
-        .await["room_id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let room = alice.create_public_room().await;
     bob.call(
         reqwest::Method::POST,
         &format!("/_matrix/client/v3/join/{room}"),
@@ -247,32 +262,13 @@ async fn a_send_on_one_process_wakes_a_sync_on_another() {
 /// notified of what Alice sends on A.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_join_on_one_process_is_known_to_the_others_push_rules() {
-    if std::env::var("WEFT_TEST_POSTGRES").is_err() {
-        eprintln!("skipped: runs in the PostgreSQL pass of tools/test (WEFT_TEST_POSTGRES)");
+    let Some((_dir, a, b)) = two_processes().await else {
         return;
-    }
-    weft::tls::install_crypto_provider();
-    let dir = tempfile::tempdir().unwrap();
-    for process in ["a", "b"] {
-        std::fs::create_dir_all(dir.path().join(process)).unwrap();
-    }
-    let mut a = WeftProcess::new(&dir.path().join("a"));
-    a.start().await;
-    let mut b = a.sibling(&dir.path().join("b"));
-    b.start().await;
+    };
 
     let alice = User::register(&a, "alice").await;
     let carol = User::register(&b, "carol").await;
-    let room = alice
-        .call(
-            reqwest::Method::POST,
-            "/_matrix/client/v3/createRoom",
-            Some(json!({ "preset": "public_chat" })),
-        )
-        .await["room_id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let room = alice.create_public_room().await;
     // A reads (and keeps) the room's members: Alice alone.
     alice.send(&room, "t1", "before Carol").await;
     let since = alice.sync(None, 0).await["next_batch"].as_str().unwrap().to_owned();
@@ -313,41 +309,17 @@ async fn a_join_on_one_process_is_known_to_the_others_push_rules() {
 /// would drop the other's keys — and both show one history.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_processes_writing_one_room_keep_every_state_event() {
-    if std::env::var("WEFT_TEST_POSTGRES").is_err() {
-        eprintln!("skipped: runs in the PostgreSQL pass of tools/test (WEFT_TEST_POSTGRES)");
+    let Some((_dir, a, b)) = two_processes().await else {
         return;
-    }
-    weft::tls::install_crypto_provider();
-    let dir = tempfile::tempdir().unwrap();
-    for process in ["a", "b"] {
-        std::fs::create_dir_all(dir.path().join(process)).unwrap();
-    }
-    let mut a = WeftProcess::new(&dir.path().join("a"));
-    a.start().await;
-    let mut b = a.sibling(&dir.path().join("b"));
-    b.start().await;
+    };
 
     let alice = User::register(&a, "alice").await;
-    let room = alice
-        .call(
-            reqwest::Method::POST,
-            "/_matrix/client/v3/createRoom",
-            Some(json!({ "preset": "public_chat" })),
-        )
-        .await["room_id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let room = alice.create_public_room().await;
     let on = [alice.on(&a), alice.on(&b)];
     const EACH: usize = 24;
     let set = |user: &User, key: String| {
         let path = format!("/_matrix/client/v3/rooms/{room}/state/org.example.key/{key}");
-        let user = User {
-            http: user.http.clone(),
-            base: user.base.clone(),
-            token: user.token.clone(),
-            user_id: user.user_id.clone(),
-        };
+        let user = user.clone();
         async move { user.call(reqwest::Method::PUT, &path, Some(json!({ "k": key }))).await }
     };
     // Four in flight through each process.
@@ -403,31 +375,12 @@ async fn two_processes_writing_one_room_keep_every_state_event() {
 /// others, which drop their copies).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_redaction_on_one_process_reaches_the_others_cache() {
-    if std::env::var("WEFT_TEST_POSTGRES").is_err() {
-        eprintln!("skipped: runs in the PostgreSQL pass of tools/test (WEFT_TEST_POSTGRES)");
+    let Some((_dir, a, b)) = two_processes().await else {
         return;
-    }
-    weft::tls::install_crypto_provider();
-    let dir = tempfile::tempdir().unwrap();
-    for process in ["a", "b"] {
-        std::fs::create_dir_all(dir.path().join(process)).unwrap();
-    }
-    let mut a = WeftProcess::new(&dir.path().join("a"));
-    a.start().await;
-    let mut b = a.sibling(&dir.path().join("b"));
-    b.start().await;
+    };
 
     let alice = User::register(&a, "alice").await;
-    let room = alice
-        .call(
-            reqwest::Method::POST,
-            "/_matrix/client/v3/createRoom",
-            Some(json!({ "preset": "public_chat" })),
-        )
-        .await["room_id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let room = alice.create_public_room().await;
     let secret = alice.send(&room, "t1", "a secret").await;
     let alice_on_b = alice.on(&b);
     let path = format!("/_matrix/client/v3/rooms/{room}/event/{secret}");
