@@ -150,7 +150,13 @@ impl HeldLocks {
 
     fn given_back(self: &Arc<Self>, room_id: String, connection: Object) {
         let mut held = self.held.lock().expect("room locks");
-        if held.wanted.remove(&room_id) || tokio::runtime::Handle::try_current().is_err() {
+        // Released at once, not kept, when another process waits for the
+        // room, or another room's lock waits for a connection (a burst of
+        // rooms must not wait for lingering locks to run out).
+        if held.wanted.remove(&room_id)
+            || self.pool.status().waiting > 0
+            || tokio::runtime::Handle::try_current().is_err()
+        {
             drop(held);
             release(room_id, connection);
             return;
