@@ -6,14 +6,15 @@
 //! follow what the others write. Today that is the streams whose positions
 //! the database gives: each event another process commits moves this
 //! process's events head and wakes the requests it concerns, as an event
-//! written here does (`crate::rooms::persist`); account data and e2e
-//! positions (device lists, to-device messages) move their heads, which
-//! wake every `/sync` of this process, as a local write does; membership
-//! events drop the room from the joined-members cache. Room locks are the
-//! database's (`Storage::lock_room`), and the event cache follows the
-//! others' rewrites inside storage. Still process-local, and so not yet
-//! right with several processes: receipts, typing and presence (in-memory
-//! positions) and background duties (issue "Several weft processes").
+//! written here does (`crate::rooms::persist`); account data, e2e
+//! (device lists, to-device messages) and ephemeral (receipts, typing)
+//! positions move their heads, which wake every `/sync` of this process,
+//! as a local write does; membership events drop the room from the
+//! joined-members cache. Room locks are the database's
+//! (`Storage::lock_room`), and the event cache follows the others'
+//! rewrites inside storage. Still process-local, and so not yet right with
+//! several processes: presence (in-memory positions) and background
+//! duties (issue "Several weft processes").
 
 use std::sync::Arc;
 
@@ -60,6 +61,7 @@ async fn followed(svc: &Services, write: OtherWrite) {
         OtherWrite::Stream { stream, position } => match stream {
             OtherStream::AccountData => svc.account_data.advanced(position),
             OtherStream::E2e => svc.e2e.advance(position),
+            OtherStream::Ephemeral => svc.ephemeral.advanced(position),
         },
         OtherWrite::Resync => {
             svc.joined.clear();
@@ -68,11 +70,13 @@ async fn followed(svc: &Services, write: OtherWrite) {
                     svc.storage.max_stream_ordering().await?,
                     svc.storage.max_account_data_position().await?,
                     svc.storage.max_e2e_position().await?,
+                    svc.storage.max_ephemeral_position().await?,
                 ))
             };
             match heads.await {
-                Ok((events, account_data, e2e)) => {
+                Ok((events, account_data, e2e, ephemeral)) => {
                     svc.account_data.advanced(account_data);
+                    svc.ephemeral.advanced(ephemeral);
                     svc.e2e.advance(e2e);
                     if events > svc.notifier.head() {
                         svc.notifier.notify(events, &[]);

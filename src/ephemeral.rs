@@ -1,65 +1,34 @@
-//! Ephemeral room data: who is typing (in memory, with timeouts) and read
-//! receipts (stored), on their own stream. `/sync`'s token is
-//! `s<event stream>_<ephemeral position>`; the position is a millisecond
-//! clock kept increasing, so it stays ahead of any token handed out
-//! before a restart without being stored.
+//! Ephemeral room data: read receipts and who is typing, on their own
+//! stream. `/sync`'s token carries its position
+//! (`s<event stream>_<ephemeral position>`).
 //!
-//! A receipt takes its position before it is stored ([`Ephemeral::reserve`]);
-//! the head readers see stays below every position still being stored, so a
-//! reader that reads up to the head never passes over a receipt that lands
-//! later with a lower position.
+//! Both are kept in storage, which gives each change its position inside
+//! the write, committed in position order (`Storage::put_receipt`,
+//! `Storage::set_typing`): a reader that reads up to the head never passes
+//! over a change that lands later with a lower position, whichever process
+//! of the cluster wrote it. This process's head follows its own writes and
+//! the other processes' (`crate::cluster`).
+//!
+//! A typing timeout runs out on a timer of the process that heard of it;
+//! should that process die first, storage no longer counts the user as
+//! typing once the time has passed, but nobody is told that they stopped.
 
-use std::{
-    collections::{BTreeSet, HashMap},
-    sync::{Arc, Mutex},
-    time::Duration,
-};
+use std::{sync::Arc, time::Duration};
 
-use ruma::{MilliSecondsSinceUnixEpoch, OwnedRoomId, OwnedUserId, RoomId, UserId};
+use ruma::{MilliSecondsSinceUnixEpoch, RoomId, UserId};
 use tokio::sync::watch;
+
+use crate::storage::{Receipt, Storage, StorageError, Typing};
 
 /// Longest a client may say it is typing for.
 pub const MAX_TYPING_TIMEOUT: Duration = Duration::from_secs(120);
 
-#[derive(Default)]
-struct RoomTyping {
-    /// The position of the last change.
-    position: i64,
-    /// User → until when (ms).
-    users: HashMap<OwnedUserId, u64>,
-}
-
+/// The ephemeral stream's head in this process, and its writes.
 pub struct Ephemeral {
+    storage: Arc<dyn Storage>,
     /// The position every reader may read up to: all positions at or below
-    /// it are complete.
+    /// it are committed.
     head: watch::Sender<i64>,
-    positions: Mutex<Positions>,
-    typing: Mutex<HashMap<OwnedRoomId, RoomTyping>>,
-}
-
-/// Positions given out, and those whose write has not finished.
-struct Positions {
-    last: i64,
-    in_flight: BTreeSet<i64>,
-}
-
-/// A position taken for a write (a receipt being stored); the head moves
-/// past it when this is dropped, written or not.
-pub struct Reserved<'a> {
-    ephemeral: &'a Ephemeral,
-    position: i64,
-}
-
-impl Reserved<'_> {
-    pub fn position(&self) -> i64 {
-        self.position
-    }
-}
-
-impl Drop for Reserved<'_> {
-    fn drop(&mut self) {
-        self.ephemeral.finish(self.position);
-    }
 }
 
 fn now_ms() -> u64 {
@@ -67,50 +36,22 @@ fn now_ms() -> u64 {
 }
 
 impl Ephemeral {
-    /// `stored`: the newest position already stored (receipts).
-    pub fn new(stored: i64) -> Arc<Self> {
-        let start = stored.max(now_ms() as i64);
-        Arc::new(Ephemeral {
-            head: watch::Sender::new(start),
-            positions: Mutex::new(Positions {
-                last: start,
-                in_flight: BTreeSet::new(),
-            }),
-            typing: Mutex::default(),
-        })
+    /// Starts at the stream's head in storage.
+    pub async fn new(storage: Arc<dyn Storage>) -> Result<Arc<Self>, StorageError> {
+        let head = storage.max_ephemeral_position().await?;
+        Ok(Arc::new(Ephemeral {
+            storage,
+            head: watch::Sender::new(head),
+        }))
     }
 
-    /// A new position, above every one given before, for a write that
-    /// readers must not pass over until it is done (the guard dropped).
-    pub fn reserve(&self) -> Reserved<'_> {
-        let mut positions = self.positions.lock().expect("positions lock");
-        let position = (positions.last + 1).max(now_ms() as i64);
-        positions.last = position;
-        positions.in_flight.insert(position);
-        Reserved {
-            ephemeral: self,
-            position,
-        }
-    }
-
-    /// A new position, above every one given before, for a change already
-    /// made; `/sync` is woken.
-    pub fn advance(&self) -> i64 {
-        self.reserve().position
-    }
-
-    fn finish(&self, position: i64) {
-        let mut positions = self.positions.lock().expect("positions lock");
-        positions.in_flight.remove(&position);
-        let complete = match positions.in_flight.first() {
-            Some(lowest) => lowest - 1,
-            None => positions.last,
-        };
-        // Under the lock, so that heads are published in order.
+    /// A position committed (here or by another process): readers may read
+    /// up to it, and parked `/sync`s wake.
+    pub fn advanced(&self, position: i64) {
         self.head.send_if_modified(|head| {
-            let moved = complete > *head;
+            let moved = position > *head;
             if moved {
-                *head = complete;
+                *head = position;
             }
             moved
         });
@@ -124,100 +65,84 @@ impl Ephemeral {
         self.head.subscribe()
     }
 
-    /// Sets `user` typing (for `timeout`) or not; false when nothing changed.
-    pub fn set_typing(self: &Arc<Self>, room_id: &RoomId, user: &UserId, timeout: Option<Duration>) -> bool {
-        let until = timeout.map(|t| now_ms() + t.min(MAX_TYPING_TIMEOUT).as_millis() as u64);
-        let changed = {
-            let mut rooms = self.typing.lock().expect("typing lock");
-            let room = rooms.entry(room_id.to_owned()).or_default();
-            let was_typing = room.users.contains_key(user);
-            match until {
-                Some(until) => {
-                    room.users.insert(user.to_owned(), until);
-                }
-                None => {
-                    room.users.remove(user);
-                }
-            }
-            let changed = was_typing != until.is_some();
-            if changed {
-                room.position = self.advance();
-            }
-            changed
+    /// Stores a receipt (its `position` is taken by the write); false when
+    /// it was dropped, being for an older event than the user's last.
+    pub async fn put_receipt(&self, receipt: &Receipt) -> Result<bool, StorageError> {
+        let position = self.storage.put_receipt(receipt).await?;
+        if let Some(position) = position {
+            self.advanced(position);
+        }
+        Ok(position.is_some())
+    }
+
+    /// Sets `user` typing (for `timeout`, capped) or not; false when
+    /// whether they type did not change (a renewal).
+    pub async fn set_typing(
+        self: &Arc<Self>,
+        room_id: &RoomId,
+        user: &UserId,
+        timeout: Option<Duration>,
+    ) -> Result<bool, StorageError> {
+        let timeout = timeout.map(|t| t.min(MAX_TYPING_TIMEOUT));
+        let change = match timeout {
+            Some(t) => Typing::Until(now_ms() + t.as_millis() as u64),
+            None => Typing::Stopped,
         };
-        if let (Some(until), Some(timeout)) = (until, timeout) {
-            // Stop typing when the timeout runs out, unless renewed.
+        let position = self.storage.set_typing(room_id, user, change).await?;
+        if let Some(position) = position {
+            self.advanced(position);
+        }
+        if let (Typing::Until(until), Some(timeout)) = (change, timeout) {
+            // Stop typing when the timeout runs out, unless renewed or
+            // stopped since (storage compares `until`).
             let this = self.clone();
             let (room_id, user) = (room_id.to_owned(), user.to_owned());
             tokio::spawn(async move {
-                tokio::time::sleep(timeout.min(MAX_TYPING_TIMEOUT)).await;
-                let mut rooms = this.typing.lock().expect("typing lock");
-                if let Some(room) = rooms.get_mut(&room_id)
-                    && room.users.get(&user) == Some(&until)
-                {
-                    room.users.remove(&user);
-                    room.position = this.advance();
+                tokio::time::sleep(timeout).await;
+                match this.storage.set_typing(&room_id, &user, Typing::Expired(until)).await {
+                    Ok(Some(position)) => this.advanced(position),
+                    Ok(None) => {}
+                    Err(e) => tracing::warn!(error = %e, %room_id, %user, "storing the end of a typing timeout"),
                 }
             });
         }
-        changed
-    }
-
-    /// The users typing in a room and the position of the last change.
-    pub fn typing(&self, room_id: &RoomId) -> (i64, Vec<OwnedUserId>) {
-        let rooms = self.typing.lock().expect("typing lock");
-        match rooms.get(room_id) {
-            Some(room) => {
-                let mut users: Vec<OwnedUserId> = room.users.keys().cloned().collect();
-                users.sort();
-                (room.position, users)
-            }
-            None => (0, Vec::new()),
-        }
+        Ok(position.is_some())
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::storage::sqlite::SqliteStorage;
 
     #[tokio::test]
     async fn typing_starts_stops_and_times_out() {
-        let eph = Ephemeral::new(0);
+        let dir = tempfile::tempdir().unwrap();
+        let storage: Arc<dyn Storage> = Arc::new(SqliteStorage::open(dir.path()).unwrap());
+        let eph = Ephemeral::new(storage.clone()).await.unwrap();
         let room: &RoomId = "!r:x".try_into().unwrap();
         let user: &UserId = "@u:x".try_into().unwrap();
         let start = eph.head();
-        assert!(eph.set_typing(room, user, Some(Duration::from_millis(50))));
-        let (position, users) = eph.typing(room);
-        assert!(position > start);
-        assert_eq!(users, vec![user.to_owned()]);
         assert!(
-            !eph.set_typing(room, user, Some(Duration::from_millis(50))),
+            eph.set_typing(room, user, Some(Duration::from_millis(50)))
+                .await
+                .unwrap()
+        );
+        let typing = storage.typing(Some(start), eph.head()).await.unwrap();
+        assert_eq!(typing.len(), 1);
+        assert_eq!(typing[0].users, vec![user.to_owned()]);
+        let position = typing[0].position;
+        assert!(position > start);
+        assert!(
+            !eph.set_typing(room, user, Some(Duration::from_millis(50)))
+                .await
+                .unwrap(),
             "still typing: no change"
         );
         tokio::time::sleep(Duration::from_millis(150)).await;
-        let (later, users) = eph.typing(room);
-        assert!(users.is_empty(), "timed out");
-        assert!(later > position);
-        assert!(!eph.set_typing(room, user, None));
-    }
-
-    #[test]
-    fn the_head_stays_below_positions_still_being_written() {
-        // Positions follow a millisecond clock: the head may move up to
-        // just below the first position given, never to it.
-        let eph = Ephemeral::new(0);
-        let first = eph.reserve();
-        let below_first = first.position() - 1;
-        let second = eph.reserve();
-        assert!(second.position() > first.position());
-        let second_position = second.position();
-        drop(second);
-        assert_eq!(eph.head(), below_first, "the first is still being written");
-        let typing = eph.advance();
-        assert!(typing > second_position);
-        assert_eq!(eph.head(), below_first);
-        drop(first);
-        assert_eq!(eph.head(), typing, "everything given out is complete");
+        let typing = storage.typing(Some(position), eph.head()).await.unwrap();
+        assert_eq!(typing.len(), 1, "the timeout is a change");
+        assert!(typing[0].users.is_empty(), "timed out");
+        assert!(!eph.set_typing(room, user, None).await.unwrap());
     }
 }

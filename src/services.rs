@@ -123,7 +123,7 @@ impl Services {
             keyring,
             sender,
             backfiller: Backfiller::default(),
-            ephemeral: Ephemeral::new(storage.max_receipt_position().await?),
+            ephemeral: Ephemeral::new(storage.clone()).await?,
             presence,
             account_data: AccountDataStream::new(storage.max_account_data_position().await?),
             e2e: E2eStream::new(storage.max_e2e_position().await?),

@@ -407,3 +407,86 @@ async fn a_redaction_on_one_process_reaches_the_others_cache() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// The ephemeral events (typing, receipts) of `room` in a `/sync` answer.
+fn ephemeral<'a>(sync: &'a Value, room: &str, kind: &str) -> Option<&'a Value> {
+    sync["rooms"]["join"][room]["ephemeral"]["events"]
+        .as_array()?
+        .iter()
+        .find(|e| e["type"] == kind)
+}
+
+/// Typing and read receipts are kept in the database, at positions it
+/// gives: who types on A is seen by a `/sync` parked on B at once (typing
+/// was in the memory of the process that heard it, and B never saw it),
+/// and so is a receipt sent through A.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn typing_and_receipts_cross_processes() {
+    let Some((_dir, a, b)) = two_processes().await else {
+        return;
+    };
+    let alice = User::register(&a, "alice").await;
+    let bob = User::register(&b, "bob").await;
+    let room = alice.create_public_room().await;
+    bob.call(
+        reqwest::Method::POST,
+        &format!("/_matrix/client/v3/join/{room}"),
+        Some(json!({})),
+    )
+    .await;
+    let event = alice.send(&room, "t1", "read me").await;
+    let typing_path = format!(
+        "/_matrix/client/v3/rooms/{room}/typing/{}",
+        alice.user_id.replace('@', "%40").replace(':', "%3A")
+    );
+
+    let since = bob.sync(None, 0).await["next_batch"].as_str().unwrap().to_owned();
+    let (_, sync, took) = woken_by(&bob, &since, async {
+        alice
+            .call(
+                reqwest::Method::PUT,
+                &typing_path,
+                Some(json!({ "typing": true, "timeout": 30000 })),
+            )
+            .await;
+        String::new()
+    })
+    .await;
+    eprintln!("B's sync answered {took:?} after it started (typing on A 300 ms in)");
+    let typing = ephemeral(&sync, &room, "m.typing").unwrap_or_else(|| panic!("B sees A's typing: {sync}"));
+    assert_eq!(typing["content"]["user_ids"], json!([alice.user_id]));
+
+    let since = sync["next_batch"].as_str().unwrap().to_owned();
+    let (_, sync, took) = woken_by(&bob, &since, async {
+        alice
+            .call(
+                reqwest::Method::POST,
+                &format!("/_matrix/client/v3/rooms/{room}/receipt/m.read/{event}"),
+                Some(json!({})),
+            )
+            .await;
+        String::new()
+    })
+    .await;
+    eprintln!("B's sync answered {took:?} after it started (a receipt on A 300 ms in)");
+    let receipt = ephemeral(&sync, &room, "m.receipt").unwrap_or_else(|| panic!("B sees A's receipt: {sync}"));
+    assert!(
+        receipt["content"][&event]["m.read"][&alice.user_id]["ts"].is_u64(),
+        "{receipt}"
+    );
+
+    // Stopping on A is seen on B too; B's own view of the room agrees.
+    let since = sync["next_batch"].as_str().unwrap().to_owned();
+    let (_, sync, _) = woken_by(&bob, &since, async {
+        alice
+            .call(reqwest::Method::PUT, &typing_path, Some(json!({ "typing": false })))
+            .await;
+        String::new()
+    })
+    .await;
+    let typing = ephemeral(&sync, &room, "m.typing").unwrap_or_else(|| panic!("B sees A stop: {sync}"));
+    assert_eq!(typing["content"]["user_ids"], json!([]));
+    let full = bob.sync(None, 0).await;
+    let receipt = ephemeral(&full, &room, "m.receipt").expect("the receipt in a full sync on B");
+    assert!(receipt["content"][&event]["m.read"][&alice.user_id].is_object());
+}

@@ -37,8 +37,8 @@ use weft::{
     events::Pdu,
     storage::{
         AccountData, CurrentStateChange, CurrentStateUpdate, Direction, NewCurrentState, NewTimelineEvent, Persisted,
-        PresenceRecord, Receipt, RemoteInvite, ServerKey, StateGroupId, StateKey, StateWrite, Storage, StorageError,
-        StoredEvent, TimelineStatus, TopoKey, TxnKey, UserRecord,
+        PresenceRecord, Receipt, RemoteInvite, RoomTyping, ServerKey, StateGroupId, StateKey, StateWrite, Storage,
+        StorageError, StoredEvent, TimelineStatus, TopoKey, TxnKey, Typing, UserRecord,
         appservice::AppserviceRoom,
         e2e::{DeviceKeysRecord, MASTER, OneTimeKeyRecord, SELF_SIGNING, ToDeviceDelivery, USER_SIGNING},
         media::MediaRecord,
@@ -50,6 +50,13 @@ use weft::{
 };
 
 type Store = Arc<dyn Storage>;
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_millis() as u64
+}
 
 // ===================================================================
 // Backends
@@ -135,6 +142,8 @@ conformance! {
     concurrent_e2e_stream,
     concurrent_key_claims,
     receipts,
+    typing,
+    concurrent_ephemeral_stream,
     account_data,
     presence,
     server_keys,
@@ -1687,6 +1696,7 @@ enum Stream {
     Events,
     AccountData,
     E2e,
+    Ephemeral,
 }
 
 async fn head(s: &Store, stream: Stream) -> i64 {
@@ -1694,6 +1704,7 @@ async fn head(s: &Store, stream: Stream) -> i64 {
         Stream::Events => s.max_stream_ordering().await,
         Stream::AccountData => s.max_account_data_position().await,
         Stream::E2e => s.max_e2e_position().await,
+        Stream::Ephemeral => s.max_ephemeral_position().await,
     }
     .expect("stream head")
 }
@@ -1894,6 +1905,65 @@ async fn concurrent_account_data(s: Store) {
     check_observations("account data", &seen, expected, visible).await;
 }
 
+async fn concurrent_ephemeral_stream(s: Store) {
+    // Half the writers store receipts (a user each, a type per write, so
+    // that every one stays), half typing changes (a room per write).
+    let half = WRITERS / 2;
+    let room = rid("eproom");
+    let users: Arc<Vec<OwnedUserId>> = Arc::new((0..half).map(|i| uid(&format!("ep{i}"))).collect());
+    let visible = {
+        let (s, room) = (s.clone(), room.clone());
+        move |h: i64| {
+            let (s, room) = (s.clone(), room.clone());
+            async move {
+                let receipts = s.receipts(&room, None).await.unwrap().into_iter().map(|r| r.position);
+                let typing = s.typing(None, h).await.unwrap().into_iter().map(|t| t.position);
+                receipts
+                    .filter(|p| *p <= h)
+                    .chain(typing.inspect(|p| assert!(*p <= h)))
+                    .collect::<BTreeSet<_>>()
+            }
+        }
+    };
+    let watcher = Watcher::start(&s, Stream::Ephemeral, visible.clone());
+    let writers: Vec<_> = (0..WRITERS)
+        .map(|i| {
+            let (s, room, users) = (s.clone(), room.clone(), users.clone());
+            tokio::spawn(async move {
+                let mut positions = Vec::new();
+                for j in 0..WRITES {
+                    let p = if i < half {
+                        let receipt = Receipt {
+                            room_id: room.clone(),
+                            user_id: users[i].clone(),
+                            receipt_type: format!("m.t{j}"),
+                            event_id: eid(&format!("ep{i}_{j}")),
+                            ts: 1,
+                            position: 0,
+                        };
+                        s.put_receipt(&receipt).await
+                    } else {
+                        let until = Typing::Until(now_ms() + 60_000);
+                        s.set_typing(&rid(&format!("ty{i}_{j}")), &uid("typist"), until).await
+                    };
+                    positions.push(p.unwrap().expect("a change"));
+                }
+                positions
+            })
+        })
+        .collect();
+    let mut all = Vec::new();
+    for writer in writers {
+        all.extend(writer.await.expect("writer"));
+    }
+    let seen = watcher.finish().await;
+
+    let max = unique_max("ephemeral", &all);
+    assert_eq!(s.max_ephemeral_position().await.unwrap(), max);
+    let expected = |h: i64| all.iter().copied().filter(|p| *p <= h).collect::<BTreeSet<_>>();
+    check_observations("ephemeral", &seen, expected, visible).await;
+}
+
 async fn concurrent_e2e_stream(s: Store) {
     // Half the writers send to-device messages (one device each), half
     // record device list changes (one user each).
@@ -2042,50 +2112,130 @@ async fn receipts(s: Store) {
         user_id: uid(user),
         receipt_type: kind.to_owned(),
         event_id: event.clone(),
-        ts: 1000 + position as u64,
+        ts: 1000,
         position,
     };
-    assert_eq!(s.max_receipt_position().await.unwrap(), 0);
-    assert!(s.put_receipt(&receipt("alice", "m.read", &m2.id, 1)).await.unwrap());
-    assert!(
-        !s.put_receipt(&receipt("alice", "m.read", &m1.id, 2)).await.unwrap(),
-        "never back"
+    // The position given is not the one stored: the write takes one.
+    let start = s.max_ephemeral_position().await.unwrap();
+    let put = |r: Receipt| {
+        let s = s.clone();
+        async move { s.put_receipt(&r).await.unwrap() }
+    };
+    let p1 = put(receipt("alice", "m.read", &m2.id, 0)).await.expect("stored");
+    assert!(p1 > start);
+    assert_eq!(s.max_ephemeral_position().await.unwrap(), p1);
+    assert_eq!(put(receipt("alice", "m.read", &m1.id, 0)).await, None, "never back");
+    assert_eq!(
+        s.max_ephemeral_position().await.unwrap(),
+        p1,
+        "a dropped receipt takes no position"
     );
     assert_eq!(
         s.receipts(&room.id, None).await.unwrap(),
-        [receipt("alice", "m.read", &m2.id, 1)]
+        [receipt("alice", "m.read", &m2.id, p1)]
     );
-    assert!(
-        s.put_receipt(&receipt("alice", "m.read.private", &m1.id, 3))
-            .await
-            .unwrap()
-    );
-    assert!(s.put_receipt(&receipt("bob", "m.read", &m1.id, 4)).await.unwrap());
-    assert!(s.put_receipt(&receipt("bob", "m.read", &m2.id, 5)).await.unwrap());
-    assert!(
-        s.put_receipt(&receipt("bob", "m.read", &m2.id, 6)).await.unwrap(),
-        "the same event again"
-    );
+    let p2 = put(receipt("alice", "m.read.private", &m1.id, 0))
+        .await
+        .expect("stored");
+    let p3 = put(receipt("bob", "m.read", &m1.id, 0)).await.expect("stored");
+    let p4 = put(receipt("bob", "m.read", &m2.id, 0)).await.expect("stored");
+    let p5 = put(receipt("bob", "m.read", &m2.id, 0))
+        .await
+        .expect("the same event again");
+    assert!(p1 < p2 && p2 < p3 && p3 < p4 && p4 < p5);
     let all = vec![
-        receipt("alice", "m.read", &m2.id, 1),
-        receipt("alice", "m.read.private", &m1.id, 3),
-        receipt("bob", "m.read", &m2.id, 6),
+        receipt("alice", "m.read", &m2.id, p1),
+        receipt("alice", "m.read.private", &m1.id, p2),
+        receipt("bob", "m.read", &m2.id, p5),
     ];
     assert_eq!(s.receipts(&room.id, None).await.unwrap(), all);
-    assert_eq!(s.receipts(&room.id, Some(1)).await.unwrap(), all[1..].to_vec());
-    assert!(s.receipts(&room.id, Some(6)).await.unwrap().is_empty());
+    assert_eq!(s.receipts(&room.id, Some(p1)).await.unwrap(), all[1..].to_vec());
+    assert!(s.receipts(&room.id, Some(p5)).await.unwrap().is_empty());
     assert!(s.receipts(&rid("other"), None).await.unwrap().is_empty());
-    assert_eq!(s.max_receipt_position().await.unwrap(), 6);
+    assert_eq!(s.max_ephemeral_position().await.unwrap(), p5);
     // An event not held counts as the newest; from there any event is.
-    assert!(
-        s.put_receipt(&receipt("alice", "m.read", &eid("unheld"), 7))
-            .await
-            .unwrap()
-    );
-    assert!(s.put_receipt(&receipt("alice", "m.read", &m1.id, 8)).await.unwrap());
+    put(receipt("alice", "m.read", &eid("unheld"), 0))
+        .await
+        .expect("stored");
+    let p7 = put(receipt("alice", "m.read", &m1.id, 0)).await.expect("stored");
     assert_eq!(
-        s.receipts(&room.id, Some(6)).await.unwrap(),
-        [receipt("alice", "m.read", &m1.id, 8)]
+        s.receipts(&room.id, Some(p5 + 1)).await.unwrap(),
+        [receipt("alice", "m.read", &m1.id, p7)]
+    );
+}
+
+async fn typing(s: Store) {
+    let (alice, bob, room, other) = (uid("alice"), uid("bob"), rid("ty"), rid("ty2"));
+    let now = now_ms();
+    let start = s.max_ephemeral_position().await.unwrap();
+    assert!(s.typing(None, start).await.unwrap().is_empty());
+    let p1 = s
+        .set_typing(&room, &alice, Typing::Until(now + 60_000))
+        .await
+        .unwrap()
+        .expect("a change");
+    assert!(p1 > start);
+    assert_eq!(s.max_ephemeral_position().await.unwrap(), p1);
+    let renewed = s.set_typing(&room, &alice, Typing::Until(now + 90_000)).await.unwrap();
+    assert_eq!(renewed, None, "a renewal is no change");
+    let p2 = s
+        .set_typing(&room, &bob, Typing::Until(now + 60_000))
+        .await
+        .unwrap()
+        .expect("a change");
+    let typing_in = |r: &OwnedRoomId, position: i64, users: &[&OwnedUserId]| RoomTyping {
+        room_id: r.clone(),
+        position,
+        users: users.iter().map(|u| (*u).clone()).collect(),
+    };
+    assert_eq!(
+        s.typing(Some(start), p2).await.unwrap(),
+        [typing_in(&room, p2, &[&alice, &bob])]
+    );
+    assert_eq!(
+        s.typing(Some(start), p1).await.unwrap(),
+        [],
+        "the room's last change is past p1"
+    );
+    assert!(s.typing(Some(p2), p2).await.unwrap().is_empty());
+    // The expiry of a renewed timeout changes nothing; the renewed one's does.
+    assert_eq!(
+        s.set_typing(&room, &alice, Typing::Expired(now + 60_000))
+            .await
+            .unwrap(),
+        None
+    );
+    let p3 = s
+        .set_typing(&room, &alice, Typing::Expired(now + 90_000))
+        .await
+        .unwrap()
+        .expect("a change");
+    assert_eq!(s.typing(Some(p2), p3).await.unwrap(), [typing_in(&room, p3, &[&bob])]);
+    assert_eq!(s.set_typing(&room, &alice, Typing::Stopped).await.unwrap(), None);
+    let p4 = s
+        .set_typing(&room, &bob, Typing::Stopped)
+        .await
+        .unwrap()
+        .expect("a change");
+    // A timeout that ran out unannounced counts as not typing, and typing
+    // again is a change.
+    let p5 = s
+        .set_typing(&other, &alice, Typing::Until(now.saturating_sub(1)))
+        .await
+        .unwrap()
+        .expect("a change");
+    assert_eq!(
+        s.typing(None, p5).await.unwrap(),
+        [typing_in(&room, p4, &[]), typing_in(&other, p5, &[])]
+    );
+    let p6 = s
+        .set_typing(&other, &alice, Typing::Until(now + 60_000))
+        .await
+        .unwrap()
+        .expect("typing again after an unannounced end");
+    assert_eq!(
+        s.typing(Some(p5), p6).await.unwrap(),
+        [typing_in(&other, p6, &[&alice])]
     );
 }
 

@@ -77,6 +77,7 @@ async fn redo_directory_migration(server: &mut TestServer) {
          DROP TABLE user_directory_rooms; DROP TABLE openid_tokens;
          DROP TABLE media; DROP TABLE event_expiry; DROP TABLE redactions;
          DROP TABLE threepid_bindings; DROP TABLE stream_positions;
+         DROP TABLE typing; DROP TABLE typing_rooms;
          PRAGMA user_version = 12;",
     )
     .unwrap();

@@ -69,7 +69,7 @@ pub async fn typing(
     let timeout = body
         .typing
         .then(|| body.timeout.map_or(DEFAULT_TYPING_TIMEOUT, Duration::from_millis));
-    if svc.ephemeral.set_typing(&room_id, user, timeout) {
+    if svc.ephemeral.set_typing(&room_id, user, timeout).await? {
         let edu = json!({
             "edu_type": "m.typing",
             "content": { "room_id": room_id, "user_id": user, "typing": timeout.is_some() }
@@ -113,19 +113,15 @@ async fn receipt(
 ) -> Result<(), MatrixError> {
     must_be_in_room(svc, room_id, event_id).await?;
     let ts: u64 = MilliSecondsSinceUnixEpoch::now().get().into();
-    // Readers do not pass this position until the receipt is stored.
-    let reserved = svc.ephemeral.reserve();
     let receipt = Receipt {
         room_id: room_id.to_owned(),
         user_id: user.to_owned(),
         receipt_type: receipt_type.to_owned(),
         event_id: event_id.clone(),
         ts,
-        position: reserved.position(),
+        position: 0,
     };
-    let stored = svc.storage.put_receipt(&receipt).await;
-    drop(reserved);
-    if !stored? {
+    if !svc.ephemeral.put_receipt(&receipt).await? {
         // An older event than the one already read: nothing moves.
         return Ok(());
     }

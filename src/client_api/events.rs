@@ -13,7 +13,11 @@
 //! members) as `m.presence` events with `content.user_id`, as this API had
 //! them.
 
-use std::{collections::HashSet, sync::Arc, time::Duration};
+use std::{
+    collections::{HashMap, HashSet},
+    sync::Arc,
+    time::Duration,
+};
 
 use axum::{
     Json,
@@ -236,9 +240,15 @@ async fn ephemeral_events(
     if head <= from {
         return Ok(events);
     }
+    let typing: HashMap<OwnedRoomId, Vec<OwnedUserId>> = svc
+        .storage
+        .typing(Some(from), head)
+        .await?
+        .into_iter()
+        .map(|t| (t.room_id, t.users))
+        .collect();
     for room_id in rooms {
-        let (typing_at, typing) = svc.ephemeral.typing(room_id);
-        if typing_at > from && typing_at <= head {
+        if let Some(typing) = typing.get(room_id) {
             events.push(json!({ "type": "m.typing", "room_id": room_id, "content": { "user_ids": typing } }));
         }
         let mut content = serde_json::Map::new();

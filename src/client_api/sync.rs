@@ -21,7 +21,7 @@
 //! timelines, and so are invites from them.
 
 use std::{
-    collections::{BTreeMap, HashSet},
+    collections::{BTreeMap, HashMap, HashSet},
     sync::Arc,
     time::Duration,
 };
@@ -356,17 +356,22 @@ async fn add_ephemeral(
     since: Option<i64>,
     head: i64,
 ) -> Result<(), MatrixError> {
+    // A full sync mentions typing in rooms where anyone has ever typed (so
+    // a new client learns that nobody is typing any more, as Synapse tells
+    // it), not in the others.
+    let typing: HashMap<OwnedRoomId, Vec<OwnedUserId>> = svc
+        .storage
+        .typing(since, head)
+        .await?
+        .into_iter()
+        .map(|t| (t.room_id, t.users))
+        .collect();
     for m in svc.storage.user_memberships(&owner.user_id).await? {
         if m.membership != "join" {
             continue;
         }
         let mut events: Vec<Value> = Vec::new();
-        let (typing_at, typing) = svc.ephemeral.typing(&m.room_id);
-        let changed = since.is_none_or(|since| typing_at > since) && typing_at <= head;
-        // A full sync mentions typing in rooms where anyone has typed since
-        // this server started (so a new client learns that nobody is
-        // typing any more, as Synapse tells it), not in the others.
-        if changed && (since.is_some() || typing_at > 0) {
+        if let Some(typing) = typing.get(&m.room_id) {
             events.push(serde_json::json!({ "type": "m.typing", "content": { "user_ids": typing } }));
         }
         let receipts = svc.storage.receipts(&m.room_id, since).await?;

@@ -158,7 +158,8 @@ async fn receive_edu(svc: &Services, origin: &ruma::ServerName, edu: &serde_json
             if in_room(&room_id, &user).await? {
                 let typing = content["typing"].as_bool().unwrap_or(false);
                 svc.ephemeral
-                    .set_typing(&room_id, &user, typing.then_some(std::time::Duration::from_secs(30)));
+                    .set_typing(&room_id, &user, typing.then_some(std::time::Duration::from_secs(30)))
+                    .await?;
             }
         }
         "m.receipt" => {
@@ -186,18 +187,15 @@ async fn receive_edu(svc: &Services, origin: &ruma::ServerName, edu: &serde_json
                         continue;
                     };
                     let ts = receipt["data"]["ts"].as_u64().unwrap_or_default();
-                    let reserved = svc.ephemeral.reserve();
                     let receipt = crate::storage::Receipt {
                         room_id: room_id.clone(),
                         user_id: user,
                         receipt_type: "m.read".to_owned(),
                         event_id,
                         ts,
-                        position: reserved.position(),
+                        position: 0,
                     };
-                    let stored = svc.storage.put_receipt(&receipt).await;
-                    drop(reserved);
-                    stored?;
+                    svc.ephemeral.put_receipt(&receipt).await?;
                 }
             }
         }

@@ -40,7 +40,7 @@ use super::{
 
 /// The schema version of the SQLite databases this weft writes (the
 /// number of `sqlite/schema_v*.sql` migrations).
-const SQLITE_SCHEMA_VERSION: i64 = 18;
+const SQLITE_SCHEMA_VERSION: i64 = 19;
 /// PostgreSQL tables that are not copied: set from the copied data
 /// (`stream_positions`) or by the migration (`schema_version`).
 const PG_ONLY_TABLES: &[&str] = &["stream_positions", "schema_version"];
@@ -198,6 +198,9 @@ struct Sqlite {
     /// SQLite's events head (`stream_positions` 'events'), which may be
     /// past the rows left.
     events_position: i64,
+    /// SQLite's ephemeral head (`stream_positions` 'ephemeral': receipts
+    /// and typing).
+    ephemeral_position: i64,
     /// The highest value each AUTOINCREMENT table ever gave
     /// (`sqlite_sequence`): more than the highest left when rows went.
     autoincrement: HashMap<String, i64>,
@@ -238,7 +241,7 @@ pub async fn sqlite_to_postgres(
         });
         copied.push((table.name.clone(), rows));
     }
-    let streams = set_stream_positions(&tx, sqlite.events_position, sqlite.e2e_position).await?;
+    let streams = set_stream_positions(&tx, &sqlite).await?;
     let sequences = set_sequences(&tx, &sqlite.autoincrement).await?;
     tx.commit().await?;
     // Fresh statistics for the planner, rather than wait for autovacuum.
@@ -314,6 +317,11 @@ fn open_sqlite(path: &Path) -> Result<Sqlite, CopyError> {
         [],
         |r| r.get(0),
     )?;
+    let ephemeral_position = conn.query_row(
+        "SELECT COALESCE(MAX(position), 0) FROM stream_positions WHERE stream = 'ephemeral'",
+        [],
+        |r| r.get(0),
+    )?;
     let mut autoincrement = HashMap::new();
     if all.iter().any(|(name, _)| name == "sqlite_sequence") {
         let mut stmt = conn.prepare("SELECT name, seq FROM sqlite_sequence")?;
@@ -328,6 +336,7 @@ fn open_sqlite(path: &Path) -> Result<Sqlite, CopyError> {
         tables,
         e2e_position,
         events_position,
+        ephemeral_position,
         autoincrement,
     })
 }
@@ -419,9 +428,11 @@ async fn check_empty(tx: &Transaction<'_>, tables: &[Table], target: &str) -> Re
             held.push(table.name.clone());
         }
     }
+    // The ephemeral stream starts at the clock, not at 0 (its positions
+    // followed a clock once); its receipts and typing are tables above.
     for row in tx
         .query(
-            "SELECT stream FROM stream_positions WHERE position <> 0 ORDER BY stream",
+            "SELECT stream FROM stream_positions WHERE position <> 0 AND stream <> 'ephemeral' ORDER BY stream",
             &[],
         )
         .await?
@@ -520,7 +531,7 @@ fn read_rows(
 /// Sets each stream's head from the copied rows (the events' and the e2e
 /// stream's from SQLite's heads, which may be past the rows left). A
 /// stream this module does not know stops the copy.
-async fn set_stream_positions(tx: &Transaction<'_>, events: i64, e2e: i64) -> Result<Vec<(String, i64)>, CopyError> {
+async fn set_stream_positions(tx: &Transaction<'_>, sqlite: &Sqlite) -> Result<Vec<(String, i64)>, CopyError> {
     let mut set = Vec::new();
     for row in tx
         .query("SELECT stream FROM stream_positions ORDER BY stream", &[])
@@ -529,12 +540,20 @@ async fn set_stream_positions(tx: &Transaction<'_>, events: i64, e2e: i64) -> Re
         let stream: String = row.try_get(0)?;
         // $1: the lowest the head may be.
         let (sql, floor) = match stream.as_str() {
-            "events" => ("SELECT GREATEST(MAX(stream_ordering), $1) FROM events", events),
+            "events" => (
+                "SELECT GREATEST(MAX(stream_ordering), $1) FROM events",
+                sqlite.events_position,
+            ),
             "account_data" => ("SELECT GREATEST(MAX(position), $1) FROM account_data", 0),
             "e2e" => (
                 "SELECT GREATEST($1::BIGINT, (SELECT MAX(position) FROM device_list_changes),
                                  (SELECT MAX(position) FROM to_device_messages))",
-                e2e,
+                sqlite.e2e_position,
+            ),
+            "ephemeral" => (
+                "SELECT GREATEST($1::BIGINT, (SELECT MAX(position) FROM receipts),
+                                 (SELECT MAX(position) FROM typing_rooms))",
+                sqlite.ephemeral_position,
             ),
             other => {
                 return Err(CopyError(format!(

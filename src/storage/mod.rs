@@ -259,8 +259,9 @@ pub enum OtherWrite {
         room_id: OwnedRoomId,
         member: Option<String>,
     },
-    /// A position of the account data stream or the e2e stream (device
-    /// list changes, to-device messages) committed.
+    /// A position of the account data stream, the e2e stream (device
+    /// list changes, to-device messages) or the ephemeral stream
+    /// (receipts, typing) committed.
     Stream { stream: OtherStream, position: i64 },
     /// What other processes wrote may have been missed (the connection
     /// that hears them was opened anew): read the head again.
@@ -272,6 +273,8 @@ pub enum OtherWrite {
 pub enum OtherStream {
     AccountData,
     E2e,
+    /// Receipts and typing.
+    Ephemeral,
 }
 
 #[derive(Debug, Clone)]
@@ -362,7 +365,30 @@ pub struct Receipt {
     pub receipt_type: String,
     pub event_id: OwnedEventId,
     pub ts: u64,
+    /// Its position on the ephemeral stream; ignored by
+    /// [`Storage::put_receipt`], which takes one.
     pub position: i64,
+}
+
+/// A change of whether a user is typing in a room.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Typing {
+    /// Typing until then (ms since the epoch); renews a running timeout.
+    Until(u64),
+    /// Stopped typing.
+    Stopped,
+    /// The timeout of [`Typing::Until`] with this time ran out (nothing
+    /// changes if the user renewed it or stopped since).
+    Expired(u64),
+}
+
+/// Who types in a room now, and the position of its last change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoomTyping {
+    pub room_id: OwnedRoomId,
+    pub position: i64,
+    /// Sorted.
+    pub users: Vec<OwnedUserId>,
 }
 
 /// A piece of a user's account data, as it is now.
@@ -627,15 +653,28 @@ pub trait Storage:
     async fn remote_invites(&self, user_id: &UserId) -> Result<Vec<RemoteInvite>>;
     async fn delete_remote_invite(&self, user_id: &UserId, room_id: &RoomId) -> Result<()>;
 
-    // ----- receipts -----
-    /// Records a receipt (replacing the user's previous one of that type).
-    /// Stores a receipt unless it would move the user's receipt of that
-    /// type back to an older event; `false` when it was dropped.
-    async fn put_receipt(&self, receipt: &Receipt) -> Result<bool>;
+    // ----- receipts and typing: the ephemeral stream -----
+    // Positions come from the stream's counter, taken inside the write
+    // and committed in order, so a reader at the head never misses one.
+    /// Records a receipt (replacing the user's previous one of that type)
+    /// at a new position of the ephemeral stream, which it returns; `None`
+    /// when it would move the user's receipt of that type back to an
+    /// older event, and was dropped.
+    async fn put_receipt(&self, receipt: &Receipt) -> Result<Option<i64>>;
     /// A room's receipts changed after `position` (all if `None`).
     async fn receipts(&self, room_id: &RoomId, after: Option<i64>) -> Result<Vec<Receipt>>;
-    /// The newest receipt position (to start the ephemeral stream above).
-    async fn max_receipt_position(&self) -> Result<i64>;
+    /// Records whether `user_id` types in `room_id`; the change's position
+    /// on the ephemeral stream, or `None` when whether they type did not
+    /// change (a renewed timeout, an expiry already overtaken). A timeout
+    /// that ran out without its [`Typing::Expired`] (its process died) no
+    /// longer counts as typing.
+    async fn set_typing(&self, room_id: &RoomId, user_id: &UserId, change: Typing) -> Result<Option<i64>>;
+    /// The rooms whose typing changed in `(after, up_to]` (all rooms anyone
+    /// ever typed in if `after` is `None`), oldest change first, with who
+    /// types in them now.
+    async fn typing(&self, after: Option<i64>, up_to: i64) -> Result<Vec<RoomTyping>>;
+    /// The ephemeral stream's head: every position up to it is committed.
+    async fn max_ephemeral_position(&self) -> Result<i64>;
 
     // ----- account data -----
     /// Sets the user's account data of `data_type` (global when `room_id`

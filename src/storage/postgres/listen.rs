@@ -2,8 +2,8 @@
 //! transaction that takes a stream position notifies `weft` with it (in
 //! the same statement: `events.rs` and `live.rs` for live events,
 //! `<process> events <position> <room> <event> [<member>]`;
-//! `next_position` for account data and the e2e stream, `<process>
-//! <stream> <position>`), which PostgreSQL delivers at the commit, in
+//! `next_position` for account data, the e2e and the ephemeral streams,
+//! `<process> <stream> <position>`), which PostgreSQL delivers at the commit, in
 //! commit order, to every connection listening. A statement that rewrites
 //! a stored event (a redaction, an expiry) notifies `<process> event
 //! <event>`, and an event written elsewhere may have replaced an outlier:
@@ -146,6 +146,7 @@ fn parse(payload: &str, process: &str) -> Option<OtherWrite> {
         }
         "account_data" => OtherStream::AccountData,
         "e2e" => OtherStream::E2e,
+        "ephemeral" => OtherStream::Ephemeral,
         _ => return None,
     };
     Some(OtherWrite::Stream { stream, position })
@@ -185,6 +186,13 @@ mod tests {
             Some(OtherWrite::Stream {
                 stream: OtherStream::AccountData,
                 position: 8
+            })
+        );
+        assert_eq!(
+            parse("b ephemeral 9", "a"),
+            Some(OtherWrite::Stream {
+                stream: OtherStream::Ephemeral,
+                position: 9
             })
         );
         assert_eq!(parse("a events 12 !r:x", "a"), None);

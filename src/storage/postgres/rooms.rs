@@ -9,16 +9,13 @@ use ruma::{
     RoomVersionId, ServerName, UserId, events::StateEventType,
 };
 
-use super::{
-    PgStorage, account_data, accounts, col, events, exec, history, keys, pg_write, presence, query, query_one, state,
-    transactions,
-};
+use super::{PgStorage, account_data, accounts, events, exec, history, keys, pg_write, presence, state, transactions};
 use crate::{
     events::Pdu,
     storage::{
         AccountData, Device, Direction, Membership, NewTimelineEvent, Persisted, PresenceRecord, Receipt, RemoteInvite,
-        Result, RoomInfo, ServerKey, StateGroupId, StateKey, StateWrite, Storage, StoredEvent, StreamOrdering,
-        TokenOwner, TopoKey, TxnKey, UserRecord,
+        Result, RoomInfo, RoomTyping, ServerKey, StateGroupId, StateKey, StateWrite, Storage, StoredEvent,
+        StreamOrdering, TokenOwner, TopoKey, TxnKey, Typing, UserRecord,
     },
 };
 
@@ -404,65 +401,25 @@ impl Storage for PgStorage {
         Ok(())
     }
 
-    async fn put_receipt(&self, r: &Receipt) -> Result<bool> {
-        // A receipt only moves forward: one for an event older (in stream
-        // order) than the one already acknowledged is dropped. An event not
-        // held here counts as the newest.
-        let changed = pg_write!(self, |tx| {
-            exec(
-                &tx,
-                "INSERT INTO receipts (room_id, user_id, receipt_type, event_id, ts, position)
-                 VALUES ($1, $2, $3, $4, $5, $6)
-                 ON CONFLICT (room_id, user_id, receipt_type) DO UPDATE SET
-                     event_id = excluded.event_id, ts = excluded.ts, position = excluded.position
-                 WHERE coalesce((SELECT stream_ordering FROM events WHERE event_id = excluded.event_id),
-                                9223372036854775807)
-                    >= coalesce((SELECT stream_ordering FROM events WHERE event_id = receipts.event_id),
-                                -9223372036854775808)",
-                &[
-                    &r.room_id.as_str(),
-                    &r.user_id.as_str(),
-                    &r.receipt_type,
-                    &r.event_id.as_str(),
-                    &super::big(r.ts),
-                    &r.position,
-                ],
-            )
-            .await?
-        })?;
-        Ok(changed > 0)
+    async fn put_receipt(&self, r: &Receipt) -> Result<Option<i64>> {
+        pg_write!(one self, |c| super::ephemeral::put_receipt(&c, r).await?)
     }
 
     async fn receipts(&self, room_id: &RoomId, after: Option<i64>) -> Result<Vec<Receipt>> {
-        let rows = query(
-            &self.client().await?,
-            "SELECT user_id, receipt_type, event_id, ts, position FROM receipts
-             WHERE room_id = $1 AND position > $2 ORDER BY position",
-            &[&room_id.as_str(), &after.unwrap_or(i64::MIN)],
-        )
-        .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(Receipt {
-                    room_id: room_id.to_owned(),
-                    user_id: super::parse(col::<String>(r, 0)?)?,
-                    receipt_type: col(r, 1)?,
-                    event_id: super::parse(col::<String>(r, 2)?)?,
-                    ts: u64::try_from(col::<i64>(r, 3)?).unwrap_or(0),
-                    position: col(r, 4)?,
-                })
-            })
-            .collect()
+        super::ephemeral::receipts(&self.client().await?, room_id, after).await
     }
 
-    async fn max_receipt_position(&self) -> Result<i64> {
-        let row = query_one(
-            &self.client().await?,
-            "SELECT COALESCE(MAX(position), 0) FROM receipts",
-            &[],
-        )
-        .await?;
-        col(&row, 0)
+    async fn set_typing(&self, room_id: &RoomId, user_id: &UserId, change: Typing) -> Result<Option<i64>> {
+        pg_write!(self, |tx| super::ephemeral::set_typing(&tx, room_id, user_id, change)
+            .await?)
+    }
+
+    async fn typing(&self, after: Option<i64>, up_to: i64) -> Result<Vec<RoomTyping>> {
+        super::ephemeral::typing(&self.client().await?, after, up_to).await
+    }
+
+    async fn max_ephemeral_position(&self) -> Result<i64> {
+        super::ephemeral::head(&self.client().await?).await
     }
 
     async fn put_account_data(

@@ -8,6 +8,7 @@ mod account_data;
 mod accounts;
 mod appservice;
 mod e2e;
+mod ephemeral;
 mod events;
 mod history;
 mod keys;
@@ -26,7 +27,7 @@ use std::{
 
 use crate::{
     events::Pdu,
-    storage::{Receipt, RemoteInvite},
+    storage::{Receipt, RemoteInvite, RoomTyping, Typing},
 };
 use async_trait::async_trait;
 use ruma::{
@@ -61,6 +62,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("schema_v16.sql"),
     include_str!("schema_v17.sql"),
     include_str!("schema_v18.sql"),
+    include_str!("schema_v19.sql"),
 ];
 
 const MAX_IDLE_READERS: usize = 4;
@@ -682,79 +684,28 @@ impl Storage for SqliteStorage {
         .await
     }
 
-    async fn put_receipt(&self, receipt: &Receipt) -> Result<bool> {
-        let r = receipt.clone();
-        self.write(move |tx| {
-            // A receipt only moves forward: one for an event older (in
-            // stream order) than the one already acknowledged is dropped.
-            // An event not held here counts as the newest.
-            let changed = tx
-                .prepare_cached(
-                    "INSERT INTO receipts (room_id, user_id, receipt_type, event_id, ts, position)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)
-                     ON CONFLICT (room_id, user_id, receipt_type) DO UPDATE SET
-                         event_id = excluded.event_id, ts = excluded.ts, position = excluded.position
-                     WHERE coalesce((SELECT stream_ordering FROM events WHERE event_id = excluded.event_id),
-                                    9223372036854775807)
-                        >= coalesce((SELECT stream_ordering FROM events WHERE event_id = receipts.event_id),
-                                    -9223372036854775808)",
-                )?
-                .execute(rusqlite::params![
-                    r.room_id.as_str(),
-                    r.user_id.as_str(),
-                    r.receipt_type,
-                    r.event_id.as_str(),
-                    r.ts as i64,
-                    r.position
-                ])?;
-            Ok(changed > 0)
-        })
-        .await
+    async fn put_receipt(&self, receipt: &Receipt) -> Result<Option<i64>> {
+        let receipt = receipt.clone();
+        self.write(move |tx| ephemeral::put_receipt(tx, &receipt)).await
     }
 
     async fn receipts(&self, room_id: &RoomId, after: Option<i64>) -> Result<Vec<Receipt>> {
         let room_id = room_id.to_owned();
-        self.read(move |c| {
-            let mut stmt = c.prepare_cached(
-                "SELECT user_id, receipt_type, event_id, ts, position FROM receipts
-                 WHERE room_id = ?1 AND position > ?2 ORDER BY position",
-            )?;
-            let rows = stmt.query_map(rusqlite::params![room_id.as_str(), after.unwrap_or(i64::MIN)], |r| {
-                Ok((
-                    r.get::<_, String>(0)?,
-                    r.get::<_, String>(1)?,
-                    r.get::<_, String>(2)?,
-                    r.get::<_, i64>(3)?,
-                    r.get::<_, i64>(4)?,
-                ))
-            })?;
-            rows.map(|r| {
-                let (user, kind, event, ts, position) = r?;
-                let corrupt = |what: &str| StorageError::Corrupt(format!("receipt {what}"));
-                Ok(Receipt {
-                    room_id: room_id.clone(),
-                    user_id: OwnedUserId::try_from(user).map_err(|_| corrupt("user"))?,
-                    receipt_type: kind,
-                    event_id: OwnedEventId::try_from(event).map_err(|_| corrupt("event"))?,
-                    ts: ts as u64,
-                    position,
-                })
-            })
-            .collect()
-        })
-        .await
+        self.read(move |c| ephemeral::receipts(c, &room_id, after)).await
     }
 
-    async fn max_receipt_position(&self) -> Result<i64> {
-        self.read(|c| {
-            Ok(query_one(
-                c,
-                "SELECT COALESCE(MAX(position), 0) FROM receipts",
-                [],
-                |r| r.get(0),
-            )?)
-        })
-        .await
+    async fn set_typing(&self, room_id: &RoomId, user_id: &UserId, change: Typing) -> Result<Option<i64>> {
+        let (room_id, user_id) = (room_id.to_owned(), user_id.to_owned());
+        self.write(move |tx| ephemeral::set_typing(tx, &room_id, &user_id, change))
+            .await
+    }
+
+    async fn typing(&self, after: Option<i64>, up_to: i64) -> Result<Vec<RoomTyping>> {
+        self.read(move |c| ephemeral::typing(c, after, up_to)).await
+    }
+
+    async fn max_ephemeral_position(&self) -> Result<i64> {
+        self.read(ephemeral::head).await
     }
 
     async fn put_account_data(
