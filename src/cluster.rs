@@ -63,8 +63,10 @@ async fn followed(svc: &Services, write: OtherWrite) {
             OtherStream::E2e => svc.e2e.advance(position),
             OtherStream::Ephemeral => svc.ephemeral.advanced(position),
         },
+        OtherWrite::Queued { destination } => svc.sender.wake(&destination),
         OtherWrite::Resync => {
             svc.joined.clear();
+            svc.sender.wake_all();
             let heads = async {
                 Ok::<_, crate::storage::StorageError>((
                     svc.storage.max_stream_ordering().await?,

@@ -158,6 +158,7 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
     svc.appservices.resume();
     tokio::spawn(crate::presence::run_sweeper(svc.clone(), cancel.clone()));
     tokio::spawn(crate::cluster::follow_other_processes(svc.clone(), cancel.clone()));
+    tokio::spawn(svc.sender.clone().take_over(cancel.clone()));
     tokio::spawn(crate::rooms::guests::run_revocations(svc.clone(), cancel.clone()));
     if config.ephemeral_messages {
         tokio::spawn(crate::rooms::expiry::run(svc.clone(), cancel.clone()));

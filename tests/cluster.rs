@@ -490,3 +490,103 @@ async fn typing_and_receipts_cross_processes() {
     let receipt = ephemeral(&full, &room, "m.receipt").expect("the receipt in a full sync on B");
     assert!(receipt["content"][&event]["m.read"][&alice.user_id].is_object());
 }
+
+/// Event ID → how many acknowledged transactions (distinct IDs) carried it.
+fn delivered(peer: &common::hostile::Hostile) -> std::collections::HashMap<String, usize> {
+    let mut txns = std::collections::HashSet::new();
+    let mut counts = std::collections::HashMap::new();
+    for txn in peer.transactions().into_iter().filter(|t| t.acknowledged) {
+        if txns.insert(txn.txn_id.clone()) {
+            for id in txn.event_ids {
+                *counts.entry(id.to_string()).or_insert(0) += 1;
+            }
+        }
+    }
+    counts
+}
+
+async fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) -> Duration {
+    let started = Instant::now();
+    while !done() {
+        assert!(started.elapsed() < timeout, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    started.elapsed()
+}
+
+/// Sending to another server is one process's duty at a time: events sent
+/// through both processes reach a peer once each (both processes read the
+/// one queue, and each sent it all); when the process sending to the
+/// peer dies with events queued, the other takes the destination over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_event_reaches_a_peer_once_and_a_dead_senders_destination_is_taken_over() {
+    let Some((_dir, mut a, b)) = two_processes().await else {
+        return;
+    };
+    let peer = common::hostile::Hostile::start().await;
+    let alice = User::register(&a, "alice").await;
+    let bob = User::register(&b, "bob").await;
+    let room = alice.create_public_room().await;
+    bob.call(
+        reqwest::Method::POST,
+        &format!("/_matrix/client/v3/join/{room}"),
+        Some(json!({})),
+    )
+    .await;
+    let server_name: ruma::OwnedServerName = a.server_name().try_into().unwrap();
+    let room_id: ruma::OwnedRoomId = room.as_str().try_into().unwrap();
+    peer.join(&server_name, &room_id, "peer").await;
+
+    // Through both processes at once.
+    let (from_a, from_b) = tokio::join!(
+        async {
+            let mut ids = Vec::new();
+            for i in 0..10 {
+                ids.push(alice.send(&room, &format!("a{i}"), &format!("from A {i}")).await);
+            }
+            ids
+        },
+        async {
+            let mut ids = Vec::new();
+            for i in 0..10 {
+                ids.push(bob.send(&room, &format!("b{i}"), &format!("from B {i}")).await);
+            }
+            ids
+        }
+    );
+    let sent: Vec<String> = from_a.into_iter().chain(from_b).collect();
+    wait_until("every event at the peer", Duration::from_secs(30), || {
+        let got = delivered(&peer);
+        sent.iter().all(|id| got.contains_key(id))
+    })
+    .await;
+    // Time for any second sender to show itself.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let got = delivered(&peer);
+    let twice: Vec<_> = sent.iter().filter(|id| got[*id] > 1).collect();
+    assert!(
+        twice.is_empty(),
+        "events the peer got more than once: {twice:?} of {got:?}"
+    );
+
+    // Idle, the duty runs out (10 s): the next event's process takes it.
+    tokio::time::sleep(Duration::from_secs(11)).await;
+    peer.set_behaviour(|b| b.accept_transactions = false);
+    let stranded = alice.send(&room, "a-down", "queued while the peer is down").await;
+    wait_until("A trying the peer", Duration::from_secs(10), || {
+        peer.transactions()
+            .iter()
+            .any(|t| !t.acknowledged && t.event_ids.iter().any(|id| id.as_str() == stranded))
+    })
+    .await;
+    // A dies backing off, its duty held; the peer is back.
+    a.kill_9();
+    peer.set_behaviour(|b| b.accept_transactions = true);
+    let took = wait_until("B sending what A left", Duration::from_secs(40), || {
+        delivered(&peer).contains_key(&stranded)
+    })
+    .await;
+    eprintln!("the peer had A's event {took:?} after A was killed");
+    assert_eq!(delivered(&peer)[&stranded], 1);
+    let _ = b;
+}

@@ -3661,3 +3661,44 @@ async fn threepid(s: Store) {
     assert_eq!(s.threepid_bindings(&alice, None).await.unwrap(), [email2, other, phone]);
     assert_eq!(s.threepid_bindings(&bob, None).await.unwrap(), [email]);
 }
+
+// ===================================================================
+// Background duties: one process at a time (PostgreSQL only: where one
+// process runs, every duty is its own)
+// ===================================================================
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_duty_is_held_by_one_process_until_it_runs_out() {
+    let sqlite = sqlite().await;
+    assert!(sqlite.storage.hold_duty("x", Duration::from_millis(1)).await.unwrap());
+    let Some(url) = database::fresh_database_url() else {
+        eprintln!("WEFT_TEST_POSTGRES is not set: PostgreSQL scenario skipped");
+        return;
+    };
+    // Two processes' storages over one database.
+    let a = PgStorage::connect(&url).await.unwrap();
+    let b = PgStorage::connect(&url).await.unwrap();
+    let destination: OwnedServerName = "remote.example".try_into().unwrap();
+    let duty = weft::storage::federation_duty(&destination);
+    a.queue_pdu(std::slice::from_ref(&destination), &eid("e1"))
+        .await
+        .unwrap();
+    assert_eq!(a.queued_destinations().await.unwrap(), std::slice::from_ref(&destination));
+
+    let ttl = Duration::from_millis(600);
+    assert!(a.hold_duty(&duty, ttl).await.unwrap(), "nobody held it");
+    assert!(!b.hold_duty(&duty, ttl).await.unwrap(), "A holds it");
+    assert!(a.hold_duty(&duty, ttl).await.unwrap(), "A renews it");
+    assert!(
+        b.queued_destinations().await.unwrap().is_empty(),
+        "a destination A sends to is none of B's business"
+    );
+    assert!(b.hold_duty("another", ttl).await.unwrap(), "duties are independent");
+    // A stops renewing (it died): B takes over once it has run out.
+    tokio::time::sleep(ttl + Duration::from_millis(200)).await;
+    assert_eq!(b.queued_destinations().await.unwrap(), std::slice::from_ref(&destination));
+    assert!(b.hold_duty(&duty, ttl).await.unwrap(), "A's ran out");
+    assert!(!a.hold_duty(&duty, ttl).await.unwrap(), "B holds it now");
+    drop((a, b));
+    database::drop_database(&url);
+}

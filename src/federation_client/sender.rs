@@ -4,6 +4,15 @@
 //! that carried it), and a worker per destination that sends transactions
 //! of up to 50 events, backing off while the destination is down, and
 //! catching up when it is back.
+//!
+//! With several processes, one at a time sends a destination its queued
+//! events: the one holding the destination's duty
+//! (`storage::federation_duty`, renewed while it sends or backs off, left
+//! to run out when idle). Another process that queues events for it
+//! notifies the holder (`OtherWrite::Queued`); a destination whose holder
+//! died is found by [`Sender::take_over`] once the duty has run out. EDUs
+//! stay with the process that made them, which sends them itself (without
+//! the queued events when another process holds the duty).
 
 use std::{
     collections::HashMap,
@@ -20,7 +29,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use super::{FederationClient, FederationError};
-use crate::storage::{Storage, StorageError};
+use crate::storage::{Storage, StorageError, federation_duty};
 
 /// Most PDUs one transaction carries (the spec's limit).
 const MAX_PDUS_PER_TRANSACTION: usize = 50;
@@ -30,6 +39,19 @@ const MAX_EDUS_PER_TRANSACTION: usize = 100;
 const MAX_QUEUED_EDUS: usize = 1000;
 /// Longest wait between two tries of a failing destination.
 const MAX_RETRY_WAIT: Duration = Duration::from_secs(10 * 60);
+/// How long a destination's duty lasts unrenewed: another process takes
+/// the destination over this long (and up to half as long again) after its
+/// sender died.
+const DUTY_TTL: Duration = Duration::from_secs(10);
+/// How often a sender renews the duty it holds.
+const DUTY_RENEW: Duration = Duration::from_secs(3);
+
+/// A worker's hold on its destination's duty.
+struct Duty {
+    name: String,
+    /// When it was last taken or renewed, while held.
+    renewed: Option<tokio::time::Instant>,
+}
 
 pub struct Sender {
     storage: Arc<dyn Storage>,
@@ -39,6 +61,8 @@ pub struct Sender {
     cancel: CancellationToken,
     workers: Mutex<HashMap<OwnedServerName, Arc<Notify>>>,
     edus: Mutex<HashMap<OwnedServerName, Vec<serde_json::Value>>>,
+    /// Tells this process's transaction IDs from the others'.
+    process: u32,
 }
 
 impl Sender {
@@ -57,16 +81,40 @@ impl Sender {
             cancel,
             workers: Mutex::default(),
             edus: Mutex::default(),
+            process: rand::random(),
         })
     }
 
-    /// Starts workers for destinations with events still queued (after a
-    /// restart).
+    /// Starts workers for destinations with events still queued that no
+    /// process sends to (after a restart).
     pub async fn resume(self: &Arc<Self>) -> Result<(), StorageError> {
         for destination in self.storage.queued_destinations().await? {
             self.wake(&destination);
         }
         Ok(())
+    }
+
+    /// Until `cancel`: takes over the destinations whose sender died (its
+    /// duty ran out with events still queued), looking every half
+    /// [`DUTY_TTL`].
+    pub async fn take_over(self: Arc<Self>, cancel: CancellationToken) {
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tokio::time::sleep(DUTY_TTL / 2) => {}
+            }
+            if let Err(e) = self.resume().await {
+                tracing::warn!(error = %e, "looking for destinations nobody sends to");
+            }
+        }
+    }
+
+    /// Wakes every worker (notifications of other processes may have been
+    /// missed).
+    pub fn wake_all(&self) {
+        for notify in self.workers.lock().expect("sender workers").values() {
+            notify.notify_one();
+        }
     }
 
     /// Queues `event` for every server with a user joined to the room now,
@@ -103,7 +151,8 @@ impl Sender {
         Ok(())
     }
 
-    fn wake(self: &Arc<Self>, destination: &ServerName) {
+    /// Wakes the worker of `destination` (started if there is none).
+    pub fn wake(self: &Arc<Self>, destination: &ServerName) {
         let mut workers = self.workers.lock().expect("sender workers");
         if let Some(notify) = workers.get(destination) {
             notify.notify_one();
@@ -153,11 +202,15 @@ impl Sender {
 
     /// The worker of one destination: forever, send what is queued.
     async fn run(&self, destination: &ServerName, notify: &Notify) {
+        let mut duty = Duty {
+            name: federation_duty(destination),
+            renewed: None,
+        };
         let mut failures: u32 = 0;
         // The transaction being retried: its ID, last PDU position, EDUs.
         let mut pending: Option<(OwnedTransactionId, Option<i64>, Vec<serde_json::Value>)> = None;
         loop {
-            let batch = match self.storage.queued_pdus(destination, MAX_PDUS_PER_TRANSACTION).await {
+            let mut batch = match self.storage.queued_pdus(destination, MAX_PDUS_PER_TRANSACTION).await {
                 Ok(batch) => batch,
                 Err(e) => {
                     tracing::error!(%destination, error = %e, "cannot read the outbound queue");
@@ -165,6 +218,10 @@ impl Sender {
                     continue;
                 }
             };
+            // Queued events are sent by the process that holds the duty.
+            if !batch.is_empty() && !self.hold(&mut duty).await {
+                batch.clear();
+            }
             let last = batch.last().map(|(position, _)| *position);
             let (txn_id, edus) = match pending.take() {
                 // A retry carries the same transaction (so the receiver
@@ -180,13 +237,17 @@ impl Sender {
                         }
                     }
                     if last.is_none() && edus.is_empty() {
+                        // Idle, the duty is left unrenewed: it runs out
+                        // unless events queued here or elsewhere (which
+                        // notifies this process) wake the worker first.
                         notify.notified().await;
                         continue;
                     }
                     let first = batch.first().map_or(0, |(position, _)| *position);
                     let id = OwnedTransactionId::from(format!(
-                        "{}-{first}",
-                        u64::from(MilliSecondsSinceUnixEpoch::now().get())
+                        "{}-{first}-{:08x}",
+                        u64::from(MilliSecondsSinceUnixEpoch::now().get()),
+                        self.process
                     ));
                     (id, edus)
                 }
@@ -206,11 +267,43 @@ impl Sender {
                     let wait = Duration::from_secs(1 << failures.min(10)).min(MAX_RETRY_WAIT);
                     tracing::info!(%destination, error = %e, retry_in = ?wait, "transaction not delivered");
                     // New events wake the worker, but it still waits out
-                    // the back-off before trying again.
-                    tokio::time::sleep(wait).await;
+                    // the back-off before trying again, keeping the duty
+                    // (another process would not know of the back-off).
+                    self.back_off(&mut duty, wait).await;
                 }
             }
         }
+    }
+
+    /// Takes or renews the destination's duty (in storage at most every
+    /// [`DUTY_RENEW`]); false while another process holds it.
+    async fn hold(&self, duty: &mut Duty) -> bool {
+        if duty.renewed.is_some_and(|at| at.elapsed() < DUTY_RENEW) {
+            return true;
+        }
+        let held = match self.storage.hold_duty(&duty.name, DUTY_TTL).await {
+            Ok(held) => held,
+            Err(e) => {
+                tracing::warn!(duty = %duty.name, error = %e, "cannot take or renew a duty");
+                false
+            }
+        };
+        duty.renewed = held.then(tokio::time::Instant::now);
+        held
+    }
+
+    /// Sleeps `wait`, renewing the duty meanwhile if it is held.
+    async fn back_off(&self, duty: &mut Duty, wait: Duration) {
+        let until = tokio::time::Instant::now() + wait;
+        while duty.renewed.is_some() {
+            let next = (tokio::time::Instant::now() + DUTY_RENEW).min(until);
+            tokio::time::sleep_until(next).await;
+            if next >= until {
+                return;
+            }
+            self.hold(duty).await;
+        }
+        tokio::time::sleep_until(until).await;
     }
 
     async fn send_batch(

@@ -42,8 +42,9 @@ use super::{
 /// number of `sqlite/schema_v*.sql` migrations).
 const SQLITE_SCHEMA_VERSION: i64 = 19;
 /// PostgreSQL tables that are not copied: set from the copied data
-/// (`stream_positions`) or by the migration (`schema_version`).
-const PG_ONLY_TABLES: &[&str] = &["stream_positions", "schema_version"];
+/// (`stream_positions`), by the migration (`schema_version`), or held by
+/// running processes only (`duties`).
+const PG_ONLY_TABLES: &[&str] = &["stream_positions", "schema_version", "duties"];
 /// SQLite tables that are not copied: the e2e stream's head (PostgreSQL's
 /// `stream_positions` 'e2e') and the events stream's (read to set
 /// PostgreSQL's 'events'). SQLite's own tables (`sqlite_*`) and

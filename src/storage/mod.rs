@@ -263,6 +263,9 @@ pub enum OtherWrite {
     /// list changes, to-device messages) or the ephemeral stream
     /// (receipts, typing) committed.
     Stream { stream: OtherStream, position: i64 },
+    /// Another process queued events for a destination this process
+    /// sends to (holds its [`federation_duty`]).
+    Queued { destination: OwnedServerName },
     /// What other processes wrote may have been missed (the connection
     /// that hears them was opened anew): read the head again.
     Resync,
@@ -354,6 +357,15 @@ pub struct RemoteInvite {
     pub via: OwnedServerName,
     /// "invite", or "leave" once rejected (`event_id` is then the leave).
     pub membership: String,
+}
+
+/// What a process holds (`Storage::hold_duty`) while it sends to a
+/// destination: the prefix, then the server name.
+pub const FEDERATION_DUTY: &str = "federation ";
+
+/// The duty of sending to `destination`.
+pub fn federation_duty(destination: &ServerName) -> String {
+    format!("{FEDERATION_DUTY}{destination}")
 }
 
 /// A read receipt.
@@ -570,6 +582,13 @@ pub trait Storage:
     async fn lock_room(&self, _room_id: &RoomId) -> Result<Option<ClusterLock>> {
         Ok(None)
     }
+    /// Takes or renews the background duty `duty` (e.g.
+    /// [`federation_duty`]) for this process for `ttl`; false while another
+    /// live process holds it. Where no other process runs (SQLite), the
+    /// duty is always this one's.
+    async fn hold_duty(&self, _duty: &str, _ttl: std::time::Duration) -> Result<bool> {
+        Ok(true)
+    }
 
     // ----- state -----
     /// Stores a state that belongs to no event yet (resolved, or as
@@ -643,7 +662,8 @@ pub trait Storage:
     async fn queued_pdus(&self, destination: &ServerName, limit: usize) -> Result<Vec<(i64, OwnedEventId)>>;
     /// Drops the queued events of a destination up to `position`.
     async fn dequeue_pdus(&self, destination: &ServerName, up_to: i64) -> Result<()>;
-    /// Destinations with events waiting.
+    /// Destinations with events waiting that no live process sends to (its
+    /// [`federation_duty`] held by none): all of them where one process runs.
     async fn queued_destinations(&self) -> Result<Vec<OwnedServerName>>;
 
     // ----- invites from other servers -----

@@ -381,6 +381,10 @@ impl Storage for PgStorage {
         transactions::destinations(&self.client().await?).await
     }
 
+    async fn hold_duty(&self, duty: &str, ttl: std::time::Duration) -> Result<bool> {
+        pg_write!(one self, |c| super::duties::hold(&c, duty, &self.process, ttl).await?)
+    }
+
     async fn store_remote_invite(&self, invite: &RemoteInvite) -> Result<()> {
         pg_write!(self, |tx| transactions::store_remote_invite(&tx, invite).await?)
     }

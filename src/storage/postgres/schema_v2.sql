@@ -26,3 +26,13 @@ CREATE TABLE typing_rooms (
     position BIGINT NOT NULL
 );
 CREATE INDEX typing_rooms_position ON typing_rooms (position);
+
+-- Background duties (sending to one destination, …), each done by one
+-- process at a time: the holder renews its row; another process takes the
+-- duty once the row has expired (its holder died). Times are the
+-- database's clock (ms), so processes on several machines agree.
+CREATE TABLE duties (
+    duty       TEXT PRIMARY KEY,
+    holder     TEXT NOT NULL,
+    expires_ms BIGINT NOT NULL
+);

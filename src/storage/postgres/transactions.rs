@@ -3,8 +3,8 @@
 
 use ruma::{EventId, OwnedEventId, OwnedServerName, RoomVersionId, ServerName, UserId};
 
-use super::{GenericClient, col, exec, now_ms, parse, query, query_opt};
-use crate::storage::{RemoteInvite, Result, StorageError};
+use super::{GenericClient, col, duties::NOW_MS, exec, now_ms, parse, query, query_opt};
+use crate::storage::{FEDERATION_DUTY, RemoteInvite, Result, StorageError, federation_duty};
 
 /// Advisory lock class of a destination's queue (the key is the hash of
 /// its name); "wf" 2.
@@ -57,6 +57,17 @@ pub async fn queue(tx: &impl GenericClient, destinations: &[OwnedServerName], ev
         &[&names, &event_id.as_str(), &now_ms()],
     )
     .await?;
+    // The process sending to a destination, if another, hears of it at the
+    // commit (`<process> queued <holder> <destination>`, `listen.rs`).
+    // (A duty run out is nobody's: the first process to look takes it.)
+    let duties: Vec<String> = destinations.iter().map(|d| federation_duty(d)).collect();
+    let sql = format!(
+        "SELECT pg_notify('weft', concat_ws(' ', current_setting('weft.process', TRUE), 'queued', holder,
+                                            substr(duty, length($2) + 1)))
+         FROM duties WHERE duty = ANY($1) AND expires_ms >= {NOW_MS}
+             AND holder IS DISTINCT FROM current_setting('weft.process', TRUE)"
+    );
+    exec(tx, &sql, &[&duties, &FEDERATION_DUTY]).await?;
     Ok(())
 }
 
@@ -84,13 +95,14 @@ pub async fn dequeue(tx: &impl GenericClient, destination: &ServerName, up_to: i
     Ok(())
 }
 
+/// Destinations with events queued that no live process sends to.
 pub async fn destinations(c: &impl GenericClient) -> Result<Vec<OwnedServerName>> {
-    let rows = query(
-        c,
-        "SELECT DISTINCT destination FROM outbound_pdus ORDER BY destination",
-        &[],
-    )
-    .await?;
+    let sql = format!(
+        "SELECT DISTINCT destination FROM outbound_pdus o
+         WHERE NOT EXISTS (SELECT 1 FROM duties WHERE duty = $1 || o.destination AND expires_ms >= {NOW_MS})
+         ORDER BY destination"
+    );
+    let rows = query(c, &sql, &[&FEDERATION_DUTY]).await?;
     rows.iter().map(|r| parse(col(r, 0)?)).collect()
 }
 
