@@ -63,9 +63,14 @@ async fn followed(svc: &Services, write: OtherWrite) {
             OtherStream::E2e => svc.e2e.advance(position),
             OtherStream::Ephemeral => svc.ephemeral.advanced(position),
         },
+        OtherWrite::AccountData { position, user_id } => {
+            svc.push.rules.forget(&user_id);
+            svc.account_data.advanced(position);
+        }
         OtherWrite::Queued { destination } => svc.sender.wake(&destination),
         OtherWrite::Resync => {
             svc.joined.clear();
+            svc.push.rules.clear();
             svc.sender.wake_all();
             let heads = async {
                 Ok::<_, crate::storage::StorageError>((

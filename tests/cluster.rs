@@ -257,11 +257,12 @@ async fn a_send_on_one_process_wakes_a_sync_on_another() {
 }
 
 /// Each process caches who is joined to a room (the users an event's push
-/// rules are evaluated for, the servers it goes to): a join through B
-/// must reach A's cache, or Carol, who joined on B, would never be
-/// notified of what Alice sends on A.
+/// rules are evaluated for, the servers it goes to) and users' push rules:
+/// a join through B must reach A's cache, or Carol, who joined on B, would
+/// never be notified of what Alice sends on A; and so must a push rule
+/// Carol sets through B, or A would go on notifying her.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_join_on_one_process_is_known_to_the_others_push_rules() {
+async fn a_join_and_a_push_rule_on_one_process_are_known_to_the_others_push_rules() {
     let Some((_dir, a, b)) = two_processes().await else {
         return;
     };
@@ -300,6 +301,26 @@ async fn a_join_on_one_process_is_known_to_the_others_push_rules() {
     alice.send(&room, "t2", "after Carol joined").await;
     let counts = &carol.sync(None, 0).await["rooms"]["join"][&room]["unread_notifications"];
     assert_eq!(counts["notification_count"], 1, "Carol is notified once: {counts}");
+
+    // Carol mutes the room through B: A, which keeps her rules since it
+    // evaluated them, drops its copy, and notifies her no more.
+    carol
+        .call(
+            reqwest::Method::PUT,
+            &format!(
+                "/_matrix/client/v3/pushrules/global/room/{}",
+                room.replace('!', "%21").replace(':', "%3A")
+            ),
+            Some(json!({ "actions": [] })),
+        )
+        .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    alice.send(&room, "t3", "while the room is muted").await;
+    let counts = &carol.sync(None, 0).await["rooms"]["join"][&room]["unread_notifications"];
+    assert_eq!(
+        counts["notification_count"], 1,
+        "muted on B, not notified by A: {counts}"
+    );
 }
 
 /// Two processes writing to one room at the same moment: each event is

@@ -3683,7 +3683,10 @@ async fn a_duty_is_held_by_one_process_until_it_runs_out() {
     a.queue_pdu(std::slice::from_ref(&destination), &eid("e1"))
         .await
         .unwrap();
-    assert_eq!(a.queued_destinations().await.unwrap(), std::slice::from_ref(&destination));
+    assert_eq!(
+        a.queued_destinations().await.unwrap(),
+        std::slice::from_ref(&destination)
+    );
 
     let ttl = Duration::from_millis(600);
     assert!(a.hold_duty(&duty, ttl).await.unwrap(), "nobody held it");
@@ -3696,7 +3699,10 @@ async fn a_duty_is_held_by_one_process_until_it_runs_out() {
     assert!(b.hold_duty("another", ttl).await.unwrap(), "duties are independent");
     // A stops renewing (it died): B takes over once it has run out.
     tokio::time::sleep(ttl + Duration::from_millis(200)).await;
-    assert_eq!(b.queued_destinations().await.unwrap(), std::slice::from_ref(&destination));
+    assert_eq!(
+        b.queued_destinations().await.unwrap(),
+        std::slice::from_ref(&destination)
+    );
     assert!(b.hold_duty(&duty, ttl).await.unwrap(), "A's ran out");
     assert!(!a.hold_duty(&duty, ttl).await.unwrap(), "B holds it now");
     drop((a, b));

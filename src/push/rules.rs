@@ -111,7 +111,8 @@ pub fn server_default(user: &UserId) -> Ruleset {
 
 /// Parsed push rules of recently seen users. Only this module writes
 /// `m.push_rules` (clients cannot set it as account data), so it drops a
-/// user's entry whenever it writes.
+/// user's entry whenever it writes; other processes' account data
+/// notifications drop it too (`crate::cluster`).
 pub struct RulesCache {
     rules: Mutex<LruCache<OwnedUserId, Arc<UserRules>>>,
 }
@@ -133,7 +134,14 @@ impl RulesCache {
         self.rules.lock().expect("push rules cache").put(user.to_owned(), rules);
     }
 
-    fn forget(&self, user: &UserId) {
+    /// Drops every user's rules (other processes' changes may have been
+    /// missed).
+    pub(crate) fn clear(&self) {
+        self.rules.lock().expect("push rules cache").clear();
+    }
+
+    /// Drops the user's rules (changed here or by another process).
+    pub(crate) fn forget(&self, user: &UserId) {
         self.rules.lock().expect("push rules cache").pop(user);
     }
 }

@@ -263,6 +263,9 @@ pub enum OtherWrite {
     /// list changes, to-device messages) or the ephemeral stream
     /// (receipts, typing) committed.
     Stream { stream: OtherStream, position: i64 },
+    /// A user's account data changed at `position` (their push rules,
+    /// cached, among them).
+    AccountData { position: i64, user_id: OwnedUserId },
     /// Another process queued events for a destination this process
     /// sends to (holds its [`federation_duty`]).
     Queued { destination: OwnedServerName },

@@ -4,7 +4,7 @@
 use ruma::{OwnedRoomId, RoomId, UserId};
 use tokio_postgres::Row;
 
-use super::{GenericClient, col, exec, next_position, query, query_opt, stream_head};
+use super::{GenericClient, col, exec, next_position_of, query, query_opt, stream_head};
 use crate::storage::{AccountData, Result, StorageError};
 
 /// Global account data is stored under the empty room ID.
@@ -21,7 +21,7 @@ pub async fn put(
 ) -> Result<i64> {
     // Taken last, just before the row is written: the counter row stays
     // locked until commit, so positions are committed in order.
-    let position = next_position(tx, "account_data").await?;
+    let position = next_position_of(tx, "account_data", Some(user_id.as_str())).await?;
     exec(
         tx,
         "INSERT INTO account_data (user_id, room_id, data_type, content, position)

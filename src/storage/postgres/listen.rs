@@ -160,7 +160,10 @@ fn parse(payload: &str, process: &str) -> Option<OtherWrite> {
                 member,
             });
         }
-        "account_data" => OtherStream::AccountData,
+        "account_data" => match parts.next().map(ruma::UserId::parse) {
+            Some(Ok(user_id)) => return Some(OtherWrite::AccountData { position, user_id }),
+            _ => OtherStream::AccountData,
+        },
         "e2e" => OtherStream::E2e,
         "ephemeral" => OtherStream::Ephemeral,
         _ => return None,
@@ -202,6 +205,13 @@ mod tests {
             Some(OtherWrite::Stream {
                 stream: OtherStream::AccountData,
                 position: 8
+            })
+        );
+        assert_eq!(
+            parse("b account_data 8 @u:x", "a"),
+            Some(OtherWrite::AccountData {
+                position: 8,
+                user_id: "@u:x".try_into().unwrap()
             })
         );
         assert_eq!(

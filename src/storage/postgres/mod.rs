@@ -485,13 +485,19 @@ pub(crate) fn col<'a, T: tokio_postgres::types::FromSql<'a>>(row: &'a Row, i: us
 /// commit in the order they were taken: call it last in a transaction,
 /// just before writing the rows that carry the position.
 pub(crate) async fn next_position(tx: &impl GenericClient, stream: &str) -> Result<i64> {
+    next_position_of(tx, stream, None).await
+}
+
+/// [`next_position`] for a write of one user's (`<process> <stream>
+/// <position> <user>`: the others drop what they cache of the user).
+pub(crate) async fn next_position_of(tx: &impl GenericClient, stream: &str, user: Option<&str>) -> Result<i64> {
     // Other processes hear of the position at the commit (`listen.rs`).
     let row = query_one(
         tx,
         "UPDATE stream_positions SET position = position + 1 WHERE stream = $1
          RETURNING position, pg_notify('weft', concat_ws(' ',
-             current_setting('weft.process', TRUE), stream, position))::text",
-        &[&stream],
+             current_setting('weft.process', TRUE), stream, position, $2::text))::text",
+        &[&stream, &user],
     )
     .await?;
     col(&row, 0)
