@@ -25,6 +25,11 @@ pub struct Config {
     /// file in `data_dir` (`postgres://user@host:port/db`, or the
     /// `key=value` form, `host=/run/postgresql` for a Unix socket).
     pub database_url: Option<String>,
+    /// This process's name among the processes sharing `database_url`
+    /// (letters, digits, `.`, `_`, `-`): unique, and the same across
+    /// restarts, so that a restarted process takes back its duties at once.
+    /// Unset: a random name each start.
+    pub instance_name: Option<String>,
     /// Client-server API listener (plain HTTP; put a TLS proxy in front).
     pub client_listen: SocketAddr,
     /// Federation (server-server) API listener (HTTPS).
@@ -87,6 +92,7 @@ impl Default for Config {
             server_name: "localhost".try_into().expect("valid server name"),
             data_dir: PathBuf::from("./weft-data"),
             database_url: None,
+            instance_name: None,
             client_listen: "127.0.0.1:8008".parse().expect("valid address"),
             federation_listen: "0.0.0.0:8448".parse().expect("valid address"),
             federation_plain_http: false,
@@ -214,6 +220,7 @@ impl Config {
         set(&env, "server_name", &mut self.server_name)?;
         set(&env, "data_dir", &mut self.data_dir)?;
         set_opt(&env, "database_url", &mut self.database_url)?;
+        set_opt(&env, "instance_name", &mut self.instance_name)?;
         set(&env, "client_listen", &mut self.client_listen)?;
         set(&env, "federation_listen", &mut self.federation_listen)?;
         set(&env, "federation_plain_http", &mut self.federation_plain_http)?;
@@ -265,6 +272,16 @@ impl Config {
                 ),
             });
         }
+        if let Some(name) = &self.instance_name
+            && (name.is_empty()
+                || name.len() > 64
+                || !name.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c)))
+        {
+            return Err(ConfigError::Invalid {
+                key: "instance_name",
+                message: format!("{name:?}: 1 to 64 letters, digits, '.', '_' or '-'"),
+            });
+        }
         if self.header_read_timeout_secs == 0 {
             return Err(ConfigError::Invalid {
                 key: "header_read_timeout_secs",
@@ -299,6 +316,12 @@ data_dir = "./weft-data"
 # in data_dir: a URL or a key=value string (host=/run/postgresql for a Unix
 # socket). data_dir still holds the signing key, the certificate and media.
 # database_url = "postgres://weft@localhost/weft"
+
+# With several weft processes over one database_url: this process's name,
+# unique among them and the same across its restarts (letters, digits,
+# '.', '_', '-'). A second process started with a name in use waits for
+# the first to stop, then refuses to start. Random each start when left out.
+# instance_name = "weft-1"
 
 # Client-server API: plain HTTP. Put a TLS reverse proxy in front of it
 # for anything but local use.

@@ -116,8 +116,10 @@ async fn two_processes() -> Option<(tempfile::TempDir, WeftProcess, WeftProcess)
         std::fs::create_dir_all(dir.path().join(process)).unwrap();
     }
     let mut a = WeftProcess::new(&dir.path().join("a"));
+    a.instance_name = Some("a".to_owned());
     a.start().await;
     let mut b = a.sibling(&dir.path().join("b"));
+    b.instance_name = Some("b".to_owned());
     b.start().await;
     Some((dir, a, b))
 }
@@ -610,4 +612,44 @@ async fn each_event_reaches_a_peer_once_and_a_dead_senders_destination_is_taken_
     eprintln!("the peer had A's event {took:?} after A was killed");
     assert_eq!(delivered(&peer)[&stranded], 1);
     let _ = b;
+}
+
+/// Each process runs under a name of its own (`instance_name`), held in
+/// the database while it runs: a second process started under a name in
+/// use is refused (it would take the other's notifications for its own),
+/// and a killed process restarted under its name comes back once its
+/// hold has run out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_name_in_use_is_refused_and_a_killed_process_restarts_under_its_name() {
+    let Some((dir, mut a, _b)) = two_processes().await else {
+        return;
+    };
+    let alice = User::register(&a, "alice").await;
+    let room = alice.create_public_room().await;
+
+    std::fs::create_dir_all(dir.path().join("twin")).unwrap();
+    let mut twin = a.sibling(&dir.path().join("twin"));
+    twin.instance_name = a.instance_name.clone();
+    let refused = twin.try_start().await.expect_err("a second process named a");
+    assert!(
+        refused.contains("another weft process runs as instance_name \"a\""),
+        "{refused}"
+    );
+
+    a.kill_9();
+    let started = Instant::now();
+    a.start().await;
+    eprintln!(
+        "a, killed, served again {:?} after its restart began",
+        started.elapsed()
+    );
+    let alice = User {
+        base: a.base(),
+        ..alice
+    };
+    alice.send(&room, "t1", "after the restart").await;
+    assert!(
+        a.log_text().contains("the name is held"),
+        "the restart waited for the killed process's hold"
+    );
 }

@@ -91,7 +91,7 @@ pub(crate) fn created_room_version(pdu: &Pdu) -> Option<String> {
 /// `database_url`, or else the SQLite file in `data_dir`.
 pub async fn open(config: &crate::config::Config) -> Result<Arc<dyn Storage>> {
     Ok(match &config.database_url {
-        Some(url) => Arc::new(postgres::PgStorage::connect(url).await?),
+        Some(url) => Arc::new(postgres::PgStorage::connect_as(url, config.instance_name.as_deref()).await?),
         None => Arc::new(sqlite::SqliteStorage::open(&config.data_dir)?),
     })
 }

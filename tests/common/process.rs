@@ -32,6 +32,8 @@ pub struct WeftProcess {
     pub starts: usize,
     /// `WEFT_LOG` of the process.
     pub log_filter: String,
+    /// `WEFT_INSTANCE_NAME` of the process (several over one database).
+    pub instance_name: Option<String>,
     /// A new client for each start: no connection pooled from a killed
     /// process.
     pub http: reqwest::Client,
@@ -64,6 +66,7 @@ impl WeftProcess {
             federation_port: free_port(),
             starts: 0,
             log_filter: "info,ruma_state_res=warn".to_owned(),
+            instance_name: None,
             http: reqwest::Client::new(),
         }
     }
@@ -83,6 +86,7 @@ impl WeftProcess {
             federation_port: free_port(),
             starts: 0,
             log_filter: self.log_filter.clone(),
+            instance_name: None,
             http: reqwest::Client::new(),
         }
     }
@@ -154,6 +158,7 @@ impl WeftProcess {
             .env("WEFT_ALLOW_REGISTRATION", "true")
             .env("WEFT_FEDERATION_VERIFY_TLS", "false")
             .env("WEFT_LOG", &self.log_filter)
+            .env("WEFT_INSTANCE_NAME", self.instance_name.as_deref().unwrap_or(""))
             .env_remove("RUST_LOG")
             .stderr(log)
             .stdout(Stdio::null())

@@ -8,7 +8,7 @@
 use std::time::Duration;
 
 use super::{GenericClient, query_opt};
-use crate::storage::Result;
+use crate::storage::{Result, StorageError};
 
 /// The database's clock, in ms.
 pub const NOW_MS: &str = "(extract(epoch FROM clock_timestamp()) * 1000)::BIGINT";
@@ -24,4 +24,68 @@ pub async fn hold(c: &impl GenericClient, duty: &str, holder: &str, ttl: Duratio
          RETURNING 1"
     );
     Ok(query_opt(c, &sql, &[&duty, &holder, &ttl]).await?.is_some())
+}
+
+/// How long a named process's hold on its name lasts unrenewed.
+const INSTANCE_TTL: Duration = Duration::from_secs(10);
+/// How often a named process renews it.
+const INSTANCE_RENEW: Duration = Duration::from_secs(3);
+
+/// Holds the duty `instance <name>` for this start of the process (a
+/// random holder: a second process with the same name is told apart from
+/// this one's restart only by waiting), renewed until the guard drops.
+/// A process killed without stopping leaves its name held for
+/// [`INSTANCE_TTL`]: its restart waits that long; a name still held after
+/// twice that is another running process's, and this start fails.
+pub async fn claim_instance(pool: &deadpool_postgres::Pool, name: &str) -> Result<tokio_util::sync::DropGuard> {
+    let duty = format!("instance {name}");
+    let holder = format!("{:016x}", rand::random::<u64>());
+    let started = tokio::time::Instant::now();
+    let mut warned = false;
+    loop {
+        let held = hold(&pool.get().await?, &duty, &holder, INSTANCE_TTL).await?;
+        if held {
+            break;
+        }
+        if started.elapsed() > 2 * INSTANCE_TTL {
+            return Err(StorageError::Database(format!(
+                "another weft process runs as instance_name {name:?} on this database: \
+                 each process needs a name of its own"
+            )));
+        }
+        if !warned {
+            tracing::warn!(
+                instance_name = name,
+                "the name is held, waiting for the process that held it to stop"
+            );
+            warned = true;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let (stop, pool, name) = (cancel.clone(), pool.clone(), name.to_owned());
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                _ = tokio::time::sleep(INSTANCE_RENEW) => {}
+            }
+            let renewed = match pool.get().await {
+                Ok(c) => hold(&c, &duty, &holder, INSTANCE_TTL).await,
+                Err(e) => Err(e.into()),
+            };
+            match renewed {
+                Ok(true) => {}
+                Ok(false) => tracing::error!(instance_name = %name, "another process took this process's name"),
+                Err(e) => tracing::warn!(instance_name = %name, error = %e, "cannot renew this process's name"),
+            }
+        }
+        // Stopped: the name is free at once.
+        if let Ok(c) = pool.get().await {
+            let _ = c
+                .execute("DELETE FROM duties WHERE duty = $1 AND holder = $2", &[&duty, &holder])
+                .await;
+        }
+    });
+    Ok(cancel.drop_guard())
 }

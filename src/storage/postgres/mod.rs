@@ -218,8 +218,11 @@ pub struct PgStorage {
     room_versions: std::sync::Mutex<HashMap<OwnedRoomId, RoomVersionId>>,
     /// How to connect, for the connection that hears other processes.
     config: tokio_postgres::Config,
-    /// This process's name in its events' notifications.
+    /// This process's name in its events' notifications and the duties
+    /// it holds.
     process: String,
+    /// Holds `instance_name` while the storage lives (`duties.rs`).
+    _instance: Option<tokio_util::sync::DropGuard>,
 }
 
 impl PgStorage {
@@ -228,6 +231,14 @@ impl PgStorage {
     /// brings its schema up to date. Fails within seconds, naming the
     /// server and database, when the server cannot be reached.
     pub async fn connect(url: &str) -> Result<PgStorage> {
+        Self::connect_as(url, None).await
+    }
+
+    /// [`Self::connect`], as the process `instance` of several over this
+    /// database (`instance_name`); `None`: a random name. A named process
+    /// holds its name in the database while it runs (`duties.rs`): a start
+    /// under a name in use waits for that process to stop, then fails.
+    pub async fn connect_as(url: &str, instance: Option<&str>) -> Result<PgStorage> {
         let mut config = tokio_postgres::Config::from_str(url)
             .map_err(|e| StorageError::Database(format!("database_url is not a PostgreSQL connection string: {e}")))?;
         if config.get_connect_timeout().is_none() {
@@ -243,7 +254,10 @@ impl PgStorage {
         // Options of the connection string come after, and win.
         // `weft.process` names this process to the others: its events'
         // notifications carry it (see `listen.rs`).
-        let process = format!("{:016x}", rand::random::<u64>());
+        let process = match instance {
+            Some(name) => name.to_owned(),
+            None => format!("{:016x}", rand::random::<u64>()),
+        };
         let options = match config.get_options() {
             Some(given) => format!("-c jit=off -c weft.process={process} {given}"),
             None => format!("-c jit=off -c weft.process={process}"),
@@ -278,6 +292,7 @@ impl PgStorage {
             room_versions: Default::default(),
             config,
             process,
+            _instance: None,
         };
         let mut client = storage.pool.get().await.map_err(|e| {
             let cause = match StorageError::from(e) {
@@ -287,6 +302,11 @@ impl PgStorage {
             StorageError::Unavailable(format!("cannot connect to PostgreSQL at {target}: {cause}"))
         })?;
         migrate(&mut client).await?;
+        drop(client);
+        let mut storage = storage;
+        if instance.is_some() {
+            storage._instance = Some(duties::claim_instance(&storage.pool, &storage.process).await?);
+        }
         Ok(storage)
     }
 
