@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     services::Services,
-    storage::{OtherStream, OtherWrite},
+    storage::{APPSERVICE_DUTY, FEDERATION_DUTY, OtherStream, OtherWrite},
     wakeups::Topic,
 };
 
@@ -67,11 +67,21 @@ async fn followed(svc: &Services, write: OtherWrite) {
             svc.push.rules.forget(&user_id);
             svc.account_data.advanced(position);
         }
-        OtherWrite::Queued { destination } => svc.sender.wake(&destination),
+        OtherWrite::Queued { duty } => {
+            if let Some(destination) = duty
+                .strip_prefix(FEDERATION_DUTY)
+                .and_then(|d| ruma::ServerName::parse(d).ok())
+            {
+                svc.sender.wake(&destination);
+            } else if let Some(id) = duty.strip_prefix(APPSERVICE_DUTY) {
+                svc.appservices.wake(id);
+            }
+        }
         OtherWrite::Resync => {
             svc.joined.clear();
             svc.push.rules.clear();
             svc.sender.wake_all();
+            svc.appservices.resume();
             let heads = async {
                 Ok::<_, crate::storage::StorageError>((
                     svc.storage.max_stream_ordering().await?,

@@ -10,6 +10,7 @@ pub mod cluster;
 pub mod config;
 pub mod connections;
 pub mod devices;
+pub mod duty;
 pub mod e2e_keys;
 pub mod ephemeral;
 pub mod error;

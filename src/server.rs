@@ -59,6 +59,10 @@ impl RunningServer {
         for task in self.tasks {
             let _ = task.await;
         }
+        // Another process (or this one's restart) takes them at once.
+        if let Err(e) = self.services.storage.release_duties().await {
+            tracing::warn!(error = %e, "giving up this process's duties");
+        }
     }
 
     /// Runs until ctrl-c or SIGTERM, then shuts down.
@@ -159,6 +163,10 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
     tokio::spawn(crate::presence::run_sweeper(svc.clone(), cancel.clone()));
     tokio::spawn(crate::cluster::follow_other_processes(svc.clone(), cancel.clone()));
     tokio::spawn(svc.sender.clone().take_over(cancel.clone()));
+    tokio::spawn({
+        let (svc, cancel) = (svc.clone(), cancel.clone());
+        async move { svc.appservices.take_over(cancel).await }
+    });
     tokio::spawn(crate::rooms::guests::run_revocations(svc.clone(), cancel.clone()));
     if config.ephemeral_messages {
         tokio::spawn(crate::rooms::expiry::run(svc.clone(), cancel.clone()));

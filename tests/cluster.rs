@@ -106,6 +106,11 @@ impl User {
 /// lives as long as the value); `None`, the test skipped, where the suite
 /// runs on SQLite.
 async fn two_processes() -> Option<(tempfile::TempDir, WeftProcess, WeftProcess)> {
+    two_processes_with(&[]).await
+}
+
+/// [`two_processes`], both with the `WEFT_*` variables `env`.
+async fn two_processes_with(env: &[(&str, &str)]) -> Option<(tempfile::TempDir, WeftProcess, WeftProcess)> {
     if std::env::var("WEFT_TEST_POSTGRES").is_err() {
         eprintln!("skipped: runs in the PostgreSQL pass of tools/test (WEFT_TEST_POSTGRES)");
         return None;
@@ -117,9 +122,11 @@ async fn two_processes() -> Option<(tempfile::TempDir, WeftProcess, WeftProcess)
     }
     let mut a = WeftProcess::new(&dir.path().join("a"));
     a.instance_name = Some("a".to_owned());
+    a.env = env.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
     a.start().await;
     let mut b = a.sibling(&dir.path().join("b"));
     b.instance_name = Some("b".to_owned());
+    b.env = a.env.clone();
     b.start().await;
     Some((dir, a, b))
 }
@@ -651,5 +658,103 @@ async fn a_name_in_use_is_refused_and_a_killed_process_restarts_under_its_name()
     assert!(
         a.log_text().contains("the name is held"),
         "the restart waited for the killed process's hold"
+    );
+}
+
+/// Sending to an application service is one process's duty at a time too:
+/// events sent through both processes reach the service once each (each
+/// process's sender sent batches of the shared queue, often the same).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_event_reaches_an_application_service_once() {
+    // The service: every transaction's ID and event IDs.
+    type Received = std::sync::Arc<std::sync::Mutex<Vec<(String, Vec<String>)>>>;
+    let received: Received = Default::default();
+    let app = {
+        let received = received.clone();
+        axum::Router::new().fallback(move |req: axum::extract::Request| {
+            let received = received.clone();
+            async move {
+                let path = req.uri().path().to_owned();
+                let bytes = axum::body::to_bytes(req.into_body(), usize::MAX).await.unwrap();
+                if let Some(txn) = path.strip_prefix("/_matrix/app/v1/transactions/") {
+                    let body: Value = serde_json::from_slice(&bytes).unwrap_or_default();
+                    let ids = body["events"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .filter_map(|e| e["event_id"].as_str().map(str::to_owned))
+                        .collect();
+                    received.lock().unwrap().push((txn.to_owned(), ids));
+                }
+                axum::Json(json!({}))
+            }
+        })
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let registration = tempfile::tempdir().unwrap();
+    let path = registration.path().join("watcher.yaml");
+    std::fs::write(
+        &path,
+        format!(
+            "id: watcher\nurl: http://{addr}/\nas_token: as-token\nhs_token: hs-token\n\
+             sender_localpart: watcher\nrate_limited: false\n\
+             namespaces:\n  users: []\n  aliases: []\n  rooms:\n    - regex: '!.*'\n      exclusive: false\n"
+        ),
+    )
+    .unwrap();
+    let Some((_dir, a, b)) = two_processes_with(&[("WEFT_APP_SERVICE_CONFIG_FILES", path.to_str().unwrap())]).await
+    else {
+        return;
+    };
+    let alice = User::register(&a, "alice").await;
+    let bob = User::register(&b, "bob").await;
+    let room = alice.create_public_room().await;
+    bob.call(
+        reqwest::Method::POST,
+        &format!("/_matrix/client/v3/join/{room}"),
+        Some(json!({})),
+    )
+    .await;
+    let (from_a, from_b) = tokio::join!(
+        async {
+            let mut ids = Vec::new();
+            for i in 0..10 {
+                ids.push(alice.send(&room, &format!("a{i}"), &format!("from A {i}")).await);
+            }
+            ids
+        },
+        async {
+            let mut ids = Vec::new();
+            for i in 0..10 {
+                ids.push(bob.send(&room, &format!("b{i}"), &format!("from B {i}")).await);
+            }
+            ids
+        }
+    );
+    let sent: Vec<String> = from_a.into_iter().chain(from_b).collect();
+    // Every request counts: the service accepts each, so none is a retry
+    // (two processes sending one batch under one ID is one too many).
+    let counts = || {
+        let mut counts = std::collections::HashMap::<String, usize>::new();
+        for (_, ids) in received.lock().unwrap().iter() {
+            for id in ids {
+                *counts.entry(id.clone()).or_default() += 1;
+            }
+        }
+        counts
+    };
+    wait_until("every event at the service", Duration::from_secs(30), || {
+        let got = counts();
+        sent.iter().all(|id| got.contains_key(id))
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let got = counts();
+    let twice: Vec<_> = sent.iter().filter(|id| got[*id] > 1).collect();
+    assert!(
+        twice.is_empty(),
+        "events the service got more than once: {twice:?} of {got:?}"
     );
 }

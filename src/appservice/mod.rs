@@ -132,6 +132,25 @@ impl AppServices {
         self.sender.wake_all();
     }
 
+    /// Wakes the sender of application service `id` (another process
+    /// queued events for it).
+    pub fn wake(&self, id: &str) {
+        self.sender.wake(id);
+    }
+
+    /// Until `cancel`: takes over the services whose sender died (its duty
+    /// ran out with events still queued), looking every half
+    /// [`crate::duty::TTL`] (a query per service with a URL).
+    pub async fn take_over(&self, cancel: tokio_util::sync::CancellationToken) {
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tokio::time::sleep(crate::duty::TTL / 2) => {}
+            }
+            self.sender.wake_all();
+        }
+    }
+
     /// Creates the application services' own users if they do not exist
     /// yet: they act without registering.
     pub async fn create_sender_users(&self, storage: &dyn Storage) -> Result<(), crate::accounts::AccountError> {

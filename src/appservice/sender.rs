@@ -8,6 +8,11 @@
 //! A transaction's ID is the queue position of its last event: positions
 //! are never reused, so a retry of the same events has the same ID (the
 //! service can tell it has seen it), and a later transaction a new one.
+//!
+//! With several processes, the one holding the service's duty
+//! (`storage::appservice_duty`, `crate::duty`) sends its transactions:
+//! two senders would each send a batch of their own, and the service
+//! would get some events twice under two transaction IDs.
 
 use std::{
     collections::HashMap,
@@ -20,7 +25,10 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use super::{Registration, endpoint};
-use crate::storage::Storage;
+use crate::{
+    duty::Duty,
+    storage::{Storage, appservice_duty},
+};
 
 /// How long an application service has to acknowledge a transaction.
 pub const TRANSACTION_TIMEOUT: Duration = Duration::from_secs(10);
@@ -87,15 +95,16 @@ impl TransactionSender {
 
     async fn run(&self, registration: &Registration, notify: &Notify) {
         let mut wait = FIRST_RETRY_WAIT;
+        let mut duty = Duty::new(appservice_duty(&registration.id));
         loop {
             notify.notified().await;
             loop {
-                match self.send_next(registration).await {
+                match self.send_next(registration, &mut duty).await {
                     Ok(true) => wait = FIRST_RETRY_WAIT,
                     Ok(false) => break,
                     Err(e) => {
                         tracing::info!(appservice = %registration.id, error = %e, retry_in = ?wait, "transaction to application service failed");
-                        tokio::time::sleep(wait).await;
+                        duty.back_off(&*self.storage, wait).await;
                         wait = (wait * 2).min(MAX_RETRY_WAIT);
                     }
                 }
@@ -104,8 +113,8 @@ impl TransactionSender {
     }
 
     /// Sends the oldest queued events in one transaction: `Ok(false)` when
-    /// nothing was queued.
-    async fn send_next(&self, registration: &Registration) -> Result<bool, String> {
+    /// nothing was queued, or another process holds the duty.
+    async fn send_next(&self, registration: &Registration, duty: &mut Duty) -> Result<bool, String> {
         let queued = self
             .storage
             .queued_appservice_events(&registration.id, MAX_EVENTS_PER_TRANSACTION)
@@ -114,6 +123,9 @@ impl TransactionSender {
         let Some(&(last, _)) = queued.last() else {
             return Ok(false);
         };
+        if !duty.hold(&*self.storage).await {
+            return Ok(false);
+        }
         let ids: Vec<_> = queued.into_iter().map(|(_, id)| id).collect();
         let events = self.storage.events(&ids).await.map_err(|e| e.to_string())?;
         let events = crate::client_api::format::client_events_from(&*self.storage, &events, None)

@@ -29,6 +29,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use super::{FederationClient, FederationError};
+use crate::duty::Duty;
 use crate::storage::{Storage, StorageError, federation_duty};
 
 /// Most PDUs one transaction carries (the spec's limit).
@@ -39,20 +40,6 @@ const MAX_EDUS_PER_TRANSACTION: usize = 100;
 const MAX_QUEUED_EDUS: usize = 1000;
 /// Longest wait between two tries of a failing destination.
 const MAX_RETRY_WAIT: Duration = Duration::from_secs(10 * 60);
-/// How long a destination's duty lasts unrenewed: another process takes
-/// the destination over this long (and up to half as long again) after its
-/// sender died.
-const DUTY_TTL: Duration = Duration::from_secs(10);
-/// How often a sender renews the duty it holds.
-const DUTY_RENEW: Duration = Duration::from_secs(3);
-
-/// A worker's hold on its destination's duty.
-struct Duty {
-    name: String,
-    /// When it was last taken or renewed, while held.
-    renewed: Option<tokio::time::Instant>,
-}
-
 pub struct Sender {
     storage: Arc<dyn Storage>,
     joined: Arc<crate::state::joined::JoinedCache>,
@@ -96,12 +83,12 @@ impl Sender {
 
     /// Until `cancel`: takes over the destinations whose sender died (its
     /// duty ran out with events still queued), looking every half
-    /// [`DUTY_TTL`].
+    /// [`crate::duty::TTL`].
     pub async fn take_over(self: Arc<Self>, cancel: CancellationToken) {
         loop {
             tokio::select! {
                 _ = cancel.cancelled() => return,
-                _ = tokio::time::sleep(DUTY_TTL / 2) => {}
+                _ = tokio::time::sleep(crate::duty::TTL / 2) => {}
             }
             if let Err(e) = self.resume().await {
                 tracing::warn!(error = %e, "looking for destinations nobody sends to");
@@ -202,10 +189,7 @@ impl Sender {
 
     /// The worker of one destination: forever, send what is queued.
     async fn run(&self, destination: &ServerName, notify: &Notify) {
-        let mut duty = Duty {
-            name: federation_duty(destination),
-            renewed: None,
-        };
+        let mut duty = Duty::new(federation_duty(destination));
         let mut failures: u32 = 0;
         // The transaction being retried: its ID, last PDU position, EDUs.
         let mut pending: Option<(OwnedTransactionId, Option<i64>, Vec<serde_json::Value>)> = None;
@@ -219,7 +203,7 @@ impl Sender {
                 }
             };
             // Queued events are sent by the process that holds the duty.
-            if !batch.is_empty() && !self.hold(&mut duty).await {
+            if !batch.is_empty() && !duty.hold(&*self.storage).await {
                 batch.clear();
             }
             let last = batch.last().map(|(position, _)| *position);
@@ -269,41 +253,10 @@ impl Sender {
                     // New events wake the worker, but it still waits out
                     // the back-off before trying again, keeping the duty
                     // (another process would not know of the back-off).
-                    self.back_off(&mut duty, wait).await;
+                    duty.back_off(&*self.storage, wait).await;
                 }
             }
         }
-    }
-
-    /// Takes or renews the destination's duty (in storage at most every
-    /// [`DUTY_RENEW`]); false while another process holds it.
-    async fn hold(&self, duty: &mut Duty) -> bool {
-        if duty.renewed.is_some_and(|at| at.elapsed() < DUTY_RENEW) {
-            return true;
-        }
-        let held = match self.storage.hold_duty(&duty.name, DUTY_TTL).await {
-            Ok(held) => held,
-            Err(e) => {
-                tracing::warn!(duty = %duty.name, error = %e, "cannot take or renew a duty");
-                false
-            }
-        };
-        duty.renewed = held.then(tokio::time::Instant::now);
-        held
-    }
-
-    /// Sleeps `wait`, renewing the duty meanwhile if it is held.
-    async fn back_off(&self, duty: &mut Duty, wait: Duration) {
-        let until = tokio::time::Instant::now() + wait;
-        while duty.renewed.is_some() {
-            let next = (tokio::time::Instant::now() + DUTY_RENEW).min(until);
-            tokio::time::sleep_until(next).await;
-            if next >= until {
-                return;
-            }
-            self.hold(duty).await;
-        }
-        tokio::time::sleep_until(until).await;
     }
 
     async fn send_batch(

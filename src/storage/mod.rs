@@ -266,9 +266,10 @@ pub enum OtherWrite {
     /// A user's account data changed at `position` (their push rules,
     /// cached, among them).
     AccountData { position: i64, user_id: OwnedUserId },
-    /// Another process queued events for a destination this process
-    /// sends to (holds its [`federation_duty`]).
-    Queued { destination: OwnedServerName },
+    /// Another process queued work for a duty this process holds (events
+    /// for a destination, [`federation_duty`]; for an application service,
+    /// [`appservice_duty`]).
+    Queued { duty: String },
     /// What other processes wrote may have been missed (the connection
     /// that hears them was opened anew): read the head again.
     Resync,
@@ -369,6 +370,15 @@ pub const FEDERATION_DUTY: &str = "federation ";
 /// The duty of sending to `destination`.
 pub fn federation_duty(destination: &ServerName) -> String {
     format!("{FEDERATION_DUTY}{destination}")
+}
+
+/// What a process holds while it sends to an application service: the
+/// prefix, then the service's ID.
+pub const APPSERVICE_DUTY: &str = "appservice ";
+
+/// The duty of sending to application service `id`.
+pub fn appservice_duty(id: &str) -> String {
+    format!("{APPSERVICE_DUTY}{id}")
 }
 
 /// A read receipt.
@@ -591,6 +601,10 @@ pub trait Storage:
     /// duty is always this one's.
     async fn hold_duty(&self, _duty: &str, _ttl: std::time::Duration) -> Result<bool> {
         Ok(true)
+    }
+    /// Gives up every duty this process holds (it stops).
+    async fn release_duties(&self) -> Result<()> {
+        Ok(())
     }
 
     // ----- state -----

@@ -34,6 +34,8 @@ pub struct WeftProcess {
     pub log_filter: String,
     /// `WEFT_INSTANCE_NAME` of the process (several over one database).
     pub instance_name: Option<String>,
+    /// More `WEFT_*` variables.
+    pub env: Vec<(String, String)>,
     /// A new client for each start: no connection pooled from a killed
     /// process.
     pub http: reqwest::Client,
@@ -67,6 +69,7 @@ impl WeftProcess {
             starts: 0,
             log_filter: "info,ruma_state_res=warn".to_owned(),
             instance_name: None,
+            env: Vec::new(),
             http: reqwest::Client::new(),
         }
     }
@@ -87,6 +90,7 @@ impl WeftProcess {
             starts: 0,
             log_filter: self.log_filter.clone(),
             instance_name: None,
+            env: Vec::new(),
             http: reqwest::Client::new(),
         }
     }
@@ -159,6 +163,7 @@ impl WeftProcess {
             .env("WEFT_FEDERATION_VERIFY_TLS", "false")
             .env("WEFT_LOG", &self.log_filter)
             .env("WEFT_INSTANCE_NAME", self.instance_name.as_deref().unwrap_or(""))
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .env_remove("RUST_LOG")
             .stderr(log)
             .stdout(Stdio::null())

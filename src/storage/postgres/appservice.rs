@@ -7,6 +7,7 @@ use super::{PgStorage, big, col, exec, parse, pg_write, query};
 use crate::storage::{
     Result,
     appservice::{AppserviceRoom, AppserviceStorage},
+    appservice_duty,
 };
 
 /// Advisory lock class of an application service's queue (the key is the
@@ -40,6 +41,9 @@ impl AppserviceStorage for PgStorage {
                 &[&ids, &event_id.as_str()],
             )
             .await?;
+            // The process sending to a service, if another, hears of it.
+            let duties: Vec<String> = ids.iter().map(|id| appservice_duty(id)).collect();
+            super::duties::notify_holders(&tx, &duties).await?;
         })
     }
 

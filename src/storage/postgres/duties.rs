@@ -7,7 +7,7 @@
 
 use std::time::Duration;
 
-use super::{GenericClient, query_opt};
+use super::{GenericClient, exec, query_opt};
 use crate::storage::{Result, StorageError};
 
 /// The database's clock, in ms.
@@ -24,6 +24,25 @@ pub async fn hold(c: &impl GenericClient, duty: &str, holder: &str, ttl: Duratio
          RETURNING 1"
     );
     Ok(query_opt(c, &sql, &[&duty, &holder, &ttl]).await?.is_some())
+}
+
+/// Gives up every duty of `holder` (it stops).
+pub async fn release_all(c: &impl GenericClient, holder: &str) -> Result<()> {
+    exec(c, "DELETE FROM duties WHERE holder = $1", &[&holder]).await?;
+    Ok(())
+}
+
+/// Tells the holders of `duties`, but this process, that there is work
+/// for them (`<process> queued <holder> <duty>`, at the commit). A duty
+/// run out is nobody's: the first process to look takes it.
+pub async fn notify_holders(tx: &impl GenericClient, duties: &[String]) -> Result<()> {
+    let sql = format!(
+        "SELECT pg_notify('weft', concat_ws(' ', current_setting('weft.process', TRUE), 'queued', holder, duty))
+         FROM duties WHERE duty = ANY($1) AND expires_ms >= {NOW_MS}
+             AND holder IS DISTINCT FROM current_setting('weft.process', TRUE)"
+    );
+    exec(tx, &sql, &[&duties]).await?;
+    Ok(())
 }
 
 /// How long a named process's hold on its name lasts unrenewed.

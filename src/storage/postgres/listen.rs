@@ -9,8 +9,8 @@
 //! <event>`, and an event written elsewhere may have replaced an outlier:
 //! this process's event cache drops them. `<process> want <room>` is a
 //! process waiting for a room's lock (`locks.rs`); `<process> queued
-//! <holder> <destination>`, events queued for a destination another
-//! process sends to (`transactions.rs`). One connection per process listens, outside
+//! <holder> <duty>`, work queued for a duty another process holds
+//! (`duties.rs`). One connection per process listens, outside
 //! the pool; when it drops it is opened again, and the follower is told to
 //! read the head again ([`OtherWrite::Resync`]): a lost notification only
 //! delays a wake-up.
@@ -88,8 +88,8 @@ async fn listen_once(
             locks.wanted(room_id);
             continue;
         }
-        if let Some(destination) = queued_for(&payload, process).and_then(|d| d.try_into().ok()) {
-            if tx.send(OtherWrite::Queued { destination }).await.is_err() {
+        if let Some(duty) = queued_for(&payload, process) {
+            if tx.send(OtherWrite::Queued { duty: duty.to_owned() }).await.is_err() {
                 return Ok(());
             }
             continue;
@@ -132,12 +132,12 @@ fn wanted_room<'a>(payload: &'a str, process: &str) -> Option<&'a str> {
     (from != process && what == "want").then_some(room)
 }
 
-/// A destination this process sends to, for which another queued events
-/// (`<process> queued <holder> <destination>`, from `transactions.rs`).
+/// A duty this process holds, for which another queued work (`<process>
+/// queued <holder> <duty>`, from `duties.rs`).
 fn queued_for<'a>(payload: &'a str, process: &str) -> Option<&'a str> {
     let mut parts = payload.splitn(4, ' ');
-    let (from, what, holder, destination) = (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
-    (from != process && what == "queued" && holder == process).then_some(destination)
+    let (from, what, holder, duty) = (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+    (from != process && what == "queued" && holder == process).then_some(duty)
 }
 
 /// A notification of another process (`None`: this process's own, or not
@@ -232,9 +232,9 @@ mod tests {
         assert_eq!(changed_event("a event $e:x", "a"), None);
         assert_eq!(parse("b event $e:x", "a"), None);
         assert_eq!(wanted_room("a want !r:x", "a"), None);
-        assert_eq!(queued_for("b queued a x.org", "a"), Some("x.org"));
-        assert_eq!(queued_for("b queued c x.org", "a"), None, "another holder's");
-        assert_eq!(parse("b queued a x.org", "a"), None);
+        assert_eq!(queued_for("b queued a federation x.org", "a"), Some("federation x.org"));
+        assert_eq!(queued_for("b queued c federation x.org", "a"), None, "another holder's");
+        assert_eq!(parse("b queued a federation x.org", "a"), None);
         assert_eq!(parse("b want !r:x", "a"), None);
     }
 }

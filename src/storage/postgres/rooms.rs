@@ -385,6 +385,10 @@ impl Storage for PgStorage {
         pg_write!(one self, |c| super::duties::hold(&c, duty, &self.process, ttl).await?)
     }
 
+    async fn release_duties(&self) -> Result<()> {
+        pg_write!(one self, |c| super::duties::release_all(&c, &self.process).await?)
+    }
+
     async fn store_remote_invite(&self, invite: &RemoteInvite) -> Result<()> {
         pg_write!(self, |tx| transactions::store_remote_invite(&tx, invite).await?)
     }

@@ -58,16 +58,9 @@ pub async fn queue(tx: &impl GenericClient, destinations: &[OwnedServerName], ev
     )
     .await?;
     // The process sending to a destination, if another, hears of it at the
-    // commit (`<process> queued <holder> <destination>`, `listen.rs`).
-    // (A duty run out is nobody's: the first process to look takes it.)
+    // commit.
     let duties: Vec<String> = destinations.iter().map(|d| federation_duty(d)).collect();
-    let sql = format!(
-        "SELECT pg_notify('weft', concat_ws(' ', current_setting('weft.process', TRUE), 'queued', holder,
-                                            substr(duty, length($2) + 1)))
-         FROM duties WHERE duty = ANY($1) AND expires_ms >= {NOW_MS}
-             AND holder IS DISTINCT FROM current_setting('weft.process', TRUE)"
-    );
-    exec(tx, &sql, &[&duties, &FEDERATION_DUTY]).await?;
+    super::duties::notify_holders(tx, &duties).await?;
     Ok(())
 }
 
