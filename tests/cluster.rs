@@ -758,3 +758,91 @@ async fn each_event_reaches_an_application_service_once() {
         "events the service got more than once: {twice:?} of {got:?}"
     );
 }
+
+/// Three processes, a user on each, all sending to one room at once while
+/// a `/sync` on the third collects: every acknowledged event arrives
+/// exactly once, in the order every process pages the room in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_processes_sending_at_once_give_every_event_once_in_one_order() {
+    let Some((dir, a, b)) = two_processes().await else {
+        return;
+    };
+    std::fs::create_dir_all(dir.path().join("c")).unwrap();
+    let mut c = a.sibling(&dir.path().join("c"));
+    c.instance_name = Some("c".to_owned());
+    c.start().await;
+    let alice = User::register(&a, "alice").await;
+    let bob = User::register(&b, "bob").await;
+    let carol = User::register(&c, "carol").await;
+    let room = alice.create_public_room().await;
+    for user in [&bob, &carol] {
+        user.call(
+            reqwest::Method::POST,
+            &format!("/_matrix/client/v3/join/{room}"),
+            Some(json!({})),
+        )
+        .await;
+    }
+    let since = carol.sync(None, 0).await["next_batch"].as_str().unwrap().to_owned();
+
+    // Carol's client on C: long-polls with a timeline big enough that no
+    // answer is cut short, until it has every message.
+    const EACH: usize = 15;
+    let collector = {
+        let carol = carol.clone();
+        let room = room.clone();
+        tokio::spawn(async move {
+            let filter = "%7B%22room%22%3A%7B%22timeline%22%3A%7B%22limit%22%3A200%7D%7D%7D";
+            let mut since = since;
+            let mut seen: Vec<String> = Vec::new();
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while seen.len() < 3 * EACH && Instant::now() < deadline {
+                let path = format!("/_matrix/client/v3/sync?timeout=5000&since={since}&filter={filter}");
+                let sync = carol.call(reqwest::Method::GET, &path, None).await;
+                let timeline = &sync["rooms"]["join"][&room]["timeline"];
+                assert_ne!(timeline["limited"], true, "no answer is cut short: {sync}");
+                seen.extend(
+                    timeline["events"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .filter(|e| e["type"] == "m.room.message")
+                        .map(|e| e["event_id"].as_str().unwrap().to_owned()),
+                );
+                since = sync["next_batch"].as_str().unwrap().to_owned();
+            }
+            seen
+        })
+    };
+    let send_all = |user: User, name: &'static str| {
+        let room = room.clone();
+        tokio::spawn(async move {
+            let mut ids = Vec::new();
+            for i in 0..EACH {
+                ids.push(user.send(&room, &format!("{name}{i}"), &format!("{name} {i}")).await);
+            }
+            ids
+        })
+    };
+    let senders = [
+        send_all(alice.clone(), "a"),
+        send_all(bob.clone(), "b"),
+        send_all(carol.clone(), "c"),
+    ];
+    let mut sent = std::collections::HashSet::new();
+    for sender in senders {
+        sent.extend(sender.await.unwrap());
+    }
+    let seen = collector.await.unwrap();
+    let unique: std::collections::HashSet<_> = seen.iter().cloned().collect();
+    assert_eq!(unique.len(), seen.len(), "no event twice in Carol's syncs: {seen:?}");
+    assert_eq!(unique, sent, "every acknowledged event, and nothing else");
+
+    // Each process pages the room back in the one order Carol saw.
+    for user in [&alice, &bob, &carol] {
+        let mut paged: Vec<String> = history(user, &room).await;
+        paged.truncate(3 * EACH);
+        paged.reverse();
+        assert_eq!(paged, seen, "{} pages the order the sync gave", user.user_id);
+    }
+}
