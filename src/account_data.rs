@@ -14,7 +14,7 @@ use ruma::{OwnedUserId, RoomId, UserId};
 use serde_json::{Map, Value};
 use tokio::sync::watch;
 
-use crate::{error::MatrixError, events::Pdu, services::Services};
+use crate::{error::MatrixError, events::Pdu, services::Services, wakeups::Topic};
 
 /// Types the server manages, which clients may read but not set through
 /// the account data API (the spec's "Server Behaviour": 405 `M_BAD_JSON`).
@@ -83,6 +83,7 @@ async fn put_locked(
     let json = serde_json::to_string(content).map_err(|e| MatrixError::internal("account data", e))?;
     let position = svc.storage.put_account_data(user, room_id, data_type, &json).await?;
     svc.account_data.advanced(position);
+    svc.notifier.wakeups.wake(&[Topic::User(user.to_owned())]);
     Ok(position)
 }
 

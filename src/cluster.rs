@@ -59,14 +59,23 @@ async fn followed(svc: &Services, write: OtherWrite) {
             svc.notifier.notify(position, &topics);
         }
         OtherWrite::Stream { stream, position } => match stream {
-            OtherStream::AccountData => svc.account_data.advanced(position),
+            // (Writers name the user or room; without one, everyone.)
+            OtherStream::AccountData => {
+                svc.account_data.advanced(position);
+                svc.notifier.wakeups.wake_all();
+            }
             OtherStream::E2e => svc.e2e.advance(position),
-            OtherStream::Ephemeral => svc.ephemeral.advanced(position),
+            OtherStream::Ephemeral => {
+                svc.ephemeral.advanced(position);
+                svc.notifier.wakeups.wake_all();
+            }
         },
         OtherWrite::AccountData { position, user_id } => {
             svc.push.rules.forget(&user_id);
             svc.account_data.advanced(position);
+            svc.notifier.wakeups.wake(&[Topic::User(user_id)]);
         }
+        OtherWrite::Ephemeral { position, room_id } => svc.ephemeral.changed_in(position, &room_id),
         OtherWrite::Queued { duty } => {
             if let Some(destination) = duty
                 .strip_prefix(FEDERATION_DUTY)
@@ -95,10 +104,9 @@ async fn followed(svc: &Services, write: OtherWrite) {
                     svc.account_data.advanced(account_data);
                     svc.ephemeral.advanced(ephemeral);
                     svc.e2e.advance(e2e);
-                    if events > svc.notifier.head() {
-                        svc.notifier.notify(events, &[]);
-                        svc.notifier.wakeups.wake_all();
-                    }
+                    // Whatever moved, whoever it concerned: everyone looks.
+                    svc.notifier.notify(events, &[]);
+                    svc.notifier.wakeups.wake_all();
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "reading the stream heads after losing other processes' notifications");

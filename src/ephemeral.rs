@@ -18,7 +18,10 @@ use std::{sync::Arc, time::Duration};
 use ruma::{MilliSecondsSinceUnixEpoch, RoomId, UserId};
 use tokio::sync::watch;
 
-use crate::storage::{Receipt, Storage, StorageError, Typing};
+use crate::{
+    storage::{Receipt, Storage, StorageError, Typing},
+    wakeups::{Topic, Wakeups},
+};
 
 /// Longest a client may say it is typing for.
 pub const MAX_TYPING_TIMEOUT: Duration = Duration::from_secs(120);
@@ -26,6 +29,8 @@ pub const MAX_TYPING_TIMEOUT: Duration = Duration::from_secs(120);
 /// The ephemeral stream's head in this process, and its writes.
 pub struct Ephemeral {
     storage: Arc<dyn Storage>,
+    /// Wakes the requests of a room whose receipts or typing changed.
+    wakeups: Arc<Wakeups>,
     /// The position every reader may read up to: all positions at or below
     /// it are committed.
     head: watch::Sender<i64>,
@@ -37,16 +42,25 @@ fn now_ms() -> u64 {
 
 impl Ephemeral {
     /// Starts at the stream's head in storage.
-    pub async fn new(storage: Arc<dyn Storage>) -> Result<Arc<Self>, StorageError> {
+    pub async fn new(storage: Arc<dyn Storage>, wakeups: Arc<Wakeups>) -> Result<Arc<Self>, StorageError> {
         let head = storage.max_ephemeral_position().await?;
         Ok(Arc::new(Ephemeral {
             storage,
+            wakeups,
             head: watch::Sender::new(head),
         }))
     }
 
+    /// A change of `room_id`'s receipts or typing committed at `position`
+    /// (here or by another process): the head moves, then the room's
+    /// parked requests wake.
+    pub fn changed_in(&self, position: i64, room_id: &RoomId) {
+        self.advanced(position);
+        self.wakeups.wake(&[Topic::Room(room_id.to_owned())]);
+    }
+
     /// A position committed (here or by another process): readers may read
-    /// up to it, and parked `/sync`s wake.
+    /// up to it. Wakes nobody: see [`Self::changed_in`].
     pub fn advanced(&self, position: i64) {
         self.head.send_if_modified(|head| {
             let moved = position > *head;
@@ -70,7 +84,7 @@ impl Ephemeral {
     pub async fn put_receipt(&self, receipt: &Receipt) -> Result<bool, StorageError> {
         let position = self.storage.put_receipt(receipt).await?;
         if let Some(position) = position {
-            self.advanced(position);
+            self.changed_in(position, &receipt.room_id);
         }
         Ok(position.is_some())
     }
@@ -90,7 +104,7 @@ impl Ephemeral {
         };
         let position = self.storage.set_typing(room_id, user, change).await?;
         if let Some(position) = position {
-            self.advanced(position);
+            self.changed_in(position, room_id);
         }
         if let (Typing::Until(until), Some(timeout)) = (change, timeout) {
             // Stop typing when the timeout runs out, unless renewed or
@@ -100,7 +114,7 @@ impl Ephemeral {
             tokio::spawn(async move {
                 tokio::time::sleep(timeout).await;
                 match this.storage.set_typing(&room_id, &user, Typing::Expired(until)).await {
-                    Ok(Some(position)) => this.advanced(position),
+                    Ok(Some(position)) => this.changed_in(position, &room_id),
                     Ok(None) => {}
                     Err(e) => tracing::warn!(error = %e, %room_id, %user, "storing the end of a typing timeout"),
                 }
@@ -119,7 +133,7 @@ mod tests {
     async fn typing_starts_stops_and_times_out() {
         let dir = tempfile::tempdir().unwrap();
         let storage: Arc<dyn Storage> = Arc::new(SqliteStorage::open(dir.path()).unwrap());
-        let eph = Ephemeral::new(storage.clone()).await.unwrap();
+        let eph = Ephemeral::new(storage.clone(), Arc::default()).await.unwrap();
         let room: &RoomId = "!r:x".try_into().unwrap();
         let user: &UserId = "@u:x".try_into().unwrap();
         let start = eph.head();

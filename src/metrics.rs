@@ -28,6 +28,9 @@ pub struct Metrics {
     pub backfill_failures: Family<ServerLabel, Counter>,
     /// Time spent filling a gap (fetching, checking, storing), seconds.
     pub backfill_seconds: Histogram,
+    /// Parked `/sync` requests woken (not timed out), each building its
+    /// answer again: what a change costs beyond whom it concerns.
+    pub sync_wakeups: Counter,
 }
 
 impl Default for Metrics {
@@ -37,6 +40,7 @@ impl Default for Metrics {
         let backfill_events = Counter::default();
         let backfill_failures = Family::<ServerLabel, Counter>::default();
         let backfill_seconds = Histogram::new([0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0]);
+        let sync_wakeups = Counter::default();
         registry.register(
             "backfill_requests",
             "Backfill requests to other servers, by outcome",
@@ -57,8 +61,14 @@ impl Default for Metrics {
             "Time spent filling a gap in a timeline",
             backfill_seconds.clone(),
         );
+        registry.register(
+            "sync_wakeups",
+            "Parked /sync requests woken to build their answer again",
+            sync_wakeups.clone(),
+        );
         Metrics {
             registry,
+            sync_wakeups,
             backfill_requests,
             backfill_events,
             backfill_failures,

@@ -116,6 +116,7 @@ impl Services {
             storage.presence_records().await?,
         );
         let identity = crate::identity::IdentityClient::new(config.federation_verify_tls);
+        let notifier = Notifier::new(head);
         Ok(Services {
             config,
             keys,
@@ -123,7 +124,7 @@ impl Services {
             keyring,
             sender,
             backfiller: Backfiller::default(),
-            ephemeral: Ephemeral::new(storage.clone()).await?,
+            ephemeral: Ephemeral::new(storage.clone(), notifier.wakeups.clone()).await?,
             presence,
             account_data: AccountDataStream::new(storage.max_account_data_position().await?),
             e2e: E2eStream::new(storage.max_e2e_position().await?),
@@ -134,7 +135,7 @@ impl Services {
             joined,
             rooms: RoomLocks::new(storage.clone()),
             storage,
-            notifier: Notifier::new(head),
+            notifier,
             registration_nonces: RegistrationNonces::default(),
             registration_sessions: RegistrationSessions::default(),
             auth_sessions: AuthSessions::default(),

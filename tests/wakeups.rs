@@ -104,6 +104,64 @@ async fn a_send_wakes_only_the_syncs_it_concerns() {
             user.user_id
         );
     }
+
+    // Typing, a read receipt and account data wake whom they concern too
+    // (they woke every parked request): Bob's sync answers with Alice's
+    // typing, and no idle request builds its answer again.
+    let since = bob.sync("timeout=0").await["next_batch"].as_str().unwrap().to_owned();
+    let bob_poll = {
+        let url = format!("{}/_matrix/client/v3/sync?since={since}&timeout=60000", server.base());
+        let request = server.http.get(url).bearer_auth(&bob.token);
+        tokio::spawn(async move { request.send().await.unwrap().json::<serde_json::Value>().await.unwrap() })
+    };
+    common::eventually(Duration::from_secs(10), "bob's sync parked again", || async {
+        let parked = svc.notifier.wakeups.waiting(&user_topic(&bob));
+        if parked == 1 { Ok(()) } else { Err(format!("{parked}")) }
+    })
+    .await;
+    let rebuilt_before = svc.metrics.sync_wakeups.get();
+    let alice_path = alice.user_id.replace('@', "%40").replace(':', "%3A");
+    let last = events.last().unwrap()["event_id"].as_str().unwrap().to_owned();
+    alice
+        .ok(
+            reqwest::Method::PUT,
+            &format!("/_matrix/client/v3/rooms/{room}/typing/{alice_path}"),
+            Some(&json!({ "typing": true, "timeout": 30000 })),
+        )
+        .await;
+    alice
+        .ok(
+            reqwest::Method::POST,
+            &format!("/_matrix/client/v3/rooms/{room}/receipt/m.read/{last}"),
+            Some(&json!({})),
+        )
+        .await;
+    alice
+        .ok(
+            reqwest::Method::PUT,
+            &format!("/_matrix/client/v3/user/{alice_path}/account_data/org.example.wake"),
+            Some(&json!({ "n": 1 })),
+        )
+        .await;
+    let answer = tokio::time::timeout(Duration::from_secs(10), bob_poll)
+        .await
+        .expect("bob's sync answered at once")
+        .unwrap();
+    let ephemeral = &answer["rooms"]["join"][&room]["ephemeral"]["events"];
+    assert!(
+        ephemeral
+            .as_array()
+            .is_some_and(|e| e.iter().any(|e| e["type"] == "m.typing")),
+        "bob sees alice typing: {answer}"
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let rebuilt = svc.metrics.sync_wakeups.get() - rebuilt_before;
+    // (Bob's own may answer without parking: the changes can land while
+    // it builds its first answer.)
+    assert!(
+        rebuilt <= 3,
+        "typing, a receipt and account data woke {rebuilt} parked requests: bob's only, none of the {IDLE} idle ones"
+    );
     for poll in polls {
         poll.abort();
     }

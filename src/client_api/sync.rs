@@ -182,23 +182,29 @@ pub async fn sync(
             e2e.apply(&mut response);
             return Ok(response);
         }
-        // Only a request that parks asks for its rooms. An event of one of
-        // them stored after `head` was read and before the waiter watched
-        // the room moved the head: answer it now instead of waiting.
+        // Only a request that parks asks for its rooms. An event, receipt
+        // or typing change of one of them stored after the heads were read
+        // and before the waiter watched the room moved a head: answer it
+        // now instead of waiting (the timed-out answer below gives the
+        // heads as they are then, past what it has not seen).
         waiter.add(rooms_to_watch(&svc, &owner.user_id).await?);
-        if svc.notifier.head() != head {
+        if svc.notifier.head() != head || svc.ephemeral.head() != ephemeral_head {
             continue;
         }
+        // Receipts and typing wake their room's waiters, account data its
+        // user's (their heads move first); the e2e and presence streams
+        // still wake every parked request.
         let woken = tokio::time::timeout_at(deadline, async {
             tokio::select! {
                 _ = waiter.notified() => {}
-                _ = ephemeral_rx.changed() => {}
-                _ = account_data_rx.changed() => {}
                 _ = e2e_rx.changed() => {}
                 _ = presence_rx.changed() => {}
             }
         })
         .await;
+        if woken.is_ok() {
+            svc.metrics.sync_wakeups.inc();
+        }
         if woken.is_err() {
             // Timed out: answer with the (empty) response at the heads
             // (the e2e one as last looked at: a to-device message that

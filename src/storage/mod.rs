@@ -263,6 +263,8 @@ pub enum OtherWrite {
     /// list changes, to-device messages) or the ephemeral stream
     /// (receipts, typing) committed.
     Stream { stream: OtherStream, position: i64 },
+    /// A room's receipts or typing changed at `position`.
+    Ephemeral { position: i64, room_id: OwnedRoomId },
     /// A user's account data changed at `position` (their push rules,
     /// cached, among them).
     AccountData { position: i64, user_id: OwnedUserId },

@@ -1,14 +1,14 @@
 //! The ephemeral stream: read receipts and who is typing. Both take their
 //! positions from the `'ephemeral'` row of `stream_positions` inside the
 //! write, which notifies the other processes (`<process> ephemeral
-//! <position>`, `listen.rs`) and keeps the row locked until the commit: a
+//! <position> <room>`, `listen.rs`) and keeps the row locked until the commit: a
 //! process that reads up to the head it heard of never misses a receipt
 //! or a typing change another process is still writing. Typing is kept
 //! here, not in memory, so that a `/sync` on any process sees who types.
 
 use ruma::{OwnedRoomId, RoomId, UserId};
 
-use super::{GenericClient, big, col, exec, next_position, now_ms, parse, query, query_opt, stream_head};
+use super::{GenericClient, big, col, exec, next_position_of, now_ms, parse, query, query_opt, stream_head};
 use crate::storage::{Receipt, Result, RoomTyping, Typing};
 
 /// Records a receipt at a new position; `None` when it would move the
@@ -28,7 +28,7 @@ pub async fn put_receipt(c: &impl GenericClient, r: &Receipt) -> Result<Option<i
              UPDATE stream_positions SET position = position + 1
              WHERE stream = 'ephemeral' AND EXISTS (SELECT 1 FROM moves)
              RETURNING position, pg_notify('weft', concat_ws(' ',
-                 current_setting('weft.process', TRUE), stream, position))::text
+                 current_setting('weft.process', TRUE), stream, position, $1::text))::text
          )
          INSERT INTO receipts (room_id, user_id, receipt_type, event_id, ts, position)
          SELECT $1, $2, $3, $4, $5, position FROM taken
@@ -116,7 +116,7 @@ pub async fn set_typing(
     if !changed {
         return Ok(None);
     }
-    let position = next_position(tx, "ephemeral").await?;
+    let position = next_position_of(tx, "ephemeral", Some(room)).await?;
     exec(
         tx,
         "INSERT INTO typing_rooms (room_id, position) VALUES ($1, $2)

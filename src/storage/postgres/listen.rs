@@ -165,7 +165,10 @@ fn parse(payload: &str, process: &str) -> Option<OtherWrite> {
             _ => OtherStream::AccountData,
         },
         "e2e" => OtherStream::E2e,
-        "ephemeral" => OtherStream::Ephemeral,
+        "ephemeral" => match parts.next().map(ruma::RoomId::parse) {
+            Some(Ok(room_id)) => return Some(OtherWrite::Ephemeral { position, room_id }),
+            _ => OtherStream::Ephemeral,
+        },
         _ => return None,
     };
     Some(OtherWrite::Stream { stream, position })
@@ -219,6 +222,13 @@ mod tests {
             Some(OtherWrite::Stream {
                 stream: OtherStream::Ephemeral,
                 position: 9
+            })
+        );
+        assert_eq!(
+            parse("b ephemeral 10 !r:x", "a"),
+            Some(OtherWrite::Ephemeral {
+                position: 10,
+                room_id: "!r:x".try_into().unwrap()
             })
         );
         assert_eq!(parse("a events 12 !r:x", "a"), None);
