@@ -13,9 +13,9 @@
 //! should that process die first, storage no longer counts the user as
 //! typing once the time has passed, but nobody is told that they stopped.
 
-use std::{sync::Arc, time::Duration};
+use std::{collections::HashMap, sync::Arc, time::Duration};
 
-use ruma::{MilliSecondsSinceUnixEpoch, RoomId, UserId};
+use ruma::{MilliSecondsSinceUnixEpoch, OwnedRoomId, OwnedUserId, RoomId, UserId};
 use tokio::sync::watch;
 
 use crate::{
@@ -77,6 +77,22 @@ impl Ephemeral {
 
     pub fn subscribe(&self) -> watch::Receiver<i64> {
         self.head.subscribe()
+    }
+
+    /// Who types in each room whose typing changed in `(after, up_to]`
+    /// (every room anyone ever typed in if `after` is `None`).
+    pub async fn typing(
+        &self,
+        after: Option<i64>,
+        up_to: i64,
+    ) -> Result<HashMap<OwnedRoomId, Vec<OwnedUserId>>, StorageError> {
+        Ok(self
+            .storage
+            .typing(after, up_to)
+            .await?
+            .into_iter()
+            .map(|t| (t.room_id, t.users))
+            .collect())
     }
 
     /// Stores a receipt (its `position` is taken by the write); false when

@@ -13,11 +13,7 @@
 //! members) as `m.presence` events with `content.user_id`, as this API had
 //! them.
 
-use std::{
-    collections::{HashMap, HashSet},
-    sync::Arc,
-    time::Duration,
-};
+use std::{collections::HashSet, sync::Arc, time::Duration};
 
 use axum::{
     Json,
@@ -240,13 +236,7 @@ async fn ephemeral_events(
     if head <= from {
         return Ok(events);
     }
-    let typing: HashMap<OwnedRoomId, Vec<OwnedUserId>> = svc
-        .storage
-        .typing(Some(from), head)
-        .await?
-        .into_iter()
-        .map(|t| (t.room_id, t.users))
-        .collect();
+    let typing = svc.ephemeral.typing(Some(from), head).await?;
     for room_id in rooms {
         if let Some(typing) = typing.get(room_id) {
             events.push(json!({ "type": "m.typing", "room_id": room_id, "content": { "user_ids": typing } }));

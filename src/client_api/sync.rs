@@ -21,7 +21,7 @@
 //! timelines, and so are invites from them.
 
 use std::{
-    collections::{BTreeMap, HashMap, HashSet},
+    collections::{BTreeMap, HashSet},
     sync::Arc,
     time::Duration,
 };
@@ -365,13 +365,7 @@ async fn add_ephemeral(
     // A full sync mentions typing in rooms where anyone has ever typed (so
     // a new client learns that nobody is typing any more, as Synapse tells
     // it), not in the others.
-    let typing: HashMap<OwnedRoomId, Vec<OwnedUserId>> = svc
-        .storage
-        .typing(since, head)
-        .await?
-        .into_iter()
-        .map(|t| (t.room_id, t.users))
-        .collect();
+    let typing = svc.ephemeral.typing(since, head).await?;
     for m in svc.storage.user_memberships(&owner.user_id).await? {
         if m.membership != "join" {
             continue;

@@ -418,6 +418,34 @@ pub struct RoomTyping {
     pub users: Vec<OwnedUserId>,
 }
 
+impl RoomTyping {
+    /// Rooms from rows of `(room, its position, a user typing there or
+    /// none)`, a room's rows together (both backends' `typing` query).
+    pub(crate) fn from_rows(
+        rows: impl IntoIterator<Item = Result<(String, i64, Option<String>)>>,
+    ) -> Result<Vec<Self>> {
+        let mut rooms: Vec<RoomTyping> = Vec::new();
+        for row in rows {
+            let (room, position, user) = row?;
+            let room_id: OwnedRoomId = parse(room)?;
+            if rooms.last().is_none_or(|last| last.room_id != room_id) {
+                rooms.push(RoomTyping {
+                    room_id,
+                    position,
+                    users: Vec::new(),
+                });
+            }
+            if let (Some(user), Some(room)) = (user, rooms.last_mut()) {
+                room.users.push(parse(user)?);
+            }
+        }
+        for room in &mut rooms {
+            room.users.sort();
+        }
+        Ok(rooms)
+    }
+}
+
 /// A piece of a user's account data, as it is now.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AccountData {

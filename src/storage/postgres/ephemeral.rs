@@ -6,7 +6,7 @@
 //! or a typing change another process is still writing. Typing is kept
 //! here, not in memory, so that a `/sync` on any process sees who types.
 
-use ruma::{OwnedRoomId, RoomId, UserId};
+use ruma::{RoomId, UserId};
 
 use super::{GenericClient, big, col, exec, next_position_of, now_ms, parse, query, query_opt, stream_head};
 use crate::storage::{Receipt, Result, RoomTyping, Typing};
@@ -137,25 +137,7 @@ pub async fn typing(c: &impl GenericClient, after: Option<i64>, up_to: i64) -> R
         &[&after.unwrap_or(i64::MIN), &up_to, &now_ms()],
     )
     .await?;
-    let mut rooms: Vec<RoomTyping> = Vec::new();
-    for r in &rows {
-        let room_id: OwnedRoomId = parse(col::<String>(r, 0)?)?;
-        let user: Option<String> = col(r, 2)?;
-        if rooms.last().is_none_or(|last| last.room_id != room_id) {
-            rooms.push(RoomTyping {
-                room_id,
-                position: col(r, 1)?,
-                users: Vec::new(),
-            });
-        }
-        if let (Some(user), Some(room)) = (user, rooms.last_mut()) {
-            room.users.push(parse(user)?);
-        }
-    }
-    for room in &mut rooms {
-        room.users.sort();
-    }
-    Ok(rooms)
+    RoomTyping::from_rows(rows.iter().map(|r| Ok((col(r, 0)?, col(r, 1)?, col(r, 2)?))))
 }
 
 pub async fn head(c: &impl GenericClient) -> Result<i64> {

@@ -3,24 +3,11 @@
 //! connection in an immediate transaction: positions are committed in
 //! order). PostgreSQL's `ephemeral.rs` is the same, for several processes.
 
-use ruma::{OwnedRoomId, RoomId, UserId};
+use ruma::{RoomId, UserId};
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
 
-use super::{exec, now_ms, query_one};
-use crate::storage::{Receipt, Result, RoomTyping, StorageError, Typing};
-
-fn next_position(tx: &Transaction<'_>) -> Result<i64> {
-    Ok(query_one(
-        tx,
-        "UPDATE stream_positions SET position = position + 1 WHERE stream = 'ephemeral' RETURNING position",
-        [],
-        |r| r.get(0),
-    )?)
-}
-
-fn parse<T: TryFrom<String>>(value: String) -> Result<T> {
-    crate::storage::parse(value)
-}
+use super::{exec, next_position, now_ms, query_one, stream_head};
+use crate::storage::{Receipt, Result, RoomTyping, Typing, parse};
 
 pub fn put_receipt(tx: &Transaction<'_>, r: &Receipt) -> Result<Option<i64>> {
     // A receipt only moves forward: one for an event older (in stream
@@ -43,7 +30,7 @@ pub fn put_receipt(tx: &Transaction<'_>, r: &Receipt) -> Result<Option<i64>> {
     if !moves {
         return Ok(None);
     }
-    let position = next_position(tx)?;
+    let position = next_position(tx, "ephemeral")?;
     exec(
         tx,
         "INSERT INTO receipts (room_id, user_id, receipt_type, event_id, ts, position)
@@ -128,7 +115,7 @@ pub fn set_typing(tx: &Transaction<'_>, room_id: &RoomId, user_id: &UserId, chan
     if !changed {
         return Ok(None);
     }
-    let position = next_position(tx)?;
+    let position = next_position(tx, "ephemeral")?;
     exec(
         tx,
         "INSERT INTO typing_rooms (room_id, position) VALUES (?1, ?2)
@@ -152,33 +139,9 @@ pub fn typing(c: &Connection, after: Option<i64>, up_to: i64) -> Result<Vec<Room
             r.get::<_, Option<String>>(2)?,
         ))
     })?;
-    let mut rooms: Vec<RoomTyping> = Vec::new();
-    for row in rows {
-        let (room, position, user) = row?;
-        let room_id: OwnedRoomId = parse(room)?;
-        if rooms.last().is_none_or(|last| last.room_id != room_id) {
-            rooms.push(RoomTyping {
-                room_id,
-                position,
-                users: Vec::new(),
-            });
-        }
-        if let (Some(user), Some(room)) = (user, rooms.last_mut()) {
-            room.users.push(parse(user)?);
-        }
-    }
-    for room in &mut rooms {
-        room.users.sort();
-    }
-    Ok(rooms)
+    RoomTyping::from_rows(rows.map(|row| Ok(row?)))
 }
 
 pub fn head(c: &Connection) -> Result<i64> {
-    query_one(
-        c,
-        "SELECT position FROM stream_positions WHERE stream = 'ephemeral'",
-        [],
-        |r| r.get(0),
-    )
-    .map_err(|e| StorageError::Database(format!("the ephemeral stream's head: {e}")))
+    stream_head(c, "ephemeral")
 }

@@ -148,24 +148,14 @@ pub fn backward_extremities(c: &Connection, room_id: &RoomId) -> Result<Vec<(Own
 
 /// The events stream's head: the newest live position handed out.
 pub fn max_stream_ordering(c: &Connection) -> Result<StreamOrdering> {
-    Ok(query_one(
-        c,
-        "SELECT position FROM stream_positions WHERE stream = 'events'",
-        [],
-        |r| r.get(0),
-    )?)
+    super::stream_head(c, "events")
 }
 
 /// The next live position (inside the write transaction). Never the
 /// maximum of the events held + 1: that maximum goes back when an
 /// outlier becomes backfilled history (schema_v18.sql).
 fn next_stream_ordering(tx: &Transaction<'_>) -> Result<StreamOrdering> {
-    Ok(query_one(
-        tx,
-        "UPDATE stream_positions SET position = position + 1 WHERE stream = 'events' RETURNING position",
-        [],
-        |r| r.get(0),
-    )?)
+    super::next_position(tx, "events")
 }
 
 fn min_stream_ordering(c: &Connection) -> Result<StreamOrdering> {

@@ -215,6 +215,28 @@ pub(crate) fn query_one<T>(
 
 pub(crate) use super::now_ms;
 
+/// Takes the next position of `stream` (a row of `stream_positions`),
+/// inside the write transaction: the writer is one connection in an
+/// immediate transaction, so positions are committed in order.
+pub(crate) fn next_position(tx: &Transaction<'_>, stream: &str) -> Result<i64> {
+    Ok(query_one(
+        tx,
+        "UPDATE stream_positions SET position = position + 1 WHERE stream = ?1 RETURNING position",
+        [stream],
+        |r| r.get(0),
+    )?)
+}
+
+/// The newest position of `stream` handed out.
+pub(crate) fn stream_head(c: &Connection, stream: &str) -> Result<i64> {
+    Ok(query_one(
+        c,
+        "SELECT position FROM stream_positions WHERE stream = ?1",
+        [stream],
+        |r| r.get(0),
+    )?)
+}
+
 #[async_trait]
 impl Storage for SqliteStorage {
     async fn create_user(&self, user: UserRecord) -> Result<()> {
