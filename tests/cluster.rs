@@ -90,6 +90,26 @@ impl User {
             .to_owned()
     }
 
+    /// Joins `room`; the answer.
+    async fn join(&self, room: &str) -> Value {
+        self.call(
+            reqwest::Method::POST,
+            &format!("/_matrix/client/v3/join/{room}"),
+            Some(json!({})),
+        )
+        .await
+    }
+
+    /// Sends `count` messages one after another (transaction IDs and texts
+    /// `<name><i>`); their IDs.
+    async fn send_many(&self, room: &str, name: &str, count: usize) -> Vec<String> {
+        let mut ids = Vec::new();
+        for i in 0..count {
+            ids.push(self.send(room, &format!("{name}{i}"), &format!("{name} {i}")).await);
+        }
+        ids
+    }
+
     async fn send(&self, room: &str, txn: &str, text: &str) -> String {
         let body = self
             .call(
@@ -129,6 +149,15 @@ async fn two_processes_with(env: &[(&str, &str)]) -> Option<(tempfile::TempDir, 
     b.env = a.env.clone();
     b.start().await;
     Some((dir, a, b))
+}
+
+/// Alice on A and Bob on B, both in a public room of Alice's.
+async fn alice_and_bob_in_a_room(a: &WeftProcess, b: &WeftProcess) -> (User, User, String) {
+    let alice = User::register(a, "alice").await;
+    let bob = User::register(b, "bob").await;
+    let room = alice.create_public_room().await;
+    bob.join(&room).await;
+    (alice, bob, room)
 }
 
 /// The IDs of the timeline events of `room` in a `/sync` answer.
@@ -186,15 +215,7 @@ async fn a_send_on_one_process_wakes_a_sync_on_another() {
         return;
     };
 
-    let alice = User::register(&a, "alice").await;
-    let bob = User::register(&b, "bob").await;
-    let room = alice.create_public_room().await;
-    bob.call(
-        reqwest::Method::POST,
-        &format!("/_matrix/client/v3/join/{room}"),
-        Some(json!({})),
-    )
-    .await;
+    let (alice, bob, room) = alice_and_bob_in_a_room(&a, &b).await;
 
     // Bob's sync parked on B, Alice sending on A; then the other way.
     let since = bob.sync(None, 0).await["next_batch"].as_str().unwrap().to_owned();
@@ -285,16 +306,7 @@ async fn a_join_and_a_push_rule_on_one_process_are_known_to_the_others_push_rule
 
     // Carol joins through B; A hears of it (Alice's sync on A shows it).
     let (_, sync, _) = woken_by(&alice, &since, async {
-        carol
-            .call(
-                reqwest::Method::POST,
-                &format!("/_matrix/client/v3/join/{room}"),
-                Some(json!({})),
-            )
-            .await["room_id"]
-            .as_str()
-            .unwrap()
-            .to_owned()
+        carol.join(&room).await["room_id"].as_str().unwrap().to_owned()
     })
     .await;
     let joins = sync["rooms"]["join"][&room]["timeline"]["events"]
@@ -455,15 +467,7 @@ async fn typing_and_receipts_cross_processes() {
     let Some((_dir, a, b)) = two_processes().await else {
         return;
     };
-    let alice = User::register(&a, "alice").await;
-    let bob = User::register(&b, "bob").await;
-    let room = alice.create_public_room().await;
-    bob.call(
-        reqwest::Method::POST,
-        &format!("/_matrix/client/v3/join/{room}"),
-        Some(json!({})),
-    )
-    .await;
+    let (alice, bob, room) = alice_and_bob_in_a_room(&a, &b).await;
     let event = alice.send(&room, "t1", "read me").await;
     let typing_path = format!(
         "/_matrix/client/v3/rooms/{room}/typing/{}",
@@ -554,36 +558,13 @@ async fn each_event_reaches_a_peer_once_and_a_dead_senders_destination_is_taken_
         return;
     };
     let peer = common::hostile::Hostile::start().await;
-    let alice = User::register(&a, "alice").await;
-    let bob = User::register(&b, "bob").await;
-    let room = alice.create_public_room().await;
-    bob.call(
-        reqwest::Method::POST,
-        &format!("/_matrix/client/v3/join/{room}"),
-        Some(json!({})),
-    )
-    .await;
+    let (alice, bob, room) = alice_and_bob_in_a_room(&a, &b).await;
     let server_name: ruma::OwnedServerName = a.server_name().try_into().unwrap();
     let room_id: ruma::OwnedRoomId = room.as_str().try_into().unwrap();
     peer.join(&server_name, &room_id, "peer").await;
 
     // Through both processes at once.
-    let (from_a, from_b) = tokio::join!(
-        async {
-            let mut ids = Vec::new();
-            for i in 0..10 {
-                ids.push(alice.send(&room, &format!("a{i}"), &format!("from A {i}")).await);
-            }
-            ids
-        },
-        async {
-            let mut ids = Vec::new();
-            for i in 0..10 {
-                ids.push(bob.send(&room, &format!("b{i}"), &format!("from B {i}")).await);
-            }
-            ids
-        }
-    );
+    let (from_a, from_b) = tokio::join!(alice.send_many(&room, "a", 10), bob.send_many(&room, "b", 10));
     let sent: Vec<String> = from_a.into_iter().chain(from_b).collect();
     wait_until("every event at the peer", Duration::from_secs(30), || {
         let got = delivered(&peer);
@@ -708,31 +689,8 @@ async fn each_event_reaches_an_application_service_once() {
     else {
         return;
     };
-    let alice = User::register(&a, "alice").await;
-    let bob = User::register(&b, "bob").await;
-    let room = alice.create_public_room().await;
-    bob.call(
-        reqwest::Method::POST,
-        &format!("/_matrix/client/v3/join/{room}"),
-        Some(json!({})),
-    )
-    .await;
-    let (from_a, from_b) = tokio::join!(
-        async {
-            let mut ids = Vec::new();
-            for i in 0..10 {
-                ids.push(alice.send(&room, &format!("a{i}"), &format!("from A {i}")).await);
-            }
-            ids
-        },
-        async {
-            let mut ids = Vec::new();
-            for i in 0..10 {
-                ids.push(bob.send(&room, &format!("b{i}"), &format!("from B {i}")).await);
-            }
-            ids
-        }
-    );
+    let (alice, bob, room) = alice_and_bob_in_a_room(&a, &b).await;
+    let (from_a, from_b) = tokio::join!(alice.send_many(&room, "a", 10), bob.send_many(&room, "b", 10));
     let sent: Vec<String> = from_a.into_iter().chain(from_b).collect();
     // Every request counts: the service accepts each, so none is a retry
     // (two processes sending one batch under one ID is one too many).
@@ -776,12 +734,7 @@ async fn three_processes_sending_at_once_give_every_event_once_in_one_order() {
     let carol = User::register(&c, "carol").await;
     let room = alice.create_public_room().await;
     for user in [&bob, &carol] {
-        user.call(
-            reqwest::Method::POST,
-            &format!("/_matrix/client/v3/join/{room}"),
-            Some(json!({})),
-        )
-        .await;
+        user.join(&room).await;
     }
     let since = carol.sync(None, 0).await["next_batch"].as_str().unwrap().to_owned();
 
@@ -814,25 +767,12 @@ async fn three_processes_sending_at_once_give_every_event_once_in_one_order() {
             seen
         })
     };
-    let send_all = |user: User, name: &'static str| {
-        let room = room.clone();
-        tokio::spawn(async move {
-            let mut ids = Vec::new();
-            for i in 0..EACH {
-                ids.push(user.send(&room, &format!("{name}{i}"), &format!("{name} {i}")).await);
-            }
-            ids
-        })
-    };
-    let senders = [
-        send_all(alice.clone(), "a"),
-        send_all(bob.clone(), "b"),
-        send_all(carol.clone(), "c"),
-    ];
-    let mut sent = std::collections::HashSet::new();
-    for sender in senders {
-        sent.extend(sender.await.unwrap());
-    }
+    let (from_a, from_b, from_c) = tokio::join!(
+        alice.send_many(&room, "a", EACH),
+        bob.send_many(&room, "b", EACH),
+        carol.send_many(&room, "c", EACH)
+    );
+    let sent: std::collections::HashSet<String> = from_a.into_iter().chain(from_b).chain(from_c).collect();
     let seen = collector.await.unwrap();
     let unique: std::collections::HashSet<_> = seen.iter().cloned().collect();
     assert_eq!(unique.len(), seen.len(), "no event twice in Carol's syncs: {seen:?}");

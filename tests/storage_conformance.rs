@@ -1793,6 +1793,33 @@ fn unique_max(name: &str, positions: &[i64]) -> i64 {
     *set.last().expect("positions")
 }
 
+/// Waits for `writers` (each returning the positions it took), stops
+/// `watcher`, and checks the stream: the positions are unique, the head is
+/// the highest, and every observation saw exactly the positions at or
+/// below its head.
+async fn check_writers<V, Fut>(
+    s: &Store,
+    stream: Stream,
+    name: &str,
+    writers: Vec<tokio::task::JoinHandle<Vec<i64>>>,
+    watcher: Watcher<BTreeSet<i64>>,
+    visible: V,
+) where
+    V: Fn(i64) -> Fut,
+    Fut: std::future::Future<Output = BTreeSet<i64>>,
+{
+    let mut all = Vec::new();
+    for writer in writers {
+        all.extend(writer.await.expect("writer"));
+    }
+    let seen = watcher.finish().await;
+
+    let max = unique_max(name, &all);
+    assert_eq!(head(s, stream).await, max);
+    let expected = |h: i64| all.iter().copied().filter(|p| *p <= h).collect::<BTreeSet<_>>();
+    check_observations(name, &seen, expected, visible).await;
+}
+
 async fn concurrent_event_stream(s: Store) {
     let mut rooms = Vec::new();
     for i in 0..WRITERS {
@@ -1893,16 +1920,7 @@ async fn concurrent_account_data(s: Store) {
             })
         })
         .collect();
-    let mut all = Vec::new();
-    for writer in writers {
-        all.extend(writer.await.expect("writer"));
-    }
-    let seen = watcher.finish().await;
-
-    let max = unique_max("account data", &all);
-    assert_eq!(s.max_account_data_position().await.unwrap(), max);
-    let expected = |h: i64| all.iter().copied().filter(|p| *p <= h).collect::<BTreeSet<_>>();
-    check_observations("account data", &seen, expected, visible).await;
+    check_writers(&s, Stream::AccountData, "account data", writers, watcher, visible).await;
 }
 
 async fn concurrent_ephemeral_stream(s: Store) {
@@ -1952,16 +1970,7 @@ async fn concurrent_ephemeral_stream(s: Store) {
             })
         })
         .collect();
-    let mut all = Vec::new();
-    for writer in writers {
-        all.extend(writer.await.expect("writer"));
-    }
-    let seen = watcher.finish().await;
-
-    let max = unique_max("ephemeral", &all);
-    assert_eq!(s.max_ephemeral_position().await.unwrap(), max);
-    let expected = |h: i64| all.iter().copied().filter(|p| *p <= h).collect::<BTreeSet<_>>();
-    check_observations("ephemeral", &seen, expected, visible).await;
+    check_writers(&s, Stream::Ephemeral, "ephemeral", writers, watcher, visible).await;
 }
 
 async fn concurrent_e2e_stream(s: Store) {
