@@ -10,11 +10,9 @@
 //! (device lists, to-device messages) and ephemeral (receipts, typing)
 //! positions move their heads, which wake every `/sync` of this process,
 //! as a local write does; membership events drop the room from the
-//! joined-members cache. Room locks are the database's
-//! (`Storage::lock_room`), and the event cache follows the others'
-//! rewrites inside storage. Still process-local, and so not yet right with
-//! several processes: presence (in-memory positions) and background
-//! duties (issue "Several weft processes").
+//! joined-members cache; a presence change wakes its user's and their
+//! rooms' requests. Room locks are the database's (`Storage::lock_room`),
+//! and the event cache follows the others' rewrites inside storage.
 
 use std::sync::Arc;
 
@@ -76,6 +74,13 @@ async fn followed(svc: &Services, write: OtherWrite) {
             svc.notifier.wakeups.wake(&[Topic::User(user_id)]);
         }
         OtherWrite::Ephemeral { position, room_id } => svc.ephemeral.changed_in(position, &room_id),
+        OtherWrite::Presence { position, user_id } => {
+            if let Err(e) = svc.presence.changed(position, &user_id, true).await {
+                // The head moved; those concerned are woken by the next change.
+                tracing::warn!(user = %user_id, error = %e, "reading who another process's presence change concerns");
+                svc.notifier.wakeups.wake_all();
+            }
+        }
         OtherWrite::Queued { duty } => {
             if let Some(destination) = duty
                 .strip_prefix(FEDERATION_DUTY)
@@ -89,6 +94,7 @@ async fn followed(svc: &Services, write: OtherWrite) {
         OtherWrite::Resync => {
             svc.joined.clear();
             svc.push.rules.clear();
+            svc.presence.forget_all();
             svc.sender.wake_all();
             svc.appservices.resume();
             let heads = async {
@@ -97,11 +103,13 @@ async fn followed(svc: &Services, write: OtherWrite) {
                     svc.storage.max_account_data_position().await?,
                     svc.storage.max_e2e_position().await?,
                     svc.storage.max_ephemeral_position().await?,
+                    svc.storage.max_presence_position().await?,
                 ))
             };
             match heads.await {
-                Ok((events, account_data, e2e, ephemeral)) => {
+                Ok((events, account_data, e2e, ephemeral, presence)) => {
                     svc.account_data.advanced(account_data);
+                    svc.presence.advanced(presence);
                     svc.ephemeral.advanced(ephemeral);
                     svc.e2e.advance(e2e);
                     // Whatever moved, whoever it concerned: everyone looks.

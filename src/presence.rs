@@ -1,36 +1,38 @@
 //! Presence: whether users are online, idle (`unavailable`) or offline,
 //! with a status message and when they were last active.
 //!
-//! Kept in memory, on its own stream: every change takes a new position,
-//! a millisecond clock kept increasing (as the ephemeral stream's), which
-//! starts above every stored position. Reading presence (`/sync`, `GET
-//! /presence`) touches no storage; a change of a local user's presence that
-//! clients would see (state, status message, `currently_active`) is also
-//! written to storage, and read back at start, so that a status message
-//! outlives a restart. Other servers' users are kept in memory only: their
-//! servers send their presence again as it changes.
+//! Stored, local users' and other servers' alike, on its own stream: a
+//! change a client would see (state, status message, `currently_active`)
+//! takes a position inside its write ([`Storage::change_presence`]), which
+//! also tells the other processes; they move their head and wake whom it
+//! concerns, as this process does for its own. Storage applies each change
+//! to what it holds under the user's lock, so changes made through several
+//! processes at once all count. A sync that changes nothing a client sees
+//! writes nothing: each process remembers what it last stored or read of
+//! the users active through it ([`Presence`]'s `known`, process-local), and
+//! stores their activity times at most every [`TOUCH_EVERY`].
 //!
 //! `last_active_ago` is counted from the user's last activity: a sync or
 //! `/events` poll with `set_presence` `online` (the default), setting
 //! `online`, or sending a message. `currently_active` is true from such
 //! activity until the user goes idle, is set `unavailable` or `offline`:
 //! while it is true, the newer activity times are not announced (the spec's
-//! "currently active" mechanism), but every event given out carries an up
-//! to date `last_active_ago`.
+//! "currently active" mechanism).
 //!
 //! Who sees whose presence: a user sees their own and that of the users
 //! they share a joined room with; the same goes for servers, which are sent
 //! `m.presence` EDUs for the users of this server they share a room with,
-//! and are believed only about their own users.
+//! and are believed only about their own users. A change wakes the parked
+//! requests of its user and of the rooms they are joined to.
 //!
 //! Local users go idle (`unavailable`) after [`IDLE_AFTER`] without
 //! activity (a sync, `PUT /presence`) and offline after [`OFFLINE_AFTER`];
 //! other servers' users are taken to be offline when their server has said
-//! nothing of them for [`REMOTE_EXPIRY`].
+//! nothing of them for [`REMOTE_EXPIRY`]. Every process applies the
+//! timeouts; a timeout is one change like any other, so it happens once.
 
 use std::{
-    collections::{BTreeMap, HashMap, HashSet},
-    ops::Bound,
+    collections::{HashMap, HashSet},
     sync::{Arc, Mutex},
     time::Duration,
 };
@@ -55,7 +57,8 @@ use crate::{
     events::Pdu,
     filter,
     services::Services,
-    storage::{PresenceRecord, StorageError},
+    storage::{PresenceRecord, PresenceWrite, Storage, StorageError},
+    wakeups::{Topic, Wakeups},
 };
 
 /// A local user without activity for this long is idle (`unavailable`).
@@ -67,6 +70,9 @@ pub const OFFLINE_AFTER: Duration = Duration::from_secs(30 * 60);
 pub const REMOTE_EXPIRY: Duration = Duration::from_secs(30 * 60);
 /// How often the timeouts above are applied.
 pub const SWEEP_EVERY: Duration = Duration::from_secs(30);
+/// Activity that changes nothing a client sees is stored when the stored
+/// activity time is this old (the timeouts count from it).
+pub const TOUCH_EVERY: Duration = Duration::from_secs(60);
 /// Longest status message kept.
 const MAX_STATUS_MSG: usize = 1024;
 
@@ -78,9 +84,6 @@ pub struct Status {
     /// When the user was last active (ms since the epoch).
     pub last_active_ts: u64,
     pub currently_active: bool,
-    /// Local users: the last activity or explicit change; remote users:
-    /// the last update received. The timeouts count from here.
-    touched_ts: u64,
     /// The position of the last change.
     pub position: i64,
 }
@@ -105,26 +108,12 @@ impl Status {
         value
     }
 
-    /// What storage keeps of a local user's status.
-    fn record(&self, user: &UserId) -> PresenceRecord {
-        PresenceRecord {
-            user_id: user.to_owned(),
-            state: self.state.as_str().to_owned(),
-            status_msg: self.status_msg.clone(),
-            last_active_ts: self.last_active_ts as i64,
-            currently_active: self.currently_active,
-            updated_ts: self.touched_ts as i64,
-            position: self.position,
-        }
-    }
-
     fn from_record(record: &PresenceRecord) -> Status {
         Status {
             state: PresenceState::from(record.state.as_str()),
             status_msg: record.status_msg.clone(),
             last_active_ts: record.last_active_ts.max(0) as u64,
             currently_active: record.currently_active,
-            touched_ts: record.updated_ts.max(0) as u64,
             position: record.position,
         }
     }
@@ -161,49 +150,55 @@ fn now_ms() -> u64 {
     MilliSecondsSinceUnixEpoch::now().get().into()
 }
 
+fn ms(d: Duration) -> i64 {
+    d.as_millis() as i64
+}
+
 pub struct Presence {
     enabled: bool,
     own_name: OwnedServerName,
+    storage: Arc<dyn Storage>,
+    wakeups: Arc<Wakeups>,
+    /// The newest position committed that this process knows of.
     head: watch::Sender<i64>,
-    users: Mutex<Users>,
+    /// Process-local: what this process last stored or read of the users
+    /// active through it, to skip writes that would change nothing.
+    known: Mutex<HashMap<OwnedUserId, Known>>,
 }
 
-/// What is known, and who changed when: an incremental sync reads the
-/// changes after its position without looking at every user.
-#[derive(Default)]
-struct Users {
-    status: HashMap<OwnedUserId, Status>,
-    by_position: BTreeMap<i64, OwnedUserId>,
+/// What [`Presence`] remembers of a user.
+enum Known {
+    Record(PresenceRecord),
+    /// Another process changed the user at this position: what is stored
+    /// is read again.
+    ChangedElsewhere(i64),
 }
 
-impl Users {
-    /// Moves `user` to `position` in the change order.
-    fn reposition(&mut self, user: &UserId, old: i64, new: i64) {
-        if self.by_position.get(&old).is_some_and(|u| u == user) {
-            self.by_position.remove(&old);
+impl Known {
+    fn position(&self) -> i64 {
+        match self {
+            Known::Record(r) => r.position,
+            Known::ChangedElsewhere(p) => *p,
         }
-        self.by_position.insert(new, user.to_owned());
     }
 }
 
 impl Presence {
-    /// Presence as `stored` (the local users' records) left it; the stream
-    /// starts above every stored position.
-    pub fn new(enabled: bool, own_name: OwnedServerName, stored: Vec<PresenceRecord>) -> Arc<Self> {
-        let head = stored.iter().map(|r| r.position).fold(now_ms() as i64, i64::max);
-        let mut users = Users::default();
-        if enabled {
-            for record in &stored {
-                users.by_position.insert(record.position, record.user_id.clone());
-                users.status.insert(record.user_id.clone(), Status::from_record(record));
-            }
-        }
-        Arc::new(Presence {
+    pub async fn new(
+        enabled: bool,
+        own_name: OwnedServerName,
+        storage: Arc<dyn Storage>,
+        wakeups: Arc<Wakeups>,
+    ) -> Result<Arc<Self>, StorageError> {
+        let head = storage.max_presence_position().await?;
+        Ok(Arc::new(Presence {
             enabled,
             own_name,
+            storage,
+            wakeups,
             head: watch::Sender::new(head),
-            users: Mutex::new(users),
-        })
+            known: Mutex::new(HashMap::new()),
+        }))
     }
 
     /// Whether presence is on (the `presence` setting).
@@ -215,57 +210,109 @@ impl Presence {
         *self.head.borrow()
     }
 
+    /// The head as it moves (the deprecated `/events` waits on it; a
+    /// parked `/sync` is woken only by the changes that concern it).
     pub fn subscribe(&self) -> watch::Receiver<i64> {
         self.head.subscribe()
     }
 
-    /// A new position, above every one given before; `/sync` is woken.
-    fn advance(&self) -> i64 {
-        let mut position = 0;
-        self.head.send_modify(|head| {
-            *head = (*head + 1).max(now_ms() as i64);
-            position = *head;
+    /// A position committed (here or by another process): readers may
+    /// read up to it. Wakes nobody: see [`Self::changed`].
+    pub fn advanced(&self, position: i64) {
+        self.head.send_if_modified(|head| {
+            let moved = position > *head;
+            if moved {
+                *head = position;
+            }
+            moved
         });
-        position
+    }
+
+    /// `user`'s presence changed at `position` (here or, `elsewhere`, by
+    /// another process): the head moves, then the parked requests of the
+    /// user and of the rooms they are joined to wake.
+    pub async fn changed(&self, position: i64, user: &UserId, elsewhere: bool) -> Result<(), StorageError> {
+        if elsewhere {
+            let mut known = self.known.lock().expect("presence lock");
+            if known.get(user).is_none_or(|k| k.position() < position) {
+                known.insert(user.to_owned(), Known::ChangedElsewhere(position));
+            }
+        }
+        self.advanced(position);
+        let mut topics = vec![Topic::User(user.to_owned())];
+        topics.extend(
+            self.storage
+                .user_memberships(user)
+                .await?
+                .into_iter()
+                .filter(|m| m.membership == "join")
+                .map(|m| Topic::Room(m.room_id)),
+        );
+        self.wakeups.wake(&topics);
+        Ok(())
+    }
+
+    /// Forgets what this process remembers (another process's changes may
+    /// have been missed).
+    pub fn forget_all(&self) {
+        self.known.lock().expect("presence lock").clear();
+    }
+
+    /// Applies `change` to `user`'s stored presence; the new status when a
+    /// client would see the change.
+    async fn write(
+        &self,
+        user: &UserId,
+        change: impl Fn(&mut PresenceRecord) -> bool + Send + Sync + 'static,
+    ) -> Result<Option<Status>, StorageError> {
+        let written = self.storage.change_presence(user, Arc::new(change)).await?;
+        let (PresenceWrite::Touched(record) | PresenceWrite::Changed(record)) = &written else {
+            return Ok(None);
+        };
+        {
+            let mut known = self.known.lock().expect("presence lock");
+            if known.get(user).is_none_or(|k| k.position() <= record.position) {
+                known.insert(user.to_owned(), Known::Record(record.clone()));
+            }
+        }
+        if !matches!(written, PresenceWrite::Changed(_)) {
+            return Ok(None);
+        }
+        self.changed(record.position, user, false).await?;
+        Ok(Some(Status::from_record(record)))
     }
 
     /// What is known of `user`.
-    pub fn get(&self, user: &UserId) -> Option<Status> {
-        self.users.lock().expect("presence lock").status.get(user).cloned()
+    pub async fn get(&self, user: &UserId) -> Result<Option<Status>, StorageError> {
+        Ok(self.of(&[user.to_owned()]).await?.remove(user))
     }
 
-    /// Writes `user`'s status with `change`; a new position (and true)
-    /// when something a client would see changed.
-    fn change(&self, user: &UserId, now: u64, change: impl FnOnce(&mut Status)) -> bool {
-        let mut users = self.users.lock().expect("presence lock");
-        let old = users.status.get(user).cloned();
-        let status = users.status.entry(user.to_owned()).or_insert_with(|| Status {
-            state: PresenceState::Offline,
-            status_msg: None,
-            last_active_ts: 0,
-            currently_active: false,
-            touched_ts: now,
-            position: 0,
-        });
-        change(status);
-        status.touched_ts = now;
-        let visible = |s: &Status| (s.state.clone(), s.status_msg.clone(), s.currently_active);
-        let changed = old.as_ref().map(visible) != Some(visible(status));
-        if changed {
-            let old_position = status.position;
-            status.position = self.advance();
-            let new_position = status.position;
-            users.reposition(user, old_position, new_position);
+    /// What is known of `users` (no entry for a user nothing is known of).
+    pub async fn of(&self, users: &[OwnedUserId]) -> Result<HashMap<OwnedUserId, Status>, StorageError> {
+        if !self.enabled || users.is_empty() {
+            return Ok(HashMap::new());
         }
-        changed
+        Ok(self
+            .storage
+            .presence_of(users)
+            .await?
+            .iter()
+            .map(|r| (r.user_id.clone(), Status::from_record(r)))
+            .collect())
     }
 
-    /// `PUT /presence/{userId}/status`: sets the state and status message.
-    pub fn set(&self, user: &UserId, state: PresenceState, status_msg: Option<String>) -> bool {
+    /// `PUT /presence/{userId}/status`: sets the state and status message;
+    /// the new status when that changed something a client sees.
+    pub async fn set(
+        &self,
+        user: &UserId,
+        state: PresenceState,
+        status_msg: Option<String>,
+    ) -> Result<Option<Status>, StorageError> {
         if !self.enabled {
-            return false;
+            return Ok(None);
         }
-        let now = now_ms();
+        let now = now_ms() as i64;
         let status_msg = status_msg.map(|mut msg| {
             if msg.len() > MAX_STATUS_MSG {
                 let mut end = MAX_STATUS_MSG;
@@ -276,108 +323,126 @@ impl Presence {
             }
             msg
         });
-        self.change(user, now, |s| {
+        self.write(user, move |r| {
             if state != PresenceState::Offline {
-                s.last_active_ts = now;
+                r.last_active_ts = now;
             }
-            s.currently_active = state == PresenceState::Online;
-            s.state = state;
-            s.status_msg = status_msg;
+            r.currently_active = state == PresenceState::Online;
+            r.state = state.as_str().to_owned();
+            r.status_msg = status_msg.clone();
+            r.updated_ts = now;
+            true
         })
+        .await
     }
 
     /// A client syncing (`/sync`, `/events`, `/initialSync`) with
     /// `set_presence`: `online` and `unavailable` set the state, `offline`
-    /// leaves it alone (the client does not count as active).
-    pub fn activity(&self, user: &UserId, set_presence: &PresenceState) -> bool {
+    /// leaves it alone (the client does not count as active). The new
+    /// status when that changed something a client sees.
+    pub async fn activity(&self, user: &UserId, set_presence: &PresenceState) -> Result<Option<Status>, StorageError> {
         if !self.enabled || !matches!(set_presence, PresenceState::Online | PresenceState::Unavailable) {
-            return false;
+            return Ok(None);
         }
-        let now = now_ms();
-        self.change(user, now, |s| {
-            if *set_presence == PresenceState::Online {
-                s.last_active_ts = now;
+        let now = now_ms() as i64;
+        let online = *set_presence == PresenceState::Online;
+        let state = set_presence.as_str().to_owned();
+        let change = move |r: &mut PresenceRecord| {
+            let touch = now - r.updated_ts >= ms(TOUCH_EVERY);
+            if online {
+                r.last_active_ts = now;
             }
-            s.currently_active = *set_presence == PresenceState::Online;
-            s.state = set_presence.clone();
-        })
+            r.currently_active = online;
+            r.state = state.clone();
+            r.updated_ts = now;
+            touch
+        };
+        // What this process stored or read last says whether it would
+        // change anything.
+        if let Some(Known::Record(record)) = self.known.lock().expect("presence lock").get(user) {
+            let mut changed = record.clone();
+            if !change(&mut changed) && changed.visible() == record.visible() {
+                return Ok(None);
+            }
+        }
+        self.write(user, change).await
     }
 
     /// An update from another server (whose users it is about were
     /// checked by the caller).
-    pub fn apply_remote(&self, update: &PresenceUpdate) -> bool {
+    pub async fn apply_remote(&self, update: &PresenceUpdate) -> Result<Option<Status>, StorageError> {
         if !self.enabled || matches!(update.presence, PresenceState::_Custom(_)) {
-            return false;
+            return Ok(None);
         }
-        let now = now_ms();
-        let last_active_ts = now.saturating_sub(u64::from(update.last_active_ago));
-        self.change(&update.user_id, now, |s| {
-            s.state = update.presence.clone();
-            s.status_msg = update.status_msg.clone();
-            s.currently_active = update.currently_active;
-            s.last_active_ts = last_active_ts;
+        let now = now_ms() as i64;
+        let last_active_ts = now.saturating_sub(i64::try_from(u64::from(update.last_active_ago)).unwrap_or(i64::MAX));
+        let update = update.clone();
+        self.write(&update.user_id.clone(), move |r| {
+            let touch = now - r.updated_ts >= ms(TOUCH_EVERY);
+            r.state = update.presence.as_str().to_owned();
+            r.status_msg = update.status_msg.clone();
+            r.currently_active = update.currently_active;
+            r.last_active_ts = last_active_ts.max(0);
+            r.updated_ts = now;
+            touch
         })
+        .await
     }
 
     /// The users whose status changed in `(since, upto]` (all known
     /// ones without `since`), of those `wanted` admits.
-    pub fn changes(
+    pub async fn changes(
         &self,
         since: Option<i64>,
         upto: i64,
         wanted: impl Fn(&UserId) -> bool,
-    ) -> Vec<(OwnedUserId, Status)> {
-        let users = self.users.lock().expect("presence lock");
-        let after = since.map_or(Bound::Unbounded, Bound::Excluded);
-        users
-            .by_position
-            .range((after, Bound::Included(upto)))
-            .filter(|(_, user)| wanted(user))
-            .filter_map(|(_, user)| Some((user.clone(), users.status.get(user)?.clone())))
-            .collect()
+    ) -> Result<Vec<(OwnedUserId, Status)>, StorageError> {
+        if !self.enabled || since.is_some_and(|since| since >= upto) {
+            return Ok(Vec::new());
+        }
+        Ok(self
+            .storage
+            .presence_changes(since, upto)
+            .await?
+            .iter()
+            .filter(|r| wanted(&r.user_id))
+            .map(|r| (r.user_id.clone(), Status::from_record(r)))
+            .collect())
     }
 
     /// Applies the timeouts at `now`; the local users whose presence
-    /// changed.
-    pub fn sweep(&self, now: u64) -> Vec<OwnedUserId> {
-        let idle = IDLE_AFTER.as_millis() as u64;
-        let offline = OFFLINE_AFTER.as_millis() as u64;
-        let expiry = REMOTE_EXPIRY.as_millis() as u64;
-        let mut guard = self.users.lock().expect("presence lock");
-        let users = &mut *guard;
-        // Other servers' users gone quiet and offline are forgotten.
-        users.status.retain(|user, s| {
-            let keep = user.server_name() == self.own_name
-                || s.state != PresenceState::Offline
-                || now.saturating_sub(s.touched_ts) < expiry;
-            if !keep {
-                users.by_position.remove(&s.position);
-            }
-            keep
-        });
+    /// changed (another process applying them at the same moment changes
+    /// each user once).
+    pub async fn sweep(&self, now: u64) -> Result<Vec<(OwnedUserId, Status)>, StorageError> {
+        let now = now as i64;
+        self.known
+            .lock()
+            .expect("presence lock")
+            .retain(|_, k| matches!(k, Known::Record(r) if now - r.updated_ts < ms(OFFLINE_AFTER)));
+        let quiet = self.storage.presence_quiet_since(now - ms(IDLE_AFTER)).await?;
         let mut changed = Vec::new();
-        for (user, status) in users.status.iter_mut() {
-            let quiet = now.saturating_sub(status.touched_ts);
+        for user in quiet {
             let local = user.server_name() == self.own_name;
-            let new_state = match status.state {
-                PresenceState::Offline => continue,
-                _ if local && quiet >= offline => PresenceState::Offline,
-                PresenceState::Online if local && quiet >= idle => PresenceState::Unavailable,
-                _ if !local && quiet >= expiry => PresenceState::Offline,
-                _ => continue,
+            let timeout = move |r: &mut PresenceRecord| {
+                let quiet = now - r.updated_ts;
+                let new_state = match r.state.as_str() {
+                    "offline" => return false,
+                    _ if local && quiet >= ms(OFFLINE_AFTER) => PresenceState::Offline,
+                    "online" if local && quiet >= ms(IDLE_AFTER) => PresenceState::Unavailable,
+                    _ if !local && quiet >= ms(REMOTE_EXPIRY) => PresenceState::Offline,
+                    _ => return false,
+                };
+                r.state = new_state.as_str().to_owned();
+                r.currently_active = false;
+                false
             };
-            status.state = new_state;
-            status.currently_active = false;
-            if users.by_position.get(&status.position) == Some(user) {
-                users.by_position.remove(&status.position);
-            }
-            status.position = self.advance();
-            users.by_position.insert(status.position, user.clone());
-            if local {
-                changed.push(user.clone());
+            if let Some(status) = self.write(&user, timeout).await?
+                && local
+            {
+                changed.push((user, status));
             }
         }
-        changed
+        Ok(changed)
     }
 }
 
@@ -419,13 +484,9 @@ pub async fn may_see(svc: &Services, observer: &UserId, user: &UserId) -> Result
         .any(|m| m.membership == "join" && theirs.contains(&m.room_id)))
 }
 
-/// A local user's presence changed (visibly): it is stored, and sent to
+/// A local user's presence changed (visibly) to `status`: it is sent to
 /// the servers of the users they share a room with.
-pub async fn local_changed(svc: &Services, user: &UserId) -> Result<(), StorageError> {
-    let Some(status) = svc.presence.get(user) else {
-        return Ok(());
-    };
-    svc.storage.put_presence(&status.record(user)).await?;
+pub async fn local_changed(svc: &Services, user: &UserId, status: &Status) -> Result<(), StorageError> {
     let mut servers: Vec<OwnedServerName> = visible_users(svc, user)
         .await?
         .into_iter()
@@ -444,8 +505,8 @@ pub async fn local_changed(svc: &Services, user: &UserId) -> Result<(), StorageE
 /// A client syncing: marks the user as `set_presence` asks, and tells the
 /// other servers when that changed something.
 pub async fn sync_activity(svc: &Services, user: &UserId, set_presence: &PresenceState) -> Result<(), MatrixError> {
-    if svc.presence.activity(user, set_presence) {
-        local_changed(svc, user).await?;
+    if let Some(status) = svc.presence.activity(user, set_presence).await? {
+        local_changed(svc, user, &status).await?;
     }
     Ok(())
 }
@@ -469,21 +530,29 @@ pub async fn member_joined(svc: &Services, pdu: &Pdu) -> Result<(), StorageError
     }
     let now = now_ms();
     if user.server_name() == svc.server_name() {
-        if let Some(status) = svc.presence.get(&user) {
+        if let Some(status) = svc.presence.get(&user).await? {
             svc.sender
                 .send_edu(&pdu.room_id, edu(vec![status.update(&user, now)]))
                 .await?;
         }
         return Ok(());
     }
-    let updates: Vec<PresenceUpdate> = svc
+    let locals: Vec<OwnedUserId> = svc
         .storage
         .room_members(&pdu.room_id, Some("join"))
         .await?
-        .iter()
-        .filter(|m| m.user_id.server_name() == svc.server_name())
-        .filter_map(|m| Some(svc.presence.get(&m.user_id)?.update(&m.user_id, now)))
+        .into_iter()
+        .map(|m| m.user_id)
+        .filter(|u| u.server_name() == svc.server_name())
         .collect();
+    let mut updates: Vec<PresenceUpdate> = svc
+        .presence
+        .of(&locals)
+        .await?
+        .iter()
+        .map(|(u, status)| status.update(u, now))
+        .collect();
+    updates.sort_by(|a, b| a.user_id.cmp(&b.user_id));
     if !updates.is_empty() {
         svc.sender.send_edu_to(&[user.server_name().to_owned()], edu(updates));
     }
@@ -494,22 +563,23 @@ pub async fn member_joined(svc: &Services, pdu: &Pdu) -> Result<(), StorageError
 /// applied, others ignored. (Not only of users in a room here: a server
 /// sends its users' presence as soon as one joins a room, which may be
 /// before this server has stored the join; `/sync` shows presence only to
-/// users who share a room anyway, and the sweep forgets what went stale.)
-pub fn receive_edu(svc: &Services, origin: &ServerName, content: &Value) {
+/// users who share a room anyway.)
+pub async fn receive_edu(svc: &Services, origin: &ServerName, content: &Value) -> Result<(), StorageError> {
     if !svc.presence.enabled() {
-        return;
+        return Ok(());
     }
     let Ok(content) = serde_json::from_value::<PresenceContent>(content.clone()) else {
         tracing::debug!(%origin, "malformed m.presence EDU");
-        return;
+        return Ok(());
     };
     for update in &content.push {
         if update.user_id.server_name() != origin {
             tracing::info!(%origin, user = %update.user_id, "presence for another server's user ignored");
             continue;
         }
-        svc.presence.apply_remote(update);
+        svc.presence.apply_remote(update).await?;
     }
+    Ok(())
 }
 
 /// Users who came to share a room with the syncing user in an incremental
@@ -570,11 +640,23 @@ pub async fn for_sync(
         return Ok(Vec::new());
     }
     let admitted = |u: &UserId| filter::presence_sender_allowed(presence_filter, u);
-    let changes = svc.presence.changes(since, head, admitted);
-    let newly = match since {
-        Some(_) => newly_shared(svc, rooms, in_full).await?,
-        None => HashSet::new(),
+    let now = now_ms();
+    let Some(since) = since else {
+        // A full sync: what is known of everyone visible.
+        let mut visible: Vec<OwnedUserId> = visible_users(svc, user)
+            .await?
+            .into_iter()
+            .filter(|u| admitted(u))
+            .collect();
+        visible.sort();
+        let known = svc.presence.of(&visible).await?;
+        let mut known: Vec<_> = known.iter().filter(|(_, s)| s.position <= head).collect();
+        known.sort_by_key(|(_, s)| s.position);
+        let events = known.into_iter().map(|(u, s)| s.event(u, now, false)).collect();
+        return Ok(keep_newest(events, presence_filter));
     };
+    let changes = svc.presence.changes(Some(since), head, admitted).await?;
+    let newly = newly_shared(svc, rooms, in_full).await?;
     if changes.is_empty() && newly.is_empty() {
         return Ok(Vec::new());
     }
@@ -584,7 +666,6 @@ pub async fn for_sync(
     } else {
         visible_users(svc, user).await?
     };
-    let now = now_ms();
     let mut seen = HashSet::new();
     let mut events = Vec::new();
     for (u, status) in &changes {
@@ -599,18 +680,24 @@ pub async fn for_sync(
         .filter(|u| !seen.contains(u) && u != user && visible.contains(u) && admitted(u))
         .collect();
     newly.sort();
+    let known = svc.presence.of(&newly).await?;
     for new in newly {
-        events.push(match svc.presence.get(&new).filter(|s| s.position <= head) {
+        events.push(match known.get(&new).filter(|s| s.position <= head) {
             Some(status) => status.event(&new, now, false),
             None => unknown_event(&new, false),
         });
     }
+    Ok(keep_newest(events, presence_filter))
+}
+
+/// The newest events of `events` the filter's `limit` admits.
+fn keep_newest(mut events: Vec<Value>, presence_filter: &Filter) -> Vec<Value> {
     if let Some(limit) = presence_filter.limit.map(|l| u64::from(l) as usize)
         && events.len() > limit
     {
         events.drain(..events.len() - limit);
     }
-    Ok(events)
+    events
 }
 
 /// Applies the timeouts every [`SWEEP_EVERY`] until `cancel`, telling
@@ -624,8 +711,15 @@ pub async fn run_sweeper(svc: Arc<Services>, cancel: tokio_util::sync::Cancellat
             _ = cancel.cancelled() => return,
             _ = tokio::time::sleep(SWEEP_EVERY) => {}
         }
-        for user in svc.presence.sweep(now_ms()) {
-            if let Err(e) = local_changed(&svc, &user).await {
+        let changed = match svc.presence.sweep(now_ms()).await {
+            Ok(changed) => changed,
+            Err(e) => {
+                tracing::info!(error = %e, "presence timeouts not applied");
+                continue;
+            }
+        };
+        for (user, status) in changed {
+            if let Err(e) = local_changed(&svc, &user, &status).await {
                 tracing::info!(%user, error = %e, "presence not sent");
             }
         }
@@ -635,54 +729,115 @@ pub async fn run_sweeper(svc: Arc<Services>, cancel: tokio_util::sync::Cancellat
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::storage::sqlite::SqliteStorage;
 
     fn user(s: &str) -> OwnedUserId {
         s.try_into().unwrap()
     }
 
-    #[test]
-    fn changes_take_positions() {
-        let p = Presence::new(true, "here".try_into().unwrap(), Vec::new());
+    async fn presence(enabled: bool) -> (tempfile::TempDir, Arc<Presence>) {
+        let dir = tempfile::tempdir().unwrap();
+        let storage: Arc<dyn Storage> = Arc::new(SqliteStorage::open(dir.path()).unwrap());
+        let wakeups = Arc::new(Wakeups::default());
+        let p = Presence::new(enabled, "here".try_into().unwrap(), storage, wakeups)
+            .await
+            .unwrap();
+        (dir, p)
+    }
+
+    #[tokio::test]
+    async fn changes_take_positions() {
+        let (_dir, p) = presence(true).await;
         let alice = user("@alice:here");
         let start = p.head();
-        assert!(p.set(&alice, PresenceState::Online, Some("hi".into())));
-        let first = p.get(&alice).unwrap();
-        assert!(first.position > start);
+        let first = p.set(&alice, PresenceState::Online, Some("hi".into())).await.unwrap();
+        let first = first.expect("a change");
+        assert_eq!(first.position, start + 1);
+        assert_eq!(p.head(), first.position);
         assert_eq!(first.status_msg.as_deref(), Some("hi"));
-        assert!(!p.activity(&alice, &PresenceState::Online), "online already");
-        assert!(!p.activity(&alice, &PresenceState::Offline), "offline leaves it alone");
-        assert!(p.activity(&alice, &PresenceState::Unavailable));
-        let changes = p.changes(Some(first.position), p.head(), |_| true);
+        let now_online = p.activity(&alice, &PresenceState::Online).await.unwrap();
+        assert!(now_online.is_none(), "online already");
+        let offline = p.activity(&alice, &PresenceState::Offline).await.unwrap();
+        assert!(offline.is_none(), "offline leaves it alone");
+        assert!(p.activity(&alice, &PresenceState::Unavailable).await.unwrap().is_some());
+        let changes = p.changes(Some(first.position), p.head(), |_| true).await.unwrap();
         assert_eq!(changes.len(), 1);
         assert_eq!(changes[0].1.state, PresenceState::Unavailable);
         assert_eq!(changes[0].1.status_msg.as_deref(), Some("hi"), "kept by syncing");
-        assert!(p.changes(Some(p.head()), p.head(), |_| true).is_empty());
+        assert!(p.changes(Some(p.head()), p.head(), |_| true).await.unwrap().is_empty());
     }
 
-    #[test]
-    fn timeouts() {
-        let p = Presence::new(true, "here".try_into().unwrap(), Vec::new());
+    #[tokio::test]
+    async fn timeouts() {
+        let (_dir, p) = presence(true).await;
         let (alice, bob) = (user("@alice:here"), user("@bob:there"));
-        p.set(&alice, PresenceState::Online, None);
-        p.apply_remote(&PresenceUpdate::new(bob.clone(), PresenceState::Online, UInt::MIN));
+        p.set(&alice, PresenceState::Online, None).await.unwrap();
+        p.apply_remote(&PresenceUpdate::new(bob.clone(), PresenceState::Online, UInt::MIN))
+            .await
+            .unwrap();
+        let state = async |u: &UserId| p.get(u).await.unwrap().unwrap().state;
         let now = now_ms();
-        assert!(p.sweep(now).is_empty());
+        assert!(p.sweep(now).await.unwrap().is_empty());
         let idle = now + IDLE_AFTER.as_millis() as u64;
-        assert_eq!(p.sweep(idle), vec![alice.clone()]);
-        assert_eq!(p.get(&alice).unwrap().state, PresenceState::Unavailable);
-        assert_eq!(p.get(&bob).unwrap().state, PresenceState::Online);
+        let changed = p.sweep(idle).await.unwrap();
+        assert_eq!(changed.iter().map(|(u, _)| u).collect::<Vec<_>>(), [&alice]);
+        assert_eq!(changed[0].1.state, PresenceState::Unavailable);
+        assert_eq!(state(&alice).await, PresenceState::Unavailable);
+        assert_eq!(state(&bob).await, PresenceState::Online);
+        assert!(p.sweep(idle).await.unwrap().is_empty(), "once");
         let late = now + REMOTE_EXPIRY.max(OFFLINE_AFTER).as_millis() as u64;
-        assert_eq!(p.sweep(late), vec![alice.clone()]);
-        assert_eq!(p.get(&alice).unwrap().state, PresenceState::Offline);
-        assert_eq!(p.get(&bob).unwrap().state, PresenceState::Offline);
+        let changed = p.sweep(late).await.unwrap();
+        assert_eq!(
+            changed.iter().map(|(u, _)| u).collect::<Vec<_>>(),
+            [&alice],
+            "local users only"
+        );
+        assert_eq!(state(&alice).await, PresenceState::Offline);
+        assert_eq!(state(&bob).await, PresenceState::Offline);
     }
 
-    #[test]
-    fn disabled_keeps_nothing() {
-        let p = Presence::new(false, "here".try_into().unwrap(), Vec::new());
+    #[tokio::test]
+    async fn activity_is_stored_now_and_then() {
+        let (_dir, p) = presence(true).await;
         let alice = user("@alice:here");
-        assert!(!p.set(&alice, PresenceState::Online, None));
-        assert!(!p.activity(&alice, &PresenceState::Online));
-        assert!(p.get(&alice).is_none());
+        p.activity(&alice, &PresenceState::Online)
+            .await
+            .unwrap()
+            .expect("online");
+        let stored = |p: &Arc<Presence>| {
+            let p = p.clone();
+            let alice = alice.clone();
+            async move { p.storage.presence_of(&[alice]).await.unwrap()[0].updated_ts }
+        };
+        let first = stored(&p).await;
+        // Another sync at once changes nothing and writes nothing.
+        assert!(p.activity(&alice, &PresenceState::Online).await.unwrap().is_none());
+        assert_eq!(stored(&p).await, first);
+        // Once the stored time is TOUCH_EVERY old, it is stored again.
+        if let Some(Known::Record(r)) = p.known.lock().unwrap().get_mut(&alice) {
+            r.updated_ts -= ms(TOUCH_EVERY);
+        }
+        let old = first - ms(TOUCH_EVERY);
+        p.storage
+            .change_presence(
+                &alice,
+                Arc::new(move |r| {
+                    r.updated_ts = old;
+                    true
+                }),
+            )
+            .await
+            .unwrap();
+        assert!(p.activity(&alice, &PresenceState::Online).await.unwrap().is_none());
+        assert!(stored(&p).await >= first, "touched again");
+    }
+
+    #[tokio::test]
+    async fn disabled_keeps_nothing() {
+        let (_dir, p) = presence(false).await;
+        let alice = user("@alice:here");
+        assert!(p.set(&alice, PresenceState::Online, None).await.unwrap().is_none());
+        assert!(p.activity(&alice, &PresenceState::Online).await.unwrap().is_none());
+        assert!(p.get(&alice).await.unwrap().is_none());
     }
 }

@@ -110,13 +110,15 @@ impl Services {
             keys.server_name().to_owned(),
             cancel,
         );
+        let identity = crate::identity::IdentityClient::new(config.federation_verify_tls);
+        let notifier = Notifier::new(head);
         let presence = Presence::new(
             config.presence,
             keys.server_name().to_owned(),
-            storage.presence_records().await?,
-        );
-        let identity = crate::identity::IdentityClient::new(config.federation_verify_tls);
-        let notifier = Notifier::new(head);
+            storage.clone(),
+            notifier.wakeups.clone(),
+        )
+        .await?;
         Ok(Services {
             config,
             keys,

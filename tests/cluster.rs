@@ -525,6 +525,89 @@ async fn typing_and_receipts_cross_processes() {
     assert!(receipt["content"][&event]["m.read"][&alice.user_id].is_object());
 }
 
+/// The `m.presence` event of `user` in a `/sync` answer.
+fn presence_of<'a>(sync: &'a Value, user: &str) -> Option<&'a Value> {
+    sync["presence"]["events"]
+        .as_array()?
+        .iter()
+        .find(|e| e["sender"] == user)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn presence_crosses_processes() {
+    let Some((_dir, a, b)) = two_processes().await else {
+        return;
+    };
+    let (alice, bob, _room) = alice_and_bob_in_a_room(&a, &b).await;
+    let status_path = |user: &User| {
+        format!(
+            "/_matrix/client/v3/presence/{}/status",
+            user.user_id.replace('@', "%40").replace(':', "%3A")
+        )
+    };
+
+    // Set on A, a /sync parked on B wakes with it (another change, such as
+    // Bob's own, may answer first: the poll goes on from there).
+    let mut since = bob.sync(None, 0).await["next_batch"].as_str().unwrap().to_owned();
+    let (_, mut sync, took) = woken_by(&bob, &since, async {
+        alice
+            .call(
+                reqwest::Method::PUT,
+                &status_path(&alice),
+                Some(json!({ "presence": "online", "status_msg": "lunch" })),
+            )
+            .await;
+        String::new()
+    })
+    .await;
+    eprintln!("B's sync answered {took:?} after it started (presence set on A 300 ms in)");
+    for _ in 0..5 {
+        if presence_of(&sync, &alice.user_id).is_some() {
+            break;
+        }
+        since = sync["next_batch"].as_str().unwrap().to_owned();
+        sync = bob.sync(Some(&since), 10_000).await;
+    }
+    let seen = presence_of(&sync, &alice.user_id).unwrap_or_else(|| panic!("B's sync shows A's presence: {sync}"));
+    assert_eq!(seen["content"]["status_msg"], "lunch", "{seen}");
+    assert_eq!(seen["content"]["presence"], "online", "{seen}");
+
+    // Read through B; a full sync on B shows it too.
+    let read = bob.call(reqwest::Method::GET, &status_path(&alice), None).await;
+    assert_eq!(
+        (read["presence"].as_str(), read["status_msg"].as_str()),
+        (Some("online"), Some("lunch"))
+    );
+    let full = bob.sync(None, 0).await;
+    assert_eq!(
+        presence_of(&full, &alice.user_id).unwrap()["content"]["status_msg"],
+        "lunch"
+    );
+
+    // Bob went online by syncing on B: Alice sees it on A; a change made
+    // through the other process is applied to what it set (the status
+    // message set on A stays when Alice syncs through B as unavailable).
+    let on_a = alice.sync(None, 0).await;
+    assert_eq!(
+        presence_of(&on_a, &bob.user_id).unwrap()["content"]["presence"],
+        "online",
+        "{on_a}"
+    );
+    alice
+        .on(&b)
+        .call(
+            reqwest::Method::GET,
+            "/_matrix/client/v3/sync?timeout=0&set_presence=unavailable",
+            None,
+        )
+        .await;
+    let read = alice.call(reqwest::Method::GET, &status_path(&alice), None).await;
+    assert_eq!(
+        (read["presence"].as_str(), read["status_msg"].as_str()),
+        (Some("unavailable"), Some("lunch"))
+    );
+}
+
 /// Event ID → how many acknowledged transactions (distinct IDs) carried it.
 fn delivered(peer: &common::hostile::Hostile) -> std::collections::HashMap<String, usize> {
     let mut txns = std::collections::HashSet::new();

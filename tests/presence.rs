@@ -306,7 +306,7 @@ async fn presence_travels_between_servers() {
     assert_eq!(status, 200, "{}", String::from_utf8_lossy(&answer));
     let presence = &a.services().presence;
     eventually(Duration::from_secs(5), "B's own user's update applied", || async {
-        match presence.get(&ruma::UserId::parse(&bob.user_id).unwrap()) {
+        match presence.get(&ruma::UserId::parse(&bob.user_id).unwrap()).await.unwrap() {
             Some(s) if s.status_msg.as_deref() == Some("genuine") => Ok(()),
             other => Err(format!("{other:?}")),
         }
@@ -314,10 +314,18 @@ async fn presence_travels_between_servers() {
     .await;
     let alice_status = alice.ok(Method::GET, &status_path(&alice.user_id), None).await;
     assert_eq!(alice_status["presence"], "unavailable", "{alice_status}");
-    assert!(presence.get(&ruma::UserId::parse(&forged_local).unwrap()).is_none());
+    assert!(
+        presence
+            .get(&ruma::UserId::parse(&forged_local).unwrap())
+            .await
+            .unwrap()
+            .is_none()
+    );
     assert!(
         presence
             .get(&ruma::UserId::parse("@dave:elsewhere.example").unwrap())
+            .await
+            .unwrap()
             .is_none()
     );
 

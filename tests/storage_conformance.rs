@@ -37,8 +37,8 @@ use weft::{
     events::Pdu,
     storage::{
         AccountData, CurrentStateChange, CurrentStateUpdate, Direction, NewCurrentState, NewTimelineEvent, Persisted,
-        PresenceRecord, Receipt, RemoteInvite, RoomTyping, ServerKey, StateGroupId, StateKey, StateWrite, Storage,
-        StorageError, StoredEvent, TimelineStatus, TopoKey, TxnKey, Typing, UserRecord,
+        PresenceChange, PresenceRecord, PresenceWrite, Receipt, RemoteInvite, RoomTyping, ServerKey, StateGroupId,
+        StateKey, StateWrite, Storage, StorageError, StoredEvent, TimelineStatus, TopoKey, TxnKey, Typing, UserRecord,
         appservice::AppserviceRoom,
         e2e::{DeviceKeysRecord, MASTER, OneTimeKeyRecord, SELF_SIGNING, ToDeviceDelivery, USER_SIGNING},
         media::MediaRecord,
@@ -146,6 +146,7 @@ conformance! {
     concurrent_ephemeral_stream,
     account_data,
     presence,
+    concurrent_presence_changes,
     server_keys,
     received_transactions,
     outbound_queue,
@@ -2310,34 +2311,140 @@ async fn account_data(s: Store) {
     assert!(s.room_account_data(&bob, &room, p4).await.unwrap().is_empty());
 }
 
+fn presence_change(f: impl Fn(&mut PresenceRecord) -> bool + Send + Sync + 'static) -> PresenceChange {
+    Arc::new(f)
+}
+
 async fn presence(s: Store) {
-    let record = |user: &str, state: &str, position: i64| PresenceRecord {
-        user_id: uid(user),
-        state: state.to_owned(),
-        status_msg: (state == "online").then(|| "here".to_owned()),
-        last_active_ts: 100 * position,
-        currently_active: state == "online",
-        updated_ts: 1000 + position,
-        position,
+    let (alice, bob) = (uid("alice"), uid("bob"));
+    let start = s.max_presence_position().await.unwrap();
+    assert!(s.presence_of(std::slice::from_ref(&alice)).await.unwrap().is_empty());
+    assert!(s.presence_changes(None, i64::MAX).await.unwrap().is_empty());
+
+    // A change clients see takes the next position.
+    let online = presence_change(|r| {
+        assert_eq!((r.state.as_str(), r.position), ("offline", 0), "nothing held: offline");
+        r.state = "online".to_owned();
+        r.status_msg = Some("here".to_owned());
+        r.currently_active = true;
+        r.last_active_ts = 500;
+        r.updated_ts = 1_000;
+        false
+    });
+    let PresenceWrite::Changed(first) = s.change_presence(&alice, online).await.unwrap() else {
+        panic!("a change clients see");
     };
-    let sorted_records = |mut r: Vec<PresenceRecord>| {
-        r.sort_by(|a, b| a.user_id.cmp(&b.user_id));
-        r
+    assert_eq!(first.position, start + 1);
+    assert_eq!(s.max_presence_position().await.unwrap(), start + 1);
+    assert_eq!(s.presence_of(&[alice.clone(), bob.clone()]).await.unwrap(), vec![first]);
+
+    // Times only: stored when the change asks, without a position.
+    let touch = |store: bool| {
+        presence_change(move |r| {
+            r.updated_ts += 10;
+            r.last_active_ts += 10;
+            store
+        })
     };
-    assert!(s.presence_records().await.unwrap().is_empty());
-    s.put_presence(&record("alice", "online", 5)).await.unwrap();
-    s.put_presence(&record("alice", "offline", 3)).await.unwrap();
-    s.put_presence(&record("bob", "unavailable", 1)).await.unwrap();
     assert_eq!(
-        sorted_records(s.presence_records().await.unwrap()),
-        [record("alice", "online", 5), record("bob", "unavailable", 1)]
+        s.change_presence(&alice, touch(false)).await.unwrap(),
+        PresenceWrite::Unchanged
     );
-    s.put_presence(&record("alice", "offline", 7)).await.unwrap();
-    s.put_presence(&record("alice", "online", 7)).await.unwrap();
+    let PresenceWrite::Touched(touched) = s.change_presence(&alice, touch(true)).await.unwrap() else {
+        panic!("times stored");
+    };
     assert_eq!(
-        sorted_records(s.presence_records().await.unwrap()),
-        [record("alice", "offline", 7), record("bob", "unavailable", 1)]
+        (touched.position, touched.updated_ts, touched.last_active_ts),
+        (start + 1, 1_010, 510)
     );
+    assert_eq!(
+        s.presence_of(std::slice::from_ref(&alice)).await.unwrap(),
+        vec![touched]
+    );
+    assert_eq!(s.max_presence_position().await.unwrap(), start + 1);
+
+    let away = presence_change(|r| {
+        r.state = "unavailable".to_owned();
+        false
+    });
+    let PresenceWrite::Changed(bob_away) = s.change_presence(&bob, away).await.unwrap() else {
+        panic!("a change clients see");
+    };
+    assert_eq!(bob_away.position, start + 2);
+    let positions =
+        |records: Vec<PresenceRecord>| records.into_iter().map(|r| (r.user_id, r.position)).collect::<Vec<_>>();
+    assert_eq!(
+        positions(s.presence_changes(Some(start), start + 2).await.unwrap()),
+        [(alice.clone(), start + 1), (bob.clone(), start + 2)]
+    );
+    assert_eq!(
+        positions(s.presence_changes(Some(start + 1), start + 2).await.unwrap()),
+        [(bob.clone(), start + 2)]
+    );
+    assert_eq!(
+        positions(s.presence_changes(None, start + 1).await.unwrap()),
+        [(alice.clone(), start + 1)]
+    );
+
+    // The timeouts' candidates: not offline, quiet since before the time.
+    let mut quiet = s.presence_quiet_since(1_011).await.unwrap();
+    quiet.sort();
+    assert_eq!(quiet, vec![alice.clone()], "bob's record was touched now");
+    let offline = presence_change(|r| {
+        r.state = "offline".to_owned();
+        r.currently_active = false;
+        false
+    });
+    s.change_presence(&alice, offline).await.unwrap();
+    assert!(s.presence_quiet_since(1_011).await.unwrap().is_empty());
+    // Alice moved: her old position shows nothing.
+    assert_eq!(
+        positions(s.presence_changes(Some(start), start + 2).await.unwrap()),
+        [(bob.clone(), start + 2)]
+    );
+    assert_eq!(s.max_presence_position().await.unwrap(), start + 3);
+}
+
+/// Changes of one user's presence made at once (through several
+/// connections on PostgreSQL) all count: each is applied to what the one
+/// before it stored, and takes its own position.
+async fn concurrent_presence_changes(s: Store) {
+    let user = uid("busy");
+    let start = s.max_presence_position().await.unwrap();
+    let writers: Vec<_> = (0..WRITERS)
+        .map(|_| {
+            let (s, user) = (s.clone(), user.clone());
+            tokio::spawn(async move {
+                let mut positions = Vec::new();
+                for _ in 0..WRITES {
+                    let count = presence_change(|r| {
+                        let n: usize = r.status_msg.as_deref().map_or(0, |m| m.parse().unwrap());
+                        r.status_msg = Some((n + 1).to_string());
+                        false
+                    });
+                    match s.change_presence(&user, count).await.unwrap() {
+                        PresenceWrite::Changed(r) => positions.push(r.position),
+                        other => panic!("a change clients see, not {other:?}"),
+                    }
+                }
+                positions
+            })
+        })
+        .collect();
+    let mut all = Vec::new();
+    for writer in writers {
+        all.extend(writer.await.unwrap());
+    }
+    all.sort();
+    let expected: Vec<i64> = (start + 1..=start + (WRITERS * WRITES) as i64).collect();
+    assert_eq!(all, expected, "a position each, none twice");
+    let held = s.presence_of(&[user]).await.unwrap();
+    assert_eq!(
+        held[0].status_msg.as_deref(),
+        Some((WRITERS * WRITES).to_string().as_str()),
+        "no change lost"
+    );
+    assert_eq!(held[0].position, *expected.last().unwrap());
 }
 
 // ===================================================================

@@ -105,9 +105,9 @@ async fn a_send_wakes_only_the_syncs_it_concerns() {
         );
     }
 
-    // Typing, a read receipt and account data wake whom they concern too
-    // (they woke every parked request): Bob's sync answers with Alice's
-    // typing, and no idle request builds its answer again.
+    // Typing, a read receipt, account data and presence wake whom they
+    // concern too (they woke every parked request): Bob's sync answers
+    // with Alice's typing, and no idle request builds its answer again.
     let since = bob.sync("timeout=0").await["next_batch"].as_str().unwrap().to_owned();
     let bob_poll = {
         let url = format!("{}/_matrix/client/v3/sync?since={since}&timeout=60000", server.base());
@@ -143,6 +143,13 @@ async fn a_send_wakes_only_the_syncs_it_concerns() {
             Some(&json!({ "n": 1 })),
         )
         .await;
+    alice
+        .ok(
+            reqwest::Method::PUT,
+            &format!("/_matrix/client/v3/presence/{alice_path}/status"),
+            Some(&json!({ "presence": "online", "status_msg": "wake" })),
+        )
+        .await;
     let answer = tokio::time::timeout(Duration::from_secs(10), bob_poll)
         .await
         .expect("bob's sync answered at once")
@@ -159,8 +166,8 @@ async fn a_send_wakes_only_the_syncs_it_concerns() {
     // (Bob's own may answer without parking: the changes can land while
     // it builds its first answer.)
     assert!(
-        rebuilt <= 3,
-        "typing, a receipt and account data woke {rebuilt} parked requests: bob's only, none of the {IDLE} idle ones"
+        rebuilt <= 4,
+        "typing, a receipt, account data and presence woke {rebuilt} parked requests: bob's only, none of the {IDLE} idle ones"
     );
     for poll in polls {
         poll.abort();

@@ -267,7 +267,7 @@ async fn presence_events(
     if !svc.presence.enabled() || head <= from {
         return Ok(Vec::new());
     }
-    let changes = svc.presence.changes(Some(from), head, |_| true);
+    let changes = svc.presence.changes(Some(from), head, |_| true).await?;
     if changes.is_empty() {
         return Ok(Vec::new());
     }

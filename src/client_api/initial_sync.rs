@@ -272,14 +272,12 @@ pub async fn initial_sync(State(svc): State<Arc<Services>>, req: Request) -> Res
 
     let mut presence_events = Vec::new();
     if svc.presence.enabled() {
-        let visible = presence::visible_users(&svc, user).await?;
+        let mut visible: Vec<_> = presence::visible_users(&svc, user).await?.into_iter().collect();
+        visible.sort();
         let now = now_ms();
-        presence_events = svc
-            .presence
-            .changes(None, svc.presence.head(), |u| visible.contains(u))
-            .iter()
-            .map(|(u, s)| s.event(u, now, true))
-            .collect();
+        let mut known: Vec<_> = svc.presence.of(&visible).await?.into_iter().collect();
+        known.sort_by_key(|(_, s)| s.position);
+        presence_events = known.iter().map(|(u, s)| s.event(u, now, true)).collect();
     }
     let global: Vec<_> = svc
         .storage
@@ -336,10 +334,18 @@ pub async fn room_initial_sync(
     if !matches!(access, Access::Left(_)) {
         if svc.presence.enabled() {
             let now = now_ms();
-            for m in svc.storage.room_members(&room_id, Some("join")).await? {
-                presence_events.push(match svc.presence.get(&m.user_id) {
-                    Some(status) => status.event(&m.user_id, now, true),
-                    None => presence::unknown_event(&m.user_id, true),
+            let members: Vec<_> = svc
+                .storage
+                .room_members(&room_id, Some("join"))
+                .await?
+                .into_iter()
+                .map(|m| m.user_id)
+                .collect();
+            let known = svc.presence.of(&members).await?;
+            for user_id in &members {
+                presence_events.push(match known.get(user_id) {
+                    Some(status) => status.event(user_id, now, true),
+                    None => presence::unknown_event(user_id, true),
                 });
             }
         }

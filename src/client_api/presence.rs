@@ -30,8 +30,8 @@ pub async fn set_status(
             b.presence.as_str()
         )));
     }
-    if svc.presence.set(user, b.presence.clone(), b.status_msg.clone()) {
-        presence::local_changed(&svc, user).await?;
+    if let Some(status) = svc.presence.set(user, b.presence.clone(), b.status_msg.clone()).await? {
+        presence::local_changed(&svc, user, &status).await?;
     }
     Ok(set_presence::v3::Response::new())
 }
@@ -47,7 +47,7 @@ pub async fn get_status(
             "You are not allowed to see the presence of {user}"
         )));
     }
-    let Some(status) = svc.presence.get(user) else {
+    let Some(status) = svc.presence.get(user).await? else {
         return Ok(get_presence::v3::Response::new(PresenceState::Offline));
     };
     let now: u64 = MilliSecondsSinceUnixEpoch::now().get().into();

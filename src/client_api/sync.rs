@@ -126,13 +126,12 @@ pub async fn sync(
     let mut ephemeral_rx = svc.ephemeral.subscribe();
     let mut account_data_rx = svc.account_data.subscribe();
     let mut e2e_rx = svc.e2e.subscribe();
-    let mut presence_rx = svc.presence.subscribe();
     loop {
         let head = svc.notifier.head();
         let ephemeral_head = *ephemeral_rx.borrow_and_update();
         let account_data_head = *account_data_rx.borrow_and_update();
         let e2e_head = *e2e_rx.borrow_and_update();
-        let presence_head = *presence_rx.borrow_and_update();
+        let presence_head = svc.presence.head();
         let since_ephemeral = since_ephemeral.filter(|_| since.is_some() && !opts.full_state);
         let since_account_data = since_account_data.filter(|_| since.is_some() && !opts.full_state);
         let since_presence = since_presence.filter(|_| since.is_some() && !opts.full_state);
@@ -188,17 +187,17 @@ pub async fn sync(
         // now instead of waiting (the timed-out answer below gives the
         // heads as they are then, past what it has not seen).
         waiter.add(rooms_to_watch(&svc, &owner.user_id).await?);
-        if svc.notifier.head() != head || svc.ephemeral.head() != ephemeral_head {
+        if svc.notifier.head() != head || svc.ephemeral.head() != ephemeral_head || svc.presence.head() != presence_head
+        {
             continue;
         }
         // Receipts and typing wake their room's waiters, account data its
-        // user's (their heads move first); the e2e and presence streams
-        // still wake every parked request.
+        // user's, presence its user's and their rooms' (their heads move
+        // first); the e2e stream still wakes every parked request.
         let woken = tokio::time::timeout_at(deadline, async {
             tokio::select! {
                 _ = waiter.notified() => {}
                 _ = e2e_rx.changed() => {}
-                _ = presence_rx.changed() => {}
             }
         })
         .await;
@@ -212,7 +211,7 @@ pub async fn sync(
             next.stream = svc.notifier.head().max(since.unwrap_or_default());
             next.ephemeral = Some((*ephemeral_rx.borrow()).max(since_ephemeral.unwrap_or_default()));
             next.account_data = Some((*account_data_rx.borrow()).max(since_account_data.unwrap_or_default()));
-            next.presence = Some((*presence_rx.borrow()).max(since_presence.unwrap_or_default()));
+            next.presence = Some(svc.presence.head().max(since_presence.unwrap_or_default()));
             let mut response = Response::new(next.to_string());
             e2e.apply(&mut response);
             return Ok(response);

@@ -199,7 +199,7 @@ async fn receive_edu(svc: &Services, origin: &ruma::ServerName, edu: &serde_json
                 }
             }
         }
-        "m.presence" => crate::presence::receive_edu(svc, origin, content),
+        "m.presence" => crate::presence::receive_edu(svc, origin, content).await?,
         other => tracing::debug!(%origin, edu_type = %other, "EDU ignored"),
     }
     Ok(())

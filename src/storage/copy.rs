@@ -40,7 +40,7 @@ use super::{
 
 /// The schema version of the SQLite databases this weft writes (the
 /// number of `sqlite/schema_v*.sql` migrations).
-const SQLITE_SCHEMA_VERSION: i64 = 19;
+const SQLITE_SCHEMA_VERSION: i64 = 20;
 /// PostgreSQL tables that are not copied: set from the copied data
 /// (`stream_positions`), by the migration (`schema_version`), or held by
 /// running processes only (`duties`).
@@ -202,6 +202,8 @@ struct Sqlite {
     /// SQLite's ephemeral head (`stream_positions` 'ephemeral': receipts
     /// and typing).
     ephemeral_position: i64,
+    /// SQLite's presence head (`stream_positions` 'presence').
+    presence_position: i64,
     /// The highest value each AUTOINCREMENT table ever gave
     /// (`sqlite_sequence`): more than the highest left when rows went.
     autoincrement: HashMap<String, i64>,
@@ -323,6 +325,11 @@ fn open_sqlite(path: &Path) -> Result<Sqlite, CopyError> {
         [],
         |r| r.get(0),
     )?;
+    let presence_position = conn.query_row(
+        "SELECT COALESCE(MAX(position), 0) FROM stream_positions WHERE stream = 'presence'",
+        [],
+        |r| r.get(0),
+    )?;
     let mut autoincrement = HashMap::new();
     if all.iter().any(|(name, _)| name == "sqlite_sequence") {
         let mut stmt = conn.prepare("SELECT name, seq FROM sqlite_sequence")?;
@@ -338,6 +345,7 @@ fn open_sqlite(path: &Path) -> Result<Sqlite, CopyError> {
         e2e_position,
         events_position,
         ephemeral_position,
+        presence_position,
         autoincrement,
     })
 }
@@ -429,11 +437,12 @@ async fn check_empty(tx: &Transaction<'_>, tables: &[Table], target: &str) -> Re
             held.push(table.name.clone());
         }
     }
-    // The ephemeral stream starts at the clock, not at 0 (its positions
-    // followed a clock once); its receipts and typing are tables above.
+    // The ephemeral and presence streams start at the clock, not at 0
+    // (their positions followed a clock once); what they hold is in the
+    // tables above.
     for row in tx
         .query(
-            "SELECT stream FROM stream_positions WHERE position <> 0 AND stream <> 'ephemeral' ORDER BY stream",
+            "SELECT stream FROM stream_positions WHERE position <> 0 AND stream NOT IN ('ephemeral', 'presence') ORDER BY stream",
             &[],
         )
         .await?
@@ -555,6 +564,10 @@ async fn set_stream_positions(tx: &Transaction<'_>, sqlite: &Sqlite) -> Result<V
                 "SELECT GREATEST($1::BIGINT, (SELECT MAX(position) FROM receipts),
                                  (SELECT MAX(position) FROM typing_rooms))",
                 sqlite.ephemeral_position,
+            ),
+            "presence" => (
+                "SELECT GREATEST($1::BIGINT, (SELECT MAX(position) FROM presence))",
+                sqlite.presence_position,
             ),
             other => {
                 return Err(CopyError(format!(

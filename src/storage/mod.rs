@@ -268,6 +268,8 @@ pub enum OtherWrite {
     /// A user's account data changed at `position` (their push rules,
     /// cached, among them).
     AccountData { position: i64, user_id: OwnedUserId },
+    /// A user's presence changed at `position`.
+    Presence { position: i64, user_id: OwnedUserId },
     /// Another process queued work for a duty this process holds (events
     /// for a destination, [`federation_duty`]; for an application service,
     /// [`appservice_duty`]).
@@ -459,8 +461,8 @@ pub struct AccountData {
     pub position: i64,
 }
 
-/// A local user's presence as last changed (`crate::presence` keeps it in
-/// memory; this is what outlives a restart).
+/// A user's presence (a local user's or another server's), as last
+/// changed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PresenceRecord {
     pub user_id: OwnedUserId,
@@ -472,8 +474,50 @@ pub struct PresenceRecord {
     pub currently_active: bool,
     /// The last activity or explicit change (ms since the epoch).
     pub updated_ts: i64,
-    /// The presence stream position of the change.
+    /// The presence stream position of the last change a client would
+    /// see.
     pub position: i64,
+}
+
+impl PresenceRecord {
+    /// What storage starts from for a user it holds nothing of: offline,
+    /// never active.
+    pub fn unknown(user_id: &UserId, now: i64) -> Self {
+        PresenceRecord {
+            user_id: user_id.to_owned(),
+            state: "offline".to_owned(),
+            status_msg: None,
+            last_active_ts: 0,
+            currently_active: false,
+            updated_ts: now,
+            position: 0,
+        }
+    }
+
+    /// What a client sees of it (a change of this takes a new position).
+    pub fn visible(&self) -> (&str, Option<&str>, bool) {
+        (&self.state, self.status_msg.as_deref(), self.currently_active)
+    }
+}
+
+/// A change of one user's presence, which storage applies to what it holds
+/// (or to [`PresenceRecord::unknown`]) under that user's lock, so that
+/// changes made through several processes at once all count; it may be
+/// applied again when the write is retried. It returns whether the record
+/// must be stored although nothing a client sees changed (its times moved
+/// far enough to matter).
+pub type PresenceChange = Arc<dyn Fn(&mut PresenceRecord) -> bool + Send + Sync>;
+
+/// What [`Storage::change_presence`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PresenceWrite {
+    /// Nothing stored.
+    Unchanged,
+    /// Only the record's times were stored (no new position).
+    Touched(PresenceRecord),
+    /// A change clients see, at a new position of the presence stream
+    /// (other processes are told `<process> presence <position> <user>`).
+    Changed(PresenceRecord),
 }
 
 /// Everything weft keeps, behind one interface.
@@ -767,9 +811,18 @@ pub trait Storage:
     async fn max_account_data_position(&self) -> Result<i64>;
 
     // ----- presence -----
-    /// Records a local user's presence, unless what is stored has a newer
-    /// position.
-    async fn put_presence(&self, record: &PresenceRecord) -> Result<()>;
-    /// Every local user's stored presence.
-    async fn presence_records(&self) -> Result<Vec<PresenceRecord>>;
+    /// Applies `change` to `user_id`'s presence (see [`PresenceChange`]);
+    /// a change clients see takes its position inside the write, so
+    /// positions commit in order.
+    async fn change_presence(&self, user_id: &UserId, change: PresenceChange) -> Result<PresenceWrite>;
+    /// The records changed in `(after, up_to]` (every one up to `up_to`
+    /// without `after`), by position.
+    async fn presence_changes(&self, after: Option<i64>, up_to: i64) -> Result<Vec<PresenceRecord>>;
+    /// The records of `users` (none for a user nothing is held of).
+    async fn presence_of(&self, users: &[OwnedUserId]) -> Result<Vec<PresenceRecord>>;
+    /// The users not offline whose record was last touched before
+    /// `before_ts`: those the presence timeouts may concern.
+    async fn presence_quiet_since(&self, before_ts: i64) -> Result<Vec<OwnedUserId>>;
+    /// The newest committed position of the presence stream.
+    async fn max_presence_position(&self) -> Result<i64>;
 }

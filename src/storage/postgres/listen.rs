@@ -2,8 +2,8 @@
 //! transaction that takes a stream position notifies `weft` with it (in
 //! the same statement: `events.rs` and `live.rs` for live events,
 //! `<process> events <position> <room> <event> [<member>]`;
-//! `next_position` for account data, the e2e and the ephemeral streams,
-//! `<process> <stream> <position>`), which PostgreSQL delivers at the commit, in
+//! `next_position` for account data, the e2e, ephemeral and presence
+//! streams, `<process> <stream> <position> [<user or room>]`), which PostgreSQL delivers at the commit, in
 //! commit order, to every connection listening. A statement that rewrites
 //! a stored event (a redaction, an expiry) notifies `<process> event
 //! <event>`, and an event written elsewhere may have replaced an outlier:
@@ -165,6 +165,10 @@ fn parse(payload: &str, process: &str) -> Option<OtherWrite> {
             _ => OtherStream::AccountData,
         },
         "e2e" => OtherStream::E2e,
+        "presence" => {
+            let user_id = parts.next()?.try_into().ok()?;
+            return Some(OtherWrite::Presence { position, user_id });
+        }
         "ephemeral" => match parts.next().map(ruma::RoomId::parse) {
             Some(Ok(room_id)) => return Some(OtherWrite::Ephemeral { position, room_id }),
             _ => OtherStream::Ephemeral,
@@ -233,7 +237,14 @@ mod tests {
         );
         assert_eq!(parse("a events 12 !r:x", "a"), None);
         assert_eq!(parse("b events twelve !r:x", "a"), None);
-        assert_eq!(parse("b presence 3", "a"), None);
+        assert_eq!(parse("b presence 3", "a"), None, "a presence change names its user");
+        assert_eq!(
+            parse("b presence 4 @u:x", "a"),
+            Some(OtherWrite::Presence {
+                position: 4,
+                user_id: "@u:x".try_into().unwrap()
+            })
+        );
         assert_eq!(parse("", "a"), None);
         assert_eq!(wanted_room("b want !r:x", "a"), Some("!r:x"));
         assert_eq!(changed_event("b events 13 !r:x $e:x @u:x", "a"), Some("$e:x"));

@@ -47,7 +47,11 @@ use tokio_postgres::{Row, error::SqlState, types::ToSql};
 use super::{Result, StorageError, event_cache::EventCache};
 
 /// Migrations, in order; the `schema_version` table records how many ran.
-const MIGRATIONS: &[&str] = &[include_str!("schema_v1.sql"), include_str!("schema_v2.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("schema_v1.sql"),
+    include_str!("schema_v2.sql"),
+    include_str!("schema_v3.sql"),
+];
 
 /// Connections kept at most. Requests wait for one (up to
 /// [`POOL_WAIT`]) rather than open more.

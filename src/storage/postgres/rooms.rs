@@ -13,9 +13,9 @@ use super::{PgStorage, account_data, accounts, events, exec, history, keys, pg_w
 use crate::{
     events::Pdu,
     storage::{
-        AccountData, Device, Direction, Membership, NewTimelineEvent, Persisted, PresenceRecord, Receipt, RemoteInvite,
-        Result, RoomInfo, RoomTyping, ServerKey, StateGroupId, StateKey, StateWrite, Storage, StoredEvent,
-        StreamOrdering, TokenOwner, TopoKey, TxnKey, Typing, UserRecord,
+        AccountData, Device, Direction, Membership, NewTimelineEvent, Persisted, PresenceChange, PresenceRecord,
+        PresenceWrite, Receipt, RemoteInvite, Result, RoomInfo, RoomTyping, ServerKey, StateGroupId, StateKey,
+        StateWrite, Storage, StoredEvent, StreamOrdering, TokenOwner, TopoKey, TxnKey, Typing, UserRecord,
     },
 };
 
@@ -462,11 +462,23 @@ impl Storage for PgStorage {
         account_data::max_position(&self.client().await?).await
     }
 
-    async fn put_presence(&self, record: &PresenceRecord) -> Result<()> {
-        pg_write!(one self, |c| presence::put(&c, record).await?)
+    async fn change_presence(&self, user_id: &UserId, change: PresenceChange) -> Result<PresenceWrite> {
+        pg_write!(self, |tx| presence::change(&tx, user_id, &change).await?)
     }
 
-    async fn presence_records(&self) -> Result<Vec<PresenceRecord>> {
-        presence::all(&self.client().await?).await
+    async fn presence_changes(&self, after: Option<i64>, up_to: i64) -> Result<Vec<PresenceRecord>> {
+        presence::changes(&self.client().await?, after, up_to).await
+    }
+
+    async fn presence_of(&self, users: &[OwnedUserId]) -> Result<Vec<PresenceRecord>> {
+        presence::of(&self.client().await?, users).await
+    }
+
+    async fn presence_quiet_since(&self, before_ts: i64) -> Result<Vec<OwnedUserId>> {
+        presence::quiet_since(&self.client().await?, before_ts).await
+    }
+
+    async fn max_presence_position(&self) -> Result<i64> {
+        presence::head(&self.client().await?).await
     }
 }

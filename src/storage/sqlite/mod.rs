@@ -63,6 +63,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("schema_v17.sql"),
     include_str!("schema_v18.sql"),
     include_str!("schema_v19.sql"),
+    include_str!("schema_v20.sql"),
 ];
 
 const MAX_IDLE_READERS: usize = 4;
@@ -781,12 +782,25 @@ impl Storage for SqliteStorage {
         self.read(account_data::max_position).await
     }
 
-    async fn put_presence(&self, record: &super::PresenceRecord) -> Result<()> {
-        let record = record.clone();
-        self.write(move |tx| presence::put(tx, &record)).await
+    async fn change_presence(&self, user_id: &UserId, change: super::PresenceChange) -> Result<super::PresenceWrite> {
+        let user_id = user_id.to_owned();
+        self.write(move |tx| presence::change(tx, &user_id, &change)).await
     }
 
-    async fn presence_records(&self) -> Result<Vec<super::PresenceRecord>> {
-        self.read(presence::all).await
+    async fn presence_changes(&self, after: Option<i64>, up_to: i64) -> Result<Vec<super::PresenceRecord>> {
+        self.read(move |c| presence::changes(c, after, up_to)).await
+    }
+
+    async fn presence_of(&self, users: &[OwnedUserId]) -> Result<Vec<super::PresenceRecord>> {
+        let users = users.to_vec();
+        self.read(move |c| presence::of(c, &users)).await
+    }
+
+    async fn presence_quiet_since(&self, before_ts: i64) -> Result<Vec<OwnedUserId>> {
+        self.read(move |c| presence::quiet_since(c, before_ts)).await
+    }
+
+    async fn max_presence_position(&self) -> Result<i64> {
+        self.read(presence::head).await
     }
 }

@@ -1,64 +1,115 @@
-//! Local users' last presence (`schema_v10.sql`), read once at start.
+//! Presence, local users' and other servers' (`schema_v10.sql`,
+//! `schema_v20.sql`): a change a client sees takes its position from the
+//! `'presence'` row of `stream_positions` inside the write.
 
-use ruma::OwnedUserId;
-use rusqlite::{Connection, Transaction, params};
+use ruma::{OwnedUserId, UserId};
+use rusqlite::{Connection, OptionalExtension, Row, Transaction, params};
 
-use super::exec;
-use crate::storage::{PresenceRecord, Result, StorageError};
+use super::{exec, next_position, stream_head};
+use crate::storage::{PresenceChange, PresenceRecord, PresenceWrite, Result, StorageError, now_ms, parse};
 
-pub fn put(tx: &Transaction<'_>, record: &PresenceRecord) -> Result<()> {
+const COLUMNS: &str = "user_id, state, status_msg, last_active_ts, currently_active, updated_ts, position";
+
+/// The change applied to the user's row (the writer is alone: nothing else
+/// changes it meanwhile), then the position when a client would see it.
+pub fn change(tx: &Transaction<'_>, user_id: &UserId, change: &PresenceChange) -> Result<PresenceWrite> {
+    let held = tx
+        .prepare_cached(&format!("SELECT {COLUMNS} FROM presence WHERE user_id = ?1"))?
+        .query_row([user_id.as_str()], columns)
+        .optional()?;
+    let old = match held {
+        Some(row) => record(row)?,
+        None => PresenceRecord::unknown(user_id, now_ms()),
+    };
+    let mut new = old.clone();
+    let touched = change(&mut new);
+    let visible = new.visible() != old.visible();
+    if !visible && !touched {
+        return Ok(PresenceWrite::Unchanged);
+    }
+    new.position = match visible {
+        true => next_position(tx, "presence")?,
+        false => old.position,
+    };
     exec(
         tx,
-        "INSERT INTO presence
-             (user_id, state, status_msg, last_active_ts, currently_active, updated_ts, position)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
-         ON CONFLICT (user_id) DO UPDATE SET
-             state = excluded.state, status_msg = excluded.status_msg,
-             last_active_ts = excluded.last_active_ts,
-             currently_active = excluded.currently_active,
-             updated_ts = excluded.updated_ts, position = excluded.position
-         WHERE excluded.position > presence.position",
+        &format!(
+            "INSERT INTO presence ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+             ON CONFLICT (user_id) DO UPDATE SET
+                 state = excluded.state, status_msg = excluded.status_msg,
+                 last_active_ts = excluded.last_active_ts,
+                 currently_active = excluded.currently_active,
+                 updated_ts = excluded.updated_ts, position = excluded.position"
+        ),
         params![
-            record.user_id.as_str(),
-            record.state,
-            record.status_msg,
-            record.last_active_ts,
-            record.currently_active,
-            record.updated_ts,
-            record.position,
+            new.user_id.as_str(),
+            new.state,
+            new.status_msg,
+            new.last_active_ts,
+            new.currently_active,
+            new.updated_ts,
+            new.position,
         ],
     )?;
-    Ok(())
+    Ok(match visible {
+        true => PresenceWrite::Changed(new),
+        false => PresenceWrite::Touched(new),
+    })
 }
 
-pub fn all(c: &Connection) -> Result<Vec<PresenceRecord>> {
-    let mut stmt = c.prepare_cached(
-        "SELECT user_id, state, status_msg, last_active_ts, currently_active, updated_ts, position
-         FROM presence",
-    )?;
-    let rows = stmt.query_map([], |r| {
-        Ok((
-            r.get::<_, String>(0)?,
-            r.get::<_, String>(1)?,
-            r.get::<_, Option<String>>(2)?,
-            r.get::<_, i64>(3)?,
-            r.get::<_, bool>(4)?,
-            r.get::<_, i64>(5)?,
-            r.get::<_, i64>(6)?,
-        ))
-    })?;
-    rows.map(|row| {
-        let (user_id, state, status_msg, last_active_ts, currently_active, updated_ts, position) = row?;
-        Ok(PresenceRecord {
-            user_id: OwnedUserId::try_from(user_id)
-                .map_err(|e| StorageError::Corrupt(format!("presence user ID: {e}")))?,
-            state,
-            status_msg,
-            last_active_ts,
-            currently_active,
-            updated_ts,
-            position,
-        })
+pub fn changes(c: &Connection, after: Option<i64>, up_to: i64) -> Result<Vec<PresenceRecord>> {
+    let mut stmt = c.prepare_cached(&format!(
+        "SELECT {COLUMNS} FROM presence WHERE position > ?1 AND position <= ?2 ORDER BY position"
+    ))?;
+    let rows = stmt.query_map(params![after.unwrap_or(i64::MIN), up_to], columns)?;
+    rows.map(|row| record(row?)).collect()
+}
+
+pub fn of(c: &Connection, users: &[OwnedUserId]) -> Result<Vec<PresenceRecord>> {
+    let mut stmt = c.prepare_cached(&format!("SELECT {COLUMNS} FROM presence WHERE user_id = ?1"))?;
+    let mut records = Vec::new();
+    for user in users {
+        if let Some(row) = stmt.query_row([user.as_str()], columns).optional()? {
+            records.push(record(row)?);
+        }
+    }
+    Ok(records)
+}
+
+pub fn quiet_since(c: &Connection, before_ts: i64) -> Result<Vec<OwnedUserId>> {
+    let mut stmt = c.prepare_cached("SELECT user_id FROM presence WHERE state <> 'offline' AND updated_ts < ?1")?;
+    let rows = stmt.query_map([before_ts], |r| r.get::<_, String>(0))?;
+    rows.map(|user| parse(user?)).collect()
+}
+
+pub fn head(c: &Connection) -> Result<i64> {
+    stream_head(c, "presence")
+}
+
+type Columns = (String, String, Option<String>, i64, bool, i64, i64);
+
+fn columns(r: &Row<'_>) -> rusqlite::Result<Columns> {
+    Ok((
+        r.get(0)?,
+        r.get(1)?,
+        r.get(2)?,
+        r.get(3)?,
+        r.get(4)?,
+        r.get(5)?,
+        r.get(6)?,
+    ))
+}
+
+fn record(
+    (user_id, state, status_msg, last_active_ts, currently_active, updated_ts, position): Columns,
+) -> Result<PresenceRecord> {
+    Ok(PresenceRecord {
+        user_id: OwnedUserId::try_from(user_id).map_err(|e| StorageError::Corrupt(format!("presence user ID: {e}")))?,
+        state,
+        status_msg,
+        last_active_ts,
+        currently_active,
+        updated_ts,
+        position,
     })
-    .collect()
 }
