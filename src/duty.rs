@@ -7,11 +7,11 @@
 //! whose holder died runs out, and the first process to look takes it.
 //! Where one process runs (SQLite), every duty is its own.
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use tokio::time::Instant;
 
-use crate::storage::Storage;
+use crate::cluster::Cluster;
 
 /// How long a duty lasts unrenewed: another process takes the work over
 /// this long after its holder died (plus however long it takes to look).
@@ -22,22 +22,27 @@ const RENEW: Duration = Duration::from_secs(3);
 /// A worker's hold on its duty.
 pub struct Duty {
     name: String,
+    cluster: Arc<dyn Cluster>,
     /// When it was last taken or renewed, while held.
     renewed: Option<Instant>,
 }
 
 impl Duty {
-    pub fn new(name: String) -> Duty {
-        Duty { name, renewed: None }
+    pub fn new(name: String, cluster: Arc<dyn Cluster>) -> Duty {
+        Duty {
+            name,
+            cluster,
+            renewed: None,
+        }
     }
 
     /// Takes or renews the duty (in storage at most every [`RENEW`]);
     /// false while another process holds it.
-    pub async fn hold(&mut self, storage: &dyn Storage) -> bool {
+    pub async fn hold(&mut self) -> bool {
         if self.renewed.is_some_and(|at| at.elapsed() < RENEW) {
             return true;
         }
-        let held = match storage.hold_duty(&self.name, TTL).await {
+        let held = match self.cluster.hold_duty(&self.name, TTL).await {
             Ok(held) => held,
             Err(e) => {
                 tracing::warn!(duty = %self.name, error = %e, "cannot take or renew a duty");
@@ -50,7 +55,7 @@ impl Duty {
 
     /// Sleeps `wait`, renewing the duty meanwhile if it is held (another
     /// process would not know of the back-off).
-    pub async fn back_off(&mut self, storage: &dyn Storage, wait: Duration) {
+    pub async fn back_off(&mut self, wait: Duration) {
         let until = Instant::now() + wait;
         while self.renewed.is_some() {
             let next = (Instant::now() + RENEW).min(until);
@@ -58,7 +63,7 @@ impl Duty {
             if next >= until {
                 return;
             }
-            self.hold(storage).await;
+            self.hold().await;
         }
         tokio::time::sleep_until(until).await;
     }

@@ -60,7 +60,7 @@ impl RunningServer {
             let _ = task.await;
         }
         // Another process (or this one's restart) takes them at once.
-        if let Err(e) = self.services.storage.release_duties().await {
+        if let Err(e) = self.services.cluster.release_duties().await {
             tracing::warn!(error = %e, "giving up this process's duties");
         }
     }
@@ -144,7 +144,7 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
         source,
     })?;
     let appservices = crate::appservice::registration::load(&config.app_service_config_files, &config.server_name)?;
-    let storage = crate::storage::open(&config).await?;
+    let (storage, cluster) = crate::storage::open_with_cluster(&config).await?;
     let keys = ServerKeys::load_or_generate(&config.data_dir, config.server_name.clone())?;
     let tls_config = if config.federation_plain_http {
         None
@@ -156,12 +156,25 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
     let keys = Arc::new(keys);
     let federation = Arc::new(FederationClient::new(keys.clone(), config.federation_verify_tls)?);
     let cancel = CancellationToken::new();
-    let svc = Arc::new(Services::new(config.clone(), keys, storage, federation, appservices, cancel.clone()).await?);
+    let svc = Arc::new(
+        Services::new(
+            config.clone(),
+            keys,
+            (storage, cluster),
+            federation,
+            appservices,
+            cancel.clone(),
+        )
+        .await?,
+    );
     svc.sender.resume().await?;
     svc.appservices.create_sender_users(&*svc.storage).await?;
     svc.appservices.resume();
     tokio::spawn(crate::presence::run_sweeper(svc.clone(), cancel.clone()));
-    tokio::spawn(crate::cluster::follow_other_processes(svc.clone(), cancel.clone()));
+    tokio::spawn(crate::cluster::follow::follow_other_processes(
+        svc.clone(),
+        cancel.clone(),
+    ));
     tokio::spawn(svc.sender.clone().take_over(cancel.clone()));
     tokio::spawn({
         let (svc, cancel) = (svc.clone(), cancel.clone());

@@ -10,6 +10,7 @@ use crate::{
     accounts::{AuthSessions, RegistrationNonces, RegistrationSessions},
     appservice::{AppServices, Registration},
     backfill::Backfiller,
+    cluster::Cluster,
     config::Config,
     connections::Connections,
     devices::E2eStream,
@@ -27,10 +28,16 @@ use crate::{
     wakeups::{Topic, Wakeups},
 };
 
+/// What a request handler or background task may use. Cluster state is in
+/// `storage` (shared by every process of the server) and `cluster` (how
+/// this process coordinates with the others: `crate::cluster`); every
+/// other field is this process's own, and follows the others' writes
+/// through `crate::cluster::follow`.
 pub struct Services {
     pub config: Config,
     pub keys: Arc<ServerKeys>,
     pub storage: Arc<dyn Storage>,
+    pub cluster: Arc<dyn Cluster>,
     /// Requests to other servers.
     pub federation: Arc<FederationClient>,
     /// Other servers' signing keys.
@@ -80,7 +87,7 @@ impl Services {
     pub async fn new(
         config: Config,
         keys: Arc<ServerKeys>,
-        storage: Arc<dyn Storage>,
+        (storage, cluster): (Arc<dyn Storage>, Arc<dyn Cluster>),
         federation: Arc<FederationClient>,
         appservices: Vec<Registration>,
         cancel: tokio_util::sync::CancellationToken,
@@ -95,7 +102,7 @@ impl Services {
         let push = Push::start(storage.clone(), config.federation_verify_tls, cancel.clone());
         let appservices = AppServices::start(
             appservices,
-            storage.clone(),
+            (storage.clone(), cluster.clone()),
             config.federation_verify_tls,
             cancel.clone(),
         );
@@ -104,7 +111,7 @@ impl Services {
             keys.server_name().to_owned(),
         ));
         let sender = Sender::new(
-            storage.clone(),
+            (storage.clone(), cluster.clone()),
             joined.clone(),
             federation.clone(),
             keys.server_name().to_owned(),
@@ -135,7 +142,8 @@ impl Services {
             appservices,
             state: StateCache::new(storage.clone()),
             joined,
-            rooms: RoomLocks::new(storage.clone()),
+            rooms: RoomLocks::new(cluster.clone()),
+            cluster,
             storage,
             notifier,
             registration_nonces: RegistrationNonces::default(),

@@ -3785,8 +3785,8 @@ async fn threepid(s: Store) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_duty_is_held_by_one_process_until_it_runs_out() {
-    let sqlite = sqlite().await;
-    assert!(sqlite.storage.hold_duty("x", Duration::from_millis(1)).await.unwrap());
+    use weft::cluster::{Cluster, InProcess};
+    assert!(InProcess.hold_duty("x", Duration::from_millis(1)).await.unwrap());
     let Some(url) = database::fresh_database_url() else {
         eprintln!("WEFT_TEST_POSTGRES is not set: PostgreSQL scenario skipped");
         return;
@@ -3795,7 +3795,7 @@ async fn a_duty_is_held_by_one_process_until_it_runs_out() {
     let a = PgStorage::connect(&url).await.unwrap();
     let b = PgStorage::connect(&url).await.unwrap();
     let destination: OwnedServerName = "remote.example".try_into().unwrap();
-    let duty = weft::storage::federation_duty(&destination);
+    let duty = weft::cluster::federation_duty(&destination);
     a.queue_pdu(std::slice::from_ref(&destination), &eid("e1"))
         .await
         .unwrap();

@@ -77,7 +77,7 @@ impl AppServices {
     /// Starts a transaction sender per application service with a URL.
     pub fn start(
         registrations: Vec<Registration>,
-        storage: Arc<dyn Storage>,
+        storage: (Arc<dyn Storage>, Arc<dyn crate::cluster::Cluster>),
         verify_tls: bool,
         cancel: CancellationToken,
     ) -> AppServices {

@@ -10,7 +10,7 @@
 //! service can tell it has seen it), and a later transaction a new one.
 //!
 //! With several processes, the one holding the service's duty
-//! (`storage::appservice_duty`, `crate::duty`) sends its transactions:
+//! (`cluster::appservice_duty`, `crate::duty`) sends its transactions:
 //! two senders would each send a batch of their own, and the service
 //! would get some events twice under two transaction IDs.
 
@@ -26,8 +26,9 @@ use tokio_util::sync::CancellationToken;
 
 use super::{Registration, endpoint};
 use crate::{
+    cluster::{Cluster, appservice_duty},
     duty::Duty,
-    storage::{Storage, appservice_duty},
+    storage::Storage,
 };
 
 /// How long an application service has to acknowledge a transaction.
@@ -41,6 +42,7 @@ const MAX_RETRY_WAIT: Duration = Duration::from_secs(60);
 pub struct TransactionSender {
     registrations: Vec<Arc<Registration>>,
     storage: Arc<dyn Storage>,
+    cluster: Arc<dyn Cluster>,
     http: reqwest::Client,
     cancel: CancellationToken,
     workers: Mutex<HashMap<String, Arc<Notify>>>,
@@ -49,13 +51,14 @@ pub struct TransactionSender {
 impl TransactionSender {
     pub fn new(
         registrations: Vec<Arc<Registration>>,
-        storage: Arc<dyn Storage>,
+        (storage, cluster): (Arc<dyn Storage>, Arc<dyn Cluster>),
         http: reqwest::Client,
         cancel: CancellationToken,
     ) -> Arc<Self> {
         Arc::new(TransactionSender {
             registrations,
             storage,
+            cluster,
             http,
             cancel,
             workers: Mutex::default(),
@@ -95,7 +98,7 @@ impl TransactionSender {
 
     async fn run(&self, registration: &Registration, notify: &Notify) {
         let mut wait = FIRST_RETRY_WAIT;
-        let mut duty = Duty::new(appservice_duty(&registration.id));
+        let mut duty = Duty::new(appservice_duty(&registration.id), self.cluster.clone());
         loop {
             notify.notified().await;
             loop {
@@ -104,7 +107,7 @@ impl TransactionSender {
                     Ok(false) => break,
                     Err(e) => {
                         tracing::info!(appservice = %registration.id, error = %e, retry_in = ?wait, "transaction to application service failed");
-                        duty.back_off(&*self.storage, wait).await;
+                        duty.back_off(wait).await;
                         wait = (wait * 2).min(MAX_RETRY_WAIT);
                     }
                 }
@@ -123,7 +126,7 @@ impl TransactionSender {
         let Some(&(last, _)) = queued.last() else {
             return Ok(false);
         };
-        if !duty.hold(&*self.storage).await {
+        if !duty.hold().await {
             return Ok(false);
         }
         let ids: Vec<_> = queued.into_iter().map(|(_, id)| id).collect();

@@ -7,7 +7,7 @@
 //!
 //! With several processes, one at a time sends a destination its queued
 //! events: the one holding the destination's duty
-//! (`storage::federation_duty`, renewed while it sends or backs off, left
+//! (`cluster::federation_duty`, renewed while it sends or backs off, left
 //! to run out when idle). Another process that queues events for it
 //! notifies the holder (`OtherWrite::Queued`); a destination whose holder
 //! died is found by [`Sender::take_over`] once the duty has run out. EDUs
@@ -30,7 +30,10 @@ use tokio_util::sync::CancellationToken;
 
 use super::{FederationClient, FederationError};
 use crate::duty::Duty;
-use crate::storage::{Storage, StorageError, federation_duty};
+use crate::{
+    cluster::{Cluster, federation_duty},
+    storage::{Storage, StorageError},
+};
 
 /// Most PDUs one transaction carries (the spec's limit).
 const MAX_PDUS_PER_TRANSACTION: usize = 50;
@@ -42,6 +45,7 @@ const MAX_QUEUED_EDUS: usize = 1000;
 const MAX_RETRY_WAIT: Duration = Duration::from_secs(10 * 60);
 pub struct Sender {
     storage: Arc<dyn Storage>,
+    cluster: Arc<dyn Cluster>,
     joined: Arc<crate::state::joined::JoinedCache>,
     federation: Arc<FederationClient>,
     own_name: OwnedServerName,
@@ -54,7 +58,7 @@ pub struct Sender {
 
 impl Sender {
     pub fn new(
-        storage: Arc<dyn Storage>,
+        (storage, cluster): (Arc<dyn Storage>, Arc<dyn Cluster>),
         joined: Arc<crate::state::joined::JoinedCache>,
         federation: Arc<FederationClient>,
         own_name: OwnedServerName,
@@ -62,6 +66,7 @@ impl Sender {
     ) -> Arc<Self> {
         Arc::new(Sender {
             storage,
+            cluster,
             joined,
             federation,
             own_name,
@@ -189,7 +194,7 @@ impl Sender {
 
     /// The worker of one destination: forever, send what is queued.
     async fn run(&self, destination: &ServerName, notify: &Notify) {
-        let mut duty = Duty::new(federation_duty(destination));
+        let mut duty = Duty::new(federation_duty(destination), self.cluster.clone());
         let mut failures: u32 = 0;
         // The transaction being retried: its ID, last PDU position, EDUs.
         let mut pending: Option<(OwnedTransactionId, Option<i64>, Vec<serde_json::Value>)> = None;
@@ -203,7 +208,7 @@ impl Sender {
                 }
             };
             // Queued events are sent by the process that holds the duty.
-            if !batch.is_empty() && !duty.hold(&*self.storage).await {
+            if !batch.is_empty() && !duty.hold().await {
                 batch.clear();
             }
             let last = batch.last().map(|(position, _)| *position);
@@ -253,7 +258,7 @@ impl Sender {
                     // New events wake the worker, but it still waits out
                     // the back-off before trying again, keeping the duty
                     // (another process would not know of the back-off).
-                    duty.back_off(&*self.storage, wait).await;
+                    duty.back_off(wait).await;
                 }
             }
         }

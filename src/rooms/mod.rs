@@ -23,19 +23,20 @@ use std::sync::Arc;
 use ruma::{OwnedRoomId, RoomId};
 
 use crate::{
+    cluster::{Cluster, ClusterLock},
     error::MatrixError,
     events::build::BuildError,
     keyed_locks::KeyedLocks,
-    storage::{ClusterLock, Storage, StorageError},
+    storage::StorageError,
 };
 
 /// One lock per room: events of a room are placed one at a time, so each
 /// sees the extremities and state the previous one left. Within a process
 /// a mutex per room; across processes (PostgreSQL) the database's lock of
-/// the room too (`Storage::lock_room`), taken inside the mutex, so that at
+/// the room too (`Cluster::lock_room`), taken inside the mutex, so that at
 /// most one task per process waits for it.
 pub struct RoomLocks {
-    storage: Arc<dyn Storage>,
+    cluster: Arc<dyn Cluster>,
     locks: KeyedLocks<OwnedRoomId>,
 }
 
@@ -47,9 +48,9 @@ pub struct RoomGuard {
 }
 
 impl RoomLocks {
-    pub fn new(storage: Arc<dyn Storage>) -> RoomLocks {
+    pub fn new(cluster: Arc<dyn Cluster>) -> RoomLocks {
         RoomLocks {
-            storage,
+            cluster,
             locks: KeyedLocks::default(),
         }
     }
@@ -57,7 +58,7 @@ impl RoomLocks {
     pub async fn lock(&self, room_id: &RoomId) -> Result<RoomGuard, StorageError> {
         let local = self.locks.lock(room_id).await;
         Ok(RoomGuard {
-            _cluster: self.storage.lock_room(room_id).await?,
+            _cluster: self.cluster.lock_room(room_id).await?,
             _local: local,
         })
     }

@@ -90,9 +90,24 @@ pub(crate) fn created_room_version(pdu: &Pdu) -> Option<String> {
 /// Opens the storage the configuration names: the PostgreSQL database of
 /// `database_url`, or else the SQLite file in `data_dir`.
 pub async fn open(config: &crate::config::Config) -> Result<Arc<dyn Storage>> {
+    Ok(open_with_cluster(config).await?.0)
+}
+
+/// [`open`], with how the process coordinates with the others over that
+/// storage: the PostgreSQL storage itself, or, on SQLite (one process
+/// owns the file), [`crate::cluster::InProcess`].
+pub async fn open_with_cluster(
+    config: &crate::config::Config,
+) -> Result<(Arc<dyn Storage>, Arc<dyn crate::cluster::Cluster>)> {
     Ok(match &config.database_url {
-        Some(url) => Arc::new(postgres::PgStorage::connect_as(url, config.instance_name.as_deref()).await?),
-        None => Arc::new(sqlite::SqliteStorage::open(&config.data_dir)?),
+        Some(url) => {
+            let pg = Arc::new(postgres::PgStorage::connect_as(url, config.instance_name.as_deref()).await?);
+            (pg.clone(), pg)
+        }
+        None => (
+            Arc::new(sqlite::SqliteStorage::open(&config.data_dir)?),
+            Arc::new(crate::cluster::InProcess),
+        ),
     })
 }
 
@@ -230,9 +245,6 @@ pub enum NewCurrentState {
     Write(StateWrite),
 }
 
-/// A lock held in the database for this process, released when dropped.
-pub type ClusterLock = Box<dyn std::any::Any + Send + Sync>;
-
 /// What persisting a timeline event produced.
 #[derive(Debug, Clone)]
 pub struct Persisted {
@@ -247,45 +259,6 @@ pub struct Persisted {
     /// The event became one of the room's forward extremities (its
     /// parents, then, stopped being ones).
     pub forward_extremity: bool,
-}
-
-/// What another process wrote (see [`Storage::other_writers`]).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum OtherWrite {
-    /// An event committed at `position` of the events stream, in `room_id`;
-    /// `member`: the state key of a membership event.
-    Event {
-        position: StreamOrdering,
-        room_id: OwnedRoomId,
-        member: Option<String>,
-    },
-    /// A position of the account data stream, the e2e stream (device
-    /// list changes, to-device messages) or the ephemeral stream
-    /// (receipts, typing) committed.
-    Stream { stream: OtherStream, position: i64 },
-    /// A room's receipts or typing changed at `position`.
-    Ephemeral { position: i64, room_id: OwnedRoomId },
-    /// A user's account data changed at `position` (their push rules,
-    /// cached, among them).
-    AccountData { position: i64, user_id: OwnedUserId },
-    /// A user's presence changed at `position`.
-    Presence { position: i64, user_id: OwnedUserId },
-    /// Another process queued work for a duty this process holds (events
-    /// for a destination, [`federation_duty`]; for an application service,
-    /// [`appservice_duty`]).
-    Queued { duty: String },
-    /// What other processes wrote may have been missed (the connection
-    /// that hears them was opened anew): read the head again.
-    Resync,
-}
-
-/// A stream of [`OtherWrite::Stream`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum OtherStream {
-    AccountData,
-    E2e,
-    /// Receipts and typing.
-    Ephemeral,
 }
 
 #[derive(Debug, Clone)]
@@ -365,24 +338,6 @@ pub struct RemoteInvite {
     pub via: OwnedServerName,
     /// "invite", or "leave" once rejected (`event_id` is then the leave).
     pub membership: String,
-}
-
-/// What a process holds (`Storage::hold_duty`) while it sends to a
-/// destination: the prefix, then the server name.
-pub const FEDERATION_DUTY: &str = "federation ";
-
-/// The duty of sending to `destination`.
-pub fn federation_duty(destination: &ServerName) -> String {
-    format!("{FEDERATION_DUTY}{destination}")
-}
-
-/// What a process holds while it sends to an application service: the
-/// prefix, then the service's ID.
-pub const APPSERVICE_DUTY: &str = "appservice ";
-
-/// The duty of sending to application service `id`.
-pub fn appservice_duty(id: &str) -> String {
-    format!("{APPSERVICE_DUTY}{id}")
 }
 
 /// A read receipt.
@@ -655,31 +610,6 @@ pub trait Storage:
     async fn topo_key_at_stream(&self, room_id: &RoomId, stream: StreamOrdering) -> Result<Option<TopoKey>>;
     /// The newest live arrival order.
     async fn max_stream_ordering(&self) -> Result<StreamOrdering>;
-    /// The events other processes commit to this storage, as they commit
-    /// them (for this process's wake-ups: see `crate::cluster`); `None`
-    /// where no other process can write (SQLite: one process owns the
-    /// file). Called once, by the process's follower.
-    fn other_writers(&self) -> Option<tokio::sync::mpsc::Receiver<OtherWrite>> {
-        None
-    }
-    /// Locks the room against every other process writing to it, until the
-    /// value given is dropped (`crate::rooms::RoomLocks` takes it inside
-    /// its own, so one task per process at most waits here); `None` where
-    /// no other process can write (SQLite): the process's lock is enough.
-    async fn lock_room(&self, _room_id: &RoomId) -> Result<Option<ClusterLock>> {
-        Ok(None)
-    }
-    /// Takes or renews the background duty `duty` (e.g.
-    /// [`federation_duty`]) for this process for `ttl`; false while another
-    /// live process holds it. Where no other process runs (SQLite), the
-    /// duty is always this one's.
-    async fn hold_duty(&self, _duty: &str, _ttl: std::time::Duration) -> Result<bool> {
-        Ok(true)
-    }
-    /// Gives up every duty this process holds (it stops).
-    async fn release_duties(&self) -> Result<()> {
-        Ok(())
-    }
 
     // ----- state -----
     /// Stores a state that belongs to no event yet (resolved, or as

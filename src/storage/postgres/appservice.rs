@@ -4,10 +4,12 @@ use async_trait::async_trait;
 use ruma::{EventId, OwnedEventId};
 
 use super::{PgStorage, big, col, exec, parse, pg_write, query};
-use crate::storage::{
-    Result,
-    appservice::{AppserviceRoom, AppserviceStorage},
-    appservice_duty,
+use crate::{
+    cluster::appservice_duty,
+    storage::{
+        Result,
+        appservice::{AppserviceRoom, AppserviceStorage},
+    },
 };
 
 /// Advisory lock class of an application service's queue (the key is the

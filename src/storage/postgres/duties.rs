@@ -2,7 +2,7 @@
 //! naming the process that holds it until when (the database's clock).
 //! A process takes a duty that nobody holds or whose holder let it expire
 //! (died), and renews the ones it holds; `crate::federation_client::sender`
-//! holds [`crate::storage::federation_duty`] while it sends to a
+//! holds [`crate::cluster::federation_duty`] while it sends to a
 //! destination.
 
 use std::time::Duration;

@@ -24,8 +24,8 @@ use tokio_postgres::AsyncMessage;
 use ruma::EventId;
 
 use super::{PgStorage, locks::HeldLocks};
+use crate::cluster::{OtherStream, OtherWrite};
 use crate::storage::event_cache::EventCache;
-use crate::storage::{OtherStream, OtherWrite};
 
 /// The channel the notifications go to.
 const CHANNEL: &str = "weft";
@@ -33,7 +33,7 @@ const CHANNEL: &str = "weft";
 const RECONNECT: Duration = Duration::from_secs(1);
 
 impl PgStorage {
-    /// Starts listening (see [`crate::storage::Storage::other_writers`]);
+    /// Starts listening (see [`crate::cluster::Cluster::other_writers`]);
     /// ends when the receiver is dropped.
     pub(super) fn listen(&self) -> mpsc::Receiver<OtherWrite> {
         let (tx, rx) = mpsc::channel(1024);

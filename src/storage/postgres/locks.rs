@@ -28,7 +28,10 @@ use deadpool_postgres::{Object, Pool};
 use ruma::RoomId;
 
 use super::query_one;
-use crate::storage::{ClusterLock, Result, StorageError};
+use crate::{
+    cluster::ClusterLock,
+    storage::{Result, StorageError},
+};
 
 /// Rooms one process can hold locked at once; more wait for a connection
 /// (a lingering lock is released to make room).

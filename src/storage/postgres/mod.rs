@@ -18,6 +18,7 @@ mod account_data;
 mod accounts;
 mod appservice;
 mod backfilled;
+mod cluster;
 mod duties;
 mod e2e;
 mod ephemeral;

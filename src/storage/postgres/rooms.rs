@@ -143,14 +143,6 @@ impl Storage for PgStorage {
         Ok(room)
     }
 
-    fn other_writers(&self) -> Option<tokio::sync::mpsc::Receiver<crate::storage::OtherWrite>> {
-        Some(self.listen())
-    }
-
-    async fn lock_room(&self, room_id: &RoomId) -> Result<Option<crate::storage::ClusterLock>> {
-        self.locks.lock(room_id).await.map(Some)
-    }
-
     async fn room_version(&self, room_id: &RoomId) -> Result<Option<RoomVersionId>> {
         if let Some(version) = self.room_versions.lock().expect("room versions").get(room_id) {
             return Ok(Some(version.clone()));
@@ -379,14 +371,6 @@ impl Storage for PgStorage {
 
     async fn queued_destinations(&self) -> Result<Vec<OwnedServerName>> {
         transactions::destinations(&self.client().await?).await
-    }
-
-    async fn hold_duty(&self, duty: &str, ttl: std::time::Duration) -> Result<bool> {
-        pg_write!(one self, |c| super::duties::hold(&c, duty, &self.process, ttl).await?)
-    }
-
-    async fn release_duties(&self) -> Result<()> {
-        pg_write!(one self, |c| super::duties::release_all(&c, &self.process).await?)
     }
 
     async fn store_remote_invite(&self, invite: &RemoteInvite) -> Result<()> {

@@ -4,7 +4,10 @@
 use ruma::{EventId, OwnedEventId, OwnedServerName, RoomVersionId, ServerName, UserId};
 
 use super::{GenericClient, col, duties::NOW_MS, exec, now_ms, parse, query, query_opt};
-use crate::storage::{FEDERATION_DUTY, RemoteInvite, Result, StorageError, federation_duty};
+use crate::{
+    cluster::{FEDERATION_DUTY, federation_duty},
+    storage::{RemoteInvite, Result, StorageError},
+};
 
 /// Advisory lock class of a destination's queue (the key is the hash of
 /// its name); "wf" 2.

@@ -1,33 +1,29 @@
-//! Several weft processes over one database: what each process must hear
-//! of the others (the design is `docs/cluster.md`).
-//!
-//! Cluster state lives in the database; what a process keeps for itself
-//! (its wake-up hub, its stream heads, its caches, its room locks) must
-//! follow what the others write. Today that is the streams whose positions
-//! the database gives: each event another process commits moves this
-//! process's events head and wakes the requests it concerns, as an event
-//! written here does (`crate::rooms::persist`); account data, e2e
-//! (device lists, to-device messages) and ephemeral (receipts, typing)
-//! positions move their heads, which wake every `/sync` of this process,
-//! as a local write does; membership events drop the room from the
-//! joined-members cache; a presence change wakes its user's and their
-//! rooms' requests. Room locks are the database's (`Storage::lock_room`),
-//! and the event cache follows the others' rewrites inside storage.
+//! The follower: what a process keeps for itself (its wake-up hub, its
+//! stream heads, its caches) follows what the other processes commit, as
+//! it follows its own writes. Each event another process commits moves
+//! this process's events head and wakes the requests it concerns, as an
+//! event written here does (`crate::rooms::persist`); a receipt or typing
+//! change wakes its room's requests, account data its user's (and drops
+//! their cached push rules), a presence change its user's and their
+//! rooms'; the e2e stream moves its head; membership events drop the room
+//! from the joined-members cache; work queued for a duty this process
+//! holds wakes its worker. The event cache follows the others' rewrites
+//! inside storage.
 
 use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
 
 use crate::{
+    cluster::{APPSERVICE_DUTY, FEDERATION_DUTY, OtherStream, OtherWrite},
     services::Services,
-    storage::{APPSERVICE_DUTY, FEDERATION_DUTY, OtherStream, OtherWrite},
     wakeups::Topic,
 };
 
 /// Follows the events other processes write (nothing to follow on SQLite),
 /// until `cancel`.
 pub async fn follow_other_processes(svc: Arc<Services>, cancel: CancellationToken) {
-    let Some(mut writes) = svc.storage.other_writers() else {
+    let Some(mut writes) = svc.cluster.other_writers() else {
         return;
     };
     loop {
