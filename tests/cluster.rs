@@ -1,14 +1,22 @@
 //! Several weft processes serving one server over one PostgreSQL database
-//! (issue "Several weft processes"; `src/cluster.rs`): what one process
-//! writes (events, account data, to-device messages) reaches the requests
-//! parked on another at once, also after the connection that hears the
-//! other processes was cut. Runs where the suite
+//! (issue "Several weft processes"; `src/cluster/`): what one process
+//! writes (events, account data, to-device messages, receipts, typing,
+//! presence) reaches the requests parked on another at once, also after
+//! the connection that hears the other processes was cut; duties move to a
+//! survivor; a process killed during sends loses nothing acknowledged.
+//! Runs where the suite
 //! runs on PostgreSQL (`WEFT_TEST_POSTGRES` set, as `tools/test` does in
 //! its second pass).
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::{Duration, Instant},
+};
 
 use common::process::WeftProcess;
 use serde_json::{Value, json};
@@ -868,4 +876,170 @@ async fn three_processes_sending_at_once_give_every_event_once_in_one_order() {
         paged.reverse();
         assert_eq!(paged, seen, "{} pages the order the sync gave", user.user_id);
     }
+}
+
+/// The messages of the room (event ID, body), oldest first, as `user`
+/// pages the whole room back.
+async fn all_messages(user: &User, room: &str) -> Vec<(String, String)> {
+    let mut messages = Vec::new();
+    let mut from = String::new();
+    loop {
+        let path = format!("/_matrix/client/v3/rooms/{room}/messages?dir=b&limit=100{from}");
+        let page = user.call(reqwest::Method::GET, &path, None).await;
+        let chunk = page["chunk"].as_array().cloned().unwrap_or_default();
+        messages.extend(chunk.iter().filter(|e| e["type"] == "m.room.message").map(|e| {
+            (
+                e["event_id"].as_str().unwrap().to_owned(),
+                e["content"]["body"].as_str().unwrap().to_owned(),
+            )
+        }));
+        match page["end"].as_str() {
+            Some(end) if !chunk.is_empty() => from = format!("&from={end}"),
+            _ => break,
+        }
+    }
+    messages.reverse();
+    messages
+}
+
+/// A client sending `count` messages through `first`, and through `then`
+/// once `first` fails (a load balancer taking the dead process out): a
+/// failed send is sent again under its transaction ID. The acknowledged
+/// (body, event ID)s (counted in `progress` as they come), and the first
+/// message sent again through `then`.
+async fn send_through(
+    (first, then): (User, User),
+    room: String,
+    name: &'static str,
+    count: usize,
+    progress: Arc<AtomicUsize>,
+) -> (Vec<(String, String)>, Option<usize>) {
+    let mut acknowledged = Vec::new();
+    let mut switched = None;
+    let mut via = &first;
+    for i in 0..count {
+        let (txn, body) = (format!("{name}{i}"), format!("{name} {i}"));
+        let path = format!("/_matrix/client/v3/rooms/{room}/send/m.room.message/{txn}");
+        loop {
+            let sent = via
+                .http
+                .put(format!("{}{path}", via.base))
+                .bearer_auth(&via.token)
+                .json(&json!({ "msgtype": "m.text", "body": body }))
+                .timeout(Duration::from_secs(10))
+                .send()
+                .await;
+            match sent {
+                Ok(response) if response.status().is_success() => {
+                    let answer: Value = response.json().await.unwrap();
+                    acknowledged.push((body.clone(), answer["event_id"].as_str().unwrap().to_owned()));
+                    progress.fetch_add(1, Ordering::SeqCst);
+                    break;
+                }
+                other => {
+                    assert!(std::ptr::eq(via, &first), "{name}: the survivor failed too: {other:?}");
+                    via = &then;
+                    switched = Some(i);
+                }
+            }
+        }
+    }
+    (acknowledged, switched)
+}
+
+/// `kill -9` of one of three processes while users send through all of
+/// them: every acknowledged event is in the room once (a send retried
+/// through a survivor under its transaction ID is not made twice), the
+/// survivors keep serving and page the room alike, and the killed process
+/// serves the same room once restarted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_process_killed_during_sends_loses_nothing_acknowledged() {
+    let Some((dir, a, mut b)) = two_processes().await else {
+        return;
+    };
+    std::fs::create_dir_all(dir.path().join("c")).unwrap();
+    let mut c = a.sibling(&dir.path().join("c"));
+    c.instance_name = Some("c".to_owned());
+    c.start().await;
+    let alice = User::register(&a, "alice").await;
+    let bob = User::register(&b, "bob").await;
+    let carol = User::register(&c, "carol").await;
+    let room = alice.create_public_room().await;
+    for user in [&bob, &carol] {
+        user.join(&room).await;
+    }
+
+    const EACH: usize = 40;
+    let progress: [Arc<AtomicUsize>; 3] = Default::default();
+    let senders = [
+        tokio::spawn(send_through(
+            (alice.clone(), alice.on(&c)),
+            room.clone(),
+            "a",
+            EACH,
+            progress[0].clone(),
+        )),
+        tokio::spawn(send_through(
+            (bob.clone(), bob.on(&a)),
+            room.clone(),
+            "b",
+            EACH,
+            progress[1].clone(),
+        )),
+        tokio::spawn(send_through(
+            (carol.clone(), carol.on(&a)),
+            room.clone(),
+            "c",
+            EACH,
+            progress[2].clone(),
+        )),
+    ];
+    // B dies a quarter of the way through Bob's sends.
+    wait_until("Bob's first sends through B", Duration::from_secs(30), || {
+        progress[1].load(Ordering::SeqCst) >= EACH / 4
+    })
+    .await;
+    b.kill_9();
+    let mut acknowledged = Vec::new();
+    let mut switched = Vec::new();
+    for sender in senders {
+        let (acked, switch) = sender.await.unwrap();
+        acknowledged.extend(acked);
+        switched.push(switch);
+    }
+    assert_eq!(acknowledged.len(), 3 * EACH, "every message acknowledged in the end");
+    assert_eq!(switched[0], None, "Alice's A lived");
+    assert_eq!(switched[2], None, "Carol's C lived");
+    let bob_switched = switched[1].expect("Bob's client went to A");
+    assert!(
+        bob_switched < EACH,
+        "B died during Bob's sends (at message {bob_switched})"
+    );
+    eprintln!("Bob's client went over to A at message {bob_switched} of {EACH}");
+
+    // Each once, by the ID it was acknowledged with, on both survivors.
+    let on_a = all_messages(&alice, &room).await;
+    let on_c = all_messages(&carol, &room).await;
+    assert_eq!(on_a, on_c, "the survivors page the room alike");
+    let mut bodies: Vec<&str> = on_a.iter().map(|(_, body)| body.as_str()).collect();
+    bodies.sort();
+    let before = bodies.len();
+    bodies.dedup();
+    assert_eq!(bodies.len(), before, "no message stored twice");
+    let held: std::collections::HashMap<&str, &str> =
+        on_a.iter().map(|(id, body)| (body.as_str(), id.as_str())).collect();
+    for (body, id) in &acknowledged {
+        assert_eq!(
+            held.get(body.as_str()),
+            Some(&id.as_str()),
+            "{body} held as acknowledged"
+        );
+    }
+    assert_eq!(on_a.len(), acknowledged.len(), "nothing that was not acknowledged");
+
+    // B, restarted, serves the room as the others do, and takes sends.
+    b.start().await;
+    assert_eq!(all_messages(&bob, &room).await, on_a);
+    bob.send(&room, "after", "after the restart").await;
+    assert_eq!(all_messages(&carol, &room).await.len(), on_a.len() + 1);
 }
