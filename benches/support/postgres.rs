@@ -152,7 +152,7 @@ pub struct PgCluster {
 }
 
 impl PgCluster {
-    fn start() -> PgCluster {
+    pub fn start() -> PgCluster {
         // Under /tmp itself: as root, the server runs as the postgres user,
         // which must reach the directory.
         let dir = tempfile::Builder::new()

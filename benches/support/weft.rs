@@ -40,6 +40,8 @@ pub struct Options {
 pub struct WeftProcess {
     child: Child,
     log: PathBuf,
+    /// How it was started (for [`Self::sibling`]).
+    launch: Launch,
     pub client_base: String,
     pub server_name: String,
     /// `http://…/metrics`, when started with [`Options::metrics`].
@@ -66,6 +68,108 @@ impl Drop for WeftProcess {
     }
 }
 
+/// What a `weft serve` is started with.
+#[derive(Debug, Clone)]
+struct Launch {
+    dir: PathBuf,
+    server_name: String,
+    /// Client, federation and metrics ports.
+    ports: (u16, u16, u16),
+    database: Option<Database>,
+    options: Options,
+    /// `instance_name`, for one of several processes.
+    instance: Option<String>,
+}
+
+impl Launch {
+    fn command(&self) -> Command {
+        let (client_port, fed_port, metrics_port) = self.ports;
+        let mut cmd = Command::new(WEFT);
+        cmd.env_remove("WEFT_CONFIG")
+            .env_remove("RUST_LOG")
+            .env_remove("WEFT_DATABASE_URL")
+            .env_remove("WEFT_INSTANCE_NAME")
+            .env("WEFT_DATA_DIR", self.dir.join("data"));
+        if let Some(database) = &self.database {
+            cmd.env("WEFT_DATABASE_URL", &database.url);
+        }
+        if let Some(instance) = &self.instance {
+            cmd.env("WEFT_INSTANCE_NAME", instance);
+        }
+        cmd.env("WEFT_SERVER_NAME", &self.server_name)
+            .env("WEFT_CLIENT_LISTEN", format!("127.0.0.1:{client_port}"))
+            .env("WEFT_FEDERATION_LISTEN", format!("127.0.0.1:{fed_port}"))
+            .env("WEFT_FEDERATION_VERIFY_TLS", "false")
+            .env(
+                "WEFT_LOG",
+                std::env::var("WEFT_BENCH_WEFT_LOG").unwrap_or_else(|_| "warn".to_owned()),
+            );
+        if self.options.metrics {
+            cmd.env("WEFT_METRICS_LISTEN", format!("127.0.0.1:{metrics_port}"));
+        }
+        if self.options.open_registration {
+            cmd.env("WEFT_ALLOW_REGISTRATION", "true");
+        }
+        cmd
+    }
+
+    /// Starts `weft serve` and waits until `/versions` answers; `None`
+    /// when a port was taken meanwhile (start again on others).
+    async fn serve(self, label: &str, attempt: u32) -> Option<WeftProcess> {
+        let (client_port, _, metrics_port) = self.ports;
+        let log = self.dir.join(format!("{label}.log"));
+        let file = File::create(&log).expect("log file");
+        let child = self
+            .command()
+            .arg("serve")
+            .stdin(Stdio::null())
+            .stdout(file.try_clone().expect("log file"))
+            .stderr(file)
+            .spawn()
+            .expect("spawn weft serve");
+        let mut server = WeftProcess {
+            child,
+            log,
+            client_base: format!("http://127.0.0.1:{client_port}"),
+            server_name: self.server_name.clone(),
+            metrics: self
+                .options
+                .metrics
+                .then(|| format!("http://127.0.0.1:{metrics_port}/metrics")),
+            database: self.database.clone(),
+            http: reqwest::Client::builder()
+                .no_proxy()
+                .timeout(Duration::from_secs(300))
+                .pool_max_idle_per_host(64)
+                .build()
+                .expect("http client"),
+            launch: self,
+        };
+        let started = Instant::now();
+        loop {
+            let url = format!("{}/_matrix/client/versions", server.client_base);
+            if let Ok(res) = server.http.get(&url).send().await
+                && res.status() == StatusCode::OK
+            {
+                return Some(server);
+            }
+            if let Ok(Some(status)) = server.child.try_wait() {
+                let tail = log_tail(&server.log, 20);
+                if tail.contains("in use") && attempt < 5 {
+                    eprintln!("weft {label}: a port was taken, starting again");
+                    return None;
+                }
+                panic!("weft serve ({label}) exited during start-up ({status}):\n{tail}");
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "weft did not answer within 60 s"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+}
+
 impl WeftProcess {
     /// Registers `users` (`weft register-user`) in a new data directory
     /// under `root` and, on PostgreSQL, a new database of `backend`, then
@@ -76,37 +180,19 @@ impl WeftProcess {
     pub async fn start(root: &Path, label: &str, users: &[&str], options: Options, backend: &Backend) -> WeftProcess {
         for attempt in 1..=5 {
             let dir = root.join(format!("{label}-{}-{attempt}", backend.name()));
-            let (client_port, fed_port, metrics_port) = (free_port(), free_port(), free_port());
-            let server_name = format!("127.0.0.1:{fed_port}");
-            let database = backend.fresh_database();
-            let command = || {
-                let mut cmd = Command::new(WEFT);
-                cmd.env_remove("WEFT_CONFIG")
-                    .env_remove("RUST_LOG")
-                    .env_remove("WEFT_DATABASE_URL")
-                    .env("WEFT_DATA_DIR", dir.join("data"));
-                if let Some(database) = &database {
-                    cmd.env("WEFT_DATABASE_URL", &database.url);
-                }
-                cmd.env("WEFT_SERVER_NAME", &server_name)
-                    .env("WEFT_CLIENT_LISTEN", format!("127.0.0.1:{client_port}"))
-                    .env("WEFT_FEDERATION_LISTEN", format!("127.0.0.1:{fed_port}"))
-                    .env("WEFT_FEDERATION_VERIFY_TLS", "false")
-                    .env(
-                        "WEFT_LOG",
-                        std::env::var("WEFT_BENCH_WEFT_LOG").unwrap_or_else(|_| "warn".to_owned()),
-                    );
-                if options.metrics {
-                    cmd.env("WEFT_METRICS_LISTEN", format!("127.0.0.1:{metrics_port}"));
-                }
-                if options.open_registration {
-                    cmd.env("WEFT_ALLOW_REGISTRATION", "true");
-                }
-                cmd
+            let fed_port = free_port();
+            let launch = Launch {
+                dir: dir.clone(),
+                server_name: format!("127.0.0.1:{fed_port}"),
+                ports: (free_port(), fed_port, free_port()),
+                database: backend.fresh_database(),
+                options,
+                instance: None,
             };
             std::fs::create_dir_all(&dir).expect("data dir");
             for user in users {
-                let out = command()
+                let out = launch
+                    .command()
                     .args(["register-user", user, "--password", PASSWORD])
                     .output()
                     .expect("run weft register-user");
@@ -118,55 +204,26 @@ impl WeftProcess {
                     String::from_utf8_lossy(&out.stderr)
                 );
             }
-            let log = dir.join("weft.log");
-            let file = File::create(&log).expect("log file");
-            let child = command()
-                .arg("serve")
-                .stdin(Stdio::null())
-                .stdout(file.try_clone().expect("log file"))
-                .stderr(file)
-                .spawn()
-                .expect("spawn weft serve");
-            let mut server = WeftProcess {
-                child,
-                log,
-                client_base: format!("http://127.0.0.1:{client_port}"),
-                server_name,
-                metrics: options
-                    .metrics
-                    .then(|| format!("http://127.0.0.1:{metrics_port}/metrics")),
-                database,
-                http: reqwest::Client::builder()
-                    .no_proxy()
-                    .timeout(Duration::from_secs(300))
-                    .pool_max_idle_per_host(64)
-                    .build()
-                    .expect("http client"),
-            };
-            let started = Instant::now();
-            loop {
-                let url = format!("{}/_matrix/client/versions", server.client_base);
-                if let Ok(res) = server.http.get(&url).send().await
-                    && res.status() == StatusCode::OK
-                {
-                    return server;
-                }
-                if let Ok(Some(status)) = server.child.try_wait() {
-                    let tail = log_tail(&server.log, 20);
-                    if tail.contains("in use") && attempt < 5 {
-                        eprintln!("weft {label}: a port was taken, starting again");
-                        break;
-                    }
-                    panic!("weft serve ({label}) exited during start-up ({status}):\n{tail}");
-                }
-                assert!(
-                    started.elapsed() < Duration::from_secs(60),
-                    "weft did not answer within 60 s"
-                );
-                tokio::time::sleep(Duration::from_millis(5)).await;
+            if let Some(server) = launch.serve(label, attempt).await {
+                return server;
             }
         }
         panic!("weft {label} could not bind its ports");
+    }
+
+    /// Another process of the same server (same data directory, database
+    /// and server name; on its own ports), named `instance`: several
+    /// processes over one PostgreSQL database.
+    pub async fn sibling(&self, instance: &str) -> WeftProcess {
+        for attempt in 1..=5 {
+            let mut launch = self.launch.clone();
+            launch.ports = (free_port(), free_port(), free_port());
+            launch.instance = Some(instance.to_owned());
+            if let Some(server) = launch.serve(instance, attempt).await {
+                return server;
+            }
+        }
+        panic!("weft {instance} could not bind its ports");
     }
 
     /// Its log file.
