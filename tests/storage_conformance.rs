@@ -3824,3 +3824,47 @@ async fn a_duty_is_held_by_one_process_until_it_runs_out() {
     drop((a, b));
     database::drop_database(&url);
 }
+
+/// An outlier that a backfilled page written through one process puts in
+/// the timeline is dropped from another process's event cache, which then
+/// reads it as a timeline event (PostgreSQL only: one process owns an
+/// SQLite file).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outlier_backfilled_through_one_process_leaves_the_others_cache() {
+    use weft::cluster::Cluster;
+    let Some(url) = database::fresh_database_url() else {
+        eprintln!("WEFT_TEST_POSTGRES is not set: PostgreSQL scenario skipped");
+        return;
+    };
+    let a = PgStorage::connect(&url).await.unwrap();
+    let b = PgStorage::connect(&url).await.unwrap();
+    let _heard = a.other_writers().expect("A hears the others");
+    let room_id = rid("oc");
+    a.add_room(&room_id, &RoomVersionId::V10).await.unwrap();
+    let live = Ev::message("oc-l1", &room_id, "live").prev_ids(&["oc-p9"], 10);
+    a.persist_timeline_event(accepted(live.pdu(), empty_state())).await.unwrap();
+    // A holds p9 as an outlier (an auth event, say), and caches it so.
+    let p9 = Ev::message("oc-p9", &room_id, "older").prev_ids(&["oc-p8"], 9);
+    a.persist_outlier(p9.pdu(), None).await.unwrap();
+    assert!(a.event(&p9.id).await.unwrap().unwrap().meta.outlier);
+
+    // B writes the page that takes it into the timeline.
+    let backfilled = |e: &Ev| NewTimelineEvent {
+        backfilled: true,
+        current_state: None,
+        ..accepted(e.pdu(), empty_state())
+    };
+    let p8 = Ev::message("oc-p8", &room_id, "oldest").prev_ids(&["oc-p7"], 8);
+    b.persist_timeline_events(vec![backfilled(&p9), backfilled(&p8)])
+        .await
+        .unwrap();
+    assert!(!b.event(&p9.id).await.unwrap().unwrap().meta.outlier);
+    let started = std::time::Instant::now();
+    while a.event(&p9.id).await.unwrap().unwrap().meta.outlier {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "A still serves its cached outlier"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

@@ -124,9 +124,11 @@ async fn insert_rows(
          FROM unnest($1::bigint[], $4::text[], $5::text[], $6::text[], $7::text[], $8::bigint[], $9::bigint[],
                      $10::text[], $11::text[], $12::boolean[], $13::bigint[], $14::bigint[], $15::text[])
              AS x(pos, id, type, key, sender, depth, ts, json, rejected, soft_failed, before, after, replaces)
-         {}",
+         {}
+         RETURNING {}",
             events::EVENT_COLUMNS,
-            events::REPLACE_OUTLIER
+            events::REPLACE_OUTLIER,
+            events::OUTLIER_REPLACED,
         ),
         &[
             &positions,

@@ -256,7 +256,7 @@ async fn insert_event_row(tx: &impl GenericClient, row: EventRow<'_>) -> Result<
             "INSERT INTO events ({EVENT_COLUMNS})
              VALUES (nextval('backfill_stream'), $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)
              {REPLACE_OUTLIER}
-             RETURNING stream_ordering"
+             RETURNING stream_ordering, {OUTLIER_REPLACED}"
         ),
         &params,
     )
@@ -585,6 +585,12 @@ pub async fn txn_event(c: &impl GenericClient, txn: &TxnKey) -> Result<Option<Ow
     .map(|r| parse(col::<String>(&r, 0)?))
     .transpose()
 }
+
+/// What an insert of backfilled events ([`REPLACE_OUTLIER`]) returns: an
+/// outlier it put in the timeline (an update: `xmax` is set) is dropped
+/// from the other processes' event caches (`listen.rs`), as a rewrite is.
+pub(super) const OUTLIER_REPLACED: &str = "CASE WHEN xmax <> 0 THEN
+    pg_notify('weft', concat_ws(' ', current_setting('weft.process', TRUE), 'event', event_id)) END";
 
 /// What a statement that rewrites a stored event ends with: the other
 /// processes drop it from their event caches (`listen.rs`).
