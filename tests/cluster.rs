@@ -1043,3 +1043,77 @@ async fn a_process_killed_during_sends_loses_nothing_acknowledged() {
     bob.send(&room, "after", "after the restart").await;
     assert_eq!(all_messages(&carol, &room).await.len(), on_a.len() + 1);
 }
+
+/// A real Synapse in a room of the cluster (it knows the server by A's
+/// federation port; B sends through the destination's one duty): every
+/// event sent through either process reaches it once, in the order the
+/// processes page the room; its user's message reaches users syncing on
+/// both processes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_synapse_in_a_room_of_the_cluster() {
+    use common::synapse::{Synapse, duplicate_ids, event_ids};
+    let Some((_dir, a, b)) = two_processes().await else {
+        return;
+    };
+    let (alice, bob, room) = alice_and_bob_in_a_room(&a, &b).await;
+    let synapse = Synapse::start().await;
+    let sam = synapse.user("sam").await;
+    let query = format!("server_name={}", common::enc(&a.server_name()));
+    let (status, body) = sam.join(&room, &query).await;
+    assert_eq!(status, reqwest::StatusCode::OK, "Synapse joins through A: {body}");
+
+    // Through both processes at once.
+    let (from_a, from_b) = tokio::join!(alice.send_many(&room, "a", 10), bob.send_many(&room, "b", 10));
+    let sent: std::collections::HashSet<String> = from_a.into_iter().chain(from_b).collect();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let on_synapse = loop {
+        let events = sam.page_back_all(&room, 100).await;
+        let messages: Vec<_> = events.into_iter().filter(|e| e["type"] == "m.room.message").collect();
+        let got: std::collections::HashSet<String> = event_ids(&messages).into_iter().collect();
+        if sent.is_subset(&got) {
+            break messages;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "Synapse has {} of the {} messages",
+            got.len(),
+            sent.len()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(duplicate_ids(&on_synapse).is_empty(), "once each on Synapse");
+    let mut on_a: Vec<String> = history(&alice, &room).await;
+    on_a.retain(|id| sent.contains(id));
+    on_a.reverse();
+    let synapse_order: Vec<String> = event_ids(&on_synapse)
+        .into_iter()
+        .filter(|id| sent.contains(id))
+        .collect();
+    assert_eq!(synapse_order, on_a, "Synapse orders the messages as A pages them");
+    assert_eq!(
+        on_a.len(),
+        sent.len(),
+        "A pages every message (the newest 50 hold them all)"
+    );
+
+    // Synapse's user, to users syncing on either process.
+    let since_a = alice.sync(None, 0).await["next_batch"].as_str().unwrap().to_owned();
+    let since_b = bob.sync(None, 0).await["next_batch"].as_str().unwrap().to_owned();
+    let from_sam = sam.send_text(&room, "s1", "from Synapse").await;
+    for (user, since) in [(&alice, since_a), (&bob, since_b)] {
+        let mut since = since;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let sync = user.sync(Some(&since), 5_000).await;
+            if timeline(&sync, &room).contains(&from_sam) {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} never saw Synapse's message",
+                user.user_id
+            );
+            since = sync["next_batch"].as_str().unwrap().to_owned();
+        }
+    }
+}

@@ -3842,7 +3842,9 @@ async fn an_outlier_backfilled_through_one_process_leaves_the_others_cache() {
     let room_id = rid("oc");
     a.add_room(&room_id, &RoomVersionId::V10).await.unwrap();
     let live = Ev::message("oc-l1", &room_id, "live").prev_ids(&["oc-p9"], 10);
-    a.persist_timeline_event(accepted(live.pdu(), empty_state())).await.unwrap();
+    a.persist_timeline_event(accepted(live.pdu(), empty_state()))
+        .await
+        .unwrap();
     // A holds p9 as an outlier (an auth event, say), and caches it so.
     let p9 = Ev::message("oc-p9", &room_id, "older").prev_ids(&["oc-p8"], 9);
     a.persist_outlier(p9.pdu(), None).await.unwrap();
