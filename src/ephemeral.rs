@@ -9,9 +9,12 @@
 //! of the cluster wrote it. This process's head follows its own writes and
 //! the other processes' (`crate::cluster`).
 //!
-//! A typing timeout runs out on a timer of the process that heard of it;
-//! should that process die first, storage no longer counts the user as
-//! typing once the time has passed, but nobody is told that they stopped.
+//! A typing timeout runs out on a timer of the process that heard of it.
+//! Should that process die first, storage no longer counts the user as
+//! typing once the time has passed, and every process looks every
+//! [`SWEEP_EVERY`] for typing that ran out more than [`ORPHAN_AFTER`] ago
+//! and ends it ([`Ephemeral::end_run_out_typing`]): storage ends each once,
+//! whichever process comes first.
 
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
@@ -25,6 +28,11 @@ use crate::{
 
 /// Longest a client may say it is typing for.
 pub const MAX_TYPING_TIMEOUT: Duration = Duration::from_secs(120);
+/// How often a process looks for typing nobody ended.
+pub const SWEEP_EVERY: Duration = Duration::from_secs(5);
+/// How long after its time typing counts as left by a dead process (its
+/// own process's timer ends it at the time).
+pub const ORPHAN_AFTER: Duration = Duration::from_secs(2);
 
 /// The ephemeral stream's head in this process, and its writes.
 pub struct Ephemeral {
@@ -138,6 +146,35 @@ impl Ephemeral {
         }
         Ok(position.is_some())
     }
+
+    /// Ends the typing that ran out before `before_ms` and that nobody
+    /// ended (its process died); how many.
+    pub async fn end_run_out_typing(&self, before_ms: u64) -> Result<usize, StorageError> {
+        let mut ended = 0;
+        for (room_id, user, until) in self.storage.typing_run_out(before_ms).await? {
+            if let Some(position) = self.storage.set_typing(&room_id, &user, Typing::Expired(until)).await? {
+                self.changed_in(position, &room_id);
+                ended += 1;
+            }
+        }
+        Ok(ended)
+    }
+
+    /// Every [`SWEEP_EVERY`] until `cancel`: [`Self::end_run_out_typing`].
+    pub async fn run_sweeper(self: Arc<Self>, cancel: tokio_util::sync::CancellationToken) {
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tokio::time::sleep(SWEEP_EVERY) => {}
+            }
+            let before = now_ms().saturating_sub(ORPHAN_AFTER.as_millis() as u64);
+            match self.end_run_out_typing(before).await {
+                Ok(0) => {}
+                Ok(ended) => tracing::info!(ended, "ended typing a stopped process left running"),
+                Err(e) => tracing::info!(error = %e, "looking for typing nobody ended"),
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -174,5 +211,28 @@ mod tests {
         assert_eq!(typing.len(), 1, "the timeout is a change");
         assert!(typing[0].users.is_empty(), "timed out");
         assert!(!eph.set_typing(room, user, None).await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn typing_a_dead_process_left_is_ended_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage: Arc<dyn Storage> = Arc::new(SqliteStorage::open(dir.path()).unwrap());
+        let eph = Ephemeral::new(storage.clone(), Arc::default()).await.unwrap();
+        let room: &RoomId = "!r:x".try_into().unwrap();
+        let user: &UserId = "@u:x".try_into().unwrap();
+        // Typing whose process died before its timer ran (no timer here).
+        let until = now_ms() - 10_000;
+        storage.set_typing(room, user, Typing::Until(until)).await.unwrap();
+        let start = eph.head();
+        assert_eq!(
+            eph.end_run_out_typing(until - 1).await.unwrap(),
+            0,
+            "not run out yet then"
+        );
+        assert_eq!(eph.end_run_out_typing(now_ms()).await.unwrap(), 1);
+        let typing = storage.typing(Some(start), eph.head()).await.unwrap();
+        assert_eq!(typing.len(), 1, "the end is a change readers see");
+        assert!(typing[0].users.is_empty());
+        assert_eq!(eph.end_run_out_typing(now_ms()).await.unwrap(), 0, "once");
     }
 }

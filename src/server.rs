@@ -171,6 +171,7 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
     svc.appservices.create_sender_users(&*svc.storage).await?;
     svc.appservices.resume();
     tokio::spawn(crate::presence::run_sweeper(svc.clone(), cancel.clone()));
+    tokio::spawn(svc.ephemeral.clone().run_sweeper(cancel.clone()));
     tokio::spawn(crate::cluster::follow::follow_other_processes(
         svc.clone(),
         cancel.clone(),

@@ -1117,3 +1117,41 @@ async fn a_synapse_in_a_room_of_the_cluster() {
         }
     }
 }
+
+/// Typing a process heard of, that process killed before the timeout ran
+/// out: another process ends it (a `/sync` on B is told Alice stopped).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn typing_left_by_a_killed_process_is_ended_by_another() {
+    let Some((_dir, mut a, b)) = two_processes().await else {
+        return;
+    };
+    let (alice, bob, room) = alice_and_bob_in_a_room(&a, &b).await;
+    let typing_path = format!(
+        "/_matrix/client/v3/rooms/{room}/typing/{}",
+        alice.user_id.replace('@', "%40").replace(':', "%3A")
+    );
+    alice
+        .call(
+            reqwest::Method::PUT,
+            &typing_path,
+            Some(json!({ "typing": true, "timeout": 1000 })),
+        )
+        .await;
+    let full = bob.sync(None, 0).await;
+    let typing = ephemeral(&full, &room, "m.typing").expect("B sees Alice typing");
+    assert_eq!(typing["content"]["user_ids"], json!([alice.user_id]));
+    let killed = Instant::now();
+    a.kill_9();
+    let mut since = full["next_batch"].as_str().unwrap().to_owned();
+    loop {
+        let sync = bob.sync(Some(&since), 5_000).await;
+        if let Some(typing) = ephemeral(&sync, &room, "m.typing")
+            && typing["content"]["user_ids"] == json!([])
+        {
+            break;
+        }
+        assert!(killed.elapsed() < Duration::from_secs(30), "B never said Alice stopped");
+        since = sync["next_batch"].as_str().unwrap().to_owned();
+    }
+    eprintln!("B told its sync Alice stopped {:?} after A was killed", killed.elapsed());
+}

@@ -2208,6 +2208,11 @@ async fn typing(s: Store) {
         "the room's last change is past p1"
     );
     assert!(s.typing(Some(p2), p2).await.unwrap().is_empty());
+    // Typing left to run out: at or before a time.
+    let mut run_out = s.typing_run_out(now + 60_000).await.unwrap();
+    run_out.sort();
+    assert_eq!(run_out, [(room.clone(), bob.clone(), now + 60_000)]);
+    assert!(s.typing_run_out(now + 59_999).await.unwrap().is_empty());
     // The expiry of a renewed timeout changes nothing; the renewed one's does.
     assert_eq!(
         s.set_typing(&room, &alice, Typing::Expired(now + 60_000))

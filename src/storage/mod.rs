@@ -714,6 +714,10 @@ pub trait Storage:
     /// ever typed in if `after` is `None`), oldest change first, with who
     /// types in them now.
     async fn typing(&self, after: Option<i64>, up_to: i64) -> Result<Vec<RoomTyping>>;
+    /// Who typed where until a time at or before `before_ms`, and until
+    /// when: typing left to run out by a process that died (the process
+    /// that hears of typing ends it itself when the time comes).
+    async fn typing_run_out(&self, before_ms: u64) -> Result<Vec<(OwnedRoomId, OwnedUserId, u64)>>;
     /// The ephemeral stream's head: every position up to it is committed.
     async fn max_ephemeral_position(&self) -> Result<i64>;
 

@@ -6,7 +6,7 @@
 //! or a typing change another process is still writing. Typing is kept
 //! here, not in memory, so that a `/sync` on any process sees who types.
 
-use ruma::{RoomId, UserId};
+use ruma::{OwnedRoomId, OwnedUserId, RoomId, UserId};
 
 use super::{GenericClient, big, col, exec, next_position_of, now_ms, parse, query, query_opt, stream_head};
 use crate::storage::{Receipt, Result, RoomTyping, Typing};
@@ -142,4 +142,22 @@ pub async fn typing(c: &impl GenericClient, after: Option<i64>, up_to: i64) -> R
 
 pub async fn head(c: &impl GenericClient) -> Result<i64> {
     stream_head(c, "ephemeral").await
+}
+
+pub async fn run_out(c: &impl GenericClient, before_ms: u64) -> Result<Vec<(OwnedRoomId, OwnedUserId, u64)>> {
+    let rows = query(
+        c,
+        "SELECT room_id, user_id, until_ms FROM typing WHERE until_ms <= $1",
+        &[&big(before_ms)],
+    )
+    .await?;
+    rows.iter()
+        .map(|r| {
+            Ok((
+                parse(col::<String>(r, 0)?)?,
+                parse(col::<String>(r, 1)?)?,
+                col::<i64>(r, 2)?.max(0) as u64,
+            ))
+        })
+        .collect()
 }

@@ -410,6 +410,10 @@ impl Storage for PgStorage {
         super::ephemeral::typing(&self.client().await?, after, up_to).await
     }
 
+    async fn typing_run_out(&self, before_ms: u64) -> Result<Vec<(OwnedRoomId, OwnedUserId, u64)>> {
+        super::ephemeral::run_out(&self.client().await?, before_ms).await
+    }
+
     async fn max_ephemeral_position(&self) -> Result<i64> {
         super::ephemeral::head(&self.client().await?).await
     }

@@ -3,7 +3,7 @@
 //! connection in an immediate transaction: positions are committed in
 //! order). PostgreSQL's `ephemeral.rs` is the same, for several processes.
 
-use ruma::{RoomId, UserId};
+use ruma::{OwnedRoomId, OwnedUserId, RoomId, UserId};
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
 
 use super::{exec, next_position, now_ms, query_one, stream_head};
@@ -144,4 +144,16 @@ pub fn typing(c: &Connection, after: Option<i64>, up_to: i64) -> Result<Vec<Room
 
 pub fn head(c: &Connection) -> Result<i64> {
     stream_head(c, "ephemeral")
+}
+
+pub fn run_out(c: &Connection, before_ms: u64) -> Result<Vec<(OwnedRoomId, OwnedUserId, u64)>> {
+    let mut stmt = c.prepare_cached("SELECT room_id, user_id, until_ms FROM typing WHERE until_ms <= ?1")?;
+    let rows = stmt.query_map([i64::try_from(before_ms).unwrap_or(i64::MAX)], |r| {
+        Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, i64>(2)?))
+    })?;
+    rows.map(|row| {
+        let (room, user, until) = row?;
+        Ok((parse(room)?, parse(user)?, until.max(0) as u64))
+    })
+    .collect()
 }

@@ -727,6 +727,10 @@ impl Storage for SqliteStorage {
         self.read(move |c| ephemeral::typing(c, after, up_to)).await
     }
 
+    async fn typing_run_out(&self, before_ms: u64) -> Result<Vec<(OwnedRoomId, OwnedUserId, u64)>> {
+        self.read(move |c| ephemeral::run_out(c, before_ms)).await
+    }
+
     async fn max_ephemeral_position(&self) -> Result<i64> {
         self.read(ephemeral::head).await
     }
