@@ -8,7 +8,7 @@
 
 use std::{
     collections::{BTreeSet, HashSet},
-    sync::Mutex,
+    sync::{Arc, Mutex},
 };
 
 use ruma::{
@@ -21,28 +21,95 @@ use tokio::sync::watch;
 use crate::{
     services::Services,
     storage::{
-        StorageError,
+        Storage, StorageError,
         e2e::{DeviceKeysRecord, MASTER, RemoteDeviceList, SELF_SIGNING},
     },
+    wakeups::{Topic, Wakeups},
 };
 
-/// The head of the e2e stream; wakes `/sync` when it moves.
+/// The head of the e2e stream, and whom a change of it wakes: a
+/// to-device message its recipients' parked requests, a change of a
+/// user's keys (device list, cross-signing) the user's and those of the
+/// rooms they are joined to (whoever may see it), or the one user it is
+/// visible to. (The deprecated `/events` does not show the stream.)
 pub struct E2eStream {
     head: watch::Sender<i64>,
+    storage: Arc<dyn Storage>,
+    wakeups: Arc<Wakeups>,
     /// Remote users whose device list is being fetched in the background.
     resyncing: Mutex<HashSet<OwnedUserId>>,
 }
 
+/// Whom a change of the e2e stream concerns.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum E2eChange {
+    /// To-device messages for these users.
+    ToDevice(Vec<OwnedUserId>),
+    /// A user's keys, seen by everyone sharing a room with them, or (with
+    /// `visible_to`) by that one user.
+    Keys {
+        user_id: OwnedUserId,
+        visible_to: Option<OwnedUserId>,
+    },
+}
+
 impl E2eStream {
-    pub fn new(head: i64) -> Self {
+    pub fn new(head: i64, storage: Arc<dyn Storage>, wakeups: Arc<Wakeups>) -> Self {
         E2eStream {
             head: watch::Sender::new(head),
+            storage,
+            wakeups,
             resyncing: Mutex::default(),
         }
     }
 
-    /// A position was written (and committed): `/sync` may show it.
-    pub fn advance(&self, position: i64) {
+    /// A change committed at `position` (here or by another process): the
+    /// head moves, then the requests it concerns wake.
+    pub async fn changed(&self, position: i64, change: &E2eChange) -> Result<(), StorageError> {
+        self.advance(position);
+        let topics: Vec<Topic> = match change {
+            E2eChange::ToDevice(users) => users.iter().cloned().map(Topic::User).collect(),
+            E2eChange::Keys {
+                visible_to: Some(user), ..
+            } => vec![Topic::User(user.clone())],
+            E2eChange::Keys { user_id, .. } => {
+                let mut topics = vec![Topic::User(user_id.clone())];
+                topics.extend(
+                    self.storage
+                        .user_memberships(user_id)
+                        .await?
+                        .into_iter()
+                        .filter(|m| m.membership == "join")
+                        .map(|m| Topic::Room(m.room_id)),
+                );
+                topics
+            }
+        };
+        self.wakeups.wake(&topics);
+        Ok(())
+    }
+
+    /// [`Self::changed`] for a change of `user_id`'s keys that everyone
+    /// sharing a room with them sees.
+    pub async fn keys_changed(&self, position: i64, user_id: &UserId) -> Result<(), StorageError> {
+        let change = E2eChange::Keys {
+            user_id: user_id.to_owned(),
+            visible_to: None,
+        };
+        self.changed(position, &change).await
+    }
+
+    /// A position committed whose change is unknown (another process's
+    /// missed notifications): the head moves and every parked request
+    /// looks.
+    pub fn advance_and_wake_all(&self, position: i64) {
+        self.advance(position);
+        self.wakeups.wake_all();
+    }
+
+    /// A position was written (and committed): `/sync` may show it. Wakes
+    /// nobody: see [`Self::changed`].
+    fn advance(&self, position: i64) {
         self.head.send_if_modified(|head| {
             let newer = position > *head;
             if newer {
@@ -54,10 +121,6 @@ impl E2eStream {
 
     pub fn head(&self) -> i64 {
         *self.head.borrow()
-    }
-
-    pub fn subscribe(&self) -> watch::Receiver<i64> {
-        self.head.subscribe()
     }
 }
 
@@ -118,7 +181,7 @@ pub async fn device_changed(
     position: i64,
     deleted: bool,
 ) -> Result<(), StorageError> {
-    svc.e2e.advance(position);
+    svc.e2e.keys_changed(position, user_id).await?;
     let servers = servers_sharing_rooms(svc, user_id).await?;
     if servers.is_empty() {
         return Ok(());
@@ -162,7 +225,7 @@ pub async fn record_device_change(svc: &Services, user_id: &UserId, device_id: &
 /// `/sync` is woken and the servers sharing a room with the user are sent
 /// an `m.signing_key_update` with the master and self-signing keys.
 pub async fn signing_keys_changed(svc: &Services, user_id: &UserId, position: i64) -> Result<(), StorageError> {
-    svc.e2e.advance(position);
+    svc.e2e.keys_changed(position, user_id).await?;
     let servers = servers_sharing_rooms(svc, user_id).await?;
     if servers.is_empty() {
         return Ok(());
@@ -237,7 +300,10 @@ pub async fn resync(svc: &Services, user_id: &UserId) -> Result<RemoteDeviceList
         .replace_remote_device_list(user_id, stream_id, devices.clone(), cross_signing)
         .await
         .map_err(|e| e.to_string())?;
-    svc.e2e.advance(position);
+    svc.e2e
+        .keys_changed(position, user_id)
+        .await
+        .map_err(|e| e.to_string())?;
     Ok(RemoteDeviceList {
         stream_id,
         stale: false,
@@ -342,7 +408,7 @@ pub async fn receive_device_list_update(
         ))
     };
     let position = svc.storage.update_remote_device(&user_id, stream_id, update).await?;
-    svc.e2e.advance(position);
+    svc.e2e.keys_changed(position, &user_id).await?;
     Ok(())
 }
 
@@ -369,6 +435,6 @@ pub async fn receive_signing_key_update(
         return Ok(());
     }
     let position = svc.storage.set_cross_signing_keys(&user_id, keys).await?;
-    svc.e2e.advance(position);
+    svc.e2e.keys_changed(position, &user_id).await?;
     Ok(())
 }

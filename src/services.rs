@@ -136,7 +136,11 @@ impl Services {
             ephemeral: Ephemeral::new(storage.clone(), notifier.wakeups.clone()).await?,
             presence,
             account_data: AccountDataStream::new(storage.max_account_data_position().await?),
-            e2e: E2eStream::new(storage.max_e2e_position().await?),
+            e2e: E2eStream::new(
+                storage.max_e2e_position().await?,
+                storage.clone(),
+                notifier.wakeups.clone(),
+            ),
             metrics: Metrics::default(),
             push,
             appservices,

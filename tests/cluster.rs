@@ -1153,5 +1153,8 @@ async fn typing_left_by_a_killed_process_is_ended_by_another() {
         assert!(killed.elapsed() < Duration::from_secs(30), "B never said Alice stopped");
         since = sync["next_batch"].as_str().unwrap().to_owned();
     }
-    eprintln!("B told its sync Alice stopped {:?} after A was killed", killed.elapsed());
+    eprintln!(
+        "B told its sync Alice stopped {:?} after A was killed",
+        killed.elapsed()
+    );
 }

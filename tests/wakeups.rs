@@ -105,9 +105,10 @@ async fn a_send_wakes_only_the_syncs_it_concerns() {
         );
     }
 
-    // Typing, a read receipt, account data and presence wake whom they
-    // concern too (they woke every parked request): Bob's sync answers
-    // with Alice's typing, and no idle request builds its answer again.
+    // Typing, a read receipt, account data, presence, a to-device message
+    // and a device list change wake whom they concern too (they woke every
+    // parked request): Bob's sync answers with Alice's typing, and no idle
+    // request builds its answer again.
     let since = bob.sync("timeout=0").await["next_batch"].as_str().unwrap().to_owned();
     let bob_poll = {
         let url = format!("{}/_matrix/client/v3/sync?since={since}&timeout=60000", server.base());
@@ -150,6 +151,24 @@ async fn a_send_wakes_only_the_syncs_it_concerns() {
             Some(&json!({ "presence": "online", "status_msg": "wake" })),
         )
         .await;
+    let mut messages = serde_json::Map::new();
+    messages.insert(bob.user_id.clone(), json!({ "*": { "hello": "bob" } }));
+    alice
+        .ok(
+            reqwest::Method::PUT,
+            "/_matrix/client/v3/sendToDevice/org.example.wake/w1",
+            Some(&json!({ "messages": messages })),
+        )
+        .await;
+    let devices = alice.ok(reqwest::Method::GET, "/_matrix/client/v3/devices", None).await;
+    let device = devices["devices"][0]["device_id"].as_str().unwrap().to_owned();
+    alice
+        .ok(
+            reqwest::Method::PUT,
+            &format!("/_matrix/client/v3/devices/{device}"),
+            Some(&json!({ "display_name": "renamed" })),
+        )
+        .await;
     let answer = tokio::time::timeout(Duration::from_secs(10), bob_poll)
         .await
         .expect("bob's sync answered at once")
@@ -166,8 +185,8 @@ async fn a_send_wakes_only_the_syncs_it_concerns() {
     // (Bob's own may answer without parking: the changes can land while
     // it builds its first answer.)
     assert!(
-        rebuilt <= 4,
-        "typing, a receipt, account data and presence woke {rebuilt} parked requests: bob's only, none of the {IDLE} idle ones"
+        rebuilt <= 6,
+        "typing, a receipt, account data, presence, a to-device message and a device list change woke {rebuilt} parked requests: bob's only, none of the {IDLE} idle ones"
     );
     for poll in polls {
         poll.abort();

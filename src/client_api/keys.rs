@@ -556,7 +556,11 @@ async fn apply_signature(
         .add_cross_user_signature(signer, target, key_id, &usk_id, signature)
         .await
         .map_err(|e| e.to_string())?;
-    svc.e2e.advance(position);
+    let change = crate::devices::E2eChange::Keys {
+        user_id: target.to_owned(),
+        visible_to: Some(signer.to_owned()),
+    };
+    svc.e2e.changed(position, &change).await.map_err(|e| e.to_string())?;
     Ok(())
 }
 

@@ -125,12 +125,11 @@ pub async fn sync(
     let mut waiter = svc.notifier.wakeups.register([Topic::User(owner.user_id.clone())]);
     let mut ephemeral_rx = svc.ephemeral.subscribe();
     let mut account_data_rx = svc.account_data.subscribe();
-    let mut e2e_rx = svc.e2e.subscribe();
     loop {
         let head = svc.notifier.head();
         let ephemeral_head = *ephemeral_rx.borrow_and_update();
         let account_data_head = *account_data_rx.borrow_and_update();
-        let e2e_head = *e2e_rx.borrow_and_update();
+        let e2e_head = svc.e2e.head();
         let presence_head = svc.presence.head();
         let since_ephemeral = since_ephemeral.filter(|_| since.is_some() && !opts.full_state);
         let since_account_data = since_account_data.filter(|_| since.is_some() && !opts.full_state);
@@ -181,24 +180,25 @@ pub async fn sync(
             e2e.apply(&mut response);
             return Ok(response);
         }
-        // Only a request that parks asks for its rooms. An event, receipt
-        // or typing change of one of them stored after the heads were read
+        // Only a request that parks asks for its rooms. A change of one of
+        // them (an event, a receipt, typing, presence, keys) stored after
+        // the heads were read
         // and before the waiter watched the room moved a head: answer it
         // now instead of waiting (the timed-out answer below gives the
         // heads as they are then, past what it has not seen).
         waiter.add(rooms_to_watch(&svc, &owner.user_id).await?);
-        if svc.notifier.head() != head || svc.ephemeral.head() != ephemeral_head || svc.presence.head() != presence_head
+        if svc.notifier.head() != head
+            || svc.ephemeral.head() != ephemeral_head
+            || svc.presence.head() != presence_head
+            || svc.e2e.head() != e2e_head
         {
             continue;
         }
-        // Receipts and typing wake their room's waiters, account data its
-        // user's, presence its user's and their rooms' (their heads move
-        // first); the e2e stream still wakes every parked request.
+        // Receipts and typing wake their room's waiters; account data and
+        // to-device messages their user's; presence and key changes their
+        // user's and their rooms' (the heads move first).
         let woken = tokio::time::timeout_at(deadline, async {
-            tokio::select! {
-                _ = waiter.notified() => {}
-                _ = e2e_rx.changed() => {}
-            }
+            waiter.notified().await;
         })
         .await;
         if woken.is_ok() {

@@ -12,6 +12,7 @@ use serde_json::{Value, json};
 
 use super::extract::Ruma;
 use crate::{
+    devices::E2eChange,
     error::MatrixError,
     services::Services,
     storage::{StorageError, e2e::ToDeviceDelivery},
@@ -77,6 +78,7 @@ pub async fn send_to_device(
         }
     }
     let txn = (owner.device_id.to_string(), format!("{event_type}/{}", req.body.txn_id));
+    let recipients = recipients(&local);
     let Some(position) = svc
         .storage
         .queue_to_device(&owner.user_id, &event_type, Some(txn), local)
@@ -85,7 +87,7 @@ pub async fn send_to_device(
         // A retry: sent the first time.
         return Ok(send_event_to_device::v3::Response::new());
     };
-    svc.e2e.advance(position);
+    svc.e2e.changed(position, &E2eChange::ToDevice(recipients)).await?;
     for (server, messages) in remote {
         let edu = json!({
             "edu_type": "m.direct_to_device",
@@ -139,12 +141,21 @@ pub async fn receive_direct_to_device(
         }
     }
     let txn = (format!("federation:{origin}"), message_id.to_owned());
+    let recipients = recipients(&deliveries);
     if let Some(position) = svc
         .storage
         .queue_to_device(&sender, event_type, Some(txn), deliveries)
         .await?
     {
-        svc.e2e.advance(position);
+        svc.e2e.changed(position, &E2eChange::ToDevice(recipients)).await?;
     }
     Ok(())
+}
+
+/// The users messages go to, each once.
+fn recipients(deliveries: &[ToDeviceDelivery]) -> Vec<OwnedUserId> {
+    let mut users: Vec<OwnedUserId> = deliveries.iter().map(|d| d.user_id.clone()).collect();
+    users.sort();
+    users.dedup();
+    users
 }

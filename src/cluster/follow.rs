@@ -5,10 +5,11 @@
 //! event written here does (`crate::rooms::persist`); a receipt or typing
 //! change wakes its room's requests, account data its user's (and drops
 //! their cached push rules), a presence change its user's and their
-//! rooms'; the e2e stream moves its head; membership events drop the room
-//! from the joined-members cache; work queued for a duty this process
-//! holds wakes its worker. The event cache follows the others' rewrites
-//! inside storage.
+//! rooms', a to-device message its recipients', a change of keys its
+//! user's and their rooms' (or the one user who sees it); membership
+//! events drop the room from the joined-members cache; work queued for a
+//! duty this process holds wakes its worker. The event cache follows the
+//! others' rewrites inside storage.
 
 use std::sync::Arc;
 
@@ -58,7 +59,7 @@ async fn followed(svc: &Services, write: OtherWrite) {
                 svc.account_data.advanced(position);
                 svc.notifier.wakeups.wake_all();
             }
-            OtherStream::E2e => svc.e2e.advance(position),
+            OtherStream::E2e => svc.e2e.advance_and_wake_all(position),
             OtherStream::Ephemeral => {
                 svc.ephemeral.advanced(position);
                 svc.notifier.wakeups.wake_all();
@@ -70,6 +71,12 @@ async fn followed(svc: &Services, write: OtherWrite) {
             svc.notifier.wakeups.wake(&[Topic::User(user_id)]);
         }
         OtherWrite::Ephemeral { position, room_id } => svc.ephemeral.changed_in(position, &room_id),
+        OtherWrite::E2e { position, change } => {
+            if let Err(e) = svc.e2e.changed(position, &change).await {
+                tracing::warn!(error = %e, "reading whom another process's e2e change concerns");
+                svc.notifier.wakeups.wake_all();
+            }
+        }
         OtherWrite::Presence { position, user_id } => {
             if let Err(e) = svc.presence.changed(position, &user_id, true).await {
                 // The head moved; those concerned are woken by the next change.
@@ -107,7 +114,7 @@ async fn followed(svc: &Services, write: OtherWrite) {
                     svc.account_data.advanced(account_data);
                     svc.presence.advanced(presence);
                     svc.ephemeral.advanced(ephemeral);
-                    svc.e2e.advance(e2e);
+                    svc.e2e.advance_and_wake_all(e2e);
                     // Whatever moved, whoever it concerned: everyone looks.
                     svc.notifier.notify(events, &[]);
                     svc.notifier.wakeups.wake_all();

@@ -96,6 +96,12 @@ pub enum OtherWrite {
     AccountData { position: i64, user_id: OwnedUserId },
     /// A user's presence changed at `position`.
     Presence { position: i64, user_id: OwnedUserId },
+    /// The e2e stream moved to `position` with a change that concerns
+    /// these users (`OtherWrite::Stream` when it names nobody).
+    E2e {
+        position: i64,
+        change: crate::devices::E2eChange,
+    },
     /// Another process queued work for a duty this process holds (events
     /// for a destination, [`federation_duty`]; for an application service,
     /// [`appservice_duty`]).

@@ -1,8 +1,11 @@
 //! Devices' end-to-end keys, device lists and to-device messages.
 //!
 //! The e2e stream's head is the `'e2e'` row of `stream_positions`: a write
-//! takes its position ([`next_position`]) as late as it can, since the row
-//! stays locked, serialising e2e writers, until the transaction ends.
+//! takes its position ([`next_position_of`]) as late as it can, since the
+//! row stays locked, serialising e2e writers, until the transaction ends.
+//! Its notification says whom the change concerns: `keys <user>
+//! [<visible to>]` for a change of a user's keys, `to <user>…` for
+//! to-device messages (nobody named when they are too many: everyone looks).
 
 use std::collections::{HashMap, HashSet};
 
@@ -11,9 +14,13 @@ use ruma::{DeviceId, OwnedDeviceId, OwnedRoomId, OwnedUserId, UserId};
 use tokio_postgres::{Row, types::ToSql};
 
 use super::{
-    GenericClient, PgStorage, col, exec, next_position, now_ms, parse, pg_write, query, query_one, query_opt,
+    GenericClient, PgStorage, col, exec, next_position_of, now_ms, parse, pg_write, query, query_one, query_opt,
     read_snapshot, stream_head,
 };
+
+/// Longest list of recipients a to-device notification names (PostgreSQL
+/// takes payloads under 8,000 bytes).
+const MAX_NAMED: usize = 7_000;
 use crate::storage::{
     Device, Result, StorageError, StreamOrdering,
     e2e::{
@@ -35,7 +42,12 @@ async fn record_change_for(
     device_id: Option<&str>,
     visible_to: Option<&UserId>,
 ) -> Result<i64> {
-    let position = next_position(tx, "e2e").await?;
+    // Other processes wake whom it concerns (`listen.rs`).
+    let concerns = match visible_to {
+        Some(to) => format!("keys {user_id} {to}"),
+        None => format!("keys {user_id}"),
+    };
+    let position = next_position_of(tx, "e2e", Some(&concerns)).await?;
     exec(
         tx,
         "INSERT INTO device_list_changes (position, user_id, device_id, visible_to) VALUES ($1, $2, $3, $4)",
@@ -496,7 +508,13 @@ async fn queue_to_device(
             contents.push(m.content.as_str());
         }
     }
-    let position = next_position(tx, "e2e").await?;
+    // Other processes wake the recipients (`listen.rs`); everyone when
+    // they are too many to name in a notification.
+    let mut recipients: Vec<&str> = users.clone();
+    recipients.sort_unstable();
+    recipients.dedup();
+    let named = format!("to {}", recipients.join(" "));
+    let position = next_position_of(tx, "e2e", (named.len() < MAX_NAMED).then_some(named.as_str())).await?;
     exec(
         tx,
         "INSERT INTO to_device_messages (user_id, device_id, position, sender, event_type, content)

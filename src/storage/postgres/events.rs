@@ -547,7 +547,7 @@ pub async fn persist_outlier(tx: &impl GenericClient, pdu: &Pdu, rejected: Optio
 
 /// Gives a live event, written with a placeholder, its place in the
 /// events stream (the counter row of `stream_positions`, as
-/// [`super::next_position`] takes it, and the event's row in one
+/// [`super::next_position_of`] takes it, and the event's row in one
 /// statement). Last in its transaction: the counter row stays locked until
 /// the commit, so positions become visible in order. `room`: the room's new
 /// current state group, set in the same statement. Other processes hear of

@@ -2,9 +2,10 @@
 //! transaction that takes a stream position notifies `weft` with it (in
 //! the same statement: `events.rs` and `live.rs` for live events,
 //! `<process> events <position> <room> <event> [<member>]`;
-//! `next_position` for account data, the e2e, ephemeral and presence
-//! streams, `<process> <stream> <position> [<user or room>]`), which PostgreSQL delivers at the commit, in
-//! commit order, to every connection listening. A statement that rewrites
+//! `next_position_of` for account data, the e2e, ephemeral and presence
+//! streams, `<process> <stream> <position> [<whom it concerns>]`), which
+//! PostgreSQL delivers at the commit, in commit order, to every connection
+//! listening. A statement that rewrites
 //! a stored event (a redaction, an expiry) notifies `<process> event
 //! <event>`, and an event written elsewhere may have replaced an outlier:
 //! this process's event cache drops them. `<process> want <room>` is a
@@ -164,7 +165,10 @@ fn parse(payload: &str, process: &str) -> Option<OtherWrite> {
             Some(Ok(user_id)) => return Some(OtherWrite::AccountData { position, user_id }),
             _ => OtherStream::AccountData,
         },
-        "e2e" => OtherStream::E2e,
+        "e2e" => match e2e_change(payload) {
+            Some(change) => return Some(OtherWrite::E2e { position, change }),
+            None => OtherStream::E2e,
+        },
         "presence" => {
             let user_id = parts.next()?.try_into().ok()?;
             return Some(OtherWrite::Presence { position, user_id });
@@ -176,6 +180,27 @@ fn parse(payload: &str, process: &str) -> Option<OtherWrite> {
         _ => return None,
     };
     Some(OtherWrite::Stream { stream, position })
+}
+
+/// Whom an e2e notification names (`<process> e2e <position> keys <user>
+/// [<visible to>]` or `… to <user>…`).
+fn e2e_change(payload: &str) -> Option<crate::devices::E2eChange> {
+    use crate::devices::E2eChange;
+    let mut words = payload.split(' ').skip(3);
+    match words.next()? {
+        "keys" => {
+            let user_id = words.next()?.try_into().ok()?;
+            let visible_to = match words.next() {
+                Some(user) => Some(user.try_into().ok()?),
+                None => None,
+            };
+            Some(E2eChange::Keys { user_id, visible_to })
+        }
+        "to" => Some(E2eChange::ToDevice(
+            words.map(|u| u.try_into().ok()).collect::<Option<Vec<_>>>()?,
+        )),
+        _ => None,
+    }
 }
 
 #[cfg(test)]
@@ -238,6 +263,43 @@ mod tests {
         assert_eq!(parse("a events 12 !r:x", "a"), None);
         assert_eq!(parse("b events twelve !r:x", "a"), None);
         assert_eq!(parse("b presence 3", "a"), None, "a presence change names its user");
+        use crate::devices::E2eChange;
+        let user = |u: &str| ruma::OwnedUserId::try_from(u).unwrap();
+        assert_eq!(
+            parse("b e2e 5 keys @u:x", "a"),
+            Some(OtherWrite::E2e {
+                position: 5,
+                change: E2eChange::Keys {
+                    user_id: user("@u:x"),
+                    visible_to: None
+                }
+            })
+        );
+        assert_eq!(
+            parse("b e2e 6 keys @u:x @v:x", "a"),
+            Some(OtherWrite::E2e {
+                position: 6,
+                change: E2eChange::Keys {
+                    user_id: user("@u:x"),
+                    visible_to: Some(user("@v:x"))
+                }
+            })
+        );
+        assert_eq!(
+            parse("b e2e 7 to @u:x @v:x @w:x", "a"),
+            Some(OtherWrite::E2e {
+                position: 7,
+                change: E2eChange::ToDevice(vec![user("@u:x"), user("@v:x"), user("@w:x")])
+            })
+        );
+        assert_eq!(
+            parse("b e2e 8 to", "a"),
+            Some(OtherWrite::E2e {
+                position: 8,
+                change: E2eChange::ToDevice(Vec::new())
+            }),
+            "to nobody here"
+        );
         assert_eq!(
             parse("b presence 4 @u:x", "a"),
             Some(OtherWrite::Presence {

@@ -508,21 +508,18 @@ pub(crate) fn col<'a, T: tokio_postgres::types::FromSql<'a>>(row: &'a Row, i: us
 /// Takes the next position of `stream` (a row of `stream_positions`). The
 /// row stays locked until the transaction ends, so positions of a stream
 /// commit in the order they were taken: call it last in a transaction,
-/// just before writing the rows that carry the position.
-pub(crate) async fn next_position(tx: &impl GenericClient, stream: &str) -> Result<i64> {
-    next_position_of(tx, stream, None).await
-}
-
-/// [`next_position`] for a write of one user's (`<process> <stream>
-/// <position> <user>`: the others drop what they cache of the user).
-pub(crate) async fn next_position_of(tx: &impl GenericClient, stream: &str, user: Option<&str>) -> Result<i64> {
+/// just before writing the rows that carry the position. The other
+/// processes are told `<process> <stream> <position> [<concerns>]`, where
+/// `concerns` says whom the change concerns (a user, a room, …: see
+/// `listen.rs`).
+pub(crate) async fn next_position_of(tx: &impl GenericClient, stream: &str, concerns: Option<&str>) -> Result<i64> {
     // Other processes hear of the position at the commit (`listen.rs`).
     let row = query_one(
         tx,
         "UPDATE stream_positions SET position = position + 1 WHERE stream = $1
          RETURNING position, pg_notify('weft', concat_ws(' ',
              current_setting('weft.process', TRUE), stream, position, $2::text))::text",
-        &[&stream, &user],
+        &[&stream, &concerns],
     )
     .await?;
     col(&row, 0)
