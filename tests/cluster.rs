@@ -1158,3 +1158,42 @@ async fn typing_left_by_a_killed_process_is_ended_by_another() {
         killed.elapsed()
     );
 }
+
+/// A self-destructing message stored through A, A killed before its time:
+/// B prunes it (every process looks at the earliest expiry every few
+/// seconds; storage expires each event once).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_self_destructing_message_of_a_killed_process_is_pruned_by_another() {
+    let Some((_dir, mut a, b)) = two_processes_with(&[("WEFT_EPHEMERAL_MESSAGES", "true")]).await else {
+        return;
+    };
+    let (alice, bob, room) = alice_and_bob_in_a_room(&a, &b).await;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let body = alice
+        .call(
+            reqwest::Method::PUT,
+            &format!("/_matrix/client/v3/rooms/{room}/send/m.room.message/sd1"),
+            Some(json!({ "msgtype": "m.text", "body": "gone soon", "org.matrix.self_destruct_after": now + 1500 })),
+        )
+        .await;
+    let event_id = body["event_id"].as_str().unwrap().to_owned();
+    a.kill_9();
+    let killed = Instant::now();
+    let path = format!("/_matrix/client/v3/rooms/{room}/event/{event_id}");
+    loop {
+        let event = bob.call(reqwest::Method::GET, &path, None).await;
+        if event["content"].as_object().is_some_and(|c| c.is_empty()) {
+            break;
+        }
+        assert_eq!(event["content"]["body"], "gone soon", "{event}");
+        assert!(killed.elapsed() < Duration::from_secs(20), "B never pruned it: {event}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    eprintln!(
+        "B pruned it {:?} after A was killed (due 1.5 s after the send)",
+        killed.elapsed()
+    );
+}

@@ -1208,7 +1208,12 @@ async fn timeline_expiry(s: Store) {
     room.persist_new(e2.clone(), new).await;
     assert_eq!(s.next_expiry().await.unwrap(), Some((e2.id.clone(), 3000)));
 
-    s.expire_event(&e2.id, Some(&e2.pruned_json())).await.unwrap();
+    assert!(s.expire_event(&e2.id, Some(&e2.pruned_json())).await.unwrap());
+    assert_eq!(&*stored(&s, &e2.id).await.pdu.json, e2.pruned_json());
+    assert!(
+        !s.expire_event(&e2.id, Some("{}")).await.unwrap(),
+        "expired already (by another process): nothing written"
+    );
     assert_eq!(&*stored(&s, &e2.id).await.pdu.json, e2.pruned_json());
     assert_eq!(stored(&s, &e2.id).await.meta.redacted_by, None);
     assert_eq!(s.next_expiry().await.unwrap(), Some((e1.id.clone(), 5000)));

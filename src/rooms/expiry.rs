@@ -6,7 +6,9 @@
 //!
 //! Storage keeps the times (`event_expiry`), so a restart loses none; one
 //! task sleeps until the earliest and is woken when an event that expires
-//! sooner is stored.
+//! sooner is stored here. With several processes each looks at least
+//! every [`LOOK_EVERY`] (another process may have stored an earlier one,
+//! or died before its time came); storage expires each event once.
 
 use std::{sync::Arc, time::Duration};
 
@@ -16,6 +18,9 @@ use tokio_util::sync::CancellationToken;
 
 use super::RoomError;
 use crate::{events::Pdu, services::Services};
+
+/// The longest a process sleeps before looking at the earliest expiry.
+pub const LOOK_EVERY: Duration = Duration::from_secs(5);
 
 /// The content key naming when an event self-destructs.
 pub const SELF_DESTRUCT_AFTER: &str = "org.matrix.self_destruct_after";
@@ -59,12 +64,7 @@ pub async fn run(svc: Arc<Services>, cancel: CancellationToken) {
                 Some(Duration::from_secs(60))
             }
         };
-        let sleep = async {
-            match wait {
-                Some(wait) => tokio::time::sleep(wait).await,
-                None => std::future::pending().await,
-            }
-        };
+        let sleep = tokio::time::sleep(wait.unwrap_or(LOOK_EVERY).min(LOOK_EVERY));
         tokio::select! {
             _ = cancel.cancelled() => break,
             _ = svc.expiries.stored.notified() => {}
@@ -103,7 +103,8 @@ async fn expire(svc: &Services, event_id: &EventId) -> Result<(), RoomError> {
         }
         _ => None,
     };
-    tracing::info!(%event_id, "self-destructing message pruned");
-    svc.storage.expire_event(event_id, pruned.as_deref()).await?;
+    if svc.storage.expire_event(event_id, pruned.as_deref()).await? {
+        tracing::info!(%event_id, "self-destructing message pruned");
+    }
     Ok(())
 }

@@ -577,8 +577,10 @@ pub trait Storage:
     /// when, in milliseconds since the epoch.
     async fn next_expiry(&self) -> Result<Option<(OwnedEventId, u64)>>;
     /// Forgets `event_id`'s expiry and, given its pruned JSON, replaces the
-    /// stored JSON with it (no redaction event names it).
-    async fn expire_event(&self, event_id: &ruma::EventId, pruned_json: Option<&str>) -> Result<()>;
+    /// stored JSON with it (no redaction event names it); false when the
+    /// expiry was forgotten already (another process expired it): nothing
+    /// is written.
+    async fn expire_event(&self, event_id: &ruma::EventId, pruned_json: Option<&str>) -> Result<bool>;
     /// Replaces the stored JSON of `event_id` by its redacted form.
     async fn apply_redaction(
         &self,

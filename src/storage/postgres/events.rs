@@ -628,7 +628,18 @@ pub async fn next_expiry(c: &impl GenericClient) -> Result<Option<(OwnedEventId,
     .transpose()
 }
 
-pub async fn expire_event(tx: &impl GenericClient, event_id: &EventId, pruned_json: Option<&str>) -> Result<()> {
+/// The expiry row goes first: of several processes expiring the event at
+/// once, the one whose delete found it prunes it.
+pub async fn expire_event(tx: &impl GenericClient, event_id: &EventId, pruned_json: Option<&str>) -> Result<bool> {
+    let forgotten = exec(
+        tx,
+        "DELETE FROM event_expiry WHERE event_id = $1",
+        &[&event_id.as_str()],
+    )
+    .await?;
+    if forgotten == 0 {
+        return Ok(false);
+    }
     if let Some(json) = pruned_json {
         exec(
             tx,
@@ -637,13 +648,7 @@ pub async fn expire_event(tx: &impl GenericClient, event_id: &EventId, pruned_js
         )
         .await?;
     }
-    exec(
-        tx,
-        "DELETE FROM event_expiry WHERE event_id = $1",
-        &[&event_id.as_str()],
-    )
-    .await?;
-    Ok(())
+    Ok(true)
 }
 
 pub async fn timeline_page(

@@ -225,10 +225,10 @@ impl Storage for PgStorage {
         events::next_expiry(&self.client().await?).await
     }
 
-    async fn expire_event(&self, event_id: &EventId, pruned_json: Option<&str>) -> Result<()> {
-        pg_write!(self, |tx| events::expire_event(&tx, event_id, pruned_json).await?)?;
+    async fn expire_event(&self, event_id: &EventId, pruned_json: Option<&str>) -> Result<bool> {
+        let expired = pg_write!(self, |tx| events::expire_event(&tx, event_id, pruned_json).await?)?;
         self.events.forget(event_id);
-        Ok(())
+        Ok(expired)
     }
 
     async fn apply_redaction(&self, event_id: &EventId, redacted_json: &str, redacted_by: &EventId) -> Result<()> {

@@ -417,7 +417,15 @@ pub fn next_expiry(c: &Connection) -> Result<Option<(OwnedEventId, u64)>> {
         .transpose()
 }
 
-pub fn expire_event(tx: &Transaction<'_>, event_id: &EventId, pruned_json: Option<&str>) -> Result<()> {
+pub fn expire_event(tx: &Transaction<'_>, event_id: &EventId, pruned_json: Option<&str>) -> Result<bool> {
+    let forgotten = exec(
+        tx,
+        "DELETE FROM event_expiry WHERE event_id = ?1",
+        params![event_id.as_str()],
+    )?;
+    if forgotten == 0 {
+        return Ok(false);
+    }
     if let Some(json) = pruned_json {
         exec(
             tx,
@@ -425,12 +433,7 @@ pub fn expire_event(tx: &Transaction<'_>, event_id: &EventId, pruned_json: Optio
             params![event_id.as_str(), json],
         )?;
     }
-    exec(
-        tx,
-        "DELETE FROM event_expiry WHERE event_id = ?1",
-        params![event_id.as_str()],
-    )?;
-    Ok(())
+    Ok(true)
 }
 
 pub fn timeline_page(

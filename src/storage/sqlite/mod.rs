@@ -501,12 +501,13 @@ impl Storage for SqliteStorage {
         self.read(events::next_expiry).await
     }
 
-    async fn expire_event(&self, event_id: &EventId, pruned_json: Option<&str>) -> Result<()> {
+    async fn expire_event(&self, event_id: &EventId, pruned_json: Option<&str>) -> Result<bool> {
         let (id, json) = (event_id.to_owned(), pruned_json.map(str::to_owned));
-        self.write(move |tx| events::expire_event(tx, &id, json.as_deref()))
+        let expired = self
+            .write(move |tx| events::expire_event(tx, &id, json.as_deref()))
             .await?;
         self.events.forget(event_id);
-        Ok(())
+        Ok(expired)
     }
 
     async fn txn_event(&self, txn: &TxnKey) -> Result<Option<OwnedEventId>> {
