@@ -192,3 +192,48 @@ async fn a_send_wakes_only_the_syncs_it_concerns() {
         poll.abort();
     }
 }
+
+/// The deprecated `/events` long-poll waits on the same hub as `/sync`:
+/// registered under its user and rooms, woken by a message in one of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_events_long_poll_is_woken_by_what_concerns_it() {
+    let server = TestServer::start().await;
+    let svc = server.services().clone();
+    let alice = server.register("alice").await;
+    let bob = server.register("bob").await;
+    let room = alice.create_room(json!({ "preset": "public_chat" })).await;
+    let (status, body) = bob.join(&room).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let start = bob.ok(reqwest::Method::GET, "/_matrix/client/v3/events?timeout=0", None).await;
+    let from = start["end"].as_str().unwrap().to_owned();
+    let poll = {
+        let url = format!(
+            "{}/_matrix/client/v3/events?from={}&timeout=20000",
+            server.base(),
+            common::enc(&from)
+        );
+        let request = server.http.get(url).bearer_auth(&bob.token);
+        tokio::spawn(async move { request.send().await.unwrap().json::<serde_json::Value>().await.unwrap() })
+    };
+    let bob_topic = Topic::User(bob.user_id.as_str().try_into().unwrap());
+    let room_topic = Topic::Room(room.as_str().try_into().unwrap());
+    common::eventually(Duration::from_secs(10), "bob's /events parked", || async {
+        match (svc.notifier.wakeups.waiting(&bob_topic), svc.notifier.wakeups.waiting(&room_topic)) {
+            (1, 1) => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    let (status, body) = alice.send_text(&room, "e1", "wake up").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let answer = tokio::time::timeout(Duration::from_secs(10), poll)
+        .await
+        .expect("woken long before its 20 s")
+        .unwrap();
+    assert!(
+        answer["chunk"]
+            .as_array()
+            .is_some_and(|c| c.iter().any(|e| e["content"]["body"] == "wake up")),
+        "{answer}"
+    );
+}

@@ -29,6 +29,7 @@ use crate::{
     services::Services,
     storage::{StoredEvent, StreamOrdering, TokenOwner},
     visibility,
+    wakeups::Topic,
 };
 
 const MAX_TIMEOUT: Duration = Duration::from_secs(120);
@@ -93,6 +94,9 @@ pub async fn events(State(svc): State<Arc<Services>>, req: Request) -> Result<Js
     }
     // Polling the event stream is activity, as a `/sync` is.
     presence::sync_activity(&svc, &owner.user_id, &ruma::presence::PresenceState::Online).await?;
+    // Woken by what concerns the user, registered before any head is read
+    // (its rooms' topics before the first round: see crate::wakeups).
+    let mut waiter = svc.notifier.wakeups.register([Topic::User(owner.user_id.clone())]);
     let mut head_rx = svc.notifier.subscribe();
     let mut presence_rx = svc.presence.subscribe();
     let mut ephemeral_rx = svc.ephemeral.subscribe();
@@ -132,6 +136,7 @@ pub async fn events(State(svc): State<Arc<Services>>, req: Request) -> Result<Js
             .map(|m| m.room_id)
             .collect(),
     };
+    waiter.add(rooms.iter().cloned().map(Topic::Room));
     let timeout = Duration::from_millis(query.timeout.unwrap_or_default()).min(MAX_TIMEOUT);
     let limit = query.limit.unwrap_or(MAX_EVENTS).clamp(1, MAX_EVENTS);
     let deadline = tokio::time::Instant::now() + timeout;
@@ -179,15 +184,7 @@ pub async fn events(State(svc): State<Arc<Services>>, req: Request) -> Result<Js
                 "chunk": chunk,
             })));
         }
-        let woken = tokio::time::timeout_at(deadline, async {
-            tokio::select! {
-                _ = head_rx.changed() => {}
-                _ = presence_rx.changed() => {}
-                _ = ephemeral_rx.changed() => {}
-                _ = account_data_rx.changed(), if own_stream => {}
-            }
-        })
-        .await;
+        let woken = tokio::time::timeout_at(deadline, waiter.notified()).await;
         if woken.is_err() {
             // Timed out: nothing new up to the heads as last looked at.
             return Ok(Json(json!({
