@@ -419,7 +419,8 @@ impl Presence {
             .lock()
             .expect("presence lock")
             .retain(|_, k| matches!(k, Known::Record(r) if now - r.updated_ts < ms(OFFLINE_AFTER)));
-        let quiet = self.storage.presence_quiet_since(now - ms(IDLE_AFTER)).await?;
+        let offline = ms(OFFLINE_AFTER.min(REMOTE_EXPIRY));
+        let quiet = self.storage.presence_quiet(now - ms(IDLE_AFTER), now - offline).await?;
         let mut changed = Vec::new();
         for user in quiet {
             let local = user.server_name() == self.own_name;

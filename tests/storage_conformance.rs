@@ -2396,23 +2396,34 @@ async fn presence(s: Store) {
         [(alice.clone(), start + 1)]
     );
 
-    // The timeouts' candidates: not offline, quiet since before the time.
-    let mut quiet = s.presence_quiet_since(1_011).await.unwrap();
+    // The timeouts' candidates: online and quiet since before the idle
+    // time, or not offline and quiet since before the offline time.
+    let mut quiet = s.presence_quiet(1_011, 0).await.unwrap();
     quiet.sort();
     assert_eq!(quiet, vec![alice.clone()], "bob's record was touched now");
+    let away = presence_change(|r| {
+        r.state = "unavailable".to_owned();
+        false
+    });
+    s.change_presence(&alice, away).await.unwrap();
+    assert!(
+        s.presence_quiet(1_011, 0).await.unwrap().is_empty(),
+        "not online: idle already"
+    );
+    assert_eq!(s.presence_quiet(1_011, 1_011).await.unwrap(), vec![alice.clone()]);
     let offline = presence_change(|r| {
         r.state = "offline".to_owned();
         r.currently_active = false;
         false
     });
     s.change_presence(&alice, offline).await.unwrap();
-    assert!(s.presence_quiet_since(1_011).await.unwrap().is_empty());
+    assert!(s.presence_quiet(1_011, 1_011).await.unwrap().is_empty());
     // Alice moved: her old position shows nothing.
     assert_eq!(
         positions(s.presence_changes(Some(start), start + 2).await.unwrap()),
         [(bob.clone(), start + 2)]
     );
-    assert_eq!(s.max_presence_position().await.unwrap(), start + 3);
+    assert_eq!(s.max_presence_position().await.unwrap(), start + 4);
 }
 
 /// Changes of one user's presence made at once (through several

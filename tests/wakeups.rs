@@ -204,7 +204,9 @@ async fn an_events_long_poll_is_woken_by_what_concerns_it() {
     let room = alice.create_room(json!({ "preset": "public_chat" })).await;
     let (status, body) = bob.join(&room).await;
     assert_eq!(status, StatusCode::OK, "{body}");
-    let start = bob.ok(reqwest::Method::GET, "/_matrix/client/v3/events?timeout=0", None).await;
+    let start = bob
+        .ok(reqwest::Method::GET, "/_matrix/client/v3/events?timeout=0", None)
+        .await;
     let from = start["end"].as_str().unwrap().to_owned();
     let poll = {
         let url = format!(
@@ -218,7 +220,10 @@ async fn an_events_long_poll_is_woken_by_what_concerns_it() {
     let bob_topic = Topic::User(bob.user_id.as_str().try_into().unwrap());
     let room_topic = Topic::Room(room.as_str().try_into().unwrap());
     common::eventually(Duration::from_secs(10), "bob's /events parked", || async {
-        match (svc.notifier.wakeups.waiting(&bob_topic), svc.notifier.wakeups.waiting(&room_topic)) {
+        match (
+            svc.notifier.wakeups.waiting(&bob_topic),
+            svc.notifier.wakeups.waiting(&room_topic),
+        ) {
             (1, 1) => Ok(()),
             other => Err(format!("{other:?}")),
         }

@@ -756,9 +756,10 @@ pub trait Storage:
     async fn presence_changes(&self, after: Option<i64>, up_to: i64) -> Result<Vec<PresenceRecord>>;
     /// The records of `users` (none for a user nothing is held of).
     async fn presence_of(&self, users: &[OwnedUserId]) -> Result<Vec<PresenceRecord>>;
-    /// The users not offline whose record was last touched before
-    /// `before_ts`: those the presence timeouts may concern.
-    async fn presence_quiet_since(&self, before_ts: i64) -> Result<Vec<OwnedUserId>>;
+    /// Those the presence timeouts may concern: the users online whose
+    /// record was last touched before `idle_before`, and those not offline
+    /// last touched before `offline_before`.
+    async fn presence_quiet(&self, idle_before: i64, offline_before: i64) -> Result<Vec<OwnedUserId>>;
     /// The newest committed position of the presence stream.
     async fn max_presence_position(&self) -> Result<i64>;
 }

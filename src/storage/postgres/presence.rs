@@ -114,11 +114,12 @@ pub async fn of(c: &impl GenericClient, users: &[OwnedUserId]) -> Result<Vec<Pre
     rows.iter().map(record).collect()
 }
 
-pub async fn quiet_since(c: &impl GenericClient, before_ts: i64) -> Result<Vec<OwnedUserId>> {
+pub async fn quiet(c: &impl GenericClient, idle_before: i64, offline_before: i64) -> Result<Vec<OwnedUserId>> {
     let rows = query(
         c,
-        "SELECT user_id FROM presence WHERE state <> 'offline' AND updated_ts < $1",
-        &[&before_ts],
+        "SELECT user_id FROM presence WHERE state <> 'offline'
+             AND updated_ts < $2 AND (state = 'online' OR updated_ts < $1)",
+        &[&offline_before, &idle_before],
     )
     .await?;
     rows.iter().map(|r| parse(col::<String>(r, 0)?)).collect()

@@ -462,8 +462,8 @@ impl Storage for PgStorage {
         presence::of(&self.client().await?, users).await
     }
 
-    async fn presence_quiet_since(&self, before_ts: i64) -> Result<Vec<OwnedUserId>> {
-        presence::quiet_since(&self.client().await?, before_ts).await
+    async fn presence_quiet(&self, idle_before: i64, offline_before: i64) -> Result<Vec<OwnedUserId>> {
+        presence::quiet(&self.client().await?, idle_before, offline_before).await
     }
 
     async fn max_presence_position(&self) -> Result<i64> {

@@ -801,8 +801,9 @@ impl Storage for SqliteStorage {
         self.read(move |c| presence::of(c, &users)).await
     }
 
-    async fn presence_quiet_since(&self, before_ts: i64) -> Result<Vec<OwnedUserId>> {
-        self.read(move |c| presence::quiet_since(c, before_ts)).await
+    async fn presence_quiet(&self, idle_before: i64, offline_before: i64) -> Result<Vec<OwnedUserId>> {
+        self.read(move |c| presence::quiet(c, idle_before, offline_before))
+            .await
     }
 
     async fn max_presence_position(&self) -> Result<i64> {

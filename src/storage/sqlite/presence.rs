@@ -76,9 +76,12 @@ pub fn of(c: &Connection, users: &[OwnedUserId]) -> Result<Vec<PresenceRecord>> 
     Ok(records)
 }
 
-pub fn quiet_since(c: &Connection, before_ts: i64) -> Result<Vec<OwnedUserId>> {
-    let mut stmt = c.prepare_cached("SELECT user_id FROM presence WHERE state <> 'offline' AND updated_ts < ?1")?;
-    let rows = stmt.query_map([before_ts], |r| r.get::<_, String>(0))?;
+pub fn quiet(c: &Connection, idle_before: i64, offline_before: i64) -> Result<Vec<OwnedUserId>> {
+    let mut stmt = c.prepare_cached(
+        "SELECT user_id FROM presence WHERE state <> 'offline'
+             AND updated_ts < ?2 AND (state = 'online' OR updated_ts < ?1)",
+    )?;
+    let rows = stmt.query_map([offline_before, idle_before], |r| r.get::<_, String>(0))?;
     rows.map(|user| parse(user?)).collect()
 }
 
