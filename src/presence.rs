@@ -266,9 +266,8 @@ impl Presence {
         change: impl Fn(&mut PresenceRecord) -> bool + Send + Sync + 'static,
     ) -> Result<Option<Status>, StorageError> {
         let written = self.storage.change_presence(user, Arc::new(change)).await?;
-        let (PresenceWrite::Touched(record) | PresenceWrite::Changed(record)) = &written else {
-            return Ok(None);
-        };
+        let (PresenceWrite::Unchanged(record) | PresenceWrite::Touched(record) | PresenceWrite::Changed(record)) =
+            &written;
         {
             let mut known = self.known.lock().expect("presence lock");
             if known.get(user).is_none_or(|k| k.position() <= record.position) {

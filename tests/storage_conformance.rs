@@ -2346,7 +2346,10 @@ async fn presence(s: Store) {
     };
     assert_eq!(first.position, start + 1);
     assert_eq!(s.max_presence_position().await.unwrap(), start + 1);
-    assert_eq!(s.presence_of(&[alice.clone(), bob.clone()]).await.unwrap(), vec![first]);
+    assert_eq!(
+        s.presence_of(&[alice.clone(), bob.clone()]).await.unwrap(),
+        vec![first.clone()]
+    );
 
     // Times only: stored when the change asks, without a position.
     let touch = |store: bool| {
@@ -2358,7 +2361,8 @@ async fn presence(s: Store) {
     };
     assert_eq!(
         s.change_presence(&alice, touch(false)).await.unwrap(),
-        PresenceWrite::Unchanged
+        PresenceWrite::Unchanged(first.clone()),
+        "nothing stored; what is held"
     );
     let PresenceWrite::Touched(touched) = s.change_presence(&alice, touch(true)).await.unwrap() else {
         panic!("times stored");

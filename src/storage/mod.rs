@@ -466,8 +466,8 @@ pub type PresenceChange = Arc<dyn Fn(&mut PresenceRecord) -> bool + Send + Sync>
 /// What [`Storage::change_presence`] did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PresenceWrite {
-    /// Nothing stored.
-    Unchanged,
+    /// Nothing stored; what is held (the unknown record if nothing is).
+    Unchanged(PresenceRecord),
     /// Only the record's times were stored (no new position).
     Touched(PresenceRecord),
     /// A change clients see, at a new position of the presence stream

@@ -31,7 +31,7 @@ pub async fn change(tx: &impl GenericClient, user_id: &UserId, change: &Presence
         let touched = change(&mut new);
         let visible = new.visible() != old.visible();
         if !visible && !touched {
-            return Ok(PresenceWrite::Unchanged);
+            return Ok(PresenceWrite::Unchanged(old));
         }
         new.position = old.position;
         // A first record: another process may be writing one too, which

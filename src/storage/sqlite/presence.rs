@@ -25,7 +25,7 @@ pub fn change(tx: &Transaction<'_>, user_id: &UserId, change: &PresenceChange) -
     let touched = change(&mut new);
     let visible = new.visible() != old.visible();
     if !visible && !touched {
-        return Ok(PresenceWrite::Unchanged);
+        return Ok(PresenceWrite::Unchanged(old));
     }
     new.position = match visible {
         true => next_position(tx, "presence")?,
