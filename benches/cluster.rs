@@ -191,11 +191,11 @@ async fn run(s: &Settings, backend: &Backend, n: usize) -> Report {
     report.row("send latency", Latencies::new(latencies).summary());
     report.row(
         "CPU per send",
-        format!(
-            "{} (weft {} + PostgreSQL {})",
-            ms((after.0 + after.1 - before.0 - before.1) / sent as u32),
-            ms((after.0 - before.0) / sent as u32),
-            ms((after.1 - before.1) / sent as u32)
+        backend.cpu_split(
+            (after.0 - before.0) / sent as u32,
+            (after.1 - before.1) / sent as u32,
+            "weft",
+            ms,
         ),
     );
 
@@ -261,11 +261,11 @@ async fn run(s: &Settings, backend: &Backend, n: usize) -> Report {
     let woken = s.rounds * s.syncers;
     report.row(
         "CPU per sync answered",
-        format!(
-            "{} (weft {} + PostgreSQL {})",
-            ms((after.0 + after.1 - before.0 - before.1) / woken as u32),
-            ms((after.0 - before.0) / woken as u32),
-            ms((after.1 - before.1) / woken as u32)
+        backend.cpu_split(
+            (after.0 - before.0) / woken as u32,
+            (after.1 - before.1) / woken as u32,
+            "weft",
+            ms,
         ),
     );
     report.row("load average at the end", load_average());

@@ -12,7 +12,6 @@ use std::collections::HashSet;
 
 use ruma::{OwnedUserId, RoomId, UserId};
 use serde_json::{Map, Value};
-use tokio::sync::watch;
 
 use crate::{error::MatrixError, events::Pdu, services::Services, wakeups::Topic};
 
@@ -27,7 +26,7 @@ pub const IGNORED_USER_LIST: &str = "m.ignored_user_list";
 /// The head of the account data stream, and the lock that makes
 /// read-modify-write changes (tags) atomic.
 pub struct AccountDataStream {
-    head: watch::Sender<i64>,
+    head: crate::wakeups::StreamHead,
     writes: tokio::sync::Mutex<()>,
 }
 
@@ -35,28 +34,18 @@ impl AccountDataStream {
     /// `stored`: the newest position in storage.
     pub fn new(stored: i64) -> Self {
         AccountDataStream {
-            head: watch::Sender::new(stored),
+            head: crate::wakeups::StreamHead::new(stored),
             writes: tokio::sync::Mutex::new(()),
         }
     }
 
     pub fn head(&self) -> i64 {
-        *self.head.borrow()
-    }
-
-    pub fn subscribe(&self) -> watch::Receiver<i64> {
-        self.head.subscribe()
+        self.head.get()
     }
 
     /// A position was written (and committed): `/sync` may show it.
     pub fn advanced(&self, position: i64) {
-        self.head.send_if_modified(|head| {
-            let newer = position > *head;
-            if newer {
-                *head = position;
-            }
-            newer
-        });
+        self.head.advance(position);
     }
 }
 

@@ -16,7 +16,6 @@ use ruma::{
     api::federation::device::get_devices,
 };
 use serde_json::{Value, json};
-use tokio::sync::watch;
 
 use crate::{
     services::Services,
@@ -24,7 +23,7 @@ use crate::{
         Storage, StorageError,
         e2e::{DeviceKeysRecord, MASTER, RemoteDeviceList, SELF_SIGNING},
     },
-    wakeups::{Topic, Wakeups},
+    wakeups::{StreamHead, Topic, Wakeups},
 };
 
 /// The head of the e2e stream, and whom a change of it wakes: a
@@ -33,7 +32,7 @@ use crate::{
 /// rooms they are joined to (whoever may see it), or the one user it is
 /// visible to. (The deprecated `/events` does not show the stream.)
 pub struct E2eStream {
-    head: watch::Sender<i64>,
+    head: StreamHead,
     storage: Arc<dyn Storage>,
     wakeups: Arc<Wakeups>,
     /// Remote users whose device list is being fetched in the background.
@@ -56,7 +55,7 @@ pub enum E2eChange {
 impl E2eStream {
     pub fn new(head: i64, storage: Arc<dyn Storage>, wakeups: Arc<Wakeups>) -> Self {
         E2eStream {
-            head: watch::Sender::new(head),
+            head: StreamHead::new(head),
             storage,
             wakeups,
             resyncing: Mutex::default(),
@@ -72,18 +71,7 @@ impl E2eStream {
             E2eChange::Keys {
                 visible_to: Some(user), ..
             } => vec![Topic::User(user.clone())],
-            E2eChange::Keys { user_id, .. } => {
-                let mut topics = vec![Topic::User(user_id.clone())];
-                topics.extend(
-                    self.storage
-                        .user_memberships(user_id)
-                        .await?
-                        .into_iter()
-                        .filter(|m| m.membership == "join")
-                        .map(|m| Topic::Room(m.room_id)),
-                );
-                topics
-            }
+            E2eChange::Keys { user_id, .. } => Topic::user_and_rooms(&*self.storage, user_id).await?,
         };
         self.wakeups.wake(&topics);
         Ok(())
@@ -110,17 +98,11 @@ impl E2eStream {
     /// A position was written (and committed): `/sync` may show it. Wakes
     /// nobody: see [`Self::changed`].
     fn advance(&self, position: i64) {
-        self.head.send_if_modified(|head| {
-            let newer = position > *head;
-            if newer {
-                *head = position;
-            }
-            newer
-        });
+        self.head.advance(position);
     }
 
     pub fn head(&self) -> i64 {
-        *self.head.borrow()
+        self.head.get()
     }
 }
 

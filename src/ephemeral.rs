@@ -19,11 +19,10 @@
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use ruma::{MilliSecondsSinceUnixEpoch, OwnedRoomId, OwnedUserId, RoomId, UserId};
-use tokio::sync::watch;
 
 use crate::{
     storage::{Receipt, Storage, StorageError, Typing},
-    wakeups::{Topic, Wakeups},
+    wakeups::{StreamHead, Topic, Wakeups},
 };
 
 /// Longest a client may say it is typing for.
@@ -41,7 +40,7 @@ pub struct Ephemeral {
     wakeups: Arc<Wakeups>,
     /// The position every reader may read up to: all positions at or below
     /// it are committed.
-    head: watch::Sender<i64>,
+    head: StreamHead,
 }
 
 fn now_ms() -> u64 {
@@ -55,7 +54,7 @@ impl Ephemeral {
         Ok(Arc::new(Ephemeral {
             storage,
             wakeups,
-            head: watch::Sender::new(head),
+            head: StreamHead::new(head),
         }))
     }
 
@@ -70,21 +69,11 @@ impl Ephemeral {
     /// A position committed (here or by another process): readers may read
     /// up to it. Wakes nobody: see [`Self::changed_in`].
     pub fn advanced(&self, position: i64) {
-        self.head.send_if_modified(|head| {
-            let moved = position > *head;
-            if moved {
-                *head = position;
-            }
-            moved
-        });
+        self.head.advance(position);
     }
 
     pub fn head(&self) -> i64 {
-        *self.head.borrow()
-    }
-
-    pub fn subscribe(&self) -> watch::Receiver<i64> {
-        self.head.subscribe()
+        self.head.get()
     }
 
     /// Who types in each room whose typing changed in `(after, up_to]`

@@ -50,7 +50,6 @@ use ruma::{
     presence::PresenceState,
 };
 use serde_json::Value;
-use tokio::sync::watch;
 
 use crate::{
     error::MatrixError,
@@ -58,7 +57,7 @@ use crate::{
     filter,
     services::Services,
     storage::{PresenceRecord, PresenceWrite, Storage, StorageError},
-    wakeups::{Topic, Wakeups},
+    wakeups::{StreamHead, Topic, Wakeups},
 };
 
 /// A local user without activity for this long is idle (`unavailable`).
@@ -160,7 +159,7 @@ pub struct Presence {
     storage: Arc<dyn Storage>,
     wakeups: Arc<Wakeups>,
     /// The newest position committed that this process knows of.
-    head: watch::Sender<i64>,
+    head: StreamHead,
     /// Process-local: what this process last stored or read of the users
     /// active through it, to skip writes that would change nothing.
     known: Mutex<HashMap<OwnedUserId, Known>>,
@@ -196,7 +195,7 @@ impl Presence {
             own_name,
             storage,
             wakeups,
-            head: watch::Sender::new(head),
+            head: StreamHead::new(head),
             known: Mutex::new(HashMap::new()),
         }))
     }
@@ -207,25 +206,13 @@ impl Presence {
     }
 
     pub fn head(&self) -> i64 {
-        *self.head.borrow()
-    }
-
-    /// The head as it moves (the deprecated `/events` waits on it; a
-    /// parked `/sync` is woken only by the changes that concern it).
-    pub fn subscribe(&self) -> watch::Receiver<i64> {
-        self.head.subscribe()
+        self.head.get()
     }
 
     /// A position committed (here or by another process): readers may
     /// read up to it. Wakes nobody: see [`Self::changed`].
     pub fn advanced(&self, position: i64) {
-        self.head.send_if_modified(|head| {
-            let moved = position > *head;
-            if moved {
-                *head = position;
-            }
-            moved
-        });
+        self.head.advance(position);
     }
 
     /// `user`'s presence changed at `position` (here or, `elsewhere`, by
@@ -239,16 +226,7 @@ impl Presence {
             }
         }
         self.advanced(position);
-        let mut topics = vec![Topic::User(user.to_owned())];
-        topics.extend(
-            self.storage
-                .user_memberships(user)
-                .await?
-                .into_iter()
-                .filter(|m| m.membership == "join")
-                .map(|m| Topic::Room(m.room_id)),
-        );
-        self.wakeups.wake(&topics);
+        self.wakeups.wake(&Topic::user_and_rooms(&*self.storage, user).await?);
         Ok(())
     }
 
@@ -643,12 +621,11 @@ pub async fn for_sync(
     let now = now_ms();
     let Some(since) = since else {
         // A full sync: what is known of everyone visible.
-        let mut visible: Vec<OwnedUserId> = visible_users(svc, user)
+        let visible: Vec<OwnedUserId> = visible_users(svc, user)
             .await?
             .into_iter()
             .filter(|u| admitted(u))
             .collect();
-        visible.sort();
         let known = svc.presence.of(&visible).await?;
         let mut known: Vec<_> = known.iter().filter(|(_, s)| s.position <= head).collect();
         known.sort_by_key(|(_, s)| s.position);

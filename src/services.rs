@@ -3,8 +3,6 @@
 
 use std::sync::Arc;
 
-use tokio::sync::watch;
-
 use crate::{
     account_data::AccountDataStream,
     accounts::{AuthSessions, RegistrationNonces, RegistrationSessions},
@@ -25,7 +23,7 @@ use crate::{
     rooms::{RoomLocks, guests::GuestRevocations},
     state::StateCache,
     storage::{Storage, StreamOrdering},
-    wakeups::{Topic, Wakeups},
+    wakeups::{StreamHead, Topic, Wakeups},
 };
 
 /// What a request handler or background task may use. Cluster state is in
@@ -170,14 +168,14 @@ impl Services {
 /// the wake-ups of long-polling requests by whom a new event concerns
 /// ([`Wakeups`]).
 pub struct Notifier {
-    head: watch::Sender<StreamOrdering>,
+    head: StreamHead,
     pub wakeups: Arc<Wakeups>,
 }
 
 impl Notifier {
     pub fn new(head: StreamOrdering) -> Self {
         Notifier {
-            head: watch::Sender::new(head),
+            head: StreamHead::new(head),
             wakeups: Arc::new(Wakeups::default()),
         }
     }
@@ -185,21 +183,11 @@ impl Notifier {
     /// Events up to `stream` are stored; the requests of `topics` are
     /// woken (the head moves first, so that a woken request reads it).
     pub fn notify(&self, stream: StreamOrdering, topics: &[Topic]) {
-        self.head.send_if_modified(|head| {
-            let newer = stream > *head;
-            if newer {
-                *head = stream;
-            }
-            newer
-        });
+        self.head.advance(stream);
         self.wakeups.wake(topics);
     }
 
     pub fn head(&self) -> StreamOrdering {
-        *self.head.borrow()
-    }
-
-    pub fn subscribe(&self) -> watch::Receiver<StreamOrdering> {
-        self.head.subscribe()
+        self.head.get()
     }
 }

@@ -16,12 +16,36 @@ use std::{
     collections::HashMap,
     sync::{
         Arc, Mutex,
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicI64, AtomicU64, Ordering},
     },
 };
 
-use ruma::{OwnedRoomId, OwnedUserId};
+use ruma::{OwnedRoomId, OwnedUserId, UserId};
 use tokio::sync::Notify;
+
+use crate::storage::{Storage, StorageError};
+
+/// A stream's head in this process: the newest position it knows to be
+/// committed, here or by another process. It only moves forward; a change
+/// moves it before waking whom the change concerns, so that a woken
+/// request reads past the change.
+#[derive(Debug)]
+pub struct StreamHead(AtomicI64);
+
+impl StreamHead {
+    pub fn new(position: i64) -> Self {
+        StreamHead(AtomicI64::new(position))
+    }
+
+    pub fn get(&self) -> i64 {
+        self.0.load(Ordering::SeqCst)
+    }
+
+    /// Moves to `position`, if that is further.
+    pub fn advance(&self, position: i64) {
+        self.0.fetch_max(position, Ordering::SeqCst);
+    }
+}
 
 /// Whom a change concerns.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -43,6 +67,21 @@ impl Topic {
             topics.push(Topic::User(user));
         }
         topics
+    }
+
+    /// Whom a change of `user`'s (their presence, their keys) concerns:
+    /// the user, and the members of the rooms they are joined to.
+    pub async fn user_and_rooms(storage: &dyn Storage, user: &UserId) -> Result<Vec<Topic>, StorageError> {
+        let mut topics = vec![Topic::User(user.to_owned())];
+        topics.extend(
+            storage
+                .user_memberships(user)
+                .await?
+                .into_iter()
+                .filter(|m| m.membership == "join")
+                .map(|m| Topic::Room(m.room_id)),
+        );
+        Ok(topics)
     }
 }
 

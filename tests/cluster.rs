@@ -108,6 +108,11 @@ impl User {
         .await
     }
 
+    /// Where the user says whether they type in `room`.
+    fn typing_path(&self, room: &str) -> String {
+        format!("/_matrix/client/v3/rooms/{room}/typing/{}", common::enc(&self.user_id))
+    }
+
     /// Sends `count` messages one after another (transaction IDs and texts
     /// `<name><i>`); their IDs.
     async fn send_many(&self, room: &str, name: &str, count: usize) -> Vec<String> {
@@ -242,7 +247,7 @@ async fn a_send_on_one_process_wakes_a_sync_on_another() {
     let (_, sync, took) = woken_by(&bob, &since, async {
         let path = format!(
             "/_matrix/client/v3/user/{}/account_data/org.example.cluster",
-            bob.user_id.replace('@', "%40").replace(':', "%3A")
+            common::enc(&bob.user_id)
         );
         bob_on_a
             .call(reqwest::Method::PUT, &path, Some(json!({ "set": "on A" })))
@@ -477,10 +482,7 @@ async fn typing_and_receipts_cross_processes() {
     };
     let (alice, bob, room) = alice_and_bob_in_a_room(&a, &b).await;
     let event = alice.send(&room, "t1", "read me").await;
-    let typing_path = format!(
-        "/_matrix/client/v3/rooms/{room}/typing/{}",
-        alice.user_id.replace('@', "%40").replace(':', "%3A")
-    );
+    let typing_path = alice.typing_path(&room);
 
     let since = bob.sync(None, 0).await["next_batch"].as_str().unwrap().to_owned();
     let (_, sync, took) = woken_by(&bob, &since, async {
@@ -547,12 +549,7 @@ async fn presence_crosses_processes() {
         return;
     };
     let (alice, bob, _room) = alice_and_bob_in_a_room(&a, &b).await;
-    let status_path = |user: &User| {
-        format!(
-            "/_matrix/client/v3/presence/{}/status",
-            user.user_id.replace('@', "%40").replace(':', "%3A")
-        )
-    };
+    let status_path = |user: &User| format!("/_matrix/client/v3/presence/{}/status", common::enc(&user.user_id));
 
     // Set on A, a /sync parked on B wakes with it (another change, such as
     // Bob's own, may answer first: the poll goes on from there).
@@ -971,29 +968,21 @@ async fn a_process_killed_during_sends_loses_nothing_acknowledged() {
 
     const EACH: usize = 40;
     let progress: [Arc<AtomicUsize>; 3] = Default::default();
-    let senders = [
-        tokio::spawn(send_through(
-            (alice.clone(), alice.on(&c)),
-            room.clone(),
-            "a",
-            EACH,
-            progress[0].clone(),
-        )),
-        tokio::spawn(send_through(
-            (bob.clone(), bob.on(&a)),
-            room.clone(),
-            "b",
-            EACH,
-            progress[1].clone(),
-        )),
-        tokio::spawn(send_through(
-            (carol.clone(), carol.on(&a)),
-            room.clone(),
-            "c",
-            EACH,
-            progress[2].clone(),
-        )),
-    ];
+    // Each client goes over to another process when its own fails.
+    let clients = [(&alice, &c, "a"), (&bob, &a, "b"), (&carol, &a, "c")];
+    let senders: Vec<_> = clients
+        .into_iter()
+        .zip(&progress)
+        .map(|((user, survivor, name), progress)| {
+            tokio::spawn(send_through(
+                (user.clone(), user.on(survivor)),
+                room.clone(),
+                name,
+                EACH,
+                progress.clone(),
+            ))
+        })
+        .collect();
     // B dies a quarter of the way through Bob's sends.
     wait_until("Bob's first sends through B", Duration::from_secs(30), || {
         progress[1].load(Ordering::SeqCst) >= EACH / 4
@@ -1126,10 +1115,7 @@ async fn typing_left_by_a_killed_process_is_ended_by_another() {
         return;
     };
     let (alice, bob, room) = alice_and_bob_in_a_room(&a, &b).await;
-    let typing_path = format!(
-        "/_matrix/client/v3/rooms/{room}/typing/{}",
-        alice.user_id.replace('@', "%40").replace(':', "%3A")
-    );
+    let typing_path = alice.typing_path(&room);
     alice
         .call(
             reqwest::Method::PUT,

@@ -17,6 +17,23 @@ use weft::wakeups::Topic;
 
 const IDLE: usize = 300;
 
+/// `user`'s `/sync` long-polling from now (60 s), once it is parked.
+async fn park_sync(server: &TestServer, user: &common::User<'_>) -> tokio::task::JoinHandle<serde_json::Value> {
+    let since = user.sync("timeout=0").await["next_batch"].as_str().unwrap().to_owned();
+    let url = format!("{}/_matrix/client/v3/sync?since={since}&timeout=60000", server.base());
+    let request = server.http.get(url).bearer_auth(&user.token);
+    let poll = tokio::spawn(async move { request.send().await.unwrap().json::<serde_json::Value>().await.unwrap() });
+    let topic = Topic::User(user.user_id.as_str().try_into().unwrap());
+    common::eventually(Duration::from_secs(10), "the sync parked", || async {
+        match server.services().notifier.wakeups.waiting(&topic) {
+            1 => Ok(()),
+            parked => Err(format!("{parked}")),
+        }
+    })
+    .await;
+    poll
+}
+
 #[tokio::test]
 async fn a_send_wakes_only_the_syncs_it_concerns() {
     let server = TestServer::start().await;
@@ -63,17 +80,7 @@ async fn a_send_wakes_only_the_syncs_it_concerns() {
     .await;
 
     // Bob long-polls too: he shares the room with alice.
-    let since = bob.sync("timeout=0").await["next_batch"].as_str().unwrap().to_owned();
-    let bob_poll = {
-        let url = format!("{}/_matrix/client/v3/sync?since={since}&timeout=60000", server.base());
-        let request = server.http.get(url).bearer_auth(&bob.token);
-        tokio::spawn(async move { request.send().await.unwrap().json::<serde_json::Value>().await.unwrap() })
-    };
-    common::eventually(Duration::from_secs(10), "bob's sync parked", || async {
-        let parked = svc.notifier.wakeups.waiting(&user_topic(&bob));
-        if parked == 1 { Ok(()) } else { Err(format!("{parked}")) }
-    })
-    .await;
+    let bob_poll = park_sync(&server, &bob).await;
 
     let before = svc.notifier.wakeups.woken();
     for i in 0..20 {
@@ -109,19 +116,9 @@ async fn a_send_wakes_only_the_syncs_it_concerns() {
     // and a device list change wake whom they concern too (they woke every
     // parked request): Bob's sync answers with Alice's typing, and no idle
     // request builds its answer again.
-    let since = bob.sync("timeout=0").await["next_batch"].as_str().unwrap().to_owned();
-    let bob_poll = {
-        let url = format!("{}/_matrix/client/v3/sync?since={since}&timeout=60000", server.base());
-        let request = server.http.get(url).bearer_auth(&bob.token);
-        tokio::spawn(async move { request.send().await.unwrap().json::<serde_json::Value>().await.unwrap() })
-    };
-    common::eventually(Duration::from_secs(10), "bob's sync parked again", || async {
-        let parked = svc.notifier.wakeups.waiting(&user_topic(&bob));
-        if parked == 1 { Ok(()) } else { Err(format!("{parked}")) }
-    })
-    .await;
+    let bob_poll = park_sync(&server, &bob).await;
     let rebuilt_before = svc.metrics.sync_wakeups.get();
-    let alice_path = alice.user_id.replace('@', "%40").replace(':', "%3A");
+    let alice_path = common::enc(&alice.user_id);
     let last = events.last().unwrap()["event_id"].as_str().unwrap().to_owned();
     alice
         .ok(

@@ -97,10 +97,6 @@ pub async fn events(State(svc): State<Arc<Services>>, req: Request) -> Result<Js
     // Woken by what concerns the user, registered before any head is read
     // (its rooms' topics before the first round: see crate::wakeups).
     let mut waiter = svc.notifier.wakeups.register([Topic::User(owner.user_id.clone())]);
-    let mut head_rx = svc.notifier.subscribe();
-    let mut presence_rx = svc.presence.subscribe();
-    let mut ephemeral_rx = svc.ephemeral.subscribe();
-    let mut account_data_rx = svc.account_data.subscribe();
     // An empty `from` is no token (now), as Synapse takes it.
     let (from, from_ephemeral, from_presence, from_account_data) = match query.from.as_deref().filter(|t| !t.is_empty())
     {
@@ -110,12 +106,12 @@ pub async fn events(State(svc): State<Arc<Services>>, req: Request) -> Result<Js
             (parsed.stream, parsed.ephemeral, parsed.presence, parsed.account_data)
         }
         // No position yet: the stream starts now.
-        None => (*head_rx.borrow_and_update(), None, None, None),
+        None => (svc.notifier.head(), None, None, None),
     };
     // Streams without a position start now.
-    let from_presence = from_presence.unwrap_or_else(|| *presence_rx.borrow_and_update());
-    let from_ephemeral = from_ephemeral.unwrap_or_else(|| *ephemeral_rx.borrow_and_update());
-    let from_account_data = from_account_data.unwrap_or_else(|| *account_data_rx.borrow_and_update());
+    let from_presence = from_presence.unwrap_or_else(|| svc.presence.head());
+    let from_ephemeral = from_ephemeral.unwrap_or_else(|| svc.ephemeral.head());
+    let from_account_data = from_account_data.unwrap_or_else(|| svc.account_data.head());
     let rooms = match &query.room_id {
         Some(room_id) => {
             let joined = visibility::current_membership(&svc, room_id, &owner.user_id)
@@ -154,10 +150,10 @@ pub async fn events(State(svc): State<Arc<Services>>, req: Request) -> Result<Js
     // A room's preview (`room_id`) shows the room's events only.
     let own_stream = query.room_id.is_none();
     loop {
-        let head = (*head_rx.borrow_and_update()).max(from);
-        let presence_head = (*presence_rx.borrow_and_update()).max(from_presence);
-        let ephemeral_head = (*ephemeral_rx.borrow_and_update()).max(from_ephemeral);
-        let account_data_head = (*account_data_rx.borrow_and_update()).max(from_account_data);
+        let head = svc.notifier.head().max(from);
+        let presence_head = svc.presence.head().max(from_presence);
+        let ephemeral_head = svc.ephemeral.head().max(from_ephemeral);
+        let account_data_head = svc.account_data.head().max(from_account_data);
         let (events, end) = new_events(&svc, &owner, &rooms, (from, head), limit).await?;
         let peeked = query.room_id.as_ref().map(|_| rooms.as_slice());
         let presence_events = presence_events(&svc, &owner.user_id, peeked, (from_presence, presence_head)).await?;

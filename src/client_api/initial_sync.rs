@@ -272,8 +272,7 @@ pub async fn initial_sync(State(svc): State<Arc<Services>>, req: Request) -> Res
 
     let mut presence_events = Vec::new();
     if svc.presence.enabled() {
-        let mut visible: Vec<_> = presence::visible_users(&svc, user).await?.into_iter().collect();
-        visible.sort();
+        let visible: Vec<_> = presence::visible_users(&svc, user).await?.into_iter().collect();
         let now = now_ms();
         let mut known: Vec<_> = svc.presence.of(&visible).await?.into_iter().collect();
         known.sort_by_key(|(_, s)| s.position);

@@ -123,12 +123,10 @@ pub async fn sync(
     // changes (registered before the heads are read) and their rooms'
     // (registered before it waits; see crate::wakeups).
     let mut waiter = svc.notifier.wakeups.register([Topic::User(owner.user_id.clone())]);
-    let mut ephemeral_rx = svc.ephemeral.subscribe();
-    let mut account_data_rx = svc.account_data.subscribe();
     loop {
         let head = svc.notifier.head();
-        let ephemeral_head = *ephemeral_rx.borrow_and_update();
-        let account_data_head = *account_data_rx.borrow_and_update();
+        let ephemeral_head = svc.ephemeral.head();
+        let account_data_head = svc.account_data.head();
         let e2e_head = svc.e2e.head();
         let presence_head = svc.presence.head();
         let since_ephemeral = since_ephemeral.filter(|_| since.is_some() && !opts.full_state);
@@ -182,10 +180,10 @@ pub async fn sync(
         }
         // Only a request that parks asks for its rooms. A change of one of
         // them (an event, a receipt, typing, presence, keys) stored after
-        // the heads were read
-        // and before the waiter watched the room moved a head: answer it
-        // now instead of waiting (the timed-out answer below gives the
-        // heads as they are then, past what it has not seen).
+        // the heads were read and before the waiter watched the room moved
+        // a head: answer it now instead of waiting (the timed-out answer
+        // below gives the heads as they are then, past what it has not
+        // seen).
         waiter.add(rooms_to_watch(&svc, &owner.user_id).await?);
         if svc.notifier.head() != head
             || svc.ephemeral.head() != ephemeral_head
@@ -197,10 +195,7 @@ pub async fn sync(
         // Receipts and typing wake their room's waiters; account data and
         // to-device messages their user's; presence and key changes their
         // user's and their rooms' (the heads move first).
-        let woken = tokio::time::timeout_at(deadline, async {
-            waiter.notified().await;
-        })
-        .await;
+        let woken = tokio::time::timeout_at(deadline, waiter.notified()).await;
         if woken.is_ok() {
             svc.metrics.sync_wakeups.inc();
         }
@@ -209,8 +204,8 @@ pub async fn sync(
             // (the e2e one as last looked at: a to-device message that
             // arrived since is not acknowledged unseen).
             next.stream = svc.notifier.head().max(since.unwrap_or_default());
-            next.ephemeral = Some((*ephemeral_rx.borrow()).max(since_ephemeral.unwrap_or_default()));
-            next.account_data = Some((*account_data_rx.borrow()).max(since_account_data.unwrap_or_default()));
+            next.ephemeral = Some(svc.ephemeral.head().max(since_ephemeral.unwrap_or_default()));
+            next.account_data = Some(svc.account_data.head().max(since_account_data.unwrap_or_default()));
             next.presence = Some(svc.presence.head().max(since_presence.unwrap_or_default()));
             let mut response = Response::new(next.to_string());
             e2e.apply(&mut response);

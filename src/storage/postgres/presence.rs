@@ -5,7 +5,7 @@
 //! locked until the commit, as the other streams do.
 
 use ruma::{OwnedUserId, UserId};
-use tokio_postgres::Row;
+use tokio_postgres::{Row, types::ToSql};
 
 use super::{GenericClient, col, next_position_of, now_ms, parse, query, query_opt, stream_head};
 use crate::storage::{PresenceChange, PresenceRecord, PresenceWrite, Result};
@@ -59,15 +59,7 @@ async fn insert(tx: &impl GenericClient, r: &PresenceRecord) -> Result<bool> {
         &format!(
             "INSERT INTO presence ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (user_id) DO NOTHING"
         ),
-        &[
-            &r.user_id.as_str(),
-            &r.state,
-            &r.status_msg,
-            &r.last_active_ts,
-            &r.currently_active,
-            &r.updated_ts,
-            &r.position,
-        ],
+        &columns(&r.user_id.as_str(), r),
     )
     .await?;
     Ok(inserted == 1)
@@ -79,15 +71,7 @@ async fn update(tx: &impl GenericClient, r: &PresenceRecord) -> Result<()> {
         "UPDATE presence SET state = $2, status_msg = $3, last_active_ts = $4, currently_active = $5,
              updated_ts = $6, position = $7
          WHERE user_id = $1",
-        &[
-            &r.user_id.as_str(),
-            &r.state,
-            &r.status_msg,
-            &r.last_active_ts,
-            &r.currently_active,
-            &r.updated_ts,
-            &r.position,
-        ],
+        &columns(&r.user_id.as_str(), r),
     )
     .await?;
     Ok(())
@@ -127,6 +111,20 @@ pub async fn quiet(c: &impl GenericClient, idle_before: i64, offline_before: i64
 
 pub async fn head(c: &impl GenericClient) -> Result<i64> {
     stream_head(c, "presence").await
+}
+
+/// A record's [`COLUMNS`], as statement parameters (`user_id`: the
+/// record's, as text).
+fn columns<'a>(user_id: &'a &'a str, r: &'a PresenceRecord) -> [&'a (dyn ToSql + Sync); 7] {
+    [
+        user_id,
+        &r.state,
+        &r.status_msg,
+        &r.last_active_ts,
+        &r.currently_active,
+        &r.updated_ts,
+        &r.position,
+    ]
 }
 
 fn record(r: &Row) -> Result<PresenceRecord> {
