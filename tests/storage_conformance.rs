@@ -3863,7 +3863,13 @@ async fn an_outlier_backfilled_through_one_process_leaves_the_others_cache() {
     };
     let a = PgStorage::connect(&url).await.unwrap();
     let b = PgStorage::connect(&url).await.unwrap();
-    let _heard = a.other_writers().expect("A hears the others");
+    let mut heard = a.other_writers().expect("A hears the others");
+    // A listens once it says so (what came before is not heard).
+    let first = tokio::time::timeout(Duration::from_secs(10), heard.recv()).await;
+    assert!(
+        matches!(first, Ok(Some(weft::cluster::OtherWrite::Resync))),
+        "{first:?}"
+    );
     let room_id = rid("oc");
     a.add_room(&room_id, &RoomVersionId::V10).await.unwrap();
     let live = Ev::message("oc-l1", &room_id, "live").prev_ids(&["oc-p9"], 10);

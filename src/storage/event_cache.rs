@@ -110,6 +110,13 @@ impl EventCache {
         cache.events.pop(event_id);
     }
 
+    /// Drops every event (what others rewrote may have gone unheard).
+    pub(crate) fn forget_all(&self) {
+        let mut cache = self.inner.lock().expect("event cache lock");
+        cache.writes += 1;
+        cache.events.clear();
+    }
+
     /// `ids` in order (missing skipped): from the cache, the rest from
     /// `load`, which is given the IDs not cached.
     pub(crate) async fn get_or_load<F, Fut, E>(&self, ids: &[OwnedEventId], load: F) -> Result<Vec<StoredEvent>, E>

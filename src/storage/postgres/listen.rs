@@ -80,7 +80,10 @@ async fn listen_once(
         Ok(())
     });
     client.batch_execute(&format!("LISTEN {CHANNEL}")).await?;
-    // Whatever committed before the LISTEN took effect was not heard.
+    // Whatever committed before the LISTEN took effect was not heard: the
+    // events others rewrote meanwhile (redacted, expired, outliers taken
+    // into the timeline) may be cached here as they were.
+    events.forget_all();
     if tx.send(OtherWrite::Resync).await.is_err() {
         return Ok(());
     }
