@@ -232,7 +232,9 @@ async fn earlier_redactions(
     let mut earlier = vec![Vec::new(); new.len()];
     for row in query(
         tx,
-        "SELECT redacts, event_id FROM redactions WHERE redacts = ANY($1) AND event_id != redacts",
+        "SELECT r.redacts, r.event_id FROM unnest($1::text[]) AS page (id),
+             LATERAL (SELECT redacts, event_id FROM redactions WHERE redacts = page.id OFFSET 0) r
+         WHERE r.event_id != r.redacts",
         &[&page],
     )
     .await?

@@ -65,11 +65,24 @@ fn events_from_rows(rows: Vec<Row>) -> Result<Vec<StoredEvent>> {
 }
 
 /// The held events among `ids`, in no particular order (one statement).
+/// One index probe per ID (`LATERAL … OFFSET 0`): with `event_id =
+/// ANY($1)` the planner scanned the whole table whenever it thought it
+/// small — a backfilling joiner's table before its next `ANALYZE`, or any
+/// room of a few thousand events for a page of 100 — which made a page's
+/// lookup cost grow with the room.
 pub async fn events(c: &impl GenericClient, ids: &[OwnedEventId]) -> Result<Vec<StoredEvent>> {
     let ids: Vec<&str> = ids.iter().map(|id| id.as_str()).collect();
-    let sql = format!("{EVENT_SELECT} WHERE e.event_id = ANY($1)");
-    events_from_rows(query(c, &sql, &[&ids]).await?)
+    events_from_rows(query(c, EVENTS_BY_ID, &[&ids]).await?)
 }
+
+/// [`EVENT_SELECT`]'s columns for the events of the IDs in `$1`.
+const EVENTS_BY_ID: &str = "SELECT e.event_id, e.room_id, e.json, e.stream_ordering, e.outlier,
+        e.rejected, e.soft_failed, e.redacted_by, e.state_group_before, e.state_group_after,
+        e.replaces_state, t.device_id, t.txn_id
+    FROM unnest($1::text[]) AS wanted (id),
+        LATERAL (SELECT * FROM events WHERE events.event_id = wanted.id OFFSET 0) e
+        LEFT JOIN LATERAL (
+            SELECT device_id, txn_id FROM txn_ids WHERE txn_ids.event_id = e.event_id LIMIT 1 OFFSET 0) t ON TRUE";
 
 pub async fn room(c: &impl GenericClient, room_id: &RoomId) -> Result<Option<RoomInfo>> {
     let Some(row) = query_opt(

@@ -100,7 +100,8 @@ pub async fn auth_chain(c: &impl GenericClient, event_ids: &[OwnedEventId]) -> R
     let mut chain = query(
         c,
         "WITH RECURSIVE chain(id) AS (
-             SELECT auth_event_id FROM event_auth WHERE event_id = ANY($1)
+             SELECT a.auth_event_id FROM unnest($1::text[]) AS seed (id),
+                 LATERAL (SELECT auth_event_id FROM event_auth WHERE event_id = seed.id OFFSET 0) a
              UNION
              SELECT a.auth_event_id FROM chain,
                  LATERAL (SELECT auth_event_id FROM event_auth WHERE event_id = chain.id OFFSET 0) a

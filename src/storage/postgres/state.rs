@@ -121,9 +121,11 @@ pub async fn load_group(c: &impl GenericClient, group: StateGroupId) -> Result<V
     }
     let rows = query(
         c,
-        "SELECT DISTINCT ON (type, state_key) type, state_key, event_id
-         FROM state_group_entries WHERE group_id = ANY($1)
-         ORDER BY type, state_key, array_position($1, group_id)",
+        "SELECT DISTINCT ON (s.type, s.state_key) s.type, s.state_key, s.event_id
+         FROM unnest($1::bigint[]) WITH ORDINALITY AS chain (group_id, n),
+             LATERAL (SELECT type, state_key, event_id FROM state_group_entries
+                      WHERE group_id = chain.group_id OFFSET 0) s
+         ORDER BY s.type, s.state_key, chain.n",
         &[&ids],
     )
     .await?;
@@ -168,7 +170,9 @@ pub async fn apply_current_state_changes(
     if !members.is_empty() {
         for row in query(
             tx,
-            "SELECT event_id, json FROM events WHERE event_id = ANY($1) AND type = 'm.room.member'",
+            "SELECT e.event_id, e.json FROM unnest($1::text[]) AS member (id),
+                 LATERAL (SELECT event_id, json, type FROM events WHERE event_id = member.id OFFSET 0) e
+             WHERE e.type = 'm.room.member'",
             &[&members],
         )
         .await?
