@@ -97,7 +97,11 @@ impl Services {
             federation.clone(),
             config.trusted_key_servers.clone(),
         );
-        let push = Push::start(storage.clone(), config.federation_verify_tls, cancel.clone());
+        let push = Push::start(
+            (storage.clone(), cluster.clone()),
+            config.federation_verify_tls,
+            cancel.clone(),
+        );
         let appservices = AppServices::start(
             appservices,
             (storage.clone(), cluster.clone()),

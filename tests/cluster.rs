@@ -1183,3 +1183,48 @@ async fn a_self_destructing_message_of_a_killed_process_is_pruned_by_another() {
         killed.elapsed()
     );
 }
+
+/// Pushes are one process's duty: a push stored through A, which A keeps
+/// trying while the gateway fails, is sent by B once A is killed (B takes
+/// the duty when A's runs out), once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pushes_of_a_killed_process_are_sent_by_another() {
+    let Some((_dir, mut a, b)) = two_processes().await else {
+        return;
+    };
+    let (alice, bob, room) = alice_and_bob_in_a_room(&a, &b).await;
+    let mut gateway = common::push_gateway::PushGateway::start(json!({})).await;
+    gateway.set_down(true);
+    alice
+        .call(
+            reqwest::Method::POST,
+            "/_matrix/client/v3/pushers/set",
+            Some(gateway.pusher("key1")),
+        )
+        .await;
+    // Bob's message goes through A: A queues the push and sends it.
+    let event_id = bob.on(&a).send(&room, "p1", "ping").await;
+    loop {
+        let push = gateway.next("A trying the gateway").await;
+        if push.event_id() == Some(event_id.as_str()) {
+            break;
+        }
+    }
+    a.kill_9();
+    let killed = Instant::now();
+    gateway.set_down(false);
+    loop {
+        let push = tokio::time::timeout(Duration::from_secs(40), gateway.next("B sending A's push"))
+            .await
+            .expect("B never sent the push");
+        if push.accepted && push.event_id() == Some(event_id.as_str()) {
+            break;
+        }
+    }
+    eprintln!("the gateway had the push {:?} after A was killed", killed.elapsed());
+    if let Some(push) = gateway.next_within(Duration::from_secs(2)).await
+        && push.event_id() == Some(event_id.as_str())
+    {
+        panic!("pushed twice: {}", push.body);
+    }
+}

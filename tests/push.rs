@@ -7,11 +7,12 @@ mod common;
 
 use std::time::Duration;
 
-use axum::{Json, Router, extract::State, routing::post};
-use common::{TestServer, User, enc, eventually};
+use common::{
+    TestServer, User, enc, eventually,
+    push_gateway::{PushGateway, pusher},
+};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
-use tokio::sync::mpsc;
 
 const RULES: &str = "/_matrix/client/v3/pushrules";
 
@@ -375,48 +376,13 @@ async fn mentions_highlight_and_receipts_clear_the_counts() {
     assert_eq!(counts(&alice.sync("").await, &room), (4, 2));
 }
 
-/// A push gateway on loopback: every request body goes to the channel;
-/// answers with what `answer` holds.
-async fn gateway(answer: Value) -> (String, mpsc::UnboundedReceiver<Value>) {
-    let (tx, rx) = mpsc::unbounded_channel();
-    let app = Router::new()
-        .route(
-            "/_matrix/push/v1/notify",
-            post(
-                |State((tx, answer)): State<(mpsc::UnboundedSender<Value>, Value)>, Json(body): Json<Value>| async move {
-                    let _ = tx.send(body);
-                    Json(answer)
-                },
-            ),
-        )
-        .with_state((tx, answer));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    (format!("http://{addr}/_matrix/push/v1/notify"), rx)
-}
-
-fn pusher(url: &str, pushkey: &str) -> Value {
-    json!({
-        "kind": "http", "app_id": "weft.test", "pushkey": pushkey,
-        "app_display_name": "Test", "device_display_name": "Phone", "lang": "en",
-        "profile_tag": "tag", "data": { "url": url, "extra": "kept" }
-    })
-}
-
-async fn next_push(rx: &mut mpsc::UnboundedReceiver<Value>, what: &str) -> Value {
-    tokio::time::timeout(Duration::from_secs(20), rx.recv())
-        .await
-        .unwrap_or_else(|_| panic!("no push for {what}"))
-        .expect("gateway running")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pushers_are_kept_and_pushed_to() {
     let server = TestServer::start().await;
     let alice = server.register("alice").await;
     let bob = server.register("bob").await;
-    let (url, mut pushes) = gateway(json!({})).await;
+    let mut pushes = PushGateway::start(json!({})).await;
+    let url = pushes.url.clone();
 
     // Pushers: set, listed, bad ones refused.
     alice
@@ -454,7 +420,7 @@ async fn pushers_are_kept_and_pushed_to() {
     assert_eq!(bob.join(&room).await.0, 200);
     let event_id = send(&bob, &room, "p1", json!({ "msgtype": "m.text", "body": "ping" })).await;
     let push = loop {
-        let push = next_push(&mut pushes, "bob's message").await;
+        let push = pushes.next("bob's message").await.body;
         if push["notification"]["type"] == "m.room.message" {
             break push;
         }
@@ -483,7 +449,7 @@ async fn pushers_are_kept_and_pushed_to() {
             Some(&json!({})),
         )
         .await;
-    let badge = next_push(&mut pushes, "the receipt").await;
+    let badge = pushes.next("the receipt").await.body;
     assert_eq!(badge["notification"]["counts"]["unread"], 0, "{badge}");
 
     // Removing the pusher (kind null) stops the pushes.
@@ -502,9 +468,7 @@ async fn pushers_are_kept_and_pushed_to() {
     );
     send(&bob, &room, "p2", json!({ "msgtype": "m.text", "body": "unheard" })).await;
     assert!(
-        tokio::time::timeout(Duration::from_secs(2), pushes.recv())
-            .await
-            .is_err(),
+        pushes.next_within(Duration::from_secs(2)).await.is_none(),
         "pushed without a pusher"
     );
 }
@@ -514,7 +478,8 @@ async fn a_gateway_that_rejects_a_pushkey_removes_the_pusher() {
     let server = TestServer::start().await;
     let alice = server.register("alice").await;
     let bob = server.register("bob").await;
-    let (url, mut pushes) = gateway(json!({ "rejected": ["gone"] })).await;
+    let mut pushes = PushGateway::start(json!({ "rejected": ["gone"] })).await;
+    let url = pushes.url.clone();
     alice
         .ok(
             Method::POST,
@@ -525,7 +490,7 @@ async fn a_gateway_that_rejects_a_pushkey_removes_the_pusher() {
     let room = alice.create_room(json!({ "preset": "public_chat" })).await;
     assert_eq!(bob.join(&room).await.0, 200);
     send(&bob, &room, "r1", json!({ "msgtype": "m.text", "body": "ping" })).await;
-    next_push(&mut pushes, "the message").await;
+    pushes.next("the message").await;
     eventually(Duration::from_secs(10), "the rejected pusher removed", || async {
         let listed = alice.ok(Method::GET, "/_matrix/client/v3/pushers", None).await;
         match listed["pushers"].as_array().unwrap().len() {
@@ -619,4 +584,62 @@ async fn pushers_go_with_their_devices() {
         )
         .await;
     assert_eq!(pushkeys().await, ["mine"]);
+}
+
+/// Pushes are kept in storage until their gateway takes them: two
+/// messages pushed while the gateway fails are tried, kept across a
+/// restart of the server, and delivered once each, in order, when the
+/// gateway is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pushes_wait_for_a_failing_gateway_across_a_restart() {
+    let mut server = TestServer::start().await;
+    let mut gateway = PushGateway::start(json!({})).await;
+    gateway.set_down(true);
+    let (alice_id, alice_token, room, sent) = {
+        let alice = server.register("alice").await;
+        let bob = server.register("bob").await;
+        alice
+            .ok(
+                Method::POST,
+                "/_matrix/client/v3/pushers/set",
+                Some(&gateway.pusher("key1")),
+            )
+            .await;
+        let room = alice.create_room(json!({ "preset": "public_chat" })).await;
+        assert_eq!(bob.join(&room).await.0, 200);
+        let mut sent = Vec::new();
+        for (txn, text) in [("f1", "one"), ("f2", "two")] {
+            sent.push(send(&bob, &room, txn, json!({ "msgtype": "m.text", "body": text })).await);
+        }
+        (alice.user_id.clone(), alice.token.clone(), room, sent)
+    };
+    // Tried (and refused) before the restart: the push is not lost with
+    // the attempt.
+    loop {
+        let push = gateway.next("a first try").await;
+        assert!(!push.accepted);
+        if push.event_id() == Some(sent[0].as_str()) {
+            break;
+        }
+    }
+    server.restart().await;
+    gateway.set_down(false);
+    let mut accepted = Vec::new();
+    while accepted.len() < 2 {
+        let push = gateway.next("the pushes after the restart").await;
+        if push.accepted {
+            accepted.push(push.event_id().unwrap_or_default().to_owned());
+        }
+    }
+    assert_eq!(accepted, sent, "each once, in order");
+    if let Some(push) = gateway.next_within(Duration::from_secs(2)).await {
+        panic!("pushed again: {}", push.body);
+    }
+    // The counts are the server's: both unread.
+    let alice = User {
+        server: &server,
+        user_id: alice_id,
+        token: alice_token,
+    };
+    assert_eq!(counts(&alice.sync("").await, &room).0, 2);
 }

@@ -43,7 +43,7 @@ use weft::{
         e2e::{DeviceKeysRecord, MASTER, OneTimeKeyRecord, SELF_SIGNING, ToDeviceDelivery, USER_SIGNING},
         media::MediaRecord,
         postgres::PgStorage,
-        push::{NewNotification, PusherRecord, UnreadCounts},
+        push::{NewNotification, PusherKey, PusherRecord, UnreadCounts},
         sqlite::SqliteStorage,
         threepid::ThreepidBinding,
     },
@@ -160,6 +160,7 @@ conformance! {
     e2e_delete_devices_and_deactivate,
     push_pushers,
     push_notifications,
+    push_queue,
     appservice,
     user_directory,
     user_directory_diacritics,
@@ -3407,26 +3408,23 @@ async fn push_notifications(s: Store) {
     let add = |i: usize, notifications: Vec<NewNotification>| {
         let (s, room_id, (e, stream)) = (s.clone(), room.id.clone(), sent[i].clone());
         async move {
-            s.add_notifications(&room_id, &e.id, stream, 1000 + i as u64, &notifications)
+            s.add_notifications(&room_id, &e.id, stream, 1000 + i as u64, &notifications, None)
                 .await
                 .unwrap()
         }
     };
-    // Carol has a pusher: she is whom a push is for.
+    // Carol has an HTTP pusher: a push is queued for her.
     let carols = PusherRecord {
         user_id: carol.clone(),
         app_id: "app".to_owned(),
         pushkey: "kC".to_owned(),
-        json: r#"{"app":"app","key":"kC"}"#.to_owned(),
+        json: r#"{"kind":"http","app_id":"app","pushkey":"kC"}"#.to_owned(),
         ts: 1,
         device_id: None,
     };
     s.set_pusher(&carols, false).await.unwrap();
-    assert_eq!(
-        add(0, vec![notify(&alice, false), notify(&carol, true)]).await,
-        std::slice::from_ref(&carol)
-    );
-    assert!(add(1, vec![notify(&alice, true)]).await.is_empty());
+    assert!(add(0, vec![notify(&alice, false), notify(&carol, true)]).await);
+    assert!(!add(1, vec![notify(&alice, true)]).await);
     add(2, vec![notify(&alice, false)]).await;
     add(3, vec![]).await;
     assert_eq!(
@@ -3529,11 +3527,97 @@ async fn push_notifications(s: Store) {
 
     let mut room2 = Room::create(&s, "n2").await;
     let (e, stream) = room2.send("elsewhere").await;
-    s.add_notifications(&room2.id, &e.id, stream, 7, &[notify(&alice, true)])
+    s.add_notifications(&room2.id, &e.id, stream, 7, &[notify(&alice, true)], None)
         .await
         .unwrap();
     assert_eq!(s.unread_total(&alice).await.unwrap(), 1);
     assert_eq!(s.unread_total(&carol).await.unwrap(), 1);
+}
+
+/// The queue of pushes: a row per HTTP pusher of each notified user, in
+/// order, taken out one by one; those of removed pushers and old ones
+/// dropped.
+async fn push_queue(s: Store) {
+    let (alice, bob) = (uid("alice"), uid("bob"));
+    let record = |user: &OwnedUserId, pushkey: &str, kind: &str| PusherRecord {
+        user_id: user.clone(),
+        app_id: "app".to_owned(),
+        pushkey: pushkey.to_owned(),
+        json: format!(r#"{{"kind":"{kind}","app_id":"app","pushkey":"{pushkey}"}}"#),
+        ts: 1,
+        device_id: None,
+    };
+    let key = |user: &OwnedUserId, pushkey: &str| PusherKey {
+        user_id: user.clone(),
+        app_id: "app".to_owned(),
+        pushkey: pushkey.to_owned(),
+    };
+    s.set_pusher(&record(&alice, "phone", "http"), false).await.unwrap();
+    s.set_pusher(&record(&alice, "tablet", "http"), false).await.unwrap();
+    s.set_pusher(&record(&alice, "mail", "email"), false).await.unwrap();
+    s.set_pusher(&record(&bob, "bobs", "http"), false).await.unwrap();
+    assert!(!s.any_queued_push().await.unwrap());
+    assert!(s.pushers_with_pushes(10).await.unwrap().is_empty());
+
+    let mut room = Room::create(&s, "q").await;
+    let notify = |user: &OwnedUserId, actions: &str| NewNotification {
+        user_id: user.clone(),
+        highlight: false,
+        actions: actions.to_owned(),
+    };
+    let mut sent = Vec::new();
+    for (i, name) in [None, Some("Invited")].into_iter().enumerate() {
+        let (e, stream) = room.send(&format!("q{i}")).await;
+        let queued = s
+            .add_notifications(
+                &room.id,
+                &e.id,
+                stream,
+                1,
+                &[notify(&alice, &format!(r#"["notify",{i}]"#))],
+                name,
+            )
+            .await
+            .unwrap();
+        assert!(queued);
+        sent.push(e.id);
+    }
+    assert!(s.any_queued_push().await.unwrap());
+    let mut pushers = s.pushers_with_pushes(10).await.unwrap();
+    pushers.sort_by(|a, b| a.pushkey.cmp(&b.pushkey));
+    assert_eq!(
+        pushers,
+        [key(&alice, "phone"), key(&alice, "tablet")],
+        "no email pusher, no Bob"
+    );
+    let phone = s.queued_pushes(&key(&alice, "phone"), 10).await.unwrap();
+    assert_eq!(
+        phone
+            .iter()
+            .map(|p| (&p.event_id, p.actions.as_str(), p.room_name.as_deref()))
+            .collect::<Vec<_>>(),
+        [
+            (&sent[0], r#"["notify",0]"#, None),
+            (&sent[1], r#"["notify",1]"#, Some("Invited"))
+        ]
+    );
+    assert!(phone[0].position < phone[1].position);
+    assert_eq!(s.queued_pushes(&key(&alice, "phone"), 1).await.unwrap(), phone[..1]);
+
+    // Sent: out of the queue, the tablet's untouched.
+    s.push_done(phone[0].position).await.unwrap();
+    assert_eq!(s.queued_pushes(&key(&alice, "phone"), 10).await.unwrap(), phone[1..]);
+    assert_eq!(s.queued_pushes(&key(&alice, "tablet"), 10).await.unwrap().len(), 2);
+
+    // A removed pusher's pushes are no one's, then dropped; nothing is
+    // old yet.
+    s.delete_pusher(&alice, "app", "tablet").await.unwrap();
+    assert_eq!(s.pushers_with_pushes(10).await.unwrap(), [key(&alice, "phone")]);
+    assert_eq!(s.drop_old_pushes(0).await.unwrap(), 2);
+    assert_eq!(s.queued_pushes(&key(&alice, "phone"), 10).await.unwrap(), phone[1..]);
+    // Queued before the time given: dropped.
+    assert_eq!(s.drop_old_pushes(u64::MAX / 2).await.unwrap(), 1);
+    assert!(!s.any_queued_push().await.unwrap());
 }
 
 async fn appservice(s: Store) {

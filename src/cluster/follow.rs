@@ -16,7 +16,7 @@ use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    cluster::{APPSERVICE_DUTY, FEDERATION_DUTY, OtherStream, OtherWrite},
+    cluster::{APPSERVICE_DUTY, FEDERATION_DUTY, OtherStream, OtherWrite, PUSH_DUTY},
     services::Services,
     wakeups::Topic,
 };
@@ -92,6 +92,8 @@ async fn followed(svc: &Services, write: OtherWrite) {
                 svc.sender.wake(&destination);
             } else if let Some(id) = duty.strip_prefix(APPSERVICE_DUTY) {
                 svc.appservices.wake(id);
+            } else if duty == PUSH_DUTY {
+                svc.push.sender.wake();
             }
         }
         OtherWrite::Resync => {
@@ -100,6 +102,7 @@ async fn followed(svc: &Services, write: OtherWrite) {
             svc.presence.forget_all();
             svc.sender.wake_all();
             svc.appservices.resume();
+            svc.push.sender.wake();
             let heads = async {
                 Ok::<_, crate::storage::StorageError>((
                     svc.storage.max_stream_ordering().await?,

@@ -104,7 +104,7 @@ pub enum OtherWrite {
     },
     /// Another process queued work for a duty this process holds (events
     /// for a destination, [`federation_duty`]; for an application service,
-    /// [`appservice_duty`]).
+    /// [`appservice_duty`]; pushes, [`PUSH_DUTY`]).
     Queued { duty: String },
     /// What other processes wrote may have been missed (the connection
     /// that hears them was opened anew): read the head again.
@@ -128,6 +128,10 @@ pub const FEDERATION_DUTY: &str = "federation ";
 pub fn federation_duty(destination: &ServerName) -> String {
     format!("{FEDERATION_DUTY}{destination}")
 }
+
+/// What a process holds while it sends the queued pushes to push gateways
+/// (all of them: one sender keeps each pusher's pushes in order).
+pub const PUSH_DUTY: &str = "push";
 
 /// What a process holds while it sends to an application service: the
 /// prefix, then the service's ID.

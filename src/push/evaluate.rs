@@ -17,7 +17,7 @@ use ruma::{
 };
 use serde_json::value::RawValue;
 
-use super::{gateway::Job, rules};
+use super::rules;
 use crate::{
     error::MatrixError,
     events::Pdu,
@@ -141,7 +141,8 @@ pub async fn event_stored(
     notify(svc, pdu, stream_ordering, users, room).await
 }
 
-/// Evaluates `pdu` for each of `users`; records and queues what notifies.
+/// Evaluates `pdu` for each of `users`; records what notifies, with a push
+/// queued for each pusher of those users.
 async fn notify(
     svc: &Services,
     pdu: &Arc<Pdu>,
@@ -153,35 +154,31 @@ async fn notify(
     let event = Raw::<AnySyncTimelineEvent>::from_json(json);
     let traits = ContentTraits::of(pdu);
     let mut notifications = Vec::new();
-    let mut jobs = Vec::new();
     for user in users {
         let actions = actions_for(svc, &user, &event, pdu, &room, traits).await?;
         if !actions.iter().any(Action::should_notify) {
             continue;
         }
         notifications.push(NewNotification {
-            user_id: user.clone(),
+            user_id: user,
             highlight: actions.iter().any(Action::is_highlight),
             actions: serde_json::to_string(&actions).map_err(|e| MatrixError::internal("push actions", e))?,
         });
-        jobs.push(Job::Event {
-            user,
-            pdu: pdu.clone(),
-            actions,
-            room_name: room.room_name.clone(),
-        });
     }
     let ts: u64 = pdu.origin_server_ts.get().into();
-    let with_pushers = svc
+    let queued = svc
         .storage
-        .add_notifications(&pdu.room_id, &pdu.event_id, stream_ordering, ts, &notifications)
+        .add_notifications(
+            &pdu.room_id,
+            &pdu.event_id,
+            stream_ordering,
+            ts,
+            &notifications,
+            room.room_name.as_deref(),
+        )
         .await?;
-    // Pushed once stored: a push carries the user's unread count, which
-    // counts this notification. Users without a pusher have no push.
-    for job in jobs {
-        if matches!(&job, Job::Event { user, .. } if with_pushers.contains(user)) {
-            svc.push.gateway.queue(job);
-        }
+    if queued {
+        svc.push.sender.wake();
     }
     Ok(())
 }
@@ -220,6 +217,6 @@ pub async fn remote_invite(
 /// A local user's read receipt moved: their pushers get the new badge.
 pub fn receipt_moved(svc: &Services, user: &ruma::UserId) {
     if user.server_name() == svc.server_name() {
-        svc.push.gateway.queue(Job::Badge { user: user.to_owned() });
+        svc.push.gateway.badge(svc.storage.clone(), user.to_owned());
     }
 }

@@ -1,49 +1,53 @@
-//! Pushes to push gateways (the push gateway API's
-//! `POST /_matrix/push/v1/notify`), off the write path: events and badge
-//! updates are queued on a channel that one background task drains, each
-//! request on its own task so that a slow gateway delays no other.
-//! Failures are logged; a gateway that rejects a pushkey loses that pusher.
+//! Requests to push gateways (the push gateway API's
+//! `POST /_matrix/push/v1/notify`): what a push says, to one pusher.
+//! Pushes of events come from the queue in storage (`super::sender`);
+//! badge updates (a read receipt moved the unread count) are sent at once,
+//! best effort: a badge lost is put right by the user's next push.
 
 use std::{sync::Arc, time::Duration};
 
 use ruma::{
-    OwnedUserId,
+    OwnedUserId, UserId,
     api::client::push::{Pusher, PusherKind},
     events::{StateEventType, TimelineEventType},
     push::{Action, PushFormat},
 };
 use serde_json::{Map, Value, json};
-use tokio::sync::mpsc;
 
 use crate::{events::Pdu, storage::Storage};
 
 /// How long a gateway has to answer.
-const TIMEOUT: Duration = Duration::from_secs(10);
+pub const TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Something to tell a user's pushers.
-#[derive(Debug)]
-pub enum Job {
-    /// An event that notifies `user`, with the actions their rules gave.
-    Event {
-        user: OwnedUserId,
-        pdu: Arc<Pdu>,
-        actions: Vec<Action>,
-        /// The room's name when the room's state is not held here (an
-        /// invite from another server).
-        room_name: Option<String>,
-    },
-    /// The user's unread count changed (a read receipt): a badge update.
-    Badge { user: OwnedUserId },
+/// An event to push, with the actions the user's rules gave it.
+pub struct EventPush {
+    pub pdu: Arc<Pdu>,
+    pub actions: Vec<Action>,
+    /// The room's name when the room's state is not held here (an invite
+    /// from another server).
+    pub room_name: Option<String>,
 }
 
-/// The queue of pushes.
+/// What a gateway said of a push.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Delivery {
+    Accepted,
+    /// The gateway rejected the pushkey: the pusher is to go.
+    Rejected,
+}
+
+/// A pusher of a user as stored, parsed, with its `pushkey_ts` (ms).
+pub type HttpPusher = (Pusher, u64);
+
+/// The HTTP client of pushes.
 pub struct Gateway {
-    jobs: mpsc::UnboundedSender<Job>,
+    http: reqwest::Client,
 }
 
 impl Gateway {
-    /// Starts the background task; it ends with `cancel`.
-    pub fn start(storage: Arc<dyn Storage>, verify_tls: bool, cancel: tokio_util::sync::CancellationToken) -> Gateway {
+    /// `verify_tls`: check push gateways' certificates (only test rigs
+    /// turn it off, as for federation).
+    pub fn new(verify_tls: bool) -> Gateway {
         crate::tls::install_crypto_provider();
         let http = reqwest::Client::builder()
             .timeout(TIMEOUT)
@@ -51,73 +55,27 @@ impl Gateway {
             .tls_danger_accept_invalid_certs(!verify_tls)
             // A connection per push: gateways see one request per
             // connection (SyTest's fake gateway cannot take a second one
-            // on a kept-alive connection), and pushes are few.
+            // on a kept-alive connection).
             .pool_max_idle_per_host(0)
             .user_agent(concat!("weft/", env!("CARGO_PKG_VERSION")))
             .build()
             .unwrap_or_default();
-        let (jobs, mut rx) = mpsc::unbounded_channel::<Job>();
-        tokio::spawn(async move {
-            loop {
-                let job = tokio::select! {
-                    _ = cancel.cancelled() => break,
-                    job = rx.recv() => match job {
-                        Some(job) => job,
-                        None => break,
-                    },
-                };
-                if let Err(e) = run(&storage, &http, job).await {
-                    tracing::warn!(error = %e, "push failed");
-                }
-            }
-        });
-        Gateway { jobs }
+        Gateway { http }
     }
 
-    pub fn queue(&self, job: Job) {
-        // The task ends only at shutdown; later jobs are dropped then.
-        let _ = self.jobs.send(job);
-    }
-}
-
-/// A stored pusher, parsed: `(pusher, its url, pushkey_ts)`.
-fn http_pushers(records: Vec<crate::storage::push::PusherRecord>) -> Vec<(Pusher, u64)> {
-    records
-        .into_iter()
-        .filter_map(|r| match serde_json::from_str::<Pusher>(&r.json) {
-            Ok(p) if matches!(p.kind, PusherKind::Http(_)) => Some((p, r.ts)),
-            Ok(_) => None,
-            Err(e) => {
-                tracing::warn!(user = %r.user_id, error = %e, "stored pusher unreadable");
-                None
-            }
-        })
-        .collect()
-}
-
-async fn run(storage: &Arc<dyn Storage>, http: &reqwest::Client, job: Job) -> Result<(), String> {
-    let user = match &job {
-        Job::Event { user, .. } | Job::Badge { user } => user.clone(),
-    };
-    let pushers = http_pushers(storage.pushers(&user).await.map_err(|e| e.to_string())?);
-    if pushers.is_empty() {
-        return Ok(());
-    }
-    let unread = storage.unread_total(&user).await.map_err(|e| e.to_string())?;
-    let event = match &job {
-        Job::Event {
-            pdu,
-            actions,
-            room_name,
-            ..
-        } => {
-            let names = room_names(storage, pdu).await;
-            Some((pdu.clone(), tweaks(actions), names.0.or(room_name.clone()), names.1))
-        }
-        Job::Badge { .. } => None,
-    };
-    for (pusher, ts) in pushers {
-        let PusherKind::Http(data) = &pusher.kind else { continue };
+    /// Pushes `event` (`None`: a badge update) to `pusher` of `user`, with
+    /// their unread count as it is now.
+    pub async fn push(
+        &self,
+        storage: &dyn Storage,
+        user: &UserId,
+        (pusher, ts): &HttpPusher,
+        event: Option<&EventPush>,
+    ) -> Result<Delivery, String> {
+        let PusherKind::Http(data) = &pusher.kind else {
+            return Ok(Delivery::Accepted);
+        };
+        let unread = storage.unread_total(user).await.map_err(|e| e.to_string())?;
         let mut device_data = data.data.clone();
         if let Some(format) = &data.format {
             device_data.insert("format".to_owned(), json!(format.as_str()));
@@ -128,34 +86,71 @@ async fn run(storage: &Arc<dyn Storage>, http: &reqwest::Client, job: Job) -> Re
             "pushkey_ts": ts / 1000,
             "data": device_data,
         });
-        let notification = match &event {
-            Some((pdu, tweaks, room_name, room_alias)) => {
-                device["tweaks"] = Value::Object(tweaks.clone());
+        let mut notification = match event {
+            Some(event) => {
+                device["tweaks"] = Value::Object(tweaks(&event.actions));
+                let (name, alias) = room_names(storage, &event.pdu).await;
                 let full = data.format != Some(PushFormat::EventIdOnly);
-                event_notification(&user, pdu, room_name.as_deref(), room_alias.as_deref(), full)
+                let name = name.or(event.room_name.clone());
+                event_notification(user, &event.pdu, name.as_deref(), alias.as_deref(), full)
             }
             None => json!({ "id": "", "type": null, "sender": "" }),
         };
-        let mut notification = notification;
         notification["counts"] = json!({ "unread": unread });
         notification["devices"] = json!([device]);
-        let body = json!({ "notification": notification });
-        let (storage, http, url, user) = (storage.clone(), http.clone(), data.url.clone(), user.clone());
+        let rejected = send(&self.http, &data.url, &json!({ "notification": notification })).await?;
+        Ok(if rejected.contains(&pusher.ids.pushkey) {
+            Delivery::Rejected
+        } else {
+            Delivery::Accepted
+        })
+    }
+
+    /// Sends `user`'s badge to each of their pushers, in the background.
+    pub fn badge(self: &Arc<Self>, storage: Arc<dyn Storage>, user: OwnedUserId) {
+        let gateway = self.clone();
         tokio::spawn(async move {
-            match send(&http, &url, &body).await {
-                Ok(rejected) => {
-                    for pushkey in rejected.into_iter().filter(|k| *k == pusher.ids.pushkey) {
-                        tracing::info!(%user, %pushkey, "push gateway rejected the pushkey; pusher removed");
-                        if let Err(e) = storage.delete_pusher(&user, &pusher.ids.app_id, &pushkey).await {
-                            tracing::warn!(error = %e, "removing a rejected pusher");
-                        }
+            let pushers = match http_pushers(&*storage, &user).await {
+                Ok(pushers) => pushers,
+                Err(e) => return tracing::warn!(%user, error = %e, "reading pushers for a badge"),
+            };
+            for pusher in pushers {
+                let (gateway, storage, user) = (gateway.clone(), storage.clone(), user.clone());
+                tokio::spawn(async move {
+                    match gateway.push(&*storage, &user, &pusher, None).await {
+                        Ok(Delivery::Accepted) => {}
+                        Ok(Delivery::Rejected) => remove_rejected(&*storage, &user, &pusher.0).await,
+                        Err(e) => tracing::info!(%user, error = %e, "badge push failed"),
                     }
-                }
-                Err(e) => tracing::warn!(%user, %url, error = %e, "push to gateway failed"),
+                });
             }
         });
     }
-    Ok(())
+}
+
+/// Removes a pusher whose gateway rejected its pushkey.
+pub async fn remove_rejected(storage: &dyn Storage, user: &UserId, pusher: &Pusher) {
+    let (app_id, pushkey) = (&pusher.ids.app_id, &pusher.ids.pushkey);
+    tracing::info!(%user, %pushkey, "push gateway rejected the pushkey; pusher removed");
+    if let Err(e) = storage.delete_pusher(user, app_id, pushkey).await {
+        tracing::warn!(error = %e, "removing a rejected pusher");
+    }
+}
+
+/// The user's HTTP pushers, parsed.
+pub async fn http_pushers(storage: &dyn Storage, user: &UserId) -> Result<Vec<HttpPusher>, String> {
+    let records = storage.pushers(user).await.map_err(|e| e.to_string())?;
+    Ok(records
+        .into_iter()
+        .filter_map(|r| match serde_json::from_str::<Pusher>(&r.json) {
+            Ok(p) if matches!(p.kind, PusherKind::Http(_)) => Some((p, r.ts)),
+            Ok(_) => None,
+            Err(e) => {
+                tracing::warn!(user = %r.user_id, error = %e, "stored pusher unreadable");
+                None
+            }
+        })
+        .collect())
 }
 
 /// POSTs a notification; the pushkeys the gateway rejected.
@@ -191,7 +186,7 @@ fn tweaks(actions: &[Action]) -> Map<String, Value> {
 /// The notification of an event (`full`: with its content and sender,
 /// else the `event_id_only` format's fields).
 fn event_notification(
-    user: &ruma::UserId,
+    user: &UserId,
     pdu: &Pdu,
     room_name: Option<&str>,
     room_alias: Option<&str>,
@@ -226,9 +221,8 @@ fn event_notification(
 
 /// The room's name as a push shows it (`m.room.name`, else the canonical
 /// alias), and its canonical alias, from the current state if held.
-async fn room_names(storage: &Arc<dyn Storage>, pdu: &Pdu) -> (Option<String>, Option<String>) {
+async fn room_names(storage: &dyn Storage, pdu: &Pdu) -> (Option<String>, Option<String>) {
     let field = |kind: StateEventType, field: &'static str| {
-        let storage = storage.clone();
         let room_id = pdu.room_id.clone();
         async move {
             let state = storage.current_state(&room_id, Some(&kind)).await.ok()?;

@@ -34,6 +34,27 @@ pub struct NewNotification {
     pub actions: String,
 }
 
+/// A pusher, by its keys.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct PusherKey {
+    pub user_id: OwnedUserId,
+    pub app_id: String,
+    pub pushkey: String,
+}
+
+/// A push waiting in a pusher's queue: an event that notified its user.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueuedPush {
+    /// Its place in the queue (rows are never renumbered).
+    pub position: i64,
+    pub event_id: OwnedEventId,
+    /// The push actions, as JSON.
+    pub actions: String,
+    /// The room's name when its state is not held here (an invite from
+    /// another server).
+    pub room_name: Option<String>,
+}
+
 /// A notification kept for `GET /notifications`.
 #[derive(Debug, Clone)]
 pub struct NotificationRecord {
@@ -67,8 +88,11 @@ pub trait PushStorage: Send + Sync + 'static {
     /// password change that logs the other devices out).
     async fn delete_other_devices_pushers(&self, user_id: &UserId, keep: &DeviceId) -> Result<()>;
 
-    /// Records the notifications an event (at `stream_ordering`) gives;
-    /// the users among them who have a pusher (whom a push is for).
+    /// Records the notifications an event (at `stream_ordering`) gives,
+    /// and queues a push of it to each HTTP pusher of their users
+    /// (`room_name`: what [`QueuedPush::room_name`] says); whether any push
+    /// was queued. On PostgreSQL, the process holding the duty
+    /// [`crate::cluster::PUSH_DUTY`], if another, is told.
     async fn add_notifications(
         &self,
         room_id: &RoomId,
@@ -76,7 +100,19 @@ pub trait PushStorage: Send + Sync + 'static {
         stream_ordering: StreamOrdering,
         ts: u64,
         notifications: &[NewNotification],
-    ) -> Result<Vec<OwnedUserId>>;
+        room_name: Option<&str>,
+    ) -> Result<bool>;
+    /// Whether any push is queued (one index probe).
+    async fn any_queued_push(&self) -> Result<bool>;
+    /// The pushers with queued pushes, at most `limit`.
+    async fn pushers_with_pushes(&self, limit: usize) -> Result<Vec<PusherKey>>;
+    /// The oldest pushes queued for `pusher`, at most `limit`, oldest first.
+    async fn queued_pushes(&self, pusher: &PusherKey, limit: usize) -> Result<Vec<QueuedPush>>;
+    /// Takes a push out of its queue (sent, or given up).
+    async fn push_done(&self, position: i64) -> Result<()>;
+    /// Drops the pushes queued before `before_ms` and those of pushers
+    /// that are gone; how many.
+    async fn drop_old_pushes(&self, before_ms: u64) -> Result<u64>;
     /// The user's notifications in the room after their read receipt.
     async fn unread_counts(&self, user_id: &UserId, room_id: &RoomId) -> Result<UnreadCounts>;
     /// The user's unread notifications in all rooms (a push's badge).

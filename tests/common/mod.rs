@@ -5,6 +5,7 @@ mod database;
 pub mod federation;
 pub mod hostile;
 pub mod process;
+pub mod push_gateway;
 pub mod synapse;
 
 #[allow(unused_imports)] // only some tests run SQL of their own

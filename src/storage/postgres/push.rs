@@ -3,12 +3,15 @@
 use std::collections::BTreeMap;
 
 use async_trait::async_trait;
-use ruma::{DeviceId, OwnedDeviceId, OwnedUserId, RoomId, UserId};
+use ruma::{DeviceId, OwnedDeviceId, RoomId, UserId};
 
-use super::{PgStorage, big, col, exec, parse, pg_write, query, query_one};
-use crate::storage::{
-    Result, StreamOrdering,
-    push::{NewNotification, NotificationRecord, PushStorage, PusherRecord, UnreadCounts},
+use super::{PgStorage, big, col, duties::NOW_MS, exec, parse, pg_write, query, query_one, query_opt};
+use crate::{
+    cluster::PUSH_DUTY,
+    storage::{
+        Result, StreamOrdering,
+        push::{NewNotification, NotificationRecord, PushStorage, PusherKey, PusherRecord, QueuedPush, UnreadCounts},
+    },
 };
 
 /// The stream ordering of the user's read receipt in the room (0 if none):
@@ -106,9 +109,10 @@ impl PushStorage for PgStorage {
         stream_ordering: StreamOrdering,
         ts: u64,
         notifications: &[NewNotification],
-    ) -> Result<Vec<OwnedUserId>> {
+        room_name: Option<&str>,
+    ) -> Result<bool> {
         if notifications.is_empty() {
-            return Ok(Vec::new());
+            return Ok(false);
         }
         // One row per user, the last one given winning (as one replacing
         // insert after another would): a statement may not upsert a row
@@ -117,20 +121,35 @@ impl PushStorage for PgStorage {
         let users: Vec<&str> = by_user.keys().copied().collect();
         let highlights: Vec<bool> = by_user.values().map(|n| n.highlight).collect();
         let actions: Vec<&str> = by_user.values().map(|n| n.actions.as_str()).collect();
-        // (Whom a push is for comes back with the insert: one statement.)
-        let with_pushers = pg_write!(one self, |c| {
-            query(
+        // One statement: the notifications, the pushes of the users' HTTP
+        // pushers, and word to the process sending pushes if another.
+        let sql = format!(
+            "WITH added AS (
+                 INSERT INTO notifications (user_id, room_id, event_id, stream_ordering, highlight, actions, ts)
+                 SELECT n.user_id, $2, $3, $4, n.highlight, n.actions, $7
+                 FROM UNNEST($1::text[], $5::boolean[], $6::text[]) AS n (user_id, highlight, actions)
+                 ON CONFLICT (user_id, event_id) DO UPDATE SET
+                     room_id = excluded.room_id, stream_ordering = excluded.stream_ordering,
+                     highlight = excluded.highlight, actions = excluded.actions, ts = excluded.ts
+             ), queued AS (
+                 INSERT INTO push_queue (user_id, app_id, pushkey, event_id, actions, room_name, queued_ts)
+                 SELECT p.user_id, p.app_id, p.pushkey, $3, n.actions, $8, {NOW_MS}
+                 FROM UNNEST($1::text[], $6::text[]) AS n (user_id, actions)
+                 JOIN pushers p ON p.user_id = n.user_id
+                 WHERE p.json::jsonb ->> 'kind' = 'http'
+                 RETURNING 1
+             ), told AS (
+                 SELECT pg_notify('weft', concat_ws(' ', current_setting('weft.process', TRUE), 'queued', holder, duty))
+                 FROM duties WHERE duty = $9 AND expires_ms >= {NOW_MS}
+                     AND holder IS DISTINCT FROM current_setting('weft.process', TRUE)
+                     AND EXISTS (SELECT 1 FROM queued)
+             )
+             SELECT (SELECT count(*) FROM queued), (SELECT count(*) FROM told)"
+        );
+        let row = pg_write!(one self, |c| {
+            query_one(
                 &c,
-                "WITH added AS (
-                     INSERT INTO notifications (user_id, room_id, event_id, stream_ordering, highlight, actions, ts)
-                     SELECT n.user_id, $2, $3, $4, n.highlight, n.actions, $7
-                     FROM UNNEST($1::text[], $5::boolean[], $6::text[]) AS n (user_id, highlight, actions)
-                     ON CONFLICT (user_id, event_id) DO UPDATE SET
-                         room_id = excluded.room_id, stream_ordering = excluded.stream_ordering,
-                         highlight = excluded.highlight, actions = excluded.actions, ts = excluded.ts
-                 )
-                 SELECT u FROM unnest($1::text[]) AS u
-                 WHERE EXISTS (SELECT 1 FROM pushers p WHERE p.user_id = u)",
+                &sql,
                 &[
                     &users,
                     &room_id.as_str(),
@@ -139,11 +158,86 @@ impl PushStorage for PgStorage {
                     &highlights,
                     &actions,
                     &big(ts),
+                    &room_name,
+                    &PUSH_DUTY,
                 ],
             )
             .await?
         })?;
-        with_pushers.iter().map(|r| parse(col::<String>(r, 0)?)).collect()
+        Ok(col::<i64>(&row, 0)? > 0)
+    }
+
+    async fn any_queued_push(&self) -> Result<bool> {
+        let c = self.client().await?;
+        Ok(query_opt(&c, "SELECT 1 FROM push_queue LIMIT 1", &[]).await?.is_some())
+    }
+
+    async fn pushers_with_pushes(&self, limit: usize) -> Result<Vec<PusherKey>> {
+        let c = self.client().await?;
+        let rows = query(
+            &c,
+            "SELECT DISTINCT q.user_id, q.app_id, q.pushkey FROM push_queue q
+             WHERE EXISTS (SELECT 1 FROM pushers p
+                           WHERE p.user_id = q.user_id AND p.app_id = q.app_id AND p.pushkey = q.pushkey)
+             LIMIT $1",
+            &[&big(limit as u64)],
+        )
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(PusherKey {
+                    user_id: parse(col::<String>(r, 0)?)?,
+                    app_id: col(r, 1)?,
+                    pushkey: col(r, 2)?,
+                })
+            })
+            .collect()
+    }
+
+    async fn queued_pushes(&self, pusher: &PusherKey, limit: usize) -> Result<Vec<QueuedPush>> {
+        let c = self.client().await?;
+        let rows = query(
+            &c,
+            "SELECT position, event_id, actions, room_name FROM push_queue
+             WHERE user_id = $1 AND app_id = $2 AND pushkey = $3 ORDER BY position LIMIT $4",
+            &[
+                &pusher.user_id.as_str(),
+                &pusher.app_id,
+                &pusher.pushkey,
+                &big(limit as u64),
+            ],
+        )
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(QueuedPush {
+                    position: col(r, 0)?,
+                    event_id: parse(col::<String>(r, 1)?)?,
+                    actions: col(r, 2)?,
+                    room_name: col(r, 3)?,
+                })
+            })
+            .collect()
+    }
+
+    async fn push_done(&self, position: i64) -> Result<()> {
+        pg_write!(one self, |c| {
+            exec(&c, "DELETE FROM push_queue WHERE position = $1", &[&position]).await?
+        })?;
+        Ok(())
+    }
+
+    async fn drop_old_pushes(&self, before_ms: u64) -> Result<u64> {
+        pg_write!(one self, |c| {
+            exec(
+                &c,
+                "DELETE FROM push_queue q WHERE q.queued_ts < $1
+                     OR NOT EXISTS (SELECT 1 FROM pushers p
+                                    WHERE p.user_id = q.user_id AND p.app_id = q.app_id AND p.pushkey = q.pushkey)",
+                &[&big(before_ms)],
+            )
+            .await?
+        })
     }
 
     async fn unread_counts(&self, user_id: &UserId, room_id: &RoomId) -> Result<UnreadCounts> {

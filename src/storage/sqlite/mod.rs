@@ -64,6 +64,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("schema_v18.sql"),
     include_str!("schema_v19.sql"),
     include_str!("schema_v20.sql"),
+    include_str!("schema_v21.sql"),
 ];
 
 const MAX_IDLE_READERS: usize = 4;

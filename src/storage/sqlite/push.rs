@@ -7,7 +7,7 @@ use rusqlite::{Connection, params};
 use super::{SqliteStorage, exec, query_one};
 use crate::storage::{
     Result, StorageError, StreamOrdering,
-    push::{NewNotification, NotificationRecord, PushStorage, PusherRecord, UnreadCounts},
+    push::{NewNotification, NotificationRecord, PushStorage, PusherKey, PusherRecord, QueuedPush, UnreadCounts},
 };
 
 /// The stream ordering of the user's read receipt in the room (0 if none):
@@ -107,13 +107,16 @@ impl PushStorage for SqliteStorage {
         stream_ordering: StreamOrdering,
         ts: u64,
         notifications: &[NewNotification],
-    ) -> Result<Vec<OwnedUserId>> {
+        room_name: Option<&str>,
+    ) -> Result<bool> {
         if notifications.is_empty() {
-            return Ok(Vec::new());
+            return Ok(false);
         }
         let (room_id, event_id, notifications) = (room_id.to_owned(), event_id.to_owned(), notifications.to_vec());
+        let room_name = room_name.map(str::to_owned);
+        let now = super::now_ms();
         self.write(move |tx| {
-            let mut with_pushers = Vec::new();
+            let mut queued = 0;
             for n in &notifications {
                 exec(
                     tx,
@@ -130,16 +133,97 @@ impl PushStorage for SqliteStorage {
                         ts as i64
                     ],
                 )?;
-                let has_pusher: bool = tx.query_row(
-                    "SELECT EXISTS (SELECT 1 FROM pushers WHERE user_id = ?1)",
-                    [n.user_id.as_str()],
-                    |r| r.get(0),
+                queued += exec(
+                    tx,
+                    "INSERT INTO push_queue (user_id, app_id, pushkey, event_id, actions, room_name, queued_ts)
+                     SELECT user_id, app_id, pushkey, ?2, ?3, ?4, ?5 FROM pushers
+                     WHERE user_id = ?1 AND json_extract(json, '$.kind') = 'http'",
+                    params![n.user_id.as_str(), event_id.as_str(), n.actions, room_name, now],
                 )?;
-                if has_pusher && !with_pushers.contains(&n.user_id) {
-                    with_pushers.push(n.user_id.clone());
-                }
             }
-            Ok(with_pushers)
+            Ok(queued > 0)
+        })
+        .await
+    }
+
+    async fn any_queued_push(&self) -> Result<bool> {
+        self.read(|c| Ok(c.prepare_cached("SELECT 1 FROM push_queue LIMIT 1")?.exists([])?))
+            .await
+    }
+
+    async fn pushers_with_pushes(&self, limit: usize) -> Result<Vec<PusherKey>> {
+        self.read(move |c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT DISTINCT q.user_id, q.app_id, q.pushkey FROM push_queue q
+                 WHERE EXISTS (SELECT 1 FROM pushers p
+                               WHERE p.user_id = q.user_id AND p.app_id = q.app_id AND p.pushkey = q.pushkey)
+                 LIMIT ?1",
+            )?;
+            let rows = stmt.query_map([limit as i64], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?))
+            })?;
+            rows.map(|row| {
+                let (user_id, app_id, pushkey) = row?;
+                Ok(PusherKey {
+                    user_id: OwnedUserId::try_from(user_id).map_err(|e| StorageError::Corrupt(e.to_string()))?,
+                    app_id,
+                    pushkey,
+                })
+            })
+            .collect()
+        })
+        .await
+    }
+
+    async fn queued_pushes(&self, pusher: &PusherKey, limit: usize) -> Result<Vec<QueuedPush>> {
+        let pusher = pusher.clone();
+        self.read(move |c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT position, event_id, actions, room_name FROM push_queue
+                 WHERE user_id = ?1 AND app_id = ?2 AND pushkey = ?3 ORDER BY position LIMIT ?4",
+            )?;
+            let rows = stmt.query_map(
+                params![pusher.user_id.as_str(), pusher.app_id, pusher.pushkey, limit as i64],
+                |r| {
+                    Ok((
+                        r.get::<_, i64>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, String>(2)?,
+                        r.get::<_, Option<String>>(3)?,
+                    ))
+                },
+            )?;
+            rows.map(|row| {
+                let (position, event_id, actions, room_name) = row?;
+                Ok(QueuedPush {
+                    position,
+                    event_id: OwnedEventId::try_from(event_id).map_err(|e| StorageError::Corrupt(e.to_string()))?,
+                    actions,
+                    room_name,
+                })
+            })
+            .collect()
+        })
+        .await
+    }
+
+    async fn push_done(&self, position: i64) -> Result<()> {
+        self.write(move |tx| {
+            exec(tx, "DELETE FROM push_queue WHERE position = ?1", [position])?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn drop_old_pushes(&self, before_ms: u64) -> Result<u64> {
+        self.write(move |tx| {
+            Ok(exec(
+                tx,
+                "DELETE FROM push_queue WHERE queued_ts < ?1
+                     OR NOT EXISTS (SELECT 1 FROM pushers p WHERE p.user_id = push_queue.user_id
+                                    AND p.app_id = push_queue.app_id AND p.pushkey = push_queue.pushkey)",
+                [before_ms as i64],
+            )? as u64)
         })
         .await
     }
