@@ -6,8 +6,10 @@
 //! [`fill`] asks servers that were in the room at the gap for `/backfill`
 //! from there (several extremities at once), checks and stores what comes
 //! back ([`crate::rooms::backfilled::receive_backfilled`]), and tells how many
-//! events it added. One fill per room at a time: a second request for the
-//! same gap waits, then finds it filled. A server that failed for a gap is
+//! events it added. One fill per room at a time, in the cluster too (the
+//! duty [`crate::cluster::backfill_duty`], held while the fill runs): a
+//! second request for the same gap, on any process, waits, then finds it
+//! filled. A server that failed for a gap is
 //! not asked about that gap again until its back-off has passed, so history
 //! no server can give does not cost every `/messages` call. See
 //! docs/history.md.
@@ -38,6 +40,13 @@ const BACKOFF_INITIAL: Duration = Duration::from_secs(30);
 const BACKOFF_MAX: Duration = Duration::from_secs(60 * 60);
 /// Back-offs kept before those that ran out are dropped.
 const BACKOFF_ENTRIES: usize = 4096;
+/// How long a fill's hold on the room lasts unrenewed (it is renewed
+/// before each server is asked: longer than one federation request).
+const FILL_TTL: Duration = Duration::from_secs(90);
+/// How long a fill waits for another process's fill of the room before
+/// it goes on by itself (what both store is the same: the second write
+/// finds it held).
+const FILL_WAIT: Duration = Duration::from_secs(30);
 
 /// Per-room single flight and per-(gap, server) back-off.
 #[derive(Default)]
@@ -71,29 +80,34 @@ impl Backfiller {
     }
 }
 
+/// What a fill did to the room's history.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Filled {
+    /// This many events were added (0: nothing could be had).
+    Added(usize),
+    /// Another request, of this process or another, filled some of the
+    /// gaps while this one waited for it: read again.
+    ByAnother,
+}
+
 /// Fills the gaps at `gaps` (backward extremities, highest first) with up
-/// to about `want` events. Returns how many events were added.
-pub async fn fill(svc: &Services, room_id: &RoomId, gaps: &[OwnedEventId], want: usize) -> Result<usize, RoomError> {
+/// to about `want` events.
+pub async fn fill(svc: &Services, room_id: &RoomId, gaps: &[OwnedEventId], want: usize) -> Result<Filled, RoomError> {
     let span = tracing::info_span!("backfill", %room_id, gaps = gaps.len());
     async {
         let _guard = svc.backfiller.rooms.lock(room_id).await;
+        let held = crate::cluster::hold_while(
+            &svc.cluster,
+            crate::cluster::backfill_duty(room_id),
+            FILL_TTL,
+            FILL_WAIT,
+        )
+        .await;
         // Another request may have filled some while we waited.
-        let open: HashSet<OwnedEventId> = svc
-            .storage
-            .backward_extremities(room_id)
-            .await?
-            .into_iter()
-            .map(|(id, _)| id)
-            .collect();
-        let gaps: Vec<OwnedEventId> = gaps
-            .iter()
-            .filter(|g| open.contains(*g))
-            .take(MAX_EXTREMITIES_PER_REQUEST)
-            .cloned()
-            .collect();
-        if gaps.is_empty() {
-            return Ok(0);
+        if any_closed(svc, room_id, gaps).await? {
+            return Ok(Filled::ByAnother);
         }
+        let gaps: Vec<OwnedEventId> = gaps.iter().take(MAX_EXTREMITIES_PER_REQUEST).cloned().collect();
         let room = svc.storage.room(room_id).await?.ok_or(RoomError::UnknownRoom)?;
         let started = Instant::now();
         let limit = (want * 2).clamp(20, crate::federation_api::MAX_HISTORY_PAGE);
@@ -105,6 +119,9 @@ pub async fn fill(svc: &Services, room_id: &RoomId, gaps: &[OwnedEventId], want:
         {
             if gaps.iter().all(|g| svc.backfiller.backing_off(g, &server)) {
                 continue;
+            }
+            if let Some(held) = &held {
+                held.renew(FILL_TTL).await;
             }
             let request = get_backfill::v1::Request::new(room_id.to_owned(), gaps.clone(), UInt::from(limit as u32));
             let pdus = match svc.federation.send(&server, request).await {
@@ -126,6 +143,11 @@ pub async fn fill(svc: &Services, room_id: &RoomId, gaps: &[OwnedEventId], want:
                 }
             }
             added = backfilled::receive_backfilled(svc, &server, &room, events).await?;
+            // Held already: another process filled the gaps meanwhile (it
+            // went on without the duty, or took it over).
+            if added == 0 && any_closed(svc, room_id, &gaps).await? {
+                return Ok(Filled::ByAnother);
+            }
             if added == 0 {
                 svc.metrics.backfill_request("empty");
                 svc.backfiller.failed(&gaps, &server);
@@ -137,10 +159,22 @@ pub async fn fill(svc: &Services, room_id: &RoomId, gaps: &[OwnedEventId], want:
             break;
         }
         svc.metrics.backfill_seconds.observe(started.elapsed().as_secs_f64());
-        Ok(added)
+        Ok(Filled::Added(added))
     }
     .instrument(span)
     .await
+}
+
+/// Whether any of `gaps` is no longer one (filled).
+async fn any_closed(svc: &Services, room_id: &RoomId, gaps: &[OwnedEventId]) -> Result<bool, RoomError> {
+    let open: HashSet<OwnedEventId> = svc
+        .storage
+        .backward_extremities(room_id)
+        .await?
+        .into_iter()
+        .map(|(id, _)| id)
+        .collect();
+    Ok(gaps.iter().any(|g| !open.contains(g)))
 }
 
 /// Servers to ask for the history behind `gaps`: those with users joined

@@ -293,17 +293,27 @@ pub async fn resync(svc: &Services, user_id: &UserId) -> Result<RemoteDeviceList
     })
 }
 
-/// Fetches a remote user's device list in the background (once at a time
-/// per user).
+/// How long a background fetch of a device list holds its duty (longer
+/// than a federation request).
+const RESYNC_TTL: std::time::Duration = std::time::Duration::from_secs(90);
+
+/// Fetches a remote user's device list in the background, once at a time
+/// per user in the cluster (the duty [`crate::cluster::device_list_duty`]:
+/// a fetch another process runs already is not run again).
 fn resync_later(svc: &std::sync::Arc<Services>, user_id: &UserId) {
     if !svc.e2e.resyncing.lock().expect("resync set").insert(user_id.to_owned()) {
         return;
     }
     let (svc, user_id) = (svc.clone(), user_id.to_owned());
     tokio::spawn(async move {
-        if let Err(error) = resync(&svc, &user_id).await {
+        let duty = crate::cluster::device_list_duty(&user_id);
+        let held = crate::cluster::hold_while(&svc.cluster, duty, RESYNC_TTL, std::time::Duration::ZERO).await;
+        if held.is_some()
+            && let Err(error) = resync(&svc, &user_id).await
+        {
             tracing::info!(%user_id, %error, "cannot fetch a remote device list");
         }
+        drop(held);
         svc.e2e.resyncing.lock().expect("resync set").remove(&user_id);
     });
 }

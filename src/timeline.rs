@@ -192,7 +192,7 @@ pub async fn paginate_filling(svc: &Services, room_id: &RoomId, reader: Reader<'
             return Ok(page);
         }
         match crate::backfill::fill(svc, room_id, &gaps, req.limit).await {
-            Ok(0) => return Ok(page),
+            Ok(crate::backfill::Filled::Added(0)) => return Ok(page),
             Ok(_) => {}
             Err(e) => {
                 tracing::info!(%room_id, error = %e, "backfill failed; serving what is held");

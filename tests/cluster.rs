@@ -1228,3 +1228,56 @@ async fn pushes_of_a_killed_process_are_sent_by_another() {
         panic!("pushed twice: {}", push.body);
     }
 }
+
+/// One process at a time fills a room's gap (the duty `backfill <room>`):
+/// `/messages` through A and through B at once, both paging back across
+/// the same gap, ask the peer for its history once — the second waits
+/// for the first's fill, then finds the gap filled — and both give it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gap_is_filled_by_one_process_at_a_time() {
+    let Some((_dir, a, b)) = two_processes().await else {
+        return;
+    };
+    let peer = common::hostile::Hostile::start().await;
+    let (alice, bob, room) = alice_and_bob_in_a_room(&a, &b).await;
+    let server_name: ruma::OwnedServerName = a.server_name().try_into().unwrap();
+    let room_id: ruma::OwnedRoomId = room.as_str().try_into().unwrap();
+    peer.join(&server_name, &room_id, "peer").await;
+    let mallory = peer.user("peer");
+    // The peer gives only the newest missing event: the rest is a gap,
+    // which `/backfill` fills, slowly.
+    peer.set_behaviour(|b| {
+        b.missing_events_limit = Some(1);
+        b.backfill_delay = Duration::from_millis(1500);
+    });
+    let mut in_gap = Vec::new();
+    for i in 0..5 {
+        let message = peer.message(&room_id, &mallory, &format!("in the gap {i}"));
+        peer.commit(&room_id, &message);
+        in_gap.push(message.id.to_string());
+    }
+    let last = peer.message(&room_id, &mallory, "after the gap");
+    peer.commit(&room_id, &last);
+    let (status, answer) = peer
+        .send_transaction(&server_name, "gap", std::slice::from_ref(&last.pdu))
+        .await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["pdus"][last.id.as_str()], json!({}), "{answer}");
+    assert!(
+        peer.seen_at("/_matrix/federation/v1/backfill/").is_empty(),
+        "nobody paged back yet"
+    );
+
+    let (through_a, through_b) = tokio::join!(history(&alice, &room), history(&bob, &room));
+    for (process, history) in [("A", &through_a), ("B", &through_b)] {
+        let missing: Vec<_> = in_gap.iter().filter(|id| !history.contains(id)).collect();
+        assert!(missing.is_empty(), "{process} pages back without {missing:?}");
+    }
+    assert_eq!(through_a, through_b, "one order");
+    let asked = peer.seen_at("/_matrix/federation/v1/backfill/");
+    assert_eq!(
+        asked.len(),
+        1,
+        "the peer was asked for the gap more than once: {asked:?}"
+    );
+}

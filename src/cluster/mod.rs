@@ -45,6 +45,9 @@ pub trait Cluster: Send + Sync {
     /// [`federation_duty`]) for this process for `ttl`; false while another
     /// live process holds it.
     async fn hold_duty(&self, duty: &str, ttl: Duration) -> Result<bool>;
+    /// Gives up `duty` if this process holds it (its work is done, and
+    /// another process waits for it: [`hold_while`]).
+    async fn release_duty(&self, duty: &str) -> Result<()>;
     /// Gives up every duty this process holds (it stops).
     async fn release_duties(&self) -> Result<()>;
 }
@@ -65,6 +68,10 @@ impl Cluster for InProcess {
 
     async fn hold_duty(&self, _duty: &str, _ttl: Duration) -> Result<bool> {
         Ok(true)
+    }
+
+    async fn release_duty(&self, _duty: &str) -> Result<()> {
+        Ok(())
     }
 
     async fn release_duties(&self) -> Result<()> {
@@ -132,6 +139,80 @@ pub fn federation_duty(destination: &ServerName) -> String {
 /// What a process holds while it sends the queued pushes to push gateways
 /// (all of them: one sender keeps each pusher's pushes in order).
 pub const PUSH_DUTY: &str = "push";
+
+/// What a process holds while it fills a room's gaps with history from
+/// other servers (`crate::backfill`): the prefix, then the room ID.
+pub const BACKFILL_DUTY: &str = "backfill ";
+
+/// The duty of filling `room_id`'s gaps.
+pub fn backfill_duty(room_id: &RoomId) -> String {
+    format!("{BACKFILL_DUTY}{room_id}")
+}
+
+/// What a process holds while it fetches a remote user's device list in
+/// the background (`crate::devices`): the prefix, then the user ID.
+pub const DEVICE_LIST_DUTY: &str = "device-list ";
+
+/// The duty of fetching `user_id`'s device list.
+pub fn device_list_duty(user_id: &ruma::UserId) -> String {
+    format!("{DEVICE_LIST_DUTY}{user_id}")
+}
+
+/// A duty held for one piece of work (not a worker's standing duty), given
+/// back when dropped.
+pub struct HeldDuty {
+    cluster: std::sync::Arc<dyn Cluster>,
+    duty: String,
+}
+
+impl HeldDuty {
+    /// Takes it again for `ttl` more (long work).
+    pub async fn renew(&self, ttl: Duration) {
+        if let Err(e) = self.cluster.hold_duty(&self.duty, ttl).await {
+            tracing::warn!(duty = %self.duty, error = %e, "cannot renew a duty");
+        }
+    }
+}
+
+impl Drop for HeldDuty {
+    fn drop(&mut self) {
+        let (cluster, duty) = (self.cluster.clone(), std::mem::take(&mut self.duty));
+        tokio::spawn(async move {
+            if let Err(e) = cluster.release_duty(&duty).await {
+                tracing::debug!(%duty, error = %e, "cannot give a duty back (it runs out)");
+            }
+        });
+    }
+}
+
+/// Takes `duty` for `ttl`, waiting (polling every 100 ms) while another
+/// process holds it, at most `wait`: `Some` once held; `None` when
+/// another process still holds it after `wait` (or the database cannot
+/// say: the work goes on unheld, its writes being idempotent).
+pub async fn hold_while(
+    cluster: &std::sync::Arc<dyn Cluster>,
+    duty: String,
+    ttl: Duration,
+    wait: Duration,
+) -> Option<HeldDuty> {
+    let started = tokio::time::Instant::now();
+    loop {
+        match cluster.hold_duty(&duty, ttl).await {
+            Ok(true) => {
+                return Some(HeldDuty {
+                    cluster: cluster.clone(),
+                    duty,
+                });
+            }
+            Ok(false) if started.elapsed() < wait => tokio::time::sleep(Duration::from_millis(100)).await,
+            Ok(false) => return None,
+            Err(e) => {
+                tracing::warn!(%duty, error = %e, "cannot take a duty");
+                return None;
+            }
+        }
+    }
+}
 
 /// What a process holds while it sends to an application service: the
 /// prefix, then the service's ID.

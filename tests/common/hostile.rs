@@ -45,6 +45,8 @@ pub struct Behaviour {
     pub serve_missing_events: bool,
     /// `/backfill` gets history; else none at all.
     pub serve_backfill: bool,
+    /// How long a `/backfill` answer takes (a slow server).
+    pub backfill_delay: std::time::Duration,
     /// `/send` is acknowledged (200); else refused with 503, as a server
     /// that is down behind its proxy.
     pub accept_transactions: bool,
@@ -67,6 +69,7 @@ impl Default for Behaviour {
         Behaviour {
             serve_missing_events: true,
             serve_backfill: true,
+            backfill_delay: std::time::Duration::ZERO,
             accept_transactions: true,
             extra_missing_events: Vec::new(),
             bare_transaction_answer: false,
@@ -734,6 +737,10 @@ async fn handle(
         .and_then(|v| XMatrix::try_from(v).ok())
         .map(|x| x.origin.to_string());
     let body_json: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    if uri.path().starts_with("/_matrix/federation/v1/backfill/") {
+        let delay = shared.inner.lock().unwrap().behaviour.backfill_delay;
+        tokio::time::sleep(delay).await;
+    }
     let mut inner = shared.inner.lock().unwrap();
     inner.seen.push(Seen {
         method: method.to_string(),

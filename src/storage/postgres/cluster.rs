@@ -27,6 +27,10 @@ impl Cluster for PgStorage {
         pg_write!(one self, |c| super::duties::hold(&c, duty, &self.process, ttl).await?)
     }
 
+    async fn release_duty(&self, duty: &str) -> Result<()> {
+        pg_write!(one self, |c| super::duties::release(&c, duty, &self.process).await?)
+    }
+
     async fn release_duties(&self) -> Result<()> {
         pg_write!(one self, |c| super::duties::release_all(&c, &self.process).await?)
     }

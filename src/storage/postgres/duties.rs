@@ -26,6 +26,17 @@ pub async fn hold(c: &impl GenericClient, duty: &str, holder: &str, ttl: Duratio
     Ok(query_opt(c, &sql, &[&duty, &holder, &ttl]).await?.is_some())
 }
 
+/// Gives up `duty` if `holder` holds it.
+pub async fn release(c: &impl GenericClient, duty: &str, holder: &str) -> Result<()> {
+    exec(
+        c,
+        "DELETE FROM duties WHERE duty = $1 AND holder = $2",
+        &[&duty, &holder],
+    )
+    .await?;
+    Ok(())
+}
+
 /// Gives up every duty of `holder` (it stops).
 pub async fn release_all(c: &impl GenericClient, holder: &str) -> Result<()> {
     exec(c, "DELETE FROM duties WHERE holder = $1", &[&holder]).await?;
