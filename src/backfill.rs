@@ -96,7 +96,7 @@ pub async fn fill(svc: &Services, room_id: &RoomId, gaps: &[OwnedEventId], want:
     let span = tracing::info_span!("backfill", %room_id, gaps = gaps.len());
     async {
         let _guard = svc.backfiller.rooms.lock(room_id).await;
-        let held = crate::cluster::hold_while(
+        let mut held = crate::cluster::hold_while(
             &svc.cluster,
             crate::cluster::backfill_duty(room_id),
             FILL_TTL,
@@ -120,8 +120,8 @@ pub async fn fill(svc: &Services, room_id: &RoomId, gaps: &[OwnedEventId], want:
             if gaps.iter().all(|g| svc.backfiller.backing_off(g, &server)) {
                 continue;
             }
-            if let Some(held) = &held {
-                held.renew(FILL_TTL).await;
+            if let Some(held) = &mut held {
+                held.renew().await;
             }
             let request = get_backfill::v1::Request::new(room_id.to_owned(), gaps.clone(), UInt::from(limit as u32));
             let pdus = match svc.federation.send(&server, request).await {

@@ -163,13 +163,21 @@ pub fn device_list_duty(user_id: &ruma::UserId) -> String {
 pub struct HeldDuty {
     cluster: std::sync::Arc<dyn Cluster>,
     duty: String,
+    /// When it was last taken, and for how long.
+    taken: tokio::time::Instant,
+    ttl: Duration,
 }
 
 impl HeldDuty {
-    /// Takes it again for `ttl` more (long work).
-    pub async fn renew(&self, ttl: Duration) {
-        if let Err(e) = self.cluster.hold_duty(&self.duty, ttl).await {
-            tracing::warn!(duty = %self.duty, error = %e, "cannot renew a duty");
+    /// Takes it again for its time (long work), unless less than a third
+    /// of that has passed since it was taken.
+    pub async fn renew(&mut self) {
+        if self.taken.elapsed() < self.ttl / 3 {
+            return;
+        }
+        match self.cluster.hold_duty(&self.duty, self.ttl).await {
+            Ok(_) => self.taken = tokio::time::Instant::now(),
+            Err(e) => tracing::warn!(duty = %self.duty, error = %e, "cannot renew a duty"),
         }
     }
 }
@@ -202,6 +210,8 @@ pub async fn hold_while(
                 return Some(HeldDuty {
                     cluster: cluster.clone(),
                     duty,
+                    taken: tokio::time::Instant::now(),
+                    ttl,
                 });
             }
             Ok(false) if started.elapsed() < wait => tokio::time::sleep(Duration::from_millis(100)).await,
