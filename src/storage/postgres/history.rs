@@ -29,19 +29,22 @@ impl Ancestry {
         let levels = i64::try_from(levels).unwrap_or(i64::MAX);
         // Every lookup is a scalar subquery or an `OFFSET 0` lateral one, so
         // that each step is an index probe whatever the planner believes of
-        // the tables' sizes (a hash join would read the whole room).
+        // the tables' sizes (a hash join would read the whole room); an
+        // event's room and rejection are tested on the row found, not in
+        // its lookup: with `room_id = $2` there, the planner scanned a small
+        // room's events (by `events_stream`) for each event of the walk.
         let rows = query(
             c,
             "WITH RECURSIVE walk(child, id, depth, level) AS (
-                 SELECT NULL::text, f, (SELECT e.depth FROM events e
-                                         WHERE e.event_id = f AND e.room_id = $2 AND e.rejected IS NULL), 0::bigint
+                 SELECT NULL::text, f, (SELECT CASE WHEN e.room_id = $2 AND e.rejected IS NULL THEN e.depth END
+                                         FROM events e WHERE e.event_id = f), 0::bigint
                  FROM unnest($1::text[]) AS f
                  UNION
                  SELECT w.id, p.prev_event_id, p.depth, w.level + 1
                  FROM walk w, LATERAL (
                      SELECT g.prev_event_id,
-                            (SELECT e.depth FROM events e WHERE e.event_id = g.prev_event_id
-                                 AND e.room_id = $2 AND e.rejected IS NULL) AS depth
+                            (SELECT CASE WHEN e.room_id = $2 AND e.rejected IS NULL THEN e.depth END
+                             FROM events e WHERE e.event_id = g.prev_event_id) AS depth
                      FROM event_edges g WHERE g.event_id = w.id OFFSET 0) p
                  WHERE w.depth IS NOT NULL AND w.level < $3
              )
