@@ -97,11 +97,15 @@ impl PushSender {
         let mut backoff: HashMap<PusherKey, Backoff> = HashMap::new();
         let mut dropped_old: Option<Instant> = None;
         loop {
-            if let Err(e) = self
+            match self
                 .look(&mut duty, &mut turns, &mut running, &backoff, &mut dropped_old)
                 .await
             {
-                tracing::warn!(error = %e, "looking for pushes to send");
+                // The back-off of pushers with nothing queued any more
+                // (removed, or their pushes dropped) is forgotten.
+                Ok(Some(queued)) if queued.len() < PUSHERS_PER_LOOK => backoff.retain(|k, _| queued.contains(k)),
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "looking for pushes to send"),
             }
             let next_retry = backoff.values().map(|b| b.until).min();
             let wait = next_retry.map_or(LOOK_EVERY, |at| {
@@ -132,7 +136,8 @@ impl PushSender {
     }
 
     /// Gives each pusher with queued pushes, neither sending already nor
-    /// waiting out a failure, its turn, if this process holds the duty.
+    /// waiting out a failure, its turn, if this process holds the duty;
+    /// the pushers with queued pushes, when it looked.
     async fn look(
         self: &Arc<Self>,
         duty: &mut Duty,
@@ -140,14 +145,14 @@ impl PushSender {
         running: &mut HashSet<PusherKey>,
         backoff: &HashMap<PusherKey, Backoff>,
         dropped_old: &mut Option<Instant>,
-    ) -> Result<(), crate::storage::StorageError> {
+    ) -> Result<Option<HashSet<PusherKey>>, crate::storage::StorageError> {
         // The turns in flight need the duty renewed even if the queue
         // looks empty now.
         if running.is_empty() && !self.storage.any_queued_push().await? {
-            return Ok(());
+            return Ok(Some(HashSet::new()));
         }
         if !duty.hold().await {
-            return Ok(());
+            return Ok(None);
         }
         if dropped_old.is_none_or(|at| at.elapsed() >= DROP_OLD_EVERY) {
             *dropped_old = Some(Instant::now());
@@ -158,10 +163,17 @@ impl PushSender {
             }
         }
         let now = Instant::now();
-        for pusher in self.storage.pushers_with_pushes(PUSHERS_PER_LOOK).await? {
-            if running.contains(&pusher) || backoff.get(&pusher).is_some_and(|b| b.until > now) {
+        let queued: HashSet<PusherKey> = self
+            .storage
+            .pushers_with_pushes(PUSHERS_PER_LOOK)
+            .await?
+            .into_iter()
+            .collect();
+        for pusher in &queued {
+            if running.contains(pusher) || backoff.get(pusher).is_some_and(|b| b.until > now) {
                 continue;
             }
+            let pusher = pusher.clone();
             running.insert(pusher.clone());
             let sender = self.clone();
             turns.spawn(async move {
@@ -169,7 +181,7 @@ impl PushSender {
                 (pusher, turn)
             });
         }
-        Ok(())
+        Ok(Some(queued))
     }
 
     /// Sends the pusher's queued pushes in order, until its queue is empty
