@@ -77,7 +77,7 @@ async fn redo_directory_migration(server: &mut TestServer) {
          DROP TABLE user_directory_rooms; DROP TABLE openid_tokens;
          DROP TABLE media; DROP TABLE event_expiry; DROP TABLE redactions;
          DROP TABLE threepid_bindings; DROP TABLE stream_positions;
-         DROP TABLE typing; DROP TABLE typing_rooms;
+         DROP TABLE typing; DROP TABLE typing_rooms; DROP TABLE push_queue;
          DROP INDEX presence_position; DROP INDEX presence_awake;
          PRAGMA user_version = 12;",
     )
