@@ -4,6 +4,7 @@
 pub mod auth;
 pub mod build;
 pub mod ids;
+pub mod loose_json;
 mod pdu;
 
 pub use build::{EventTemplate, Placement, build_event};

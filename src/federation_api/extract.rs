@@ -9,7 +9,7 @@ use axum::{
     routing::{MethodFilter, on},
 };
 use ruma::{
-    CanonicalJsonValue, MilliSecondsSinceUnixEpoch, OwnedServerName,
+    CanonicalJsonValue, MilliSecondsSinceUnixEpoch, OwnedServerName, ServerName,
     api::{
         IncomingRequest, IncomingRequestExt, Metadata,
         federation::authentication::{ServerSignatures, XMatrix},
@@ -20,6 +20,7 @@ use ruma::{
 use crate::{
     client_api::extract::{MAX_BODY_BYTES, RumaResponse, request_error},
     error::{ErrCode, MatrixError},
+    events::loose_json::Loose,
     services::Services,
 };
 
@@ -128,14 +129,18 @@ async fn authenticate(
                 None => unauthorized("Missing X-Matrix Authorization header"),
             });
         }
-        // The signature covers the body as canonical JSON: a body that has
-        // none (a float, an integer out of range) cannot be verified, and
-        // is bad input rather than a bad signature.
+        // The signature covers the body as canonical JSON. A body with
+        // numbers canonical JSON has not (a float, an integer out of range:
+        // an event of room versions 1–5 may hold them) is checked as
+        // Synapse signs it (`events::loose_json`), so that one such event
+        // does not make its whole transaction unverifiable.
+        let mut loose = None;
         if !body.is_empty() {
             let value: serde_json::Value =
                 serde_json::from_slice(&body).map_err(|e| MatrixError::not_json(format!("Content not JSON: {e}")))?;
-            CanonicalJsonValue::try_from(value)
-                .map_err(|e| MatrixError::bad_json(format!("Content is not canonical JSON: {e}")))?;
+            if CanonicalJsonValue::try_from(value.clone()).is_err() {
+                loose = Some(Loose::new(value).ok_or_else(|| MatrixError::bad_json("Content is not canonical JSON"))?);
+            }
         }
         let own_name = svc.server_name();
         let http_req = http::Request::from_parts(parts, body);
@@ -157,7 +162,13 @@ async fn authenticate(
                     continue;
                 }
             };
-            match xmatrix.verify_http_request(&http_req, own_name, &keys) {
+            let verified = match &loose {
+                None => xmatrix
+                    .verify_http_request(&http_req, own_name, &keys)
+                    .map_err(|e| e.to_string()),
+                Some(loose) => verify_loose(&xmatrix, &http_req, own_name, &keys, loose),
+            };
+            match verified {
                 Ok(()) => {
                     origin = Some(xmatrix.origin);
                     break;
@@ -171,6 +182,36 @@ async fn authenticate(
         };
         Ok((http_req, path_args, origin))
     }
+}
+
+/// Checks an `X-Matrix` signature over a request whose body has numbers
+/// canonical JSON has not, written as Synapse writes them.
+fn verify_loose(
+    xmatrix: &XMatrix,
+    request: &http::Request<bytes::Bytes>,
+    own_name: &ServerName,
+    keys: &ruma::signatures::PublicKeyMap,
+    loose: &Loose,
+) -> Result<(), String> {
+    let uri = request.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/");
+    let object = ruma::CanonicalJsonObject::from([
+        ("content".to_owned(), loose.value().clone()),
+        ("destination".to_owned(), own_name.as_str().into()),
+        ("method".to_owned(), request.method().as_str().into()),
+        ("origin".to_owned(), xmatrix.origin.as_str().into()),
+        ("uri".to_owned(), uri.into()),
+    ]);
+    let key = keys
+        .get(xmatrix.origin.as_str())
+        .and_then(|set| set.get(xmatrix.key.as_str()))
+        .ok_or_else(|| format!("no key {} of {}", xmatrix.key, xmatrix.origin))?;
+    ruma::signatures::verify_canonical_json_bytes(
+        &xmatrix.key.algorithm(),
+        key.as_bytes(),
+        xmatrix.sig.as_bytes(),
+        loose.write_object(&object).as_bytes(),
+    )
+    .map_err(|e| e.to_string())
 }
 
 /// Registers signed federation endpoints on a router.

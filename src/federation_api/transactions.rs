@@ -11,9 +11,12 @@ use ruma::{OwnedEventId, RoomVersionId, api::federation::transactions::send_tran
 use serde_json::value::RawValue;
 
 use super::extract::Fed;
-use crate::{acl, error::MatrixError, rooms::inbound, services::Services};
+use crate::{acl, error::MatrixError, events::loose_json, rooms::inbound, services::Services};
 
 const MAX_PDUS: usize = 50;
+/// The error of a PDU with numbers canonical JSON has not.
+const NOT_CANONICAL: &str =
+    "the event is not canonical JSON (a float, or an integer beyond ±2^53): this server does not take it";
 const MAX_EDUS: usize = 100;
 
 /// The event ID a PDU will have, if it can be computed.
@@ -54,6 +57,7 @@ pub async fn send(
     // first appear): a room's are taken under one hold of its lock, after
     // one reading of its ACL (as Synapse does), not once each.
     let mut rooms: Vec<(ruma::OwnedRoomId, Vec<(OwnedEventId, &RawValue)>)> = Vec::new();
+    let mut results: BTreeMap<OwnedEventId, Result<(), String>> = BTreeMap::new();
     for raw in &body.pdus {
         let Some(room_id) = inbound::room_of(raw) else {
             tracing::info!(origin = %req.origin, "dropping a PDU without a room");
@@ -64,6 +68,18 @@ pub async fn send(
             continue;
         };
         let Some(event_id) = event_id_of(&version, raw) else {
+            // Numbers canonical JSON has not (floats, integers beyond
+            // ±2^53): room versions 1–5 allow them and Synapse takes such
+            // events; weft, which keeps events as canonical JSON, does not.
+            // The sender is told which, by the ID it computed.
+            if let Some(event_id) = serde_json::from_str(raw.get())
+                .ok()
+                .and_then(|pdu| loose_json::event_id(pdu, &version.rules()?))
+            {
+                tracing::info!(origin = %req.origin, %room_id, %event_id, "refusing a PDU that is not canonical JSON");
+                results.insert(event_id, Err(NOT_CANONICAL.to_owned()));
+                continue;
+            }
             tracing::info!(origin = %req.origin, %room_id, "dropping a PDU whose event ID cannot be computed");
             continue;
         };
@@ -72,7 +88,6 @@ pub async fn send(
             None => rooms.push((room_id, vec![(event_id, raw)])),
         }
     }
-    let mut results: BTreeMap<OwnedEventId, Result<(), String>> = BTreeMap::new();
     for (room_id, pdus) in rooms {
         let outcomes: Vec<Result<(), String>> = if !acl::allows(&svc, &room_id, &req.origin).await? {
             let denied = "the room's server ACL denies the sending server";

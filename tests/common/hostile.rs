@@ -399,7 +399,7 @@ impl Hostile {
                 destination,
                 Method::GET,
                 &format!(
-                    "/_matrix/federation/v1/make_join/{}/{}?ver=10&ver=11&ver=12",
+                    "/_matrix/federation/v1/make_join/{}/{}?ver=1&ver=2&ver=3&ver=4&ver=5&ver=6&ver=7&ver=8&ver=9&ver=10&ver=11&ver=12",
                     enc(room.as_str()),
                     enc(user.as_str())
                 ),
