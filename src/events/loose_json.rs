@@ -117,6 +117,16 @@ pub fn event_id(pdu: Value, rules: &ruma::room_version_rules::RoomVersionRules) 
     ruma::OwnedEventId::try_from(format!("${hash}")).ok()
 }
 
+/// Whether `value` holds a number canonical JSON has not.
+pub fn is_loose(value: &Value) -> bool {
+    match value {
+        Value::Number(n) => n.as_i64().is_none_or(|i| i.abs() > MAX_SAFE),
+        Value::Array(items) => items.iter().any(is_loose),
+        Value::Object(map) => map.values().any(is_loose),
+        _ => false,
+    }
+}
+
 /// The integers canonical JSON holds, in `value`.
 fn integers(value: &Value, held: &mut HashSet<i64>) {
     match value {

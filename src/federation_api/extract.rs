@@ -138,8 +138,11 @@ async fn authenticate(
         if !body.is_empty() {
             let value: serde_json::Value =
                 serde_json::from_slice(&body).map_err(|e| MatrixError::not_json(format!("Content not JSON: {e}")))?;
-            if CanonicalJsonValue::try_from(value.clone()).is_err() {
+            if crate::events::loose_json::is_loose(&value) {
                 loose = Some(Loose::new(value).ok_or_else(|| MatrixError::bad_json("Content is not canonical JSON"))?);
+            } else {
+                CanonicalJsonValue::try_from(value)
+                    .map_err(|e| MatrixError::bad_json(format!("Content is not canonical JSON: {e}")))?;
             }
         }
         let own_name = svc.server_name();
