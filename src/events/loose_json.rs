@@ -14,9 +14,11 @@
 //! such: a signature over one of those does not verify.
 //!
 //! What weft does with such numbers:
-//! - in a request's body (`federation_api::extract`): its `X-Matrix`
+//! - in a transaction (`/send`, `federation_api::extract`): its `X-Matrix`
 //!   signature is checked over this encoding, whatever the rooms' versions
-//!   (a transaction is a request, not an event);
+//!   (a transaction is a request, not an event); any other request with
+//!   them is refused as bad JSON (`send_join`, `send_leave`, `invite`:
+//!   SyTest checks `M_BAD_JSON` for those of rooms v6+);
 //! - in an event of room versions 6 and later: the spec requires canonical
 //!   JSON there; Synapse refuses it, and so does weft;
 //! - in an event of room versions 1–5: legal, and Synapse takes it; weft,

@@ -129,16 +129,20 @@ async fn authenticate(
                 None => unauthorized("Missing X-Matrix Authorization header"),
             });
         }
-        // The signature covers the body as canonical JSON. A body with
-        // numbers canonical JSON has not (a float, an integer out of range:
-        // an event of room versions 1–5 may hold them) is checked as
+        // The signature covers the body as canonical JSON. A transaction
+        // with numbers canonical JSON has not (a float, an integer out of
+        // range: an event of room versions 1–5 may hold them) is checked as
         // Synapse signs it (`events::loose_json`), so that one such event
-        // does not make its whole transaction unverifiable.
+        // does not make the whole transaction unverifiable: it gets an
+        // error of its own. Any other request with them is bad input (as
+        // the spec has it for the events of `send_join`, `send_leave`,
+        // `invite` in rooms v6+; SyTest checks `M_BAD_JSON` there).
         let mut loose = None;
         if !body.is_empty() {
             let value: serde_json::Value =
                 serde_json::from_slice(&body).map_err(|e| MatrixError::not_json(format!("Content not JSON: {e}")))?;
-            if crate::events::loose_json::is_loose(&value) {
+            let transaction = parts.uri.path().starts_with("/_matrix/federation/v1/send/");
+            if transaction && crate::events::loose_json::is_loose(&value) {
                 loose = Some(Loose::new(value).ok_or_else(|| MatrixError::bad_json("Content is not canonical JSON"))?);
             } else {
                 CanonicalJsonValue::try_from(value)
