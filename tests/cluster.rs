@@ -173,6 +173,19 @@ async fn alice_and_bob_in_a_room(a: &WeftProcess, b: &WeftProcess) -> (User, Use
     (alice, bob, room)
 }
 
+/// A hostile server whose user `peer` joined `room` through `a`; the
+/// cluster's server name and the room's ID, parsed.
+async fn a_peer_in(
+    a: &WeftProcess,
+    room: &str,
+) -> (common::hostile::Hostile, ruma::OwnedServerName, ruma::OwnedRoomId) {
+    let peer = common::hostile::Hostile::start().await;
+    let server_name: ruma::OwnedServerName = a.server_name().try_into().unwrap();
+    let room_id: ruma::OwnedRoomId = room.try_into().unwrap();
+    peer.join(&server_name, &room_id, "peer").await;
+    (peer, server_name, room_id)
+}
+
 /// The IDs of the timeline events of `room` in a `/sync` answer.
 fn timeline(sync: &Value, room: &str) -> Vec<String> {
     sync["rooms"]["join"][room]["timeline"]["events"]
@@ -645,11 +658,8 @@ async fn each_event_reaches_a_peer_once_and_a_dead_senders_destination_is_taken_
     let Some((_dir, mut a, b)) = two_processes().await else {
         return;
     };
-    let peer = common::hostile::Hostile::start().await;
     let (alice, bob, room) = alice_and_bob_in_a_room(&a, &b).await;
-    let server_name: ruma::OwnedServerName = a.server_name().try_into().unwrap();
-    let room_id: ruma::OwnedRoomId = room.as_str().try_into().unwrap();
-    peer.join(&server_name, &room_id, "peer").await;
+    let (peer, _, _) = a_peer_in(&a, &room).await;
 
     // Through both processes at once.
     let (from_a, from_b) = tokio::join!(alice.send_many(&room, "a", 10), bob.send_many(&room, "b", 10));
@@ -1238,11 +1248,8 @@ async fn a_gap_is_filled_by_one_process_at_a_time() {
     let Some((_dir, a, b)) = two_processes().await else {
         return;
     };
-    let peer = common::hostile::Hostile::start().await;
     let (alice, bob, room) = alice_and_bob_in_a_room(&a, &b).await;
-    let server_name: ruma::OwnedServerName = a.server_name().try_into().unwrap();
-    let room_id: ruma::OwnedRoomId = room.as_str().try_into().unwrap();
-    peer.join(&server_name, &room_id, "peer").await;
+    let (peer, server_name, room_id) = a_peer_in(&a, &room).await;
     let mallory = peer.user("peer");
     // The peer gives only the newest missing event: the rest is a gap,
     // which `/backfill` fills, slowly.

@@ -17,6 +17,16 @@ use weft::wakeups::Topic;
 
 const IDLE: usize = 300;
 
+/// Alice and Bob, both in a public room of Alice's.
+async fn alice_and_bob_in_a_room(server: &TestServer) -> (common::User<'_>, common::User<'_>, String) {
+    let alice = server.register("alice").await;
+    let bob = server.register("bob").await;
+    let room = alice.create_room(json!({ "preset": "public_chat" })).await;
+    let (status, body) = bob.join(&room).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    (alice, bob, room)
+}
+
 /// `user`'s `/sync` long-polling from now (60 s), once it is parked.
 async fn park_sync(server: &TestServer, user: &common::User<'_>) -> tokio::task::JoinHandle<serde_json::Value> {
     let since = user.sync("timeout=0").await["next_batch"].as_str().unwrap().to_owned();
@@ -38,11 +48,7 @@ async fn park_sync(server: &TestServer, user: &common::User<'_>) -> tokio::task:
 async fn a_send_wakes_only_the_syncs_it_concerns() {
     let server = TestServer::start().await;
     let svc = server.services().clone();
-    let alice = server.register("alice").await;
-    let bob = server.register("bob").await;
-    let room = alice.create_room(json!({ "preset": "public_chat" })).await;
-    let (status, body) = bob.join(&room).await;
-    assert_eq!(status, StatusCode::OK, "{body}");
+    let (alice, bob, room) = alice_and_bob_in_a_room(&server).await;
 
     // Idle users, each in a room of their own, long-polling.
     let names: Vec<String> = (0..IDLE).map(|i| format!("idle{i}")).collect();
@@ -196,11 +202,7 @@ async fn a_send_wakes_only_the_syncs_it_concerns() {
 async fn an_events_long_poll_is_woken_by_what_concerns_it() {
     let server = TestServer::start().await;
     let svc = server.services().clone();
-    let alice = server.register("alice").await;
-    let bob = server.register("bob").await;
-    let room = alice.create_room(json!({ "preset": "public_chat" })).await;
-    let (status, body) = bob.join(&room).await;
-    assert_eq!(status, StatusCode::OK, "{body}");
+    let (alice, bob, room) = alice_and_bob_in_a_room(&server).await;
     let start = bob
         .ok(reqwest::Method::GET, "/_matrix/client/v3/events?timeout=0", None)
         .await;

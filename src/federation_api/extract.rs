@@ -200,14 +200,15 @@ fn verify_loose(
     keys: &ruma::signatures::PublicKeyMap,
     loose: &Loose,
 ) -> Result<(), String> {
-    let uri = request.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/");
-    let object = ruma::CanonicalJsonObject::from([
-        ("content".to_owned(), loose.value().clone()),
-        ("destination".to_owned(), own_name.as_str().into()),
-        ("method".to_owned(), request.method().as_str().into()),
-        ("origin".to_owned(), xmatrix.origin.as_str().into()),
-        ("uri".to_owned(), uri.into()),
-    ]);
+    // ruma's signed object of the request without its body (which it
+    // would read as canonical JSON), and the body as made canonical here.
+    let bare = http::Request::builder()
+        .method(request.method().clone())
+        .uri(request.uri().clone())
+        .body(bytes::Bytes::new())
+        .map_err(|e| e.to_string())?;
+    let mut object = XMatrix::request_object(&bare, &xmatrix.origin, own_name).map_err(|e| e.to_string())?;
+    object.insert("content".to_owned(), loose.value().clone());
     let key = keys
         .get(xmatrix.origin.as_str())
         .and_then(|set| set.get(xmatrix.key.as_str()))

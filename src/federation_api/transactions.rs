@@ -14,10 +14,10 @@ use super::extract::Fed;
 use crate::{acl, error::MatrixError, events::loose_json, rooms::inbound, services::Services};
 
 const MAX_PDUS: usize = 50;
+const MAX_EDUS: usize = 100;
 /// The error of a PDU with numbers canonical JSON has not.
 const NOT_CANONICAL: &str =
     "the event is not canonical JSON (a float, or an integer beyond ±2^53): this server does not take it";
-const MAX_EDUS: usize = 100;
 
 /// The event ID a PDU will have, if it can be computed.
 fn event_id_of(version: &RoomVersionId, raw: &RawValue) -> Option<OwnedEventId> {

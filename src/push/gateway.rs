@@ -17,7 +17,7 @@ use serde_json::{Map, Value, json};
 use crate::{events::Pdu, storage::Storage};
 
 /// How long a gateway has to answer.
-pub const TIMEOUT: Duration = Duration::from_secs(10);
+const TIMEOUT: Duration = Duration::from_secs(10);
 
 /// An event to push, with the actions the user's rules gave it.
 pub struct EventPush {

@@ -58,14 +58,6 @@ pub struct PushSender {
     wake: Notify,
 }
 
-/// How a pusher's turn ended.
-enum Turn {
-    /// Its queue is empty (or it is gone).
-    Done,
-    /// Its gateway failed: try again later.
-    Failed(String),
-}
-
 /// A pusher that failed: when it may be tried again, and the wait after
 /// its next failure.
 struct Backoff {
@@ -92,7 +84,9 @@ impl PushSender {
     /// `cancel`.
     pub async fn run(self: Arc<Self>, cancel: CancellationToken) {
         let mut duty = Duty::new(PUSH_DUTY.to_owned(), self.cluster.clone());
-        let mut turns: JoinSet<(PusherKey, Turn)> = JoinSet::new();
+        // Each pusher's turn: `Ok` once its queue is empty (or it is gone),
+        // the error of its gateway else.
+        let mut turns: JoinSet<(PusherKey, Result<(), String>)> = JoinSet::new();
         let mut running: HashSet<PusherKey> = HashSet::new();
         let mut backoff: HashMap<PusherKey, Backoff> = HashMap::new();
         let mut dropped_old: Option<Instant> = None;
@@ -116,11 +110,11 @@ impl PushSender {
                 _ = self.wake.notified() => {}
                 _ = tokio::time::sleep(wait) => {}
                 Some(done) = turns.join_next(), if !turns.is_empty() => match done {
-                    Ok((pusher, Turn::Done)) => {
+                    Ok((pusher, Ok(()))) => {
                         running.remove(&pusher);
                         backoff.remove(&pusher);
                     }
-                    Ok((pusher, Turn::Failed(e))) => {
+                    Ok((pusher, Err(e))) => {
                         running.remove(&pusher);
                         let wait = backoff.get(&pusher).map_or(FIRST_RETRY_WAIT, |b| b.next_wait);
                         tracing::info!(user = %pusher.user_id, pushkey = %pusher.pushkey, error = %e, retry_in = ?wait, "push failed");
@@ -141,7 +135,7 @@ impl PushSender {
     async fn look(
         self: &Arc<Self>,
         duty: &mut Duty,
-        turns: &mut JoinSet<(PusherKey, Turn)>,
+        turns: &mut JoinSet<(PusherKey, Result<(), String>)>,
         running: &mut HashSet<PusherKey>,
         backoff: &HashMap<PusherKey, Backoff>,
         dropped_old: &mut Option<Instant>,
@@ -177,7 +171,7 @@ impl PushSender {
             running.insert(pusher.clone());
             let sender = self.clone();
             turns.spawn(async move {
-                let turn = sender.turn(&pusher).await.unwrap_or_else(Turn::Failed);
+                let turn = sender.turn(&pusher).await;
                 (pusher, turn)
             });
         }
@@ -185,8 +179,8 @@ impl PushSender {
     }
 
     /// Sends the pusher's queued pushes in order, until its queue is empty
-    /// or its gateway fails.
-    async fn turn(&self, key: &PusherKey) -> Result<Turn, String> {
+    /// (or the pusher is gone) or its gateway fails.
+    async fn turn(&self, key: &PusherKey) -> Result<(), String> {
         let storage = &*self.storage;
         let pushers = http_pushers(storage, &key.user_id).await?;
         let Some(pusher) = pushers
@@ -194,7 +188,7 @@ impl PushSender {
             .find(|(p, _)| p.ids.app_id == key.app_id && p.ids.pushkey == key.pushkey)
         else {
             // Gone since: its pushes are dropped with the old ones.
-            return Ok(Turn::Done);
+            return Ok(());
         };
         loop {
             let queued = storage
@@ -202,16 +196,12 @@ impl PushSender {
                 .await
                 .map_err(|e| e.to_string())?;
             if queued.is_empty() {
-                return Ok(Turn::Done);
+                return Ok(());
             }
             for push in queued {
-                match self.send(key, &pusher, &push).await {
-                    Ok(Delivery::Accepted) => {}
-                    Ok(Delivery::Rejected) => {
-                        remove_rejected(storage, &key.user_id, &pusher.0).await;
-                        return Ok(Turn::Done);
-                    }
-                    Err(e) => return Ok(Turn::Failed(e)),
+                if self.send(key, &pusher, &push).await? == Delivery::Rejected {
+                    remove_rejected(storage, &key.user_id, &pusher.0).await;
+                    return Ok(());
                 }
                 storage.push_done(push.position).await.map_err(|e| e.to_string())?;
             }
