@@ -82,6 +82,27 @@ pub struct Config {
     /// request's headers before it is closed, in seconds: a client that
     /// never finishes them does not keep its connection.
     pub header_read_timeout_secs: u64,
+    /// Rate limits on sends, logins and registrations ([`crate::limits`]);
+    /// on by default. Each process of a cluster keeps its own.
+    pub rate_limits: bool,
+    /// Events (messages, state, redactions) one user may send: per second
+    /// on average, and at once.
+    pub rate_limit_sends_per_second: f64,
+    pub rate_limit_sends_burst: u32,
+    /// Logins tried from one address.
+    pub rate_limit_logins_per_second: f64,
+    pub rate_limit_logins_burst: u32,
+    /// Logins tried to one account, from anywhere.
+    pub rate_limit_account_logins_per_second: f64,
+    pub rate_limit_account_logins_burst: u32,
+    /// Accounts registered from one address.
+    pub rate_limit_registrations_per_second: f64,
+    pub rate_limit_registrations_burst: u32,
+    /// Requests one client (access token, or server from an address, or
+    /// address without either) may have in flight at once; more are `429`.
+    pub max_requests_per_client: usize,
+    /// Requests this process serves at once, both listeners together.
+    pub max_requests: usize,
     /// Log filter, in `tracing_subscriber::EnvFilter` syntax.
     pub log: String,
 }
@@ -111,6 +132,17 @@ impl Default for Config {
             ephemeral_messages: false,
             max_upload_size: 50 * 1024 * 1024,
             header_read_timeout_secs: 30,
+            rate_limits: true,
+            rate_limit_sends_per_second: 2.0,
+            rate_limit_sends_burst: 30,
+            rate_limit_logins_per_second: 0.2,
+            rate_limit_logins_burst: 10,
+            rate_limit_account_logins_per_second: 0.1,
+            rate_limit_account_logins_burst: 5,
+            rate_limit_registrations_per_second: 0.2,
+            rate_limit_registrations_burst: 5,
+            max_requests_per_client: 64,
+            max_requests: 8192,
             log: "info,ruma_state_res=warn".to_owned(),
         }
     }
@@ -258,6 +290,41 @@ impl Config {
         set(&env, "presence", &mut self.presence)?;
         set(&env, "ephemeral_messages", &mut self.ephemeral_messages)?;
         set(&env, "max_upload_size", &mut self.max_upload_size)?;
+        set(&env, "rate_limits", &mut self.rate_limits)?;
+        set(
+            &env,
+            "rate_limit_sends_per_second",
+            &mut self.rate_limit_sends_per_second,
+        )?;
+        set(&env, "rate_limit_sends_burst", &mut self.rate_limit_sends_burst)?;
+        set(
+            &env,
+            "rate_limit_logins_per_second",
+            &mut self.rate_limit_logins_per_second,
+        )?;
+        set(&env, "rate_limit_logins_burst", &mut self.rate_limit_logins_burst)?;
+        set(
+            &env,
+            "rate_limit_account_logins_per_second",
+            &mut self.rate_limit_account_logins_per_second,
+        )?;
+        set(
+            &env,
+            "rate_limit_account_logins_burst",
+            &mut self.rate_limit_account_logins_burst,
+        )?;
+        set(
+            &env,
+            "rate_limit_registrations_per_second",
+            &mut self.rate_limit_registrations_per_second,
+        )?;
+        set(
+            &env,
+            "rate_limit_registrations_burst",
+            &mut self.rate_limit_registrations_burst,
+        )?;
+        set(&env, "max_requests_per_client", &mut self.max_requests_per_client)?;
+        set(&env, "max_requests", &mut self.max_requests)?;
         set(&env, "log", &mut self.log)?;
         Ok(())
     }
@@ -287,6 +354,36 @@ impl Config {
                 key: "header_read_timeout_secs",
                 message: "must be at least 1".to_owned(),
             });
+        }
+        for (key, value) in [
+            ("max_requests_per_client", self.max_requests_per_client),
+            ("max_requests", self.max_requests),
+        ] {
+            if value == 0 {
+                return Err(ConfigError::Invalid {
+                    key,
+                    message: "must be at least 1".to_owned(),
+                });
+            }
+        }
+        for (key, value) in [
+            ("rate_limit_sends_per_second", self.rate_limit_sends_per_second),
+            ("rate_limit_logins_per_second", self.rate_limit_logins_per_second),
+            (
+                "rate_limit_account_logins_per_second",
+                self.rate_limit_account_logins_per_second,
+            ),
+            (
+                "rate_limit_registrations_per_second",
+                self.rate_limit_registrations_per_second,
+            ),
+        ] {
+            if !(value.is_finite() && value > 0.0) {
+                return Err(ConfigError::Invalid {
+                    key,
+                    message: format!("{value}: must be a positive number (rate_limits = false turns them off)"),
+                });
+            }
         }
         if self.tls_cert.is_some() != self.tls_key.is_some() {
             return Err(ConfigError::Invalid {
@@ -394,6 +491,31 @@ max_upload_size = 52428800
 # Seconds a connection may take to send a request's headers before it is
 # closed (a client that never finishes them does not keep its connection).
 header_read_timeout_secs = 30
+
+# Rate limits, per process (each process of a cluster keeps its own). A
+# client past one gets 429 M_LIMIT_EXCEEDED with retry_after_ms.
+# Off only for test rigs and benchmarks.
+rate_limits = true
+# Events (messages, state, redactions) one user may send: on average per
+# second, and at once. Application services with rate_limited: false are
+# exempt.
+rate_limit_sends_per_second = 2.0
+rate_limit_sends_burst = 30
+# Logins tried from one address.
+rate_limit_logins_per_second = 0.2
+rate_limit_logins_burst = 10
+# Logins tried to one account, from any address.
+rate_limit_account_logins_per_second = 0.1
+rate_limit_account_logins_burst = 5
+# Accounts registered from one address.
+rate_limit_registrations_per_second = 0.2
+rate_limit_registrations_burst = 5
+
+# Requests one client (an access token; a server from one address; an
+# address without either) may have in flight at once, and requests this
+# process serves at once in all. More are answered 429 M_LIMIT_EXCEEDED.
+max_requests_per_client = 64
+max_requests = 8192
 
 # Log filter (tracing EnvFilter syntax), e.g. "info" or "weft=debug,info".
 log = "info,ruma_state_res=warn"

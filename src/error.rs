@@ -201,7 +201,20 @@ impl MatrixError {
 
 impl IntoResponse for MatrixError {
     fn into_response(self) -> Response {
-        (self.status, axum::Json(self.body())).into_response()
+        let mut response = (self.status, axum::Json(self.body())).into_response();
+        // `Retry-After` (whole seconds) beside `retry_after_ms`, as the
+        // spec recommends since v1.10.
+        if let Some(ms) = self
+            .extra
+            .as_ref()
+            .and_then(|e| e.get("retry_after_ms"))
+            .and_then(Value::as_u64)
+        {
+            response
+                .headers_mut()
+                .insert(http::header::RETRY_AFTER, http::HeaderValue::from(ms.div_ceil(1000)));
+        }
+        response
     }
 }
 

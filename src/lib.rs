@@ -23,6 +23,7 @@ pub mod identity;
 pub mod keyed_locks;
 pub mod keyring;
 pub mod keys;
+pub mod limits;
 pub mod media;
 pub mod metrics;
 pub mod openid;

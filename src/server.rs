@@ -122,15 +122,73 @@ async fn read_body_first(
     }
 }
 
+/// Which listener a request came to: who it is counted against differs.
+#[derive(Clone, Copy)]
+enum Listener {
+    Client,
+    Federation,
+}
+
+/// Counts each request against its client's and the process's share of
+/// requests in flight ([`crate::limits`]) until its answer is made; past
+/// either, `429` at once. The body is not read then, so the connection is
+/// closed.
+async fn count_in_flight(
+    axum::extract::State((svc, listener)): axum::extract::State<(Arc<Services>, Listener)>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let (parts, body) = req.into_parts();
+    let client = client_key(&svc, listener, &parts);
+    match svc.limits.start_request(client) {
+        Ok(guard) => {
+            let response = next.run(axum::extract::Request::from_parts(parts, body)).await;
+            drop(guard);
+            response
+        }
+        Err(error) => {
+            let mut response = error.into_response();
+            response
+                .headers_mut()
+                .insert(http::header::CONNECTION, http::HeaderValue::from_static("close"));
+            response
+        }
+    }
+}
+
+/// Who a request is counted against: its access token (an application
+/// service's is not limited per client), the server it claims to come
+/// from with its address, or else its address.
+fn client_key(svc: &Services, listener: Listener, parts: &http::request::Parts) -> crate::limits::ClientKey {
+    use crate::limits::ClientKey;
+    let ip = crate::connections::client_ip(parts, svc.config.x_forwarded);
+    match listener {
+        Listener::Client => match client_api::extract::access_token(parts) {
+            Some(token) if svc.appservices.by_token(&token).is_some() => ClientKey::Unlimited,
+            Some(token) => ClientKey::Token(token),
+            None => ClientKey::Address(ip),
+        },
+        Listener::Federation => parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .and_then(|value| ruma::api::federation::authentication::XMatrix::try_from(value).ok())
+            .map_or(ClientKey::Address(ip), |x| ClientKey::Origin(x.origin.to_string(), ip)),
+    }
+}
+
 fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> axum::response::Response {
     MatrixError::unknown("internal error").into_response()
 }
 
-fn app(router: Router<Arc<Services>>, svc: Arc<Services>) -> Router {
+fn app(router: Router<Arc<Services>>, svc: Arc<Services>, listener: Listener) -> Router {
     router
         .fallback(client_api::unrecognized)
         .method_not_allowed_fallback(client_api::method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(svc.clone(), read_body_first))
+        .layer(axum::middleware::from_fn_with_state(
+            (svc.clone(), listener),
+            count_in_flight,
+        ))
         .layer(CatchPanicLayer::custom(panic_response))
         .layer(cors())
         .with_state(svc)
@@ -182,6 +240,7 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
         async move { svc.appservices.take_over(cancel).await }
     });
     tokio::spawn(crate::rooms::guests::run_revocations(svc.clone(), cancel.clone()));
+    tokio::spawn(svc.limits.clone().run_pruner(cancel.clone()));
     if config.ephemeral_messages {
         tokio::spawn(crate::rooms::expiry::run(svc.clone(), cancel.clone()));
     }
@@ -200,7 +259,7 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
         addr: config.client_listen,
         source,
     })?;
-    let client_app = app(client_api::router(), svc.clone());
+    let client_app = app(client_api::router(), svc.clone(), Listener::Client);
     let client_handle = axum_server::Handle::new();
     let client_shutdown = client_handle.clone();
     let client_cancel = cancel.clone();
@@ -239,7 +298,7 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
         addr: config.federation_listen,
         source,
     })?;
-    let fed_app = app(federation_api::router(), svc.clone());
+    let fed_app = app(federation_api::router(), svc.clone(), Listener::Federation);
     let handle = axum_server::Handle::new();
     let fed_handle = handle.clone();
     let fed_cancel = cancel.clone();
@@ -262,7 +321,7 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
                         server
                             .acceptor(acceptor)
                             .handle(handle)
-                            .serve(fed_app.into_make_service())
+                            .serve(fed_app.into_make_service_with_connect_info::<std::net::SocketAddr>())
                             .await
                     }
                     Err(e) => Err(e),
@@ -274,7 +333,7 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
                     server
                         .acceptor(axum_server::accept::NoDelayAcceptor::new())
                         .handle(handle)
-                        .serve(fed_app.into_make_service())
+                        .serve(fed_app.into_make_service_with_connect_info::<std::net::SocketAddr>())
                         .await
                 }
                 Err(e) => Err(e),

@@ -79,6 +79,8 @@ pub struct Services {
     pub expiries: crate::rooms::expiry::Expiries,
     /// Requests to identity servers (third-party invites).
     pub identity: crate::identity::IdentityClient,
+    /// Rate limits and requests in flight (process-local).
+    pub limits: Arc<crate::limits::Limits>,
 }
 
 impl Services {
@@ -129,6 +131,7 @@ impl Services {
         )
         .await?;
         Ok(Services {
+            limits: Arc::new(crate::limits::Limits::new(&config)),
             config,
             keys,
             federation,

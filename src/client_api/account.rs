@@ -68,7 +68,9 @@ pub async fn login(svc: Arc<Services>, req: Ruma<login::v3::Request>) -> Result<
     #[allow(deprecated)]
     let user_id = match &body.login_info {
         login::v3::LoginInfo::Password(password) => {
+            svc.limits.login(req.client_ip)?;
             let user_id = login_user(&svc, password.identifier.as_ref(), password.user.as_ref())?;
+            svc.limits.account_login(user_id.as_str())?;
             accounts::check_password(&*svc.storage, &user_id, &password.password).await?;
             user_id
         }
@@ -173,8 +175,10 @@ pub async fn register(
             "An application service registers users with type m.login.application_service",
         ));
     }
+    let client_ip = req.client_ip;
     let body = req.body;
     if body.kind == register::RegistrationKind::Guest {
+        svc.limits.registration(client_ip)?;
         return register_guest(&svc, body.initial_device_display_name.as_deref()).await;
     }
     if !svc.config.allow_registration {
@@ -228,6 +232,7 @@ pub async fn register(
         Some(_) => return Err(MatrixError::forbidden("Unsupported authentication stage")),
         None => return Err(uia_challenge(&svc.registration_sessions.start(params))),
     }
+    svc.limits.registration(client_ip)?;
     let password = params
         .password
         .as_deref()

@@ -68,12 +68,19 @@ pub struct Ruma<T> {
     /// for "nothing given"; an event's content must be given
     /// ([`Ruma::content_given`]).
     pub empty_body: bool,
+    /// The client's address ([`crate::connections::client_ip`]).
+    pub client_ip: Option<std::net::IpAddr>,
 }
 
 impl<T> Ruma<T> {
     /// The authenticated user: set for endpoints that require a token.
     pub fn user(&self) -> &TokenOwner {
         self.owner.as_ref().expect("endpoint requires authentication")
+    }
+
+    /// The authenticated user may send an event now ([`send_rate`]).
+    pub fn send_rate(&self, svc: &Services) -> Result<(), MatrixError> {
+        send_rate(svc, &self.user().user_id, self.appservice.as_deref())
     }
 
     /// For endpoints whose body is an event's content: none at all is
@@ -103,13 +110,30 @@ pub fn access_token(parts: &http::request::Parts) -> Option<String> {
     })
 }
 
+/// The send rate limit of `user` ([`crate::limits`]), unless an application
+/// service registered with `rate_limited: false` sends for them.
+pub fn send_rate(svc: &Services, user: &ruma::UserId, appservice: Option<&Registration>) -> Result<(), MatrixError> {
+    match appservice {
+        Some(appservice) if !appservice.rate_limited => Ok(()),
+        _ => svc.limits.send(user),
+    }
+}
+
 /// The user whose access token (header or `access_token` query
 /// parameter) the request carries, for handlers without a ruma request.
 pub async fn token_owner(svc: &Services, parts: &http::request::Parts) -> Result<TokenOwner, MatrixError> {
+    Ok(token_owner_and_appservice(svc, parts).await?.0)
+}
+
+/// [`token_owner`], and the application service that made the request.
+pub async fn token_owner_and_appservice(
+    svc: &Services,
+    parts: &http::request::Parts,
+) -> Result<(TokenOwner, Option<Arc<Registration>>), MatrixError> {
     let Some(token) = access_token(parts) else {
         return Err(MatrixError::new(ErrCode::MissingToken, "Missing access token"));
     };
-    Ok(authenticate(svc, parts, &token).await?.0)
+    authenticate(svc, parts, &token).await
 }
 
 /// Who a token stands for: a user's session, or an application service
@@ -250,6 +274,7 @@ where
             }
         };
 
+        let client_ip = crate::connections::client_ip(&parts, svc.config.x_forwarded);
         let body = legacy_password_auth(body);
         let empty_body = body.is_empty();
         let body_slice: &[u8] = if empty_body { b"{}" } else { &body };
@@ -262,6 +287,7 @@ where
             access_token: token,
             appservice,
             empty_body,
+            client_ip,
         })
     }
 }

@@ -38,6 +38,7 @@ pub async fn send_message(
     req: Ruma<send_message_event::v3::Request>,
 ) -> Result<send_message_event::v3::Response, MatrixError> {
     req.content_given()?;
+    req.send_rate(&svc)?;
     let owner = req.user();
     let b = &req.body;
     let content: Value =
@@ -70,7 +71,8 @@ pub async fn send_without_txn(
     req: axum::extract::Request,
 ) -> Result<axum::Json<Value>, MatrixError> {
     let (parts, body) = req.into_parts();
-    let owner = super::extract::token_owner(&svc, &parts).await?;
+    let (owner, appservice) = super::extract::token_owner_and_appservice(&svc, &parts).await?;
+    super::extract::send_rate(&svc, &owner.user_id, appservice.as_deref())?;
     let room_id =
         ruma::OwnedRoomId::try_from(room_id).map_err(|e| MatrixError::invalid_param(format!("room ID: {e}")))?;
     // Past the event size limit: an event too large is refused by the
@@ -99,6 +101,7 @@ pub async fn redact(
     svc: Arc<Services>,
     req: Ruma<redact_event::v3::Request>,
 ) -> Result<redact_event::v3::Response, MatrixError> {
+    req.send_rate(&svc)?;
     let owner = req.user();
     let b = &req.body;
     // The spec bounds identifiers to 255 bytes: a longer one names no
@@ -137,7 +140,8 @@ pub async fn redact_without_txn(
     req: axum::extract::Request,
 ) -> Result<axum::Json<serde_json::Value>, MatrixError> {
     let (parts, body) = req.into_parts();
-    let owner = super::extract::token_owner(&svc, &parts).await?;
+    let (owner, appservice) = super::extract::token_owner_and_appservice(&svc, &parts).await?;
+    super::extract::send_rate(&svc, &owner.user_id, appservice.as_deref())?;
     let room_id =
         ruma::OwnedRoomId::try_from(room_id).map_err(|e| MatrixError::invalid_param(format!("room ID: {e}")))?;
     let event_id =

@@ -82,6 +82,7 @@ pub async fn send_state_event(
     req: Ruma<send_state_event::v3::Request>,
 ) -> Result<send_state_event::v3::Response, MatrixError> {
     req.content_given()?;
+    req.send_rate(&svc)?;
     let b = &req.body;
     let user = &req.user().user_id;
     let content: Value =

@@ -70,6 +70,9 @@ impl TestServer {
                 client_listen: "127.0.0.1:0".parse().unwrap(),
                 federation_listen: "127.0.0.1:0".parse().unwrap(),
                 allow_registration: true,
+                // Tests register, log in and send faster than a person;
+                // tests/limits.rs turns them back on.
+                rate_limits: false,
                 ..Config::default()
             };
             tweak(&mut config);

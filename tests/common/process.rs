@@ -160,6 +160,7 @@ impl WeftProcess {
             .env("WEFT_CLIENT_LISTEN", format!("127.0.0.1:{}", self.client_port))
             .env("WEFT_FEDERATION_LISTEN", format!("127.0.0.1:{}", self.federation_port))
             .env("WEFT_ALLOW_REGISTRATION", "true")
+            .env("WEFT_RATE_LIMITS", "false")
             .env("WEFT_FEDERATION_VERIFY_TLS", "false")
             .env("WEFT_LOG", &self.log_filter)
             .env("WEFT_INSTANCE_NAME", self.instance_name.as_deref().unwrap_or(""))

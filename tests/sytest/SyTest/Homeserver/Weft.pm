@@ -69,6 +69,7 @@ sub start
       WEFT_ALLOW_REGISTRATION         => "true",        # tests register users with m.login.dummy
       WEFT_REGISTRATION_SHARED_SECRET => "reg_secret",  # /_synapse/admin/v1/register for admins
       WEFT_ALLOW_GUEST_ACCESS         => "true",        # tests register guests (kind=guest)
+      WEFT_RATE_LIMITS                => "false",       # as SyTest's Synapse config: no rate limits
       WEFT_FEDERATION_VERIFY_TLS      => "false",       # sytest's servers use a test-CA certificate
       WEFT_EPHEMERAL_MESSAGES         => "true",        # MSC2228 tests (Synapse's rig turns it on too)
    );
