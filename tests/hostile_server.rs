@@ -11,6 +11,8 @@ use common::{
     TestServer, User, enc,
     hostile::{Built, Hostile, auth_events_of, set_auth_events},
 };
+use std::time::Duration;
+
 use reqwest::Method;
 use ruma::{
     OwnedEventId, OwnedRoomId, OwnedUserId,
@@ -632,6 +634,37 @@ async fn one_bad_event_does_not_block_the_good_ones() {
     assert!(order.windows(2).all(|w| w[0] < w[1]), "in order: {order:?}");
     let redacted = rig.event_for_alice(&bad_hash.id).await.unwrap();
     assert_eq!(redacted["content"], json!({}));
+}
+
+/// A server whose keys never come (it takes the connection and never
+/// answers): its request is refused once the key request times out, well
+/// before the requester would give up, and its next requests are refused at
+/// once, without asking it again, while it backs off.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_origin_that_never_answers_is_refused_then_remembered() {
+    let weft = TestServer::start_federating().await;
+    weft.register("alice").await;
+    let hostile = Hostile::start().await;
+    hostile.set_behaviour(|b| b.key_delay = Duration::from_secs(600));
+    let path = format!(
+        "/_matrix/federation/v1/query/profile?user_id={}",
+        enc(&format!("@alice:{}", weft.server_name()))
+    );
+    for attempt in 0..2 {
+        let (status, body) = tokio::time::timeout(
+            Duration::from_secs(30),
+            hostile.request(&weft.server_name(), Method::GET, &path, None),
+        )
+        .await
+        .expect("an answer before the origin's keys come");
+        assert_eq!(status, 401, "attempt {attempt}: {body}");
+        assert_eq!(body["errcode"], "M_UNAUTHORIZED", "{body}");
+        assert_eq!(
+            hostile.seen_at("/_matrix/key/v2/server").len(),
+            1,
+            "its keys are asked for once"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

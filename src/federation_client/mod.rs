@@ -34,8 +34,14 @@ use ruma::{
 
 use crate::{keyring::KeyFetcher, keys::ServerKeys};
 
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Past this, a server that does not take the connection is unreachable
+/// (and backs off): a live server answers a SYN in milliseconds.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+/// The key endpoints answer a few hundred bytes at once. A request from a
+/// server whose keys are not known yet waits on them: an origin that never
+/// answers costs that request this long, then backs off (fails at once).
+const KEY_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 /// Largest response read (a big room's `/state` is tens of MiB).
 const MAX_RESPONSE_BYTES: usize = 256 * 1024 * 1024;
 
@@ -147,7 +153,10 @@ impl FederationClient {
         let http_req = request
             .try_into_http_request::<Vec<u8>>(&base.url, input, ())
             .map_err(|e| FederationError::Request(e.to_string()))?;
-        self.parse::<R::IncomingResponse>(destination, self.execute(destination, &base, http_req).await?)
+        self.parse::<R::IncomingResponse>(
+            destination,
+            self.execute(destination, &base, http_req, REQUEST_TIMEOUT).await?,
+        )
     }
 
     /// Sends an unauthenticated request (the key endpoints).
@@ -163,7 +172,10 @@ impl FederationClient {
         let http_req = request
             .try_into_http_request::<Vec<u8>>(&base.url, (), ())
             .map_err(|e| FederationError::Request(e.to_string()))?;
-        self.parse::<R::IncomingResponse>(destination, self.execute(destination, &base, http_req).await?)
+        self.parse::<R::IncomingResponse>(
+            destination,
+            self.execute(destination, &base, http_req, KEY_REQUEST_TIMEOUT).await?,
+        )
     }
 
     /// A signed request with any method, path and JSON body; the raw
@@ -192,7 +204,7 @@ impl FederationClient {
         );
         <ServerSignatures as ruma::api::auth_scheme::AuthScheme>::add_authentication(&mut http_req, input)
             .map_err(|e| FederationError::Request(e.to_string()))?;
-        let response = self.execute(destination, &base, http_req).await?;
+        let response = self.execute(destination, &base, http_req, REQUEST_TIMEOUT).await?;
         Ok((response.status(), response.into_body()))
     }
 
@@ -229,8 +241,10 @@ impl FederationClient {
         destination: &ServerName,
         base: &Base,
         http_req: http::Request<Vec<u8>>,
+        timeout: Duration,
     ) -> Result<http::Response<Bytes>, FederationError> {
         let mut req = reqwest::Request::try_from(http_req).map_err(|e| FederationError::Request(e.to_string()))?;
+        *req.timeout_mut() = Some(timeout);
         if let Ok(host) = http::HeaderValue::from_str(&base.host_header) {
             req.headers_mut().insert(http::header::HOST, host);
         }

@@ -47,6 +47,9 @@ pub struct Behaviour {
     pub serve_backfill: bool,
     /// How long a `/backfill` answer takes (a slow server).
     pub backfill_delay: std::time::Duration,
+    /// How long the answer for its keys (`/_matrix/key/v2/server`) takes:
+    /// an origin that never answers.
+    pub key_delay: std::time::Duration,
     /// `/send` is acknowledged (200); else refused with 503, as a server
     /// that is down behind its proxy.
     pub accept_transactions: bool,
@@ -70,6 +73,7 @@ impl Default for Behaviour {
             serve_missing_events: true,
             serve_backfill: true,
             backfill_delay: std::time::Duration::ZERO,
+            key_delay: std::time::Duration::ZERO,
             accept_transactions: true,
             extra_missing_events: Vec::new(),
             bare_transaction_answer: false,
@@ -737,18 +741,26 @@ async fn handle(
         .and_then(|v| XMatrix::try_from(v).ok())
         .map(|x| x.origin.to_string());
     let body_json: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-    if uri.path().starts_with("/_matrix/federation/v1/backfill/") {
-        let delay = shared.inner.lock().unwrap().behaviour.backfill_delay;
-        tokio::time::sleep(delay).await;
-    }
+    // Seen when it comes, answered after the delay the behaviour sets.
+    let delay = {
+        let mut inner = shared.inner.lock().unwrap();
+        inner.seen.push(Seen {
+            method: method.to_string(),
+            path: percent_decode(&path_and_query),
+            raw_path: path_and_query.clone(),
+            body: body_json.clone(),
+            origin: origin.clone(),
+        });
+        if uri.path().starts_with("/_matrix/federation/v1/backfill/") {
+            inner.behaviour.backfill_delay
+        } else if uri.path().starts_with("/_matrix/key/v2/server") {
+            inner.behaviour.key_delay
+        } else {
+            Duration::ZERO
+        }
+    };
+    tokio::time::sleep(delay).await;
     let mut inner = shared.inner.lock().unwrap();
-    inner.seen.push(Seen {
-        method: method.to_string(),
-        path: percent_decode(&path_and_query),
-        raw_path: path_and_query.clone(),
-        body: body_json.clone(),
-        origin: origin.clone(),
-    });
     let segments: Vec<String> = uri.path().split('/').skip(1).map(percent_decode).collect();
     let query: Vec<(String, String)> = uri
         .query()
