@@ -16,6 +16,7 @@ use crate::{
     error::MatrixError,
     federation_api,
     federation_client::{FederationClient, FederationError},
+    http_errors::MatrixErrorsAcceptor,
     keys::{KeyError, ServerKeys},
     services::Services,
     storage::StorageError,
@@ -246,8 +247,9 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
     }
 
     // Both listeners close a connection that has not sent a request's
-    // headers in time (hyper's timer), and shut down gracefully, waiting
-    // up to 5 s for requests under way.
+    // headers in time (hyper's timer), give hyper's own error answers a
+    // Matrix body ([`crate::http_errors`]), and shut down gracefully,
+    // waiting up to 5 s for requests under way.
     let header_timeout = Duration::from_secs(config.header_read_timeout_secs);
     let client_listener = std::net::TcpListener::bind(config.client_listen)
         .and_then(|l| l.set_nonblocking(true).map(|()| l))
@@ -272,7 +274,7 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
             Ok(mut server) => {
                 server.http_builder().http1().header_read_timeout(header_timeout);
                 server
-                    .acceptor(axum_server::accept::NoDelayAcceptor::new())
+                    .acceptor(MatrixErrorsAcceptor(axum_server::accept::NoDelayAcceptor::new()))
                     .handle(client_handle)
                     .serve(client_app.into_make_service_with_connect_info::<std::net::SocketAddr>())
                     .await
@@ -312,9 +314,11 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
             // /backfill) waits on Nagle and the peer's delayed ACK, ~40 ms.
             Some(tls) => {
                 let rustls = axum_server::tls_rustls::RustlsConfig::from_config(tls);
-                let acceptor = axum_server::tls_rustls::RustlsAcceptor::new(rustls)
-                    .handshake_timeout(header_timeout.min(Duration::from_secs(10)))
-                    .acceptor(axum_server::accept::NoDelayAcceptor::new());
+                let acceptor = MatrixErrorsAcceptor(
+                    axum_server::tls_rustls::RustlsAcceptor::new(rustls)
+                        .handshake_timeout(header_timeout.min(Duration::from_secs(10)))
+                        .acceptor(axum_server::accept::NoDelayAcceptor::new()),
+                );
                 match axum_server::from_tcp(fed_listener) {
                     Ok(mut server) => {
                         server.http_builder().http1().header_read_timeout(header_timeout);
@@ -331,7 +335,7 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
                 Ok(mut server) => {
                     server.http_builder().http1().header_read_timeout(header_timeout);
                     server
-                        .acceptor(axum_server::accept::NoDelayAcceptor::new())
+                        .acceptor(MatrixErrorsAcceptor(axum_server::accept::NoDelayAcceptor::new()))
                         .handle(handle)
                         .serve(fed_app.into_make_service_with_connect_info::<std::net::SocketAddr>())
                         .await

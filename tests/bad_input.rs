@@ -3,6 +3,8 @@
 
 mod common;
 
+use std::time::Duration;
+
 use common::{TestServer, enc};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
@@ -410,6 +412,82 @@ async fn connections_that_never_finish_their_headers_are_closed() {
         assert!(closed.is_ok(), "{addr}: still open after 10 s");
         eprintln!("{addr}: closed after {:?}", started.elapsed());
     }
+    let (status, _) = server
+        .request(Method::GET, "/_matrix/client/versions", None, None)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+}
+
+/// What hyper refuses before any handler runs (a URI past 64 KiB, headers
+/// past its buffer, a byte no request line may hold) is answered with a
+/// Matrix error body too, on both listeners.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_refused_by_the_http_layer_get_matrix_errors() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let server = TestServer::start_federating().await;
+    let long_uri = format!("/_matrix/client/versions?{}", "a".repeat(70_000));
+    let big_headers = (0..500)
+        .map(|i| format!("x-filler-{i}: {}\r\n", "b".repeat(1000)))
+        .collect::<String>();
+    let raw_requests = [
+        (
+            format!("GET {long_uri} HTTP/1.1\r\nHost: a\r\n\r\n"),
+            414,
+            "M_TOO_LARGE",
+        ),
+        (
+            format!("GET /_matrix/client/versions HTTP/1.1\r\nHost: a\r\n{big_headers}\r\n"),
+            431,
+            "M_TOO_LARGE",
+        ),
+        (
+            "GET /_matrix/client/\x01versions HTTP/1.1\r\nHost: a\r\n\r\n".to_owned(),
+            400,
+            "M_UNRECOGNIZED",
+        ),
+    ];
+    for (request, want_status, want_errcode) in raw_requests {
+        let mut stream = tokio::net::TcpStream::connect(server.running().client_addr)
+            .await
+            .unwrap();
+        // The server may answer and close before it has read it all.
+        let _ = stream.write_all(request.as_bytes()).await;
+        let mut answer = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut answer)).await;
+        let answer = String::from_utf8_lossy(&answer);
+        let (head, body) = answer.split_once("\r\n\r\n").expect("an HTTP answer");
+        assert!(head.starts_with(&format!("HTTP/1.1 {want_status} ")), "{head}");
+        assert!(
+            head.to_ascii_lowercase().contains("content-type: application/json"),
+            "{head}"
+        );
+        let body: Value = serde_json::from_str(body).expect("a JSON body");
+        assert_error(
+            StatusCode::from_u16(want_status).unwrap(),
+            &body,
+            want_status,
+            want_errcode,
+        );
+    }
+
+    // The federation listener (TLS) too, over HTTP/1.1 (reqwest cannot send
+    // a URI past 64 KiB nor a bad byte: headers it can). Over HTTP/2 there
+    // is no answer to give: hyper ends the connection (GOAWAY).
+    let http = reqwest::Client::builder()
+        .http1_only()
+        .tls_danger_accept_invalid_certs(true)
+        .build()
+        .unwrap();
+    let fed = server.federation_base();
+    let mut request = http.get(format!("{fed}/_matrix/federation/v1/version"));
+    for i in 0..500 {
+        request = request.header(format!("x-filler-{i}"), "b".repeat(1000));
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status();
+    assert_error(status, &response.json().await.unwrap(), 431, "M_TOO_LARGE");
+
+    // And the connections that follow are served as ever.
     let (status, _) = server
         .request(Method::GET, "/_matrix/client/versions", None, None)
         .await;
