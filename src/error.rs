@@ -36,6 +36,7 @@ pub enum ErrCode {
     BadStatus,
     ConnectionFailed,
     ConnectionTimeout,
+    ResourceLimitExceeded,
 }
 
 impl ErrCode {
@@ -49,6 +50,7 @@ impl ErrCode {
             ErrCode::NotJson => "M_NOT_JSON",
             ErrCode::NotFound => "M_NOT_FOUND",
             ErrCode::LimitExceeded => "M_LIMIT_EXCEEDED",
+            ErrCode::ResourceLimitExceeded => "M_RESOURCE_LIMIT_EXCEEDED",
             ErrCode::Unrecognized => "M_UNRECOGNIZED",
             ErrCode::Unknown => "M_UNKNOWN",
             ErrCode::UserInUse => "M_USER_IN_USE",
@@ -228,7 +230,20 @@ impl From<crate::storage::StorageError> for MatrixError {
                 MatrixError::unknown("The database is unavailable; try again shortly")
                     .with_status(StatusCode::SERVICE_UNAVAILABLE)
             }
+            crate::storage::StorageError::DiskFull(_) => disk_full(&e),
             e => MatrixError::internal("storage", e),
         }
     }
+}
+
+/// A write refused because the server's disk is full:
+/// `507 M_RESOURCE_LIMIT_EXCEEDED` (the spec's code for a server out of a
+/// resource, disk space its example), which clients show as such.
+pub fn disk_full(cause: &dyn std::fmt::Display) -> MatrixError {
+    tracing::error!(error = %cause, "disk full: writes are refused until space is freed");
+    MatrixError::new(
+        ErrCode::ResourceLimitExceeded,
+        "The server's disk is full: nothing can be stored until its administrator frees space",
+    )
+    .with_status(StatusCode::INSUFFICIENT_STORAGE)
 }

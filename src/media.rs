@@ -99,6 +99,9 @@ fn media_dir(svc: &Services) -> std::path::PathBuf {
 }
 
 fn io_error(error: std::io::Error) -> MatrixError {
+    if error.kind() == std::io::ErrorKind::StorageFull {
+        return crate::error::disk_full(&error);
+    }
     MatrixError::internal("media file", error)
 }
 
@@ -126,8 +129,15 @@ async fn store(
     // file under a recorded name.
     let path = dir.join(&file_id);
     let part = dir.join(format!("{file_id}.part"));
-    tokio::fs::write(&part, bytes).await.map_err(io_error)?;
-    tokio::fs::rename(&part, &path).await.map_err(io_error)?;
+    let written = match tokio::fs::write(&part, bytes).await {
+        Ok(()) => tokio::fs::rename(&part, &path).await,
+        Err(e) => Err(e),
+    };
+    if let Err(e) = written {
+        // A full disk, say: no half file is left behind.
+        let _ = tokio::fs::remove_file(&part).await;
+        return Err(io_error(e));
+    }
     let record = MediaRecord {
         origin: origin.to_owned(),
         media_id: media_id.unwrap_or_else(|| file_id.clone()),

@@ -55,6 +55,10 @@ pub enum StorageError {
     /// or a deadlock) and was rolled back: run it again.
     #[error("write conflict: {0}")]
     Conflict(String),
+    /// The disk holding the database is full: the write did not happen
+    /// (reads still work).
+    #[error("the database's disk is full: {0}")]
+    DiskFull(String),
 }
 
 pub type Result<T, E = StorageError> = std::result::Result<T, E>;

@@ -126,6 +126,7 @@ impl From<tokio_postgres::Error> for StorageError {
         let code = e.code().cloned();
         match code {
             Some(c) if c == SqlState::UNIQUE_VIOLATION => StorageError::AlreadyExists,
+            Some(c) if c == SqlState::DISK_FULL => StorageError::DiskFull(describe(&e)),
             Some(c) if c == SqlState::T_R_SERIALIZATION_FAILURE || c == SqlState::T_R_DEADLOCK_DETECTED => {
                 StorageError::Conflict(e.to_string())
             }

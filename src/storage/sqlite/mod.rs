@@ -78,6 +78,9 @@ impl From<rusqlite::Error> for StorageError {
             rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::ConstraintViolation => {
                 StorageError::AlreadyExists
             }
+            rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::DiskFull => {
+                StorageError::DiskFull(e.to_string())
+            }
             e => StorageError::Database(e.to_string()),
         }
     }
