@@ -9,7 +9,10 @@
 use std::{
     collections::HashMap,
     net::{IpAddr, SocketAddr},
-    sync::Mutex,
+    sync::{
+        Mutex,
+        atomic::{AtomicUsize, Ordering},
+    },
 };
 
 use ruma::{MilliSecondsSinceUnixEpoch, OwnedDeviceId, OwnedUserId};
@@ -18,6 +21,8 @@ use crate::storage::{Storage, StorageError, TokenOwner};
 
 /// Longest time a device's stored `last_seen_ts` lags behind.
 const WRITE_EVERY_MS: u64 = 60_000;
+/// Devices noted before the ones already in storage are forgotten.
+const PRUNE_AT: usize = 4096;
 
 /// A device's last request.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -31,6 +36,8 @@ pub struct Seen {
 pub struct Connections {
     /// The last request of each device, and when storage last heard of it.
     seen: Mutex<HashMap<(OwnedUserId, OwnedDeviceId), (Seen, u64)>>,
+    /// The size of `seen` at which it is next pruned.
+    prune_at: AtomicUsize,
 }
 
 /// The client's address: the peer's, or with `x_forwarded` (weft behind a
@@ -89,6 +96,15 @@ impl Connections {
                 _ => now,
             };
             map.insert(key, (seen.clone(), written));
+            // Devices whose last request storage holds are forgotten once
+            // there are many (the map does not grow with every device ever
+            // seen); those with a newer request than storage's are kept.
+            let prune_at = self.prune_at.load(Ordering::Relaxed).max(PRUNE_AT);
+            if map.len() >= prune_at {
+                map.retain(|_, (last, written)| last.ts != *written);
+                // Not walked again before it has doubled.
+                self.prune_at.store(2 * map.len(), Ordering::Relaxed);
+            }
             due
         };
         if due {

@@ -7,7 +7,7 @@
 //! the process that writes drops it here ([`EventCache::forget`]), and
 //! (PostgreSQL) every other process on its notification (`listen.rs`).
 
-use std::{num::NonZeroUsize, sync::Mutex};
+use std::{collections::HashMap, sync::Mutex};
 
 use lru::LruCache;
 use ruma::{EventId, OwnedEventId};
@@ -20,15 +20,49 @@ pub(crate) struct EventCache {
 
 struct Inner {
     events: LruCache<OwnedEventId, StoredEvent>,
+    /// What the cached events weigh ([`weight`]), at most `budget`.
+    bytes: usize,
+    budget: usize,
     /// Counts writes to events (see [`EventCache::remember`]).
     writes: u64,
 }
 
+/// About what a cached event takes in memory: its JSON (kept whole, and
+/// its content again) and the fields parsed out of it.
+fn weight(event: &StoredEvent) -> usize {
+    event.pdu.json.len() + event.pdu.content.get().len() + 512
+}
+
+impl Inner {
+    fn put(&mut self, event: StoredEvent) {
+        self.bytes += weight(&event);
+        if let Some((_, old)) = self.events.push(event.pdu.event_id.clone(), event) {
+            self.bytes -= weight(&old);
+        }
+        while self.bytes > self.budget {
+            match self.events.pop_lru() {
+                Some((_, old)) => self.bytes -= weight(&old),
+                None => break,
+            }
+        }
+    }
+
+    fn pop(&mut self, event_id: &EventId) {
+        if let Some(old) = self.events.pop(event_id) {
+            self.bytes -= weight(&old);
+        }
+    }
+}
+
 impl EventCache {
-    pub(crate) fn new(capacity: usize) -> Self {
+    /// A cache holding events up to `budget` bytes ([`weight`]): an event
+    /// can be 64 KiB, so a count alone would not bound its memory.
+    pub(crate) fn new(budget: usize) -> Self {
         EventCache {
             inner: Mutex::new(Inner {
-                events: LruCache::new(NonZeroUsize::new(capacity.max(1)).expect("non-zero")),
+                events: LruCache::unbounded(),
+                bytes: 0,
+                budget,
                 writes: 0,
             }),
         }
@@ -63,7 +97,7 @@ impl EventCache {
             return;
         }
         for event in events {
-            cache.events.put(event.pdu.event_id.clone(), event.clone());
+            cache.put(event.clone());
         }
     }
 
@@ -81,7 +115,7 @@ impl EventCache {
         let mut cache = self.inner.lock().expect("event cache lock");
         let unchanged = cache.writes == writes;
         cache.writes += 1;
-        cache.events.pop(&new.pdu.event_id);
+        cache.pop(&new.pdu.event_id);
         let (rejected, soft_failed) = new.status.row_flags();
         if rejected.is_some() || !unchanged || !persisted.earlier_redactions.is_empty() {
             return;
@@ -100,14 +134,14 @@ impl EventCache {
                 txn: new.txn.as_ref().map(|t| (t.device_id.clone(), t.txn_id.clone())),
             },
         };
-        cache.events.put(new.pdu.event_id.clone(), event);
+        cache.put(event);
     }
 
     /// Drops an event just written.
     pub(crate) fn forget(&self, event_id: &EventId) {
         let mut cache = self.inner.lock().expect("event cache lock");
         cache.writes += 1;
-        cache.events.pop(event_id);
+        cache.pop(event_id);
     }
 
     /// Drops every event (what others rewrote may have gone unheard).
@@ -115,6 +149,7 @@ impl EventCache {
         let mut cache = self.inner.lock().expect("event cache lock");
         cache.writes += 1;
         cache.events.clear();
+        cache.bytes = 0;
     }
 
     /// `ids` in order (missing skipped): from the cache, the rest from
@@ -128,8 +163,9 @@ impl EventCache {
         if !missing.is_empty() {
             let loaded = load(missing).await?;
             self.remember(&loaded, writes);
-            for slot in found.iter_mut().zip(ids).filter(|(f, _)| f.is_none()) {
-                *slot.0 = loaded.iter().find(|e| e.pdu.event_id == *slot.1).cloned();
+            let loaded: HashMap<&EventId, &StoredEvent> = loaded.iter().map(|e| (&*e.pdu.event_id, e)).collect();
+            for (slot, id) in found.iter_mut().zip(ids).filter(|(f, _)| f.is_none()) {
+                *slot = loaded.get(&**id).map(|e| (*e).clone());
             }
         }
         Ok(found.into_iter().flatten().collect())

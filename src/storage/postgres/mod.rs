@@ -63,8 +63,8 @@ const POOL_SIZE: usize = 16;
 const POOL_WAIT: Duration = Duration::from_secs(5);
 /// A connection unused for this long is closed.
 const IDLE_CLOSE: Duration = Duration::from_secs(300);
-/// Events looked up by ID (see [`EventCache`]).
-const EVENT_CACHE_SIZE: usize = 1024;
+/// Bytes of events looked up by ID kept in memory (see [`EventCache`]).
+const EVENT_CACHE_BYTES: usize = 4 << 20;
 /// A write that keeps losing races is given up after this many attempts.
 pub(crate) const WRITE_ATTEMPTS: u32 = 8;
 /// Serialises schema migrations of processes that start together.
@@ -295,7 +295,7 @@ impl PgStorage {
         let storage = PgStorage {
             pool,
             locks: locks::HeldLocks::new(locks, process.clone()),
-            events: std::sync::Arc::new(EventCache::new(EVENT_CACHE_SIZE)),
+            events: std::sync::Arc::new(EventCache::new(EVENT_CACHE_BYTES)),
             room_versions: Default::default(),
             config,
             process,

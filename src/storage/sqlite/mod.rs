@@ -68,9 +68,14 @@ const MIGRATIONS: &[&str] = &[
 ];
 
 const MAX_IDLE_READERS: usize = 4;
-/// Events looked up by ID (state and auth events, mostly). Pages of
-/// timeline are read in bulk and not cached: each is read once.
-const EVENT_CACHE_SIZE: usize = 1024;
+/// Reader connections open at once, at most: more readers than cores gain
+/// nothing, and each costs file descriptors that SQLite keeps (for reuse)
+/// until every connection to the file is closed.
+const MAX_READERS: usize = 8;
+/// Bytes of events looked up by ID (state and auth events, mostly) kept
+/// in memory. Pages of timeline are read in bulk and not cached: each is
+/// read once.
+const EVENT_CACHE_BYTES: usize = 4 << 20;
 
 impl From<rusqlite::Error> for StorageError {
     fn from(e: rusqlite::Error) -> Self {
@@ -90,6 +95,8 @@ pub struct SqliteStorage {
     path: std::path::PathBuf,
     writer: Arc<Mutex<Connection>>,
     readers: Arc<Mutex<Vec<Connection>>>,
+    /// One permit per reader connection open ([`MAX_READERS`]).
+    reading: Arc<tokio::sync::Semaphore>,
     events: Arc<EventCache>,
     /// Whether any user was ever erased: until one is, `erased_users`
     /// (asked for every page of history read) answers without a query.
@@ -111,7 +118,8 @@ impl SqliteStorage {
             path,
             writer: Arc::new(Mutex::new(writer)),
             readers: Arc::new(Mutex::new(Vec::new())),
-            events: Arc::new(EventCache::new(EVENT_CACHE_SIZE)),
+            reading: Arc::new(tokio::sync::Semaphore::new(MAX_READERS)),
+            events: Arc::new(EventCache::new(EVENT_CACHE_BYTES)),
             any_erased: Arc::new(std::sync::atomic::AtomicBool::new(any_erased)),
         })
     }
@@ -147,7 +155,14 @@ impl SqliteStorage {
     {
         let readers = self.readers.clone();
         let path = self.path.clone();
+        let permit = self
+            .reading
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|e| StorageError::Database(format!("reader pool closed: {e}")))?;
         tokio::task::spawn_blocking(move || {
+            let _permit = permit;
             let pooled = readers.lock().expect("reader pool lock").pop();
             let conn = match pooled {
                 Some(conn) => conn,
