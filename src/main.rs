@@ -102,6 +102,12 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async move {
         match cli.command {
             Command::Serve => {
+                // Every connection is a file descriptor: the soft limit
+                // (often 1024) is raised to the hard one, as servers do.
+                match rlimit::increase_nofile_limit(u64::MAX) {
+                    Ok(limit) => tracing::info!(limit, "open files limit"),
+                    Err(e) => tracing::warn!(error = %e, "open files limit not raised"),
+                }
                 let running = server::start(config).await.map_err(|e| e.to_string())?;
                 running.run_until_signal().await;
                 Ok(())
