@@ -98,7 +98,8 @@ fn cors() -> CorsLayer {
 /// the endpoints read whole anyway; a larger one is refused here, and that
 /// connection closed.
 /// Uploads (`/_matrix/media/v3/upload`) are the exception: files, read up to
-/// `max_upload_size`.
+/// `max_upload_size`. A body that stops coming for `header_read_timeout_secs`
+/// is a 408, and its connection closed.
 async fn read_body_first(
     axum::extract::State(svc): axum::extract::State<Arc<Services>>,
     req: axum::extract::Request,
@@ -110,15 +111,50 @@ async fn read_body_first(
     } else {
         client_api::extract::MAX_BODY_BYTES
     };
-    match axum::body::to_bytes(body, limit).await {
-        Ok(bytes) => next.run(axum::extract::Request::from_parts(parts, bytes.into())).await,
-        Err(_) => {
-            let mut response =
-                MatrixError::new(crate::error::ErrCode::TooLarge, "Request body too large").into_response();
-            response
-                .headers_mut()
-                .insert(http::header::CONNECTION, http::HeaderValue::from_static("close"));
-            response
+    let idle = Duration::from_secs(svc.config.header_read_timeout_secs);
+    let error = match read_body(body, limit, idle).await {
+        Ok(bytes) => return next.run(axum::extract::Request::from_parts(parts, bytes.into())).await,
+        Err(BodyError::TooLarge) => MatrixError::new(crate::error::ErrCode::TooLarge, "Request body too large"),
+        Err(BodyError::Stalled) => {
+            MatrixError::unknown("The request's body stopped coming").with_status(http::StatusCode::REQUEST_TIMEOUT)
+        }
+        Err(BodyError::Broken) => {
+            MatrixError::unknown("The request's body could not be read").with_status(http::StatusCode::BAD_REQUEST)
+        }
+    };
+    let mut response = error.into_response();
+    response
+        .headers_mut()
+        .insert(http::header::CONNECTION, http::HeaderValue::from_static("close"));
+    response
+}
+
+enum BodyError {
+    TooLarge,
+    /// Nothing came for the idle time: a client that announced a body and
+    /// stopped sending it does not keep its connection.
+    Stalled,
+    Broken,
+}
+
+/// A request's body, whole: at most `limit` bytes, each piece coming
+/// within `idle` of the one before (a slow upload goes on; a stalled one
+/// is cut).
+async fn read_body(body: axum::body::Body, limit: usize, idle: Duration) -> Result<bytes::Bytes, BodyError> {
+    use futures_util::StreamExt;
+    let mut stream = body.into_data_stream();
+    let mut buf = bytes::BytesMut::new();
+    loop {
+        match tokio::time::timeout(idle, stream.next()).await {
+            Err(_) => return Err(BodyError::Stalled),
+            Ok(None) => return Ok(buf.freeze()),
+            Ok(Some(Err(_))) => return Err(BodyError::Broken),
+            Ok(Some(Ok(chunk))) => {
+                if buf.len() + chunk.len() > limit {
+                    return Err(BodyError::TooLarge);
+                }
+                buf.extend_from_slice(&chunk);
+            }
         }
     }
 }

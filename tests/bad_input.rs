@@ -387,12 +387,22 @@ async fn connections_that_never_finish_their_headers_are_closed() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let server = TestServer::start_with(|c| c.header_read_timeout_secs = 1).await;
     let running = server.running();
-    // The client listener: headers begun, never finished; the federation
-    // listener (TLS): nothing sent at all, not even a handshake.
+    // The client listener: headers begun, never finished; a request
+    // answered, then nothing more on the kept-alive connection; a body
+    // announced, never sent; the federation listener (TLS): nothing sent
+    // at all, not even a handshake.
     for (addr, partial) in [
         (
             running.client_addr,
             &b"GET /_matrix/client/versions HTTP/1.1\r\nHost: loc"[..],
+        ),
+        (
+            running.client_addr,
+            &b"GET /_matrix/client/versions HTTP/1.1\r\nHost: localhost\r\n\r\n"[..],
+        ),
+        (
+            running.client_addr,
+            &b"POST /_matrix/client/v3/login HTTP/1.1\r\nHost: localhost\r\ncontent-length: 100\r\n\r\n{"[..],
         ),
         (running.federation_addr, &b""[..]),
     ] {
