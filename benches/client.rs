@@ -171,7 +171,8 @@ fn weft_command(setup: &Setup) -> Command {
     cmd.env("WEFT_DATA_DIR", data_dir)
         .env("WEFT_CLIENT_LISTEN", format!("127.0.0.1:{}", ports.0))
         .env("WEFT_FEDERATION_LISTEN", format!("127.0.0.1:{}", ports.1))
-        .env("WEFT_LOG", "warn");
+        .env("WEFT_LOG", "warn")
+        .env("WEFT_RATE_LIMITS", "false");
     cmd
 }
 

@@ -64,12 +64,27 @@ pub fn user_id_for(localpart: &str, server: &ServerName) -> Result<OwnedUserId, 
     Ok(user_id)
 }
 
+/// Password hashes computed at once, at most one per core: each takes
+/// milliseconds of CPU and 7 MiB of memory (argon2id's parameters), so a
+/// flood of logins or registrations queues here instead of taking every
+/// blocking thread and hundreds of MiB. Process-wide like the CPU it
+/// guards (not per `Services`: the command-line tools hash too).
+static HASHING: std::sync::LazyLock<tokio::sync::Semaphore> = std::sync::LazyLock::new(|| {
+    tokio::sync::Semaphore::new(std::thread::available_parallelism().map_or(2, |n| n.get()))
+});
+
+/// Runs `f` (an argon2 hash or check) on the blocking pool, within [`HASHING`].
+async fn hashing<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, AccountError> {
+    let _permit = HASHING.acquire().await.map_err(|e| AccountError::Hash(e.to_string()))?;
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| AccountError::Hash(e.to_string()))
+}
+
 /// [`hash_password`] on the blocking pool (argon2 takes milliseconds).
 pub async fn hash_password_blocking(password: &str) -> Result<String, AccountError> {
     let password = password.to_owned();
-    tokio::task::spawn_blocking(move || hash_password(&password))
-        .await
-        .map_err(|e| AccountError::Hash(e.to_string()))?
+    hashing(move || hash_password(&password)).await?
 }
 
 /// Creates an account. Hashing runs on the blocking pool.
@@ -133,9 +148,7 @@ pub async fn check_password(storage: &dyn Storage, user_id: &UserId, password: &
     }
     let hash = user.password_hash.ok_or(AccountError::BadCredentials)?;
     let password = password.to_owned();
-    let ok = tokio::task::spawn_blocking(move || verify_password(&password, &hash))
-        .await
-        .map_err(|e| AccountError::Hash(e.to_string()))?;
+    let ok = hashing(move || verify_password(&password, &hash)).await?;
     if ok { Ok(()) } else { Err(AccountError::BadCredentials) }
 }
 
