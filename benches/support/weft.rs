@@ -100,6 +100,9 @@ impl Launch {
             .env("WEFT_CLIENT_LISTEN", format!("127.0.0.1:{client_port}"))
             .env("WEFT_FEDERATION_LISTEN", format!("127.0.0.1:{fed_port}"))
             .env("WEFT_FEDERATION_VERIFY_TLS", "false")
+            // A benchmark measures the server, not its rate limits (429
+            // M_LIMIT_EXCEEDED); a weft without the key ignores it.
+            .env("WEFT_RATE_LIMITS", "false")
             .env(
                 "WEFT_LOG",
                 std::env::var("WEFT_BENCH_WEFT_LOG").unwrap_or_else(|_| "warn".to_owned()),
