@@ -14,7 +14,8 @@
 use std::collections::HashMap;
 
 use ruma::{
-    CanonicalJsonObject, CanonicalJsonValue, MilliSecondsSinceUnixEpoch, OwnedEventId, OwnedRoomId, RoomVersionId,
+    CanonicalJsonObject, CanonicalJsonValue, MilliSecondsSinceUnixEpoch, OwnedEventId, OwnedRoomId, RoomId,
+    RoomVersionId,
     events::StateEventType,
     room_version_rules::RoomVersionRules,
     signatures::{PublicKeyMap, Verified},
@@ -52,6 +53,18 @@ pub async fn check_signed(svc: &Services, version: &RoomVersionId, raw: &RawValu
     let rules = version
         .rules()
         .ok_or_else(|| CheckError::Invalid(format!("unsupported room version {version}")))?;
+    let (object, event_id, room_id) = check_format(&rules, raw)?;
+    let keys = signing_keys(svc, &object, &rules).await?;
+    check_signatures(&rules, object, event_id, &room_id, &keys)
+}
+
+/// Step 1: the PDU as this server will hold it (`unsigned` and, but in
+/// rooms v1 and v2, `event_id` removed), if its format is the room
+/// version's; its event ID and room.
+pub fn check_format(
+    rules: &RoomVersionRules,
+    raw: &RawValue,
+) -> Result<(CanonicalJsonObject, OwnedEventId, OwnedRoomId), CheckError> {
     let mut object: CanonicalJsonObject =
         serde_json::from_str(raw.get()).map_err(|e| CheckError::NotCanonical(e.to_string()))?;
     // What the sender says outside the signed part is not kept.
@@ -60,10 +73,10 @@ pub async fn check_signed(svc: &Services, version: &RoomVersionId, raw: &RawValu
         object.remove("event_id");
     }
     ruma::state_res::check_pdu_format(&object, &rules.event_format).map_err(CheckError::Invalid)?;
-    crate::events::ids::check_reference_format(&object, &rules).map_err(CheckError::Invalid)?;
+    crate::events::ids::check_reference_format(&object, rules).map_err(CheckError::Invalid)?;
     // The reference hash, or (rooms v1, v2) the `event_id` the sender chose,
     // whose server must then sign too (ruma's signature rules require it).
-    let event_id = crate::events::event_id_of(&object, &rules).map_err(CheckError::Invalid)?;
+    let event_id = crate::events::event_id_of(&object, rules).map_err(CheckError::Invalid)?;
     let room_id = match object.get("room_id") {
         Some(CanonicalJsonValue::String(id)) => {
             OwnedRoomId::try_from(id.as_str()).map_err(|e| CheckError::Invalid(format!("room_id: {e}")))?
@@ -72,16 +85,26 @@ pub async fn check_signed(svc: &Services, version: &RoomVersionId, raw: &RawValu
         _ => OwnedRoomId::try_from(format!("!{}", &event_id.as_str()[1..]))
             .map_err(|e| CheckError::Invalid(e.to_string()))?,
     };
+    Ok((object, event_id, room_id))
+}
 
-    let keys = signing_keys(svc, &object, &rules).await?;
-    let verified = ruma::signatures::verify_event(&keys, &object, &rules)
+/// Steps 2 and 3 given the signing keys of the servers that must sign:
+/// the PDU of [`check_format`], redacted if its content hash did not match.
+pub fn check_signatures(
+    rules: &RoomVersionRules,
+    mut object: CanonicalJsonObject,
+    event_id: OwnedEventId,
+    room_id: &RoomId,
+    keys: &PublicKeyMap,
+) -> Result<Pdu, CheckError> {
+    let verified = ruma::signatures::verify_event(keys, &object, rules)
         .map_err(|e| CheckError::BadSignature(format!("signature check of {event_id} failed: {e}")))?;
     if verified == Verified::Signatures {
         tracing::info!(%event_id, "content hash mismatch: keeping the event redacted");
         object = ruma::canonical_json::redact(object, &rules.redaction, None)
             .map_err(|e| CheckError::Invalid(format!("cannot redact {event_id}: {e}")))?;
     }
-    Pdu::from_canonical(event_id, Some(&room_id), &object).map_err(|e| CheckError::Invalid(e.to_string()))
+    Pdu::from_canonical(event_id, Some(room_id), &object).map_err(|e| CheckError::Invalid(e.to_string()))
 }
 
 /// The keys of every server whose signature the event needs, valid when

@@ -19,6 +19,7 @@ pub mod events;
 pub mod federation_api;
 pub mod federation_client;
 pub mod filter;
+pub mod fuzzing;
 pub mod http_errors;
 pub mod identity;
 pub mod keyed_locks;

@@ -397,22 +397,31 @@ async fn load_filter(
     owner: &TokenOwner,
     filter: Option<&Filter>,
 ) -> Result<FilterDefinition, MatrixError> {
+    if let Some(definition) = inline_filter(filter)? {
+        return Ok(definition);
+    }
     Ok(match filter {
-        Some(Filter::FilterDefinition(def)) => def.clone(),
-        // An inline filter that ruma could not read as a filter (so took
-        // for an ID): a 400, as Synapse answers, not an unknown filter.
-        Some(Filter::FilterId(id)) if id.starts_with('{') => {
-            return Err(match serde_json::from_str::<serde_json::Value>(id) {
-                Ok(_) => MatrixError::bad_json("The inline filter is not a valid filter"),
-                Err(_) => MatrixError::not_json("Invalid filter JSON"),
-            });
-        }
         Some(Filter::FilterId(id)) => match svc.storage.filter(&owner.user_id, id).await? {
             Some(json) => serde_json::from_str(&json).map_err(|e| MatrixError::internal("stored filter", e))?,
             None => return Err(MatrixError::not_found(format!("Unknown filter {id}"))),
         },
         _ => FilterDefinition::default(),
     })
+}
+
+/// The filter given inline in the `filter` parameter, if it is one (not
+/// the ID of an uploaded filter, nor missing).
+pub(crate) fn inline_filter(filter: Option<&Filter>) -> Result<Option<FilterDefinition>, MatrixError> {
+    match filter {
+        Some(Filter::FilterDefinition(def)) => Ok(Some(def.clone())),
+        // An inline filter that ruma could not read as a filter (so took
+        // for an ID): a 400, as Synapse answers, not an unknown filter.
+        Some(Filter::FilterId(id)) if id.starts_with('{') => Err(match serde_json::from_str::<Value>(id) {
+            Ok(_) => MatrixError::bad_json("The inline filter is not a valid filter"),
+            Err(_) => MatrixError::not_json("Invalid filter JSON"),
+        }),
+        _ => Ok(None),
+    }
 }
 
 /// The rooms of the response, and those of them sent in full in an

@@ -26,7 +26,7 @@
 //!   it gets an error under the ID its sender computed ([`event_id`]); met
 //!   elsewhere (`/get_missing_events`, `/backfill`, state), it is dropped.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use ruma::{CanonicalJsonObject, CanonicalJsonValue};
 use serde_json::{Number, Value};
@@ -78,11 +78,12 @@ impl Loose {
     /// The canonical text of `value` (this value, or one made of it: a
     /// request around it, its redacted form) with the numbers written back.
     pub fn write(&self, value: &CanonicalJsonValue) -> String {
-        let mut text = value.to_string();
-        for (placeholder, number) in &self.numbers {
-            text = replace_number(&text, placeholder, number);
+        let text = value.to_string();
+        if self.numbers.is_empty() {
+            return text;
         }
-        text
+        let numbers: HashMap<&str, &str> = self.numbers.iter().map(|(p, n)| (p.as_str(), n.as_str())).collect();
+        restore_numbers(&text, &numbers)
     }
 
     /// The canonical text of `object`, as [`Loose::write`].
@@ -119,10 +120,18 @@ pub fn event_id(pdu: Value, rules: &ruma::room_version_rules::RoomVersionRules) 
     ruma::OwnedEventId::try_from(format!("${hash}")).ok()
 }
 
+/// The integers canonical JSON holds.
+const SAFE: std::ops::RangeInclusive<i64> = -MAX_SAFE..=MAX_SAFE;
+
+/// Whether canonical JSON holds `n`.
+fn is_safe(n: &Number) -> bool {
+    n.as_i64().is_some_and(|i| SAFE.contains(&i))
+}
+
 /// Whether `value` holds a number canonical JSON has not.
 pub fn is_loose(value: &Value) -> bool {
     match value {
-        Value::Number(n) => n.as_i64().is_none_or(|i| i.abs() > MAX_SAFE),
+        Value::Number(n) => !is_safe(n),
         Value::Array(items) => items.iter().any(is_loose),
         Value::Object(map) => map.values().any(is_loose),
         _ => false,
@@ -133,7 +142,7 @@ pub fn is_loose(value: &Value) -> bool {
 fn integers(value: &Value, held: &mut HashSet<i64>) {
     match value {
         Value::Number(n) => {
-            if let Some(i) = n.as_i64().filter(|i| i.abs() <= MAX_SAFE) {
+            if let Some(i) = n.as_i64().filter(|i| SAFE.contains(i)) {
                 held.insert(i);
             }
         }
@@ -147,30 +156,45 @@ fn integers(value: &Value, held: &mut HashSet<i64>) {
 /// `placeholder` gives.
 fn replace(value: Value, placeholder: &mut impl FnMut(&Number) -> i64) -> Value {
     match value {
-        Value::Number(n) if n.as_i64().is_none_or(|i| i.abs() > MAX_SAFE) => Value::from(placeholder(&n)),
+        Value::Number(n) if !is_safe(&n) => Value::from(placeholder(&n)),
         Value::Array(items) => Value::Array(items.into_iter().map(|v| replace(v, placeholder)).collect()),
         Value::Object(map) => Value::Object(map.into_iter().map(|(k, v)| (k, replace(v, placeholder))).collect()),
         other => other,
     }
 }
 
-/// Replaces the number token `placeholder` (after `:`, `[` or `,`, before
-/// `,`, `]` or `}`) by `number` in canonical JSON text.
-fn replace_number(text: &str, placeholder: &str, number: &str) -> String {
+/// Canonical JSON text with each number token (outside strings) that is
+/// a placeholder replaced by its number: one pass over the text, however
+/// many numbers.
+fn restore_numbers(text: &str, numbers: &HashMap<&str, &str>) -> String {
+    let bytes = text.as_bytes();
     let mut out = String::with_capacity(text.len());
-    let mut rest = text;
-    while let Some(at) = rest.find(placeholder) {
-        let before = rest[..at].chars().last().or_else(|| out.chars().last());
-        let after = rest[at + placeholder.len()..].chars().next();
-        out.push_str(&rest[..at]);
-        if matches!(before, Some(':' | '[' | ',')) && matches!(after, Some(',' | ']' | '}')) {
-            out.push_str(number);
-        } else {
-            out.push_str(placeholder);
+    // `text[..copied]` is in `out`; every index used is an ASCII byte's.
+    let mut copied = 0;
+    let mut in_string = false;
+    let mut at = 0;
+    while at < bytes.len() {
+        match bytes[at] {
+            b'\\' if in_string => at += 2,
+            b'"' => {
+                in_string = !in_string;
+                at += 1;
+            }
+            b'-' | b'0'..=b'9' if !in_string => {
+                let start = at;
+                while at < bytes.len() && matches!(bytes[at], b'-' | b'+' | b'.' | b'e' | b'E' | b'0'..=b'9') {
+                    at += 1;
+                }
+                if let Some(number) = numbers.get(&text[start..at]) {
+                    out.push_str(&text[copied..start]);
+                    out.push_str(number);
+                    copied = at;
+                }
+            }
+            _ => at += 1,
         }
-        rest = &rest[at + placeholder.len()..];
     }
-    out.push_str(rest);
+    out.push_str(&text[copied..]);
     out
 }
 
@@ -266,5 +290,81 @@ mod tests {
         let canonical = Loose::new(serde_json::json!({"a": 1, "s": "9007199254740990"})).unwrap();
         assert!(!canonical.is_loose());
         assert_eq!(canonical.write(canonical.value()), r#"{"a":1,"s":"9007199254740990"}"#);
+    }
+
+    /// A placeholder's digits inside a string (or a key) stay as they are:
+    /// only number tokens are numbers. (Before, a string holding
+    /// `,<placeholder>,` had the number written into it, and the signature
+    /// of a transaction with such a message and a float never verified.)
+    #[test]
+    fn placeholders_in_strings_are_text() {
+        let value: Value = serde_json::from_str(
+            r#"{"a":1.5,"s":",9007199254740991,","9007199254740991":[9007199254740991.5,"[9007199254740990]"]}"#,
+        )
+        .unwrap();
+        let loose = Loose::new(value.clone()).unwrap();
+        let text = loose.write(loose.value());
+        assert_eq!(
+            text,
+            r#"{"9007199254740991":[9007199254740992.0,"[9007199254740990]"],"a":1.5,"s":",9007199254740991,"}"#
+        );
+        assert_eq!(serde_json::from_str::<Value>(&text).unwrap(), value);
+    }
+
+    /// Found by the `canonical_json` fuzz target's replay of its seeds: a
+    /// bare number was not written back (nothing stood before it).
+    #[test]
+    fn a_bare_number_is_written_back() {
+        let loose = Loose::new(serde_json::json!(1.5)).unwrap();
+        assert_eq!(loose.write(loose.value()), "1.5");
+    }
+
+    /// Writing is one pass over the text: a body of the largest size with
+    /// a float every few bytes (before, a pass over the whole text per
+    /// number: minutes of CPU for one request, before its signature was
+    /// checked).
+    #[test]
+    fn many_numbers_are_written_in_one_pass() {
+        let numbers: Vec<Value> = (0..100_000).map(|i| Value::from(f64::from(i) + 0.5)).collect();
+        let value = serde_json::json!({ "pdus": numbers });
+        let loose = Loose::new(value.clone()).unwrap();
+        let started = std::time::Instant::now();
+        let text = loose.write(loose.value());
+        assert!(started.elapsed() < std::time::Duration::from_secs(10));
+        assert_eq!(serde_json::from_str::<Value>(&text).unwrap(), value);
+    }
+
+    /// Found by the `canonical_json` fuzz target: serde_json's default
+    /// float parsing is not exact (it can read the neighbouring float), so
+    /// a float as Synapse writes it was read as another and written back
+    /// otherwise, and the signature over it failed. Its `float_roundtrip`
+    /// feature (Cargo.toml) reads them exactly.
+    #[test]
+    fn floats_are_read_exactly() {
+        for text in [
+            "1.2349567890123457e+44",
+            "1.0715660391465826e-75",
+            "0.30000000000000004",
+        ] {
+            let value: Value = serde_json::from_str(&format!("[{text}]")).unwrap();
+            let loose = Loose::new(value).unwrap();
+            assert_eq!(loose.write(loose.value()), format!("[{text}]"));
+        }
+    }
+
+    /// `i64::MIN`, which serde_json reads as an integer, is out of range
+    /// (its `abs` overflowed: a panic in builds with overflow checks, and
+    /// in release a number taken for canonical, so that a transaction
+    /// holding one was refused whole instead of that PDU alone).
+    #[test]
+    fn the_lowest_integer_is_loose() {
+        let value: Value = serde_json::from_str("[-9223372036854775808,-9007199254740991]").unwrap();
+        assert!(is_loose(&value));
+        let loose = Loose::new(value.clone()).unwrap();
+        assert_eq!(loose.write(loose.value()), "[-9223372036854775808,-9007199254740991]");
+        assert!(!is_loose(&serde_json::json!([
+            -9007199254740991i64,
+            9007199254740991i64
+        ])));
     }
 }

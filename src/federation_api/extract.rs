@@ -193,7 +193,7 @@ async fn authenticate(
 
 /// Checks an `X-Matrix` signature over a request whose body has numbers
 /// canonical JSON has not, written as Synapse writes them.
-fn verify_loose(
+pub(crate) fn verify_loose(
     xmatrix: &XMatrix,
     request: &http::Request<bytes::Bytes>,
     own_name: &ServerName,

@@ -11,7 +11,7 @@ mod membership;
 pub mod openid;
 mod query;
 pub mod third_party;
-mod transactions;
+pub(crate) mod transactions;
 
 use std::sync::Arc;
 

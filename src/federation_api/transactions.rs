@@ -19,11 +19,16 @@ const MAX_EDUS: usize = 100;
 const NOT_CANONICAL: &str =
     "the event is not canonical JSON (a float, or an integer beyond ±2^53): this server does not take it";
 
-/// The event ID a PDU will have, if it can be computed.
-fn event_id_of(version: &RoomVersionId, raw: &RawValue) -> Option<OwnedEventId> {
+/// The event ID a PDU will have, if it can be computed: as
+/// `event_checks::check_format` computes it, without `unsigned` and, in
+/// rooms v3 on, without an `event_id` the sender put in.
+pub(crate) fn event_id_of(version: &RoomVersionId, raw: &RawValue) -> Option<OwnedEventId> {
     let rules = version.rules()?;
     let mut object: ruma::CanonicalJsonObject = serde_json::from_str(raw.get()).ok()?;
     object.remove("unsigned");
+    if !rules.event_format.require_event_id {
+        object.remove("event_id");
+    }
     crate::events::event_id_of(&object, &rules).ok()
 }
 
@@ -218,4 +223,32 @@ async fn receive_edu(svc: &Services, origin: &ruma::ServerName, edu: &serde_json
         other => tracing::debug!(%origin, edu_type = %other, "EDU ignored"),
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Found by the `pdu` fuzz target: a v3+ PDU carrying an `event_id` of
+    /// its own got its transaction result under an ID hashed with that
+    /// field, not the ID the event is held under (which is hashed without).
+    #[test]
+    fn result_id_is_the_held_id() {
+        let raw = serde_json::value::to_raw_value(&serde_json::json!({
+            "type": "m.room.message",
+            "sender": "@alice:origin.test",
+            "room_id": "!room:origin.test",
+            "event_id": "$chosen_by_the_sender",
+            "unsigned": {"age": 5},
+            "content": {"body": "x"},
+            "depth": 3,
+            "origin_server_ts": 1,
+            "prev_events": [],
+            "auth_events": [],
+        }))
+        .unwrap();
+        let rules = RoomVersionId::V6.rules().unwrap();
+        let (_, held_id, _) = crate::event_checks::check_format(&rules, &raw).unwrap();
+        assert_eq!(event_id_of(&RoomVersionId::V6, &raw), Some(held_id));
+    }
 }
