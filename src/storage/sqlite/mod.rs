@@ -67,11 +67,14 @@ const MIGRATIONS: &[&str] = &[
     include_str!("schema_v21.sql"),
 ];
 
-const MAX_IDLE_READERS: usize = 4;
 /// Reader connections open at once, at most: more readers than cores gain
 /// nothing, and each costs file descriptors that SQLite keeps (for reuse)
 /// until every connection to the file is closed.
 const MAX_READERS: usize = 8;
+/// Idle readers kept open: all of them. Opening one parses the schema, so
+/// closing the ones beyond a smaller number made a steady load open and
+/// close a connection per read.
+const MAX_IDLE_READERS: usize = MAX_READERS;
 /// Bytes of events looked up by ID (state and auth events, mostly) kept
 /// in memory. Pages of timeline are read in bulk and not cached: each is
 /// read once.
