@@ -236,22 +236,9 @@ fn authenticate(request: &http::Request<bytes::Bytes>) {
             Err(e) => drop(e.to_string()),
         }
     }
-    let body = request.body();
-    let mut loose = None;
-    if !body.is_empty() {
-        let Ok(value) = serde_json::from_slice::<serde_json::Value>(body) else {
-            return;
-        };
-        let transaction = request.uri().path().starts_with("/_matrix/federation/v1/send/");
-        if transaction && loose_json::is_loose(&value) {
-            match loose_json::Loose::new(value) {
-                Some(l) => loose = Some(l),
-                None => return,
-            }
-        } else if CanonicalJsonValue::try_from(value).is_err() {
-            return;
-        }
-    }
+    let Ok(loose) = crate::federation_api::extract::signed_body(request.uri().path(), request.body()) else {
+        return;
+    };
     for xmatrix in headers {
         if xmatrix.destination.as_deref().is_some_and(|d| d != own_name) {
             continue;
@@ -425,7 +412,7 @@ fn apply_room_event_filter(filter: &RoomEventFilter) {
 // --- Event authorisation -----------------------------------------------------
 
 /// The room versions the auth rules are fuzzed in.
-const AUTH_VERSIONS: [RoomVersionId; 5] = [
+pub const AUTH_VERSIONS: [RoomVersionId; 5] = [
     RoomVersionId::V1,
     RoomVersionId::V5,
     RoomVersionId::V10,

@@ -120,13 +120,7 @@ const INVITED: &str = weft::fuzzing::INVITED;
 const BANNED: &str = weft::fuzzing::BANNED;
 const STRANGER: &str = "@dave:c.test";
 
-const AUTH_VERSIONS: [RoomVersionId; 5] = [
-    RoomVersionId::V1,
-    RoomVersionId::V5,
-    RoomVersionId::V10,
-    RoomVersionId::V11,
-    RoomVersionId::V12,
-];
+const AUTH_VERSIONS: [RoomVersionId; 5] = weft::fuzzing::AUTH_VERSIONS;
 
 /// The ID of the event_auth room's state event of `(kind, key)`.
 fn state_id(kind: &str, key: &str) -> Option<&'static str> {

@@ -137,18 +137,7 @@ async fn authenticate(
         // error of its own. Any other request with them is bad input (as
         // the spec has it for the events of `send_join`, `send_leave`,
         // `invite` in rooms v6+; SyTest checks `M_BAD_JSON` there).
-        let mut loose = None;
-        if !body.is_empty() {
-            let value: serde_json::Value =
-                serde_json::from_slice(&body).map_err(|e| MatrixError::not_json(format!("Content not JSON: {e}")))?;
-            let transaction = parts.uri.path().starts_with("/_matrix/federation/v1/send/");
-            if transaction && crate::events::loose_json::is_loose(&value) {
-                loose = Some(Loose::new(value).ok_or_else(|| MatrixError::bad_json("Content is not canonical JSON"))?);
-            } else {
-                CanonicalJsonValue::try_from(value)
-                    .map_err(|e| MatrixError::bad_json(format!("Content is not canonical JSON: {e}")))?;
-            }
-        }
+        let loose = signed_body(parts.uri.path(), &body)?;
         let own_name = svc.server_name();
         let http_req = http::Request::from_parts(parts, body);
         let now: u64 = MilliSecondsSinceUnixEpoch::now().get().into();
@@ -189,6 +178,26 @@ async fn authenticate(
         };
         Ok((http_req, path_args, origin))
     }
+}
+
+/// The body of a request to `path` as its signature covers it: `None` for
+/// canonical JSON (or no body), the loose form for a transaction with
+/// numbers canonical JSON has not; any other body is refused.
+pub(crate) fn signed_body(path: &str, body: &[u8]) -> Result<Option<Loose>, MatrixError> {
+    if body.is_empty() {
+        return Ok(None);
+    }
+    let value: serde_json::Value =
+        serde_json::from_slice(body).map_err(|e| MatrixError::not_json(format!("Content not JSON: {e}")))?;
+    let transaction = path.starts_with("/_matrix/federation/v1/send/");
+    if transaction && crate::events::loose_json::is_loose(&value) {
+        return Ok(Some(
+            Loose::new(value).ok_or_else(|| MatrixError::bad_json("Content is not canonical JSON"))?,
+        ));
+    }
+    CanonicalJsonValue::try_from(value)
+        .map_err(|e| MatrixError::bad_json(format!("Content is not canonical JSON: {e}")))?;
+    Ok(None)
 }
 
 /// Checks an `X-Matrix` signature over a request whose body has numbers
