@@ -31,6 +31,10 @@ pub struct Metrics {
     /// Parked `/sync` requests woken (not timed out), each building its
     /// answer again: what a change costs beyond whom it concerns.
     pub sync_wakeups: Counter,
+    /// `/sync` answers built, counting each round of a request (its
+    /// first, and again after a wake-up or a change it may have missed):
+    /// beyond the requests themselves, what parked requests cost.
+    pub sync_rounds: Counter,
 }
 
 impl Default for Metrics {
@@ -41,6 +45,7 @@ impl Default for Metrics {
         let backfill_failures = Family::<ServerLabel, Counter>::default();
         let backfill_seconds = Histogram::new([0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0]);
         let sync_wakeups = Counter::default();
+        let sync_rounds = Counter::default();
         registry.register(
             "backfill_requests",
             "Backfill requests to other servers, by outcome",
@@ -66,9 +71,15 @@ impl Default for Metrics {
             "Parked /sync requests woken to build their answer again",
             sync_wakeups.clone(),
         );
+        registry.register(
+            "sync_rounds",
+            "Rounds of /sync requests: answers built, the first and again after a wake-up",
+            sync_rounds.clone(),
+        );
         Metrics {
             registry,
             sync_wakeups,
+            sync_rounds,
             backfill_requests,
             backfill_events,
             backfill_failures,

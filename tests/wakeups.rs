@@ -196,6 +196,109 @@ async fn a_send_wakes_only_the_syncs_it_concerns() {
     }
 }
 
+/// Idle `/sync`s that arrive while somebody else keeps sending park after
+/// at most two rounds each: a send into a room they are not in does not
+/// send them round again. (Before, a request that saw any stream head move
+/// while it built its first answer went round again, and again: under a
+/// steady load every arriving request kept building answers for as long
+/// as the load lasted — 300 of them took a sender from 1,101 to 56
+/// sends/s.)
+#[tokio::test]
+async fn syncs_that_arrive_during_sends_park_without_going_round() {
+    const ARRIVING: usize = 100;
+    let server = TestServer::start().await;
+    let svc = server.services().clone();
+    let (alice, _bob, room) = alice_and_bob_in_a_room(&server).await;
+    let names: Vec<String> = (0..ARRIVING).map(|i| format!("arriving{i}")).collect();
+    let mut idle = Vec::new();
+    for chunk in names.chunks(16) {
+        idle.extend(join_all(chunk.iter().map(|name| server.register(name))).await);
+    }
+    join_all(idle.iter().map(|u| u.create_room(json!({})))).await;
+    let tokens = join_all(idle.iter().map(|u| u.sync("timeout=0"))).await;
+
+    // Alice sends, one message after the other, until told to stop.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sent = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let sender = {
+        let (stop, sent) = (stop.clone(), sent.clone());
+        let url = format!("{}/_matrix/client/v3/rooms/{room}/send/m.room.message", server.base());
+        let (http, token) = (server.http.clone(), alice.token.clone());
+        tokio::spawn(async move {
+            let mut i = 0;
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                let response = http
+                    .put(format!("{url}/load{i}"))
+                    .bearer_auth(&token)
+                    .json(&json!({ "msgtype": "m.text", "body": format!("load {i}") }))
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(response.status(), StatusCode::OK);
+                sent.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                i += 1;
+            }
+        })
+    };
+    common::eventually(Duration::from_secs(10), "alice is sending", || async {
+        match sent.load(std::sync::atomic::Ordering::SeqCst) {
+            n if n >= 5 => Ok(()),
+            n => Err(format!("{n} sent")),
+        }
+    })
+    .await;
+
+    let rounds_before = svc.metrics.sync_rounds.get();
+    let sent_before = sent.load(std::sync::atomic::Ordering::SeqCst);
+    let polls: Vec<_> = idle
+        .iter()
+        .zip(&tokens)
+        .map(|(user, body)| {
+            let url = format!(
+                "{}/_matrix/client/v3/sync?since={}&timeout=60000",
+                server.base(),
+                body["next_batch"].as_str().unwrap()
+            );
+            let request = server.http.get(url).bearer_auth(&user.token);
+            tokio::spawn(async move { request.send().await.map(|r| r.status()) })
+        })
+        .collect();
+    let user_topic = |user: &common::User<'_>| Topic::User(user.user_id.as_str().try_into().unwrap());
+    common::eventually(Duration::from_secs(60), "every arriving sync parked", || async {
+        let parked = idle
+            .iter()
+            .filter(|u| svc.notifier.wakeups.waiting(&user_topic(u)) == 1)
+            .count();
+        if parked == ARRIVING {
+            Ok(())
+        } else {
+            Err(format!("{parked} parked"))
+        }
+    })
+    .await;
+    // The load goes on a little while they are parked.
+    let parked_at = sent.load(std::sync::atomic::Ordering::SeqCst);
+    common::eventually(Duration::from_secs(30), "more sends", || async {
+        match sent.load(std::sync::atomic::Ordering::SeqCst) - parked_at {
+            n if n >= 20 => Ok(()),
+            n => Err(format!("{n} sent")),
+        }
+    })
+    .await;
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    sender.await.unwrap();
+    let sends = sent.load(std::sync::atomic::Ordering::SeqCst) - sent_before;
+    let rounds = svc.metrics.sync_rounds.get() - rounds_before;
+    assert!(
+        rounds <= 2 * ARRIVING as u64,
+        "{ARRIVING} syncs that arrived during {sends} sends into a room they are not in built {rounds} answers: two each at most"
+    );
+    for poll in polls {
+        assert!(!poll.is_finished(), "an idle sync answered before its timeout");
+        poll.abort();
+    }
+}
+
 /// The deprecated `/events` long-poll waits on the same hub as `/sync`:
 /// registered under its user and rooms, woken by a message in one of them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -123,7 +123,15 @@ pub async fn sync(
     // changes (registered before the heads are read) and their rooms'
     // (registered before it waits; see crate::wakeups).
     let mut waiter = svc.notifier.wakeups.register([Topic::User(owner.user_id.clone())]);
+    // Whether the waiter watches the user's rooms: from the second round
+    // on, it does so before the heads are read.
+    let mut watching_rooms = false;
     loop {
+        if watching_rooms {
+            // A round after a wake-up: the user may be in new rooms.
+            waiter.add(rooms_to_watch(&svc, &owner.user_id).await?);
+        }
+        svc.metrics.sync_rounds.inc();
         let head = svc.notifier.head();
         let ephemeral_head = svc.ephemeral.head();
         let account_data_head = svc.account_data.head();
@@ -181,16 +189,22 @@ pub async fn sync(
         // Only a request that parks asks for its rooms. A change of one of
         // them (an event, a receipt, typing, presence, keys) stored after
         // the heads were read and before the waiter watched the room moved
-        // a head: answer it now instead of waiting (the timed-out answer
+        // a head: look again instead of waiting (the timed-out answer
         // below gives the heads as they are then, past what it has not
-        // seen).
-        waiter.add(rooms_to_watch(&svc, &owner.user_id).await?);
-        if svc.notifier.head() != head
-            || svc.ephemeral.head() != ephemeral_head
-            || svc.presence.head() != presence_head
-            || svc.e2e.head() != e2e_head
-        {
-            continue;
+        // seen). That second round watches its rooms before it reads the
+        // heads, so a head moved by somebody else's room does not send it
+        // round again: under a steady load of sends, every parked request
+        // would otherwise go round for as long as the load lasts.
+        if !watching_rooms {
+            waiter.add(rooms_to_watch(&svc, &owner.user_id).await?);
+            watching_rooms = true;
+            if svc.notifier.head() != head
+                || svc.ephemeral.head() != ephemeral_head
+                || svc.presence.head() != presence_head
+                || svc.e2e.head() != e2e_head
+            {
+                continue;
+            }
         }
         // Receipts and typing wake their room's waiters; account data and
         // to-device messages their user's; presence and key changes their
