@@ -25,6 +25,13 @@
 //!   and who long-polls `/sync` on the peer like the others (the peer is
 //!   weft for both servers under test).
 //!
+//! Before the syncers start (after everyone has joined), the senders send
+//! alone for `WEFT_SOAK_ALONE_SECS` (10) into the same rooms: the rate the
+//! load is compared with (`sends/s alone / under load`; with
+//! `WEFT_SOAK_QUIET_PERCENT=100`, what idle parked `/sync`s of users who
+//! share no room with the senders cost them). The syncers' first `since`
+//! is taken after those messages.
+//!
 //! Every message carries the time its send started (`soak_us`, from a clock
 //! of this process), so that each `/sync` answer gives the delivery
 //! latency of each message in it: send → seen by a syncer of the room,
@@ -142,6 +149,8 @@ struct Settings {
     drain: Duration,
     rest: Duration,
     setup: Duration,
+    /// The senders alone before the load.
+    alone: Duration,
 }
 
 impl Settings {
@@ -185,6 +194,7 @@ impl Settings {
             timeline: var("WEFT_SOAK_TIMELINE", 50usize).max(1),
             interval: Duration::from_secs(var("WEFT_SOAK_INTERVAL_SECS", pick(5, 2)).max(1)),
             drain: Duration::from_secs(var("WEFT_SOAK_DRAIN_SECS", pick(5, 2))),
+            alone: Duration::from_secs(var("WEFT_SOAK_ALONE_SECS", pick(10, 2))),
             rest: Duration::from_secs(var("WEFT_SOAK_REST_SECS", pick(10, 2))),
             setup: Duration::from_secs(var("WEFT_SOAK_SETUP_SECS", 600)),
         }
@@ -629,7 +639,15 @@ fn status_and_errcode(status: StatusCode, body: &[u8]) -> String {
 }
 
 /// Sender `i`: messages into the rooms in turn until `stop`.
-async fn sender(i: usize, client: Client, rooms: Arc<Vec<String>>, rate: f64, stop: Instant, shared: Arc<Shared>) {
+/// Sender `i`, until `stop`; its transaction IDs start with `tag`.
+async fn sender(
+    (i, tag): (usize, &'static str),
+    client: Client,
+    rooms: Arc<Vec<String>>,
+    rate: f64,
+    stop: Instant,
+    shared: Arc<Shared>,
+) {
     let pace = (rate > 0.0).then(|| Duration::from_secs_f64(1.0 / rate));
     let mut next = Instant::now();
     let mut n: u64 = 0;
@@ -643,7 +661,7 @@ async fn sender(i: usize, client: Client, rooms: Arc<Vec<String>>, rate: f64, st
         }
         let r = (i + n as usize) % rooms.len();
         let path = format!(
-            "/_matrix/client/v3/rooms/{}/send/m.room.message/soak{i}-{n}",
+            "/_matrix/client/v3/rooms/{}/send/m.room.message/{tag}{i}-{n}",
             enc(&rooms[r])
         );
         let content = json!({
@@ -951,6 +969,8 @@ struct Setup {
     /// Syncers of each sender room.
     members_of: Vec<u64>,
     filter: Arc<str>,
+    /// The senders alone before the load.
+    alone: Window,
     took: Duration,
 }
 
@@ -1051,6 +1071,16 @@ async fn set_up(case: Case, s: &Settings, backend: &Backend, root: &Path) -> Set
         (None, None)
     };
 
+    // The senders alone, then a moment for the peer to take their
+    // messages in.
+    let alone = senders_alone(s, &senders, &rooms).await;
+    eprintln!(
+        "  senders alone: {:.1} sends/s ({:.1} s)",
+        alone.sends as f64 / s.alone.as_secs_f64().max(1e-3),
+        t.elapsed().as_secs_f64()
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
     // Everyone's first sync, for a `since`.
     let filter: Arc<str> = enc(&json!({
         "presence": { "types": [] },
@@ -1099,8 +1129,39 @@ async fn set_up(case: Case, s: &Settings, backend: &Backend, root: &Path) -> Set
         rooms,
         members_of,
         filter,
+        alone,
         took: t.elapsed(),
     }
+}
+
+/// The senders on their own for `s.alone`, as in the load (nobody syncs
+/// yet): what they sent and how long each send took.
+async fn senders_alone(s: &Settings, senders: &[Client], rooms: &[String]) -> Window {
+    let shared = Arc::new(Shared {
+        epoch: Instant::now(),
+        rooms: rooms.iter().cloned().enumerate().map(|(i, r)| (r, i)).collect(),
+        window: Mutex::new(Window::default()),
+    });
+    let stop = Instant::now() + s.alone;
+    let rooms = Arc::new(rooms.to_vec());
+    let tasks: Vec<_> = senders
+        .iter()
+        .enumerate()
+        .map(|(i, client)| {
+            tokio::spawn(sender(
+                (i, "alone"),
+                on_own_connection(client),
+                rooms.clone(),
+                s.rate,
+                stop,
+                shared.clone(),
+            ))
+        })
+        .collect();
+    for task in tasks {
+        task.await.expect("a sender alone");
+    }
+    std::mem::take(&mut *shared.window.lock().unwrap())
 }
 
 async fn run(case: Case, s: &Settings, backend: &Backend) -> CaseResult {
@@ -1124,6 +1185,7 @@ async fn run(case: Case, s: &Settings, backend: &Backend) -> CaseResult {
         rooms,
         members_of,
         filter,
+        alone,
         took: setup_took,
     } = setup;
     let pid = server.pid();
@@ -1172,7 +1234,7 @@ async fn run(case: Case, s: &Settings, backend: &Backend) -> CaseResult {
     let room_list = Arc::new(rooms.clone());
     for (i, client) in senders.into_iter().enumerate() {
         tasks.push(tokio::spawn(sender(
-            i,
+            (i, "soak"),
             client,
             room_list.clone(),
             s.rate,
@@ -1285,8 +1347,18 @@ async fn run(case: Case, s: &Settings, backend: &Backend) -> CaseResult {
     report.row("load average before the load", load_average_before);
     report.section(&format!("load: {} s, then {} s of drain", s.secs, s.drain.as_secs()));
     let sends_per_s = totals.sends as f64 / s.secs as f64;
+    let alone_per_s = alone.sends as f64 / s.alone.as_secs_f64().max(1e-3);
     report.row("sends answered 200", format!("{} ({sends_per_s:.1}/s)", totals.sends));
     report.row("send latency", summary(&totals.send_latency));
+    report.row(
+        format!("senders alone before the load ({} s): sends", s.alone.as_secs()),
+        format!("{} ({alone_per_s:.1}/s); failed: {}", alone.sends, alone.error_count()),
+    );
+    report.row("  send latency alone", summary(&alone.send_latency));
+    report.row(
+        "sends/s alone / under load",
+        format!("{:.2}×", alone_per_s / sends_per_s.max(1e-9)),
+    );
     let expected: u64 = members_of
         .iter()
         .enumerate()
@@ -1432,7 +1504,8 @@ async fn run(case: Case, s: &Settings, backend: &Backend) -> CaseResult {
     report.row("load average after the rest", load_average());
 
     let mut line = format!(
-        "{label}: {sends_per_s:.1} sends/s | send p50/p99 {} ms | sync delivery p50/p99 {} ms",
+        "{label}: {sends_per_s:.1} sends/s ({alone_per_s:.1} alone: {:.2}×) | send p50/p99 {} ms | sync delivery p50/p99 {} ms",
+        alone_per_s / sends_per_s.max(1e-9),
         p50_p99(&totals.send_latency),
         p50_p99(&totals.delivery),
     );
