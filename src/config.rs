@@ -67,6 +67,11 @@ pub struct Config {
     /// Where to serve Prometheus metrics at `/metrics` (plain HTTP); off
     /// when unset.
     pub metrics_listen: Option<SocketAddr>,
+    /// Where users reach the server's administrator (a URI:
+    /// `mailto:admin@example.org`, `https://example.org/support`): given
+    /// with the errors of a server out of a resource (a full disk), as
+    /// the spec's `admin_contact`. Unset: those errors go without it.
+    pub admin_contact: Option<String>,
     /// Presence (online, idle, offline, status messages): kept, shown in
     /// `/sync` and shared with other servers. On by default.
     pub presence: bool,
@@ -128,6 +133,7 @@ impl Default for Config {
             trusted_key_servers: Vec::new(),
             app_service_config_files: Vec::new(),
             metrics_listen: None,
+            admin_contact: None,
             presence: true,
             ephemeral_messages: false,
             max_upload_size: 50 * 1024 * 1024,
@@ -287,6 +293,7 @@ impl Config {
                 .collect();
         }
         set_opt(&env, "metrics_listen", &mut self.metrics_listen)?;
+        set_opt(&env, "admin_contact", &mut self.admin_contact)?;
         set(&env, "presence", &mut self.presence)?;
         set(&env, "ephemeral_messages", &mut self.ephemeral_messages)?;
         set(&env, "max_upload_size", &mut self.max_upload_size)?;
@@ -385,6 +392,14 @@ impl Config {
                 });
             }
         }
+        if let Some(contact) = &self.admin_contact
+            && !is_uri(contact)
+        {
+            return Err(ConfigError::Invalid {
+                key: "admin_contact",
+                message: format!("{contact:?}: a URI, e.g. \"mailto:admin@example.org\""),
+            });
+        }
         if self.tls_cert.is_some() != self.tls_key.is_some() {
             return Err(ConfigError::Invalid {
                 key: "tls_cert",
@@ -393,6 +408,18 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// A URI as RFC 3986 begins one: a scheme (a letter, then letters,
+/// digits, `+`, `-`, `.`), `:`, and more, without spaces.
+fn is_uri(value: &str) -> bool {
+    let Some((scheme, rest)) = value.split_once(':') else {
+        return false;
+    };
+    scheme.starts_with(|c: char| c.is_ascii_alphabetic())
+        && scheme.chars().all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c))
+        && !rest.is_empty()
+        && !value.chars().any(|c| c.is_whitespace() || c.is_control())
 }
 
 /// The commented default configuration file that `weft generate-config`
@@ -474,6 +501,11 @@ app_service_config_files = []
 # Serve Prometheus metrics at http://<address>/metrics (backfill counts,
 # failures and times, ...). Off when left out.
 # metrics_listen = "127.0.0.1:9092"
+
+# Where users reach you, the administrator (a URI): given to clients with
+# the errors of a server out of a resource, e.g. a full disk
+# (M_RESOURCE_LIMIT_EXCEEDED's admin_contact). Left out: not given.
+# admin_contact = "mailto:admin@example.org"
 
 # Presence: users' online/idle/offline state and status messages, shown to
 # the users they share a room with and sent to those users' servers.
@@ -570,5 +602,20 @@ mod tests {
         let err =
             Config::load_with_env(None, |k| (k == "WEFT_DEFAULT_ROOM_VERSION").then(|| "13".to_owned())).unwrap_err();
         assert!(err.to_string().contains("default_room_version"), "{err}");
+    }
+
+    #[test]
+    fn admin_contact_is_a_uri() {
+        let contact = |value: &str| {
+            let value = value.to_owned();
+            Config::load_with_env(None, move |k| (k == "WEFT_ADMIN_CONTACT").then(|| value.clone()))
+        };
+        for good in ["mailto:admin@example.org", "https://example.org/support", "tel:+441234"] {
+            assert_eq!(contact(good).unwrap().admin_contact.as_deref(), Some(good));
+        }
+        for bad in ["admin@example.org", "mailto:", "1x:y", "mailto:a b@example.org"] {
+            let err = contact(bad).unwrap_err();
+            assert!(err.to_string().contains("admin_contact"), "{bad}: {err}");
+        }
     }
 }

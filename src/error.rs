@@ -203,7 +203,13 @@ impl MatrixError {
 
 impl IntoResponse for MatrixError {
     fn into_response(self) -> Response {
-        let mut response = (self.status, axum::Json(self.body())).into_response();
+        let body = self.body();
+        let mut response = (self.status, axum::Json(&body)).into_response();
+        // The server's administrator's contact is added by the listener
+        // (`crate::server`), which has the configuration.
+        if self.code == ErrCode::ResourceLimitExceeded {
+            response.extensions_mut().insert(ResourceLimitBody(body));
+        }
         // `Retry-After` (whole seconds) beside `retry_after_ms`, as the
         // spec recommends since v1.10.
         if let Some(ms) = self
@@ -219,6 +225,11 @@ impl IntoResponse for MatrixError {
         response
     }
 }
+
+/// The body of an `M_RESOURCE_LIMIT_EXCEEDED` answer, which must also
+/// give `admin_contact`: kept with the response for the listener to add it.
+#[derive(Clone, Debug)]
+pub struct ResourceLimitBody(pub Value);
 
 impl From<crate::storage::StorageError> for MatrixError {
     fn from(e: crate::storage::StorageError) -> Self {

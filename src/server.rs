@@ -213,6 +213,27 @@ fn client_key(svc: &Services, listener: Listener, parts: &http::request::Parts) 
     }
 }
 
+/// An `M_RESOURCE_LIMIT_EXCEEDED` answer gets the `admin_contact` the spec
+/// requires of it, when the configuration gives one.
+async fn add_admin_contact(
+    axum::extract::State(svc): axum::extract::State<Arc<Services>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let response = next.run(req).await;
+    let (Some(contact), Some(crate::error::ResourceLimitBody(body))) = (
+        &svc.config.admin_contact,
+        response.extensions().get::<crate::error::ResourceLimitBody>(),
+    ) else {
+        return response;
+    };
+    let mut body = body.clone();
+    body["admin_contact"] = serde_json::Value::String(contact.clone());
+    let (mut parts, _) = response.into_parts();
+    parts.headers.remove(header::CONTENT_LENGTH);
+    axum::response::Response::from_parts(parts, axum::body::Body::from(body.to_string()))
+}
+
 fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> axum::response::Response {
     MatrixError::unknown("internal error").into_response()
 }
@@ -221,6 +242,7 @@ fn app(router: Router<Arc<Services>>, svc: Arc<Services>, listener: Listener) ->
     router
         .fallback(client_api::unrecognized)
         .method_not_allowed_fallback(client_api::method_not_allowed)
+        .layer(axum::middleware::from_fn_with_state(svc.clone(), add_admin_contact))
         .layer(axum::middleware::from_fn_with_state(svc.clone(), read_body_first))
         .layer(axum::middleware::from_fn_with_state(
             (svc.clone(), listener),

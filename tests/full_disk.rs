@@ -53,7 +53,11 @@ fn assert_disk_full(status: StatusCode, body: &Value) {
     assert_eq!(status, StatusCode::INSUFFICIENT_STORAGE, "{body}");
     assert_eq!(body["errcode"], "M_RESOURCE_LIMIT_EXCEEDED", "{body}");
     assert!(body["error"].as_str().unwrap().contains("disk is full"), "{body}");
+    // The spec requires where to reach the administrator with this code.
+    assert_eq!(body["admin_contact"], ADMIN_CONTACT, "{body}");
 }
+
+const ADMIN_CONTACT: &str = "mailto:admin@example.org";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_disk_refuses_writes_clearly_and_keeps_reads() {
@@ -65,6 +69,7 @@ async fn a_full_disk_refuses_writes_clearly_and_keeps_reads() {
     let server = TestServer::start_with(|c| {
         c.data_dir = data.clone();
         c.database_url = None;
+        c.admin_contact = Some(ADMIN_CONTACT.to_owned());
     })
     .await;
     let alice = server.register("alice").await;
