@@ -44,6 +44,7 @@ use weft::{
         media::MediaRecord,
         postgres::PgStorage,
         push::{NewNotification, PusherKey, PusherRecord, UnreadCounts},
+        sliding_sync::{RoomActivity, SentRoom, SlidingConnection},
         sqlite::SqliteStorage,
         threepid::ThreepidBinding,
     },
@@ -167,6 +168,15 @@ conformance! {
     openid,
     media,
     threepid,
+    sliding_first_position,
+    sliding_unknown_positions,
+    sliding_positions_not_taken_are_forgotten,
+    sliding_sent_rooms_as_of_a_position,
+    sliding_afresh_forgets_everything,
+    sliding_records_stay_few,
+    sliding_forget_unused_connections,
+    sliding_device_deletion,
+    sliding_room_activity,
 }
 
 // ===================================================================
@@ -3888,6 +3898,416 @@ async fn threepid(s: Store) {
 }
 
 // ===================================================================
+// Sliding sync connections and rooms' activity
+// ===================================================================
+
+fn sliding(user: &str, device: &str, conn_id: &str) -> SlidingConnection {
+    SlidingConnection {
+        user_id: uid(user),
+        device_id: dev(device),
+        conn_id: conn_id.to_owned(),
+    }
+}
+
+/// A room sent up to `upto`, with a configuration that says so.
+fn sent(room: &str, upto: i64) -> SentRoom {
+    SentRoom {
+        room_id: rid(room),
+        upto,
+        config: sent_config(upto),
+    }
+}
+
+fn sent_config(upto: i64) -> String {
+    format!(r#"{{"timeline_limit":{upto}}}"#)
+}
+
+/// What `conn` had sent of `rooms` as of `pos`: `(room, upto)`, sorted.
+async fn sent_as_of(s: &Store, conn: &SlidingConnection, pos: i64, rooms: &[&str]) -> Vec<(OwnedRoomId, i64)> {
+    let rooms: Vec<OwnedRoomId> = rooms.iter().map(|r| rid(r)).collect();
+    let held = s.sliding_sent_rooms(conn, pos, &rooms).await.unwrap();
+    for (room_id, room) in &held {
+        assert_eq!(room_id, &room.room_id);
+        assert_eq!(room.config, sent_config(room.upto), "the record's own configuration");
+    }
+    sorted(held.into_values().map(|r| (r.room_id, r.upto)).collect())
+}
+
+async fn sliding_first_position(s: Store) {
+    let conn = sliding("alice", "D1", "");
+    assert_eq!(s.sliding_position(&conn, 1).await.unwrap(), None, "nothing yet");
+    let p1 = s.new_sliding_position(&conn, None, "heads-1", &[]).await.unwrap();
+    assert!(p1 > 0);
+    assert_eq!(s.sliding_position(&conn, p1).await.unwrap().as_deref(), Some("heads-1"));
+    // Asked again: still there.
+    assert_eq!(s.sliding_position(&conn, p1).await.unwrap().as_deref(), Some("heads-1"));
+    // Numbers are unique across connections, and increase.
+    let other = sliding("alice", "D1", "other");
+    let q1 = s.new_sliding_position(&other, None, "heads-q", &[]).await.unwrap();
+    assert!(q1 > p1);
+    let p2 = s.new_sliding_position(&conn, Some(p1), "heads-2", &[]).await.unwrap();
+    assert!(p2 > q1);
+    assert_eq!(s.sliding_position(&conn, p2).await.unwrap().as_deref(), Some("heads-2"));
+    assert_eq!(
+        s.sliding_position(&other, q1).await.unwrap().as_deref(),
+        Some("heads-q")
+    );
+}
+
+async fn sliding_unknown_positions(s: Store) {
+    let conn = sliding("alice", "D1", "main");
+    let p1 = s.new_sliding_position(&conn, None, "h", &[sent("a", 5)]).await.unwrap();
+    assert_eq!(s.sliding_position(&conn, p1 + 1000).await.unwrap(), None, "never made");
+    assert_eq!(s.sliding_position(&conn, -1).await.unwrap(), None);
+    for stranger in [
+        sliding("bob", "D1", "main"),
+        sliding("alice", "D2", "main"),
+        sliding("alice", "D1", ""),
+        sliding("alice", "D1", "other"),
+    ] {
+        assert_eq!(
+            s.sliding_position(&stranger, p1).await.unwrap(),
+            None,
+            "{stranger:?} has no position {p1}"
+        );
+        assert!(sent_as_of(&s, &stranger, p1, &["a"]).await.is_empty());
+        assert_not_found(s.new_sliding_position(&stranger, Some(p1), "h", &[]).await);
+    }
+    // A connection of its own for bob, then: alice's position is still not his.
+    let bob = sliding("bob", "D1", "main");
+    let b1 = s.new_sliding_position(&bob, None, "hb", &[]).await.unwrap();
+    assert_eq!(s.sliding_position(&bob, p1).await.unwrap(), None);
+    assert_not_found(s.new_sliding_position(&bob, Some(p1), "h", &[]).await);
+    assert_not_found(s.new_sliding_position(&conn, Some(b1), "h", &[]).await);
+    // None of that disturbed alice's.
+    assert_eq!(s.sliding_position(&conn, p1).await.unwrap().as_deref(), Some("h"));
+    assert_eq!(sent_as_of(&s, &conn, p1, &["a"]).await, [(rid("a"), 5)]);
+}
+
+async fn sliding_positions_not_taken_are_forgotten(s: Store) {
+    let conn = sliding("alice", "D1", "");
+    let p1 = s
+        .new_sliding_position(&conn, None, "h1", &[sent("a", 1)])
+        .await
+        .unwrap();
+    assert!(s.sliding_position(&conn, p1).await.unwrap().is_some());
+    let p2 = s
+        .new_sliding_position(&conn, Some(p1), "h2", &[sent("b", 2)])
+        .await
+        .unwrap();
+    // The answer p2 was lost: the client asks from p1 again.
+    assert_eq!(s.sliding_position(&conn, p1).await.unwrap().as_deref(), Some("h1"));
+    assert_eq!(s.sliding_position(&conn, p2).await.unwrap(), None, "p2 is gone");
+    assert_not_found(s.new_sliding_position(&conn, Some(p2), "h", &[]).await);
+    assert_eq!(
+        sent_as_of(&s, &conn, p2, &["a", "b"]).await,
+        [(rid("a"), 1)],
+        "what p2 sent is forgotten with it"
+    );
+    let p3 = s
+        .new_sliding_position(&conn, Some(p1), "h3", &[sent("c", 3)])
+        .await
+        .unwrap();
+    assert!(p3 > p2, "numbers are never reused");
+    // The client takes p3: p1, behind it, goes.
+    assert_eq!(s.sliding_position(&conn, p3).await.unwrap().as_deref(), Some("h3"));
+    assert_eq!(s.sliding_position(&conn, p1).await.unwrap(), None);
+    assert_eq!(
+        sent_as_of(&s, &conn, p3, &["a", "b", "c"]).await,
+        [(rid("a"), 1), (rid("c"), 3)]
+    );
+
+    // Two requests from p3 at once (a client that gave up on one): the one
+    // the client takes is kept, the other forgotten with what it sent.
+    let p4 = s
+        .new_sliding_position(&conn, Some(p3), "h4", &[sent("d", 4), sent("a", 4)])
+        .await
+        .unwrap();
+    let p5 = s
+        .new_sliding_position(&conn, Some(p3), "h5", &[sent("e", 5)])
+        .await
+        .unwrap();
+    assert_eq!(s.sliding_position(&conn, p5).await.unwrap().as_deref(), Some("h5"));
+    assert_eq!(s.sliding_position(&conn, p4).await.unwrap(), None);
+    assert_eq!(
+        sent_as_of(&s, &conn, p5, &["a", "b", "c", "d", "e"]).await,
+        [(rid("a"), 1), (rid("c"), 3), (rid("e"), 5)],
+        "p4 never reached the client"
+    );
+    // The other request, late, finds its base gone.
+    assert_not_found(s.new_sliding_position(&conn, Some(p3), "h", &[]).await);
+    assert_not_found(s.new_sliding_position(&conn, Some(p4), "h", &[]).await);
+    let p6 = s.new_sliding_position(&conn, Some(p5), "h6", &[]).await.unwrap();
+    assert_eq!(s.sliding_position(&conn, p6).await.unwrap().as_deref(), Some("h6"));
+}
+
+async fn sliding_sent_rooms_as_of_a_position(s: Store) {
+    let conn = sliding("alice", "D1", "");
+    let all = ["a", "b", "c", "d"];
+    let p1 = s
+        .new_sliding_position(&conn, None, "h1", &[sent("a", 10), sent("b", 10)])
+        .await
+        .unwrap();
+    let p2 = s
+        .new_sliding_position(&conn, Some(p1), "h2", &[sent("a", 20)])
+        .await
+        .unwrap();
+    let p3 = s
+        .new_sliding_position(&conn, Some(p2), "h3", &[sent("c", 30)])
+        .await
+        .unwrap();
+    assert_eq!(sent_as_of(&s, &conn, p1, &all).await, [(rid("a"), 10), (rid("b"), 10)]);
+    assert_eq!(sent_as_of(&s, &conn, p2, &all).await, [(rid("a"), 20), (rid("b"), 10)]);
+    assert_eq!(
+        sent_as_of(&s, &conn, p3, &all).await,
+        [(rid("a"), 20), (rid("b"), 10), (rid("c"), 30)]
+    );
+    assert_eq!(sent_as_of(&s, &conn, p3, &["c", "d"]).await, [(rid("c"), 30)]);
+    assert!(sent_as_of(&s, &conn, p3, &[]).await.is_empty());
+    assert!(sent_as_of(&s, &conn, p1 - 1, &all).await.is_empty(), "before the first");
+    // A room listed twice in one answer counts once, the last.
+    let p4 = s
+        .new_sliding_position(&conn, Some(p3), "h4", &[sent("d", 1), sent("d", 40)])
+        .await
+        .unwrap();
+    assert_eq!(sent_as_of(&s, &conn, p4, &["d"]).await, [(rid("d"), 40)]);
+    // Another connection of the device has sent nothing.
+    assert!(sent_as_of(&s, &sliding("alice", "D1", "x"), p4, &all).await.is_empty());
+}
+
+async fn sliding_afresh_forgets_everything(s: Store) {
+    let conn = sliding("alice", "D1", "");
+    let p1 = s
+        .new_sliding_position(&conn, None, "h1", &[sent("a", 1)])
+        .await
+        .unwrap();
+    let p2 = s
+        .new_sliding_position(&conn, Some(p1), "h2", &[sent("b", 2)])
+        .await
+        .unwrap();
+    let other = sliding("alice", "D1", "other");
+    let q1 = s
+        .new_sliding_position(&other, None, "hq", &[sent("a", 7)])
+        .await
+        .unwrap();
+    let p3 = s
+        .new_sliding_position(&conn, None, "h3", &[sent("c", 3)])
+        .await
+        .unwrap();
+    assert!(p3 > p2);
+    assert_eq!(s.sliding_position(&conn, p1).await.unwrap(), None);
+    assert_eq!(s.sliding_position(&conn, p2).await.unwrap(), None);
+    assert_eq!(sent_as_of(&s, &conn, p3, &["a", "b", "c"]).await, [(rid("c"), 3)]);
+    assert_eq!(s.sliding_position(&conn, p3).await.unwrap().as_deref(), Some("h3"));
+    // The device's other connection is untouched.
+    assert_eq!(s.sliding_position(&other, q1).await.unwrap().as_deref(), Some("hq"));
+    assert_eq!(sent_as_of(&s, &other, q1, &["a"]).await, [(rid("a"), 7)]);
+}
+
+async fn sliding_records_stay_few(s: Store) {
+    let conn = sliding("alice", "D1", "");
+    let mut positions = vec![
+        s.new_sliding_position(&conn, None, "h", &[sent("a", 0), sent("once", 0)])
+            .await
+            .unwrap(),
+    ];
+    for i in 1..=20 {
+        let after = *positions.last().unwrap();
+        // Half the time the client asks first, as it does; the rest, not.
+        if i % 2 == 0 {
+            assert!(s.sliding_position(&conn, after).await.unwrap().is_some());
+        }
+        let p = s
+            .new_sliding_position(&conn, Some(after), "h", &[sent("a", i)])
+            .await
+            .unwrap();
+        positions.push(p);
+    }
+    // A record made at position k is what `sliding_sent_rooms` gives as of
+    // k: count those still held.
+    let mut held = Vec::new();
+    for (k, &p) in positions.iter().enumerate() {
+        if sent_as_of(&s, &conn, p, &["a"]).await == [(rid("a"), k as i64)] {
+            held.push(k);
+        }
+    }
+    assert_eq!(
+        held,
+        [19, 20],
+        "room a keeps the record in force before the last answer, and the last"
+    );
+    let last = *positions.last().unwrap();
+    assert_eq!(
+        sent_as_of(&s, &conn, last, &["a", "once"]).await,
+        [(rid("a"), 20), (rid("once"), 0)]
+    );
+}
+
+async fn sliding_forget_unused_connections(s: Store) {
+    let old = sliding("alice", "D1", "old");
+    let used = sliding("alice", "D1", "used");
+    let o1 = s.new_sliding_position(&old, None, "ho", &[sent("a", 1)]).await.unwrap();
+    let u1 = s
+        .new_sliding_position(&used, None, "hu", &[sent("a", 1)])
+        .await
+        .unwrap();
+    assert_eq!(s.forget_sliding_connections(now_ms() - 60_000).await.unwrap(), 0);
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let cutoff = now_ms();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    // Asking marks a connection used.
+    assert!(s.sliding_position(&used, u1).await.unwrap().is_some());
+    assert_eq!(s.forget_sliding_connections(cutoff).await.unwrap(), 1);
+    assert_eq!(s.sliding_position(&old, o1).await.unwrap(), None);
+    assert!(sent_as_of(&s, &old, o1, &["a"]).await.is_empty());
+    assert_not_found(s.new_sliding_position(&old, Some(o1), "h", &[]).await);
+    assert_eq!(s.sliding_position(&used, u1).await.unwrap().as_deref(), Some("hu"));
+    assert_eq!(sent_as_of(&s, &used, u1, &["a"]).await, [(rid("a"), 1)]);
+    assert_eq!(s.forget_sliding_connections(cutoff).await.unwrap(), 0);
+    // A forgotten connection starts again afresh.
+    let o2 = s.new_sliding_position(&old, None, "ho2", &[]).await.unwrap();
+    assert!(o2 > u1);
+    assert_eq!(s.sliding_position(&old, o2).await.unwrap().as_deref(), Some("ho2"));
+    // Making a position marks a connection used too.
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let cutoff = now_ms();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let u2 = s.new_sliding_position(&used, Some(u1), "hu2", &[]).await.unwrap();
+    assert_eq!(s.forget_sliding_connections(cutoff).await.unwrap(), 1, "old, not used");
+    assert_eq!(s.sliding_position(&used, u2).await.unwrap().as_deref(), Some("hu2"));
+    assert_eq!(s.sliding_position(&old, o2).await.unwrap(), None);
+}
+
+async fn sliding_device_deletion(s: Store) {
+    let alice = user_with_devices(&s, "alice", &["D1", "D2", "D3"]).await;
+    let conns = [
+        sliding("alice", "D1", ""),
+        sliding("alice", "D1", "second"),
+        sliding("alice", "D2", ""),
+        sliding("alice", "D3", ""),
+    ];
+    let mut positions = Vec::new();
+    for conn in &conns {
+        positions.push(s.new_sliding_position(conn, None, "h", &[sent("a", 1)]).await.unwrap());
+    }
+    s.delete_devices(&alice, &[dev("D1")]).await.unwrap();
+    for (conn, &p) in conns.iter().zip(&positions).take(2) {
+        assert_eq!(
+            s.sliding_position(conn, p).await.unwrap(),
+            None,
+            "{conn:?} went with D1"
+        );
+        assert!(sent_as_of(&s, conn, p, &["a"]).await.is_empty());
+        assert_not_found(s.new_sliding_position(conn, Some(p), "h", &[]).await);
+    }
+    assert_eq!(
+        s.sliding_position(&conns[2], positions[2]).await.unwrap().as_deref(),
+        Some("h")
+    );
+    // Deactivation deletes every device, and so their connections.
+    s.deactivate_user(&alice).await.unwrap();
+    for (conn, &p) in conns.iter().zip(&positions).skip(2) {
+        assert_eq!(s.sliding_position(conn, p).await.unwrap(), None, "{conn:?} went");
+    }
+}
+
+async fn sliding_room_activity(s: Store) {
+    let bump: &[&str] = &["m.room.message", "m.room.encrypted"];
+    let activity = |latest, bump| RoomActivity { latest, bump };
+
+    // A room whose newest event is no bump.
+    let mut ra = Room::create(&s, "ra").await;
+    let (_, m1) = ra.send("one").await;
+    let member = ra.member(&uid("bob"), "join");
+    let joined = ra.persist(member).await.stream_ordering;
+    // A room of non-bump events only.
+    let mut rb = Room::create(&s, "rb").await;
+    let topic = rb.next("m.room.topic", Some(""), json!({"topic": "t"}));
+    let topic = rb.persist(topic).await.stream_ordering;
+    // A room joined over federation, with backfilled history below its live
+    // event, and one with backfilled history only.
+    let backfilled = |e: &Ev| NewTimelineEvent {
+        backfilled: true,
+        current_state: None,
+        ..accepted(e.pdu(), empty_state())
+    };
+    let rc = rid("rc");
+    s.add_room(&rc, &RoomVersionId::V10).await.unwrap();
+    let live = Ev::new("rc-l1", &rc, "m.room.name", Some(""), json!({"name": "n"})).prev_ids(&["rc-p9"], 10);
+    let live = s
+        .persist_timeline_event(accepted(live.pdu(), empty_state()))
+        .await
+        .unwrap()
+        .stream_ordering;
+    let old = Ev::message("rc-p9", &rc, "older").prev_ids(&["rc-p8"], 9);
+    assert!(
+        s.persist_timeline_event(backfilled(&old))
+            .await
+            .unwrap()
+            .stream_ordering
+            < 0
+    );
+    let rd = rid("rd");
+    s.add_room(&rd, &RoomVersionId::V10).await.unwrap();
+    let only_old = Ev::message("rd-p9", &rd, "older").prev_ids(&["rd-p8"], 9);
+    assert!(
+        s.persist_timeline_event(backfilled(&only_old))
+            .await
+            .unwrap()
+            .stream_ordering
+            < 0
+    );
+
+    let rooms = [ra.id.clone(), rb.id.clone(), rc.clone(), rd.clone(), rid("unknown")];
+    let max = s.max_stream_ordering().await.unwrap();
+    let all = s.room_activity(&rooms, bump, max).await.unwrap();
+    assert_eq!(all.len(), 3, "{all:?}");
+    assert_eq!(all[&ra.id], activity(joined, Some(m1)));
+    assert_eq!(all[&rb.id], activity(topic, None), "m.room.create is no bump here");
+    assert_eq!(all[&rc], activity(live, None), "backfilled history does not count");
+    // Other bump types.
+    let with_create = s
+        .room_activity(&rooms, &["m.room.create", "m.room.member"], max)
+        .await
+        .unwrap();
+    assert_eq!(with_create[&ra.id], activity(joined, Some(joined)));
+    let rb_create = s.event(&eid("rb-1")).await.unwrap().unwrap().meta.stream_ordering;
+    assert_eq!(with_create[&rb.id], activity(topic, Some(rb_create)));
+    let no_bump = s.room_activity(&rooms, &[], max).await.unwrap();
+    assert_eq!(no_bump[&ra.id], activity(joined, None));
+    // As of an earlier position.
+    let then = s.room_activity(&rooms, bump, m1).await.unwrap();
+    assert_eq!(then.len(), 1, "{then:?}");
+    assert_eq!(then[&ra.id], activity(m1, Some(m1)));
+    let ra_create = s.event(&eid("ra-1")).await.unwrap().unwrap().meta.stream_ordering;
+    let first = s.room_activity(&rooms, bump, ra_create).await.unwrap();
+    assert_eq!(first.len(), 1);
+    assert_eq!(first[&ra.id], activity(ra_create, None));
+    assert!(s.room_activity(&rooms, bump, 0).await.unwrap().is_empty());
+    assert!(s.room_activity(&[], bump, max).await.unwrap().is_empty());
+
+    // Events outside the timeline do not count: an outlier, a soft-failed
+    // message.
+    let outlier = Ev::message("ra-outlier", &ra.id, "x").after(&[ra.tip()]);
+    s.persist_outlier(outlier.pdu(), None).await.unwrap();
+    let soft = ra.message("soft");
+    let mut new = ra.new_event(&soft);
+    new.status = TimelineStatus::SoftFailed;
+    new.current_state = None;
+    ra.persist_new(soft, new).await;
+    let max = s.max_stream_ordering().await.unwrap();
+    assert!(max > joined);
+    let now = s.room_activity(&rooms, bump, max).await.unwrap();
+    assert_eq!(now[&ra.id], activity(joined, Some(m1)));
+    // A room listed twice is there once.
+    let twice = s
+        .room_activity(&[rb.id.clone(), rb.id.clone()], bump, max)
+        .await
+        .unwrap();
+    assert_eq!(twice.len(), 1);
+}
+
+// ===================================================================
 // Background duties: one process at a time (PostgreSQL only: where one
 // process runs, every duty is its own)
 // ===================================================================
@@ -3930,6 +4350,47 @@ async fn a_duty_is_held_by_one_process_until_it_runs_out() {
     );
     assert!(b.hold_duty(&duty, ttl).await.unwrap(), "A's ran out");
     assert!(!a.hold_duty(&duty, ttl).await.unwrap(), "B holds it now");
+    drop((a, b));
+    database::drop_database(&url);
+}
+
+/// Processes over one database hand out distinct position numbers, and a
+/// connection's client may reach any of them (PostgreSQL only: one process
+/// owns an SQLite file).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sliding_positions_across_processes() {
+    let Some(url) = database::fresh_database_url() else {
+        eprintln!("WEFT_TEST_POSTGRES is not set: PostgreSQL scenario skipped");
+        return;
+    };
+    let a: Store = Arc::new(PgStorage::connect(&url).await.unwrap());
+    let b: Store = Arc::new(PgStorage::connect(&url).await.unwrap());
+    let work = (0..16).map(|i| {
+        let (a, b) = (a.clone(), b.clone());
+        async move {
+            let conn = sliding("alice", "D1", &format!("c{i}"));
+            let p1 = a
+                .new_sliding_position(&conn, None, "h1", &[sent("r", 1)])
+                .await
+                .unwrap();
+            assert_eq!(b.sliding_position(&conn, p1).await.unwrap().as_deref(), Some("h1"));
+            // Two answers from p1 at once, one through each process.
+            let (sent2, sent3) = ([sent("r", 2)], [sent("r", 3)]);
+            let (p2, p3) = tokio::join!(
+                a.new_sliding_position(&conn, Some(p1), "h2", &sent2),
+                b.new_sliding_position(&conn, Some(p1), "h3", &sent3),
+            );
+            let (p2, p3) = (p2.unwrap(), p3.unwrap());
+            // The client takes the one through B, and asks through A.
+            assert_eq!(a.sliding_position(&conn, p3).await.unwrap().as_deref(), Some("h3"));
+            assert_eq!(b.sliding_position(&conn, p2).await.unwrap(), None);
+            assert_eq!(sent_as_of(&b, &conn, p3.max(p2), &["r"]).await, [(rid("r"), 3)]);
+            [p1, p2, p3]
+        }
+    });
+    let numbers: Vec<i64> = join_all(work).await.into_iter().flatten().collect();
+    let distinct: BTreeSet<i64> = numbers.iter().copied().collect();
+    assert_eq!(distinct.len(), numbers.len(), "{numbers:?}");
     drop((a, b));
     database::drop_database(&url);
 }

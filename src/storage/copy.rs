@@ -4,7 +4,11 @@
 //! PostgreSQL database, so that weft started on it (`database_url`) carries
 //! on where the SQLite deployment stopped: the same events at the same
 //! stream positions (clients' sync tokens stay valid), the same accounts,
-//! passwords and access tokens.
+//! passwords and access tokens. Sliding sync connections too (their
+//! positions, and what each answer sent of each room): their stream heads
+//! keep their meaning, since the streams do, so clients carry on without
+//! starting their connections afresh — and copying them is what the generic
+//! copy does anyway, with nothing to name here.
 //!
 //! The copy is generic: the tables and their column types come from
 //! PostgreSQL's catalog, the same columns are read from SQLite, and each
@@ -40,7 +44,7 @@ use super::{
 
 /// The schema version of the SQLite databases this weft writes (the
 /// number of `sqlite/schema_v*.sql` migrations).
-const SQLITE_SCHEMA_VERSION: i64 = 21;
+const SQLITE_SCHEMA_VERSION: i64 = 22;
 /// PostgreSQL tables that are not copied: set from the copied data
 /// (`stream_positions`), by the migration (`schema_version`), or held by
 /// running processes only (`duties`).

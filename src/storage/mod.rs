@@ -14,6 +14,7 @@ mod event_cache;
 pub mod media;
 pub mod postgres;
 pub mod push;
+pub mod sliding_sync;
 pub mod sqlite;
 pub mod threepid;
 pub mod user_directory;
@@ -489,6 +490,7 @@ pub trait Storage:
     + user_directory::OpenIdStorage
     + threepid::ThreepidStorage
     + media::MediaStorage
+    + sliding_sync::SlidingSyncStorage
     + Send
     + Sync
     + 'static

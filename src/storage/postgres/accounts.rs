@@ -159,7 +159,8 @@ pub async fn token_owner(c: &impl GenericClient, token: &str) -> Result<Option<T
 }
 
 pub async fn delete_token(tx: &impl GenericClient, token: &str) -> Result<()> {
-    // Logging out removes the device too.
+    // Logging out removes the device too, and its sliding sync connections.
+    super::sliding_sync::forget_token_device(tx, token).await?;
     exec(
         tx,
         "DELETE FROM devices WHERE (user_id, device_id) IN
@@ -172,6 +173,7 @@ pub async fn delete_token(tx: &impl GenericClient, token: &str) -> Result<()> {
 }
 
 pub async fn delete_all_tokens(tx: &impl GenericClient, user_id: &UserId) -> Result<()> {
+    super::sliding_sync::forget_user(tx, user_id).await?;
     exec(tx, "DELETE FROM access_tokens WHERE user_id = $1", &[&user_id.as_str()]).await?;
     exec(tx, "DELETE FROM devices WHERE user_id = $1", &[&user_id.as_str()]).await?;
     Ok(())

@@ -82,10 +82,10 @@ async fn device(c: &impl GenericClient, user_id: &UserId, device_id: &str) -> Re
     }))
 }
 
-/// Deletes a device with its tokens, keys, waiting messages and pushers;
-/// false if there was no such device (then nothing is deleted). Deleting
-/// the `devices` row first makes a concurrent deletion of the same device
-/// wait, and then find nothing.
+/// Deletes a device with its tokens, keys, waiting messages, pushers and
+/// sliding sync connections; false if there was no such device (then
+/// nothing is deleted). Deleting the `devices` row first makes a concurrent
+/// deletion of the same device wait, and then find nothing.
 async fn delete_device(tx: &impl GenericClient, user_id: &UserId, device_id: &str) -> Result<bool> {
     let p: [&(dyn ToSql + Sync); 2] = [&user_id.as_str(), &device_id];
     if exec(tx, "DELETE FROM devices WHERE user_id = $1 AND device_id = $2", &p).await? == 0 {
@@ -101,6 +101,7 @@ async fn delete_device(tx: &impl GenericClient, user_id: &UserId, device_id: &st
     ] {
         exec(tx, sql, &p).await?;
     }
+    super::sliding_sync::forget_device(tx, user_id, device_id).await?;
     Ok(true)
 }
 

@@ -32,6 +32,7 @@ mod media;
 mod presence;
 mod push;
 mod rooms;
+mod sliding_sync;
 mod state;
 mod threepid;
 mod transactions;
@@ -53,6 +54,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("schema_v2.sql"),
     include_str!("schema_v3.sql"),
     include_str!("schema_v4.sql"),
+    include_str!("schema_v5.sql"),
 ];
 
 /// Connections kept at most. Requests wait for one (up to

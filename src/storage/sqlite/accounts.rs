@@ -140,7 +140,8 @@ pub fn token_owner(c: &Connection, token: &str) -> Result<Option<TokenOwner>> {
 }
 
 pub fn delete_token(tx: &Transaction<'_>, token: &str) -> Result<()> {
-    // Logging out removes the device too.
+    // Logging out removes the device too, and its sliding sync connections.
+    super::sliding_sync::forget_token_device(tx, token)?;
     tx.execute(
         "DELETE FROM devices WHERE (user_id, device_id) IN
              (SELECT user_id, device_id FROM access_tokens WHERE token = ?1)",
@@ -151,6 +152,7 @@ pub fn delete_token(tx: &Transaction<'_>, token: &str) -> Result<()> {
 }
 
 pub fn delete_all_tokens(tx: &Transaction<'_>, user_id: &UserId) -> Result<()> {
+    super::sliding_sync::forget_user(tx, user_id)?;
     tx.execute("DELETE FROM access_tokens WHERE user_id = ?1", [user_id.as_str()])?;
     tx.execute("DELETE FROM devices WHERE user_id = ?1", [user_id.as_str()])?;
     Ok(())

@@ -75,7 +75,7 @@ fn delete_device(tx: &Transaction<'_>, user_id: &UserId, device_id: &str) -> Res
     ] {
         exec(tx, sql, params![user_id.as_str(), device_id])?;
     }
-    Ok(())
+    super::sliding_sync::forget_device(tx, user_id, device_id)
 }
 
 fn delete_devices(

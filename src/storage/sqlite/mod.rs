@@ -15,6 +15,7 @@ mod keys;
 mod media;
 mod presence;
 mod push;
+mod sliding_sync;
 mod state;
 mod threepid;
 mod transactions;
@@ -65,6 +66,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("schema_v19.sql"),
     include_str!("schema_v20.sql"),
     include_str!("schema_v21.sql"),
+    include_str!("schema_v22.sql"),
 ];
 
 /// Reader connections open at once, at most: more readers than cores gain
