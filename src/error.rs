@@ -37,6 +37,9 @@ pub enum ErrCode {
     ConnectionFailed,
     ConnectionTimeout,
     ResourceLimitExceeded,
+    /// A sliding sync `pos` this server cannot continue from: the client
+    /// starts its connection again.
+    UnknownPos,
 }
 
 impl ErrCode {
@@ -51,6 +54,7 @@ impl ErrCode {
             ErrCode::NotFound => "M_NOT_FOUND",
             ErrCode::LimitExceeded => "M_LIMIT_EXCEEDED",
             ErrCode::ResourceLimitExceeded => "M_RESOURCE_LIMIT_EXCEEDED",
+            ErrCode::UnknownPos => "M_UNKNOWN_POS",
             ErrCode::Unrecognized => "M_UNRECOGNIZED",
             ErrCode::Unknown => "M_UNKNOWN",
             ErrCode::UserInUse => "M_USER_IN_USE",

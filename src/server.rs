@@ -300,6 +300,7 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
     });
     tokio::spawn(crate::rooms::guests::run_revocations(svc.clone(), cancel.clone()));
     tokio::spawn(svc.limits.clone().run_pruner(cancel.clone()));
+    tokio::spawn(crate::client_api::sliding_sync::run_expiry(svc.clone(), cancel.clone()));
     if config.ephemeral_messages {
         tokio::spawn(crate::rooms::expiry::run(svc.clone(), cancel.clone()));
     }

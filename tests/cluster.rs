@@ -1288,3 +1288,57 @@ async fn a_gap_is_filled_by_one_process_at_a_time() {
         "the peer was asked for the gap more than once: {asked:?}"
     );
 }
+
+/// A sliding sync connection whose requests go to either process: its
+/// state is in the database. A `pos` of A goes on on B; a request waiting
+/// on A is woken by a send on B; a retried `pos` is answered again on the
+/// other process.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sliding_sync_connection_moves_between_processes() {
+    let Some((_dir, a, b)) = two_processes().await else {
+        return;
+    };
+    let (alice, bob, room) = alice_and_bob_in_a_room(&a, &b).await;
+    let path = "/_matrix/client/unstable/org.matrix.simplified_msc3575/sync";
+    let body = json!({
+        "conn_id": "room-list",
+        "lists": { "all": { "ranges": [[0, 9]], "timeline_limit": 5 } },
+    });
+    let ss = |user: &User, pos: Option<&str>, timeout: u64| {
+        let query = match pos {
+            Some(pos) => format!("?timeout={timeout}&pos={}", common::enc(pos)),
+            None => format!("?timeout={timeout}"),
+        };
+        let (user, path, body) = (user.clone(), format!("{path}{query}"), body.clone());
+        async move { user.call(reqwest::Method::POST, &path, Some(body)).await }
+    };
+    let texts = |answer: &Value| -> Vec<String> {
+        answer["rooms"][&room]["timeline"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|e| e["type"] == "m.room.message")
+            .map(|e| e["content"]["body"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let first = ss(&alice, None, 0).await;
+    assert_eq!(first["rooms"][&room]["initial"], true, "{first}");
+    let pos = first["pos"].as_str().unwrap().to_owned();
+
+    // Waiting on A, woken by Bob's message on B.
+    let alice_on_b = alice.on(&b);
+    let (answer, _) = tokio::join!(ss(&alice, Some(&pos), 30_000), async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        bob.send(&room, "b1", "from b").await
+    });
+    assert_eq!(texts(&answer), ["from b"], "{answer}");
+    // The same pos again, on B: the same message (the first answer may
+    // have been lost).
+    let retried = ss(&alice_on_b, Some(&pos), 0).await;
+    assert_eq!(texts(&retried), ["from b"], "{retried}");
+    // And on from B's answer, on A.
+    let pos = retried["pos"].as_str().unwrap().to_owned();
+    bob.send(&room, "b2", "again").await;
+    let next = ss(&alice, Some(&pos), 0).await;
+    assert_eq!(texts(&next), ["again"], "{next}");
+}

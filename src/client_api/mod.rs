@@ -23,6 +23,7 @@ mod presence;
 mod profile;
 mod push;
 mod rooms;
+pub mod sliding_sync;
 mod state;
 pub(crate) mod sync;
 pub(crate) mod sync_token;
@@ -302,6 +303,7 @@ pub fn router() -> Router<Arc<Services>> {
                 .ruma(push::notifications)
                 .layer(axum::middleware::map_response(push::with_profile_tags)),
         )
+        .ruma(sliding_sync::sync)
         .merge(
             Router::new()
                 .ruma(sync::sync)
@@ -315,7 +317,8 @@ async fn versions() -> impl IntoResponse {
             "r0.5.0", "r0.6.0", "r0.6.1", "v1.1", "v1.2", "v1.3", "v1.4", "v1.5", "v1.6",
             "v1.7", "v1.8", "v1.9", "v1.10", "v1.11", "v1.12"
         ],
-        "unstable_features": {}
+        // Simplified sliding sync (MSC4186), which Element X needs.
+        "unstable_features": { "org.matrix.simplified_msc3575": true }
     }))
 }
 

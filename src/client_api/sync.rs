@@ -231,7 +231,7 @@ pub async fn sync(
 /// The rooms whose new events a parked `/sync` of `user` waits for: those
 /// it is joined to or invited to (a change of its own membership wakes it
 /// through its user topic, and the next round watches the new rooms).
-async fn rooms_to_watch(svc: &Services, user: &ruma::UserId) -> Result<Vec<Topic>, MatrixError> {
+pub(crate) async fn rooms_to_watch(svc: &Services, user: &ruma::UserId) -> Result<Vec<Topic>, MatrixError> {
     Ok(svc
         .storage
         .user_memberships(user)
@@ -563,7 +563,7 @@ async fn membership_at(
 /// The newest timeline events in `(after, upto]` that pass the filter
 /// and that the user may see, oldest first; and whether older ones were
 /// left out.
-async fn timeline_events(
+pub(crate) async fn timeline_events(
     svc: &Services,
     user: &UserId,
     room_id: &RoomId,
@@ -602,7 +602,7 @@ async fn timeline_events(
 }
 
 /// The room state after the newest event that had arrived by `stream`.
-async fn state_at_stream(
+pub(crate) async fn state_at_stream(
     svc: &Services,
     room_id: &RoomId,
     stream: StreamOrdering,
@@ -852,12 +852,31 @@ async fn invited_room(
     m: &Membership,
     ignored: &HashSet<OwnedUserId>,
 ) -> Result<Option<InvitedRoom>, MatrixError> {
-    let invite = svc.storage.event(&m.event_id).await?;
+    let Some(events) = invite_state(svc, &m.room_id, &m.event_id, ignored).await? else {
+        return Ok(None);
+    };
+    let mut invite_state = InviteState::new();
+    invite_state.events = events.iter().map(format::raw).collect();
+    let mut room = InvitedRoom::new();
+    room.invite_state = invite_state;
+    Ok(Some(room))
+}
+
+/// The stripped state shown with an invite (or a knock) held here: the
+/// room's name, avatar, … and the sender's membership, then the invite
+/// itself; `None` for an invite from an ignored user.
+pub(crate) async fn invite_state(
+    svc: &Services,
+    room_id: &RoomId,
+    event_id: &ruma::EventId,
+    ignored: &HashSet<OwnedUserId>,
+) -> Result<Option<Vec<Value>>, MatrixError> {
+    let invite = svc.storage.event(event_id).await?;
     if invite.as_ref().is_some_and(|e| ignored.contains(&e.pdu.sender)) {
         return Ok(None);
     }
     let mut events = Vec::new();
-    if let Some((_, state)) = svc.state.current(&m.room_id).await? {
+    if let Some((_, state)) = svc.state.current(room_id).await? {
         let mut keys: Vec<_> = INVITE_STATE_TYPES.iter().map(|t| (t.clone(), String::new())).collect();
         // The inviter's own membership, as Synapse shows it.
         if let Some(invite) = &invite {
@@ -867,11 +886,7 @@ async fn invited_room(
         events.retain(|e| invite.as_ref().is_none_or(|i| i.pdu.event_id != e.pdu.event_id));
     }
     events.extend(invite);
-    let mut invite_state = InviteState::new();
-    invite_state.events = events.iter().map(|e| format::raw(&format::stripped(e))).collect();
-    let mut room = InvitedRoom::new();
-    room.invite_state = invite_state;
-    Ok(Some(room))
+    Ok(Some(events.iter().map(format::stripped).collect()))
 }
 
 /// A room the user left or was removed from: the timeline up to their
