@@ -72,6 +72,12 @@ pub struct Config {
     /// with the errors of a server out of a resource (a full disk), as
     /// the spec's `admin_contact`. Unset: those errors go without it.
     pub admin_contact: Option<String>,
+    /// The URL clients reach the client API at (`https://matrix.example.org/`),
+    /// given in `/.well-known/matrix/client` (served by the client
+    /// listener: route `https://<server_name>/.well-known/matrix/client` to
+    /// it) so that clients that know only the server name — Element X
+    /// among them — find weft. Unset: that document is not served.
+    pub public_baseurl: Option<String>,
     /// Presence (online, idle, offline, status messages): kept, shown in
     /// `/sync` and shared with other servers. On by default.
     pub presence: bool,
@@ -134,6 +140,7 @@ impl Default for Config {
             app_service_config_files: Vec::new(),
             metrics_listen: None,
             admin_contact: None,
+            public_baseurl: None,
             presence: true,
             ephemeral_messages: false,
             max_upload_size: 50 * 1024 * 1024,
@@ -294,6 +301,7 @@ impl Config {
         }
         set_opt(&env, "metrics_listen", &mut self.metrics_listen)?;
         set_opt(&env, "admin_contact", &mut self.admin_contact)?;
+        set_opt(&env, "public_baseurl", &mut self.public_baseurl)?;
         set(&env, "presence", &mut self.presence)?;
         set(&env, "ephemeral_messages", &mut self.ephemeral_messages)?;
         set(&env, "max_upload_size", &mut self.max_upload_size)?;
@@ -398,6 +406,14 @@ impl Config {
             return Err(ConfigError::Invalid {
                 key: "admin_contact",
                 message: format!("{contact:?}: a URI, e.g. \"mailto:admin@example.org\""),
+            });
+        }
+        if let Some(url) = &self.public_baseurl
+            && !(url.starts_with("https://") || url.starts_with("http://"))
+        {
+            return Err(ConfigError::Invalid {
+                key: "public_baseurl",
+                message: format!("{url:?}: an http(s) URL, e.g. \"https://matrix.example.org/\""),
             });
         }
         if self.tls_cert.is_some() != self.tls_key.is_some() {
@@ -506,6 +522,12 @@ app_service_config_files = []
 # the errors of a server out of a resource, e.g. a full disk
 # (M_RESOURCE_LIMIT_EXCEEDED's admin_contact). Left out: not given.
 # admin_contact = "mailto:admin@example.org"
+
+# The URL clients reach the client API at, given to clients that know only
+# the server name in /.well-known/matrix/client (served by the client
+# listener; route https://<server_name>/.well-known/matrix/client to it).
+# Element X finds servers this way. Left out: not served.
+# public_baseurl = "https://matrix.example.org/"
 
 # Presence: users' online/idle/offline state and status messages, shown to
 # the users they share a room with and sent to those users' servers.

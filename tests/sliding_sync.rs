@@ -87,6 +87,25 @@ async fn versions_advertise_it() {
     );
 }
 
+/// Element X finds the client API from the server name alone.
+#[tokio::test]
+async fn well_known_client_gives_the_public_base_url() {
+    let server = TestServer::start_with(|c| c.public_baseurl = Some("https://matrix.example.org/".to_owned())).await;
+    let (status, body) = server
+        .request(Method::GET, "/.well-known/matrix/client", None, None)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["m.homeserver"]["base_url"], "https://matrix.example.org/");
+    let unset = TestServer::start().await;
+    let (status, body) = unset
+        .request(Method::GET, "/.well-known/matrix/client", None, None)
+        .await;
+    assert_eq!(
+        (status, body["errcode"].clone()),
+        (StatusCode::NOT_FOUND, json!("M_NOT_FOUND"))
+    );
+}
+
 #[tokio::test]
 async fn the_list_is_ordered_by_activity_and_counted_and_rooms_come_once_then_as_they_change() {
     let server = TestServer::start().await;

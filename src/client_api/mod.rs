@@ -89,6 +89,7 @@ fn media_router() -> Router<Arc<Services>> {
 pub fn router() -> Router<Arc<Services>> {
     Router::new()
         .route("/_matrix/client/versions", get(versions))
+        .route("/.well-known/matrix/client", get(well_known))
         .merge(media_router())
         .route(
             "/_synapse/admin/v1/register",
@@ -320,6 +321,15 @@ async fn versions() -> impl IntoResponse {
         // Simplified sliding sync (MSC4186), which Element X needs.
         "unstable_features": { "org.matrix.simplified_msc3575": true }
     }))
+}
+
+/// `/.well-known/matrix/client`: where clients that know only the server
+/// name find the client API (`public_baseurl`); 404 when not configured.
+async fn well_known(axum::extract::State(svc): axum::extract::State<Arc<Services>>) -> axum::response::Response {
+    match &svc.config.public_baseurl {
+        Some(url) => axum::Json(json!({ "m.homeserver": { "base_url": url } })).into_response(),
+        None => MatrixError::not_found("No client discovery is configured (public_baseurl)").into_response(),
+    }
 }
 
 /// Answer for paths no endpoint matches.
