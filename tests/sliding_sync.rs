@@ -119,8 +119,10 @@ async fn the_list_is_ordered_by_activity_and_counted_and_rooms_come_once_then_as
     // Room 0 is the most recently active.
     alice.send_text(&rooms[0], "t2", "latest").await;
 
-    let body = list(json!([[0, 1]]), json!([["m.room.name", ""], ["m.room.create", ""]]), 1);
+    let mut body = list(json!([[0, 1]]), json!([["m.room.name", ""], ["m.room.create", ""]]), 1);
+    body["txn_id"] = json!("txn-1");
     let first = ok(&alice, None, &body).await;
+    assert_eq!(first["txn_id"], "txn-1", "{first}");
     assert_eq!(first["lists"]["all"]["count"], 3, "{first}");
     let sent = first["rooms"].as_object().unwrap();
     assert_eq!(sent.len(), 2, "only the range's rooms: {first}");

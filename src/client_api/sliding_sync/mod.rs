@@ -225,6 +225,8 @@ async fn build(
     // Each list's rooms and count; the rooms in its ranges with its
     // configuration, merged with the subscriptions'.
     let mut response = Response::new(String::new());
+    // Echoed: the client knows which of its requests this answers.
+    response.txn_id = body.txn_id.clone();
     let mut wanted: HashMap<OwnedRoomId, RoomConfig> = HashMap::new();
     let by_id: HashMap<&OwnedRoomId, &Candidate> = candidates.iter().map(|c| (&c.room_id, c)).collect();
     for (name, list) in &body.lists {
