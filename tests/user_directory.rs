@@ -78,6 +78,7 @@ async fn redo_directory_migration(server: &mut TestServer) {
          DROP TABLE media; DROP TABLE event_expiry; DROP TABLE redactions;
          DROP TABLE threepid_bindings; DROP TABLE stream_positions;
          DROP TABLE typing; DROP TABLE typing_rooms; DROP TABLE push_queue;
+         DROP TABLE sliding_connections; DROP TABLE sliding_positions; DROP TABLE sliding_rooms;
          DROP INDEX presence_position; DROP INDEX presence_awake;
          PRAGMA user_version = 12;",
     )

@@ -21,7 +21,7 @@
 //! timelines, and so are invites from them.
 
 use std::{
-    collections::{BTreeMap, HashSet},
+    collections::{BTreeMap, HashMap, HashSet},
     sync::Arc,
     time::Duration,
 };
@@ -382,7 +382,13 @@ async fn add_ephemeral(
         if let Some(typing) = typing.get(&m.room_id) {
             events.push(serde_json::json!({ "type": "m.typing", "content": { "user_ids": typing } }));
         }
-        let receipts = svc.storage.receipts(&m.room_id, since).await?;
+        // Nothing moved on the ephemeral stream: no new receipt anywhere
+        // (not a query per room).
+        let receipts = if since.is_some_and(|since| since >= head) {
+            Vec::new()
+        } else {
+            svc.storage.receipts(&m.room_id, since).await?
+        };
         let mut content = serde_json::Map::new();
         for r in receipts.iter().filter(|r| r.position <= head) {
             // Private receipts are for their owner only.
@@ -458,7 +464,29 @@ async fn build_rooms(
     };
     let mut rooms = Rooms::new();
     let mut in_full = HashSet::new();
-    for m in svc.storage.user_memberships(&owner.user_id).await? {
+    let memberships = svc.storage.user_memberships(&owner.user_id).await?;
+    // An incremental sync looks into the joined rooms with new events only
+    // (their newest event, one index step each): not a timeline scan per
+    // room the user is in.
+    let newest: Option<HashMap<OwnedRoomId, StreamOrdering>> = match since {
+        Some(_) if !opts.full_state => {
+            let joined: Vec<OwnedRoomId> = memberships
+                .iter()
+                .filter(|m| m.membership == "join")
+                .map(|m| m.room_id.clone())
+                .collect();
+            Some(
+                svc.storage
+                    .room_activity(&joined, &[], head)
+                    .await?
+                    .into_iter()
+                    .map(|(room, activity)| (room, activity.latest))
+                    .collect(),
+            )
+        }
+        _ => None,
+    };
+    for m in memberships {
         if m.stream_ordering > head || !filter::room_allowed(&opts.room, &m.room_id) {
             continue;
         }
@@ -475,6 +503,10 @@ async fn build_rooms(
             None => false,
         };
         match m.membership.as_str() {
+            "join"
+                if !changed
+                    && let (Some(since), Some(newest)) = (since, &newest)
+                    && newest.get(&m.room_id).is_none_or(|latest| *latest <= since) => {}
             "join" => {
                 let room_since = since.filter(|_| !full && joined_at_since);
                 if let Some(mut room) = joined_room(svc, owner, &m.room_id, room_since, head, opts).await? {

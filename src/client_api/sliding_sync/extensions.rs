@@ -205,6 +205,11 @@ async fn receipts(svc: &Services, scope: &Scope<'_>) -> Result<response::Receipt
     let since = scope.since.and_then(|s| s.ephemeral);
     for room in scope.rooms {
         let after = since.filter(|_| !scope.initial.contains(room));
+        // Nothing moved on the ephemeral stream since: no new receipt
+        // (not a query per room).
+        if after.is_some_and(|after| after >= head) {
+            continue;
+        }
         let mut content = serde_json::Map::new();
         for r in svc.storage.receipts(room, after).await? {
             // Private receipts are for their owner only.

@@ -268,7 +268,7 @@ impl SlidingSyncStorage for PgStorage {
         let c = self.client().await?;
         let rooms: Vec<&str> = rooms.iter().map(|r| r.as_str()).collect();
         // Per room, walks back from `upto` on `events_stream`: the newest
-        // live event, then the newest of a bump type. Backfilled history
+        // live event, then (when bump types are given) the newest of one. Backfilled history
         // (negative positions) is not live; nor are outliers, rejected and
         // soft-failed events (as `events.rs` shows the timeline).
         let rows = query(
@@ -283,7 +283,7 @@ impl SlidingSyncStorage for PgStorage {
              LEFT JOIN LATERAL (
                  SELECT e.stream_ordering FROM events e
                  WHERE e.room_id = r.room_id AND e.stream_ordering > 0 AND e.stream_ordering <= l.stream_ordering
-                   AND e.type = ANY($3)
+                   AND e.type = ANY($3) AND cardinality($3::TEXT[]) > 0
                    AND NOT e.outlier AND e.rejected IS NULL AND NOT e.soft_failed
                  ORDER BY e.stream_ordering DESC LIMIT 1) b ON TRUE",
             &[&rooms, &upto, &bump_types],

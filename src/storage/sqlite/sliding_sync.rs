@@ -237,14 +237,17 @@ impl SlidingSyncStorage for SqliteStorage {
         }
         let (rooms, bump_types) = (json_list(rooms)?, json_list(bump_types)?);
         self.read(move |c| {
-            // Per room, walks back from `upto` on `events_stream`.
+            // Per room, walks back from `upto` on `events_stream`. Without
+            // bump types, no walk for them (it would find none, through
+            // the whole room): CASE evaluates only the branch it takes.
             let mut stmt = c.prepare_cached(&format!(
                 "SELECT r.value,
                      (SELECT e.stream_ordering FROM events e WHERE e.room_id = r.value AND {LIVE_UPTO}
                       ORDER BY e.stream_ordering DESC LIMIT 1),
+                     CASE WHEN ?3 = '[]' THEN NULL ELSE
                      (SELECT e.stream_ordering FROM events e WHERE e.room_id = r.value AND {LIVE_UPTO}
                           AND e.type IN (SELECT value FROM json_each(?3))
-                      ORDER BY e.stream_ordering DESC LIMIT 1)
+                      ORDER BY e.stream_ordering DESC LIMIT 1) END
                  FROM json_each(?1) r"
             ))?;
             let rows = stmt.query_map(params![rooms, upto, bump_types], |r| {
