@@ -156,20 +156,21 @@ impl Section {
     }
 }
 
-/// The e2e section of a sync of `owner`'s device from `since` (event and
-/// e2e positions; `None` for a full sync) to the heads. Messages up to the
-/// e2e position of `since` were received: they are dropped.
-pub async fn section(
+/// A device's to-device messages (`/sync`, sliding sync's extension):
+/// those up to `acknowledged` were received and are dropped; then up to
+/// `limit` of those at positions up to `head`, as events, and the position
+/// the client has them up to.
+pub async fn to_device(
     svc: &Services,
     owner: &TokenOwner,
-    since: Option<(StreamOrdering, Option<i64>)>,
-    head: StreamOrdering,
-    e2e_head: i64,
-) -> Result<Section, MatrixError> {
+    acknowledged: Option<i64>,
+    head: i64,
+    limit: usize,
+) -> Result<(Vec<Value>, i64), MatrixError> {
     let (user_id, device_id) = (&owner.user_id, &owner.device_id);
     // (A read first: most syncs have nothing to drop, and a write would
     // take the database's one writer.)
-    if let Some((_, Some(acknowledged))) = since
+    if let Some(acknowledged) = acknowledged
         && !svc
             .storage
             .to_device_messages(user_id, device_id, acknowledged, 1)
@@ -180,21 +181,34 @@ pub async fn section(
             .delete_to_device_messages(user_id, device_id, acknowledged)
             .await?;
     }
-    let messages = svc
-        .storage
-        .to_device_messages(user_id, device_id, e2e_head, MAX_TO_DEVICE)
-        .await?;
+    let messages = svc.storage.to_device_messages(user_id, device_id, head, limit).await?;
     let position = match messages.last() {
-        Some(last) if messages.len() == MAX_TO_DEVICE => last.position,
-        _ => e2e_head,
+        Some(last) if messages.len() == limit => last.position,
+        _ => head,
     };
-    let to_device = messages
+    let events = messages
         .into_iter()
         .map(|m| {
             let content: Value = serde_json::from_str(&m.content).unwrap_or_else(|_| json!({}));
             json!({ "sender": m.sender, "type": m.event_type, "content": content })
         })
         .collect();
+    Ok((events, position))
+}
+
+/// The e2e section of a sync of `owner`'s device from `since` (event and
+/// e2e positions; `None` for a full sync) to the heads. Messages up to the
+/// e2e position of `since` were received: they are dropped.
+pub async fn section(
+    svc: &Services,
+    owner: &TokenOwner,
+    since: Option<(StreamOrdering, Option<i64>)>,
+    head: StreamOrdering,
+    e2e_head: i64,
+) -> Result<Section, MatrixError> {
+    let user_id = &owner.user_id;
+    let acknowledged = since.and_then(|(_, e2e)| e2e);
+    let (to_device, position) = to_device(svc, owner, acknowledged, e2e_head, MAX_TO_DEVICE).await?;
     let lists = match since {
         Some(since) => device_list_changes(svc, user_id, since, (head, Some(position))).await?,
         None => Lists::default(),
@@ -202,8 +216,8 @@ pub async fn section(
     Ok(Section {
         lists,
         to_device,
-        one_time_key_counts: svc.storage.one_time_key_counts(user_id, device_id).await?,
-        unused_fallback_key_types: svc.storage.unused_fallback_key_types(user_id, device_id).await?,
+        one_time_key_counts: svc.storage.one_time_key_counts(user_id, &owner.device_id).await?,
+        unused_fallback_key_types: svc.storage.unused_fallback_key_types(user_id, &owner.device_id).await?,
         position,
     })
 }

@@ -78,7 +78,6 @@ async fn to_device(
     asked: &request::ToDevice,
     scope: &Scope<'_>,
 ) -> Result<response::ToDevice, MatrixError> {
-    let (user, device) = (&scope.owner.user_id, &scope.owner.device_id);
     let since = match asked.since.as_deref() {
         Some(since) => Some(
             since
@@ -87,30 +86,14 @@ async fn to_device(
         ),
         None => None,
     };
-    if let Some(since) = since
-        && !svc.storage.to_device_messages(user, device, since, 1).await?.is_empty()
-    {
-        svc.storage.delete_to_device_messages(user, device, since).await?;
-    }
     let head = scope.heads.e2e.unwrap_or_default();
     let limit = asked
         .limit
         .map_or(MAX_TO_DEVICE, |l| (u64::from(l) as usize).clamp(1, MAX_TO_DEVICE));
-    let messages = svc.storage.to_device_messages(user, device, head, limit).await?;
-    let next = match messages.last() {
-        Some(last) if messages.len() == limit => last.position,
-        _ => head,
-    }
-    .max(since.unwrap_or_default());
+    let (events, next) = e2e_sync::to_device(svc, scope.owner, since, head, limit).await?;
     let mut out = response::ToDevice::default();
-    out.next_batch = next.to_string();
-    out.events = messages
-        .into_iter()
-        .map(|m| {
-            let content: Value = serde_json::from_str(&m.content).unwrap_or_else(|_| json!({}));
-            format::raw(&json!({ "sender": m.sender, "type": m.event_type, "content": content }))
-        })
-        .collect();
+    out.next_batch = next.max(since.unwrap_or_default()).to_string();
+    out.events = events.iter().map(format::raw).collect();
     Ok(out)
 }
 
