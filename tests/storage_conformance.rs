@@ -4212,18 +4212,21 @@ async fn sliding_device_deletion(s: Store) {
 }
 
 async fn sliding_room_activity(s: Store) {
-    let bump: &[&str] = &["m.room.message", "m.room.encrypted"];
+    // Bump types: m.room.create, m.room.message, m.room.encrypted, … (not
+    // m.room.member, m.room.topic or m.room.name).
     let activity = |latest, bump| RoomActivity { latest, bump };
 
     // A room whose newest event is no bump.
     let mut ra = Room::create(&s, "ra").await;
+    let ra_create = s.event(&eid("ra-1")).await.unwrap().unwrap().meta.stream_ordering;
     let (_, m1) = ra.send("one").await;
     let member = ra.member(&uid("bob"), "join");
     let joined = ra.persist(member).await.stream_ordering;
-    // A room of non-bump events only.
+    // A room of non-bump events but its creation.
     let mut rb = Room::create(&s, "rb").await;
     let topic = rb.next("m.room.topic", Some(""), json!({"topic": "t"}));
     let topic = rb.persist(topic).await.stream_ordering;
+    let rb_create = s.event(&eid("rb-1")).await.unwrap().unwrap().meta.stream_ordering;
     // A room joined over federation, with backfilled history below its live
     // event, and one with backfilled history only.
     let backfilled = |e: &Ev| NewTimelineEvent {
@@ -4260,34 +4263,23 @@ async fn sliding_room_activity(s: Store) {
 
     let rooms = [ra.id.clone(), rb.id.clone(), rc.clone(), rd.clone(), rid("unknown")];
     let max = s.max_stream_ordering().await.unwrap();
-    let all = s.room_activity(&rooms, bump, max).await.unwrap();
+    let all = s.room_activity(&rooms, max).await.unwrap();
     assert_eq!(all.len(), 3, "{all:?}");
     assert_eq!(all[&ra.id], activity(joined, Some(m1)));
-    assert_eq!(all[&rb.id], activity(topic, None), "m.room.create is no bump here");
+    assert_eq!(all[&rb.id], activity(topic, Some(rb_create)));
     assert_eq!(all[&rc], activity(live, None), "backfilled history does not count");
-    // Other bump types.
-    let with_create = s
-        .room_activity(&rooms, &["m.room.create", "m.room.member"], max)
-        .await
-        .unwrap();
-    assert_eq!(with_create[&ra.id], activity(joined, Some(joined)));
-    let rb_create = s.event(&eid("rb-1")).await.unwrap().unwrap().meta.stream_ordering;
-    assert_eq!(with_create[&rb.id], activity(topic, Some(rb_create)));
-    let no_bump = s.room_activity(&rooms, &[], max).await.unwrap();
-    assert_eq!(no_bump[&ra.id], activity(joined, None));
-    // As of an earlier position.
-    let then = s.room_activity(&rooms, bump, m1).await.unwrap();
+    // As of an earlier position (events written since: walked back).
+    let then = s.room_activity(&rooms, m1).await.unwrap();
     assert_eq!(then.len(), 1, "{then:?}");
     assert_eq!(then[&ra.id], activity(m1, Some(m1)));
-    let ra_create = s.event(&eid("ra-1")).await.unwrap().unwrap().meta.stream_ordering;
-    let first = s.room_activity(&rooms, bump, ra_create).await.unwrap();
+    let first = s.room_activity(&rooms, ra_create).await.unwrap();
     assert_eq!(first.len(), 1);
-    assert_eq!(first[&ra.id], activity(ra_create, None));
-    assert!(s.room_activity(&rooms, bump, 0).await.unwrap().is_empty());
-    assert!(s.room_activity(&[], bump, max).await.unwrap().is_empty());
+    assert_eq!(first[&ra.id], activity(ra_create, Some(ra_create)));
+    assert!(s.room_activity(&rooms, 0).await.unwrap().is_empty());
+    assert!(s.room_activity(&[], max).await.unwrap().is_empty());
 
     // Events outside the timeline do not count: an outlier, a soft-failed
-    // message.
+    // message, a rejected one.
     let outlier = Ev::message("ra-outlier", &ra.id, "x").after(&[ra.tip()]);
     s.persist_outlier(outlier.pdu(), None).await.unwrap();
     let soft = ra.message("soft");
@@ -4295,15 +4287,24 @@ async fn sliding_room_activity(s: Store) {
     new.status = TimelineStatus::SoftFailed;
     new.current_state = None;
     ra.persist_new(soft, new).await;
-    let max = s.max_stream_ordering().await.unwrap();
-    assert!(max > joined);
-    let now = s.room_activity(&rooms, bump, max).await.unwrap();
+    let rejected = ra.message("rejected");
+    let mut new = ra.new_event(&rejected);
+    new.status = TimelineStatus::Rejected("no".to_owned());
+    new.current_state = None;
+    ra.persist_new(rejected, new).await;
+    let before_m2 = s.max_stream_ordering().await.unwrap();
+    assert!(before_m2 > joined);
+    let now = s.room_activity(&rooms, before_m2).await.unwrap();
     assert_eq!(now[&ra.id], activity(joined, Some(m1)));
+    // A new message moves both; as of before it, the room is as it was.
+    let (_, m2) = ra.send("two").await;
+    let now = s.room_activity(&rooms, m2).await.unwrap();
+    assert_eq!(now[&ra.id], activity(m2, Some(m2)));
+    assert_eq!(now[&rb.id], activity(topic, Some(rb_create)));
+    let then = s.room_activity(&rooms, before_m2).await.unwrap();
+    assert_eq!(then[&ra.id], activity(joined, Some(m1)));
     // A room listed twice is there once.
-    let twice = s
-        .room_activity(&[rb.id.clone(), rb.id.clone()], bump, max)
-        .await
-        .unwrap();
+    let twice = s.room_activity(&[rb.id.clone(), rb.id.clone()], m2).await.unwrap();
     assert_eq!(twice.len(), 1);
 }
 

@@ -477,7 +477,7 @@ async fn build_rooms(
                 .collect();
             Some(
                 svc.storage
-                    .room_activity(&joined, &[], head)
+                    .room_activity(&joined, head)
                     .await?
                     .into_iter()
                     .map(|(room, activity)| (room, activity.latest))

@@ -91,19 +91,45 @@ pub trait SlidingSyncStorage: Send + Sync + 'static {
     async fn forget_sliding_connections(&self, unused_since_ms: u64) -> Result<u64>;
 
     /// Per room of `rooms`: its activity among its live events (stream ordering > 0, backfilled history
-    /// has negative positions) at or before `upto`. Rooms with no such event are absent. `bump_types` are
-    /// event types (`m.room.message`, …). Live events are those of the timeline, as
-    /// [`super::Storage::stream_page`] has them: outliers, rejected and soft-failed events do not count.
+    /// has negative positions) at or before `upto`. Rooms with no such event are absent. Live events are
+    /// those of the timeline, as [`super::Storage::stream_page`] has them: outliers, rejected and
+    /// soft-failed events do not count; `bump` is the newest of one of [`BUMP_TYPES`].
     ///
-    /// Each room is a walk back from `upto` on the index of events by (room, stream ordering): `latest`
-    /// is its first step, `bump` goes back to the room's newest event of a bump type (through every
-    /// newer event of other types).
+    /// Each room's newest live event and newest bump event are kept with the room as events are written
+    /// (in the same transaction): one lookup per room, whatever its history. A room written to after
+    /// `upto` (a write racing the caller's read of the stream head) is walked back from `upto` on the
+    /// index of events by (room, stream ordering) instead, through at most [`BUMP_WINDOW`] events for
+    /// its bump event.
     async fn room_activity(
         &self,
         rooms: &[OwnedRoomId],
-        bump_types: &[&str],
         upto: StreamOrdering,
     ) -> Result<HashMap<OwnedRoomId, RoomActivity>>;
+}
+
+/// Event types whose arrival moves a room up a room list (`bump_stamp`), as
+/// Synapse and MSC4186 name them.
+pub const BUMP_TYPES: [&str; 7] = [
+    "m.room.create",
+    "m.room.message",
+    "m.room.encrypted",
+    "m.sticker",
+    "m.call.invite",
+    "m.poll.start",
+    "m.beacon_info",
+];
+
+/// How far back [`SlidingSyncStorage::room_activity`]'s walk looks for a bump event, when it walks.
+pub const BUMP_WINDOW: i64 = 1000;
+
+/// The bump types as one SQL list literal (`'m.room.create', …`): constants, so written into
+/// statements rather than bound.
+pub(crate) fn bump_types_sql() -> String {
+    BUMP_TYPES
+        .iter()
+        .map(|t| format!("'{t}'"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// `sent` without repeated rooms (the last of each kept), in order.
@@ -117,4 +143,23 @@ pub(crate) fn distinct_rooms(sent: &[SentRoom]) -> Vec<&SentRoom> {
         .filter(|(i, room)| last.get(&room.room_id) == Some(i))
         .map(|(_, room)| room)
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The migrations that first filled the rooms' bump stamps used the
+    /// same types as the writes that keep them.
+    #[test]
+    fn migrations_name_the_bump_types() {
+        for schema in [
+            include_str!("sqlite/schema_v23.sql"),
+            include_str!("postgres/schema_v6.sql"),
+        ] {
+            let listed = schema.split("e.type IN (").nth(1).unwrap().split(')').next().unwrap();
+            let listed: Vec<&str> = listed.split(',').map(|t| t.trim().trim_matches('\'')).collect();
+            assert_eq!(listed, BUMP_TYPES);
+        }
+    }
 }

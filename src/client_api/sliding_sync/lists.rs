@@ -20,18 +20,6 @@ use crate::{
     storage::{StreamOrdering, sliding_sync::RoomActivity},
 };
 
-/// Event types whose arrival moves a room up the list (`bump_stamp`), as
-/// Synapse and the MSC name them.
-pub const BUMP_TYPES: [&str; 7] = [
-    "m.room.create",
-    "m.room.message",
-    "m.room.encrypted",
-    "m.sticker",
-    "m.call.invite",
-    "m.poll.start",
-    "m.beacon_info",
-];
-
 /// One of the user's rooms, as the lists see it.
 #[derive(Debug, Clone)]
 pub struct Candidate {
@@ -46,7 +34,8 @@ pub struct Candidate {
     pub remote_invite_state: Option<String>,
     /// The room's newest activity the user sees (the list's order).
     pub order: StreamOrdering,
-    /// `bump_stamp`: the newest event of a [`BUMP_TYPES`] type, or else the
+    /// `bump_stamp`: the newest event of a
+    /// [`crate::storage::sliding_sync::BUMP_TYPES`] type, or else the
     /// user's membership.
     pub bump_stamp: StreamOrdering,
     /// The room's newest live event (any type): whether it changed.
@@ -113,7 +102,7 @@ pub async fn candidates(
     let activity: HashMap<OwnedRoomId, RoomActivity> = if joined.is_empty() {
         HashMap::new()
     } else {
-        svc.storage.room_activity(&joined, &BUMP_TYPES, head).await?
+        svc.storage.room_activity(&joined, head).await?
     };
     for room in &mut rooms {
         if let Some(activity) = activity.get(&room.room_id) {

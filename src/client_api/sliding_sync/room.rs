@@ -22,7 +22,7 @@ use ruma::{
 use serde_json::Value;
 
 use super::{
-    lists::{BUMP_TYPES, Candidate},
+    lists::Candidate,
     required_state::{Growth, RoomConfig},
 };
 use crate::{
@@ -30,7 +30,7 @@ use crate::{
     error::MatrixError,
     services::Services,
     state::StateMap,
-    storage::{StoredEvent, StreamOrdering, TokenOwner},
+    storage::{StoredEvent, StreamOrdering, TokenOwner, sliding_sync},
     timeline::{self, Token},
 };
 
@@ -155,7 +155,7 @@ async fn joined(
     }
     let bumped = events
         .iter()
-        .any(|e| BUMP_TYPES.contains(&e.pdu.kind.to_string().as_str()));
+        .any(|e| sliding_sync::BUMP_TYPES.contains(&e.pdu.kind.to_string().as_str()));
     if initial || limited || events.is_empty() || bumped {
         out.bump_stamp = UInt::try_from(room.bump_stamp.max(0) as u64).ok();
     }

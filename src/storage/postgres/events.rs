@@ -397,8 +397,7 @@ pub async fn persist_timeline_event(tx: &impl GenericClient, new: &NewTimelineEv
     let stream = if new.backfilled {
         placeholder
     } else {
-        let room = current_state_group.map(|group| (room_id, group));
-        take_position(tx, placeholder, room).await?
+        take_position(tx, placeholder, current_state_group).await?
     };
     Ok(Persisted {
         stream_ordering: stream,
@@ -562,11 +561,12 @@ pub async fn persist_outlier(tx: &impl GenericClient, pdu: &Pdu, rejected: Optio
 /// events stream (the counter row of `stream_positions`, as
 /// [`super::next_position_of`] takes it, and the event's row in one
 /// statement). Last in its transaction: the counter row stays locked until
-/// the commit, so positions become visible in order. `room`: the room's new
-/// current state group, set in the same statement. Other processes hear of
-/// the event at the commit (`NOTIFY weft`, see `listen.rs`).
-async fn take_position(tx: &impl GenericClient, placeholder: i64, room: Option<(&str, i64)>) -> Result<i64> {
-    let (room_id, group) = room.unzip();
+/// the commit, so positions become visible in order. `group`: the room's
+/// new current state group, set in the same statement, with the room's
+/// newest live event and bump event (`room_activity`) when the event is in
+/// the timeline. Other processes hear of the event at the commit (`NOTIFY
+/// weft`, see `listen.rs`).
+async fn take_position(tx: &impl GenericClient, placeholder: i64, group: Option<i64>) -> Result<i64> {
     col(
         &query_one(
             tx,
@@ -574,17 +574,37 @@ async fn take_position(tx: &impl GenericClient, placeholder: i64, room: Option<(
                 "WITH next AS (
                      UPDATE stream_positions SET position = position + 1 WHERE stream = 'events'
                      RETURNING position
+                 ), ev AS (
+                     UPDATE events SET stream_ordering = (SELECT position FROM next)
+                     WHERE stream_ordering = $1
+                     RETURNING stream_ordering, room_id, type, {ROW_IN_TIMELINE} AS live, {EVENT_NOTIFY} AS notify
                  ), room AS (
-                     UPDATE rooms SET current_state_group = $3 WHERE room_id = $2
+                     {room_stamps}, current_state_group = COALESCE($2::bigint, r.current_state_group)
+                     FROM ev WHERE r.room_id = ev.room_id AND ($2::bigint IS NOT NULL OR ev.live)
                  )
-                 UPDATE events SET stream_ordering = (SELECT position FROM next)
-                 WHERE stream_ordering = $1
-                 RETURNING stream_ordering, {EVENT_NOTIFY}"
+                 SELECT stream_ordering, notify FROM ev",
+                room_stamps = room_stamps(),
             ),
-            &[&placeholder, &room_id, &group],
+            &[&placeholder, &group],
         )
         .await?,
         0,
+    )
+}
+
+/// Whether an event row (`RETURNING` it) is in the timeline: neither an
+/// outlier, rejected nor soft-failed.
+pub(super) const ROW_IN_TIMELINE: &str = "(NOT outlier AND rejected IS NULL AND NOT soft_failed)";
+
+/// The start of an `UPDATE rooms r` that moves the room's newest live event
+/// and bump event to `ev`'s (an event row with `stream_ordering`, `type`
+/// and `live`) when `ev.live`; the caller adds `FROM ev WHERE …`.
+pub(super) fn room_stamps() -> String {
+    format!(
+        "UPDATE rooms r SET
+             latest_stream = CASE WHEN ev.live THEN ev.stream_ordering ELSE r.latest_stream END,
+             bump_stream = CASE WHEN ev.live AND ev.type IN ({}) THEN ev.stream_ordering ELSE r.bump_stream END",
+        crate::storage::sliding_sync::bump_types_sql()
     )
 }
 

@@ -1,7 +1,8 @@
 //! The live event that changes no state — a message, a reaction, a
 //! redaction, a soft-failed or rejected event — written by one statement,
 //! outside any explicit transaction: the event row at its position, its
-//! edges, the room's extremities and current state group, the client's
+//! edges, the room's extremities, current state group and newest live
+//! event (`room_activity`), the client's
 //! transaction ID, its expiry and the redaction it makes. A statement is
 //! atomic on its own, so this is `events::persist_timeline_event` less the
 //! `BEGIN`, `COMMIT` and two round trips between them — most of what a
@@ -92,10 +93,10 @@ pub async fn persist(
                  INSERT INTO events ({columns})
                  SELECT position, $1, $2, $3, $4, $5, $6, $7, $8, $9, FALSE, $10, $11, $12, $12, $13 FROM next
                  {replace}
-                 RETURNING stream_ordering, event_id, room_id, type, state_key
+                 RETURNING stream_ordering, event_id, room_id, type, state_key, {in_timeline} AS live
              ), room AS (
-                 UPDATE rooms SET current_state_group = $18::bigint
-                 WHERE room_id = $2 AND $18::bigint IS NOT NULL AND EXISTS (SELECT 1 FROM ev)
+                 {room_stamps}, current_state_group = COALESCE($18::bigint, r.current_state_group)
+                 FROM ev WHERE r.room_id = ev.room_id AND ($18::bigint IS NOT NULL OR ev.live)
              ), {edges}, txn AS (
                  INSERT INTO txn_ids (user_id, device_id, scope, txn_id, event_id)
                  SELECT $19::text, $20::text, $21::text, $22::text, $1 FROM ev WHERE $19::text IS NOT NULL
@@ -111,6 +112,8 @@ pub async fn persist(
                  EXISTS (SELECT 1 FROM forward)
              FROM ev",
             columns = events::EVENT_COLUMNS,
+            in_timeline = events::ROW_IN_TIMELINE,
+            room_stamps = events::room_stamps(),
             edges = events::edge_ctes(
                 events::EdgeParams {
                     room: "$2",

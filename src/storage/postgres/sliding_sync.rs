@@ -14,7 +14,9 @@ use ruma::{OwnedRoomId, UserId};
 use super::{GenericClient, PgStorage, big, col, exec, now_ms, parse, pg_write, query, query_one, query_opt};
 use crate::storage::{
     Result, StorageError, StreamOrdering,
-    sliding_sync::{RoomActivity, SentRoom, SlidingConnection, SlidingSyncStorage, distinct_rooms},
+    sliding_sync::{
+        BUMP_WINDOW, RoomActivity, SentRoom, SlidingConnection, SlidingSyncStorage, bump_types_sql, distinct_rooms,
+    },
 };
 
 /// Marks `conn` used now (locking its row); its row, or `None` when it has
@@ -259,7 +261,6 @@ impl SlidingSyncStorage for PgStorage {
     async fn room_activity(
         &self,
         rooms: &[OwnedRoomId],
-        bump_types: &[&str],
         upto: StreamOrdering,
     ) -> Result<HashMap<OwnedRoomId, RoomActivity>> {
         if rooms.is_empty() {
@@ -267,35 +268,41 @@ impl SlidingSyncStorage for PgStorage {
         }
         let c = self.client().await?;
         let rooms: Vec<&str> = rooms.iter().map(|r| r.as_str()).collect();
-        // Per room, walks back from `upto` on `events_stream`: the newest
-        // live event, then (when bump types are given) the newest of one. Backfilled history
-        // (negative positions) is not live; nor are outliers, rejected and
-        // soft-failed events (as `events.rs` shows the timeline).
+        // The stamps kept with each room; for a room written to after
+        // `upto`, a walk back from `upto` on `events_stream` (live events
+        // only, as `events.rs` shows the timeline).
         let rows = query(
             &c,
-            "SELECT r.room_id, l.stream_ordering, b.stream_ordering
-             FROM unnest($1::TEXT[]) AS r (room_id)
-             CROSS JOIN LATERAL (
-                 SELECT e.stream_ordering FROM events e
-                 WHERE e.room_id = r.room_id AND e.stream_ordering > 0 AND e.stream_ordering <= $2
-                   AND NOT e.outlier AND e.rejected IS NULL AND NOT e.soft_failed
-                 ORDER BY e.stream_ordering DESC LIMIT 1) l
-             LEFT JOIN LATERAL (
-                 SELECT e.stream_ordering FROM events e
-                 WHERE e.room_id = r.room_id AND e.stream_ordering > 0 AND e.stream_ordering <= l.stream_ordering
-                   AND e.type = ANY($3) AND cardinality($3::TEXT[]) > 0
-                   AND NOT e.outlier AND e.rejected IS NULL AND NOT e.soft_failed
-                 ORDER BY e.stream_ordering DESC LIMIT 1) b ON TRUE",
-            &[&rooms, &upto, &bump_types],
+            &format!(
+                "SELECT m.room_id,
+                     CASE WHEN m.latest_stream <= $2 THEN m.latest_stream ELSE
+                         (SELECT e.stream_ordering FROM events e
+                          WHERE e.room_id = m.room_id AND e.stream_ordering > 0 AND e.stream_ordering <= $2
+                            AND NOT e.outlier AND e.rejected IS NULL AND NOT e.soft_failed
+                          ORDER BY e.stream_ordering DESC LIMIT 1) END,
+                     CASE WHEN m.bump_stream IS NULL OR m.bump_stream <= $2 THEN m.bump_stream ELSE
+                         (SELECT max(w.stream_ordering) FROM
+                             (SELECT e.stream_ordering, e.type FROM events e
+                              WHERE e.room_id = m.room_id AND e.stream_ordering > 0 AND e.stream_ordering <= $2
+                                AND NOT e.outlier AND e.rejected IS NULL AND NOT e.soft_failed
+                              ORDER BY e.stream_ordering DESC LIMIT {BUMP_WINDOW}) w
+                          WHERE w.type IN ({bump_types})) END
+                 FROM rooms m WHERE m.room_id = ANY($1) AND m.latest_stream IS NOT NULL",
+                bump_types = bump_types_sql(),
+            ),
+            &[&rooms, &upto],
         )
         .await?;
         let mut activity = HashMap::with_capacity(rows.len());
         for row in &rows {
+            let Some(latest) = col::<Option<i64>>(row, 1)? else {
+                continue;
+            };
             let room_id: OwnedRoomId = parse(col::<String>(row, 0)?)?;
             activity.insert(
                 room_id,
                 RoomActivity {
-                    latest: col(row, 1)?,
+                    latest,
                     bump: col(row, 2)?,
                 },
             );

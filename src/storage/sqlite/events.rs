@@ -10,7 +10,7 @@ use crate::{
     events::Pdu,
     storage::{
         Direction, EventMeta, NewCurrentState, NewTimelineEvent, Persisted, Result, RoomInfo, StorageError,
-        StoredEvent, StreamOrdering, TimelineStatus, TopoKey, TxnKey,
+        StoredEvent, StreamOrdering, TimelineStatus, TopoKey, TxnKey, sliding_sync,
     },
 };
 
@@ -227,6 +227,16 @@ pub fn persist_timeline_event(tx: &Transaction<'_>, new: &NewTimelineEvent) -> R
         ],
     )?;
     let forward_extremity = insert_edges(tx, pdu, new.status == TimelineStatus::Accepted && !new.backfilled)?;
+    if new.status == TimelineStatus::Accepted && !new.backfilled {
+        // The room's newest live event (and bump event), for room lists.
+        let bump = sliding_sync::BUMP_TYPES.contains(&pdu.kind.to_string().as_str());
+        exec(
+            tx,
+            "UPDATE rooms SET latest_stream = ?2, bump_stream = CASE WHEN ?3 THEN ?2 ELSE bump_stream END
+             WHERE room_id = ?1",
+            params![room_id, stream, bump],
+        )?;
+    }
 
     let mut current_state_group = None;
     if let Some(update) = &new.current_state {

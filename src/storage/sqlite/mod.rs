@@ -67,6 +67,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("schema_v20.sql"),
     include_str!("schema_v21.sql"),
     include_str!("schema_v22.sql"),
+    include_str!("schema_v23.sql"),
 ];
 
 /// Reader connections open at once, at most: more readers than cores gain

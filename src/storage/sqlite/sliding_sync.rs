@@ -10,7 +10,9 @@ use rusqlite::{OptionalExtension, Transaction, params};
 use super::{SqliteStorage, accounts::parse, exec, now_ms, query_one};
 use crate::storage::{
     Result, StorageError, StreamOrdering,
-    sliding_sync::{RoomActivity, SentRoom, SlidingConnection, SlidingSyncStorage, distinct_rooms},
+    sliding_sync::{
+        BUMP_WINDOW, RoomActivity, SentRoom, SlidingConnection, SlidingSyncStorage, bump_types_sql, distinct_rooms,
+    },
 };
 
 /// A list as a JSON array, for `json_each`: one statement for many values.
@@ -229,37 +231,48 @@ impl SlidingSyncStorage for SqliteStorage {
     async fn room_activity(
         &self,
         rooms: &[OwnedRoomId],
-        bump_types: &[&str],
         upto: StreamOrdering,
     ) -> Result<HashMap<OwnedRoomId, RoomActivity>> {
         if rooms.is_empty() {
             return Ok(HashMap::new());
         }
-        let (rooms, bump_types) = (json_list(rooms)?, json_list(bump_types)?);
+        let rooms = json_list(rooms)?;
         self.read(move |c| {
-            // Per room, walks back from `upto` on `events_stream`. Without
-            // bump types, no walk for them (it would find none, through
-            // the whole room): CASE evaluates only the branch it takes.
+            // The stamps kept with each room; for a room written to after
+            // `upto`, a walk back from `upto` (CASE evaluates only the
+            // branch it takes).
             let mut stmt = c.prepare_cached(&format!(
-                "SELECT r.value,
-                     (SELECT e.stream_ordering FROM events e WHERE e.room_id = r.value AND {LIVE_UPTO}
-                      ORDER BY e.stream_ordering DESC LIMIT 1),
-                     CASE WHEN ?3 = '[]' THEN NULL ELSE
-                     (SELECT e.stream_ordering FROM events e WHERE e.room_id = r.value AND {LIVE_UPTO}
-                          AND e.type IN (SELECT value FROM json_each(?3))
-                      ORDER BY e.stream_ordering DESC LIMIT 1) END
-                 FROM json_each(?1) r"
+                "SELECT r.value, m.latest_stream, m.bump_stream,
+                     CASE WHEN m.latest_stream > ?2 THEN
+                         (SELECT e.stream_ordering FROM events e WHERE e.room_id = r.value AND {LIVE_UPTO}
+                          ORDER BY e.stream_ordering DESC LIMIT 1) END,
+                     CASE WHEN m.bump_stream > ?2 THEN
+                         (SELECT max(w.stream_ordering) FROM
+                             (SELECT e.stream_ordering, e.type FROM events e WHERE e.room_id = r.value AND {LIVE_UPTO}
+                              ORDER BY e.stream_ordering DESC LIMIT {BUMP_WINDOW}) w
+                          WHERE w.type IN ({bump_types})) END
+                 FROM json_each(?1) r JOIN rooms m ON m.room_id = r.value
+                 WHERE m.latest_stream IS NOT NULL",
+                bump_types = bump_types_sql(),
             ))?;
-            let rows = stmt.query_map(params![rooms, upto, bump_types], |r| {
+            let rows = stmt.query_map(params![rooms, upto], |r| {
                 Ok((
                     r.get::<_, String>(0)?,
-                    r.get::<_, Option<i64>>(1)?,
+                    r.get::<_, i64>(1)?,
                     r.get::<_, Option<i64>>(2)?,
+                    r.get::<_, Option<i64>>(3)?,
+                    r.get::<_, Option<i64>>(4)?,
                 ))
             })?;
             let mut activity = HashMap::new();
             for row in rows {
-                if let (room_id, Some(latest), bump) = row? {
+                let (room_id, latest, bump, walked_latest, walked_bump) = row?;
+                let latest = if latest <= upto { Some(latest) } else { walked_latest };
+                let bump = match bump {
+                    Some(bump) if bump > upto => walked_bump,
+                    bump => bump,
+                };
+                if let Some(latest) = latest {
                     activity.insert(parse(room_id)?, RoomActivity { latest, bump });
                 }
             }
