@@ -38,7 +38,7 @@ use ruma::{
 
 use self::{
     lists::{Candidate, FilterContext},
-    required_state::RoomConfig,
+    required_state::{Growth, RoomConfig},
     room::{Context, Previous},
 };
 use super::{extract::Ruma, sync_token::SyncToken};
@@ -227,7 +227,7 @@ async fn build(
     let mut response = Response::new(String::new());
     // Echoed: the client knows which of its requests this answers.
     response.txn_id = body.txn_id.clone();
-    let mut wanted: HashMap<OwnedRoomId, RoomConfig> = HashMap::new();
+    let mut wanted: HashMap<OwnedRoomId, Wanted> = HashMap::new();
     let by_id: HashMap<&OwnedRoomId, &Candidate> = candidates.iter().map(|c| (&c.room_id, c)).collect();
     for (name, list) in &body.lists {
         let mut matching = Vec::new();
@@ -240,11 +240,11 @@ async fn build(
                 matching.push(room);
             }
         }
-        let config = RoomConfig::new(
+        let config = Wanted::new(RoomConfig::new(
             &list.room_details.required_state,
             u64::from(list.room_details.timeline_limit),
             user,
-        );
+        ));
         for index in lists::in_ranges(&list.ranges, matching.len()) {
             merge(&mut wanted, &matching[index].room_id, &config);
         }
@@ -255,32 +255,43 @@ async fn build(
     for (room_id, subscription) in &body.room_subscriptions {
         // Only the user's rooms: another is not shown (as Synapse does).
         if by_id.contains_key(room_id) {
-            let config = RoomConfig::new(
+            let config = Wanted::new(RoomConfig::new(
                 &subscription.required_state,
                 u64::from(subscription.timeline_limit),
                 user,
-            );
+            ));
             merge(&mut wanted, room_id, &config);
         }
     }
 
     let room_ids: Vec<OwnedRoomId> = wanted.keys().cloned().collect();
     let previous: HashMap<OwnedRoomId, Previous> = match since.map(|s| s.position).filter(|p| *p != 0) {
-        Some(position) if !room_ids.is_empty() => svc
-            .storage
-            .sliding_sent_rooms(conn, position, &room_ids)
-            .await?
-            .into_iter()
-            .map(|(room, sent)| {
-                (
+        Some(position) if !room_ids.is_empty() => {
+            // The rooms of a list share their configuration: each stored
+            // one is read once.
+            let mut configs: HashMap<String, RoomConfig> = HashMap::new();
+            let mut previous = HashMap::new();
+            for (room, sent) in svc.storage.sliding_sent_rooms(conn, position, &room_ids).await? {
+                let now = &wanted[&room];
+                let growth = if *now.json == sent.config {
+                    Growth::default()
+                } else {
+                    now.config.grew_from(
+                        configs
+                            .entry(sent.config)
+                            .or_insert_with_key(|json| RoomConfig::from_json(json)),
+                    )
+                };
+                previous.insert(
                     room,
                     Previous {
                         upto: sent.upto,
-                        config: RoomConfig::from_json(&sent.config),
+                        growth,
                     },
-                )
-            })
-            .collect(),
+                );
+            }
+            previous
+        }
         _ => HashMap::new(),
     };
     let ignored = account_data::ignored_users(svc, user).await?;
@@ -297,14 +308,14 @@ async fn build(
     for (room_id, config) in &wanted {
         let candidate = by_id[room_id];
         let previous = previous.get(room_id);
-        if let Some(room) = room::room(svc, &cx, candidate, config, previous).await? {
+        if let Some(room) = room::room(svc, &cx, candidate, &config.config, previous).await? {
             if room.initial == Some(true) {
                 initial.insert(room_id.clone());
             }
             sent.push(SentRoom {
                 room_id: room_id.clone(),
                 upto: heads.stream,
-                config: config.to_json(),
+                config: config.json.to_string(),
             });
             rooms.insert(room_id.clone(), room);
         }
@@ -321,9 +332,31 @@ async fn build(
     Ok(Answer { response, sent })
 }
 
-fn merge(wanted: &mut HashMap<OwnedRoomId, RoomConfig>, room_id: &OwnedRoomId, config: &RoomConfig) {
+/// A room configuration with its stored form, shared by the rooms of a
+/// list (a room in several lists, or subscribed to, gets its own merge).
+#[derive(Clone)]
+struct Wanted {
+    config: Arc<RoomConfig>,
+    json: Arc<str>,
+}
+
+impl Wanted {
+    fn new(config: RoomConfig) -> Wanted {
+        Wanted {
+            json: config.to_json().into(),
+            config: Arc::new(config),
+        }
+    }
+}
+
+fn merge(wanted: &mut HashMap<OwnedRoomId, Wanted>, room_id: &OwnedRoomId, config: &Wanted) {
     match wanted.get_mut(room_id) {
-        Some(existing) => existing.merge(config),
+        Some(existing) if existing.json != config.json => {
+            let mut merged = (*existing.config).clone();
+            merged.merge(&config.config);
+            *existing = Wanted::new(merged);
+        }
+        Some(_) => {}
         None => {
             wanted.insert(room_id.clone(), config.clone());
         }

@@ -51,7 +51,9 @@ pub struct Context<'a> {
 /// What the connection sent of a room before.
 pub struct Previous {
     pub upto: StreamOrdering,
-    pub config: RoomConfig,
+    /// How the room's configuration grew since (more state, a longer
+    /// timeline): what must be sent again.
+    pub growth: Growth,
 }
 
 /// The room's entry in the answer, or `None` when it has nothing new.
@@ -62,7 +64,7 @@ pub async fn room(
     config: &RoomConfig,
     previous: Option<&Previous>,
 ) -> Result<Option<Room>, MatrixError> {
-    let growth = previous.map(|p| config.grew_from(&p.config)).unwrap_or_default();
+    let growth = previous.map(|p| p.growth).unwrap_or_default();
     let membership_changed = previous.is_none_or(|p| room.membership_stream > p.upto);
     match room.membership.as_str() {
         "join" => {
