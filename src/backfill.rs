@@ -21,7 +21,8 @@ use std::{
 };
 
 use ruma::{
-    OwnedEventId, OwnedRoomId, OwnedServerName, RoomId, UInt, api::federation::backfill::get_backfill,
+    EventId, OwnedEventId, OwnedRoomId, OwnedServerName, RoomId, ServerName, UInt,
+    api::federation::{backfill::get_backfill, event::get_event},
     events::StateEventType,
 };
 use tracing::Instrument;
@@ -30,6 +31,7 @@ use crate::{
     event_checks,
     rooms::{RoomError, backfilled},
     services::Services,
+    storage::StoredEvent,
 };
 
 /// Most gaps asked about in one `/backfill` request.
@@ -165,6 +167,109 @@ pub async fn fill(svc: &Services, room_id: &RoomId, gaps: &[OwnedEventId], want:
     .await
 }
 
+/// One event of the room's history that this server does not hold in its
+/// timeline (a permalink, a jump to a date): fetched with `/event` from a
+/// server in the room (`prefer` first: the one that named it), checked, and
+/// stored as backfilled history, an island with its own backward
+/// extremities that `/messages` fills as it meets them. The event as held
+/// then, or None when no server gave it (or it was rejected). Two requests
+/// at most to find it; its missing state is fetched as for any backfilled
+/// event whose parents are not held. Under the room's fill (single flight
+/// and duty); each (event, server) pair that failed backs off as a gap
+/// does, so an event nobody has does not cost every request.
+pub async fn fetch_event(
+    svc: &Services,
+    room_id: &RoomId,
+    event_id: &EventId,
+    prefer: Option<&ServerName>,
+) -> Result<Option<StoredEvent>, RoomError> {
+    let span = tracing::info_span!("fetch_event", %room_id, %event_id);
+    async {
+        let _guard = svc.backfiller.rooms.lock(room_id).await;
+        let mut held = crate::cluster::hold_while(
+            &svc.cluster,
+            crate::cluster::backfill_duty(room_id),
+            FILL_TTL,
+            FILL_WAIT,
+        )
+        .await;
+        if let Some(event) = in_timeline(svc, room_id, event_id).await? {
+            return Ok(Some(event));
+        }
+        let room = svc.storage.room(room_id).await?.ok_or(RoomError::UnknownRoom)?;
+        let mut servers = candidates(svc, room_id, &[]).await?;
+        if let Some(prefer) = prefer.filter(|s| *s != svc.server_name()) {
+            servers.retain(|s| s != prefer);
+            servers.insert(0, prefer.to_owned());
+        }
+        let key = [event_id.to_owned()];
+        let mut asked = 0;
+        for server in servers {
+            if asked == FETCH_SERVERS_TRIED {
+                break;
+            }
+            if svc.backfiller.backing_off(&key[0], &server) {
+                continue;
+            }
+            asked += 1;
+            if let Some(held) = &mut held {
+                held.renew().await;
+            }
+            let pdu = match svc
+                .federation
+                .send(&server, get_event::v1::Request::new(event_id.to_owned()))
+                .await
+            {
+                Ok(answer) => answer.pdu,
+                Err(e) => {
+                    tracing::info!(%server, error = %e, "event request failed");
+                    svc.metrics.backfill_request("error");
+                    svc.backfiller.failed(&key, &server);
+                    continue;
+                }
+            };
+            let event = match event_checks::check_signed(svc, &room.version, &pdu).await {
+                Ok(event) if event.room_id == room_id && event.event_id == event_id => event,
+                Ok(_) => {
+                    tracing::info!(%server, "answered /event with another event");
+                    svc.backfiller.failed(&key, &server);
+                    continue;
+                }
+                Err(e) => {
+                    tracing::info!(%server, error = %e, "dropping a fetched event");
+                    svc.backfiller.failed(&key, &server);
+                    continue;
+                }
+            };
+            let added = backfilled::receive_backfilled(svc, &server, &room, vec![event]).await?;
+            if let Some(event) = in_timeline(svc, room_id, event_id).await? {
+                svc.metrics.backfill_request("events");
+                svc.metrics.backfill_events.inc_by(added as u64);
+                return Ok(Some(event));
+            }
+            // Rejected, or its state could not be had from this server.
+            svc.metrics.backfill_request("empty");
+            svc.backfiller.failed(&key, &server);
+        }
+        Ok(None)
+    }
+    .instrument(span)
+    .await
+}
+
+/// Servers asked for one event, at most (each a round trip, and a client
+/// may name any event).
+const FETCH_SERVERS_TRIED: usize = 3;
+
+/// The event, if held in the room's timeline (not an outlier, rejected
+/// or soft-failed).
+async fn in_timeline(svc: &Services, room_id: &RoomId, event_id: &EventId) -> Result<Option<StoredEvent>, RoomError> {
+    Ok(svc.storage.event(event_id).await?.filter(|event| {
+        let meta = &event.meta;
+        event.pdu.room_id == room_id && !meta.outlier && meta.rejected.is_none() && !meta.soft_failed
+    }))
+}
+
 /// Whether any of `gaps` is no longer one (filled).
 async fn any_closed(svc: &Services, room_id: &RoomId, gaps: &[OwnedEventId]) -> Result<bool, RoomError> {
     let open: HashSet<OwnedEventId> = svc
@@ -180,7 +285,7 @@ async fn any_closed(svc: &Services, room_id: &RoomId, gaps: &[OwnedEventId]) -> 
 /// Servers to ask for the history behind `gaps`: those with users joined
 /// to the room just after the gaps (longest in the room first), then the
 /// others in the room now; servers backing off last; never this one.
-async fn candidates(
+pub(crate) async fn candidates(
     svc: &Services,
     room_id: &RoomId,
     gaps: &[OwnedEventId],

@@ -38,6 +38,7 @@ pub mod state;
 pub mod storage;
 pub mod threepid;
 pub mod timeline;
+pub mod timestamp_lookup;
 pub mod tls;
 pub mod user_directory;
 pub mod visibility;

@@ -1,5 +1,5 @@
 //! Sending and reading the timeline: send, redact, event, messages,
-//! context.
+//! context, jump to date (`timestamp_to_event`).
 
 use std::sync::Arc;
 
@@ -11,7 +11,7 @@ use ruma::{
             context::get_context,
             message::{get_message_events, send_message_event},
             redact::redact_event,
-            room::get_room_event,
+            room::{get_event_by_timestamp, get_room_event},
         },
     },
     events::TimelineEventType,
@@ -20,14 +20,14 @@ use serde_json::{Value, json};
 
 use super::{extract::Ruma, format};
 use crate::{
-    account_data,
+    account_data, backfill,
     error::MatrixError,
     events::EventTemplate,
     rooms::send::send_event,
     services::Services,
     storage::{Direction, StoredEvent, TokenOwner, TxnKey},
     timeline::{self, PageRequest, Reader, Token},
-    visibility,
+    timestamp_lookup, visibility,
 };
 
 /// Most events one `/messages` or `/context` call returns.
@@ -182,22 +182,36 @@ async fn reader(svc: &Services, room_id: &RoomId, owner: &TokenOwner) -> Result<
     }
 }
 
-/// A timeline event of the room that the user may see, or 404.
+/// A timeline event of the room that the user may see, or 404. An event
+/// this server does not hold in the room's timeline (history from before
+/// it joined, a permalink into a gap) is fetched from servers in the room
+/// ([`backfill::fetch_event`]), after `fetch_rate` (the user's send rate:
+/// a fetch costs other servers requests, as a send does).
 async fn visible_event(
     svc: &Services,
     room_id: &RoomId,
     event_id: &EventId,
     owner: &TokenOwner,
     joined_now: bool,
+    fetch_rate: &(dyn Fn() -> Result<(), MatrixError> + Sync),
 ) -> Result<StoredEvent, MatrixError> {
     let not_found = || MatrixError::not_found("Event not found");
-    let event = svc.storage.event(event_id).await?.ok_or_else(not_found)?;
-    // Only events in the room's timeline: not outliers, not rejected and
-    // not soft-failed (those are kept for the DAG, never shown to clients).
-    let meta = &event.meta;
-    if event.pdu.room_id != room_id || meta.outlier || meta.rejected.is_some() || meta.soft_failed {
-        return Err(not_found());
-    }
+    let event = match svc.storage.event(event_id).await? {
+        // Only events in the room's timeline: not rejected and not
+        // soft-failed (those are kept for the DAG, never shown to clients).
+        Some(event) if event.pdu.room_id != room_id || event.meta.rejected.is_some() || event.meta.soft_failed => {
+            return Err(not_found());
+        }
+        Some(event) if !event.meta.outlier => event,
+        // Not held, or held only as an outlier (an auth or state event of
+        // history this server never held).
+        _ => {
+            fetch_rate()?;
+            backfill::fetch_event(svc, room_id, event_id, None)
+                .await?
+                .ok_or_else(not_found)?
+        }
+    };
     visibility::filter_for_user(svc, &owner.user_id, joined_now, vec![event])
         .await?
         .pop()
@@ -214,9 +228,34 @@ pub async fn get_event(
     let joined_now = reader(&svc, &req.body.room_id, owner)
         .await
         .map_err(|_| MatrixError::not_found("Event not found"))?;
-    let event = visible_event(&svc, &req.body.room_id, &req.body.event_id, owner, joined_now).await?;
+    let rate = || req.send_rate(&svc);
+    let event = visible_event(&svc, &req.body.room_id, &req.body.event_id, owner, joined_now, &rate).await?;
     let json = format::client_events(&svc, &[event], Some(owner)).await?;
     Ok(get_room_event::v3::Response::new(format::raw(&json[0])))
+}
+
+/// `GET /rooms/{roomId}/timestamp_to_event`: the event closest to `ts`
+/// in direction `dir`, from other servers when this one may not hold it
+/// ([`crate::timestamp_lookup`]). For whoever may read the room's history
+/// (as `/messages`).
+pub async fn timestamp_to_event(
+    svc: Arc<Services>,
+    req: Ruma<get_event_by_timestamp::v1::Request>,
+) -> Result<get_event_by_timestamp::v1::Response, MatrixError> {
+    let owner = req.user();
+    let b = &req.body;
+    reader(&svc, &b.room_id, owner).await?;
+    // It may ask other servers, as a send makes this server write to them.
+    req.send_rate(&svc)?;
+    let ts = u64::from(b.ts.get());
+    let dir = timestamp_lookup::direction(b.dir);
+    let event = timestamp_lookup::closest(&svc, &b.room_id, ts, dir)
+        .await?
+        .ok_or_else(|| timestamp_lookup::not_found(ts, dir))?;
+    Ok(get_event_by_timestamp::v1::Response::new(
+        event.pdu.event_id.clone(),
+        event.pdu.origin_server_ts,
+    ))
 }
 
 fn parse_token(token: &str) -> Result<Token, MatrixError> {
@@ -312,7 +351,8 @@ pub async fn context(
     let owner = req.user();
     let b = &req.body;
     let joined_now = reader(&svc, &b.room_id, owner).await?;
-    let event = visible_event(&svc, &b.room_id, &b.event_id, owner, joined_now).await?;
+    let rate = || req.send_rate(&svc);
+    let event = visible_event(&svc, &b.room_id, &b.event_id, owner, joined_now, &rate).await?;
     let limit = page_limit(b.limit);
     let before_limit = limit / 2;
     let after_limit = limit - before_limit;
@@ -328,7 +368,8 @@ pub async fn context(
         dir: Direction::Backward,
         limit: before_limit,
     };
-    let mut before = timeline::paginate(&svc, &b.room_id, reader, request).await?;
+    // Backward, a gap beside the event is filled as `/messages` fills it.
+    let mut before = timeline::paginate_filling(&svc, &b.room_id, reader, request).await?;
     let from = timeline::after(&event);
     let request = PageRequest {
         from,

@@ -153,6 +153,7 @@ pub fn router() -> Router<Arc<Services>> {
         .ruma(messages::get_event)
         .ruma(messages::messages)
         .ruma(messages::context)
+        .ruma(messages::timestamp_to_event)
         // Not `.ruma`: see `ephemeral::typing`.
         .route(
             "/_matrix/client/r0/rooms/{room_id}/typing/{user_id}",

@@ -1,5 +1,6 @@
 //! Moving history to other servers: `/event`, `/state`, `/state_ids`,
-//! `/event_auth`, `/backfill`, `/get_missing_events`.
+//! `/event_auth`, `/backfill`, `/get_missing_events`, and jump to date
+//! (`/timestamp_to_event`).
 //!
 //! Every room-scoped request is refused (403) when the room's server ACL
 //! denies the origin, or when the origin has no user joined to the room
@@ -14,7 +15,7 @@ use ruma::{
     api::federation::{
         authorization::get_event_authorization,
         backfill::get_backfill,
-        event::{get_event, get_room_state, get_room_state_ids},
+        event::{get_event, get_event_by_timestamp, get_room_state, get_room_state_ids},
     },
     room_version_rules::RoomVersionRules,
 };
@@ -61,6 +62,29 @@ async fn admit(
         return Err(MatrixError::forbidden("Server is not in the room"));
     }
     Ok((room, rules))
+}
+
+/// `GET /timestamp_to_event/{roomId}`: the event of the room closest to
+/// `ts` in direction `dir` that this server holds in its timeline (it asks
+/// no other server: the asking server does that). Who may ask is who may
+/// ask for `/backfill`.
+pub async fn timestamp_to_event(
+    svc: Arc<Services>,
+    req: Fed<get_event_by_timestamp::v1::Request>,
+) -> Result<get_event_by_timestamp::v1::Response, MatrixError> {
+    let b = &req.body;
+    admit(&svc, &b.room_id, &req.origin).await?;
+    let ts = u64::from(b.ts.get());
+    let dir = crate::timestamp_lookup::direction(b.dir);
+    let event = svc
+        .storage
+        .event_near_timestamp(&b.room_id, ts, dir)
+        .await?
+        .ok_or_else(|| crate::timestamp_lookup::not_found(ts, dir))?;
+    Ok(get_event_by_timestamp::v1::Response::new(
+        event.pdu.event_id.clone(),
+        event.pdu.origin_server_ts,
+    ))
 }
 
 pub(super) fn raw_pdu(event: &StoredEvent) -> Box<RawValue> {

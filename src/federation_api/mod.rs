@@ -40,6 +40,7 @@ pub fn router() -> Router<Arc<Services>> {
         .federation(history::state_ids)
         .federation(history::event_auth)
         .federation(history::backfill)
+        .federation(history::timestamp_to_event)
         .route(
             "/_matrix/federation/v1/get_missing_events/{room_id}",
             post(history::missing_events),

@@ -604,6 +604,13 @@ pub trait Storage:
         dir: Direction,
         limit: usize,
     ) -> Result<Vec<StoredEvent>>;
+    /// The room's timeline event closest to `ts` (milliseconds since the
+    /// epoch, by `origin_server_ts`) in direction `dir`: going backward, the
+    /// newest at or before `ts`; going forward, the oldest at or after it.
+    /// Events of the same timestamp are told apart by depth, then stream
+    /// ordering (backward: the last of them; forward: the first). One
+    /// index step (events by room and timestamp).
+    async fn event_near_timestamp(&self, room_id: &RoomId, ts: u64, dir: Direction) -> Result<Option<StoredEvent>>;
     /// Timeline events with `after < stream_ordering <= upto`, newest
     /// first, at most `limit`.
     async fn stream_page(

@@ -713,6 +713,26 @@ pub async fn timeline_page(
     )
 }
 
+pub async fn event_near_timestamp(
+    c: &impl GenericClient,
+    room_id: &RoomId,
+    ts: u64,
+    dir: Direction,
+) -> Result<Option<StoredEvent>> {
+    let sql = match dir {
+        Direction::Backward => format!(
+            "{EVENT_SELECT} WHERE e.room_id = $1 AND {IN_TIMELINE} AND e.origin_server_ts <= $2
+             ORDER BY e.origin_server_ts DESC, e.depth DESC, e.stream_ordering DESC LIMIT 1"
+        ),
+        Direction::Forward => format!(
+            "{EVENT_SELECT} WHERE e.room_id = $1 AND {IN_TIMELINE} AND e.origin_server_ts >= $2
+             ORDER BY e.origin_server_ts ASC, e.depth ASC, e.stream_ordering ASC LIMIT 1"
+        ),
+    };
+    let ts = i64::try_from(ts).unwrap_or(i64::MAX);
+    Ok(events_from_rows(query(c, &sql, &[&room_id.as_str(), &ts]).await?)?.pop())
+}
+
 pub async fn stream_page(
     c: &impl GenericClient,
     room_id: &RoomId,

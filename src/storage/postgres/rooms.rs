@@ -243,6 +243,10 @@ impl Storage for PgStorage {
         Ok(())
     }
 
+    async fn event_near_timestamp(&self, room_id: &RoomId, ts: u64, dir: Direction) -> Result<Option<StoredEvent>> {
+        events::event_near_timestamp(&self.client().await?, room_id, ts, dir).await
+    }
+
     async fn timeline_page(
         &self,
         room_id: &RoomId,

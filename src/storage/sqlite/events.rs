@@ -472,6 +472,22 @@ pub fn timeline_page(
     )
 }
 
+pub fn event_near_timestamp(c: &Connection, room_id: &RoomId, ts: u64, dir: Direction) -> Result<Option<StoredEvent>> {
+    let sql = match dir {
+        Direction::Backward => format!(
+            "{EVENT_SELECT} WHERE e.room_id = ?1 AND {IN_TIMELINE} AND e.origin_server_ts <= ?2
+             ORDER BY e.origin_server_ts DESC, e.depth DESC, e.stream_ordering DESC LIMIT 1"
+        ),
+        Direction::Forward => format!(
+            "{EVENT_SELECT} WHERE e.room_id = ?1 AND {IN_TIMELINE} AND e.origin_server_ts >= ?2
+             ORDER BY e.origin_server_ts ASC, e.depth ASC, e.stream_ordering ASC LIMIT 1"
+        ),
+    };
+    let ts = i64::try_from(ts).unwrap_or(i64::MAX);
+    let mut stmt = c.prepare_cached(&sql)?;
+    Ok(collect_events(&mut stmt, params![room_id.as_str(), ts])?.pop())
+}
+
 pub fn stream_page(
     c: &Connection,
     room_id: &RoomId,

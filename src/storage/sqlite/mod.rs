@@ -68,6 +68,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("schema_v21.sql"),
     include_str!("schema_v22.sql"),
     include_str!("schema_v23.sql"),
+    include_str!("schema_v24.sql"),
 ];
 
 /// Reader connections open at once, at most: more readers than cores gain
@@ -557,6 +558,12 @@ impl Storage for SqliteStorage {
     ) -> Result<Vec<StoredEvent>> {
         let room_id = room_id.to_owned();
         self.read(move |c| events::timeline_page(c, &room_id, from, dir, limit))
+            .await
+    }
+
+    async fn event_near_timestamp(&self, room_id: &RoomId, ts: u64, dir: Direction) -> Result<Option<StoredEvent>> {
+        let room_id = room_id.to_owned();
+        self.read(move |c| events::event_near_timestamp(c, &room_id, ts, dir))
             .await
     }
 
