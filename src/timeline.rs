@@ -162,36 +162,56 @@ pub async fn paginate(svc: &Services, room_id: &RoomId, reader: Reader<'_>, req:
 
 /// How many times one page may fill gaps and read again.
 const MAX_FILL_ROUNDS: usize = 3;
+/// How many times a page going forward that would stop empty at a gap
+/// (its whole reach missing) may fill it before it goes on past the gap.
+const MAX_FORWARD_FILL_ROUNDS: usize = 10;
 
-/// As [`paginate`], but a page going back that would cross a gap in the
-/// room's history (a backward extremity within or below it) first fills
-/// the gap from other servers ([`crate::backfill::fill`]) and reads again,
-/// so that the page comes back complete. A page that crosses no gap asks
-/// no other server anything. When history cannot be had, the page is what
-/// this server holds.
+/// As [`paginate`], but a page that would cross a gap in the room's
+/// history (a backward extremity within its reach) first fills the gap from
+/// other servers ([`crate::backfill::fill`]) and reads again, so that the
+/// page comes back complete. A page that crosses no gap asks no other
+/// server anything. When history cannot be had, the page is what this
+/// server holds.
+///
+/// Going back, a gap is filled from its top, where the page meets it.
+/// Going forward from a place in history (a `/context` of an event fetched
+/// alone, an island), the gap above is filled from its top too — down
+/// towards the page — as the federation API walks history only backward:
+/// after [`MAX_FILL_ROUNDS`] fills (more, up to [`MAX_FORWARD_FILL_ROUNDS`],
+/// while the page would be empty) a gap still open ends the page below it,
+/// and the next page fills on. A forward page from the room's start
+/// ([`START`]) fills nothing: it begins where this server's history does.
 pub async fn paginate_filling(svc: &Services, room_id: &RoomId, reader: Reader<'_>, req: PageRequest) -> Result<Page> {
     let mut round = 0;
     loop {
         let page = paginate(svc, room_id, reader, req).await?;
         round += 1;
-        if req.dir != Direction::Backward || round > MAX_FILL_ROUNDS {
+        if req.dir == Direction::Forward && req.from == START {
             return Ok(page);
         }
-        // The page reached down to `lowest` (or, short, to the bottom of
-        // what is held): gaps at or above it, below its start, matter.
-        let lowest = page.next.map(|gap| gap.depth);
-        let gaps: Vec<_> = svc
-            .storage
-            .backward_extremities(room_id)
-            .await?
-            .into_iter()
-            .filter(|(_, depth)| *depth <= req.from.depth && lowest.is_none_or(|low| *depth >= low))
-            .map(|(id, _)| id)
-            .collect();
+        let gaps = crossed_gaps(svc, room_id, &req, &page).await?;
         if gaps.is_empty() {
             return Ok(page);
         }
-        match crate::backfill::fill(svc, room_id, &gaps, req.limit).await {
+        if round > MAX_FILL_ROUNDS {
+            match req.dir {
+                Direction::Backward => return Ok(page),
+                Direction::Forward => {
+                    let kept = below_gaps(&page, req.from, &gaps);
+                    if !kept.events.is_empty() || round > MAX_FORWARD_FILL_ROUNDS {
+                        return Ok(kept);
+                    }
+                }
+            }
+        }
+        let ids: Vec<_> = gaps.into_iter().map(|(id, _)| id).collect();
+        let want = match req.dir {
+            Direction::Backward => req.limit,
+            // The gap's top is not where the page is: fill as much as a
+            // request brings.
+            Direction::Forward => crate::federation_api::MAX_HISTORY_PAGE,
+        };
+        match crate::backfill::fill(svc, room_id, &ids, want).await {
             Ok(crate::backfill::Filled::Added(0)) => return Ok(page),
             Ok(_) => {}
             Err(e) => {
@@ -199,5 +219,49 @@ pub async fn paginate_filling(svc: &Services, room_id: &RoomId, reader: Reader<'
                 return Ok(page);
             }
         }
+    }
+}
+
+/// The gaps (backward extremities, with their approximate depths) within
+/// the reach of `page`, read for `req`: going back, those at or below its
+/// start down to where it reached (short: to the bottom); going forward,
+/// those above its start up to where it reached (short: to the top),
+/// highest first.
+async fn crossed_gaps(
+    svc: &Services,
+    room_id: &RoomId,
+    req: &PageRequest,
+    page: &Page,
+) -> Result<Vec<(ruma::OwnedEventId, i64)>> {
+    let reach = page.next.map(|gap| gap.depth);
+    let mut gaps: Vec<_> = svc
+        .storage
+        .backward_extremities(room_id)
+        .await?
+        .into_iter()
+        .filter(|(_, depth)| match req.dir {
+            Direction::Backward => *depth <= req.from.depth && reach.is_none_or(|low| *depth >= low),
+            Direction::Forward => *depth > req.from.depth && reach.is_none_or(|high| *depth <= high),
+        })
+        .collect();
+    gaps.sort_by(|a, b| b.1.cmp(&a.1));
+    Ok(gaps)
+}
+
+/// A forward page cut below the lowest of `gaps`: the events that are not
+/// past a gap still open, and the place after the last of them to go on
+/// from (`from` when none is kept).
+fn below_gaps(page: &Page, from: TopoKey, gaps: &[(ruma::OwnedEventId, i64)]) -> Page {
+    let lowest = gaps.iter().map(|(_, depth)| *depth).min().unwrap_or(i64::MAX);
+    let events: Vec<StoredEvent> = page
+        .events
+        .iter()
+        .take_while(|event| (event.pdu.depth as i64) <= lowest)
+        .cloned()
+        .collect();
+    let next = events.last().map_or(from, after);
+    Page {
+        events,
+        next: Some(next),
     }
 }

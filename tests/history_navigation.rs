@@ -119,6 +119,29 @@ async fn jump_to_date_and_permalinks_reach_history_from_before_the_join() {
     assert_eq!(body(&context["event"]), "m20");
     let before: Vec<&str> = context["events_before"].as_array().unwrap().iter().map(body).collect();
     assert_eq!(before, ["m19", "m18", "m17", "m16", "m15"], "{context}");
+    let after: Vec<&str> = context["events_after"].as_array().unwrap().iter().map(body).collect();
+    assert_eq!(after, ["m21", "m22", "m23", "m24", "m25"], "{context}");
+    // Paging forward from its end goes on through the history never held,
+    // each message once and in order, to bob's join and on.
+    let mut newer = Vec::new();
+    let mut from = context["end"].as_str().unwrap().to_owned();
+    let mut joined = false;
+    for _ in 0..50 {
+        let page = bob.messages(&room, &format!("dir=f&limit=8&from={}", enc(&from))).await;
+        for event in page["chunk"].as_array().unwrap() {
+            if event["type"] == "m.room.message" {
+                newer.push(body(event).to_owned());
+            }
+            joined |= event["type"] == "m.room.member" && event["state_key"] == bob.user_id.as_str();
+        }
+        match page["end"].as_str() {
+            Some(end) if !page["chunk"].as_array().unwrap().is_empty() => from = end.to_owned(),
+            _ => break,
+        }
+    }
+    let expected: Vec<String> = (26..60).map(|i| format!("m{i}")).collect();
+    assert_eq!(newer, expected);
+    assert!(joined, "bob's join is reached");
     // Paging back from its start reaches the room's creation, each message
     // once and in order.
     let mut older = Vec::new();

@@ -80,6 +80,8 @@ async fn redo_directory_migration(server: &mut TestServer) {
          DROP TABLE typing; DROP TABLE typing_rooms; DROP TABLE push_queue;
          DROP TABLE sliding_connections; DROP TABLE sliding_positions; DROP TABLE sliding_rooms;
          DROP INDEX presence_position; DROP INDEX presence_awake;
+         ALTER TABLE rooms DROP COLUMN latest_stream; ALTER TABLE rooms DROP COLUMN bump_stream;
+         DROP INDEX events_room_ts;
          PRAGMA user_version = 12;",
     )
     .unwrap();

@@ -368,7 +368,7 @@ pub async fn context(
         dir: Direction::Backward,
         limit: before_limit,
     };
-    // Backward, a gap beside the event is filled as `/messages` fills it.
+    // A gap beside the event (either side) is filled as `/messages` fills it.
     let mut before = timeline::paginate_filling(&svc, &b.room_id, reader, request).await?;
     let from = timeline::after(&event);
     let request = PageRequest {
@@ -377,7 +377,7 @@ pub async fn context(
         dir: Direction::Forward,
         limit: after_limit,
     };
-    let mut after = timeline::paginate(&svc, &b.room_id, reader, request).await?;
+    let mut after = timeline::paginate_filling(&svc, &b.room_id, reader, request).await?;
     let ignored = account_data::ignored_users(&svc, &owner.user_id).await?;
     let start = before
         .events
