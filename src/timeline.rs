@@ -244,7 +244,7 @@ async fn crossed_gaps(
             Direction::Forward => *depth > req.from.depth && reach.is_none_or(|high| *depth <= high),
         })
         .collect();
-    gaps.sort_by(|a, b| b.1.cmp(&a.1));
+    gaps.sort_by_key(|(_, depth)| std::cmp::Reverse(*depth));
     Ok(gaps)
 }
 
