@@ -294,11 +294,12 @@ async fn server_acl_denies_and_nothing_leaks() {
         format!("/_matrix/federation/v1/state/{room}?event_id={event}"),
         format!("/_matrix/federation/v1/state_ids/{room}?event_id={event}"),
         format!("/_matrix/federation/v1/event_auth/{room}/{event}"),
+        format!("/_matrix/federation/v1/timestamp_to_event/{room}?ts=1&dir=f"),
     ] {
         let (status, body) = raw.signed(Method::GET, &path, None).await;
         assert_eq!((status, errcode(&body)), (403, "M_FORBIDDEN"), "{path}: {body}");
         assert!(
-            body.get("pdus").is_none() && body.get("pdu_ids").is_none(),
+            body.get("pdus").is_none() && body.get("pdu_ids").is_none() && body.get("event_id").is_none(),
             "nothing leaks: {body}"
         );
     }
@@ -306,6 +307,48 @@ async fn server_acl_denies_and_nothing_leaks() {
     let path = format!("/_matrix/federation/v1/get_missing_events/{room}");
     let (status, body) = raw.signed(Method::POST, &path, Some(&json!({}))).await;
     assert_eq!((status, errcode(&body)), (403, "M_FORBIDDEN"), "{path}: {body}");
+}
+
+/// `/timestamp_to_event`: for servers in the room, from this server's own
+/// timeline; bad parameters are 400s; outsiders get 403.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn timestamp_to_event_for_servers() {
+    let rig = rig().await;
+    let raw = Raw { a: &rig.a, b: &rig.b };
+    let room = enc(rig.room.as_str());
+    let path = |query: &str| format!("/_matrix/federation/v1/timestamp_to_event/{room}?{query}");
+    let far = 4_000_000_000_000u64;
+    let (status, body) = raw.signed(Method::GET, &path(&format!("ts={far}&dir=b")), None).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["event_id"], rig.event.as_str(), "the newest event");
+    assert!(body["origin_server_ts"].as_u64().is_some_and(|ts| ts > 0));
+    let (status, body) = raw.signed(Method::GET, &path("ts=1&dir=b"), None).await;
+    assert_eq!((status, errcode(&body)), (404, "M_NOT_FOUND"), "{body}");
+    let (status, body) = raw.signed(Method::GET, &path(&format!("ts={far}&dir=f")), None).await;
+    assert_eq!((status, errcode(&body)), (404, "M_NOT_FOUND"), "{body}");
+    for (query, code) in [
+        ("dir=f", "M_MISSING_PARAM"),
+        ("ts=1", "M_MISSING_PARAM"),
+        ("ts=x&dir=f", "M_INVALID_PARAM"),
+        ("ts=1&dir=up", "M_INVALID_PARAM"),
+    ] {
+        let (status, body) = raw.signed(Method::GET, &path(query), None).await;
+        assert_eq!((status, errcode(&body)), (400, code), "{query}: {body}");
+    }
+    let unknown = format!(
+        "/_matrix/federation/v1/timestamp_to_event/{}?ts=1&dir=f",
+        enc("!unknown:nowhere")
+    );
+    let (status, body) = raw.signed(Method::GET, &unknown, None).await;
+    assert_eq!((status, errcode(&body)), (404, "M_NOT_FOUND"), "{body}");
+    // A server with nobody in the (not world-readable) room.
+    let c = TestServer::start_federating().await;
+    let outsider = Raw { a: &rig.a, b: &c };
+    let (status, body) = outsider
+        .signed(Method::GET, &path(&format!("ts={far}&dir=b")), None)
+        .await;
+    assert_eq!((status, errcode(&body)), (403, "M_FORBIDDEN"), "{body}");
+    assert!(body.get("event_id").is_none());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

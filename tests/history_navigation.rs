@@ -241,3 +241,106 @@ async fn jump_to_date_bad_input_and_outsiders() {
     let (status, _) = jump(&eve, "!unknown:nowhere", "ts=5&dir=f").await;
     assert_eq!(status, 403);
 }
+
+/// The first server asked is down: the next one in the room answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_permalink_when_the_first_server_asked_is_down() {
+    let mut a = TestServer::start_federating().await;
+    let c = TestServer::start_federating().await;
+    let b = TestServer::start_federating().await;
+    let alice = a.register("alice").await;
+    let carol = c.register("carol").await;
+    let bob = b.register("bob").await;
+    let room = alice
+        .create_room(json!({ "preset": "public_chat", "name": "Two copies" }))
+        .await;
+    assert_eq!(carol.join(&room).await.0, 200);
+    let mut sent = Vec::new();
+    for i in 0..20 {
+        let (status, body) = alice.send_text(&room, &format!("t{i}"), &format!("m{i}")).await;
+        assert_eq!(status, 200, "{body}");
+        sent.push(body["event_id"].as_str().unwrap().to_owned());
+        tokio::time::sleep(Duration::from_millis(3)).await;
+    }
+    // carol's server holds them all before bob's joins (through a).
+    let last = sent.last().unwrap().clone();
+    common::eventually(Duration::from_secs(30), "carol's server has the messages", || {
+        let (carol, room, last) = (&carol, &room, &last);
+        async move {
+            let (status, _) = carol
+                .call(
+                    Method::GET,
+                    &format!("/_matrix/client/v3/rooms/{}/event/{}", enc(room), enc(last)),
+                    None,
+                )
+                .await;
+            if status == 200 {
+                Ok(())
+            } else {
+                Err(format!("{status}"))
+            }
+        }
+    })
+    .await;
+    assert_eq!(bob.join(&room).await.0, 200);
+    let ts10 = {
+        let event = carol
+            .ok(
+                Method::GET,
+                &format!("/_matrix/client/v3/rooms/{}/event/{}", enc(&room), enc(&sent[10])),
+                None,
+            )
+            .await;
+        event["origin_server_ts"].as_u64().unwrap()
+    };
+
+    // The room's creator, longest in the room (asked first), goes away.
+    a.server.take().unwrap().shutdown().await;
+    let event = bob
+        .ok(
+            Method::GET,
+            &format!("/_matrix/client/v3/rooms/{}/event/{}", enc(&room), enc(&sent[5])),
+            None,
+        )
+        .await;
+    assert_eq!(body(&event), "m5");
+    let (status, found) = jump(&bob, &room, &format!("ts={ts10}&dir=f")).await;
+    assert_eq!(status, 200, "{found}");
+    assert_eq!(found["event_id"], sent[10].as_str());
+}
+
+/// History the user may not see (`joined` visibility, from before they
+/// joined) stays unseen through permalinks and jumps alike.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_permalink_to_history_the_user_may_not_see_is_a_404() {
+    let a = TestServer::start_federating().await;
+    let b = TestServer::start_federating().await;
+    let alice = a.register("alice").await;
+    let bob = b.register("bob").await;
+    let room = alice
+        .create_room(json!({
+            "preset": "public_chat",
+            "initial_state": [{
+                "type": "m.room.history_visibility",
+                "state_key": "",
+                "content": { "history_visibility": "joined" },
+            }],
+        }))
+        .await;
+    let (_, secret) = alice.send_text(&room, "s", "before bob").await;
+    let secret = secret["event_id"].as_str().unwrap().to_owned();
+    assert_eq!(bob.join(&room).await.0, 200);
+    for path in [
+        format!("/_matrix/client/v3/rooms/{}/event/{}", enc(&room), enc(&secret)),
+        format!("/_matrix/client/v3/rooms/{}/context/{}", enc(&room), enc(&secret)),
+    ] {
+        let (status, body) = bob.call(Method::GET, &path, None).await;
+        assert_eq!(status, 404, "{path}: {body}");
+        assert_eq!(body["errcode"], "M_NOT_FOUND");
+    }
+    let page = bob.messages(&room, "dir=b&limit=50").await;
+    assert!(
+        !page["chunk"].to_string().contains("before bob"),
+        "the message is not shown: {page}"
+    );
+}
