@@ -6,11 +6,7 @@ mod common;
 
 use common::{TestServer, federation::remote_join};
 use http::Method;
-use ruma::{
-    OwnedRoomId, OwnedServerName, OwnedUserId,
-    api::federation::authentication::{XMatrix, XMatrixSigningInput},
-    serde::Base64,
-};
+use ruma::{OwnedRoomId, OwnedUserId, api::federation::authentication::XMatrix, serde::Base64};
 use serde_json::{Value, json};
 
 /// A federation request to `a` built by hand, signed as `b` unless told
@@ -31,14 +27,7 @@ impl Raw<'_> {
 
     /// Signs (method, path, body) as B for `destination`.
     fn sign(&self, method: &Method, path: &str, body: Option<&Value>, destination: &str) -> XMatrix {
-        let body = body.map(|b| serde_json::to_vec(b).unwrap()).unwrap_or_default();
-        let req = http::Request::builder().method(method).uri(path).body(body).unwrap();
-        let input = XMatrixSigningInput::new(
-            self.b.server_name(),
-            OwnedServerName::try_from(destination).unwrap(),
-            self.b.services().keys.key_pair(),
-        );
-        XMatrix::sign_http_request(&req, input).unwrap()
+        common::federation::x_matrix(self.b, method, path, body, destination)
     }
 
     async fn send(&self, method: Method, path: &str, body: Option<&Value>, auth: Option<String>) -> (u16, Value) {

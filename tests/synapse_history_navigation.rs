@@ -15,8 +15,8 @@
 mod common;
 
 use common::{
-    TestServer, enc,
-    synapse::{Client, Synapse, assert_same_timeline, message_bodies},
+    enc,
+    synapse::{Client, assert_same_timeline, message_bodies, synapse_and_weft},
 };
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
@@ -67,10 +67,7 @@ fn messages_only(events: &[Value]) -> Vec<Value> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn weft_jumps_and_follows_permalinks_into_a_synapse_room_it_joined_late() {
-    let synapse = Synapse::start().await;
-    let weft = TestServer::start_federating().await;
-    let alice = synapse.user("alice").await;
-    let bob = Client::register_on_weft(&weft, "bob").await;
+    let (synapse, _weft, alice, bob) = synapse_and_weft().await;
     let room = alice
         .create_room(json!({
             "preset": "public_chat",
@@ -171,10 +168,7 @@ async fn weft_jumps_and_follows_permalinks_into_a_synapse_room_it_joined_late() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn synapse_jumps_to_a_date_in_a_weft_room_it_joined_late() {
-    let synapse = Synapse::start().await;
-    let weft = TestServer::start_federating().await;
-    let alice = synapse.user("alice").await;
-    let bob = Client::register_on_weft(&weft, "bob").await;
+    let (synapse, weft, alice, bob) = synapse_and_weft().await;
     let room = bob
         .create_room(json!({
             "preset": "public_chat",

@@ -802,3 +802,43 @@ async fn a_synapse_user_rejects_a_weft_invite() {
     let bob = Client::register_on_weft(&weft, "bob").await;
     invite_rejected(&bob, &alice, "12").await;
 }
+
+/// Synapse asks every join for a partial state (`omit_members`): weft
+/// gives it one, and Synapse completes the room's state from weft in the
+/// background (`/state_ids`, `/state`), ending with every member known.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn synapse_joins_a_weft_room_with_partial_state_and_completes_it() {
+    let (synapse, weft, alice, bob) = common::synapse::synapse_and_weft().await;
+    let room = bob
+        .create_room(json!({
+            "preset": "public_chat",
+            "room_version": "12",
+            "name": "Many members",
+            "room_alias_name": "manymembers",
+        }))
+        .await;
+    let mut members = vec![bob.user_id.clone()];
+    for i in 0..20 {
+        let user = Client::register_on_weft(&weft, &format!("member{i}")).await;
+        let (status, body) = user.join(&room, "").await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        members.push(user.user_id.clone());
+    }
+    let alias = format!("#manymembers:{}", weft.server_name());
+    let (status, body) = alice.join(&alias, "").await;
+    assert_eq!(status, StatusCode::OK, "synapse joins {alias}: {body}");
+    eventually(DEADLINE, "Synapse leaves the partial state", || async {
+        let lines = synapse.log_lines_with("Clearing partial-state flag");
+        if lines.iter().any(|l| l.contains(room.as_str())) {
+            Ok(())
+        } else {
+            Err(synapse.logs(5))
+        }
+    })
+    .await;
+    let joined = alice.joined_members(&room).await;
+    for member in members.iter().chain([&alice.user_id]) {
+        assert!(joined["joined"][member.as_str()].is_object(), "{member} in {joined}");
+    }
+    messages_flow_both_ways(&bob, &alice, &room, "partial").await;
+}

@@ -59,9 +59,6 @@ const MAX_TIMEOUT: Duration = Duration::from_secs(120);
 /// little, older matches beyond this are reported as `limited`.
 const MAX_SCAN_ROUNDS: usize = 8;
 const MIN_SCAN_BATCH: usize = 50;
-/// Members named in a room summary (`m.heroes`).
-const MAX_HEROES: usize = 5;
-
 /// State shown with an invite.
 const INVITE_STATE_TYPES: [StateEventType; 7] = [
     StateEventType::RoomCreate,
@@ -852,17 +849,7 @@ async fn summarise(
     if named {
         return Ok(());
     }
-    let others = |kinds: &[&str]| -> Vec<&Membership> {
-        members
-            .iter()
-            .filter(|m| m.user_id != owner.user_id && kinds.contains(&m.membership.as_str()))
-            .take(MAX_HEROES)
-            .collect()
-    };
-    let mut heroes = others(&["join", "invite"]);
-    if heroes.is_empty() {
-        heroes = others(&["leave", "ban"]);
-    }
+    let heroes = crate::rooms::heroes::heroes(&members, &owner.user_id);
     room.summary.heroes = heroes.iter().map(|m| m.user_id.clone()).collect::<Vec<OwnedUserId>>();
     if opts.lazy.is_some() {
         let have: HashSet<OwnedEventId> = section.state.iter().map(|e| e.pdu.event_id.clone()).collect();

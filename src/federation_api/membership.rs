@@ -82,43 +82,38 @@ pub async fn send_join(
     svc: Arc<Services>,
     req: Fed<create_join_event::v2::Request>,
 ) -> Result<create_join_event::v2::Response, MatrixError> {
-    Ok(create_join_event::v2::Response::new(join(&svc, &req).await?))
+    let omit_members = req.body.omit_members;
+    Ok(create_join_event::v2::Response::new(
+        join(&svc, &req, omit_members).await?,
+    ))
 }
 
 /// `PUT /v1/send_join`: as v2 (whose request it shares), the answer
-/// wrapped in the `[200, {...}]` array the v1 API has.
+/// wrapped in the `[200, {...}]` array the v1 API has; always the full
+/// state (v1 has no partial-state joins).
 pub async fn send_join_v1(
     State(svc): State<Arc<Services>>,
     req: Fed<create_join_event::v2::Request>,
 ) -> Result<Json<serde_json::Value>, MatrixError> {
-    let state = join(&svc, &req).await?;
+    let state = join(&svc, &req, false).await?;
     Ok(Json(json!([200, state])))
 }
 
 async fn join(
     svc: &Services,
     req: &Fed<create_join_event::v2::Request>,
+    omit_members: bool,
 ) -> Result<create_join_event::v2::RoomState, MatrixError> {
     let b = &req.body;
     check_acl(svc, &b.room_id, &req.origin).await?;
-    let accepted = federated::accept_join(svc, &b.room_id, &b.event_id, &req.origin, &b.pdu).await?;
+    let accepted = federated::accept_join(svc, &b.room_id, &b.event_id, &req.origin, &b.pdu, omit_members).await?;
     let mut state = create_join_event::v2::RoomState::new();
     state.event =
         Some(RawValue::from_string(accepted.event.pdu.json.to_string()).map_err(|e| MatrixError::internal("join", e))?);
-    // Full state: `omit_members` (partial-state joins) is not taken up.
-    state.members_omitted = false;
+    state.members_omitted = accepted.members_omitted;
     state.state = accepted.state.iter().map(raw_pdu).collect();
     state.auth_chain = accepted.auth_chain.iter().map(raw_pdu).collect();
-    let mut servers: Vec<String> = svc
-        .storage
-        .room_members(&b.room_id, Some("join"))
-        .await?
-        .iter()
-        .map(|m| m.user_id.server_name().to_string())
-        .collect();
-    servers.sort();
-    servers.dedup();
-    state.servers_in_room = Some(servers);
+    state.servers_in_room = Some(accepted.servers_in_room);
     Ok(state)
 }
 

@@ -6,12 +6,12 @@ use std::sync::Arc;
 
 use ruma::{
     CanonicalJsonObject, MilliSecondsSinceUnixEpoch, OwnedEventId, RoomId, RoomVersionId, ServerName, UserId,
-    events::TimelineEventType,
+    events::{StateEventType, TimelineEventType},
 };
 use serde_json::{json, value::RawValue};
 
 use super::{
-    RoomError,
+    RoomError, heroes,
     persist::{NewCurrent, ToPersist, persist_pdu},
     send::{Sent, place},
 };
@@ -20,7 +20,7 @@ use crate::{
     events::{EventTemplate, Pdu, Placement, auth, build::unsigned_object},
     services::Services,
     state::StateMap,
-    storage::{StateGroupId, StoredEvent, TimelineStatus},
+    storage::{Membership, StateGroupId, StoredEvent, TimelineStatus},
 };
 
 impl From<CheckError> for RoomError {
@@ -75,18 +75,25 @@ pub struct AcceptedJoin {
     pub event: Sent,
     pub state: Vec<StoredEvent>,
     pub auth_chain: Vec<StoredEvent>,
+    /// Whether the state leaves out the member events the joiner can do
+    /// without (a partial-state join, MSC3706).
+    pub members_omitted: bool,
+    /// The servers with users joined before the join, sorted.
+    pub servers_in_room: Vec<String>,
 }
 
 /// `send_join`: checks a join signed by `origin` and adds it to the room.
+/// With `omit_members`, the answer is a partial state (see [`answer`]).
 pub async fn accept_join(
     svc: &Services,
     room_id: &RoomId,
     event_id: &ruma::EventId,
     origin: &ServerName,
     raw: &RawValue,
+    omit_members: bool,
 ) -> Result<AcceptedJoin, RoomError> {
     let event = accept_membership(svc, room_id, event_id, origin, raw, "join").await?;
-    answer(svc, event).await
+    answer(svc, event, omit_members).await
 }
 
 /// `send_leave`: checks a leave signed by `origin` and adds it to the room.
@@ -221,13 +228,86 @@ async fn state_before(
     }
 }
 
-async fn answer(svc: &Services, event: StoredEvent) -> Result<AcceptedJoin, RoomError> {
+/// The `send_join` answer: the state before the join and its auth chain,
+/// and the servers joined before it.
+///
+/// With `omit_members` (a partial-state join, as the server-server spec's
+/// "Joining Rooms" has it), the state keeps every event but the member
+/// events, the joiner's own earlier membership, and — when the room has
+/// neither a name nor a canonical alias — its heroes' (for the joiner to
+/// name the room); the auth chain is the join's and the kept state's,
+/// less what the state holds. The joiner fetches the rest later. A room
+/// with nobody joined before (no server to fetch it from) gets the full
+/// state.
+async fn answer(svc: &Services, event: StoredEvent, omit_members: bool) -> Result<AcceptedJoin, RoomError> {
     let group = event
         .meta
         .state_group_before
         .ok_or_else(|| RoomError::Invalid("join without state".to_owned()))?;
-    let state_ids: Vec<OwnedEventId> = svc.state.group(group).await?.values().cloned().collect();
-    let chain = svc.storage.auth_chain(&state_ids).await?;
+    let before = svc.state.group(group).await?;
+    let member_ids: Vec<OwnedEventId> = before
+        .iter()
+        .filter(|((kind, _), _)| *kind == StateEventType::RoomMember)
+        .map(|(_, id)| id.clone())
+        .collect();
+    let members: Vec<Membership> = svc
+        .storage
+        .events(&member_ids)
+        .await?
+        .into_iter()
+        .filter_map(|e| {
+            Some(Membership {
+                room_id: e.pdu.room_id.clone(),
+                user_id: ruma::OwnedUserId::try_from(e.pdu.state_key.as_deref()?).ok()?,
+                membership: e.pdu.membership()?,
+                event_id: e.pdu.event_id.clone(),
+                stream_ordering: e.meta.stream_ordering,
+            })
+        })
+        .collect();
+    let mut servers_in_room: Vec<String> = members
+        .iter()
+        .filter(|m| m.membership == "join")
+        .map(|m| m.user_id.server_name().to_string())
+        .collect();
+    servers_in_room.sort();
+    servers_in_room.dedup();
+    let members_omitted = omit_members && !servers_in_room.is_empty();
+
+    let (state_ids, chain) = if members_omitted {
+        let joiner = event.pdu.state_key.clone().unwrap_or_default();
+        let mut kept: Vec<OwnedEventId> = before
+            .iter()
+            .filter(|((kind, key), _)| *kind != StateEventType::RoomMember || *key == joiner)
+            .map(|(_, id)| id.clone())
+            .collect();
+        let named = [StateEventType::RoomName, StateEventType::RoomCanonicalAlias]
+            .into_iter()
+            .any(|kind| before.contains_key(&(kind, String::new())));
+        if !named && let Ok(joiner) = ruma::UserId::parse(joiner.as_str()) {
+            kept.extend(
+                heroes::heroes(&members, &joiner)
+                    .into_iter()
+                    .map(|m| m.event_id.clone()),
+            );
+        }
+        kept.sort();
+        kept.dedup();
+        let mut seeds = kept.clone();
+        seeds.push(event.pdu.event_id.clone());
+        let chain: Vec<OwnedEventId> = svc
+            .storage
+            .auth_chain(&seeds)
+            .await?
+            .into_iter()
+            .filter(|id| kept.binary_search(id).is_err() && *id != event.pdu.event_id)
+            .collect();
+        (kept, chain)
+    } else {
+        let state_ids: Vec<OwnedEventId> = before.values().cloned().collect();
+        let chain = svc.storage.auth_chain(&state_ids).await?;
+        (state_ids, chain)
+    };
     let state = svc.storage.events(&state_ids).await?;
     let auth_chain = svc.storage.events(&chain).await?;
     let sent = Sent {
@@ -239,5 +319,7 @@ async fn answer(svc: &Services, event: StoredEvent) -> Result<AcceptedJoin, Room
         event: sent,
         state,
         auth_chain,
+        members_omitted,
+        servers_in_room,
     })
 }

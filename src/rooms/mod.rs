@@ -8,6 +8,7 @@ pub mod create;
 pub mod expiry;
 pub mod federated;
 pub mod guests;
+pub mod heroes;
 pub mod inbound;
 pub mod invites;
 pub mod membership;

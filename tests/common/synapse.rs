@@ -613,6 +613,16 @@ pub struct Client {
     pub token: String,
 }
 
+/// A Synapse with its user `alice`, and a federating weft with its user
+/// `bob`: the two sides of most interop tests.
+pub async fn synapse_and_weft() -> (Synapse, TestServer, Client, Client) {
+    let synapse = Synapse::start().await;
+    let weft = TestServer::start_federating().await;
+    let alice = synapse.user("alice").await;
+    let bob = Client::register_on_weft(&weft, "bob").await;
+    (synapse, weft, alice, bob)
+}
+
 impl Client {
     /// The same user as a weft test server's `User`.
     pub fn weft(user: &User<'_>) -> Client {

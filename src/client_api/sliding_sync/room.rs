@@ -34,9 +34,6 @@ use crate::{
     timeline::{self, Token},
 };
 
-/// Members named as a room's heroes, at most.
-const MAX_HEROES: usize = 5;
-
 /// What the whole answer shares.
 pub struct Context<'a> {
     pub owner: &'a TokenOwner,
@@ -341,21 +338,12 @@ async fn content_string(
 async fn heroes(
     svc: &Services,
     user: &UserId,
-    mut members: Vec<crate::storage::Membership>,
+    members: Vec<crate::storage::Membership>,
 ) -> Result<Vec<Hero>, MatrixError> {
-    members.sort_by_key(|m| m.stream_ordering);
-    let others = |kinds: &[&str]| -> Vec<OwnedEventId> {
-        members
-            .iter()
-            .filter(|m| m.user_id != user && kinds.contains(&m.membership.as_str()))
-            .take(MAX_HEROES)
-            .map(|m| m.event_id.clone())
-            .collect()
-    };
-    let mut ids = others(&["join", "invite"]);
-    if ids.is_empty() {
-        ids = others(&["leave", "ban"]);
-    }
+    let ids: Vec<OwnedEventId> = crate::rooms::heroes::heroes(&members, user)
+        .into_iter()
+        .map(|m| m.event_id.clone())
+        .collect();
     let events = svc.storage.events(&ids).await?;
     Ok(ids
         .iter()
