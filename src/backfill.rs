@@ -97,14 +97,7 @@ pub enum Filled {
 pub async fn fill(svc: &Services, room_id: &RoomId, gaps: &[OwnedEventId], want: usize) -> Result<Filled, RoomError> {
     let span = tracing::info_span!("backfill", %room_id, gaps = gaps.len());
     async {
-        let _guard = svc.backfiller.rooms.lock(room_id).await;
-        let mut held = crate::cluster::hold_while(
-            &svc.cluster,
-            crate::cluster::backfill_duty(room_id),
-            FILL_TTL,
-            FILL_WAIT,
-        )
-        .await;
+        let (_guard, mut held) = hold_room(svc, room_id).await;
         // Another request may have filled some while we waited.
         if any_closed(svc, room_id, gaps).await? {
             return Ok(Filled::ByAnother);
@@ -185,14 +178,7 @@ pub async fn fetch_event(
 ) -> Result<Option<StoredEvent>, RoomError> {
     let span = tracing::info_span!("fetch_event", %room_id, %event_id);
     async {
-        let _guard = svc.backfiller.rooms.lock(room_id).await;
-        let mut held = crate::cluster::hold_while(
-            &svc.cluster,
-            crate::cluster::backfill_duty(room_id),
-            FILL_TTL,
-            FILL_WAIT,
-        )
-        .await;
+        let (_guard, mut held) = hold_room(svc, room_id).await;
         if let Some(event) = in_timeline(svc, room_id, event_id).await? {
             return Ok(Some(event));
         }
@@ -268,6 +254,24 @@ async fn in_timeline(svc: &Services, room_id: &RoomId, event_id: &EventId) -> Re
         let meta = &event.meta;
         event.pdu.room_id == room_id && !meta.outlier && meta.rejected.is_none() && !meta.soft_failed
     }))
+}
+
+/// The room's fill, held: this process's lock on it, and the cluster's
+/// duty (`None` when another process kept it past [`FILL_WAIT`]: this one
+/// goes on by itself). Both are let go when dropped.
+async fn hold_room(
+    svc: &Services,
+    room_id: &RoomId,
+) -> (tokio::sync::OwnedMutexGuard<()>, Option<crate::cluster::HeldDuty>) {
+    let guard = svc.backfiller.rooms.lock(room_id).await;
+    let held = crate::cluster::hold_while(
+        &svc.cluster,
+        crate::cluster::backfill_duty(room_id),
+        FILL_TTL,
+        FILL_WAIT,
+    )
+    .await;
+    (guard, held)
 }
 
 /// Whether any of `gaps` is no longer one (filled).

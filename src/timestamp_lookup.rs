@@ -49,13 +49,22 @@ pub fn not_found(ts: u64, dir: Direction) -> MatrixError {
     MatrixError::not_found(format!("Unable to find event from {ts} in direction {dir}"))
 }
 
-/// Whether `candidate` (a timestamp) is on the `dir` side of `ts` and
-/// closer to it than `best` (None: anything on that side is).
-fn better(candidate: u64, ts: u64, dir: Direction, best: Option<u64>) -> bool {
+/// Whether `candidate` (a timestamp) is on the `dir` side of `ts`.
+fn on_side(candidate: u64, ts: u64, dir: Direction) -> bool {
     match dir {
-        Direction::Backward => candidate <= ts && best.is_none_or(|best| candidate > best),
-        Direction::Forward => candidate >= ts && best.is_none_or(|best| candidate < best),
+        Direction::Backward => candidate <= ts,
+        Direction::Forward => candidate >= ts,
     }
+}
+
+/// Whether `candidate` is on the `dir` side of `ts` and closer to it than
+/// `best` (None: anything on that side is).
+fn better(candidate: u64, ts: u64, dir: Direction, best: Option<u64>) -> bool {
+    on_side(candidate, ts, dir)
+        && best.is_none_or(|best| match dir {
+            Direction::Backward => candidate > best,
+            Direction::Forward => candidate < best,
+        })
 }
 
 fn ts_of(event: &StoredEvent) -> u64 {
@@ -101,7 +110,7 @@ pub async fn closest(
         };
         let claimed = u64::from(answer.origin_server_ts.get());
         if !better(claimed, ts, dir, best.as_ref().map(ts_of)) {
-            if (dir == Direction::Backward && claimed > ts) || (dir == Direction::Forward && claimed < ts) {
+            if !on_side(claimed, ts, dir) {
                 // Not what was asked: this server is of no help.
                 tracing::info!(%server, %room_id, "timestamp_to_event answer on the wrong side of the time");
                 continue;
