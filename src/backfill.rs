@@ -43,8 +43,9 @@ const BACKOFF_MAX: Duration = Duration::from_secs(60 * 60);
 /// Back-offs kept before those that ran out are dropped.
 const BACKOFF_ENTRIES: usize = 4096;
 /// How long a fill's hold on the room lasts unrenewed (it is renewed
-/// before each server is asked: longer than one federation request).
-const FILL_TTL: Duration = Duration::from_secs(90);
+/// while the fill runs): how soon another process fills the room after
+/// this one died filling it.
+const FILL_TTL: Duration = crate::duty::TTL;
 /// How long a fill waits for another process's fill of the room before
 /// it goes on by itself (what both store is the same: the second write
 /// finds it held).
@@ -97,7 +98,7 @@ pub enum Filled {
 pub async fn fill(svc: &Services, room_id: &RoomId, gaps: &[OwnedEventId], want: usize) -> Result<Filled, RoomError> {
     let span = tracing::info_span!("backfill", %room_id, gaps = gaps.len());
     async {
-        let (_guard, mut held) = hold_room(svc, room_id).await;
+        let (_guard, _held) = hold_room(svc, room_id).await;
         // Another request may have filled some while we waited.
         if any_closed(svc, room_id, gaps).await? {
             return Ok(Filled::ByAnother);
@@ -114,9 +115,6 @@ pub async fn fill(svc: &Services, room_id: &RoomId, gaps: &[OwnedEventId], want:
         {
             if gaps.iter().all(|g| svc.backfiller.backing_off(g, &server)) {
                 continue;
-            }
-            if let Some(held) = &mut held {
-                held.renew().await;
             }
             let request = get_backfill::v1::Request::new(room_id.to_owned(), gaps.clone(), UInt::from(limit as u32));
             let pdus = match svc.federation.send(&server, request).await {
@@ -178,7 +176,7 @@ pub async fn fetch_event(
 ) -> Result<Option<StoredEvent>, RoomError> {
     let span = tracing::info_span!("fetch_event", %room_id, %event_id);
     async {
-        let (_guard, mut held) = hold_room(svc, room_id).await;
+        let (_guard, _held) = hold_room(svc, room_id).await;
         if let Some(event) = in_timeline(svc, room_id, event_id).await? {
             return Ok(Some(event));
         }
@@ -198,9 +196,6 @@ pub async fn fetch_event(
                 continue;
             }
             asked += 1;
-            if let Some(held) = &mut held {
-                held.renew().await;
-            }
             let pdu = match svc
                 .federation
                 .send(&server, get_event::v1::Request::new(event_id.to_owned()))

@@ -293,9 +293,9 @@ pub async fn resync(svc: &Services, user_id: &UserId) -> Result<RemoteDeviceList
     })
 }
 
-/// How long a background fetch of a device list holds its duty (longer
-/// than a federation request).
-const RESYNC_TTL: std::time::Duration = std::time::Duration::from_secs(90);
+/// How long a background fetch of a device list holds its duty unrenewed
+/// (it is renewed while the fetch runs).
+const RESYNC_TTL: std::time::Duration = crate::duty::TTL;
 
 /// Fetches a remote user's device list in the background, once at a time
 /// per user in the cluster (the duty [`crate::cluster::device_list_duty`]:

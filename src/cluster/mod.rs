@@ -158,45 +158,47 @@ pub fn device_list_duty(user_id: &ruma::UserId) -> String {
     format!("{DEVICE_LIST_DUTY}{user_id}")
 }
 
-/// A duty held for one piece of work (not a worker's standing duty), given
-/// back when dropped.
+/// A duty held for one piece of work (not a worker's standing duty): kept
+/// renewed (every third of its time, by a task of its own) while it is
+/// held, so that its time can be short: a process that dies holding it
+/// leaves it to run out that soon. Given back when dropped.
 pub struct HeldDuty {
-    cluster: std::sync::Arc<dyn Cluster>,
-    duty: String,
-    /// When it was last taken, and for how long.
-    taken: tokio::time::Instant,
-    ttl: Duration,
+    /// Stops the renewing task, which then gives the duty back.
+    _renewing: tokio_util::sync::DropGuard,
 }
 
 impl HeldDuty {
-    /// Takes it again for its time (long work), unless less than a third
-    /// of that has passed since it was taken.
-    pub async fn renew(&mut self) {
-        if self.taken.elapsed() < self.ttl / 3 {
-            return;
-        }
-        match self.cluster.hold_duty(&self.duty, self.ttl).await {
-            Ok(_) => self.taken = tokio::time::Instant::now(),
-            Err(e) => tracing::warn!(duty = %self.duty, error = %e, "cannot renew a duty"),
-        }
-    }
-}
-
-impl Drop for HeldDuty {
-    fn drop(&mut self) {
-        let (cluster, duty) = (self.cluster.clone(), std::mem::take(&mut self.duty));
+    fn keep(cluster: std::sync::Arc<dyn Cluster>, duty: String, ttl: Duration) -> HeldDuty {
+        let stop = tokio_util::sync::CancellationToken::new();
+        let stopped = stop.clone();
         tokio::spawn(async move {
+            let mut tick = tokio::time::interval(ttl / 3);
+            tick.tick().await; // the first tick is now: it was just taken
+            loop {
+                tokio::select! {
+                    _ = stopped.cancelled() => break,
+                    _ = tick.tick() => match cluster.hold_duty(&duty, ttl).await {
+                        Ok(true) => {}
+                        Ok(false) => tracing::warn!(%duty, "a duty held ran out and was taken by another process"),
+                        Err(e) => tracing::warn!(%duty, error = %e, "cannot renew a duty"),
+                    },
+                }
+            }
             if let Err(e) = cluster.release_duty(&duty).await {
                 tracing::debug!(%duty, error = %e, "cannot give a duty back (it runs out)");
             }
         });
+        HeldDuty {
+            _renewing: stop.drop_guard(),
+        }
     }
 }
 
-/// Takes `duty` for `ttl`, waiting (polling every 100 ms) while another
-/// process holds it, at most `wait`: `Some` once held; `None` when
-/// another process still holds it after `wait` (or the database cannot
-/// say: the work goes on unheld, its writes being idempotent).
+/// Takes `duty` for `ttl` (and keeps it while the [`HeldDuty`] lives),
+/// waiting (polling every 100 ms) while another process holds it, at most
+/// `wait`: `Some` once held; `None` when another process still holds it
+/// after `wait` (or the database cannot say: the work goes on unheld, its
+/// writes being idempotent).
 pub async fn hold_while(
     cluster: &std::sync::Arc<dyn Cluster>,
     duty: String,
@@ -206,14 +208,7 @@ pub async fn hold_while(
     let started = tokio::time::Instant::now();
     loop {
         match cluster.hold_duty(&duty, ttl).await {
-            Ok(true) => {
-                return Some(HeldDuty {
-                    cluster: cluster.clone(),
-                    duty,
-                    taken: tokio::time::Instant::now(),
-                    ttl,
-                });
-            }
+            Ok(true) => return Some(HeldDuty::keep(cluster.clone(), duty, ttl)),
             Ok(false) if started.elapsed() < wait => tokio::time::sleep(Duration::from_millis(100)).await,
             Ok(false) => return None,
             Err(e) => {
