@@ -42,6 +42,7 @@ use weft::{
         appservice::AppserviceRoom,
         e2e::{DeviceKeysRecord, MASTER, OneTimeKeyRecord, SELF_SIGNING, ToDeviceDelivery, USER_SIGNING},
         media::MediaRecord,
+        partial_state::{Completion, PartialState},
         postgres::PgStorage,
         push::{NewNotification, PusherKey, PusherRecord, UnreadCounts},
         sliding_sync::{RoomActivity, SentRoom, SlidingConnection},
@@ -122,6 +123,7 @@ macro_rules! conformance {
 }
 
 conformance! {
+    partial_state_marks_and_completion,
     accounts_users,
     accounts_sessions_and_devices,
     accounts_filters,
@@ -4446,4 +4448,99 @@ async fn an_outlier_backfilled_through_one_process_leaves_the_others_cache() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// A room joined with partial state: its mark (kept, listed, dropped),
+/// and its completion: the state at the join and every state after it
+/// (deltas, and the snapshot the delta chain's cap made) gain what they
+/// lacked; a state of history before the join does not; the current-state
+/// table and the room's members follow; the mark goes.
+async fn partial_state_marks_and_completion(s: Store) {
+    let mut room = Room::create(&s, "partial").await;
+    let alice = room.member(&uid("alice"), "join");
+    room.persist(alice).await;
+    let partial_group = room.group.unwrap();
+    let join = room.member(&uid("bob"), "join");
+    let join_depth = join.depth;
+    room.persist(join.clone()).await;
+    for i in 0..40 {
+        room.send(&format!("m{i}")).await;
+    }
+    let current_group = room.group.unwrap();
+    // A state of history from before the join (as backfill stores one).
+    let before_join = s
+        .store_state_group(
+            &room.id,
+            StateWrite::Delta {
+                base: None,
+                changes: vec![(key("m.room.create", ""), eid("partial-1"))],
+            },
+        )
+        .await
+        .unwrap();
+
+    let mark = PartialState {
+        room_id: room.id.clone(),
+        join_event_id: join.id.clone(),
+        servers: vec![
+            OwnedServerName::try_from("a.example").unwrap(),
+            OwnedServerName::try_from("b.example").unwrap(),
+        ],
+    };
+    assert_eq!(s.partial_state(&room.id).await.unwrap(), None);
+    s.mark_partial_state(&mark).await.unwrap();
+    assert_eq!(s.partial_state(&room.id).await.unwrap(), Some(mark.clone()));
+    assert_eq!(s.partial_state_rooms().await.unwrap(), vec![mark.clone()]);
+
+    // Carol's join, left out of the partial state, held as an outlier.
+    let carol = Ev::new(
+        "partial-carol",
+        &room.id,
+        "m.room.member",
+        Some("@carol:hs"),
+        json!({"membership": "join"}),
+    )
+    .sender(&uid("carol"));
+    s.persist_outlier(carol.pdu(), None).await.unwrap();
+    let addition = (key("m.room.member", "@carol:hs"), carol.id.clone());
+    s.complete_partial_state(&Completion {
+        room_id: room.id.clone(),
+        partial_group,
+        joiner: "@bob:hs".to_owned(),
+        join_depth: join_depth as i64,
+        additions: vec![addition.clone()],
+        current_additions: vec![addition.clone()],
+    })
+    .await
+    .unwrap();
+    let has_carol = |state: Vec<(StateKey, OwnedEventId)>| state.contains(&addition);
+    assert!(
+        has_carol(s.state_group(partial_group).await.unwrap()),
+        "the state at the join"
+    );
+    assert!(has_carol(s.state_group(current_group).await.unwrap()), "the state now");
+    assert!(!has_carol(s.state_group(before_join).await.unwrap()), "not history's");
+    let current = s
+        .current_state(&room.id, Some(&StateEventType::RoomMember))
+        .await
+        .unwrap();
+    assert!(has_carol(current), "the current-state table");
+    let joined: BTreeSet<String> = s
+        .room_members(&room.id, Some("join"))
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|m| m.user_id.to_string())
+        .collect();
+    assert_eq!(
+        joined,
+        BTreeSet::from(["@alice:hs", "@bob:hs", "@carol:hs"].map(str::to_owned))
+    );
+    assert_eq!(s.partial_state(&room.id).await.unwrap(), None);
+    assert!(s.partial_state_rooms().await.unwrap().is_empty());
+
+    // A mark is dropped alone too.
+    s.mark_partial_state(&mark).await.unwrap();
+    s.drop_partial_state(&room.id).await.unwrap();
+    assert!(s.partial_state_rooms().await.unwrap().is_empty());
 }

@@ -81,7 +81,7 @@ async fn redo_directory_migration(server: &mut TestServer) {
          DROP TABLE sliding_connections; DROP TABLE sliding_positions; DROP TABLE sliding_rooms;
          DROP INDEX presence_position; DROP INDEX presence_awake;
          ALTER TABLE rooms DROP COLUMN latest_stream; ALTER TABLE rooms DROP COLUMN bump_stream;
-         DROP INDEX events_room_ts;
+         DROP INDEX events_room_ts; DROP TABLE partial_state_rooms;
          PRAGMA user_version = 12;",
     )
     .unwrap();

@@ -12,6 +12,7 @@ pub mod copy;
 pub mod e2e;
 mod event_cache;
 pub mod media;
+pub mod partial_state;
 pub mod postgres;
 pub mod push;
 pub mod sliding_sync;
@@ -491,6 +492,7 @@ pub trait Storage:
     + threepid::ThreepidStorage
     + media::MediaStorage
     + sliding_sync::SlidingSyncStorage
+    + partial_state::PartialStateStorage
     + Send
     + Sync
     + 'static

@@ -29,6 +29,7 @@ mod listen;
 mod live;
 mod locks;
 mod media;
+mod partial_state;
 mod presence;
 mod push;
 mod rooms;
@@ -57,6 +58,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("schema_v5.sql"),
     include_str!("schema_v6.sql"),
     include_str!("schema_v7.sql"),
+    include_str!("schema_v8.sql"),
 ];
 
 /// Connections kept at most. Requests wait for one (up to

@@ -13,6 +13,7 @@ mod events;
 mod history;
 mod keys;
 mod media;
+mod partial_state;
 mod presence;
 mod push;
 mod sliding_sync;
@@ -69,6 +70,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("schema_v22.sql"),
     include_str!("schema_v23.sql"),
     include_str!("schema_v24.sql"),
+    include_str!("schema_v25.sql"),
 ];
 
 /// Reader connections open at once, at most: more readers than cores gain

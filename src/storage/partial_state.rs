@@ -1,0 +1,62 @@
+//! What storage keeps of rooms joined with partial state (a "faster
+//! join", MSC3706): the join, and the servers the resident server said
+//! were in the room, until the full state at the join is fetched and the
+//! room's current state completed with it ([`crate::rooms::partial_state`]).
+//! A supertrait of [`super::Storage`]. The marks are in the database: any
+//! process of a cluster sees a room as partial, and any one resumes the
+//! resync after a restart.
+
+use async_trait::async_trait;
+use ruma::{OwnedEventId, OwnedRoomId, OwnedServerName, RoomId};
+
+use super::{Result, StateGroupId, StateKey};
+
+/// A room joined with partial state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartialState {
+    pub room_id: OwnedRoomId,
+    /// The local join the partial state was given with: the full state is
+    /// fetched at it.
+    pub join_event_id: OwnedEventId,
+    /// The servers in the room at the join (`servers_in_room` of the
+    /// `send_join` answer, the server joined through first): where the
+    /// full state is fetched from, and where events go meanwhile.
+    pub servers: Vec<OwnedServerName>,
+}
+
+#[async_trait]
+pub trait PartialStateStorage: Send + Sync + 'static {
+    /// Marks a room partial (before its join is stored: a crash between
+    /// leaves a mark that the resync finds without a join, and drops).
+    async fn mark_partial_state(&self, partial: &PartialState) -> Result<()>;
+    /// The mark of a room, if it is partial.
+    async fn partial_state(&self, room_id: &RoomId) -> Result<Option<PartialState>>;
+    /// Every room still partial.
+    async fn partial_state_rooms(&self) -> Result<Vec<PartialState>>;
+    /// Drops the mark of a room (whose join never landed, say).
+    async fn drop_partial_state(&self, room_id: &RoomId) -> Result<()>;
+    /// Completes a partial room with what its partial state lacked, and
+    /// drops its mark, in one transaction: the state at the join (group
+    /// `completion.partial_group`) and every state after it gain the
+    /// `additions` they have no entry for (the states derived from the
+    /// partial one by deltas inherit them; the snapshots after the join are
+    /// those whose entry for the joiner is the join or later); the
+    /// current-state table gains `current_additions`. The one place a
+    /// stored state changes: it was always meant to hold them.
+    async fn complete_partial_state(&self, completion: &Completion) -> Result<()>;
+}
+
+/// What [`PartialStateStorage::complete_partial_state`] writes.
+#[derive(Debug, Clone)]
+pub struct Completion {
+    pub room_id: OwnedRoomId,
+    /// The state before the join (a snapshot).
+    pub partial_group: StateGroupId,
+    /// The joiner's membership key, and the join's depth.
+    pub joiner: String,
+    pub join_depth: i64,
+    /// The entries of the full state at the join that the partial one lacks.
+    pub additions: Vec<(StateKey, OwnedEventId)>,
+    /// Those of them that the room's current state lacks.
+    pub current_additions: Vec<(StateKey, OwnedEventId)>,
+}
