@@ -321,6 +321,13 @@ pub(crate) async fn candidates(
             *depth = (*depth).min(event.pdu.depth);
         }
     }
+    // A room joined with partial state: the servers its resident server
+    // named are in it, though their members are not known yet.
+    if let Some(partial) = svc.storage.partial_state(room_id).await? {
+        for server in partial.servers {
+            joined_since.entry(server).or_insert(u64::MAX);
+        }
+    }
     joined_since.remove(svc.server_name());
     let mut servers: Vec<(bool, u64, OwnedServerName)> = joined_since
         .into_iter()

@@ -86,6 +86,11 @@ pub struct Config {
     /// since the epoch) is pruned, as a redaction prunes it, at that time.
     /// Off by default.
     pub ephemeral_messages: bool,
+    /// Joining rooms held by other servers with partial state (a "faster
+    /// join"): the resident server leaves the member events out, the room
+    /// is usable at once and the rest is fetched in the background. On by
+    /// default.
+    pub partial_state_joins: bool,
     /// The largest media upload accepted (bytes); larger ones are refused
     /// with `M_TOO_LARGE`. Also the largest remote media fetched.
     pub max_upload_size: u64,
@@ -143,6 +148,7 @@ impl Default for Config {
             public_baseurl: None,
             presence: true,
             ephemeral_messages: false,
+            partial_state_joins: true,
             max_upload_size: 50 * 1024 * 1024,
             header_read_timeout_secs: 30,
             rate_limits: true,
@@ -304,6 +310,7 @@ impl Config {
         set_opt(&env, "public_baseurl", &mut self.public_baseurl)?;
         set(&env, "presence", &mut self.presence)?;
         set(&env, "ephemeral_messages", &mut self.ephemeral_messages)?;
+        set(&env, "partial_state_joins", &mut self.partial_state_joins)?;
         set(&env, "max_upload_size", &mut self.max_upload_size)?;
         set(&env, "rate_limits", &mut self.rate_limits)?;
         set(

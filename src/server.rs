@@ -299,6 +299,7 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
         async move { svc.appservices.take_over(cancel).await }
     });
     tokio::spawn(crate::rooms::guests::run_revocations(svc.clone(), cancel.clone()));
+    tokio::spawn(crate::rooms::partial_state::run(svc.clone(), cancel.clone()));
     tokio::spawn(svc.limits.clone().run_pruner(cancel.clone()));
     tokio::spawn(crate::client_api::sliding_sync::run_expiry(svc.clone(), cancel.clone()));
     if config.ephemeral_messages {

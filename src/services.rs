@@ -81,6 +81,8 @@ pub struct Services {
     pub identity: crate::identity::IdentityClient,
     /// Rate limits and requests in flight (process-local).
     pub limits: Arc<crate::limits::Limits>,
+    /// The resyncs of rooms joined with partial state this process runs.
+    pub partial_resyncs: crate::rooms::partial_state::Resyncs,
 }
 
 impl Services {
@@ -138,6 +140,7 @@ impl Services {
             keyring,
             sender,
             backfiller: Backfiller::default(),
+            partial_resyncs: Default::default(),
             ephemeral: Ephemeral::new(storage.clone(), notifier.wakeups.clone()).await?,
             presence,
             account_data: AccountDataStream::new(storage.max_account_data_position().await?),

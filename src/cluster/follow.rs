@@ -84,6 +84,11 @@ async fn followed(svc: &Services, write: OtherWrite) {
                 svc.notifier.wakeups.wake_all();
             }
         }
+        OtherWrite::Members { room_id } => {
+            svc.state.clear();
+            svc.joined.changed(&room_id);
+            svc.notifier.wakeups.wake(&[Topic::Room(room_id)]);
+        }
         OtherWrite::Queued { duty } => {
             if let Some(destination) = duty
                 .strip_prefix(FEDERATION_DUTY)

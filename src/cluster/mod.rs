@@ -109,6 +109,9 @@ pub enum OtherWrite {
         position: i64,
         change: crate::devices::E2eChange,
     },
+    /// A room's current membership changed without an event (a room
+    /// joined with partial state got its full state).
+    Members { room_id: OwnedRoomId },
     /// Another process queued work for a duty this process holds (events
     /// for a destination, [`federation_duty`]; for an application service,
     /// [`appservice_duty`]; pushes, [`PUSH_DUTY`]).

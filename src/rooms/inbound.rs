@@ -227,11 +227,15 @@ impl Receiver<'_> {
         // The states after the other forward extremities: read once, for
         // the soft-fail check and the new current state.
         let mut others = Vec::new();
-        let status = match event_checks::check_auth(self.svc, &rules, &pdu, &before.1).await {
+        // In a room joined with partial state, what the state lacks (the
+        // members left out) is taken from the event's auth events.
+        let checked_against = super::partial_state::completed_with_auth_events(self.svc, &pdu, &before.1).await?;
+        let status = match event_checks::check_auth(self.svc, &rules, &pdu, &checked_against).await {
             Ok(()) if self.mode == Mode::Backfill => TimelineStatus::Accepted,
             Ok(()) => {
                 others = self.other_extremity_states(&pdu).await?;
                 let current = self.current_with(&before.1, &others, &rules).await?;
+                let current = super::partial_state::completed_with_auth_events(self.svc, &pdu, &current).await?;
                 match event_checks::check_against(self.svc, &rules, &pdu, &current).await {
                     Ok(()) => TimelineStatus::Accepted,
                     Err(CheckError::Rejected(reason)) => {

@@ -12,6 +12,7 @@ pub mod heroes;
 pub mod inbound;
 pub mod invites;
 pub mod membership;
+pub mod partial_state;
 pub mod persist;
 pub mod power;
 pub mod remote_join;

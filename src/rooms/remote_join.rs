@@ -26,7 +26,7 @@ use crate::{
     events::Pdu,
     services::Services,
     state::{StateMap, key},
-    storage::{StateWrite, TimelineStatus},
+    storage::{StateWrite, TimelineStatus, partial_state::PartialState},
 };
 
 /// Joins `user` to `room_id` through one of `servers` (tried in order).
@@ -145,7 +145,10 @@ async fn join_through(
     let event_id = crate::events::event_id_of(&event, &rules).map_err(RoomError::Invalid)?;
     let raw = serde_json::value::to_raw_value(&event).map_err(|e| RoomError::Invalid(e.to_string()))?;
 
-    let send = create_join_event::v2::Request::new(room_id.to_owned(), event_id.clone(), raw.clone());
+    let mut send = create_join_event::v2::Request::new(room_id.to_owned(), event_id.clone(), raw.clone());
+    // A partial state (without the members): the room is usable as soon as
+    // it is checked; the rest is fetched in the background.
+    send.omit_members = svc.config.partial_state_joins;
     let answer = match svc.federation.send(server, send).await {
         Ok(answer) => answer.room_state,
         // A server without the v2 API: the v1 one.
@@ -212,6 +215,27 @@ async fn join_through(
         return Err(RoomError::Invalid("the resident server changed the join".to_owned()));
     }
     event_checks::check_auth(svc, &rules, &join, &state).await?;
+    let partial = answer.members_omitted.then(|| {
+        // The servers to fetch the rest from: the one joined through first.
+        let mut servers = vec![server.clone()];
+        for name in answer.servers_in_room.iter().flatten() {
+            if let Ok(name) = OwnedServerName::try_from(name.as_str())
+                && !servers.contains(&name)
+                && name != svc.server_name()
+            {
+                servers.push(name);
+            }
+        }
+        PartialState {
+            room_id: room_id.to_owned(),
+            join_event_id: event_id.clone(),
+            servers,
+        }
+    });
+    if let Some(partial) = &partial {
+        svc.storage.mark_partial_state(partial).await?;
+        svc.joined.changed(room_id);
+    }
     let group = svc
         .storage
         .store_state_group(
@@ -233,7 +257,10 @@ async fn join_through(
         backfilled: false,
     };
     let sent = persist_pdu(svc, persisted, &rules).await?;
-    tracing::info!(%room_id, %user, %server, "joined a room over federation");
+    tracing::info!(%room_id, %user, %server, partial_state = partial.is_some(), "joined a room over federation");
+    if partial.is_some() {
+        svc.partial_resyncs.joined();
+    }
     Ok(sent)
 }
 

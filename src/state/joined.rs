@@ -76,6 +76,11 @@ impl JoinedCache {
             }
             joined.servers.insert(member.user_id.server_name().to_owned());
         }
+        // A room joined with partial state: the servers the resident
+        // server named are in it, though their members are not known yet.
+        if let Some(partial) = self.storage.partial_state(room_id).await? {
+            joined.servers.extend(partial.servers);
+        }
         joined.local.sort();
         let joined = Arc::new(joined);
         let mut inner = self.inner.lock().expect("joined cache");

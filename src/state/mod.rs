@@ -74,6 +74,14 @@ impl StateCache {
         }
     }
 
+    /// Forgets every group (a stored state was completed: a room joined
+    /// with partial state got its full state).
+    pub fn clear(&self) {
+        let mut cache = self.cache.lock().expect("state cache lock");
+        cache.groups.clear();
+        cache.entries = 0;
+    }
+
     /// The current state of a room (`None` for an unknown room).
     pub async fn current(&self, room_id: &RoomId) -> Result<Option<(StateGroupId, Arc<StateMap>)>> {
         let Some(group) = self.storage.room(room_id).await?.and_then(|r| r.current_state_group) else {

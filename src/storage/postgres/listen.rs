@@ -176,6 +176,10 @@ fn parse(payload: &str, process: &str) -> Option<OtherWrite> {
             let user_id = parts.next()?.try_into().ok()?;
             return Some(OtherWrite::Presence { position, user_id });
         }
+        "members" => {
+            let room_id = parts.next()?.try_into().ok()?;
+            return Some(OtherWrite::Members { room_id });
+        }
         "ephemeral" => match parts.next().map(ruma::RoomId::parse) {
             Some(Ok(room_id)) => return Some(OtherWrite::Ephemeral { position, room_id }),
             _ => OtherStream::Ephemeral,

@@ -1,0 +1,304 @@
+//! Rooms joined with partial state (a "faster join": the server-server
+//! spec's "Joining Rooms", `omit_members`; MSC3706). The join asks the
+//! resident server to leave out the member events; the room is usable as
+//! soon as the state it did give is checked, and its full state is
+//! fetched here, in the background, from the servers in the room.
+//!
+//! While a room is partial ([`crate::storage::partial_state`]):
+//! - events are sent to the servers the resident server named as well as
+//!   to those of the members known ([`crate::state::joined`]);
+//! - an event received is checked against the state before it completed
+//!   with its own auth events where that state has no entry (the members
+//!   it lacks): the check the partial state can honestly make;
+//! - a full member list (`/members`, `/joined_members`) waits for the full
+//!   state ([`wait_until_full`]).
+//!
+//! The resync ([`resync`]) asks `/state` at the join of each server in
+//! turn, checks every event of the answer as any received event, and adds
+//! what the partial state lacked to the room's current state, in one
+//! transaction with dropping the mark. It runs under the cluster duty
+//! `partial-state <room>`: one process at a time; any process takes over
+//! the rooms left partial ([`run`], at start and every minute), so a
+//! restart resumes it.
+
+use std::{
+    collections::HashSet,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use tokio::sync::Notify;
+
+use ruma::{OwnedEventId, OwnedRoomId, RoomId, api::federation::event::get_room_state, events::StateEventType};
+use tokio_util::sync::CancellationToken;
+
+use super::{RoomError, inbound::keep_outliers};
+use crate::{
+    event_checks,
+    services::Services,
+    state::{StateMap, key},
+    storage::partial_state::{Completion, PartialState},
+};
+
+/// How often the rooms left partial are looked for (by any process).
+const SWEEP: Duration = Duration::from_secs(60);
+/// The first wait after every server failed; it doubles up to [`MAX_RETRY`].
+const FIRST_RETRY: Duration = Duration::from_secs(2);
+const MAX_RETRY: Duration = Duration::from_secs(300);
+/// How often a request waiting for the full state looks again (another
+/// process may complete it).
+const POLL: Duration = Duration::from_millis(200);
+
+/// The cluster duty of resyncing `room_id`.
+fn duty(room_id: &RoomId) -> String {
+    format!("partial-state {room_id}")
+}
+
+/// The resyncs this process runs (process-local: the cluster duty keeps a
+/// room's to one process).
+#[derive(Default)]
+pub struct Resyncs {
+    running: Mutex<HashSet<OwnedRoomId>>,
+    /// A room was joined with partial state here: look now.
+    wake: Notify,
+}
+
+impl Resyncs {
+    /// A room was joined with partial state: its resync starts now.
+    pub fn joined(&self) {
+        self.wake.notify_one();
+    }
+}
+
+/// Resyncs every room left partial, at start, when a room is joined with
+/// partial state and every [`SWEEP`], until `cancel`.
+pub async fn run(svc: Arc<Services>, cancel: CancellationToken) {
+    loop {
+        match svc.storage.partial_state_rooms().await {
+            Ok(rooms) => {
+                for partial in rooms {
+                    spawn_resync(&svc, partial.room_id, &cancel);
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot list the rooms with partial state"),
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = svc.partial_resyncs.wake.notified() => {}
+            _ = tokio::time::sleep(SWEEP) => {}
+        }
+    }
+}
+
+/// Starts the resync of `room_id` in the background, unless this process
+/// runs it already.
+fn spawn_resync(svc: &Arc<Services>, room_id: OwnedRoomId, cancel: &CancellationToken) {
+    if !svc
+        .partial_resyncs
+        .running
+        .lock()
+        .expect("partial resyncs")
+        .insert(room_id.clone())
+    {
+        return;
+    }
+    let (svc, cancel) = (svc.clone(), cancel.clone());
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = cancel.cancelled() => {}
+            done = resync(&svc, &room_id) => if let Err(e) = done {
+                tracing::warn!(%room_id, error = %e, "the resync of a room with partial state failed");
+            },
+        }
+        svc.partial_resyncs
+            .running
+            .lock()
+            .expect("partial resyncs")
+            .remove(&room_id);
+    });
+}
+
+/// Fetches the full state at the join of a partial room and completes its
+/// current state with it; returns when the room is no longer partial (or
+/// another process resyncs it).
+pub async fn resync(svc: &Services, room_id: &RoomId) -> Result<(), RoomError> {
+    let Some(_held) = crate::cluster::hold_while(&svc.cluster, duty(room_id), crate::duty::TTL, Duration::ZERO).await
+    else {
+        return Ok(());
+    };
+    let Some(partial) = svc.storage.partial_state(room_id).await? else {
+        return Ok(());
+    };
+    let Some(join) = svc
+        .storage
+        .event(&partial.join_event_id)
+        .await?
+        .filter(|e| !e.meta.outlier)
+    else {
+        // The join never landed (a crash between the mark and the join).
+        tracing::info!(%room_id, "dropping the partial state of a join that was not stored");
+        svc.storage.drop_partial_state(room_id).await?;
+        return Ok(());
+    };
+    let version = svc.storage.room_version(room_id).await?.ok_or(RoomError::UnknownRoom)?;
+    let rules = version
+        .rules()
+        .ok_or_else(|| RoomError::UnsupportedVersion(version.to_string()))?;
+    let started = std::time::Instant::now();
+    let mut wait = FIRST_RETRY;
+    let full = loop {
+        if let Some(full) = fetch_full_state(svc, &partial, &version, &rules).await? {
+            break full;
+        }
+        tracing::info!(%room_id, retry_in = ?wait, "no server gave the full state of a room joined with partial state");
+        tokio::time::sleep(wait).await;
+        wait = (wait * 2).min(MAX_RETRY);
+    };
+    let partial_group = join
+        .meta
+        .state_group_before
+        .ok_or_else(|| RoomError::Invalid("the join has no state".to_owned()))?;
+    let at_join = svc.state.group(partial_group).await?;
+    if full.get(&key(StateEventType::RoomCreate, "")) != at_join.get(&key(StateEventType::RoomCreate, "")) {
+        return Err(RoomError::Invalid(
+            "the full state is of another room's creation".to_owned(),
+        ));
+    }
+    // What the partial state lacked: added to the state at the join and
+    // to every state after it that has no entry for it (a later event is
+    // newer than the state at the join).
+    let mut additions: Vec<_> = full.into_iter().filter(|(k, _)| !at_join.contains_key(k)).collect();
+    additions.sort();
+    let _guard = svc.rooms.lock(room_id).await?;
+    let (_, current) = svc.state.current(room_id).await?.ok_or(RoomError::UnknownRoom)?;
+    let current_additions: Vec<_> = additions
+        .iter()
+        .filter(|(k, _)| !current.contains_key(k))
+        .cloned()
+        .collect();
+    let completion = Completion {
+        room_id: room_id.to_owned(),
+        partial_group,
+        joiner: join.pdu.sender.to_string(),
+        join_depth: i64::try_from(join.pdu.depth).unwrap_or(i64::MAX),
+        additions,
+        current_additions,
+    };
+    svc.storage.complete_partial_state(&completion).await?;
+    // The states cached here held the partial ones.
+    svc.state.clear();
+    svc.joined.changed(room_id);
+    tracing::info!(
+        %room_id,
+        added = completion.additions.len(),
+        took = ?started.elapsed(),
+        "a room joined with partial state has its full state"
+    );
+    Ok(())
+}
+
+/// The full state at the join, from the first of the partial state's
+/// servers that gives it: `/state`, every event checked (signatures,
+/// hashes, its own auth events) and kept; `None` when none did.
+async fn fetch_full_state(
+    svc: &Services,
+    partial: &PartialState,
+    version: &ruma::RoomVersionId,
+    rules: &ruma::room_version_rules::RoomVersionRules,
+) -> Result<Option<StateMap>, RoomError> {
+    let room_id = &partial.room_id;
+    for server in partial.servers.iter().filter(|s| *s != svc.server_name()) {
+        let request = get_room_state::v1::Request::new(partial.join_event_id.clone(), room_id.clone());
+        let answer = match svc.federation.send(server, request).await {
+            Ok(answer) => answer,
+            Err(e) => {
+                tracing::info!(%room_id, %server, error = %e, "cannot fetch the full state");
+                continue;
+            }
+        };
+        let mut events = Vec::with_capacity(answer.auth_chain.len() + answer.pdus.len());
+        let mut state_ids = HashSet::with_capacity(answer.pdus.len());
+        for (is_state, raw) in answer
+            .auth_chain
+            .iter()
+            .map(|raw| (false, raw))
+            .chain(answer.pdus.iter().map(|raw| (true, raw)))
+        {
+            match event_checks::check_signed(svc, version, raw).await {
+                Ok(event) if event.room_id == *room_id => {
+                    if is_state {
+                        state_ids.insert(event.event_id.clone());
+                    }
+                    events.push(event);
+                }
+                Ok(_) => tracing::info!(%server, "dropping an event of another room from a state answer"),
+                Err(e) => tracing::info!(%server, error = %e, "dropping an event of a state answer"),
+            }
+        }
+        events.sort_by_key(|e| e.depth);
+        events.dedup_by(|a, b| a.event_id == b.event_id);
+        keep_outliers(svc, rules, events).await?;
+        let ids: Vec<OwnedEventId> = state_ids.into_iter().collect();
+        let mut full = StateMap::new();
+        for held in svc.storage.events(&ids).await? {
+            if held.meta.rejected.is_none()
+                && let Some(state_key) = &held.pdu.state_key
+            {
+                full.insert(
+                    key(StateEventType::from(held.pdu.kind.to_string()), state_key),
+                    held.pdu.event_id.clone(),
+                );
+            }
+        }
+        if full.contains_key(&key(StateEventType::RoomCreate, "")) {
+            return Ok(Some(full));
+        }
+        tracing::info!(%room_id, %server, "a state answer without the room's creation");
+    }
+    Ok(None)
+}
+
+/// Whether `room_id` was joined with partial state and is not complete yet.
+pub async fn is_partial(svc: &Services, room_id: &RoomId) -> Result<bool, RoomError> {
+    Ok(svc.storage.partial_state(room_id).await?.is_some())
+}
+
+/// Waits until `room_id` has its full state (at once for any other room):
+/// what needs every member (a full member list) asks this first.
+pub async fn wait_until_full(svc: &Services, room_id: &RoomId) -> Result<(), RoomError> {
+    while is_partial(svc, room_id).await? {
+        tokio::time::sleep(POLL).await;
+    }
+    Ok(())
+}
+
+/// The state an event received in a partial room is checked against: the
+/// state before it, completed with its auth events for the keys that state
+/// lacks (the members left out of the partial state). Any other room's
+/// state is returned as it is.
+pub async fn completed_with_auth_events(
+    svc: &Services,
+    pdu: &crate::events::Pdu,
+    before: &Arc<StateMap>,
+) -> Result<Arc<StateMap>, RoomError> {
+    let sender_key = key(StateEventType::RoomMember, pdu.sender.as_str());
+    let lacks = !before.contains_key(&sender_key)
+        || pdu.state_key.as_deref().is_some_and(|k| {
+            pdu.kind == ruma::events::TimelineEventType::RoomMember
+                && !before.contains_key(&key(StateEventType::RoomMember, k))
+        });
+    if !lacks || !is_partial(svc, &pdu.room_id).await? {
+        return Ok(before.clone());
+    }
+    let mut state = (**before).clone();
+    for auth in svc.storage.events(&pdu.auth_events).await? {
+        if auth.meta.rejected.is_none()
+            && let Some(state_key) = &auth.pdu.state_key
+        {
+            state
+                .entry(key(StateEventType::from(auth.pdu.kind.to_string()), state_key))
+                .or_insert_with(|| auth.pdu.event_id.clone());
+        }
+    }
+    Ok(Arc::new(state))
+}
