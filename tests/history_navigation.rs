@@ -283,6 +283,8 @@ async fn a_permalink_when_the_first_server_asked_is_down() {
     })
     .await;
     assert_eq!(bob.join(&room).await.0, 200);
+    // Carol's server must know Bob's is in the room to answer it.
+    carol.wait_for_membership(&room, bob.user_id.as_str(), "join").await;
     let ts10 = {
         let event = carol
             .ok(

@@ -842,3 +842,63 @@ async fn synapse_joins_a_weft_room_with_partial_state_and_completes_it() {
     }
     messages_flow_both_ways(&bob, &alice, &room, "partial").await;
 }
+
+/// weft asks a partial state of Synapse (`omit_members`): Synapse gives
+/// one, the room is usable at once (messages both ways, from members whose
+/// joins weft was not given too), and weft completes its state from
+/// Synapse in the background (`/state`), ending with every member known.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn weft_joins_a_synapse_room_with_partial_state_and_completes_it() {
+    let (synapse, _weft, alice, bob) = common::synapse::synapse_and_weft().await;
+    let room = alice
+        .create_room(json!({ "preset": "public_chat", "room_version": "11", "name": "Synapse's many" }))
+        .await;
+    let mut members = vec![alice.user_id.clone()];
+    let mut clients = Vec::new();
+    for i in 0..10 {
+        let user = synapse.user(&format!("member{i}")).await;
+        let (status, body) = user.join(&room, "").await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        members.push(user.user_id.clone());
+        clients.push(user);
+    }
+    let (status, body) = bob
+        .join(&room, &format!("server_name={}", enc(synapse.server_name())))
+        .await;
+    assert_eq!(status, StatusCode::OK, "weft joins: {body}");
+    let asked = synapse.log_lines_with("send_join");
+    assert!(
+        asked.iter().any(|l| l.contains("omit_members=true")),
+        "weft asked a partial state: {asked:?}"
+    );
+    // A member whose join weft was not given talks; weft's user answers.
+    let said = clients[3].send_text(&room, "m3", "from member3").await;
+    eventually(DEADLINE, "weft gets member3's message", || async {
+        let page = bob.messages(&room, "dir=b&limit=20").await;
+        let ids: Vec<&str> = page["chunk"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|e| e["event_id"].as_str())
+            .collect();
+        if ids.contains(&said.as_str()) {
+            Ok(())
+        } else {
+            Err(page.to_string())
+        }
+    })
+    .await;
+    // The whole member list (weft waits for its full state to give it).
+    let joined = bob.joined_members(&room).await;
+    for member in members.iter().chain([&bob.user_id]) {
+        assert!(joined["joined"][member.as_str()].is_object(), "{member} in {joined}");
+    }
+    assert!(
+        synapse
+            .log_lines_with("/_matrix/federation/v1/state/")
+            .iter()
+            .any(|l| l.contains(room.as_str()) || l.contains(&enc(&room))),
+        "weft fetched the full state from Synapse"
+    );
+    messages_flow_both_ways(&alice, &bob, &room, "weft-partial").await;
+}

@@ -1,10 +1,12 @@
 //! A hostile remote homeserver, written here and not in weft: its own
 //! HTTPS federation listener on a loopback port (self-signed certificate),
-//! its own ed25519 key, its own view of the rooms it joined. It builds,
-//! hashes and signs its events itself, and can corrupt them on purpose; it
-//! answers weft's federation requests (`/get_missing_events`, `/event`,
-//! `/state_ids`, `/event_auth`, `/backfill`, `/send`) from the events it
-//! holds, the way a [`Behaviour`] says, and records every request.
+//! its own ed25519 key, its own view of the rooms it joined or created. It
+//! builds, hashes and signs its events itself, and can corrupt them on
+//! purpose; it answers weft's federation requests (`/get_missing_events`,
+//! `/event`, `/state_ids`, `/state`, `/event_auth`, `/backfill`, `/send`,
+//! and for the rooms it holds `/make_join` and `/send_join`, partial state
+//! included) from the events it holds, the way a [`Behaviour`] says, and
+//! records every request.
 #![allow(dead_code)]
 
 use std::{
@@ -65,6 +67,12 @@ pub struct Behaviour {
     /// `/get_missing_events` gives at most this many events (the most
     /// recent), whatever limit weft asks for.
     pub missing_events_limit: Option<usize>,
+    /// `/send_join` with `omit_members=true` gets a partial state (MSC3706):
+    /// no member events but the joiner's own. Else the full state, always.
+    pub serve_partial_state: bool,
+    /// `/state` and `/state_ids` are answered; else refused with 503, as a
+    /// server that is down behind its proxy.
+    pub serve_state: bool,
 }
 
 impl Default for Behaviour {
@@ -79,6 +87,8 @@ impl Default for Behaviour {
             bare_transaction_answer: false,
             state_only_at: None,
             missing_events_limit: None,
+            serve_partial_state: true,
+            serve_state: true,
         }
     }
 }
@@ -465,6 +475,124 @@ impl Hostile {
         id
     }
 
+    // ----- Rooms held here -----
+
+    /// Creates a public room of `version` held by this server, for weft to
+    /// join over federation (`make_join`, `send_join`): the create event,
+    /// the join of `creator` (a localpart of this server), power levels
+    /// (`creator` at 100; from v12 the creator's power is the create
+    /// event's, not listed), public join rules, `shared` history, an
+    /// `m.room.name` if `name` is given, then the join of each of
+    /// `extra_members` (localparts of this server). Each is signed and
+    /// committed in turn (its auth events chosen by the auth rules, its
+    /// parents the forward extremities). The room ID is
+    /// `!random:<this server>`, from v12 the create event's reference hash.
+    /// Room versions 3 and later (event IDs are reference hashes).
+    pub fn create_room(
+        &self,
+        version: RoomVersionId,
+        creator: &str,
+        extra_members: &[&str],
+        name: Option<&str>,
+    ) -> OwnedRoomId {
+        let rules = rules(&version);
+        assert!(
+            !rules.event_format.require_event_id,
+            "room version {version}: only versions whose event IDs are reference hashes"
+        );
+        let creator = self.user(creator);
+        let mut create_content = json!({ "room_version": version });
+        if !rules.authorization.use_room_create_sender {
+            create_content["creator"] = json!(creator);
+        }
+        let mut create = json!({
+            "auth_events": [],
+            "content": create_content,
+            "depth": 1,
+            "origin_server_ts": now_ms(),
+            "prev_events": [],
+            "sender": creator,
+            "state_key": "",
+            "type": "m.room.create",
+        });
+        let named = (!rules.authorization.room_create_event_id_as_room_id).then(|| RoomId::new_v1(&self.name));
+        if let Some(room) = &named {
+            create["room_id"] = json!(room);
+        }
+        let pdu = self.sign_in(&version, to_object(&create));
+        let create_id = event_id_of(&version, &pdu);
+        let room = named.unwrap_or_else(|| RoomId::new_v2(&create_id.as_str()[1..]).expect("room ID"));
+        {
+            let mut inner = self.shared.inner.lock().unwrap();
+            inner.rooms.insert(
+                room.clone(),
+                RoomView {
+                    version,
+                    state: StateMap::new(),
+                    extremities: Vec::new(),
+                    state_before: HashMap::new(),
+                },
+            );
+            commit_locked(&mut inner, &room, &create_id, &pdu);
+        }
+        let step = |sender: &UserId, kind: &str, state_key: Option<&str>, content: Value| {
+            let event = self.build(&room, sender, kind, state_key, content);
+            self.commit(&room, &event);
+        };
+        let join = |user: &UserId| json!({ "membership": "join", "displayname": user.localpart() });
+        step(&creator, "m.room.member", Some(creator.as_str()), join(&creator));
+        let users = if rules.authorization.explicitly_privilege_room_creators {
+            json!({})
+        } else {
+            json!({ creator.as_str(): 100 })
+        };
+        step(
+            &creator,
+            "m.room.power_levels",
+            Some(""),
+            json!({
+                "users": users,
+                "users_default": 0,
+                "events": {
+                    "m.room.name": 50,
+                    "m.room.power_levels": 100,
+                    "m.room.history_visibility": 100,
+                    "m.room.canonical_alias": 50,
+                    "m.room.avatar": 50,
+                    "m.room.tombstone": 100,
+                    "m.room.server_acl": 100,
+                    "m.room.encryption": 100,
+                },
+                "events_default": 0,
+                "state_default": 50,
+                "ban": 50,
+                "kick": 50,
+                "redact": 50,
+                "invite": 0,
+            }),
+        );
+        step(
+            &creator,
+            "m.room.join_rules",
+            Some(""),
+            json!({ "join_rule": "public" }),
+        );
+        step(
+            &creator,
+            "m.room.history_visibility",
+            Some(""),
+            json!({ "history_visibility": "shared" }),
+        );
+        if let Some(name) = name {
+            step(&creator, "m.room.name", Some(""), json!({ "name": name }));
+        }
+        for member in extra_members {
+            let user = self.user(member);
+            step(&user, "m.room.member", Some(user.as_str()), join(&user));
+        }
+        room
+    }
+
     // ----- Events -----
 
     /// An unsigned event of `sender` placed on this server's view of the
@@ -478,41 +606,14 @@ impl Hostile {
         state_key: Option<&str>,
         content: Value,
     ) -> CanonicalJsonObject {
-        let inner = self.shared.inner.lock().unwrap();
-        let view = &inner.rooms[room];
-        let rules = rules(&view.version);
-        let content_raw = serde_json::value::to_raw_value(&content).unwrap();
-        let kind_t = TimelineEventType::from(kind);
-        let types =
-            ruma::state_res::auth_types_for_event(&kind_t, sender, state_key, &content_raw, &rules.authorization)
-                .expect("auth types");
-        let mut auth_events: Vec<OwnedEventId> = types
-            .iter()
-            .filter_map(|(t, k)| view.state.get(&(t.to_string(), k.clone())).cloned())
-            .collect();
-        auth_events.sort();
-        auth_events.dedup();
-        let depth = view
-            .extremities
-            .iter()
-            .filter_map(|id| inner.events.get(id)?["depth"].as_u64())
-            .max()
-            .unwrap_or(0)
-            + 1;
-        let mut event = json!({
-            "auth_events": auth_events,
-            "content": content,
-            "depth": depth,
-            "origin_server_ts": now_ms(),
-            "prev_events": view.extremities,
-            "room_id": room,
-            "sender": sender,
-            "type": kind,
-        });
-        if let Some(key) = state_key {
-            event["state_key"] = json!(key);
-        }
-        to_object(&event)
+        draft_locked(
+            &self.shared.inner.lock().unwrap(),
+            room,
+            sender,
+            kind,
+            state_key,
+            content,
+        )
     }
 
     /// Hashes and signs an event as this server.
@@ -526,12 +627,17 @@ impl Hostile {
 
     /// Hashes and signs an event as this server, without computing its ID
     /// (which may not exist: an event too large, say).
-    pub fn sign_value(&self, room: &RoomId, mut event: CanonicalJsonObject) -> Value {
+    pub fn sign_value(&self, room: &RoomId, event: CanonicalJsonObject) -> Value {
+        self.sign_in(&self.version(room), event)
+    }
+
+    /// Hashes and signs an event of a room of `version` as this server.
+    fn sign_in(&self, version: &RoomVersionId, mut event: CanonicalJsonObject) -> Value {
         ruma::signatures::hash_and_sign_event(
             self.name.as_str(),
             self.keys.key_pair(),
             &mut event,
-            &rules(&self.version(room)).redaction,
+            &rules(version).redaction,
         )
         .unwrap();
         serde_json::to_value(&event).unwrap()
@@ -662,6 +768,50 @@ pub fn set_auth_events(event: &mut CanonicalJsonObject, auth_events: &[OwnedEven
         "auth_events".to_owned(),
         serde_json::from_value(json!(auth_events)).unwrap(),
     );
+}
+
+/// [`Hostile::draft`], the lock held.
+fn draft_locked(
+    inner: &Inner,
+    room: &RoomId,
+    sender: &UserId,
+    kind: &str,
+    state_key: Option<&str>,
+    content: Value,
+) -> CanonicalJsonObject {
+    let view = &inner.rooms[room];
+    let rules = rules(&view.version);
+    let content_raw = serde_json::value::to_raw_value(&content).unwrap();
+    let kind_t = TimelineEventType::from(kind);
+    let types = ruma::state_res::auth_types_for_event(&kind_t, sender, state_key, &content_raw, &rules.authorization)
+        .expect("auth types");
+    let mut auth_events: Vec<OwnedEventId> = types
+        .iter()
+        .filter_map(|(t, k)| view.state.get(&(t.to_string(), k.clone())).cloned())
+        .collect();
+    auth_events.sort();
+    auth_events.dedup();
+    let depth = view
+        .extremities
+        .iter()
+        .filter_map(|id| inner.events.get(id)?["depth"].as_u64())
+        .max()
+        .unwrap_or(0)
+        + 1;
+    let mut event = json!({
+        "auth_events": auth_events,
+        "content": content,
+        "depth": depth,
+        "origin_server_ts": now_ms(),
+        "prev_events": view.extremities,
+        "room_id": room,
+        "sender": sender,
+        "type": kind,
+    });
+    if let Some(key) = state_key {
+        event["state_key"] = json!(key);
+    }
+    to_object(&event)
 }
 
 fn commit_locked(inner: &mut Inner, room: &RoomId, id: &OwnedEventId, pdu: &Value) {
@@ -800,6 +950,9 @@ async fn handle(
             ) else {
                 return matrix_error(StatusCode::BAD_REQUEST, "M_INVALID_PARAM", "bad request");
             };
+            if !inner.behaviour.serve_state {
+                return matrix_error(StatusCode::SERVICE_UNAVAILABLE, "M_UNKNOWN", "down");
+            }
             if inner
                 .behaviour
                 .state_only_at
@@ -820,6 +973,126 @@ async fn handle(
                     ids.iter().filter_map(|id| inner.events.get(id).cloned()).collect()
                 };
                 ok(json!({ "pdus": get(&state_ids), "auth_chain": get(&chain) }))
+            }
+        }
+        ("GET", ["_matrix", "federation", "v1", "make_join", room_id, user_id]) => {
+            let (Ok(room), Ok(user)) = (OwnedRoomId::try_from(*room_id), OwnedUserId::try_from(*user_id)) else {
+                return matrix_error(StatusCode::BAD_REQUEST, "M_INVALID_PARAM", "bad room or user ID");
+            };
+            let Some(version) = inner.rooms.get(&room).map(|v| v.version.clone()) else {
+                return matrix_error(StatusCode::NOT_FOUND, "M_NOT_FOUND", "unknown room");
+            };
+            // No `ver`: the joining server knows room version 1 only.
+            if !param("ver").iter().any(|v| v == version.as_str()) {
+                return (
+                    StatusCode::BAD_REQUEST,
+                    axum::Json(json!({
+                        "errcode": "M_INCOMPATIBLE_ROOM_VERSION",
+                        "error": "the room's version is not one the joining server knows",
+                        "room_version": version,
+                    })),
+                )
+                    .into_response();
+            }
+            let event = draft_locked(
+                &inner,
+                &room,
+                &user,
+                "m.room.member",
+                Some(user.as_str()),
+                json!({ "membership": "join" }),
+            );
+            ok(json!({ "room_version": version, "event": event }))
+        }
+        (
+            "PUT",
+            [
+                "_matrix",
+                "federation",
+                api @ ("v1" | "v2"),
+                "send_join",
+                room_id,
+                _event_id,
+            ],
+        ) => {
+            let Ok(room) = OwnedRoomId::try_from(*room_id) else {
+                return matrix_error(StatusCode::BAD_REQUEST, "M_INVALID_PARAM", "bad room ID");
+            };
+            let Some(version) = inner.rooms.get(&room).map(|v| v.version.clone()) else {
+                return matrix_error(StatusCode::NOT_FOUND, "M_NOT_FOUND", "unknown room");
+            };
+            if serde_json::from_value::<CanonicalJsonObject>(body_json.clone()).is_err() {
+                return matrix_error(StatusCode::BAD_REQUEST, "M_BAD_JSON", "not an event");
+            }
+            let id = event_id_of(&version, &body_json);
+            let joiner = body_json["state_key"].as_str().unwrap_or_default().to_owned();
+            // The state before the join: the current state (as it was the
+            // first time, for a retried send_join).
+            let known = inner.rooms[&room]
+                .state_before
+                .get(&id)
+                .filter(|_| inner.events.contains_key(&id))
+                .cloned();
+            let before = match known {
+                Some(before) => before,
+                None => {
+                    let before = inner.rooms[&room].state.clone();
+                    commit_locked(&mut inner, &room, &id, &body_json);
+                    let view = inner.rooms.get_mut(&room).unwrap();
+                    view.state_before.insert(id.clone(), before.clone());
+                    before
+                }
+            };
+            let partial = *api == "v2"
+                && param("omit_members").iter().any(|v| v == "true")
+                && inner.behaviour.serve_partial_state;
+            let state_ids: Vec<OwnedEventId> = before
+                .iter()
+                .filter(|((kind, key), _)| !partial || kind != "m.room.member" || *key == joiner)
+                .map(|(_, id)| id.clone())
+                .collect();
+            let chain: Vec<OwnedEventId> = if partial {
+                let mut start = state_ids.clone();
+                start.push(id.clone());
+                auth_chain_locked(&inner, &start)
+                    .into_iter()
+                    .filter(|e| !state_ids.contains(e))
+                    .collect()
+            } else {
+                auth_chain_locked(&inner, &state_ids)
+            };
+            let mut servers: Vec<String> = before
+                .iter()
+                .filter(|((kind, _), _)| kind == "m.room.member")
+                .filter(|(_, id)| {
+                    inner
+                        .events
+                        .get(*id)
+                        .is_some_and(|e| e["content"]["membership"] == "join")
+                })
+                .filter_map(|((_, key), _)| Some(UserId::parse(key.as_str()).ok()?.server_name().to_string()))
+                .collect();
+            servers.sort();
+            servers.dedup();
+            let get = |ids: &[OwnedEventId]| -> Vec<Value> {
+                ids.iter().filter_map(|id| inner.events.get(id).cloned()).collect()
+            };
+            if *api == "v1" {
+                ok(json!([200, {
+                    "origin": shared.name,
+                    "event": body_json,
+                    "state": get(&state_ids),
+                    "auth_chain": get(&chain),
+                }]))
+            } else {
+                ok(json!({
+                    "origin": shared.name,
+                    "event": body_json,
+                    "state": get(&state_ids),
+                    "auth_chain": get(&chain),
+                    "members_omitted": partial,
+                    "servers_in_room": servers,
+                }))
             }
         }
         ("GET", ["_matrix", "federation", "v1", "event_auth", _room, event_id]) => {

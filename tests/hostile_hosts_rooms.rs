@@ -1,0 +1,353 @@
+//! The hostile server (`common::hostile`) as the resident server of a room
+//! weft joins: `make_join`, `send_join` (with a partial state when asked),
+//! `/state` at the join, then its members talking over `/send`.
+
+mod common;
+
+use std::{collections::HashSet, time::Duration};
+
+use common::{TestServer, User, enc, federation::verify_pdu, hostile::Hostile};
+use reqwest::Method;
+use ruma::{
+    CanonicalJsonObject, OwnedEventId, OwnedRoomId, OwnedUserId, RoomVersionId,
+    api::federation::{
+        event::get_room_state,
+        membership::{create_join_event, prepare_join_event},
+    },
+};
+use serde_json::{Value, json};
+
+const MEMBERS: [&str; 5] = ["m1", "m2", "m3", "m4", "m5"];
+
+/// Alice of weft joins `room` of the hostile server through it; the join
+/// went through `make_join` and `send_join`, and is the hostile server's
+/// one forward extremity.
+async fn alice_joins<'a>(weft: &'a TestServer, hostile: &Hostile, room: &OwnedRoomId) -> User<'a> {
+    let alice = weft.register("alice").await;
+    let (status, body) = alice
+        .call(
+            Method::POST,
+            &format!(
+                "/_matrix/client/v3/join/{}?server_name={}",
+                enc(room.as_str()),
+                enc(hostile.name.as_str())
+            ),
+            Some(&json!({})),
+        )
+        .await;
+    assert_eq!(status, 200, "join: {body}");
+    assert_eq!(body["room_id"], room.as_str());
+    assert!(
+        !hostile.seen_at("/_matrix/federation/v1/make_join/").is_empty(),
+        "make_join was asked"
+    );
+    assert!(
+        !hostile.seen_at("/_matrix/federation/v2/send_join/").is_empty()
+            || !hostile.seen_at("/_matrix/federation/v1/send_join/").is_empty(),
+        "send_join was asked: {:?}",
+        hostile.seen()
+    );
+    // The join is in the hostile server's view; the state before it is
+    // the state weft was given (or the full one, the partial state's).
+    let view = hostile.room(room);
+    let join = view.state[&("m.room.member".to_owned(), alice.user_id.clone())].clone();
+    assert_eq!(view.extremities, vec![join.clone()]);
+    assert_eq!(view.state_before[&join].len() + 1, view.state.len());
+    alice
+}
+
+/// `member` of the hostile server says `text` in `room` over `/send`;
+/// weft takes it and shows it to Alice in `/messages`.
+async fn member_talks(
+    weft: &TestServer,
+    hostile: &Hostile,
+    alice: &User<'_>,
+    room: &OwnedRoomId,
+    member: &str,
+    text: &str,
+) {
+    let said = hostile.message(room, &hostile.user(member), text);
+    hostile.commit(room, &said);
+    let (status, answer) = hostile
+        .send_transaction(&weft.server_name(), text, std::slice::from_ref(&said.pdu))
+        .await;
+    assert_eq!(status, 200, "{answer}");
+    let result = &answer["pdus"][said.id.as_str()];
+    assert!(result.is_object() && result.get("error").is_none(), "{answer}");
+    common::eventually(Duration::from_secs(30), "the message is in /messages", || async {
+        let page = alice.messages(room.as_str(), "dir=b&limit=50").await;
+        let chunk = page["chunk"].as_array().cloned().unwrap_or_default();
+        match chunk.iter().find(|e| e["event_id"] == said.id.as_str()) {
+            Some(e) if e["content"]["body"] == text => Ok(()),
+            _ => Err(page.to_string()),
+        }
+    })
+    .await;
+}
+
+/// A weft user joins a named room of the hostile server with five members
+/// besides its creator (its full state given), sees its state, and gets a
+/// message sent there.
+async fn weft_joins_a_hostile_room(version: RoomVersionId) {
+    let weft = TestServer::start_federating().await;
+    let hostile = Hostile::start().await;
+    hostile.set_behaviour(|b| b.serve_partial_state = false);
+    let room = hostile.create_room(version.clone(), "creator", &MEMBERS, Some("The hostile room"));
+    assert_eq!(hostile.version(&room), version);
+    let alice = alice_joins(&weft, &hostile, &room).await;
+
+    // weft took the room's state.
+    let name = alice.state_event(room.as_str(), "m.room.name", "").await;
+    assert_eq!(name["name"], "The hostile room");
+    for member in MEMBERS {
+        alice
+            .wait_for_membership(room.as_str(), hostile.user(member).as_str(), "join")
+            .await;
+    }
+    member_talks(&weft, &hostile, &alice, &room, "m5", "hi").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn weft_joins_a_hostile_room_v10() {
+    weft_joins_a_hostile_room(RoomVersionId::V10).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn weft_joins_a_hostile_room_v11() {
+    weft_joins_a_hostile_room(RoomVersionId::V11).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn weft_joins_a_hostile_room_v12() {
+    weft_joins_a_hostile_room(RoomVersionId::V12).await;
+}
+
+/// With the partial state served and `/state` down, the room stays
+/// partial in weft; a member weft has no member event of still talks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_talks_while_the_room_is_partial() {
+    let weft = TestServer::start_federating().await;
+    let hostile = Hostile::start().await;
+    hostile.set_behaviour(|b| b.serve_state = false);
+    let room = hostile.create_room(RoomVersionId::V11, "creator", &MEMBERS, Some("Partial"));
+    let alice = alice_joins(&weft, &hostile, &room).await;
+    let name = alice.state_event(room.as_str(), "m.room.name", "").await;
+    assert_eq!(name["name"], "Partial");
+    member_talks(&weft, &hostile, &alice, &room, "m5", "hi while partial").await;
+}
+
+/// With the partial state served and then the full one (`/state`), weft
+/// gets every member, and a member talks after that.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_talks_after_the_partial_state_is_resynced() {
+    let weft = TestServer::start_federating().await;
+    let hostile = Hostile::start().await;
+    let room = hostile.create_room(RoomVersionId::V11, "creator", &MEMBERS, Some("Resynced"));
+    let alice = alice_joins(&weft, &hostile, &room).await;
+    // `/joined_members` is the full list (waiting for it, if weft must).
+    let joined = alice
+        .ok(
+            Method::GET,
+            &format!("/_matrix/client/v3/rooms/{}/joined_members", enc(room.as_str())),
+            None,
+        )
+        .await;
+    let ids: HashSet<String> = joined["joined"].as_object().unwrap().keys().cloned().collect();
+    let want: HashSet<String> = std::iter::once("creator")
+        .chain(MEMBERS)
+        .map(|m| hostile.user(m).to_string())
+        .chain([alice.user_id.clone()])
+        .collect();
+    assert_eq!(ids, want);
+    member_talks(&weft, &hostile, &alice, &room, "m5", "hi after the resync").await;
+}
+
+fn parsed(pdus: &[Box<serde_json::value::RawValue>]) -> Vec<Value> {
+    pdus.iter().map(|p| serde_json::from_str(p.get()).unwrap()).collect()
+}
+
+fn members(state: &[Value]) -> HashSet<String> {
+    state
+        .iter()
+        .filter(|e| e["type"] == "m.room.member")
+        .map(|e| e["state_key"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// `user` (of weft's server) joins `room` of the hostile server the way a
+/// server does, with weft's federation client and key, asking for a
+/// partial state or not. weft itself does not take the room.
+async fn raw_join(
+    weft: &TestServer,
+    hostile: &Hostile,
+    room: &OwnedRoomId,
+    user: &OwnedUserId,
+    omit_members: bool,
+) -> (OwnedEventId, create_join_event::v2::RoomState) {
+    let fed = &weft.services().federation;
+    let mut make = prepare_join_event::v1::Request::new(room.clone(), user.clone());
+    make.ver = vec![RoomVersionId::V10, RoomVersionId::V11, RoomVersionId::V12];
+    let template = fed.send(&hostile.name, make).await.expect("make_join");
+    let version = template.room_version.expect("room version");
+    assert_eq!(version, hostile.version(room));
+    let rules = version.rules().unwrap();
+    let mut event: CanonicalJsonObject = serde_json::from_str(template.event.get()).unwrap();
+    ruma::signatures::hash_and_sign_event(
+        weft.server_name().as_str(),
+        weft.services().keys.key_pair(),
+        &mut event,
+        &rules.redaction,
+    )
+    .unwrap();
+    let event_id: OwnedEventId = format!("${}", ruma::signatures::reference_hash(&event, &rules).unwrap())
+        .try_into()
+        .unwrap();
+    let pdu = serde_json::value::to_raw_value(&event).unwrap();
+    let mut send = create_join_event::v2::Request::new(room.clone(), event_id.clone(), pdu);
+    send.omit_members = omit_members;
+    let answer = fed.send(&hostile.name, send).await.expect("send_join").room_state;
+    (event_id, answer)
+}
+
+/// The answers of the hostile server as a resident: a partial state
+/// (no member events, the auth chain they need), a full one, and `/state`
+/// at a join (all the members), or 503 when it is told not to serve it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_hostile_server_serves_partial_and_full_state() {
+    let weft = TestServer::start_federating().await;
+    let hostile = Hostile::start().await;
+    let room = hostile.create_room(RoomVersionId::V11, "creator", &MEMBERS, Some("Partial"));
+    let all_members: HashSet<String> = std::iter::once("creator")
+        .chain(MEMBERS)
+        .map(|m| hostile.user(m).to_string())
+        .collect();
+    let zed: OwnedUserId = format!("@zed:{}", weft.server_name()).try_into().unwrap();
+
+    // A partial state: no members (zed had none before), the rest of the state.
+    let (zed_join, answer) = raw_join(&weft, &hostile, &room, &zed, true).await;
+    for pdu in answer.state.iter().chain(&answer.auth_chain) {
+        verify_pdu(&weft, &RoomVersionId::V11, pdu).await;
+    }
+    assert!(answer.members_omitted);
+    assert_eq!(answer.servers_in_room, Some(vec![hostile.name.to_string()]));
+    let state = parsed(&answer.state);
+    assert_eq!(members(&state), HashSet::new());
+    let kinds: HashSet<&str> = state.iter().map(|e| e["type"].as_str().unwrap()).collect();
+    assert_eq!(
+        kinds,
+        HashSet::from([
+            "m.room.create",
+            "m.room.power_levels",
+            "m.room.join_rules",
+            "m.room.history_visibility",
+            "m.room.name",
+        ])
+    );
+    // The chain: what the state and the join need beyond the state: the
+    // creator's join (an auth event of the power levels and the rest).
+    let chain = parsed(&answer.auth_chain);
+    assert_eq!(members(&chain), HashSet::from([hostile.user("creator").to_string()]));
+    assert_eq!(chain.len(), 1, "{chain:?}");
+    let joined: Value = serde_json::from_str(answer.event.as_ref().unwrap().get()).unwrap();
+    assert_eq!(joined["state_key"], zed.as_str());
+
+    // `/state` at zed's join: the full state before it.
+    let fed = &weft.services().federation;
+    let at_join = fed
+        .send(
+            &hostile.name,
+            get_room_state::v1::Request::new(zed_join.clone(), room.clone()),
+        )
+        .await
+        .expect("/state");
+    assert_eq!(members(&parsed(&at_join.pdus)), all_members);
+
+    // A full state, asked for: every member, zed included now.
+    let yan: OwnedUserId = format!("@yan:{}", weft.server_name()).try_into().unwrap();
+    let (_, full) = raw_join(&weft, &hostile, &room, &yan, false).await;
+    assert!(!full.members_omitted);
+    let mut want = all_members.clone();
+    want.insert(zed.to_string());
+    assert_eq!(members(&parsed(&full.state)), want);
+
+    // Partial state turned off: asked for, not given.
+    hostile.set_behaviour(|b| b.serve_partial_state = false);
+    let xia: OwnedUserId = format!("@xia:{}", weft.server_name()).try_into().unwrap();
+    let (_, refused) = raw_join(&weft, &hostile, &room, &xia, true).await;
+    assert!(!refused.members_omitted);
+    want.insert(yan.to_string());
+    assert_eq!(members(&parsed(&refused.state)), want);
+    // Its servers: the hostile server's and weft's (zed, yan).
+    let mut servers = vec![hostile.name.to_string(), weft.server_name().to_string()];
+    servers.sort();
+    assert_eq!(refused.servers_in_room, Some(servers));
+
+    // `/state` turned off: 503, and still seen.
+    hostile.set_behaviour(|b| b.serve_state = false);
+    let before = hostile.seen_at("/_matrix/federation/v1/state/").len();
+    let err = fed
+        .send(&hostile.name, get_room_state::v1::Request::new(zed_join, room.clone()))
+        .await
+        .expect_err("/state is down");
+    assert_eq!(err.status(), Some(http::StatusCode::SERVICE_UNAVAILABLE), "{err}");
+    assert_eq!(hostile.seen_at("/_matrix/federation/v1/state/").len(), before + 1);
+}
+
+/// The resident server will not give the full state: the room stays
+/// partial (usable: Alice sends, a member talks), and `/joined_members`
+/// waits. weft restarts meanwhile; once the state is served, the resync
+/// (resumed by the restarted server, retrying) completes the room.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_during_the_resync_resumes_it() {
+    let mut weft = TestServer::start_federating().await;
+    let hostile = Hostile::start().await;
+    hostile.set_behaviour(|b| b.serve_state = false);
+    let room = hostile.create_room(RoomVersionId::V11, "creator", &MEMBERS, Some("Restarted"));
+    let alice_id = {
+        let alice = alice_joins(&weft, &hostile, &room).await;
+        let (status, body) = alice.send_text(room.as_str(), "a0", "sent while partial").await;
+        assert_eq!(status, 200, "{body}");
+        member_talks(&weft, &hostile, &alice, &room, "m2", "talking while partial").await;
+        // The full list waits for the full state: not within a second.
+        let waiting = tokio::time::timeout(
+            Duration::from_secs(1),
+            alice.call(
+                Method::GET,
+                &format!("/_matrix/client/v3/rooms/{}/joined_members", enc(room.as_str())),
+                None,
+            ),
+        )
+        .await;
+        assert!(waiting.is_err(), "/joined_members answered while partial: {waiting:?}");
+        (alice.user_id.clone(), alice.token.clone())
+    };
+    let asked_before = hostile.seen_at("/_matrix/federation/v1/state/").len();
+    assert!(asked_before >= 1, "the resync asked for the state");
+
+    weft.restart().await;
+    hostile.set_behaviour(|b| b.serve_state = true);
+    let alice = User {
+        server: &weft,
+        user_id: alice_id.0,
+        token: alice_id.1,
+    };
+    let joined = alice
+        .ok(
+            Method::GET,
+            &format!("/_matrix/client/v3/rooms/{}/joined_members", enc(room.as_str())),
+            None,
+        )
+        .await;
+    let ids: HashSet<String> = joined["joined"].as_object().unwrap().keys().cloned().collect();
+    let want: HashSet<String> = std::iter::once("creator")
+        .chain(MEMBERS)
+        .map(|m| hostile.user(m).to_string())
+        .chain([alice.user_id.clone()])
+        .collect();
+    assert_eq!(ids, want);
+    assert!(
+        hostile.seen_at("/_matrix/federation/v1/state/").len() > asked_before,
+        "the restarted server asked again"
+    );
+    member_talks(&weft, &hostile, &alice, &room, "m4", "after the restart").await;
+}
