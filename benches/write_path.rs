@@ -70,7 +70,8 @@ use weft_process::{Options, PASSWORD, WEFT, WeftProcess};
 /// `WEFT_BENCH_PDUS` (10000; 300 without `--bench`), `WEFT_BENCH_TXN_SIZE`
 /// (50), `WEFT_BENCH_JOIN_STATE` (1000; 100), `WEFT_BENCH_JOIN_MEMBERS`
 /// (1000; 30), `WEFT_BENCH_JOIN_RUNS` (3; 1), `WEFT_BENCH_ROOM_VERSION`
-/// (11). Setting `WEFT_BENCH_KEEP` keeps A's data directory and log;
+/// (11), `WEFT_BENCH_PARTIAL_STATE` (1; 0: B joins with the full state at
+/// once). Setting `WEFT_BENCH_KEEP` keeps A's data directory and log;
 /// `WEFT_BENCH_PERF=<file>` records A with `perf record` during the /send
 /// part. `WEFT_BENCH_BACKENDS` (`sqlite,postgres`): the storage backends.
 #[derive(Debug, Clone)]
@@ -460,7 +461,10 @@ struct JoinRoom {
 }
 
 struct JoinTime {
+    /// Until the join returned (with a partial state, before the members).
     wall: Duration,
+    /// Until the room's full state was held (`/joined_members` answers).
+    full: Duration,
     a_cpu: Duration,
     bench_cpu: Duration,
 }
@@ -519,8 +523,11 @@ fn main() {
 fn b_on(backend: &Backend) -> (Option<Database>, impl Fn(&mut weft::config::Config)) {
     let database = backend.fresh_database();
     let url = database.as_ref().map(|d| d.url.clone());
+    // `WEFT_BENCH_PARTIAL_STATE=0`: B joins with the full state at once.
+    let partial = std::env::var("WEFT_BENCH_PARTIAL_STATE").map_or(true, |v| v != "0");
     (database, move |c: &mut weft::config::Config| {
-        c.database_url = url.clone()
+        c.database_url = url.clone();
+        c.partial_state_joins = partial;
     })
 }
 
@@ -849,15 +856,20 @@ async fn run(s: &Settings, backend: &Backend) -> Report {
                 .await;
             let wall = t.elapsed();
             assert_eq!(status, StatusCode::OK, "join {}: {body}", jr.label);
+            // `/joined_members` waits for the full state (a partial-state join).
+            joiner.joined_members(&jr.id).await;
+            let full = t.elapsed();
             let time = JoinTime {
                 wall,
+                full,
                 a_cpu: cpu_since(backend, &a_cpu, a.pid(), a.database.as_ref(), false),
                 bench_cpu: cpu_since(backend, &bench_cpu, "self", b2_database.as_ref(), true),
             };
             eprintln!(
-                "  run {run}: {}: {} (A CPU {}, B CPU {})",
+                "  run {run}: {}: {}, full state at {} (A CPU {}, B CPU {})",
                 jr.label,
                 ms(time.wall),
+                ms(time.full),
                 ms(time.a_cpu),
                 ms(time.bench_cpu)
             );
@@ -889,12 +901,14 @@ async fn run(s: &Settings, backend: &Backend) -> Report {
         report.row(
             format!("join: {}", jr.label),
             format!(
-                "median {} over {} run(s) ({}); A's CPU {}, B's CPU (bench process) {}",
+                "median {} over {} run(s) ({}), full state at {}; A's CPU {}, B's CPU (bench process, join and resync) {} ({} per state event)",
                 ms(median(walls.clone())),
                 walls.len(),
                 range(&walls),
+                ms(median(t.iter().map(|t| t.full).collect())),
                 ms(median(t.iter().map(|t| t.a_cpu).collect())),
-                ms(median(t.iter().map(|t| t.bench_cpu).collect()))
+                ms(median(t.iter().map(|t| t.bench_cpu).collect())),
+                ms(median(t.iter().map(|t| t.bench_cpu).collect()) / jr.state.max(1) as u32)
             ),
         );
     }

@@ -4505,6 +4505,7 @@ async fn partial_state_marks_and_completion(s: Store) {
     let addition = (key("m.room.member", "@carol:hs"), carol.id.clone());
     s.complete_partial_state(&Completion {
         room_id: room.id.clone(),
+        join_event_id: join.id.clone(),
         partial_group,
         joiner: "@bob:hs".to_owned(),
         join_depth: join_depth as i64,

@@ -143,6 +143,7 @@ pub async fn state_ids(
     req: Fed<get_room_state_ids::v1::Request>,
 ) -> Result<get_room_state_ids::v1::Response, MatrixError> {
     admit(&svc, &req.body.room_id, &req.origin).await?;
+    super::membership::not_while_partial(&svc, &req.body.room_id).await?;
     let (pdu_ids, auth_chain_ids) = state_ids_at(&svc, &req.body.room_id, &req.body.event_id).await?;
     Ok(get_room_state_ids::v1::Response::new(auth_chain_ids, pdu_ids))
 }
@@ -152,6 +153,7 @@ pub async fn state(
     req: Fed<get_room_state::v1::Request>,
 ) -> Result<get_room_state::v1::Response, MatrixError> {
     admit(&svc, &req.body.room_id, &req.origin).await?;
+    super::membership::not_while_partial(&svc, &req.body.room_id).await?;
     let (pdu_ids, auth_chain_ids) = state_ids_at(&svc, &req.body.room_id, &req.body.event_id).await?;
     let pdus = svc.storage.events(&pdu_ids).await?.iter().map(raw_pdu).collect();
     let auth_chain = svc.storage.events(&auth_chain_ids).await?.iter().map(raw_pdu).collect();

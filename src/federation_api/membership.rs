@@ -33,9 +33,22 @@ async fn check_acl(svc: &Services, room_id: &ruma::RoomId, origin: &ruma::Server
     Ok(())
 }
 
+/// A room this server joined with partial state is not one whose state it
+/// can give (a join, `/state`) until it has it all: the asker goes to
+/// another server, as Synapse's do.
+pub(super) async fn not_while_partial(svc: &Services, room_id: &ruma::RoomId) -> Result<(), MatrixError> {
+    if crate::rooms::partial_state::is_partial(svc, room_id).await? {
+        return Err(MatrixError::not_found(
+            "This server is not fully joined to the room yet: ask another",
+        ));
+    }
+    Ok(())
+}
+
 /// `make_join`/`make_leave` need a user of this server in the room: a room
 /// everyone here has left is not one this server can place events in.
 async fn check_resident(svc: &Services, room_id: &ruma::RoomId) -> Result<(), MatrixError> {
+    not_while_partial(svc, room_id).await?;
     if !acl::server_in_room(svc, room_id, svc.server_name()).await? {
         return Err(MatrixError::not_found("No user of this server is in the room"));
     }
@@ -106,6 +119,7 @@ async fn join(
 ) -> Result<create_join_event::v2::RoomState, MatrixError> {
     let b = &req.body;
     check_acl(svc, &b.room_id, &req.origin).await?;
+    not_while_partial(svc, &b.room_id).await?;
     let accepted = federated::accept_join(svc, &b.room_id, &b.event_id, &req.origin, &b.pdu, omit_members).await?;
     let mut state = create_join_event::v2::RoomState::new();
     state.event =

@@ -241,6 +241,20 @@ impl<'a> Page<'a> {
             .chain(create.as_ref())
             .filter_map(|id| self.known(id));
         let verdict = match event_checks::auth_events_allow(&self.rules, pdu, auth) {
+            // In a room joined with partial state, the members the state
+            // lacks come from the event's auth events.
+            Ok(())
+                if super::partial_state::lacks_members(pdu, before)
+                    && super::partial_state::is_partial(self.svc, &self.room.room_id)
+                        .await
+                        .map_err(|e| CheckError::Invalid(e.to_string()))? =>
+            {
+                let completed = super::partial_state::with_auth_events(
+                    before,
+                    pdu.auth_events.iter().filter_map(|id| self.known(id)),
+                );
+                self.check_against(pdu, &completed).await
+            }
             Ok(()) => self.check_against(pdu, before).await,
             Err(e) => Err(e),
         };

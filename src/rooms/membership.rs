@@ -66,6 +66,9 @@ pub async fn invite(
     reason: Option<&str>,
     is_direct: bool,
 ) -> Result<Sent, RoomError> {
+    // The target's membership (a ban, say) may be among the members a
+    // partial state leaves out.
+    super::partial_state::wait_until_full(svc, room_id).await?;
     if target.server_name() != svc.server_name() {
         let mut fields = with_reason(Map::new(), reason);
         fields.insert("membership".to_owned(), json!("invite"));
@@ -93,6 +96,7 @@ pub async fn kick(
     target: &UserId,
     reason: Option<&str>,
 ) -> Result<Sent, RoomError> {
+    super::partial_state::wait_until_full(svc, room_id).await?;
     let current = crate::visibility::current_membership(svc, room_id, target).await?;
     if !matches!(current.as_deref(), Some("join" | "invite" | "knock")) {
         return Err(RoomError::Forbidden(format!("{target} is not in the room")));
@@ -109,6 +113,8 @@ pub async fn set_other_membership(
     membership: &str,
     reason: Option<&str>,
 ) -> Result<Sent, RoomError> {
+    // The target's membership may be among those a partial state lacks.
+    super::partial_state::wait_until_full(svc, room_id).await?;
     send_event(
         svc,
         room_id,

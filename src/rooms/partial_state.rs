@@ -126,6 +126,8 @@ pub async fn resync(svc: &Services, room_id: &RoomId) -> Result<(), RoomError> {
     else {
         return Ok(());
     };
+    // Under the room's lock: a join stores its mark and itself under it.
+    let guard = svc.rooms.lock(room_id).await?;
     let Some(partial) = svc.storage.partial_state(room_id).await? else {
         return Ok(());
     };
@@ -140,6 +142,7 @@ pub async fn resync(svc: &Services, room_id: &RoomId) -> Result<(), RoomError> {
         svc.storage.drop_partial_state(room_id).await?;
         return Ok(());
     };
+    drop(guard);
     let version = svc.storage.room_version(room_id).await?.ok_or(RoomError::UnknownRoom)?;
     let rules = version
         .rules()
@@ -167,7 +170,18 @@ pub async fn resync(svc: &Services, room_id: &RoomId) -> Result<(), RoomError> {
     // What the partial state lacked: added to the state at the join and
     // to every state after it that has no entry for it (a later event is
     // newer than the state at the join).
-    let mut additions: Vec<_> = full.into_iter().filter(|(k, _)| !at_join.contains_key(k)).collect();
+    // Only the members it left out: the rest of the partial state was
+    // checked as given, and the joiner's own entry is the join.
+    let joiner = join.pdu.sender.as_str();
+    for (k, id) in &full {
+        if k.0 != StateEventType::RoomMember && at_join.get(k).is_some_and(|held| held != id) {
+            tracing::warn!(%room_id, key = ?k, "the full state disagrees with the partial one; the partial one stands");
+        }
+    }
+    let mut additions: Vec<_> = full
+        .into_iter()
+        .filter(|(k, _)| k.0 == StateEventType::RoomMember && k.1 != joiner && !at_join.contains_key(k))
+        .collect();
     additions.sort();
     let _guard = svc.rooms.lock(room_id).await?;
     let (_, current) = svc.state.current(room_id).await?.ok_or(RoomError::UnknownRoom)?;
@@ -178,6 +192,7 @@ pub async fn resync(svc: &Services, room_id: &RoomId) -> Result<(), RoomError> {
         .collect();
     let completion = Completion {
         room_id: room_id.to_owned(),
+        join_event_id: partial.join_event_id.clone(),
         partial_group,
         joiner: join.pdu.sender.to_string(),
         join_depth: i64::try_from(join.pdu.depth).unwrap_or(i64::MAX),
@@ -188,6 +203,13 @@ pub async fn resync(svc: &Services, room_id: &RoomId) -> Result<(), RoomError> {
     // The states cached here held the partial ones.
     svc.state.clear();
     svc.joined.changed(room_id);
+    svc.notifier
+        .wakeups
+        .wake(&[crate::wakeups::Topic::Room(room_id.to_owned())]);
+    // The device lists of the members learned now are fetched afresh.
+    if let Err(e) = crate::devices::joined_remote_room(svc, room_id).await {
+        tracing::warn!(%room_id, error = %e, "cannot mark remote device lists stale");
+    }
     tracing::info!(
         %room_id,
         added = completion.additions.len(),
@@ -272,6 +294,36 @@ pub async fn wait_until_full(svc: &Services, room_id: &RoomId) -> Result<(), Roo
     Ok(())
 }
 
+/// Whether `before` lacks an entry the auth rules would read for `pdu`:
+/// its sender's membership, or the target's of a membership event (what a
+/// partial state leaves out).
+pub fn lacks_members(pdu: &crate::events::Pdu, before: &StateMap) -> bool {
+    let target = (pdu.kind == ruma::events::TimelineEventType::RoomMember)
+        .then_some(pdu.state_key.as_deref())
+        .flatten();
+    [Some(pdu.sender.as_str()), target]
+        .into_iter()
+        .flatten()
+        .any(|user| !before.contains_key(&key(StateEventType::RoomMember, user)))
+}
+
+/// `before` with the state entries of `auth` (not rejected) for the keys
+/// it has no entry for.
+pub fn with_auth_events<'a>(
+    before: &StateMap,
+    auth: impl IntoIterator<Item = (&'a crate::events::Pdu, bool)>,
+) -> StateMap {
+    let mut state = before.clone();
+    for (event, rejected) in auth {
+        if !rejected && let Some(state_key) = &event.state_key {
+            state
+                .entry(key(StateEventType::from(event.kind.to_string()), state_key))
+                .or_insert_with(|| event.event_id.clone());
+        }
+    }
+    state
+}
+
 /// The state an event received in a partial room is checked against: the
 /// state before it, completed with its auth events for the keys that state
 /// lacks (the members left out of the partial state). Any other room's
@@ -281,24 +333,12 @@ pub async fn completed_with_auth_events(
     pdu: &crate::events::Pdu,
     before: &Arc<StateMap>,
 ) -> Result<Arc<StateMap>, RoomError> {
-    let sender_key = key(StateEventType::RoomMember, pdu.sender.as_str());
-    let lacks = !before.contains_key(&sender_key)
-        || pdu.state_key.as_deref().is_some_and(|k| {
-            pdu.kind == ruma::events::TimelineEventType::RoomMember
-                && !before.contains_key(&key(StateEventType::RoomMember, k))
-        });
-    if !lacks || !is_partial(svc, &pdu.room_id).await? {
+    if !lacks_members(pdu, before) || !is_partial(svc, &pdu.room_id).await? {
         return Ok(before.clone());
     }
-    let mut state = (**before).clone();
-    for auth in svc.storage.events(&pdu.auth_events).await? {
-        if auth.meta.rejected.is_none()
-            && let Some(state_key) = &auth.pdu.state_key
-        {
-            state
-                .entry(key(StateEventType::from(auth.pdu.kind.to_string()), state_key))
-                .or_insert_with(|| auth.pdu.event_id.clone());
-        }
-    }
-    Ok(Arc::new(state))
+    let auth = svc.storage.events(&pdu.auth_events).await?;
+    Ok(Arc::new(with_auth_events(
+        before,
+        auth.iter().map(|e| (&*e.pdu, e.meta.rejected.is_some())),
+    )))
 }

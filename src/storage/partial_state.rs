@@ -50,6 +50,8 @@ pub trait PartialStateStorage: Send + Sync + 'static {
 #[derive(Debug, Clone)]
 pub struct Completion {
     pub room_id: OwnedRoomId,
+    /// The join the mark is of (a mark of a later join stays).
+    pub join_event_id: OwnedEventId,
     /// The state before the join (a snapshot).
     pub partial_group: StateGroupId,
     /// The joiner's membership key, and the join's depth.

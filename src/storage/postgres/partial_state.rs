@@ -98,7 +98,12 @@ impl PartialStateStorage for PgStorage {
             )
             .await?;
             state::apply_current_state_changes(&tx, &completion.room_id, &changes).await?;
-            exec(&tx, "DELETE FROM partial_state_rooms WHERE room_id = $1", &[&room_id]).await?;
+            exec(
+                &tx,
+                "DELETE FROM partial_state_rooms WHERE room_id = $1 AND join_event_id = $2",
+                &[&room_id, &completion.join_event_id.as_str()],
+            )
+            .await?;
             // The other processes' caches (who is joined, the states) follow.
             exec(
                 &tx,

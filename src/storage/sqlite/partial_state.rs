@@ -112,7 +112,11 @@ impl PartialStateStorage for SqliteStorage {
                 })
                 .collect();
             state::apply_current_state_changes(tx, &completion.room_id, &changes)?;
-            exec(tx, "DELETE FROM partial_state_rooms WHERE room_id = ?1", [room_id])?;
+            exec(
+                tx,
+                "DELETE FROM partial_state_rooms WHERE room_id = ?1 AND join_event_id = ?2",
+                [room_id, completion.join_event_id.as_str()],
+            )?;
             Ok(())
         })
         .await
