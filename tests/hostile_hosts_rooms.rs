@@ -319,6 +319,34 @@ async fn a_restart_during_the_resync_resumes_it() {
         )
         .await;
         assert!(waiting.is_err(), "/joined_members answered while partial: {waiting:?}");
+        // Nor does weft give the room's state to others meanwhile.
+        let join_id = hostile.room(&room).state[&("m.room.member".to_owned(), alice.user_id.clone())].clone();
+        let (status, body) = hostile
+            .request(
+                &weft.server_name(),
+                Method::GET,
+                &format!(
+                    "/_matrix/federation/v1/state_ids/{}?event_id={}",
+                    enc(room.as_str()),
+                    enc(join_id.as_str())
+                ),
+                None,
+            )
+            .await;
+        assert_eq!((status, &body["errcode"]), (404, &json!("M_NOT_FOUND")), "{body}");
+        let (status, body) = hostile
+            .request(
+                &weft.server_name(),
+                Method::GET,
+                &format!(
+                    "/_matrix/federation/v1/make_join/{}/{}?ver=11",
+                    enc(room.as_str()),
+                    enc(hostile.user("newcomer").as_str())
+                ),
+                None,
+            )
+            .await;
+        assert_eq!((status, &body["errcode"]), (404, &json!("M_NOT_FOUND")), "{body}");
         (alice.user_id.clone(), alice.token.clone())
     };
     let asked_before = hostile.seen_at("/_matrix/federation/v1/state/").len();
