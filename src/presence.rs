@@ -441,6 +441,28 @@ pub async fn visible_users(svc: &Services, user: &UserId) -> Result<HashSet<Owne
     Ok(users)
 }
 
+/// The servers of the rooms joined with partial state that `user` is in
+/// (their members are not all known yet).
+async fn partial_servers(svc: &Services, user: &UserId) -> Result<HashSet<OwnedServerName>, StorageError> {
+    let partial = svc.storage.partial_state_rooms().await?;
+    if partial.is_empty() {
+        return Ok(HashSet::new());
+    }
+    let joined: HashSet<ruma::OwnedRoomId> = svc
+        .storage
+        .user_memberships(user)
+        .await?
+        .into_iter()
+        .filter(|m| m.membership == "join")
+        .map(|m| m.room_id)
+        .collect();
+    Ok(partial
+        .into_iter()
+        .filter(|p| joined.contains(&p.room_id))
+        .flat_map(|p| p.servers)
+        .collect())
+}
+
 /// Whether `observer` may see `user`'s presence.
 pub async fn may_see(svc: &Services, observer: &UserId, user: &UserId) -> Result<bool, StorageError> {
     if observer == user {
@@ -626,7 +648,19 @@ pub async fn for_sync(
             .into_iter()
             .filter(|u| admitted(u))
             .collect();
-        let known = svc.presence.of(&visible).await?;
+        let mut known = svc.presence.of(&visible).await?;
+        // In a room joined with partial state, the members of the servers
+        // in it are not all known yet: theirs is shown too.
+        let partial_servers = partial_servers(svc, user).await?;
+        if !partial_servers.is_empty() {
+            let of_partial = svc
+                .presence
+                .changes(None, head, |u: &UserId| {
+                    admitted(u) && partial_servers.contains(u.server_name())
+                })
+                .await?;
+            known.extend(of_partial);
+        }
         let mut known: Vec<_> = known.iter().filter(|(_, s)| s.position <= head).collect();
         known.sort_by_key(|(_, s)| s.position);
         let events = known.into_iter().map(|(u, s)| s.event(u, now, false)).collect();
@@ -643,10 +677,17 @@ pub async fn for_sync(
     } else {
         visible_users(svc, user).await?
     };
+    // In a room joined with partial state, the members of the servers in
+    // it are not all known yet: theirs is shown too.
+    let partial_servers = if changes.iter().any(|(u, _)| !visible.contains(u)) {
+        partial_servers(svc, user).await?
+    } else {
+        HashSet::new()
+    };
     let mut seen = HashSet::new();
     let mut events = Vec::new();
     for (u, status) in &changes {
-        if visible.contains(u) {
+        if visible.contains(u) || partial_servers.contains(u.server_name()) {
             events.push(status.event(u, now, false));
             seen.insert(u.clone());
         }

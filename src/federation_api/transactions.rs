@@ -157,13 +157,20 @@ async fn receive_edu(svc: &Services, origin: &ruma::ServerName, edu: &serde_json
     let in_room = |room_id: &ruma::RoomId, user: &ruma::UserId| {
         let (room_id, user) = (room_id.to_owned(), user.to_owned());
         async move {
-            Ok::<_, MatrixError>(
-                user.server_name() == origin
-                    && acl::allows(svc, &room_id, origin).await?
-                    && crate::visibility::current_membership(svc, &room_id, &user)
+            if user.server_name() != origin || !acl::allows(svc, &room_id, origin).await? {
+                return Ok::<_, MatrixError>(false);
+            }
+            Ok(
+                match crate::visibility::current_membership(svc, &room_id, &user).await? {
+                    Some(membership) => membership == "join",
+                    // A room joined with partial state: its members are not
+                    // all known yet; a server in it speaks for its users.
+                    None => svc
+                        .storage
+                        .partial_state(&room_id)
                         .await?
-                        .as_deref()
-                        == Some("join"),
+                        .is_some_and(|p| p.servers.iter().any(|s| s == origin)),
+                },
             )
         }
     };
