@@ -88,8 +88,9 @@ pub struct Config {
     pub ephemeral_messages: bool,
     /// Joining rooms held by other servers with partial state (a "faster
     /// join"): the resident server leaves the member events out, the room
-    /// is usable at once and the rest is fetched in the background. On by
-    /// default.
+    /// is usable at once and the rest is fetched in the background. Off by
+    /// default until the events received while partial are checked again
+    /// against the full state (`docs/joins.md`).
     pub partial_state_joins: bool,
     /// The largest media upload accepted (bytes); larger ones are refused
     /// with `M_TOO_LARGE`. Also the largest remote media fetched.
@@ -148,7 +149,7 @@ impl Default for Config {
             public_baseurl: None,
             presence: true,
             ephemeral_messages: false,
-            partial_state_joins: true,
+            partial_state_joins: false,
             max_upload_size: 50 * 1024 * 1024,
             header_read_timeout_secs: 30,
             rate_limits: true,

@@ -89,7 +89,7 @@ async fn member_talks(
 /// besides its creator (its full state given), sees its state, and gets a
 /// message sent there.
 async fn weft_joins_a_hostile_room(version: RoomVersionId) {
-    let weft = TestServer::start_federating().await;
+    let weft = TestServer::start_federating_with(|c| c.partial_state_joins = true).await;
     let hostile = Hostile::start().await;
     hostile.set_behaviour(|b| b.serve_partial_state = false);
     let room = hostile.create_room(version.clone(), "creator", &MEMBERS, Some("The hostile room"));
@@ -126,7 +126,7 @@ async fn weft_joins_a_hostile_room_v12() {
 /// partial in weft; a member weft has no member event of still talks.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_member_talks_while_the_room_is_partial() {
-    let weft = TestServer::start_federating().await;
+    let weft = TestServer::start_federating_with(|c| c.partial_state_joins = true).await;
     let hostile = Hostile::start().await;
     hostile.set_behaviour(|b| b.serve_state = false);
     let room = hostile.create_room(RoomVersionId::V11, "creator", &MEMBERS, Some("Partial"));
@@ -140,7 +140,7 @@ async fn a_member_talks_while_the_room_is_partial() {
 /// gets every member, and a member talks after that.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_member_talks_after_the_partial_state_is_resynced() {
-    let weft = TestServer::start_federating().await;
+    let weft = TestServer::start_federating_with(|c| c.partial_state_joins = true).await;
     let hostile = Hostile::start().await;
     let room = hostile.create_room(RoomVersionId::V11, "creator", &MEMBERS, Some("Resynced"));
     let alice = alice_joins(&weft, &hostile, &room).await;
@@ -214,7 +214,7 @@ async fn raw_join(
 /// at a join (all the members), or 503 when it is told not to serve it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_hostile_server_serves_partial_and_full_state() {
-    let weft = TestServer::start_federating().await;
+    let weft = TestServer::start_federating_with(|c| c.partial_state_joins = true).await;
     let hostile = Hostile::start().await;
     let room = hostile.create_room(RoomVersionId::V11, "creator", &MEMBERS, Some("Partial"));
     let all_members: HashSet<String> = std::iter::once("creator")
@@ -299,7 +299,7 @@ async fn the_hostile_server_serves_partial_and_full_state() {
 /// (resumed by the restarted server, retrying) completes the room.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restart_during_the_resync_resumes_it() {
-    let mut weft = TestServer::start_federating().await;
+    let mut weft = TestServer::start_federating_with(|c| c.partial_state_joins = true).await;
     let hostile = Hostile::start().await;
     hostile.set_behaviour(|b| b.serve_state = false);
     let room = hostile.create_room(RoomVersionId::V11, "creator", &MEMBERS, Some("Restarted"));

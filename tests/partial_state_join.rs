@@ -54,7 +54,7 @@ async fn newest_message(user: &User<'_>, room: &str) -> Option<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_room_joined_with_partial_state_is_usable_and_gets_its_members() {
     let a = TestServer::start_federating().await;
-    let b = TestServer::start_federating().await;
+    let b = TestServer::start_federating_with(|c| c.partial_state_joins = true).await;
     let alice = a.register("alice").await;
     let room = alice
         .create_room(json!({ "preset": "public_chat", "name": "Many members" }))

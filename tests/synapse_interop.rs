@@ -849,7 +849,10 @@ async fn synapse_joins_a_weft_room_with_partial_state_and_completes_it() {
 /// Synapse in the background (`/state`), ending with every member known.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn weft_joins_a_synapse_room_with_partial_state_and_completes_it() {
-    let (synapse, _weft, alice, bob) = common::synapse::synapse_and_weft().await;
+    let synapse = Synapse::start().await;
+    let weft = TestServer::start_federating_with(|c| c.partial_state_joins = true).await;
+    let alice = synapse.user("alice").await;
+    let bob = Client::register_on_weft(&weft, "bob").await;
     let room = alice
         .create_room(json!({ "preset": "public_chat", "room_version": "11", "name": "Synapse's many" }))
         .await;
