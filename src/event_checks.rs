@@ -58,6 +58,84 @@ pub async fn check_signed(svc: &Services, version: &RoomVersionId, raw: &RawValu
     check_signatures(&rules, object, event_id, &room_id, &keys)
 }
 
+/// Steps 1–3 for many PDUs at once (the state and auth chain of an
+/// answer): the formats, then the signatures and hashes, are checked on
+/// every core, the signing keys looked up in between. One result per PDU,
+/// in order.
+pub async fn check_signed_all(
+    svc: &Services,
+    version: &RoomVersionId,
+    raws: Vec<Box<RawValue>>,
+) -> Vec<Result<Pdu, CheckError>> {
+    let Some(rules) = version.rules() else {
+        return raws
+            .iter()
+            .map(|_| Err(CheckError::Invalid(format!("unsupported room version {version}"))))
+            .collect();
+    };
+    let formats = {
+        let rules = rules.clone();
+        on_every_core(raws, move |raw| check_format(&rules, &raw)).await
+    };
+    let mut signed = Vec::with_capacity(formats.len());
+    for format in formats {
+        signed.push(match format {
+            Ok((object, event_id, room_id)) => match signing_keys(svc, &object, &rules).await {
+                Ok(keys) => Ok((object, event_id, room_id, keys)),
+                Err(e) => Err(e),
+            },
+            Err(e) => Err(e),
+        });
+    }
+    on_every_core(signed, move |checked| {
+        let (object, event_id, room_id, keys) = checked?;
+        check_signatures(&rules, object, event_id, &room_id, &keys)
+    })
+    .await
+}
+
+/// `f` of each item, in order, the items shared out between blocking
+/// threads, a few per core (checking signatures is CPU work that would
+/// otherwise hold up the async workers). A handful is done in place.
+async fn on_every_core<T, R>(
+    items: Vec<T>,
+    f: impl Fn(T) -> Result<R, CheckError> + Send + Sync + 'static,
+) -> Vec<Result<R, CheckError>>
+where
+    T: Send + 'static,
+    R: Send + 'static,
+{
+    const IN_PLACE: usize = 8;
+    if items.len() <= IN_PLACE {
+        return items.into_iter().map(f).collect();
+    }
+    let cores = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+    let size = items.len().div_ceil(cores * 2).max(IN_PLACE);
+    let f = std::sync::Arc::new(f);
+    let mut items = items.into_iter();
+    let mut parts = Vec::new();
+    loop {
+        let part: Vec<T> = items.by_ref().take(size).collect();
+        if part.is_empty() {
+            break;
+        }
+        let f = f.clone();
+        let len = part.len();
+        let task = tokio::task::spawn_blocking(move || part.into_iter().map(|item| f(item)).collect::<Vec<_>>());
+        parts.push((len, task));
+    }
+    let mut results = Vec::new();
+    for (len, part) in parts {
+        match part.await {
+            Ok(done) => results.extend(done),
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            // Only at the runtime's shutdown.
+            Err(e) => results.extend((0..len).map(|_| Err(CheckError::Invalid(format!("check cancelled: {e}"))))),
+        }
+    }
+    results
+}
+
 /// Step 1: the PDU as this server will hold it (`unsigned` and, but in
 /// rooms v1 and v2, `event_id` removed), if its format is the room
 /// version's; its event ID and room.

@@ -920,7 +920,7 @@ async fn timeline_outlier_then_timeline(s: Store) {
     let mut room = Room::create(&s, "o").await;
     let (m1, s1) = room.send("one").await;
     let x = room.message("held as an outlier first");
-    s.persist_outlier(x.pdu(), None).await.unwrap();
+    s.persist_outliers(vec![(x.pdu(), None)]).await.unwrap();
     let as_outlier = stored(&s, &x.id).await;
     assert!(as_outlier.meta.outlier);
     assert_eq!(as_outlier.meta.state_group_before, None);
@@ -945,7 +945,7 @@ async fn timeline_outlier_then_timeline(s: Store) {
         Some(s1)
     );
     // Held already: nothing changes.
-    s.persist_outlier(x.pdu(), Some("rejected now?".to_owned()))
+    s.persist_outliers(vec![(x.pdu(), Some("rejected now?".to_owned()))])
         .await
         .unwrap();
     let again = stored(&s, &x.id).await;
@@ -966,7 +966,9 @@ async fn timeline_outlier_then_timeline(s: Store) {
     assert_eq!(s.children(&m1.id).await.unwrap(), std::slice::from_ref(&x.id));
     // An outlier of an unknown room.
     let stray = Ev::message("stray", &rid("elsewhere"), "x").prev_ids(&["nothing"], 7);
-    s.persist_outlier(stray.pdu(), Some("bad".to_owned())).await.unwrap();
+    s.persist_outliers(vec![(stray.pdu(), Some("bad".to_owned()))])
+        .await
+        .unwrap();
     let stray_held = stored(&s, &stray.id).await;
     assert_eq!(
         (stray_held.meta.outlier, stray_held.meta.rejected.as_deref()),
@@ -975,6 +977,25 @@ async fn timeline_outlier_then_timeline(s: Store) {
     assert!(stray_held.pdu.rejected);
     assert!(s.room(&rid("elsewhere")).await.unwrap().is_none());
     assert!(s.backward_extremities(&rid("elsewhere")).await.unwrap().is_empty());
+
+    // Several in one write (an answer's state and auth chain), one of them
+    // held already: the new ones are kept as given, the held one is left.
+    let (y, z) = (room.message("batch y"), room.message("batch z"));
+    s.persist_outliers(vec![
+        (y.pdu(), None),
+        (x.pdu(), Some("rejected now?".to_owned())),
+        (z.pdu(), Some("z fails its auth events".to_owned())),
+    ])
+    .await
+    .unwrap();
+    let (y_held, z_held) = (stored(&s, &y.id).await, stored(&s, &z.id).await);
+    assert!(y_held.meta.outlier && z_held.meta.outlier);
+    assert_eq!(y_held.meta.rejected, None);
+    assert_eq!(z_held.meta.rejected.as_deref(), Some("z fails its auth events"));
+    assert!(z_held.meta.stream_ordering > y_held.meta.stream_ordering);
+    let x_held = stored(&s, &x.id).await;
+    assert_eq!(x_held.meta.rejected, None);
+    assert!(!x_held.meta.outlier);
 }
 
 async fn timeline_rejected_and_soft_failed(s: Store) {
@@ -1144,7 +1165,7 @@ async fn timeline_backfilled(s: Store) {
     // learns of the redaction that came first; the page's parents not
     // held become the backward extremity.
     let p5 = Ev::message("bf-p5", &room_id, "to be redacted").prev_ids(&["bf-p4"], 5);
-    s.persist_outlier(p5.pdu(), None).await.unwrap();
+    s.persist_outliers(vec![(p5.pdu(), None)]).await.unwrap();
     let p6 = Ev::new("bf-p6", &room_id, "m.room.redaction", None, json!({}))
         .prev_ids(&["bf-p5"], 6)
         .redacting(&p5.id);
@@ -1334,7 +1355,7 @@ async fn state_group_deltas(s: Store) {
     assert_eq!(sorted(s.state_group(after).await.unwrap()), room.current());
     // Outliers have none.
     let outlier = room.next("m.room.name", Some(""), json!({"name": "n"}));
-    s.persist_outlier(outlier.pdu(), None).await.unwrap();
+    s.persist_outliers(vec![(outlier.pdu(), None)]).await.unwrap();
     assert!(
         s.store_state_group(&room.id, StateWrite::AfterEvent(outlier.id.clone()))
             .await
@@ -1689,9 +1710,9 @@ async fn history_walks(s: Store) {
         sorted(vec![a.id.clone(), c.id.clone(), m.id.clone()])
     );
     let o = Ev::new("h-o", &room_id, "m.room.power_levels", Some(""), json!({})).auth(&[&c, &m]);
-    s.persist_outlier(o.pdu(), None).await.unwrap();
+    s.persist_outliers(vec![(o.pdu(), None)]).await.unwrap();
     let o2 = Ev::new("h-o2", &room_id, "m.room.join_rules", Some(""), json!({})).auth(&[&o]);
-    s.persist_outlier(o2.pdu(), None).await.unwrap();
+    s.persist_outliers(vec![(o2.pdu(), None)]).await.unwrap();
     assert_eq!(
         chain(vec![&o2]).await,
         sorted(vec![c.id.clone(), m.id.clone(), o.id.clone()])
@@ -2674,7 +2695,7 @@ async fn remote_invites(s: Store) {
     };
     assert_not_found(s.store_remote_invite(&invite).await);
     assert!(s.remote_invites(&alice).await.unwrap().is_empty());
-    s.persist_outlier(invite_event.pdu(), None).await.unwrap();
+    s.persist_outliers(vec![(invite_event.pdu(), None)]).await.unwrap();
     s.store_remote_invite(&invite).await.unwrap();
     let stream = stored(&s, &invite_event.id).await.meta.stream_ordering;
     let expected = RemoteInvite {
@@ -2685,7 +2706,7 @@ async fn remote_invites(s: Store) {
 
     // Rejected: the leave takes the invite's place.
     let leave = member("leave1", &remote_room, "leave");
-    s.persist_outlier(leave.pdu(), None).await.unwrap();
+    s.persist_outliers(vec![(leave.pdu(), None)]).await.unwrap();
     let rejection = RemoteInvite {
         event_id: leave.id.clone(),
         membership: "leave".to_owned(),
@@ -2702,7 +2723,7 @@ async fn remote_invites(s: Store) {
     // A second room; in stream order.
     let room2 = OwnedRoomId::try_from("!second:other.example").unwrap();
     let invite2_event = member("inv2", &room2, "invite");
-    s.persist_outlier(invite2_event.pdu(), None).await.unwrap();
+    s.persist_outliers(vec![(invite2_event.pdu(), None)]).await.unwrap();
     let invite2 = RemoteInvite {
         room_id: room2.clone(),
         event_id: invite2_event.id.clone(),
@@ -4283,7 +4304,7 @@ async fn sliding_room_activity(s: Store) {
     // Events outside the timeline do not count: an outlier, a soft-failed
     // message, a rejected one.
     let outlier = Ev::message("ra-outlier", &ra.id, "x").after(&[ra.tip()]);
-    s.persist_outlier(outlier.pdu(), None).await.unwrap();
+    s.persist_outliers(vec![(outlier.pdu(), None)]).await.unwrap();
     let soft = ra.message("soft");
     let mut new = ra.new_event(&soft);
     new.status = TimelineStatus::SoftFailed;
@@ -4426,7 +4447,7 @@ async fn an_outlier_backfilled_through_one_process_leaves_the_others_cache() {
         .unwrap();
     // A holds p9 as an outlier (an auth event, say), and caches it so.
     let p9 = Ev::message("oc-p9", &room_id, "older").prev_ids(&["oc-p8"], 9);
-    a.persist_outlier(p9.pdu(), None).await.unwrap();
+    a.persist_outliers(vec![(p9.pdu(), None)]).await.unwrap();
     assert!(a.event(&p9.id).await.unwrap().unwrap().meta.outlier);
 
     // B writes the page that takes it into the timeline.
@@ -4501,7 +4522,7 @@ async fn partial_state_marks_and_completion(s: Store) {
         json!({"membership": "join"}),
     )
     .sender(&uid("carol"));
-    s.persist_outlier(carol.pdu(), None).await.unwrap();
+    s.persist_outliers(vec![(carol.pdu(), None)]).await.unwrap();
     let addition = (key("m.room.member", "@carol:hs"), carol.id.clone());
     s.complete_partial_state(&Completion {
         room_id: room.id.clone(),

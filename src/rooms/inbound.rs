@@ -309,20 +309,12 @@ impl Receiver<'_> {
                 return Ok(());
             }
         };
-        let mut events = Vec::new();
-        for raw in &chain {
-            match event_checks::check_signed(self.svc, self.version, raw).await {
-                Ok(event) if event.room_id == self.room_id => events.push(event),
-                Ok(_) => {}
-                Err(e) => tracing::info!(error = %e, "dropping an auth event"),
-            }
-        }
-        events.sort_by_key(|e| e.depth);
+        let events = super::outliers::check_signed(self.svc, self.version, self.room_id, chain).await;
         self.keep_outliers(events).await
     }
 
     async fn keep_outliers(&self, events: Vec<Pdu>) -> Result<(), RoomError> {
-        keep_outliers(self.svc, &self.rules()?, events).await
+        super::outliers::keep(self.svc, &self.rules()?, events).await.map(drop)
     }
 
     /// Fills a gap before `pdu` with `/get_missing_events`, oldest first.
@@ -636,22 +628,4 @@ impl Receiver<'_> {
         let resolved = Arc::new(resolve::resolve_with(self.svc, rules, &states, &pending).await?);
         Ok(NewCurrent::Resolved { previous, resolved })
     }
-}
-
-/// Checks events against their own auth events, oldest first (the caller
-/// sorts them by depth), and keeps them as outliers: rejected where they
-/// fail.
-pub(crate) async fn keep_outliers(svc: &Services, rules: &RoomVersionRules, events: Vec<Pdu>) -> Result<(), RoomError> {
-    for event in events {
-        if svc.storage.event(&event.event_id).await?.is_some() {
-            continue;
-        }
-        let rejected = match event_checks::check_auth_events(svc, rules, &event).await {
-            Ok(()) => None,
-            Err(CheckError::Rejected(reason)) => Some(reason),
-            Err(e) => return Err(e.into()),
-        };
-        svc.storage.persist_outlier(Arc::new(event), rejected).await?;
-    }
-    Ok(())
 }

@@ -92,7 +92,7 @@ pub async fn receive_invite(
     let signed = crate::events::Pdu::from_canonical(pdu.event_id.clone(), Some(room_id), &object)
         .map_err(|e| RoomError::Invalid(e.to_string()))?;
     let signed = Arc::new(signed);
-    svc.storage.persist_outlier(signed.clone(), None).await?;
+    svc.storage.persist_outliers(vec![(signed.clone(), None)]).await?;
     if !in_room {
         let invite = RemoteInvite {
             user_id: invitee.clone(),
@@ -297,7 +297,7 @@ pub async fn reject_locally(svc: &Services, invite: &RemoteInvite, reason: Optio
 /// The leave takes the invite's place, so /sync tells the client.
 async fn record_rejection(svc: &Services, invite: &RemoteInvite, leave: crate::events::Pdu) -> Result<(), RoomError> {
     let event_id = leave.event_id.clone();
-    svc.storage.persist_outlier(Arc::new(leave), None).await?;
+    svc.storage.persist_outliers(vec![(Arc::new(leave), None)]).await?;
     let rejected = RemoteInvite {
         event_id,
         membership: "leave".to_owned(),

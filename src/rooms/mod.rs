@@ -12,6 +12,7 @@ pub mod heroes;
 pub mod inbound;
 pub mod invites;
 pub mod membership;
+pub mod outliers;
 pub mod partial_state;
 pub mod persist;
 pub mod power;

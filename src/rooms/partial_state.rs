@@ -29,12 +29,11 @@ use std::{
 
 use tokio::sync::Notify;
 
-use ruma::{OwnedEventId, OwnedRoomId, RoomId, api::federation::event::get_room_state, events::StateEventType};
+use ruma::{OwnedRoomId, RoomId, api::federation::event::get_room_state, events::StateEventType};
 use tokio_util::sync::CancellationToken;
 
-use super::{RoomError, inbound::keep_outliers};
+use super::RoomError;
 use crate::{
-    event_checks,
     services::Services,
     state::{StateMap, key},
     storage::partial_state::{Completion, PartialState},
@@ -144,13 +143,10 @@ pub async fn resync(svc: &Services, room_id: &RoomId) -> Result<(), RoomError> {
     };
     drop(guard);
     let version = svc.storage.room_version(room_id).await?.ok_or(RoomError::UnknownRoom)?;
-    let rules = version
-        .rules()
-        .ok_or_else(|| RoomError::UnsupportedVersion(version.to_string()))?;
     let started = std::time::Instant::now();
     let mut wait = FIRST_RETRY;
     let full = loop {
-        if let Some(full) = fetch_full_state(svc, &partial, &version, &rules).await? {
+        if let Some(full) = fetch_full_state(svc, &partial, &version).await? {
             break full;
         }
         tracing::info!(%room_id, retry_in = ?wait, "no server gave the full state of a room joined with partial state");
@@ -226,7 +222,6 @@ async fn fetch_full_state(
     svc: &Services,
     partial: &PartialState,
     version: &ruma::RoomVersionId,
-    rules: &ruma::room_version_rules::RoomVersionRules,
 ) -> Result<Option<StateMap>, RoomError> {
     let room_id = &partial.room_id;
     for server in partial.servers.iter().filter(|s| *s != svc.server_name()) {
@@ -238,40 +233,7 @@ async fn fetch_full_state(
                 continue;
             }
         };
-        let mut events = Vec::with_capacity(answer.auth_chain.len() + answer.pdus.len());
-        let mut state_ids = HashSet::with_capacity(answer.pdus.len());
-        for (is_state, raw) in answer
-            .auth_chain
-            .iter()
-            .map(|raw| (false, raw))
-            .chain(answer.pdus.iter().map(|raw| (true, raw)))
-        {
-            match event_checks::check_signed(svc, version, raw).await {
-                Ok(event) if event.room_id == *room_id => {
-                    if is_state {
-                        state_ids.insert(event.event_id.clone());
-                    }
-                    events.push(event);
-                }
-                Ok(_) => tracing::info!(%server, "dropping an event of another room from a state answer"),
-                Err(e) => tracing::info!(%server, error = %e, "dropping an event of a state answer"),
-            }
-        }
-        events.sort_by_key(|e| e.depth);
-        events.dedup_by(|a, b| a.event_id == b.event_id);
-        keep_outliers(svc, rules, events).await?;
-        let ids: Vec<OwnedEventId> = state_ids.into_iter().collect();
-        let mut full = StateMap::new();
-        for held in svc.storage.events(&ids).await? {
-            if held.meta.rejected.is_none()
-                && let Some(state_key) = &held.pdu.state_key
-            {
-                full.insert(
-                    key(StateEventType::from(held.pdu.kind.to_string()), state_key),
-                    held.pdu.event_id.clone(),
-                );
-            }
-        }
+        let full = super::outliers::keep_state(svc, version, room_id, answer.pdus, answer.auth_chain).await?;
         if full.contains_key(&key(StateEventType::RoomCreate, "")) {
             return Ok(Some(full));
         }

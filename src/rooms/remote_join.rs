@@ -7,8 +7,8 @@
 use std::sync::Arc;
 
 use ruma::{
-    CanonicalJsonObject, CanonicalJsonValue, MilliSecondsSinceUnixEpoch, OwnedEventId, OwnedServerName, RoomId,
-    RoomVersionId, UserId,
+    CanonicalJsonObject, CanonicalJsonValue, MilliSecondsSinceUnixEpoch, OwnedServerName, RoomId, RoomVersionId,
+    UserId,
     api::federation::membership::{create_join_event, prepare_join_event},
     events::StateEventType,
 };
@@ -16,7 +16,6 @@ use serde_json::value::RawValue;
 
 use super::{
     RoomError,
-    inbound::keep_outliers,
     persist::{NewCurrent, ToPersist, persist_pdu},
     send::Sent,
 };
@@ -25,7 +24,7 @@ use crate::{
     event_checks,
     events::Pdu,
     services::Services,
-    state::{StateMap, key},
+    state::key,
     storage::{StateWrite, TimelineStatus, partial_state::PartialState},
 };
 
@@ -160,50 +159,14 @@ async fn join_through(
         Err(e) => return Err(federation_error(e)),
     };
 
+    let answered = std::time::Instant::now();
     let _guard = svc.rooms.lock(room_id).await?;
     svc.storage.add_room(room_id, &version).await?;
 
     // Every event of the state and its auth chain is checked; they are kept
-    // as outliers, oldest first.
-    let mut events = Vec::new();
-    for pdu in answer.auth_chain.iter().chain(&answer.state) {
-        match event_checks::check_signed(svc, &version, pdu).await {
-            Ok(checked) if checked.room_id == room_id => events.push(checked),
-            Ok(_) => {
-                return Err(RoomError::Invalid(
-                    "the join answer holds events of another room".to_owned(),
-                ));
-            }
-            Err(e) => tracing::info!(%room_id, error = %e, "dropping an event of the join answer"),
-        }
-    }
-    let state_ids: Vec<OwnedEventId> = {
-        let rules = &rules;
-        let mut ids = Vec::new();
-        for pdu in &answer.state {
-            if let Some(object) = serde_json::from_str::<CanonicalJsonObject>(pdu.get()).ok()
-                && let Ok(id) = crate::events::event_id_of(&object, rules)
-            {
-                ids.push(id);
-            }
-        }
-        ids
-    };
-    events.sort_by_key(|e| e.depth);
-    events.dedup_by(|a, b| a.event_id == b.event_id);
-    keep_outliers(svc, &rules, events).await?;
-
-    let mut state = StateMap::new();
-    for held in svc.storage.events(&state_ids).await? {
-        if held.meta.rejected.is_none()
-            && let Some(state_key) = &held.pdu.state_key
-        {
-            state.insert(
-                key(StateEventType::from(held.pdu.kind.to_string()), state_key),
-                held.pdu.event_id.clone(),
-            );
-        }
-    }
+    // as outliers.
+    let (room_state, auth_chain) = (answer.state, answer.auth_chain);
+    let state = super::outliers::keep_state(svc, &version, room_id, room_state, auth_chain).await?;
     if !state.contains_key(&key(StateEventType::RoomCreate, "")) {
         return Err(RoomError::Invalid("the room's state has no create event".to_owned()));
     }
@@ -245,6 +208,7 @@ async fn join_through(
         svc.storage.mark_partial_state(partial).await?;
         svc.joined.changed(room_id);
     }
+    let state_kept = answered.elapsed();
     let group = svc
         .storage
         .store_state_group(
@@ -266,7 +230,10 @@ async fn join_through(
         backfilled: false,
     };
     let sent = persist_pdu(svc, persisted, &rules).await?;
-    tracing::info!(%room_id, %user, %server, partial_state = partial.is_some(), "joined a room over federation");
+    tracing::info!(
+        %room_id, %user, %server, partial_state = partial.is_some(), ?state_kept, stored = ?answered.elapsed() - state_kept,
+        "joined a room over federation"
+    );
     if partial.is_some() {
         svc.partial_resyncs.joined();
     }

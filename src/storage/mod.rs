@@ -575,10 +575,11 @@ pub trait Storage:
     /// [`Self::persist_timeline_event`] for several events, in order, in
     /// one transaction: all are stored or none.
     async fn persist_timeline_events(&self, events: Vec<NewTimelineEvent>) -> Result<Vec<Persisted>>;
-    /// Keeps an event without the state before it (an auth event fetched
-    /// from another server, a state event of a join): no place in the
-    /// timeline, no extremities. Nothing happens if it is held already.
-    async fn persist_outlier(&self, pdu: Arc<Pdu>, rejected: Option<String>) -> Result<()>;
+    /// Keeps events without the state before them (auth events fetched
+    /// from another server, the state of a join), each rejected or not, in
+    /// one transaction: no place in the timeline, no extremities. One held
+    /// already is left as it is.
+    async fn persist_outliers(&self, events: Vec<(Arc<Pdu>, Option<String>)>) -> Result<()>;
     /// The event sent under this client transaction, if any.
     async fn txn_event(&self, txn: &TxnKey) -> Result<Option<OwnedEventId>>;
     /// The event to expire first (self-destructing messages, MSC2228) and

@@ -511,49 +511,111 @@ async fn insert_edges(tx: &impl GenericClient, pdu: &Pdu, forward: bool) -> Resu
     Ok((earlier, col(&row, 1)?))
 }
 
-async fn insert_auth_edges(tx: &impl GenericClient, event_id: &str, auth: &[&str]) -> Result<()> {
+/// Outliers, in three statements whatever their number: the rows (those
+/// held already are left as they are), their auth edges, and their
+/// positions in the events stream, in the order given (last: see
+/// [`take_position`]).
+pub async fn persist_outliers(tx: &impl GenericClient, outliers: &[(Arc<Pdu>, Option<String>)]) -> Result<()> {
+    if outliers.is_empty() {
+        return Ok(());
+    }
+    let n = outliers.len();
+    let (mut ids, mut rooms, mut types, mut keys, mut senders) = (
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+    );
+    let (mut depths, mut ts, mut jsons, mut rejected) = (
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+    );
+    let (mut authed, mut auths) = (Vec::new(), Vec::new());
+    for (pdu, reason) in outliers {
+        ids.push(pdu.event_id.as_str());
+        rooms.push(pdu.room_id.as_str());
+        types.push(pdu.kind.to_string());
+        keys.push(pdu.state_key.as_deref());
+        senders.push(pdu.sender.as_str());
+        depths.push(big(pdu.depth));
+        ts.push(i64::from(pdu.origin_server_ts.get()));
+        jsons.push(&*pdu.json);
+        rejected.push(reason.as_deref());
+        for auth in &pdu.auth_events {
+            authed.push(pdu.event_id.as_str());
+            auths.push(auth.as_str());
+        }
+    }
+    // Placeholder positions (as `insert_event_row` takes them); an event
+    // held already, or twice in `outliers`, is written once.
+    let written = query(
+        tx,
+        &format!(
+            "INSERT INTO events ({EVENT_COLUMNS})
+             SELECT nextval('backfill_stream'), x.id, x.room, x.type, x.key, x.sender, x.depth, x.ts, $10, x.json,
+                    TRUE, x.rejected, FALSE, NULL, NULL, NULL
+             FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::bigint[], $7::bigint[],
+                         $8::text[], $9::text[]) WITH ORDINALITY
+                 AS x(id, room, type, key, sender, depth, ts, json, rejected, n)
+             ORDER BY x.n
+             ON CONFLICT (event_id) DO NOTHING
+             RETURNING event_id, stream_ordering"
+        ),
+        &[
+            &ids,
+            &rooms,
+            &types,
+            &keys,
+            &senders,
+            &depths,
+            &ts,
+            &jsons,
+            &rejected,
+            &now_ms(),
+        ],
+    )
+    .await?;
+    if written.is_empty() {
+        return Ok(());
+    }
+    let mut placeholders = std::collections::HashMap::with_capacity(written.len());
+    for row in &written {
+        placeholders.insert(col::<String>(row, 0)?, col::<i64>(row, 1)?);
+    }
     exec(
         tx,
         "INSERT INTO event_auth (event_id, auth_event_id)
-         SELECT $1, a FROM unnest($2::text[]) AS a ON CONFLICT DO NOTHING",
-        &[&event_id, &auth],
+         SELECT * FROM unnest($1::text[], $2::text[]) ON CONFLICT DO NOTHING",
+        &[&authed, &auths],
     )
     .await?;
-    Ok(())
-}
-
-pub async fn persist_outlier(tx: &impl GenericClient, pdu: &Pdu, rejected: Option<&str>) -> Result<()> {
-    if query_opt(
+    // The positions, in the order given, in one step of the counter.
+    let mut seen = std::collections::HashSet::with_capacity(placeholders.len());
+    let ordered: Vec<i64> = ids
+        .iter()
+        .filter_map(|id| placeholders.get(*id).copied())
+        .filter(|p| seen.insert(*p))
+        .collect();
+    exec(
         tx,
-        "SELECT 1 FROM events WHERE event_id = $1",
-        &[&pdu.event_id.as_str()],
-    )
-    .await?
-    .is_some()
-    {
-        return Ok(());
-    }
-    let inserted = insert_event_row(
-        tx,
-        EventRow {
-            pdu,
-            outlier: true,
-            rejected,
-            soft_failed: false,
-            before: None,
-            after: None,
-            replaces_state: None,
-        },
+        &format!(
+            "WITH next AS (
+                 UPDATE stream_positions SET position = position + cardinality($1::bigint[]) WHERE stream = 'events'
+                 RETURNING position
+             ), ev AS (
+                 UPDATE events SET stream_ordering = (SELECT position FROM next) - cardinality($1::bigint[]) + p.n
+                 FROM unnest($1::bigint[]) WITH ORDINALITY AS p(placeholder, n)
+                 WHERE stream_ordering = p.placeholder
+                 RETURNING {EVENT_NOTIFY} AS notify
+             )
+             SELECT count(*) FROM ev"
+        ),
+        &[&ordered],
     )
     .await?;
-    // Another writer stored it since the check above: it stays as that
-    // writer stored it.
-    let Some(placeholder) = inserted else {
-        return Ok(());
-    };
-    let auth: Vec<&str> = pdu.auth_events.iter().map(|a| a.as_str()).collect();
-    insert_auth_edges(tx, pdu.event_id.as_str(), &auth).await?;
-    take_position(tx, placeholder, None).await?;
     Ok(())
 }
 

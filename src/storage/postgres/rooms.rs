@@ -210,10 +210,11 @@ impl Storage for PgStorage {
         Ok(persisted)
     }
 
-    async fn persist_outlier(&self, pdu: Arc<Pdu>, rejected: Option<String>) -> Result<()> {
-        pg_write!(self, |tx| events::persist_outlier(&tx, &pdu, rejected.as_deref())
-            .await?)?;
-        self.events.forget(&pdu.event_id);
+    async fn persist_outliers(&self, outliers: Vec<(Arc<Pdu>, Option<String>)>) -> Result<()> {
+        pg_write!(self, |tx| events::persist_outliers(&tx, &outliers).await?)?;
+        for (pdu, _) in &outliers {
+            self.events.forget(&pdu.event_id);
+        }
         Ok(())
     }
 

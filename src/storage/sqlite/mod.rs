@@ -517,11 +517,18 @@ impl Storage for SqliteStorage {
         Ok(persisted)
     }
 
-    async fn persist_outlier(&self, pdu: Arc<Pdu>, rejected: Option<String>) -> Result<()> {
-        let event_id = pdu.event_id.clone();
-        self.write(move |tx| events::persist_outlier(tx, &pdu, rejected.as_deref()))
-            .await?;
-        self.events.forget(&event_id);
+    async fn persist_outliers(&self, outliers: Vec<(Arc<Pdu>, Option<String>)>) -> Result<()> {
+        let ids: Vec<OwnedEventId> = outliers.iter().map(|(pdu, _)| pdu.event_id.clone()).collect();
+        self.write(move |tx| {
+            for (pdu, rejected) in &outliers {
+                events::persist_outlier(tx, pdu, rejected.as_deref())?;
+            }
+            Ok(())
+        })
+        .await?;
+        for id in &ids {
+            self.events.forget(id);
+        }
         Ok(())
     }
 
