@@ -93,30 +93,39 @@ pub async fn send(
             None => rooms.push((room_id, vec![(event_id, raw)])),
         }
     }
-    for (room_id, pdus) in rooms {
-        let outcomes: Vec<Result<(), String>> = if !acl::allows(&svc, &room_id, &req.origin).await? {
-            let denied = "the room's server ACL denies the sending server";
-            pdus.iter().map(|_| Err(denied.to_owned())).collect()
-        } else {
-            let raws: Vec<&RawValue> = pdus.iter().map(|(_, raw)| *raw).collect();
-            inbound::receive_pdus(&svc, &req.origin, &room_id, &raws)
-                .await?
-                .into_iter()
-                .zip(&pdus)
-                .map(|(outcome, (event_id, _))| match outcome {
-                    // Rejected by the auth rules is handled (held as
-                    // rejected), not an error of processing: no error for
-                    // it, as Synapse answers, so that senders do not take
-                    // it for a failure to retry or report.
-                    Ok(inbound::Outcome::Rejected(reason)) => {
-                        tracing::info!(origin = %req.origin, %event_id, %reason, "PDU rejected by the auth rules");
-                        Ok(())
-                    }
-                    Ok(_) => Ok(()),
-                    Err(e) => Err(e.to_string()),
-                })
-                .collect()
-        };
+    // The rooms' PDUs concurrently: each room holds its own lock, and one
+    // slow room (a missing parent to fetch) does not hold up the others.
+    let per_room = rooms.into_iter().map(|(room_id, pdus)| {
+        let (svc, origin) = (&svc, &req.origin);
+        async move {
+            let outcomes: Vec<Result<(), String>> = if !acl::allows(svc, &room_id, origin).await? {
+                let denied = "the room's server ACL denies the sending server";
+                pdus.iter().map(|_| Err(denied.to_owned())).collect()
+            } else {
+                let raws: Vec<&RawValue> = pdus.iter().map(|(_, raw)| *raw).collect();
+                inbound::receive_pdus(svc, origin, &room_id, &raws)
+                    .await?
+                    .into_iter()
+                    .zip(&pdus)
+                    .map(|(outcome, (event_id, _))| match outcome {
+                        // Rejected by the auth rules is handled (held as
+                        // rejected), not an error of processing: no error for
+                        // it, as Synapse answers, so that senders do not take
+                        // it for a failure to retry or report.
+                        Ok(inbound::Outcome::Rejected(reason)) => {
+                            tracing::info!(%origin, %event_id, %reason, "PDU rejected by the auth rules");
+                            Ok(())
+                        }
+                        Ok(_) => Ok(()),
+                        Err(e) => Err(e.to_string()),
+                    })
+                    .collect()
+            };
+            Ok::<_, MatrixError>((pdus, outcomes))
+        }
+    });
+    for done in futures_util::future::join_all(per_room).await {
+        let (pdus, outcomes) = done?;
         for ((event_id, _), result) in pdus.into_iter().zip(outcomes) {
             if let Err(error) = &result {
                 tracing::info!(origin = %req.origin, %event_id, %error, "PDU not accepted");

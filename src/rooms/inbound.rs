@@ -82,14 +82,20 @@ pub async fn receive_pdus(
     room_id: &RoomId,
     raws: &[&RawValue],
 ) -> Result<Vec<Result<Outcome, RoomError>>, StorageError> {
+    let Some(version) = svc.storage.room_version(room_id).await? else {
+        return Ok(raws.iter().map(|_| Err(RoomError::UnknownRoom)).collect());
+    };
+    // Format, signatures and hashes first, on every core, before the lock.
+    let owned: Vec<Box<RawValue>> = raws.iter().map(|raw| (*raw).to_owned()).collect();
+    let checked = event_checks::check_signed_all(svc, &version, owned).await;
     let _guard = svc.rooms.lock(room_id).await?;
     // The room's forward extremities, read once and kept up to date by
     // each event written, while the lock is held (no other writer moves
     // them meanwhile: not in this process, not in another).
     let head = Mutex::new(None);
     let mut outcomes = Vec::with_capacity(raws.len());
-    for raw in raws {
-        match receive_locked(svc, origin, room_id, raw, &head).await {
+    for pdu in checked {
+        match receive_locked(svc, origin, room_id, &version, pdu, &head).await {
             Err(RoomError::Storage(e)) => return Err(e),
             outcome => outcomes.push(outcome),
         }
@@ -97,16 +103,17 @@ pub async fn receive_pdus(
     Ok(outcomes)
 }
 
-/// Receives one event, the room's lock held.
+/// Receives one event (as [`event_checks::check_signed_all`] left it),
+/// the room's lock held.
 async fn receive_locked(
     svc: &Services,
     origin: &ServerName,
     room_id: &RoomId,
-    raw: &RawValue,
+    version: &RoomVersionId,
+    checked: Result<Pdu, CheckError>,
     head: &Mutex<Option<Vec<OwnedEventId>>>,
 ) -> Result<Outcome, RoomError> {
-    let version = svc.storage.room_version(room_id).await?.ok_or(RoomError::UnknownRoom)?;
-    let pdu = event_checks::check_signed(svc, &version, raw).await?;
+    let pdu = checked?;
     if pdu.room_id != room_id {
         return Err(RoomError::Invalid("the event is for another room".to_owned()));
     }
@@ -114,7 +121,7 @@ async fn receive_locked(
         svc,
         origin,
         room_id,
-        version: &version,
+        version,
         mode: Mode::Live,
         head,
     }

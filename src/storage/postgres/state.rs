@@ -180,36 +180,51 @@ pub async fn apply_current_state_changes(
             memberships.insert(col(&row, 0)?, membership_of(&col::<String>(&row, 1)?));
         }
     }
+    // Each key as its last change leaves it, in two statements.
+    let mut last: HashMap<(String, &str), Option<&str>> = HashMap::with_capacity(changes.len());
     for change in changes {
         let (kind, key) = &change.key;
-        match &change.event_id {
+        last.insert(
+            (kind.to_string(), key.as_str()),
+            change.event_id.as_deref().map(|e| e.as_str()),
+        );
+    }
+    let (mut set_types, mut set_keys, mut set_ids, mut set_memberships) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut gone_types, mut gone_keys) = (Vec::new(), Vec::new());
+    for ((kind, key), event_id) in last {
+        match event_id {
             Some(event_id) => {
-                let membership = memberships.get(event_id.as_str()).cloned().flatten();
-                exec(
-                    tx,
-                    "INSERT INTO current_state (room_id, type, state_key, event_id, membership)
-                     VALUES ($1, $2, $3, $4, $5)
-                     ON CONFLICT (room_id, type, state_key) DO UPDATE SET
-                         event_id = excluded.event_id, membership = excluded.membership",
-                    &[
-                        &room_id.as_str(),
-                        &kind.to_string(),
-                        key,
-                        &event_id.as_str(),
-                        &membership,
-                    ],
-                )
-                .await?
+                set_memberships.push(memberships.get(event_id).cloned().flatten());
+                set_types.push(kind);
+                set_keys.push(key);
+                set_ids.push(event_id);
             }
             None => {
-                exec(
-                    tx,
-                    "DELETE FROM current_state WHERE room_id = $1 AND type = $2 AND state_key = $3",
-                    &[&room_id.as_str(), &kind.to_string(), key],
-                )
-                .await?
+                gone_types.push(kind);
+                gone_keys.push(key);
             }
-        };
+        }
+    }
+    if !set_ids.is_empty() {
+        exec(
+            tx,
+            "INSERT INTO current_state (room_id, type, state_key, event_id, membership)
+             SELECT $1, x.t, x.k, x.e, x.m FROM unnest($2::text[], $3::text[], $4::text[], $5::text[]) AS x(t, k, e, m)
+             ON CONFLICT (room_id, type, state_key) DO UPDATE SET
+                 event_id = excluded.event_id, membership = excluded.membership",
+            &[&room_id.as_str(), &set_types, &set_keys, &set_ids, &set_memberships],
+        )
+        .await?;
+    }
+    if !gone_types.is_empty() {
+        exec(
+            tx,
+            "DELETE FROM current_state c USING unnest($2::text[], $3::text[]) AS x(t, k)
+             WHERE c.room_id = $1 AND c.type = x.t AND c.state_key = x.k",
+            &[&room_id.as_str(), &gone_types, &gone_keys],
+        )
+        .await?;
     }
     user_directory::after_current_state_changes(tx, room_id, changes, directory).await
 }
