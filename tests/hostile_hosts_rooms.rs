@@ -379,3 +379,60 @@ async fn a_restart_during_the_resync_resumes_it() {
     );
     member_talks(&weft, &hostile, &alice, &room, "m4", "after the restart").await;
 }
+
+/// A join answer with forged state in it (full state): an event whose
+/// signature does not verify is dropped, one its own auth events refuse (a
+/// member without the power to name the room) is held rejected, and weft
+/// takes the room's honest state; the room works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_state_in_a_join_answer_is_dropped_or_rejected() {
+    let weft = TestServer::start_federating().await;
+    let hostile = Hostile::start().await;
+    let room = hostile.create_room(RoomVersionId::V11, "creator", &MEMBERS, Some("The hostile room"));
+    // Both newer than the room's name, which each would replace if taken.
+    let mut bad_signature = hostile
+        .build(
+            &room,
+            &hostile.user("creator"),
+            "m.room.name",
+            Some(""),
+            json!({ "name": "A bad signature" }),
+        )
+        .pdu;
+    let signatures = bad_signature["signatures"][hostile.name.as_str()]
+        .as_object_mut()
+        .expect("the hostile server's signatures");
+    for signature in signatures.values_mut() {
+        *signature = json!("A".repeat(86)); // 64 zero bytes, unpadded base64
+    }
+    let unauthorised = hostile.build(
+        &room,
+        &hostile.user("m1"),
+        "m.room.name",
+        Some(""),
+        json!({ "name": "Not allowed" }),
+    );
+    hostile.set_behaviour(|b| b.extra_join_state = vec![bad_signature, unauthorised.pdu.clone()]);
+
+    let alice = alice_joins(&weft, &hostile, &room).await;
+    let name = alice.state_event(room.as_str(), "m.room.name", "").await;
+    assert_eq!(name["name"], "The hostile room", "weft took a forged name: {name}");
+    let held = weft
+        .services()
+        .storage
+        .event(&unauthorised.id)
+        .await
+        .unwrap()
+        .expect("the unauthorised event is held");
+    assert!(
+        held.meta.outlier && held.meta.rejected.is_some(),
+        "held as a rejected outlier: {:?}",
+        held.meta
+    );
+    for member in MEMBERS {
+        alice
+            .wait_for_membership(room.as_str(), hostile.user(member).as_str(), "join")
+            .await;
+    }
+    member_talks(&weft, &hostile, &alice, &room, "m2", "still here").await;
+}

@@ -73,6 +73,8 @@ pub struct Behaviour {
     /// `/state` and `/state_ids` are answered; else refused with 503, as a
     /// server that is down behind its proxy.
     pub serve_state: bool,
+    /// Added to the state of every `/send_join` answer (forgeries).
+    pub extra_join_state: Vec<Value>,
 }
 
 impl Default for Behaviour {
@@ -89,6 +91,7 @@ impl Default for Behaviour {
             missing_events_limit: None,
             serve_partial_state: true,
             serve_state: true,
+            extra_join_state: Vec::new(),
         }
     }
 }
@@ -1077,18 +1080,20 @@ async fn handle(
             let get = |ids: &[OwnedEventId]| -> Vec<Value> {
                 ids.iter().filter_map(|id| inner.events.get(id).cloned()).collect()
             };
+            let mut state = get(&state_ids);
+            state.extend(inner.behaviour.extra_join_state.iter().cloned());
             if *api == "v1" {
                 ok(json!([200, {
                     "origin": shared.name,
                     "event": body_json,
-                    "state": get(&state_ids),
+                    "state": state,
                     "auth_chain": get(&chain),
                 }]))
             } else {
                 ok(json!({
                     "origin": shared.name,
                     "event": body_json,
-                    "state": get(&state_ids),
+                    "state": state,
                     "auth_chain": get(&chain),
                     "members_omitted": partial,
                     "servers_in_room": servers,
