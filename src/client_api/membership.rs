@@ -246,7 +246,8 @@ pub async fn members(
 ) -> Result<get_member_events::v3::Response, MatrixError> {
     let owner = req.user();
     let state = state_for_user(&svc, &req.body.room_id, &owner.user_id).await?;
-    // A room joined with partial state: the whole list once it is known.
+    // A room joined with partial state: the whole list once it is known
+    // (access checked first: one who may not read it is not kept waiting).
     let state = if crate::rooms::partial_state::is_partial(&svc, &req.body.room_id).await? {
         crate::rooms::partial_state::wait_until_full(&svc, &req.body.room_id).await?;
         state_for_user(&svc, &req.body.room_id, &owner.user_id).await?
@@ -282,7 +283,8 @@ pub async fn joined_members(
     if membership.as_deref() != Some("join") {
         return Err(MatrixError::forbidden("You are not in this room"));
     }
-    // A room joined with partial state: the whole list once it is known.
+    // A room joined with partial state: the whole list once it is known
+    // (access checked first: one who may not read it is not kept waiting).
     crate::rooms::partial_state::wait_until_full(&svc, room_id).await?;
     let members = svc.storage.room_members(room_id, Some("join")).await?;
     let ids: Vec<_> = members.iter().map(|m| m.event_id.clone()).collect();
