@@ -7,6 +7,7 @@
 
 use std::{collections::BTreeMap, sync::Arc};
 
+use futures_util::StreamExt;
 use ruma::{OwnedEventId, RoomVersionId, api::federation::transactions::send_transaction_message};
 use serde_json::value::RawValue;
 
@@ -14,6 +15,8 @@ use super::extract::Fed;
 use crate::{acl, error::MatrixError, events::loose_json, rooms::inbound, services::Services};
 
 const MAX_PDUS: usize = 50;
+/// How many rooms of one transaction are taken at once.
+const ROOMS_AT_ONCE: usize = 4;
 const MAX_EDUS: usize = 100;
 /// The error of a PDU with numbers canonical JSON has not.
 const NOT_CANONICAL: &str =
@@ -95,36 +98,42 @@ pub async fn send(
     }
     // The rooms' PDUs concurrently: each room holds its own lock, and one
     // slow room (a missing parent to fetch) does not hold up the others.
-    let per_room = rooms.into_iter().map(|(room_id, pdus)| {
-        let (svc, origin) = (&svc, &req.origin);
-        async move {
-            let outcomes: Vec<Result<(), String>> = if !acl::allows(svc, &room_id, origin).await? {
-                let denied = "the room's server ACL denies the sending server";
-                pdus.iter().map(|_| Err(denied.to_owned())).collect()
-            } else {
-                let raws: Vec<&RawValue> = pdus.iter().map(|(_, raw)| *raw).collect();
-                inbound::receive_pdus(svc, origin, &room_id, &raws)
-                    .await?
-                    .into_iter()
-                    .zip(&pdus)
-                    .map(|(outcome, (event_id, _))| match outcome {
-                        // Rejected by the auth rules is handled (held as
-                        // rejected), not an error of processing: no error for
-                        // it, as Synapse answers, so that senders do not take
-                        // it for a failure to retry or report.
-                        Ok(inbound::Outcome::Rejected(reason)) => {
-                            tracing::info!(%origin, %event_id, %reason, "PDU rejected by the auth rules");
-                            Ok(())
-                        }
-                        Ok(_) => Ok(()),
-                        Err(e) => Err(e.to_string()),
-                    })
-                    .collect()
-            };
-            Ok::<_, MatrixError>((pdus, outcomes))
-        }
-    });
-    for done in futures_util::future::join_all(per_room).await {
+    let per_room: Vec<_> = rooms
+        .into_iter()
+        .map(|(room_id, pdus)| {
+            let (svc, origin) = (&svc, &req.origin);
+            async move {
+                let outcomes: Vec<Result<(), String>> = if !acl::allows(svc, &room_id, origin).await? {
+                    let denied = "the room's server ACL denies the sending server";
+                    pdus.iter().map(|_| Err(denied.to_owned())).collect()
+                } else {
+                    let raws: Vec<&RawValue> = pdus.iter().map(|(_, raw)| *raw).collect();
+                    inbound::receive_pdus(svc, origin, &room_id, &raws)
+                        .await?
+                        .into_iter()
+                        .zip(&pdus)
+                        .map(|(outcome, (event_id, _))| match outcome {
+                            // Rejected by the auth rules is handled (held as
+                            // rejected), not an error of processing: no error for
+                            // it, as Synapse answers, so that senders do not take
+                            // it for a failure to retry or report.
+                            Ok(inbound::Outcome::Rejected(reason)) => {
+                                tracing::info!(%origin, %event_id, %reason, "PDU rejected by the auth rules");
+                                Ok(())
+                            }
+                            Ok(_) => Ok(()),
+                            Err(e) => Err(e.to_string()),
+                        })
+                        .collect()
+                };
+                Ok::<_, MatrixError>((pdus, outcomes))
+            }
+        })
+        .collect();
+    // A few at once: each holds a room's lock (on PostgreSQL, a connection
+    // of a small pool) while it may ask other servers for what it lacks.
+    let mut per_room = futures_util::stream::iter(per_room).buffered(ROOMS_AT_ONCE);
+    while let Some(done) = per_room.next().await {
         let (pdus, outcomes) = done?;
         for ((event_id, _), result) in pdus.into_iter().zip(outcomes) {
             if let Err(error) = &result {

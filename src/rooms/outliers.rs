@@ -77,18 +77,19 @@ pub async fn keep(svc: &Services, rules: &RoomVersionRules, mut events: Vec<Pdu>
 
     // The auth events from outside the batch, in one read.
     let in_batch: HashSet<&OwnedEventId> = events.iter().map(|e| &e.event_id).collect();
-    let mut outside: Vec<OwnedEventId> = Vec::new();
+    let mut outside: HashSet<OwnedEventId> = HashSet::new();
     for event in &events {
         for id in event
             .auth_events
             .iter()
             .chain(&event_checks::implied_create(rules, event))
         {
-            if !in_batch.contains(id) && !outside.contains(id) {
-                outside.push(id.clone());
+            if !in_batch.contains(id) {
+                outside.insert(id.clone());
             }
         }
     }
+    let outside: Vec<OwnedEventId> = outside.into_iter().collect();
     let mut known: HashMap<OwnedEventId, (Arc<Pdu>, bool)> = svc
         .storage
         .events(&outside)
@@ -145,10 +146,12 @@ pub async fn keep_state(
     let rules = version
         .rules()
         .ok_or_else(|| RoomError::UnsupportedVersion(version.to_string()))?;
-    let state_len = state.len();
-    let mut raws = state;
-    raws.extend(auth_chain);
-    let mut state_ids = Vec::with_capacity(state_len);
+    // The auth chain first: of events of equal depth, an auth event is
+    // kept before the events it authorises.
+    let auth_len = auth_chain.len();
+    let mut raws = auth_chain;
+    raws.extend(state);
+    let mut state_ids = Vec::with_capacity(raws.len() - auth_len);
     let mut events = Vec::with_capacity(raws.len());
     let started = std::time::Instant::now();
     for (i, checked) in event_checks::check_signed_all(svc, version, raws)
@@ -156,11 +159,22 @@ pub async fn keep_state(
         .into_iter()
         .enumerate()
     {
-        if let Some(event) = of_room(room_id, checked) {
-            if i < state_len {
-                state_ids.push(event.event_id.clone());
+        match checked {
+            // A server that gives another room's events for this one's
+            // state lies about it: its whole answer is refused.
+            Ok(event) if event.room_id != room_id => {
+                return Err(RoomError::Invalid(format!(
+                    "the answer holds {}, an event of another room",
+                    event.event_id
+                )));
             }
-            events.push(event);
+            Ok(event) => {
+                if i >= auth_len {
+                    state_ids.push(event.event_id.clone());
+                }
+                events.push(event);
+            }
+            Err(e) => tracing::info!(%room_id, error = %e, "dropping an event that fails its checks"),
         }
     }
     let state_ids: HashSet<OwnedEventId> = state_ids.into_iter().collect();
@@ -171,6 +185,7 @@ pub async fn keep_state(
     let mut state = StateMap::new();
     for outlier in kept {
         if !outlier.rejected
+            && outlier.pdu.room_id == room_id
             && state_ids.contains(&outlier.pdu.event_id)
             && let Some(state_key) = &outlier.pdu.state_key
         {
