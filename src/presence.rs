@@ -448,14 +448,7 @@ async fn partial_servers(svc: &Services, user: &UserId) -> Result<HashSet<OwnedS
     if partial.is_empty() {
         return Ok(HashSet::new());
     }
-    let joined: HashSet<ruma::OwnedRoomId> = svc
-        .storage
-        .user_memberships(user)
-        .await?
-        .into_iter()
-        .filter(|m| m.membership == "join")
-        .map(|m| m.room_id)
-        .collect();
+    let joined: HashSet<ruma::OwnedRoomId> = svc.storage.joined_rooms(user).await?.into_iter().collect();
     Ok(partial
         .into_iter()
         .filter(|p| joined.contains(&p.room_id))
@@ -468,14 +461,7 @@ pub async fn may_see(svc: &Services, observer: &UserId, user: &UserId) -> Result
     if observer == user {
         return Ok(true);
     }
-    let theirs: HashSet<_> = svc
-        .storage
-        .user_memberships(user)
-        .await?
-        .into_iter()
-        .filter(|m| m.membership == "join")
-        .map(|m| m.room_id)
-        .collect();
+    let theirs: HashSet<_> = svc.storage.joined_rooms(user).await?.into_iter().collect();
     Ok(svc
         .storage
         .user_memberships(observer)

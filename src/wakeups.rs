@@ -73,14 +73,7 @@ impl Topic {
     /// the user, and the members of the rooms they are joined to.
     pub async fn user_and_rooms(storage: &dyn Storage, user: &UserId) -> Result<Vec<Topic>, StorageError> {
         let mut topics = vec![Topic::User(user.to_owned())];
-        topics.extend(
-            storage
-                .user_memberships(user)
-                .await?
-                .into_iter()
-                .filter(|m| m.membership == "join")
-                .map(|m| Topic::Room(m.room_id)),
-        );
+        topics.extend(storage.joined_rooms(user).await?.into_iter().map(Topic::Room));
         Ok(topics)
     }
 }

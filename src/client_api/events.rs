@@ -123,14 +123,7 @@ pub async fn events(State(svc): State<Arc<Services>>, req: Request) -> Result<Js
             }
             vec![room_id.clone()]
         }
-        None => svc
-            .storage
-            .user_memberships(&owner.user_id)
-            .await?
-            .into_iter()
-            .filter(|m| m.membership == "join")
-            .map(|m| m.room_id)
-            .collect(),
+        None => svc.storage.joined_rooms(&owner.user_id).await?,
     };
     waiter.add(rooms.iter().cloned().map(Topic::Room));
     let timeout = Duration::from_millis(query.timeout.unwrap_or_default()).min(MAX_TIMEOUT);

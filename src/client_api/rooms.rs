@@ -108,13 +108,6 @@ pub async fn joined_rooms(
     svc: Arc<Services>,
     req: Ruma<joined_rooms::v3::Request>,
 ) -> Result<joined_rooms::v3::Response, MatrixError> {
-    let rooms = svc
-        .storage
-        .user_memberships(&req.user().user_id)
-        .await?
-        .into_iter()
-        .filter(|m| m.membership == "join")
-        .map(|m| m.room_id)
-        .collect();
+    let rooms = svc.storage.joined_rooms(&req.user().user_id).await?;
     Ok(joined_rooms::v3::Response::new(rooms))
 }

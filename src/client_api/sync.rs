@@ -338,14 +338,7 @@ async fn add_account_data(
     if by_room.is_empty() {
         return Ok(keep_newest(global, opts.account_data.limit));
     }
-    let joined: HashSet<OwnedRoomId> = svc
-        .storage
-        .user_memberships(user)
-        .await?
-        .into_iter()
-        .filter(|m| m.membership == "join")
-        .map(|m| m.room_id)
-        .collect();
+    let joined: HashSet<OwnedRoomId> = svc.storage.joined_rooms(user).await?.into_iter().collect();
     for (room_id, events) in by_room {
         let events = keep_newest(events, opts.room.account_data.limit);
         let raw = || events.iter().map(format::raw).collect();

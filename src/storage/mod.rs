@@ -645,6 +645,16 @@ pub trait Storage:
     async fn room_members(&self, room_id: &RoomId, membership: Option<&str>) -> Result<Vec<Membership>>;
     /// The user's current membership in every room they have one in.
     async fn user_memberships(&self, user_id: &UserId) -> Result<Vec<Membership>>;
+    /// The rooms the user is joined to now.
+    async fn joined_rooms(&self, user_id: &UserId) -> Result<Vec<OwnedRoomId>> {
+        Ok(self
+            .user_memberships(user_id)
+            .await?
+            .into_iter()
+            .filter(|m| m.membership == "join")
+            .map(|m| m.room_id)
+            .collect())
+    }
     /// Rooms whose membership of `user_id` changed in `(after, upto]`.
     async fn membership_changes(
         &self,

@@ -88,26 +88,10 @@ async fn insert_rows(
     positions: &[i64],
 ) -> Result<()> {
     let n = new.len();
-    let (mut ids, mut types, mut keys, mut senders, mut depths, mut ts, mut jsons) = (
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-    );
+    let columns = events::PduArrays::of(new.iter().map(|event| &*event.pdu));
     let (mut rejected, mut soft_failed, mut replaces) =
         (Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n));
     for event in new {
-        let pdu = &event.pdu;
-        ids.push(pdu.event_id.as_str());
-        types.push(pdu.kind.to_string());
-        keys.push(pdu.state_key.as_deref());
-        senders.push(pdu.sender.as_str());
-        depths.push(big(pdu.depth));
-        ts.push(i64::from(pdu.origin_server_ts.get()));
-        jsons.push(&*pdu.json);
         let (r, s) = event.status.row_flags();
         rejected.push(r);
         soft_failed.push(s);
@@ -134,13 +118,13 @@ async fn insert_rows(
             &positions,
             &new[0].pdu.room_id.as_str(),
             &now_ms(),
-            &ids,
-            &types,
-            &keys,
-            &senders,
-            &depths,
-            &ts,
-            &jsons,
+            &columns.ids,
+            &columns.types,
+            &columns.keys,
+            &columns.senders,
+            &columns.depths,
+            &columns.ts,
+            &columns.jsons,
             &rejected,
             &soft_failed,
             &befores,

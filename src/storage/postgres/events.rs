@@ -247,6 +247,37 @@ impl<'a> PduColumns<'a> {
     }
 }
 
+/// [`PduColumns`] of many PDUs, a column each, for an insert that reads
+/// them with `unnest`.
+#[derive(Default)]
+pub(super) struct PduArrays<'a> {
+    pub ids: Vec<&'a str>,
+    pub rooms: Vec<&'a str>,
+    pub types: Vec<String>,
+    pub keys: Vec<Option<&'a str>>,
+    pub senders: Vec<&'a str>,
+    pub depths: Vec<i64>,
+    pub ts: Vec<i64>,
+    pub jsons: Vec<&'a str>,
+}
+
+impl<'a> PduArrays<'a> {
+    pub(super) fn of(pdus: impl IntoIterator<Item = &'a Pdu>) -> Self {
+        let mut columns = PduArrays::default();
+        for pdu in pdus {
+            columns.ids.push(pdu.event_id.as_str());
+            columns.rooms.push(pdu.room_id.as_str());
+            columns.types.push(pdu.kind.to_string());
+            columns.keys.push(pdu.state_key.as_deref());
+            columns.senders.push(pdu.sender.as_str());
+            columns.depths.push(big(pdu.depth));
+            columns.ts.push(i64::from(pdu.origin_server_ts.get()));
+            columns.jsons.push(&*pdu.json);
+        }
+        columns
+    }
+}
+
 /// Writes an event's row at a position below everything live (from
 /// `backfill_stream`: backfilled history's own, or a live event's
 /// placeholder until [`take_position`]); the position, or `None` if the
@@ -519,31 +550,10 @@ pub async fn persist_outliers(tx: &impl GenericClient, outliers: &[(Arc<Pdu>, Op
     if outliers.is_empty() {
         return Ok(());
     }
-    let n = outliers.len();
-    let (mut ids, mut rooms, mut types, mut keys, mut senders) = (
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-    );
-    let (mut depths, mut ts, mut jsons, mut rejected) = (
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-    );
+    let columns = PduArrays::of(outliers.iter().map(|(pdu, _)| &**pdu));
+    let rejected: Vec<Option<&str>> = outliers.iter().map(|(_, reason)| reason.as_deref()).collect();
     let (mut authed, mut auths) = (Vec::new(), Vec::new());
-    for (pdu, reason) in outliers {
-        ids.push(pdu.event_id.as_str());
-        rooms.push(pdu.room_id.as_str());
-        types.push(pdu.kind.to_string());
-        keys.push(pdu.state_key.as_deref());
-        senders.push(pdu.sender.as_str());
-        depths.push(big(pdu.depth));
-        ts.push(i64::from(pdu.origin_server_ts.get()));
-        jsons.push(&*pdu.json);
-        rejected.push(reason.as_deref());
+    for (pdu, _) in outliers {
         for auth in &pdu.auth_events {
             authed.push(pdu.event_id.as_str());
             auths.push(auth.as_str());
@@ -565,14 +575,14 @@ pub async fn persist_outliers(tx: &impl GenericClient, outliers: &[(Arc<Pdu>, Op
              RETURNING event_id, stream_ordering"
         ),
         &[
-            &ids,
-            &rooms,
-            &types,
-            &keys,
-            &senders,
-            &depths,
-            &ts,
-            &jsons,
+            &columns.ids,
+            &columns.rooms,
+            &columns.types,
+            &columns.keys,
+            &columns.senders,
+            &columns.depths,
+            &columns.ts,
+            &columns.jsons,
             &rejected,
             &now_ms(),
         ],
@@ -594,7 +604,8 @@ pub async fn persist_outliers(tx: &impl GenericClient, outliers: &[(Arc<Pdu>, Op
     .await?;
     // The positions, in the order given, in one step of the counter.
     let mut seen = std::collections::HashSet::with_capacity(placeholders.len());
-    let ordered: Vec<i64> = ids
+    let ordered: Vec<i64> = columns
+        .ids
         .iter()
         .filter_map(|id| placeholders.get(*id).copied())
         .filter(|p| seen.insert(*p))
