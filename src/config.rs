@@ -88,9 +88,9 @@ pub struct Config {
     pub ephemeral_messages: bool,
     /// Joining rooms held by other servers with partial state (a "faster
     /// join"): the resident server leaves the member events out, the room
-    /// is usable at once and the rest is fetched in the background. Off by
-    /// default until the events received while partial are checked again
-    /// against the full state (`docs/joins.md`).
+    /// is usable at once and the rest is fetched in the background (the
+    /// events received meanwhile are checked again against it). Off by
+    /// default for now (`docs/joins.md`, "What is not done yet").
     pub partial_state_joins: bool,
     /// The largest media upload accepted (bytes); larger ones are refused
     /// with `M_TOO_LARGE`. Also the largest remote media fetched.

@@ -6,7 +6,11 @@ mod common;
 
 use std::{collections::HashSet, time::Duration};
 
-use common::{TestServer, User, enc, federation::verify_pdu, hostile::Hostile};
+use common::{
+    TestServer, User, enc,
+    federation::verify_pdu,
+    hostile::{Hostile, auth_events_of, set_auth_events},
+};
 use reqwest::Method;
 use ruma::{
     CanonicalJsonObject, OwnedEventId, OwnedRoomId, OwnedUserId, RoomVersionId,
@@ -435,4 +439,138 @@ async fn forged_state_in_a_join_answer_is_dropped_or_rejected() {
             .await;
     }
     member_talks(&weft, &hostile, &alice, &room, "m2", "still here").await;
+}
+
+/// The messages of `/messages` as `(event ID, body)`, newest first.
+async fn messages(alice: &User<'_>, room: &OwnedRoomId) -> Vec<(String, String)> {
+    let page = alice.messages(room.as_str(), "dir=b&limit=100").await;
+    page["chunk"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .filter(|e| e["type"] == "m.room.message")
+        .map(|e| {
+            (
+                e["event_id"].as_str().unwrap_or_default().to_owned(),
+                e["content"]["body"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect()
+}
+
+/// A member banned before weft joins (the ban is left out of the partial
+/// state, with the other member events) joins again and talks while the
+/// room is partial, citing its old join: weft takes both then, as the
+/// partial state allows. The resync's full state holds the ban: both are
+/// rejected then, the member's entry in the state is the ban again, and
+/// the message leaves `/messages`; an honest member's message stays, and
+/// the banned member's next message is rejected at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_the_full_state_refuses_are_rejected_at_the_resync() {
+    let weft = TestServer::start_federating_with(|c| c.partial_state_joins = true).await;
+    let hostile = Hostile::start().await;
+    hostile.set_behaviour(|b| b.serve_state = false);
+    let room = hostile.create_room(RoomVersionId::V11, "creator", &MEMBERS, Some("Banned"));
+    let m5 = hostile.user("m5");
+    let old_join = hostile.room(&room).state[&("m.room.member".to_owned(), m5.to_string())].clone();
+    let ban = hostile.build(
+        &room,
+        &hostile.user("creator"),
+        "m.room.member",
+        Some(m5.as_str()),
+        json!({ "membership": "ban" }),
+    );
+    hostile.commit(&room, &ban);
+    let alice = alice_joins(&weft, &hostile, &room).await;
+
+    // m5's events cite its old join where the ban stands.
+    let forged = |kind: &str, state_key: Option<&str>, content: Value| {
+        let mut draft = hostile.draft(&room, &m5, kind, state_key, content);
+        let auth: Vec<_> = auth_events_of(&draft)
+            .into_iter()
+            .map(|id| if id == ban.id { old_join.clone() } else { id })
+            .collect();
+        set_auth_events(&mut draft, &auth);
+        let built = hostile.sign(&room, draft);
+        hostile.commit(&room, &built);
+        built
+    };
+    let rejoin = forged(
+        "m.room.member",
+        Some(m5.as_str()),
+        json!({ "membership": "join", "displayname": "back again" }),
+    );
+    let said = forged(
+        "m.room.message",
+        None,
+        json!({ "msgtype": "m.text", "body": "banned but talking" }),
+    );
+    let (status, answer) = hostile
+        .send_transaction(&weft.server_name(), "banned", &[rejoin.pdu.clone(), said.pdu.clone()])
+        .await;
+    assert_eq!(status, 200, "{answer}");
+    for id in [&rejoin.id, &said.id] {
+        let result = &answer["pdus"][id.as_str()];
+        assert!(result.is_object() && result.get("error").is_none(), "{answer}");
+    }
+    common::eventually(
+        Duration::from_secs(30),
+        "the partial room takes the message",
+        || async {
+            let now = messages(&alice, &room).await;
+            now.iter()
+                .any(|(id, _)| id == said.id.as_str())
+                .then_some(())
+                .ok_or_else(|| format!("{now:?}"))
+        },
+    )
+    .await;
+    member_talks(&weft, &hostile, &alice, &room, "m2", "honest while partial").await;
+    let honest = messages(&alice, &room).await[0].0.clone();
+
+    // The full state comes (the resync retries).
+    hostile.set_behaviour(|b| b.serve_state = true);
+    let joined = alice
+        .ok(
+            Method::GET,
+            &format!("/_matrix/client/v3/rooms/{}/joined_members", enc(room.as_str())),
+            None,
+        )
+        .await;
+    let ids: HashSet<String> = joined["joined"].as_object().unwrap().keys().cloned().collect();
+    let want: HashSet<String> = ["creator", "m1", "m2", "m3", "m4"]
+        .into_iter()
+        .map(|m| hostile.user(m).to_string())
+        .chain([alice.user_id.clone()])
+        .collect();
+    assert_eq!(ids, want, "the banned member is not joined");
+    let member = alice.state_event(room.as_str(), "m.room.member", m5.as_str()).await;
+    assert_eq!(member["membership"], "ban", "{member}");
+    let storage = &weft.services().storage;
+    for id in [&rejoin.id, &said.id] {
+        let held = storage.event(id).await.unwrap().expect("held");
+        assert!(held.meta.rejected.is_some(), "{id} is rejected: {:?}", held.meta);
+    }
+    let honest_id = OwnedEventId::try_from(honest.as_str()).unwrap();
+    let held = storage.event(&honest_id).await.unwrap().expect("held");
+    assert!(held.meta.rejected.is_none(), "{:?}", held.meta);
+    let now = messages(&alice, &room).await;
+    assert!(!now.iter().any(|(id, _)| id == said.id.as_str()), "{now:?}");
+    assert!(now.iter().any(|(id, _)| *id == honest), "{now:?}");
+
+    // m5's next message (its auth events name the refused join) is
+    // rejected on arrival; the room goes on.
+    let again = hostile.message(&room, &m5, "still talking");
+    hostile.commit(&room, &again);
+    let (status, answer) = hostile
+        .send_transaction(&weft.server_name(), "again", std::slice::from_ref(&again.pdu))
+        .await;
+    assert_eq!(status, 200, "{answer}");
+    let held = storage.event(&again.id).await.unwrap();
+    assert!(
+        held.as_ref().is_none_or(|e| e.meta.rejected.is_some()),
+        "{answer} {held:?}"
+    );
+    member_talks(&weft, &hostile, &alice, &room, "m4", "after the resync").await;
 }

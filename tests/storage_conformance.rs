@@ -42,7 +42,7 @@ use weft::{
         appservice::AppserviceRoom,
         e2e::{DeviceKeysRecord, MASTER, OneTimeKeyRecord, SELF_SIGNING, ToDeviceDelivery, USER_SIGNING},
         media::MediaRecord,
-        partial_state::{Completion, PartialState},
+        partial_state::{Completion, PartialState, Rejection},
         postgres::PgStorage,
         push::{NewNotification, PusherKey, PusherRecord, UnreadCounts},
         sliding_sync::{RoomActivity, SentRoom, SlidingConnection},
@@ -4487,7 +4487,18 @@ async fn partial_state_marks_and_completion(s: Store) {
     for i in 0..40 {
         room.send(&format!("m{i}")).await;
     }
+    let last_accepted = room.tip().id.clone();
+    // Dave joins and talks while partial; the full state refuses both.
+    let dave_join = room.member(&uid("dave"), "join");
+    room.persist(dave_join.clone()).await;
+    let (dave_says, _) = room.send("dave here").await;
     let current_group = room.group.unwrap();
+    assert!(
+        s.state_group(current_group)
+            .await
+            .unwrap()
+            .contains(&(key("m.room.member", "@dave:hs"), dave_join.id.clone()))
+    );
     // A state of history from before the join (as backfill stores one).
     let before_join = s
         .store_state_group(
@@ -4531,10 +4542,47 @@ async fn partial_state_marks_and_completion(s: Store) {
         joiner: "@bob:hs".to_owned(),
         join_depth: join_depth as i64,
         additions: vec![addition.clone()],
-        current_additions: vec![addition.clone()],
+        rejections: vec![
+            Rejection {
+                event_id: dave_join.id.clone(),
+                reason: "banned".to_owned(),
+                state: Some((key("m.room.member", "@dave:hs"), None)),
+            },
+            Rejection {
+                event_id: dave_says.id.clone(),
+                reason: "not joined".to_owned(),
+                state: None,
+            },
+        ],
+        current_changes: vec![
+            CurrentStateChange {
+                key: addition.0.clone(),
+                event_id: Some(addition.1.clone()),
+            },
+            CurrentStateChange {
+                key: key("m.room.member", "@dave:hs"),
+                event_id: None,
+            },
+        ],
     })
     .await
     .unwrap();
+    // The refused events are rejected (the cached copies too), leave the
+    // states and the forward extremities; the last accepted event is one
+    // again.
+    for (id, reason) in [(&dave_join.id, "banned"), (&dave_says.id, "not joined")] {
+        assert_eq!(stored(&s, id).await.meta.rejected.as_deref(), Some(reason));
+    }
+    let has_dave = |state: &[(StateKey, OwnedEventId)]| state.iter().any(|((_, k), _)| k == "@dave:hs");
+    assert!(!has_dave(&s.state_group(current_group).await.unwrap()), "the state now");
+    let forward: Vec<_> = s
+        .forward_extremities(&room.id)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(id, _)| id)
+        .collect();
+    assert_eq!(forward, vec![last_accepted]);
     let has_carol = |state: Vec<(StateKey, OwnedEventId)>| state.contains(&addition);
     assert!(
         has_carol(s.state_group(partial_group).await.unwrap()),

@@ -14,29 +14,38 @@
 //!   state ([`wait_until_full`]).
 //!
 //! The resync ([`resync`]) asks `/state` at the join of each server in
-//! turn, checks every event of the answer as any received event, and adds
-//! what the partial state lacked to the room's current state, in one
-//! transaction with dropping the mark. It runs under the cluster duty
+//! turn, checks every event of the answer as any received event, checks
+//! the events received while partial again against the full state
+//! ([`recheck`]: what it refuses is rejected), and adds what the partial
+//! state lacked to the room's states, in one transaction with dropping the
+//! mark. It runs under the cluster duty
 //! `partial-state <room>`: one process at a time; any process takes over
 //! the rooms left partial ([`run`], at start and every minute), so a
 //! restart resumes it.
 
 use std::{
-    collections::HashSet,
+    collections::{HashMap, HashSet},
     sync::{Arc, Mutex},
     time::Duration,
 };
 
 use tokio::sync::Notify;
 
-use ruma::{OwnedRoomId, RoomId, api::federation::event::get_room_state, events::StateEventType};
+use ruma::{
+    OwnedEventId, OwnedRoomId, RoomId, api::federation::event::get_room_state, events::StateEventType,
+    room_version_rules::RoomVersionRules,
+};
 use tokio_util::sync::CancellationToken;
 
 use super::RoomError;
 use crate::{
+    event_checks::{self, CheckError},
     services::Services,
     state::{StateMap, key},
-    storage::partial_state::{Completion, PartialState},
+    storage::{
+        CurrentStateChange, StateKey, StoredEvent, StreamOrdering,
+        partial_state::{Completion, PartialState, Rejection},
+    },
 };
 
 /// How often the rooms left partial are looked for (by any process).
@@ -180,12 +189,28 @@ pub async fn resync(svc: &Services, room_id: &RoomId) -> Result<(), RoomError> {
         .collect();
     additions.sort();
     let _guard = svc.rooms.lock(room_id).await?;
+    let rules = version
+        .rules()
+        .ok_or_else(|| RoomError::UnsupportedVersion(version.to_string()))?;
+    let rejections = recheck(svc, &rules, &join, &additions).await?;
     let (_, current) = svc.state.current(room_id).await?.ok_or(RoomError::UnknownRoom)?;
-    let current_additions: Vec<_> = additions
+    let mut current_changes: Vec<_> = additions
         .iter()
         .filter(|(k, _)| !current.contains_key(k))
-        .cloned()
+        .map(|(k, id)| CurrentStateChange {
+            key: k.clone(),
+            event_id: Some(id.clone()),
+        })
         .collect();
+    // A rejected event the current state holds gives way to the entry it
+    // replaced.
+    current_changes.extend(rejections.iter().filter_map(|r| {
+        let (k, replacement) = r.state.as_ref()?;
+        (current.get(k) == Some(&r.event_id)).then(|| CurrentStateChange {
+            key: k.clone(),
+            event_id: replacement.clone(),
+        })
+    }));
     let completion = Completion {
         room_id: room_id.to_owned(),
         join_event_id: partial.join_event_id.clone(),
@@ -193,7 +218,8 @@ pub async fn resync(svc: &Services, room_id: &RoomId) -> Result<(), RoomError> {
         joiner: join.pdu.sender.to_string(),
         join_depth: i64::try_from(join.pdu.depth).unwrap_or(i64::MAX),
         additions,
-        current_additions,
+        rejections,
+        current_changes,
     };
     svc.storage.complete_partial_state(&completion).await?;
     // The states cached here held the partial ones.
@@ -209,10 +235,104 @@ pub async fn resync(svc: &Services, room_id: &RoomId) -> Result<(), RoomError> {
     tracing::info!(
         %room_id,
         added = completion.additions.len(),
+        rejected = completion.rejections.len(),
         took = ?started.elapsed(),
         "a room joined with partial state has its full state"
     );
     Ok(())
+}
+
+/// The events received since the join (accepted then, against the
+/// partial state completed with their own auth events), checked again in
+/// the order received against the full state: the state before each,
+/// completed with `additions` where it has no entry, less the events
+/// refused before it (an entry that was one is the entry it replaced). An
+/// event whose auth events include a refused one is refused too.
+async fn recheck(
+    svc: &Services,
+    rules: &RoomVersionRules,
+    join: &StoredEvent,
+    additions: &[(StateKey, OwnedEventId)],
+) -> Result<Vec<Rejection>, RoomError> {
+    let additions: HashMap<&StateKey, &OwnedEventId> = additions.iter().map(|(k, id)| (k, id)).collect();
+    let room_id = &join.pdu.room_id;
+    // What replaces each refused state event; every refused event.
+    let mut replaced: HashMap<OwnedEventId, Option<OwnedEventId>> = HashMap::new();
+    let mut refused: HashSet<OwnedEventId> = HashSet::new();
+    let mut rejections = Vec::new();
+    for event in received_since(svc, room_id, join.meta.stream_ordering).await? {
+        let Some(group) = event.meta.state_group_before else {
+            continue;
+        };
+        let stored = svc.state.group(group).await?;
+        let entry = |k: &StateKey| -> Option<OwnedEventId> {
+            let id = stored.get(k).or_else(|| additions.get(k).copied())?;
+            match replaced.get(id) {
+                Some(replacement) => replacement.clone(),
+                None => Some(id.clone()),
+            }
+        };
+        let pdu = &event.pdu;
+        let verdict = match pdu.auth_events.iter().find(|a| refused.contains(*a)) {
+            Some(bad) => Err(format!("its auth event {bad} is refused by the full state")),
+            None => match event_checks::auth_keys(rules, pdu) {
+                Err(CheckError::Rejected(reason)) => Err(reason),
+                Err(e) => return Err(e.into()),
+                Ok(keys) => {
+                    let state: StateMap = keys.iter().filter_map(|k| Some((k.clone(), entry(k)?))).collect();
+                    match event_checks::check_against(svc, rules, pdu, &state).await {
+                        Ok(()) => Ok(()),
+                        Err(CheckError::Rejected(reason)) => Err(reason),
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+            },
+        };
+        let Err(reason) = verdict else {
+            continue;
+        };
+        tracing::warn!(%room_id, event_id = %pdu.event_id, %reason, "an event received while partial is refused by the full state");
+        let state = pdu.state_key.as_ref().map(|state_key| {
+            let k = key(StateEventType::from(pdu.kind.to_string()), state_key);
+            let replacement = entry(&k);
+            (k, replacement)
+        });
+        if let Some((_, replacement)) = &state {
+            replaced.insert(pdu.event_id.clone(), replacement.clone());
+        }
+        refused.insert(pdu.event_id.clone());
+        rejections.push(Rejection {
+            event_id: pdu.event_id.clone(),
+            reason: format!("refused by the full state: {reason}"),
+            state,
+        });
+    }
+    Ok(rejections)
+}
+
+/// The room's timeline events that arrived after `after`, oldest first.
+async fn received_since(
+    svc: &Services,
+    room_id: &RoomId,
+    after: StreamOrdering,
+) -> Result<Vec<StoredEvent>, RoomError> {
+    const PAGE: usize = 500;
+    let mut upto = svc.storage.max_stream_ordering().await?;
+    let mut events = Vec::new();
+    while upto > after {
+        let page = svc.storage.stream_page(room_id, after, upto, PAGE).await?;
+        let Some(oldest) = page.last() else {
+            break;
+        };
+        upto = oldest.meta.stream_ordering - 1;
+        let full = page.len() == PAGE;
+        events.extend(page);
+        if !full {
+            break;
+        }
+    }
+    events.reverse();
+    Ok(events)
 }
 
 /// The full state at the join, from the first of the partial state's

@@ -9,7 +9,7 @@
 use async_trait::async_trait;
 use ruma::{OwnedEventId, OwnedRoomId, OwnedServerName, RoomId};
 
-use super::{Result, StateGroupId, StateKey};
+use super::{CurrentStateChange, Result, StateGroupId, StateKey};
 
 /// A room joined with partial state.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -40,9 +40,13 @@ pub trait PartialStateStorage: Send + Sync + 'static {
     /// `completion.partial_group`) and every state after it gain the
     /// `additions` they have no entry for (the states derived from the
     /// partial one by deltas inherit them; the snapshots after the join are
-    /// those whose entry for the joiner is the join or later); the
-    /// current-state table gains `current_additions`. The one place a
-    /// stored state changes: it was always meant to hold them.
+    /// those whose entry for the joiner is the join or later); the events
+    /// of `rejections` become rejected (their cached copies dropped, in
+    /// every process): each leaves the forward extremities (its accepted
+    /// parents left without an accepted child become ones again), and a
+    /// state event's entry in the states from the join on becomes the one
+    /// it replaced; the current-state table takes `current_changes`. The
+    /// one place a stored state changes: it was always meant to be so.
     async fn complete_partial_state(&self, completion: &Completion) -> Result<()>;
 }
 
@@ -59,6 +63,21 @@ pub struct Completion {
     pub join_depth: i64,
     /// The entries of the full state at the join that the partial one lacks.
     pub additions: Vec<(StateKey, OwnedEventId)>,
-    /// Those of them that the room's current state lacks.
-    pub current_additions: Vec<(StateKey, OwnedEventId)>,
+    /// The events received while partial that the full state refuses, in
+    /// the order they were received.
+    pub rejections: Vec<Rejection>,
+    /// What the room's current state gains (the additions it lacks) and
+    /// loses (a rejected event's entry becomes the one it replaced).
+    pub current_changes: Vec<CurrentStateChange>,
+}
+
+/// An event received while its room was partial, accepted then, that the
+/// full state refuses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejection {
+    pub event_id: OwnedEventId,
+    pub reason: String,
+    /// For a state event: its key, and the entry the states holding the
+    /// event take instead (the one it replaced; none: the key leaves them).
+    pub state: Option<(StateKey, Option<OwnedEventId>)>,
 }

@@ -5,8 +5,8 @@ use ruma::RoomId;
 
 use super::{GenericClient, PgStorage, col, exec, pg_write, query, state};
 use crate::storage::{
-    CurrentStateChange, Result, parse,
-    partial_state::{Completion, PartialState, PartialStateStorage},
+    Result, parse,
+    partial_state::{Completion, PartialState, PartialStateStorage, Rejection},
 };
 
 async fn marks(c: &impl GenericClient, room_id: Option<&str>) -> Result<Vec<PartialState>> {
@@ -60,14 +60,6 @@ impl PartialStateStorage for PgStorage {
     }
 
     async fn complete_partial_state(&self, completion: &Completion) -> Result<()> {
-        let changes: Vec<CurrentStateChange> = completion
-            .current_additions
-            .iter()
-            .map(|(key, event_id)| CurrentStateChange {
-                key: key.clone(),
-                event_id: Some(event_id.clone()),
-            })
-            .collect();
         let kinds: Vec<String> = completion.additions.iter().map(|((k, _), _)| k.to_string()).collect();
         let keys: Vec<&str> = completion.additions.iter().map(|((_, k), _)| k.as_str()).collect();
         let ids: Vec<&str> = completion.additions.iter().map(|(_, id)| id.as_str()).collect();
@@ -97,7 +89,8 @@ impl PartialStateStorage for PgStorage {
                 ],
             )
             .await?;
-            state::apply_current_state_changes(&tx, &completion.room_id, &changes).await?;
+            reject(&tx, room_id, completion.partial_group, &completion.rejections).await?;
+            state::apply_current_state_changes(&tx, &completion.room_id, &completion.current_changes).await?;
             exec(
                 &tx,
                 "DELETE FROM partial_state_rooms WHERE room_id = $1 AND join_event_id = $2",
@@ -111,6 +104,85 @@ impl PartialStateStorage for PgStorage {
                 &[&room_id],
             )
             .await?;
-        })
+        })?;
+        for rejection in &completion.rejections {
+            self.events.forget(&rejection.event_id);
+        }
+        Ok(())
     }
+}
+
+/// Rejects the events of `rejections` (see
+/// [`PartialStateStorage::complete_partial_state`]); the states touched
+/// are those of the room from `partial_group` on.
+async fn reject(tx: &impl GenericClient, room_id: &str, partial_group: i64, rejections: &[Rejection]) -> Result<()> {
+    if rejections.is_empty() {
+        return Ok(());
+    }
+    let ids: Vec<&str> = rejections.iter().map(|r| r.event_id.as_str()).collect();
+    let reasons: Vec<&str> = rejections.iter().map(|r| r.reason.as_str()).collect();
+    exec(
+        tx,
+        "UPDATE events e SET rejected = r.reason FROM unnest($1::text[], $2::text[]) AS r (id, reason)
+         WHERE e.event_id = r.id AND e.rejected IS NULL",
+        &[&ids, &reasons],
+    )
+    .await?;
+    let state: Vec<_> = rejections
+        .iter()
+        .filter_map(|r| Some((r.event_id.as_str(), r.state.as_ref()?)))
+        .collect();
+    let state_ids: Vec<&str> = state.iter().map(|(id, _)| *id).collect();
+    let kinds: Vec<String> = state.iter().map(|(_, ((kind, _), _))| kind.to_string()).collect();
+    let keys: Vec<&str> = state.iter().map(|(_, ((_, key), _))| key.as_str()).collect();
+    let replacements: Vec<Option<&str>> = state
+        .iter()
+        .map(|(_, (_, replacement))| replacement.as_ref().map(|r| r.as_str()))
+        .collect();
+    exec(
+        tx,
+        "UPDATE state_group_entries se SET event_id = r.replacement
+         FROM state_groups g, unnest($3::text[], $4::text[], $5::text[], $6::text[]) AS r (id, type, state_key, replacement)
+         WHERE g.room_id = $1 AND g.id >= $2 AND se.group_id = g.id
+         AND se.type = r.type AND se.state_key = r.state_key AND se.event_id = r.id",
+        &[&room_id, &partial_group, &state_ids, &kinds, &keys, &replacements],
+    )
+    .await?;
+    // A snapshot has no use for a removal (`NULL`): the key is absent.
+    exec(
+        tx,
+        "DELETE FROM state_group_entries se
+         USING state_groups g, unnest($3::text[], $4::text[]) AS r (type, state_key)
+         WHERE g.room_id = $1 AND g.id >= $2 AND g.prev_group IS NULL AND se.group_id = g.id
+         AND se.type = r.type AND se.state_key = r.state_key AND se.event_id IS NULL",
+        &[&room_id, &partial_group, &kinds, &keys],
+    )
+    .await?;
+    exec(
+        tx,
+        "DELETE FROM forward_extremities WHERE room_id = $1 AND event_id = ANY($2)",
+        &[&room_id, &ids],
+    )
+    .await?;
+    // A parent left with no accepted child is a forward extremity again.
+    exec(
+        tx,
+        "INSERT INTO forward_extremities (room_id, event_id)
+         SELECT DISTINCT $1, p.event_id FROM event_edges ed JOIN events p ON p.event_id = ed.prev_event_id
+         WHERE ed.event_id = ANY($2) AND p.room_id = $1 AND NOT p.outlier AND p.rejected IS NULL AND NOT p.soft_failed
+         AND NOT EXISTS (SELECT 1 FROM event_edges c JOIN events ce ON ce.event_id = c.event_id
+             WHERE c.prev_event_id = p.event_id AND NOT ce.outlier AND ce.rejected IS NULL AND NOT ce.soft_failed)
+         ON CONFLICT DO NOTHING",
+        &[&room_id, &ids],
+    )
+    .await?;
+    // The other processes' cached copies are stale.
+    exec(
+        tx,
+        "SELECT pg_notify('weft', concat_ws(' ', current_setting('weft.process', TRUE), 'event', id))
+         FROM unnest($1::text[]) AS id",
+        &[&ids],
+    )
+    .await?;
+    Ok(())
 }

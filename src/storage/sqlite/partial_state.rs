@@ -6,8 +6,8 @@ use rusqlite::{Connection, params};
 
 use super::{SqliteStorage, exec, state};
 use crate::storage::{
-    CurrentStateChange, Result, parse,
-    partial_state::{Completion, PartialState, PartialStateStorage},
+    Result, parse,
+    partial_state::{Completion, PartialState, PartialStateStorage, Rejection},
 };
 
 fn row(room_id: String, join: String, servers: String) -> Result<PartialState> {
@@ -72,6 +72,7 @@ impl PartialStateStorage for SqliteStorage {
     }
 
     async fn complete_partial_state(&self, completion: &Completion) -> Result<()> {
+        let rejected: Vec<_> = completion.rejections.iter().map(|r| r.event_id.clone()).collect();
         let completion = completion.clone();
         self.write(move |tx| {
             let room_id = completion.room_id.as_str();
@@ -103,15 +104,8 @@ impl PartialStateStorage for SqliteStorage {
                     insert.execute(params![group, kind.to_string(), key, event_id.as_str()])?;
                 }
             }
-            let changes: Vec<CurrentStateChange> = completion
-                .current_additions
-                .iter()
-                .map(|(key, event_id)| CurrentStateChange {
-                    key: key.clone(),
-                    event_id: Some(event_id.clone()),
-                })
-                .collect();
-            state::apply_current_state_changes(tx, &completion.room_id, &changes)?;
+            reject(tx, room_id, completion.partial_group, &completion.rejections)?;
+            state::apply_current_state_changes(tx, &completion.room_id, &completion.current_changes)?;
             exec(
                 tx,
                 "DELETE FROM partial_state_rooms WHERE room_id = ?1 AND join_event_id = ?2",
@@ -119,6 +113,51 @@ impl PartialStateStorage for SqliteStorage {
             )?;
             Ok(())
         })
-        .await
+        .await?;
+        for event_id in &rejected {
+            self.events.forget(event_id);
+        }
+        Ok(())
     }
+}
+
+/// Rejects the events of `rejections` (see
+/// [`PartialStateStorage::complete_partial_state`]); the states touched
+/// are those of the room from `partial_group` on.
+fn reject(tx: &Connection, room_id: &str, partial_group: i64, rejections: &[Rejection]) -> Result<()> {
+    let mut mark = tx.prepare_cached("UPDATE events SET rejected = ?2 WHERE event_id = ?1 AND rejected IS NULL")?;
+    let mut revert = tx.prepare_cached(
+        "UPDATE state_group_entries SET event_id = ?5
+         WHERE type = ?3 AND state_key = ?4 AND event_id = ?6
+         AND group_id IN (SELECT id FROM state_groups WHERE room_id = ?1 AND id >= ?2)",
+    )?;
+    // A snapshot has no use for a removal (`NULL`): the key is absent.
+    let mut tidy = tx.prepare_cached(
+        "DELETE FROM state_group_entries WHERE type = ?3 AND state_key = ?4 AND event_id IS NULL
+         AND group_id IN (SELECT id FROM state_groups WHERE room_id = ?1 AND id >= ?2 AND prev_group IS NULL)",
+    )?;
+    let mut unfwd = tx.prepare_cached("DELETE FROM forward_extremities WHERE room_id = ?1 AND event_id = ?2")?;
+    for rejection in rejections {
+        let event_id = rejection.event_id.as_str();
+        mark.execute(params![event_id, rejection.reason])?;
+        unfwd.execute(params![room_id, event_id])?;
+        if let Some(((kind, key), replacement)) = &rejection.state {
+            let (kind, replacement) = (kind.to_string(), replacement.as_ref().map(|r| r.as_str()));
+            revert.execute(params![room_id, partial_group, kind, key, replacement, event_id])?;
+            tidy.execute(params![room_id, partial_group, kind, key])?;
+        }
+    }
+    // Once all are rejected: a parent left with no accepted child is a
+    // forward extremity again.
+    let mut refwd = tx.prepare_cached(
+        "INSERT OR IGNORE INTO forward_extremities (room_id, event_id)
+         SELECT ?1, p.event_id FROM event_edges ed JOIN events p ON p.event_id = ed.prev_event_id
+         WHERE ed.event_id = ?2 AND p.room_id = ?1 AND p.outlier = 0 AND p.rejected IS NULL AND p.soft_failed = 0
+         AND NOT EXISTS (SELECT 1 FROM event_edges c JOIN events ce ON ce.event_id = c.event_id
+             WHERE c.prev_event_id = p.event_id AND ce.outlier = 0 AND ce.rejected IS NULL AND ce.soft_failed = 0)",
+    )?;
+    for rejection in rejections {
+        refwd.execute(params![room_id, rejection.event_id.as_str()])?;
+    }
+    Ok(())
 }
