@@ -259,6 +259,27 @@ impl Presence {
         Ok(Some(Status::from_record(record)))
     }
 
+    /// Users of other servers whom local users could not see and now can
+    /// (the members learned at a partial room's resync: their presence
+    /// may have come while they were not known to share the room): what
+    /// is known of them is stamped anew, for the next incremental `/sync`
+    /// of those who share the room to carry it.
+    pub async fn now_visible(&self, users: &[OwnedUserId]) -> Result<(), StorageError> {
+        for user in self.of(users).await?.into_keys() {
+            let Some(record) = self.storage.restamp_presence(&user).await? else {
+                continue;
+            };
+            {
+                let mut known = self.known.lock().expect("presence lock");
+                if known.get(&user).is_none_or(|k| k.position() <= record.position) {
+                    known.insert(user.clone(), Known::Record(record.clone()));
+                }
+            }
+            self.changed(record.position, &user, false).await?;
+        }
+        Ok(())
+    }
+
     /// What is known of `user`.
     pub async fn get(&self, user: &UserId) -> Result<Option<Status>, StorageError> {
         Ok(self.of(&[user.to_owned()]).await?.remove(user))
@@ -441,21 +462,6 @@ pub async fn visible_users(svc: &Services, user: &UserId) -> Result<HashSet<Owne
     Ok(users)
 }
 
-/// The servers of the rooms joined with partial state that `user` is in
-/// (their members are not all known yet).
-async fn partial_servers(svc: &Services, user: &UserId) -> Result<HashSet<OwnedServerName>, StorageError> {
-    let partial = svc.storage.partial_state_rooms().await?;
-    if partial.is_empty() {
-        return Ok(HashSet::new());
-    }
-    let joined: HashSet<ruma::OwnedRoomId> = svc.storage.joined_rooms(user).await?.into_iter().collect();
-    Ok(partial
-        .into_iter()
-        .filter(|p| joined.contains(&p.room_id))
-        .flat_map(|p| p.servers)
-        .collect())
-}
-
 /// Whether `observer` may see `user`'s presence.
 pub async fn may_see(svc: &Services, observer: &UserId, user: &UserId) -> Result<bool, StorageError> {
     if observer == user {
@@ -634,19 +640,7 @@ pub async fn for_sync(
             .into_iter()
             .filter(|u| admitted(u))
             .collect();
-        let mut known = svc.presence.of(&visible).await?;
-        // In a room joined with partial state, the members of the servers
-        // in it are not all known yet: theirs is shown too.
-        let partial_servers = partial_servers(svc, user).await?;
-        if !partial_servers.is_empty() {
-            let of_partial = svc
-                .presence
-                .changes(None, head, |u: &UserId| {
-                    admitted(u) && partial_servers.contains(u.server_name())
-                })
-                .await?;
-            known.extend(of_partial);
-        }
+        let known = svc.presence.of(&visible).await?;
         let mut known: Vec<_> = known.iter().filter(|(_, s)| s.position <= head).collect();
         known.sort_by_key(|(_, s)| s.position);
         let events = known.into_iter().map(|(u, s)| s.event(u, now, false)).collect();
@@ -663,17 +657,10 @@ pub async fn for_sync(
     } else {
         visible_users(svc, user).await?
     };
-    // In a room joined with partial state, the members of the servers in
-    // it are not all known yet: theirs is shown too.
-    let partial_servers = if changes.iter().any(|(u, _)| !visible.contains(u)) {
-        partial_servers(svc, user).await?
-    } else {
-        HashSet::new()
-    };
     let mut seen = HashSet::new();
     let mut events = Vec::new();
     for (u, status) in &changes {
-        if visible.contains(u) || partial_servers.contains(u.server_name()) {
+        if visible.contains(u) {
             events.push(status.event(u, now, false));
             seen.insert(u.clone());
         }

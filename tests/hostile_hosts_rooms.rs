@@ -574,3 +574,92 @@ async fn events_the_full_state_refuses_are_rejected_at_the_resync() {
     );
     member_talks(&weft, &hostile, &alice, &room, "m4", "after the resync").await;
 }
+
+/// The senders of `server` in the presence events of a `/sync` answer,
+/// with their status messages.
+fn presence_of(sync: &Value, server: &str) -> Vec<(String, String)> {
+    sync["presence"]["events"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .map(|e| {
+            (
+                e["sender"].as_str().unwrap_or_default().to_owned(),
+                e["content"]["status_msg"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .filter(|(user, _)| user.ends_with(&format!(":{server}")))
+        .collect()
+}
+
+/// Presence that came while the room was partial, of a member weft did not
+/// know of yet, reaches Alice once the resync makes the member known, even
+/// in a sync from a point after it came; the presence of the resident
+/// server's users who share no room with her never does (not even while
+/// the room is partial).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presence_of_members_learned_at_the_resync_reaches_the_room() {
+    let weft = TestServer::start_federating_with(|c| c.partial_state_joins = true).await;
+    let hostile = Hostile::start().await;
+    hostile.set_behaviour(|b| b.serve_state = false);
+    let room = hostile.create_room(RoomVersionId::V11, "creator", &MEMBERS, Some("Presence"));
+    let alice = alice_joins(&weft, &hostile, &room).await;
+    let (m3, stranger) = (hostile.user("m3"), hostile.user("stranger"));
+    let update = |user: &OwnedUserId, msg: &str| {
+        json!({
+            "user_id": user, "presence": "online", "status_msg": msg,
+            "last_active_ago": 1000, "currently_active": true,
+        })
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let body = json!({
+        "origin": hostile.name, "origin_server_ts": now, "pdus": [],
+        "edus": [{ "edu_type": "m.presence", "content": { "push": [update(&m3, "member"), update(&stranger, "in no room")] } }],
+    });
+    let (status, answer) = hostile
+        .request(
+            &weft.server_name(),
+            Method::PUT,
+            "/_matrix/federation/v1/send/presence",
+            Some(&body),
+        )
+        .await;
+    assert_eq!(status, 200, "{answer}");
+    let presence = &weft.services().presence;
+    common::eventually(Duration::from_secs(10), "weft holds the presence", || async {
+        match (presence.get(&m3).await.unwrap(), presence.get(&stranger).await.unwrap()) {
+            (Some(_), Some(_)) => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    // While partial: m3 is not known to be in the room, the stranger is in
+    // none.
+    let partial = alice.sync("timeout=0").await;
+    assert_eq!(presence_of(&partial, hostile.name.as_str()), vec![], "{partial}");
+    let since = partial["next_batch"].as_str().unwrap().to_owned();
+
+    hostile.set_behaviour(|b| b.serve_state = true);
+    alice
+        .ok(
+            Method::GET,
+            &format!("/_matrix/client/v3/rooms/{}/joined_members", enc(room.as_str())),
+            None,
+        )
+        .await;
+    let m3_seen = (m3.to_string(), "member".to_owned());
+    let later = alice.sync(&format!("since={since}&timeout=10000")).await;
+    assert_eq!(
+        presence_of(&later, hostile.name.as_str()),
+        vec![m3_seen.clone()],
+        "{later}"
+    );
+    let full = alice.sync("timeout=0").await;
+    let seen = presence_of(&full, hostile.name.as_str());
+    assert!(seen.contains(&m3_seen), "{full}");
+    assert!(!seen.iter().any(|(u, _)| *u == stranger.as_str()), "{full}");
+}

@@ -2462,6 +2462,24 @@ async fn presence(s: Store) {
         [(bob.clone(), start + 2)]
     );
     assert_eq!(s.max_presence_position().await.unwrap(), start + 4);
+
+    // Restamped: the record as it was, at a new position; nothing for a
+    // user with none.
+    let held = s.presence_of(std::slice::from_ref(&bob)).await.unwrap().remove(0);
+    let restamped = s.restamp_presence(&bob).await.unwrap().expect("bob has a record");
+    assert_eq!(
+        restamped,
+        PresenceRecord {
+            position: start + 5,
+            ..held
+        }
+    );
+    assert_eq!(
+        positions(s.presence_changes(Some(start + 4), start + 5).await.unwrap()),
+        [(bob.clone(), start + 5)]
+    );
+    assert_eq!(s.restamp_presence(&uid("nobody")).await.unwrap(), None);
+    assert_eq!(s.max_presence_position().await.unwrap(), start + 5);
 }
 
 /// Changes of one user's presence made at once (through several

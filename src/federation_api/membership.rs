@@ -33,11 +33,16 @@ async fn check_acl(svc: &Services, room_id: &ruma::RoomId, origin: &ruma::Server
     Ok(())
 }
 
+/// How long a request for the state of a room joined with partial state
+/// waits for the resync before it is sent elsewhere.
+const PARTIAL_PATIENCE: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// A room this server joined with partial state is not one whose state it
-/// can give (a join, `/state`) until it has it all: the asker goes to
-/// another server, as Synapse's do.
+/// can give (a join, `/state`) until it has it all: after a few seconds'
+/// wait for the resync (a small room's takes well under one), the asker
+/// goes to another server, as Synapse's do.
 pub(super) async fn not_while_partial(svc: &Services, room_id: &ruma::RoomId) -> Result<(), MatrixError> {
-    if crate::rooms::partial_state::is_partial(svc, room_id).await? {
+    if !crate::rooms::partial_state::full_within(svc, room_id, PARTIAL_PATIENCE).await? {
         return Err(MatrixError::not_found(
             "This server is not fully joined to the room yet: ask another",
         ));

@@ -32,7 +32,7 @@ use std::{
 use tokio::sync::Notify;
 
 use ruma::{
-    OwnedEventId, OwnedRoomId, RoomId, api::federation::event::get_room_state, events::StateEventType,
+    OwnedEventId, OwnedRoomId, OwnedUserId, RoomId, api::federation::event::get_room_state, events::StateEventType,
     room_version_rules::RoomVersionRules,
 };
 use tokio_util::sync::CancellationToken;
@@ -228,6 +228,17 @@ pub async fn resync(svc: &Services, room_id: &RoomId) -> Result<(), RoomError> {
     svc.notifier
         .wakeups
         .wake(&[crate::wakeups::Topic::Room(room_id.to_owned())]);
+    // The presence of the members learned now (which may have come while
+    // they were not known to be in the room) reaches the room's members.
+    let learned: Vec<OwnedUserId> = completion
+        .additions
+        .iter()
+        .filter(|((kind, _), _)| *kind == StateEventType::RoomMember)
+        .filter_map(|((_, user), _)| OwnedUserId::try_from(user.as_str()).ok())
+        .collect();
+    if let Err(e) = svc.presence.now_visible(&learned).await {
+        tracing::warn!(%room_id, error = %e, "cannot show the presence of the members learned");
+    }
     // The device lists of the members learned now are fetched afresh.
     if let Err(e) = crate::devices::joined_remote_room(svc, room_id).await {
         tracing::warn!(%room_id, error = %e, "cannot mark remote device lists stale");
@@ -374,6 +385,17 @@ pub async fn wait_until_full(svc: &Services, room_id: &RoomId) -> Result<(), Roo
         tokio::time::sleep(POLL).await;
     }
     Ok(())
+}
+
+/// Whether `room_id` has its full state within `patience` (at once for
+/// any other room): what another server asks of a room joined moments ago
+/// (the resync of a small room takes well under a second) is answered
+/// rather than sent elsewhere.
+pub async fn full_within(svc: &Services, room_id: &RoomId, patience: Duration) -> Result<bool, RoomError> {
+    match tokio::time::timeout(patience, wait_until_full(svc, room_id)).await {
+        Ok(done) => done.map(|()| true),
+        Err(_) => Ok(false),
+    }
 }
 
 /// Whether `before` lacks an entry the auth rules would read for `pdu`:

@@ -777,6 +777,10 @@ pub trait Storage:
     /// a change clients see takes its position inside the write, so
     /// positions commit in order.
     async fn change_presence(&self, user_id: &UserId, change: PresenceChange) -> Result<PresenceWrite>;
+    /// Gives `user_id`'s record (if any) a new position of the presence
+    /// stream, unchanged otherwise: it became visible to users who could
+    /// not see it (the members learned at a partial room's resync).
+    async fn restamp_presence(&self, user_id: &UserId) -> Result<Option<PresenceRecord>>;
     /// The records changed in `(after, up_to]` (every one up to `up_to`
     /// without `after`), by position.
     async fn presence_changes(&self, after: Option<i64>, up_to: i64) -> Result<Vec<PresenceRecord>>;

@@ -52,6 +52,29 @@ pub async fn change(tx: &impl GenericClient, user_id: &UserId, change: &Presence
     }
 }
 
+/// In a transaction: the user's row, locked, at a new position (taken
+/// last), unchanged otherwise.
+pub async fn restamp(tx: &impl GenericClient, user_id: &UserId) -> Result<Option<PresenceRecord>> {
+    let held = query_opt(
+        tx,
+        &format!("SELECT {COLUMNS} FROM presence WHERE user_id = $1 FOR UPDATE"),
+        &[&user_id.as_str()],
+    )
+    .await?;
+    let Some(row) = held else {
+        return Ok(None);
+    };
+    let mut r = record(&row)?;
+    r.position = next_position_of(tx, "presence", Some(user_id.as_str())).await?;
+    super::exec(
+        tx,
+        "UPDATE presence SET position = $2 WHERE user_id = $1",
+        &[&user_id.as_str(), &r.position],
+    )
+    .await?;
+    Ok(Some(r))
+}
+
 /// False when a record of the user is there already.
 async fn insert(tx: &impl GenericClient, r: &PresenceRecord) -> Result<bool> {
     let inserted = super::exec(

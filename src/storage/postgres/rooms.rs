@@ -459,6 +459,10 @@ impl Storage for PgStorage {
         pg_write!(self, |tx| presence::change(&tx, user_id, &change).await?)
     }
 
+    async fn restamp_presence(&self, user_id: &UserId) -> Result<Option<PresenceRecord>> {
+        pg_write!(self, |tx| presence::restamp(&tx, user_id).await?)
+    }
+
     async fn presence_changes(&self, after: Option<i64>, up_to: i64) -> Result<Vec<PresenceRecord>> {
         presence::changes(&self.client().await?, after, up_to).await
     }

@@ -833,6 +833,11 @@ impl Storage for SqliteStorage {
         self.write(move |tx| presence::change(tx, &user_id, &change)).await
     }
 
+    async fn restamp_presence(&self, user_id: &UserId) -> Result<Option<super::PresenceRecord>> {
+        let user_id = user_id.to_owned();
+        self.write(move |tx| presence::restamp(tx, &user_id)).await
+    }
+
     async fn presence_changes(&self, after: Option<i64>, up_to: i64) -> Result<Vec<super::PresenceRecord>> {
         self.read(move |c| presence::changes(c, after, up_to)).await
     }

@@ -10,6 +10,25 @@ use crate::storage::{PresenceChange, PresenceRecord, PresenceWrite, Result, Stor
 
 const COLUMNS: &str = "user_id, state, status_msg, last_active_ts, currently_active, updated_ts, position";
 
+/// The user's row at a new position, unchanged otherwise.
+pub fn restamp(tx: &Transaction<'_>, user_id: &UserId) -> Result<Option<PresenceRecord>> {
+    let held = tx
+        .prepare_cached(&format!("SELECT {COLUMNS} FROM presence WHERE user_id = ?1"))?
+        .query_row([user_id.as_str()], columns)
+        .optional()?;
+    let Some(row) = held else {
+        return Ok(None);
+    };
+    let mut r = record(row)?;
+    r.position = next_position(tx, "presence")?;
+    exec(
+        tx,
+        "UPDATE presence SET position = ?2 WHERE user_id = ?1",
+        params![user_id.as_str(), r.position],
+    )?;
+    Ok(Some(r))
+}
+
 /// The change applied to the user's row (the writer is alone: nothing else
 /// changes it meanwhile), then the position when a client would see it.
 pub fn change(tx: &Transaction<'_>, user_id: &UserId, change: &PresenceChange) -> Result<PresenceWrite> {
