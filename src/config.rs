@@ -89,8 +89,8 @@ pub struct Config {
     /// Joining rooms held by other servers with partial state (a "faster
     /// join"): the resident server leaves the member events out, the room
     /// is usable at once and the rest is fetched in the background (the
-    /// events received meanwhile are checked again against it). Off by
-    /// default for now (`docs/joins.md`, "What is not done yet").
+    /// events received meanwhile are checked again against it; see
+    /// `docs/joins.md`). On by default.
     pub partial_state_joins: bool,
     /// The largest media upload accepted (bytes); larger ones are refused
     /// with `M_TOO_LARGE`. Also the largest remote media fetched.
@@ -149,7 +149,7 @@ impl Default for Config {
             public_baseurl: None,
             presence: true,
             ephemeral_messages: false,
-            partial_state_joins: false,
+            partial_state_joins: true,
             max_upload_size: 50 * 1024 * 1024,
             header_read_timeout_secs: 30,
             rate_limits: true,
