@@ -663,3 +663,66 @@ async fn presence_of_members_learned_at_the_resync_reaches_the_room() {
     assert!(seen.contains(&m3_seen), "{full}");
     assert!(!seen.iter().any(|(u, _)| *u == stranger.as_str()), "{full}");
 }
+
+/// One transaction with events of two rooms, one of them past a gap whose
+/// filling (`/get_missing_events`) is slow: the other room's event is taken
+/// and shown meanwhile (the rooms of a transaction do not wait for each
+/// other); then the gap is filled and the slow room's events come too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_room_does_not_hold_up_the_others_in_a_transaction() {
+    let weft = TestServer::start_federating().await;
+    let hostile = std::sync::Arc::new(Hostile::start().await);
+    let slow = hostile.create_room(RoomVersionId::V11, "creator", &MEMBERS, Some("Slow"));
+    let quick = hostile.create_room(RoomVersionId::V11, "creator", &MEMBERS, Some("Quick"));
+    let alice = alice_joins(&weft, &hostile, &slow).await;
+    let (status, body) = alice
+        .call(
+            Method::POST,
+            &format!(
+                "/_matrix/client/v3/join/{}?server_name={}",
+                enc(quick.as_str()),
+                enc(hostile.name.as_str())
+            ),
+            Some(&json!({})),
+        )
+        .await;
+    assert_eq!(status, 200, "join: {body}");
+
+    // The slow room: weft is sent the second of two messages, and asks
+    // for the first, which takes a while.
+    let unseen = hostile.message(&slow, &hostile.user("m1"), "the gap");
+    hostile.commit(&slow, &unseen);
+    let past_gap = hostile.message(&slow, &hostile.user("m1"), "past the gap");
+    hostile.commit(&slow, &past_gap);
+    let said = hostile.message(&quick, &hostile.user("m2"), "no waiting");
+    hostile.commit(&quick, &said);
+    let delay = Duration::from_secs(8);
+    hostile.set_behaviour(|b| b.missing_events_delay = delay);
+    let started = std::time::Instant::now();
+    let sending = {
+        let (hostile, weft_name, pdus) = (
+            hostile.clone(),
+            weft.server_name(),
+            vec![past_gap.pdu.clone(), said.pdu.clone()],
+        );
+        tokio::spawn(async move { hostile.send_transaction(&weft_name, "two-rooms", &pdus).await })
+    };
+    common::eventually(Duration::from_secs(6), "the quick room's message is shown", || async {
+        let now = messages(&alice, &quick).await;
+        now.iter()
+            .any(|(id, _)| id == said.id.as_str())
+            .then_some(())
+            .ok_or_else(|| format!("{now:?}"))
+    })
+    .await;
+    assert!(
+        started.elapsed() < delay && !sending.is_finished(),
+        "shown while the slow room's gap is being filled"
+    );
+    let (status, answer) = sending.await.unwrap();
+    assert_eq!(status, 200, "{answer}");
+    let now = messages(&alice, &slow).await;
+    for event in [&unseen, &past_gap] {
+        assert!(now.iter().any(|(id, _)| id == event.id.as_str()), "{now:?}");
+    }
+}

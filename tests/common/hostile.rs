@@ -49,6 +49,8 @@ pub struct Behaviour {
     pub serve_backfill: bool,
     /// How long a `/backfill` answer takes (a slow server).
     pub backfill_delay: std::time::Duration,
+    /// How long a `/get_missing_events` answer takes (a slow server).
+    pub missing_events_delay: std::time::Duration,
     /// How long the answer for its keys (`/_matrix/key/v2/server`) takes:
     /// an origin that never answers.
     pub key_delay: std::time::Duration,
@@ -83,6 +85,7 @@ impl Default for Behaviour {
             serve_missing_events: true,
             serve_backfill: true,
             backfill_delay: std::time::Duration::ZERO,
+            missing_events_delay: std::time::Duration::ZERO,
             key_delay: std::time::Duration::ZERO,
             accept_transactions: true,
             extra_missing_events: Vec::new(),
@@ -906,6 +909,8 @@ async fn handle(
         });
         if uri.path().starts_with("/_matrix/federation/v1/backfill/") {
             inner.behaviour.backfill_delay
+        } else if uri.path().starts_with("/_matrix/federation/v1/get_missing_events/") {
+            inner.behaviour.missing_events_delay
         } else if uri.path().starts_with("/_matrix/key/v2/server") {
             inner.behaviour.key_delay
         } else {
