@@ -4497,6 +4497,7 @@ async fn an_outlier_backfilled_through_one_process_leaves_the_others_cache() {
 async fn partial_state_marks_and_completion(s: Store) {
     let mut room = Room::create(&s, "partial").await;
     let alice = room.member(&uid("alice"), "join");
+    let alice_join = alice.id.clone();
     room.persist(alice).await;
     let partial_group = room.group.unwrap();
     let join = room.member(&uid("bob"), "join");
@@ -4510,6 +4511,9 @@ async fn partial_state_marks_and_completion(s: Store) {
     let dave_join = room.member(&uid("dave"), "join");
     room.persist(dave_join.clone()).await;
     let (dave_says, _) = room.send("dave here").await;
+    // Alice renames herself; the full state refuses it too.
+    let renamed = room.member_with(&uid("alice"), json!({"membership": "join", "displayname": "A"}));
+    room.persist(renamed.clone()).await;
     let current_group = room.group.unwrap();
     assert!(
         s.state_group(current_group)
@@ -4571,6 +4575,11 @@ async fn partial_state_marks_and_completion(s: Store) {
                 reason: "not joined".to_owned(),
                 state: None,
             },
+            Rejection {
+                event_id: renamed.id.clone(),
+                reason: "refused".to_owned(),
+                state: Some((key("m.room.member", "@alice:hs"), Some(alice_join.clone()))),
+            },
         ],
         current_changes: vec![
             CurrentStateChange {
@@ -4580,6 +4589,10 @@ async fn partial_state_marks_and_completion(s: Store) {
             CurrentStateChange {
                 key: key("m.room.member", "@dave:hs"),
                 event_id: None,
+            },
+            CurrentStateChange {
+                key: key("m.room.member", "@alice:hs"),
+                event_id: Some(alice_join.clone()),
             },
         ],
     })
@@ -4592,7 +4605,18 @@ async fn partial_state_marks_and_completion(s: Store) {
         assert_eq!(stored(&s, id).await.meta.rejected.as_deref(), Some(reason));
     }
     let has_dave = |state: &[(StateKey, OwnedEventId)]| state.iter().any(|((_, k), _)| k == "@dave:hs");
-    assert!(!has_dave(&s.state_group(current_group).await.unwrap()), "the state now");
+    let now = s.state_group(current_group).await.unwrap();
+    assert!(!has_dave(&now), "the state now");
+    let alice_entry = (key("m.room.member", "@alice:hs"), alice_join.clone());
+    assert!(
+        now.contains(&alice_entry),
+        "the entry the rejected event replaced: {now:?}"
+    );
+    let current = s
+        .current_state(&room.id, Some(&StateEventType::RoomMember))
+        .await
+        .unwrap();
+    assert!(current.contains(&alice_entry), "{current:?}");
     let forward: Vec<_> = s
         .forward_extremities(&room.id)
         .await

@@ -43,7 +43,7 @@ use crate::{
     services::Services,
     state::{StateMap, key},
     storage::{
-        CurrentStateChange, StateKey, StoredEvent, StreamOrdering,
+        CurrentStateChange, StateGroupId, StateKey, StoredEvent, StreamOrdering,
         partial_state::{Completion, PartialState, Rejection},
     },
 };
@@ -188,11 +188,11 @@ pub async fn resync(svc: &Services, room_id: &RoomId) -> Result<(), RoomError> {
         .filter(|(k, _)| k.0 == StateEventType::RoomMember && k.1 != joiner && !at_join.contains_key(k))
         .collect();
     additions.sort();
-    let _guard = svc.rooms.lock(room_id).await?;
+    let guard = svc.rooms.lock(room_id).await?;
     let rules = version
         .rules()
         .ok_or_else(|| RoomError::UnsupportedVersion(version.to_string()))?;
-    let rejections = recheck(svc, &rules, &join, &additions).await?;
+    let rejections = recheck(svc, &rules, &join, partial_group, &additions).await?;
     let (_, current) = svc.state.current(room_id).await?.ok_or(RoomError::UnknownRoom)?;
     let mut current_changes: Vec<_> = additions
         .iter()
@@ -228,6 +228,9 @@ pub async fn resync(svc: &Services, room_id: &RoomId) -> Result<(), RoomError> {
     svc.notifier
         .wakeups
         .wake(&[crate::wakeups::Topic::Room(room_id.to_owned())]);
+    // (The caches were dropped under the lock: the next event checked here
+    // reads the completed states.)
+    drop(guard);
     // The presence of the members learned now (which may have come while
     // they were not known to be in the room) reaches the room's members.
     let learned: Vec<OwnedUserId> = completion
@@ -263,6 +266,7 @@ async fn recheck(
     svc: &Services,
     rules: &RoomVersionRules,
     join: &StoredEvent,
+    join_group: StateGroupId,
     additions: &[(StateKey, OwnedEventId)],
 ) -> Result<Vec<Rejection>, RoomError> {
     let additions: HashMap<&StateKey, &OwnedEventId> = additions.iter().map(|(k, id)| (k, id)).collect();
@@ -271,17 +275,22 @@ async fn recheck(
     let mut replaced: HashMap<OwnedEventId, Option<OwnedEventId>> = HashMap::new();
     let mut refused: HashSet<OwnedEventId> = HashSet::new();
     let mut rejections = Vec::new();
+    let joiner = key(StateEventType::RoomMember, join.pdu.sender.as_str());
     for event in received_since(svc, room_id, join.meta.stream_ordering).await? {
         let Some(group) = event.meta.state_group_before else {
             continue;
         };
         let stored = svc.state.group(group).await?;
+        // Only the states storage completes are checked: the state at the
+        // join and those after it (whose entry for the joiner is the join
+        // or later). History pulled meanwhile, or a fork without the join,
+        // keeps the state its sender gave.
+        if group != join_group && !after_join(svc, &stored, &joiner, join).await? {
+            continue;
+        }
         let entry = |k: &StateKey| -> Option<OwnedEventId> {
             let id = stored.get(k).or_else(|| additions.get(k).copied())?;
-            match replaced.get(id) {
-                Some(replacement) => replacement.clone(),
-                None => Some(id.clone()),
-            }
+            reverted(&replaced, id)
         };
         let pdu = &event.pdu;
         let verdict = match pdu.auth_events.iter().find(|a| refused.contains(*a)) {
@@ -290,7 +299,17 @@ async fn recheck(
                 Err(CheckError::Rejected(reason)) => Err(reason),
                 Err(e) => return Err(e.into()),
                 Ok(keys) => {
-                    let state: StateMap = keys.iter().filter_map(|k| Some((k.clone(), entry(k)?))).collect();
+                    let mut state = StateMap::new();
+                    for k in keys {
+                        let id = match (stored.get(&k), additions.get(&k)) {
+                            (Some(id), _) => Some(id.clone()),
+                            (None, Some(added)) => Some(newest_known(svc, pdu, &k, added).await?),
+                            (None, None) => None,
+                        };
+                        if let Some(id) = id.and_then(|id| reverted(&replaced, &id)) {
+                            state.insert(k, id);
+                        }
+                    }
                     match event_checks::check_against(svc, rules, pdu, &state).await {
                         Ok(()) => Ok(()),
                         Err(CheckError::Rejected(reason)) => Err(reason),
@@ -319,6 +338,67 @@ async fn recheck(
         });
     }
     Ok(rejections)
+}
+
+/// `id`, or what replaces it if it was refused.
+fn reverted(replaced: &HashMap<OwnedEventId, Option<OwnedEventId>>, id: &OwnedEventId) -> Option<OwnedEventId> {
+    match replaced.get(id) {
+        Some(replacement) => replacement.clone(),
+        None => Some(id.clone()),
+    }
+}
+
+/// Whether `state` is after the join: its entry for the joiner is the join
+/// or a later membership (as storage tells the states it completes).
+async fn after_join(
+    svc: &Services,
+    state: &StateMap,
+    joiner: &StateKey,
+    join: &StoredEvent,
+) -> Result<bool, RoomError> {
+    let Some(id) = state.get(joiner) else {
+        return Ok(false);
+    };
+    if *id == join.pdu.event_id {
+        return Ok(true);
+    }
+    Ok(svc
+        .storage
+        .event(id)
+        .await?
+        .is_some_and(|e| e.pdu.depth >= join.pdu.depth))
+}
+
+/// The entry for `k` that `pdu` is checked against where the stored state
+/// has none: `added` (from the full state at the join), unless `pdu` cites
+/// a later one for `k` among its auth events (one whose auth chain holds
+/// `added`: the answer was stale, a ban since lifted, say).
+async fn newest_known(
+    svc: &Services,
+    pdu: &crate::events::Pdu,
+    k: &StateKey,
+    added: &OwnedEventId,
+) -> Result<OwnedEventId, RoomError> {
+    let auth = svc.storage.events(&pdu.auth_events).await?;
+    let cited = auth.iter().find(|e| {
+        e.meta.rejected.is_none()
+            && e.pdu.state_key.as_deref() == Some(k.1.as_str())
+            && e.pdu.kind.to_string() == k.0.to_string()
+    });
+    match cited {
+        Some(cited) if cited.pdu.event_id != *added => {
+            let chain = svc
+                .storage
+                .auth_chain(std::slice::from_ref(&cited.pdu.event_id))
+                .await?;
+            Ok(if chain.contains(added) {
+                cited.pdu.event_id.clone()
+            } else {
+                added.clone()
+            })
+        }
+        _ => Ok(added.clone()),
+    }
 }
 
 /// The room's timeline events that arrived after `after`, oldest first.

@@ -251,7 +251,7 @@ async fn apply_earlier_redactions(
     rules: &RoomVersionRules,
 ) -> Result<(), RoomError> {
     for id in redactions {
-        let Some(redaction) = svc.storage.event(id).await? else {
+        let Some(redaction) = svc.storage.event(id).await?.filter(|r| r.meta.rejected.is_none()) else {
             continue;
         };
         let Some(group) = redaction.meta.state_group_before else {

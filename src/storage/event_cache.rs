@@ -3,7 +3,8 @@
 //! cached).
 //!
 //! Process-local: an event changes after it is stored only when an outlier
-//! takes its place in the timeline, a redaction or an expiry rewrites it;
+//! takes its place in the timeline, a redaction or an expiry rewrites it,
+//! or the resync of a partial room rejects it;
 //! the process that writes drops it here ([`EventCache::forget`]), and
 //! (PostgreSQL) every other process on its notification (`listen.rs`).
 

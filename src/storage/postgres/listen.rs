@@ -117,7 +117,8 @@ async fn listen_once(
 
 /// The event another process wrote or rewrote (`<process> events
 /// <position> <room> <event> [<member>]`; `<process> event <event>` from
-/// a redaction or an expiry): this process's cached copy is stale.
+/// a redaction, an expiry or a rejection at a partial room's resync): this
+/// process's cached copy is stale.
 fn changed_event<'a>(payload: &'a str, process: &str) -> Option<&'a str> {
     let parts: Vec<&str> = payload.splitn(6, ' ').collect();
     match parts.as_slice() {

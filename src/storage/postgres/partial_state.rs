@@ -164,6 +164,11 @@ async fn reject(tx: &impl GenericClient, room_id: &str, partial_group: i64, reje
         &[&room_id, &ids],
     )
     .await?;
+    // A rejected redaction redacts nothing that comes later; a rejected
+    // event counts in no one's notifications.
+    for table in ["redactions", "notifications"] {
+        exec(tx, &format!("DELETE FROM {table} WHERE event_id = ANY($1)"), &[&ids]).await?;
+    }
     // A parent left with no accepted child is a forward extremity again.
     exec(
         tx,

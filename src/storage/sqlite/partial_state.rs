@@ -147,6 +147,17 @@ fn reject(tx: &Connection, room_id: &str, partial_group: i64, rejections: &[Reje
             tidy.execute(params![room_id, partial_group, kind, key])?;
         }
     }
+    // A rejected redaction redacts nothing that comes later; a rejected
+    // event counts in no one's notifications.
+    let ids = serde_json::to_string(&rejections.iter().map(|r| r.event_id.as_str()).collect::<Vec<_>>())
+        .map_err(|e| crate::storage::StorageError::Corrupt(e.to_string()))?;
+    for table in ["redactions", "notifications"] {
+        exec(
+            tx,
+            &format!("DELETE FROM {table} WHERE event_id IN (SELECT value FROM json_each(?1))"),
+            [ids.as_str()],
+        )?;
+    }
     // Once all are rejected: a parent left with no accepted child is a
     // forward extremity again.
     let mut refwd = tx.prepare_cached(
