@@ -356,6 +356,26 @@ pub async fn joined_remote_room(svc: &Services, room_id: &RoomId) -> Result<(), 
     svc.storage.mark_remote_device_lists_stale(&remote).await
 }
 
+/// The members of a partial room learned at its resync (`users`): local
+/// members now share a room with those of other servers, with no member
+/// event to say so. Their device lists are fetched afresh, and `/sync`
+/// names them in `device_lists.changed`.
+pub async fn members_learned(svc: &Services, users: &[OwnedUserId]) -> Result<(), StorageError> {
+    let remote: Vec<OwnedUserId> = users
+        .iter()
+        .filter(|u| u.server_name() != svc.server_name())
+        .cloned()
+        .collect();
+    if remote.is_empty() {
+        return Ok(());
+    }
+    let positions = svc.storage.remote_users_met(&remote).await?;
+    for (user_id, position) in remote.iter().zip(positions) {
+        svc.e2e.keys_changed(position, user_id).await?;
+    }
+    Ok(())
+}
+
 /// An `m.device_list_update` EDU from `origin`.
 pub async fn receive_device_list_update(
     svc: &std::sync::Arc<Services>,

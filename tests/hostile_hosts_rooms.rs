@@ -4,7 +4,10 @@
 
 mod common;
 
-use std::{collections::HashSet, time::Duration};
+use std::{
+    collections::{BTreeSet, HashSet},
+    time::Duration,
+};
 
 use common::{
     TestServer, User, enc,
@@ -594,9 +597,10 @@ fn presence_of(sync: &Value, server: &str) -> Vec<(String, String)> {
 /// know of yet, reaches Alice once the resync makes the member known, even
 /// in a sync from a point after it came; the presence of the resident
 /// server's users who share no room with her never does (not even while
-/// the room is partial).
+/// the room is partial). Her `/sync` names the members learned in
+/// `device_lists.changed`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn presence_of_members_learned_at_the_resync_reaches_the_room() {
+async fn presence_and_device_lists_of_members_learned_at_the_resync_reach_the_room() {
     let weft = TestServer::start_federating_with(|c| c.partial_state_joins = true).await;
     let hostile = Hostile::start().await;
     hostile.set_behaviour(|b| b.serve_state = false);
@@ -656,6 +660,27 @@ async fn presence_of_members_learned_at_the_resync_reaches_the_room() {
         (seen == vec![m3_seen.clone()])
             .then_some(())
             .ok_or_else(|| later.to_string())
+    })
+    .await;
+    // Alice's client is told to look at the device lists of the members
+    // learned (it now shares a room with them).
+    let members: BTreeSet<String> = std::iter::once("creator")
+        .chain(MEMBERS)
+        .map(|m| hostile.user(m).to_string())
+        .collect();
+    common::eventually(Duration::from_secs(10), "the members' device lists changed", || async {
+        let later = alice.sync(&format!("since={since}&timeout=1000")).await;
+        let changed: BTreeSet<String> = later["device_lists"]["changed"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|u| u.as_str().map(str::to_owned))
+            .collect();
+        members
+            .is_subset(&changed)
+            .then_some(())
+            .ok_or_else(|| format!("{changed:?}"))
     })
     .await;
     let full = alice.sync("timeout=0").await;

@@ -3101,6 +3101,16 @@ async fn e2e_remote_device_lists(s: Store) {
         None,
         "the full list is no device change"
     );
+
+    // Met (learned at a resync): stale, and a change of each recorded.
+    let met = s.remote_users_met(&[remote.clone(), uid("stranger")]).await.unwrap();
+    assert_eq!(met.len(), 2);
+    assert!(p4 < met[0] && met[0] < met[1], "{p4} {met:?}");
+    assert!(s.remote_device_list(&remote).await.unwrap().unwrap().stale);
+    assert_eq!(
+        s.device_list_changes(&viewer, p4, met[1]).await.unwrap(),
+        [(remote.clone(), false), (uid("stranger"), false)]
+    );
 }
 
 async fn e2e_to_device(s: Store) {

@@ -242,8 +242,17 @@ pub async fn resync(svc: &Services, room_id: &RoomId) -> Result<(), RoomError> {
     if let Err(e) = svc.presence.now_visible(&learned).await {
         tracing::warn!(%room_id, error = %e, "cannot show the presence of the members learned");
     }
-    // The device lists of the members learned now are fetched afresh.
-    if let Err(e) = crate::devices::joined_remote_room(svc, room_id).await {
+    // The device lists of the members learned now (those joined) are
+    // fetched afresh, and the room's members' clients told to look.
+    let joined: HashSet<OwnedUserId> = svc
+        .storage
+        .room_members(room_id, Some("join"))
+        .await?
+        .into_iter()
+        .map(|m| m.user_id)
+        .collect();
+    let learned_joined: Vec<OwnedUserId> = learned.iter().filter(|u| joined.contains(*u)).cloned().collect();
+    if let Err(e) = crate::devices::members_learned(svc, &learned_joined).await {
         tracing::warn!(%room_id, error = %e, "cannot mark remote device lists stale");
     }
     tracing::info!(

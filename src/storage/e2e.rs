@@ -182,6 +182,12 @@ pub trait E2eStorage: Send + Sync + 'static {
     ) -> Result<i64>;
     /// Marks cached device lists to be fetched again.
     async fn mark_remote_device_lists_stale(&self, user_ids: &[OwnedUserId]) -> Result<()>;
+    /// Local users came to share a room with `user_ids` without a member
+    /// event saying so (the members learned at a partial room's resync):
+    /// their cached device lists are marked stale and a change of each is
+    /// recorded (for `/sync`'s `device_lists.changed`), in one
+    /// transaction; the changes' positions, in order.
+    async fn remote_users_met(&self, user_ids: &[OwnedUserId]) -> Result<Vec<i64>>;
 
     // ----- to-device messages -----
     /// Queues messages for local devices, all at one new position (which

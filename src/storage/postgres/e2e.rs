@@ -1019,6 +1019,24 @@ impl E2eStorage for PgStorage {
             .await?)
     }
 
+    async fn remote_users_met(&self, user_ids: &[OwnedUserId]) -> Result<Vec<i64>> {
+        let users: Vec<&str> = user_ids.iter().map(|u| u.as_str()).collect();
+        pg_write!(self, |tx| {
+            exec(
+                &tx,
+                "UPDATE remote_device_lists SET stale = TRUE WHERE user_id = ANY($1)",
+                &[&users],
+            )
+            .await?;
+            // The positions last, as `record_change` asks.
+            let mut positions = Vec::with_capacity(user_ids.len());
+            for user_id in user_ids {
+                positions.push(record_change(&tx, user_id, None).await?);
+            }
+            positions
+        })
+    }
+
     async fn mark_remote_device_lists_stale(&self, user_ids: &[OwnedUserId]) -> Result<()> {
         let users: Vec<&str> = user_ids.iter().map(|u| u.as_str()).collect();
         pg_write!(self, |tx| {

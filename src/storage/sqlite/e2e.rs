@@ -791,6 +791,23 @@ impl E2eStorage for SqliteStorage {
         .await
     }
 
+    async fn remote_users_met(&self, user_ids: &[OwnedUserId]) -> Result<Vec<i64>> {
+        let user_ids = user_ids.to_vec();
+        self.write(move |tx| {
+            let mut positions = Vec::with_capacity(user_ids.len());
+            for user_id in &user_ids {
+                exec(
+                    tx,
+                    "UPDATE remote_device_lists SET stale = 1 WHERE user_id = ?1",
+                    [user_id.as_str()],
+                )?;
+                positions.push(record_change(tx, user_id, None)?);
+            }
+            Ok(positions)
+        })
+        .await
+    }
+
     async fn mark_remote_device_lists_stale(&self, user_ids: &[OwnedUserId]) -> Result<()> {
         let user_ids = user_ids.to_vec();
         self.write(move |tx| {
