@@ -236,6 +236,15 @@ impl Presence {
         self.known.lock().expect("presence lock").clear();
     }
 
+    /// Keeps `record`, just written or read, as what this process knows of
+    /// `user`, unless it knows a newer one.
+    fn remember(&self, user: &UserId, record: &PresenceRecord) {
+        let mut known = self.known.lock().expect("presence lock");
+        if known.get(user).is_none_or(|k| k.position() <= record.position) {
+            known.insert(user.to_owned(), Known::Record(record.clone()));
+        }
+    }
+
     /// Applies `change` to `user`'s stored presence; the new status when a
     /// client would see the change.
     async fn write(
@@ -246,12 +255,7 @@ impl Presence {
         let written = self.storage.change_presence(user, Arc::new(change)).await?;
         let (PresenceWrite::Unchanged(record) | PresenceWrite::Touched(record) | PresenceWrite::Changed(record)) =
             &written;
-        {
-            let mut known = self.known.lock().expect("presence lock");
-            if known.get(user).is_none_or(|k| k.position() <= record.position) {
-                known.insert(user.to_owned(), Known::Record(record.clone()));
-            }
-        }
+        self.remember(user, record);
         if !matches!(written, PresenceWrite::Changed(_)) {
             return Ok(None);
         }
@@ -269,12 +273,7 @@ impl Presence {
             let Some(record) = self.storage.restamp_presence(&user).await? else {
                 continue;
             };
-            {
-                let mut known = self.known.lock().expect("presence lock");
-                if known.get(&user).is_none_or(|k| k.position() <= record.position) {
-                    known.insert(user.clone(), Known::Record(record.clone()));
-                }
-            }
+            self.remember(&user, &record);
             self.changed(record.position, &user, false).await?;
         }
         Ok(())
