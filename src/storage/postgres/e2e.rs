@@ -29,6 +29,18 @@ use crate::storage::{
     },
 };
 
+/// Marks the cached device lists of `user_ids` to be fetched again.
+async fn mark_stale(tx: &impl GenericClient, user_ids: &[OwnedUserId]) -> Result<()> {
+    let users: Vec<&str> = user_ids.iter().map(|u| u.as_str()).collect();
+    exec(
+        tx,
+        "UPDATE remote_device_lists SET stale = TRUE WHERE user_id = ANY($1)",
+        &[&users],
+    )
+    .await?;
+    Ok(())
+}
+
 async fn record_change(tx: &impl GenericClient, user_id: &UserId, device_id: Option<&str>) -> Result<i64> {
     record_change_for(tx, user_id, device_id, None).await
 }
@@ -1020,14 +1032,8 @@ impl E2eStorage for PgStorage {
     }
 
     async fn remote_users_met(&self, user_ids: &[OwnedUserId]) -> Result<Vec<i64>> {
-        let users: Vec<&str> = user_ids.iter().map(|u| u.as_str()).collect();
         pg_write!(self, |tx| {
-            exec(
-                &tx,
-                "UPDATE remote_device_lists SET stale = TRUE WHERE user_id = ANY($1)",
-                &[&users],
-            )
-            .await?;
+            mark_stale(&tx, user_ids).await?;
             // The positions last, as `record_change` asks.
             let mut positions = Vec::with_capacity(user_ids.len());
             for user_id in user_ids {
@@ -1038,15 +1044,7 @@ impl E2eStorage for PgStorage {
     }
 
     async fn mark_remote_device_lists_stale(&self, user_ids: &[OwnedUserId]) -> Result<()> {
-        let users: Vec<&str> = user_ids.iter().map(|u| u.as_str()).collect();
-        pg_write!(self, |tx| {
-            exec(
-                &tx,
-                "UPDATE remote_device_lists SET stale = TRUE WHERE user_id = ANY($1)",
-                &[&users],
-            )
-            .await?;
-        })
+        pg_write!(self, |tx| mark_stale(&tx, user_ids).await?)
     }
 
     async fn queue_to_device(

@@ -25,6 +25,18 @@ fn next_position(tx: &Transaction<'_>) -> Result<i64> {
     )?)
 }
 
+/// Marks the cached device lists of `user_ids` to be fetched again.
+fn mark_stale(tx: &Transaction<'_>, user_ids: &[OwnedUserId]) -> Result<()> {
+    for user_id in user_ids {
+        exec(
+            tx,
+            "UPDATE remote_device_lists SET stale = 1 WHERE user_id = ?1",
+            [user_id.as_str()],
+        )?;
+    }
+    Ok(())
+}
+
 fn record_change(tx: &Transaction<'_>, user_id: &UserId, device_id: Option<&str>) -> Result<i64> {
     record_change_for(tx, user_id, device_id, None)
 }
@@ -794,33 +806,18 @@ impl E2eStorage for SqliteStorage {
     async fn remote_users_met(&self, user_ids: &[OwnedUserId]) -> Result<Vec<i64>> {
         let user_ids = user_ids.to_vec();
         self.write(move |tx| {
-            let mut positions = Vec::with_capacity(user_ids.len());
-            for user_id in &user_ids {
-                exec(
-                    tx,
-                    "UPDATE remote_device_lists SET stale = 1 WHERE user_id = ?1",
-                    [user_id.as_str()],
-                )?;
-                positions.push(record_change(tx, user_id, None)?);
-            }
-            Ok(positions)
+            mark_stale(tx, &user_ids)?;
+            user_ids
+                .iter()
+                .map(|user_id| record_change(tx, user_id, None))
+                .collect()
         })
         .await
     }
 
     async fn mark_remote_device_lists_stale(&self, user_ids: &[OwnedUserId]) -> Result<()> {
         let user_ids = user_ids.to_vec();
-        self.write(move |tx| {
-            for user_id in &user_ids {
-                exec(
-                    tx,
-                    "UPDATE remote_device_lists SET stale = 1 WHERE user_id = ?1",
-                    [user_id.as_str()],
-                )?;
-            }
-            Ok(())
-        })
-        .await
+        self.write(move |tx| mark_stale(tx, &user_ids)).await
     }
 
     async fn queue_to_device(
