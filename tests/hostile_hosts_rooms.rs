@@ -4,10 +4,7 @@
 
 mod common;
 
-use std::{
-    collections::{BTreeSet, HashSet},
-    time::Duration,
-};
+use std::{collections::HashSet, time::Duration};
 
 use common::{
     TestServer, User, enc,
@@ -92,6 +89,28 @@ async fn member_talks(
     .await;
 }
 
+/// The joined members of `room` in `user`'s `/joined_members` (which waits
+/// for the full state).
+async fn joined_members(user: &User<'_>, room: &OwnedRoomId) -> HashSet<String> {
+    let joined = user
+        .ok(
+            Method::GET,
+            &format!("/_matrix/client/v3/rooms/{}/joined_members", enc(room.as_str())),
+            None,
+        )
+        .await;
+    joined["joined"].as_object().unwrap().keys().cloned().collect()
+}
+
+/// The hostile server's creator and [`MEMBERS`], but `except`.
+fn residents(hostile: &Hostile, except: &[&str]) -> HashSet<String> {
+    std::iter::once("creator")
+        .chain(MEMBERS)
+        .filter(|m| !except.contains(m))
+        .map(|m| hostile.user(m).to_string())
+        .collect()
+}
+
 /// A weft user joins a named room of the hostile server with five members
 /// besides its creator (its full state given), sees its state, and gets a
 /// message sent there.
@@ -152,20 +171,9 @@ async fn a_member_talks_after_the_partial_state_is_resynced() {
     let room = hostile.create_room(RoomVersionId::V11, "creator", &MEMBERS, Some("Resynced"));
     let alice = alice_joins(&weft, &hostile, &room).await;
     // `/joined_members` is the full list (waiting for it, if weft must).
-    let joined = alice
-        .ok(
-            Method::GET,
-            &format!("/_matrix/client/v3/rooms/{}/joined_members", enc(room.as_str())),
-            None,
-        )
-        .await;
-    let ids: HashSet<String> = joined["joined"].as_object().unwrap().keys().cloned().collect();
-    let want: HashSet<String> = std::iter::once("creator")
-        .chain(MEMBERS)
-        .map(|m| hostile.user(m).to_string())
-        .chain([alice.user_id.clone()])
-        .collect();
-    assert_eq!(ids, want);
+    let mut want = residents(&hostile, &[]);
+    want.insert(alice.user_id.clone());
+    assert_eq!(joined_members(&alice, &room).await, want);
     member_talks(&weft, &hostile, &alice, &room, "m5", "hi after the resync").await;
 }
 
@@ -224,10 +232,7 @@ async fn the_hostile_server_serves_partial_and_full_state() {
     let weft = TestServer::start_federating_with(|c| c.partial_state_joins = true).await;
     let hostile = Hostile::start().await;
     let room = hostile.create_room(RoomVersionId::V11, "creator", &MEMBERS, Some("Partial"));
-    let all_members: HashSet<String> = std::iter::once("creator")
-        .chain(MEMBERS)
-        .map(|m| hostile.user(m).to_string())
-        .collect();
+    let all_members = residents(&hostile, &[]);
     let zed: OwnedUserId = format!("@zed:{}", weft.server_name()).try_into().unwrap();
 
     // A partial state: no members (zed had none before), the rest of the state.
@@ -366,20 +371,9 @@ async fn a_restart_during_the_resync_resumes_it() {
         user_id: alice_id.0,
         token: alice_id.1,
     };
-    let joined = alice
-        .ok(
-            Method::GET,
-            &format!("/_matrix/client/v3/rooms/{}/joined_members", enc(room.as_str())),
-            None,
-        )
-        .await;
-    let ids: HashSet<String> = joined["joined"].as_object().unwrap().keys().cloned().collect();
-    let want: HashSet<String> = std::iter::once("creator")
-        .chain(MEMBERS)
-        .map(|m| hostile.user(m).to_string())
-        .chain([alice.user_id.clone()])
-        .collect();
-    assert_eq!(ids, want);
+    let mut want = residents(&hostile, &[]);
+    want.insert(alice.user_id.clone());
+    assert_eq!(joined_members(&alice, &room).await, want);
     assert!(
         hostile.seen_at("/_matrix/federation/v1/state/").len() > asked_before,
         "the restarted server asked again"
@@ -534,20 +528,13 @@ async fn events_the_full_state_refuses_are_rejected_at_the_resync() {
 
     // The full state comes (the resync retries).
     hostile.set_behaviour(|b| b.serve_state = true);
-    let joined = alice
-        .ok(
-            Method::GET,
-            &format!("/_matrix/client/v3/rooms/{}/joined_members", enc(room.as_str())),
-            None,
-        )
-        .await;
-    let ids: HashSet<String> = joined["joined"].as_object().unwrap().keys().cloned().collect();
-    let want: HashSet<String> = ["creator", "m1", "m2", "m3", "m4"]
-        .into_iter()
-        .map(|m| hostile.user(m).to_string())
-        .chain([alice.user_id.clone()])
-        .collect();
-    assert_eq!(ids, want, "the banned member is not joined");
+    let mut want = residents(&hostile, &["m5"]);
+    want.insert(alice.user_id.clone());
+    assert_eq!(
+        joined_members(&alice, &room).await,
+        want,
+        "the banned member is not joined"
+    );
     let member = alice.state_event(room.as_str(), "m.room.member", m5.as_str()).await;
     assert_eq!(member["membership"], "ban", "{member}");
     let storage = &weft.services().storage;
@@ -645,13 +632,7 @@ async fn presence_and_device_lists_of_members_learned_at_the_resync_reach_the_ro
     let since = partial["next_batch"].as_str().unwrap().to_owned();
 
     hostile.set_behaviour(|b| b.serve_state = true);
-    alice
-        .ok(
-            Method::GET,
-            &format!("/_matrix/client/v3/rooms/{}/joined_members", enc(room.as_str())),
-            None,
-        )
-        .await;
+    joined_members(&alice, &room).await;
     let m3_seen = (m3.to_string(), "member".to_owned());
     // (The resync stamps the presence anew just after the mark goes.)
     common::eventually(Duration::from_secs(10), "m3's presence since then", || async {
@@ -664,13 +645,10 @@ async fn presence_and_device_lists_of_members_learned_at_the_resync_reach_the_ro
     .await;
     // Alice's client is told to look at the device lists of the members
     // learned (it now shares a room with them).
-    let members: BTreeSet<String> = std::iter::once("creator")
-        .chain(MEMBERS)
-        .map(|m| hostile.user(m).to_string())
-        .collect();
+    let members = residents(&hostile, &[]);
     common::eventually(Duration::from_secs(10), "the members' device lists changed", || async {
         let later = alice.sync(&format!("since={since}&timeout=1000")).await;
-        let changed: BTreeSet<String> = later["device_lists"]["changed"]
+        let changed: HashSet<String> = later["device_lists"]["changed"]
             .as_array()
             .cloned()
             .unwrap_or_default()
@@ -790,13 +768,7 @@ async fn a_stale_full_state_does_not_reject_a_member_who_came_back() {
     member_talks(&weft, &hostile, &alice, &room, "m5", "back again").await;
     let said = messages(&alice, &room).await[0].0.clone();
     hostile.set_behaviour(|b| b.serve_state = true);
-    alice
-        .ok(
-            Method::GET,
-            &format!("/_matrix/client/v3/rooms/{}/joined_members", enc(room.as_str())),
-            None,
-        )
-        .await;
+    joined_members(&alice, &room).await;
     let held = weft
         .services()
         .storage
