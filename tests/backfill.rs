@@ -102,6 +102,7 @@ async fn paging_back_fills_history_from_before_the_join_and_a_rejoin_gap() {
         )
         .await;
     assert_eq!(status, 200, "{body}");
+    bob.wait_for_full_state(&room).await;
     let before_backfill = bob.sync("").await["next_batch"].as_str().unwrap().to_owned();
 
     // Paging back on B gives what paging back on A gives.

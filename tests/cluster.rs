@@ -1342,3 +1342,62 @@ async fn a_sliding_sync_connection_moves_between_processes() {
     let next = ss(&alice, Some(&pos), 0).await;
     assert_eq!(texts(&next), ["again"], "{next}");
 }
+
+/// Alice of the cluster joins a room of another server through process A,
+/// with partial state (that server's `/state` down for now). A `/sync`
+/// that loads every member, on B, leaves the room out; parked there, it is
+/// woken when the full state is in (the resync takes the next position of
+/// the events stream, which B hears of) and gets the room as newly joined.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partial_room_completed_reaches_a_sync_parked_on_another_process() {
+    let Some((_dir, a, b)) = two_processes().await else {
+        return;
+    };
+    let host = common::hostile::Hostile::start().await;
+    host.set_behaviour(|b| b.serve_state = false);
+    let room = host.create_room(ruma::RoomVersionId::V11, "creator", &["m1", "m2"], Some("Partial"));
+    let alice = User::register(&a, "alice").await;
+    alice
+        .call(
+            reqwest::Method::POST,
+            &format!(
+                "/_matrix/client/v3/join/{}?server_name={}",
+                common::enc(room.as_str()),
+                common::enc(host.name.as_str())
+            ),
+            Some(json!({})),
+        )
+        .await;
+    let alice_on_b = alice.on(&b);
+    let first = alice_on_b.sync(None, 0).await;
+    assert!(first["rooms"]["join"].get(room.as_str()).is_none(), "partial: {first}");
+    let mut since = first["next_batch"].as_str().unwrap().to_owned();
+
+    host.set_behaviour(|b| b.serve_state = true);
+    for _ in 0..10 {
+        let answer = alice_on_b.sync(Some(&since), 30_000).await;
+        if let Some(room) = answer["rooms"]["join"].get(room.as_str()) {
+            assert_eq!(room["timeline"]["limited"], true, "as newly joined: {room}");
+            let members: Vec<&str> = room["state"]["events"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|e| e["type"] == "m.room.member")
+                .filter_map(|e| e["state_key"].as_str())
+                .collect();
+            for member in ["creator", "m1", "m2"] {
+                let user = host.user(member);
+                assert!(members.contains(&user.as_str()), "{member}: {room}");
+            }
+            return;
+        }
+        // Woken by something else (a timed-out answer is empty).
+        let some = |v: &Value| v.as_array().is_some_and(|a| !a.is_empty());
+        assert!(
+            some(&answer["presence"]["events"]) || some(&answer["device_lists"]["changed"]),
+            "timed out without the room: {answer}"
+        );
+        since = answer["next_batch"].as_str().unwrap().to_owned();
+    }
+    panic!("the room never came");
+}

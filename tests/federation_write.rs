@@ -106,6 +106,7 @@ async fn messages_flow_both_ways_after_a_remote_join() {
         )
         .await;
     assert!(members["joined"][&bob.user_id].is_object(), "{members}");
+    bob.wait_for_full_state(&room).await;
     let sync = bob.sync("").await;
     assert!(
         sync["rooms"]["join"][&room].is_object(),
@@ -300,6 +301,7 @@ async fn invites_across_servers_joined_rejected_and_left() {
     let (status, body) = bob.join(&room).await;
     assert_eq!(status, 200, "{body}");
     alice.wait_for_membership(&room, &bob.user_id, "join").await;
+    bob.wait_for_full_state(&room).await;
     let sync = bob.sync("").await;
     assert!(sync["rooms"]["join"][&room].is_object());
     assert!(

@@ -22,6 +22,9 @@ use ruma::{
 use serde_json::{Value, json};
 
 const MEMBERS: [&str; 5] = ["m1", "m2", "m3", "m4", "m5"];
+/// A `/sync` filter that loads members lazily (which has rooms joined
+/// with partial state in its answers).
+const LAZY: &str = "filter=%7B%22room%22%3A%7B%22state%22%3A%7B%22lazy_load_members%22%3Atrue%7D%7D%7D";
 
 /// Alice of weft joins `room` of the hostile server through it; the join
 /// went through `make_join` and `send_join`, and is the hostile server's
@@ -582,7 +585,8 @@ fn presence_of(sync: &Value, server: &str) -> Vec<(String, String)> {
 
 /// Presence that came while the room was partial, of a member weft did not
 /// know of yet, reaches Alice once the resync makes the member known, even
-/// in a sync from a point after it came; the presence of the resident
+/// in a sync from a point after it came (a sync that loads members lazily,
+/// which has the room all along: it is not sent again in full); the presence of the resident
 /// server's users who share no room with her never does (not even while
 /// the room is partial). Her `/sync` names the members learned in
 /// `device_lists.changed`.
@@ -627,7 +631,7 @@ async fn presence_and_device_lists_of_members_learned_at_the_resync_reach_the_ro
     .await;
     // While partial: m3 is not known to be in the room, the stranger is in
     // none.
-    let partial = alice.sync("timeout=0").await;
+    let partial = alice.sync(&format!("timeout=0&{LAZY}")).await;
     assert_eq!(presence_of(&partial, hostile.name.as_str()), vec![], "{partial}");
     let since = partial["next_batch"].as_str().unwrap().to_owned();
 
@@ -636,7 +640,7 @@ async fn presence_and_device_lists_of_members_learned_at_the_resync_reach_the_ro
     let m3_seen = (m3.to_string(), "member".to_owned());
     // (The resync stamps the presence anew just after the mark goes.)
     common::eventually(Duration::from_secs(10), "m3's presence since then", || async {
-        let later = alice.sync(&format!("since={since}&timeout=1000")).await;
+        let later = alice.sync(&format!("since={since}&timeout=1000&{LAZY}")).await;
         let seen = presence_of(&later, hostile.name.as_str());
         (seen == vec![m3_seen.clone()])
             .then_some(())
@@ -647,7 +651,7 @@ async fn presence_and_device_lists_of_members_learned_at_the_resync_reach_the_ro
     // learned (it now shares a room with them).
     let members = residents(&hostile, &[]);
     common::eventually(Duration::from_secs(10), "the members' device lists changed", || async {
-        let later = alice.sync(&format!("since={since}&timeout=1000")).await;
+        let later = alice.sync(&format!("since={since}&timeout=1000&{LAZY}")).await;
         let changed: HashSet<String> = later["device_lists"]["changed"]
             .as_array()
             .cloned()
@@ -661,7 +665,7 @@ async fn presence_and_device_lists_of_members_learned_at_the_resync_reach_the_ro
             .ok_or_else(|| format!("{changed:?}"))
     })
     .await;
-    let full = alice.sync("timeout=0").await;
+    let full = alice.sync(&format!("timeout=0&{LAZY}")).await;
     let seen = presence_of(&full, hostile.name.as_str());
     assert!(seen.contains(&m3_seen), "{full}");
     assert!(!seen.iter().any(|(u, _)| *u == stranger.as_str()), "{full}");
@@ -778,4 +782,150 @@ async fn a_stale_full_state_does_not_reject_a_member_who_came_back() {
         .expect("held");
     assert!(held.meta.rejected.is_none(), "{:?}", held.meta);
     assert!(messages(&alice, &room).await.iter().any(|(id, _)| *id == said));
+}
+
+/// The events and member state keys of `room` in a `/sync` answer's
+/// `rooms.join`, if the room is there.
+fn joined_section(sync: &Value, room: &OwnedRoomId) -> Option<(Vec<String>, HashSet<String>, bool)> {
+    let section = sync["rooms"]["join"].get(room.as_str())?;
+    let bodies = section["timeline"]["events"]
+        .as_array()?
+        .iter()
+        .filter_map(|e| e["content"]["body"].as_str().map(str::to_owned))
+        .collect();
+    let members = section["state"]["events"]
+        .as_array()?
+        .iter()
+        .filter(|e| e["type"] == "m.room.member")
+        .filter_map(|e| e["state_key"].as_str().map(str::to_owned))
+        .collect();
+    Some((bodies, members, section["timeline"]["limited"] == true))
+}
+
+/// A `/sync` that loads every member leaves out a room joined with
+/// partial state (its member list is not whole), as Synapse does; one that
+/// loads them lazily has it all along. Once the full state is in, a sync
+/// of the first kind parked since before is woken and sends the room as
+/// newly joined: all its state, every member's included, and a limited
+/// timeline with what was said meanwhile. The next one does not send it
+/// again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sync_loading_every_member_gets_a_partial_room_once_it_is_full() {
+    let weft = TestServer::start_federating_with(|c| c.partial_state_joins = true).await;
+    let hostile = Hostile::start().await;
+    hostile.set_behaviour(|b| b.serve_state = false);
+    let room = hostile.create_room(RoomVersionId::V11, "creator", &MEMBERS, Some("Eager"));
+    let alice = alice_joins(&weft, &hostile, &room).await;
+    member_talks(&weft, &hostile, &alice, &room, "m5", "said while partial").await;
+
+    let lazy = alice.sync(&format!("timeout=0&{LAZY}")).await;
+    let (bodies, _, _) = joined_section(&lazy, &room).unwrap_or_else(|| panic!("lazy: {lazy}"));
+    assert!(bodies.contains(&"said while partial".to_owned()), "{lazy}");
+    let eager = alice.sync("timeout=0").await;
+    assert_eq!(joined_section(&eager, &room), None, "{eager}");
+    let mut since = eager["next_batch"].as_str().unwrap().to_owned();
+    member_talks(&weft, &hostile, &alice, &room, "m4", "said while still partial").await;
+    let again = alice.sync(&format!("since={since}&timeout=0")).await;
+    assert_eq!(joined_section(&again, &room), None, "{again}");
+    since = again["next_batch"].as_str().unwrap().to_owned();
+
+    // Parked until the resync completes (the server serves `/state` again;
+    // the resync's next attempt takes it).
+    hostile.set_behaviour(|b| b.serve_state = true);
+    let mut sent = None;
+    for _ in 0..10 {
+        let answer = alice.sync(&format!("since={since}&timeout=30000")).await;
+        if let Some(section) = joined_section(&answer, &room) {
+            sent = Some((section, answer["next_batch"].as_str().unwrap().to_owned()));
+            break;
+        }
+        // Woken by something else (not a timeout: that answer is empty).
+        let some =
+            |v: &Value| v.as_object().is_some_and(|o| !o.is_empty()) || v.as_array().is_some_and(|a| !a.is_empty());
+        assert!(
+            ["join", "invite", "leave"].iter().any(|k| some(&answer["rooms"][k]))
+                || some(&answer["presence"]["events"])
+                || some(&answer["account_data"]["events"])
+                || some(&answer["device_lists"]["changed"]),
+            "timed out without the room: {answer}"
+        );
+        since = answer["next_batch"].as_str().unwrap().to_owned();
+    }
+    let ((bodies, members, limited), next) = sent.expect("the room was sent");
+    assert!(limited, "sent as newly joined");
+    for said in ["said while partial", "said while still partial"] {
+        assert!(bodies.contains(&said.to_owned()), "{bodies:?}");
+    }
+    let mut want = residents(&hostile, &[]);
+    want.insert(alice.user_id.clone());
+    // (Alice's own join may be in the timeline rather than the state.)
+    members.iter().for_each(|m| assert!(want.contains(m), "{m}"));
+    want.remove(&alice.user_id);
+    assert!(want.is_subset(&members), "every member: {members:?}");
+
+    let after = alice.sync(&format!("since={next}&timeout=0")).await;
+    assert_eq!(joined_section(&after, &room), None, "sent once: {after}");
+}
+
+/// Sliding sync: a list whose `required_state` needs every member (here
+/// all state) leaves out a room joined with partial state, and does not
+/// count it; one that loads members lazily has it at once. Once the full
+/// state is in, the first list's request, waiting, gets the room, in full.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sliding_sync_list_needing_every_member_gets_a_partial_room_once_it_is_full() {
+    let weft = TestServer::start_federating_with(|c| c.partial_state_joins = true).await;
+    let hostile = Hostile::start().await;
+    hostile.set_behaviour(|b| b.serve_state = false);
+    let room = hostile.create_room(RoomVersionId::V11, "creator", &MEMBERS, Some("Sliding"));
+    let alice = alice_joins(&weft, &hostile, &room).await;
+    let path = "/_matrix/client/unstable/org.matrix.simplified_msc3575/sync";
+    let request = |conn: &str, required_state: Value| {
+        json!({
+            "conn_id": conn,
+            "lists": { "rooms": { "ranges": [[0, 9]], "timeline_limit": 5, "required_state": required_state } },
+        })
+    };
+    let lazy = request("lazy", json!([["m.room.member", "$LAZY"], ["m.room.name", ""]]));
+    let eager = request("eager", json!([["*", "*"]]));
+    let answer = alice.ok(Method::POST, path, Some(&lazy)).await;
+    assert_eq!(answer["lists"]["rooms"]["count"], 1, "{answer}");
+    assert_eq!(answer["rooms"][room.as_str()]["name"], "Sliding", "{answer}");
+    let answer = alice.ok(Method::POST, path, Some(&eager)).await;
+    assert_eq!(answer["lists"]["rooms"]["count"], 0, "{answer}");
+    assert!(answer["rooms"].get(room.as_str()).is_none(), "{answer}");
+    let mut pos = answer["pos"].as_str().unwrap().to_owned();
+
+    hostile.set_behaviour(|b| b.serve_state = true);
+    for _ in 0..10 {
+        let answer = alice
+            .ok(
+                Method::POST,
+                &format!("{path}?timeout=30000&pos={}", enc(&pos)),
+                Some(&eager),
+            )
+            .await;
+        pos = answer["pos"].as_str().unwrap().to_owned();
+        let Some(sent) = answer["rooms"].get(room.as_str()) else {
+            // Woken by something else: not a timed-out answer.
+            assert!(
+                answer["extensions"].as_object().is_some_and(|e| !e.is_empty()),
+                "timed out without the room: {answer}"
+            );
+            continue;
+        };
+        assert_eq!(answer["lists"]["rooms"]["count"], 1, "{answer}");
+        assert_eq!(sent["initial"], true, "{sent}");
+        let members: HashSet<String> = sent["required_state"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["type"] == "m.room.member")
+            .filter_map(|e| e["state_key"].as_str().map(str::to_owned))
+            .collect();
+        let mut want = residents(&hostile, &[]);
+        want.insert(alice.user_id.clone());
+        assert_eq!(members, want, "{sent}");
+        return;
+    }
+    panic!("the room never came");
 }

@@ -4555,6 +4555,15 @@ async fn partial_state_marks_and_completion(s: Store) {
     s.mark_partial_state(&mark).await.unwrap();
     assert_eq!(s.partial_state(&room.id).await.unwrap(), Some(mark.clone()));
     assert_eq!(s.partial_state_rooms().await.unwrap(), vec![mark.clone()]);
+    let other_room = OwnedRoomId::try_from("!other:hs").unwrap();
+    let rooms = [room.id.clone(), other_room.clone()];
+    let head = s.max_stream_ordering().await.unwrap();
+    assert_eq!(
+        s.partial_states_since(&rooms, head).await.unwrap(),
+        vec![(room.id.clone(), None)],
+        "partial"
+    );
+    assert!(s.partial_states_since(&[], head).await.unwrap().is_empty());
 
     // Carol's join, left out of the partial state, held as an outlier.
     let carol = Ev::new(
@@ -4567,47 +4576,48 @@ async fn partial_state_marks_and_completion(s: Store) {
     .sender(&uid("carol"));
     s.persist_outliers(vec![(carol.pdu(), None)]).await.unwrap();
     let addition = (key("m.room.member", "@carol:hs"), carol.id.clone());
-    s.complete_partial_state(&Completion {
-        room_id: room.id.clone(),
-        join_event_id: join.id.clone(),
-        partial_group,
-        joiner: "@bob:hs".to_owned(),
-        join_depth: join_depth as i64,
-        additions: vec![addition.clone()],
-        rejections: vec![
-            Rejection {
-                event_id: dave_join.id.clone(),
-                reason: "banned".to_owned(),
-                state: Some((key("m.room.member", "@dave:hs"), None)),
-            },
-            Rejection {
-                event_id: dave_says.id.clone(),
-                reason: "not joined".to_owned(),
-                state: None,
-            },
-            Rejection {
-                event_id: renamed.id.clone(),
-                reason: "refused".to_owned(),
-                state: Some((key("m.room.member", "@alice:hs"), Some(alice_join.clone()))),
-            },
-        ],
-        current_changes: vec![
-            CurrentStateChange {
-                key: addition.0.clone(),
-                event_id: Some(addition.1.clone()),
-            },
-            CurrentStateChange {
-                key: key("m.room.member", "@dave:hs"),
-                event_id: None,
-            },
-            CurrentStateChange {
-                key: key("m.room.member", "@alice:hs"),
-                event_id: Some(alice_join.clone()),
-            },
-        ],
-    })
-    .await
-    .unwrap();
+    let completed_at = s
+        .complete_partial_state(&Completion {
+            room_id: room.id.clone(),
+            join_event_id: join.id.clone(),
+            partial_group,
+            joiner: "@bob:hs".to_owned(),
+            join_depth: join_depth as i64,
+            additions: vec![addition.clone()],
+            rejections: vec![
+                Rejection {
+                    event_id: dave_join.id.clone(),
+                    reason: "banned".to_owned(),
+                    state: Some((key("m.room.member", "@dave:hs"), None)),
+                },
+                Rejection {
+                    event_id: dave_says.id.clone(),
+                    reason: "not joined".to_owned(),
+                    state: None,
+                },
+                Rejection {
+                    event_id: renamed.id.clone(),
+                    reason: "refused".to_owned(),
+                    state: Some((key("m.room.member", "@alice:hs"), Some(alice_join.clone()))),
+                },
+            ],
+            current_changes: vec![
+                CurrentStateChange {
+                    key: addition.0.clone(),
+                    event_id: Some(addition.1.clone()),
+                },
+                CurrentStateChange {
+                    key: key("m.room.member", "@dave:hs"),
+                    event_id: None,
+                },
+                CurrentStateChange {
+                    key: key("m.room.member", "@alice:hs"),
+                    event_id: Some(alice_join.clone()),
+                },
+            ],
+        })
+        .await
+        .unwrap();
     // The refused events are rejected (the cached copies too), leave the
     // states and the forward extremities; the last accepted event is one
     // again.
@@ -4660,6 +4670,24 @@ async fn partial_state_marks_and_completion(s: Store) {
     );
     assert_eq!(s.partial_state(&room.id).await.unwrap(), None);
     assert!(s.partial_state_rooms().await.unwrap().is_empty());
+    // The completion took the next position of the events stream, which
+    // the completed mark keeps.
+    assert!(completed_at > head);
+    assert_eq!(s.max_stream_ordering().await.unwrap(), completed_at);
+    assert_eq!(
+        s.partial_states_since(&rooms, head).await.unwrap(),
+        vec![(room.id.clone(), Some(completed_at))]
+    );
+    assert!(s.partial_states_since(&rooms, completed_at).await.unwrap().is_empty());
+    // Marked partial again (a later join), the room is partial again.
+    s.mark_partial_state(&mark).await.unwrap();
+    assert_eq!(
+        s.partial_states_since(&rooms, completed_at).await.unwrap(),
+        vec![(room.id.clone(), None)]
+    );
+    assert_eq!(s.partial_state(&room.id).await.unwrap(), Some(mark.clone()));
+    s.drop_partial_state(&room.id).await.unwrap();
+    assert!(s.partial_states_since(&rooms, head).await.unwrap().is_empty());
 
     // A mark is dropped alone too.
     s.mark_partial_state(&mark).await.unwrap();

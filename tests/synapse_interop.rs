@@ -223,6 +223,16 @@ async fn weft_joins_synapse_room_by_alias(version: &str) {
         (StatusCode::OK, &json!("second topic")),
         "{topic}"
     );
+    // A sync that loads members lazily has the room at once; one that
+    // loads every member once weft has the full state (`/joined_members`
+    // waits for it).
+    let lazy = enc(r#"{"room":{"state":{"lazy_load_members":true}}}"#);
+    let sync = bob.sync(&format!("timeout=0&filter={lazy}")).await;
+    assert!(
+        sync["rooms"]["join"][&room].is_object(),
+        "the room is in bob's lazy /sync: {sync}"
+    );
+    bob.joined_members(&room).await;
     let sync = bob.sync("timeout=0").await;
     assert!(
         sync["rooms"]["join"][&room].is_object(),

@@ -19,6 +19,10 @@
 //! filter's `account_data` sections. Events of users the user ignores
 //! (`m.ignored_user_list`), state events apart, are left out of the
 //! timelines, and so are invites from them.
+//!
+//! A sync that loads every member (no lazy loading) leaves out the rooms
+//! joined with partial state (`rooms::partial_state`) until their full
+//! state is in, then sends each once as if newly joined, as Synapse does.
 
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
@@ -476,6 +480,7 @@ async fn build_rooms(
         }
         _ => None,
     };
+    let (partial, completed) = partial_rooms(svc, &memberships, since, head, opts).await?;
     for m in memberships {
         if m.stream_ordering > head || !filter::room_allowed(&opts.room, &m.room_id) {
             continue;
@@ -493,12 +498,14 @@ async fn build_rooms(
             None => false,
         };
         match m.membership.as_str() {
+            "join" if partial.contains(&m.room_id) => {}
             "join"
                 if !changed
+                    && !completed.contains(&m.room_id)
                     && let (Some(since), Some(newest)) = (since, &newest)
                     && newest.get(&m.room_id).is_none_or(|latest| *latest <= since) => {}
             "join" => {
-                let room_since = since.filter(|_| !full && joined_at_since);
+                let room_since = since.filter(|_| !full && joined_at_since && !completed.contains(&m.room_id));
                 if let Some(mut room) = joined_room(svc, owner, &m.room_id, room_since, head, opts).await? {
                     if since.is_some() && room_since.is_none() {
                         in_full.insert(m.room_id.clone());
@@ -569,6 +576,38 @@ async fn build_rooms(
         rooms.invite.insert(invite.room_id.clone(), room);
     }
     Ok((rooms, in_full))
+}
+
+/// Of the rooms the user is joined to, for a sync that loads every member
+/// (no lazy loading): those it leaves out, joined with partial state (their
+/// member lists are not whole: Synapse leaves them out too), and those it
+/// sends in full as if newly joined, whose partial state was completed in
+/// `(since, head]` (an earlier sync left them out). A room completed after
+/// `head` is still left out: the next sync sends it.
+async fn partial_rooms(
+    svc: &Services,
+    memberships: &[Membership],
+    since: Option<StreamOrdering>,
+    head: StreamOrdering,
+    opts: &Options,
+) -> Result<(HashSet<OwnedRoomId>, HashSet<OwnedRoomId>), MatrixError> {
+    let (mut partial, mut completed) = (HashSet::new(), HashSet::new());
+    if opts.lazy.is_some() {
+        return Ok((partial, completed));
+    }
+    let joined: Vec<OwnedRoomId> = memberships
+        .iter()
+        .filter(|m| m.membership == "join")
+        .map(|m| m.room_id.clone())
+        .collect();
+    let after = since.unwrap_or(head).min(head);
+    for (room, completed_at) in svc.storage.partial_states_since(&joined, after).await? {
+        match completed_at {
+            Some(at) if at <= head => completed.insert(room),
+            _ => partial.insert(room),
+        };
+    }
+    Ok((partial, completed))
 }
 
 /// The user's membership in the room as it was at `stream`.

@@ -221,13 +221,14 @@ pub async fn resync(svc: &Services, room_id: &RoomId) -> Result<(), RoomError> {
         rejections,
         current_changes,
     };
-    svc.storage.complete_partial_state(&completion).await?;
+    let completed_at = svc.storage.complete_partial_state(&completion).await?;
     // The states cached here held the partial ones.
     svc.state.clear();
     svc.joined.changed(room_id);
+    // The room's members' `/sync`s that left the room out look again (at
+    // the completion's position, they send it in full).
     svc.notifier
-        .wakeups
-        .wake(&[crate::wakeups::Topic::Room(room_id.to_owned())]);
+        .notify(completed_at, &[crate::wakeups::Topic::Room(room_id.to_owned())]);
     // (The caches were dropped under the lock: the next event checked here
     // reads the completed states.)
     drop(guard);

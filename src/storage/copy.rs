@@ -44,7 +44,7 @@ use super::{
 
 /// The schema version of the SQLite databases this weft writes (the
 /// number of `sqlite/schema_v*.sql` migrations).
-const SQLITE_SCHEMA_VERSION: i64 = 25;
+const SQLITE_SCHEMA_VERSION: i64 = 26;
 /// PostgreSQL tables that are not copied: set from the copied data
 /// (`stream_positions`), by the migration (`schema_version`), or held by
 /// running processes only (`duties`).

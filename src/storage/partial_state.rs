@@ -9,7 +9,7 @@
 use async_trait::async_trait;
 use ruma::{OwnedEventId, OwnedRoomId, OwnedServerName, RoomId};
 
-use super::{CurrentStateChange, Result, StateGroupId, StateKey};
+use super::{CurrentStateChange, Result, StateGroupId, StateKey, StreamOrdering};
 
 /// A room joined with partial state.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -33,7 +33,17 @@ pub trait PartialStateStorage: Send + Sync + 'static {
     async fn partial_state(&self, room_id: &RoomId) -> Result<Option<PartialState>>;
     /// Every room still partial.
     async fn partial_state_rooms(&self) -> Result<Vec<PartialState>>;
-    /// Drops the mark of a room (whose join never landed, say).
+    /// Of `rooms`, those partial (`None`) and those whose partial state was
+    /// completed after the events stream position `after` (`Some`: the
+    /// completion's position). A `/sync` that leaves partial rooms out
+    /// sends these in full once the response covers the completion.
+    async fn partial_states_since(
+        &self,
+        rooms: &[OwnedRoomId],
+        after: StreamOrdering,
+    ) -> Result<Vec<(OwnedRoomId, Option<StreamOrdering>)>>;
+    /// Drops the mark of a room (whose join never landed, say), partial or
+    /// completed.
     async fn drop_partial_state(&self, room_id: &RoomId) -> Result<()>;
     /// Completes a partial room with what its partial state lacked, and
     /// drops its mark, in one transaction: the state at the join (group
@@ -47,7 +57,10 @@ pub trait PartialStateStorage: Send + Sync + 'static {
     /// state event's entry in the states from the join on becomes the one
     /// it replaced; the current-state table takes `current_changes`. The
     /// one place a stored state changes: it was always meant to be so.
-    async fn complete_partial_state(&self, completion: &Completion) -> Result<()>;
+    /// The completion takes a position of the events stream (returned; the
+    /// other processes hear of it as of an event of the room), which the
+    /// mark keeps ([`Self::partial_states_since`]).
+    async fn complete_partial_state(&self, completion: &Completion) -> Result<StreamOrdering>;
 }
 
 /// What [`PartialStateStorage::complete_partial_state`] writes.

@@ -261,6 +261,18 @@ impl User<'_> {
         .await
     }
 
+    /// Waits until this user's server holds the full state of `room_id`
+    /// (`/joined_members` waits for it): a room joined with partial state
+    /// is left out of the `/sync`s that load every member until then.
+    pub async fn wait_for_full_state(&self, room_id: &str) {
+        self.ok(
+            Method::GET,
+            &format!("/_matrix/client/v3/rooms/{}/joined_members", enc(room_id)),
+            None,
+        )
+        .await;
+    }
+
     pub async fn sync(&self, query: &str) -> Value {
         self.ok(Method::GET, &format!("/_matrix/client/v3/sync?{query}"), None)
             .await

@@ -229,9 +229,25 @@ async fn build(
     response.txn_id = body.txn_id.clone();
     let mut wanted: HashMap<OwnedRoomId, Wanted> = HashMap::new();
     let by_id: HashMap<&OwnedRoomId, &Candidate> = candidates.iter().map(|c| (&c.room_id, c)).collect();
+    // Rooms joined with partial state are left out of the lists and
+    // subscriptions that need the full state (as Synapse does); they come
+    // when it is in (never sent: in full). Read once, if one needs it.
+    let mut partial: Option<HashSet<OwnedRoomId>> = None;
     for (name, list) in &body.lists {
+        let config = Wanted::new(RoomConfig::new(
+            &list.room_details.required_state,
+            u64::from(list.room_details.timeline_limit),
+            user,
+        ));
+        let left_out = match config.config.needs_full_state(svc.server_name()) {
+            true => Some(partial_rooms(svc, &mut partial, &candidates, heads.stream).await?),
+            false => None,
+        };
         let mut matching = Vec::new();
         for room in &candidates {
+            if left_out.is_some_and(|rooms| rooms.contains(&room.room_id)) {
+                continue;
+            }
             let passes = match &list.filters {
                 Some(filters) => lists::passes(svc, filters, &context, room).await?,
                 None => true,
@@ -240,11 +256,6 @@ async fn build(
                 matching.push(room);
             }
         }
-        let config = Wanted::new(RoomConfig::new(
-            &list.room_details.required_state,
-            u64::from(list.room_details.timeline_limit),
-            user,
-        ));
         for index in lists::in_ranges(&list.ranges, matching.len()) {
             merge(&mut wanted, &matching[index].room_id, &config);
         }
@@ -260,6 +271,13 @@ async fn build(
                 u64::from(subscription.timeline_limit),
                 user,
             ));
+            if config.config.needs_full_state(svc.server_name())
+                && partial_rooms(svc, &mut partial, &candidates, heads.stream)
+                    .await?
+                    .contains(room_id)
+            {
+                continue;
+            }
             merge(&mut wanted, room_id, &config);
         }
     }
@@ -330,6 +348,22 @@ async fn build(
     };
     response.extensions = extensions::answer(svc, &body.extensions, &scope).await?;
     Ok(Answer { response, sent })
+}
+
+/// Of `candidates`, the rooms joined with partial state as of `head` (read
+/// into `partial` the first time).
+async fn partial_rooms<'a>(
+    svc: &Services,
+    partial: &'a mut Option<HashSet<OwnedRoomId>>,
+    candidates: &[Candidate],
+    head: i64,
+) -> Result<&'a HashSet<OwnedRoomId>, MatrixError> {
+    if partial.is_none() {
+        let ids: Vec<OwnedRoomId> = candidates.iter().map(|c| c.room_id.clone()).collect();
+        let rooms = svc.storage.partial_states_since(&ids, head).await?;
+        *partial = Some(rooms.into_iter().map(|(room, _)| room).collect());
+    }
+    Ok(partial.get_or_insert_default())
 }
 
 /// A room configuration with its stored form, shared by the rooms of a

@@ -89,6 +89,24 @@ impl RoomConfig {
             .collect()
     }
 
+    /// Whether it can only be answered with the full state of a room (one
+    /// joined with partial state lacks the member events of other servers'
+    /// users): it asks for every state event, for every member, or for the
+    /// member event of a user of another server than `local` (also under
+    /// any type). `$LAZY` needs no more: the timeline's senders' member
+    /// events were checked with their events. As Synapse decides.
+    pub fn needs_full_state(&self, local: &ruma::ServerName) -> bool {
+        let remote_user = |key: &str| <&UserId>::try_from(key).is_ok_and(|u| u.server_name() != local);
+        if let Some(keys) = self.required_state.get(ANY)
+            && keys.iter().any(|k| k == ANY || remote_user(k))
+        {
+            return true;
+        }
+        self.required_state
+            .get(StateEventType::RoomMember.to_string().as_str())
+            .is_some_and(|keys| keys.iter().any(|k| k == ANY || remote_user(k)))
+    }
+
     /// Whether it asks for more than `old`: a longer timeline; state
     /// entries `old` did not ask for.
     pub fn grew_from(&self, old: &RoomConfig) -> Growth {
@@ -159,6 +177,26 @@ mod tests {
         let any_type = config(&[("*", "")], 1);
         assert!(any_type.wants("m.room.topic", "", &none));
         assert!(!any_type.wants("m.room.member", "@me:example.org", &none));
+    }
+
+    #[test]
+    fn what_needs_the_full_state() {
+        let local = ruma::server_name!("example.org");
+        for (entries, full) in [
+            (&[("m.room.name", ""), ("m.room.member", "$ME")][..], false),
+            (
+                &[("m.room.member", "$LAZY"), ("m.room.member", "@other:example.org")],
+                false,
+            ),
+            (&[("m.room.create", ""), ("*", "")], false),
+            (&[("*", "*")], true),
+            (&[("m.room.member", "*")], true),
+            (&[("m.room.member", "@someone:elsewhere.org")], true),
+            (&[("*", "@someone:elsewhere.org")], true),
+            (&[("*", "@other:example.org")], false),
+        ] {
+            assert_eq!(config(entries, 1).needs_full_state(local), full, "{entries:?}");
+        }
     }
 
     #[test]

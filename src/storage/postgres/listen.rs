@@ -1,7 +1,8 @@
 //! Hearing what other weft processes over the same database write: a
 //! transaction that takes a stream position notifies `weft` with it (in
 //! the same statement: `events.rs` and `live.rs` for live events,
-//! `<process> events <position> <room> <event> [<member>]`;
+//! `<process> events <position> <room> <event> [<member>]`, and a
+//! partial state completed, `<process> events <position> <room>`;
 //! `next_position_of` for account data, the e2e, ephemeral and presence
 //! streams, `<process> <stream> <position> [<whom it concerns>]`), which
 //! PostgreSQL delivers at the commit, in commit order, to every connection
@@ -156,8 +157,9 @@ fn parse(payload: &str, process: &str) -> Option<OtherWrite> {
     let position = parts.next()?.parse().ok()?;
     let stream = match stream {
         "events" => {
+            // (No event: a partial state completed, `partial_state.rs`.)
             let room_id = parts.next()?.try_into().ok()?;
-            let _event_id = parts.next()?;
+            let _event_id = parts.next();
             let member = parts.next().map(str::to_owned);
             return Some(OtherWrite::Event {
                 position,
@@ -233,6 +235,16 @@ mod tests {
                 member: None,
             })
         );
+        assert_eq!(
+            parse("b events 14 !r:x", "a"),
+            Some(OtherWrite::Event {
+                position: 14,
+                room_id: "!r:x".try_into().unwrap(),
+                member: None,
+            }),
+            "a partial state completed"
+        );
+        assert_eq!(changed_event("b events 14 !r:x", "a"), None);
         assert_eq!(
             parse("b e2e 7", "a"),
             Some(OtherWrite::Stream {

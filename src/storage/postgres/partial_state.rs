@@ -1,11 +1,11 @@
 //! Rooms joined with partial state ([`crate::storage::partial_state`]).
 
 use async_trait::async_trait;
-use ruma::RoomId;
+use ruma::{OwnedRoomId, RoomId};
 
-use super::{GenericClient, PgStorage, col, exec, pg_write, query, state};
+use super::{GenericClient, PgStorage, col, exec, next_position_of, pg_write, query, state};
 use crate::storage::{
-    Result, parse,
+    Result, StreamOrdering, parse,
     partial_state::{Completion, PartialState, PartialStateStorage, Rejection},
 };
 
@@ -13,7 +13,7 @@ async fn marks(c: &impl GenericClient, room_id: Option<&str>) -> Result<Vec<Part
     let rows = query(
         c,
         "SELECT room_id, join_event_id, servers FROM partial_state_rooms
-         WHERE $1::text IS NULL OR room_id = $1 ORDER BY room_id",
+         WHERE ($1::text IS NULL OR room_id = $1) AND completed_at IS NULL ORDER BY room_id",
         &[&room_id],
     )
     .await?;
@@ -38,7 +38,8 @@ impl PartialStateStorage for PgStorage {
             exec(
             &c,
             "INSERT INTO partial_state_rooms (room_id, join_event_id, servers) VALUES ($1, $2, $3)
-             ON CONFLICT (room_id) DO UPDATE SET join_event_id = excluded.join_event_id, servers = excluded.servers",
+             ON CONFLICT (room_id) DO UPDATE
+             SET join_event_id = excluded.join_event_id, servers = excluded.servers, completed_at = NULL",
             &[&partial.room_id.as_str(), &partial.join_event_id.as_str(), &servers],
         )
         .await?;
@@ -53,18 +54,39 @@ impl PartialStateStorage for PgStorage {
         marks(&self.client().await?, None).await
     }
 
+    async fn partial_states_since(
+        &self,
+        rooms: &[OwnedRoomId],
+        after: StreamOrdering,
+    ) -> Result<Vec<(OwnedRoomId, Option<StreamOrdering>)>> {
+        if rooms.is_empty() {
+            return Ok(Vec::new());
+        }
+        let rooms: Vec<&str> = rooms.iter().map(|r| r.as_str()).collect();
+        let rows = query(
+            &self.client().await?,
+            "SELECT room_id, completed_at FROM partial_state_rooms
+             WHERE room_id = ANY($1) AND (completed_at IS NULL OR completed_at > $2)",
+            &[&rooms, &after],
+        )
+        .await?;
+        rows.iter()
+            .map(|r| Ok((parse(col::<String>(r, 0)?)?, col(r, 1)?)))
+            .collect()
+    }
+
     async fn drop_partial_state(&self, room_id: &RoomId) -> Result<()> {
         pg_write!(one self, |c| {
             exec(&c, "DELETE FROM partial_state_rooms WHERE room_id = $1", &[&room_id.as_str()]).await?;
         })
     }
 
-    async fn complete_partial_state(&self, completion: &Completion) -> Result<()> {
+    async fn complete_partial_state(&self, completion: &Completion) -> Result<StreamOrdering> {
         let kinds: Vec<String> = completion.additions.iter().map(|((k, _), _)| k.to_string()).collect();
         let keys: Vec<&str> = completion.additions.iter().map(|((_, k), _)| k.as_str()).collect();
         let ids: Vec<&str> = completion.additions.iter().map(|(_, id)| id.as_str()).collect();
         let room_id = completion.room_id.as_str();
-        pg_write!(self, |tx| {
+        let position = pg_write!(self, |tx| {
             exec(
                 &tx,
                 "WITH groups AS (
@@ -91,12 +113,6 @@ impl PartialStateStorage for PgStorage {
             .await?;
             reject(&tx, room_id, completion.partial_group, &completion.rejections).await?;
             state::apply_current_state_changes(&tx, &completion.room_id, &completion.current_changes).await?;
-            exec(
-                &tx,
-                "DELETE FROM partial_state_rooms WHERE room_id = $1 AND join_event_id = $2",
-                &[&room_id, &completion.join_event_id.as_str()],
-            )
-            .await?;
             // The other processes' caches (who is joined, the states) follow.
             exec(
                 &tx,
@@ -104,11 +120,22 @@ impl PartialStateStorage for PgStorage {
                 &[&room_id],
             )
             .await?;
+            // Last: the position (`<process> events <position> <room>` to
+            // the others, who move their head and wake the room's members).
+            let position = next_position_of(&tx, "events", Some(room_id)).await?;
+            exec(
+                &tx,
+                "UPDATE partial_state_rooms SET completed_at = $3
+                 WHERE room_id = $1 AND join_event_id = $2 AND completed_at IS NULL",
+                &[&room_id, &completion.join_event_id.as_str(), &position],
+            )
+            .await?;
+            position
         })?;
         for rejection in &completion.rejections {
             self.events.forget(&rejection.event_id);
         }
-        Ok(())
+        Ok(position)
     }
 }
 

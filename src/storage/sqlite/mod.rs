@@ -71,6 +71,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("schema_v23.sql"),
     include_str!("schema_v24.sql"),
     include_str!("schema_v25.sql"),
+    include_str!("schema_v26.sql"),
 ];
 
 /// Reader connections open at once, at most: more readers than cores gain
@@ -243,6 +244,11 @@ pub(crate) fn query_one<T>(
 }
 
 pub(crate) use super::now_ms;
+
+/// A list as a JSON array, for `json_each`: one statement for many values.
+pub(crate) fn json_list<T: serde::Serialize>(values: &[T]) -> Result<String> {
+    serde_json::to_string(values).map_err(|e| StorageError::Database(format!("a list as JSON: {e}")))
+}
 
 /// Takes the next position of `stream` (a row of `stream_positions`),
 /// inside the write transaction: the writer is one connection in an

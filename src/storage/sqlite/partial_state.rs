@@ -1,12 +1,12 @@
 //! Rooms joined with partial state ([`crate::storage::partial_state`]).
 
 use async_trait::async_trait;
-use ruma::RoomId;
+use ruma::{OwnedRoomId, RoomId};
 use rusqlite::{Connection, params};
 
-use super::{SqliteStorage, exec, state};
+use super::{SqliteStorage, exec, json_list, next_position, state};
 use crate::storage::{
-    Result, parse,
+    Result, StreamOrdering, parse,
     partial_state::{Completion, PartialState, PartialStateStorage, Rejection},
 };
 
@@ -21,7 +21,7 @@ fn row(room_id: String, join: String, servers: String) -> Result<PartialState> {
 fn marks(c: &Connection, room_id: Option<&str>) -> Result<Vec<PartialState>> {
     let mut stmt = c.prepare_cached(
         "SELECT room_id, join_event_id, servers FROM partial_state_rooms
-         WHERE ?1 IS NULL OR room_id = ?1 ORDER BY room_id",
+         WHERE (?1 IS NULL OR room_id = ?1) AND completed_at IS NULL ORDER BY room_id",
     )?;
     let rows = stmt
         .query_map([room_id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
@@ -37,7 +37,8 @@ impl PartialStateStorage for SqliteStorage {
             let servers: Vec<&str> = partial.servers.iter().map(|s| s.as_str()).collect();
             exec(
                 tx,
-                "INSERT OR REPLACE INTO partial_state_rooms (room_id, join_event_id, servers) VALUES (?1, ?2, ?3)",
+                "INSERT OR REPLACE INTO partial_state_rooms (room_id, join_event_id, servers, completed_at)
+                 VALUES (?1, ?2, ?3, NULL)",
                 params![
                     partial.room_id.as_str(),
                     partial.join_event_id.as_str(),
@@ -58,6 +59,28 @@ impl PartialStateStorage for SqliteStorage {
         self.read(move |c| marks(c, None)).await
     }
 
+    async fn partial_states_since(
+        &self,
+        rooms: &[OwnedRoomId],
+        after: StreamOrdering,
+    ) -> Result<Vec<(OwnedRoomId, Option<StreamOrdering>)>> {
+        if rooms.is_empty() {
+            return Ok(Vec::new());
+        }
+        let rooms = json_list(rooms)?;
+        self.read(move |c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT room_id, completed_at FROM partial_state_rooms
+                 WHERE room_id IN (SELECT value FROM json_each(?1)) AND (completed_at IS NULL OR completed_at > ?2)",
+            )?;
+            let rows = stmt
+                .query_map(params![rooms, after], |r| Ok((r.get::<_, String>(0)?, r.get(1)?)))?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            rows.into_iter().map(|(room, at)| Ok((parse(room)?, at))).collect()
+        })
+        .await
+    }
+
     async fn drop_partial_state(&self, room_id: &RoomId) -> Result<()> {
         let room_id = room_id.to_owned();
         self.write(move |tx| {
@@ -71,53 +94,56 @@ impl PartialStateStorage for SqliteStorage {
         .await
     }
 
-    async fn complete_partial_state(&self, completion: &Completion) -> Result<()> {
+    async fn complete_partial_state(&self, completion: &Completion) -> Result<StreamOrdering> {
         let rejected: Vec<_> = completion.rejections.iter().map(|r| r.event_id.clone()).collect();
         let completion = completion.clone();
-        self.write(move |tx| {
-            let room_id = completion.room_id.as_str();
-            let mut groups: Vec<i64> = vec![completion.partial_group];
-            let mut after = tx.prepare_cached(
-                "SELECT g.id FROM state_groups g WHERE g.id > ?1 AND g.room_id = ?2 AND g.prev_group IS NULL
+        let position = self
+            .write(move |tx| {
+                let room_id = completion.room_id.as_str();
+                let mut groups: Vec<i64> = vec![completion.partial_group];
+                let mut after = tx.prepare_cached(
+                    "SELECT g.id FROM state_groups g WHERE g.id > ?1 AND g.room_id = ?2 AND g.prev_group IS NULL
                  AND EXISTS (SELECT 1 FROM state_group_entries se JOIN events e ON e.event_id = se.event_id
                      WHERE se.group_id = g.id AND se.type = 'm.room.member' AND se.state_key = ?3
                      AND e.depth >= ?4)",
-            )?;
-            let rows = after.query_map(
-                params![
-                    completion.partial_group,
-                    room_id,
-                    completion.joiner,
-                    completion.join_depth
-                ],
-                |r| r.get::<_, i64>(0),
-            )?;
-            for group in rows {
-                groups.push(group?);
-            }
-            let mut insert = tx.prepare_cached(
-                "INSERT OR IGNORE INTO state_group_entries (group_id, type, state_key, event_id)
-                 VALUES (?1, ?2, ?3, ?4)",
-            )?;
-            for group in &groups {
-                for ((kind, key), event_id) in &completion.additions {
-                    insert.execute(params![group, kind.to_string(), key, event_id.as_str()])?;
+                )?;
+                let rows = after.query_map(
+                    params![
+                        completion.partial_group,
+                        room_id,
+                        completion.joiner,
+                        completion.join_depth
+                    ],
+                    |r| r.get::<_, i64>(0),
+                )?;
+                for group in rows {
+                    groups.push(group?);
                 }
-            }
-            reject(tx, room_id, completion.partial_group, &completion.rejections)?;
-            state::apply_current_state_changes(tx, &completion.room_id, &completion.current_changes)?;
-            exec(
-                tx,
-                "DELETE FROM partial_state_rooms WHERE room_id = ?1 AND join_event_id = ?2",
-                [room_id, completion.join_event_id.as_str()],
-            )?;
-            Ok(())
-        })
-        .await?;
+                let mut insert = tx.prepare_cached(
+                    "INSERT OR IGNORE INTO state_group_entries (group_id, type, state_key, event_id)
+                 VALUES (?1, ?2, ?3, ?4)",
+                )?;
+                for group in &groups {
+                    for ((kind, key), event_id) in &completion.additions {
+                        insert.execute(params![group, kind.to_string(), key, event_id.as_str()])?;
+                    }
+                }
+                reject(tx, room_id, completion.partial_group, &completion.rejections)?;
+                state::apply_current_state_changes(tx, &completion.room_id, &completion.current_changes)?;
+                let position = next_position(tx, "events")?;
+                exec(
+                    tx,
+                    "UPDATE partial_state_rooms SET completed_at = ?3
+                 WHERE room_id = ?1 AND join_event_id = ?2 AND completed_at IS NULL",
+                    params![room_id, completion.join_event_id.as_str(), position],
+                )?;
+                Ok(position)
+            })
+            .await?;
         for event_id in &rejected {
             self.events.forget(event_id);
         }
-        Ok(())
+        Ok(position)
     }
 }
 

@@ -1,0 +1,6 @@
+-- weft SQLite schema, version 26 (as PostgreSQL's schema v9): a room's
+-- partial state, once completed, keeps its row with the events stream
+-- position of the completion, so that a `/sync` that left the room out
+-- while it was partial sends it in full once (`client_api/sync.rs`).
+-- NULL: the room is partial.
+ALTER TABLE partial_state_rooms ADD COLUMN completed_at INTEGER;
