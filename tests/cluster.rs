@@ -1348,6 +1348,8 @@ async fn a_sliding_sync_connection_moves_between_processes() {
 /// that loads every member, on B, leaves the room out; parked there, it is
 /// woken when the full state is in (the resync takes the next position of
 /// the events stream, which B hears of) and gets the room as newly joined.
+/// A runs the resync: the join starts it there, and B looks for rooms left
+/// partial only at its start and once a minute.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_partial_room_completed_reaches_a_sync_parked_on_another_process() {
     let Some((_dir, a, b)) = two_processes().await else {

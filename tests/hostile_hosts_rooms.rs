@@ -821,6 +821,32 @@ async fn a_sync_loading_every_member_gets_a_partial_room_once_it_is_full() {
     let lazy = alice.sync(&format!("timeout=0&{LAZY}")).await;
     let (bodies, _, _) = joined_section(&lazy, &room).unwrap_or_else(|| panic!("lazy: {lazy}"));
     assert!(bodies.contains(&"said while partial".to_owned()), "{lazy}");
+    // A read receipt and account data of the room leave nothing of it in
+    // the sync either.
+    let said = lazy["rooms"]["join"][room.as_str()]["timeline"]["events"]
+        .as_array()
+        .unwrap()
+        .last()
+        .unwrap()["event_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (r, e) = (enc(room.as_str()), enc(&said));
+    alice
+        .ok(
+            Method::POST,
+            &format!("/_matrix/client/v3/rooms/{r}/receipt/m.read/{e}"),
+            Some(&json!({})),
+        )
+        .await;
+    let user = enc(&alice.user_id);
+    alice
+        .ok(
+            Method::PUT,
+            &format!("/_matrix/client/v3/user/{user}/rooms/{r}/account_data/org.example.note"),
+            Some(&json!({ "note": "partial" })),
+        )
+        .await;
     let eager = alice.sync("timeout=0").await;
     assert_eq!(joined_section(&eager, &room), None, "{eager}");
     let mut since = eager["next_batch"].as_str().unwrap().to_owned();
@@ -836,7 +862,7 @@ async fn a_sync_loading_every_member_gets_a_partial_room_once_it_is_full() {
     for _ in 0..10 {
         let answer = alice.sync(&format!("since={since}&timeout=30000")).await;
         if let Some(section) = joined_section(&answer, &room) {
-            sent = Some((section, answer["next_batch"].as_str().unwrap().to_owned()));
+            sent = Some((section, answer["next_batch"].as_str().unwrap().to_owned(), answer));
             break;
         }
         // Woken by something else (not a timeout: that answer is empty).
@@ -851,7 +877,16 @@ async fn a_sync_loading_every_member_gets_a_partial_room_once_it_is_full() {
         );
         since = answer["next_batch"].as_str().unwrap().to_owned();
     }
-    let ((bodies, members, limited), next) = sent.expect("the room was sent");
+    let ((bodies, members, limited), next, answer) = sent.expect("the room was sent");
+    let account_data = &answer["rooms"]["join"][room.as_str()]["account_data"]["events"];
+    assert!(
+        account_data
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["type"] == "org.example.note"),
+        "the room's account data with it: {account_data}"
+    );
     assert!(limited, "sent as newly joined");
     for said in ["said while partial", "said while still partial"] {
         assert!(bodies.contains(&said.to_owned()), "{bodies:?}");

@@ -142,13 +142,16 @@ pub async fn sync(
         let since_account_data = since_account_data.filter(|_| since.is_some() && !opts.full_state);
         let since_presence = since_presence.filter(|_| since.is_some() && !opts.full_state);
         opts.ignored = account_data::ignored_users(&svc, &owner.user_id).await?;
-        let (mut rooms, in_full) = build_rooms(&svc, &owner, since, head, &opts).await?;
-        add_ephemeral(&svc, &owner, &mut rooms, since_ephemeral, ephemeral_head).await?;
+        let Built {
+            mut rooms,
+            in_full,
+            left_out,
+        } = build_rooms(&svc, &owner, since, head, &opts).await?;
+        add_ephemeral(&svc, &owner, &mut rooms, &left_out, (since_ephemeral, ephemeral_head)).await?;
         let mut global = add_account_data(
             &svc,
             &owner,
-            &mut rooms,
-            &in_full,
+            (&mut rooms, &in_full, &left_out),
             (since_account_data, account_data_head),
             &opts,
         )
@@ -172,12 +175,14 @@ pub async fn sync(
             && global.is_empty()
             && e2e.is_empty()
             && presence.is_empty();
-        let mut next = SyncToken {
-            stream: head,
-            ephemeral: Some(ephemeral_head),
-            account_data: Some(account_data_head),
+        // (Never behind the token given: another process may have been
+        // further on.)
+        let next = SyncToken {
+            stream: head.max(since.unwrap_or_default()),
+            ephemeral: Some(ephemeral_head.max(since_ephemeral.unwrap_or_default())),
+            account_data: Some(account_data_head.max(since_account_data.unwrap_or_default())),
             e2e: Some(e2e.position),
-            presence: Some(presence_head),
+            presence: Some(presence_head.max(since_presence.unwrap_or_default())),
         };
         if since.is_none() || opts.full_state || !empty || tokio::time::Instant::now() >= deadline {
             let mut response = Response::new(next.to_string());
@@ -190,9 +195,7 @@ pub async fn sync(
         // Only a request that parks asks for its rooms. A change of one of
         // them (an event, a receipt, typing, presence, keys) stored after
         // the heads were read and before the waiter watched the room moved
-        // a head: look again instead of waiting (the timed-out answer
-        // below gives the heads as they are then, past what it has not
-        // seen). That second round watches its rooms before it reads the
+        // a head: look again instead of waiting. That second round watches its rooms before it reads the
         // heads, so a head moved by somebody else's room does not send it
         // round again: under a steady load of sends, every parked request
         // would otherwise go round for as long as the load lasts.
@@ -209,22 +212,12 @@ pub async fn sync(
         }
         // Receipts and typing wake their room's waiters; account data and
         // to-device messages their user's; presence and key changes their
-        // user's and their rooms' (the heads move first).
-        let woken = tokio::time::timeout_at(deadline, waiter.notified()).await;
-        if woken.is_ok() {
+        // user's and their rooms' (the heads move first). Timed out, the
+        // next round answers (the deadline passed) with what it finds up to
+        // the heads it reads: a change that came as the time ran out is in
+        // it, not skipped by a token past it.
+        if tokio::time::timeout_at(deadline, waiter.notified()).await.is_ok() {
             svc.metrics.sync_wakeups.inc();
-        }
-        if woken.is_err() {
-            // Timed out: answer with the (empty) response at the heads
-            // (the e2e one as last looked at: a to-device message that
-            // arrived since is not acknowledged unseen).
-            next.stream = svc.notifier.head().max(since.unwrap_or_default());
-            next.ephemeral = Some(svc.ephemeral.head().max(since_ephemeral.unwrap_or_default()));
-            next.account_data = Some(svc.account_data.head().max(since_account_data.unwrap_or_default()));
-            next.presence = Some(svc.presence.head().max(since_presence.unwrap_or_default()));
-            let mut response = Response::new(next.to_string());
-            e2e.apply(&mut response);
-            return Ok(response);
         }
     }
 }
@@ -298,13 +291,12 @@ fn keep_newest(mut events: Vec<Value>, limit: Option<UInt>) -> Vec<Value> {
 
 /// Account data changed in `(since, head]` (all up to `head` without
 /// `since`): the global events are returned; a room's go to its entry in
-/// `rooms` (a joined room with only such changes is added). Rooms sent in
-/// full (`in_full`) get all of theirs.
+/// `rooms` (a joined room with only such changes is added, unless it is
+/// `left_out`). Rooms sent in full (`in_full`) get all of theirs.
 async fn add_account_data(
     svc: &Services,
     owner: &TokenOwner,
-    rooms: &mut Rooms,
-    in_full: &HashSet<OwnedRoomId>,
+    (rooms, in_full, left_out): (&mut Rooms, &HashSet<OwnedRoomId>, &HashSet<OwnedRoomId>),
     (since, head): (Option<i64>, i64),
     opts: &Options,
 ) -> Result<Vec<Value>, MatrixError> {
@@ -348,7 +340,7 @@ async fn add_account_data(
         let raw = || events.iter().map(format::raw).collect();
         if let Some(room) = rooms.leave.get_mut(&room_id) {
             room.account_data.events = raw();
-        } else if rooms.join.contains_key(&room_id) || joined.contains(&room_id) {
+        } else if rooms.join.contains_key(&room_id) || (joined.contains(&room_id) && !left_out.contains(&room_id)) {
             rooms.join.entry(room_id).or_default().account_data.events = raw();
         }
     }
@@ -356,20 +348,21 @@ async fn add_account_data(
 }
 
 /// Typing and receipts of joined rooms that changed after
-/// `since` (all, in a full sync); a room with only such changes is added.
+/// `since` (all, in a full sync); a room with only such changes is added
+/// (not one `left_out`).
 async fn add_ephemeral(
     svc: &Services,
     owner: &TokenOwner,
     rooms: &mut Rooms,
-    since: Option<i64>,
-    head: i64,
+    left_out: &HashSet<OwnedRoomId>,
+    (since, head): (Option<i64>, i64),
 ) -> Result<(), MatrixError> {
     // A full sync mentions typing in rooms where anyone has ever typed (so
     // a new client learns that nobody is typing any more, as Synapse tells
     // it), not in the others.
     let typing = svc.ephemeral.typing(since, head).await?;
     for m in svc.storage.user_memberships(&owner.user_id).await? {
-        if m.membership != "join" {
+        if m.membership != "join" || left_out.contains(&m.room_id) {
             continue;
         }
         let mut events: Vec<Value> = Vec::new();
@@ -438,15 +431,22 @@ pub(crate) fn inline_filter(filter: Option<&Filter>) -> Result<Option<FilterDefi
     }
 }
 
-/// The rooms of the response, and those of them sent in full in an
-/// incremental sync (joined since).
+/// The rooms of a response: those sent, those of them sent in full in an
+/// incremental sync (joined since), and the joined rooms left out (joined
+/// with partial state, see [`partial_rooms`]: nothing of theirs is sent).
+struct Built {
+    rooms: Rooms,
+    in_full: HashSet<OwnedRoomId>,
+    left_out: HashSet<OwnedRoomId>,
+}
+
 async fn build_rooms(
     svc: &Services,
     owner: &TokenOwner,
     since: Option<StreamOrdering>,
     head: StreamOrdering,
     opts: &Options,
-) -> Result<(Rooms, HashSet<OwnedRoomId>), MatrixError> {
+) -> Result<Built, MatrixError> {
     let changed: HashSet<OwnedRoomId> = match since {
         Some(since) => svc
             .storage
@@ -575,7 +575,11 @@ async fn build_rooms(
         room.invite_state = invite_state;
         rooms.invite.insert(invite.room_id.clone(), room);
     }
-    Ok((rooms, in_full))
+    Ok(Built {
+        rooms,
+        in_full,
+        left_out: partial,
+    })
 }
 
 /// Of the rooms the user is joined to, for a sync that loads every member
@@ -583,7 +587,8 @@ async fn build_rooms(
 /// member lists are not whole: Synapse leaves them out too), and those it
 /// sends in full as if newly joined, whose partial state was completed in
 /// `(since, head]` (an earlier sync left them out). A room completed after
-/// `head` is still left out: the next sync sends it.
+/// `head` is still left out: the next sync sends it. One read of the few
+/// rooms partial or completed since.
 async fn partial_rooms(
     svc: &Services,
     memberships: &[Membership],
@@ -595,13 +600,22 @@ async fn partial_rooms(
     if opts.lazy.is_some() {
         return Ok((partial, completed));
     }
-    let joined: Vec<OwnedRoomId> = memberships
+    let marks = svc
+        .storage
+        .partial_states_since(since.unwrap_or(head).min(head))
+        .await?;
+    if marks.is_empty() {
+        return Ok((partial, completed));
+    }
+    let joined: HashSet<&OwnedRoomId> = memberships
         .iter()
         .filter(|m| m.membership == "join")
-        .map(|m| m.room_id.clone())
+        .map(|m| &m.room_id)
         .collect();
-    let after = since.unwrap_or(head).min(head);
-    for (room, completed_at) in svc.storage.partial_states_since(&joined, after).await? {
+    for (room, completed_at) in marks {
+        if !joined.contains(&room) {
+            continue;
+        }
         match completed_at {
             Some(at) if at <= head => completed.insert(room),
             _ => partial.insert(room),

@@ -17,8 +17,10 @@
 //! turn, checks every event of the answer as any received event, checks
 //! the events received while partial again against the full state
 //! ([`recheck`]: what it refuses is rejected), and adds what the partial
-//! state lacked to the room's states, in one transaction with dropping the
-//! mark. It runs under the cluster duty
+//! state lacked to the room's states, in one transaction with marking the
+//! room complete (at a position of the events stream, from which `/sync`
+//! sends it in full to the clients that were not sent it while partial).
+//! It runs under the cluster duty
 //! `partial-state <room>`: one process at a time; any process takes over
 //! the rooms left partial ([`run`], at start and every minute), so a
 //! restart resumes it.
@@ -221,9 +223,13 @@ pub async fn resync(svc: &Services, room_id: &RoomId) -> Result<(), RoomError> {
         rejections,
         current_changes,
     };
+    // The states cached here hold the partial ones: none is served once
+    // the completion's position can be seen (a `/sync` sends the room in
+    // full from it).
+    let changing = svc.state.changing();
+    svc.joined.changed(room_id);
     let completed_at = svc.storage.complete_partial_state(&completion).await?;
-    // The states cached here held the partial ones.
-    svc.state.clear();
+    drop(changing);
     svc.joined.changed(room_id);
     // The room's members' `/sync`s that left the room out look again (at
     // the completion's position, they send it in full).

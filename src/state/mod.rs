@@ -37,6 +37,42 @@ pub struct StateCache {
 struct Cache {
     groups: LruCache<StateGroupId, Arc<StateMap>>,
     entries: usize,
+    /// Moves at each [`StateCache::clear`]: a group loaded across one is
+    /// not kept (it may be from before the change).
+    generation: u64,
+    /// Stored states being changed ([`StateCache::changing`]): nothing
+    /// loaded meanwhile is kept.
+    changing: usize,
+}
+
+/// A change of stored states in progress ([`StateCache::changing`]); the
+/// cache is cleared again when it is dropped.
+pub struct Changing<'a>(&'a StateCache);
+
+impl Drop for Changing<'_> {
+    fn drop(&mut self) {
+        let mut cache = self.0.cache.lock().expect("state cache lock");
+        cache.changing -= 1;
+        clear(&mut cache);
+    }
+}
+
+fn keep(cache: &mut Cache, group: StateGroupId, map: Arc<StateMap>) {
+    cache.entries += map.len();
+    if let Some((_, old)) = cache.groups.push(group, map) {
+        cache.entries -= old.len();
+    }
+    while cache.entries > CACHE_ENTRY_BUDGET && cache.groups.len() > 1 {
+        if let Some((_, old)) = cache.groups.pop_lru() {
+            cache.entries -= old.len();
+        }
+    }
+}
+
+fn clear(cache: &mut Cache) {
+    cache.groups.clear();
+    cache.entries = 0;
+    cache.generation += 1;
 }
 
 impl StateCache {
@@ -46,40 +82,50 @@ impl StateCache {
             cache: Mutex::new(Cache {
                 groups: LruCache::new(NonZeroUsize::new(4096).expect("non-zero")),
                 entries: 0,
+                generation: 0,
+                changing: 0,
             }),
         }
     }
 
     /// The state map of a group.
     pub async fn group(&self, group: StateGroupId) -> Result<Arc<StateMap>> {
-        if let Some(map) = self.cache.lock().expect("state cache lock").groups.get(&group) {
-            return Ok(map.clone());
-        }
+        let generation = {
+            let mut cache = self.cache.lock().expect("state cache lock");
+            if let Some(map) = cache.groups.get(&group) {
+                return Ok(map.clone());
+            }
+            cache.generation
+        };
         let map: Arc<StateMap> = Arc::new(self.storage.state_group(group).await?.into_iter().collect());
-        self.remember(group, map.clone());
+        let mut cache = self.cache.lock().expect("state cache lock");
+        if cache.generation == generation && cache.changing == 0 {
+            keep(&mut cache, group, map.clone());
+        }
         Ok(map)
     }
 
     /// Caches a map just computed for a new group.
     pub fn remember(&self, group: StateGroupId, map: Arc<StateMap>) {
-        let mut cache = self.cache.lock().expect("state cache lock");
-        cache.entries += map.len();
-        if let Some((_, old)) = cache.groups.push(group, map) {
-            cache.entries -= old.len();
-        }
-        while cache.entries > CACHE_ENTRY_BUDGET && cache.groups.len() > 1 {
-            if let Some((_, old)) = cache.groups.pop_lru() {
-                cache.entries -= old.len();
-            }
-        }
+        keep(&mut self.cache.lock().expect("state cache lock"), group, map);
     }
 
     /// Forgets every group (a stored state was completed: a room joined
     /// with partial state got its full state).
     pub fn clear(&self) {
+        clear(&mut self.cache.lock().expect("state cache lock"));
+    }
+
+    /// Stored states are about to change (a room joined with partial state
+    /// gets its full state): the cache is cleared now, keeps nothing loaded
+    /// until the returned guard is dropped (after the change is committed),
+    /// and is cleared again then. No reader is given a state from before the
+    /// change once it can see the change's position.
+    pub fn changing(&self) -> Changing<'_> {
         let mut cache = self.cache.lock().expect("state cache lock");
-        cache.groups.clear();
-        cache.entries = 0;
+        cache.changing += 1;
+        clear(&mut cache);
+        Changing(self)
     }
 
     /// The current state of a room (`None` for an unknown room).

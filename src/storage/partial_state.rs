@@ -33,20 +33,17 @@ pub trait PartialStateStorage: Send + Sync + 'static {
     async fn partial_state(&self, room_id: &RoomId) -> Result<Option<PartialState>>;
     /// Every room still partial.
     async fn partial_state_rooms(&self) -> Result<Vec<PartialState>>;
-    /// Of `rooms`, those partial (`None`) and those whose partial state was
+    /// The rooms partial (`None`) and those whose partial state was
     /// completed after the events stream position `after` (`Some`: the
-    /// completion's position). A `/sync` that leaves partial rooms out
-    /// sends these in full once the response covers the completion.
-    async fn partial_states_since(
-        &self,
-        rooms: &[OwnedRoomId],
-        after: StreamOrdering,
-    ) -> Result<Vec<(OwnedRoomId, Option<StreamOrdering>)>>;
+    /// completion's position): few, whatever the number of rooms. A
+    /// `/sync` that leaves partial rooms out sends the others in full once
+    /// its range covers the completion.
+    async fn partial_states_since(&self, after: StreamOrdering) -> Result<Vec<(OwnedRoomId, Option<StreamOrdering>)>>;
     /// Drops the mark of a room (whose join never landed, say), partial or
     /// completed.
     async fn drop_partial_state(&self, room_id: &RoomId) -> Result<()>;
     /// Completes a partial room with what its partial state lacked, and
-    /// drops its mark, in one transaction: the state at the join (group
+    /// marks it complete, in one transaction: the state at the join (group
     /// `completion.partial_group`) and every state after it gain the
     /// `additions` they have no entry for (the states derived from the
     /// partial one by deltas inherit them; the snapshots after the join are

@@ -359,9 +359,14 @@ async fn partial_rooms<'a>(
     head: i64,
 ) -> Result<&'a HashSet<OwnedRoomId>, MatrixError> {
     if partial.is_none() {
-        let ids: Vec<OwnedRoomId> = candidates.iter().map(|c| c.room_id.clone()).collect();
-        let rooms = svc.storage.partial_states_since(&ids, head).await?;
-        *partial = Some(rooms.into_iter().map(|(room, _)| room).collect());
+        let marks = svc.storage.partial_states_since(head).await?;
+        *partial = Some(
+            marks
+                .into_iter()
+                .map(|(room, _)| room)
+                .filter(|room| candidates.iter().any(|c| c.room_id == *room))
+                .collect(),
+        );
     }
     Ok(partial.get_or_insert_default())
 }

@@ -3,7 +3,7 @@
 use async_trait::async_trait;
 use ruma::{OwnedRoomId, RoomId};
 
-use super::{GenericClient, PgStorage, col, exec, next_position_of, pg_write, query, state};
+use super::{GenericClient, PgStorage, col, exec, pg_write, query, query_one, state};
 use crate::storage::{
     Result, StreamOrdering, parse,
     partial_state::{Completion, PartialState, PartialStateStorage, Rejection},
@@ -54,20 +54,11 @@ impl PartialStateStorage for PgStorage {
         marks(&self.client().await?, None).await
     }
 
-    async fn partial_states_since(
-        &self,
-        rooms: &[OwnedRoomId],
-        after: StreamOrdering,
-    ) -> Result<Vec<(OwnedRoomId, Option<StreamOrdering>)>> {
-        if rooms.is_empty() {
-            return Ok(Vec::new());
-        }
-        let rooms: Vec<&str> = rooms.iter().map(|r| r.as_str()).collect();
+    async fn partial_states_since(&self, after: StreamOrdering) -> Result<Vec<(OwnedRoomId, Option<StreamOrdering>)>> {
         let rows = query(
             &self.client().await?,
-            "SELECT room_id, completed_at FROM partial_state_rooms
-             WHERE room_id = ANY($1) AND (completed_at IS NULL OR completed_at > $2)",
-            &[&rooms, &after],
+            "SELECT room_id, completed_at FROM partial_state_rooms WHERE completed_at IS NULL OR completed_at > $1",
+            &[&after],
         )
         .await?;
         rows.iter()
@@ -120,16 +111,27 @@ impl PartialStateStorage for PgStorage {
                 &[&room_id],
             )
             .await?;
-            // Last: the position (`<process> events <position> <room>` to
-            // the others, who move their head and wake the room's members).
-            let position = next_position_of(&tx, "events", Some(room_id)).await?;
-            exec(
-                &tx,
-                "UPDATE partial_state_rooms SET completed_at = $3
-                 WHERE room_id = $1 AND join_event_id = $2 AND completed_at IS NULL",
-                &[&room_id, &completion.join_event_id.as_str(), &position],
-            )
-            .await?;
+            // Last, in one statement: the position (the counter row stays
+            // locked until the commit), `<process> events <position> <room>`
+            // to the others (who move their head and wake the room's
+            // members), and the mark.
+            let position: i64 = col(
+                &query_one(
+                    &tx,
+                    "WITH next AS (
+                         UPDATE stream_positions SET position = position + 1 WHERE stream = 'events'
+                         RETURNING position, pg_notify('weft', concat_ws(' ',
+                             current_setting('weft.process', TRUE), 'events', position, $1::text))::text AS notify
+                     ), mark AS (
+                         UPDATE partial_state_rooms SET completed_at = (SELECT position FROM next)
+                         WHERE room_id = $1 AND join_event_id = $2 AND completed_at IS NULL
+                     )
+                     SELECT position, notify FROM next",
+                    &[&room_id, &completion.join_event_id.as_str()],
+                )
+                .await?,
+                0,
+            )?;
             position
         })?;
         for rejection in &completion.rejections {

@@ -245,11 +245,6 @@ pub(crate) fn query_one<T>(
 
 pub(crate) use super::now_ms;
 
-/// A list as a JSON array, for `json_each`: one statement for many values.
-pub(crate) fn json_list<T: serde::Serialize>(values: &[T]) -> Result<String> {
-    serde_json::to_string(values).map_err(|e| StorageError::Database(format!("a list as JSON: {e}")))
-}
-
 /// Takes the next position of `stream` (a row of `stream_positions`),
 /// inside the write transaction: the writer is one connection in an
 /// immediate transaction, so positions are committed in order.

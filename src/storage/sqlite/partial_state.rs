@@ -4,7 +4,7 @@ use async_trait::async_trait;
 use ruma::{OwnedRoomId, RoomId};
 use rusqlite::{Connection, params};
 
-use super::{SqliteStorage, exec, json_list, next_position, state};
+use super::{SqliteStorage, exec, next_position, state};
 use crate::storage::{
     Result, StreamOrdering, parse,
     partial_state::{Completion, PartialState, PartialStateStorage, Rejection},
@@ -59,22 +59,13 @@ impl PartialStateStorage for SqliteStorage {
         self.read(move |c| marks(c, None)).await
     }
 
-    async fn partial_states_since(
-        &self,
-        rooms: &[OwnedRoomId],
-        after: StreamOrdering,
-    ) -> Result<Vec<(OwnedRoomId, Option<StreamOrdering>)>> {
-        if rooms.is_empty() {
-            return Ok(Vec::new());
-        }
-        let rooms = json_list(rooms)?;
+    async fn partial_states_since(&self, after: StreamOrdering) -> Result<Vec<(OwnedRoomId, Option<StreamOrdering>)>> {
         self.read(move |c| {
             let mut stmt = c.prepare_cached(
-                "SELECT room_id, completed_at FROM partial_state_rooms
-                 WHERE room_id IN (SELECT value FROM json_each(?1)) AND (completed_at IS NULL OR completed_at > ?2)",
+                "SELECT room_id, completed_at FROM partial_state_rooms WHERE completed_at IS NULL OR completed_at > ?1",
             )?;
             let rows = stmt
-                .query_map(params![rooms, after], |r| Ok((r.get::<_, String>(0)?, r.get(1)?)))?
+                .query_map([after], |r| Ok((r.get::<_, String>(0)?, r.get(1)?)))?
                 .collect::<rusqlite::Result<Vec<_>>>()?;
             rows.into_iter().map(|(room, at)| Ok((parse(room)?, at))).collect()
         })

@@ -4,3 +4,5 @@
 -- while it was partial sends it in full once (`client_api/sync.rs`).
 -- NULL: the room is partial.
 ALTER TABLE partial_state_rooms ADD COLUMN completed_at INTEGER;
+-- `/sync` reads the rooms partial or completed after a position.
+CREATE INDEX partial_state_rooms_completed ON partial_state_rooms (completed_at);

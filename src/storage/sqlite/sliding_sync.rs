@@ -7,13 +7,18 @@ use async_trait::async_trait;
 use ruma::{OwnedRoomId, UserId};
 use rusqlite::{OptionalExtension, Transaction, params};
 
-use super::{SqliteStorage, accounts::parse, exec, json_list, now_ms, query_one};
+use super::{SqliteStorage, accounts::parse, exec, now_ms, query_one};
 use crate::storage::{
     Result, StorageError, StreamOrdering,
     sliding_sync::{
         BUMP_WINDOW, RoomActivity, SentRoom, SlidingConnection, SlidingSyncStorage, bump_types_sql, distinct_rooms,
     },
 };
+
+/// A list as a JSON array, for `json_each`: one statement for many values.
+fn json_list<T: serde::Serialize>(values: &[T]) -> Result<String> {
+    serde_json::to_string(values).map_err(|e| StorageError::Database(format!("a list as JSON: {e}")))
+}
 
 /// Marks `conn` used now; its row, or `None` when it has none.
 fn touch(tx: &Transaction<'_>, conn: &SlidingConnection) -> Result<Option<i64>> {
