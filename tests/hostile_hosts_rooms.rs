@@ -964,3 +964,41 @@ async fn a_sliding_sync_list_needing_every_member_gets_a_partial_room_once_it_is
     }
     panic!("the room never came");
 }
+
+/// A transaction whose event follows a gap, whose filling
+/// (`/get_missing_events`) is slow, does not hold the room: a local user's
+/// message is sent meanwhile (what the sender must give is fetched before
+/// the room's lock is taken). Then the gap is filled, and both lines of
+/// history are in the room.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gap_being_filled_does_not_hold_up_the_room() {
+    let weft = TestServer::start_federating().await;
+    let hostile = std::sync::Arc::new(Hostile::start().await);
+    let room = hostile.create_room(RoomVersionId::V11, "creator", &MEMBERS, Some("Gap"));
+    let alice = alice_joins(&weft, &hostile, &room).await;
+    let unseen = hostile.message(&room, &hostile.user("m1"), "the gap");
+    hostile.commit(&room, &unseen);
+    let past_gap = hostile.message(&room, &hostile.user("m1"), "past the gap");
+    hostile.commit(&room, &past_gap);
+    hostile.set_behaviour(|b| b.missing_events_delay = Duration::from_secs(8));
+    let sending = {
+        let (hostile, weft_name, pdus) = (hostile.clone(), weft.server_name(), vec![past_gap.pdu.clone()]);
+        tokio::spawn(async move { hostile.send_transaction(&weft_name, "gap", &pdus).await })
+    };
+    common::eventually(Duration::from_secs(5), "weft asks for the gap", || async {
+        match hostile.seen_at("/_matrix/federation/v1/get_missing_events/").len() {
+            0 => Err("not yet".to_owned()),
+            _ => Ok(()),
+        }
+    })
+    .await;
+    let (status, body) = alice.send_text(room.as_str(), "local", "while the gap is filled").await;
+    assert_eq!(status, 200, "{body}");
+    assert!(!sending.is_finished(), "sent while the gap is being filled");
+    let (status, answer) = sending.await.unwrap();
+    assert_eq!(status, 200, "{answer}");
+    let now = messages(&alice, &room).await;
+    for text in ["the gap", "past the gap", "while the gap is filled"] {
+        assert!(now.iter().any(|(_, body)| body == text), "{text}: {now:?}");
+    }
+}

@@ -5,9 +5,15 @@
 //! event (resolved over its parents), then storage as accepted,
 //! soft-failed or rejected, and the room's current state resolved over its
 //! forward extremities.
+//!
+//! For a `/send` transaction, the missing pieces are fetched before the
+//! room's lock is taken ([`Prefetched`]): a slow or silent sender holds up
+//! its own events, never the room's other work (local sends, other
+//! servers' events). A backfilled event that `super::backfilled` could
+//! not take in its batch still fetches them under the lock of the backfill.
 
 use std::{
-    collections::HashSet,
+    collections::{HashMap, HashSet},
     sync::{Arc, Mutex},
 };
 
@@ -87,15 +93,34 @@ pub async fn receive_pdus(
     };
     // Format, signatures and hashes first, on every core, before the lock.
     let owned: Vec<Box<RawValue>> = raws.iter().map(|raw| (*raw).to_owned()).collect();
-    let checked = event_checks::check_signed_all(svc, &version, owned).await;
+    let checked: Vec<Result<Pdu, CheckError>> = event_checks::check_signed_all(svc, &version, owned)
+        .await
+        .into_iter()
+        .map(|pdu| match pdu {
+            Ok(pdu) if pdu.room_id != room_id => Err(CheckError::Invalid("the event is for another room".to_owned())),
+            other => other,
+        })
+        .collect();
+    // What the sender must give (auth events, the events of a gap, the
+    // state across it), fetched before the lock: the room's other work
+    // never waits on a remote server.
+    let unlocked = Mutex::new(None);
+    let prefetched = Receiver::new(svc, origin, room_id, &version, &unlocked, None)
+        .prefetch(&checked)
+        .await?;
     let _guard = svc.rooms.lock(room_id).await?;
     // The room's forward extremities, read once and kept up to date by
     // each event written, while the lock is held (no other writer moves
     // them meanwhile: not in this process, not in another).
     let head = Mutex::new(None);
+    let receiver = Receiver::new(svc, origin, room_id, &version, &head, Some(&prefetched));
     let mut outcomes = Vec::with_capacity(raws.len());
     for pdu in checked {
-        match receive_locked(svc, origin, room_id, &version, pdu, &head).await {
+        let outcome = match pdu {
+            Ok(pdu) => receiver.receive_prefetched(pdu).await,
+            Err(e) => Err(e.into()),
+        };
+        match outcome {
             Err(RoomError::Storage(e)) => return Err(e),
             outcome => outcomes.push(outcome),
         }
@@ -103,30 +128,20 @@ pub async fn receive_pdus(
     Ok(outcomes)
 }
 
-/// Receives one event (as [`event_checks::check_signed_all`] left it),
-/// the room's lock held.
-async fn receive_locked(
-    svc: &Services,
-    origin: &ServerName,
-    room_id: &RoomId,
-    version: &RoomVersionId,
-    checked: Result<Pdu, CheckError>,
-    head: &Mutex<Option<Vec<OwnedEventId>>>,
-) -> Result<Outcome, RoomError> {
-    let pdu = checked?;
-    if pdu.room_id != room_id {
-        return Err(RoomError::Invalid("the event is for another room".to_owned()));
-    }
-    Receiver {
-        svc,
-        origin,
-        room_id,
-        version,
-        mode: Mode::Live,
-        head,
-    }
-    .receive(pdu, true)
-    .await
+/// What the sender of a transaction gave before the room's lock was taken
+/// ([`Receiver::prefetch`]); under the lock, nothing more is asked of it
+/// (an event whose gap it could not fill is refused, as when it is asked).
+#[derive(Default)]
+struct Prefetched {
+    /// The events of the gap before a transaction's event
+    /// (`/get_missing_events`), oldest first, by the event.
+    pulled: HashMap<OwnedEventId, Vec<Pdu>>,
+    /// The state after a parent not held, at the edge of a gap, as the
+    /// sender says (the state before it, and it).
+    after_parent: HashMap<OwnedEventId, Arc<StateMap>>,
+    /// The state before an event at the edge of a gap, as the sender says,
+    /// where the states after its parents could not be had.
+    before_event: HashMap<OwnedEventId, StateMap>,
 }
 
 /// One event of a `/backfill` page that [`super::backfilled`] could not
@@ -148,6 +163,7 @@ pub(super) async fn receive_backfilled_one(
         version: &room.version,
         mode: Mode::Backfill,
         head: &Mutex::new(None),
+        prefetched: None,
     }
     .receive(pdu, false)
     .await
@@ -169,9 +185,113 @@ struct Receiver<'a> {
     /// The room's forward extremities, once read under the room's lock
     /// (live events only).
     head: &'a Mutex<Option<Vec<OwnedEventId>>>,
+    /// What was fetched before the lock, for a transaction: with it, no
+    /// remote request is made (`None`: they are made as needed).
+    prefetched: Option<&'a Prefetched>,
 }
 
-impl Receiver<'_> {
+impl<'a> Receiver<'a> {
+    /// A receiver of live events.
+    fn new(
+        svc: &'a Services,
+        origin: &'a ServerName,
+        room_id: &'a RoomId,
+        version: &'a RoomVersionId,
+        head: &'a Mutex<Option<Vec<OwnedEventId>>>,
+        prefetched: Option<&'a Prefetched>,
+    ) -> Self {
+        Receiver {
+            svc,
+            origin,
+            room_id,
+            version,
+            mode: Mode::Live,
+            head,
+            prefetched,
+        }
+    }
+
+    /// Fetches from the sender, without the room's lock, what the
+    /// transaction's events lack: their missing auth events (kept as
+    /// outliers), the events of a gap before one (`/get_missing_events`)
+    /// with their auth events, and the state across the gap's far edge.
+    /// A failure of the sender only leaves the piece out.
+    async fn prefetch(&self, checked: &[Result<Pdu, CheckError>]) -> Result<Prefetched, StorageError> {
+        let mut prefetched = Prefetched::default();
+        let mut earlier: HashSet<&OwnedEventId> = HashSet::new();
+        for pdu in checked.iter().filter_map(|p| p.as_ref().ok()) {
+            let outcome = self.prefetch_one(pdu, &earlier, &mut prefetched).await;
+            earlier.insert(&pdu.event_id);
+            match outcome {
+                Err(RoomError::Storage(e)) => return Err(e),
+                Err(e) => tracing::info!(event_id = %pdu.event_id, error = %e, "fetching what an event lacks"),
+                Ok(()) => {}
+            }
+        }
+        Ok(prefetched)
+    }
+
+    async fn prefetch_one(
+        &self,
+        pdu: &Pdu,
+        earlier: &HashSet<&OwnedEventId>,
+        into: &mut Prefetched,
+    ) -> Result<(), RoomError> {
+        if self.in_timeline(&pdu.event_id).await? {
+            return Ok(());
+        }
+        self.fetch_auth_chain(pdu).await?;
+        let mut missing = false;
+        for prev in &pdu.prev_events {
+            if !earlier.contains(prev) && !self.in_timeline(prev).await? {
+                missing = true;
+            }
+        }
+        if !missing {
+            return Ok(());
+        }
+        let pulled = self.pull_missing_parents(pdu).await?;
+        let pulled_ids: HashSet<&OwnedEventId> = pulled.iter().map(|e| &e.event_id).collect();
+        for event in &pulled {
+            self.fetch_auth_chain(event).await?;
+            // The far edge of the gap: a parent neither held nor pulled.
+            let mut edge = false;
+            for prev in &event.prev_events {
+                if pulled_ids.contains(prev) || earlier.contains(prev) {
+                    continue;
+                }
+                let held = self.svc.storage.event(prev).await?;
+                if held.as_ref().is_some_and(|e| e.meta.state_group_after.is_some()) {
+                    continue;
+                }
+                match self.state_after_parent_from_origin(prev, held).await {
+                    Ok(state) => {
+                        into.after_parent.insert(prev.clone(), state);
+                    }
+                    Err(e) => {
+                        tracing::info!(event_id = %event.event_id, error = %e, "state after a missing parent not known");
+                        edge = true;
+                    }
+                }
+            }
+            if edge && let Ok(state) = self.state_before_from_origin(&event.event_id).await {
+                into.before_event.insert(event.event_id.clone(), state);
+            }
+        }
+        into.pulled.insert(pdu.event_id.clone(), pulled);
+        Ok(())
+    }
+
+    /// Receives a transaction's event under the room's lock, with what
+    /// [`Self::prefetch`] fetched: the events of the gap before it first.
+    async fn receive_prefetched(&self, pdu: Pdu) -> Result<Outcome, RoomError> {
+        if let Some(pulled) = self.prefetched.and_then(|p| p.pulled.get(&pdu.event_id))
+            && !self.in_timeline(&pdu.event_id).await?
+        {
+            self.receive_pulled(pulled.clone()).await;
+        }
+        self.receive(pdu, true).await
+    }
     fn rules(&self) -> Result<RoomVersionRules, RoomError> {
         self.version
             .rules()
@@ -202,8 +322,9 @@ impl Receiver<'_> {
                 missing.push(prev.clone());
             }
         }
-        if !missing.is_empty() && fill_gaps {
-            self.fetch_missing_parents(&pdu).await?;
+        if !missing.is_empty() && fill_gaps && self.prefetched.is_none() {
+            let pulled = self.pull_missing_parents(&pdu).await?;
+            self.receive_pulled(pulled).await;
             missing.clear();
             for prev in &pdu.prev_events {
                 if !self.in_timeline(prev).await? {
@@ -305,7 +426,9 @@ impl Receiver<'_> {
                 missing = true;
             }
         }
-        if !missing {
+        // (With a transaction's prefetch, what it could not get is not
+        // asked again: the auth checks refuse the event.)
+        if !missing || self.prefetched.is_some() {
             return Ok(());
         }
         let request = get_event_authorization::v1::Request::new(self.room_id.to_owned(), pdu.event_id.clone());
@@ -324,8 +447,9 @@ impl Receiver<'_> {
         super::outliers::keep(self.svc, &self.rules()?, events).await.map(drop)
     }
 
-    /// Fills a gap before `pdu` with `/get_missing_events`, oldest first.
-    async fn fetch_missing_parents(&self, pdu: &Pdu) -> Result<(), RoomError> {
+    /// The events of the gap before `pdu` from its sender
+    /// (`/get_missing_events`), checked, oldest first (none when it fails).
+    async fn pull_missing_parents(&self, pdu: &Pdu) -> Result<Vec<Pdu>, RoomError> {
         let earliest: Vec<OwnedEventId> = self
             .svc
             .storage
@@ -341,7 +465,7 @@ impl Receiver<'_> {
             Ok(response) => response.events,
             Err(e) => {
                 tracing::info!(event_id = %pdu.event_id, error = %e, "get_missing_events failed");
-                return Ok(());
+                return Ok(Vec::new());
             }
         };
         let mut checked = Vec::new();
@@ -355,13 +479,17 @@ impl Receiver<'_> {
             }
         }
         checked.sort_by_key(|e| e.depth);
-        for event in checked {
+        Ok(checked)
+    }
+
+    /// Receives the events of a gap, oldest first (each as far as it goes).
+    async fn receive_pulled(&self, pulled: Vec<Pdu>) {
+        for event in pulled {
             let id = event.event_id.clone();
             if let Err(e) = Box::pin(self.receive(event, false)).await {
                 tracing::info!(event_id = %id, error = %e, "a missing event could not be processed");
             }
         }
-        Ok(())
     }
 
     /// The state before `pdu` from the states after its parents, resolved.
@@ -416,10 +544,17 @@ impl Receiver<'_> {
             },
             // A parent the sender cannot give (or gives broken): the state
             // before `pdu` itself, as the sender says.
-            Err(e) => {
-                tracing::info!(event_id = %pdu.event_id, error = %e, "state after the missing parents not known: asking for the state at the event");
-                self.state_before_from_origin(&pdu.event_id).await?
-            }
+            Err(e) => match self.prefetched {
+                Some(prefetched) => prefetched
+                    .before_event
+                    .get(&pdu.event_id)
+                    .cloned()
+                    .ok_or_else(|| RoomError::Invalid(format!("the state before {} is not known", pdu.event_id)))?,
+                None => {
+                    tracing::info!(event_id = %pdu.event_id, error = %e, "state after the missing parents not known: asking for the state at the event");
+                    self.state_before_from_origin(&pdu.event_id).await?
+                }
+            },
         };
         let group = self
             .svc
@@ -440,38 +575,56 @@ impl Receiver<'_> {
                 states.push(self.svc.state.group(group).await?);
                 continue;
             }
-            let mut state = self.state_before_from_origin(prev).await?;
-            // The parent as held (with whether it was rejected): from the
-            // lookup above, or once fetched and kept as an outlier.
-            let (parent, rejected) = match held {
-                Some(event) => (event.pdu.as_ref().clone(), event.meta.rejected.is_some()),
-                None => {
-                    let parent = self.fetch_event(prev).await?;
-                    if parent.room_id != self.room_id {
-                        return Err(RoomError::Invalid(format!("{prev} is an event of another room")));
-                    }
-                    self.keep_outliers(vec![parent.clone()]).await?;
-                    let rejected = self
-                        .svc
-                        .storage
-                        .event(prev)
-                        .await?
-                        .is_some_and(|e| e.meta.rejected.is_some());
-                    (parent, rejected)
-                }
-            };
-            if let (Some(state_key), false) = (&parent.state_key, rejected) {
-                state.insert(
-                    key(StateEventType::from(parent.kind.to_string()), state_key),
-                    parent.event_id.clone(),
-                );
-            }
-            states.push(Arc::new(state));
+            states.push(match self.prefetched {
+                Some(prefetched) => prefetched
+                    .after_parent
+                    .get(prev)
+                    .cloned()
+                    .ok_or_else(|| RoomError::Invalid(format!("the state after {prev} is not known")))?,
+                None => self.state_after_parent_from_origin(prev, held).await?,
+            });
         }
         if states.is_empty() {
             return Err(RoomError::Invalid(format!("{} has no parents", pdu.event_id)));
         }
         Ok(states)
+    }
+
+    /// The state after `prev`, a parent held without a state (`held`) or
+    /// not at all, as the sender says: the state before it (`/state_ids`)
+    /// and it (fetched and kept as an outlier when not held).
+    async fn state_after_parent_from_origin(
+        &self,
+        prev: &OwnedEventId,
+        held: Option<crate::storage::StoredEvent>,
+    ) -> Result<Arc<StateMap>, RoomError> {
+        let mut state = self.state_before_from_origin(prev).await?;
+        // The parent as held (with whether it was rejected): from the
+        // lookup above, or once fetched and kept as an outlier.
+        let (parent, rejected) = match held {
+            Some(event) => (event.pdu.as_ref().clone(), event.meta.rejected.is_some()),
+            None => {
+                let parent = self.fetch_event(prev).await?;
+                if parent.room_id != self.room_id {
+                    return Err(RoomError::Invalid(format!("{prev} is an event of another room")));
+                }
+                self.keep_outliers(vec![parent.clone()]).await?;
+                let rejected = self
+                    .svc
+                    .storage
+                    .event(prev)
+                    .await?
+                    .is_some_and(|e| e.meta.rejected.is_some());
+                (parent, rejected)
+            }
+        };
+        if let (Some(state_key), false) = (&parent.state_key, rejected) {
+            state.insert(
+                key(StateEventType::from(parent.kind.to_string()), state_key),
+                parent.event_id.clone(),
+            );
+        }
+        Ok(Arc::new(state))
     }
 
     /// One event from the sender (`/event`), checked (signatures, hashes,
