@@ -980,7 +980,9 @@ async fn a_gap_being_filled_does_not_hold_up_the_room() {
     hostile.commit(&room, &unseen);
     let past_gap = hostile.message(&room, &hostile.user("m1"), "past the gap");
     hostile.commit(&room, &past_gap);
-    hostile.set_behaviour(|b| b.missing_events_delay = Duration::from_secs(8));
+    let delay = Duration::from_secs(8);
+    hostile.set_behaviour(|b| b.missing_events_delay = delay);
+    let started = std::time::Instant::now();
     let sending = {
         let (hostile, weft_name, pdus) = (hostile.clone(), weft.server_name(), vec![past_gap.pdu.clone()]);
         tokio::spawn(async move { hostile.send_transaction(&weft_name, "gap", &pdus).await })
@@ -994,11 +996,61 @@ async fn a_gap_being_filled_does_not_hold_up_the_room() {
     .await;
     let (status, body) = alice.send_text(room.as_str(), "local", "while the gap is filled").await;
     assert_eq!(status, 200, "{body}");
-    assert!(!sending.is_finished(), "sent while the gap is being filled");
+    assert!(
+        started.elapsed() < delay && !sending.is_finished(),
+        "sent while the gap is being filled"
+    );
     let (status, answer) = sending.await.unwrap();
     assert_eq!(status, 200, "{answer}");
     let now = messages(&alice, &room).await;
     for text in ["the gap", "past the gap", "while the gap is filled"] {
         assert!(now.iter().any(|(_, body)| body == text), "{text}: {now:?}");
     }
+}
+
+/// A new member's join and first message in one transaction: the message's
+/// auth events include the join, which comes first in the transaction, so
+/// weft asks the sender for nothing (no `/event_auth`, no gap), and takes
+/// both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_join_and_a_message_in_one_transaction_ask_for_nothing() {
+    let weft = TestServer::start_federating().await;
+    let hostile = Hostile::start().await;
+    let room = hostile.create_room(RoomVersionId::V11, "creator", &MEMBERS, Some("Newcomer"));
+    let alice = alice_joins(&weft, &hostile, &room).await;
+    let newcomer = hostile.user("newcomer");
+    let join = hostile.build(
+        &room,
+        &newcomer,
+        "m.room.member",
+        Some(newcomer.as_str()),
+        json!({ "membership": "join" }),
+    );
+    hostile.commit(&room, &join);
+    let said = hostile.message(&room, &newcomer, "hello from the newcomer");
+    hostile.commit(&room, &said);
+    let cited: Vec<&str> = said.pdu["auth_events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|id| id.as_str())
+        .collect();
+    assert!(cited.contains(&join.id.as_str()), "the message cites the join");
+    let asked_before = hostile.seen().len();
+    let (status, answer) = hostile
+        .send_transaction(&weft.server_name(), "newcomer", &[join.pdu.clone(), said.pdu.clone()])
+        .await;
+    assert_eq!(status, 200, "{answer}");
+    for event in [&join, &said] {
+        let result = &answer["pdus"][event.id.as_str()];
+        assert!(result.is_object() && result.get("error").is_none(), "{answer}");
+    }
+    let asked: Vec<String> = hostile.seen()[asked_before..]
+        .iter()
+        .map(|s| s.path.clone())
+        .filter(|p| p.contains("/event_auth/") || p.contains("/get_missing_events/"))
+        .collect();
+    assert_eq!(asked, Vec::<String>::new());
+    let now = messages(&alice, &room).await;
+    assert!(now.iter().any(|(id, _)| id == said.id.as_str()), "{now:?}");
 }

@@ -37,7 +37,7 @@ use crate::{
     events::Pdu,
     services::Services,
     state::{StateMap, key, resolve},
-    storage::{RoomInfo, StateGroupId, StateWrite, StorageError, TimelineStatus},
+    storage::{RoomInfo, StateGroupId, StateWrite, StorageError, StoredEvent, TimelineStatus},
 };
 
 fn snapshot(state: &StateMap) -> StateWrite {
@@ -218,9 +218,43 @@ impl<'a> Receiver<'a> {
     /// A failure of the sender only leaves the piece out.
     async fn prefetch(&self, checked: &[Result<Pdu, CheckError>]) -> Result<Prefetched, StorageError> {
         let mut prefetched = Prefetched::default();
+        // One read for the transaction: its events, their parents and auth
+        // events (in the usual case, all that is looked at).
+        let pdus: Vec<&Pdu> = checked.iter().filter_map(|p| p.as_ref().ok()).collect();
+        let ids: Vec<OwnedEventId> = pdus
+            .iter()
+            .flat_map(|p| std::iter::once(&p.event_id).chain(&p.prev_events).chain(&p.auth_events))
+            .cloned()
+            .collect::<HashSet<_>>()
+            .into_iter()
+            .collect();
+        let held: HashMap<OwnedEventId, StoredEvent> = self
+            .svc
+            .storage
+            .events(&ids)
+            .await?
+            .into_iter()
+            .map(|e| (e.pdu.event_id.clone(), e))
+            .collect();
+        let in_timeline = |id: &OwnedEventId| {
+            held.get(id)
+                .is_some_and(|e| !e.meta.outlier && e.pdu.room_id == self.room_id)
+        };
         let mut earlier: HashSet<&OwnedEventId> = HashSet::new();
-        for pdu in checked.iter().filter_map(|p| p.as_ref().ok()) {
-            let outcome = self.prefetch_one(pdu, &earlier, &mut prefetched).await;
+        for pdu in pdus {
+            if in_timeline(&pdu.event_id) {
+                continue;
+            }
+            let gap = pdu.prev_events.iter().any(|p| !earlier.contains(p) && !in_timeline(p));
+            let auth_missing = pdu
+                .auth_events
+                .iter()
+                .any(|a| !held.contains_key(a) && !earlier.contains(a));
+            let outcome = match (gap, auth_missing) {
+                (false, false) => Ok(()),
+                (false, true) => self.fetch_auth_chain_but(pdu, &earlier).await,
+                (true, _) => self.prefetch_one(pdu, &earlier, &mut prefetched).await,
+            };
             earlier.insert(&pdu.event_id);
             match outcome {
                 Err(RoomError::Storage(e)) => return Err(e),
@@ -231,33 +265,23 @@ impl<'a> Receiver<'a> {
         Ok(prefetched)
     }
 
+    /// [`Self::prefetch`] for an event after a gap.
     async fn prefetch_one(
         &self,
         pdu: &Pdu,
         earlier: &HashSet<&OwnedEventId>,
         into: &mut Prefetched,
     ) -> Result<(), RoomError> {
-        if self.in_timeline(&pdu.event_id).await? {
-            return Ok(());
-        }
-        self.fetch_auth_chain(pdu).await?;
-        let mut missing = false;
-        for prev in &pdu.prev_events {
-            if !earlier.contains(prev) && !self.in_timeline(prev).await? {
-                missing = true;
-            }
-        }
-        if !missing {
-            return Ok(());
-        }
-        let pulled = self.pull_missing_parents(pdu).await?;
-        let pulled_ids: HashSet<&OwnedEventId> = pulled.iter().map(|e| &e.event_id).collect();
+        self.fetch_auth_chain_but(pdu, earlier).await?;
+        // (The transaction's earlier events count as held: they come first.)
+        let pulled = self.pull_missing_parents(pdu, earlier).await?;
+        let mut coming: HashSet<&OwnedEventId> = earlier.clone();
         for event in &pulled {
-            self.fetch_auth_chain(event).await?;
-            // The far edge of the gap: a parent neither held nor pulled.
+            self.fetch_auth_chain_but(event, &coming).await?;
+            // The far edge of the gap: a parent neither held nor coming.
             let mut edge = false;
             for prev in &event.prev_events {
-                if pulled_ids.contains(prev) || earlier.contains(prev) {
+                if coming.contains(prev) || pulled.iter().any(|e| e.event_id == *prev) {
                     continue;
                 }
                 let held = self.svc.storage.event(prev).await?;
@@ -268,15 +292,23 @@ impl<'a> Receiver<'a> {
                     Ok(state) => {
                         into.after_parent.insert(prev.clone(), state);
                     }
+                    Err(RoomError::Storage(e)) => return Err(e.into()),
                     Err(e) => {
                         tracing::info!(event_id = %event.event_id, error = %e, "state after a missing parent not known");
                         edge = true;
                     }
                 }
             }
-            if edge && let Ok(state) = self.state_before_from_origin(&event.event_id).await {
-                into.before_event.insert(event.event_id.clone(), state);
+            if edge {
+                match self.state_before_from_origin(&event.event_id).await {
+                    Ok(state) => {
+                        into.before_event.insert(event.event_id.clone(), state);
+                    }
+                    Err(RoomError::Storage(e)) => return Err(e.into()),
+                    Err(e) => tracing::info!(event_id = %event.event_id, error = %e, "state before an event not known"),
+                }
             }
+            coming.insert(&event.event_id);
         }
         into.pulled.insert(pdu.event_id.clone(), pulled);
         Ok(())
@@ -323,7 +355,7 @@ impl<'a> Receiver<'a> {
             }
         }
         if !missing.is_empty() && fill_gaps && self.prefetched.is_none() {
-            let pulled = self.pull_missing_parents(&pdu).await?;
+            let pulled = self.pull_missing_parents(&pdu, &HashSet::new()).await?;
             self.receive_pulled(pulled).await;
             missing.clear();
             for prev in &pdu.prev_events {
@@ -420,8 +452,14 @@ impl<'a> Receiver<'a> {
     /// missing comes from the sender's `/event_auth`, checked, and is kept
     /// as outliers (rejected where it fails its own auth events).
     async fn fetch_auth_chain(&self, pdu: &Pdu) -> Result<(), RoomError> {
+        self.fetch_auth_chain_but(pdu, &HashSet::new()).await
+    }
+
+    /// [`Self::fetch_auth_chain`], the events of `coming` counted as held
+    /// (they are stored before `pdu`).
+    async fn fetch_auth_chain_but(&self, pdu: &Pdu, coming: &HashSet<&OwnedEventId>) -> Result<(), RoomError> {
         let mut missing = false;
-        for id in &pdu.auth_events {
+        for id in pdu.auth_events.iter().filter(|id| !coming.contains(id)) {
             if self.svc.storage.event(id).await?.is_none() {
                 missing = true;
             }
@@ -449,8 +487,8 @@ impl<'a> Receiver<'a> {
 
     /// The events of the gap before `pdu` from its sender
     /// (`/get_missing_events`), checked, oldest first (none when it fails).
-    async fn pull_missing_parents(&self, pdu: &Pdu) -> Result<Vec<Pdu>, RoomError> {
-        let earliest: Vec<OwnedEventId> = self
+    async fn pull_missing_parents(&self, pdu: &Pdu, coming: &HashSet<&OwnedEventId>) -> Result<Vec<Pdu>, RoomError> {
+        let mut earliest: Vec<OwnedEventId> = self
             .svc
             .storage
             .forward_extremities(self.room_id)
@@ -458,6 +496,7 @@ impl<'a> Receiver<'a> {
             .into_iter()
             .map(|(id, _)| id)
             .collect();
+        earliest.extend(coming.iter().map(|id| (*id).clone()));
         let mut request =
             get_missing_events::v1::Request::new(self.room_id.to_owned(), earliest, vec![pdu.event_id.clone()]);
         request.limit = UInt::from(MISSING_EVENTS_LIMIT);
@@ -596,7 +635,7 @@ impl<'a> Receiver<'a> {
     async fn state_after_parent_from_origin(
         &self,
         prev: &OwnedEventId,
-        held: Option<crate::storage::StoredEvent>,
+        held: Option<StoredEvent>,
     ) -> Result<Arc<StateMap>, RoomError> {
         let mut state = self.state_before_from_origin(prev).await?;
         // The parent as held (with whether it was rejected): from the
