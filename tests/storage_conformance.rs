@@ -163,6 +163,7 @@ conformance! {
     e2e_delete_devices_and_deactivate,
     push_pushers,
     push_notifications,
+    notifications_written_with_their_event,
     push_queue,
     appservice,
     user_directory,
@@ -387,6 +388,7 @@ fn accepted(pdu: Arc<Pdu>, before: StateWrite) -> NewTimelineEvent {
         }),
         txn: None,
         expires_at: None,
+        notifications: Vec::new(),
     }
 }
 
@@ -3452,6 +3454,71 @@ async fn push_pushers(s: Store) {
         s.pushers(&bob).await.unwrap(),
         [pusher(&bob, "app", "kD1", 1, Some("D1"))]
     );
+}
+
+/// An event's notifications written with it (`NewTimelineEvent::
+/// notifications`): a message (one statement on PostgreSQL) and a state
+/// event (a transaction), each at the event's position, a push queued for
+/// the HTTP pusher of a user notified.
+async fn notifications_written_with_their_event(s: Store) {
+    let (alice, carol) = (uid("alice"), uid("carol"));
+    let mut room = Room::create(&s, "nw").await;
+    let carols = PusherRecord {
+        user_id: carol.clone(),
+        app_id: "app".to_owned(),
+        pushkey: "kC".to_owned(),
+        json: r#"{"kind":"http","app_id":"app","pushkey":"kC"}"#.to_owned(),
+        ts: 1,
+        device_id: None,
+    };
+    s.set_pusher(&carols, false).await.unwrap();
+    let notify = |user: &OwnedUserId, highlight: bool| NewNotification {
+        user_id: user.clone(),
+        highlight,
+        actions: r#"["notify"]"#.to_owned(),
+    };
+    let message = room.message("hello");
+    let mut new = room.new_event(&message);
+    new.notifications = vec![notify(&alice, false), notify(&carol, true)];
+    let first = room.persist_new(message.clone(), new).await;
+    assert!(first.pushes_queued, "carol's pusher has a push");
+    let topic = room.next("m.room.topic", Some(""), json!({"topic": "t"}));
+    let mut new = room.new_event(&topic);
+    new.notifications = vec![notify(&alice, true)];
+    let second = room.persist_new(topic.clone(), new).await;
+    assert!(!second.pushes_queued, "alice has no pusher");
+    let nobody = room.message("nobody notified");
+    let plain = room.persist(nobody).await;
+    assert!(!plain.pushes_queued);
+    assert_eq!(
+        s.unread_counts(&alice, &room.id).await.unwrap(),
+        UnreadCounts {
+            notifications: 2,
+            highlights: 1
+        }
+    );
+    assert_eq!(
+        s.unread_counts(&carol, &room.id).await.unwrap(),
+        UnreadCounts {
+            notifications: 1,
+            highlights: 1
+        }
+    );
+    let listed: Vec<_> = s
+        .notifications(&alice, None, 10, false)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|n| (n.event_id, n.stream_ordering))
+        .collect();
+    assert_eq!(
+        listed,
+        vec![
+            (topic.id.clone(), second.stream_ordering),
+            (message.id.clone(), first.stream_ordering)
+        ]
+    );
+    assert!(s.any_queued_push().await.unwrap());
 }
 
 async fn push_notifications(s: Store) {

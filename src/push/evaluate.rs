@@ -124,9 +124,30 @@ pub async fn event_stored(
     state: &StateMap,
     room_rules: &RoomVersionRules,
 ) -> Result<(), MatrixError> {
+    let notifications = notifications(svc, pdu, state, room_rules).await?;
+    let ts: u64 = pdu.origin_server_ts.get().into();
+    let queued = svc
+        .storage
+        .add_notifications(&pdu.room_id, &pdu.event_id, stream_ordering, ts, &notifications, None)
+        .await?;
+    if queued {
+        svc.push.sender.wake();
+    }
+    Ok(())
+}
+
+/// What the local members' push rules say of an event about to be stored
+/// (`state` is the state before it): the users it notifies, for storage to
+/// write with the event ([`crate::storage::NewTimelineEvent::notifications`]).
+pub async fn notifications(
+    svc: &Services,
+    pdu: &Arc<Pdu>,
+    state: &StateMap,
+    room_rules: &RoomVersionRules,
+) -> Result<Vec<NewNotification>, MatrixError> {
     let (users, member_count) = targets(svc, pdu).await?;
     if users.is_empty() {
-        return Ok(());
+        return Ok(Vec::new());
     }
     let power_levels = power::power_levels(svc, state, &room_rules.authorization)
         .await
@@ -138,18 +159,16 @@ pub async fn event_stored(
         state: Some(state),
         room_name: None,
     };
-    notify(svc, pdu, stream_ordering, users, room).await
+    evaluate_for(svc, pdu, users, room).await
 }
 
-/// Evaluates `pdu` for each of `users`; records what notifies, with a push
-/// queued for each pusher of those users.
-async fn notify(
+/// Evaluates `pdu` for each of `users`: those it notifies.
+async fn evaluate_for(
     svc: &Services,
     pdu: &Arc<Pdu>,
-    stream_ordering: StreamOrdering,
     users: Vec<OwnedUserId>,
     room: RoomContext<'_>,
-) -> Result<(), MatrixError> {
+) -> Result<Vec<NewNotification>, MatrixError> {
     let json = RawValue::from_string(pdu.json.to_string()).map_err(|e| MatrixError::internal("event JSON", e))?;
     let event = Raw::<AnySyncTimelineEvent>::from_json(json);
     let traits = ContentTraits::of(pdu);
@@ -165,22 +184,7 @@ async fn notify(
             actions: serde_json::to_string(&actions).map_err(|e| MatrixError::internal("push actions", e))?,
         });
     }
-    let ts: u64 = pdu.origin_server_ts.get().into();
-    let queued = svc
-        .storage
-        .add_notifications(
-            &pdu.room_id,
-            &pdu.event_id,
-            stream_ordering,
-            ts,
-            &notifications,
-            room.room_name.as_deref(),
-        )
-        .await?;
-    if queued {
-        svc.push.sender.wake();
-    }
-    Ok(())
+    Ok(notifications)
 }
 
 /// An invite of a local user to a room held elsewhere (kept at
@@ -211,7 +215,24 @@ pub async fn remote_invite(
         state: None,
         room_name,
     };
-    notify(svc, pdu, stream_ordering, vec![invitee.to_owned()], room).await
+    let room_name = room.room_name.clone();
+    let notifications = evaluate_for(svc, pdu, vec![invitee.to_owned()], room).await?;
+    let ts: u64 = pdu.origin_server_ts.get().into();
+    let queued = svc
+        .storage
+        .add_notifications(
+            &pdu.room_id,
+            &pdu.event_id,
+            stream_ordering,
+            ts,
+            &notifications,
+            room_name.as_deref(),
+        )
+        .await?;
+    if queued {
+        svc.push.sender.wake();
+    }
+    Ok(())
 }
 
 /// A local user's read receipt moved: their pushers get the new badge.

@@ -122,6 +122,24 @@ pub async fn persist_pdu(svc: &Services, event: ToPersist, rules: &RoomVersionRu
     let members_changed = current_state
         .as_ref()
         .is_some_and(|u| u.changes.iter().any(|c| c.key.0 == StateEventType::RoomMember));
+    // The local members' push rules, applied before the event is stored:
+    // its notifications are written with it (one write). A member event
+    // changes whom they apply to and the member count: it is evaluated
+    // once stored.
+    let member_event = pdu.kind == ruma::events::TimelineEventType::RoomMember;
+    let before_map = before.as_ref().map(|(_, map)| map.clone()).unwrap_or_default();
+    let notifications = if accepted && !backfilled && !member_event {
+        // Notifications are a side effect: a failure is logged, the event
+        // is stored.
+        crate::push::evaluate::notifications(svc, &pdu, &before_map, rules)
+            .await
+            .unwrap_or_else(|e| {
+                tracing::warn!(event_id = %pdu.event_id, error = %e, "push rules not applied");
+                Vec::new()
+            })
+    } else {
+        Vec::new()
+    };
     let persisted = svc
         .storage
         .persist_timeline_event(NewTimelineEvent {
@@ -133,16 +151,19 @@ pub async fn persist_pdu(svc: &Services, event: ToPersist, rules: &RoomVersionRu
             current_state,
             txn,
             expires_at,
+            notifications,
         })
         .await?;
     if expires_at.is_some() {
         svc.expiries.scheduled();
     }
+    if persisted.pushes_queued {
+        svc.push.sender.wake();
+    }
     if members_changed {
         svc.joined.changed(&pdu.room_id);
     }
 
-    let before_map = before.map(|(_, map)| map).unwrap_or_default();
     svc.state.remember(persisted.state_group_before, before_map.clone());
     let with_event = |base: &StateMap| {
         let mut map = base.clone();
@@ -161,10 +182,9 @@ pub async fn persist_pdu(svc: &Services, event: ToPersist, rules: &RoomVersionRu
     }
     apply_redactions(svc, &pdu, accepted, &before_map, &persisted.earlier_redactions, rules).await?;
     if accepted && !backfilled {
-        // Notifications are a side effect: a failure is logged, the event
-        // stays stored.
-        if let Err(e) =
-            crate::push::evaluate::event_stored(svc, &pdu, persisted.stream_ordering, &before_map, rules).await
+        if member_event
+            && let Err(e) =
+                crate::push::evaluate::event_stored(svc, &pdu, persisted.stream_ordering, &before_map, rules).await
         {
             tracing::warn!(event_id = %pdu.event_id, error = %e, "push rules not applied");
         }
@@ -392,6 +412,7 @@ pub async fn persist_backfilled(
             current_state: None,
             txn: None,
             expires_at,
+            notifications: Vec::new(),
         });
         after_write.push((
             pdu,

@@ -208,6 +208,10 @@ pub struct NewTimelineEvent {
     /// When the event self-destructs (MSC2228), in milliseconds since the
     /// epoch: its content is pruned then.
     pub expires_at: Option<u64>,
+    /// The local users the event notifies (their push rules applied before
+    /// it is stored): written with it, a push queued for each of their HTTP
+    /// pushers (as [`push::PushStorage::add_notifications`]).
+    pub notifications: Vec<push::NewNotification>,
 }
 
 /// How an event from the timeline's point of view fared in the checks.
@@ -265,6 +269,8 @@ pub struct Persisted {
     /// The event became one of the room's forward extremities (its
     /// parents, then, stopped being ones).
     pub forward_extremity: bool,
+    /// Its notifications queued pushes (the push sender has work).
+    pub pushes_queued: bool,
 }
 
 #[derive(Debug, Clone)]

@@ -15,9 +15,13 @@ use crate::storage::{NewTimelineEvent, Persisted, Result, StateWrite, StorageErr
 /// no current state and carry no client transaction or expiry.
 pub fn batchable(new: &[NewTimelineEvent]) -> bool {
     new.len() > 1
-        && new
-            .iter()
-            .all(|e| e.backfilled && e.current_state.is_none() && e.txn.is_none() && e.expires_at.is_none())
+        && new.iter().all(|e| {
+            e.backfilled
+                && e.current_state.is_none()
+                && e.txn.is_none()
+                && e.expires_at.is_none()
+                && e.notifications.is_empty()
+        })
 }
 
 /// Writes [`batchable`] events, in order.
@@ -73,6 +77,7 @@ pub async fn persist(tx: &impl GenericClient, new: &[NewTimelineEvent]) -> Resul
                 current_state_group: None,
                 earlier_redactions,
                 forward_extremity: false,
+                pushes_queued: false,
             },
         )
         .collect())

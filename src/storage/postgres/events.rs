@@ -430,6 +430,13 @@ pub async fn persist_timeline_event(tx: &impl GenericClient, new: &NewTimelineEv
     } else {
         take_position(tx, placeholder, current_state_group).await?
     };
+    let pushes_queued = super::push::insert_notifications(
+        tx,
+        (&pdu.room_id, &pdu.event_id, stream, pdu.origin_server_ts.get().into()),
+        &new.notifications,
+        None,
+    )
+    .await?;
     Ok(Persisted {
         stream_ordering: stream,
         state_group_before: before,
@@ -437,6 +444,7 @@ pub async fn persist_timeline_event(tx: &impl GenericClient, new: &NewTimelineEv
         current_state_group,
         earlier_redactions,
         forward_extremity,
+        pushes_queued,
     })
 }
 

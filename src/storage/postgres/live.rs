@@ -143,5 +143,7 @@ pub async fn persist(
             .map(parse)
             .collect::<Result<_>>()?,
         forward_extremity: col(&row, 3)?,
+        // (Its notifications are the caller's next statement.)
+        pushes_queued: false,
     })
 }

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use async_trait::async_trait;
 use ruma::{DeviceId, OwnedDeviceId, RoomId, UserId};
 
-use super::{PgStorage, big, col, duties::NOW_MS, exec, parse, pg_write, query, query_one, query_opt};
+use super::{GenericClient, PgStorage, big, col, duties::NOW_MS, exec, parse, pg_write, query, query_one, query_opt};
 use crate::{
     cluster::PUSH_DUTY,
     storage::{
@@ -114,57 +114,15 @@ impl PushStorage for PgStorage {
         if notifications.is_empty() {
             return Ok(false);
         }
-        // One row per user, the last one given winning (as one replacing
-        // insert after another would): a statement may not upsert a row
-        // twice.
-        let by_user: BTreeMap<&str, &NewNotification> = notifications.iter().map(|n| (n.user_id.as_str(), n)).collect();
-        let users: Vec<&str> = by_user.keys().copied().collect();
-        let highlights: Vec<bool> = by_user.values().map(|n| n.highlight).collect();
-        let actions: Vec<&str> = by_user.values().map(|n| n.actions.as_str()).collect();
-        // One statement: the notifications, the pushes of the users' HTTP
-        // pushers, and word to the process sending pushes if another.
-        let sql = format!(
-            "WITH added AS (
-                 INSERT INTO notifications (user_id, room_id, event_id, stream_ordering, highlight, actions, ts)
-                 SELECT n.user_id, $2, $3, $4, n.highlight, n.actions, $7
-                 FROM UNNEST($1::text[], $5::boolean[], $6::text[]) AS n (user_id, highlight, actions)
-                 ON CONFLICT (user_id, event_id) DO UPDATE SET
-                     room_id = excluded.room_id, stream_ordering = excluded.stream_ordering,
-                     highlight = excluded.highlight, actions = excluded.actions, ts = excluded.ts
-             ), queued AS (
-                 INSERT INTO push_queue (user_id, app_id, pushkey, event_id, actions, room_name, queued_ts)
-                 SELECT p.user_id, p.app_id, p.pushkey, $3, n.actions, $8, {NOW_MS}
-                 FROM UNNEST($1::text[], $6::text[]) AS n (user_id, actions)
-                 JOIN pushers p ON p.user_id = n.user_id
-                 WHERE p.json::jsonb ->> 'kind' = 'http'
-                 RETURNING 1
-             ), told AS (
-                 SELECT pg_notify('weft', concat_ws(' ', current_setting('weft.process', TRUE), 'queued', holder, duty))
-                 FROM duties WHERE duty = $9 AND expires_ms >= {NOW_MS}
-                     AND holder IS DISTINCT FROM current_setting('weft.process', TRUE)
-                     AND EXISTS (SELECT 1 FROM queued)
-             )
-             SELECT (SELECT count(*) FROM queued), (SELECT count(*) FROM told)"
-        );
-        let row = pg_write!(one self, |c| {
-            query_one(
+        pg_write!(one self, |c| {
+            insert_notifications(
                 &c,
-                &sql,
-                &[
-                    &users,
-                    &room_id.as_str(),
-                    &event_id.as_str(),
-                    &stream_ordering,
-                    &highlights,
-                    &actions,
-                    &big(ts),
-                    &room_name,
-                    &PUSH_DUTY,
-                ],
+                (room_id, event_id, stream_ordering, ts),
+                notifications,
+                room_name,
             )
             .await?
-        })?;
-        Ok(col::<i64>(&row, 0)? > 0)
+        })
     }
 
     async fn any_queued_push(&self) -> Result<bool> {
@@ -305,4 +263,68 @@ impl PushStorage for PgStorage {
             })
             .collect()
     }
+}
+
+/// Writes the notifications of an event (`(room, event, stream_ordering,
+/// origin_server_ts)`) in one statement: the rows, a push queued for each
+/// HTTP pusher of their users, and word to the process sending pushes if
+/// another. Whether a push was queued.
+pub(super) async fn insert_notifications(
+    c: &impl GenericClient,
+    (room_id, event_id, stream_ordering, ts): (&RoomId, &ruma::EventId, StreamOrdering, u64),
+    notifications: &[NewNotification],
+    room_name: Option<&str>,
+) -> Result<bool> {
+    if notifications.is_empty() {
+        return Ok(false);
+    }
+    // One row per user, the last one given winning (as one replacing
+    // insert after another would): a statement may not upsert a row
+    // twice.
+    let by_user: BTreeMap<&str, &NewNotification> = notifications.iter().map(|n| (n.user_id.as_str(), n)).collect();
+    let users: Vec<&str> = by_user.keys().copied().collect();
+    let highlights: Vec<bool> = by_user.values().map(|n| n.highlight).collect();
+    let actions: Vec<&str> = by_user.values().map(|n| n.actions.as_str()).collect();
+    // One statement: the notifications, the pushes of the users' HTTP
+    // pushers, and word to the process sending pushes if another.
+    let sql = format!(
+        "WITH added AS (
+             INSERT INTO notifications (user_id, room_id, event_id, stream_ordering, highlight, actions, ts)
+             SELECT n.user_id, $2, $3, $4, n.highlight, n.actions, $7
+             FROM UNNEST($1::text[], $5::boolean[], $6::text[]) AS n (user_id, highlight, actions)
+             ON CONFLICT (user_id, event_id) DO UPDATE SET
+                 room_id = excluded.room_id, stream_ordering = excluded.stream_ordering,
+                 highlight = excluded.highlight, actions = excluded.actions, ts = excluded.ts
+         ), queued AS (
+             INSERT INTO push_queue (user_id, app_id, pushkey, event_id, actions, room_name, queued_ts)
+             SELECT p.user_id, p.app_id, p.pushkey, $3, n.actions, $8, {NOW_MS}
+             FROM UNNEST($1::text[], $6::text[]) AS n (user_id, actions)
+             JOIN pushers p ON p.user_id = n.user_id
+             WHERE p.json::jsonb ->> 'kind' = 'http'
+             RETURNING 1
+         ), told AS (
+             SELECT pg_notify('weft', concat_ws(' ', current_setting('weft.process', TRUE), 'queued', holder, duty))
+             FROM duties WHERE duty = $9 AND expires_ms >= {NOW_MS}
+                 AND holder IS DISTINCT FROM current_setting('weft.process', TRUE)
+                 AND EXISTS (SELECT 1 FROM queued)
+         )
+         SELECT (SELECT count(*) FROM queued), (SELECT count(*) FROM told)"
+    );
+    let row = query_one(
+        c,
+        &sql,
+        &[
+            &users,
+            &room_id.as_str(),
+            &event_id.as_str(),
+            &stream_ordering,
+            &highlights,
+            &actions,
+            &big(ts),
+            &room_name,
+            &PUSH_DUTY,
+        ],
+    )
+    .await?;
+    Ok(col::<i64>(&row, 0)? > 0)
 }

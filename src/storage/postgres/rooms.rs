@@ -202,7 +202,22 @@ impl Storage for PgStorage {
     async fn persist_timeline_event(&self, event: NewTimelineEvent) -> Result<Persisted> {
         let writes = self.events.writes();
         let persisted = match super::live::fits(&event) {
-            Some((group, current)) => pg_write!(one self, |c| super::live::persist(&c, &event, group, current).await?)?,
+            Some((group, current)) => {
+                let mut persisted = pg_write!(one self, |c| super::live::persist(&c, &event, group, current).await?)?;
+                // The notifications in a statement of their own, after the
+                // event's (as before they were written with it).
+                let pdu = &event.pdu;
+                let at = (
+                    &*pdu.room_id,
+                    &*pdu.event_id,
+                    persisted.stream_ordering,
+                    pdu.origin_server_ts.get().into(),
+                );
+                persisted.pushes_queued = pg_write!(one self, |c| {
+                    super::push::insert_notifications(&c, at, &event.notifications, None).await?
+                })?;
+                persisted
+            }
             None => pg_write!(self, |tx| events::persist_timeline_event(&tx, &event).await?)?,
         };
         // (It may have been held as an outlier: the cache has it anew.)

@@ -286,6 +286,13 @@ pub fn persist_timeline_event(tx: &Transaction<'_>, new: &NewTimelineEvent) -> R
         .query_map([pdu.event_id.as_str()], |r| r.get::<_, String>(0))?
         .map(|id| parse(id?))
         .collect::<Result<Vec<OwnedEventId>>>()?;
+    let pushes_queued = !new.notifications.is_empty()
+        && super::push::insert_notifications(
+            tx,
+            (&pdu.room_id, &pdu.event_id, stream, pdu.origin_server_ts.get().into()),
+            &new.notifications,
+            None,
+        )?;
     Ok(Persisted {
         stream_ordering: stream,
         state_group_before: before,
@@ -293,6 +300,7 @@ pub fn persist_timeline_event(tx: &Transaction<'_>, new: &NewTimelineEvent) -> R
         current_state_group,
         earlier_redactions,
         forward_extremity,
+        pushes_queued,
     })
 }
 

@@ -2,7 +2,7 @@
 
 use async_trait::async_trait;
 use ruma::{DeviceId, OwnedDeviceId, OwnedEventId, OwnedRoomId, OwnedUserId, RoomId, UserId};
-use rusqlite::{Connection, params};
+use rusqlite::{Connection, Transaction, params};
 
 use super::{SqliteStorage, exec, query_one};
 use crate::storage::{
@@ -114,34 +114,13 @@ impl PushStorage for SqliteStorage {
         }
         let (room_id, event_id, notifications) = (room_id.to_owned(), event_id.to_owned(), notifications.to_vec());
         let room_name = room_name.map(str::to_owned);
-        let now = super::now_ms();
         self.write(move |tx| {
-            let mut queued = 0;
-            for n in &notifications {
-                exec(
-                    tx,
-                    "INSERT OR REPLACE INTO notifications
-                         (user_id, room_id, event_id, stream_ordering, highlight, actions, ts)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-                    params![
-                        n.user_id.as_str(),
-                        room_id.as_str(),
-                        event_id.as_str(),
-                        stream_ordering,
-                        n.highlight,
-                        n.actions,
-                        ts as i64
-                    ],
-                )?;
-                queued += exec(
-                    tx,
-                    "INSERT INTO push_queue (user_id, app_id, pushkey, event_id, actions, room_name, queued_ts)
-                     SELECT user_id, app_id, pushkey, ?2, ?3, ?4, ?5 FROM pushers
-                     WHERE user_id = ?1 AND json_extract(json, '$.kind') = 'http'",
-                    params![n.user_id.as_str(), event_id.as_str(), n.actions, room_name, now],
-                )?;
-            }
-            Ok(queued > 0)
+            insert_notifications(
+                tx,
+                (&room_id, &event_id, stream_ordering, ts),
+                &notifications,
+                room_name.as_deref(),
+            )
         })
         .await
     }
@@ -316,4 +295,42 @@ impl PushStorage for SqliteStorage {
         })
         .await
     }
+}
+
+/// Writes the notifications of an event (`(room, event, stream_ordering,
+/// origin_server_ts)`), a push queued for each HTTP pusher of their users,
+/// inside the write transaction; whether a push was queued.
+pub(super) fn insert_notifications(
+    tx: &Transaction<'_>,
+    (room_id, event_id, stream_ordering, ts): (&RoomId, &ruma::EventId, StreamOrdering, u64),
+    notifications: &[NewNotification],
+    room_name: Option<&str>,
+) -> Result<bool> {
+    let now = super::now_ms();
+    let mut queued = 0;
+    for n in notifications {
+        exec(
+            tx,
+            "INSERT OR REPLACE INTO notifications
+                 (user_id, room_id, event_id, stream_ordering, highlight, actions, ts)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            params![
+                n.user_id.as_str(),
+                room_id.as_str(),
+                event_id.as_str(),
+                stream_ordering,
+                n.highlight,
+                n.actions,
+                ts as i64
+            ],
+        )?;
+        queued += exec(
+            tx,
+            "INSERT INTO push_queue (user_id, app_id, pushkey, event_id, actions, room_name, queued_ts)
+             SELECT user_id, app_id, pushkey, ?2, ?3, ?4, ?5 FROM pushers
+             WHERE user_id = ?1 AND json_extract(json, '$.kind') = 'http'",
+            params![n.user_id.as_str(), event_id.as_str(), n.actions, room_name, now],
+        )?;
+    }
+    Ok(queued > 0)
 }
