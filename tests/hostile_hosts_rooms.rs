@@ -95,14 +95,18 @@ async fn member_talks(
 /// The joined members of `room` in `user`'s `/joined_members` (which waits
 /// for the full state).
 async fn joined_members(user: &User<'_>, room: &OwnedRoomId) -> HashSet<String> {
-    let joined = user
-        .ok(
-            Method::GET,
-            &format!("/_matrix/client/v3/rooms/{}/joined_members", enc(room.as_str())),
-            None,
-        )
-        .await;
+    let joined = user.joined_members(room.as_str()).await;
     joined["joined"].as_object().unwrap().keys().cloned().collect()
+}
+
+/// Two messages of m1 in `room`, the second after the first ("the gap",
+/// "past the gap"): weft sent the second alone asks for the first.
+fn a_gap(hostile: &Hostile, room: &OwnedRoomId) -> (common::hostile::Built, common::hostile::Built) {
+    let unseen = hostile.message(room, &hostile.user("m1"), "the gap");
+    hostile.commit(room, &unseen);
+    let past_gap = hostile.message(room, &hostile.user("m1"), "past the gap");
+    hostile.commit(room, &past_gap);
+    (unseen, past_gap)
 }
 
 /// The hostile server's creator and [`MEMBERS`], but `except`.
@@ -697,10 +701,7 @@ async fn a_slow_room_does_not_hold_up_the_others_in_a_transaction() {
 
     // The slow room: weft is sent the second of two messages, and asks
     // for the first, which takes a while.
-    let unseen = hostile.message(&slow, &hostile.user("m1"), "the gap");
-    hostile.commit(&slow, &unseen);
-    let past_gap = hostile.message(&slow, &hostile.user("m1"), "past the gap");
-    hostile.commit(&slow, &past_gap);
+    let (unseen, past_gap) = a_gap(&hostile, &slow);
     let said = hostile.message(&quick, &hostile.user("m2"), "no waiting");
     hostile.commit(&quick, &said);
     let delay = Duration::from_secs(8);
@@ -976,10 +977,7 @@ async fn a_gap_being_filled_does_not_hold_up_the_room() {
     let hostile = std::sync::Arc::new(Hostile::start().await);
     let room = hostile.create_room(RoomVersionId::V11, "creator", &MEMBERS, Some("Gap"));
     let alice = alice_joins(&weft, &hostile, &room).await;
-    let unseen = hostile.message(&room, &hostile.user("m1"), "the gap");
-    hostile.commit(&room, &unseen);
-    let past_gap = hostile.message(&room, &hostile.user("m1"), "past the gap");
-    hostile.commit(&room, &past_gap);
+    let (_, past_gap) = a_gap(&hostile, &room);
     let delay = Duration::from_secs(8);
     hostile.set_behaviour(|b| b.missing_events_delay = delay);
     let started = std::time::Instant::now();

@@ -3456,6 +3456,18 @@ async fn push_pushers(s: Store) {
     );
 }
 
+/// An HTTP pusher of `user` (app `app`, key `pushkey`), as set at time 1.
+fn http_pusher(user: &OwnedUserId, pushkey: &str) -> PusherRecord {
+    PusherRecord {
+        user_id: user.clone(),
+        app_id: "app".to_owned(),
+        pushkey: pushkey.to_owned(),
+        json: format!(r#"{{"kind":"http","app_id":"app","pushkey":"{pushkey}"}}"#),
+        ts: 1,
+        device_id: None,
+    }
+}
+
 /// An event's notifications written with it (`NewTimelineEvent::
 /// notifications`): a message (one statement on PostgreSQL) and a state
 /// event (a transaction), each at the event's position, a push queued for
@@ -3463,15 +3475,7 @@ async fn push_pushers(s: Store) {
 async fn notifications_written_with_their_event(s: Store) {
     let (alice, carol) = (uid("alice"), uid("carol"));
     let mut room = Room::create(&s, "nw").await;
-    let carols = PusherRecord {
-        user_id: carol.clone(),
-        app_id: "app".to_owned(),
-        pushkey: "kC".to_owned(),
-        json: r#"{"kind":"http","app_id":"app","pushkey":"kC"}"#.to_owned(),
-        ts: 1,
-        device_id: None,
-    };
-    s.set_pusher(&carols, false).await.unwrap();
+    s.set_pusher(&http_pusher(&carol, "kC"), false).await.unwrap();
     let notify = |user: &OwnedUserId, highlight: bool| NewNotification {
         user_id: user.clone(),
         highlight,
@@ -3542,15 +3546,7 @@ async fn push_notifications(s: Store) {
         }
     };
     // Carol has an HTTP pusher: a push is queued for her.
-    let carols = PusherRecord {
-        user_id: carol.clone(),
-        app_id: "app".to_owned(),
-        pushkey: "kC".to_owned(),
-        json: r#"{"kind":"http","app_id":"app","pushkey":"kC"}"#.to_owned(),
-        ts: 1,
-        device_id: None,
-    };
-    s.set_pusher(&carols, false).await.unwrap();
+    s.set_pusher(&http_pusher(&carol, "kC"), false).await.unwrap();
     assert!(add(0, vec![notify(&alice, false), notify(&carol, true)]).await);
     assert!(!add(1, vec![notify(&alice, true)]).await);
     add(2, vec![notify(&alice, false)]).await;

@@ -261,16 +261,22 @@ impl User<'_> {
         .await
     }
 
-    /// Waits until this user's server holds the full state of `room_id`
-    /// (`/joined_members` waits for it): a room joined with partial state
-    /// is left out of the `/sync`s that load every member until then.
-    pub async fn wait_for_full_state(&self, room_id: &str) {
+    /// `/joined_members` of `room_id` (which waits for the full state of
+    /// a room joined with partial state).
+    pub async fn joined_members(&self, room_id: &str) -> Value {
         self.ok(
             Method::GET,
             &format!("/_matrix/client/v3/rooms/{}/joined_members", enc(room_id)),
             None,
         )
-        .await;
+        .await
+    }
+
+    /// Waits until this user's server holds the full state of `room_id`
+    /// ([`Self::joined_members`] waits for it): a room joined with partial
+    /// state is left out of the `/sync`s that load every member until then.
+    pub async fn wait_for_full_state(&self, room_id: &str) {
+        self.joined_members(room_id).await;
     }
 
     pub async fn sync(&self, query: &str) -> Value {
