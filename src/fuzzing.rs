@@ -236,20 +236,14 @@ fn authenticate(request: &http::Request<bytes::Bytes>) {
             Err(e) => drop(e.to_string()),
         }
     }
-    let Ok(loose) = crate::federation_api::extract::signed_body(request.uri().path(), request.body()) else {
+    let Ok(signed) = crate::federation_api::extract::signed_body(request.uri().path(), request.body()) else {
         return;
     };
     for xmatrix in headers {
         if xmatrix.destination.as_deref().is_some_and(|d| d != own_name) {
             continue;
         }
-        let verified = match &loose {
-            None => xmatrix.verify_http_request(request, own_name, key_map()).is_ok(),
-            Some(loose) => {
-                crate::federation_api::extract::verify_loose(&xmatrix, request, own_name, key_map(), loose).is_ok()
-            }
-        };
-        if verified {
+        if crate::federation_api::extract::verify_signed(&xmatrix, request, own_name, key_map(), &signed).is_ok() {
             assert_eq!(xmatrix.origin, ORIGIN, "only origin.test's key is known");
             break;
         }

@@ -137,7 +137,7 @@ async fn authenticate(
         // error of its own. Any other request with them is bad input (as
         // the spec has it for the events of `send_join`, `send_leave`,
         // `invite` in rooms v6+; SyTest checks `M_BAD_JSON` there).
-        let loose = signed_body(parts.uri.path(), &body)?;
+        let signed = signed_body(parts.uri.path(), &body)?;
         let own_name = svc.server_name();
         let http_req = http::Request::from_parts(parts, body);
         let now: u64 = MilliSecondsSinceUnixEpoch::now().get().into();
@@ -158,13 +158,7 @@ async fn authenticate(
                     continue;
                 }
             };
-            let verified = match &loose {
-                None => xmatrix
-                    .verify_http_request(&http_req, own_name, &keys)
-                    .map_err(|e| e.to_string()),
-                Some(loose) => verify_loose(&xmatrix, &http_req, own_name, &keys, loose),
-            };
-            match verified {
+            match verify_signed(&xmatrix, &http_req, own_name, &keys, &signed) {
                 Ok(()) => {
                     origin = Some(xmatrix.origin);
                     break;
@@ -180,53 +174,93 @@ async fn authenticate(
     }
 }
 
-/// The body of a request to `path` as its signature covers it: `None` for
-/// canonical JSON (or no body), the loose form for a transaction with
-/// numbers canonical JSON has not; any other body is refused.
-pub(crate) fn signed_body(path: &str, body: &[u8]) -> Result<Option<Loose>, MatrixError> {
+/// The body of a request as its signature covers it, parsed once
+/// ([`signed_body`]).
+pub(crate) enum SignedBody {
+    /// No body.
+    Empty,
+    /// Canonical JSON.
+    Canonical(CanonicalJsonValue),
+    /// A transaction with numbers canonical JSON has not, kept as Synapse
+    /// writes them.
+    Loose(Loose),
+}
+
+/// The body of a request to `path` as its signature covers it: canonical
+/// JSON, or the loose form for a transaction with numbers canonical JSON
+/// has not; any other body is refused.
+pub(crate) fn signed_body(path: &str, body: &[u8]) -> Result<SignedBody, MatrixError> {
     if body.is_empty() {
-        return Ok(None);
+        return Ok(SignedBody::Empty);
     }
     let value: serde_json::Value =
         serde_json::from_slice(body).map_err(|e| MatrixError::not_json(format!("Content not JSON: {e}")))?;
     let transaction = path.starts_with("/_matrix/federation/v1/send/");
     if transaction && crate::events::loose_json::is_loose(&value) {
-        return Ok(Some(
+        return Ok(SignedBody::Loose(
             Loose::new(value).ok_or_else(|| MatrixError::bad_json("Content is not canonical JSON"))?,
         ));
     }
     CanonicalJsonValue::try_from(value)
-        .map_err(|e| MatrixError::bad_json(format!("Content is not canonical JSON: {e}")))?;
-    Ok(None)
+        .map(SignedBody::Canonical)
+        .map_err(|e| MatrixError::bad_json(format!("Content is not canonical JSON: {e}")))
 }
 
-/// Checks an `X-Matrix` signature over a request whose body has numbers
-/// canonical JSON has not, written as Synapse writes them.
-pub(crate) fn verify_loose(
+/// Checks an `X-Matrix` signature over a request whose body was read as
+/// `body` ([`signed_body`]): the body is not parsed again.
+pub(crate) fn verify_signed(
     xmatrix: &XMatrix,
     request: &http::Request<bytes::Bytes>,
     own_name: &ServerName,
     keys: &ruma::signatures::PublicKeyMap,
-    loose: &Loose,
+    body: &SignedBody,
 ) -> Result<(), String> {
+    let content = match body {
+        SignedBody::Empty => {
+            return xmatrix
+                .verify_http_request(request, own_name, keys)
+                .map_err(|e| e.to_string());
+        }
+        SignedBody::Canonical(value) => value,
+        SignedBody::Loose(loose) => loose.value(),
+    };
+    if xmatrix.destination.as_deref().is_some_and(|d| d != own_name) {
+        return Err(format!(
+            "request is for {}, not for this server",
+            xmatrix.destination.as_deref().unwrap_or(own_name)
+        ));
+    }
     // ruma's signed object of the request without its body (which it
-    // would read as canonical JSON), and the body as made canonical here.
+    // would parse again), and the body as read.
     let bare = http::Request::builder()
         .method(request.method().clone())
         .uri(request.uri().clone())
         .body(bytes::Bytes::new())
         .map_err(|e| e.to_string())?;
     let mut object = XMatrix::request_object(&bare, &xmatrix.origin, own_name).map_err(|e| e.to_string())?;
-    object.insert("content".to_owned(), loose.value().clone());
     let key = keys
         .get(xmatrix.origin.as_str())
         .and_then(|set| set.get(xmatrix.key.as_str()))
         .ok_or_else(|| format!("no key {} of {}", xmatrix.key, xmatrix.origin))?;
+    let signed = match body {
+        SignedBody::Loose(loose) => {
+            object.insert("content".to_owned(), content.clone());
+            loose.write_object(&object)
+        }
+        // `content` sorts before the object's other keys (`destination`,
+        // `method`, `origin`, `uri`): the canonical text is the body's
+        // followed by theirs, without copying the body.
+        _ => {
+            let rest = serde_json::to_string(&object).map_err(|e| e.to_string())?;
+            let content = serde_json::to_string(content).map_err(|e| e.to_string())?;
+            format!("{{\"content\":{content},{}", &rest[1..])
+        }
+    };
     ruma::signatures::verify_canonical_json_bytes(
         &xmatrix.key.algorithm(),
         key.as_bytes(),
         xmatrix.sig.as_bytes(),
-        loose.write_object(&object).as_bytes(),
+        signed.as_bytes(),
     )
     .map_err(|e| e.to_string())
 }
