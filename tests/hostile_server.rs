@@ -123,6 +123,30 @@ impl Rig {
             .collect()
     }
 
+    /// The state at `id` as weft tells other servers (`/state_ids`).
+    async fn state_ids_at(&self, id: &OwnedEventId) -> Vec<String> {
+        let (status, body) = self
+            .hostile
+            .request(
+                &self.weft.server_name(),
+                Method::GET,
+                &format!(
+                    "/_matrix/federation/v1/state_ids/{}?event_id={}",
+                    enc(self.room.as_str()),
+                    enc(id.as_str())
+                ),
+                None,
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+        body["pdu_ids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|id| id.as_str().unwrap().to_owned())
+            .collect()
+    }
+
     /// The room's gaps: its backward extremities.
     async fn backward_extremities(&self) -> Vec<OwnedEventId> {
         self.weft
@@ -462,22 +486,8 @@ async fn a_rejected_state_event_is_not_in_the_state_after_it() {
     rig.hostile.commit(&rig.room, &next);
     let answer = rig.send("after-rejected-rename", &[&next]).await;
     assert_accepted(&answer, &next.id);
-    let (status, body) = rig
-        .hostile
-        .request(
-            &rig.weft.server_name(),
-            Method::GET,
-            &format!(
-                "/_matrix/federation/v1/state_ids/{}?event_id={}",
-                enc(rig.room.as_str()),
-                enc(next.id.as_str())
-            ),
-            None,
-        )
-        .await;
-    assert_eq!(status, 200, "{body}");
-    let pdu_ids = body["pdu_ids"].as_array().unwrap();
-    assert!(!pdu_ids.contains(&json!(rename.id)), "{body}");
+    let pdu_ids = rig.state_ids_at(&next.id).await;
+    assert!(!pdu_ids.contains(&rename.id.to_string()), "{pdu_ids:?}");
     assert!(!rig.state_ids().await.contains(&rename.id.to_string()));
     let (_, name) = rig.state("m.room.name", "").await;
     assert_eq!(name["name"], "Original name");
@@ -643,6 +653,95 @@ async fn one_bad_event_does_not_block_the_good_ones() {
     assert!(order.windows(2).all(|w| w[0] < w[1]), "in order: {order:?}");
     let redacted = rig.event_for_alice(&bad_hash.id).await.unwrap();
     assert_eq!(redacted["content"], json!({}));
+}
+
+/// A transaction's messages are written together while each builds on the
+/// one before; a state event, a join, an event sent twice or one rejected
+/// among them keeps its own effect, and the order is the order given.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transaction_of_messages_state_and_a_join_keeps_each_events_effect() {
+    let rig = rig().await;
+    let say = |text: &str| {
+        let event = rig.hostile.message(&rig.room, &rig.mallory, text);
+        rig.hostile.commit(&rig.room, &event);
+        event
+    };
+    let m1 = say("one");
+    let eve = rig.hostile.user("eve");
+    let eve_joins = rig.hostile.build(
+        &rig.room,
+        &eve,
+        "m.room.member",
+        Some(eve.as_str()),
+        json!({ "membership": "join" }),
+    );
+    rig.hostile.commit(&rig.room, &eve_joins);
+    let m2 = say("two");
+    let renamed = rig.hostile.build(
+        &rig.room,
+        &rig.mallory,
+        "m.room.member",
+        Some(rig.mallory.as_str()),
+        json!({ "membership": "join", "displayname": "Mallory the second" }),
+    );
+    rig.hostile.commit(&rig.room, &renamed);
+    // (Eve's message does not cite Mallory's member event.)
+    let eve_says = rig.hostile.message(&rig.room, &eve, "eve here");
+    rig.hostile.commit(&rig.room, &eve_says);
+    // Trent never joined: rejected, and nothing builds on it.
+    let intruder = rig.hostile.message(&rig.room, &rig.hostile.user("trent"), "not a member");
+    let m3 = say("three");
+
+    let answer = rig
+        .send(
+            "mixed-run",
+            &[&m1, &eve_joins, &m2, &m1, &renamed, &eve_says, &intruder, &m3],
+        )
+        .await;
+    let accepted = [&m1, &eve_joins, &m2, &renamed, &eve_says, &m3];
+    for event in accepted {
+        assert_accepted(&answer, &event.id);
+    }
+    assert_rejected(&rig, &answer, &intruder.id).await;
+    let timeline = rig.timeline().await;
+    let shown: Vec<&String> = timeline
+        .iter()
+        .filter(|id| accepted.iter().any(|e| e.id.as_str() == id.as_str()))
+        .collect();
+    let expected: Vec<String> = accepted.iter().map(|e| e.id.to_string()).collect();
+    assert_eq!(
+        shown,
+        expected.iter().collect::<Vec<_>>(),
+        "each once, in the order sent"
+    );
+    let (_, member) = rig.state("m.room.member", rig.mallory.as_str()).await;
+    assert_eq!(member["displayname"], "Mallory the second");
+    let (status, member) = rig.state("m.room.member", eve.as_str()).await;
+    assert_eq!((status, member["membership"].as_str()), (200, Some("join")));
+    // The state at each event, as other servers are told it.
+    let at_m2 = rig.state_ids_at(&m2.id).await;
+    assert!(at_m2.contains(&eve_joins.id.to_string()), "{at_m2:?}");
+    let at_m3 = rig.state_ids_at(&m3.id).await;
+    for state in [&renamed, &eve_joins] {
+        assert!(at_m3.contains(&state.id.to_string()), "{} at m3: {at_m3:?}", state.id);
+    }
+    let extremities = rig
+        .weft
+        .services()
+        .storage
+        .forward_extremities(&rig.room)
+        .await
+        .unwrap();
+    assert_eq!(
+        extremities.into_iter().map(|(id, _)| id).collect::<Vec<_>>(),
+        vec![m3.id.clone()],
+        "the last message is the room's one forward extremity"
+    );
+    // Alice's next message builds on it.
+    let (status, sent) = rig.alice().send_text(rig.room.as_str(), "after", "after the run").await;
+    assert_eq!(status, 200);
+    let next: OwnedEventId = sent["event_id"].as_str().unwrap().try_into().unwrap();
+    assert_eq!(rig.stored(&next).await.unwrap().pdu.prev_events, vec![m3.id.clone()]);
 }
 
 /// A server whose keys never come (it takes the connection and never

@@ -3523,6 +3523,44 @@ async fn notifications_written_with_their_event(s: Store) {
         ]
     );
     assert!(s.any_queued_push().await.unwrap());
+
+    // A run of messages in one write (a transaction's messages, each on
+    // the one before): each with its own notifications, at its position.
+    let one = room.message("run one");
+    let two = room.message("run two").after(&[&one]);
+    let mut first = room.new_event(&one);
+    first.notifications = vec![notify(&carol, false)];
+    let mut second = room.new_event(&two);
+    second.notifications = vec![notify(&alice, false)];
+    let run = s.persist_timeline_events(vec![first, second]).await.unwrap();
+    assert!(run[0].pushes_queued, "carol's pusher has a push");
+    assert!(!run[1].pushes_queued, "alice has no pusher");
+    assert!(run[0].stream_ordering < run[1].stream_ordering);
+    assert!(!run[0].forward_extremity || run[1].forward_extremity);
+    let forward = s.forward_extremities(&room.id).await.unwrap();
+    assert_eq!(
+        forward.iter().map(|(id, _)| id.clone()).collect::<Vec<_>>(),
+        vec![two.id.clone()]
+    );
+    assert_eq!(
+        s.unread_counts(&alice, &room.id).await.unwrap(),
+        UnreadCounts {
+            notifications: 3,
+            highlights: 1
+        }
+    );
+    assert_eq!(
+        s.unread_counts(&carol, &room.id).await.unwrap(),
+        UnreadCounts {
+            notifications: 2,
+            highlights: 1
+        }
+    );
+    let latest = s.notifications(&alice, None, 1, false).await.unwrap();
+    assert_eq!(
+        (latest[0].event_id.clone(), latest[0].stream_ordering),
+        (two.id.clone(), run[1].stream_ordering)
+    );
 }
 
 async fn push_notifications(s: Store) {

@@ -35,6 +35,28 @@ pub(crate) fn event_id_of(version: &RoomVersionId, raw: &RawValue) -> Option<Own
     crate::events::event_id_of(&object, &rules).ok()
 }
 
+/// Who a PDU that failed its checks on receipt is answered for.
+enum Identified {
+    Id(OwnedEventId),
+    /// Numbers canonical JSON has not (floats, integers beyond ±2^53):
+    /// room versions 1–5 allow them and Synapse takes such events; weft,
+    /// which keeps events as canonical JSON, does not. The sender is told
+    /// which, by the ID it computed.
+    NotCanonical(OwnedEventId),
+    /// No ID can be computed: the PDU is left out of the answer.
+    Unknown,
+}
+
+fn identify(version: &RoomVersionId, raw: &RawValue) -> Identified {
+    if let Some(event_id) = event_id_of(version, raw) {
+        return Identified::Id(event_id);
+    }
+    serde_json::from_str(raw.get())
+        .ok()
+        .and_then(|pdu| loose_json::event_id(pdu, &version.rules()?))
+        .map_or(Identified::Unknown, Identified::NotCanonical)
+}
+
 pub async fn send(
     svc: Arc<Services>,
     req: Fed<send_transaction_message::v1::Request>,
@@ -63,70 +85,59 @@ pub async fn send(
 
     // The PDUs of each room, in the order given (rooms in the order they
     // first appear): a room's are taken under one hold of its lock, after
-    // one reading of its ACL (as Synapse does), not once each.
-    let mut rooms: Vec<(ruma::OwnedRoomId, Vec<(OwnedEventId, &RawValue)>)> = Vec::new();
+    // one reading of its ACL (as Synapse does), not once each. Their IDs
+    // come from the checks on receipt (computed once), or, for a PDU that
+    // fails them, from [`identify`].
+    let mut rooms: Vec<(ruma::OwnedRoomId, RoomVersionId, Vec<&RawValue>)> = Vec::new();
     let mut results: BTreeMap<OwnedEventId, Result<(), String>> = BTreeMap::new();
     for raw in &body.pdus {
         let Some(room_id) = inbound::room_of(raw) else {
             tracing::info!(origin = %req.origin, "dropping a PDU without a room");
             continue;
         };
+        if let Some((_, _, pdus)) = rooms.iter_mut().find(|(r, _, _)| *r == room_id) {
+            pdus.push(raw);
+            continue;
+        }
         let Some(version) = svc.storage.room_version(&room_id).await? else {
             tracing::info!(origin = %req.origin, %room_id, "dropping a PDU for a room this server is not in");
             continue;
         };
-        let Some(event_id) = event_id_of(&version, raw) else {
-            // Numbers canonical JSON has not (floats, integers beyond
-            // ±2^53): room versions 1–5 allow them and Synapse takes such
-            // events; weft, which keeps events as canonical JSON, does not.
-            // The sender is told which, by the ID it computed.
-            if let Some(event_id) = serde_json::from_str(raw.get())
-                .ok()
-                .and_then(|pdu| loose_json::event_id(pdu, &version.rules()?))
-            {
-                tracing::info!(origin = %req.origin, %room_id, %event_id, "refusing a PDU that is not canonical JSON");
-                results.insert(event_id, Err(NOT_CANONICAL.to_owned()));
-                continue;
-            }
-            tracing::info!(origin = %req.origin, %room_id, "dropping a PDU whose event ID cannot be computed");
-            continue;
-        };
-        match rooms.iter_mut().find(|(r, _)| *r == room_id) {
-            Some((_, pdus)) => pdus.push((event_id, raw)),
-            None => rooms.push((room_id, vec![(event_id, raw)])),
-        }
+        rooms.push((room_id, version, vec![raw]));
     }
     // The rooms' PDUs concurrently: each room holds its own lock, and one
     // slow room (a missing parent to fetch) does not hold up the others.
     let per_room: Vec<_> = rooms
         .into_iter()
-        .map(|(room_id, pdus)| {
+        .map(|(room_id, version, raws)| {
             let (svc, origin) = (&svc, &req.origin);
             async move {
-                let outcomes: Vec<Result<(), String>> = if !acl::allows(svc, &room_id, origin).await? {
-                    let denied = "the room's server ACL denies the sending server";
-                    pdus.iter().map(|_| Err(denied.to_owned())).collect()
-                } else {
-                    let raws: Vec<&RawValue> = pdus.iter().map(|(_, raw)| *raw).collect();
-                    inbound::receive_pdus(svc, origin, &room_id, &raws)
-                        .await?
-                        .into_iter()
-                        .zip(&pdus)
-                        .map(|(outcome, (event_id, _))| match outcome {
-                            // Rejected by the auth rules is handled (held as
-                            // rejected), not an error of processing: no error for
-                            // it, as Synapse answers, so that senders do not take
-                            // it for a failure to retry or report.
-                            Ok(inbound::Outcome::Rejected(reason)) => {
-                                tracing::info!(%origin, %event_id, %reason, "PDU rejected by the auth rules");
-                                Ok(())
-                            }
-                            Ok(_) => Ok(()),
-                            Err(e) => Err(e.to_string()),
-                        })
-                        .collect()
-                };
-                Ok::<_, MatrixError>((pdus, outcomes))
+                let outcomes: Vec<(Option<OwnedEventId>, Result<(), String>)> =
+                    if !acl::allows(svc, &room_id, origin).await? {
+                        let denied = "the room's server ACL denies the sending server";
+                        raws.iter().map(|_| (None, Err(denied.to_owned()))).collect()
+                    } else {
+                        inbound::receive_pdus(svc, origin, &room_id, &raws)
+                            .await?
+                            .into_iter()
+                            .map(|(event_id, outcome)| {
+                                let result = match outcome {
+                                    // Rejected by the auth rules is handled (held as
+                                    // rejected), not an error of processing: no error
+                                    // for it, as Synapse answers, so that senders do
+                                    // not take it for a failure to retry or report.
+                                    Ok(inbound::Outcome::Rejected(reason)) => {
+                                        tracing::info!(%origin, ?event_id, %reason, "PDU rejected by the auth rules");
+                                        Ok(())
+                                    }
+                                    Ok(_) => Ok(()),
+                                    Err(e) => Err(e.to_string()),
+                                };
+                                (event_id, result)
+                            })
+                            .collect()
+                    };
+                Ok::<_, MatrixError>((room_id, version, raws, outcomes))
             }
         })
         .collect();
@@ -134,8 +145,22 @@ pub async fn send(
     // of a small pool) while it may ask other servers for what it lacks.
     let mut per_room = futures_util::stream::iter(per_room).buffered(ROOMS_AT_ONCE);
     while let Some(done) = per_room.next().await {
-        let (pdus, outcomes) = done?;
-        for ((event_id, _), result) in pdus.into_iter().zip(outcomes) {
+        let (room_id, version, raws, outcomes) = done?;
+        for (raw, (event_id, result)) in raws.into_iter().zip(outcomes) {
+            let (event_id, result) = match event_id {
+                Some(event_id) => (event_id, result),
+                None => match identify(&version, raw) {
+                    Identified::Id(event_id) => (event_id, result),
+                    Identified::NotCanonical(event_id) => {
+                        tracing::info!(origin = %req.origin, %room_id, %event_id, "refusing a PDU that is not canonical JSON");
+                        (event_id, Err(NOT_CANONICAL.to_owned()))
+                    }
+                    Identified::Unknown => {
+                        tracing::info!(origin = %req.origin, %room_id, "dropping a PDU whose event ID cannot be computed");
+                        continue;
+                    }
+                },
+            };
             if let Err(error) = &result {
                 tracing::info!(origin = %req.origin, %event_id, %error, "PDU not accepted");
             }

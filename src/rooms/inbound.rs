@@ -59,6 +59,17 @@ pub enum Outcome {
     AlreadyHeld,
 }
 
+/// For [`Receiver::join_run`]: a storage error is passed on; any other
+/// means the event does not fit the run (`None`), and is received on its
+/// own, which reports it.
+fn or_fall_back<T>(result: Result<T, RoomError>) -> Result<Option<T>, StorageError> {
+    match result {
+        Ok(value) => Ok(Some(value)),
+        Err(RoomError::Storage(e)) => Err(e),
+        Err(_) => Ok(None),
+    }
+}
+
 impl From<resolve::ResolveError> for RoomError {
     fn from(e: resolve::ResolveError) -> Self {
         match e {
@@ -80,16 +91,16 @@ pub fn room_of(raw: &RawValue) -> Option<ruma::OwnedRoomId> {
 /// Receives events from `origin` for a room this server is in, in the
 /// order given, under one hold of the room's lock (the database's too,
 /// with several processes: taken once for a transaction's events of the
-/// room, not once each). Each event's outcome; a failure of storage ends
-/// it all.
+/// room, not once each). Each event's ID (once its checks on receipt
+/// computed it) and outcome; a failure of storage ends it all.
 pub async fn receive_pdus(
     svc: &Services,
     origin: &ServerName,
     room_id: &RoomId,
     raws: &[&RawValue],
-) -> Result<Vec<Result<Outcome, RoomError>>, StorageError> {
+) -> Result<Vec<(Option<OwnedEventId>, Result<Outcome, RoomError>)>, StorageError> {
     let Some(version) = svc.storage.room_version(room_id).await? else {
-        return Ok(raws.iter().map(|_| Err(RoomError::UnknownRoom)).collect());
+        return Ok(raws.iter().map(|_| (None, Err(RoomError::UnknownRoom))).collect());
     };
     // Format, signatures and hashes first, on every core, before the lock.
     let owned: Vec<Box<RawValue>> = raws.iter().map(|raw| (*raw).to_owned()).collect();
@@ -113,19 +124,62 @@ pub async fn receive_pdus(
     // each event written, while the lock is held (no other writer moves
     // them meanwhile: not in this process, not in another).
     let head = Mutex::new(None);
-    let receiver = Receiver::new(svc, origin, room_id, &version, &head, Some(&prefetched));
+    let mut receiver = Receiver::new(svc, origin, room_id, &version, &head, Some(&prefetched));
+    // Which of the transaction's events are new: one read under the lock.
+    let ids: Vec<OwnedEventId> = checked
+        .iter()
+        .filter_map(|p| p.as_ref().ok())
+        .map(|p| p.event_id.clone())
+        .collect();
+    let held: HashSet<OwnedEventId> = svc
+        .storage
+        .events(&ids)
+        .await?
+        .into_iter()
+        .filter(|e| !e.meta.outlier && e.pdu.room_id == room_id)
+        .map(|e| e.pdu.event_id.clone())
+        .collect();
+    receiver.fresh = Mutex::new(ids.into_iter().filter(|id| !held.contains(id)).collect());
+    let mut run = Run::default();
     let mut outcomes = Vec::with_capacity(raws.len());
     for pdu in checked {
+        let event_id = pdu.as_ref().ok().map(|p| p.event_id.clone());
         let outcome = match pdu {
-            Ok(pdu) => receiver.receive_prefetched(pdu).await,
+            Ok(pdu) => match receiver.join_run(&mut run, &pdu).await? {
+                Some(outcome) => Ok(outcome),
+                None => {
+                    receiver.flush(&mut run).await?;
+                    receiver.receive_prefetched(pdu).await
+                }
+            },
             Err(e) => Err(e.into()),
         };
         match outcome {
             Err(RoomError::Storage(e)) => return Err(e),
-            outcome => outcomes.push(outcome),
+            outcome => outcomes.push((event_id, outcome)),
         }
     }
+    receiver.flush(&mut run).await?;
     Ok(outcomes)
+}
+
+/// A transaction's events written together, in one write, when each
+/// simply extends the one before: a live event that changes no state,
+/// whose only parent is the room's only forward extremity (the tip). The
+/// state before each is then the state after the tip, and the current
+/// state is that same state: the auth check is the soft-fail check, and
+/// nothing needs the earlier events stored to check the later ones. An
+/// event that does not fit is received on its own, once the run before it
+/// is written ([`Receiver::flush`]).
+#[derive(Default)]
+struct Run {
+    /// The event the next one must build on, once the run has one.
+    tip: Option<OwnedEventId>,
+    /// The state after the tip, before each event of the run.
+    state: Option<(StateGroupId, Arc<StateMap>)>,
+    /// The room version's rules, once the run has an event.
+    rules: Option<RoomVersionRules>,
+    queued: Vec<ToPersist>,
 }
 
 /// What the sender of a transaction gave before the room's lock was taken
@@ -164,6 +218,7 @@ pub(super) async fn receive_backfilled_one(
         mode: Mode::Backfill,
         head: &Mutex::new(None),
         prefetched: None,
+        fresh: Mutex::default(),
     }
     .receive(pdu, false)
     .await
@@ -188,6 +243,9 @@ struct Receiver<'a> {
     /// What was fetched before the lock, for a transaction: with it, no
     /// remote request is made (`None`: they are made as needed).
     prefetched: Option<&'a Prefetched>,
+    /// A transaction's events not in the timeline when the lock was taken,
+    /// less those stored since: known not held without a read.
+    fresh: Mutex<HashSet<OwnedEventId>>,
 }
 
 impl<'a> Receiver<'a> {
@@ -208,6 +266,7 @@ impl<'a> Receiver<'a> {
             mode: Mode::Live,
             head,
             prefetched,
+            fresh: Mutex::default(),
         }
     }
 
@@ -331,6 +390,9 @@ impl<'a> Receiver<'a> {
     }
 
     async fn in_timeline(&self, id: &ruma::EventId) -> Result<bool, RoomError> {
+        if self.fresh.lock().expect("fresh events").contains(id) {
+            return Ok(false);
+        }
         Ok(self
             .svc
             .storage
@@ -424,6 +486,7 @@ impl<'a> Receiver<'a> {
         };
         let moves_head = status == TimelineStatus::Accepted && self.mode == Mode::Live;
         let prevs = pdu.prev_events.clone();
+        self.fresh.lock().expect("fresh events").remove(&pdu.event_id);
         let sent = persist_pdu(
             self.svc,
             ToPersist {
@@ -741,20 +804,8 @@ impl<'a> Receiver<'a> {
     /// The states after the room's forward extremities that `pdu` does not
     /// name as parents (none when it names them all: the usual case).
     async fn other_extremity_states(&self, pdu: &Pdu) -> Result<Vec<Arc<StateMap>>, RoomError> {
-        let held = self.head.lock().expect("room head").clone();
-        let head = match held {
-            Some(head) => head,
-            None => {
-                let read: Vec<OwnedEventId> = (self.svc.storage.forward_extremities(self.room_id).await?)
-                    .into_iter()
-                    .map(|(id, _)| id)
-                    .collect();
-                *self.head.lock().expect("room head") = Some(read.clone());
-                read
-            }
-        };
         let mut states = Vec::new();
-        for id in head {
+        for id in self.head().await? {
             if pdu.prev_events.contains(&id) {
                 continue;
             }
@@ -769,6 +820,130 @@ impl<'a> Receiver<'a> {
             }
         }
         Ok(states)
+    }
+
+    /// The room's forward extremities (read once under the lock, then
+    /// kept up to date by each event written).
+    async fn head(&self) -> Result<Vec<OwnedEventId>, RoomError> {
+        if let Some(head) = self.head.lock().expect("room head").clone() {
+            return Ok(head);
+        }
+        let read: Vec<OwnedEventId> = (self.svc.storage.forward_extremities(self.room_id).await?)
+            .into_iter()
+            .map(|(id, _)| id)
+            .collect();
+        *self.head.lock().expect("room head") = Some(read.clone());
+        Ok(read)
+    }
+
+    /// Takes `pdu` into `run` when it fits ([`Run`]): its outcome, known
+    /// once checked (it is written with the run). `None`: it does not fit,
+    /// and is to be received on its own. The checks are those of
+    /// [`Self::receive`], which would give the same outcome.
+    async fn join_run(&self, run: &mut Run, pdu: &Pdu) -> Result<Option<Outcome>, StorageError> {
+        let fits = self.mode == Mode::Live
+            && pdu.state_key.is_none()
+            && self.fresh.lock().expect("fresh events").contains(&pdu.event_id)
+            && !self.prefetched.is_some_and(|p| p.pulled.contains_key(&pdu.event_id));
+        if !fits {
+            return Ok(None);
+        }
+        if run.queued.iter().any(|e| e.pdu.event_id == pdu.event_id) {
+            // (Twice in a transaction.)
+            return Ok(Some(Outcome::AlreadyHeld));
+        }
+        // (No event of the run changes state: none can be an auth event.)
+        if pdu
+            .auth_events
+            .iter()
+            .any(|a| run.queued.iter().any(|e| e.pdu.event_id == *a))
+        {
+            return Ok(None);
+        }
+        let tip = match &run.tip {
+            Some(tip) => tip.clone(),
+            None => match or_fall_back(self.head().await)?.as_deref() {
+                Some([only]) => only.clone(),
+                _ => return Ok(None),
+            },
+        };
+        if pdu.prev_events.as_slice() != std::slice::from_ref(&tip) {
+            return Ok(None);
+        }
+        let Some(rules) = or_fall_back(self.rules())? else {
+            return Ok(None);
+        };
+        let before = match &run.state {
+            Some(state) => state.clone(),
+            None => match or_fall_back(self.state_after_parents(pdu, &rules).await)? {
+                Some(state) => state,
+                None => return Ok(None),
+            },
+        };
+        let Some(checked_against) =
+            or_fall_back(super::partial_state::completed_with_auth_events(self.svc, pdu, &before.1).await)?
+        else {
+            return Ok(None);
+        };
+        // The state before the event is the current state, with no other
+        // extremity to merge: the soft-fail check is this same check.
+        let status = match event_checks::check_auth(self.svc, &rules, pdu, &checked_against).await {
+            Ok(()) => TimelineStatus::Accepted,
+            Err(CheckError::Rejected(reason)) => {
+                tracing::info!(event_id = %pdu.event_id, %reason, "rejected");
+                TimelineStatus::Rejected(reason)
+            }
+            Err(CheckError::Storage(e)) => return Err(e),
+            Err(_) => return Ok(None),
+        };
+        let outcome = match &status {
+            TimelineStatus::Accepted => {
+                run.tip = Some(pdu.event_id.clone());
+                Outcome::Accepted
+            }
+            TimelineStatus::Rejected(reason) => Outcome::Rejected(reason.clone()),
+            TimelineStatus::SoftFailed => Outcome::SoftFailed,
+        };
+        run.state = Some(before.clone());
+        run.rules = Some(rules);
+        run.queued.push(ToPersist {
+            pdu: pdu.clone(),
+            before: Some(before),
+            current: match status {
+                TimelineStatus::Accepted => NewCurrent::AfterEvent,
+                _ => NewCurrent::Unchanged,
+            },
+            status,
+            txn: None,
+            backfilled: false,
+        });
+        Ok(Some(outcome))
+    }
+
+    /// Writes the events of `run` (one write), and moves the room's head
+    /// as storage moved it.
+    async fn flush(&self, run: &mut Run) -> Result<(), StorageError> {
+        let Run { queued, rules, .. } = std::mem::take(run);
+        let Some(rules) = rules.filter(|_| !queued.is_empty()) else {
+            return Ok(());
+        };
+        let prevs: Vec<(Vec<OwnedEventId>, bool)> = queued
+            .iter()
+            .map(|e| (e.pdu.prev_events.clone(), e.status == TimelineStatus::Accepted))
+            .collect();
+        let sent = super::persist::persist_run(self.svc, queued, &rules).await?;
+        let mut fresh = self.fresh.lock().expect("fresh events");
+        let mut head = self.head.lock().expect("room head");
+        for (sent, (prevs, accepted)) in sent.iter().zip(prevs) {
+            fresh.remove(&sent.pdu.event_id);
+            if accepted && let Some(head) = head.as_mut() {
+                head.retain(|id| !prevs.contains(id));
+                if sent.forward_extremity {
+                    head.push(sent.pdu.event_id.clone());
+                }
+            }
+        }
+        Ok(())
     }
 
     /// The state a live event is soft-fail checked against: the room's

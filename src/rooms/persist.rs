@@ -52,6 +52,70 @@ pub struct ToPersist {
 
 /// Stores an event that went through its checks.
 pub async fn persist_pdu(svc: &Services, event: ToPersist, rules: &RoomVersionRules) -> Result<Sent, RoomError> {
+    let Prepared { write, after } = prepare(svc, event, rules).await;
+    let persisted = svc.storage.persist_timeline_event(write).await?;
+    after_write(svc, after, persisted, rules).await
+}
+
+/// Stores events that went through their checks, in order, in one write
+/// (a transaction's run of messages): all or none. What follows each
+/// event's write is then done for each, in order; an error there is
+/// logged (the event is stored) and does not stop the others'.
+pub async fn persist_run(
+    svc: &Services,
+    events: Vec<ToPersist>,
+    rules: &RoomVersionRules,
+) -> Result<Vec<Sent>, crate::storage::StorageError> {
+    let mut writes = Vec::with_capacity(events.len());
+    let mut afters = Vec::with_capacity(events.len());
+    for event in events {
+        let Prepared { write, after } = prepare(svc, event, rules).await;
+        writes.push(write);
+        afters.push(after);
+    }
+    let persisted = svc.storage.persist_timeline_events(writes).await?;
+    let mut sent = Vec::with_capacity(afters.len());
+    for (after, persisted) in afters.into_iter().zip(persisted) {
+        let event_id = after.pdu.event_id.clone();
+        let stored = Sent {
+            pdu: after.pdu.clone(),
+            stream_ordering: persisted.stream_ordering,
+            forward_extremity: persisted.forward_extremity,
+        };
+        match after_write(svc, after, persisted, rules).await {
+            Ok(_) => {}
+            Err(RoomError::Storage(e)) => return Err(e),
+            Err(e) => tracing::warn!(%event_id, error = %e, "after storing an event"),
+        }
+        sent.push(stored);
+    }
+    Ok(sent)
+}
+
+/// An event ready for storage ([`prepare`]): its write, and what is done
+/// once it is written ([`after_write`]).
+struct Prepared {
+    write: NewTimelineEvent,
+    after: AfterWrite,
+}
+
+/// What [`after_write`] needs of an event once stored.
+struct AfterWrite {
+    pdu: Arc<Pdu>,
+    before_map: Arc<StateMap>,
+    state_key: Option<crate::storage::StateKey>,
+    current: NewCurrent,
+    accepted: bool,
+    backfilled: bool,
+    members_changed: bool,
+    expires: bool,
+}
+
+/// The write of an event, with its notifications: the local members'
+/// push rules are applied before it is stored, so they are written with
+/// it. A member event changes whom they apply to and the member count: it
+/// is evaluated once stored ([`after_write`]).
+async fn prepare(svc: &Services, event: ToPersist, rules: &RoomVersionRules) -> Prepared {
     let ToPersist {
         pdu,
         before,
@@ -122,10 +186,6 @@ pub async fn persist_pdu(svc: &Services, event: ToPersist, rules: &RoomVersionRu
     let members_changed = current_state
         .as_ref()
         .is_some_and(|u| u.changes.iter().any(|c| c.key.0 == StateEventType::RoomMember));
-    // The local members' push rules, applied before the event is stored:
-    // its notifications are written with it (one write). A member event
-    // changes whom they apply to and the member count: it is evaluated
-    // once stored.
     let member_event = pdu.kind == ruma::events::TimelineEventType::RoomMember;
     let before_map = before.as_ref().map(|(_, map)| map.clone()).unwrap_or_default();
     let notifications = if accepted && !backfilled && !member_event {
@@ -140,9 +200,8 @@ pub async fn persist_pdu(svc: &Services, event: ToPersist, rules: &RoomVersionRu
     } else {
         Vec::new()
     };
-    let persisted = svc
-        .storage
-        .persist_timeline_event(NewTimelineEvent {
+    Prepared {
+        write: NewTimelineEvent {
             pdu: pdu.clone(),
             backfilled,
             status,
@@ -152,9 +211,41 @@ pub async fn persist_pdu(svc: &Services, event: ToPersist, rules: &RoomVersionRu
             txn,
             expires_at,
             notifications,
-        })
-        .await?;
-    if expires_at.is_some() {
+        },
+        after: AfterWrite {
+            pdu,
+            before_map,
+            state_key,
+            current,
+            accepted,
+            backfilled,
+            members_changed,
+            expires: expires_at.is_some(),
+        },
+    }
+}
+
+/// What follows an event's write: the caches, the redactions it makes or
+/// undergoes, the effects of its kind, and word to whoever waits on the
+/// room.
+async fn after_write(
+    svc: &Services,
+    after: AfterWrite,
+    persisted: crate::storage::Persisted,
+    rules: &RoomVersionRules,
+) -> Result<Sent, RoomError> {
+    let AfterWrite {
+        pdu,
+        before_map,
+        state_key,
+        current,
+        accepted,
+        backfilled,
+        members_changed,
+        expires,
+    } = after;
+    let member_event = pdu.kind == ruma::events::TimelineEventType::RoomMember;
+    if expires {
         svc.expiries.scheduled();
     }
     if persisted.pushes_queued {

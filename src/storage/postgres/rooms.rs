@@ -185,6 +185,19 @@ impl Storage for PgStorage {
         let persisted = pg_write!(self, |tx| {
             if super::backfilled::batchable(&new) {
                 super::backfilled::persist(&tx, &new).await?
+            } else if let Some(fitting) = new.iter().map(super::live::fits).collect::<Option<Vec<_>>>() {
+                // A run of live events changing no state (a transaction's
+                // messages): each event's one statement and its
+                // notifications', in one transaction.
+                let mut persisted = Vec::with_capacity(new.len());
+                for (event, (group, current)) in new.iter().zip(fitting) {
+                    let mut written = super::live::persist(&tx, event, group, current).await?;
+                    written.pushes_queued =
+                        super::push::insert_notifications(&tx, live_at(event, &written), &event.notifications, None)
+                            .await?;
+                    persisted.push(written);
+                }
+                persisted
             } else {
                 let mut persisted = Vec::with_capacity(new.len());
                 for event in &new {
@@ -206,13 +219,7 @@ impl Storage for PgStorage {
                 let mut persisted = pg_write!(one self, |c| super::live::persist(&c, &event, group, current).await?)?;
                 // The notifications in a statement of their own, after the
                 // event's (as before they were written with it).
-                let pdu = &event.pdu;
-                let at = (
-                    &*pdu.room_id,
-                    &*pdu.event_id,
-                    persisted.stream_ordering,
-                    pdu.origin_server_ts.get().into(),
-                );
+                let at = live_at(&event, &persisted);
                 persisted.pushes_queued = pg_write!(one self, |c| {
                     super::push::insert_notifications(&c, at, &event.notifications, None).await?
                 })?;
@@ -493,4 +500,16 @@ impl Storage for PgStorage {
     async fn max_presence_position(&self) -> Result<i64> {
         presence::head(&self.client().await?).await
     }
+}
+
+/// Where a live event's notifications are written: its room, ID, position
+/// and time.
+fn live_at<'a>(event: &'a NewTimelineEvent, persisted: &Persisted) -> (&'a RoomId, &'a EventId, StreamOrdering, u64) {
+    let pdu = &event.pdu;
+    (
+        &pdu.room_id,
+        &pdu.event_id,
+        persisted.stream_ordering,
+        pdu.origin_server_ts.get().into(),
+    )
 }
