@@ -689,13 +689,15 @@ async fn a_transaction_of_messages_state_and_a_join_keeps_each_events_effect() {
     let eve_says = rig.hostile.message(&rig.room, &eve, "eve here");
     rig.hostile.commit(&rig.room, &eve_says);
     // Trent never joined: rejected, and nothing builds on it.
-    let intruder = rig.hostile.message(&rig.room, &rig.hostile.user("trent"), "not a member");
+    let intruder = rig
+        .hostile
+        .message(&rig.room, &rig.hostile.user("trent"), "not a member");
     let m3 = say("three");
 
     let answer = rig
         .send(
             "mixed-run",
-            &[&m1, &eve_joins, &m2, &m1, &renamed, &eve_says, &intruder, &m3],
+            &[&m1, &m1, &eve_joins, &m2, &m1, &renamed, &eve_says, &intruder, &m3],
         )
         .await;
     let accepted = [&m1, &eve_joins, &m2, &renamed, &eve_says, &m3];

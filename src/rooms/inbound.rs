@@ -164,8 +164,9 @@ pub async fn receive_pdus(
 }
 
 /// A transaction's events written together, in one write, when each
-/// simply extends the one before: a live event that changes no state,
-/// whose only parent is the room's only forward extremity (the tip). The
+/// simply extends the one before: a live event that changes no state (and
+/// redacts nothing), whose only parent is the room's only forward
+/// extremity (the tip). The
 /// state before each is then the state after the tip, and the current
 /// state is that same state: the auth check is the soft-fail check, and
 /// nothing needs the earlier events stored to check the later ones. An
@@ -841,8 +842,12 @@ impl<'a> Receiver<'a> {
     /// and is to be received on its own. The checks are those of
     /// [`Self::receive`], which would give the same outcome.
     async fn join_run(&self, run: &mut Run, pdu: &Pdu) -> Result<Option<Outcome>, StorageError> {
+        // (A redaction changes what the push rules of the events after it
+        // see, once carried out after its write: it is taken on its own.)
         let fits = self.mode == Mode::Live
             && pdu.state_key.is_none()
+            && pdu.redacts.is_none()
+            && pdu.kind != ruma::events::TimelineEventType::RoomRedaction
             && self.fresh.lock().expect("fresh events").contains(&pdu.event_id)
             && !self.prefetched.is_some_and(|p| p.pulled.contains_key(&pdu.event_id));
         if !fits {

@@ -59,8 +59,9 @@ pub async fn persist_pdu(svc: &Services, event: ToPersist, rules: &RoomVersionRu
 
 /// Stores events that went through their checks, in order, in one write
 /// (a transaction's run of messages): all or none. What follows each
-/// event's write is then done for each, in order; an error there is
-/// logged (the event is stored) and does not stop the others'.
+/// event's write is then done for each, in order; an error there does not
+/// stop the others' (they are stored): the first storage error is
+/// returned once all are done, any other is logged.
 pub async fn persist_run(
     svc: &Services,
     events: Vec<ToPersist>,
@@ -75,6 +76,7 @@ pub async fn persist_run(
     }
     let persisted = svc.storage.persist_timeline_events(writes).await?;
     let mut sent = Vec::with_capacity(afters.len());
+    let mut failed = None;
     for (after, persisted) in afters.into_iter().zip(persisted) {
         let event_id = after.pdu.event_id.clone();
         let stored = Sent {
@@ -84,12 +86,18 @@ pub async fn persist_run(
         };
         match after_write(svc, after, persisted, rules).await {
             Ok(_) => {}
-            Err(RoomError::Storage(e)) => return Err(e),
+            Err(RoomError::Storage(e)) => {
+                tracing::warn!(%event_id, error = %e, "after storing an event");
+                failed.get_or_insert(e);
+            }
             Err(e) => tracing::warn!(%event_id, error = %e, "after storing an event"),
         }
         sent.push(stored);
     }
-    Ok(sent)
+    match failed {
+        Some(e) => Err(e),
+        None => Ok(sent),
+    }
 }
 
 /// An event ready for storage ([`prepare`]): its write, and what is done

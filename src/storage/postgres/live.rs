@@ -11,7 +11,11 @@
 //! The position is taken by the statement's first part and kept (the
 //! `stream_positions` row locked) only while the statement runs on the
 //! server, with no round trip to the client in between: positions still
-//! commit in order, as `schema_v1.sql` says.
+//! commit in order, as `schema_v1.sql` says. A run of such events (a
+//! `/send` transaction's messages) is written by their statements in one
+//! transaction, sent without waiting for each answer
+//! (`rooms.rs`, `persist_timeline_events`): the row is locked for the two
+//! round trips of the run.
 //!
 //! Everything the statement reads besides its own row is about other
 //! events (parents, children, earlier redactions), as the steps of the

@@ -187,15 +187,23 @@ impl Storage for PgStorage {
                 super::backfilled::persist(&tx, &new).await?
             } else if let Some(fitting) = new.iter().map(super::live::fits).collect::<Option<Vec<_>>>() {
                 // A run of live events changing no state (a transaction's
-                // messages): each event's one statement and its
-                // notifications', in one transaction.
-                let mut persisted = Vec::with_capacity(new.len());
-                for (event, (group, current)) in new.iter().zip(fitting) {
-                    let mut written = super::live::persist(&tx, event, group, current).await?;
-                    written.pushes_queued =
-                        super::push::insert_notifications(&tx, live_at(event, &written), &event.notifications, None)
-                            .await?;
-                    persisted.push(written);
+                // messages): each event's one statement, then their
+                // notifications', in one transaction. The statements are
+                // sent without waiting for each answer (the server runs
+                // them in order, each seeing the ones before): two round
+                // trips for the run.
+                let mut persisted = futures_util::future::try_join_all(
+                    new.iter()
+                        .zip(fitting)
+                        .map(|(event, (group, current))| super::live::persist(&tx, event, group, current)),
+                )
+                .await?;
+                let queued = futures_util::future::try_join_all(new.iter().zip(&persisted).map(|(event, written)| {
+                    super::push::insert_notifications(&tx, live_at(event, written), &event.notifications, None)
+                }))
+                .await?;
+                for (written, queued) in persisted.iter_mut().zip(queued) {
+                    written.pushes_queued = queued;
                 }
                 persisted
             } else {
