@@ -13,7 +13,11 @@
 //!   from weft): a room of 1,000 messages on the host; a user of the joiner
 //!   joins and pages back 100 at a time until `m.room.create`. Wall time,
 //!   the joiner's CPU, CPU per backfilled event; every message must arrive
-//!   exactly once, and the joiner's timeline must be the host's.
+//!   exactly once, and the joiner's timeline must be the host's. With
+//!   `WEFT_BENCH_ROOM_STATE=N`, each of these rooms first gets N custom
+//!   state events: the join is then also timed until the joiner holds the
+//!   full state (its `/members` answers: after a partial-state join, both
+//!   servers wait for it), with the joiner's CPU per state event.
 //! - The cold page: a fresh weft joiner of a weft room of 10,000 messages
 //!   (and of weft and Synapse rooms of 1,000, for comparison) asks for its
 //!   first `/messages?dir=b&limit=50` right after the join. It holds nothing
@@ -101,6 +105,10 @@ struct Settings {
     fill_concurrency: usize,
     version: String,
     cases: Vec<String>,
+    /// Custom state events (`org.example.state`) in each room of the
+    /// page-back cases, sent before its messages: the joiner's time to the
+    /// full state and CPU per state event are then reported.
+    room_state: usize,
 }
 
 const ALL_CASES: [&str; 5] = ["weft-weft", "weft-synapse", "synapse-synapse", "synapse-weft", "cold"];
@@ -138,6 +146,7 @@ impl Settings {
             fill_concurrency: var("WEFT_BENCH_FILL_CONCURRENCY", 4).max(1),
             version: std::env::var("WEFT_BENCH_ROOM_VERSION").unwrap_or_else(|_| "11".to_owned()),
             cases,
+            room_state: var("WEFT_BENCH_ROOM_STATE", 0),
         }
     }
 
@@ -207,21 +216,56 @@ async fn backfill_counters(w: &WeftProcess) -> (String, u64) {
 struct Room {
     id: String,
     bodies: Vec<String>,
+    /// Its `org.example.state` events.
+    state: usize,
 }
 
-/// Creates a public room and sends `n` messages `"{tag} {i}"` into it.
+/// Creates a public room, sends `state` custom state events
+/// (`org.example.state`, keys `k{i}`), then `n` messages `"{tag} {i}"`.
+#[allow(clippy::too_many_arguments)]
 async fn fill_room(
     report: &mut Report,
     host: &str,
     creator: &Client,
     version: &str,
     tag: &str,
+    state: usize,
     n: usize,
     concurrency: usize,
 ) -> Room {
     let id = creator
         .create_room(json!({ "preset": "public_chat", "room_version": version, "name": tag }))
         .await;
+    if state > 0 {
+        let t = Instant::now();
+        let (c, r) = (creator.clone(), id.clone());
+        in_flight(state, concurrency, move |i| {
+            let (c, r) = (c.clone(), r.clone());
+            async move {
+                let path = format!(
+                    "/_matrix/client/v3/rooms/{}/state/org.example.state/k{i}",
+                    enc(&r)
+                );
+                for attempt in 1.. {
+                    let (status, body) = c.call(reqwest::Method::PUT, &path, Some(&json!({ "i": i }))).await;
+                    if status == StatusCode::OK {
+                        break;
+                    }
+                    assert!(attempt < 5, "{} sets state k{i}: {status} {body}", c.user_id);
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+            }
+        })
+        .await;
+        report.row(
+            format!("{host}: room {tag}: {state} state events (in flight: {concurrency})"),
+            format!(
+                "{} ({:.0} events/s)",
+                secs(t.elapsed()),
+                state as f64 / t.elapsed().as_secs_f64()
+            ),
+        );
+    }
     let t = Instant::now();
     let (c, r, tg) = (creator.clone(), id.clone(), tag.to_owned());
     // A send that fails (Synapse on SQLite answers an occasional 500 under
@@ -260,6 +304,7 @@ async fn fill_room(
     Room {
         id,
         bodies: (0..n).map(|i| format!("{tag} {i}")).collect(),
+        state,
     }
 }
 
@@ -333,7 +378,12 @@ struct CaseResult {
     /// `weft`, `Synapse`: the joiner's process.
     joiner: &'static str,
     join: Duration,
-    /// The joiner's CPU over the join and the settling after it.
+    /// From the join's start until the joiner answers `/members` (which
+    /// waits for the full state after a partial-state join).
+    full_state: Duration,
+    /// The room's state events as the joiner holds them then.
+    state_events: usize,
+    /// The joiner's CPU over the join, the full state and the settling.
     join_cpu: Cpu,
     pages: usize,
     events: usize,
@@ -410,6 +460,21 @@ async fn page_back_case(
         .await;
     let join = t.elapsed();
     assert_eq!(status, StatusCode::OK, "{label}: join: {body}");
+    let members_path = format!("/_matrix/client/v3/rooms/{}/members", enc(&room.id));
+    let (status, body) = joiner.client.call(reqwest::Method::GET, &members_path, None).await;
+    let full_state = t.elapsed();
+    assert_eq!(status, StatusCode::OK, "{label}: members: {body}");
+    let state = joiner
+        .client
+        .ok(
+            reqwest::Method::GET,
+            &format!("/_matrix/client/v3/rooms/{}/state", enc(&room.id)),
+            None,
+        )
+        .await;
+    let state = state.as_array().expect("a state").clone();
+    let custom = state.iter().filter(|e| e["type"] == "org.example.state").count();
+    assert_eq!(custom, room.state, "{label}: the joiner holds every state event");
     settle(joiner.pid, Duration::from_millis(500), Duration::from_secs(30)).await;
     let join_cpu = Cpu::since(&cpu, backend, joiner_of, host_of);
 
@@ -500,6 +565,8 @@ async fn page_back_case(
         label: label.to_owned(),
         joiner: joiner.kind,
         join,
+        full_state,
+        state_events: state.len(),
         join_cpu,
         pages: latencies.len(),
         events: events.len(),
@@ -528,6 +595,16 @@ fn report_case(report: &mut Report, backend: &Backend, r: &CaseResult) {
             "{}; {}",
             ms(r.join),
             backend.cpu_split(r.join_cpu.joiner, r.join_cpu.joiner_pg, r.joiner, ms)
+        ),
+    );
+    let per_state = |d: Duration| d / r.state_events.max(1) as u32;
+    report.row(
+        "full state (until /members answers); joiner CPU per state event",
+        format!(
+            "{} ({} state events); {}",
+            ms(r.full_state),
+            r.state_events,
+            backend.cpu_split(per_state(r.join_cpu.joiner), per_state(r.join_cpu.joiner_pg), r.joiner, ms3)
         ),
     );
     report.row(
@@ -730,7 +807,8 @@ fn main() {
     let s = &settings;
     print_side_by_side(
         &format!(
-            "backfill benchmark: rooms of {} messages paged back {} at a time; cold page of {} in rooms of {} and {} messages (weft host), {} run(s); Synapse room of {} for the cold page; room version {}; cases {}",
+            "backfill benchmark: rooms of {} state events and {} messages paged back {} at a time; cold page of {} in rooms of {} and {} messages (weft host), {} run(s); Synapse room of {} for the cold page; room version {}; cases {}",
+            s.room_state,
             s.messages,
             s.page,
             s.cold_page,
@@ -814,7 +892,19 @@ async fn run(s: &Settings, backend: &Backend) -> Report {
         host,
         wanted && n > 0,
     ) {
-        (Some(h), true) => Some(fill_room(&mut report, h.kind, h.creator, &s.version, tag, n, concurrency).await),
+        (Some(h), true) => Some(
+            fill_room(
+                &mut report,
+                h.kind,
+                h.creator,
+                &s.version,
+                tag,
+                if tag.contains("cold") || tag == "wbig" { 0 } else { s.room_state },
+                n,
+                concurrency,
+            )
+            .await,
+        ),
         _ => None,
     };
     let room_ww = fill(&weft_host, s.has("weft-weft"), "ww", s.messages, wc).await;
@@ -899,7 +989,10 @@ async fn run(s: &Settings, backend: &Backend) -> Report {
             report.row(
                 r.label.clone(),
                 format!(
-                    "wall {}, joiner CPU {} per backfilled event ({} events); host CPU {}",
+                    "join {}, full state {} ({} state events); page-back wall {}, joiner CPU {} per backfilled event ({} events); host CPU {}",
+                    ms(r.join),
+                    ms(r.full_state),
+                    r.state_events,
                     secs(r.wall),
                     backend.cpu_split(per_event(r.cpu.joiner), per_event(r.cpu.joiner_pg), r.joiner, ms3),
                     r.backfilled,
