@@ -242,10 +242,7 @@ async fn fill_room(
         in_flight(state, concurrency, move |i| {
             let (c, r) = (c.clone(), r.clone());
             async move {
-                let path = format!(
-                    "/_matrix/client/v3/rooms/{}/state/org.example.state/k{i}",
-                    enc(&r)
-                );
+                let path = format!("/_matrix/client/v3/rooms/{}/state/org.example.state/k{i}", enc(&r));
                 for attempt in 1.. {
                     let (status, body) = c.call(reqwest::Method::PUT, &path, Some(&json!({ "i": i }))).await;
                     if status == StatusCode::OK {
@@ -604,7 +601,12 @@ fn report_case(report: &mut Report, backend: &Backend, r: &CaseResult) {
             "{} ({} state events); {}",
             ms(r.full_state),
             r.state_events,
-            backend.cpu_split(per_state(r.join_cpu.joiner), per_state(r.join_cpu.joiner_pg), r.joiner, ms3)
+            backend.cpu_split(
+                per_state(r.join_cpu.joiner),
+                per_state(r.join_cpu.joiner_pg),
+                r.joiner,
+                ms3
+            )
         ),
     );
     report.row(
@@ -899,7 +901,11 @@ async fn run(s: &Settings, backend: &Backend) -> Report {
                 h.creator,
                 &s.version,
                 tag,
-                if tag.contains("cold") || tag == "wbig" { 0 } else { s.room_state },
+                if tag.contains("cold") || tag == "wbig" {
+                    0
+                } else {
+                    s.room_state
+                },
                 n,
                 concurrency,
             )

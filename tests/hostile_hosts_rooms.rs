@@ -803,6 +803,47 @@ fn joined_section(sync: &Value, room: &OwnedRoomId) -> Option<(Vec<String>, Hash
     Some((bodies, members, section["timeline"]["limited"] == true))
 }
 
+/// A full member list asked for while the room's state is partial waits
+/// for the full state parked on the room's wake-ups (no polling: many such
+/// requests cost nothing meanwhile), and answers with every member once
+/// the resync completes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_list_asked_while_partial_waits_parked_and_is_whole() {
+    let weft = TestServer::start_federating_with(|c| c.partial_state_joins = true).await;
+    let hostile = Hostile::start().await;
+    hostile.set_behaviour(|b| b.serve_state = false);
+    let room = hostile.create_room(RoomVersionId::V11, "creator", &MEMBERS, Some("Waiting"));
+    let alice = alice_joins(&weft, &hostile, &room).await;
+    let topic = weft::wakeups::Topic::Room(room.clone());
+    let parked = || weft.services().notifier.wakeups.waiting(&topic);
+    let before = parked();
+    let path = format!(
+        "/_matrix/client/v3/rooms/{}/members?membership=join",
+        enc(room.as_str())
+    );
+    let asking = alice.call(Method::GET, &path, None);
+    let releasing = async {
+        common::eventually(Duration::from_secs(10), "the request is parked on the room", || async {
+            let now = parked();
+            (now > before).then_some(()).ok_or_else(|| format!("{now} parked"))
+        })
+        .await;
+        hostile.set_behaviour(|b| b.serve_state = true);
+    };
+    let ((status, body), ()) = tokio::join!(asking, releasing);
+    assert_eq!(status, 200, "{body}");
+    let members: HashSet<String> = body["chunk"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["state_key"].as_str().map(str::to_owned))
+        .collect();
+    let mut want = residents(&hostile, &[]);
+    want.insert(alice.user_id.clone());
+    assert_eq!(members, want);
+    assert_eq!(parked(), before, "the request is no longer parked");
+}
+
 /// A `/sync` that loads every member leaves out a room joined with
 /// partial state (its member list is not whole), as Synapse does; one that
 /// loads them lazily has it all along. Once the full state is in, a sync

@@ -55,9 +55,9 @@ const SWEEP: Duration = Duration::from_secs(60);
 /// The first wait after every server failed; it doubles up to [`MAX_RETRY`].
 const FIRST_RETRY: Duration = Duration::from_secs(2);
 const MAX_RETRY: Duration = Duration::from_secs(300);
-/// How often a request waiting for the full state looks again (another
-/// process may complete it).
-const POLL: Duration = Duration::from_millis(200);
+/// How often a request waiting for the full state looks again without
+/// being woken (a backstop: the completion wakes it, on any process).
+const BACKSTOP: Duration = Duration::from_secs(5);
 
 /// The cluster duty of resyncing `room_id`.
 fn duty(room_id: &RoomId) -> String {
@@ -475,10 +475,18 @@ pub async fn is_partial(svc: &Services, room_id: &RoomId) -> Result<bool, RoomEr
 }
 
 /// Waits until `room_id` has its full state (at once for any other room):
-/// what needs every member (a full member list) asks this first.
+/// what needs every member (a full member list) asks this first. The
+/// request is parked on the room's wake-ups, registered before each look:
+/// the completion wakes it (its position is announced as the room's, to
+/// every process), so many waiting requests cost nothing until then.
 pub async fn wait_until_full(svc: &Services, room_id: &RoomId) -> Result<(), RoomError> {
+    let waiter = svc
+        .notifier
+        .wakeups
+        .register([crate::wakeups::Topic::Room(room_id.to_owned())]);
     while is_partial(svc, room_id).await? {
-        tokio::time::sleep(POLL).await;
+        // (Woken by any change of the room; the completion is one.)
+        let _ = tokio::time::timeout(BACKSTOP, waiter.notified()).await;
     }
     Ok(())
 }
