@@ -125,10 +125,29 @@ pub async fn event_stored(
     room_rules: &RoomVersionRules,
 ) -> Result<(), MatrixError> {
     let notifications = notifications(svc, pdu, state, room_rules).await?;
+    record(svc, pdu, stream_ordering, &notifications, None).await
+}
+
+/// Writes the notifications of an event stored at `stream_ordering` (and
+/// the pushes they queue, which wake the push sender).
+async fn record(
+    svc: &Services,
+    pdu: &Pdu,
+    stream_ordering: StreamOrdering,
+    notifications: &[NewNotification],
+    room_name: Option<&str>,
+) -> Result<(), MatrixError> {
     let ts: u64 = pdu.origin_server_ts.get().into();
     let queued = svc
         .storage
-        .add_notifications(&pdu.room_id, &pdu.event_id, stream_ordering, ts, &notifications, None)
+        .add_notifications(
+            &pdu.room_id,
+            &pdu.event_id,
+            stream_ordering,
+            ts,
+            notifications,
+            room_name,
+        )
         .await?;
     if queued {
         svc.push.sender.wake();
@@ -217,22 +236,7 @@ pub async fn remote_invite(
     };
     let room_name = room.room_name.clone();
     let notifications = evaluate_for(svc, pdu, vec![invitee.to_owned()], room).await?;
-    let ts: u64 = pdu.origin_server_ts.get().into();
-    let queued = svc
-        .storage
-        .add_notifications(
-            &pdu.room_id,
-            &pdu.event_id,
-            stream_ordering,
-            ts,
-            &notifications,
-            room_name.as_deref(),
-        )
-        .await?;
-    if queued {
-        svc.push.sender.wake();
-    }
-    Ok(())
+    record(svc, pdu, stream_ordering, &notifications, room_name.as_deref()).await
 }
 
 /// A local user's read receipt moved: their pushers get the new badge.

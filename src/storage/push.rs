@@ -24,6 +24,20 @@ pub struct PusherRecord {
     pub device_id: Option<OwnedDeviceId>,
 }
 
+/// Where an event's notifications are written: its room, ID, stream
+/// ordering and `origin_server_ts`.
+pub(crate) type EventPlace<'a> = (&'a RoomId, &'a ruma::EventId, StreamOrdering, u64);
+
+/// The [`EventPlace`] of `pdu`, stored at `stream_ordering`.
+pub(crate) fn place_of(pdu: &crate::events::Pdu, stream_ordering: StreamOrdering) -> EventPlace<'_> {
+    (
+        &pdu.room_id,
+        &pdu.event_id,
+        stream_ordering,
+        pdu.origin_server_ts.get().into(),
+    )
+}
+
 /// What the push rules of one local user said about an event that
 /// notifies them.
 #[derive(Debug, Clone)]

@@ -432,7 +432,7 @@ pub async fn persist_timeline_event(tx: &impl GenericClient, new: &NewTimelineEv
     };
     let pushes_queued = super::push::insert_notifications(
         tx,
-        (&pdu.room_id, &pdu.event_id, stream, pdu.origin_server_ts.get().into()),
+        crate::storage::push::place_of(pdu, stream),
         &new.notifications,
         None,
     )

@@ -271,7 +271,7 @@ impl PushStorage for PgStorage {
 /// another. Whether a push was queued.
 pub(super) async fn insert_notifications(
     c: &impl GenericClient,
-    (room_id, event_id, stream_ordering, ts): (&RoomId, &ruma::EventId, StreamOrdering, u64),
+    (room_id, event_id, stream_ordering, ts): crate::storage::push::EventPlace<'_>,
     notifications: &[NewNotification],
     room_name: Option<&str>,
 ) -> Result<bool> {

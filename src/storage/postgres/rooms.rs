@@ -16,6 +16,7 @@ use crate::{
         AccountData, Device, Direction, Membership, NewTimelineEvent, Persisted, PresenceChange, PresenceRecord,
         PresenceWrite, Receipt, RemoteInvite, Result, RoomInfo, RoomTyping, ServerKey, StateGroupId, StateKey,
         StateWrite, Storage, StoredEvent, StreamOrdering, TokenOwner, TopoKey, TxnKey, Typing, UserRecord,
+        push::place_of,
     },
 };
 
@@ -199,7 +200,12 @@ impl Storage for PgStorage {
                 )
                 .await?;
                 let queued = futures_util::future::try_join_all(new.iter().zip(&persisted).map(|(event, written)| {
-                    super::push::insert_notifications(&tx, live_at(event, written), &event.notifications, None)
+                    super::push::insert_notifications(
+                        &tx,
+                        place_of(&event.pdu, written.stream_ordering),
+                        &event.notifications,
+                        None,
+                    )
                 }))
                 .await?;
                 for (written, queued) in persisted.iter_mut().zip(queued) {
@@ -227,7 +233,7 @@ impl Storage for PgStorage {
                 let mut persisted = pg_write!(one self, |c| super::live::persist(&c, &event, group, current).await?)?;
                 // The notifications in a statement of their own, after the
                 // event's (as before they were written with it).
-                let at = live_at(&event, &persisted);
+                let at = place_of(&event.pdu, persisted.stream_ordering);
                 persisted.pushes_queued = pg_write!(one self, |c| {
                     super::push::insert_notifications(&c, at, &event.notifications, None).await?
                 })?;
@@ -508,16 +514,4 @@ impl Storage for PgStorage {
     async fn max_presence_position(&self) -> Result<i64> {
         presence::head(&self.client().await?).await
     }
-}
-
-/// Where a live event's notifications are written: its room, ID, position
-/// and time.
-fn live_at<'a>(event: &'a NewTimelineEvent, persisted: &Persisted) -> (&'a RoomId, &'a EventId, StreamOrdering, u64) {
-    let pdu = &event.pdu;
-    (
-        &pdu.room_id,
-        &pdu.event_id,
-        persisted.stream_ordering,
-        pdu.origin_server_ts.get().into(),
-    )
 }

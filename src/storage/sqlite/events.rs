@@ -289,7 +289,7 @@ pub fn persist_timeline_event(tx: &Transaction<'_>, new: &NewTimelineEvent) -> R
     let pushes_queued = !new.notifications.is_empty()
         && super::push::insert_notifications(
             tx,
-            (&pdu.room_id, &pdu.event_id, stream, pdu.origin_server_ts.get().into()),
+            crate::storage::push::place_of(pdu, stream),
             &new.notifications,
             None,
         )?;

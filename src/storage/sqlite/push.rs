@@ -302,7 +302,7 @@ impl PushStorage for SqliteStorage {
 /// inside the write transaction; whether a push was queued.
 pub(super) fn insert_notifications(
     tx: &Transaction<'_>,
-    (room_id, event_id, stream_ordering, ts): (&RoomId, &ruma::EventId, StreamOrdering, u64),
+    (room_id, event_id, stream_ordering, ts): crate::storage::push::EventPlace<'_>,
     notifications: &[NewNotification],
     room_name: Option<&str>,
 ) -> Result<bool> {
