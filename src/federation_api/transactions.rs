@@ -117,7 +117,7 @@ pub async fn send(
                         let denied = "the room's server ACL denies the sending server";
                         raws.iter().map(|_| (None, Err(denied.to_owned()))).collect()
                     } else {
-                        inbound::receive_pdus(svc, origin, &room_id, &raws)
+                        inbound::receive_pdus(svc, origin, &room_id, &version, &raws)
                             .await?
                             .into_iter()
                             .map(|(event_id, outcome)| {

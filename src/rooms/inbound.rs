@@ -59,6 +59,12 @@ pub enum Outcome {
     AlreadyHeld,
 }
 
+/// Whether `event` is held in the timeline of `room_id` (not as an
+/// outlier, not of another room).
+fn in_room_timeline(event: &StoredEvent, room_id: &RoomId) -> bool {
+    !event.meta.outlier && event.pdu.room_id == room_id
+}
+
 /// For [`Receiver::join_run`]: a storage error is passed on; any other
 /// means the event does not fit the run (`None`), and is received on its
 /// own, which reports it.
@@ -91,20 +97,19 @@ pub fn room_of(raw: &RawValue) -> Option<ruma::OwnedRoomId> {
 /// Receives events from `origin` for a room this server is in, in the
 /// order given, under one hold of the room's lock (the database's too,
 /// with several processes: taken once for a transaction's events of the
-/// room, not once each). Each event's ID (once its checks on receipt
-/// computed it) and outcome; a failure of storage ends it all.
+/// room, not once each). `version` is the room's. Each event's ID (once
+/// its checks on receipt computed it) and outcome; a failure of storage
+/// ends it all.
 pub async fn receive_pdus(
     svc: &Services,
     origin: &ServerName,
     room_id: &RoomId,
+    version: &RoomVersionId,
     raws: &[&RawValue],
 ) -> Result<Vec<(Option<OwnedEventId>, Result<Outcome, RoomError>)>, StorageError> {
-    let Some(version) = svc.storage.room_version(room_id).await? else {
-        return Ok(raws.iter().map(|_| (None, Err(RoomError::UnknownRoom))).collect());
-    };
     // Format, signatures and hashes first, on every core, before the lock.
     let owned: Vec<Box<RawValue>> = raws.iter().map(|raw| (*raw).to_owned()).collect();
-    let checked: Vec<Result<Pdu, CheckError>> = event_checks::check_signed_all(svc, &version, owned)
+    let checked: Vec<Result<Pdu, CheckError>> = event_checks::check_signed_all(svc, version, owned)
         .await
         .into_iter()
         .map(|pdu| match pdu {
@@ -116,7 +121,7 @@ pub async fn receive_pdus(
     // state across it), fetched before the lock: the room's other work
     // never waits on a remote server.
     let unlocked = Mutex::new(None);
-    let prefetched = Receiver::new(svc, origin, room_id, &version, &unlocked, None)
+    let prefetched = Receiver::new(svc, origin, room_id, version, &unlocked, None)
         .prefetch(&checked)
         .await?;
     let _guard = svc.rooms.lock(room_id).await?;
@@ -124,7 +129,7 @@ pub async fn receive_pdus(
     // each event written, while the lock is held (no other writer moves
     // them meanwhile: not in this process, not in another).
     let head = Mutex::new(None);
-    let mut receiver = Receiver::new(svc, origin, room_id, &version, &head, Some(&prefetched));
+    let mut receiver = Receiver::new(svc, origin, room_id, version, &head, Some(&prefetched));
     // Which of the transaction's events are new: one read under the lock.
     let ids: Vec<OwnedEventId> = checked
         .iter()
@@ -136,7 +141,7 @@ pub async fn receive_pdus(
         .events(&ids)
         .await?
         .into_iter()
-        .filter(|e| !e.meta.outlier && e.pdu.room_id == room_id)
+        .filter(|e| in_room_timeline(e, room_id))
         .map(|e| e.pdu.event_id.clone())
         .collect();
     receiver.fresh = Mutex::new(ids.into_iter().filter(|id| !held.contains(id)).collect());
@@ -296,10 +301,7 @@ impl<'a> Receiver<'a> {
             .into_iter()
             .map(|e| (e.pdu.event_id.clone(), e))
             .collect();
-        let in_timeline = |id: &OwnedEventId| {
-            held.get(id)
-                .is_some_and(|e| !e.meta.outlier && e.pdu.room_id == self.room_id)
-        };
+        let in_timeline = |id: &OwnedEventId| held.get(id).is_some_and(|e| in_room_timeline(e, self.room_id));
         let mut earlier: HashSet<&OwnedEventId> = HashSet::new();
         for pdu in pdus {
             if in_timeline(&pdu.event_id) {
@@ -399,7 +401,7 @@ impl<'a> Receiver<'a> {
             .storage
             .event(id)
             .await?
-            .is_some_and(|e| !e.meta.outlier && e.pdu.room_id == self.room_id))
+            .is_some_and(|e| in_room_timeline(&e, self.room_id)))
     }
 
     /// `fill_gaps`: whether missing parents may be fetched (not when

@@ -54,7 +54,9 @@ pub struct ToPersist {
 pub async fn persist_pdu(svc: &Services, event: ToPersist, rules: &RoomVersionRules) -> Result<Sent, RoomError> {
     let Prepared { write, after } = prepare(svc, event, rules).await;
     let persisted = svc.storage.persist_timeline_event(write).await?;
-    after_write(svc, after, persisted, rules).await
+    let sent = Sent::of(&after.pdu, &persisted);
+    after_write(svc, after, persisted, rules).await?;
+    Ok(sent)
 }
 
 /// Stores events that went through their checks, in order, in one write
@@ -78,14 +80,10 @@ pub async fn persist_run(
     let mut sent = Vec::with_capacity(afters.len());
     let mut failed = None;
     for (after, persisted) in afters.into_iter().zip(persisted) {
-        let event_id = after.pdu.event_id.clone();
-        let stored = Sent {
-            pdu: after.pdu.clone(),
-            stream_ordering: persisted.stream_ordering,
-            forward_extremity: persisted.forward_extremity,
-        };
+        let stored = Sent::of(&after.pdu, &persisted);
+        let event_id = &stored.pdu.event_id;
         match after_write(svc, after, persisted, rules).await {
-            Ok(_) => {}
+            Ok(()) => {}
             Err(RoomError::Storage(e)) => {
                 tracing::warn!(%event_id, error = %e, "after storing an event");
                 failed.get_or_insert(e);
@@ -241,7 +239,7 @@ async fn after_write(
     after: AfterWrite,
     persisted: crate::storage::Persisted,
     rules: &RoomVersionRules,
-) -> Result<Sent, RoomError> {
+) -> Result<(), RoomError> {
     let AfterWrite {
         pdu,
         before_map,
@@ -318,11 +316,18 @@ async fn after_write(
             }
         }
     }
-    Ok(Sent {
-        pdu,
-        stream_ordering: persisted.stream_ordering,
-        forward_extremity: persisted.forward_extremity,
-    })
+    Ok(())
+}
+
+impl Sent {
+    /// `pdu` as storage wrote it.
+    fn of(pdu: &Arc<Pdu>, persisted: &crate::storage::Persisted) -> Sent {
+        Sent {
+            pdu: pdu.clone(),
+            stream_ordering: persisted.stream_ordering,
+            forward_extremity: persisted.forward_extremity,
+        }
+    }
 }
 
 /// The state key an accepted state event sets (none for a rejected,
