@@ -109,6 +109,18 @@ fn a_gap(hostile: &Hostile, room: &OwnedRoomId) -> (common::hostile::Built, comm
     (unseen, past_gap)
 }
 
+/// weft (joining with partial state) and the hostile server with a room
+/// named `name` of the creator and [`MEMBERS`], whose `/state` it does not
+/// serve yet: a join there stays partial until the test lets it
+/// (`serve_state`).
+async fn resync_held(name: &str) -> (TestServer, Hostile, OwnedRoomId) {
+    let weft = TestServer::start_federating_with(|c| c.partial_state_joins = true).await;
+    let hostile = Hostile::start().await;
+    hostile.set_behaviour(|b| b.serve_state = false);
+    let room = hostile.create_room(RoomVersionId::V11, "creator", &MEMBERS, Some(name));
+    (weft, hostile, room)
+}
+
 /// The hostile server's creator and [`MEMBERS`], but `except`.
 fn residents(hostile: &Hostile, except: &[&str]) -> HashSet<String> {
     std::iter::once("creator")
@@ -159,10 +171,7 @@ async fn weft_joins_a_hostile_room_v12() {
 /// partial in weft; a member weft has no member event of still talks.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_member_talks_while_the_room_is_partial() {
-    let weft = TestServer::start_federating_with(|c| c.partial_state_joins = true).await;
-    let hostile = Hostile::start().await;
-    hostile.set_behaviour(|b| b.serve_state = false);
-    let room = hostile.create_room(RoomVersionId::V11, "creator", &MEMBERS, Some("Partial"));
+    let (weft, hostile, room) = resync_held("Partial").await;
     let alice = alice_joins(&weft, &hostile, &room).await;
     let name = alice.state_event(room.as_str(), "m.room.name", "").await;
     assert_eq!(name["name"], "Partial");
@@ -472,10 +481,7 @@ async fn messages(alice: &User<'_>, room: &OwnedRoomId) -> Vec<(String, String)>
 /// the banned member's next message is rejected at once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_the_full_state_refuses_are_rejected_at_the_resync() {
-    let weft = TestServer::start_federating_with(|c| c.partial_state_joins = true).await;
-    let hostile = Hostile::start().await;
-    hostile.set_behaviour(|b| b.serve_state = false);
-    let room = hostile.create_room(RoomVersionId::V11, "creator", &MEMBERS, Some("Banned"));
+    let (weft, hostile, room) = resync_held("Banned").await;
     let m5 = hostile.user("m5");
     let old_join = hostile.room(&room).state[&("m.room.member".to_owned(), m5.to_string())].clone();
     let ban = hostile.build(
@@ -596,10 +602,7 @@ fn presence_of(sync: &Value, server: &str) -> Vec<(String, String)> {
 /// `device_lists.changed`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn presence_and_device_lists_of_members_learned_at_the_resync_reach_the_room() {
-    let weft = TestServer::start_federating_with(|c| c.partial_state_joins = true).await;
-    let hostile = Hostile::start().await;
-    hostile.set_behaviour(|b| b.serve_state = false);
-    let room = hostile.create_room(RoomVersionId::V11, "creator", &MEMBERS, Some("Presence"));
+    let (weft, hostile, room) = resync_held("Presence").await;
     let alice = alice_joins(&weft, &hostile, &room).await;
     let (m3, stranger) = (hostile.user("m3"), hostile.user("stranger"));
     let update = |user: &OwnedUserId, msg: &str| {
@@ -809,10 +812,7 @@ fn joined_section(sync: &Value, room: &OwnedRoomId) -> Option<(Vec<String>, Hash
 /// the resync completes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_member_list_asked_while_partial_waits_parked_and_is_whole() {
-    let weft = TestServer::start_federating_with(|c| c.partial_state_joins = true).await;
-    let hostile = Hostile::start().await;
-    hostile.set_behaviour(|b| b.serve_state = false);
-    let room = hostile.create_room(RoomVersionId::V11, "creator", &MEMBERS, Some("Waiting"));
+    let (weft, hostile, room) = resync_held("Waiting").await;
     let alice = alice_joins(&weft, &hostile, &room).await;
     let topic = weft::wakeups::Topic::Room(room.clone());
     let parked = || weft.services().notifier.wakeups.waiting(&topic);
@@ -853,10 +853,7 @@ async fn a_member_list_asked_while_partial_waits_parked_and_is_whole() {
 /// again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sync_loading_every_member_gets_a_partial_room_once_it_is_full() {
-    let weft = TestServer::start_federating_with(|c| c.partial_state_joins = true).await;
-    let hostile = Hostile::start().await;
-    hostile.set_behaviour(|b| b.serve_state = false);
-    let room = hostile.create_room(RoomVersionId::V11, "creator", &MEMBERS, Some("Eager"));
+    let (weft, hostile, room) = resync_held("Eager").await;
     let alice = alice_joins(&weft, &hostile, &room).await;
     member_talks(&weft, &hostile, &alice, &room, "m5", "said while partial").await;
 
@@ -950,10 +947,7 @@ async fn a_sync_loading_every_member_gets_a_partial_room_once_it_is_full() {
 /// state is in, the first list's request, waiting, gets the room, in full.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sliding_sync_list_needing_every_member_gets_a_partial_room_once_it_is_full() {
-    let weft = TestServer::start_federating_with(|c| c.partial_state_joins = true).await;
-    let hostile = Hostile::start().await;
-    hostile.set_behaviour(|b| b.serve_state = false);
-    let room = hostile.create_room(RoomVersionId::V11, "creator", &MEMBERS, Some("Sliding"));
+    let (weft, hostile, room) = resync_held("Sliding").await;
     let alice = alice_joins(&weft, &hostile, &room).await;
     let path = "/_matrix/client/unstable/org.matrix.simplified_msc3575/sync";
     let request = |conn: &str, required_state: Value| {
