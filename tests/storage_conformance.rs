@@ -36,9 +36,10 @@ use weft::{
     connections::Seen,
     events::Pdu,
     storage::{
-        AccountData, CurrentStateChange, CurrentStateUpdate, Direction, NewCurrentState, NewTimelineEvent, Persisted,
-        PresenceChange, PresenceRecord, PresenceWrite, Receipt, RemoteInvite, RoomTyping, ServerKey, StateGroupId,
-        StateKey, StateWrite, Storage, StorageError, StoredEvent, TimelineStatus, TopoKey, TxnKey, Typing, UserRecord,
+        AccountData, CurrentStateChange, CurrentStateUpdate, Direction, EventKey, NewCurrentState, NewTimelineEvent,
+        Persisted, PresenceChange, PresenceRecord, PresenceWrite, Receipt, RemoteInvite, RoomTyping, ServerKey,
+        StateGroupId, StateKey, StateWrite, Storage, StorageError, StoredEvent, TimelineStatus, TopoKey, TxnKey,
+        Typing, UserRecord,
         appservice::AppserviceRoom,
         e2e::{DeviceKeysRecord, MASTER, OneTimeKeyRecord, SELF_SIGNING, ToDeviceDelivery, USER_SIGNING},
         media::MediaRecord,
@@ -998,6 +999,36 @@ async fn timeline_outlier_then_timeline(s: Store) {
     let x_held = stored(&s, &x.id).await;
     assert_eq!(x_held.meta.rejected, None);
     assert!(!x_held.meta.outlier);
+
+    // What is known of each, without its JSON; what is not held is left out.
+    let asked = [
+        y.id.clone(),
+        z.id.clone(),
+        x.id.clone(),
+        stray.id.clone(),
+        eid("not-held"),
+        eid("o-1"),
+    ];
+    let mut keys = s.event_keys(&asked).await.unwrap();
+    keys.sort_by_key(|k| asked.iter().position(|id| *id == k.event_id));
+    let key_of =
+        |id: &OwnedEventId, room: &OwnedRoomId, kind: &str, state_key: Option<&str>, rejected: bool| EventKey {
+            event_id: id.clone(),
+            room_id: room.clone(),
+            kind: kind.to_owned(),
+            state_key: state_key.map(str::to_owned),
+            rejected,
+        };
+    assert_eq!(
+        keys,
+        [
+            key_of(&y.id, &room.id, "m.room.message", None, false),
+            key_of(&z.id, &room.id, "m.room.message", None, true),
+            key_of(&x.id, &room.id, "m.room.message", None, false),
+            key_of(&stray.id, &rid("elsewhere"), "m.room.message", None, true),
+            key_of(&eid("o-1"), &room.id, "m.room.create", Some(""), false),
+        ]
+    );
 }
 
 async fn timeline_rejected_and_soft_failed(s: Store) {

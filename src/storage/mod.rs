@@ -143,6 +143,18 @@ pub struct StoredEvent {
     pub meta: EventMeta,
 }
 
+/// What the auth and state work needs of a held event but its JSON: its
+/// room, its state key and whether it was rejected ([`Storage::event_keys`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventKey {
+    pub event_id: OwnedEventId,
+    pub room_id: OwnedRoomId,
+    /// The event's `type`.
+    pub kind: String,
+    pub state_key: Option<String>,
+    pub rejected: bool,
+}
+
 /// The topological position of an event: `(depth, stream_ordering)`.
 /// Pagination follows this order; it keeps its meaning when older history
 /// is inserted later (that history has lower depths).
@@ -567,6 +579,10 @@ pub trait Storage:
     async fn event(&self, event_id: &ruma::EventId) -> Result<Option<StoredEvent>>;
     /// The held events among `ids`, in the order asked (missing skipped).
     async fn events(&self, ids: &[OwnedEventId]) -> Result<Vec<StoredEvent>>;
+    /// The [`EventKey`] of each held event among `ids`, in no particular
+    /// order, no JSON read: which of many events (a room's whole state) are
+    /// held, and the state they make.
+    async fn event_keys(&self, ids: &[OwnedEventId]) -> Result<Vec<EventKey>>;
     /// Events with no held children: the next local event's parents.
     async fn forward_extremities(&self, room_id: &RoomId) -> Result<Vec<(OwnedEventId, i64)>>;
     /// The timeline events that name `event_id` as a parent.

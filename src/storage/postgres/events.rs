@@ -15,7 +15,7 @@ use super::{GenericClient, big, col, exec, now_ms, parse, query, query_one, quer
 use crate::{
     events::Pdu,
     storage::{
-        Direction, EventMeta, NewCurrentState, NewTimelineEvent, Persisted, Result, RoomInfo, StorageError,
+        Direction, EventKey, EventMeta, NewCurrentState, NewTimelineEvent, Persisted, Result, RoomInfo, StorageError,
         StoredEvent, StreamOrdering, TimelineStatus, TopoKey, TxnKey,
     },
 };
@@ -73,6 +73,31 @@ fn events_from_rows(rows: Vec<Row>) -> Result<Vec<StoredEvent>> {
 pub async fn events(c: &impl GenericClient, ids: &[OwnedEventId]) -> Result<Vec<StoredEvent>> {
     let ids: Vec<&str> = ids.iter().map(|id| id.as_str()).collect();
     events_from_rows(query(c, EVENTS_BY_ID, &[&ids]).await?)
+}
+
+/// [`crate::storage::Storage::event_keys`] (one statement, one index probe
+/// per ID as in [`events`]).
+pub async fn event_keys(c: &impl GenericClient, ids: &[OwnedEventId]) -> Result<Vec<EventKey>> {
+    let ids: Vec<&str> = ids.iter().map(|id| id.as_str()).collect();
+    let rows = query(
+        c,
+        "SELECT e.event_id, e.room_id, e.type, e.state_key, e.rejected IS NOT NULL
+         FROM unnest($1::text[]) AS wanted (id),
+            LATERAL (SELECT * FROM events WHERE events.event_id = wanted.id OFFSET 0) e",
+        &[&ids],
+    )
+    .await?;
+    rows.iter()
+        .map(|row| {
+            Ok(EventKey {
+                event_id: parse(col::<String>(row, 0)?)?,
+                room_id: parse(col::<String>(row, 1)?)?,
+                kind: col(row, 2)?,
+                state_key: col(row, 3)?,
+                rejected: col(row, 4)?,
+            })
+        })
+        .collect()
 }
 
 /// [`EVENT_SELECT`]'s columns for the events of the IDs in `$1`.

@@ -169,6 +169,10 @@ impl Storage for PgStorage {
             .await
     }
 
+    async fn event_keys(&self, ids: &[OwnedEventId]) -> Result<Vec<crate::storage::EventKey>> {
+        events::event_keys(&self.client().await?, ids).await
+    }
+
     async fn forward_extremities(&self, room_id: &RoomId) -> Result<Vec<(OwnedEventId, i64)>> {
         events::forward_extremities(&self.client().await?, room_id).await
     }

@@ -9,7 +9,7 @@ use super::{accounts::parse, exec, now_ms, query_one, state};
 use crate::{
     events::Pdu,
     storage::{
-        Direction, EventMeta, NewCurrentState, NewTimelineEvent, Persisted, Result, RoomInfo, StorageError,
+        Direction, EventKey, EventMeta, NewCurrentState, NewTimelineEvent, Persisted, Result, RoomInfo, StorageError,
         StoredEvent, StreamOrdering, TimelineStatus, TopoKey, TxnKey, sliding_sync,
     },
 };
@@ -81,6 +81,35 @@ fn collect_events(stmt: &mut rusqlite::Statement<'_>, params: impl rusqlite::Par
 pub fn event(c: &Connection, event_id: &EventId) -> Result<Option<StoredEvent>> {
     let mut stmt = c.prepare_cached(&format!("{EVENT_SELECT} WHERE e.event_id = ?1"))?;
     Ok(collect_events(&mut stmt, [event_id.as_str()])?.pop())
+}
+
+/// [`crate::storage::Storage::event_keys`]: one index probe per ID.
+pub fn event_keys(c: &Connection, ids: &[OwnedEventId]) -> Result<Vec<EventKey>> {
+    let mut stmt =
+        c.prepare_cached("SELECT room_id, type, state_key, rejected IS NOT NULL FROM events WHERE event_id = ?1")?;
+    let mut keys = Vec::with_capacity(ids.len());
+    for id in ids {
+        let row = stmt
+            .query_row([id.as_str()], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, Option<String>>(2)?,
+                    r.get::<_, bool>(3)?,
+                ))
+            })
+            .optional()?;
+        if let Some((room_id, kind, state_key, rejected)) = row {
+            keys.push(EventKey {
+                event_id: id.clone(),
+                room_id: parse(room_id)?,
+                kind,
+                state_key,
+                rejected,
+            });
+        }
+    }
+    Ok(keys)
 }
 
 pub fn room(c: &Connection, room_id: &RoomId) -> Result<Option<RoomInfo>> {
@@ -363,20 +392,32 @@ fn insert_edges(tx: &Transaction<'_>, pdu: &Pdu, forward: bool) -> Result<bool> 
     Ok(false)
 }
 
-pub fn persist_outlier(tx: &Transaction<'_>, pdu: &Pdu, rejected: Option<&str>) -> Result<()> {
-    if tx
-        .prepare_cached("SELECT 1 FROM events WHERE event_id = ?1")?
-        .exists([pdu.event_id.as_str()])?
-    {
+/// Keeps `outliers` (each with why it was rejected, if it was) but those
+/// held already: one range of positions for them all, one statement per
+/// event and one per auth event.
+pub fn persist_outliers(tx: &Transaction<'_>, outliers: &[(Arc<Pdu>, Option<String>)]) -> Result<()> {
+    let Ok(count) = i64::try_from(outliers.len()) else {
+        return Err(StorageError::Database("too many outliers at once".to_owned()));
+    };
+    if count == 0 {
         return Ok(());
     }
-    let stream = next_stream_ordering(tx)?;
-    exec(
+    let last: i64 = query_one(
         tx,
+        "UPDATE stream_positions SET position = position + ?2 WHERE stream = ?1 RETURNING position",
+        params!["events", count],
+        |r| r.get(0),
+    )?;
+    let mut insert = tx.prepare_cached(
         "INSERT INTO events (stream_ordering, event_id, room_id, type, state_key, sender, depth,
              origin_server_ts, received_ts, json, outlier, rejected, soft_failed)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, 1, ?11, 0)",
-        params![
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, 1, ?11, 0)
+         ON CONFLICT (event_id) DO NOTHING",
+    )?;
+    let mut auth = tx.prepare_cached("INSERT OR IGNORE INTO event_auth (event_id, auth_event_id) VALUES (?1, ?2)")?;
+    let received = now_ms();
+    for ((pdu, rejected), stream) in outliers.iter().zip(last - count + 1..) {
+        let inserted = insert.execute(params![
             stream,
             pdu.event_id.as_str(),
             pdu.room_id.as_str(),
@@ -385,14 +426,17 @@ pub fn persist_outlier(tx: &Transaction<'_>, pdu: &Pdu, rejected: Option<&str>) 
             pdu.sender.as_str(),
             i64::try_from(pdu.depth).unwrap_or(i64::MAX),
             u64::from(pdu.origin_server_ts.get()) as i64,
-            now_ms(),
+            received,
             &*pdu.json,
             rejected,
-        ],
-    )?;
-    let mut auth = tx.prepare_cached("INSERT OR IGNORE INTO event_auth (event_id, auth_event_id) VALUES (?1, ?2)")?;
-    for auth_event in &pdu.auth_events {
-        auth.execute(params![pdu.event_id.as_str(), auth_event.as_str()])?;
+        ])?;
+        // (Held already: kept as it was.)
+        if inserted == 0 {
+            continue;
+        }
+        for auth_event in &pdu.auth_events {
+            auth.execute(params![pdu.event_id.as_str(), auth_event.as_str()])?;
+        }
     }
     Ok(())
 }

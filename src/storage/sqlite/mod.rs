@@ -189,6 +189,24 @@ impl SqliteStorage {
         .map_err(|e| StorageError::Database(format!("storage task failed: {e}")))?
     }
 
+    /// [`Self::read`] with `f`'s statements in one read transaction: one
+    /// snapshot and one lock for many statements (a statement on its own
+    /// takes the WAL's read lock, and may find its page cache stale, every
+    /// time).
+    async fn read_together<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T> + Send + 'static,
+    {
+        self.read(move |c| {
+            let tx = c.unchecked_transaction()?;
+            let value = f(&tx)?;
+            tx.commit()?;
+            Ok(value)
+        })
+        .await
+    }
+
     /// Runs `f` in a write transaction, committed if `f` succeeds.
     async fn write<T, F>(&self, f: F) -> Result<T>
     where
@@ -451,7 +469,7 @@ impl Storage for SqliteStorage {
     async fn events(&self, ids: &[OwnedEventId]) -> Result<Vec<StoredEvent>> {
         self.events
             .get_or_load(ids, |missing| {
-                self.read(move |c| {
+                self.read_together(move |c| {
                     missing
                         .iter()
                         .filter_map(|id| events::event(c, id).transpose())
@@ -459,6 +477,11 @@ impl Storage for SqliteStorage {
                 })
             })
             .await
+    }
+
+    async fn event_keys(&self, ids: &[OwnedEventId]) -> Result<Vec<crate::storage::EventKey>> {
+        let ids = ids.to_vec();
+        self.read_together(move |c| events::event_keys(c, &ids)).await
     }
 
     async fn forward_extremities(&self, room_id: &RoomId) -> Result<Vec<(OwnedEventId, i64)>> {
@@ -520,13 +543,7 @@ impl Storage for SqliteStorage {
 
     async fn persist_outliers(&self, outliers: Vec<(Arc<Pdu>, Option<String>)>) -> Result<()> {
         let ids: Vec<OwnedEventId> = outliers.iter().map(|(pdu, _)| pdu.event_id.clone()).collect();
-        self.write(move |tx| {
-            for (pdu, rejected) in &outliers {
-                events::persist_outlier(tx, pdu, rejected.as_deref())?;
-            }
-            Ok(())
-        })
-        .await?;
+        self.write(move |tx| events::persist_outliers(tx, &outliers)).await?;
         for id in &ids {
             self.events.forget(id);
         }
