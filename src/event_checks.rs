@@ -26,7 +26,7 @@ use crate::{
     events::{Pdu, auth::AuthContext},
     services::Services,
     state::StateMap,
-    storage::{StateKey, StorageError, StoredEvent},
+    storage::{EventKey, StateKey, StorageError, StoredEvent},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -92,6 +92,75 @@ pub async fn check_signed_all(
         check_signatures(&rules, object, event_id, &room_id, &keys)
     })
     .await
+}
+
+/// A PDU of [`check_unheld_all`].
+pub enum Signed {
+    /// Not held here: checked (steps 1–3), as this server will hold it.
+    New(Pdu),
+    /// Held here already, under the event ID its format gives: what is
+    /// known of the held copy, checked when it came. (The event ID covers
+    /// the redacted event with its content hash, so another copy differs
+    /// at most in its signatures, which are not checked again.)
+    Held(EventKey),
+}
+
+/// [`check_signed_all`] for PDUs that may be held already (a `/state`
+/// answer after a partial join, an auth chain): their formats, which give
+/// their event IDs, on every core; one storage read of those held; the
+/// signatures and hashes of the others only. One result per PDU, in order.
+pub async fn check_unheld_all(
+    svc: &Services,
+    version: &RoomVersionId,
+    raws: Vec<Box<RawValue>>,
+) -> Result<Vec<Result<Signed, CheckError>>, StorageError> {
+    let Some(rules) = version.rules() else {
+        return Ok(raws
+            .iter()
+            .map(|_| Err(CheckError::Invalid(format!("unsupported room version {version}"))))
+            .collect());
+    };
+    let formats = {
+        let rules = rules.clone();
+        on_every_core(raws, move |raw| check_format(&rules, &raw)).await
+    };
+    let ids: Vec<OwnedEventId> = formats.iter().flatten().map(|(_, id, _)| id.clone()).collect();
+    let held: HashMap<OwnedEventId, EventKey> = svc
+        .storage
+        .event_keys(&ids)
+        .await?
+        .into_iter()
+        .map(|e| (e.event_id.clone(), e))
+        .collect();
+    let mut results: Vec<Option<Result<Signed, CheckError>>> = Vec::with_capacity(formats.len());
+    let mut unheld = Vec::new();
+    for (i, format) in formats.into_iter().enumerate() {
+        match format {
+            Ok((_, event_id, _)) if held.contains_key(&event_id) => {
+                results.push(held.get(&event_id).map(|event| Ok(Signed::Held(event.clone()))));
+            }
+            Ok((object, event_id, room_id)) => match signing_keys(svc, &object, &rules).await {
+                Ok(keys) => {
+                    results.push(None);
+                    unheld.push((i, (object, event_id, room_id, keys)));
+                }
+                Err(e) => results.push(Some(Err(e))),
+            },
+            Err(e) => results.push(Some(Err(e))),
+        }
+    }
+    let (places, unheld): (Vec<usize>, Vec<_>) = unheld.into_iter().unzip();
+    let checked = on_every_core(unheld, move |(object, event_id, room_id, keys)| {
+        check_signatures(&rules, object, event_id, &room_id, &keys)
+    })
+    .await;
+    for (i, checked) in places.into_iter().zip(checked) {
+        results[i] = Some(checked.map(Signed::New));
+    }
+    Ok(results
+        .into_iter()
+        .map(|r| r.expect("every PDU has a result"))
+        .collect())
 }
 
 /// `f` of each item, in order, the items shared out between blocking

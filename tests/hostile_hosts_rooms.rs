@@ -377,7 +377,8 @@ async fn a_restart_during_the_resync_resumes_it() {
         assert_eq!((status, &body["errcode"]), (404, &json!("M_NOT_FOUND")), "{body}");
         (alice.user_id.clone(), alice.token.clone())
     };
-    let asked_before = hostile.seen_at("/_matrix/federation/v1/state/").len();
+    // (The state's IDs are asked first.)
+    let asked_before = hostile.seen_at("/_matrix/federation/v1/state_ids/").len();
     assert!(asked_before >= 1, "the resync asked for the state");
 
     weft.restart().await;
@@ -391,7 +392,7 @@ async fn a_restart_during_the_resync_resumes_it() {
     want.insert(alice.user_id.clone());
     assert_eq!(joined_members(&alice, &room).await, want);
     assert!(
-        hostile.seen_at("/_matrix/federation/v1/state/").len() > asked_before,
+        hostile.seen_at("/_matrix/federation/v1/state_ids/").len() > asked_before,
         "the restarted server asked again"
     );
     member_talks(&weft, &hostile, &alice, &room, "m4", "after the restart").await;
@@ -1086,4 +1087,72 @@ async fn a_join_and_a_message_in_one_transaction_ask_for_nothing() {
     assert_eq!(asked, Vec::<String>::new());
     let now = messages(&alice, &room).await;
     assert!(now.iter().any(|(id, _)| id == said.id.as_str()), "{now:?}");
+}
+
+/// A resync that lacks few of the state's events (the members of a room
+/// with much other state) asks the state's IDs and fetches those events
+/// alone (`/event`), not the whole state again; the room is then whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resync_lacking_few_events_fetches_only_those() {
+    let (weft, hostile, room) = resync_held("Much state").await;
+    let creator = hostile.user("creator");
+    for i in 0..100 {
+        let state = hostile.build(
+            &room,
+            &creator,
+            "org.example.state",
+            Some(&i.to_string()),
+            json!({ "i": i }),
+        );
+        hostile.commit(&room, &state);
+    }
+    let alice = alice_joins(&weft, &hostile, &room).await;
+    let members: HashSet<OwnedEventId> = hostile
+        .room(&room)
+        .state
+        .iter()
+        .filter(|((kind, _), _)| kind == "m.room.member")
+        .map(|(_, id)| id.clone())
+        .collect();
+    let fetched_before = hostile.seen_at("/_matrix/federation/v1/event/").len();
+    hostile.set_behaviour(|b| b.serve_state = true);
+
+    let mut want = residents(&hostile, &[]);
+    want.insert(alice.user_id.clone());
+    assert_eq!(joined_members(&alice, &room).await, want);
+    assert!(
+        !hostile.seen_at("/_matrix/federation/v1/state_ids/").is_empty(),
+        "the resync asked the state's IDs"
+    );
+    assert!(
+        hostile.seen_at("/_matrix/federation/v1/state/").is_empty(),
+        "the resync asked the whole state again"
+    );
+    let fetched: Vec<String> = hostile.seen_at("/_matrix/federation/v1/event/")[fetched_before..]
+        .iter()
+        .map(|s| s.path.clone())
+        .collect();
+    assert!(!fetched.is_empty(), "the members left out were fetched");
+    for path in &fetched {
+        assert!(
+            members.iter().any(|id| path.ends_with(id.as_str())),
+            "{path} is not a member event"
+        );
+    }
+    // Every custom state event is in the room's state, as given at the join.
+    let state = alice
+        .ok(
+            Method::GET,
+            &format!("/_matrix/client/v3/rooms/{}/state", enc(room.as_str())),
+            None,
+        )
+        .await;
+    let custom = state
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["type"] == "org.example.state")
+        .count();
+    assert_eq!(custom, 100);
+    member_talks(&weft, &hostile, &alice, &room, "m3", "after a light resync").await;
 }

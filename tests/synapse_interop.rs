@@ -908,10 +908,10 @@ async fn weft_joins_a_synapse_room_with_partial_state_and_completes_it() {
     }
     assert!(
         synapse
-            .log_lines_with("/_matrix/federation/v1/state/")
+            .log_lines_with("/_matrix/federation/v1/state_ids/")
             .iter()
             .any(|l| l.contains(room.as_str()) || l.contains(&enc(&room))),
-        "weft fetched the full state from Synapse"
+        "weft asked Synapse for the full state"
     );
     messages_flow_both_ways(&alice, &bob, &room, "weft-partial").await;
 }

@@ -543,8 +543,7 @@ impl<'a> Receiver<'a> {
                 return Ok(());
             }
         };
-        let events = super::outliers::check_signed(self.svc, self.version, self.room_id, chain).await;
-        self.keep_outliers(events).await
+        super::outliers::check_and_keep(self.svc, self.version, self.room_id, chain).await
     }
 
     async fn keep_outliers(&self, events: Vec<Pdu>) -> Result<(), RoomError> {

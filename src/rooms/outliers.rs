@@ -3,7 +3,8 @@
 //! and kept as outliers: held, without a place in the timeline.
 //!
 //! The cost is meant to be the crypto's: the signatures and hashes of the
-//! whole answer are checked on every core ([`event_checks::check_signed_all`]),
+//! answer's events not held yet are checked on every core
+//! ([`event_checks::check_unheld_all`]),
 //! each event's auth events are found in the answer itself or in one read
 //! of storage, and the answer is written in one transaction ([`keep`]).
 
@@ -12,28 +13,22 @@ use std::{
     sync::Arc,
 };
 
-use ruma::{OwnedEventId, RoomId, RoomVersionId, events::StateEventType, room_version_rules::RoomVersionRules};
+use futures_util::StreamExt;
+use ruma::{
+    EventId, OwnedEventId, RoomId, RoomVersionId, ServerName,
+    api::federation::event::{get_event, get_room_state, get_room_state_ids},
+    events::StateEventType,
+    room_version_rules::RoomVersionRules,
+};
 use serde_json::value::RawValue;
 
 use super::RoomError;
 use crate::{
-    event_checks::{self, CheckError},
+    event_checks::{self, CheckError, Signed},
     events::Pdu,
     services::Services,
     state::{StateMap, key},
 };
-
-/// The events of `raws` that pass steps 1–3 (format, signatures, hashes)
-/// and are of `room_id`, in the order given; the others are dropped.
-pub async fn check_signed(
-    svc: &Services,
-    version: &RoomVersionId,
-    room_id: &RoomId,
-    raws: Vec<Box<RawValue>>,
-) -> Vec<Pdu> {
-    let checked = event_checks::check_signed_all(svc, version, raws).await;
-    checked.into_iter().filter_map(|c| of_room(room_id, c)).collect()
-}
 
 fn of_room(room_id: &RoomId, checked: Result<Pdu, CheckError>) -> Option<Pdu> {
     match checked {
@@ -49,30 +44,57 @@ fn of_room(room_id: &RoomId, checked: Result<Pdu, CheckError>) -> Option<Pdu> {
     }
 }
 
+/// The events of `raws` (an auth chain) that pass steps 1–3 (format,
+/// signatures, hashes) and are of `room_id`, kept ([`keep`]); those held
+/// already are neither checked nor kept again, the others are dropped.
+pub async fn check_and_keep(
+    svc: &Services,
+    version: &RoomVersionId,
+    room_id: &RoomId,
+    raws: Vec<Box<RawValue>>,
+) -> Result<(), RoomError> {
+    let rules = version
+        .rules()
+        .ok_or_else(|| RoomError::UnsupportedVersion(version.to_string()))?;
+    let mut new = Vec::new();
+    for checked in event_checks::check_unheld_all(svc, version, raws).await? {
+        match checked {
+            Ok(Signed::Held(_)) => {}
+            Ok(Signed::New(pdu)) => new.extend(of_room(room_id, Ok(pdu))),
+            Err(e) => {
+                of_room(room_id, Err(e));
+            }
+        }
+    }
+    keep_unheld(svc, &rules, new, HashSet::new()).await.map(drop)
+}
+
 /// Checks `events` against their own auth events (step 4), oldest first
 /// by depth, and keeps those not held yet as outliers, rejected where they
 /// fail, in one write. An auth event is looked for in `events` (those
-/// before it) and in storage. Gives each event (as held, when it was
-/// already) with whether it is rejected.
-pub async fn keep(svc: &Services, rules: &RoomVersionRules, mut events: Vec<Pdu>) -> Result<Vec<Outlier>, RoomError> {
+/// before it) and in storage.
+pub async fn keep(svc: &Services, rules: &RoomVersionRules, events: Vec<Pdu>) -> Result<(), RoomError> {
+    let ids: Vec<OwnedEventId> = events.iter().map(|e| e.event_id.clone()).collect();
+    let held = svc.storage.event_keys(&ids).await?;
+    keep_unheld(svc, rules, events, held.into_iter().map(|k| k.event_id).collect())
+        .await
+        .map(drop)
+}
+
+/// [`keep`] given the events found held already: those of `events` among
+/// them are not kept again. Gives the events kept, with whether each was
+/// rejected.
+async fn keep_unheld(
+    svc: &Services,
+    rules: &RoomVersionRules,
+    mut events: Vec<Pdu>,
+    held: HashSet<OwnedEventId>,
+) -> Result<Vec<Outlier>, RoomError> {
     events.sort_by_key(|e| e.depth);
     let mut seen = HashSet::with_capacity(events.len());
-    events.retain(|e| seen.insert(e.event_id.clone()));
-    let ids: Vec<OwnedEventId> = events.iter().map(|e| e.event_id.clone()).collect();
-    let mut kept: Vec<Outlier> = svc
-        .storage
-        .events(&ids)
-        .await?
-        .into_iter()
-        .map(|e| Outlier {
-            rejected: e.meta.rejected.is_some(),
-            pdu: e.pdu,
-        })
-        .collect();
-    let held: HashSet<&OwnedEventId> = kept.iter().map(|o| &o.pdu.event_id).collect();
-    events.retain(|e| !held.contains(&e.event_id));
+    events.retain(|e| !held.contains(&e.event_id) && seen.insert(e.event_id.clone()));
     if events.is_empty() {
-        return Ok(kept);
+        return Ok(Vec::new());
     }
 
     // The auth events from outside the batch, in one read.
@@ -97,10 +119,6 @@ pub async fn keep(svc: &Services, rules: &RoomVersionRules, mut events: Vec<Pdu>
         .into_iter()
         .map(|e| (e.pdu.event_id.clone(), (e.pdu, e.meta.rejected.is_some())))
         .collect();
-    known.extend(
-        kept.iter()
-            .map(|o| (o.pdu.event_id.clone(), (o.pdu.clone(), o.rejected))),
-    );
 
     let mut outliers = Vec::with_capacity(events.len());
     for event in events {
@@ -119,22 +137,128 @@ pub async fn keep(svc: &Services, rules: &RoomVersionRules, mut events: Vec<Pdu>
         known.insert(event.event_id.clone(), (event.clone(), rejected.is_some()));
         outliers.push((event, rejected));
     }
-    kept.extend(outliers.iter().map(|(pdu, rejected)| Outlier {
-        pdu: pdu.clone(),
-        rejected: rejected.is_some(),
-    }));
+    let kept = outliers
+        .iter()
+        .map(|(pdu, rejected)| Outlier {
+            pdu: pdu.clone(),
+            rejected: rejected.is_some(),
+        })
+        .collect();
     svc.storage.persist_outliers(outliers).await?;
     Ok(kept)
 }
 
-/// An event of [`keep`], as held.
-pub struct Outlier {
-    pub pdu: Arc<Pdu>,
-    pub rejected: bool,
+/// An event kept by [`keep_unheld`].
+struct Outlier {
+    pdu: Arc<Pdu>,
+    rejected: bool,
+}
+
+/// Events fetched at once with `/event` by [`state_from`].
+const FETCHES_AT_ONCE: usize = 8;
+
+/// The state at `event_id` as `server` gives it, its events held (checked
+/// and kept as outliers; rejected ones left out of it). The IDs first
+/// (`/state_ids`): the events not held are fetched one by one (`/event`)
+/// when they are few, with the whole state (`/state`, [`keep_state`]) when a
+/// tenth or more of them is missing (Synapse's rule). A resync after a
+/// partial join, which lacks only the members, checks and keeps only them.
+/// None when the server does not answer, or lies (an event of another room
+/// in the state).
+pub async fn state_from(
+    svc: &Services,
+    server: &ServerName,
+    version: &RoomVersionId,
+    room_id: &RoomId,
+    event_id: &EventId,
+) -> Result<Option<StateMap>, RoomError> {
+    let rules = version
+        .rules()
+        .ok_or_else(|| RoomError::UnsupportedVersion(version.to_string()))?;
+    let request = get_room_state_ids::v1::Request::new(event_id.to_owned(), room_id.to_owned());
+    let ids = match svc.federation.send(server, request).await {
+        Ok(ids) => ids,
+        Err(e) => {
+            tracing::info!(%room_id, %server, error = %e, "cannot fetch the state's IDs");
+            return Ok(None);
+        }
+    };
+    let wanted: Vec<OwnedEventId> = ids
+        .pdu_ids
+        .iter()
+        .chain(&ids.auth_chain_ids)
+        .cloned()
+        .collect::<HashSet<_>>()
+        .into_iter()
+        .collect();
+    let held: HashSet<OwnedEventId> = svc
+        .storage
+        .event_keys(&wanted)
+        .await?
+        .into_iter()
+        .map(|k| k.event_id)
+        .collect();
+    let missing: HashSet<OwnedEventId> = wanted.into_iter().filter(|id| !held.contains(id)).collect();
+    if missing.len() * 10 >= held.len() + missing.len() {
+        let request = get_room_state::v1::Request::new(event_id.to_owned(), room_id.to_owned());
+        let answer = match svc.federation.send(server, request).await {
+            Ok(answer) => answer,
+            Err(e) => {
+                tracing::info!(%room_id, %server, error = %e, "cannot fetch the state");
+                return Ok(None);
+            }
+        };
+        return match keep_state(svc, version, room_id, answer.pdus, answer.auth_chain).await {
+            Ok(state) => Ok(Some(state)),
+            Err(RoomError::Invalid(e)) => {
+                tracing::info!(%room_id, %server, error = %e, "a state answer refused");
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        };
+    }
+    if !missing.is_empty() {
+        let raws: Vec<Box<RawValue>> = futures_util::stream::iter(missing.iter().cloned())
+            .map(|id| async move { svc.federation.send(server, get_event::v1::Request::new(id)).await })
+            .buffer_unordered(FETCHES_AT_ONCE)
+            .filter_map(|answer| async move {
+                answer
+                    .inspect_err(|e| tracing::info!(%room_id, %server, error = %e, "cannot fetch an event"))
+                    .ok()
+                    .map(|a| a.pdu)
+            })
+            .collect()
+            .await;
+        let fetched = event_checks::check_signed_all(svc, version, raws)
+            .await
+            .into_iter()
+            .filter_map(|checked| of_room(room_id, checked))
+            // (Only what was asked for.)
+            .filter(|pdu| missing.contains(&pdu.event_id))
+            .collect();
+        keep(svc, &rules, fetched).await?;
+    }
+    let mut state = StateMap::new();
+    for event in svc.storage.event_keys(&ids.pdu_ids).await? {
+        if event.room_id != room_id {
+            tracing::info!(%room_id, %server, event_id = %event.event_id, "a state naming an event of another room");
+            return Ok(None);
+        }
+        if !event.rejected
+            && let Some(state_key) = event.state_key
+        {
+            state.insert(
+                key(StateEventType::from(event.kind.as_str()), &state_key),
+                event.event_id,
+            );
+        }
+    }
+    Ok(Some(state))
 }
 
 /// An answer holding a room's state at some event and its auth chain:
-/// every event checked and kept ([`check_signed`], [`keep`]); the state of
+/// every event not held yet checked ([`event_checks::check_unheld_all`]) and
+/// kept ([`keep`]); the state of
 /// those of `state` that passed and were not rejected.
 pub async fn keep_state(
     svc: &Services,
@@ -151,41 +275,62 @@ pub async fn keep_state(
     let auth_len = auth_chain.len();
     let mut raws = auth_chain;
     raws.extend(state);
-    let mut state_ids = Vec::with_capacity(raws.len() - auth_len);
+    let mut state_ids = HashSet::with_capacity(raws.len() - auth_len);
     let mut events = Vec::with_capacity(raws.len());
+    let mut held = HashSet::new();
+    let mut state = StateMap::new();
     let started = std::time::Instant::now();
-    for (i, checked) in event_checks::check_signed_all(svc, version, raws)
-        .await
+    // Events held already (the partial state's, at a resync) are not
+    // checked again.
+    for (i, checked) in event_checks::check_unheld_all(svc, version, raws)
+        .await?
         .into_iter()
         .enumerate()
     {
-        match checked {
-            // A server that gives another room's events for this one's
-            // state lies about it: its whole answer is refused.
-            Ok(event) if event.room_id != room_id => {
-                return Err(RoomError::Invalid(format!(
-                    "the answer holds {}, an event of another room",
-                    event.event_id
-                )));
+        let (of, event_id) = match &checked {
+            Ok(Signed::New(event)) => (&event.room_id, &event.event_id),
+            Ok(Signed::Held(event)) => (&event.room_id, &event.event_id),
+            Err(e) => {
+                tracing::info!(%room_id, error = %e, "dropping an event that fails its checks");
+                continue;
             }
-            Ok(event) => {
-                if i >= auth_len {
-                    state_ids.push(event.event_id.clone());
+        };
+        // A server that gives another room's events for this one's state
+        // lies about it: its whole answer is refused.
+        if of != room_id {
+            return Err(RoomError::Invalid(format!(
+                "the answer holds {event_id}, an event of another room"
+            )));
+        }
+        let in_state = i >= auth_len;
+        match checked {
+            Ok(Signed::New(event)) => {
+                if in_state {
+                    state_ids.insert(event.event_id.clone());
                 }
                 events.push(event);
             }
-            Err(e) => tracing::info!(%room_id, error = %e, "dropping an event that fails its checks"),
+            Ok(Signed::Held(event)) => {
+                if in_state
+                    && !event.rejected
+                    && let Some(state_key) = &event.state_key
+                {
+                    state.insert(
+                        key(StateEventType::from(event.kind.as_str()), state_key),
+                        event.event_id.clone(),
+                    );
+                }
+                held.insert(event.event_id);
+            }
+            Err(_) => {}
         }
     }
-    let state_ids: HashSet<OwnedEventId> = state_ids.into_iter().collect();
     let checked = started.elapsed();
     let count = events.len();
-    let kept = keep(svc, &rules, events).await?;
+    let kept = keep_unheld(svc, &rules, events, held).await?;
     tracing::debug!(%room_id, count, ?checked, kept = ?started.elapsed() - checked, "a state answer checked and kept");
-    let mut state = StateMap::new();
     for outlier in kept {
         if !outlier.rejected
-            && outlier.pdu.room_id == room_id
             && state_ids.contains(&outlier.pdu.event_id)
             && let Some(state_key) = &outlier.pdu.state_key
         {

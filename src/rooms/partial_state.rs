@@ -13,8 +13,9 @@
 //! - a full member list (`/members`, `/joined_members`) waits for the full
 //!   state ([`wait_until_full`]).
 //!
-//! The resync ([`resync`]) asks `/state` at the join of each server in
-//! turn, checks every event of the answer as any received event, checks
+//! The resync ([`resync`]) asks the state at the join of each server in
+//! turn ([`super::outliers::state_from`]: its IDs, then the events not held,
+//! the members left out), checks them as any received event, checks
 //! the events received while partial again against the full state
 //! ([`recheck`]: what it refuses is rejected), and adds what the partial
 //! state lacked to the room's states, in one transaction with marking the
@@ -34,8 +35,7 @@ use std::{
 use tokio::sync::Notify;
 
 use ruma::{
-    OwnedEventId, OwnedRoomId, OwnedUserId, RoomId, api::federation::event::get_room_state, events::StateEventType,
-    room_version_rules::RoomVersionRules,
+    OwnedEventId, OwnedRoomId, OwnedUserId, RoomId, events::StateEventType, room_version_rules::RoomVersionRules,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -452,15 +452,10 @@ async fn fetch_full_state(
 ) -> Result<Option<StateMap>, RoomError> {
     let room_id = &partial.room_id;
     for server in partial.servers.iter().filter(|s| *s != svc.server_name()) {
-        let request = get_room_state::v1::Request::new(partial.join_event_id.clone(), room_id.clone());
-        let answer = match svc.federation.send(server, request).await {
-            Ok(answer) => answer,
-            Err(e) => {
-                tracing::info!(%room_id, %server, error = %e, "cannot fetch the full state");
-                continue;
-            }
+        let Some(full) = super::outliers::state_from(svc, server, version, room_id, &partial.join_event_id).await?
+        else {
+            continue;
         };
-        let full = super::outliers::keep_state(svc, version, room_id, answer.pdus, answer.auth_chain).await?;
         if full.contains_key(&key(StateEventType::RoomCreate, "")) {
             return Ok(Some(full));
         }
