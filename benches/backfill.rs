@@ -83,7 +83,8 @@ const METRICS: Options = Options {
 /// `WEFT_BENCH_KEEP` keeps the weft data directories and logs;
 /// `WEFT_BENCH_WEFT_LOG` is the weft processes' log filter (`warn`);
 /// `WEFT_BENCH_PERF=<file>` records the weft joiner of "weft from weft" (with call graphs) with
-/// `perf record` while it pages back. `WEFT_BENCH_BACKENDS` (`sqlite,postgres`):
+/// `perf record` while it pages back; `WEFT_BENCH_PERF_JOIN=<file>` records it while it joins
+/// and takes the full state. `WEFT_BENCH_BACKENDS` (`sqlite,postgres`):
 /// the storage backends, of weft and Synapse alike.
 #[derive(Debug, Clone)]
 struct Settings {
@@ -435,6 +436,26 @@ async fn page_back(client: &Client, room: &str, page: usize, max_pages: usize) -
     (events, latencies)
 }
 
+/// Starts `perf record` (with call graphs) of process `pid` into `out`.
+async fn perf_record(out: &std::ffi::OsStr, pid: u32) -> std::process::Child {
+    let perf = Command::new("perf")
+        .args(["record", "-F", "999", "--call-graph", "dwarf,16384", "-o"])
+        .arg(out)
+        .args(["-p", &pid.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start perf record");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    perf
+}
+
+/// Stops a [`perf_record`] and waits for it to write its file.
+fn perf_stop(mut perf: std::process::Child) {
+    let _ = Command::new("kill").args(["-INT", &perf.id().to_string()]).status();
+    let _ = perf.wait();
+}
+
 async fn page_back_case(
     backend: &Backend,
     label: &str,
@@ -449,6 +470,12 @@ async fn page_back_case(
         (joiner.pid, joiner.database.as_ref()),
         (host.pid, host.database.as_ref()),
     );
+    // WEFT_BENCH_PERF_JOIN=<file>: `perf record` the weft joiner of weft
+    // from weft while it joins and takes the full state.
+    let perf = match (std::env::var_os("WEFT_BENCH_PERF_JOIN"), joiner.weft, host.synapse) {
+        (Some(out), Some(_), None) => Some(perf_record(&out, joiner.pid).await),
+        _ => None,
+    };
     let cpu = Cpu::read(backend, pids.0, pids.1);
     let t = Instant::now();
     let (status, body) = joiner
@@ -461,6 +488,13 @@ async fn page_back_case(
     let (status, body) = joiner.client.call(reqwest::Method::GET, &members_path, None).await;
     let full_state = t.elapsed();
     assert_eq!(status, StatusCode::OK, "{label}: members: {body}");
+    settle(joiner.pid, Duration::from_millis(500), Duration::from_secs(30)).await;
+    let join_cpu = Cpu::since(&cpu, backend, joiner_of, host_of);
+    if let Some(perf) = perf {
+        perf_stop(perf);
+    }
+    // (Checked once the join's CPU is read: reading the whole state is the
+    // benchmark's work, not the join's.)
     let state = joiner
         .client
         .ok(
@@ -472,8 +506,6 @@ async fn page_back_case(
     let state = state.as_array().expect("a state").clone();
     let custom = state.iter().filter(|e| e["type"] == "org.example.state").count();
     assert_eq!(custom, room.state, "{label}: the joiner holds every state event");
-    settle(joiner.pid, Duration::from_millis(500), Duration::from_secs(30)).await;
-    let join_cpu = Cpu::since(&cpu, backend, joiner_of, host_of);
 
     let before = match (joiner.weft, host.synapse) {
         (Some(w), _) => backfill_counters(w).await.1,
@@ -485,18 +517,7 @@ async fn page_back_case(
     // WEFT_BENCH_PERF=<file>: `perf record` the weft joiner of weft from
     // weft while it pages back.
     let perf = match (std::env::var_os("WEFT_BENCH_PERF"), joiner.weft, host.synapse) {
-        (Some(out), Some(_), None) => {
-            let perf = Command::new("perf")
-                .args(["record", "-F", "999", "--call-graph", "dwarf,16384", "-o"])
-                .arg(out)
-                .args(["-p", &joiner.pid.to_string()])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("start perf record");
-            tokio::time::sleep(Duration::from_millis(500)).await;
-            Some(perf)
-        }
+        (Some(out), Some(_), None) => Some(perf_record(&out, joiner.pid).await),
         _ => None,
     };
     let cpu = Cpu::read(backend, pids.0, pids.1);
@@ -507,9 +528,8 @@ async fn page_back_case(
     let wall = t.elapsed();
     let cpu = Cpu::since(&cpu, backend, joiner_of, host_of);
     let joiner_switches = context_switches(joiner.pid).saturating_sub(switches);
-    if let Some(mut perf) = perf {
-        let _ = Command::new("kill").args(["-INT", &perf.id().to_string()]).status();
-        let _ = perf.wait();
+    if let Some(perf) = perf {
+        perf_stop(perf);
     }
 
     // Checks: nothing twice, every message once, the creation reached, the
