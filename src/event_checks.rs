@@ -99,9 +99,11 @@ pub enum Signed {
     /// Not held here: checked (steps 1–3), as this server will hold it.
     New(Pdu),
     /// Held here already, under the event ID its format gives: what is
-    /// known of the held copy, checked when it came. (The event ID covers
-    /// the redacted event with its content hash, so another copy differs
-    /// at most in its signatures, which are not checked again.)
+    /// known of the held copy, checked when it came, which stands for it.
+    /// (From room version 3 the event ID covers the redacted event with its
+    /// content hash, so another copy differs at most in its signatures; in
+    /// versions 1 and 2 the sender picks it, so the held event may even be
+    /// of another room: the caller checks.)
     Held(EventKey),
 }
 

@@ -1094,26 +1094,9 @@ async fn a_join_and_a_message_in_one_transaction_ask_for_nothing() {
 /// alone (`/event`), not the whole state again; the room is then whole.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_resync_lacking_few_events_fetches_only_those() {
-    let (weft, hostile, room) = resync_held("Much state").await;
-    let creator = hostile.user("creator");
-    for i in 0..100 {
-        let state = hostile.build(
-            &room,
-            &creator,
-            "org.example.state",
-            Some(&i.to_string()),
-            json!({ "i": i }),
-        );
-        hostile.commit(&room, &state);
-    }
+    let (weft, hostile, room) = resync_held_with_much_state("Much state").await;
     let alice = alice_joins(&weft, &hostile, &room).await;
-    let members: HashSet<OwnedEventId> = hostile
-        .room(&room)
-        .state
-        .iter()
-        .filter(|((kind, _), _)| kind == "m.room.member")
-        .map(|(_, id)| id.clone())
-        .collect();
+    let members = member_events(&hostile, &room);
     let fetched_before = hostile.seen_at("/_matrix/federation/v1/event/").len();
     hostile.set_behaviour(|b| b.serve_state = true);
 
@@ -1155,4 +1138,55 @@ async fn a_resync_lacking_few_events_fetches_only_those() {
         .count();
     assert_eq!(custom, 100);
     member_talks(&weft, &hostile, &alice, &room, "m3", "after a light resync").await;
+}
+
+/// [`resync_held`], the room with 100 state events besides its members.
+async fn resync_held_with_much_state(name: &str) -> (TestServer, Hostile, OwnedRoomId) {
+    let (weft, hostile, room) = resync_held(name).await;
+    let creator = hostile.user("creator");
+    for i in 0..100 {
+        let state = hostile.build(
+            &room,
+            &creator,
+            "org.example.state",
+            Some(&i.to_string()),
+            json!({ "i": i }),
+        );
+        hostile.commit(&room, &state);
+    }
+    (weft, hostile, room)
+}
+
+/// The member events of the hostile server's state of `room`.
+fn member_events(hostile: &Hostile, room: &OwnedRoomId) -> HashSet<OwnedEventId> {
+    hostile
+        .room(room)
+        .state
+        .iter()
+        .filter(|((kind, _), _)| kind == "m.room.member")
+        .map(|(_, id)| id.clone())
+        .collect()
+}
+
+/// A resync that fetches the few events it lacks one by one, one of which
+/// the server will not give, keeps none of them (they would be rejected
+/// for want of each other) and takes the whole state instead: the room is
+/// whole, that member included.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resync_missing_an_event_it_fetched_takes_the_whole_state() {
+    let (weft, hostile, room) = resync_held_with_much_state("An event withheld").await;
+    let alice = alice_joins(&weft, &hostile, &room).await;
+    let m4 = hostile.room(&room).state[&("m.room.member".to_owned(), hostile.user("m4").to_string())].clone();
+    hostile.set_behaviour(|b| {
+        b.withheld_events = vec![m4];
+        b.serve_state = true;
+    });
+    let mut want = residents(&hostile, &[]);
+    want.insert(alice.user_id.clone());
+    assert_eq!(joined_members(&alice, &room).await, want);
+    assert!(
+        !hostile.seen_at("/_matrix/federation/v1/state/").is_empty(),
+        "the resync asked the whole state"
+    );
+    member_talks(&weft, &hostile, &alice, &room, "m4", "whole after all").await;
 }

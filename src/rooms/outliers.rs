@@ -200,49 +200,23 @@ pub async fn state_from(
         .collect();
     let missing: HashSet<OwnedEventId> = wanted.into_iter().filter(|id| !held.contains(id)).collect();
     if missing.len() * 10 >= held.len() + missing.len() {
-        let request = get_room_state::v1::Request::new(event_id.to_owned(), room_id.to_owned());
-        let answer = match svc.federation.send(server, request).await {
-            Ok(answer) => answer,
-            Err(e) => {
-                tracing::info!(%room_id, %server, error = %e, "cannot fetch the state");
-                return Ok(None);
-            }
-        };
-        return match keep_state(svc, version, room_id, answer.pdus, answer.auth_chain).await {
-            Ok(state) => Ok(Some(state)),
-            Err(RoomError::Invalid(e)) => {
-                tracing::info!(%room_id, %server, error = %e, "a state answer refused");
-                Ok(None)
-            }
-            Err(e) => Err(e),
-        };
+        return whole_state(svc, server, version, room_id, event_id).await;
     }
     if !missing.is_empty() {
-        let raws: Vec<Box<RawValue>> = futures_util::stream::iter(missing.iter().cloned())
-            .map(|id| async move { svc.federation.send(server, get_event::v1::Request::new(id)).await })
-            .buffer_unordered(FETCHES_AT_ONCE)
-            .filter_map(|answer| async move {
-                answer
-                    .inspect_err(|e| tracing::info!(%room_id, %server, error = %e, "cannot fetch an event"))
-                    .ok()
-                    .map(|a| a.pdu)
-            })
-            .collect()
-            .await;
-        let fetched = event_checks::check_signed_all(svc, version, raws)
-            .await
-            .into_iter()
-            .filter_map(|checked| of_room(room_id, checked))
-            // (Only what was asked for.)
-            .filter(|pdu| missing.contains(&pdu.event_id))
-            .collect();
+        let Some(fetched) = fetch_each(svc, server, version, room_id, &missing).await else {
+            // Keeping some would reject their children for want of an
+            // auth event: the whole state instead.
+            return whole_state(svc, server, version, room_id, event_id).await;
+        };
         keep(svc, &rules, fetched).await?;
     }
     let mut state = StateMap::new();
     for event in svc.storage.event_keys(&ids.pdu_ids).await? {
+        // (Rooms v1 and v2 only, where the sender picks the event ID: an
+        // event of another room held under the ID named is not this one's.)
         if event.room_id != room_id {
             tracing::info!(%room_id, %server, event_id = %event.event_id, "a state naming an event of another room");
-            return Ok(None);
+            continue;
         }
         if !event.rejected
             && let Some(state_key) = event.state_key
@@ -254,6 +228,73 @@ pub async fn state_from(
         }
     }
     Ok(Some(state))
+}
+
+/// The state at `event_id` as `server` gives it whole (`/state`), checked
+/// and kept ([`keep_state`]); None when the server fails or lies.
+async fn whole_state(
+    svc: &Services,
+    server: &ServerName,
+    version: &RoomVersionId,
+    room_id: &RoomId,
+    event_id: &EventId,
+) -> Result<Option<StateMap>, RoomError> {
+    let request = get_room_state::v1::Request::new(event_id.to_owned(), room_id.to_owned());
+    let answer = match svc.federation.send(server, request).await {
+        Ok(answer) => answer,
+        Err(e) => {
+            tracing::info!(%room_id, %server, error = %e, "cannot fetch the state");
+            return Ok(None);
+        }
+    };
+    match keep_state(svc, version, room_id, answer.pdus, answer.auth_chain).await {
+        Ok(state) => Ok(Some(state)),
+        Err(RoomError::Invalid(e)) => {
+            tracing::info!(%room_id, %server, error = %e, "a state answer refused");
+            Ok(None)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Each of `ids` from `server` (`/event`, [`FETCHES_AT_ONCE`] at a time),
+/// checked (steps 1–3), all of `room_id`; None unless every one came and
+/// passed.
+async fn fetch_each(
+    svc: &Services,
+    server: &ServerName,
+    version: &RoomVersionId,
+    room_id: &RoomId,
+    ids: &HashSet<OwnedEventId>,
+) -> Option<Vec<Pdu>> {
+    let answers: Vec<_> = futures_util::stream::iter(ids.iter().cloned())
+        .map(|id| async move { svc.federation.send(server, get_event::v1::Request::new(id)).await })
+        .buffer_unordered(FETCHES_AT_ONCE)
+        .collect()
+        .await;
+    let mut raws = Vec::with_capacity(answers.len());
+    for answer in answers {
+        match answer {
+            Ok(answer) => raws.push(answer.pdu),
+            Err(e) => {
+                tracing::info!(%room_id, %server, error = %e, "cannot fetch an event");
+                return None;
+            }
+        }
+    }
+    let mut fetched = Vec::with_capacity(raws.len());
+    for checked in event_checks::check_signed_all(svc, version, raws).await {
+        match of_room(room_id, checked) {
+            Some(pdu) if ids.contains(&pdu.event_id) => fetched.push(pdu),
+            Some(pdu) => {
+                tracing::info!(%room_id, %server, event_id = %pdu.event_id, "an event not asked for");
+                return None;
+            }
+            None => return None,
+        }
+    }
+    let got: HashSet<&OwnedEventId> = fetched.iter().map(|pdu| &pdu.event_id).collect();
+    (got.len() == ids.len()).then_some(fetched)
 }
 
 /// An answer holding a room's state at some event and its auth chain:
@@ -287,20 +328,27 @@ pub async fn keep_state(
         .into_iter()
         .enumerate()
     {
-        let (of, event_id) = match &checked {
-            Ok(Signed::New(event)) => (&event.room_id, &event.event_id),
-            Ok(Signed::Held(event)) => (&event.room_id, &event.event_id),
+        match &checked {
+            // A server that gives another room's events for this one's
+            // state lies about it: its whole answer is refused.
+            Ok(Signed::New(event)) if event.room_id != room_id => {
+                return Err(RoomError::Invalid(format!(
+                    "the answer holds {}, an event of another room",
+                    event.event_id
+                )));
+            }
+            // (Rooms v1 and v2 only, where the sender picks the event ID:
+            // an event of another room held under this one's ID. This one
+            // is not taken, as one that fails its checks.)
+            Ok(Signed::Held(event)) if event.room_id != room_id => {
+                tracing::info!(%room_id, event_id = %event.event_id, "an event ID held as another room's");
+                continue;
+            }
+            Ok(_) => {}
             Err(e) => {
                 tracing::info!(%room_id, error = %e, "dropping an event that fails its checks");
                 continue;
             }
-        };
-        // A server that gives another room's events for this one's state
-        // lies about it: its whole answer is refused.
-        if of != room_id {
-            return Err(RoomError::Invalid(format!(
-                "the answer holds {event_id}, an event of another room"
-            )));
         }
         let in_state = i >= auth_len;
         match checked {

@@ -77,6 +77,8 @@ pub struct Behaviour {
     pub serve_state: bool,
     /// Added to the state of every `/send_join` answer (forgeries).
     pub extra_join_state: Vec<Value>,
+    /// `/event` refuses these (404), held or not.
+    pub withheld_events: Vec<OwnedEventId>,
 }
 
 impl Default for Behaviour {
@@ -95,6 +97,7 @@ impl Default for Behaviour {
             serve_partial_state: true,
             serve_state: true,
             extra_join_state: Vec::new(),
+            withheld_events: Vec::new(),
         }
     }
 }
@@ -945,6 +948,7 @@ async fn handle(
         ("GET", ["_matrix", "federation", "v1", "event", event_id]) => {
             match OwnedEventId::try_from(*event_id)
                 .ok()
+                .filter(|id| !inner.behaviour.withheld_events.contains(id))
                 .and_then(|id| inner.events.get(&id))
             {
                 Some(event) => pdus_answer(vec![event.clone()]),
