@@ -163,8 +163,9 @@ const FETCHES_AT_ONCE: usize = 8;
 /// when they are few, with the whole state (`/state`, [`keep_state`]) when a
 /// tenth or more of them is missing (Synapse's rule). A resync after a
 /// partial join, which lacks only the members, checks and keeps only them.
-/// None when the server does not answer, or lies (an event of another room
-/// in the state).
+/// None when the server does not answer, or its whole state is asked and
+/// refused ([`whole_state`]). (An event held as another room's, possible in
+/// rooms v1 and v2 only, is left out of the state.)
 pub async fn state_from(
     svc: &Services,
     server: &ServerName,
