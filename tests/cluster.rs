@@ -1339,7 +1339,8 @@ async fn a_sliding_sync_connection_moves_between_processes() {
     // And on from B's answer, on A.
     let pos = retried["pos"].as_str().unwrap().to_owned();
     bob.send(&room, "b2", "again").await;
-    let next = ss(&alice, Some(&pos), 0).await;
+    // (With a timeout: A may hear of B's send a moment after it returns.)
+    let next = ss(&alice, Some(&pos), 30_000).await;
     assert_eq!(texts(&next), ["again"], "{next}");
 }
 
