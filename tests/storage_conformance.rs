@@ -139,6 +139,7 @@ conformance! {
     timeline_expiry,
     state_group_deltas,
     state_group_chain_cap,
+    state_cache_builds_groups_from_their_chains,
     current_state_and_memberships,
     history_walks,
     concurrent_event_stream,
@@ -1363,6 +1364,36 @@ async fn state_group_deltas(s: Store) {
         .await
         .unwrap();
     assert_eq!(sorted(s.state_group(g4).await.unwrap()), expect3);
+    // The chain as stored: the snapshot first, each group's own changes.
+    let chain = s.state_group_chain(g4).await.unwrap();
+    assert_eq!(chain, vec![g1, g2, g3, g4]);
+    let stored = s.state_group_entries(&chain).await.unwrap();
+    assert_eq!(stored.iter().map(|g| g.id).collect::<Vec<_>>(), chain);
+    let own = |i: usize| -> Vec<(StateKey, Option<OwnedEventId>)> {
+        let mut entries = stored[i].entries.clone();
+        entries.sort();
+        entries
+    };
+    assert_eq!(
+        own(0),
+        vec![(ka.clone(), Some(eid("a1"))), (kb.clone(), Some(eid("b1")))]
+    );
+    assert_eq!(
+        own(1),
+        vec![(ka.clone(), Some(eid("a2"))), (kc.clone(), Some(eid("c1")))]
+    );
+    assert_eq!(own(2), vec![(kd.clone(), Some(eid("d2")))], "one row per key");
+    assert_eq!(own(3), vec![]);
+    assert_eq!(
+        s.state_group_chain(g1).await.unwrap(),
+        vec![g1],
+        "a snapshot is its own chain"
+    );
+    // Entries in the order asked.
+    let backwards = s.state_group_entries(&[g3, g1]).await.unwrap();
+    assert_eq!(backwards.iter().map(|g| g.id).collect::<Vec<_>>(), vec![g3, g1]);
+    assert_eq!(backwards[0].entries.len(), 1);
+    assert_eq!(backwards[1].entries.len(), 2);
     let empty = s.store_state_group(&room_id, empty_state()).await.unwrap();
     assert!(s.state_group(empty).await.unwrap().is_empty());
 
@@ -1441,7 +1472,77 @@ async fn state_group_chain_cap(s: Store) {
             .unwrap();
         let want: Vec<_> = expected.clone().into_iter().collect();
         assert_eq!(sorted(s.state_group(group).await.unwrap()), want, "delta {i}");
+        let chain = s.state_group_chain(group).await.unwrap();
+        assert!(chain.len() <= 32, "a chain of {} groups", chain.len());
+        assert_eq!(chain.last(), Some(&group));
+        let stored = s.state_group_entries(&chain).await.unwrap();
+        // (Each delta adds one key and changes the counter.)
+        assert_eq!(
+            stored[0].entries.len(),
+            want.len() - (chain.len() - 1),
+            "the snapshot, whole"
+        );
+        if chain.len() > 1 {
+            assert_eq!(
+                stored.last().unwrap().entries.len(),
+                2,
+                "a delta holds its changes only"
+            );
+        }
         base = Some(group);
+    }
+}
+
+/// The state cache builds a group it does not hold from its chain, from
+/// the newest group of the chain it holds: read backwards (history served
+/// newest first), forwards, out of order and after a clear, every group is
+/// its stored state.
+async fn state_cache_builds_groups_from_their_chains(s: Store) {
+    let room_id = rid("cache");
+    let mut expected: BTreeMap<StateKey, OwnedEventId> = BTreeMap::new();
+    let mut groups = Vec::new();
+    let mut base = None;
+    for i in 0..75 {
+        let mut changes = vec![(key("m.counter", ""), eid(&format!("counter{i}")))];
+        if i % 2 == 0 {
+            changes.push((key("m.item", &format!("{i}")), eid(&format!("item{i}"))));
+        }
+        expected.extend(changes.iter().cloned());
+        let group = s
+            .store_state_group(&room_id, StateWrite::Delta { base, changes })
+            .await
+            .unwrap();
+        groups.push((group, expected.clone()));
+        base = Some(group);
+    }
+    let cache = weft::state::StateCache::new(s.clone());
+    check_cached_groups(&cache, &groups, (0..75).rev().collect(), "backwards").await;
+    check_cached_groups(&cache, &groups, (0..75).collect(), "forwards, cached").await;
+    cache.clear();
+    check_cached_groups(&cache, &groups, (0..75).collect(), "forwards").await;
+    cache.clear();
+    let scattered: Vec<usize> = (0..75).map(|i| (i * 37) % 75).collect();
+    check_cached_groups(&cache, &groups, scattered, "scattered").await;
+    cache.clear();
+    check_cached_groups(&cache, &groups, vec![74, 40, 41, 39, 10, 74, 0, 33, 31, 32], "jumps").await;
+}
+
+async fn check_cached_groups(
+    cache: &weft::state::StateCache,
+    groups: &[(StateGroupId, BTreeMap<StateKey, OwnedEventId>)],
+    order: Vec<usize>,
+    what: &str,
+) {
+    for i in order {
+        let (group, want) = &groups[i];
+        let got: BTreeMap<StateKey, OwnedEventId> = cache
+            .group(*group)
+            .await
+            .unwrap()
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        assert_eq!(&got, want, "{what}: group {i}");
     }
 }
 

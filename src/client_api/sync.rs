@@ -754,9 +754,8 @@ async fn room_section(
         // Incremental: what changed between `since` and the start.
         Some(since) => {
             let old = state_at_stream(svc, room_id, since).await?;
-            start
-                .iter()
-                .filter(|(k, id)| old.get(*k) != Some(*id))
+            crate::state::changed(&old, &start)
+                .into_iter()
                 .map(|(_, id)| id.clone())
                 .collect()
         }

@@ -409,9 +409,8 @@ async fn is_new_join(svc: &Services, pdu: &Pdu, before: &StateMap) -> Result<boo
 /// A resolved current state as a write: a delta on the previous current
 /// state, or a snapshot when a key left the state.
 fn resolved_update(previous: &(StateGroupId, Arc<StateMap>), resolved: &StateMap) -> CurrentStateUpdate {
-    let mut changes: Vec<CurrentStateChange> = resolved
-        .iter()
-        .filter(|(k, id)| previous.1.get(*k) != Some(*id))
+    let mut changes: Vec<CurrentStateChange> = crate::state::changed(&previous.1, resolved)
+        .into_iter()
         .map(|(k, id)| CurrentStateChange {
             key: k.clone(),
             event_id: Some(id.clone()),
@@ -420,7 +419,7 @@ fn resolved_update(previous: &(StateGroupId, Arc<StateMap>), resolved: &StateMap
     let removed: Vec<CurrentStateChange> = previous
         .1
         .keys()
-        .filter(|k| !resolved.contains_key(*k))
+        .filter(|k| !previous.1.ptr_eq(resolved) && !resolved.contains_key(*k))
         .map(|k| CurrentStateChange {
             key: k.clone(),
             event_id: None,

@@ -12,7 +12,6 @@ pub mod resolve;
 pub mod resolve_v1;
 
 use std::{
-    collections::HashMap,
     num::NonZeroUsize,
     sync::{Arc, Mutex},
 };
@@ -22,11 +21,27 @@ use ruma::{OwnedEventId, RoomId, UserId, events::StateEventType};
 
 use crate::storage::{Result, StateGroupId, StateKey, Storage, StoredEvent};
 
-pub type StateMap = HashMap<StateKey, OwnedEventId>;
+/// A state: persistent (`imbl`), so the state after an event is the state
+/// before it plus one entry, sharing the rest, and a copy costs nothing.
+/// States of a room differ by a few entries from one event to the next; a
+/// room of 20,000 state events would otherwise copy 20,000 entries per
+/// event.
+pub type StateMap = imbl::HashMap<StateKey, OwnedEventId>;
 
-/// How many state entries the cache holds in all (not groups: one big
+/// How much the cache holds in all, in state entries (not groups: one big
 /// room's state can be thousands of entries).
 const CACHE_ENTRY_BUDGET: usize = 200_000;
+
+/// What a cached map counts for in [`CACHE_ENTRY_BUDGET`]: a quarter of
+/// its entries. A room's cached states share most of their structure (a
+/// state after an event is the one before it plus one entry), so a map
+/// counted whole would count the same entries many times over, and a
+/// budget of 200,000 would keep ten states of a room of 20,000. The
+/// memory held is at most four times the budget, reached by states that
+/// share nothing (small rooms', whose states are one node each).
+fn cost(map: &StateMap) -> usize {
+    map.len() / 4 + 1
+}
 
 /// State groups, loaded on demand and cached.
 pub struct StateCache {
@@ -58,13 +73,13 @@ impl Drop for Changing<'_> {
 }
 
 fn keep(cache: &mut Cache, group: StateGroupId, map: Arc<StateMap>) {
-    cache.entries += map.len();
+    cache.entries += cost(&map);
     if let Some((_, old)) = cache.groups.push(group, map) {
-        cache.entries -= old.len();
+        cache.entries -= cost(&old);
     }
     while cache.entries > CACHE_ENTRY_BUDGET && cache.groups.len() > 1 {
         if let Some((_, old)) = cache.groups.pop_lru() {
-            cache.entries -= old.len();
+            cache.entries -= cost(&old);
         }
     }
 }
@@ -88,7 +103,17 @@ impl StateCache {
         }
     }
 
-    /// The state map of a group.
+    /// The state map of a group. One not cached is built from its delta
+    /// chain, from the newest group of the chain the cache holds: only the
+    /// entries of the groups after it are read. The group is kept, and so
+    /// is the chain's snapshot when the build started from it, as a base
+    /// for the chain's other groups: history served newest first reads a
+    /// chain's groups backwards, each a few deltas from the snapshot.
+    ///
+    /// (Several processes: another process's completion of a partial state
+    /// changes stored groups, and this cache is cleared when it hears of
+    /// it. Until then it serves the states it holds as they were, and a
+    /// group built on one of them is as of then too.)
     pub async fn group(&self, group: StateGroupId) -> Result<Arc<StateMap>> {
         let generation = {
             let mut cache = self.cache.lock().expect("state cache lock");
@@ -97,9 +122,43 @@ impl StateCache {
             }
             cache.generation
         };
-        let map: Arc<StateMap> = Arc::new(self.storage.state_group(group).await?.into_iter().collect());
+        let chain = self.storage.state_group_chain(group).await?;
+        let base = {
+            let cache = self.cache.lock().expect("state cache lock");
+            if cache.generation == generation && cache.changing == 0 {
+                chain
+                    .iter()
+                    .enumerate()
+                    .rev()
+                    .find_map(|(i, id)| cache.groups.peek(id).map(|map| (i, map.clone())))
+            } else {
+                None
+            }
+        };
+        let (read_from, mut map) = match &base {
+            Some((i, map)) => (i + 1, map.clone()),
+            None => (0, Arc::default()),
+        };
+        let stored = self.storage.state_group_entries(&chain[read_from..]).await?;
+        let mut snapshot = None;
+        for group in stored {
+            let mut next = (*map).clone();
+            for (key, event_id) in group.entries {
+                match event_id {
+                    Some(event_id) => next.insert(key, event_id),
+                    None => next.remove(&key),
+                };
+            }
+            map = Arc::new(next);
+            if base.is_none() && snapshot.is_none() {
+                snapshot = Some((group.id, map.clone()));
+            }
+        }
         let mut cache = self.cache.lock().expect("state cache lock");
         if cache.generation == generation && cache.changing == 0 {
+            if let Some((id, snapshot)) = snapshot.filter(|(id, _)| *id != group) {
+                keep(&mut cache, id, snapshot);
+            }
             keep(&mut cache, group, map.clone());
         }
         Ok(map)
@@ -157,6 +216,21 @@ impl StateCache {
             .await?
             .and_then(|e| e.pdu.membership()))
     }
+}
+
+/// Whether two states are the same (at once when one is a copy of the
+/// other).
+pub fn same(a: &StateMap, b: &StateMap) -> bool {
+    a.ptr_eq(b) || (a.len() == b.len() && a.iter().all(|(k, v)| b.get(k) == Some(v)))
+}
+
+/// The entries of `new` that `old` does not hold, changed or added (none
+/// at once when one is a copy of the other).
+pub fn changed<'a>(old: &StateMap, new: &'a StateMap) -> Vec<(&'a StateKey, &'a OwnedEventId)> {
+    if old.ptr_eq(new) {
+        return Vec::new();
+    }
+    new.iter().filter(|(k, id)| old.get(*k) != Some(*id)).collect()
 }
 
 pub fn key(kind: StateEventType, state_key: &str) -> StateKey {

@@ -43,7 +43,7 @@ pub async fn resolve_with(
     match states {
         [] => return Ok(StateMap::new()),
         [only] => return Ok((**only).clone()),
-        [first, rest @ ..] if rest.iter().all(|s| s == first) => return Ok((**first).clone()),
+        [first, rest @ ..] if rest.iter().all(|s| super::same(s, first)) => return Ok((**first).clone()),
         _ => {}
     }
     if rules.state_res == ruma::room_version_rules::StateResolutionVersion::V1 {
@@ -86,18 +86,32 @@ pub async fn resolve_with(
         .v2_rules()
         .ok_or_else(|| ResolveError::Failed("the room version has no v2 state resolution".to_owned()))?;
     let fetch = |id: &ruma::EventId| events.get(id).map(|pdu| &**pdu);
+    // (ruma's resolution takes std maps.)
+    let std_states: Vec<ruma::state_res::StateMap<OwnedEventId>> = states
+        .iter()
+        .map(|s| s.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+        .collect();
     let subgraph = |conflicted: &ruma::state_res::StateMap<Vec<OwnedEventId>>| {
         Some(conflicted_subgraph(&events, conflicted.values().flatten()))
     };
     let resolved = ruma::state_res::resolve(
         &rules.authorization,
         state_res,
-        states.iter().map(|s| &**s),
+        std_states.iter(),
         auth_chains,
         fetch,
         subgraph,
     )
     .map_err(|e| ResolveError::Failed(e.to_string()))?;
+    // The result as a change of the first state, sharing its structure.
+    let mut out = (*states[0]).clone();
+    out.retain(|k, _| resolved.contains_key(k));
+    for (k, id) in resolved {
+        if out.get(&k) != Some(&id) {
+            out.insert(k, id);
+        }
+    }
+    let resolved = out;
     if tracing::enabled!(tracing::Level::DEBUG) {
         trace_conflicts(states, pending, &resolved, &events);
     }

@@ -38,6 +38,30 @@ pub type StateGroupId = i64;
 /// `(event type, state key)`.
 pub type StateKey = (StateEventType, String);
 
+/// One stored state group as written: a snapshot (the first group of a
+/// chain) or its changes on the group before it in the chain. `None`
+/// removes a key.
+#[derive(Debug, Clone)]
+pub struct StoredGroup {
+    pub id: StateGroupId,
+    pub entries: Vec<(StateKey, Option<OwnedEventId>)>,
+}
+
+/// The state a chain of groups ([`Storage::state_group_chain`]) ends in,
+/// given their entries in the chain's order.
+pub fn fold_chain(chain: Vec<StoredGroup>) -> Vec<(StateKey, OwnedEventId)> {
+    let mut state: std::collections::HashMap<StateKey, OwnedEventId> = std::collections::HashMap::new();
+    for group in chain {
+        for (key, event_id) in group.entries {
+            match event_id {
+                Some(event_id) => state.insert(key, event_id),
+                None => state.remove(&key),
+            };
+        }
+    }
+    state.into_iter().collect()
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
     #[error("database: {0}")]
@@ -656,7 +680,17 @@ pub trait Storage:
     /// another server said it is at a gap).
     async fn store_state_group(&self, room_id: &RoomId, state: StateWrite) -> Result<StateGroupId>;
     /// The full state of a group, as `(key, event ID)` pairs.
-    async fn state_group(&self, group: StateGroupId) -> Result<Vec<(StateKey, OwnedEventId)>>;
+    async fn state_group(&self, group: StateGroupId) -> Result<Vec<(StateKey, OwnedEventId)>> {
+        let chain = self.state_group_chain(group).await?;
+        Ok(fold_chain(self.state_group_entries(&chain).await?))
+    }
+    /// The groups a group is built from: its chain's snapshot first, the
+    /// group itself last (a snapshot alone if it is one). An error if the
+    /// group is not held.
+    async fn state_group_chain(&self, group: StateGroupId) -> Result<Vec<StateGroupId>>;
+    /// The entries of `groups` as stored (a snapshot's whole state, a
+    /// delta's changes), in the order given.
+    async fn state_group_entries(&self, groups: &[StateGroupId]) -> Result<Vec<StoredGroup>>;
     /// Current state entries of a room for `event_type` (all if `None`).
     async fn current_state(
         &self,

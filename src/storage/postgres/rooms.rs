@@ -15,7 +15,7 @@ use crate::{
     storage::{
         AccountData, Device, Direction, Membership, NewTimelineEvent, Persisted, PresenceChange, PresenceRecord,
         PresenceWrite, Receipt, RemoteInvite, Result, RoomInfo, RoomTyping, ServerKey, StateGroupId, StateKey,
-        StateWrite, Storage, StoredEvent, StreamOrdering, TokenOwner, TopoKey, TxnKey, Typing, UserRecord,
+        StateWrite, Storage, StoredEvent, StoredGroup, StreamOrdering, TokenOwner, TopoKey, TxnKey, Typing, UserRecord,
         push::place_of,
     },
 };
@@ -322,6 +322,14 @@ impl Storage for PgStorage {
 
     async fn state_group(&self, group: StateGroupId) -> Result<Vec<(StateKey, OwnedEventId)>> {
         state::load_group(&self.client().await?, group).await
+    }
+
+    async fn state_group_chain(&self, group: StateGroupId) -> Result<Vec<StateGroupId>> {
+        state::chain(&self.client().await?, group).await
+    }
+
+    async fn state_group_entries(&self, groups: &[StateGroupId]) -> Result<Vec<StoredGroup>> {
+        state::group_entries(&self.client().await?, groups).await
     }
 
     async fn current_state(

@@ -9,7 +9,8 @@ use tokio_postgres::types::ToSql;
 
 use super::{GenericClient, col, exec, parse, query, query_one, query_opt, user_directory};
 use crate::storage::{
-    CurrentStateChange, Membership, Result, StateGroupId, StateKey, StateWrite, StorageError, StreamOrdering,
+    CurrentStateChange, Membership, Result, StateGroupId, StateKey, StateWrite, StorageError, StoredGroup,
+    StreamOrdering,
 };
 
 /// A delta chain never grows longer than this (as in SQLite): the next
@@ -93,9 +94,9 @@ pub async fn insert_group(
     Ok(id)
 }
 
-/// The full state of `group`, walking its delta chain back to a snapshot
-/// (one statement: the chain, then its entries, newest group winning).
-pub async fn load_group(c: &impl GenericClient, group: StateGroupId) -> Result<Vec<(StateKey, OwnedEventId)>> {
+/// The groups of `group`'s chain, newest (itself) first, back to its
+/// snapshot.
+async fn chain_ids(c: &impl GenericClient, group: StateGroupId) -> Result<Vec<i64>> {
     let chain = query(
         c,
         "WITH RECURSIVE chain(id, prev, n) AS (
@@ -119,6 +120,44 @@ pub async fn load_group(c: &impl GenericClient, group: StateGroupId) -> Result<V
             }
         }
     }
+    Ok(ids)
+}
+
+/// The groups `group` is built from, its chain's snapshot first.
+pub async fn chain(c: &impl GenericClient, group: StateGroupId) -> Result<Vec<StateGroupId>> {
+    let mut ids = chain_ids(c, group).await?;
+    ids.reverse();
+    Ok(ids)
+}
+
+/// The entries of `groups` as stored, in the order given (one statement).
+pub async fn group_entries(c: &impl GenericClient, groups: &[StateGroupId]) -> Result<Vec<StoredGroup>> {
+    let rows = query(
+        c,
+        "SELECT group_id, type, state_key, event_id FROM state_group_entries WHERE group_id = ANY($1)",
+        &[&groups],
+    )
+    .await?;
+    let mut by_group: HashMap<i64, Vec<(StateKey, Option<OwnedEventId>)>> = HashMap::new();
+    for row in &rows {
+        by_group.entry(col(row, 0)?).or_default().push((
+            (StateEventType::from(col::<String>(row, 1)?), col(row, 2)?),
+            col::<Option<String>>(row, 3)?.map(parse).transpose()?,
+        ));
+    }
+    Ok(groups
+        .iter()
+        .map(|&id| StoredGroup {
+            id,
+            entries: by_group.remove(&id).unwrap_or_default(),
+        })
+        .collect())
+}
+
+/// The full state of `group`, walking its delta chain back to a snapshot
+/// (one statement: the chain, then its entries, newest group winning).
+pub async fn load_group(c: &impl GenericClient, group: StateGroupId) -> Result<Vec<(StateKey, OwnedEventId)>> {
+    let ids = chain_ids(c, group).await?;
     let rows = query(
         c,
         "SELECT DISTINCT ON (s.type, s.state_key) s.type, s.state_key, s.event_id

@@ -40,8 +40,8 @@ use rusqlite::{Connection, OpenFlags, Transaction};
 
 use super::{
     Device, Direction, Membership, NewTimelineEvent, Persisted, Result, RoomInfo, ServerKey, StateGroupId, StateKey,
-    StateWrite, Storage, StorageError, StoredEvent, StreamOrdering, TokenOwner, TopoKey, TxnKey, UserRecord,
-    event_cache::EventCache,
+    StateWrite, Storage, StorageError, StoredEvent, StoredGroup, StreamOrdering, TokenOwner, TopoKey, TxnKey,
+    UserRecord, event_cache::EventCache,
 };
 
 /// Migrations, in order; `PRAGMA user_version` records how many ran.
@@ -623,6 +623,15 @@ impl Storage for SqliteStorage {
 
     async fn state_group(&self, group: StateGroupId) -> Result<Vec<(StateKey, OwnedEventId)>> {
         self.read(move |c| state::load_group(c, group)).await
+    }
+
+    async fn state_group_chain(&self, group: StateGroupId) -> Result<Vec<StateGroupId>> {
+        self.read(move |c| state::chain(c, group)).await
+    }
+
+    async fn state_group_entries(&self, groups: &[StateGroupId]) -> Result<Vec<StoredGroup>> {
+        let groups = groups.to_vec();
+        self.read(move |c| state::group_entries(c, &groups)).await
     }
 
     async fn current_state(

@@ -8,7 +8,8 @@ use rusqlite::{Connection, OptionalExtension, Transaction, params};
 
 use super::{accounts::parse, exec, query_one, user_directory};
 use crate::storage::{
-    CurrentStateChange, Membership, Result, StateGroupId, StateKey, StateWrite, StorageError, StreamOrdering,
+    CurrentStateChange, Membership, Result, StateGroupId, StateKey, StateWrite, StorageError, StoredGroup,
+    StreamOrdering,
 };
 
 /// A delta chain never grows longer than this: the next group is a full
@@ -77,6 +78,11 @@ pub fn insert_group(
 
 /// The full state of `group`, walking its delta chain back to a snapshot.
 pub fn load_group(c: &Connection, group: StateGroupId) -> Result<Vec<(StateKey, OwnedEventId)>> {
+    Ok(crate::storage::fold_chain(group_entries(c, &chain(c, group)?)?))
+}
+
+/// The groups `group` is built from, its chain's snapshot first.
+pub fn chain(c: &Connection, group: StateGroupId) -> Result<Vec<StateGroupId>> {
     let mut chain = vec![group];
     let mut prev_stmt = c.prepare_cached("SELECT prev_group FROM state_groups WHERE id = ?1")?;
     let mut current = group;
@@ -94,31 +100,33 @@ pub fn load_group(c: &Connection, group: StateGroupId) -> Result<Vec<(StateKey, 
             }
         }
     }
+    chain.reverse();
+    Ok(chain)
+}
+
+/// The entries of `groups` as stored, in the order given.
+pub fn group_entries(c: &Connection, groups: &[StateGroupId]) -> Result<Vec<StoredGroup>> {
     let mut entries_stmt =
         c.prepare_cached("SELECT type, state_key, event_id FROM state_group_entries WHERE group_id = ?1")?;
-    let mut state: HashMap<StateKey, OwnedEventId> = HashMap::new();
-    for id in chain.iter().rev() {
-        let rows = entries_stmt.query_map([id], |r| {
-            Ok((
-                r.get::<_, String>(0)?,
-                r.get::<_, String>(1)?,
-                r.get::<_, Option<String>>(2)?,
-            ))
-        })?;
-        for row in rows {
-            let (kind, key, event_id) = row?;
-            let key = (StateEventType::from(kind), key);
-            match event_id {
-                Some(event_id) => {
-                    state.insert(key, parse(event_id)?);
-                }
-                None => {
-                    state.remove(&key);
-                }
-            }
-        }
-    }
-    Ok(state.into_iter().collect())
+    groups
+        .iter()
+        .map(|&id| {
+            let rows = entries_stmt.query_map([id], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, Option<String>>(2)?,
+                ))
+            })?;
+            let entries = rows
+                .map(|row| {
+                    let (kind, key, event_id) = row?;
+                    Ok(((StateEventType::from(kind), key), event_id.map(parse).transpose()?))
+                })
+                .collect::<Result<_>>()?;
+            Ok(StoredGroup { id, entries })
+        })
+        .collect()
 }
 
 pub fn apply_current_state_changes(
