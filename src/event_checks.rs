@@ -68,30 +68,18 @@ pub async fn check_signed_all(
     raws: Vec<Box<RawValue>>,
 ) -> Vec<Result<Pdu, CheckError>> {
     let Some(rules) = version.rules() else {
-        return raws
-            .iter()
-            .map(|_| Err(CheckError::Invalid(format!("unsupported room version {version}"))))
-            .collect();
+        return unsupported(version, raws.len());
     };
-    let formats = {
-        let rules = rules.clone();
-        on_every_core(raws, move |raw| check_format(&rules, &raw)).await
-    };
-    let mut signed = Vec::with_capacity(formats.len());
-    for format in formats {
-        signed.push(match format {
-            Ok((object, event_id, room_id)) => match signing_keys(svc, &object, &rules).await {
-                Ok(keys) => Ok((object, event_id, room_id, keys)),
-                Err(e) => Err(e),
-            },
-            Err(e) => Err(e),
-        });
-    }
-    on_every_core(signed, move |checked| {
-        let (object, event_id, room_id, keys) = checked?;
-        check_signatures(&rules, object, event_id, &room_id, &keys)
-    })
-    .await
+    let formats = formats(&rules, raws).await;
+    check_formatted(svc, rules, formats, &HashMap::new())
+        .await
+        .into_iter()
+        .map(|checked| match checked? {
+            Signed::New(pdu) => Ok(pdu),
+            // (Nothing is held in an empty map.)
+            Signed::Held(event) => Err(CheckError::Invalid(format!("{} held", event.event_id))),
+        })
+        .collect()
 }
 
 /// A PDU of [`check_unheld_all`].
@@ -117,15 +105,9 @@ pub async fn check_unheld_all(
     raws: Vec<Box<RawValue>>,
 ) -> Result<Vec<Result<Signed, CheckError>>, StorageError> {
     let Some(rules) = version.rules() else {
-        return Ok(raws
-            .iter()
-            .map(|_| Err(CheckError::Invalid(format!("unsupported room version {version}"))))
-            .collect());
+        return Ok(unsupported(version, raws.len()));
     };
-    let formats = {
-        let rules = rules.clone();
-        on_every_core(raws, move |raw| check_format(&rules, &raw)).await
-    };
+    let formats = formats(&rules, raws).await;
     let ids: Vec<OwnedEventId> = formats.iter().flatten().map(|(_, id, _)| id.clone()).collect();
     let held: HashMap<OwnedEventId, EventKey> = svc
         .storage
@@ -134,6 +116,33 @@ pub async fn check_unheld_all(
         .into_iter()
         .map(|e| (e.event_id.clone(), e))
         .collect();
+    Ok(check_formatted(svc, rules, formats, &held).await)
+}
+
+fn unsupported<T>(version: &RoomVersionId, n: usize) -> Vec<Result<T, CheckError>> {
+    (0..n)
+        .map(|_| Err(CheckError::Invalid(format!("unsupported room version {version}"))))
+        .collect()
+}
+
+/// A PDU in a valid format: as canonical JSON, with its event ID and room.
+type Formatted = (CanonicalJsonObject, OwnedEventId, OwnedRoomId);
+
+/// Step 1 of each PDU, on every core.
+async fn formats(rules: &RoomVersionRules, raws: Vec<Box<RawValue>>) -> Vec<Result<Formatted, CheckError>> {
+    let rules = rules.clone();
+    on_every_core(raws, move |raw| check_format(&rules, &raw)).await
+}
+
+/// Steps 2–3 of each PDU in a valid format but those `held` (by event
+/// ID): the signing keys looked up, then the signatures and hashes checked
+/// on every core. One result per PDU, in order.
+async fn check_formatted(
+    svc: &Services,
+    rules: RoomVersionRules,
+    formats: Vec<Result<Formatted, CheckError>>,
+    held: &HashMap<OwnedEventId, EventKey>,
+) -> Vec<Result<Signed, CheckError>> {
     let mut results: Vec<Option<Result<Signed, CheckError>>> = Vec::with_capacity(formats.len());
     let mut unheld = Vec::new();
     for (i, format) in formats.into_iter().enumerate() {
@@ -159,10 +168,10 @@ pub async fn check_unheld_all(
     for (i, checked) in places.into_iter().zip(checked) {
         results[i] = Some(checked.map(Signed::New));
     }
-    Ok(results
+    results
         .into_iter()
-        .map(|r| r.expect("every PDU has a result"))
-        .collect())
+        .map(|r| r.unwrap_or_else(|| Err(CheckError::Invalid("not checked".to_owned()))))
+        .collect()
 }
 
 /// `f` of each item, in order, the items shared out between blocking
