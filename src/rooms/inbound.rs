@@ -37,7 +37,7 @@ use crate::{
     events::Pdu,
     services::Services,
     state::{StateMap, key, resolve},
-    storage::{RoomInfo, StateGroupId, StateWrite, StorageError, StoredEvent, TimelineStatus},
+    storage::{EventKey, RoomInfo, StateGroupId, StateWrite, StorageError, StoredEvent, TimelineStatus},
 };
 
 fn snapshot(state: &StateMap) -> StateWrite {
@@ -767,11 +767,11 @@ impl<'a> Receiver<'a> {
         let in_state: HashSet<&OwnedEventId> = ids.pdu_ids.iter().collect();
         let wanted: Vec<OwnedEventId> = ids.pdu_ids.iter().chain(&ids.auth_chain_ids).cloned().collect();
         let mut held = HashSet::new();
-        for event in self.svc.storage.events(&wanted).await? {
-            if event.pdu.room_id != self.room_id && in_state.contains(&event.pdu.event_id) {
-                return Err(foreign(&event.pdu.event_id));
+        for event in self.svc.storage.event_keys(&wanted).await? {
+            if event.room_id != self.room_id && in_state.contains(&event.event_id) {
+                return Err(foreign(&event.event_id));
             }
-            held.insert(event.pdu.event_id.clone());
+            held.insert(event.event_id);
         }
         let mut fetched = Vec::new();
         for id in wanted.iter().filter(|id| !held.contains(*id)) {
@@ -788,19 +788,14 @@ impl<'a> Receiver<'a> {
         fetched.sort_by_key(|e| e.depth);
         self.keep_outliers(fetched).await?;
 
-        let mut state = StateMap::new();
-        for event in self.svc.storage.events(&ids.pdu_ids).await? {
-            if event.meta.rejected.is_some() {
-                continue;
-            }
-            if let Some(state_key) = &event.pdu.state_key {
-                state.insert(
-                    key(StateEventType::from(event.pdu.kind.to_string()), state_key),
-                    event.pdu.event_id.clone(),
-                );
-            }
-        }
-        Ok(state)
+        Ok(self
+            .svc
+            .storage
+            .event_keys(&ids.pdu_ids)
+            .await?
+            .into_iter()
+            .filter_map(EventKey::state_entry)
+            .collect())
     }
 
     /// The states after the room's forward extremities that `pdu` does not

@@ -219,13 +219,8 @@ pub async fn state_from(
             tracing::info!(%room_id, %server, event_id = %event.event_id, "a state naming an event of another room");
             continue;
         }
-        if !event.rejected
-            && let Some(state_key) = event.state_key
-        {
-            state.insert(
-                key(StateEventType::from(event.kind.as_str()), &state_key),
-                event.event_id,
-            );
+        if let Some((k, id)) = event.state_entry() {
+            state.insert(k, id);
         }
     }
     Ok(Some(state))
@@ -360,16 +355,10 @@ pub async fn keep_state(
                 events.push(event);
             }
             Ok(Signed::Held(event)) => {
-                if in_state
-                    && !event.rejected
-                    && let Some(state_key) = &event.state_key
-                {
-                    state.insert(
-                        key(StateEventType::from(event.kind.as_str()), state_key),
-                        event.event_id.clone(),
-                    );
+                held.insert(event.event_id.clone());
+                if in_state && let Some((k, id)) = event.state_entry() {
+                    state.insert(k, id);
                 }
-                held.insert(event.event_id);
             }
             Err(_) => {}
         }

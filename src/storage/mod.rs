@@ -179,6 +179,17 @@ pub struct EventKey {
     pub rejected: bool,
 }
 
+impl EventKey {
+    /// The entry the event makes in a state: none if it is rejected or
+    /// not a state event.
+    pub fn state_entry(self) -> Option<(StateKey, OwnedEventId)> {
+        match self.state_key {
+            Some(state_key) if !self.rejected => Some(((StateEventType::from(self.kind), state_key), self.event_id)),
+            _ => None,
+        }
+    }
+}
+
 /// The topological position of an event: `(depth, stream_ordering)`.
 /// Pagination follows this order; it keeps its meaning when older history
 /// is inserted later (that history has lower depths).
