@@ -1000,6 +1000,24 @@ async fn timeline_outlier_then_timeline(s: Store) {
     let x_held = stored(&s, &x.id).await;
     assert_eq!(x_held.meta.rejected, None);
     assert!(!x_held.meta.outlier);
+    // All held: each left as it was.
+    s.persist_outliers(vec![(z.pdu(), None), (y.pdu(), Some("now?".to_owned()))])
+        .await
+        .unwrap();
+    let (y_again, z_again) = (stored(&s, &y.id).await, stored(&s, &z.id).await);
+    assert_eq!(y_again.meta.stream_ordering, y_held.meta.stream_ordering);
+    assert_eq!(z_again.meta.stream_ordering, z_held.meta.stream_ordering);
+    assert_eq!(y_again.meta.rejected, None);
+    // Twice in one write: kept once, after the others, within the head.
+    let w = room.message("batch w");
+    s.persist_outliers(vec![(w.pdu(), None), (w.pdu(), Some("twice".to_owned()))])
+        .await
+        .unwrap();
+    let w_held = stored(&s, &w.id).await;
+    assert!(w_held.meta.outlier);
+    assert_eq!(w_held.meta.rejected, None, "the first copy given");
+    assert!(w_held.meta.stream_ordering > z_held.meta.stream_ordering);
+    assert!(w_held.meta.stream_ordering <= s.max_stream_ordering().await.unwrap());
 
     // What is known of each, without its JSON; what is not held is left out.
     let asked = [

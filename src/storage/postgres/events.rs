@@ -578,7 +578,11 @@ async fn insert_edges(tx: &impl GenericClient, pdu: &Pdu, forward: bool) -> Resu
 /// Outliers, in three statements whatever their number: the rows (those
 /// held already are left as they are), their auth edges, and their
 /// positions in the events stream, in the order given (last: see
-/// [`take_position`]).
+/// [`take_position`]). (Not in one statement that takes the positions and
+/// inserts at them: the insert waits on a row of the same event another
+/// transaction inserted and has not committed, and waiting while it holds
+/// the counter deadlocks with a timeline write, which inserts first and
+/// takes the counter last. The placeholder insert settles that before.)
 pub async fn persist_outliers(tx: &impl GenericClient, outliers: &[(Arc<Pdu>, Option<String>)]) -> Result<()> {
     if outliers.is_empty() {
         return Ok(());
