@@ -289,6 +289,10 @@ pub(crate) async fn candidates(
     room_id: &RoomId,
     gaps: &[OwnedEventId],
 ) -> Result<Vec<OwnedServerName>, RoomError> {
+    // (The partial-state mark first: if it is gone, the states read below
+    // are the completed ones. Read after them, it could be gone while they
+    // were the partial ones, and the servers in the room with it.)
+    let partial = svc.storage.partial_state(room_id).await?;
     // server → depth of its earliest join seen (lower: in the room longer).
     let mut joined_since: HashMap<OwnedServerName, u64> = HashMap::new();
     let mut groups = Vec::new();
@@ -323,7 +327,7 @@ pub(crate) async fn candidates(
     }
     // A room joined with partial state: the servers its resident server
     // named are in it, though their members are not known yet.
-    if let Some(partial) = svc.storage.partial_state(room_id).await? {
+    if let Some(partial) = partial {
         for server in partial.servers {
             joined_since.entry(server).or_insert(u64::MAX);
         }

@@ -115,58 +115,75 @@ impl StateCache {
     /// it. Until then it serves the states it holds as they were, and a
     /// group built on one of them is as of then too.)
     pub async fn group(&self, group: StateGroupId) -> Result<Arc<StateMap>> {
-        let generation = {
+        // A build on a cached state while the cache changed (a stored state
+        // was completed meanwhile) is done again from storage alone: the
+        // cached state may be from before the change, the entries read
+        // after it from after.
+        let mut use_cached = true;
+        loop {
+            let generation = {
+                let mut cache = self.cache.lock().expect("state cache lock");
+                if let Some(map) = cache.groups.get(&group) {
+                    return Ok(map.clone());
+                }
+                cache.generation
+            };
+            let chain = self.storage.state_group_chain(group).await?;
+            let base = {
+                let cache = self.cache.lock().expect("state cache lock");
+                if use_cached && cache.generation == generation && cache.changing == 0 {
+                    chain
+                        .iter()
+                        .enumerate()
+                        .rev()
+                        .find_map(|(i, id)| cache.groups.peek(id).map(|map| (i, map.clone())))
+                } else {
+                    None
+                }
+            };
+            let (read_from, mut map) = match &base {
+                Some((i, map)) => (i + 1, map.clone()),
+                None => (0, Arc::default()),
+            };
+            let stored = self.storage.state_group_entries(&chain[read_from..]).await?;
+            let mut snapshot = None;
+            for group in stored {
+                let mut next = (*map).clone();
+                for (key, event_id) in group.entries {
+                    match event_id {
+                        Some(event_id) => next.insert(key, event_id),
+                        None => next.remove(&key),
+                    };
+                }
+                map = Arc::new(next);
+                if base.is_none() && snapshot.is_none() {
+                    snapshot = Some((group.id, map.clone()));
+                }
+            }
             let mut cache = self.cache.lock().expect("state cache lock");
-            if let Some(map) = cache.groups.get(&group) {
-                return Ok(map.clone());
+            let unchanged = cache.generation == generation && cache.changing == 0;
+            if base.is_some() && !unchanged {
+                use_cached = false;
+                continue;
             }
-            cache.generation
-        };
-        let chain = self.storage.state_group_chain(group).await?;
-        let base = {
-            let cache = self.cache.lock().expect("state cache lock");
-            if cache.generation == generation && cache.changing == 0 {
-                chain
-                    .iter()
-                    .enumerate()
-                    .rev()
-                    .find_map(|(i, id)| cache.groups.peek(id).map(|map| (i, map.clone())))
-            } else {
-                None
+            if unchanged {
+                if let Some((id, snapshot)) = snapshot.filter(|(id, _)| *id != group) {
+                    keep(&mut cache, id, snapshot);
+                }
+                keep(&mut cache, group, map.clone());
             }
-        };
-        let (read_from, mut map) = match &base {
-            Some((i, map)) => (i + 1, map.clone()),
-            None => (0, Arc::default()),
-        };
-        let stored = self.storage.state_group_entries(&chain[read_from..]).await?;
-        let mut snapshot = None;
-        for group in stored {
-            let mut next = (*map).clone();
-            for (key, event_id) in group.entries {
-                match event_id {
-                    Some(event_id) => next.insert(key, event_id),
-                    None => next.remove(&key),
-                };
-            }
-            map = Arc::new(next);
-            if base.is_none() && snapshot.is_none() {
-                snapshot = Some((group.id, map.clone()));
-            }
+            return Ok(map);
         }
-        let mut cache = self.cache.lock().expect("state cache lock");
-        if cache.generation == generation && cache.changing == 0 {
-            if let Some((id, snapshot)) = snapshot.filter(|(id, _)| *id != group) {
-                keep(&mut cache, id, snapshot);
-            }
-            keep(&mut cache, group, map.clone());
-        }
-        Ok(map)
     }
 
-    /// Caches a map just computed for a new group.
+    /// Caches a map just computed for a new group (not while stored
+    /// states are being changed: it may be from before the change, and
+    /// other groups are built on cached ones).
     pub fn remember(&self, group: StateGroupId, map: Arc<StateMap>) {
-        keep(&mut self.cache.lock().expect("state cache lock"), group, map);
+        let mut cache = self.cache.lock().expect("state cache lock");
+        if cache.changing == 0 {
+            keep(&mut cache, group, map);
+        }
     }
 
     /// Forgets every group (a stored state was completed: a room joined
