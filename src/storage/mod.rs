@@ -691,10 +691,7 @@ pub trait Storage:
     /// another server said it is at a gap).
     async fn store_state_group(&self, room_id: &RoomId, state: StateWrite) -> Result<StateGroupId>;
     /// The full state of a group, as `(key, event ID)` pairs.
-    async fn state_group(&self, group: StateGroupId) -> Result<Vec<(StateKey, OwnedEventId)>> {
-        let chain = self.state_group_chain(group).await?;
-        Ok(fold_chain(self.state_group_entries(&chain).await?))
-    }
+    async fn state_group(&self, group: StateGroupId) -> Result<Vec<(StateKey, OwnedEventId)>>;
     /// The groups a group is built from: its chain's snapshot first, the
     /// group itself last (a snapshot alone if it is one). An error if the
     /// group is not held.
