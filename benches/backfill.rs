@@ -70,6 +70,7 @@ use weft_process::{Options, WEFT, WeftProcess};
 const METRICS: Options = Options {
     metrics: true,
     open_registration: false,
+    appservice: false,
 };
 
 /// Sizes of the run; each can be overridden by an environment variable:
@@ -523,7 +524,7 @@ async fn page_back_case(
     let cpu = Cpu::read(backend, pids.0, pids.1);
     let switches = context_switches(joiner.pid);
     let t = Instant::now();
-    let max_pages = room.bodies.len() / page.min(room.bodies.len()).max(1) * 5 + 50;
+    let max_pages = (room.bodies.len() + room.state) / page.max(1) * 5 + 50;
     let (events, latencies) = page_back(&joiner.client, &room.id, page, max_pages).await;
     let wall = t.elapsed();
     let cpu = Cpu::since(&cpu, backend, joiner_of, host_of);

@@ -114,6 +114,7 @@ const SETUP_CONCURRENCY: usize = 4;
 const OPEN: Options = Options {
     metrics: false,
     open_registration: true,
+    appservice: false,
 };
 
 #[derive(Debug, Clone, Copy, PartialEq)]

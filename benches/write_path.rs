@@ -64,12 +64,14 @@ use support::{
     print_side_by_side,
 };
 use weft::events::{EventTemplate, Placement, build_event};
-use weft_process::{Options, PASSWORD, WEFT, WeftProcess};
+use weft_process::{AS_TOKEN, Options, WEFT, WeftProcess};
 
 /// Sizes of the run; each can be overridden by an environment variable:
 /// `WEFT_BENCH_PDUS` (10000; 300 without `--bench`), `WEFT_BENCH_TXN_SIZE`
 /// (50), `WEFT_BENCH_JOIN_STATE` (1000; 100), `WEFT_BENCH_JOIN_MEMBERS`
-/// (1000; 30), `WEFT_BENCH_JOIN_RUNS` (3; 1), `WEFT_BENCH_ROOM_VERSION`
+/// (1000; 30), `WEFT_BENCH_JOIN_COMBINED` (0; 1: the members join the
+/// room of custom state, the room of members and state, instead of
+/// a room of their own), `WEFT_BENCH_JOIN_RUNS` (3; 1), `WEFT_BENCH_ROOM_VERSION`
 /// (11), `WEFT_BENCH_PARTIAL_STATE` (1; 0: B joins with the full state at
 /// once). Setting `WEFT_BENCH_KEEP` keeps A's data directory and log;
 /// `WEFT_BENCH_PERF=<file>` records A with `perf record` during the /send
@@ -85,6 +87,8 @@ struct Settings {
     join_state: usize,
     /// Members (besides the creator) of the second room joined; 0: none.
     join_members: usize,
+    /// The members join the first room (custom state) instead.
+    join_combined: bool,
     /// Joins of each room, each by a fresh server B.
     join_runs: usize,
     version: RoomVersionId,
@@ -105,6 +109,7 @@ impl Settings {
             txn_size: var("WEFT_BENCH_TXN_SIZE", 50).clamp(1, 50),
             join_state: var("WEFT_BENCH_JOIN_STATE", pick(1_000, 100)),
             join_members: var("WEFT_BENCH_JOIN_MEMBERS", pick(1_000, 30)),
+            join_combined: var("WEFT_BENCH_JOIN_COMBINED", 0) != 0,
             join_runs: var("WEFT_BENCH_JOIN_RUNS", pick(3, 1)).max(1),
             version: RoomVersionId::try_from(version.as_str()).expect("WEFT_BENCH_ROOM_VERSION"),
         }
@@ -548,6 +553,7 @@ async fn run(s: &Settings, backend: &Backend) -> Report {
         Options {
             metrics: false,
             open_registration: true,
+            appservice: true,
         },
         backend,
     )
@@ -796,9 +802,24 @@ async fn run(s: &Settings, backend: &Backend) -> Report {
         });
     }
     if s.join_members > 0 {
-        let id = creator
-            .create_room(json!({ "preset": "public_chat", "room_version": s.version.as_str(), "name": "members" }))
-            .await;
+        // The room: the members join the room of custom state.
+        let combined = match rooms.last() {
+            Some(last) if s.join_combined && s.join_state > 0 => Some(last.id.clone()),
+            _ => None,
+        };
+        let id = match &combined {
+            Some(id) => {
+                rooms.pop();
+                id.clone()
+            }
+            None => {
+                creator
+                    .create_room(
+                        json!({ "preset": "public_chat", "room_version": s.version.as_str(), "name": "members" }),
+                    )
+                    .await
+            }
+        };
         let a_cpu = cpu_reading(backend, a.pid());
         let t = Instant::now();
         let a_http = (a.http.clone(), a.client_base.clone());
@@ -806,9 +827,12 @@ async fn run(s: &Settings, backend: &Backend) -> Report {
         in_flight(s.join_members, 4, move |i| {
             let (http, base, r) = (a_http.0.clone(), a_http.1.clone(), r.clone());
             async move {
+                // As the benchmark's application service: no password to
+                // hash (argon2 would be most of the fill).
                 let res = http
                     .post(format!("{base}/_matrix/client/v3/register"))
-                    .json(&json!({ "username": format!("m{i}"), "password": PASSWORD, "auth": { "type": "m.login.dummy" } }))
+                    .bearer_auth(AS_TOKEN)
+                    .json(&json!({ "type": "m.login.application_service", "username": format!("m{i}") }))
                     .send()
                     .await
                     .expect("register");
@@ -825,16 +849,26 @@ async fn run(s: &Settings, backend: &Backend) -> Report {
         })
         .await;
         report.row(
-            format!("filling: {} users registered and joined (4 in flight)", s.join_members),
             format!(
-                "{} (A's CPU {} per member, argon2 included)",
+                "filling: {} users registered (by an application service) and joined (4 in flight)",
+                s.join_members
+            ),
+            format!(
+                "{} (A's CPU {} per member)",
                 ms(t.elapsed()),
                 ms(cpu_since(backend, &a_cpu, a.pid(), a.database.as_ref(), true) / s.join_members as u32)
             ),
         );
         let state = room_state(&creator, &id).await.len();
         rooms.push(JoinRoom {
-            label: format!("room of {state} state events ({} members)", s.join_members + 1),
+            label: match combined {
+                Some(_) => format!(
+                    "room of {state} state events ({} members, {} org.example.state)",
+                    s.join_members + 1,
+                    s.join_state
+                ),
+                None => format!("room of {state} state events ({} members)", s.join_members + 1),
+            },
             id,
             state,
         });

@@ -33,7 +33,14 @@ pub struct Options {
     pub metrics: bool,
     /// Open registration (`m.login.dummy`).
     pub open_registration: bool,
+    /// An application service (no URL: it is sent nothing) whose token,
+    /// [`AS_TOKEN`], registers users `@m<digits>` without a password (no
+    /// argon2: filling a room of thousands of members takes seconds).
+    pub appservice: bool,
 }
+
+/// The token of [`Options::appservice`].
+pub const AS_TOKEN: &str = "bench-appservice-token";
 
 /// A running `weft serve`, killed when dropped (the tail of its log is
 /// printed if the benchmark panics).
@@ -112,6 +119,18 @@ impl Launch {
         }
         if self.options.open_registration {
             cmd.env("WEFT_ALLOW_REGISTRATION", "true");
+        }
+        if self.options.appservice {
+            let file = self.dir.join("bench-appservice.yaml");
+            std::fs::write(
+                &file,
+                format!(
+                    "id: bench\nurl: null\nas_token: {AS_TOKEN}\nhs_token: bench-hs-token\nsender_localpart: bench-appservice\n\
+                     namespaces:\n  users:\n    - exclusive: true\n      regex: '@m[0-9]+:.*'\n  aliases: []\n  rooms: []\n"
+                ),
+            )
+            .expect("write the appservice registration");
+            cmd.env("WEFT_APP_SERVICE_CONFIG_FILES", &file);
         }
         cmd
     }
