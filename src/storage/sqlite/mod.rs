@@ -120,7 +120,12 @@ impl SqliteStorage {
         std::fs::create_dir_all(data_dir)
             .map_err(|e| StorageError::Database(format!("{}: {e}", data_dir.display())))?;
         let path = data_dir.join("weft.db");
-        let mut writer = Self::connect(&path, 2048)?;
+        // The writer's page cache: 64 MiB. A big write (a join's 20,000
+        // state events, each inserted at a random place in the event ID
+        // indexes) spilled a 2 MiB cache to the WAL mid-transaction and
+        // read pages back; readers' caches are dropped at every write
+        // anyway, so they keep the small one.
+        let mut writer = Self::connect(&path, 65536)?;
         migrate(&mut writer)?;
         let any_erased: bool =
             writer.query_row("SELECT EXISTS (SELECT 1 FROM users WHERE erased = 1)", [], |r| r.get(0))?;
