@@ -237,7 +237,7 @@ pub async fn filter_for_server(
                 let (mut visibility, mut membership) = match at_group.get(&group) {
                     Some(v) => v.clone(),
                     None => {
-                        let v = server_view(svc, server, group).await?;
+                        let v = server_view(svc, server, group, in_room_now).await?;
                         at_group.insert(group, v.clone());
                         v
                     }
@@ -271,13 +271,33 @@ pub async fn filter_for_server(
 }
 
 /// The history visibility and the server's best membership in a state.
-async fn server_view(svc: &Services, server: &ruma::ServerName, group: StateGroupId) -> Result<(Visibility, String)> {
-    let map = svc.state.group(group).await?;
-    let visibility = svc
+/// Where the visibility alone lets the server see the state's events
+/// (world readable, or shared with a server in the room now), its
+/// membership is not looked for ("leave"): only the one entry is read, not
+/// the whole state, which for a big room's many groups (one per state
+/// event) would cost the whole state per event served.
+async fn server_view(
+    svc: &Services,
+    server: &ruma::ServerName,
+    group: StateGroupId,
+    in_room_now: bool,
+) -> Result<(Visibility, String)> {
+    let visibility = match svc
         .state
-        .event_for(&map, StateEventType::RoomHistoryVisibility, "")
+        .entry(group, StateEventType::RoomHistoryVisibility, "")
         .await?
-        .map_or(Visibility::Shared, |e| Visibility::parse(e.pdu.content.get()));
+    {
+        Some(id) => svc
+            .storage
+            .event(&id)
+            .await?
+            .map_or(Visibility::Shared, |e| Visibility::parse(e.pdu.content.get())),
+        None => Visibility::Shared,
+    };
+    if visibility == Visibility::WorldReadable || (visibility == Visibility::Shared && in_room_now) {
+        return Ok((visibility, "leave".to_owned()));
+    }
+    let map = svc.state.group(group).await?;
     let suffix = format!(":{server}");
     let members: Vec<_> = map
         .iter()

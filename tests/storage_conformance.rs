@@ -1543,6 +1543,28 @@ async fn state_cache_builds_groups_from_their_chains(s: Store) {
     check_cached_groups(&cache, &groups, scattered, "scattered").await;
     cache.clear();
     check_cached_groups(&cache, &groups, vec![74, 40, 41, 39, 10, 74, 0, 33, 31, 32], "jumps").await;
+
+    // One entry of a group, read alone from storage (and from the cache,
+    // which holds some of them now): every key of the last state, and one
+    // never set, in groups across the three chains.
+    let (_, last) = groups.last().unwrap();
+    let mut keys: Vec<StateKey> = last.keys().cloned().collect();
+    keys.push(key("m.item", "never"));
+    for i in [0, 1, 2, 30, 31, 32, 33, 50, 63, 64, 74] {
+        let (group, want) = &groups[i];
+        for k in &keys {
+            assert_eq!(
+                s.state_group_entry(*group, k).await.unwrap().as_ref(),
+                want.get(k),
+                "storage: group {i}, key {k:?}"
+            );
+            assert_eq!(
+                cache.entry(*group, k.0.clone(), &k.1).await.unwrap().as_ref(),
+                want.get(k),
+                "cache: group {i}, key {k:?}"
+            );
+        }
+    }
 }
 
 async fn check_cached_groups(

@@ -72,16 +72,24 @@ impl Drop for Changing<'_> {
     }
 }
 
-fn keep(cache: &mut Cache, group: StateGroupId, map: Arc<StateMap>) {
+/// Keeps `map`, evicting the least recently used maps past the budget.
+/// Gives the evicted maps, to be dropped once the cache's lock is let go:
+/// freeing a big state's nodes takes milliseconds.
+#[must_use = "the evicted maps are to be dropped after the lock"]
+fn keep(cache: &mut Cache, group: StateGroupId, map: Arc<StateMap>) -> Vec<Arc<StateMap>> {
+    let mut evicted = Vec::new();
     cache.entries += cost(&map);
     if let Some((_, old)) = cache.groups.push(group, map) {
         cache.entries -= cost(&old);
+        evicted.push(old);
     }
     while cache.entries > CACHE_ENTRY_BUDGET && cache.groups.len() > 1 {
         if let Some((_, old)) = cache.groups.pop_lru() {
             cache.entries -= cost(&old);
+            evicted.push(old);
         }
     }
+    evicted
 }
 
 fn clear(cache: &mut Cache) {
@@ -166,13 +174,39 @@ impl StateCache {
                 use_cached = false;
                 continue;
             }
+            let mut evicted = Vec::new();
             if unchanged {
                 if let Some((id, snapshot)) = snapshot.filter(|(id, _)| *id != group) {
-                    keep(&mut cache, id, snapshot);
+                    evicted.extend(keep(&mut cache, id, snapshot));
                 }
-                keep(&mut cache, group, map.clone());
+                evicted.extend(keep(&mut cache, group, map.clone()));
             }
+            drop(cache);
+            drop(evicted);
             return Ok(map);
+        }
+    }
+
+    /// The event at `kind`/`state_key` in a group's state: from the group
+    /// if it is cached, else read for that key alone (no state built or
+    /// kept: a question about one entry of a big state not at hand).
+    pub async fn entry(
+        &self,
+        group: StateGroupId,
+        kind: StateEventType,
+        state_key: &str,
+    ) -> Result<Option<OwnedEventId>> {
+        let k = key(kind, state_key);
+        let cached = self
+            .cache
+            .lock()
+            .expect("state cache lock")
+            .groups
+            .peek(&group)
+            .cloned();
+        match cached {
+            Some(map) => Ok(map.get(&k).cloned()),
+            None => self.storage.state_group_entry(group, &k).await,
         }
     }
 
@@ -182,7 +216,9 @@ impl StateCache {
     pub fn remember(&self, group: StateGroupId, map: Arc<StateMap>) {
         let mut cache = self.cache.lock().expect("state cache lock");
         if cache.changing == 0 {
-            keep(&mut cache, group, map);
+            let evicted = keep(&mut cache, group, map);
+            drop(cache);
+            drop(evicted);
         }
     }
 

@@ -699,6 +699,9 @@ pub trait Storage:
     /// The entries of `groups` as stored (a snapshot's whole state, a
     /// delta's changes), in the order given.
     async fn state_group_entries(&self, groups: &[StateGroupId]) -> Result<Vec<StoredGroup>>;
+    /// One entry of a group's state: the event at `key`, if the state has
+    /// one. Reads the key in the group's chain only, not the whole state.
+    async fn state_group_entry(&self, group: StateGroupId, key: &StateKey) -> Result<Option<OwnedEventId>>;
     /// Current state entries of a room for `event_type` (all if `None`).
     async fn current_state(
         &self,

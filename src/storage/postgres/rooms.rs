@@ -332,6 +332,10 @@ impl Storage for PgStorage {
         state::group_entries(&self.client().await?, groups).await
     }
 
+    async fn state_group_entry(&self, group: StateGroupId, key: &StateKey) -> Result<Option<OwnedEventId>> {
+        state::group_entry(&self.client().await?, group, key).await
+    }
+
     async fn current_state(
         &self,
         room_id: &RoomId,

@@ -154,6 +154,30 @@ pub async fn group_entries(c: &impl GenericClient, groups: &[StateGroupId]) -> R
         .collect())
 }
 
+/// The event at `key` in `group`'s state (one statement: the chain, then
+/// the key in its groups, the newest group that names it winning; a
+/// delta's NULL: the key left the state).
+pub async fn group_entry(
+    c: &impl GenericClient,
+    group: StateGroupId,
+    (kind, state_key): &StateKey,
+) -> Result<Option<OwnedEventId>> {
+    let ids = chain_ids(c, group).await?;
+    let row = query_opt(
+        c,
+        "SELECT s.event_id
+         FROM unnest($1::bigint[]) WITH ORDINALITY AS chain (group_id, n)
+         JOIN state_group_entries s ON s.group_id = chain.group_id AND s.type = $2 AND s.state_key = $3
+         ORDER BY chain.n LIMIT 1",
+        &[&ids, &kind.to_string(), state_key],
+    )
+    .await?;
+    match row {
+        Some(row) => col::<Option<String>>(&row, 0)?.map(parse).transpose(),
+        None => Ok(None),
+    }
+}
+
 /// The full state of `group`, walking its delta chain back to a snapshot
 /// (one statement: the chain, then its entries, newest group winning).
 pub async fn load_group(c: &impl GenericClient, group: StateGroupId) -> Result<Vec<(StateKey, OwnedEventId)>> {

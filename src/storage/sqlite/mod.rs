@@ -639,6 +639,11 @@ impl Storage for SqliteStorage {
         self.read(move |c| state::group_entries(c, &groups)).await
     }
 
+    async fn state_group_entry(&self, group: StateGroupId, key: &StateKey) -> Result<Option<OwnedEventId>> {
+        let key = key.clone();
+        self.read_together(move |c| state::group_entry(c, group, &key)).await
+    }
+
     async fn current_state(
         &self,
         room_id: &RoomId,

@@ -129,6 +129,25 @@ pub fn group_entries(c: &Connection, groups: &[StateGroupId]) -> Result<Vec<Stor
         .collect()
 }
 
+/// The event at `key` in `group`'s state: the newest group of its chain
+/// that names the key decides (a delta's NULL: the key left the state).
+pub fn group_entry(c: &Connection, group: StateGroupId, (kind, state_key): &StateKey) -> Result<Option<OwnedEventId>> {
+    let mut stmt = c.prepare_cached(
+        "SELECT event_id FROM state_group_entries WHERE group_id = ?1 AND type = ?2 AND state_key = ?3",
+    )?;
+    for id in chain(c, group)?.into_iter().rev() {
+        let entry = stmt
+            .query_row(params![id, kind.to_string(), state_key], |r| {
+                r.get::<_, Option<String>>(0)
+            })
+            .optional()?;
+        if let Some(event_id) = entry {
+            return event_id.map(parse).transpose();
+        }
+    }
+    Ok(None)
+}
+
 pub fn apply_current_state_changes(
     tx: &Transaction<'_>,
     room_id: &RoomId,
