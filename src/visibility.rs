@@ -98,38 +98,42 @@ pub async fn filter_for_user(
         if pointless_redaction(svc, &event).await? {
             continue;
         }
-        let (mut visibility, mut membership) = match at_group.get(&group) {
+        let (visibility, membership) = match at_group.get(&group) {
             Some(v) => v.clone(),
             None => {
-                let map = svc.state.group(group).await?;
-                let visibility = svc
+                // Two entries of the state, not the whole state: a big
+                // room's history has a group per state event.
+                let visibility = visibility_at(svc, group).await?;
+                let membership = match svc
                     .state
-                    .event_for(&map, StateEventType::RoomHistoryVisibility, "")
+                    .entry(group, StateEventType::RoomMember, user.as_str())
                     .await?
-                    .map_or(Visibility::Shared, |e| Visibility::parse(e.pdu.content.get()));
-                let membership = svc
-                    .state
-                    .membership(&map, user)
-                    .await?
-                    .unwrap_or_else(|| "leave".to_owned());
+                {
+                    Some(id) => svc.storage.event(&id).await?.and_then(|e| e.pdu.membership()),
+                    None => None,
+                }
+                .unwrap_or_else(|| "leave".to_owned());
                 at_group.insert(group, (visibility, membership.clone()));
                 (visibility, membership)
             }
         };
-        let pdu = &event.pdu;
-        if pdu.kind == TimelineEventType::RoomMember
-            && pdu.state_key.as_deref() == Some(user.as_str())
-            && membership != "join"
-        {
-            membership = pdu.membership().unwrap_or(membership);
-        }
-        if pdu.kind == TimelineEventType::RoomHistoryVisibility && pdu.state_key.as_deref() == Some("") {
-            visibility = visibility.max(Visibility::parse(pdu.content.get()));
-        }
-        let visible = visibility == Visibility::WorldReadable
-            || membership == "join"
-            || (visibility == Visibility::Shared && joined_now)
-            || (visibility == Visibility::Invited && membership == "invite");
+        let allows = |visibility: Visibility, membership: &str| {
+            visibility == Visibility::WorldReadable
+                || membership == "join"
+                || (visibility == Visibility::Shared && joined_now)
+                || (visibility == Visibility::Invited && membership == "invite")
+        };
+        let (own_membership, new_visibility) = changes_made(&event.pdu, |key| key == user.as_str());
+        // The state before the event, or (the user's own membership, the
+        // history visibility itself) the state after it: either lets the
+        // user see it.
+        let visible = allows(visibility, &membership)
+            || own_membership.as_deref().is_some_and(|m| allows(visibility, m))
+            || new_visibility.is_some_and(|v| allows(v, &membership));
+        let membership = match own_membership {
+            Some(own) if membership != "join" => own,
+            _ => membership,
+        };
         if !visible {
             continue;
         }
@@ -234,7 +238,7 @@ pub async fn filter_for_server(
         let visible = match event.meta.state_group_before {
             None => false,
             Some(group) => {
-                let (mut visibility, mut membership) = match at_group.get(&group) {
+                let (visibility, membership) = match at_group.get(&group) {
                     Some(v) => v.clone(),
                     None => {
                         let v = server_view(svc, server, group, in_room_now).await?;
@@ -242,23 +246,20 @@ pub async fn filter_for_server(
                         v
                     }
                 };
-                let pdu = &event.pdu;
-                let own_member = pdu.kind == TimelineEventType::RoomMember
-                    && pdu
-                        .state_key
-                        .as_deref()
-                        .and_then(|k| ruma::UserId::parse(k).ok())
-                        .is_some_and(|u| u.server_name() == server);
-                if own_member && membership != "join" {
-                    membership = pdu.membership().unwrap_or(membership);
-                }
-                if pdu.kind == TimelineEventType::RoomHistoryVisibility && pdu.state_key.as_deref() == Some("") {
-                    visibility = visibility.max(Visibility::parse(pdu.content.get()));
-                }
-                visibility == Visibility::WorldReadable
-                    || (visibility == Visibility::Shared && in_room_now)
-                    || membership == "join"
-                    || (visibility == Visibility::Invited && membership == "invite")
+                let allows = |visibility: Visibility, membership: &str| {
+                    visibility == Visibility::WorldReadable
+                        || (visibility == Visibility::Shared && in_room_now)
+                        || membership == "join"
+                        || (visibility == Visibility::Invited && membership == "invite")
+                };
+                let (own_membership, new_visibility) = changes_made(&event.pdu, |key| {
+                    ruma::UserId::parse(key).is_ok_and(|u| u.server_name() == server)
+                });
+                // Before the event, or (a member event of one of the
+                // server's users, the history visibility itself) after it.
+                allows(visibility, &membership)
+                    || own_membership.as_deref().is_some_and(|m| allows(visibility, m))
+                    || new_visibility.is_some_and(|v| allows(v, &membership))
             }
         };
         if visible || event.meta.redacted_by.is_some() {
@@ -268,6 +269,38 @@ pub async fn filter_for_server(
         }
     }
     Ok(out)
+}
+
+/// What `pdu` changes that the history visibility rules look at after
+/// it: the membership it gives a user whose ID is its state key (`whose`
+/// says which users), and the history visibility it sets.
+fn changes_made(pdu: &crate::events::Pdu, whose: impl Fn(&str) -> bool) -> (Option<String>, Option<Visibility>) {
+    let key = pdu.state_key.as_deref();
+    let membership = match key {
+        Some(key) if pdu.kind == TimelineEventType::RoomMember && whose(key) => pdu.membership(),
+        _ => None,
+    };
+    let visibility = (pdu.kind == TimelineEventType::RoomHistoryVisibility && key == Some(""))
+        .then(|| Visibility::parse(pdu.content.get()));
+    (membership, visibility)
+}
+
+/// The history visibility in a group's state (its one entry read).
+async fn visibility_at(svc: &Services, group: StateGroupId) -> Result<Visibility> {
+    Ok(
+        match svc
+            .state
+            .entry(group, StateEventType::RoomHistoryVisibility, "")
+            .await?
+        {
+            Some(id) => svc
+                .storage
+                .event(&id)
+                .await?
+                .map_or(Visibility::Shared, |e| Visibility::parse(e.pdu.content.get())),
+            None => Visibility::Shared,
+        },
+    )
 }
 
 /// The history visibility and the server's best membership in a state.
@@ -282,18 +315,7 @@ async fn server_view(
     group: StateGroupId,
     in_room_now: bool,
 ) -> Result<(Visibility, String)> {
-    let visibility = match svc
-        .state
-        .entry(group, StateEventType::RoomHistoryVisibility, "")
-        .await?
-    {
-        Some(id) => svc
-            .storage
-            .event(&id)
-            .await?
-            .map_or(Visibility::Shared, |e| Visibility::parse(e.pdu.content.get())),
-        None => Visibility::Shared,
-    };
+    let visibility = visibility_at(svc, group).await?;
     if visibility == Visibility::WorldReadable || (visibility == Visibility::Shared && in_room_now) {
         return Ok((visibility, "leave".to_owned()));
     }

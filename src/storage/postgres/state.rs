@@ -154,9 +154,11 @@ pub async fn group_entries(c: &impl GenericClient, groups: &[StateGroupId]) -> R
         .collect())
 }
 
-/// The event at `key` in `group`'s state (one statement: the chain, then
-/// the key in its groups, the newest group that names it winning; a
-/// delta's NULL: the key left the state).
+/// The event at `key` in `group`'s state: the chain, then one statement
+/// for the key in its groups, the newest group that names it winning (a
+/// delta's NULL: the key left the state). Completing a partial state
+/// changes entries, never chains: the second statement alone must see one
+/// version, and does.
 pub async fn group_entry(
     c: &impl GenericClient,
     group: StateGroupId,
