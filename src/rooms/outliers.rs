@@ -28,6 +28,7 @@ use crate::{
     events::Pdu,
     services::Services,
     state::{StateMap, key},
+    storage::EventKey,
 };
 
 fn of_room(room_id: &RoomId, checked: Result<Pdu, CheckError>) -> Option<Pdu> {
@@ -192,14 +193,16 @@ pub async fn state_from(
         .collect::<HashSet<_>>()
         .into_iter()
         .collect();
-    let held: HashSet<OwnedEventId> = svc
+    // What is held of them, read once: after the missing ones are kept,
+    // only those are read again.
+    let mut held: HashMap<OwnedEventId, EventKey> = svc
         .storage
         .event_keys(&wanted)
         .await?
         .into_iter()
-        .map(|k| k.event_id)
+        .map(|k| (k.event_id.clone(), k))
         .collect();
-    let missing: HashSet<OwnedEventId> = wanted.into_iter().filter(|id| !held.contains(id)).collect();
+    let missing: HashSet<OwnedEventId> = wanted.into_iter().filter(|id| !held.contains_key(id)).collect();
     if missing.len() * 10 >= held.len() + missing.len() {
         return whole_state(svc, server, version, room_id, event_id).await;
     }
@@ -210,9 +213,17 @@ pub async fn state_from(
             return whole_state(svc, server, version, room_id, event_id).await;
         };
         keep(svc, &rules, fetched).await?;
+        let kept: Vec<OwnedEventId> = missing.into_iter().collect();
+        held.extend(
+            svc.storage
+                .event_keys(&kept)
+                .await?
+                .into_iter()
+                .map(|k| (k.event_id.clone(), k)),
+        );
     }
     let mut state = StateMap::new();
-    for event in svc.storage.event_keys(&ids.pdu_ids).await? {
+    for event in ids.pdu_ids.iter().filter_map(|id| held.remove(id)) {
         // (Rooms v1 and v2 only, where the sender picks the event ID: an
         // event of another room held under the ID named is not this one's.)
         if event.room_id != room_id {
