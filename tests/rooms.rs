@@ -490,6 +490,71 @@ async fn history_visibility_hides_events_before_join() {
     assert_eq!(count, 2);
 }
 
+/// A history visibility event is visible when the visibility before it
+/// or the one after it lets the user see it (the spec's "before *or*
+/// after"): an invited user sees the change from `invited` to `shared`
+/// (before: invited, and they are), not the change from `joined` to
+/// `shared` (neither lets an invited user who has not joined see it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_visibility_events_are_seen_by_the_state_before_or_after() {
+    let server = TestServer::start().await;
+    let alice = server.register("alice").await;
+    let bob = server.register("bob").await;
+    let room = alice
+        .create_room(json!({
+            "preset": "private_chat",
+            "initial_state": [{ "type": "m.room.history_visibility", "content": { "history_visibility": "invited" } }]
+        }))
+        .await;
+    alice
+        .ok(
+            Method::POST,
+            &format!("/_matrix/client/v3/rooms/{}/invite", enc(&room)),
+            Some(&json!({ "user_id": bob.user_id })),
+        )
+        .await;
+    let set = |visibility: &'static str| {
+        let (alice, room) = (&alice, &room);
+        async move {
+            alice
+                .ok(
+                    Method::PUT,
+                    &format!(
+                        "/_matrix/client/v3/rooms/{}/state/m.room.history_visibility/",
+                        enc(room)
+                    ),
+                    Some(&json!({ "history_visibility": visibility })),
+                )
+                .await["event_id"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        }
+    };
+    let to_shared = set("shared").await;
+    let to_joined = set("joined").await;
+    let from_joined = set("shared").await;
+    let get = |event_id: String| {
+        let (bob, room) = (&bob, &room);
+        async move {
+            bob.call(
+                Method::GET,
+                &format!("/_matrix/client/v3/rooms/{}/event/{}", enc(room), enc(&event_id)),
+                None,
+            )
+            .await
+        }
+    };
+    let (status, body) = get(to_shared).await;
+    assert_eq!(status, StatusCode::OK, "invited -> shared, seen by the invitee: {body}");
+    assert_eq!(body["content"]["history_visibility"], "shared", "{body}");
+    // shared -> joined: the state before (shared) needs a user joined now.
+    let (status, body) = get(to_joined).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "shared -> joined: {body}");
+    let (status, body) = get(from_joined).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "joined -> shared: {body}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn profile_changes_reach_joined_rooms() {
     let server = TestServer::start().await;
