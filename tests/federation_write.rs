@@ -272,13 +272,7 @@ async fn invites_across_servers_joined_rejected_and_left() {
     let since_bob = bob.sync("").await["next_batch"].as_str().unwrap().to_owned();
 
     // Alice invites Bob: B countersigns, Bob sees the invite with the room's name.
-    alice
-        .ok(
-            Method::POST,
-            &format!("/_matrix/client/v3/rooms/{}/invite", enc(&room)),
-            Some(&json!({ "user_id": bob.user_id })),
-        )
-        .await;
+    alice.invite(&room, &bob.user_id).await;
     let sync = bob.sync(&format!("since={}", enc(&since_bob))).await;
     let invite = &sync["rooms"]["invite"][&room]["invite_state"]["events"];
     let names: Vec<&Value> = invite

@@ -456,17 +456,21 @@ async fn aliases_and_public_directory() {
     assert!(body.get("alias").is_none(), "{body}");
 }
 
+/// A room of `user`'s made with `preset` and the history visibility given.
+async fn room_with_visibility(user: &common::User<'_>, preset: &str, visibility: &str) -> String {
+    user.create_room(json!({
+        "preset": preset,
+        "initial_state": [{ "type": "m.room.history_visibility", "content": { "history_visibility": visibility } }]
+    }))
+    .await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn history_visibility_hides_events_before_join() {
     let server = TestServer::start().await;
     let alice = server.register("alice").await;
     let bob = server.register("bob").await;
-    let room = alice
-        .create_room(json!({
-            "preset": "public_chat",
-            "initial_state": [{ "type": "m.room.history_visibility", "content": { "history_visibility": "joined" } }]
-        }))
-        .await;
+    let room = room_with_visibility(&alice, "public_chat", "joined").await;
     alice.send_text(&room, "1", "before bob").await;
     assert_eq!(bob.join(&room).await.0, 200);
     alice.send_text(&room, "2", "after bob").await;
@@ -500,19 +504,8 @@ async fn history_visibility_events_are_seen_by_the_state_before_or_after() {
     let server = TestServer::start().await;
     let alice = server.register("alice").await;
     let bob = server.register("bob").await;
-    let room = alice
-        .create_room(json!({
-            "preset": "private_chat",
-            "initial_state": [{ "type": "m.room.history_visibility", "content": { "history_visibility": "invited" } }]
-        }))
-        .await;
-    alice
-        .ok(
-            Method::POST,
-            &format!("/_matrix/client/v3/rooms/{}/invite", enc(&room)),
-            Some(&json!({ "user_id": bob.user_id })),
-        )
-        .await;
+    let room = room_with_visibility(&alice, "private_chat", "invited").await;
+    alice.invite(&room, &bob.user_id).await;
     let set = |visibility: &'static str| {
         let (alice, room) = (&alice, &room);
         async move {

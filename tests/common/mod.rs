@@ -237,6 +237,16 @@ impl User<'_> {
         .await
     }
 
+    /// Invites `user_id` to the room (which must succeed).
+    pub async fn invite(&self, room_id: &str, user_id: &str) {
+        self.ok(
+            Method::POST,
+            &format!("/_matrix/client/v3/rooms/{}/invite", enc(room_id)),
+            Some(&json!({ "user_id": user_id })),
+        )
+        .await;
+    }
+
     pub async fn messages(&self, room_id: &str, query: &str) -> Value {
         self.ok(
             Method::GET,
