@@ -104,32 +104,23 @@ pub async fn filter_for_user(
                 // Two entries of the state, not the whole state: a big
                 // room's history has a group per state event.
                 let visibility = visibility_at(svc, group).await?;
-                let membership = match svc
+                let membership = svc
                     .state
-                    .entry(group, StateEventType::RoomMember, user.as_str())
+                    .membership_at(group, user)
                     .await?
-                {
-                    Some(id) => svc.storage.event(&id).await?.and_then(|e| e.pdu.membership()),
-                    None => None,
-                }
-                .unwrap_or_else(|| "leave".to_owned());
+                    .unwrap_or_else(|| "leave".to_owned());
                 at_group.insert(group, (visibility, membership.clone()));
                 (visibility, membership)
             }
         };
-        let allows = |visibility: Visibility, membership: &str| {
-            visibility == Visibility::WorldReadable
-                || membership == "join"
-                || (visibility == Visibility::Shared && joined_now)
-                || (visibility == Visibility::Invited && membership == "invite")
-        };
         let (own_membership, new_visibility) = changes_made(&event.pdu, |key| key == user.as_str());
-        // The state before the event, or (the user's own membership, the
-        // history visibility itself) the state after it: either lets the
-        // user see it.
-        let visible = allows(visibility, &membership)
-            || own_membership.as_deref().is_some_and(|m| allows(visibility, m))
-            || new_visibility.is_some_and(|v| allows(v, &membership));
+        let visible = sees(
+            visibility,
+            &membership,
+            joined_now,
+            own_membership.as_deref(),
+            new_visibility,
+        );
         let membership = match own_membership {
             Some(own) if membership != "join" => own,
             _ => membership,
@@ -246,20 +237,16 @@ pub async fn filter_for_server(
                         v
                     }
                 };
-                let allows = |visibility: Visibility, membership: &str| {
-                    visibility == Visibility::WorldReadable
-                        || (visibility == Visibility::Shared && in_room_now)
-                        || membership == "join"
-                        || (visibility == Visibility::Invited && membership == "invite")
-                };
                 let (own_membership, new_visibility) = changes_made(&event.pdu, |key| {
                     ruma::UserId::parse(key).is_ok_and(|u| u.server_name() == server)
                 });
-                // Before the event, or (a member event of one of the
-                // server's users, the history visibility itself) after it.
-                allows(visibility, &membership)
-                    || own_membership.as_deref().is_some_and(|m| allows(visibility, m))
-                    || new_visibility.is_some_and(|v| allows(v, &membership))
+                sees(
+                    visibility,
+                    &membership,
+                    in_room_now,
+                    own_membership.as_deref(),
+                    new_visibility,
+                )
             }
         };
         if visible || event.meta.redacted_by.is_some() {
@@ -269,6 +256,32 @@ pub async fn filter_for_server(
         }
     }
     Ok(out)
+}
+
+/// Whether a state lets a user (or a server, for its users as a whole)
+/// see an event: its history visibility and their membership in it, and
+/// whether they are in the room now.
+fn allows(visibility: Visibility, membership: &str, in_room_now: bool) -> bool {
+    visibility == Visibility::WorldReadable
+        || membership == "join"
+        || (visibility == Visibility::Shared && in_room_now)
+        || (visibility == Visibility::Invited && membership == "invite")
+}
+
+/// Whether an event is seen: the state before it lets it be ([`allows`]),
+/// or the state after it does, for what the event changes of what the
+/// rules look at ([`changes_made`]: the membership it gives the user or
+/// one of the server's users, the history visibility it sets).
+fn sees(
+    visibility: Visibility,
+    membership: &str,
+    in_room_now: bool,
+    own_membership: Option<&str>,
+    new_visibility: Option<Visibility>,
+) -> bool {
+    allows(visibility, membership, in_room_now)
+        || own_membership.is_some_and(|m| allows(visibility, m, in_room_now))
+        || new_visibility.is_some_and(|v| allows(v, membership, in_room_now))
 }
 
 /// What `pdu` changes that the history visibility rules look at after
@@ -287,20 +300,11 @@ fn changes_made(pdu: &crate::events::Pdu, whose: impl Fn(&str) -> bool) -> (Opti
 
 /// The history visibility in a group's state (its one entry read).
 async fn visibility_at(svc: &Services, group: StateGroupId) -> Result<Visibility> {
-    Ok(
-        match svc
-            .state
-            .entry(group, StateEventType::RoomHistoryVisibility, "")
-            .await?
-        {
-            Some(id) => svc
-                .storage
-                .event(&id)
-                .await?
-                .map_or(Visibility::Shared, |e| Visibility::parse(e.pdu.content.get())),
-            None => Visibility::Shared,
-        },
-    )
+    Ok(svc
+        .state
+        .event_at(group, StateEventType::RoomHistoryVisibility, "")
+        .await?
+        .map_or(Visibility::Shared, |e| Visibility::parse(e.pdu.content.get())))
 }
 
 /// The history visibility and the server's best membership in a state.
@@ -316,7 +320,7 @@ async fn server_view(
     in_room_now: bool,
 ) -> Result<(Visibility, String)> {
     let visibility = visibility_at(svc, group).await?;
-    if visibility == Visibility::WorldReadable || (visibility == Visibility::Shared && in_room_now) {
+    if allows(visibility, "leave", in_room_now) {
         return Ok((visibility, "leave".to_owned()));
     }
     let map = svc.state.group(group).await?;

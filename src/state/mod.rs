@@ -269,6 +269,23 @@ impl StateCache {
             .await?
             .and_then(|e| e.pdu.membership()))
     }
+
+    /// [`Self::event_for`] in a group's state, reading that one entry
+    /// ([`Self::entry`]).
+    pub async fn event_at(&self, group: StateGroupId, kind: StateEventType, key: &str) -> Result<Option<StoredEvent>> {
+        match self.entry(group, kind, key).await? {
+            Some(id) => self.storage.event(&id).await,
+            None => Ok(None),
+        }
+    }
+
+    /// [`Self::membership`] in a group's state, reading that one entry.
+    pub async fn membership_at(&self, group: StateGroupId, user_id: &UserId) -> Result<Option<String>> {
+        Ok(self
+            .event_at(group, StateEventType::RoomMember, user_id.as_str())
+            .await?
+            .and_then(|e| e.pdu.membership()))
+    }
 }
 
 /// Whether two states are the same (at once when one is a copy of the

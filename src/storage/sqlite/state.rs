@@ -135,11 +135,10 @@ pub fn group_entry(c: &Connection, group: StateGroupId, (kind, state_key): &Stat
     let mut stmt = c.prepare_cached(
         "SELECT event_id FROM state_group_entries WHERE group_id = ?1 AND type = ?2 AND state_key = ?3",
     )?;
+    let kind = kind.to_string();
     for id in chain(c, group)?.into_iter().rev() {
         let entry = stmt
-            .query_row(params![id, kind.to_string(), state_key], |r| {
-                r.get::<_, Option<String>>(0)
-            })
+            .query_row(params![id, kind, state_key], |r| r.get::<_, Option<String>>(0))
             .optional()?;
         if let Some(event_id) = entry {
             return event_id.map(parse).transpose();
