@@ -17,7 +17,14 @@
 //!   `WEFT_BENCH_ROOM_STATE=N`, each of these rooms first gets N custom
 //!   state events: the join is then also timed until the joiner holds the
 //!   full state (its `/members` answers: after a partial-state join, both
-//!   servers wait for it), with the joiner's CPU per state event.
+//!   servers wait for it), with the joiner's CPU per state event. With
+//!   `WEFT_BENCH_ROOM_MEMBERS=M`, M users (registered by an application
+//!   service of the host: no password) join each room after that state: the
+//!   members a partial-state join leaves out. `WEFT_BENCH_PAGE_BACK=0` times
+//!   the joins only (the room of 2,000 members and 20,000 state
+//!   events: Synapse would page back through it for most of an hour); each
+//!   host then fills one room, which its two joiners join one after the
+//!   other.
 //! - The cold page: a fresh weft joiner of a weft room of 10,000 messages
 //!   (and of weft and Synapse rooms of 1,000, for comparison) asks for its
 //!   first `/messages?dir=b&limit=50` right after the join. It holds nothing
@@ -54,7 +61,7 @@ use std::{
 
 use common::{
     enc,
-    synapse::{Client, Synapse, assert_same_timeline, duplicate_ids, synapse_requests},
+    synapse::{Client, Synapse, assert_same_timeline, duplicate_ids, register_as_appservice, synapse_requests},
 };
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -64,7 +71,7 @@ use support::{
     print_side_by_side,
 };
 use synapse_process::{start_synapse, synapse_pid};
-use weft_process::{Options, WEFT, WeftProcess};
+use weft_process::{AS_TOKEN, Options, WEFT, WeftProcess};
 
 /// Every weft server of this benchmark serves `/metrics`.
 const METRICS: Options = Options {
@@ -73,12 +80,21 @@ const METRICS: Options = Options {
     appservice: false,
 };
 
+/// The weft host: `/metrics`, and the application service that registers
+/// the rooms' members.
+const HOST: Options = Options {
+    appservice: true,
+    ..METRICS
+};
+
 /// Sizes of the run; each can be overridden by an environment variable:
 /// `WEFT_BENCH_MESSAGES` (1000; 100 without `--bench`), `WEFT_BENCH_PAGE`
 /// (100), `WEFT_BENCH_COLD_EVENTS` (10000; 300), `WEFT_BENCH_COLD_PAGE`
 /// (50), `WEFT_BENCH_COLD_RUNS` (3; 1), `WEFT_BENCH_SYNAPSE_COLD_EVENTS`
 /// (1000; 100; 0: no Synapse room for the cold page),
-/// `WEFT_BENCH_FILL_CONCURRENCY` (4),
+/// `WEFT_BENCH_FILL_CONCURRENCY` (4), `WEFT_BENCH_SYNAPSE_FILL_CONCURRENCY` (1:
+/// Synapse's rooms are lines), `WEFT_BENCH_ROOM_STATE` (0),
+/// `WEFT_BENCH_ROOM_MEMBERS` (0), `WEFT_BENCH_PAGE_BACK` (1; 0: joins only),
 /// `WEFT_BENCH_ROOM_VERSION` (11), `WEFT_BENCH_CASES` (all of
 /// `weft-weft,weft-synapse,synapse-synapse,synapse-weft,cold`).
 /// `WEFT_BENCH_KEEP` keeps the weft data directories and logs;
@@ -105,12 +121,21 @@ struct Settings {
     /// into a room, so the room stays a line; Synapse does not, and its
     /// rooms are filled one send at a time so that they are lines too).
     fill_concurrency: usize,
+    /// Requests in flight while filling the Synapse rooms (1: the rooms
+    /// are lines, as the page-back's checks need).
+    synapse_fill_concurrency: usize,
     version: String,
     cases: Vec<String>,
     /// Custom state events (`org.example.state`) in each room of the
     /// page-back cases, sent before its messages: the joiner's time to the
     /// full state and CPU per state event are then reported.
     room_state: usize,
+    /// Users that join each room of the page-back cases after its state
+    /// events (registered by the host's application service).
+    room_members: usize,
+    /// Page back after the join (else the joins alone, and each host's two
+    /// joiners join one room).
+    page_back: bool,
 }
 
 const ALL_CASES: [&str; 5] = ["weft-weft", "weft-synapse", "synapse-synapse", "synapse-weft", "cold"];
@@ -146,9 +171,12 @@ impl Settings {
             cold_runs: var("WEFT_BENCH_COLD_RUNS", pick(3, 1)).max(1),
             synapse_cold_events: var("WEFT_BENCH_SYNAPSE_COLD_EVENTS", pick(1_000, 100)),
             fill_concurrency: var("WEFT_BENCH_FILL_CONCURRENCY", 4).max(1),
+            synapse_fill_concurrency: var("WEFT_BENCH_SYNAPSE_FILL_CONCURRENCY", 1).max(1),
             version: std::env::var("WEFT_BENCH_ROOM_VERSION").unwrap_or_else(|_| "11".to_owned()),
             cases,
             room_state: var("WEFT_BENCH_ROOM_STATE", 0),
+            room_members: var("WEFT_BENCH_ROOM_MEMBERS", 0),
+            page_back: var("WEFT_BENCH_PAGE_BACK", 1) != 0,
         }
     }
 
@@ -213,97 +241,149 @@ async fn backfill_counters(w: &WeftProcess) -> (String, u64) {
 // ---------------------------------------------------------------------------
 // Rooms.
 
-/// Runs `f(i)` for i in 0..n with `concurrency` in flight.
 /// A room on a host and the message bodies sent into it.
+#[derive(Clone)]
 struct Room {
     id: String,
     bodies: Vec<String>,
     /// Its `org.example.state` events.
     state: usize,
+    /// Its members besides the creator (the joiners not counted).
+    members: usize,
 }
 
-/// Creates a public room, sends `state` custom state events
-/// (`org.example.state`, keys `k{i}`), then `n` messages `"{tag} {i}"`.
-#[allow(clippy::too_many_arguments)]
+/// What [`fill_room`] puts in a room, in this order.
+#[derive(Clone, Copy)]
+struct Contents {
+    /// Custom state events (`org.example.state`, keys `k{i}`).
+    state: usize,
+    /// Users `@m<i>` registered by the host's application service, who join.
+    members: usize,
+    /// Messages `"{tag} {i}"`.
+    messages: usize,
+}
+
+/// Calls `call` until it answers 200 (Synapse on SQLite answers an
+/// occasional 500 under load), at most 5 times; counts the retries.
+async fn until_ok<F, Fut>(what: &str, retried: &AtomicUsize, mut call: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = (StatusCode, Value)>,
+{
+    for attempt in 1.. {
+        let (status, body) = call().await;
+        if status == StatusCode::OK {
+            return;
+        }
+        assert!(attempt < 5, "{what}: {status} {body}");
+        retried.fetch_add(1, Ordering::Relaxed);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// Creates a public room on `host` and fills it with `contents`, with
+/// `concurrency` requests in flight. A request that fails is retried (a
+/// message with the same transaction ID, so it is sent once).
 async fn fill_room(
     report: &mut Report,
-    host: &str,
-    creator: &Client,
+    host: &Host<'_>,
     version: &str,
     tag: &str,
-    state: usize,
-    n: usize,
+    contents: Contents,
     concurrency: usize,
 ) -> Room {
+    let creator = host.creator;
+    let retries = Arc::new(AtomicUsize::new(0));
+    let rate = |n: usize, t: Instant, what: &str| {
+        format!(
+            "{} ({:.0} {what}/s)",
+            secs(t.elapsed()),
+            n as f64 / t.elapsed().as_secs_f64()
+        )
+    };
     let id = creator
         .create_room(json!({ "preset": "public_chat", "room_version": version, "name": tag }))
         .await;
-    if state > 0 {
+    // (Sent one by one: Synapse takes longer than a minute to create a room
+    // with 3,000 `initial_state` events, more than sending them.)
+    if contents.state > 0 {
         let t = Instant::now();
-        let (c, r) = (creator.clone(), id.clone());
-        in_flight(state, concurrency, move |i| {
-            let (c, r) = (c.clone(), r.clone());
+        let (c, r, retried) = (creator.clone(), id.clone(), retries.clone());
+        in_flight(contents.state, concurrency, move |i| {
+            let (c, r, retried) = (c.clone(), r.clone(), retried.clone());
             async move {
                 let path = format!("/_matrix/client/v3/rooms/{}/state/org.example.state/k{i}", enc(&r));
-                for attempt in 1.. {
-                    let (status, body) = c.call(reqwest::Method::PUT, &path, Some(&json!({ "i": i }))).await;
-                    if status == StatusCode::OK {
-                        break;
-                    }
-                    assert!(attempt < 5, "{} sets state k{i}: {status} {body}", c.user_id);
-                    tokio::time::sleep(Duration::from_millis(500)).await;
-                }
+                let body = json!({ "i": i });
+                until_ok(&format!("{} sets state k{i}", c.user_id), &retried, || {
+                    c.call(reqwest::Method::PUT, &path, Some(&body))
+                })
+                .await;
             }
         })
         .await;
         report.row(
-            format!("{host}: room {tag}: {state} state events (in flight: {concurrency})"),
             format!(
-                "{} ({:.0} events/s)",
-                secs(t.elapsed()),
-                state as f64 / t.elapsed().as_secs_f64()
+                "{}: room {tag}: {} state events (in flight: {concurrency})",
+                host.kind, contents.state
             ),
+            rate(contents.state, t, "events"),
+        );
+    }
+    if contents.members > 0 {
+        let t = Instant::now();
+        let (http, base, token) = (creator.http.clone(), creator.base.clone(), host.as_token.to_owned());
+        let (r, retried) = (id.clone(), retries.clone());
+        in_flight(contents.members, concurrency, move |i| {
+            let (http, base, token, r, retried) =
+                (http.clone(), base.clone(), token.clone(), r.clone(), retried.clone());
+            async move {
+                let member = register_as_appservice(&http, &base, &token, i).await;
+                until_ok(&format!("{} joins", member.user_id), &retried, || member.join(&r, "")).await;
+            }
+        })
+        .await;
+        report.row(
+            format!(
+                "{}: room {tag}: {} members registered (by an application service) and joined (in flight: {concurrency})",
+                host.kind, contents.members
+            ),
+            rate(contents.members, t, "joins"),
         );
     }
     let t = Instant::now();
-    let (c, r, tg) = (creator.clone(), id.clone(), tag.to_owned());
-    // A send that fails (Synapse on SQLite answers an occasional 500 under
-    // load) is retried with the same transaction ID, so it is sent once.
-    let retries = Arc::new(AtomicUsize::new(0));
-    let retried = retries.clone();
-    in_flight(n, concurrency, move |i| {
+    let (c, r, tg, retried) = (creator.clone(), id.clone(), tag.to_owned(), retries.clone());
+    in_flight(contents.messages, concurrency, move |i| {
         let (c, r, tg, retried) = (c.clone(), r.clone(), tg.clone(), retried.clone());
         async move {
             let content = json!({ "msgtype": "m.text", "body": format!("{tg} {i}") });
-            for attempt in 1.. {
-                let (status, body) = c.send(&r, "m.room.message", &format!("{tg}-{i}"), &content).await;
-                if status == StatusCode::OK {
-                    break;
-                }
-                assert!(attempt < 5, "{} sends {tg} {i}: {status} {body}", c.user_id);
-                retried.fetch_add(1, Ordering::Relaxed);
-                tokio::time::sleep(Duration::from_millis(500)).await;
-            }
+            let txn = format!("{tg}-{i}");
+            until_ok(&format!("{} sends {tg} {i}", c.user_id), &retried, || {
+                c.send(&r, "m.room.message", &txn, &content)
+            })
+            .await;
         }
     })
     .await;
     let retries = retries.load(Ordering::Relaxed);
     report.row(
-        format!("{host}: room {tag} of {n} messages (sends in flight: {concurrency})"),
         format!(
-            "{} ({:.0} messages/s{})",
-            secs(t.elapsed()),
-            n as f64 / t.elapsed().as_secs_f64(),
+            "{}: room {tag} of {} messages (sends in flight: {concurrency})",
+            host.kind, contents.messages
+        ),
+        format!(
+            "{}{}",
+            rate(contents.messages, t, "messages"),
             match retries {
                 0 => String::new(),
-                n => format!(", {n} sends retried after an error"),
+                n => format!(", {n} requests of the fill retried after an error"),
             }
         ),
     );
     Room {
         id,
-        bodies: (0..n).map(|i| format!("{tag} {i}")).collect(),
-        state,
+        bodies: (0..contents.messages).map(|i| format!("{tag} {i}")).collect(),
+        state: contents.state,
+        members: contents.members,
     }
 }
 
@@ -325,6 +405,9 @@ struct Host<'a> {
     kind: &'static str,
     name: String,
     creator: &'a Client,
+    /// The token of its application service, which registers the rooms'
+    /// members.
+    as_token: &'a str,
     pid: u32,
     /// Its PostgreSQL database (`None`: SQLite).
     database: Option<Database>,
@@ -384,6 +467,12 @@ struct CaseResult {
     state_events: usize,
     /// The joiner's CPU over the join, the full state and the settling.
     join_cpu: Cpu,
+    /// `None` without the page-back (`WEFT_BENCH_PAGE_BACK=0`).
+    page_back: Option<PageBack>,
+}
+
+/// The page-back of a case.
+struct PageBack {
     pages: usize,
     events: usize,
     backfilled: usize,
@@ -464,6 +553,7 @@ async fn page_back_case(
     room: &Room,
     joiner: &Joiner<'_>,
     page: usize,
+    then_page_back: bool,
 ) -> CaseResult {
     eprintln!("-- {label}: {} joins {}'s room and pages back", joiner.kind, host.kind);
     let pids = (joiner.pid, host.pid);
@@ -477,16 +567,24 @@ async fn page_back_case(
         (Some(out), Some(_), None) => Some(perf_record(&out, joiner.pid).await),
         _ => None,
     };
+    // The joins of big rooms may take Synapse longer than the client's
+    // minute.
+    let patient = Client {
+        http: reqwest::Client::builder()
+            .timeout(Duration::from_secs(3600))
+            .build()
+            .expect("http client"),
+        ..joiner.client.clone()
+    };
     let cpu = Cpu::read(backend, pids.0, pids.1);
     let t = Instant::now();
-    let (status, body) = joiner
-        .client
+    let (status, body) = patient
         .join(&room.id, &format!("server_name={}", enc(&host.name)))
         .await;
     let join = t.elapsed();
     assert_eq!(status, StatusCode::OK, "{label}: join: {body}");
     let members_path = format!("/_matrix/client/v3/rooms/{}/members", enc(&room.id));
-    let (status, body) = joiner.client.call(reqwest::Method::GET, &members_path, None).await;
+    let (status, body) = patient.call(reqwest::Method::GET, &members_path, None).await;
     let full_state = t.elapsed();
     assert_eq!(status, StatusCode::OK, "{label}: members: {body}");
     settle(joiner.pid, Duration::from_millis(500), Duration::from_secs(30)).await;
@@ -507,6 +605,28 @@ async fn page_back_case(
     let state = state.as_array().expect("a state").clone();
     let custom = state.iter().filter(|e| e["type"] == "org.example.state").count();
     assert_eq!(custom, room.state, "{label}: the joiner holds every state event");
+    let joined = state
+        .iter()
+        .filter(|e| e["type"] == "m.room.member" && e["content"]["membership"] == "join")
+        .count();
+    // The creator, the members, the joiner, and maybe an earlier joiner.
+    assert!(
+        joined >= room.members + 2,
+        "{label}: the joiner's state has {joined} joined members of {}",
+        room.members + 2
+    );
+    let result = CaseResult {
+        label: label.to_owned(),
+        joiner: joiner.kind,
+        join,
+        full_state,
+        state_events: state.len(),
+        join_cpu,
+        page_back: None,
+    };
+    if !then_page_back {
+        return result;
+    }
 
     let before = match (joiner.weft, host.synapse) {
         (Some(w), _) => backfill_counters(w).await.1,
@@ -524,7 +644,7 @@ async fn page_back_case(
     let cpu = Cpu::read(backend, pids.0, pids.1);
     let switches = context_switches(joiner.pid);
     let t = Instant::now();
-    let max_pages = (room.bodies.len() + room.state) / page.max(1) * 5 + 50;
+    let max_pages = (room.bodies.len() + room.state + room.members) / page.max(1) * 5 + 50;
     let (events, latencies) = page_back(&joiner.client, &room.id, page, max_pages).await;
     let wall = t.elapsed();
     let cpu = Cpu::since(&cpu, backend, joiner_of, host_of);
@@ -580,22 +700,19 @@ async fn page_back_case(
         _ => String::new(),
     };
     CaseResult {
-        label: label.to_owned(),
-        joiner: joiner.kind,
-        join,
-        full_state,
-        state_events: state.len(),
-        join_cpu,
-        pages: latencies.len(),
-        events: events.len(),
-        // Everything but the joiner's own join came from the host.
-        backfilled: events.len() - 1,
-        wall,
-        cpu,
-        joiner_switches,
-        first_page: latencies[0],
-        latencies: Latencies::new(latencies),
-        requests,
+        page_back: Some(PageBack {
+            pages: latencies.len(),
+            events: events.len(),
+            // Everything but the joiner's own join came from the host.
+            backfilled: events.len() - 1,
+            wall,
+            cpu,
+            joiner_switches,
+            first_page: latencies[0],
+            latencies: Latencies::new(latencies),
+            requests,
+        }),
+        ..result
     }
 }
 
@@ -605,7 +722,6 @@ fn ms3(d: Duration) -> String {
 }
 
 fn report_case(report: &mut Report, backend: &Backend, r: &CaseResult) {
-    let per_event = |d: Duration| d / r.backfilled.max(1) as u32;
     report.section(&r.label);
     report.row(
         "join (until POST /join answers); joiner CPU incl. settling",
@@ -630,46 +746,50 @@ fn report_case(report: &mut Report, backend: &Backend, r: &CaseResult) {
             )
         ),
     );
+    let Some(p) = &r.page_back else {
+        return;
+    };
+    let per_event = |d: Duration| d / p.backfilled.max(1) as u32;
     report.row(
         "page-back: wall time",
         format!(
             "{} ({} pages, {} events, {} backfilled)",
-            secs(r.wall),
-            r.pages,
-            r.events,
-            r.backfilled
+            secs(p.wall),
+            p.pages,
+            p.events,
+            p.backfilled
         ),
     );
     report.row(
         "page-back: joiner CPU",
-        backend.cpu_split(r.cpu.joiner, r.cpu.joiner_pg, r.joiner, secs),
+        backend.cpu_split(p.cpu.joiner, p.cpu.joiner_pg, r.joiner, secs),
     );
     report.row(
         "page-back: joiner CPU per backfilled event",
-        backend.cpu_split(per_event(r.cpu.joiner), per_event(r.cpu.joiner_pg), r.joiner, ms3),
+        backend.cpu_split(per_event(p.cpu.joiner), per_event(p.cpu.joiner_pg), r.joiner, ms3),
     );
     report.row(
         "page-back: joiner context switches (live threads)",
         format!(
             "{} total, {:.1} per backfilled event",
-            r.joiner_switches,
-            r.joiner_switches as f64 / r.backfilled as f64
+            p.joiner_switches,
+            p.joiner_switches as f64 / p.backfilled as f64
         ),
     );
     report.row(
         "page-back: host CPU",
         format!(
             "{} total, {} per event",
-            secs(r.cpu.host_total()),
-            backend.cpu_split(per_event(r.cpu.host), per_event(r.cpu.host_pg), "host", ms3)
+            secs(p.cpu.host_total()),
+            backend.cpu_split(per_event(p.cpu.host), per_event(p.cpu.host_pg), "host", ms3)
         ),
     );
     report.row(
         "page latency",
-        format!("first {}; {}", ms(r.first_page), r.latencies.short_summary()),
+        format!("first {}; {}", ms(p.first_page), p.latencies.short_summary()),
     );
-    if !r.requests.is_empty() {
-        report.row("requests", r.requests.clone());
+    if !p.requests.is_empty() {
+        report.row("requests", p.requests.clone());
     }
 }
 
@@ -830,10 +950,14 @@ fn main() {
     let s = &settings;
     print_side_by_side(
         &format!(
-            "backfill benchmark: rooms of {} state events and {} messages paged back {} at a time; cold page of {} in rooms of {} and {} messages (weft host), {} run(s); Synapse room of {} for the cold page; room version {}; cases {}",
+            "backfill benchmark: rooms of {} state events, {} members and {} messages{}; cold page of {} in rooms of {} and {} messages (weft host), {} run(s); Synapse room of {} for the cold page; room version {}; cases {}",
             s.room_state,
+            s.room_members,
             s.messages,
-            s.page,
+            match s.page_back {
+                true => format!(" paged back {} at a time", s.page),
+                false => " (joins only, one room per host)".to_owned(),
+            },
             s.cold_page,
             s.messages,
             s.cold_events,
@@ -866,7 +990,7 @@ async fn run(s: &Settings, backend: &Backend) -> Report {
 
     report.section("setting up (not measured)");
     let host = match need_weft_host {
-        true => Some(WeftProcess::start(&root, "host", &["host"], METRICS, backend).await),
+        true => Some(WeftProcess::start(&root, "host", &["host"], HOST, backend).await),
         false => None,
     };
     let host_client = match &host {
@@ -895,6 +1019,7 @@ async fn run(s: &Settings, backend: &Backend) -> Report {
         kind: "weft",
         name: h.server_name.clone(),
         creator: host_client.as_ref().unwrap(),
+        as_token: AS_TOKEN,
         pid: h.pid(),
         database: h.database.clone(),
         synapse: None,
@@ -903,44 +1028,47 @@ async fn run(s: &Settings, backend: &Backend) -> Report {
         kind: "Synapse",
         name: s1.server_name().to_owned(),
         creator: alice.as_ref().unwrap(),
+        as_token: s1.appservice_token(),
         pid: synapse_pid(s1),
         database: s1_database.clone(),
         synapse: Some(s1),
     });
 
     // One room per case: a room that an earlier joiner is in could be
-    // backfilled from that joiner instead of from the host.
-    let (wc, sc) = (s.fill_concurrency, 1);
-    let mut fill = async |host: &Option<Host<'_>>, wanted: bool, tag: &str, n: usize, concurrency: usize| match (
-        host,
-        wanted && n > 0,
-    ) {
-        (Some(h), true) => Some(
-            fill_room(
-                &mut report,
-                h.kind,
-                h.creator,
-                &s.version,
-                tag,
-                if tag.contains("cold") || tag == "wbig" {
-                    0
-                } else {
-                    s.room_state
-                },
-                n,
-                concurrency,
-            )
-            .await,
-        ),
-        _ => None,
+    // backfilled from that joiner instead of from the host. Without the
+    // page-back, the two joiners of a host join one room.
+    let (wc, sc) = (s.fill_concurrency, s.synapse_fill_concurrency);
+    let mut fill =
+        async |host: &Option<Host<'_>>, wanted: bool, tag: &str, contents: Contents, concurrency: usize| match (
+            host,
+            wanted && contents.messages > 0,
+        ) {
+            (Some(h), true) => Some(fill_room(&mut report, h, &s.version, tag, contents, concurrency).await),
+            _ => None,
+        };
+    let paged = Contents {
+        state: s.room_state,
+        members: s.room_members,
+        messages: s.messages,
     };
-    let room_ww = fill(&weft_host, s.has("weft-weft"), "ww", s.messages, wc).await;
-    let room_sw = fill(&weft_host, s.has("synapse-weft"), "sw", s.messages, wc).await;
-    let room_cold_small = fill(&weft_host, cold, "wcold", s.messages, wc).await;
-    let room_cold_big = fill(&weft_host, cold, "wbig", s.cold_events, wc).await;
-    let room_ws = fill(&synapse_host, s.has("weft-synapse"), "ws", s.messages, sc).await;
-    let room_ss = fill(&synapse_host, s.has("synapse-synapse"), "ss", s.messages, sc).await;
-    let room_cold_synapse = fill(&synapse_host, cold, "scold", s.synapse_cold_events, sc).await;
+    let messages_only = |messages| Contents {
+        state: 0,
+        members: 0,
+        messages,
+    };
+    let room_ww = fill(&weft_host, s.has("weft-weft"), "ww", paged, wc).await;
+    let room_sw = match (&room_ww, s.page_back) {
+        (Some(shared), false) => Some(shared.clone()),
+        _ => fill(&weft_host, s.has("synapse-weft"), "sw", paged, wc).await,
+    };
+    let room_cold_small = fill(&weft_host, cold, "wcold", messages_only(s.messages), wc).await;
+    let room_cold_big = fill(&weft_host, cold, "wbig", messages_only(s.cold_events), wc).await;
+    let room_ws = fill(&synapse_host, s.has("weft-synapse"), "ws", paged, sc).await;
+    let room_ss = match (&room_ws, s.page_back) {
+        (Some(shared), false) => Some(shared.clone()),
+        _ => fill(&synapse_host, s.has("synapse-synapse"), "ss", paged, sc).await,
+    };
+    let room_cold_synapse = fill(&synapse_host, cold, "scold", messages_only(s.synapse_cold_events), sc).await;
     // Let the hosts finish what the fill left behind (Synapse's background
     // work) before measuring.
     if let Some(h) = &synapse_host {
@@ -969,7 +1097,7 @@ async fn run(s: &Settings, backend: &Backend) -> Report {
             weft: Some(&joiner),
         };
         let (host, room) = (host.as_ref().unwrap(), room.as_ref().unwrap());
-        let r = page_back_case(backend, label, host, room, &j, s.page).await;
+        let r = page_back_case(backend, label, host, room, &j, s.page, s.page_back).await;
         report_case(&mut report, backend, &r);
         results.push(r);
         keep.push(joiner);
@@ -1001,31 +1129,43 @@ async fn run(s: &Settings, backend: &Backend) -> Report {
                 _ => format!("{label} (the joiner's second room)"),
             };
             let (host, room) = (host.as_ref().unwrap(), room.as_ref().unwrap());
-            let r = page_back_case(backend, &label, host, room, j, s.page).await;
+            let r = page_back_case(backend, &label, host, room, j, s.page, s.page_back).await;
             report_case(&mut report, backend, &r);
             results.push(r);
         }
     }
     if !results.is_empty() {
-        report.section(&format!(
-            "summary: paging back {} messages, {} at a time",
-            s.messages, s.page
-        ));
+        report.section(&match s.page_back {
+            true => format!("summary: paging back {} messages, {} at a time", s.messages, s.page),
+            false => format!("summary: joins of rooms of {} members", s.room_members),
+        });
         for r in &results {
-            let per_event = |d: Duration| d / r.backfilled.max(1) as u32;
-            report.row(
-                r.label.clone(),
-                format!(
-                    "join {}, full state {} ({} state events); page-back wall {}, joiner CPU {} per backfilled event ({} events); host CPU {}",
-                    ms(r.join),
-                    ms(r.full_state),
-                    r.state_events,
-                    secs(r.wall),
-                    backend.cpu_split(per_event(r.cpu.joiner), per_event(r.cpu.joiner_pg), r.joiner, ms3),
-                    r.backfilled,
-                    secs(r.cpu.host_total())
+            let join = format!(
+                "join {}, full state {} ({} state events), joiner CPU {} per state event",
+                ms(r.join),
+                ms(r.full_state),
+                r.state_events,
+                backend.cpu_split(
+                    r.join_cpu.joiner / r.state_events.max(1) as u32,
+                    r.join_cpu.joiner_pg / r.state_events.max(1) as u32,
+                    r.joiner,
+                    ms3
                 ),
             );
+            let page_back = match &r.page_back {
+                None => String::new(),
+                Some(p) => {
+                    let per_event = |d: Duration| d / p.backfilled.max(1) as u32;
+                    format!(
+                        "; page-back wall {}, joiner CPU {} per backfilled event ({} events); host CPU {}",
+                        secs(p.wall),
+                        backend.cpu_split(per_event(p.cpu.joiner), per_event(p.cpu.joiner_pg), r.joiner, ms3),
+                        p.backfilled,
+                        secs(p.cpu.host_total())
+                    )
+                }
+            };
+            report.row(r.label.clone(), format!("{join}{page_back}"));
         }
     }
 

@@ -8,7 +8,9 @@
 //! self-signed certificate, peers' certificates not verified, loopback
 //! allowed, keys fetched from servers directly, fast federation retries, rate
 //! limits off, SQLite; [`Synapse::start_on_postgres`]: a PostgreSQL
-//! database instead), generates a signing key, starts Synapse in its own
+//! database instead; an application service with no URL, which registers
+//! users `@m<digits>` without a password: [`Synapse::register_as_appservice`]),
+//! generates a signing key, starts Synapse in its own
 //! process group and waits until it answers. Dropping the value kills that
 //! group; a test process that dies without dropping it (killed by a timeout)
 //! closes Synapse's stdin, on which a watchdog thread in Synapse's process
@@ -68,8 +70,16 @@ pub struct Synapse {
     client_port: u16,
     federation_port: u16,
     shared_secret: String,
+    /// The token of its application service (see [`APPSERVICE_YAML`]).
+    appservice_token: String,
     pub http: reqwest::Client,
 }
+
+/// The application service every test Synapse has: no URL (Synapse sends it
+/// nothing), users `@m<digits>` (the benchmarks' big rooms: registered with
+/// no password, so no bcrypt). `{token}` is replaced.
+const APPSERVICE_YAML: &str = "id: bench\nurl: null\nas_token: {token}\nhs_token: hs-{token}\n\
+sender_localpart: bench-appservice\nnamespaces:\n  users:\n    - exclusive: true\n      regex: '@m[0-9]+:.*'\n  aliases: []\n  rooms: []\n";
 
 /// The test virtualenv's Python, which must be able to import synapse.
 pub fn python() -> PathBuf {
@@ -175,6 +185,12 @@ impl Synapse {
         let federation_port = free_port();
         let server_name = format!("127.0.0.1:{federation_port}");
         let shared_secret = random_secret();
+        let appservice_token = random_secret();
+        std::fs::write(
+            path.join("appservice.yaml"),
+            APPSERVICE_YAML.replace("{token}", &appservice_token),
+        )
+        .unwrap();
 
         // Synapse never checks its peers' certificates here, and weft's
         // test servers do not check Synapse's: any self-signed one will do.
@@ -246,6 +262,7 @@ impl Synapse {
             client_port,
             federation_port,
             shared_secret,
+            appservice_token,
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(60))
                 .build()
@@ -379,6 +396,17 @@ impl Synapse {
             body["user_id"].as_str().expect("user_id").to_owned(),
             body["access_token"].as_str().expect("access_token").to_owned(),
         )
+    }
+
+    /// The token of its application service (users `@m<digits>`).
+    pub fn appservice_token(&self) -> &str {
+        &self.appservice_token
+    }
+
+    /// Registers `@m<n>` as the application service (no password): a
+    /// client for it.
+    pub async fn register_as_appservice(&self, n: usize) -> Client {
+        register_as_appservice(&self.http, &self.client_base(), &self.appservice_token, n).await
     }
 
     /// Registers a user and returns a client for it.
@@ -539,6 +567,7 @@ media_store_path: {dir}/media_store
 signing_key_path: {dir}/signing.key
 
 registration_shared_secret: "{secret}"
+app_service_config_files: ["{dir}/appservice.yaml"]
 macaroon_secret_key: "{macaroon}"
 form_secret: "{form}"
 enable_registration: false
@@ -602,6 +631,35 @@ rc_federation:
   concurrent: 1000
 "#
     )
+}
+
+/// Registers `@m<n>` on the homeserver at `base` as the application service
+/// of token `as_token` (`m.login.application_service`: no password): a
+/// client for it. Retries a failed request a few times (Synapse on SQLite
+/// answers an occasional 500 under load).
+pub async fn register_as_appservice(http: &reqwest::Client, base: &str, as_token: &str, n: usize) -> Client {
+    for attempt in 1.. {
+        let res = http
+            .post(format!("{base}/_matrix/client/v3/register"))
+            .bearer_auth(as_token)
+            .json(&json!({ "type": "m.login.application_service", "username": format!("m{n}") }))
+            .send()
+            .await
+            .expect("POST /register");
+        let status = res.status();
+        let body: Value = res.json().await.unwrap_or(Value::Null);
+        if status == StatusCode::OK {
+            return Client {
+                http: http.clone(),
+                base: base.to_owned(),
+                user_id: body["user_id"].as_str().expect("user_id").to_owned(),
+                token: body["access_token"].as_str().expect("access_token").to_owned(),
+            };
+        }
+        assert!(attempt < 5, "register m{n} as the application service: {status} {body}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    unreachable!()
 }
 
 /// A logged-in user of any homeserver, by base URL and access token.
