@@ -376,6 +376,68 @@ async fn mentions_highlight_and_receipts_clear_the_counts() {
     assert_eq!(counts(&alice.sync("").await, &room), (4, 2));
 }
 
+/// The rules that name their user (an invite for them, a mention of them,
+/// their user name, their display name), for users who never changed a
+/// rule: they share one default ruleset, made theirs as events are
+/// evaluated. Each user is notified of what names them, not of what names
+/// another.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn default_rules_notify_each_user_of_what_names_them() {
+    let server = TestServer::start().await;
+    let alice = server.register("alice").await;
+    let carol = server.register("carol").await;
+    let dave = server.register("dave").await;
+    let room = alice.create_room(json!({ "preset": "private_chat" })).await;
+
+    // An invite notifies its invitee only.
+    alice.invite(&room, &carol.user_id).await;
+    let invites = carol.ok(Method::GET, "/_matrix/client/v3/notifications", None).await;
+    let list = invites["notifications"].as_array().unwrap();
+    assert_eq!(list.len(), 1, "{invites}");
+    assert_eq!(list[0]["event"]["type"], "m.room.member");
+    assert_eq!(list[0]["event"]["state_key"], carol.user_id.as_str());
+    alice.invite(&room, &dave.user_id).await;
+    let invites = carol.ok(Method::GET, "/_matrix/client/v3/notifications", None).await;
+    assert_eq!(invites["notifications"].as_array().unwrap().len(), 1, "{invites}");
+
+    for user in [&carol, &dave] {
+        assert_eq!(user.join(&room).await.0, 200);
+    }
+    for (user, name) in [(&carol, "Carol Ann"), (&dave, "Dave Bowman")] {
+        user.ok(
+            Method::PUT,
+            &format!("/_matrix/client/v3/profile/{}/displayname", enc(&user.user_id)),
+            Some(&json!({ "displayname": name })),
+        )
+        .await;
+    }
+    let highlights = async |user: &User<'_>| counts(&user.sync("").await, &room).1;
+    let sent = [
+        json!({ "msgtype": "m.text", "body": "hi", "m.mentions": { "user_ids": [carol.user_id] } }),
+        json!({ "msgtype": "m.text", "body": "where is carol?" }),
+        json!({ "msgtype": "m.text", "body": "ask Carol Ann" }),
+        json!({ "msgtype": "m.text", "body": "nobody named" }),
+    ];
+    for (i, content) in sent.into_iter().enumerate() {
+        send(&alice, &room, &format!("c{i}"), content).await;
+    }
+    assert_eq!(
+        highlights(&carol).await,
+        3,
+        "mention, user name and display name of carol"
+    );
+    assert_eq!(highlights(&dave).await, 0, "nothing named dave");
+    send(
+        &alice,
+        &room,
+        "d1",
+        json!({ "msgtype": "m.text", "body": "hi Dave Bowman" }),
+    )
+    .await;
+    assert_eq!(highlights(&dave).await, 1);
+    assert_eq!(highlights(&carol).await, 3);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pushers_are_kept_and_pushed_to() {
     let server = TestServer::start().await;

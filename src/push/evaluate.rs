@@ -6,10 +6,14 @@
 //! queued for the user's pushers. The cost is bounded by the room's local
 //! members: no history is read.
 
-use std::sync::Arc;
+use std::{
+    num::NonZeroUsize,
+    sync::{Arc, Mutex},
+};
 
+use lru::LruCache;
 use ruma::{
-    OwnedUserId, UInt,
+    EventId, OwnedEventId, OwnedUserId, UInt,
     events::{AnySyncTimelineEvent, TimelineEventType},
     push::{Action, FlattenedJson, PushConditionPowerLevelsCtx, PushConditionRoomCtx},
     room_version_rules::RoomVersionRules,
@@ -73,19 +77,73 @@ impl ContentTraits {
     }
 }
 
+/// Display names by member event, for the legacy `contains_display_name`
+/// condition: an event with a body is evaluated for every local member of
+/// its room, each with their name. An event never changes, so nothing is
+/// invalidated; process-local.
+pub struct DisplayNames(Mutex<LruCache<OwnedEventId, Arc<str>>>);
+
+/// Member events whose display names are cached.
+const DISPLAY_NAMES: usize = 100_000;
+
+impl Default for DisplayNames {
+    fn default() -> Self {
+        DisplayNames(Mutex::new(LruCache::new(
+            NonZeroUsize::new(DISPLAY_NAMES).expect("non-zero"),
+        )))
+    }
+}
+
+impl DisplayNames {
+    fn get(&self, event_id: &EventId) -> Option<Arc<str>> {
+        self.0.lock().expect("display names").get(event_id).cloned()
+    }
+
+    fn put(&self, event: &Pdu) {
+        let name = serde_json::from_str::<serde_json::Value>(event.content.get())
+            .ok()
+            .and_then(|c| c["displayname"].as_str().map(Arc::from))
+            .unwrap_or_else(|| Arc::from(""));
+        self.0.lock().expect("display names").put(event.event_id.clone(), name);
+    }
+
+    /// Reads the member events of `users` in `state` that are not cached,
+    /// in one read.
+    async fn load(&self, svc: &Services, state: Option<&StateMap>, users: &[OwnedUserId]) {
+        let Some(state) = state else {
+            return;
+        };
+        let missing: Vec<OwnedEventId> = users
+            .iter()
+            .filter_map(|user| state.get(&crate::visibility::member_key(user)))
+            .filter(|id| self.get(id).is_none())
+            .cloned()
+            .collect();
+        if missing.is_empty() {
+            return;
+        }
+        match svc.storage.events(&missing).await {
+            Ok(events) => events.iter().for_each(|e| self.put(&e.pdu)),
+            Err(e) => tracing::warn!(error = %e, "member events for display names not read"),
+        }
+    }
+}
+
 /// The user's display name in the room (for the legacy
 /// `contains_display_name` condition); empty when they have none.
 async fn display_name(svc: &Services, state: Option<&StateMap>, user: &ruma::UserId) -> String {
     let Some(event_id) = state.and_then(|s| s.get(&crate::visibility::member_key(user))) else {
         return String::new();
     };
+    let names = &svc.push.display_names;
+    if let Some(name) = names.get(event_id) {
+        return name.to_string();
+    }
     let Ok(Some(event)) = svc.storage.event(event_id).await else {
         return String::new();
     };
-    serde_json::from_str::<serde_json::Value>(event.pdu.content.get())
-        .ok()
-        .and_then(|c| c["displayname"].as_str().map(str::to_owned))
-        .unwrap_or_default()
+    names.put(&event.pdu);
+    names.get(event_id).map(|n| n.to_string()).unwrap_or_default()
 }
 
 /// The actions `user`'s rules give `pdu`.
@@ -97,11 +155,11 @@ async fn actions_for(
     room: &RoomContext<'_>,
     traits: ContentTraits,
 ) -> Result<Vec<Action>, MatrixError> {
-    let rules = rules::get(svc, user).await?;
+    let rules = rules::for_evaluation(svc, user).await?;
     let (ruleset, display_name) = match traits {
-        ContentTraits { mentions: true, .. } => (&rules.without_legacy, String::new()),
-        ContentTraits { body: false, .. } => (&rules.all, String::new()),
-        _ => (&rules.all, display_name(svc, room.state, user).await),
+        ContentTraits { mentions: true, .. } => (rules.ruleset(false), String::new()),
+        ContentTraits { body: false, .. } => (rules.ruleset(true), String::new()),
+        _ => (rules.ruleset(true), display_name(svc, room.state, user).await),
     };
     let mut ctx = PushConditionRoomCtx::new(
         pdu.room_id.clone(),
@@ -117,8 +175,9 @@ async fn actions_for(
     // cost of an event in a room of thousands of local members. A rule
     // never applies to its user's own event.)
     for rule in ruleset {
-        if rule.applies(event, &ctx).await {
-            return Ok(rule.actions().to_vec());
+        let rule = rules.personal(rule, user);
+        if rule.as_ref().applies(event, &ctx).await {
+            return Ok(rule.as_ref().actions().to_vec());
         }
     }
     Ok(Vec::new())
@@ -200,6 +259,9 @@ async fn evaluate_for(
     let json = RawValue::from_string(pdu.json.to_string()).map_err(|e| MatrixError::internal("event JSON", e))?;
     let event = FlattenedJson::from_raw(&Raw::<AnySyncTimelineEvent>::from_json(json));
     let traits = ContentTraits::of(pdu);
+    if traits.body && !traits.mentions {
+        svc.push.display_names.load(svc, room.state, &users).await;
+    }
     let mut notifications = Vec::new();
     for user in users {
         let actions = actions_for(svc, &user, &event, pdu, &room, traits).await?;

@@ -16,6 +16,7 @@ use crate::{cluster::Cluster, storage::Storage};
 /// The push state the server keeps in memory.
 pub struct Push {
     pub(crate) rules: rules::RulesCache,
+    pub(crate) display_names: evaluate::DisplayNames,
     pub gateway: Arc<gateway::Gateway>,
     pub sender: Arc<sender::PushSender>,
 }
@@ -34,6 +35,7 @@ impl Push {
         tokio::spawn(sender.clone().run(cancel));
         Push {
             rules: rules::RulesCache::default(),
+            display_names: evaluate::DisplayNames::default(),
             gateway,
             sender,
         }

@@ -9,18 +9,27 @@
 //! rely on (`.m.rule.contains_display_name`, `.m.rule.roomnotif`,
 //! `.m.rule.contains_user_name`). As the spec had it since v1.7 (and as
 //! Synapse does), they do not apply to events with `m.mentions`.
+//!
+//! An event is evaluated for every local member of its room, so the rules
+//! are cached ([`RulesCache`]). Most users never change a rule: they share
+//! one ruleset, the defaults written for a placeholder user
+//! ([`Defaults`]), of which the few rules that name their user (an invite
+//! for them, a mention of them, their user name) are made for the user as
+//! the event is evaluated ([`Rules::personal`]). Such a user costs the
+//! cache a user ID, not a ruleset of their own.
 
-use std::{num::NonZeroUsize, sync::Arc, sync::Mutex};
+use std::{collections::HashSet, num::NonZeroUsize, sync::Arc, sync::Mutex};
 
 use lru::LruCache;
 use ruma::{
     OwnedUserId, UserId,
     power_levels::NotificationPowerLevelsKey,
     push::{
-        Action, ConditionalPushRule, ConditionalPushRuleInit, EventMatchConditionData, HighlightTweakValue,
-        PatternedPushRule, PatternedPushRuleInit, PredefinedOverrideRuleId, PushCondition, Ruleset,
-        SenderNotificationPermissionConditionData, SoundTweakValue, Tweak,
+        Action, AnyPushRule, AnyPushRuleRef, ConditionalPushRule, ConditionalPushRuleInit, EventMatchConditionData,
+        HighlightTweakValue, PatternedPushRule, PatternedPushRuleInit, PredefinedOverrideRuleId, PushCondition,
+        Ruleset, ScalarJsonValue, SenderNotificationPermissionConditionData, SoundTweakValue, Tweak,
     },
+    user_id,
 };
 use serde_json::{Value, json};
 
@@ -29,9 +38,12 @@ use crate::{account_data, error::MatrixError, services::Services};
 /// The account data type push rules live under.
 pub const PUSH_RULES: &str = "m.push_rules";
 
-/// Rulesets recently evaluated, so that an event does not parse the
-/// rules of every member again.
-const CACHE_SIZE: usize = 1024;
+/// Users with rules of their own whose rules are cached, so that an event
+/// does not parse the rules of every member again.
+const STORED_CACHE_SIZE: usize = 1024;
+
+/// Users known to have the default rules (a user ID each).
+const DEFAULTS_CACHE_SIZE: usize = 100_000;
 
 /// The legacy mention rules (see the module's documentation).
 pub const LEGACY_RULES: [&str; 3] = [
@@ -109,40 +121,186 @@ pub fn server_default(user: &UserId) -> Ruleset {
     rules
 }
 
-/// Parsed push rules of recently seen users. Only this module writes
+/// The user the shared default rules are written for.
+fn placeholder() -> &'static UserId {
+    user_id!("@weft-push-rules-placeholder:weft.invalid")
+}
+
+/// The server's default rules, written once for [`placeholder`] and shared
+/// by every user who has not changed them.
+pub struct Defaults {
+    rules: UserRules,
+    /// The rules that name their user (the placeholder), by ID.
+    personal: HashSet<String>,
+}
+
+impl Defaults {
+    fn new() -> Defaults {
+        let rules = UserRules::new(server_default(placeholder()));
+        let personal = rules
+            .all
+            .iter()
+            .filter(|rule| for_user(*rule, placeholder(), user_id!("@other:weft.invalid")).is_some())
+            .map(|rule| rule.rule_id().to_owned())
+            .collect();
+        Defaults { rules, personal }
+    }
+}
+
+/// `rule` (written for `from`) as it is for `to`; `None` when it does not
+/// name `from`: its user ID, in a condition's pattern or value, or its
+/// localpart as a content rule's pattern.
+fn for_user(rule: AnyPushRuleRef<'_>, from: &UserId, to: &UserId) -> Option<AnyPushRule> {
+    let swap = |s: &mut String| {
+        let to = match s.as_str() {
+            id if id == from.as_str() => to.as_str(),
+            localpart if localpart == from.localpart() => to.localpart(),
+            _ => return false,
+        };
+        *s = to.to_owned();
+        true
+    };
+    let mut rule = rule.to_owned();
+    let changed = match &mut rule {
+        AnyPushRule::Override(r) | AnyPushRule::Underride(r) => {
+            let mut changed = false;
+            for condition in &mut r.conditions {
+                changed |= match condition {
+                    PushCondition::EventMatch(c) => swap(&mut c.pattern),
+                    PushCondition::EventPropertyIs(c) => match &mut c.value {
+                        ScalarJsonValue::String(s) => swap(s),
+                        _ => false,
+                    },
+                    PushCondition::EventPropertyContains(c) => match &mut c.value {
+                        ScalarJsonValue::String(s) => swap(s),
+                        _ => false,
+                    },
+                    _ => false,
+                };
+            }
+            changed
+        }
+        AnyPushRule::Content(r) => swap(&mut r.pattern),
+        _ => false,
+    };
+    changed.then_some(rule)
+}
+
+/// A user's rules, as an event is evaluated with them.
+#[derive(Clone)]
+pub enum Rules {
+    /// The shared defaults: the user never changed a rule.
+    Defaults(Arc<Defaults>),
+    /// The user's own rules (stored, brought up to the defaults).
+    Stored(Arc<UserRules>),
+}
+
+/// A rule of a user's [`Rules`]: shared, or made for the user.
+pub enum Rule<'a> {
+    Shared(AnyPushRuleRef<'a>),
+    Personal(AnyPushRule),
+}
+
+impl Rule<'_> {
+    pub fn as_ref(&self) -> AnyPushRuleRef<'_> {
+        match self {
+            Rule::Shared(rule) => *rule,
+            Rule::Personal(rule) => rule.as_ref(),
+        }
+    }
+}
+
+impl Rules {
+    /// The ruleset to iterate: all of it, or without the legacy mention
+    /// rules. Each rule is then given to [`Rules::personal`].
+    pub fn ruleset(&self, legacy: bool) -> &Ruleset {
+        let rules = match self {
+            Rules::Defaults(defaults) => &defaults.rules,
+            Rules::Stored(rules) => rules,
+        };
+        match legacy {
+            true => &rules.all,
+            false => &rules.without_legacy,
+        }
+    }
+
+    /// `rule`, of [`Rules::ruleset`], as it is for `user`.
+    pub fn personal<'a>(&self, rule: AnyPushRuleRef<'a>, user: &UserId) -> Rule<'a> {
+        match self {
+            Rules::Defaults(defaults) if defaults.personal.contains(rule.rule_id()) => {
+                match for_user(rule, placeholder(), user) {
+                    Some(rule) => Rule::Personal(rule),
+                    None => Rule::Shared(rule),
+                }
+            }
+            _ => Rule::Shared(rule),
+        }
+    }
+}
+
+/// Push rules of recently seen users. Only this module writes
 /// `m.push_rules` (clients cannot set it as account data), so it drops a
 /// user's entry whenever it writes; other processes' account data
 /// notifications drop it too (`crate::cluster`).
 pub struct RulesCache {
-    rules: Mutex<LruCache<OwnedUserId, Arc<UserRules>>>,
+    defaults: Arc<Defaults>,
+    inner: Mutex<CacheInner>,
+}
+
+struct CacheInner {
+    /// Users with the default rules.
+    defaults: LruCache<OwnedUserId, ()>,
+    /// Users with rules of their own, parsed.
+    stored: LruCache<OwnedUserId, Arc<UserRules>>,
 }
 
 impl Default for RulesCache {
     fn default() -> Self {
+        let size = |n| NonZeroUsize::new(n).expect("non-zero");
         RulesCache {
-            rules: Mutex::new(LruCache::new(NonZeroUsize::new(CACHE_SIZE).expect("non-zero"))),
+            defaults: Arc::new(Defaults::new()),
+            inner: Mutex::new(CacheInner {
+                defaults: LruCache::new(size(DEFAULTS_CACHE_SIZE)),
+                stored: LruCache::new(size(STORED_CACHE_SIZE)),
+            }),
         }
     }
 }
 
 impl RulesCache {
-    fn get(&self, user: &UserId) -> Option<Arc<UserRules>> {
-        self.rules.lock().expect("push rules cache").get(user).cloned()
+    fn get(&self, user: &UserId) -> Option<Rules> {
+        let mut inner = self.inner.lock().expect("push rules cache");
+        if inner.defaults.get(user).is_some() {
+            return Some(Rules::Defaults(self.defaults.clone()));
+        }
+        inner.stored.get(user).cloned().map(Rules::Stored)
     }
 
-    fn put(&self, user: &UserId, rules: Arc<UserRules>) {
-        self.rules.lock().expect("push rules cache").put(user.to_owned(), rules);
+    fn put(&self, user: &UserId, rules: &Rules) {
+        let mut inner = self.inner.lock().expect("push rules cache");
+        // (An evicted ruleset is dropped after the lock is released.)
+        let _evicted = match rules {
+            Rules::Defaults(_) => {
+                inner.defaults.put(user.to_owned(), ());
+                None
+            }
+            Rules::Stored(rules) => inner.stored.push(user.to_owned(), rules.clone()),
+        };
     }
 
     /// Drops every user's rules (other processes' changes may have been
     /// missed).
     pub(crate) fn clear(&self) {
-        self.rules.lock().expect("push rules cache").clear();
+        let mut inner = self.inner.lock().expect("push rules cache");
+        inner.defaults.clear();
+        inner.stored.clear();
     }
 
     /// Drops the user's rules (changed here or by another process).
     pub(crate) fn forget(&self, user: &UserId) {
-        self.rules.lock().expect("push rules cache").pop(user);
+        let mut inner = self.inner.lock().expect("push rules cache");
+        inner.defaults.pop(user);
+        inner.stored.pop(user);
     }
 }
 
@@ -170,15 +328,26 @@ fn from_content(user: &UserId, content: Option<Value>) -> Ruleset {
     }
 }
 
-/// The user's push rules.
-pub async fn get(svc: &Services, user: &UserId) -> Result<Arc<UserRules>, MatrixError> {
-    if let Some(rules) = svc.push.rules.get(user) {
+/// The user's push rules, as their events are evaluated with them.
+pub async fn for_evaluation(svc: &Services, user: &UserId) -> Result<Rules, MatrixError> {
+    let cache = &svc.push.rules;
+    if let Some(rules) = cache.get(user) {
         return Ok(rules);
     }
-    let stored = account_data::get(svc, user, None, PUSH_RULES).await?;
-    let rules = Arc::new(UserRules::new(from_content(user, stored)));
-    svc.push.rules.put(user, rules.clone());
+    let rules = match account_data::get(svc, user, None, PUSH_RULES).await? {
+        None => Rules::Defaults(cache.defaults.clone()),
+        stored => Rules::Stored(Arc::new(UserRules::new(from_content(user, stored)))),
+    };
+    cache.put(user, &rules);
     Ok(rules)
+}
+
+/// The user's push rules, whole (as clients see them).
+pub async fn get(svc: &Services, user: &UserId) -> Result<Arc<UserRules>, MatrixError> {
+    Ok(match for_evaluation(svc, user).await? {
+        Rules::Defaults(_) => Arc::new(UserRules::new(server_default(user))),
+        Rules::Stored(rules) => rules,
+    })
 }
 
 /// Changes the user's push rules atomically: `change` gets the current
@@ -204,4 +373,52 @@ pub async fn update(
     svc.push.rules.forget(user);
     result?;
     outcome
+}
+
+#[cfg(test)]
+mod tests {
+    use ruma::push::AnyPushRuleRef;
+    use serde_json::Value;
+
+    use super::*;
+
+    fn json(rule: AnyPushRuleRef<'_>) -> Value {
+        match rule {
+            AnyPushRuleRef::Override(r) => serde_json::json!({ "override": r }),
+            AnyPushRuleRef::Underride(r) => serde_json::json!({ "underride": r }),
+            AnyPushRuleRef::Content(r) => serde_json::json!({ "content": r }),
+            AnyPushRuleRef::Room(r) => serde_json::json!({ "room": r }),
+            AnyPushRuleRef::Sender(r) => serde_json::json!({ "sender": r }),
+            _ => panic!("a kind of rule the defaults do not have"),
+        }
+    }
+
+    /// The shared defaults, made personal, are each user's own defaults,
+    /// rule by rule and in order, with and without the legacy rules.
+    #[test]
+    fn shared_defaults_are_each_users_defaults() {
+        let defaults = Arc::new(Defaults::new());
+        assert!(defaults.personal.len() >= 3, "{:?}", defaults.personal);
+        for user in [
+            user_id!("@alice:example.org"),
+            user_id!("@bob.smith-jones_=/:weft.test:8448"),
+            user_id!("@m1999:127.0.0.1:30000"),
+        ] {
+            let own = UserRules::new(server_default(user));
+            let shared = Rules::Defaults(defaults.clone());
+            for legacy in [true, false] {
+                let want: Vec<Value> = match legacy {
+                    true => own.all.iter().map(json).collect(),
+                    false => own.without_legacy.iter().map(json).collect(),
+                };
+                let got: Vec<Value> = shared
+                    .ruleset(legacy)
+                    .iter()
+                    .map(|rule| json(shared.personal(rule, user).as_ref()))
+                    .collect();
+                assert_eq!(got, want, "{user}, legacy rules {legacy}");
+                assert!(got.iter().any(|r| r.to_string().contains(user.as_str())));
+            }
+        }
+    }
 }
