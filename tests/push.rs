@@ -438,6 +438,55 @@ async fn default_rules_notify_each_user_of_what_names_them() {
     assert_eq!(highlights(&carol).await, 3);
 }
 
+/// The room's member count, as the push rules see it, follows each join
+/// and leave (the server applies them to the members it holds in memory):
+/// a message in a room of two is a one-to-one message (a notification with
+/// a sound), in a room of three a plain one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_member_count_follows_joins_and_leaves() {
+    let server = TestServer::start().await;
+    let alice = server.register("alice").await;
+    let bob = server.register("bob").await;
+    let carol = server.register("carol").await;
+    let room = alice.create_room(json!({ "preset": "public_chat" })).await;
+    assert_eq!(bob.join(&room).await.0, 200);
+    let sound_of_last = async || {
+        let listed = alice
+            .ok(Method::GET, "/_matrix/client/v3/notifications?limit=1", None)
+            .await;
+        let actions = listed["notifications"][0]["actions"].clone();
+        actions.as_array().unwrap().iter().any(|a| a["set_tweak"] == "sound")
+    };
+    send(&bob, &room, "1", json!({ "msgtype": "m.text", "body": "two of us" })).await;
+    assert!(sound_of_last().await, "a one-to-one message");
+    for round in 0..2 {
+        assert_eq!(carol.join(&room).await.0, 200);
+        send(
+            &bob,
+            &room,
+            &format!("3-{round}"),
+            json!({ "msgtype": "m.text", "body": "three" }),
+        )
+        .await;
+        assert!(!sound_of_last().await, "three members (round {round})");
+        carol
+            .ok(
+                Method::POST,
+                &format!("/_matrix/client/v3/rooms/{}/leave", enc(&room)),
+                Some(&json!({})),
+            )
+            .await;
+        send(
+            &bob,
+            &room,
+            &format!("2-{round}"),
+            json!({ "msgtype": "m.text", "body": "two" }),
+        )
+        .await;
+        assert!(sound_of_last().await, "two members again (round {round})");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pushers_are_kept_and_pushed_to() {
     let server = TestServer::start().await;

@@ -113,8 +113,18 @@ struct AfterWrite {
     current: NewCurrent,
     accepted: bool,
     backfilled: bool,
-    members_changed: bool,
+    members: MembersChange,
     expires: bool,
+}
+
+/// What an event's write does to the room's joined members.
+enum MembersChange {
+    None,
+    /// Only the event's own member key changed: the user is now joined or
+    /// not.
+    One(ruma::OwnedUserId, bool),
+    /// Others changed too (a state resolution).
+    Many,
 }
 
 /// The write of an event, with its notifications: the local members'
@@ -189,9 +199,7 @@ async fn prepare(svc: &Services, event: ToPersist, rules: &RoomVersionRules) -> 
         NewCurrent::Unchanged => None,
     };
     let expires_at = expiry(svc, &pdu, accepted);
-    let members_changed = current_state
-        .as_ref()
-        .is_some_and(|u| u.changes.iter().any(|c| c.key.0 == StateEventType::RoomMember));
+    let members = members_change(&pdu, current_state.as_ref());
     let member_event = pdu.kind == ruma::events::TimelineEventType::RoomMember;
     let before_map = before.as_ref().map(|(_, map)| map.clone()).unwrap_or_default();
     let notifications = if accepted && !backfilled && !member_event {
@@ -225,9 +233,26 @@ async fn prepare(svc: &Services, event: ToPersist, rules: &RoomVersionRules) -> 
             current,
             accepted,
             backfilled,
-            members_changed,
+            members,
             expires: expires_at.is_some(),
         },
+    }
+}
+
+/// What the current state's `update` does to the joined members, `pdu`
+/// making it.
+fn members_change(pdu: &Pdu, update: Option<&CurrentStateUpdate>) -> MembersChange {
+    let mut changed = update
+        .into_iter()
+        .flat_map(|u| &u.changes)
+        .filter(|c| c.key.0 == StateEventType::RoomMember);
+    let Some(first) = changed.next() else {
+        return MembersChange::None;
+    };
+    let own = first.event_id.as_ref() == Some(&pdu.event_id) && pdu.state_key.as_deref() == Some(first.key.1.as_str());
+    match (own, changed.next(), ruma::UserId::parse(first.key.1.as_str())) {
+        (true, None, Ok(user)) => MembersChange::One(user, pdu.membership().as_deref() == Some("join")),
+        _ => MembersChange::Many,
     }
 }
 
@@ -247,7 +272,7 @@ async fn after_write(
         current,
         accepted,
         backfilled,
-        members_changed,
+        members,
         expires,
     } = after;
     let member_event = pdu.kind == ruma::events::TimelineEventType::RoomMember;
@@ -257,8 +282,10 @@ async fn after_write(
     if persisted.pushes_queued {
         svc.push.sender.wake();
     }
-    if members_changed {
-        svc.joined.changed(&pdu.room_id);
+    match members {
+        MembersChange::None => {}
+        MembersChange::One(user, joined) => svc.joined.member_changed(&pdu.room_id, &user, joined),
+        MembersChange::Many => svc.joined.changed(&pdu.room_id),
     }
 
     svc.state.remember(persisted.state_group_before, before_map.clone());

@@ -5,34 +5,86 @@
 //! the room's members (which grows with the room).
 //!
 //! The cache is process-local and follows every change of a room's
-//! current membership: this process's own (`rooms::persist` calls
-//! [`JoinedCache::changed`] for an event that changed a member key of the
-//! current state) and other processes' (`crate::cluster`, from their
-//! notifications, which name membership events; a lost notification
-//! connection clears it). A read that ran across a change caches nothing.
+//! current membership. This process's own writes (`rooms::persist`) of an
+//! event that changes its own member key only are applied to the cached
+//! set ([`JoinedCache::member_changed`]: a join or a leave costs no read
+//! of the room's members); any other change drops the room's entry
+//! ([`JoinedCache::changed`]): a state resolution that changed other
+//! members, partial-state completion, and other processes' writes
+//! (`crate::cluster`, from their notifications, which name membership
+//! events; a lost notification connection clears it). A read that ran
+//! across a change caches nothing.
+//!
+//! Applying a change is idempotent (the members are a set): a read that
+//! already saw a write and was cached before the write's own change was
+//! applied stays right. A room's writes are applied in their order (the
+//! room's lock is held from the write to its change being applied).
 
 use std::{
-    collections::BTreeSet,
     num::NonZeroUsize,
     sync::{Arc, Mutex},
 };
 
+use imbl::{OrdMap, OrdSet};
 use lru::LruCache;
-use ruma::{OwnedRoomId, OwnedServerName, OwnedUserId, RoomId};
+use ruma::{OwnedRoomId, OwnedServerName, OwnedUserId, RoomId, UserId};
 
 use crate::storage::{Result, Storage};
 
 /// How many rooms the cache holds.
 const ROOMS: usize = 10_000;
 
-/// A room's joined members, as the write path needs them.
-#[derive(Debug, Default)]
+/// A room's joined members, as the write path needs them. Persistent
+/// collections: a change makes a new version sharing the rest.
+#[derive(Debug, Default, Clone)]
 pub struct Joined {
     /// Local users, in user ID order.
-    pub local: Vec<OwnedUserId>,
-    /// Every server with a joined user (this one included).
-    pub servers: BTreeSet<OwnedServerName>,
+    pub local: OrdSet<OwnedUserId>,
+    /// Every server with a joined user (this one included), and those a
+    /// partial state names.
+    pub servers: OrdSet<OwnedServerName>,
     pub count: usize,
+    /// Every joined user.
+    members: OrdSet<OwnedUserId>,
+    /// Joined users per server.
+    per_server: OrdMap<OwnedServerName, usize>,
+    /// The servers a partial state names (in the room though their members
+    /// are not known yet).
+    partial: OrdSet<OwnedServerName>,
+}
+
+impl Joined {
+    fn join(&mut self, user: &UserId, server_name: &ruma::ServerName) {
+        if self.members.insert(user.to_owned()).is_some() {
+            return;
+        }
+        self.count += 1;
+        if user.server_name() == server_name {
+            self.local.insert(user.to_owned());
+        }
+        *self.per_server.entry(user.server_name().to_owned()).or_insert(0) += 1;
+        self.servers.insert(user.server_name().to_owned());
+    }
+
+    fn leave(&mut self, user: &UserId) {
+        if self.members.remove(user).is_none() {
+            return;
+        }
+        self.count -= 1;
+        self.local.remove(user);
+        let server = user.server_name();
+        match self.per_server.get(server).copied() {
+            Some(n) if n > 1 => {
+                self.per_server.insert(server.to_owned(), n - 1);
+            }
+            _ => {
+                self.per_server.remove(server);
+                if !self.partial.contains(server) {
+                    self.servers.remove(server);
+                }
+            }
+        }
+    }
 }
 
 pub struct JoinedCache {
@@ -70,24 +122,38 @@ impl JoinedCache {
         };
         let mut joined = Joined::default();
         for member in self.storage.room_members(room_id, Some("join")).await? {
-            joined.count += 1;
-            if member.user_id.server_name() == self.server_name {
-                joined.local.push(member.user_id.clone());
-            }
-            joined.servers.insert(member.user_id.server_name().to_owned());
+            joined.join(&member.user_id, &self.server_name);
         }
         // A room joined with partial state: the servers the resident
         // server named are in it, though their members are not known yet.
         if let Some(partial) = self.storage.partial_state(room_id).await? {
-            joined.servers.extend(partial.servers);
+            for server in partial.servers {
+                joined.servers.insert(server.clone());
+                joined.partial.insert(server);
+            }
         }
-        joined.local.sort();
         let joined = Arc::new(joined);
         let mut inner = self.inner.lock().expect("joined cache");
         if inner.changes == changes {
             inner.rooms.put(room_id.to_owned(), joined.clone());
         }
         Ok(joined)
+    }
+
+    /// `user`'s membership of the room changed, and it was the only change
+    /// of the room's members (an event of this process's, stored): now
+    /// joined or not.
+    pub fn member_changed(&self, room_id: &RoomId, user: &UserId, joined: bool) {
+        let mut inner = self.inner.lock().expect("joined cache");
+        inner.changes += 1;
+        let Some(cached) = inner.rooms.get_mut(room_id) else {
+            return;
+        };
+        let next = Arc::make_mut(cached);
+        match joined {
+            true => next.join(user, &self.server_name),
+            false => next.leave(user),
+        }
     }
 
     /// The room's current membership changed (stored here, or by another
