@@ -6,14 +6,10 @@
 //! queued for the user's pushers. The cost is bounded by the room's local
 //! members: no history is read.
 
-use std::{
-    num::NonZeroUsize,
-    sync::{Arc, Mutex},
-};
+use std::{collections::HashMap, sync::Arc};
 
-use lru::LruCache;
 use ruma::{
-    EventId, OwnedEventId, OwnedUserId, UInt,
+    OwnedEventId, OwnedUserId, UInt,
     events::{AnySyncTimelineEvent, TimelineEventType},
     push::{Action, FlattenedJson, PushConditionPowerLevelsCtx, PushConditionRoomCtx},
     room_version_rules::RoomVersionRules,
@@ -77,73 +73,37 @@ impl ContentTraits {
     }
 }
 
-/// Display names by member event, for the legacy `contains_display_name`
-/// condition: an event with a body is evaluated for every local member of
-/// its room, each with their name. An event never changes, so nothing is
-/// invalidated; process-local.
-pub struct DisplayNames(Mutex<LruCache<OwnedEventId, Arc<str>>>);
-
-/// Member events whose display names are cached.
-const DISPLAY_NAMES: usize = 100_000;
-
-impl Default for DisplayNames {
-    fn default() -> Self {
-        DisplayNames(Mutex::new(LruCache::new(
-            NonZeroUsize::new(DISPLAY_NAMES).expect("non-zero"),
-        )))
-    }
-}
-
-impl DisplayNames {
-    fn get(&self, event_id: &EventId) -> Option<Arc<str>> {
-        self.0.lock().expect("display names").get(event_id).cloned()
-    }
-
-    fn put(&self, event: &Pdu) {
-        let name = serde_json::from_str::<serde_json::Value>(event.content.get())
-            .ok()
-            .and_then(|c| c["displayname"].as_str().map(Arc::from))
-            .unwrap_or_else(|| Arc::from(""));
-        self.0.lock().expect("display names").put(event.event_id.clone(), name);
-    }
-
-    /// Reads the member events of `users` in `state` that are not cached,
-    /// in one read.
-    async fn load(&self, svc: &Services, state: Option<&StateMap>, users: &[OwnedUserId]) {
-        let Some(state) = state else {
-            return;
-        };
-        let missing: Vec<OwnedEventId> = users
-            .iter()
-            .filter_map(|user| state.get(&crate::visibility::member_key(user)))
-            .filter(|id| self.get(id).is_none())
-            .cloned()
-            .collect();
-        if missing.is_empty() {
-            return;
-        }
-        match svc.storage.events(&missing).await {
-            Ok(events) => events.iter().for_each(|e| self.put(&e.pdu)),
-            Err(e) => tracing::warn!(error = %e, "member events for display names not read"),
-        }
-    }
-}
-
-/// The user's display name in the room (for the legacy
-/// `contains_display_name` condition); empty when they have none.
-async fn display_name(svc: &Services, state: Option<&StateMap>, user: &ruma::UserId) -> String {
-    let Some(event_id) = state.and_then(|s| s.get(&crate::visibility::member_key(user))) else {
-        return String::new();
+/// The display names of `users` in the room (for the legacy
+/// `contains_display_name` condition), from their member events in
+/// `state`, read together (through the event cache); a user without one
+/// is not in the map.
+async fn display_names(
+    svc: &Services,
+    state: Option<&StateMap>,
+    users: &[OwnedUserId],
+) -> HashMap<OwnedUserId, String> {
+    let Some(state) = state else {
+        return HashMap::new();
     };
-    let names = &svc.push.display_names;
-    if let Some(name) = names.get(event_id) {
-        return name.to_string();
-    }
-    let Ok(Some(event)) = svc.storage.event(event_id).await else {
-        return String::new();
+    let ids: Vec<OwnedEventId> = users
+        .iter()
+        .filter_map(|user| state.get(&crate::visibility::member_key(user)).cloned())
+        .collect();
+    let events = match svc.storage.events(&ids).await {
+        Ok(events) => events,
+        Err(e) => {
+            tracing::warn!(error = %e, "member events for display names not read");
+            return HashMap::new();
+        }
     };
-    names.put(&event.pdu);
-    names.get(event_id).map(|n| n.to_string()).unwrap_or_default()
+    events
+        .iter()
+        .filter_map(|event| {
+            let user = ruma::UserId::parse(event.pdu.state_key.as_deref()?).ok()?;
+            let content = serde_json::from_str::<serde_json::Value>(event.pdu.content.get()).ok()?;
+            Some((user, content["displayname"].as_str()?.to_owned()))
+        })
+        .collect()
 }
 
 /// The actions `user`'s rules give `pdu`.
@@ -154,12 +114,13 @@ async fn actions_for(
     pdu: &Pdu,
     room: &RoomContext<'_>,
     traits: ContentTraits,
+    names: &HashMap<OwnedUserId, String>,
 ) -> Result<Vec<Action>, MatrixError> {
     let rules = rules::for_evaluation(svc, user).await?;
     let (ruleset, display_name) = match traits {
         ContentTraits { mentions: true, .. } => (rules.ruleset(false), String::new()),
         ContentTraits { body: false, .. } => (rules.ruleset(true), String::new()),
-        _ => (rules.ruleset(true), display_name(svc, room.state, user).await),
+        _ => (rules.ruleset(true), names.get(user).cloned().unwrap_or_default()),
     };
     let mut ctx = PushConditionRoomCtx::new(
         pdu.room_id.clone(),
@@ -259,12 +220,16 @@ async fn evaluate_for(
     let json = RawValue::from_string(pdu.json.to_string()).map_err(|e| MatrixError::internal("event JSON", e))?;
     let event = FlattenedJson::from_raw(&Raw::<AnySyncTimelineEvent>::from_json(json));
     let traits = ContentTraits::of(pdu);
-    if traits.body && !traits.mentions {
-        svc.push.display_names.load(svc, room.state, &users).await;
-    }
+    let names = match traits {
+        ContentTraits {
+            body: true,
+            mentions: false,
+        } => display_names(svc, room.state, &users).await,
+        _ => HashMap::new(),
+    };
     let mut notifications = Vec::new();
     for user in users {
-        let actions = actions_for(svc, &user, &event, pdu, &room, traits).await?;
+        let actions = actions_for(svc, &user, &event, pdu, &room, traits, &names).await?;
         if !actions.iter().any(Action::should_notify) {
             continue;
         }

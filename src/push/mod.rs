@@ -16,7 +16,6 @@ use crate::{cluster::Cluster, storage::Storage};
 /// The push state the server keeps in memory.
 pub struct Push {
     pub(crate) rules: rules::RulesCache,
-    pub(crate) display_names: evaluate::DisplayNames,
     pub gateway: Arc<gateway::Gateway>,
     pub sender: Arc<sender::PushSender>,
 }
@@ -35,7 +34,6 @@ impl Push {
         tokio::spawn(sender.clone().run(cancel));
         Push {
             rules: rules::RulesCache::default(),
-            display_names: evaluate::DisplayNames::default(),
             gateway,
             sender,
         }

@@ -252,6 +252,9 @@ struct CacheInner {
     defaults: LruCache<OwnedUserId, ()>,
     /// Users with rules of their own, parsed.
     stored: LruCache<OwnedUserId, Arc<UserRules>>,
+    /// Moves at every change: a read that saw it move caches nothing (it
+    /// may have read the rules before a change dropped them).
+    changes: u64,
 }
 
 impl Default for RulesCache {
@@ -262,22 +265,33 @@ impl Default for RulesCache {
             inner: Mutex::new(CacheInner {
                 defaults: LruCache::new(size(DEFAULTS_CACHE_SIZE)),
                 stored: LruCache::new(size(STORED_CACHE_SIZE)),
+                changes: 0,
             }),
         }
     }
 }
 
 impl RulesCache {
-    fn get(&self, user: &UserId) -> Option<Rules> {
+    /// The user's cached rules, or the count of changes to give
+    /// [`RulesCache::put`] with the rules read.
+    fn get(&self, user: &UserId) -> Result<Rules, u64> {
         let mut inner = self.inner.lock().expect("push rules cache");
         if inner.defaults.get(user).is_some() {
-            return Some(Rules::Defaults(self.defaults.clone()));
+            return Ok(Rules::Defaults(self.defaults.clone()));
         }
-        inner.stored.get(user).cloned().map(Rules::Stored)
+        match inner.stored.get(user).cloned() {
+            Some(rules) => Ok(Rules::Stored(rules)),
+            None => Err(inner.changes),
+        }
     }
 
-    fn put(&self, user: &UserId, rules: &Rules) {
+    /// Caches rules read when the count of changes was `changes`, unless
+    /// a change came since.
+    fn put(&self, user: &UserId, rules: &Rules, changes: u64) {
         let mut inner = self.inner.lock().expect("push rules cache");
+        if inner.changes != changes {
+            return;
+        }
         // (An evicted ruleset is dropped after the lock is released.)
         let _evicted = match rules {
             Rules::Defaults(_) => {
@@ -292,6 +306,7 @@ impl RulesCache {
     /// missed).
     pub(crate) fn clear(&self) {
         let mut inner = self.inner.lock().expect("push rules cache");
+        inner.changes += 1;
         inner.defaults.clear();
         inner.stored.clear();
     }
@@ -299,6 +314,7 @@ impl RulesCache {
     /// Drops the user's rules (changed here or by another process).
     pub(crate) fn forget(&self, user: &UserId) {
         let mut inner = self.inner.lock().expect("push rules cache");
+        inner.changes += 1;
         inner.defaults.pop(user);
         inner.stored.pop(user);
     }
@@ -331,14 +347,15 @@ fn from_content(user: &UserId, content: Option<Value>) -> Ruleset {
 /// The user's push rules, as their events are evaluated with them.
 pub async fn for_evaluation(svc: &Services, user: &UserId) -> Result<Rules, MatrixError> {
     let cache = &svc.push.rules;
-    if let Some(rules) = cache.get(user) {
-        return Ok(rules);
-    }
+    let changes = match cache.get(user) {
+        Ok(rules) => return Ok(rules),
+        Err(changes) => changes,
+    };
     let rules = match account_data::get(svc, user, None, PUSH_RULES).await? {
         None => Rules::Defaults(cache.defaults.clone()),
         stored => Rules::Stored(Arc::new(UserRules::new(from_content(user, stored)))),
     };
-    cache.put(user, &rules);
+    cache.put(user, &rules, changes);
     Ok(rules)
 }
 

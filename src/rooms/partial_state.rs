@@ -150,6 +150,7 @@ pub async fn resync(svc: &Services, room_id: &RoomId) -> Result<(), RoomError> {
         // The join never landed (a crash between the mark and the join).
         tracing::info!(%room_id, "dropping the partial state of a join that was not stored");
         svc.storage.drop_partial_state(room_id).await?;
+        svc.joined.changed(room_id);
         return Ok(());
     };
     drop(guard);

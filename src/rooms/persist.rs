@@ -53,10 +53,44 @@ pub struct ToPersist {
 /// Stores an event that went through its checks.
 pub async fn persist_pdu(svc: &Services, event: ToPersist, rules: &RoomVersionRules) -> Result<Sent, RoomError> {
     let Prepared { write, after } = prepare(svc, event, rules).await;
+    let members = MembersGuard::arm(svc, [&after]);
     let persisted = svc.storage.persist_timeline_event(write).await?;
     let sent = Sent::of(&after.pdu, &persisted);
-    after_write(svc, after, persisted, rules).await?;
+    let result = after_write(svc, after, persisted, rules).await;
+    members.disarm();
+    result?;
     Ok(sent)
+}
+
+/// Drops the room's cached members ([`crate::state::joined`]) if it is
+/// dropped armed: the future writing events that change them was dropped
+/// (a cancelled request) between the write and [`after_write`], which
+/// applies their change to the cache.
+struct MembersGuard<'a> {
+    svc: &'a Services,
+    room_id: Option<ruma::OwnedRoomId>,
+}
+
+impl<'a> MembersGuard<'a> {
+    fn arm<'b>(svc: &'a Services, afters: impl IntoIterator<Item = &'b AfterWrite>) -> MembersGuard<'a> {
+        let room_id = afters
+            .into_iter()
+            .find(|a| !matches!(a.members, MembersChange::None))
+            .map(|a| a.pdu.room_id.clone());
+        MembersGuard { svc, room_id }
+    }
+
+    fn disarm(mut self) {
+        self.room_id = None;
+    }
+}
+
+impl Drop for MembersGuard<'_> {
+    fn drop(&mut self) {
+        if let Some(room_id) = &self.room_id {
+            self.svc.joined.changed(room_id);
+        }
+    }
 }
 
 /// Stores events that went through their checks, in order, in one write
@@ -76,6 +110,7 @@ pub async fn persist_run(
         writes.push(write);
         afters.push(after);
     }
+    let members = MembersGuard::arm(svc, &afters);
     let persisted = svc.storage.persist_timeline_events(writes).await?;
     let mut sent = Vec::with_capacity(afters.len());
     let mut failed = None;
@@ -92,6 +127,7 @@ pub async fn persist_run(
         }
         sent.push(stored);
     }
+    members.disarm();
     match failed {
         Some(e) => Err(e),
         None => Ok(sent),
