@@ -350,13 +350,7 @@ async fn sync_filters_and_rooms() {
     // A room the user is not in: its account data is kept, not synced.
     let bobs = bob.create_room(json!({})).await;
     put(&alice, &room_path(&me, &bobs, "a.one"), json!({})).await;
-    alice
-        .ok(
-            Method::POST,
-            &format!("/_matrix/client/v3/rooms/{}/leave", enc(&left)),
-            Some(&json!({})),
-        )
-        .await;
+    alice.leave(&left).await;
 
     let types = |section: &Value| -> Vec<String> {
         let mut t: Vec<String> = events(section)

@@ -65,13 +65,7 @@ async fn paging_back_fills_history_from_before_the_join_and_a_rejoin_gap() {
             assert_eq!(carol.join(&room).await.0, 200);
         }
         if i == 300 {
-            carol
-                .ok(
-                    Method::POST,
-                    &format!("/_matrix/client/v3/rooms/{}/leave", enc(&room)),
-                    Some(&json!({})),
-                )
-                .await;
+            carol.leave(&room).await;
         }
         if i == 400 {
             alice
@@ -167,12 +161,7 @@ async fn paging_back_fills_history_from_before_the_join_and_a_rejoin_gap() {
     assert_eq!(topic["content"]["topic"], "topic at 100");
 
     // A gap in the middle: Bob leaves, 50 more happen, Bob comes back.
-    bob.ok(
-        Method::POST,
-        &format!("/_matrix/client/v3/rooms/{}/leave", enc(&room)),
-        Some(&json!({})),
-    )
-    .await;
+    bob.leave(&room).await;
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let (_, m) = alice

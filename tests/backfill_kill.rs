@@ -246,13 +246,7 @@ async fn build_history(host: &TestServer) -> (Client, String) {
             assert_eq!(carol.join(&room).await.0, 200);
         }
         if i == CAROL_LEAVES {
-            carol
-                .ok(
-                    Method::POST,
-                    &format!("/_matrix/client/v3/rooms/{}/leave", enc(&room)),
-                    Some(&json!({})),
-                )
-                .await;
+            carol.leave(&room).await;
         }
         let (status, body) = alice.send_text(&room, &format!("m{i}"), &format!("message {i}")).await;
         assert_eq!(status, 200, "{body}");

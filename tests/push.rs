@@ -469,13 +469,7 @@ async fn the_member_count_follows_joins_and_leaves() {
         )
         .await;
         assert!(!sound_of_last().await, "three members (round {round})");
-        carol
-            .ok(
-                Method::POST,
-                &format!("/_matrix/client/v3/rooms/{}/leave", enc(&room)),
-                Some(&json!({})),
-            )
-            .await;
+        carol.leave(&room).await;
         send(
             &bob,
             &room,

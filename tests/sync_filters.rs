@@ -153,13 +153,7 @@ async fn include_leave_and_display_name_changes() {
     let server = TestServer::start().await;
     let alice = server.register("alice").await;
     let left = alice.create_room(json!({ "preset": "public_chat" })).await;
-    alice
-        .ok(
-            Method::POST,
-            &format!("/_matrix/client/v3/rooms/{}/leave", enc(&left)),
-            Some(&json!({})),
-        )
-        .await;
+    alice.leave(&left).await;
     let body = alice.sync("").await;
     assert!(body["rooms"]["leave"].get(&left).is_none(), "{body}");
     let id = filter(&alice, json!({ "room": { "include_leave": true } })).await;
@@ -328,12 +322,7 @@ async fn a_newly_joined_room_is_limited_and_a_room_joined_and_left_brings_its_st
     let since = sync["next_batch"].as_str().unwrap().to_owned();
     let (status, _) = bob.join(&room2).await;
     assert_eq!(status, 200);
-    bob.ok(
-        Method::POST,
-        &format!("/_matrix/client/v3/rooms/{}/leave", enc(&room2)),
-        Some(&json!({})),
-    )
-    .await;
+    bob.leave(&room2).await;
     let id = filter(
         &bob,
         json!({ "room": { "timeline": { "types": [] }, "state": { "types": ["a.custom.state"] }, "include_leave": true } }),

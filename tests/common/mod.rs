@@ -237,6 +237,16 @@ impl User<'_> {
         .await
     }
 
+    /// Leaves the room (which must succeed).
+    pub async fn leave(&self, room_id: &str) {
+        self.ok(
+            Method::POST,
+            &format!("/_matrix/client/v3/rooms/{}/leave", enc(room_id)),
+            Some(&json!({})),
+        )
+        .await;
+    }
+
     /// Invites `user_id` to the room (which must succeed).
     pub async fn invite(&self, room_id: &str, user_id: &str) {
         self.ok(
