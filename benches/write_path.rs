@@ -47,7 +47,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{TestServer, enc, synapse::Client};
+use common::{
+    TestServer, enc,
+    synapse::{Client, register_as_appservice},
+};
 use reqwest::{Method, StatusCode};
 use ruma::{
     CanonicalJsonObject, CanonicalJsonValue, MilliSecondsSinceUnixEpoch, OwnedEventId, OwnedRoomId, OwnedTransactionId,
@@ -829,20 +832,7 @@ async fn run(s: &Settings, backend: &Backend) -> Report {
             async move {
                 // As the benchmark's application service: no password to
                 // hash (argon2 would be most of the fill).
-                let res = http
-                    .post(format!("{base}/_matrix/client/v3/register"))
-                    .bearer_auth(AS_TOKEN)
-                    .json(&json!({ "type": "m.login.application_service", "username": format!("m{i}") }))
-                    .send()
-                    .await
-                    .expect("register");
-                let body: Value = res.json().await.expect("register body");
-                let member = Client {
-                    http,
-                    base,
-                    user_id: body["user_id"].as_str().expect("user_id").to_owned(),
-                    token: body["access_token"].as_str().expect("access_token").to_owned(),
-                };
+                let member = register_as_appservice(&http, &base, AS_TOKEN, i).await;
                 let (status, body) = member.join(&r, "").await;
                 assert_eq!(status, StatusCode::OK, "m{i} joins: {body}");
             }

@@ -15,7 +15,10 @@ use ruma::OwnedServerName;
 use serde_json::{Value, json};
 
 use crate::{
-    common::{free_port, synapse::Client},
+    common::{
+        free_port,
+        synapse::{Client, appservice_registration},
+    },
     support::{
         cpu_time, log_tail,
         postgres::{Backend, Database},
@@ -122,14 +125,7 @@ impl Launch {
         }
         if self.options.appservice {
             let file = self.dir.join("bench-appservice.yaml");
-            std::fs::write(
-                &file,
-                format!(
-                    "id: bench\nurl: null\nas_token: {AS_TOKEN}\nhs_token: bench-hs-token\nsender_localpart: bench-appservice\n\
-                     namespaces:\n  users:\n    - exclusive: true\n      regex: '@m[0-9]+:.*'\n  aliases: []\n  rooms: []\n"
-                ),
-            )
-            .expect("write the appservice registration");
+            std::fs::write(&file, appservice_registration(AS_TOKEN)).expect("write the appservice registration");
             cmd.env("WEFT_APP_SERVICE_CONFIG_FILES", &file);
         }
         cmd

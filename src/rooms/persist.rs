@@ -285,7 +285,8 @@ fn members_change(pdu: &Pdu, update: Option<&CurrentStateUpdate>) -> MembersChan
     let Some(first) = changed.next() else {
         return MembersChange::None;
     };
-    let own = first.event_id.as_ref() == Some(&pdu.event_id) && pdu.state_key.as_deref() == Some(first.key.1.as_str());
+    // (A change to this event is a change of its own key.)
+    let own = first.event_id.as_ref() == Some(&pdu.event_id);
     match (own, changed.next(), ruma::UserId::parse(first.key.1.as_str())) {
         (true, None, Ok(user)) => MembersChange::One(user, pdu.membership().as_deref() == Some("join")),
         _ => MembersChange::Many,

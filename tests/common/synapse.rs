@@ -70,16 +70,22 @@ pub struct Synapse {
     client_port: u16,
     federation_port: u16,
     shared_secret: String,
-    /// The token of its application service (see [`APPSERVICE_YAML`]).
+    /// The token of its application service (see [`appservice_registration`]).
     appservice_token: String,
     pub http: reqwest::Client,
 }
 
-/// The application service every test Synapse has: no URL (Synapse sends it
-/// nothing), users `@m<digits>` (the benchmarks' big rooms: registered with
-/// no password, so no bcrypt). `{token}` is replaced.
-const APPSERVICE_YAML: &str = "id: bench\nurl: null\nas_token: {token}\nhs_token: hs-{token}\n\
-sender_localpart: bench-appservice\nnamespaces:\n  users:\n    - exclusive: true\n      regex: '@m[0-9]+:.*'\n  aliases: []\n  rooms: []\n";
+/// The registration (YAML) of the application service every test Synapse
+/// has, and the benchmarks' weft servers: no URL (the server sends it
+/// nothing), token `token`, users `@m<digits>` (the benchmarks' big rooms:
+/// registered with no password, so no password hash). See
+/// [`register_as_appservice`].
+pub fn appservice_registration(token: &str) -> String {
+    format!(
+        "id: bench\nurl: null\nas_token: {token}\nhs_token: hs-{token}\nsender_localpart: bench-appservice\n\
+         namespaces:\n  users:\n    - exclusive: true\n      regex: '@m[0-9]+:.*'\n  aliases: []\n  rooms: []\n"
+    )
+}
 
 /// The test virtualenv's Python, which must be able to import synapse.
 pub fn python() -> PathBuf {
@@ -186,11 +192,7 @@ impl Synapse {
         let server_name = format!("127.0.0.1:{federation_port}");
         let shared_secret = random_secret();
         let appservice_token = random_secret();
-        std::fs::write(
-            path.join("appservice.yaml"),
-            APPSERVICE_YAML.replace("{token}", &appservice_token),
-        )
-        .unwrap();
+        std::fs::write(path.join("appservice.yaml"), appservice_registration(&appservice_token)).unwrap();
 
         // Synapse never checks its peers' certificates here, and weft's
         // test servers do not check Synapse's: any self-signed one will do.
