@@ -29,5 +29,5 @@ pub async fn allows(svc: &Services, room_id: &RoomId, server: &ServerName) -> Re
 
 /// Whether any user of `server` is joined to the room now.
 pub async fn server_in_room(svc: &Services, room_id: &RoomId, server: &ServerName) -> Result<bool> {
-    Ok(svc.joined.get(room_id).await?.servers.contains(server))
+    Ok(svc.joined.get(room_id).await?.has_server(server))
 }

@@ -120,7 +120,7 @@ impl Sender {
         event: &crate::events::Pdu,
         except: &[&ServerName],
     ) -> Result<(), StorageError> {
-        let mut destinations: Vec<OwnedServerName> = self.joined.get(room_id).await?.servers.iter().cloned().collect();
+        let mut destinations: Vec<OwnedServerName> = self.joined.get(room_id).await?.servers().cloned().collect();
         // The target of a membership change hears of it even when none of
         // its server's users is joined (a kick, a ban); an invite, though,
         // has reached the invitee's server already, through `/invite`.
@@ -166,7 +166,7 @@ impl Sender {
     /// users joined to the room, but this one. EDUs are kept in memory
     /// only: they are worth nothing later.
     pub async fn send_edu(self: &Arc<Self>, room_id: &RoomId, edu: serde_json::Value) -> Result<(), StorageError> {
-        let destinations: Vec<OwnedServerName> = (self.joined.get(room_id).await?.servers.iter())
+        let destinations: Vec<OwnedServerName> = (self.joined.get(room_id).await?.servers())
             .filter(|s| **s != self.own_name)
             .cloned()
             .collect();

@@ -51,7 +51,7 @@ async fn targets(svc: &Services, pdu: &Pdu) -> Result<(Vec<OwnedUserId>, usize),
     {
         users.push(target);
     }
-    Ok((users, joined.count))
+    Ok((users, joined.count()))
 }
 
 /// What in an event's content decides which rules apply.

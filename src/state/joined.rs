@@ -27,7 +27,7 @@ use std::{
 
 use imbl::{OrdMap, OrdSet};
 use lru::LruCache;
-use ruma::{OwnedRoomId, OwnedServerName, OwnedUserId, RoomId, UserId};
+use ruma::{OwnedRoomId, OwnedServerName, OwnedUserId, RoomId, ServerName, UserId};
 
 use crate::storage::{Result, Storage};
 
@@ -40,10 +40,6 @@ const ROOMS: usize = 10_000;
 pub struct Joined {
     /// Local users, in user ID order.
     pub local: OrdSet<OwnedUserId>,
-    /// Every server with a joined user (this one included), and those a
-    /// partial state names.
-    pub servers: OrdSet<OwnedServerName>,
-    pub count: usize,
     /// Every joined user.
     members: OrdSet<OwnedUserId>,
     /// Joined users per server.
@@ -54,23 +50,37 @@ pub struct Joined {
 }
 
 impl Joined {
+    /// How many users are joined.
+    pub fn count(&self) -> usize {
+        self.members.len()
+    }
+
+    /// Every server with a joined user (this one included), and those a
+    /// partial state names; each once.
+    pub fn servers(&self) -> impl Iterator<Item = &OwnedServerName> {
+        let partial_only = self.partial.iter().filter(|s| !self.per_server.contains_key(*s));
+        self.per_server.keys().chain(partial_only)
+    }
+
+    /// Whether `server` is among [`Joined::servers`].
+    pub fn has_server(&self, server: &ServerName) -> bool {
+        self.per_server.contains_key(server) || self.partial.contains(server)
+    }
+
     fn join(&mut self, user: &UserId, server_name: &ruma::ServerName) {
         if self.members.insert(user.to_owned()).is_some() {
             return;
         }
-        self.count += 1;
         if user.server_name() == server_name {
             self.local.insert(user.to_owned());
         }
         *self.per_server.entry(user.server_name().to_owned()).or_insert(0) += 1;
-        self.servers.insert(user.server_name().to_owned());
     }
 
     fn leave(&mut self, user: &UserId) {
         if self.members.remove(user).is_none() {
             return;
         }
-        self.count -= 1;
         self.local.remove(user);
         let server = user.server_name();
         match self.per_server.get(server).copied() {
@@ -79,9 +89,6 @@ impl Joined {
             }
             _ => {
                 self.per_server.remove(server);
-                if !self.partial.contains(server) {
-                    self.servers.remove(server);
-                }
             }
         }
     }
@@ -127,10 +134,7 @@ impl JoinedCache {
         // A room joined with partial state: the servers the resident
         // server named are in it, though their members are not known yet.
         if let Some(partial) = self.storage.partial_state(room_id).await? {
-            for server in partial.servers {
-                joined.servers.insert(server.clone());
-                joined.partial.insert(server);
-            }
+            joined.partial.extend(partial.servers);
         }
         let joined = Arc::new(joined);
         let mut inner = self.inner.lock().expect("joined cache");
