@@ -641,7 +641,7 @@ async fn run(s: &Settings, backend: &Backend) -> Report {
     // WEFT_BENCH_PERF=<file>: `perf record` A while it receives.
     let perf = std::env::var_os("WEFT_BENCH_PERF").map(|out| {
         Command::new("perf")
-            .args(["record", "-F", "999", "-o"])
+            .args(["record", "-F", "499", "--call-graph", "dwarf,16384", "-o"])
             .arg(out)
             .args(["-p", &a.pid().to_string()])
             .stdout(Stdio::null())
