@@ -459,6 +459,32 @@ async fn a_sqlite_deployment_carries_on_on_postgres() {
     let stdout = text(&out.stdout);
     assert!(out.status.success(), "{stdout}{}", text(&out.stderr));
     assert!(stdout.contains("events") && stdout.contains("copied"), "{stdout}");
+    // SQLite reads an event's auth events and parents from its JSON;
+    // PostgreSQL's tables of them are filled from it.
+    let sqlite = rusqlite::Connection::open(data_dir.join("weft.db")).unwrap();
+    let held: (i64, i64) = sqlite
+        .query_row(
+            "SELECT (SELECT count(*) FROM (SELECT DISTINCT e.event_id, l.value
+                         FROM events e, json_each(e.json, '$.auth_events') l)),
+                    (SELECT count(*) FROM event_edges)",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    let (pg, connection) = tokio_postgres::connect(&target, tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(connection);
+    let row = pg
+        .query_one(
+            "SELECT (SELECT count(*) FROM event_auth),
+                    (SELECT count(*) FROM event_edges g JOIN events e ON e.event_id = g.event_id
+                         AND e.room_id = g.room_id)",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert!(held.0 > 100 && held.1 > 20, "{held:?}");
+    assert_eq!((row.get::<_, i64>(0), row.get::<_, i64>(1)), held);
+    drop(pg);
 
     move_to(&mut a, &target).await;
     let after = client_view(&a, &w).await;

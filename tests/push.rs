@@ -748,3 +748,96 @@ async fn pushes_wait_for_a_failing_gateway_across_a_restart() {
     };
     assert_eq!(counts(&alice.sync("").await, &room).0, 2);
 }
+
+/// SQLite's schema v27 keys notifications by position and reads the
+/// DAGs from the events' JSON: a database written before it (taken back
+/// to v26's tables here) keeps its notifications, counts and edges.
+/// (PostgreSQL's migrations run under every test on it.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn notifications_and_edges_survive_the_schema_v27_migration() {
+    let mut server = TestServer::start().await;
+    if server.config.database_url.is_some() {
+        return;
+    }
+    // What GET /notifications says, but the events' ages.
+    fn listed(notifications: &Value) -> Vec<(Value, Value, Value)> {
+        let list = notifications["notifications"].as_array().unwrap();
+        list.iter()
+            .map(|n| (n["event"]["event_id"].clone(), n["actions"].clone(), n["read"].clone()))
+            .collect()
+    }
+    let (alice, bob, room, before) = {
+        let alice = server.register("alice").await;
+        let bob = server.register("bob").await;
+        let room = alice.create_room(json!({ "preset": "public_chat" })).await;
+        assert_eq!(bob.join(&room).await.0, 200);
+        let mention = json!({ "msgtype": "m.text", "body": "hi alice", "m.mentions": { "user_ids": [alice.user_id] } });
+        send(&bob, &room, "m1", mention).await;
+        send(&bob, &room, "m2", json!({ "msgtype": "m.text", "body": "hello" })).await;
+        let notifications = alice.ok(Method::GET, "/_matrix/client/v3/notifications", None).await;
+        let before = (counts(&alice.sync("").await, &room), listed(&notifications));
+        assert_eq!(before.0, (2, 1));
+        assert_eq!(before.1.len(), 2);
+        let keep = |u: &User<'_>| (u.user_id.clone(), u.token.clone());
+        (keep(&alice), keep(&bob), room, before)
+    };
+    if let Some(running) = server.server.take() {
+        running.shutdown().await;
+    }
+    let db = rusqlite::Connection::open(server.data_dir().join("weft.db")).unwrap();
+    let edges = |db: &rusqlite::Connection| -> Vec<(String, String)> {
+        let mut stmt = db
+            .prepare("SELECT prev_event_id, event_id FROM event_edges ORDER BY 1, 2")
+            .unwrap();
+        stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect()
+    };
+    let held_edges = edges(&db);
+    assert!(held_edges.len() >= 6, "{held_edges:?}");
+    db.execute_batch(
+        "CREATE TABLE n (user_id TEXT NOT NULL, room_id TEXT NOT NULL, event_id TEXT NOT NULL,
+             stream_ordering INTEGER NOT NULL, highlight INTEGER NOT NULL, actions TEXT NOT NULL,
+             ts INTEGER NOT NULL, PRIMARY KEY (user_id, event_id)) WITHOUT ROWID;
+         INSERT INTO n SELECT user_id, room_id, event_id, stream_ordering, highlight, actions, ts
+             FROM notifications;
+         DROP TABLE notifications; ALTER TABLE n RENAME TO notifications;
+         CREATE INDEX notifications_room ON notifications (user_id, room_id, stream_ordering);
+         CREATE INDEX notifications_stream ON notifications (user_id, stream_ordering);
+         CREATE TABLE g (event_id TEXT NOT NULL, prev_event_id TEXT NOT NULL, room_id TEXT NOT NULL,
+             PRIMARY KEY (event_id, prev_event_id)) WITHOUT ROWID;
+         INSERT INTO g SELECT x.event_id, x.prev_event_id, e.room_id
+             FROM event_edges x JOIN events e ON e.event_id = x.event_id;
+         DROP TABLE event_edges; ALTER TABLE g RENAME TO event_edges;
+         CREATE INDEX event_edges_prev ON event_edges (prev_event_id);
+         CREATE TABLE event_auth (event_id TEXT NOT NULL, auth_event_id TEXT NOT NULL,
+             PRIMARY KEY (event_id, auth_event_id)) WITHOUT ROWID;
+         INSERT INTO event_auth SELECT e.event_id, l.value FROM events e, json_each(e.json, '$.auth_events') l;
+         PRAGMA user_version = 26;",
+    )
+    .unwrap();
+    drop(db);
+    server.restart().await;
+
+    let db = rusqlite::Connection::open(server.data_dir().join("weft.db")).unwrap();
+    assert_eq!(
+        db.query_row("PRAGMA user_version", [], |r| r.get::<_, i64>(0)).unwrap(),
+        27
+    );
+    assert_eq!(edges(&db), held_edges);
+    let again = |(user_id, token): (String, String)| User {
+        server: &server,
+        user_id,
+        token,
+    };
+    let (alice, bob) = (again(alice), again(bob));
+    let notifications = alice.ok(Method::GET, "/_matrix/client/v3/notifications", None).await;
+    assert_eq!((counts(&alice.sync("").await, &room), listed(&notifications)), before);
+    // New ones go on after them.
+    let newest = send(&bob, &room, "m3", json!({ "msgtype": "m.text", "body": "again" })).await;
+    assert_eq!(counts(&alice.sync("").await, &room), (3, 1));
+    let notifications = alice.ok(Method::GET, "/_matrix/client/v3/notifications", None).await;
+    assert_eq!(notifications["notifications"][0]["event"]["event_id"], newest.as_str());
+    assert_eq!(listed(&notifications)[1..], before.1[..]);
+}

@@ -82,6 +82,8 @@ async fn redo_directory_migration(server: &mut TestServer) {
          DROP INDEX presence_position; DROP INDEX presence_awake;
          ALTER TABLE rooms DROP COLUMN latest_stream; ALTER TABLE rooms DROP COLUMN bump_stream;
          DROP INDEX events_room_ts; DROP TABLE partial_state_rooms;
+         CREATE TABLE event_auth (event_id TEXT NOT NULL, auth_event_id TEXT NOT NULL,
+             PRIMARY KEY (event_id, auth_event_id)) WITHOUT ROWID;
          PRAGMA user_version = 12;",
     )
     .unwrap();

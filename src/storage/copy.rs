@@ -44,7 +44,7 @@ use super::{
 
 /// The schema version of the SQLite databases this weft writes (the
 /// number of `sqlite/schema_v*.sql` migrations).
-const SQLITE_SCHEMA_VERSION: i64 = 26;
+const SQLITE_SCHEMA_VERSION: i64 = 27;
 /// PostgreSQL tables that are not copied: set from the copied data
 /// (`stream_positions`), by the migration (`schema_version`), or held by
 /// running processes only (`duties`).
@@ -397,6 +397,9 @@ async fn pg_tables(tx: &Transaction<'_>) -> Result<Vec<Table>, CopyError> {
 fn plan(pg: Vec<Table>, sqlite: &HashMap<String, Vec<String>>) -> Result<Vec<Table>, CopyError> {
     let mut problems = Vec::new();
     for table in &pg {
+        if derived(&table.name).is_some() {
+            continue;
+        }
         match sqlite.get(&table.name) {
             None => problems.push(format!("the SQLite database has no table {}", table.name)),
             Some(columns) => problems.extend(
@@ -411,6 +414,9 @@ fn plan(pg: Vec<Table>, sqlite: &HashMap<String, Vec<String>>) -> Result<Vec<Tab
     let mut names: Vec<&String> = sqlite.keys().collect();
     names.sort();
     for name in names {
+        if derived(name).is_some() {
+            continue;
+        }
         match pg.iter().find(|t| &t.name == name) {
             None => problems.push(format!("the PostgreSQL schema has no table {name}")),
             Some(table) => problems.extend(
@@ -474,7 +480,10 @@ async fn copy_table(
 ) -> Result<(Connection, u64), CopyError> {
     let names: Vec<String> = table.columns.iter().map(|(name, _)| ident(name)).collect();
     let names = names.join(", ");
-    let select = format!("SELECT {names} FROM {}", ident(&table.name));
+    let select = match derived(&table.name) {
+        Some(query) => format!("SELECT {names} FROM ({query})"),
+        None => format!("SELECT {names} FROM {}", ident(&table.name)),
+    };
     let copy = format!("COPY {} ({names}) FROM STDIN (FORMAT binary)", ident(&table.name));
     let context = |e: tokio_postgres::Error| CopyError(format!("copying {}: {}", table.name, StorageError::from(e)));
 
@@ -646,6 +655,27 @@ async fn set_sequences(
         }
     }
     Ok(set)
+}
+
+/// For a PostgreSQL table that SQLite keeps in another shape (its schema
+/// v27), the query of the SQLite database it is filled from, its columns
+/// named as PostgreSQL's. SQLite reads an event's auth
+/// events and parents from its JSON, and keys its edges by the parent
+/// alone.
+fn derived(table: &str) -> Option<String> {
+    match table {
+        "event_auth" => Some(format!(
+            "SELECT DISTINCT e.event_id AS event_id, {} AS auth_event_id
+             FROM events e, json_each(e.json, '$.auth_events') l",
+            super::sqlite::LISTED_ID
+        )),
+        "event_edges" => Some(
+            "SELECT g.event_id AS event_id, g.prev_event_id AS prev_event_id, e.room_id AS room_id
+             FROM event_edges g JOIN events e ON e.event_id = g.event_id"
+                .to_owned(),
+        ),
+        _ => None,
+    }
 }
 
 /// `name` as a quoted SQL identifier (SQLite and PostgreSQL alike).

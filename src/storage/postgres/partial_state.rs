@@ -195,9 +195,14 @@ async fn reject(tx: &impl GenericClient, room_id: &str, partial_group: i64, reje
     .await?;
     // A rejected redaction redacts nothing that comes later; a rejected
     // event counts in no one's notifications.
-    for table in ["redactions", "notifications"] {
-        exec(tx, &format!("DELETE FROM {table} WHERE event_id = ANY($1)"), &[&ids]).await?;
-    }
+    exec(tx, "DELETE FROM redactions WHERE event_id = ANY($1)", &[&ids]).await?;
+    exec(
+        tx,
+        "DELETE FROM notifications WHERE stream_ordering IN
+             (SELECT stream_ordering FROM events WHERE event_id = ANY($1))",
+        &[&ids],
+    )
+    .await?;
     // A parent left with no accepted child is a forward extremity again.
     exec(
         tx,

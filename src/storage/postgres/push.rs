@@ -292,8 +292,8 @@ pub(super) async fn insert_notifications(
              INSERT INTO notifications (user_id, room_id, event_id, stream_ordering, highlight, actions, ts)
              SELECT n.user_id, $2, $3, $4, n.highlight, n.actions, $7
              FROM UNNEST($1::text[], $5::boolean[], $6::text[]) AS n (user_id, highlight, actions)
-             ON CONFLICT (user_id, event_id) DO UPDATE SET
-                 room_id = excluded.room_id, stream_ordering = excluded.stream_ordering,
+             ON CONFLICT (user_id, stream_ordering) DO UPDATE SET
+                 room_id = excluded.room_id, event_id = excluded.event_id,
                  highlight = excluded.highlight, actions = excluded.actions, ts = excluded.ts
          ), queued AS (
              INSERT INTO push_queue (user_id, app_id, pushkey, event_id, actions, room_name, queued_ts)

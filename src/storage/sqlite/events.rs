@@ -343,10 +343,8 @@ fn insert_edges(tx: &Transaction<'_>, pdu: &Pdu, forward: bool) -> Result<bool> 
     let room_id = pdu.room_id.as_str();
     let event_id = pdu.event_id.as_str();
     {
-        let mut edge = tx.prepare_cached(
-            "INSERT OR IGNORE INTO event_edges (event_id, prev_event_id, room_id)
-             VALUES (?1, ?2, ?3)",
-        )?;
+        let mut edge =
+            tx.prepare_cached("INSERT OR IGNORE INTO event_edges (prev_event_id, event_id) VALUES (?1, ?2)")?;
         let mut unfwd = tx.prepare_cached("DELETE FROM forward_extremities WHERE room_id = ?1 AND event_id = ?2")?;
         let mut held = tx.prepare_cached("SELECT 1 FROM events WHERE event_id = ?1 AND outlier = 0")?;
         let mut backward = tx.prepare_cached(
@@ -355,18 +353,13 @@ fn insert_edges(tx: &Transaction<'_>, pdu: &Pdu, forward: bool) -> Result<bool> 
         )?;
         let parent_depth = i64::try_from(pdu.depth).unwrap_or(i64::MAX) - 1;
         for prev in &pdu.prev_events {
-            edge.execute(params![event_id, prev.as_str(), room_id])?;
+            edge.execute(params![prev.as_str(), event_id])?;
             if forward {
                 unfwd.execute(params![room_id, prev.as_str()])?;
             }
             if !held.exists([prev.as_str()])? {
                 backward.execute(params![room_id, prev.as_str(), parent_depth])?;
             }
-        }
-        let mut auth =
-            tx.prepare_cached("INSERT OR IGNORE INTO event_auth (event_id, auth_event_id) VALUES (?1, ?2)")?;
-        for auth_event in &pdu.auth_events {
-            auth.execute(params![event_id, auth_event.as_str()])?;
         }
     }
     exec(
@@ -393,8 +386,8 @@ fn insert_edges(tx: &Transaction<'_>, pdu: &Pdu, forward: bool) -> Result<bool> 
 }
 
 /// Keeps `outliers` (each with why it was rejected, if it was) but those
-/// held already: one range of positions for them all, one statement per
-/// event and one per auth event.
+/// held already (kept as they were): one range of positions for them all,
+/// one statement per event.
 pub fn persist_outliers(tx: &Transaction<'_>, outliers: &[(Arc<Pdu>, Option<String>)]) -> Result<()> {
     let Ok(count) = i64::try_from(outliers.len()) else {
         return Err(StorageError::Database("too many outliers at once".to_owned()));
@@ -414,10 +407,9 @@ pub fn persist_outliers(tx: &Transaction<'_>, outliers: &[(Arc<Pdu>, Option<Stri
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, 1, ?11, 0)
          ON CONFLICT (event_id) DO NOTHING",
     )?;
-    let mut auth = tx.prepare_cached("INSERT OR IGNORE INTO event_auth (event_id, auth_event_id) VALUES (?1, ?2)")?;
     let received = now_ms();
     for ((pdu, rejected), stream) in outliers.iter().zip(last - count + 1..) {
-        let inserted = insert.execute(params![
+        insert.execute(params![
             stream,
             pdu.event_id.as_str(),
             pdu.room_id.as_str(),
@@ -430,13 +422,6 @@ pub fn persist_outliers(tx: &Transaction<'_>, outliers: &[(Arc<Pdu>, Option<Stri
             &*pdu.json,
             rejected,
         ])?;
-        // (Held already: kept as it was.)
-        if inserted == 0 {
-            continue;
-        }
-        for auth_event in &pdu.auth_events {
-            auth.execute(params![pdu.event_id.as_str(), auth_event.as_str()])?;
-        }
     }
     Ok(())
 }

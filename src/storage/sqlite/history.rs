@@ -8,7 +8,7 @@ use std::collections::{BinaryHeap, HashSet, VecDeque};
 use ruma::{EventId, OwnedEventId, RoomId};
 use rusqlite::{Connection, OptionalExtension, params};
 
-use super::{accounts::parse, events};
+use super::{LISTED_ID, accounts::parse, events};
 use crate::storage::{Result, StoredEvent};
 
 /// Depth and room of a held, not rejected event.
@@ -20,17 +20,29 @@ fn depth_in_room(c: &Connection, event_id: &EventId, room_id: &RoomId) -> Result
     )
 }
 
-fn prev_events(c: &Connection, event_id: &EventId) -> Result<Vec<OwnedEventId>> {
-    let mut stmt = c.prepare_cached("SELECT prev_event_id FROM event_edges WHERE event_id = ?1")?;
-    let rows = stmt.query_map([event_id.as_str()], |r| r.get::<_, String>(0))?;
-    rows.map(|r| parse(r?)).collect()
+/// The SQL of the event IDs (column `id`) that the JSON of the event
+/// named by `?1` lists under `field` (`prev_events` or `auth_events`,
+/// which redaction keeps): IDs, or `[ID, hashes]` pairs in room versions 1
+/// and 2.
+/// (No table of edges keyed by the event: see schema_v27.sql.)
+pub(super) fn listed_ids(field: &str) -> String {
+    format!("SELECT {LISTED_ID} AS id FROM events e, json_each(e.json, '$.{field}') l WHERE e.event_id = ?1")
+}
+
+/// The parents of a timeline event (an outlier has none here: its edges
+/// are not the room's).
+fn prev_events(event: &StoredEvent) -> Vec<OwnedEventId> {
+    if event.meta.outlier {
+        return Vec::new();
+    }
+    event.pdu.prev_events.clone()
 }
 
 pub fn auth_chain(c: &Connection, event_ids: &[OwnedEventId]) -> Result<Vec<OwnedEventId>> {
     // One read transaction: the walk sees one version of the DAG.
     let tx = c.unchecked_transaction()?;
     let c: &Connection = &tx;
-    let mut stmt = c.prepare_cached("SELECT auth_event_id FROM event_auth WHERE event_id = ?1")?;
+    let mut stmt = c.prepare_cached(&listed_ids("auth_events"))?;
     let mut seen: HashSet<String> = HashSet::new();
     let mut queue: Vec<String> = event_ids.iter().map(|e| e.to_string()).collect();
     let mut chain = Vec::new();
@@ -79,7 +91,7 @@ pub fn backfill(c: &Connection, room_id: &RoomId, from: &[OwnedEventId], limit: 
         let Some(event) = events::event(c, &event_id)? else {
             continue;
         };
-        for prev in prev_events(c, &event_id)? {
+        for prev in prev_events(&event) {
             if seen.insert(prev.clone())
                 && let Some(depth) = depth_in_room(c, &prev, room_id)?
             {
@@ -104,8 +116,10 @@ pub fn missing_events(
     let mut seen: HashSet<OwnedEventId> = earliest.iter().chain(latest).cloned().collect();
     let mut queue: VecDeque<OwnedEventId> = VecDeque::new();
     for id in latest {
-        if depth_in_room(c, id, room_id)?.is_some() {
-            queue.extend(prev_events(c, id)?);
+        if depth_in_room(c, id, room_id)?.is_some()
+            && let Some(event) = events::event(c, id)?
+        {
+            queue.extend(prev_events(&event));
         }
     }
     let mut out = Vec::new();
@@ -119,9 +133,39 @@ pub fn missing_events(
             _ => continue,
         }
         let Some(event) = events::event(c, &id)? else { continue };
-        queue.extend(prev_events(c, &id)?);
+        queue.extend(prev_events(&event));
         out.push(event);
     }
     out.sort_by_key(|e| (e.pdu.depth, e.meta.stream_ordering));
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The IDs an event lists: plain (room versions 3 and later), or the
+    /// first of `[ID, hashes]` pairs (1 and 2).
+    #[test]
+    fn listed_ids_read_both_shapes_of_the_lists() {
+        let c = Connection::open_in_memory().unwrap();
+        c.execute_batch(
+            r#"CREATE TABLE events (event_id TEXT, json TEXT);
+               INSERT INTO events VALUES ('$new', '{"auth_events": ["$a", "$b"], "prev_events": ["$p"]}');
+               INSERT INTO events VALUES ('$old:x', '{"auth_events": [["$a:x", {"sha256": "h"}]], "prev_events": []}');"#,
+        )
+        .unwrap();
+        let listed = |field: &str, id: &str| -> Vec<String> {
+            let mut stmt = c.prepare(&listed_ids(field)).unwrap();
+            stmt.query_map([id], |r| r.get(0))
+                .unwrap()
+                .map(Result::unwrap)
+                .collect()
+        };
+        assert_eq!(listed("auth_events", "$new"), ["$a", "$b"]);
+        assert_eq!(listed("prev_events", "$new"), ["$p"]);
+        assert_eq!(listed("auth_events", "$old:x"), ["$a:x"]);
+        assert!(listed("prev_events", "$old:x").is_empty());
+        assert!(listed("auth_events", "$unknown").is_empty());
+    }
 }

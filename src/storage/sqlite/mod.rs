@@ -72,6 +72,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("schema_v24.sql"),
     include_str!("schema_v25.sql"),
     include_str!("schema_v26.sql"),
+    include_str!("schema_v27.sql"),
 ];
 
 /// Reader connections open at once, at most: more readers than cores gain
@@ -113,6 +114,11 @@ pub struct SqliteStorage {
     /// This process is the database's only writer, so the flag is exact.
     any_erased: Arc<std::sync::atomic::AtomicBool>,
 }
+
+/// The event ID of an element `l` of `json_each` over an event's
+/// `prev_events` or `auth_events`: the element, or the first of an
+/// `[ID, hashes]` pair (room versions 1 and 2).
+pub(crate) const LISTED_ID: &str = "CASE l.type WHEN 'array' THEN l.value ->> 0 ELSE l.value END";
 
 /// WAL pages after which a commit copies them into the database file
 /// (SQLite's default is 1,000, 4 MiB). A page written by many commits is

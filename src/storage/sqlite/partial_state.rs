@@ -168,24 +168,29 @@ fn reject(tx: &Connection, room_id: &str, partial_group: i64, rejections: &[Reje
     // event counts in no one's notifications.
     let ids = serde_json::to_string(&rejections.iter().map(|r| r.event_id.as_str()).collect::<Vec<_>>())
         .map_err(|e| crate::storage::StorageError::Corrupt(e.to_string()))?;
-    for table in ["redactions", "notifications"] {
-        exec(
-            tx,
-            &format!("DELETE FROM {table} WHERE event_id IN (SELECT value FROM json_each(?1))"),
-            [ids.as_str()],
-        )?;
-    }
+    exec(
+        tx,
+        "DELETE FROM redactions WHERE event_id IN (SELECT value FROM json_each(?1))",
+        [ids.as_str()],
+    )?;
+    exec(
+        tx,
+        "DELETE FROM notifications WHERE stream_ordering IN
+             (SELECT e.stream_ordering FROM events e, json_each(?1) r WHERE e.event_id = r.value)",
+        [ids.as_str()],
+    )?;
     // Once all are rejected: a parent left with no accepted child is a
     // forward extremity again.
-    let mut refwd = tx.prepare_cached(
+    let mut refwd = tx.prepare_cached(&format!(
         "INSERT OR IGNORE INTO forward_extremities (room_id, event_id)
-         SELECT ?1, p.event_id FROM event_edges ed JOIN events p ON p.event_id = ed.prev_event_id
-         WHERE ed.event_id = ?2 AND p.room_id = ?1 AND p.outlier = 0 AND p.rejected IS NULL AND p.soft_failed = 0
-         AND NOT EXISTS (SELECT 1 FROM event_edges c JOIN events ce ON ce.event_id = c.event_id
-             WHERE c.prev_event_id = p.event_id AND ce.outlier = 0 AND ce.rejected IS NULL AND ce.soft_failed = 0)",
-    )?;
+             SELECT ?2, p.event_id FROM ({}) parent JOIN events p ON p.event_id = parent.id
+             WHERE p.room_id = ?2 AND p.outlier = 0 AND p.rejected IS NULL AND p.soft_failed = 0
+             AND NOT EXISTS (SELECT 1 FROM event_edges c JOIN events ce ON ce.event_id = c.event_id
+                 WHERE c.prev_event_id = p.event_id AND ce.outlier = 0 AND ce.rejected IS NULL AND ce.soft_failed = 0)",
+        super::history::listed_ids("prev_events")
+    ))?;
     for rejection in rejections {
-        refwd.execute(params![room_id, rejection.event_id.as_str()])?;
+        refwd.execute(params![rejection.event_id.as_str(), room_id])?;
     }
     Ok(())
 }
