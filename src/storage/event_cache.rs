@@ -102,6 +102,14 @@ impl EventCache {
         }
     }
 
+    /// The auth events of `event_id`, if cached (they never change: not
+    /// when it is redacted, expired or rejected). Leaves the LRU order as
+    /// it is: a walk of an auth chain is no use of each event.
+    pub(crate) fn auth_events(&self, event_id: &EventId) -> Option<Vec<OwnedEventId>> {
+        let cache = self.inner.lock().expect("event cache lock");
+        cache.events.peek(event_id).map(|e| e.pdu.auth_events.clone())
+    }
+
     /// The write count, to give to [`Self::written`] before a write.
     pub(crate) fn writes(&self) -> u64 {
         self.inner.lock().expect("event cache lock").writes

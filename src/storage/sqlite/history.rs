@@ -38,24 +38,34 @@ fn prev_events(event: &StoredEvent) -> Vec<OwnedEventId> {
     event.pdu.prev_events.clone()
 }
 
-pub fn auth_chain(c: &Connection, event_ids: &[OwnedEventId]) -> Result<Vec<OwnedEventId>> {
+/// The auth chain of `event_ids`, sorted; `cached` gives the auth events
+/// of an event held in memory, which spares reading its JSON.
+pub fn auth_chain(
+    c: &Connection,
+    event_ids: &[OwnedEventId],
+    cached: impl Fn(&EventId) -> Option<Vec<OwnedEventId>>,
+) -> Result<Vec<OwnedEventId>> {
     // One read transaction: the walk sees one version of the DAG.
     let tx = c.unchecked_transaction()?;
     let c: &Connection = &tx;
     let mut stmt = c.prepare_cached(&listed_ids("auth_events"))?;
-    let mut seen: HashSet<String> = HashSet::new();
-    let mut queue: Vec<String> = event_ids.iter().map(|e| e.to_string()).collect();
-    let mut chain = Vec::new();
+    let mut seen: HashSet<OwnedEventId> = HashSet::new();
+    let mut queue: Vec<OwnedEventId> = event_ids.to_vec();
     while let Some(id) = queue.pop() {
-        let rows = stmt.query_map([id.as_str()], |r| r.get::<_, String>(0))?;
-        for auth in rows {
-            let auth = auth?;
+        let auth_events = match cached(&id) {
+            Some(auth_events) => auth_events,
+            None => stmt
+                .query_map([id.as_str()], |r| r.get::<_, String>(0))?
+                .map(|auth| parse(auth?))
+                .collect::<Result<Vec<_>>>()?,
+        };
+        for auth in auth_events {
             if seen.insert(auth.clone()) {
-                chain.push(parse(auth.clone())?);
                 queue.push(auth);
             }
         }
     }
+    let mut chain: Vec<OwnedEventId> = seen.into_iter().collect();
     chain.sort();
     Ok(chain)
 }

@@ -125,7 +125,9 @@ pub(crate) const LISTED_ID: &str = "CASE l.type WHEN 'array' THEN l.value ->> 0 
 /// copied once per checkpoint: a room's hot index pages are rewritten by
 /// every commit. Receiving 10,000 PDUs (benches/write_path.rs), the
 /// default's checkpoints took 12% of the CPU, these 5%. The WAL grows to
-/// about 40 MiB.
+/// about 40 MiB. (With `synchronous = NORMAL`, a power cut may lose the
+/// commits since the last checkpoint: more of them now; a crash of weft
+/// loses none.)
 const WAL_CHECKPOINT_PAGES: u32 = 10_000;
 
 impl SqliteStorage {
@@ -694,8 +696,9 @@ impl Storage for SqliteStorage {
     }
 
     async fn auth_chain(&self, event_ids: &[OwnedEventId]) -> Result<Vec<OwnedEventId>> {
-        let ids = event_ids.to_vec();
-        self.read(move |c| history::auth_chain(c, &ids)).await
+        let (ids, cache) = (event_ids.to_vec(), self.events.clone());
+        self.read(move |c| history::auth_chain(c, &ids, |id| cache.auth_events(id)))
+            .await
     }
 
     async fn backfill(&self, room_id: &RoomId, from: &[OwnedEventId], limit: usize) -> Result<Vec<StoredEvent>> {
