@@ -956,9 +956,33 @@ async fn timeline_outlier_then_timeline(s: Store) {
     assert_eq!(again.meta.rejected, None);
     assert_eq!(again.meta.stream_ordering, as_outlier.meta.stream_ordering);
 
-    // Now into the timeline.
-    let p = room.persist(x.clone()).await;
+    // Notified as an outlier (an invite, before it comes in the room's
+    // timeline too).
+    let alice = uid("alice");
+    let notify = NewNotification {
+        user_id: alice.clone(),
+        highlight: false,
+        actions: r#"["notify"]"#.to_owned(),
+    };
+    let at_outlier = as_outlier.meta.stream_ordering;
+    s.add_notifications(&room.id, &x.id, at_outlier, 1, std::slice::from_ref(&notify), None)
+        .await
+        .unwrap();
+
+    // Now into the timeline, notified again: one notification, at its
+    // place in the timeline.
+    let mut new = room.new_event(&x);
+    new.notifications = vec![notify];
+    let p = room.persist_new(x.clone(), new).await;
     assert!(p.stream_ordering > as_outlier.meta.stream_ordering);
+    let listed: Vec<_> = s
+        .notifications(&alice, None, 10, false)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|n| (n.event_id, n.stream_ordering))
+        .collect();
+    assert_eq!(listed, [(x.id.clone(), p.stream_ordering)]);
     let in_timeline = stored(&s, &x.id).await;
     assert!(!in_timeline.meta.outlier);
     assert_eq!(in_timeline.meta.stream_ordering, p.stream_ordering);

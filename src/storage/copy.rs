@@ -235,7 +235,7 @@ pub async fn sqlite_to_postgres(
     let mut client = storage.client().await?;
     let tx = client.transaction().await?;
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&COPY_LOCK]).await?;
-    let tables = plan(pg_tables(&tx).await?, &sqlite.tables)?;
+    let tables = plan(pg_tables(&tx).await?, &sqlite.tables, &sqlite.conn)?;
     check_empty(&tx, &tables, &target).await?;
 
     let mut copied = Vec::with_capacity(tables.len());
@@ -394,10 +394,15 @@ async fn pg_tables(tx: &Transaction<'_>) -> Result<Vec<Table>, CopyError> {
 /// Checks that the two schemas hold the same tables and columns (but what
 /// this module names): anything only one side has would be lost, or
 /// missing.
-fn plan(pg: Vec<Table>, sqlite: &HashMap<String, Vec<String>>) -> Result<Vec<Table>, CopyError> {
+fn plan(pg: Vec<Table>, sqlite: &HashMap<String, Vec<String>>, conn: &Connection) -> Result<Vec<Table>, CopyError> {
     let mut problems = Vec::new();
     for table in &pg {
-        if derived(&table.name).is_some() {
+        if let Some(query) = derived(&table.name) {
+            // SQLite's query gives the PostgreSQL table's columns.
+            let names: Vec<String> = table.columns.iter().map(|(name, _)| ident(name)).collect();
+            if let Err(e) = conn.prepare(&format!("SELECT {} FROM ({query}) LIMIT 0", names.join(", "))) {
+                problems.push(format!("the SQLite database cannot give {}: {e}", table.name));
+            }
             continue;
         }
         match sqlite.get(&table.name) {
@@ -664,10 +669,15 @@ async fn set_sequences(
 /// alone.
 fn derived(table: &str) -> Option<String> {
     match table {
+        // (An ID listed twice by an event: once. A DISTINCT over all the
+        // pairs would sort them all at once.)
         "event_auth" => Some(format!(
-            "SELECT DISTINCT e.event_id AS event_id, {} AS auth_event_id
-             FROM events e, json_each(e.json, '$.auth_events') l",
-            super::sqlite::LISTED_ID
+            "SELECT e.event_id AS event_id, {id} AS auth_event_id
+             FROM events e, json_each(e.json, '$.auth_events') l
+             WHERE NOT EXISTS (SELECT 1 FROM json_each(e.json, '$.auth_events') m
+                 WHERE m.key < l.key AND {earlier} = {id})",
+            id = super::sqlite::LISTED_ID,
+            earlier = super::sqlite::LISTED_ID.replace("l.", "m.")
         )),
         "event_edges" => Some(
             "SELECT g.event_id AS event_id, g.prev_event_id AS prev_event_id, e.room_id AS room_id

@@ -307,8 +307,10 @@ impl<'a> PduArrays<'a> {
 /// `backfill_stream`: backfilled history's own, or a live event's
 /// placeholder until [`take_position`]); the position, or `None` if the
 /// event is held already. An outlier that takes its place in the timeline
-/// has its row replaced, as if deleted and written anew.
-async fn insert_event_row(tx: &impl GenericClient, row: EventRow<'_>) -> Result<Option<i64>> {
+/// has its row replaced, as if deleted and written anew: its position as
+/// an outlier comes second (the statement's subqueries see the rows as
+/// they were before it).
+async fn insert_event_row(tx: &impl GenericClient, row: EventRow<'_>) -> Result<Option<(i64, Option<i64>)>> {
     let columns = PduColumns::of(row.pdu);
     let mut params = columns.params().to_vec();
     params.extend_from_slice(&[
@@ -325,12 +327,13 @@ async fn insert_event_row(tx: &impl GenericClient, row: EventRow<'_>) -> Result<
             "INSERT INTO events ({EVENT_COLUMNS})
              VALUES (nextval('backfill_stream'), $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)
              {REPLACE_OUTLIER}
-             RETURNING stream_ordering, {OUTLIER_REPLACED}"
+             RETURNING stream_ordering, {OUTLIER_REPLACED},
+                 (SELECT o.stream_ordering FROM events o WHERE o.event_id = $1 AND o.outlier)"
         ),
         &params,
     )
     .await?
-    .map(|r| col(&r, 0))
+    .map(|r| Ok((col(&r, 0)?, col(&r, 2)?)))
     .transpose()
 }
 
@@ -378,7 +381,7 @@ pub async fn persist_timeline_event(tx: &impl GenericClient, new: &NewTimelineEv
     let (rejected, soft_failed) = new.status.row_flags();
     // Backfilled history has its (negative) position now; a live event
     // holds a placeholder until its position is taken, last.
-    let Some(placeholder) = insert_event_row(
+    let Some((placeholder, outlier_at)) = insert_event_row(
         tx,
         EventRow {
             pdu,
@@ -455,6 +458,16 @@ pub async fn persist_timeline_event(tx: &impl GenericClient, new: &NewTimelineEv
     } else {
         take_position(tx, placeholder, current_state_group).await?
     };
+    if let Some(outlier_at) = outlier_at {
+        // Its notifications (an invite's) move with it: the event's own
+        // below replace them, as one per user and event.
+        exec(
+            tx,
+            "UPDATE notifications SET stream_ordering = $2 WHERE stream_ordering = $1",
+            &[&outlier_at, &stream],
+        )
+        .await?;
+    }
     let pushes_queued = super::push::insert_notifications(
         tx,
         crate::storage::push::place_of(pdu, stream),

@@ -110,6 +110,11 @@ pub async fn persist(
              ), redaction AS (
                  INSERT INTO redactions (redacts, event_id) SELECT $24::text, $1 FROM ev WHERE $24::text IS NOT NULL
                  ON CONFLICT DO NOTHING
+             ), moved AS (
+                 -- An outlier's notifications (an invite's) move with it
+                 -- (the subquery sees its row as it was).
+                 UPDATE notifications SET stream_ordering = (SELECT stream_ordering FROM ev)
+                 WHERE stream_ordering = (SELECT o.stream_ordering FROM events o WHERE o.event_id = $1 AND o.outlier)
              )
              SELECT ev.stream_ordering, {notify},
                  ARRAY(SELECT event_id FROM redactions WHERE redacts = $1 AND event_id <> $1),

@@ -224,12 +224,12 @@ pub fn persist_timeline_event(tx: &Transaction<'_>, new: &NewTimelineEvent) -> R
         )?;
     }
 
-    // An outlier that now takes its place in the timeline.
-    exec(
-        tx,
-        "DELETE FROM events WHERE event_id = ?1 AND outlier = 1",
-        params![pdu.event_id.as_str()],
-    )?;
+    // An outlier that now takes its place in the timeline (at a new
+    // position).
+    let replaced: Option<i64> = tx
+        .prepare_cached("DELETE FROM events WHERE event_id = ?1 AND outlier = 1 RETURNING stream_ordering")?
+        .query_row(params![pdu.event_id.as_str()], |r| r.get(0))
+        .optional()?;
     let (rejected, soft_failed) = new.status.row_flags();
     exec(
         tx,
@@ -315,6 +315,15 @@ pub fn persist_timeline_event(tx: &Transaction<'_>, new: &NewTimelineEvent) -> R
         .query_map([pdu.event_id.as_str()], |r| r.get::<_, String>(0))?
         .map(|id| parse(id?))
         .collect::<Result<Vec<OwnedEventId>>>()?;
+    if let Some(outlier_at) = replaced {
+        // Its notifications (an invite's) move with it: the event's own
+        // below replace them, as one per user and event.
+        exec(
+            tx,
+            "UPDATE OR REPLACE notifications SET stream_ordering = ?2 WHERE stream_ordering = ?1",
+            params![outlier_at, stream],
+        )?;
+    }
     let pushes_queued = !new.notifications.is_empty()
         && super::push::insert_notifications(
             tx,

@@ -26,10 +26,11 @@ DROP TABLE event_edges;
 ALTER TABLE event_children RENAME TO event_edges;
 
 -- A user's notifications by position, not by event: a user's new one
--- goes at the end of theirs. (An event has one position: it is notified
--- once per user at most, as before.) `notifications_at` finds an event's
--- (rejected late, `partial_state.rs`); positions only grow, so it grows
--- at its end too.
+-- goes at the end of theirs. Still one per user and event: an outlier
+-- notified (an invite) that takes its place in the timeline takes its
+-- notifications to its new position (`events.rs`). `notifications_at`
+-- finds an event's (rejected late, `partial_state.rs`); positions only
+-- grow, so it grows at its end too.
 CREATE TABLE notifications_by_position (
     user_id         TEXT NOT NULL,
     room_id         TEXT NOT NULL,
