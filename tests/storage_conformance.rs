@@ -920,6 +920,12 @@ async fn timeline_persist_twice(s: Store) {
     assert_eq!(ids(&s.stream_page(&room.id, 0, max + 10, 10).await.unwrap()).len(), 2);
 }
 
+/// `user`'s newest notifications (up to 10): each event and its position.
+async fn notified(s: &Store, user: &OwnedUserId) -> Vec<(OwnedEventId, i64)> {
+    let listed = s.notifications(user, None, 10, false).await.unwrap();
+    listed.into_iter().map(|n| (n.event_id, n.stream_ordering)).collect()
+}
+
 async fn timeline_outlier_then_timeline(s: Store) {
     let mut room = Room::create(&s, "o").await;
     let (m1, s1) = room.send("one").await;
@@ -975,13 +981,7 @@ async fn timeline_outlier_then_timeline(s: Store) {
     new.notifications = vec![notify];
     let p = room.persist_new(x.clone(), new).await;
     assert!(p.stream_ordering > as_outlier.meta.stream_ordering);
-    let listed: Vec<_> = s
-        .notifications(&alice, None, 10, false)
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|n| (n.event_id, n.stream_ordering))
-        .collect();
+    let listed = notified(&s, &alice).await;
     assert_eq!(listed, [(x.id.clone(), p.stream_ordering)]);
     let in_timeline = stored(&s, &x.id).await;
     assert!(!in_timeline.meta.outlier);
@@ -3704,13 +3704,7 @@ async fn notifications_written_with_their_event(s: Store) {
             highlights: 1
         }
     );
-    let listed: Vec<_> = s
-        .notifications(&alice, None, 10, false)
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|n| (n.event_id, n.stream_ordering))
-        .collect();
+    let listed = notified(&s, &alice).await;
     assert_eq!(
         listed,
         vec![
