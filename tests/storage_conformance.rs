@@ -4804,14 +4804,25 @@ async fn partial_state_marks_and_completion(s: Store) {
     let join = room.member(&uid("bob"), "join");
     let join_depth = join.depth;
     room.persist(join.clone()).await;
+    let mut last_at = 0;
     for i in 0..40 {
-        room.send(&format!("m{i}")).await;
+        last_at = room.send(&format!("m{i}")).await.1;
     }
     let last_accepted = room.tip().id.clone();
     // Dave joins and talks while partial; the full state refuses both.
     let dave_join = room.member(&uid("dave"), "join");
     room.persist(dave_join.clone()).await;
-    let (dave_says, _) = room.send("dave here").await;
+    let (dave_says, dave_at) = room.send("dave here").await;
+    // Each of the last two messages notified alice.
+    let alice = uid("alice");
+    let notify = [NewNotification {
+        user_id: alice.clone(),
+        highlight: false,
+        actions: r#"["notify"]"#.to_owned(),
+    }];
+    for (id, at) in [(&last_accepted, last_at), (&dave_says.id, dave_at)] {
+        s.add_notifications(&room.id, id, at, 1, &notify, None).await.unwrap();
+    }
     // Alice renames herself; the full state refuses it too.
     let renamed = room.member_with(&uid("alice"), json!({"membership": "join", "displayname": "A"}));
     room.persist(renamed.clone()).await;
@@ -4912,6 +4923,8 @@ async fn partial_state_marks_and_completion(s: Store) {
     for (id, reason) in [(&dave_join.id, "banned"), (&dave_says.id, "not joined")] {
         assert_eq!(stored(&s, id).await.meta.rejected.as_deref(), Some(reason));
     }
+    // A rejected event counts in no one's notifications.
+    assert_eq!(notified(&s, &alice).await, [(last_accepted.clone(), last_at)]);
     let has_dave = |state: &[(StateKey, OwnedEventId)]| state.iter().any(|((_, k), _)| k == "@dave:hs");
     let now = s.state_group(current_group).await.unwrap();
     assert!(!has_dave(&now), "the state now");
