@@ -11,7 +11,7 @@
 //! [`check_signed`] does 1–3 and gives the PDU as this server will hold
 //! it; [`check_auth`] does 4–6 given the states.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use ruma::{
     CanonicalJsonObject, CanonicalJsonValue, MilliSecondsSinceUnixEpoch, OwnedEventId, OwnedRoomId, RoomId,
@@ -311,15 +311,13 @@ pub async fn check_auth(
     state_before: &StateMap,
 ) -> Result<(), CheckError> {
     check_auth_events(svc, rules, pdu).await?;
-    let keys = auth_keys(rules, pdu)?;
-    let events = svc.state.events_for(state_before, &keys).await?;
+    let events = auth_state(svc, rules, pdu, state_before).await?;
     // The state's events for the keys the rules look at are the event's
     // own auth events (a message in a room that did not change under it):
     // the rules just ran against them.
     let implied = implied_create(rules, pdu);
-    let own = |id: &OwnedEventId| pdu.auth_events.contains(id) || implied.as_ref() == Some(id);
-    let listed = pdu.auth_events.len() + usize::from(implied.as_ref().is_some_and(|c| !pdu.auth_events.contains(c)));
-    if events.len() == listed && events.iter().all(|e| own(&e.pdu.event_id)) {
+    let own: HashSet<&OwnedEventId> = pdu.auth_events.iter().chain(&implied).collect();
+    if events.len() == own.len() && events.iter().all(|e| own.contains(&e.pdu.event_id)) {
         return Ok(());
     }
     state_allows(rules, pdu, events.iter().map(|e| &*e.pdu))
@@ -390,9 +388,20 @@ pub async fn check_against(
     pdu: &Pdu,
     state: &StateMap,
 ) -> Result<(), CheckError> {
-    let keys = auth_keys(rules, pdu)?;
-    let events = svc.state.events_for(state, &keys).await?;
+    let events = auth_state(svc, rules, pdu, state).await?;
     state_allows(rules, pdu, events.iter().map(|e| &*e.pdu))
+}
+
+/// The events of `state` for the keys the auth rules look at for `pdu`
+/// ([`auth_keys`]).
+async fn auth_state(
+    svc: &Services,
+    rules: &RoomVersionRules,
+    pdu: &Pdu,
+    state: &StateMap,
+) -> Result<Vec<StoredEvent>, CheckError> {
+    let keys = auth_keys(rules, pdu)?;
+    Ok(svc.state.events_for(state, &keys).await?)
 }
 
 /// The state keys the auth rules look at for `pdu` (the create event's
