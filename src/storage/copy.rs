@@ -397,10 +397,9 @@ async fn pg_tables(tx: &Transaction<'_>) -> Result<Vec<Table>, CopyError> {
 fn plan(pg: Vec<Table>, sqlite: &HashMap<String, Vec<String>>, conn: &Connection) -> Result<Vec<Table>, CopyError> {
     let mut problems = Vec::new();
     for table in &pg {
-        if let Some(query) = derived(&table.name) {
+        if derived(&table.name).is_some() {
             // SQLite's query gives the PostgreSQL table's columns.
-            let names: Vec<String> = table.columns.iter().map(|(name, _)| ident(name)).collect();
-            if let Err(e) = conn.prepare(&format!("SELECT {} FROM ({query}) LIMIT 0", names.join(", "))) {
+            if let Err(e) = conn.prepare(&format!("{} LIMIT 0", sqlite_select(table))) {
                 problems.push(format!("the SQLite database cannot give {}: {e}", table.name));
             }
             continue;
@@ -483,13 +482,12 @@ async fn copy_table(
     table: &Table,
     progress: &mut impl FnMut(Progress<'_>),
 ) -> Result<(Connection, u64), CopyError> {
-    let names: Vec<String> = table.columns.iter().map(|(name, _)| ident(name)).collect();
-    let names = names.join(", ");
-    let select = match derived(&table.name) {
-        Some(query) => format!("SELECT {names} FROM ({query})"),
-        None => format!("SELECT {names} FROM {}", ident(&table.name)),
-    };
-    let copy = format!("COPY {} ({names}) FROM STDIN (FORMAT binary)", ident(&table.name));
+    let select = sqlite_select(table);
+    let copy = format!(
+        "COPY {} ({}) FROM STDIN (FORMAT binary)",
+        ident(&table.name),
+        column_list(table)
+    );
     let context = |e: tokio_postgres::Error| CopyError(format!("copying {}: {}", table.name, StorageError::from(e)));
 
     let (send, mut receive) = mpsc::channel(BATCHES_QUEUED);
@@ -660,6 +658,23 @@ async fn set_sequences(
         }
     }
     Ok(set)
+}
+
+/// The columns of `table`, quoted, for a statement.
+fn column_list(table: &Table) -> String {
+    let names: Vec<String> = table.columns.iter().map(|(name, _)| ident(name)).collect();
+    names.join(", ")
+}
+
+/// The query of the SQLite database that gives the rows of PostgreSQL's
+/// `table`, its columns in order: the table of the same name, or
+/// [`derived`]'s query.
+fn sqlite_select(table: &Table) -> String {
+    let names = column_list(table);
+    match derived(&table.name) {
+        Some(query) => format!("SELECT {names} FROM ({query})"),
+        None => format!("SELECT {names} FROM {}", ident(&table.name)),
+    }
 }
 
 /// For a PostgreSQL table that SQLite keeps in another shape (its schema
