@@ -239,12 +239,7 @@ impl User<'_> {
 
     /// Leaves the room (which must succeed).
     pub async fn leave(&self, room_id: &str) {
-        self.ok(
-            Method::POST,
-            &format!("/_matrix/client/v3/rooms/{}/leave", enc(room_id)),
-            Some(&json!({})),
-        )
-        .await;
+        synapse::Client::weft(self).leave(room_id).await;
     }
 
     /// Invites `user_id` to the room (which must succeed).
